@@ -1,0 +1,103 @@
+// swift-tools-version:6.2
+import PackageDescription
+
+// Strict settings for every Swift target of ours (aesthetics.md §2.5 point 12).
+let strictSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+]
+
+let package = Package(
+    name: "fieldgate",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "fieldgate-hub", targets: ["fieldgate-hub"]),
+        .executable(name: "fieldgate-bench", targets: ["fieldgate-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        // No default traits: they pull in swift-configuration and full Foundation (~50 MB of ICU data).
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1", traits: []),
+    ],
+    targets: [
+        // C libraries. Proton has no pkgConfig: Debian's .pc has a C comment SwiftPM cannot parse (feasibility §1).
+        .systemLibrary(name: "CProton", path: "Sources/CProton", providers: [.apt(["libqpid-proton11-dev"])]),
+        .systemLibrary(name: "CModbus", path: "Sources/CModbus", pkgConfig: "libmodbus", providers: [.apt(["libmodbus-dev"])]),
+        .systemLibrary(name: "CSystemd", path: "Sources/CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
+
+        .target(
+            name: "FieldgateCore",
+            dependencies: [.product(name: "Logging", package: "swift-log")],
+            swiftSettings: strictSettings
+        ),
+        .target(
+            name: "ProtonAMQP",
+            dependencies: ["CProton", "FieldgateCore", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strictSettings
+        ),
+        .target(
+            name: "IoTHub",
+            dependencies: ["FieldgateCore", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strictSettings
+        ),
+        .target(
+            name: "HubEmulator",
+            dependencies: [
+                "ProtonAMQP", "IoTHub", "FieldgateCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .target(
+            name: "HubDeviceClient",
+            dependencies: ["ProtonAMQP", "IoTHub", "FieldgateCore", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strictSettings
+        ),
+        .target(
+            name: "HubServiceClient",
+            dependencies: [
+                "IoTHub", "FieldgateCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "fieldgate-hub",
+            dependencies: [
+                "HubEmulator", "HubDeviceClient", "HubServiceClient", "IoTHub", "FieldgateCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "fieldgate-bench",
+            dependencies: [
+                "HubEmulator", "HubDeviceClient", "ProtonAMQP", "IoTHub", "FieldgateCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSettings
+        ),
+
+        .testTarget(name: "ProtonAMQPTests", dependencies: ["ProtonAMQP"], swiftSettings: strictSettings),
+        .testTarget(name: "IoTHubTests", dependencies: ["IoTHub"], swiftSettings: strictSettings),
+        .testTarget(
+            name: "HubEmulatorTests",
+            dependencies: ["HubEmulator", "HubDeviceClient", "HubServiceClient", "ProtonAMQP", "IoTHub", "FieldgateCore"],
+            swiftSettings: strictSettings
+        ),
+    ]
+)

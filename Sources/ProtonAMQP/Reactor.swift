@@ -1,0 +1,567 @@
+internal import CProton
+import Logging
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A raw pointer that may cross threads because every use is either a documented thread-safe Proton call
+/// (`pn_proactor_*`, `pn_connection_wake`) or happens on the reactor thread.
+struct SendablePointer: @unchecked Sendable {
+    let raw: OpaquePointer
+}
+
+/// One Proton proactor and the one dedicated thread that drives it.
+///
+/// Threading model: every `pn_*` object of a connection is touched only on the reactor thread, in event handlers or
+/// in jobs. Other threads reach a connection through `AMQPConnectionRef.execute` (a locked inbox plus
+/// `pn_connection_wake`) and the reactor itself through `execute` (a locked inbox plus `pn_proactor_interrupt`).
+/// Because there is a single thread, state shared by several connections (an emulator's registry) may live on it
+/// without locks.
+public final class AMQPReactor: @unchecked Sendable {
+    // @unchecked: mutable state below is confined to the reactor thread; cross-thread state sits in `inbox`.
+    let proactor: SendablePointer
+    let logger: Logger
+    private let inbox = Mutex<ReactorInbox>(ReactorInbox())
+    private let threadIdentity = Mutex<pthread_t?>(nil)
+
+    // Reactor-thread state.
+    private var contexts: [UInt: ConnectionContext] = [:]
+    private var listeners: [UInt: ListenerContext] = [:]
+    private var timers = TimerQueue()
+    private var stopping = false
+
+    private struct ReactorInbox {
+        var jobs: [@Sendable () -> Void] = []
+        var stopRequested = false
+        var finished = false
+        var finishWaiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    public init(logger: Logger = Logger(label: "fieldgate.amqp")) {
+        self.proactor = SendablePointer(raw: pn_proactor()!)
+        self.logger = logger
+        startThread()
+    }
+
+    /// True when called on the reactor thread.
+    public var isReactorThread: Bool {
+        guard let t = threadIdentity.withLock({ $0 }) else { return false }
+        return pthread_equal(t, pthread_self()) != 0
+    }
+
+    /// Runs `job` on the reactor thread (soon, in order).
+    public func execute(_ job: @escaping @Sendable () -> Void) {
+        let accepted = inbox.withLock { state -> Bool in
+            guard !state.finished else { return false }
+            state.jobs.append(job)
+            return true
+        }
+        if accepted { pn_proactor_interrupt(proactor.raw) }
+    }
+
+    /// Runs `body` on the reactor thread and returns its result.
+    public func perform<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { (cont: CheckedContinuation<T, any Error>) in
+            execute { cont.resume(with: Result { try body() }) }
+        }
+    }
+
+    /// Calls `job` on the reactor thread after `delay`. Cancel with the returned timer.
+    @discardableResult
+    public func schedule(after delay: Duration, _ job: @escaping @Sendable () -> Void) -> AMQPTimer {
+        let timer = AMQPTimer()
+        let deadline = ContinuousClock.now.advanced(by: delay)
+        let add: @Sendable () -> Void = { [self] in
+            timers.insert(deadline: deadline, timer: timer, job: job)
+            armTimeout()
+        }
+        if isReactorThread { add() } else { execute(add) }
+        return timer
+    }
+
+    /// Stops every listener and connection, then the thread. Safe to call more than once.
+    public func shutdown() async {
+        await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
+            let alreadyFinished = inbox.withLock { state -> Bool in
+                if state.finished { return true }
+                state.stopRequested = true
+                state.finishWaiters.append(cont)
+                return false
+            }
+            if alreadyFinished { cont.resume() } else { pn_proactor_interrupt(proactor.raw) }
+        }
+    }
+
+    // MARK: listening and connecting
+
+    /// Listens on `host:port` (port 0 = any free port) and answers connections per `configuration`; each accepted
+    /// connection gets a handler from `makeHandler`, called on the reactor thread.
+    public func listen(
+        host: String, port: Int, configuration: AMQPListenerConfiguration,
+        makeHandler: @escaping @Sendable () -> any AMQPConnectionHandler
+    ) async throws -> AMQPListener {
+        let sslDomain: SendablePointer?
+        if let tls = configuration.tls {
+            let domain = pn_ssl_domain(PN_SSL_MODE_SERVER)!
+            guard pn_ssl_domain_set_credentials(domain, tls.certificateFile, tls.privateKeyFile, nil) == 0 else {
+                pn_ssl_domain_free(domain)
+                throw AMQPError(.tls, "cannot load TLS certificate \(tls.certificateFile) / key \(tls.privateKeyFile)")
+            }
+            sslDomain = SendablePointer(raw: domain)
+        } else {
+            sslDomain = nil
+        }
+        let listenerContext = ListenerContext(configuration: configuration, sslDomain: sslDomain, makeHandler: makeHandler)
+        return try await withCheckedThrowingContinuation { (cont: CheckedContinuation<AMQPListener, any Error>) in
+            execute { [self] in
+                let l = pn_listener()!
+                listenerContext.raw = SendablePointer(raw: l)
+                listenerContext.opened = { result in cont.resume(with: result.map { AMQPListener(reactor: self, context: listenerContext, port: $0) }) }
+                listeners[UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(l)))] = listenerContext
+                pn_proactor_listen(proactor.raw, l, "\(host):\(port)", 128)
+            }
+        }
+    }
+
+    /// Opens a client connection; `handler` hears its events on the reactor thread.
+    public func connect(
+        host: String, port: Int, configuration: AMQPClientConfiguration, handler: any AMQPConnectionHandler
+    ) -> AMQPConnectionRef {
+        let context = ConnectionContext(handler: handler, listener: nil)
+        let box = UncheckedBox((context, configuration))
+        execute { [self] in
+            let (context, configuration) = box.value
+            let c = pn_connection()!
+            let t = pn_transport()!
+            pn_connection_set_container(c, configuration.containerID)
+            pn_connection_set_hostname(c, configuration.virtualHost ?? host)
+            // Proton advertises half the idle timeout set on the transport (iothub-amqp.md §16).
+            pn_transport_set_idle_timeout(t, configuration.idleTimeoutMilliseconds &* 2)
+            pn_transport_set_max_frame(t, configuration.maxFrameSize)
+            if let tls = configuration.tls {
+                let domain = pn_ssl_domain(PN_SSL_MODE_CLIENT)!
+                if let ca = tls.trustedCAFile { pn_ssl_domain_set_trusted_ca_db(domain, ca) }
+                pn_ssl_domain_set_peer_authentication(domain, tls.verifyPeer ? PN_SSL_VERIFY_PEER_NAME : PN_SSL_ANONYMOUS_PEER, nil)
+                let ssl = pn_ssl(t)
+                pn_ssl_init(ssl, domain, nil)
+                pn_ssl_set_peer_hostname(ssl, tls.peerHostname ?? host)
+                pn_ssl_domain_free(domain)  // the transport keeps its own reference
+            }
+            switch configuration.sasl {
+            case .none:
+                break  // no pn_sasl(): the transport sends the plain AMQP header
+            case .anonymous:
+                pn_sasl_allowed_mechs(pn_sasl(t), "ANONYMOUS")
+            case .plain(let user, let password):
+                pn_connection_set_user(c, user)
+                pn_connection_set_password(c, password)
+                let s = pn_sasl(t)
+                pn_sasl_allowed_mechs(s, "PLAIN")
+                pn_sasl_set_allow_insecure_mechs(s, true)
+            case .mssbcbs:
+                _ = pn_sasl(t)
+                pnx_sasl_set_implementation(t, SASLPlugin.implementation, Unmanaged.passUnretained(context).toOpaque())
+            }
+            register(context, connection: c)
+            pn_connection_open(c)
+            pn_proactor_connect2(proactor.raw, c, t, "\(host):\(port)")
+        }
+        return AMQPConnectionRef(context: context)
+    }
+
+    // MARK: the thread
+
+    private func startThread() {
+        let unmanaged = Unmanaged.passRetained(self)  // +1 released when the thread ends
+        var tid = pthread_t()
+        let rc = pthread_create(&tid, nil, { arg in
+            let reactor = Unmanaged<AMQPReactor>.fromOpaque(arg!).takeRetainedValue()
+            reactor.run()
+            return nil
+        }, unmanaged.toOpaque())
+        precondition(rc == 0, "cannot start the AMQP reactor thread (errno \(rc))")
+        pthread_detach(tid)
+        threadIdentity.withLock { $0 = tid }
+    }
+
+    private func run() {
+        threadIdentity.withLock { $0 = pthread_self() }
+        var running = true
+        while running {
+            let batch = pn_proactor_wait(proactor.raw)
+            while let event = pn_event_batch_next(batch) {
+                if !dispatch(event) { running = false }
+            }
+            pn_proactor_done(proactor.raw, batch)
+            if stopping && contexts.isEmpty && listeners.isEmpty { running = false }
+        }
+        pn_proactor_free(proactor.raw)
+        let waiters = inbox.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.finished = true
+            defer { state.finishWaiters = [] }
+            return state.finishWaiters
+        }
+        for w in waiters { w.resume() }
+    }
+
+    /// Handles one event; false ends the loop.
+    private func dispatch(_ event: OpaquePointer) -> Bool {
+        let type = pn_event_type(event)
+        switch type {
+        case PN_PROACTOR_INTERRUPT:
+            let (jobs, stop) = inbox.withLock { state in
+                defer { state.jobs = [] }
+                return (state.jobs, state.stopRequested)
+            }
+            for job in jobs { job() }
+            if stop && !stopping {
+                stopping = true
+                timers.removeAll()
+                pn_proactor_cancel_timeout(proactor.raw)
+                pn_proactor_disconnect(proactor.raw, nil)
+            }
+            return true
+        case PN_PROACTOR_TIMEOUT:
+            for job in timers.popDue(now: .now) { job() }
+            armTimeout()
+            return true
+        case PN_PROACTOR_INACTIVE:
+            return !stopping
+        case PN_LISTENER_OPEN, PN_LISTENER_ACCEPT, PN_LISTENER_CLOSE:
+            handleListenerEvent(type, event)
+            return true
+        default:
+            break
+        }
+        guard let c = pn_event_connection(event), let context = contexts[key(c)] else { return true }
+        handleConnectionEvent(type, event, connection: AMQPConnection(raw: c, context: context))
+        return true
+    }
+
+    private func handleListenerEvent(_ type: pn_event_type_t, _ event: OpaquePointer) {
+        guard let l = pn_event_listener(event), let lc = listeners[key(l)] else { return }
+        switch type {
+        case PN_LISTENER_OPEN:
+            var port = 0
+            if let addr = pn_listener_addr(l) {
+                var host = [CChar](repeating: 0, count: 256)
+                var portBuf = [CChar](repeating: 0, count: 32)
+                pn_netaddr_host_port(addr, &host, host.count, &portBuf, portBuf.count)
+                port = Int(String(decoding: portBuf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)) ?? 0
+            }
+            lc.opened?(.success(port))
+            lc.opened = nil
+        case PN_LISTENER_ACCEPT:
+            acceptConnection(on: l, context: lc)
+        case PN_LISTENER_CLOSE:
+            let condition = readCondition(pn_listener_condition(l))
+            if let opened = lc.opened {
+                opened(.failure(AMQPError(.transport, "cannot listen: \(condition?.description ?? "unknown error")")))
+                lc.opened = nil
+            } else if let condition {
+                logger.warning("AMQP listener closed: \(condition.name) \(condition.description)")
+            }
+            listeners[key(l)] = nil
+            lc.closed()
+        default:
+            break
+        }
+    }
+
+    private func acceptConnection(on l: OpaquePointer, context lc: ListenerContext) {
+        let config = lc.configuration
+        let c = pn_connection()!
+        let t = pn_transport()!
+        pn_transport_set_server(t)
+        pn_transport_set_max_frame(t, config.maxFrameSize)
+        pn_transport_set_channel_max(t, config.channelMax)
+        pn_transport_set_idle_timeout(t, config.idleTimeoutMilliseconds &* 2)
+        pn_connection_set_container(c, config.containerID)
+        let context = ConnectionContext(handler: lc.makeHandler(), listener: lc)
+        if let domain = lc.sslDomain { pn_ssl_init(pn_ssl(t), domain.raw, nil) }
+        if !config.saslMechanisms.isEmpty {
+            _ = pn_sasl(t)
+            pnx_sasl_set_implementation(t, SASLPlugin.implementation, Unmanaged.passUnretained(context).toOpaque())
+            pn_transport_require_auth(t, !config.allowNoSASL)
+        }
+        register(context, connection: c)
+        pn_listener_accept2(l, c, t)
+    }
+
+    private func register(_ context: ConnectionContext, connection c: OpaquePointer) {
+        contexts[key(c)] = context
+        context.attach(SendablePointer(raw: c))
+    }
+
+    private func handleConnectionEvent(_ type: pn_event_type_t, _ event: OpaquePointer, connection: AMQPConnection) {
+        let context = connection.context
+        let c = connection.raw
+        let isServer = context.listener != nil
+        func deliver(_ e: AMQPEvent) { context.handler.handle(e, on: connection) }
+
+        switch type {
+        case PN_CONNECTION_WAKE:
+            for job in context.takeJobs() { job(connection) }
+        case PN_CONNECTION_REMOTE_OPEN:
+            if isServer && pn_connection_state(c) & Int32(PN_LOCAL_UNINIT) != 0 { pn_connection_open(c) }
+            deliver(.connectionOpened)
+        case PN_CONNECTION_REMOTE_CLOSE:
+            deliver(.connectionClosed(readCondition(pn_connection_remote_condition(c))))
+            if pn_connection_state(c) & Int32(PN_LOCAL_CLOSED) == 0 { pn_connection_close(c) }
+        case PN_SESSION_REMOTE_OPEN:
+            let s = pn_event_session(event)!
+            if pn_session_state(s) & Int32(PN_LOCAL_UNINIT) != 0 {
+                if let lc = context.listener {
+                    pn_session_set_incoming_capacity(s, lc.configuration.sessionIncomingWindow * Int(lc.configuration.maxFrameSize))
+                }
+                pn_session_open(s)
+            }
+            deliver(.sessionOpened(AMQPSession(raw: s)))
+        case PN_SESSION_REMOTE_CLOSE:
+            let s = pn_event_session(event)!
+            deliver(.sessionClosed(AMQPSession(raw: s)))
+            if pn_session_state(s) & Int32(PN_LOCAL_CLOSED) == 0 { pn_session_close(s) }
+        case PN_LINK_REMOTE_OPEN:
+            deliver(.linkOpened(AMQPLink(raw: pn_event_link(event)!)))
+        case PN_LINK_REMOTE_CLOSE, PN_LINK_REMOTE_DETACH:
+            let l = pn_event_link(event)!
+            deliver(.linkClosed(AMQPLink(raw: l), readCondition(pn_link_remote_condition(l))))
+            if pn_link_state(l) & Int32(PN_LOCAL_CLOSED) == 0 { pn_link_close(l) }
+        case PN_LINK_FINAL:
+            deliver(.linkFinal(AMQPLink(raw: pn_event_link(event)!)))
+        case PN_LINK_FLOW:
+            deliver(.linkFlow(AMQPLink(raw: pn_event_link(event)!)))
+        case PN_DELIVERY:
+            let d = pn_event_delivery(event)!
+            let l = pn_delivery_link(d)!
+            if pn_link_is_receiver(l) {
+                if pn_delivery_aborted(d) {
+                    pn_delivery_settle(d)
+                } else if pn_delivery_readable(d) && !pn_delivery_partial(d) {
+                    let bytes = readAll(l, pending: pn_delivery_pending(d))
+                    pn_link_advance(l)
+                    deliver(.message(AMQPDelivery(raw: d), bytes: bytes))
+                }
+            } else if pn_delivery_updated(d) {
+                pn_delivery_clear(d)
+                deliver(.deliveryUpdated(AMQPDelivery(raw: d)))
+            }
+        case PN_TRANSPORT_ERROR:
+            if let t = pn_event_transport(event), let cond = readCondition(pn_transport_condition(t)) {
+                let code: AMQPError.Code = cond.description.contains("SSL") ? .tls : .transport
+                context.transportError = AMQPError(code, "\(cond.name): \(cond.description)", condition: cond.name)
+            }
+        case PN_TRANSPORT_CLOSED:
+            context.detach()
+            contexts[key(c)] = nil
+            deliver(.transportClosed(context.transportError))
+        default:
+            break
+        }
+    }
+
+    private func readAll(_ link: OpaquePointer, pending: Int) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: max(pending, 0))
+        var filled = 0
+        while true {
+            if filled == out.count { out.append(contentsOf: repeatElement(0, count: max(1024, out.count))) }
+            let n = out.withUnsafeMutableBufferPointer { buf in
+                buf.withMemoryRebound(to: CChar.self) { pn_link_recv(link, $0.baseAddress! + filled, $0.count - filled) }
+            }
+            if n <= 0 { break }  // PN_EOS or error
+            filled += n
+        }
+        out.removeSubrange(filled...)
+        return out
+    }
+
+    private func armTimeout() {
+        guard let next = timers.nextDeadline else {
+            pn_proactor_cancel_timeout(proactor.raw)
+            return
+        }
+        let remaining = ContinuousClock.now.duration(to: next)
+        let ms = max(0, remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000)
+        pn_proactor_set_timeout(proactor.raw, pn_millis_t(min(ms, Int64(UInt32.max))))
+    }
+
+    private func key(_ p: OpaquePointer) -> UInt { UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(p))) }
+
+    // Called by a listener handle.
+    func closeListener(_ context: ListenerContext) {
+        execute { if let l = context.raw { pn_listener_close(l.raw) } }
+    }
+}
+
+/// Moves a non-Sendable value into a job that runs on the reactor thread; the sender never touches it again.
+struct UncheckedBox<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
+}
+
+/// A scheduled reactor job; `cancel()` from any thread.
+public final class AMQPTimer: Sendable {
+    private let cancelled = Atomic<Bool>(false)
+    public func cancel() { cancelled.store(true, ordering: .relaxed) }
+    var isCancelled: Bool { cancelled.load(ordering: .relaxed) }
+}
+
+struct TimerQueue {
+    private var entries: [(deadline: ContinuousClock.Instant, timer: AMQPTimer, job: @Sendable () -> Void)] = []
+
+    mutating func insert(deadline: ContinuousClock.Instant, timer: AMQPTimer, job: @escaping @Sendable () -> Void) {
+        let index = entries.firstIndex { $0.deadline > deadline } ?? entries.endIndex
+        entries.insert((deadline, timer, job), at: index)
+    }
+
+    mutating func popDue(now: ContinuousClock.Instant) -> [@Sendable () -> Void] {
+        let split = entries.firstIndex { $0.deadline > now } ?? entries.endIndex
+        let due = entries[..<split].filter { !$0.timer.isCancelled }.map(\.job)
+        entries.removeSubrange(..<split)
+        return due
+    }
+
+    var nextDeadline: ContinuousClock.Instant? {
+        return entries.first { !$0.timer.isCancelled }?.deadline
+    }
+
+    mutating func removeAll() { entries.removeAll() }
+}
+
+final class ListenerContext: @unchecked Sendable {
+    // @unchecked: all mutable fields are used on the reactor thread only.
+    let configuration: AMQPListenerConfiguration
+    let sslDomain: SendablePointer?
+    let makeHandler: @Sendable () -> any AMQPConnectionHandler
+    /// The space-separated mechanism list handed to Proton; it must outlive every SASL exchange.
+    let mechanismList: UnsafeMutablePointer<CChar>
+    var raw: SendablePointer?
+    var opened: ((Result<Int, any Error>) -> Void)?
+    private let closedWaiters = Mutex<(closed: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+
+    init(configuration: AMQPListenerConfiguration, sslDomain: SendablePointer?, makeHandler: @escaping @Sendable () -> any AMQPConnectionHandler) {
+        self.configuration = configuration
+        self.sslDomain = sslDomain
+        self.makeHandler = makeHandler
+        self.mechanismList = strdup(configuration.saslMechanisms.joined(separator: " "))!
+    }
+
+    func closed() {
+        let waiters = closedWaiters.withLock { state in
+            state.closed = true
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for w in waiters { w.resume() }
+    }
+
+    func waitClosed() async {
+        await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
+            let done = closedWaiters.withLock { state -> Bool in
+                if state.closed { return true }
+                state.waiters.append(cont)
+                return false
+            }
+            if done { cont.resume() }
+        }
+    }
+
+    deinit {
+        free(mechanismList)
+        if let sslDomain { pn_ssl_domain_free(sslDomain.raw) }
+    }
+}
+
+/// A listening socket.
+public struct AMQPListener: Sendable {
+    let reactor: AMQPReactor
+    let context: ListenerContext
+    /// The bound port (useful when listening on port 0).
+    public let port: Int
+
+    /// Stops accepting; existing connections stay.
+    public func close() async {
+        reactor.closeListener(context)
+        await context.waitClosed()
+    }
+}
+
+final class ConnectionContext: @unchecked Sendable {
+    // @unchecked: `handler`, `saslMechanism` and `transportError` are reactor-thread state; `shared` is locked.
+    let handler: any AMQPConnectionHandler
+    let listener: ListenerContext?
+    var saslMechanism = ""
+    var transportError: AMQPError?
+    private let shared = Mutex<Shared>(Shared())
+
+    private struct Shared {
+        var jobs: [@Sendable (AMQPConnection) -> Void] = []
+        var connection: SendablePointer?
+        var closed = false
+    }
+
+    init(handler: any AMQPConnectionHandler, listener: ListenerContext?) {
+        self.handler = handler
+        self.listener = listener
+    }
+
+    /// Binds the context to its Proton connection; jobs queued before now are woken.
+    func attach(_ connection: SendablePointer) {
+        shared.withLock { s in
+            s.connection = connection
+            if !s.jobs.isEmpty { pn_connection_wake(connection.raw) }
+        }
+    }
+
+    /// After this no job runs and no wake is sent: Proton frees the connection once the batch ends.
+    func detach() {
+        shared.withLock { s in
+            s.closed = true
+            s.connection = nil
+            s.jobs = []
+        }
+    }
+
+    /// Queues `job` and wakes the connection; false when the connection is gone.
+    func enqueue(_ job: @escaping @Sendable (AMQPConnection) -> Void) -> Bool {
+        shared.withLock { s -> Bool in
+            guard !s.closed else { return false }
+            s.jobs.append(job)
+            // Waking under the lock: `detach` cannot run, so the connection cannot be freed meanwhile.
+            if let c = s.connection, s.jobs.count == 1 { pn_connection_wake(c.raw) }
+            return true
+        }
+    }
+
+    func takeJobs() -> [@Sendable (AMQPConnection) -> Void] {
+        shared.withLock { s in
+            defer { s.jobs = [] }
+            return s.jobs
+        }
+    }
+
+    var isClosed: Bool { shared.withLock { $0.closed } }
+}
+
+/// A Sendable handle to a connection, usable from any thread.
+public struct AMQPConnectionRef: Sendable, Hashable {
+    let context: ConnectionContext
+
+    /// Runs `job` on the reactor thread with the live connection. Returns false if the connection is gone.
+    @discardableResult
+    public func execute(_ job: @escaping @Sendable (AMQPConnection) -> Void) -> Bool {
+        context.enqueue(job)
+    }
+
+    /// Closes the connection (AMQP close, then the socket).
+    public func close(_ condition: AMQPCondition? = nil) {
+        execute { $0.close(condition) }
+    }
+
+    public var isClosed: Bool { context.isClosed }
+
+    public static func == (a: Self, b: Self) -> Bool { a.context === b.context }
+    public func hash(into h: inout Hasher) { h.combine(ObjectIdentifier(context)) }
+}

@@ -39,6 +39,13 @@ public struct AMQPConnection {
         if let condition { setCondition(pn_connection_condition(raw), condition) }
         pn_connection_close(raw)
     }
+
+    /// Drops the socket without an AMQP close, as a network failure would.
+    public func abort() {
+        guard let t = pn_connection_transport(raw) else { return }
+        pn_transport_close_tail(t)
+        pn_transport_close_head(t)
+    }
 }
 
 public struct AMQPSession {

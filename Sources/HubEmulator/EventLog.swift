@@ -1,0 +1,55 @@
+import FieldgateCore
+
+/// A D2C message as the service side sees it: body, system properties and the hub's stamps.
+public struct ReceivedEvent: Sendable, Codable, Equatable {
+    public var sequenceNumber: Int64
+    public var deviceId: String
+    public var moduleId: String?
+    public var enqueuedTimeUtc: String
+    /// UTF-8 text when the body is valid UTF-8; otherwise nil and `bodyBase64` is set.
+    public var body: String?
+    public var bodyBase64: String?
+    public var properties: [String: String]
+    /// Message annotations: client-sent ones plus the hub's `iothub-*` stamps (which overwrite client values).
+    public var annotations: [String: String]
+    public var systemProperties: [String: String]
+}
+
+/// A bounded log of received events with waiters for long polls. Reactor-thread state.
+struct EventLog {
+    private(set) var events: [ReceivedEvent] = []
+    private var start = 0  // ring start
+    private(set) var nextSequence: Int64 = 1
+    private(set) var totalAccepted: Int64 = 0
+    let capacity: Int
+
+    init(capacity: Int) { self.capacity = max(capacity, 1) }
+
+    mutating func append(_ make: (Int64) -> ReceivedEvent) {
+        let e = make(nextSequence)
+        nextSequence += 1
+        totalAccepted += 1
+        if events.count < capacity {
+            events.append(e)
+        } else {
+            events[start] = e
+            start = (start + 1) % capacity
+        }
+    }
+
+    /// Events with sequence ≥ `from`, oldest first, at most `limit`.
+    func read(from: Int64, limit: Int) -> [ReceivedEvent] {
+        guard !events.isEmpty else { return [] }
+        let oldest = nextSequence - Int64(events.count)
+        let first = max(from, oldest)
+        guard first < nextSequence else { return [] }
+        var out: [ReceivedEvent] = []
+        var seq = first
+        while seq < nextSequence && out.count < limit {
+            let offset = Int(seq - oldest)
+            out.append(events[(start + offset) % events.count])
+            seq += 1
+        }
+        return out
+    }
+}

@@ -1,0 +1,26 @@
+/// Settings of the emulated hub. Defaults follow the real hub's documented limits.
+public struct HubConfiguration: Sendable {
+    /// The hub's host name: tokens must name it in `sr`, and TLS certificates must carry it. Default: localhost.
+    public var hostName = "localhost"
+    /// Tolerated clock skew when checking token expiry, in seconds. Default: 300 (as edgeHub).
+    public var tokenClockSkewSeconds: Int64 = 300
+    /// Tokens one connection may hold. Default: 999.
+    public var maxTokensPerConnection = 999
+    /// C2D queue limits (50 pending, 60 s lock, 10 deliveries, 1 h TTL).
+    public var cloudToDevice = CloudToDeviceQueue.Limits()
+    /// Received D2C messages kept for the service side's event stream. Default: 100000.
+    public var eventLogCapacity = 100_000
+    /// Default and maximum direct-method timeouts, in seconds. Default: 30 and 300.
+    public var methodDefaultTimeoutSeconds = 30
+    public var methodMaxTimeoutSeconds = 300
+    /// New device authentications (put-tokens) per second per hub; nil = unlimited. Default: nil. The real S1 hub
+    /// allows max(100/s, 12/s/unit).
+    public var deviceAuthenticationsPerSecond: Int?
+    /// Where registry, twins and pending C2D survive restarts; nil = memory only.
+    public var stateDirectory: String?
+
+    public init() {}
+
+    /// The hub name (first label of the host name), as used in "Device d at IotHub h not registered".
+    public var hubName: String { String(hostName.split(separator: ".").first ?? Substring(hostName)) }
+}

@@ -1,0 +1,146 @@
+import FieldgateCore
+import IoTHub
+import Logging
+import ProtonAMQP
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+extension HubConnection {
+    /// A D2C transfer: a single message or a batch (iothub-amqp.md §4, §12 items 16–20).
+    ///
+    /// Batches: Proton 0.37 cannot read a transfer's message-format (iothub-amqp.md §16), so a batch is recognised
+    /// by structure: a body made only of data sections that each hold a complete AMQP message (each starts with a
+    /// section descriptor `0x00 0x53 0x70…0x78`). A JSON or text body never starts with 0x00, so plain telemetry is
+    /// never mistaken for a batch.
+    func receivedTelemetry(_ bytes: [UInt8], delivery: AMQPDelivery, deviceId: String) {
+        if bytes.count > Int(IoTHubAMQP.linkMaxMessageSize) {
+            delivery.dispose(.rejected(sizeCondition(bytes.count)))
+            delivery.link.close(AMQPCondition(name: IoTHubAMQP.messageSizeExceeded, description: "a transfer larger than 1048576 bytes closes the link"))
+            return
+        }
+        if core.isThrottled(deviceId) {
+            return delivery.dispose(.rejected(AMQPCondition(
+                name: IoTHubAMQP.throttled, description: hubErrorJSON(429001, "Throttling: device \(deviceId) is throttled"))))
+        }
+        guard liveToken(covering: "/devices/\(deviceId)") != nil else {
+            return delivery.dispose(.rejected(AMQPCondition(name: IoTHubAMQP.unauthorizedAccess, description: "Token Invalid.")))
+        }
+        let outer: AMQPMessage
+        do { outer = try AMQPMessageCodec.decode(bytes) } catch {
+            return delivery.dispose(.rejected(AMQPCondition(name: IoTHubAMQP.decodeError, description: "the message cannot be decoded: \(error.message)")))
+        }
+        var messages = [outer]
+        if case .data(let sections) = outer.body, sections.allSatisfy(Self.looksLikeEncodedMessage) {
+            do { messages = try sections.map { s throws(AMQPError) in try AMQPMessageCodec.decode(s) } } catch {
+                return delivery.dispose(.rejected(AMQPCondition(name: IoTHubAMQP.decodeError, description: "a batch entry cannot be decoded: \(error.message)")))
+            }
+        }
+        let size = messages.reduce(0) { $0 + Self.protocolAgnosticSize($1) }
+        guard size <= IoTHubAMQP.maxTelemetrySize else { return delivery.dispose(.rejected(sizeCondition(size))) }
+        for m in messages {
+            if let problem = Self.propertyProblem(m) {
+                return delivery.dispose(.rejected(AMQPCondition(name: IoTHubAMQP.argumentError, description: problem)))
+            }
+        }
+        let device = core.registry.devices[deviceId]
+        let enqueued = WallClock.iso8601(milliseconds: core.now)
+        let authMethod = JSONValue.object([
+            "scope": .string(liveToken(covering: "/devices/\(deviceId)")?.policy == nil ? "device" : "hub"),
+            "type": "sas", "issuer": "iothub", "acceptingIpFilterRule": .null,
+        ]).serialized
+        for m in messages {
+            core.recordEvent { seq in
+                Self.event(from: m, sequence: seq, deviceId: deviceId, generationId: device?.generationId ?? "",
+                           authMethod: authMethod, enqueued: enqueued)
+            }
+        }
+        delivery.dispose(.accepted)
+    }
+
+    private func sizeCondition(_ size: Int) -> AMQPCondition {
+        AMQPCondition(name: IoTHubAMQP.messageSizeExceeded,
+                      description: "Message size is \(size) bytes which is greater than the max size \(IoTHubAMQP.maxTelemetrySize) bytes allowed.")
+    }
+
+    static func looksLikeEncodedMessage(_ section: [UInt8]) -> Bool {
+        section.count >= 3 && section[0] == 0x00 && section[1] == 0x53 && (0x70...0x78).contains(section[2])
+    }
+
+    /// Body bytes + system property values + application property names and values (iothub-amqp.md §4.3).
+    static func protocolAgnosticSize(_ m: AMQPMessage) -> Int {
+        var size = m.body.bytes.count
+        for v in [m.messageID, m.correlationID].compactMap({ $0 }) { size += render(v).utf8.count }
+        for s in [m.contentType, m.contentEncoding, m.to, m.subject].compactMap({ $0 }) { size += s.utf8.count }
+        for (k, v) in m.applicationProperties { size += k.utf8.count + render(v).utf8.count }
+        return size
+    }
+
+    private static let messageIDCharacters = Set("-:.+%_#*?!(),=@;$'".unicodeScalars)
+
+    /// message-id: at most 128 ASCII alphanumerics and `- : . + % _ # * ? ! ( ) , = @ ; $ '`; application
+    /// property names and values: printable ASCII.
+    static func propertyProblem(_ m: AMQPMessage) -> String? {
+        if case .string(let id)? = m.messageID {
+            let ok = !id.isEmpty && id.utf8.count <= 128 && id.unicodeScalars.allSatisfy {
+                ($0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0))) || messageIDCharacters.contains($0)
+            }
+            if !ok { return "message-id '\(id)' is longer than 128 characters or has characters outside the allowed set" }
+        }
+        for (k, v) in m.applicationProperties {
+            guard k.unicodeScalars.allSatisfy({ $0.isASCII && $0.value >= 0x20 && $0.value < 0x7F }), !k.isEmpty else {
+                return "application property name '\(k)' is not printable ASCII"
+            }
+            if case .string(let s) = v, !s.unicodeScalars.allSatisfy({ $0.isASCII }) {
+                return "application property '\(k)' has a non-ASCII value"
+            }
+        }
+        return nil
+    }
+
+    static func render(_ v: AMQPValue) -> String {
+        switch v {
+        case .string(let s), .symbol(let s): return s
+        case .uuid(let u): return u.description
+        case .bool(let b): return String(b)
+        case .timestamp(let t): return WallClock.iso8601(milliseconds: t)
+        case .binary(let b): return Data(b).base64EncodedString()
+        default:
+            if let i = v.integerValue { return String(i) }
+            if case .double(let d) = v { return String(d) }
+            if case .float(let f) = v { return String(f) }
+            return String(describing: v)
+        }
+    }
+
+    /// The service-side view of a message, stamped from the link identity (client values with the hub's names
+    /// are overwritten: anti-spoofing, §4.5).
+    static func event(from m: AMQPMessage, sequence: Int64, deviceId: String, generationId: String,
+                      authMethod: String, enqueued: String) -> ReceivedEvent {
+        var system: [String: String] = [:]
+        if let id = m.messageID { system["message-id"] = render(id) }
+        if let c = m.correlationID { system["correlation-id"] = render(c) }
+        if let ct = m.contentType { system["content-type"] = ct }
+        if let ce = m.contentEncoding { system["content-encoding"] = ce }
+        if let to = m.to { system["to"] = to }
+        if let u = m.userID { system["user-id"] = String(decoding: u, as: UTF8.self) }
+        if let t = m.creationTime { system["creation-time"] = WallClock.iso8601(milliseconds: t) }
+        var annotations: [String: String] = [:]
+        for (k, v) in m.messageAnnotations { if let key = k.stringValue { annotations[key] = render(v) } }
+        annotations[IoTHubAMQP.connectionDeviceID] = deviceId
+        annotations[IoTHubAMQP.connectionAuthMethod] = authMethod
+        annotations[IoTHubAMQP.connectionAuthGenerationID] = generationId
+        annotations[IoTHubAMQP.enqueuedTime] = enqueued
+        annotations[IoTHubAMQP.messageSource] = "Telemetry"
+        annotations[IoTHubAMQP.connectionModuleID] = nil
+        let body = m.body.bytes
+        let text = String(validating: body, as: UTF8.self)
+        return ReceivedEvent(
+            sequenceNumber: sequence, deviceId: deviceId, moduleId: nil, enqueuedTimeUtc: enqueued,
+            body: text, bodyBase64: text == nil ? Data(body).base64EncodedString() : nil,
+            properties: m.applicationProperties.mapValues(render), annotations: annotations, systemProperties: system)
+    }
+}

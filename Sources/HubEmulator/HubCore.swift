@@ -1,0 +1,250 @@
+import FieldgateCore
+import IoTHub
+import Logging
+import ProtonAMQP
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// The emulated hub's state and rules. Confined to the reactor thread: AMQP handlers call it directly, the
+/// service API through `HubCore.perform`. No locks because there is one thread.
+public final class HubCore: @unchecked Sendable {
+    public let configuration: HubConfiguration
+    let reactor: AMQPReactor
+    let logger: Logger
+
+    var registry: Registry
+    var twins: [String: TwinDocument] = [:]
+    var queues: [String: CloudToDeviceQueue] = [:]
+    var feedback: [FeedbackRecord] = []
+    var events: EventLog
+    var eventWaiters: [(from: Int64, deliver: ([ReceivedEvent]) -> Void)] = []
+    var feedbackWaiters: [([FeedbackRecord]) -> Void] = []
+    var pendingMethods: [AMQPUUID: PendingMethod] = [:]
+    /// Which connection holds each device's links (for C2D, methods, desired pushes and link-creation conflicts).
+    var deviceOwners: [String: HubConnection] = [:]
+    var connections: [ObjectIdentifier: HubConnection] = [:]
+    /// Faults: devices whose telemetry is rejected as throttled until the given time (ms).
+    var throttledUntil: [String: Int64] = [:]
+    var authenticationWindow: (second: Int64, count: Int) = (0, 0)
+    private var saveScheduled = false
+    private var tickTimer: AMQPTimer?
+
+    struct PendingMethod {
+        let deviceId: String
+        let complete: (MethodResult) -> Void
+        let timer: AMQPTimer
+    }
+
+    public init(configuration: HubConfiguration, reactor: AMQPReactor, logger: Logger) throws {
+        self.configuration = configuration
+        self.reactor = reactor
+        self.logger = logger
+        self.events = EventLog(capacity: configuration.eventLogCapacity)
+        self.registry = Registry.withDefaultPolicies()
+        if let dir = configuration.stateDirectory { try load(from: dir) }
+    }
+
+    /// Runs `body` on the reactor thread with the core.
+    public func perform<T: Sendable>(_ body: @escaping @Sendable (HubCore) throws -> T) async throws -> T {
+        try await reactor.perform { [self] in try body(self) }
+    }
+
+    /// Starts the periodic housekeeping (token expiry, C2D locks and TTLs). Call once.
+    func startTicking() {
+        reactor.execute { [self] in scheduleTick() }
+    }
+
+    func stopTicking() { tickTimer?.cancel() }
+
+    private func scheduleTick() {
+        tickTimer = reactor.schedule(after: .milliseconds(200)) { [self] in
+            tick()
+            scheduleTick()
+        }
+    }
+
+    var now: Int64 { WallClock.nowMilliseconds() }
+
+    private func tick() {
+        let t = now
+        for connection in connections.values { connection.expireTokens(now: t) }
+        for (deviceId, var queue) in queues where (queue.nextDeadline ?? .max) <= t {
+            let ended = queue.expire(now: t)
+            queues[deviceId] = queue
+            for (message, outcome) in ended { recordFeedback(deviceId: deviceId, message: message, outcome: outcome) }
+            markDirty()
+            deviceOwners[deviceId]?.pumpCloudToDevice(deviceId)
+        }
+        throttledUntil = throttledUntil.filter { $0.value > t }
+    }
+
+    // MARK: the device directory
+
+    func register(_ connection: HubConnection) { connections[ObjectIdentifier(connection)] = connection }
+
+    func unregister(_ connection: HubConnection) {
+        connections[ObjectIdentifier(connection)] = nil
+        for (deviceId, owner) in deviceOwners where owner === connection {
+            deviceOwners[deviceId] = nil
+            setConnectionState(deviceId, connected: false)
+        }
+    }
+
+    /// `connection` now holds links of `deviceId`; a previous holder loses them with link-creation-conflict (409002).
+    func claim(_ deviceId: String, by connection: HubConnection) {
+        if let previous = deviceOwners[deviceId], previous !== connection {
+            previous.evict(deviceId, because: AMQPCondition(
+                name: IoTHubAMQP.linkCreationConflict,
+                description: hubErrorJSON(409002, "LinkCreationConflict: a new connection opened links for device \(deviceId)")))
+        }
+        if deviceOwners[deviceId] !== connection {
+            deviceOwners[deviceId] = connection
+            setConnectionState(deviceId, connected: true)
+        }
+    }
+
+    func release(_ deviceId: String, by connection: HubConnection) {
+        if deviceOwners[deviceId] === connection {
+            deviceOwners[deviceId] = nil
+            setConnectionState(deviceId, connected: false)
+        }
+    }
+
+    private func setConnectionState(_ deviceId: String, connected: Bool) {
+        guard var d = registry.devices[deviceId] else { return }
+        d.connectionState = connected ? "Connected" : "Disconnected"
+        d.lastActivityTime = WallClock.iso8601(milliseconds: now)
+        registry.devices[deviceId] = d
+    }
+
+    /// Counts one device authentication against the hub's device-connection throttle; false when over it.
+    func admitAuthentication() -> Bool {
+        guard let limit = configuration.deviceAuthenticationsPerSecond else { return true }
+        let second = now / 1000
+        if authenticationWindow.second != second { authenticationWindow = (second, 0) }
+        authenticationWindow.count += 1
+        return authenticationWindow.count <= limit
+    }
+
+    // MARK: telemetry
+
+    func recordEvent(_ make: (Int64) -> ReceivedEvent) {
+        events.append(make)
+        guard !eventWaiters.isEmpty else { return }
+        let waiters = eventWaiters
+        eventWaiters = []
+        for w in waiters { w.deliver(events.read(from: w.from, limit: 1000)) }
+    }
+
+    func isThrottled(_ deviceId: String) -> Bool { (throttledUntil[deviceId] ?? 0) > now }
+
+    // MARK: C2D feedback
+
+    func recordFeedback(deviceId: String, message: CloudToDeviceMessage, outcome: CloudToDeviceOutcome) {
+        let wanted = outcome.isPositive ? message.ack.wantsPositive : message.ack.wantsNegative
+        guard wanted else { return }
+        let record = FeedbackRecord(
+            originalMessageId: message.messageId, deviceId: deviceId,
+            deviceGenerationId: registry.devices[deviceId]?.generationId ?? "",
+            statusCode: outcome.rawValue, description: outcome.rawValue,
+            enqueuedTimeUtc: WallClock.iso8601(milliseconds: now))
+        feedback.append(record)
+        markDirty()
+        if !feedbackWaiters.isEmpty {
+            let waiters = feedbackWaiters
+            feedbackWaiters = []
+            let batch = takeFeedback()
+            for (i, w) in waiters.enumerated() { w(i == 0 ? batch : []) }
+        }
+    }
+
+    func takeFeedback() -> [FeedbackRecord] {
+        defer { feedback = [] }
+        if !feedback.isEmpty { markDirty() }
+        return feedback
+    }
+
+    // MARK: methods
+
+    func completeMethod(_ id: AMQPUUID, with result: MethodResult) {
+        guard let pending = pendingMethods.removeValue(forKey: id) else {
+            logger.notice("method response for unknown or timed-out request \(id) dropped")
+            return
+        }
+        pending.timer.cancel()
+        pending.complete(result)
+    }
+
+    // MARK: persistence
+
+    struct PersistentState: Codable {
+        var registry: Registry
+        var twins: [String: TwinDocument]
+        var queues: [String: CloudToDeviceQueue]
+        var feedback: [FeedbackRecord]
+    }
+
+    func markDirty() {
+        guard configuration.stateDirectory != nil, !saveScheduled else { return }
+        saveScheduled = true
+        reactor.schedule(after: .milliseconds(100)) { [self] in
+            saveScheduled = false
+            save()
+        }
+    }
+
+    /// Writes the state atomically (temp file + rename).
+    func save() {
+        guard let dir = configuration.stateDirectory else { return }
+        var queuesUnlocked = queues
+        for key in queuesUnlocked.keys {
+            // Locks do not survive a restart: locked messages are redelivered.
+            let tokens = Set(queuesUnlocked[key]!.messages.compactMap(\.lockToken))
+            queuesUnlocked[key]!.releaseLocks(tokens)
+        }
+        let state = PersistentState(registry: registry, twins: twins, queues: queuesUnlocked, feedback: feedback)
+        do {
+            let data = try JSONEncoder().encode(state)
+            try data.write(to: URL(fileURLWithPath: dir + "/hub-state.json"), options: .atomic)
+        } catch {
+            logger.error("cannot save hub state to \(dir): \(error)")
+        }
+    }
+
+    private func load(from dir: String) throws {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let path = dir + "/hub-state.json"
+        guard FileManager.default.fileExists(atPath: path) else { return }
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        let state = try JSONDecoder().decode(PersistentState.self, from: data)
+        registry = state.registry
+        twins = state.twins
+        queues = state.queues
+        feedback = state.feedback
+        for key in registry.devices.keys { registry.devices[key]?.connectionState = "Disconnected" }
+    }
+}
+
+/// The answer to a direct-method call: the device's status and payload, or the hub's error status.
+public struct MethodResult: Sendable, Codable, Equatable {
+    public var status: Int
+    public var payload: JSONValue
+
+    public init(status: Int, payload: JSONValue) {
+        self.status = status
+        self.payload = payload
+    }
+}
+
+/// The JSON error descriptions the real hub puts into conditions and API bodies.
+func hubErrorJSON(_ code: Int, _ message: String) -> String {
+    JSONValue.object([
+        "errorCode": .int(Int64(code)), "message": .string(message),
+        "trackingId": .string(AMQPUUID.random().description),
+        "timestampUtc": .string(WallClock.iso8601Now()),
+    ]).serialized
+}

@@ -1,0 +1,185 @@
+import FieldgateCore
+import Hummingbird
+import Logging
+import NIOCore
+import ProtonAMQP
+import ServiceLifecycle
+import Synchronization
+
+/// How fieldgate-hub listens.
+public struct HubServerConfiguration: Sendable {
+    public var hub = HubConfiguration()
+    /// Address to bind. Default: 127.0.0.1.
+    public var bindHost = "127.0.0.1"
+    /// AMQPS (TLS) port; nil = none. Default: 5671. Needs `tls`.
+    public var amqpsPort: Int? = 5671
+    /// Plain AMQP port, only when explicitly enabled (tests). Default: nil.
+    public var amqpPort: Int?
+    public var tls: AMQPServerTLS?
+    /// Service API (HTTP) port. Default: 8080.
+    public var httpPort = 8080
+    /// Serve the service API without authorization (loopback development only). Default: false.
+    public var openServiceAPI = false
+
+    public init() {}
+}
+
+/// A running hub: the ports it got, its core, and how to stop it.
+public final class RunningHub: Sendable {
+    public let amqpsPort: Int?
+    public let amqpPort: Int?
+    public let httpPort: Int
+    public let core: HubCore
+    let server: HubServer
+
+    init(amqpsPort: Int?, amqpPort: Int?, httpPort: Int, core: HubCore, server: HubServer) {
+        self.amqpsPort = amqpsPort
+        self.amqpPort = amqpPort
+        self.httpPort = httpPort
+        self.core = core
+        self.server = server
+    }
+
+    public func stop() async { await server.stop() }
+}
+
+/// fieldgate-hub: AMQP listeners on one reactor plus the HTTP service API. Also a `Service` for a ServiceGroup.
+public final class HubServer: Service, Sendable {
+    public let configuration: HubServerConfiguration
+    let logger: Logger
+    let reactor: AMQPReactor
+    private let state = Mutex<State>(State())
+
+    private struct State {
+        var core: HubCore?
+        var listeners: [(listener: AMQPListener, tls: Bool)] = []
+        var httpTask: Task<Void, any Error>?
+        var refusingUntil: ContinuousClock.Instant?
+    }
+
+    public init(configuration: HubServerConfiguration, logger: Logger = Logger(label: "fieldgate.hub")) {
+        self.configuration = configuration
+        self.logger = logger
+        self.reactor = AMQPReactor(logger: logger)
+    }
+
+    /// Binds every listener and starts serving. Ports of 0 pick free ports (see the returned `RunningHub`).
+    public func start() async throws -> RunningHub {
+        let core = try HubCore(configuration: configuration.hub, reactor: reactor, logger: logger)
+        state.withLock { $0.core = core }
+        core.startTicking()
+        var amqpsPort: Int?, amqpPort: Int?
+        if let port = configuration.amqpsPort {
+            guard configuration.tls != nil else {
+                throw HubError(.badRequest, "amqps needs a certificate and key (fieldgate-hub certs creates them), or use --amqp-port for plain AMQP in tests")
+            }
+            amqpsPort = try await openListener(port: port, tls: true, core: core).port
+        }
+        if let port = configuration.amqpPort { amqpPort = try await openListener(port: port, tls: false, core: core).port }
+
+        let api = ServiceAPI(core: core, open: configuration.openServiceAPI) { [self] fault in
+            switch fault {
+            case .refuseConnections(let seconds):
+                await refuseConnections(forSeconds: seconds)
+                return .object(["refusingSeconds": .int(Int64(seconds))])
+            }
+        }
+        let portPromise = AsyncPortPromise()
+        let app = Application(
+            router: api.router(),
+            configuration: .init(address: .hostname(configuration.bindHost, port: configuration.httpPort), serverName: "fieldgate-hub"),
+            onServerRunning: { channel in portPromise.fulfil(channel.localAddress?.port ?? 0) },
+            logger: Logger(label: "fieldgate.hub.http")
+        )
+        let task = Task { try await app.runService(gracefulShutdownSignals: []) }
+        state.withLock { $0.httpTask = task }
+        let httpPort = try await portPromise.value(orFailureOf: task)
+        logger.info("fieldgate-hub serving \(configuration.hub.hostName): amqps \(amqpsPort.map(String.init) ?? "-"), amqp \(amqpPort.map(String.init) ?? "-"), http \(httpPort)")
+        return RunningHub(amqpsPort: amqpsPort, amqpPort: amqpPort, httpPort: httpPort, core: core, server: self)
+    }
+
+    private func openListener(port: Int, tls: Bool, core: HubCore) async throws -> AMQPListener {
+        var listenerConfig = AMQPListenerConfiguration(tls: tls ? configuration.tls : nil)
+        listenerConfig.idleTimeoutMilliseconds = 240_000
+        let listener = try await reactor.listen(host: configuration.bindHost, port: port, configuration: listenerConfig) {
+            HubConnection(core: core)
+        }
+        state.withLock { $0.listeners.append((listener, tls)) }
+        return listener
+    }
+
+    /// Fault injection: closes the AMQP listeners (connects are refused) and reopens them on the same ports.
+    func refuseConnections(forSeconds seconds: Int) async {
+        let (listeners, core) = state.withLock { s in
+            defer { s.listeners = [] }
+            return (s.listeners, s.core)
+        }
+        for (l, _) in listeners { await l.close() }
+        guard let core else { return }
+        Task { [self] in
+            try? await Task.sleep(for: .seconds(seconds))
+            for (l, tls) in listeners {
+                do { _ = try await openListener(port: l.port, tls: tls, core: core) } catch {
+                    logger.error("cannot reopen the AMQP listener on port \(l.port): \(error)")
+                }
+            }
+        }
+    }
+
+    /// Stops listeners, connections, the HTTP server and saves state.
+    public func stop() async {
+        let (listeners, http, core) = state.withLock { s in
+            defer { s.listeners = []; s.httpTask = nil }
+            return (s.listeners, s.httpTask, s.core)
+        }
+        for (l, _) in listeners { await l.close() }
+        http?.cancel()
+        _ = try? await http?.value
+        if let core { try? await core.perform { core in core.stopTicking(); core.save() } }
+        await reactor.shutdown()
+    }
+
+    public func run() async throws {
+        _ = try await start()
+        try? await gracefulShutdown()
+        await stop()
+    }
+}
+
+/// Hands the HTTP port from `onServerRunning` to `start()`.
+final class AsyncPortPromise: Sendable {
+    private let state = Mutex<(port: Int?, waiter: CheckedContinuation<Int, Never>?)>((nil, nil))
+
+    func fulfil(_ port: Int) {
+        let waiter = state.withLock { s -> CheckedContinuation<Int, Never>? in
+            s.port = port
+            defer { s.waiter = nil }
+            return s.waiter
+        }
+        waiter?.resume(returning: port)
+    }
+
+    func value(orFailureOf task: Task<Void, any Error>) async throws -> Int {
+        let failure = Task {
+            do { try await task.value } catch { return error as (any Error)? }
+            return nil
+        }
+        let port = await withCheckedContinuation { (cont: CheckedContinuation<Int, Never>) in
+            let ready = state.withLock { s -> Int? in
+                if let p = s.port { return p }
+                s.waiter = cont
+                return nil
+            }
+            if let ready { cont.resume(returning: ready) }
+            Task {
+                if let error = await failure.value {
+                    // The server failed before running (e.g. port in use): release the waiter with 0.
+                    _ = error
+                    self.fulfil(0)
+                }
+            }
+        }
+        if port == 0, let error = await failure.value { throw error }
+        return port
+    }
+}

@@ -13,7 +13,7 @@ import Foundation
 /// service API through `HubCore.perform`. No locks because there is one thread.
 public final class HubCore: @unchecked Sendable {
     public let configuration: HubConfiguration
-    let reactor: AMQPReactor
+    public let reactor: AMQPReactor
     let logger: Logger
 
     var registry: Registry

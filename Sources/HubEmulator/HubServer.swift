@@ -54,6 +54,7 @@ public final class HubServer: Service, Sendable {
         var core: HubCore?
         var listeners: [(listener: AMQPListener, tls: Bool)] = []
         var httpTask: Task<Void, any Error>?
+        var httpGroup: ServiceGroup?
         var refusingUntil: ContinuousClock.Instant?
     }
 
@@ -91,8 +92,12 @@ public final class HubServer: Service, Sendable {
             onServerRunning: { channel in portPromise.fulfil(channel.localAddress?.port ?? 0) },
             logger: Logger(label: "fieldgate.hub.http")
         )
-        let task = Task { try await app.runService(gracefulShutdownSignals: []) }
-        state.withLock { $0.httpTask = task }
+        let group = ServiceGroup(services: [app], gracefulShutdownSignals: [], logger: logger)
+        let task = Task { try await group.run() }
+        state.withLock {
+            $0.httpTask = task
+            $0.httpGroup = group
+        }
         let httpPort = try await portPromise.value(orFailureOf: task)
         logger.info("fieldgate-hub serving \(configuration.hub.hostName): amqps \(amqpsPort.map(String.init) ?? "-"), amqp \(amqpPort.map(String.init) ?? "-"), http \(httpPort)")
         return RunningHub(amqpsPort: amqpsPort, amqpPort: amqpPort, httpPort: httpPort, core: core, server: self)
@@ -128,12 +133,12 @@ public final class HubServer: Service, Sendable {
 
     /// Stops listeners, connections, the HTTP server and saves state.
     public func stop() async {
-        let (listeners, http, core) = state.withLock { s in
-            defer { s.listeners = []; s.httpTask = nil }
-            return (s.listeners, s.httpTask, s.core)
+        let (listeners, http, group, core) = state.withLock { s in
+            defer { s.listeners = []; s.httpTask = nil; s.httpGroup = nil }
+            return (s.listeners, s.httpTask, s.httpGroup, s.core)
         }
         for (l, _) in listeners { await l.close() }
-        http?.cancel()
+        await group?.triggerGracefulShutdown()
         _ = try? await http?.value
         if let core { try? await core.perform { core in core.stopTicking(); core.save() } }
         await reactor.shutdown()

@@ -1,0 +1,337 @@
+import FieldgateCore
+import IoTHub
+import ProtonAMQP
+import Synchronization
+
+/// The reactor-thread side of `DeviceConnection`.
+// @unchecked Sendable: every mutable field is touched on the reactor thread only (events and `call` jobs);
+// `openedSignal` and the event stream are thread-safe by themselves.
+final class DeviceConnectionHandler: AMQPConnectionHandler, @unchecked Sendable {
+    let openedSignal = OneShot()
+    let events: AsyncStream<DeviceEvent>
+    private let eventSink: AsyncStream<DeviceEvent>.Continuation
+
+    private var session: AMQPSession?
+    private var links: [String: AMQPLink] = [:]
+    private var specs: [String: LinkSpec] = [:]
+    private var pendingAttach: [String: (Result<Void, any Error>) -> Void] = [:]
+    private var refusedPending: Set<String> = []
+    private var waitingForCredit: [String: [(bytes: [UInt8], resume: (Result<AMQPOutcome, any Error>) -> Void)]] = [:]
+    private var inFlight: [AMQPObjectID: (link: String, resume: (Result<AMQPOutcome, any Error>) -> Void)] = [:]
+    private var cbsReady = false
+    private var cbsWaiters: [(Result<Void, any Error>) -> Void] = []
+    private var cbsPending: [UInt64: (Result<(status: Int, description: String), any Error>) -> Void] = [:]
+    private var nextCBSMessageID: UInt64 = 0
+    private var twinPending: [String: (Result<TwinResponse, any Error>) -> Void] = [:]
+    private var c2dDeliveries: [Int: (delivery: AMQPDelivery, link: String)] = [:]
+    private var nextC2DToken = 0
+    private var closedError: AMQPError?
+
+    init() {
+        (events, eventSink) = AsyncStream.makeStream(of: DeviceEvent.self)
+    }
+
+    /// Runs `body` on the reactor thread and waits for it to call `resume`.
+    func call<T: Sendable>(
+        _ ref: AMQPConnectionRef,
+        _ body: @escaping @Sendable (DeviceConnectionHandler, AMQPConnection, @escaping (Result<T, any Error>) -> Void) -> Void
+    ) async throws -> T {
+        try await withCheckedThrowingContinuation { (cont: CheckedContinuation<T, any Error>) in
+            let queued = ref.execute { [self] connection in
+                if let closedError { return cont.resume(throwing: closedError) }
+                let once = ResumeOnce(cont)
+                body(self, connection, { once.resume($0) })
+            }
+            if !queued { cont.resume(throwing: AMQPError(.closed, "the connection is closed")) }
+        }
+    }
+
+    // MARK: events
+
+    func handle(_ event: AMQPEvent, on connection: AMQPConnection) {
+        switch event {
+        case .connectionOpened:
+            session = connection.openSession()
+            openedSignal.succeed()
+        case .connectionClosed(let condition):
+            if let condition { closedError = AMQPError(.remoteClosed, condition.description, condition: condition.name) }
+        case .transportClosed(let error):
+            let e = closedError ?? error ?? AMQPError(.closed, "the connection closed")
+            closedError = e
+            openedSignal.fail(e)
+            failEverything(e)
+            eventSink.yield(.connectionClosed(error))
+            eventSink.finish()
+        case .linkOpened(let link):
+            let name = link.name
+            guard let resume = pendingAttach[name] else { return }
+            let remoteTerminus = link.isSender ? link.remoteTargetAddress : link.remoteSourceAddress
+            if remoteTerminus == nil {
+                refusedPending.insert(name)  // the hub refuses: its detach follows with the reason
+            } else {
+                pendingAttach[name] = nil
+                if let spec = specs[name], !link.isSender, spec.shape.credit > 0 { link.flow(spec.shape.credit) }
+                resume(.success(()))
+            }
+        case .linkClosed(let link, let condition):
+            linkGone(link.name, condition: condition)
+        case .linkFlow(let link):
+            flush(link)
+        case .message(let delivery, let bytes):
+            received(bytes, delivery: delivery)
+        case .deliveryUpdated(let delivery):
+            guard let resume = inFlight[delivery.id]?.resume else { return }
+            if let outcome = delivery.remoteOutcome {
+                inFlight[delivery.id] = nil
+                delivery.settle()
+                resume(.success(outcome))
+            } else if delivery.isRemotelySettled {
+                inFlight[delivery.id] = nil
+                delivery.settle()
+                resume(.success(.accepted))
+            }
+        case .linkFinal, .sessionOpened, .sessionClosed:
+            break
+        }
+    }
+
+    private func linkGone(_ name: String, condition: AMQPCondition?) {
+        let error = AMQPError(.remoteClosed, condition?.description ?? "link \(name) detached", condition: condition?.name)
+        refusedPending.remove(name)
+        if let resume = pendingAttach.removeValue(forKey: name) {
+            resume(.failure(error))
+            links[name] = nil
+            return
+        }
+        guard links.removeValue(forKey: name) != nil else { return }
+        for waiting in waitingForCredit.removeValue(forKey: name) ?? [] { waiting.resume(.failure(error)) }
+        for (id, entry) in inFlight where entry.link == name {
+            inFlight[id] = nil
+            entry.resume(.failure(error))
+        }
+        if name.hasPrefix("twin-rx") { for (_, r) in twinPending { r(.failure(error)) }; twinPending = [:] }
+        eventSink.yield(.linkDetached(name: name, condition: condition))
+    }
+
+    private func failEverything(_ e: AMQPError) {
+        for r in pendingAttach.values { r(.failure(e)) }
+        pendingAttach = [:]
+        for list in waitingForCredit.values { for w in list { w.resume(.failure(e)) } }
+        waitingForCredit = [:]
+        for entry in inFlight.values { entry.resume(.failure(e)) }
+        inFlight = [:]
+        for r in cbsWaiters { r(.failure(e)) }
+        cbsWaiters = []
+        for r in cbsPending.values { r(.failure(e)) }
+        cbsPending = [:]
+        for r in twinPending.values { r(.failure(e)) }
+        twinPending = [:]
+    }
+
+    // MARK: operations (reactor thread)
+
+    func attach(_ spec: LinkSpec, on connection: AMQPConnection, resume: @escaping (Result<Void, any Error>) -> Void) {
+        guard let session else { return resume(.failure(AMQPError(.closed, "no session"))) }
+        let shape = spec.shape
+        let link = shape.sender ? session.sender(name: spec.name) : session.receiver(name: spec.name)
+        if shape.sender {
+            link.setTarget(shape.address)
+            link.setSource(spec.deviceId ?? spec.name)
+        } else {
+            link.setSource(shape.address)
+            link.setTarget(spec.deviceId ?? spec.name)
+            link.setReceiverSettleMode(.first)
+        }
+        link.setProperties(shape.properties)
+        links[spec.name] = link
+        specs[spec.name] = spec
+        pendingAttach[spec.name] = resume
+        link.open()
+    }
+
+    func detach(_ name: String, resume: @escaping (Result<Void, any Error>) -> Void) {
+        guard let link = links.removeValue(forKey: name) else { return resume(.success(())) }
+        link.close()
+        resume(.success(()))
+    }
+
+    func ensureCBS(on connection: AMQPConnection, resume: @escaping (Result<Void, any Error>) -> Void) {
+        if cbsReady { return resume(.success(())) }
+        cbsWaiters.append(resume)
+        guard cbsWaiters.count == 1 else { return }
+        let both = Countdown(2) { [self] result in
+            cbsReady = (try? result.get()) != nil
+            let waiters = cbsWaiters
+            cbsWaiters = []
+            for w in waiters { w(result) }
+        }
+        attach(.custom(name: "$cbs-sender", sender: true, address: IoTHubAMQP.cbsAddress, properties: [:], credit: 0), on: connection) { both.tick($0) }
+        attach(.custom(name: "$cbs-receiver", sender: false, address: IoTHubAMQP.cbsAddress, properties: [:], credit: 100), on: connection) { both.tick($0) }
+    }
+
+    func putToken(_ token: String, audience: String, type: String, on connection: AMQPConnection,
+                  resume: @escaping (Result<(status: Int, description: String), any Error>) -> Void) {
+        var m = AMQPMessage()
+        let id = nextCBSMessageID
+        nextCBSMessageID += 1
+        m.messageID = .ulong(id)  // as the C SDK does
+        m.applicationProperties = ["operation": "put-token", "type": .string(type), "name": .string(audience)]
+        m.body = .value(.string(token))
+        cbsPending[id] = resume
+        send(AMQPMessageCodec.encode(m), linkName: "$cbs-sender") { [self] result in
+            if case .failure(let e) = result, let r = cbsPending.removeValue(forKey: id) { r(.failure(e)) }
+        }
+    }
+
+    func send(_ bytes: [UInt8], linkName: String, resume: @escaping (Result<AMQPOutcome, any Error>) -> Void) {
+        guard let link = links[linkName], pendingAttach[linkName] == nil || link.credit > 0 else {
+            if links[linkName] != nil {
+                waitingForCredit[linkName, default: []].append((bytes, resume))
+                return
+            }
+            return resume(.failure(AMQPError(.closed, "link \(linkName) is not attached")))
+        }
+        if link.credit > 0 && (waitingForCredit[linkName]?.isEmpty ?? true) {
+            let d = link.send(bytes, tag: tag())
+            inFlight[d.id] = (linkName, resume)
+        } else {
+            waitingForCredit[linkName, default: []].append((bytes, resume))
+        }
+    }
+
+    private var tagCounter: UInt64 = 0
+    private func tag() -> [UInt8] {
+        tagCounter += 1
+        return withUnsafeBytes(of: tagCounter.bigEndian) { Array($0) }
+    }
+
+    private func flush(_ link: AMQPLink) {
+        let name = link.name
+        guard var queue = waitingForCredit[name], !queue.isEmpty else { return }
+        while link.credit > 0, !queue.isEmpty {
+            let next = queue.removeFirst()
+            let d = link.send(next.bytes, tag: tag())
+            inFlight[d.id] = (name, next.resume)
+        }
+        waitingForCredit[name] = queue
+    }
+
+    func twinRequest(_ bytes: [UInt8], correlation: String, linkName: String, resume: @escaping (Result<TwinResponse, any Error>) -> Void) {
+        twinPending[correlation] = resume
+        send(bytes, linkName: linkName) { [self] result in
+            if case .failure(let e) = result, let r = twinPending.removeValue(forKey: correlation) { r(.failure(e)) }
+        }
+    }
+
+    func settle(_ token: Int, _ outcome: AMQPOutcome) {
+        guard let entry = c2dDeliveries.removeValue(forKey: token) else { return }
+        entry.delivery.dispose(outcome)
+        if let link = links[entry.link], link.credit < 5, case .cloudToDevice(_, let credit)? = specs[entry.link] {
+            link.flow(credit - link.credit)
+        }
+    }
+
+    // MARK: inbound
+
+    private func received(_ bytes: [UInt8], delivery: AMQPDelivery) {
+        let link = delivery.link
+        let name = link.name
+        guard let message = try? AMQPMessageCodec.decode(bytes) else {
+            delivery.dispose(.rejected(AMQPCondition(name: IoTHubAMQP.decodeError, description: "undecodable")))
+            return
+        }
+        switch specs[name] {
+        case .custom(let n, _, _, _, _)? where n == "$cbs-receiver":
+            delivery.dispose(.accepted)
+            guard case .ulong(let id)? = message.correlationID, let resume = cbsPending.removeValue(forKey: id) else { return }
+            let status = message.applicationProperties["status-code"]?.integerValue ?? -1
+            resume(.success((Int(status), message.applicationProperties["status-description"]?.stringValue ?? "")))
+        case .cloudToDevice(let d, _)?:
+            let token = nextC2DToken
+            nextC2DToken += 1
+            c2dDeliveries[token] = (delivery, name)
+            eventSink.yield(.cloudToDevice(ReceivedCloudToDevice(deviceId: d, message: message, lockToken: delivery.tag, token: token)))
+        case .methodRequests(let d, _, _)?:
+            delivery.dispose(.accepted)
+            topUp(link, to: 10)
+            guard case .uuid(let id)? = message.correlationID,
+                  let methodName = message.applicationProperties[IoTHubAMQP.methodNameProperty]?.stringValue else { return }
+            let body = message.body.bytes
+            eventSink.yield(.methodRequest(MethodRequest(deviceId: d, requestID: id, name: methodName, payload: JSONValue.parse(body) ?? .null)))
+        case .twinResponses(let d, _, _)?:
+            delivery.dispose(.accepted)
+            topUp(link, to: 10)
+            let body = message.body.bytes
+            let version = message.messageAnnotations[.symbol("version")]?.integerValue
+            if case .string(let correlation)? = message.correlationID, let resume = twinPending.removeValue(forKey: correlation) {
+                let status = message.messageAnnotations[.symbol("status")]?.integerValue ?? -1
+                resume(.success(TwinResponse(status: Int(status), version: version, body: body.isEmpty ? nil : JSONValue.parse(body))))
+            } else if message.correlationID == nil {
+                eventSink.yield(.desiredUpdate(deviceId: d, patch: JSONValue.parse(body) ?? .null, version: version))
+            }
+        default:
+            delivery.dispose(.accepted)
+        }
+    }
+
+    private func topUp(_ link: AMQPLink, to credit: Int) {
+        if link.credit < credit / 2 { link.flow(credit - link.credit) }
+    }
+}
+
+/// Resumes a continuation at most once.
+final class ResumeOnce<T: Sendable>: @unchecked Sendable {
+    // @unchecked: called on the reactor thread only.
+    private var cont: CheckedContinuation<T, any Error>?
+    init(_ cont: CheckedContinuation<T, any Error>) { self.cont = cont }
+    func resume(_ result: Result<T, any Error>) {
+        cont?.resume(with: result)
+        cont = nil
+    }
+}
+
+/// Calls `done` once after `n` successes, or at the first failure.
+final class Countdown: @unchecked Sendable {
+    // @unchecked: called on the reactor thread only.
+    private var remaining: Int
+    private var done: ((Result<Void, any Error>) -> Void)?
+    init(_ n: Int, done: @escaping (Result<Void, any Error>) -> Void) {
+        remaining = n
+        self.done = done
+    }
+    func tick(_ r: Result<Void, any Error>) {
+        guard let d = done else { return }
+        if case .failure = r { done = nil; return d(r) }
+        remaining -= 1
+        if remaining == 0 { done = nil; d(.success(())) }
+    }
+}
+
+/// A one-time signal: success or failure, awaited once.
+final class OneShot: Sendable {
+    private let state = Mutex<(result: Result<Void, AMQPError>?, waiter: CheckedContinuation<Void, any Error>?)>((nil, nil))
+
+    func succeed() { complete(.success(())) }
+    func fail(_ e: AMQPError) { complete(.failure(e)) }
+
+    private func complete(_ r: Result<Void, AMQPError>) {
+        let waiter = state.withLock { s -> CheckedContinuation<Void, any Error>? in
+            guard s.result == nil else { return nil }
+            s.result = r
+            defer { s.waiter = nil }
+            return s.waiter
+        }
+        waiter?.resume(with: r.mapError { $0 as any Error })
+    }
+
+    func wait() async throws {
+        try await withCheckedThrowingContinuation { (cont: CheckedContinuation<Void, any Error>) in
+            let ready = state.withLock { s -> Result<Void, AMQPError>? in
+                if let r = s.result { return r }
+                s.waiter = cont
+                return nil
+            }
+            if let ready { cont.resume(with: ready.mapError { $0 as any Error }) }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+import FieldgateCore
+import HubDeviceClient
+import HubEmulator
+import IoTHub
+import Logging
+import ProtonAMQP
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// A real fieldgate-hub on loopback (plain AMQP, AMQPS with a fresh CA, HTTP) for one test.
+final class TestHub: Sendable {
+    let running: RunningHub
+    let reactor: AMQPReactor
+    let directory: String
+    let certificates: LocalCertificates.Paths
+
+    static func start(configure: (inout HubServerConfiguration) -> Void = { _ in }) async throws -> TestHub {
+        let dir = FileManager.default.temporaryDirectory.path + "/fieldgate-hub-test-" + AMQPUUID.random().description
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let certs = try LocalCertificates.create(in: dir + "/certs", dnsNames: ["localhost"])
+        var config = HubServerConfiguration()
+        config.hub.tokenClockSkewSeconds = 0
+        config.hub.stateDirectory = dir + "/state"
+        config.amqpsPort = 0
+        config.amqpPort = 0
+        config.httpPort = 0
+        config.openServiceAPI = true
+        config.tls = AMQPServerTLS(certificateFile: certs.serverCertificate, privateKeyFile: certs.serverKey)
+        configure(&config)
+        var logger = Logger(label: "test.hub")
+        logger.logLevel = .warning
+        let running = try await HubServer(configuration: config, logger: logger).start()
+        return TestHub(running: running, reactor: AMQPReactor(), directory: dir, certificates: certs)
+    }
+
+    private init(running: RunningHub, reactor: AMQPReactor, directory: String, certificates: LocalCertificates.Paths) {
+        self.running = running
+        self.reactor = reactor
+        self.directory = directory
+        self.certificates = certificates
+    }
+
+    var core: HubCore { running.core }
+    var hostName: String { core.configuration.hostName }
+
+    func stop() async {
+        await reactor.shutdown()
+        await running.stop()
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    /// Creates a device and returns its primary key.
+    @discardableResult
+    func createDevice(_ id: String, status: String = "enabled") async throws -> DeviceRecord {
+        try await core.perform { core in try core.upsertDevice(id: id, status: status, primaryKey: nil, secondaryKey: nil) }
+    }
+
+    /// A device connection over plain AMQP (or TLS when `tls`).
+    func connect(tls: Bool = false, sasl: AMQPClientSASL = .none) async throws -> DeviceConnection {
+        if tls {
+            return try await DeviceConnection.connect(
+                reactor: reactor, host: "127.0.0.1", port: running.amqpsPort!, hostName: hostName,
+                tls: AMQPClientTLS(trustedCAFile: certificates.caCertificate, peerHostname: "localhost"), sasl: sasl)
+        }
+        return try await DeviceConnection.connect(reactor: reactor, host: "127.0.0.1", port: running.amqpPort!, hostName: hostName, tls: nil, sasl: sasl)
+    }
+
+    /// Connects, authenticates `deviceId` with its primary key and attaches telemetry.
+    func connectDevice(_ deviceId: String, tls: Bool = false) async throws -> DeviceConnection {
+        let record = try await core.perform { try $0.device(deviceId) }
+        let c = try await connect(tls: tls)
+        let (status, description) = try await c.authenticate(deviceId: deviceId, key: record.authentication.symmetricKey.primaryKey)
+        guard status == 200 else { throw HubError(.unauthorized, "put-token \(status) \(description)") }
+        try await c.attachTelemetry(deviceId: deviceId)
+        return c
+    }
+
+    func events(from: Int64 = 1) async throws -> [ReceivedEvent] {
+        try await withCheckedThrowingContinuation { cont in
+            core.reactor.execute { [core] in core.readEvents(from: from, limit: 10_000, waitMilliseconds: 0) { cont.resume(returning: $0) } }
+        }
+    }
+}
+
+/// Runs `body` with a fresh hub and always stops it.
+func withHub(configure: (inout HubServerConfiguration) -> Void = { _ in }, _ body: (TestHub) async throws -> Void) async throws {
+    let hub = try await TestHub.start(configure: configure)
+    do {
+        try await body(hub)
+    } catch {
+        await hub.stop()
+        throw error
+    }
+    await hub.stop()
+}
+
+func jsonMessage(_ text: String, id: String? = nil) -> AMQPMessage {
+    var m = AMQPMessage(data: Array(text.utf8))
+    m.messageID = id.map(AMQPValue.string)
+    m.contentType = "application/json"
+    m.contentEncoding = "utf-8"
+    return m
+}
+
+/// Waits for the first event matching `match`, bounded by `seconds`.
+func nextEvent(_ connection: DeviceConnection, seconds: Double = 10, where match: @escaping @Sendable (DeviceEvent) -> Bool) async throws -> DeviceEvent {
+    try await withThrowingTaskGroup(of: DeviceEvent?.self) { group in
+        group.addTask {
+            for await e in connection.events where match(e) { return e }
+            return nil
+        }
+        group.addTask {
+            try await Task.sleep(for: .seconds(seconds))
+            return nil
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next(), let e = first else { throw HubError(.gatewayTimeout, "no matching device event within \(seconds) s") }
+        return e
+    }
+}

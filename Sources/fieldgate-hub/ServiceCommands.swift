@@ -1,0 +1,247 @@
+import ArgumentParser
+import FieldgateCore
+import HubServiceClient
+import IoTHub
+
+struct Device: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Manage device identities.",
+        subcommands: [Create.self, List.self, Show.self, Disable.self, Enable.self, Delete.self])
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create a device and print its connection string.")
+        @OptionGroup var service: ServiceOptions
+        @Argument(help: "Device id.") var deviceId: String
+        @Option(help: "Primary key (base64). Default: generated.") var primaryKey: String?
+        @Option(help: "Secondary key (base64). Default: generated.") var secondaryKey: String?
+        @Flag(help: "Create it disabled.") var disabled = false
+        @Option(help: "Host name for the printed connection string.") var hostName = "localhost"
+
+        func run() async throws {
+            var auth: [String: JSONValue] = [:]
+            if let primaryKey { auth["primaryKey"] = .string(primaryKey) }
+            if let secondaryKey { auth["secondaryKey"] = .string(secondaryKey) }
+            let body: JSONValue = ["status": .string(disabled ? "disabled" : "enabled"),
+                                   "authentication": ["symmetricKey": .object(auth)]]
+            let device = try await service.call("PUT", "/devices/\(pathComponent(deviceId))?create=true", body: body)
+            let key = device["authentication"]?["symmetricKey"]?["primaryKey"]?.stringValue ?? ""
+            print(ConnectionString(hostName: hostName, deviceID: deviceId, sharedAccessKey: key).description)
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List devices.")
+        @OptionGroup var service: ServiceOptions
+        func run() async throws { printJSON(try await service.call("GET", "/devices")) }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show one device, or its connection string.")
+        @OptionGroup var service: ServiceOptions
+        @Argument(help: "Device id.") var deviceId: String
+        @Flag(help: "Print only the connection string.") var connectionString = false
+        @Option(help: "Host name for the connection string.") var hostName = "localhost"
+        func run() async throws {
+            let d = try await service.call("GET", "/devices/\(pathComponent(deviceId))")
+            if connectionString {
+                print(ConnectionString(hostName: hostName, deviceID: deviceId, sharedAccessKey: d["authentication"]?["symmetricKey"]?["primaryKey"]?.stringValue ?? "").description)
+            } else {
+                printJSON(d)
+            }
+        }
+    }
+
+    struct Disable: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Disable a device (its links are detached at once).")
+        @OptionGroup var service: ServiceOptions
+        @Argument(help: "Device id.") var deviceId: String
+        func run() async throws { printJSON(try await service.call("PUT", "/devices/\(pathComponent(deviceId))", body: ["status": "disabled"])) }
+    }
+
+    struct Enable: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Enable a device.")
+        @OptionGroup var service: ServiceOptions
+        @Argument(help: "Device id.") var deviceId: String
+        func run() async throws { printJSON(try await service.call("PUT", "/devices/\(pathComponent(deviceId))", body: ["status": "enabled"])) }
+    }
+
+    struct Delete: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Delete a device.")
+        @OptionGroup var service: ServiceOptions
+        @Argument(help: "Device id.") var deviceId: String
+        func run() async throws {
+            _ = try await service.call("DELETE", "/devices/\(pathComponent(deviceId))")
+            print("deleted \(deviceId)")
+        }
+    }
+}
+
+struct CloudToDevice: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "c2d", abstract: "Cloud-to-device messages.", subcommands: [Send.self, Purge.self])
+
+    struct Send: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Send a C2D message to a device.")
+        @OptionGroup var service: ServiceOptions
+        @Argument(help: "Device id.") var deviceId: String
+        @Argument(help: "Message body (text).") var body: String
+        @Option(help: "message-id. Default: generated.") var messageId: String?
+        @Option(help: "correlation-id.") var correlationId: String?
+        @Option(help: "content-type, e.g. application/json.") var contentType: String?
+        @Option(help: "content-encoding, e.g. utf-8.") var contentEncoding: String?
+        @Option(name: .customLong("property"), help: "Application property key=value (repeatable).") var properties: [String] = []
+        @Option(help: "Feedback wanted: none, positive, negative, full.") var ack = "none"
+        @Option(help: "Time to live in seconds (60…172800). Default: the hub's 3600.") var ttl: Int?
+
+        func run() async throws {
+            var props: [String: JSONValue] = [:]
+            for p in properties {
+                guard let eq = p.firstIndex(of: "=") else { throw CLIError("--property must be key=value, got '\(p)'") }
+                props[String(p[..<eq])] = .string(String(p[p.index(after: eq)...]))
+            }
+            var body: [String: JSONValue] = ["body": .string(self.body), "ack": .string(ack), "properties": .object(props)]
+            if let messageId { body["messageId"] = .string(messageId) }
+            if let correlationId { body["correlationId"] = .string(correlationId) }
+            if let contentType { body["contentType"] = .string(contentType) }
+            if let contentEncoding { body["contentEncoding"] = .string(contentEncoding) }
+            if let ttl { body["ttlSeconds"] = .int(Int64(ttl)) }
+            printJSON(try await service.call("POST", "/devices/\(pathComponent(deviceId))/messages/deviceBound", body: .object(body)))
+        }
+    }
+
+    struct Purge: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Purge a device's C2D queue.")
+        @OptionGroup var service: ServiceOptions
+        @Argument(help: "Device id.") var deviceId: String
+        func run() async throws { printJSON(try await service.call("DELETE", "/devices/\(pathComponent(deviceId))/commands")) }
+    }
+}
+
+struct Feedback: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Read C2D feedback records (they are consumed).")
+    @OptionGroup var service: ServiceOptions
+    @Option(help: "Wait up to this many seconds for feedback to arrive.") var wait = 0
+    func run() async throws {
+        printJSON(try await service.call("GET", "/messages/serviceBound/feedback?wait=\(wait * 1000)"))
+    }
+}
+
+struct MonitorEvents: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print device-to-cloud events as JSON lines, as they arrive.")
+    @OptionGroup var service: ServiceOptions
+    @Option(help: "Only this device's events.") var device: String?
+    @Option(help: "Stop after this many events.") var count: Int?
+    @Option(help: "Stop after this many seconds.") var timeout: Int?
+    @Flag(help: "Start from the oldest kept event instead of new ones.") var fromStart = false
+
+    func run() async throws {
+        var from: Int64? = fromStart ? 1 : nil
+        var printed = 0
+        let deadline = timeout.map { ContinuousClock.now + .seconds($0) }
+        while count.map({ printed < $0 }) ?? true {
+            if let deadline, ContinuousClock.now >= deadline { break }
+            let query = from.map { "from=\($0)&" } ?? ""
+            let page = try await service.call("GET", "/events?\(query)wait=5000")
+            if let next = page["next"]?.intValue, next > 0 { from = next }
+            guard case .array(let events)? = page["events"] else { continue }
+            if from == nil, let last = events.last?["sequenceNumber"]?.intValue { from = last + 1 }
+            for e in events where device == nil || e["deviceId"]?.stringValue == device {
+                print(e.serialized)
+                printed += 1
+                if let count, printed >= count { return }
+            }
+        }
+    }
+}
+
+struct Method: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Direct methods.", subcommands: [Invoke.self])
+
+    struct Invoke: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Invoke a direct method and print {status, payload}.")
+        @OptionGroup var service: ServiceOptions
+        @Argument(help: "Device id.") var deviceId: String
+        @Argument(help: "Method name.") var methodName: String
+        @Option(help: "JSON payload.") var payload = "null"
+        @Option(help: "Response timeout in seconds (5…300).") var timeout = 30
+
+        func run() async throws {
+            let body: JSONValue = ["methodName": .string(methodName), "payload": try parseJSONArgument(payload, "--payload"),
+                                   "responseTimeoutInSeconds": .int(Int64(timeout))]
+            printJSON(try await service.call("POST", "/twins/\(pathComponent(deviceId))/methods", body: body))
+        }
+    }
+}
+
+struct Twin: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Device twins.", subcommands: [Show.self, Patch.self])
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show a device twin.")
+        @OptionGroup var service: ServiceOptions
+        @Argument(help: "Device id.") var deviceId: String
+        func run() async throws { printJSON(try await service.call("GET", "/twins/\(pathComponent(deviceId))")) }
+    }
+
+    struct Patch: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Patch desired properties and/or tags.")
+        @OptionGroup var service: ServiceOptions
+        @Argument(help: "Device id.") var deviceId: String
+        @Option(help: "Desired properties patch (JSON object).") var desired: String?
+        @Option(help: "Tags patch (JSON object).") var tags: String?
+
+        func run() async throws {
+            guard desired != nil || tags != nil else { throw CLIError("give --desired and/or --tags") }
+            var patch: [String: JSONValue] = [:]
+            if let desired { patch["properties"] = ["desired": try parseJSONArgument(desired, "--desired")] }
+            if let tags { patch["tags"] = try parseJSONArgument(tags, "--tags") }
+            printJSON(try await service.call("PATCH", "/twins/\(pathComponent(deviceId))", body: .object(patch)))
+        }
+    }
+}
+
+struct Fault: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Inject faults.",
+        subcommands: [Throttle.self, ExpireTokens.self, DropConnections.self, RefuseConnections.self, Disable.self])
+
+    struct Throttle: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Reject a device's telemetry as throttled for a while.")
+        @OptionGroup var service: ServiceOptions
+        @Argument(help: "Device id.") var deviceId: String
+        @Option(help: "Seconds.") var seconds = 60
+        func run() async throws {
+            printJSON(try await service.call("POST", "/faults/throttle", body: ["deviceId": .string(deviceId), "seconds": .int(Int64(seconds))]))
+        }
+    }
+
+    struct ExpireTokens: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Expire CBS tokens now (one device's, or all).")
+        @OptionGroup var service: ServiceOptions
+        @Option(help: "Only this device's tokens.") var device: String?
+        func run() async throws {
+            printJSON(try await service.call("POST", "/faults/expire-tokens", body: device.map { ["deviceId": .string($0)] } ?? [:]))
+        }
+    }
+
+    struct DropConnections: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Drop every device connection at the socket.")
+        @OptionGroup var service: ServiceOptions
+        func run() async throws { printJSON(try await service.call("POST", "/faults/drop-connections")) }
+    }
+
+    struct RefuseConnections: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Refuse AMQP connections for a while (listeners closed).")
+        @OptionGroup var service: ServiceOptions
+        @Option(help: "Seconds.") var seconds = 10
+        func run() async throws {
+            printJSON(try await service.call("POST", "/faults/refuse-connections", body: ["seconds": .int(Int64(seconds))]))
+        }
+    }
+
+    struct Disable: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Disable a device (same as `device disable`).")
+        @OptionGroup var service: ServiceOptions
+        @Argument(help: "Device id.") var deviceId: String
+        func run() async throws { printJSON(try await service.call("PUT", "/devices/\(pathComponent(deviceId))", body: ["status": "disabled"])) }
+    }
+}

@@ -38,6 +38,9 @@ public final class DeviceConnection: Sendable {
     public var events: AsyncStream<DeviceEvent> { handler.events }
 
     public func close() { ref.close() }
+
+    /// The hub's Open values and attach replies seen so far.
+    public var observedPeer: ObservedPeer { handler.observed.withLock { $0 } }
     public var isClosed: Bool { ref.isClosed }
 
     // MARK: CBS

@@ -8,6 +8,8 @@ import Synchronization
 // `openedSignal` and the event stream are thread-safe by themselves.
 final class DeviceConnectionHandler: AMQPConnectionHandler, @unchecked Sendable {
     let openedSignal = OneShot()
+    /// What the hub's Open and attach replies said (for tests of the hub's wire values).
+    let observed = Mutex<ObservedPeer>(ObservedPeer())
     let events: AsyncStream<DeviceEvent>
     private let eventSink: AsyncStream<DeviceEvent>.Continuation
 
@@ -51,6 +53,10 @@ final class DeviceConnectionHandler: AMQPConnectionHandler, @unchecked Sendable 
     func handle(_ event: AMQPEvent, on connection: AMQPConnection) {
         switch event {
         case .connectionOpened:
+            observed.withLock {
+                $0.containerID = connection.remoteContainer
+                $0.idleTimeoutMilliseconds = connection.remoteIdleTimeoutMilliseconds
+            }
             session = connection.openSession()
             openedSignal.succeed()
         case .connectionClosed(let condition):
@@ -69,6 +75,7 @@ final class DeviceConnectionHandler: AMQPConnectionHandler, @unchecked Sendable 
             if remoteTerminus == nil {
                 refusedPending.insert(name)  // the hub refuses: its detach follows with the reason
             } else {
+                observed.withLock { $0.maxMessageSize[name] = link.remoteMaxMessageSize }
                 pendingAttach[name] = nil
                 if let spec = specs[name], !link.isSender, spec.shape.credit > 0 { link.flow(spec.shape.credit) }
                 resume(.success(()))
@@ -243,6 +250,7 @@ final class DeviceConnectionHandler: AMQPConnectionHandler, @unchecked Sendable 
         switch specs[name] {
         case .custom(let n, _, _, _, _)? where n == "$cbs-receiver":
             delivery.dispose(.accepted)
+            topUp(link, to: 100)
             guard case .ulong(let id)? = message.correlationID, let resume = cbsPending.removeValue(forKey: id) else { return }
             let status = message.applicationProperties["status-code"]?.integerValue ?? -1
             resume(.success((Int(status), message.applicationProperties["status-description"]?.stringValue ?? "")))
@@ -277,6 +285,13 @@ final class DeviceConnectionHandler: AMQPConnectionHandler, @unchecked Sendable 
     private func topUp(_ link: AMQPLink, to credit: Int) {
         if link.credit < credit / 2 { link.flow(credit - link.credit) }
     }
+}
+
+/// Values the hub sent in its Open and attach frames.
+public struct ObservedPeer: Sendable {
+    public var containerID: String?
+    public var idleTimeoutMilliseconds: UInt32 = 0
+    public var maxMessageSize: [String: UInt64] = [:]
 }
 
 /// Resumes a continuation at most once.

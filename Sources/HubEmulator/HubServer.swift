@@ -90,7 +90,7 @@ public final class HubServer: Service, Sendable {
             router: api.router(),
             configuration: .init(address: .hostname(configuration.bindHost, port: configuration.httpPort), serverName: "fieldgate-hub"),
             onServerRunning: { channel in portPromise.fulfil(channel.localAddress?.port ?? 0) },
-            logger: Logger(label: "fieldgate.hub.http")
+            logger: { var l = Logger(label: "fieldgate.hub.http"); l.logLevel = logger.logLevel; return l }()
         )
         let group = ServiceGroup(services: [app], gracefulShutdownSignals: [], logger: logger)
         let task = Task { try await group.run() }

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Builds fieldgate and runs every test. Installs what it needs first (scripts/setup.sh). Run as root on Debian 12.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+[ -d /opt/swift/usr/bin ] && export PATH=/opt/swift/usr/bin:$PATH
+swift build --build-tests
+# Suites start their own hubs on free ports, so they may run in parallel.
+swift test --skip-build "$@"

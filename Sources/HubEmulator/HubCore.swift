@@ -77,7 +77,8 @@ public final class HubCore: @unchecked Sendable {
             queues[deviceId] = queue
             for (message, outcome) in ended { recordFeedback(deviceId: deviceId, message: message, outcome: outcome) }
             markDirty()
-            deviceOwners[deviceId]?.pumpCloudToDevice(deviceId)
+            // Timer context, not the owner's event batch: go through its inbox so Proton flushes the transfer.
+            if let owner = deviceOwners[deviceId] { owner.ref?.execute { _ in owner.pumpCloudToDevice(deviceId) } }
         }
         throttledUntil = throttledUntil.filter { $0.value > t }
     }

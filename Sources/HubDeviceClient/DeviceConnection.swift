@@ -34,8 +34,28 @@ public final class DeviceConnection: Sendable {
         self.ref = ref
     }
 
-    /// Events: C2D messages, method requests, desired pushes, link detaches, connection end.
-    public var events: AsyncStream<DeviceEvent> { handler.events }
+    /// Every event, in order, for one consumer: C2D messages, method requests, desired pushes, link detaches,
+    /// connection end.
+    public var events: AsyncStream<DeviceEvent> {
+        AsyncStream { [mailbox = handler.mailbox] in await mailbox.next { _ in true } }
+    }
+
+    /// The first event matching `match`, waiting up to `timeout`; throws on timeout or when the connection ends.
+    public func nextEvent(timeout: Duration = .seconds(10), where match: @escaping @Sendable (DeviceEvent) -> Bool) async throws -> DeviceEvent {
+        let mailbox = handler.mailbox
+        let found = await withTaskGroup(of: DeviceEvent?.self) { group in
+            group.addTask { await mailbox.next(where: match) }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return nil
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first
+        }
+        guard let found else { throw AMQPError(.timeout, "no matching device event within \(timeout)") }
+        return found
+    }
 
     public func close() { ref.close() }
 

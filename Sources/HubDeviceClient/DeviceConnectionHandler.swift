@@ -10,8 +10,7 @@ final class DeviceConnectionHandler: AMQPConnectionHandler, @unchecked Sendable 
     let openedSignal = OneShot()
     /// What the hub's Open and attach replies said (for tests of the hub's wire values).
     let observed = Mutex<ObservedPeer>(ObservedPeer())
-    let events: AsyncStream<DeviceEvent>
-    private let eventSink: AsyncStream<DeviceEvent>.Continuation
+    let mailbox = EventMailbox()
 
     private var session: AMQPSession?
     private var links: [String: AMQPLink] = [:]
@@ -29,9 +28,7 @@ final class DeviceConnectionHandler: AMQPConnectionHandler, @unchecked Sendable 
     private var nextC2DToken = 0
     private var closedError: AMQPError?
 
-    init() {
-        (events, eventSink) = AsyncStream.makeStream(of: DeviceEvent.self)
-    }
+    init() {}
 
     /// Runs `body` on the reactor thread and waits for it to call `resume`.
     func call<T: Sendable>(
@@ -66,8 +63,8 @@ final class DeviceConnectionHandler: AMQPConnectionHandler, @unchecked Sendable 
             closedError = e
             openedSignal.fail(e)
             failEverything(e)
-            eventSink.yield(.connectionClosed(error))
-            eventSink.finish()
+            mailbox.post(.connectionClosed(error))
+            mailbox.finish()
         case .linkOpened(let link):
             let name = link.name
             guard let resume = pendingAttach[name] else { return }
@@ -117,7 +114,7 @@ final class DeviceConnectionHandler: AMQPConnectionHandler, @unchecked Sendable 
             entry.resume(.failure(error))
         }
         if name.hasPrefix("twin-rx") { for (_, r) in twinPending { r(.failure(error)) }; twinPending = [:] }
-        eventSink.yield(.linkDetached(name: name, condition: condition))
+        mailbox.post(.linkDetached(name: name, condition: condition))
     }
 
     private func failEverything(_ e: AMQPError) {
@@ -258,14 +255,14 @@ final class DeviceConnectionHandler: AMQPConnectionHandler, @unchecked Sendable 
             let token = nextC2DToken
             nextC2DToken += 1
             c2dDeliveries[token] = (delivery, name)
-            eventSink.yield(.cloudToDevice(ReceivedCloudToDevice(deviceId: d, message: message, lockToken: delivery.tag, token: token)))
+            mailbox.post(.cloudToDevice(ReceivedCloudToDevice(deviceId: d, message: message, lockToken: delivery.tag, token: token)))
         case .methodRequests(let d, _, _)?:
             delivery.dispose(.accepted)
             topUp(link, to: 10)
             guard case .uuid(let id)? = message.correlationID,
                   let methodName = message.applicationProperties[IoTHubAMQP.methodNameProperty]?.stringValue else { return }
             let body = message.body.bytes
-            eventSink.yield(.methodRequest(MethodRequest(deviceId: d, requestID: id, name: methodName, payload: JSONValue.parse(body) ?? .null)))
+            mailbox.post(.methodRequest(MethodRequest(deviceId: d, requestID: id, name: methodName, payload: JSONValue.parse(body) ?? .null)))
         case .twinResponses(let d, _, _)?:
             delivery.dispose(.accepted)
             topUp(link, to: 10)
@@ -275,7 +272,7 @@ final class DeviceConnectionHandler: AMQPConnectionHandler, @unchecked Sendable 
                 let status = message.messageAnnotations[.symbol("status")]?.integerValue ?? -1
                 resume(.success(TwinResponse(status: Int(status), version: version, body: body.isEmpty ? nil : JSONValue.parse(body))))
             } else if message.correlationID == nil {
-                eventSink.yield(.desiredUpdate(deviceId: d, patch: JSONValue.parse(body) ?? .null, version: version))
+                mailbox.post(.desiredUpdate(deviceId: d, patch: JSONValue.parse(body) ?? .null, version: version))
             }
         default:
             delivery.dispose(.accepted)
@@ -284,6 +281,66 @@ final class DeviceConnectionHandler: AMQPConnectionHandler, @unchecked Sendable 
 
     private func topUp(_ link: AMQPLink, to credit: Int) {
         if link.credit < credit / 2 { link.flow(credit - link.credit) }
+    }
+}
+
+/// Buffers device events for any number of waiters, each taking the first event it matches. (An AsyncStream
+/// would end for everyone when one waiting iterator is cancelled.)
+final class EventMailbox: Sendable {
+    private struct Waiter {
+        let id: UInt64
+        let match: @Sendable (DeviceEvent) -> Bool
+        let cont: CheckedContinuation<DeviceEvent?, Never>
+    }
+    private struct State {
+        var buffered: [DeviceEvent] = []
+        var waiters: [Waiter] = []
+        var finished = false
+        var nextID: UInt64 = 0
+    }
+    private let state = Mutex<State>(State())
+
+    func post(_ event: DeviceEvent) {
+        let waiter = state.withLock { s -> Waiter? in
+            if let i = s.waiters.firstIndex(where: { $0.match(event) }) { return s.waiters.remove(at: i) }
+            s.buffered.append(event)
+            return nil
+        }
+        waiter?.cont.resume(returning: event)
+    }
+
+    func finish() {
+        let waiters = state.withLock { s -> [Waiter] in
+            s.finished = true
+            defer { s.waiters = [] }
+            return s.waiters
+        }
+        for w in waiters { w.cont.resume(returning: nil) }
+    }
+
+    /// The first buffered or future event matching `match`; nil when the connection ended or on cancellation.
+    func next(where match: @escaping @Sendable (DeviceEvent) -> Bool) async -> DeviceEvent? {
+        let id = state.withLock { s -> UInt64 in
+            s.nextID += 1
+            return s.nextID
+        }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (cont: CheckedContinuation<DeviceEvent?, Never>) in
+                let ready = state.withLock { s -> DeviceEvent?? in
+                    if let i = s.buffered.firstIndex(where: match) { return .some(s.buffered.remove(at: i)) }
+                    if s.finished || Task.isCancelled { return .some(nil) }
+                    s.waiters.append(Waiter(id: id, match: match, cont: cont))
+                    return nil
+                }
+                if let ready { cont.resume(returning: ready) }
+            }
+        } onCancel: {
+            let w = state.withLock { s -> Waiter? in
+                guard let i = s.waiters.firstIndex(where: { $0.id == id }) else { return nil }
+                return s.waiters.remove(at: i)
+            }
+            w?.cont.resume(returning: nil)
+        }
     }
 }
 

@@ -55,7 +55,7 @@ public final class HubServer: Service, Sendable {
         var listeners: [(listener: AMQPListener, tls: Bool)] = []
         var httpTask: Task<Void, any Error>?
         var httpGroup: ServiceGroup?
-        var refusingUntil: ContinuousClock.Instant?
+        var stopped = false
     }
 
     public init(configuration: HubServerConfiguration, logger: Logger = Logger(label: "fieldgate.hub")) {
@@ -133,10 +133,11 @@ public final class HubServer: Service, Sendable {
 
     /// Stops listeners, connections, the HTTP server and saves state.
     public func stop() async {
-        let (listeners, http, group, core) = state.withLock { s in
-            defer { s.listeners = []; s.httpTask = nil; s.httpGroup = nil }
-            return (s.listeners, s.httpTask, s.httpGroup, s.core)
+        let (listeners, http, group, core, alreadyStopped) = state.withLock { s in
+            defer { s.listeners = []; s.httpTask = nil; s.httpGroup = nil; s.stopped = true }
+            return (s.listeners, s.httpTask, s.httpGroup, s.core, s.stopped)
         }
+        if alreadyStopped { return }
         for (l, _) in listeners { await l.close() }
         await group?.triggerGracefulShutdown()
         _ = try? await http?.value

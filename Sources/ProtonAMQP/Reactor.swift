@@ -51,20 +51,25 @@ public final class AMQPReactor: @unchecked Sendable {
         return pthread_equal(t, pthread_self()) != 0
     }
 
-    /// Runs `job` on the reactor thread (soon, in order).
-    public func execute(_ job: @escaping @Sendable () -> Void) {
+    /// Runs `job` on the reactor thread (soon, in order). Returns false, dropping the job, once the reactor has
+    /// shut down.
+    @discardableResult
+    public func execute(_ job: @escaping @Sendable () -> Void) -> Bool {
         let accepted = inbox.withLock { state -> Bool in
-            guard !state.finished else { return false }
+            guard !state.finished && !state.stopRequested else { return false }
             state.jobs.append(job)
             return true
         }
         if accepted { pn_proactor_interrupt(proactor.raw) }
+        return accepted
     }
 
-    /// Runs `body` on the reactor thread and returns its result.
+    /// Runs `body` on the reactor thread and returns its result; throws `.closed` after shutdown.
     public func perform<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { (cont: CheckedContinuation<T, any Error>) in
-            execute { cont.resume(with: Result { try body() }) }
+            if !execute({ cont.resume(with: Result { try body() }) }) {
+                cont.resume(throwing: AMQPError(.closed, "the AMQP reactor has shut down"))
+            }
         }
     }
 

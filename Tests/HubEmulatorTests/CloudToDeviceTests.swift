@@ -130,7 +130,7 @@ struct CloudToDeviceTests {
             _ = try await hub.core.perform { try $0.sendCloudToDevice("dev1", message: CloudToDeviceMessage(messageId: "x", body: [1], ack: .negative), ttlMilliseconds: nil) }
             for _ in 0..<10 { c.settle(try await c2dEvent(c), .released) }
             #expect(try await feedback(hub).map(\.statusCode) == ["DeliveryCountExceeded"])
-            await #expect(throws: HubError.self) { _ = try await c2dEvent(c, seconds: 1) }
+            await #expect(throws: AMQPError.self) { _ = try await c2dEvent(c, seconds: 1) }
             c.close()
         }
     }

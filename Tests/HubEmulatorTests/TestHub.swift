@@ -108,17 +108,5 @@ func jsonMessage(_ text: String, id: String? = nil) -> AMQPMessage {
 
 /// Waits for the first event matching `match`, bounded by `seconds`.
 func nextEvent(_ connection: DeviceConnection, seconds: Double = 10, where match: @escaping @Sendable (DeviceEvent) -> Bool) async throws -> DeviceEvent {
-    try await withThrowingTaskGroup(of: DeviceEvent?.self) { group in
-        group.addTask {
-            for await e in connection.events where match(e) { return e }
-            return nil
-        }
-        group.addTask {
-            try await Task.sleep(for: .seconds(seconds))
-            return nil
-        }
-        defer { group.cancelAll() }
-        guard let first = try await group.next(), let e = first else { throw HubError(.gatewayTimeout, "no matching device event within \(seconds) s") }
-        return e
-    }
+    try await connection.nextEvent(timeout: .milliseconds(Int(seconds * 1000)), where: match)
 }

@@ -14,7 +14,7 @@ public enum TwinRules {
     /// Throws a `.twinRule` error naming the first violation.
     public static func validatePatch(_ patch: JSONValue) throws(IoTHubError) {
         guard case .object(let root) = patch else { throw IoTHubError(.twinRule, "a twin patch must be a JSON object") }
-        for (key, value) in root where !key.hasPrefix("$") {
+        for (key, value) in root {
             try validate(key: key, path: key)
             try validate(value, depth: 1, path: key)
         }

@@ -88,9 +88,8 @@ let package = Package(
         .executableTarget(
             name: "fieldgate-bench",
             dependencies: [
-                "HubEmulator", "HubDeviceClient", "ProtonAMQP", "IoTHub", "FieldgateCore",
+                "HubDeviceClient", "HubServiceClient", "ProtonAMQP", "IoTHub", "FieldgateCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSettings
         ),

@@ -15,9 +15,19 @@ public struct ReceivedEvent: Sendable, Codable, Equatable {
     public var systemProperties: [String: String]
 }
 
-/// A bounded log of received events with waiters for long polls. Reactor-thread state.
+/// A received message as the hub keeps it: the encoded bytes and the link identity's stamps. Rendering into a
+/// `ReceivedEvent` (decode, ISO 8601 dates, JSON) happens only when the service side reads, off the hot path.
+struct StoredEvent {
+    var deviceId: String
+    var generationId: String
+    var enqueuedMs: Int64
+    var hubScope: Bool
+    var encoded: [UInt8]
+}
+
+/// A bounded log of received events. Reactor-thread state.
 struct EventLog {
-    private(set) var events: [ReceivedEvent] = []
+    private(set) var events: [StoredEvent] = []
     private var start = 0  // ring start
     private(set) var nextSequence: Int64 = 1
     private(set) var totalAccepted: Int64 = 0
@@ -25,8 +35,7 @@ struct EventLog {
 
     init(capacity: Int) { self.capacity = max(capacity, 1) }
 
-    mutating func append(_ make: (Int64) -> ReceivedEvent) {
-        let e = make(nextSequence)
+    mutating func append(_ e: StoredEvent) {
         nextSequence += 1
         totalAccepted += 1
         if events.count < capacity {
@@ -38,7 +47,7 @@ struct EventLog {
     }
 
     /// Events with sequence ≥ `from`, oldest first, at most `limit`.
-    func read(from: Int64, limit: Int) -> [ReceivedEvent] {
+    func read(from: Int64, limit: Int, render: (StoredEvent, Int64) -> ReceivedEvent) -> [ReceivedEvent] {
         guard !events.isEmpty else { return [] }
         let oldest = nextSequence - Int64(events.count)
         let first = max(from, oldest)
@@ -47,7 +56,7 @@ struct EventLog {
         var seq = first
         while seq < nextSequence && out.count < limit {
             let offset = Int(seq - oldest)
-            out.append(events[(start + offset) % events.count])
+            out.append(render(events[(start + offset) % events.count], seq))
             seq += 1
         }
         return out

@@ -36,8 +36,11 @@ extension HubConnection {
               let audience = PercentEncoding.decode(rawName)
         else { return (400, "the put-token request has no audience (name)") }
 
+        let audienceSlash = audience.firstIndex(of: "/") ?? audience.endIndex
+        let audienceHost = String(audience[..<audienceSlash])
+        let audiencePath = String(audience[audienceSlash...]).trimmingTrailingSlash
         if operation == "delete-token" {
-            tokens[audience] = nil
+            tokens[audiencePath] = nil
             expireTokens(now: core.now)
             return (200, "OK")
         }
@@ -94,18 +97,15 @@ extension HubConnection {
             guard device.isEnabled else { return (401, "Device \(d) is disabled.") }
         }
         // The audience must be covered by what the token grants (§12 item 7).
-        let audienceSlash = audience.firstIndex(of: "/") ?? audience.endIndex
-        let audienceHost = String(audience[..<audienceSlash])
-        let audiencePath = String(audience[audienceSlash...]).trimmingTrailingSlash
         guard audienceHost.lowercased() == host.lowercased(), isSegmentPrefix(scopePath, of: audiencePath) else {
             return (401, "The audience \(audience) is not covered by the token's resource \(resource).")
         }
-        if tokens[audience] == nil && tokens.count >= core.configuration.maxTokensPerConnection {
+        if tokens[audiencePath] == nil && tokens.count >= core.configuration.maxTokensPerConnection {
             return (403, "This connection already holds \(core.configuration.maxTokensPerConnection) tokens.")
         }
         guard core.admitAuthentication() else { return (429, "Device connections are being throttled.") }
         // The token authenticates what its audience names, which lies inside its resource.
-        tokens[audience] = CBSToken(scopePath: audiencePath, expiry: token.expiry, policy: token.keyName)
+        tokens[audiencePath] = CBSToken(scopePath: audiencePath, expiry: token.expiry, policy: token.keyName)
         return (200, "OK")
     }
 }

@@ -34,10 +34,12 @@ extension HubConnection {
             return delivery.dispose(.rejected(AMQPCondition(name: IoTHubAMQP.decodeError, description: "the message cannot be decoded: \(error.message)")))
         }
         var messages = [outer]
+        var encodings = [bytes]
         if case .data(let sections) = outer.body, sections.allSatisfy(Self.looksLikeEncodedMessage) {
             do { messages = try sections.map { s throws(AMQPError) in try AMQPMessageCodec.decode(s) } } catch {
                 return delivery.dispose(.rejected(AMQPCondition(name: IoTHubAMQP.decodeError, description: "a batch entry cannot be decoded: \(error.message)")))
             }
+            encodings = sections
         }
         let size = messages.reduce(0) { $0 + Self.protocolAgnosticSize($1) }
         guard size <= IoTHubAMQP.maxTelemetrySize else { return delivery.dispose(.rejected(sizeCondition(size))) }
@@ -46,17 +48,11 @@ extension HubConnection {
                 return delivery.dispose(.rejected(AMQPCondition(name: IoTHubAMQP.argumentError, description: problem)))
             }
         }
-        let device = core.registry.devices[deviceId]
-        let enqueued = WallClock.iso8601(milliseconds: core.now)
-        let authMethod = JSONValue.object([
-            "scope": .string(liveToken(covering: "/devices/\(deviceId)")?.policy == nil ? "device" : "hub"),
-            "type": "sas", "issuer": "iothub", "acceptingIpFilterRule": .null,
-        ]).serialized
-        for m in messages {
-            core.recordEvent { seq in
-                Self.event(from: m, sequence: seq, deviceId: deviceId, generationId: device?.generationId ?? "",
-                           authMethod: authMethod, enqueued: enqueued)
-            }
+        let generationId = core.registry.devices[deviceId]?.generationId ?? ""
+        let now = core.now
+        let hubScope = liveToken(covering: "/devices/\(deviceId)")?.policy != nil
+        for encoded in encodings {
+            core.recordEvent(StoredEvent(deviceId: deviceId, generationId: generationId, enqueuedMs: now, hubScope: hubScope, encoded: encoded))
         }
         delivery.dispose(.accepted)
     }
@@ -116,10 +112,11 @@ extension HubConnection {
         }
     }
 
-    /// The service-side view of a message, stamped from the link identity (client values with the hub's names
-    /// are overwritten: anti-spoofing, §4.5).
-    static func event(from m: AMQPMessage, sequence: Int64, deviceId: String, generationId: String,
-                      authMethod: String, enqueued: String) -> ReceivedEvent {
+    /// The service-side view of a stored message, stamped from the link identity (client values with the hub's
+    /// names are overwritten: anti-spoofing, §4.5).
+    static func render(_ stored: StoredEvent, sequence: Int64) -> ReceivedEvent {
+        let m = (try? AMQPMessageCodec.decode(stored.encoded)) ?? AMQPMessage()
+        let enqueued = WallClock.iso8601(milliseconds: stored.enqueuedMs)
         var system: [String: String] = [:]
         if let id = m.messageID { system["message-id"] = render(id) }
         if let c = m.correlationID { system["correlation-id"] = render(c) }
@@ -130,16 +127,18 @@ extension HubConnection {
         if let t = m.creationTime { system["creation-time"] = WallClock.iso8601(milliseconds: t) }
         var annotations: [String: String] = [:]
         for (k, v) in m.messageAnnotations { if let key = k.stringValue { annotations[key] = render(v) } }
-        annotations[IoTHubAMQP.connectionDeviceID] = deviceId
-        annotations[IoTHubAMQP.connectionAuthMethod] = authMethod
-        annotations[IoTHubAMQP.connectionAuthGenerationID] = generationId
+        annotations[IoTHubAMQP.connectionDeviceID] = stored.deviceId
+        annotations[IoTHubAMQP.connectionAuthMethod] = JSONValue.object([
+            "scope": .string(stored.hubScope ? "hub" : "device"), "type": "sas", "issuer": "iothub", "acceptingIpFilterRule": .null,
+        ]).serialized
+        annotations[IoTHubAMQP.connectionAuthGenerationID] = stored.generationId
         annotations[IoTHubAMQP.enqueuedTime] = enqueued
         annotations[IoTHubAMQP.messageSource] = "Telemetry"
         annotations[IoTHubAMQP.connectionModuleID] = nil
         let body = m.body.bytes
         let text = String(validating: body, as: UTF8.self)
         return ReceivedEvent(
-            sequenceNumber: sequence, deviceId: deviceId, moduleId: nil, enqueuedTimeUtc: enqueued,
+            sequenceNumber: sequence, deviceId: stored.deviceId, moduleId: nil, enqueuedTimeUtc: enqueued,
             body: text, bodyBase64: text == nil ? Data(body).base64EncodedString() : nil,
             properties: m.applicationProperties.mapValues(render), annotations: annotations, systemProperties: system)
     }

@@ -11,7 +11,8 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
     let core: HubCore
     var ref: AMQPConnectionRef?
     var connection: AMQPConnection?
-    /// Live tokens by audience (the decoded put-token `name`).
+    /// Live tokens by the path their audience names ("", "/devices" or "/devices/{d}"): coverage is then three
+    /// dictionary lookups, not a scan of up to 999 tokens per message.
     var tokens: [String: CBSToken] = [:]
     var links: [AMQPObjectID: LinkState] = [:]
     /// Links per device on this connection.
@@ -101,6 +102,11 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
         case .transportClosed, .connectionClosed:
             for id in Array(links.keys) { if let l = links[id] { detached(l.link) } }
             core.unregister(self)
+            if case .transportClosed = event {
+                // The context holds this handler; dropping our references to it breaks the cycle.
+                ref = nil
+                self.connection = nil
+            }
         case .sessionOpened, .sessionClosed:
             break
         }
@@ -252,7 +258,12 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
 
     func liveToken(covering identityPath: String) -> CBSToken? {
         let limit = core.now / 1000 - core.configuration.tokenClockSkewSeconds
-        return tokens.values.first { $0.expiry > limit && $0.covers(identityPath) }
+        var prefix = identityPath
+        while true {
+            if let t = tokens[prefix], t.expiry > limit { return t }
+            guard let slash = prefix.lastIndex(of: "/") else { return nil }
+            prefix = String(prefix[..<slash])
+        }
     }
 
     /// Drops expired tokens and detaches the links they no longer cover with "Token Invalid." (§12 item 32).

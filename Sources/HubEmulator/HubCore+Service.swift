@@ -108,7 +108,7 @@ extension HubCore {
 
     /// Events from sequence `from`, now or within `waitMilliseconds` when none are there yet.
     public func readEvents(from: Int64, limit: Int, waitMilliseconds: Int, deliver: @escaping @Sendable ([ReceivedEvent]) -> Void) {
-        let ready = events.read(from: from, limit: limit)
+        let ready = readEvents(from: from, limit: limit)
         if !ready.isEmpty || waitMilliseconds <= 0 { return deliver(ready) }
         let once = OnceBox(deliver)
         eventWaiters.append((from, { once.call($0) }))

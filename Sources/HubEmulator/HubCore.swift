@@ -133,12 +133,16 @@ public final class HubCore: @unchecked Sendable {
 
     // MARK: telemetry
 
-    func recordEvent(_ make: (Int64) -> ReceivedEvent) {
-        events.append(make)
+    func recordEvent(_ event: StoredEvent) {
+        events.append(event)
         guard !eventWaiters.isEmpty else { return }
         let waiters = eventWaiters
         eventWaiters = []
-        for w in waiters { w.deliver(events.read(from: w.from, limit: 1000)) }
+        for w in waiters { w.deliver(readEvents(from: w.from, limit: 1000)) }
+    }
+
+    func readEvents(from: Int64, limit: Int) -> [ReceivedEvent] {
+        events.read(from: from, limit: limit) { stored, seq in HubConnection.render(stored, sequence: seq) }
     }
 
     func isThrottled(_ deviceId: String) -> Bool { (throttledUntil[deviceId] ?? 0) > now }

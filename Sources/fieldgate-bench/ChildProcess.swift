@@ -1,0 +1,58 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A child process started with posix_spawn, with its CPU time and RSS read from /proc.
+struct ChildProcess {
+    let pid: pid_t
+
+    static func spawn(_ path: String, _ arguments: [String]) throws -> ChildProcess {
+        var pid: pid_t = 0
+        let argv = ([path] + arguments).map { strdup($0) } + [nil]
+        defer { for a in argv { free(a) } }
+        let rc = posix_spawn(&pid, path, nil, nil, argv, environ)
+        guard rc == 0 else { throw BenchError("cannot start \(path): errno \(rc)") }
+        return ChildProcess(pid: pid)
+    }
+
+    func terminate() {
+        kill(pid, SIGTERM)
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+    }
+
+    /// utime + stime of the child, in seconds.
+    func cpuSeconds() -> Double { Self.cpuSeconds(statPath: "/proc/\(pid)/stat") }
+
+    static func selfCPUSeconds() -> Double { cpuSeconds(statPath: "/proc/self/stat") }
+
+    private static func cpuSeconds(statPath: String) -> Double {
+        guard let text = readFile(statPath), let close = text.lastIndex(of: ")") else { return 0 }
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        // After ")": state(0) ... utime is field 14 overall = index 11 here, stime index 12.
+        guard fields.count > 12, let u = Double(fields[11]), let s = Double(fields[12]) else { return 0 }
+        return (u + s) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
+    func rssMB() -> Double {
+        guard let text = Self.readFile("/proc/\(pid)/status") else { return 0 }
+        for line in text.split(separator: "\n") where line.hasPrefix("VmRSS:") {
+            let kb = line.split(separator: " ").compactMap { Double($0) }.first ?? 0
+            return kb / 1024
+        }
+        return 0
+    }
+
+    static func readFile(_ path: String) -> String? {
+        guard let f = fopen(path, "r") else { return nil }
+        defer { fclose(f) }
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = fread(&buf, 1, buf.count, f)
+            if n <= 0 { break }
+            out.append(contentsOf: buf[0..<n])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}

@@ -211,13 +211,15 @@ final class DeviceConnectionHandler: AMQPConnectionHandler, @unchecked Sendable 
 
     private func flush(_ link: AMQPLink) {
         let name = link.name
-        guard var queue = waitingForCredit[name], !queue.isEmpty else { return }
-        while link.credit > 0, !queue.isEmpty {
-            let next = queue.removeFirst()
+        guard let queue = waitingForCredit[name], !queue.isEmpty else { return }
+        var taken = 0
+        while link.credit > 0, taken < queue.count {
+            let next = queue[taken]
+            taken += 1
             let d = link.send(next.bytes, tag: tag())
             inFlight[d.id] = (name, next.resume)
         }
-        waitingForCredit[name] = queue
+        waitingForCredit[name] = taken == queue.count ? [] : Array(queue[taken...])  // one copy, not one per send
     }
 
     func twinRequest(_ bytes: [UInt8], correlation: String, linkName: String, resume: @escaping (Result<TwinResponse, any Error>) -> Void) {

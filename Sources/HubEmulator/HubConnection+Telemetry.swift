@@ -75,22 +75,28 @@ extension HubConnection {
         return size
     }
 
-    private static let messageIDCharacters = Set("-:.+%_#*?!(),=@;$'".unicodeScalars)
+    /// ASCII table of the characters a message-id may hold (a lookup, not Unicode property queries, per message).
+    private static let messageIDAllowed: [Bool] = {
+        var t = [Bool](repeating: false, count: 128)
+        for b in UInt8(ascii: "a")...UInt8(ascii: "z") { t[Int(b)] = true }
+        for b in UInt8(ascii: "A")...UInt8(ascii: "Z") { t[Int(b)] = true }
+        for b in UInt8(ascii: "0")...UInt8(ascii: "9") { t[Int(b)] = true }
+        for b in "-:.+%_#*?!(),=@;$'".utf8 { t[Int(b)] = true }
+        return t
+    }()
 
     /// message-id: at most 128 ASCII alphanumerics and `- : . + % _ # * ? ! ( ) , = @ ; $ '`; application
     /// property names and values: printable ASCII.
     static func propertyProblem(_ m: AMQPMessage) -> String? {
         if case .string(let id)? = m.messageID {
-            let ok = !id.isEmpty && id.utf8.count <= 128 && id.unicodeScalars.allSatisfy {
-                ($0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0))) || messageIDCharacters.contains($0)
-            }
+            let ok = !id.isEmpty && id.utf8.count <= 128 && id.utf8.allSatisfy { $0 < 128 && messageIDAllowed[Int($0)] }
             if !ok { return "message-id '\(id)' is longer than 128 characters or has characters outside the allowed set" }
         }
         for (k, v) in m.applicationProperties {
-            guard k.unicodeScalars.allSatisfy({ $0.isASCII && $0.value >= 0x20 && $0.value < 0x7F }), !k.isEmpty else {
+            guard !k.isEmpty, k.utf8.allSatisfy({ $0 >= 0x20 && $0 < 0x7F }) else {
                 return "application property name '\(k)' is not printable ASCII"
             }
-            if case .string(let s) = v, !s.unicodeScalars.allSatisfy({ $0.isASCII }) {
+            if case .string(let s) = v, !s.utf8.allSatisfy({ $0 < 0x80 }) {
                 return "application property '\(k)' has a non-ASCII value"
             }
         }

@@ -137,9 +137,10 @@ public struct ConnectionString: Sendable, Equatable {
 
     public init(parsing s: String) throws(IoTHubError) {
         var fields: [String: String] = [:]
-        for part in s.split(separator: ";") {
+        for rawPart in s.split(separator: ";") {
+            let part = rawPart.drop(while: \.isWhitespace).reversed().drop(while: \.isWhitespace).reversed()
             guard let eq = part.firstIndex(of: "=") else { continue }
-            fields[part[..<eq].lowercased()] = String(part[part.index(after: eq)...])
+            fields[String(part[..<eq]).lowercased()] = String(part[part.index(after: eq)...])
         }
         guard let host = fields["hostname"], let key = fields["sharedaccesskey"] else {
             throw IoTHubError(.invalidConnectionString, "a connection string needs HostName and SharedAccessKey")

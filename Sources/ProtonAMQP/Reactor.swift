@@ -345,7 +345,7 @@ public final class AMQPReactor: @unchecked Sendable {
                 if pn_delivery_aborted(d) {
                     pn_delivery_settle(d)
                 } else if pn_delivery_readable(d) && !pn_delivery_partial(d) {
-                    let bytes = readAll(l, pending: pn_delivery_pending(d))
+                    let bytes = readAll(l, delivery: d)
                     pn_link_advance(l)
                     deliver(.message(AMQPDelivery(raw: d), bytes: bytes))
                 }
@@ -367,18 +367,24 @@ public final class AMQPReactor: @unchecked Sendable {
         }
     }
 
-    private func readAll(_ link: OpaquePointer, pending: Int) -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: max(pending, 0))
-        var filled = 0
+    /// Reads a complete delivery's bytes, sized by what Proton reports pending (no over-allocation: callers may keep
+    /// the array).
+    private func readAll(_ link: OpaquePointer, delivery: OpaquePointer) -> [UInt8] {
+        var out: [UInt8] = []
         while true {
-            if filled == out.count { out.append(contentsOf: repeatElement(0, count: max(1024, out.count))) }
+            let pending = pn_delivery_pending(delivery)
+            guard pending > 0 else { break }
+            let filled = out.count
+            out.append(contentsOf: repeatElement(0, count: pending))
             let n = out.withUnsafeMutableBufferPointer { buf in
-                buf.withMemoryRebound(to: CChar.self) { pn_link_recv(link, $0.baseAddress! + filled, $0.count - filled) }
+                buf.withMemoryRebound(to: CChar.self) { pn_link_recv(link, $0.baseAddress! + filled, pending) }
             }
-            if n <= 0 { break }  // PN_EOS or error
-            filled += n
+            guard n > 0 else {
+                out.removeSubrange(filled...)
+                break  // PN_EOS or an error
+            }
+            if n < pending { out.removeSubrange((filled + n)...) }
         }
-        out.removeSubrange(filled...)
         return out
     }
 

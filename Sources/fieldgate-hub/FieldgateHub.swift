@@ -7,6 +7,10 @@ import Logging
 import ProtonAMQP
 import ServiceLifecycle
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -77,6 +81,12 @@ struct URLParts {
 struct CLIError: Error, CustomStringConvertible {
     var description: String
     init(_ d: String) { description = d }
+}
+
+/// Prints a line and flushes, so output reaches a pipe (demo logs) even if the process is then killed.
+func say(_ line: String) {
+    print(line)
+    fflush(nil)
 }
 
 func printJSON(_ value: JSONValue) {

@@ -75,7 +75,7 @@ struct Serve: AsyncParsableCommand {
             try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: path)
             logger.info("service connection string written to \(path)")
         }
-        print("fieldgate-hub ready: host \(hostName), amqps \(running.amqpsPort.map(String.init) ?? "off"), amqp \(running.amqpPort.map(String.init) ?? "off"), http \(running.httpPort)")
+        say("fieldgate-hub ready: host \(hostName), amqps \(running.amqpsPort.map(String.init) ?? "off"), amqp \(running.amqpPort.map(String.init) ?? "off"), http \(running.httpPort)")
         let group = ServiceGroup(services: [WaitForShutdown()], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await group.run()
         await running.stop()
@@ -97,8 +97,8 @@ struct Certs: AsyncParsableCommand {
 
     func run() async throws {
         let paths = try LocalCertificates.create(in: dir, dnsNames: dnsNames)
-        print("CA certificate (give this to devices/gateways): \(paths.caCertificate)")
-        print("server certificate: \(paths.serverCertificate) (DNS: \(dnsNames.joined(separator: ", ")))")
-        print("server key: \(paths.serverKey)")
+        say("CA certificate (give this to devices/gateways): \(paths.caCertificate)")
+        say("server certificate: \(paths.serverCertificate) (DNS: \(dnsNames.joined(separator: ", ")))")
+        say("server key: \(paths.serverKey)")
     }
 }

@@ -33,7 +33,7 @@ struct SimulateDevice: AsyncParsableCommand {
         try await c.attachMethods(deviceId: deviceId)
         try await c.attachTwin(deviceId: deviceId)
         _ = try await c.subscribeDesired(deviceId: deviceId)
-        print("[\(deviceId)] connected; waiting for C2D messages, methods and desired properties")
+        say("[\(deviceId)] connected; waiting for C2D messages, methods and desired properties")
 
         let events = Task {
             for await event in c.events {
@@ -41,24 +41,24 @@ struct SimulateDevice: AsyncParsableCommand {
                 case .cloudToDevice(let m):
                     let id = m.message.messageID.map { $0.stringValue ?? "\($0)" } ?? "-"
                     let props = m.message.applicationProperties.filter { !$0.key.hasPrefix("iothub-") }.mapValues { $0.stringValue ?? "\($0)" }
-                    print("[\(deviceId)] C2D Id: \(id) Body: \(String(decoding: m.message.body.bytes, as: UTF8.self)) Properties: \(props) — completing")
+                    say("[\(deviceId)] C2D Id: \(id) Body: \(String(decoding: m.message.body.bytes, as: UTF8.self)) Properties: \(props) — completing")
                     c.settle(m, .accepted)
                 case .methodRequest(let r):
                     if r.name == "reboot" {
                         try? await c.respond(to: r, status: 200, payload: "Reboot started")
                         let patch: JSONValue = ["iothubDM": ["reboot": ["lastReboot": .string(WallClock.iso8601Now())]]]
                         let reply = try? await c.patchReported(deviceId: deviceId, patch)
-                        print("[\(deviceId)] method reboot → 200 \"Reboot started\"; reported lastReboot (status \(reply?.status ?? -1))")
+                        say("[\(deviceId)] method reboot → 200 \"Reboot started\"; reported lastReboot (status \(reply?.status ?? -1))")
                     } else {
                         try? await c.respond(to: r, status: 404, payload: ["message": .string("unknown method \(r.name)")])
-                        print("[\(deviceId)] method \(r.name) → 404")
+                        say("[\(deviceId)] method \(r.name) → 404")
                     }
                 case .desiredUpdate(_, let patch, let version):
-                    print("[\(deviceId)] desired update v\(version ?? -1): \(patch.serialized)")
+                    say("[\(deviceId)] desired update v\(version ?? -1): \(patch.serialized)")
                 case .linkDetached(let name, let condition):
-                    print("[\(deviceId)] link \(name) detached: \(condition?.name ?? "") \(condition?.description ?? "")")
+                    say("[\(deviceId)] link \(name) detached: \(condition?.name ?? "") \(condition?.description ?? "")")
                 case .connectionClosed(let error):
-                    print("[\(deviceId)] connection closed \(error.map { "\($0)" } ?? "")")
+                    say("[\(deviceId)] connection closed \(error.map { "\($0)" } ?? "")")
                 }
             }
         }
@@ -76,9 +76,9 @@ struct SimulateDevice: AsyncParsableCommand {
             m.applicationProperties = ["temperatureAlert": .string(temperature > 30 ? "true" : "false")]
             do {
                 let outcome = try await c.send(m, deviceId: deviceId)
-                print("[\(deviceId)] sent \(body.serialized): \(outcome == .accepted ? "accepted" : "\(outcome)")")
+                say("[\(deviceId)] sent \(body.serialized): \(outcome == .accepted ? "accepted" : "\(outcome)")")
             } catch {
-                print("[\(deviceId)] send failed: \(error)")
+                say("[\(deviceId)] send failed: \(error)")
                 break
             }
             try await Task.sleep(for: .seconds(interval))

@@ -39,11 +39,11 @@ struct Device: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show one device, or its connection string.")
         @OptionGroup var service: ServiceOptions
         @Argument(help: "Device id.") var deviceId: String
-        @Flag(help: "Print only the connection string.") var connectionString = false
+        @Flag(help: "Print only the device connection string.") var connectionStringOnly = false
         @Option(help: "Host name for the connection string.") var hostName = "localhost"
         func run() async throws {
             let d = try await service.call("GET", "/devices/\(pathComponent(deviceId))")
-            if connectionString {
+            if connectionStringOnly {
                 print(ConnectionString(hostName: hostName, deviceID: deviceId, sharedAccessKey: d["authentication"]?["symmetricKey"]?["primaryKey"]?.stringValue ?? "").description)
             } else {
                 printJSON(d)

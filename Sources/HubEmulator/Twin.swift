@@ -23,12 +23,7 @@ public struct TwinDocument: Codable, Sendable, Equatable {
 
     /// Applies a reported-properties patch from the device; returns the new reported `$version`.
     public mutating func patchReported(_ patch: JSONValue, nowMilliseconds: Int64) throws(HubError) -> Int64 {
-        try Self.validate(patch)
-        let merged = TwinRules.merge(patch, into: reported)
-        guard TwinRules.sectionSize(merged) <= TwinRules.maxSectionBytes else {
-            throw HubError(.badRequest, "reported properties would exceed \(TwinRules.maxSectionBytes) bytes")
-        }
-        reported = merged
+        reported = try Self.merged(patch, into: reported, section: "reported")
         reportedVersion += 1
         version += 1
         reportedMetadata = Self.stamp(patch, into: reportedMetadata, at: nowMilliseconds, version: nil)
@@ -38,12 +33,7 @@ public struct TwinDocument: Codable, Sendable, Equatable {
     /// Applies a desired-properties patch from the service; returns the patch as pushed to the device
     /// (with `$version`).
     public mutating func patchDesired(_ patch: JSONValue, nowMilliseconds: Int64) throws(HubError) -> JSONValue {
-        try Self.validate(patch)
-        let merged = TwinRules.merge(patch, into: desired)
-        guard TwinRules.sectionSize(merged) <= TwinRules.maxSectionBytes else {
-            throw HubError(.badRequest, "desired properties would exceed \(TwinRules.maxSectionBytes) bytes")
-        }
-        desired = merged
+        desired = try Self.merged(patch, into: desired, section: "desired")
         desiredVersion += 1
         version += 1
         desiredMetadata = Self.stamp(patch, into: desiredMetadata, at: nowMilliseconds, version: desiredVersion)
@@ -79,6 +69,16 @@ public struct TwinDocument: Codable, Sendable, Equatable {
 
     private static func validate(_ patch: JSONValue) throws(HubError) {
         do { try TwinRules.validatePatch(patch) } catch { throw HubError(.badRequest, error.message) }
+    }
+
+    /// The section after a JSON merge of `patch`, which must follow the twin rules and keep the section ≤ 8 KB.
+    private static func merged(_ patch: JSONValue, into current: JSONValue, section: String) throws(HubError) -> JSONValue {
+        try validate(patch)
+        let result = TwinRules.merge(patch, into: current)
+        guard TwinRules.sectionSize(result) <= TwinRules.maxSectionBytes else {
+            throw HubError(.badRequest, "\(section) properties would exceed \(TwinRules.maxSectionBytes) bytes")
+        }
+        return result
     }
 
     private static func with(_ section: JSONValue, version: Int64) -> JSONValue {

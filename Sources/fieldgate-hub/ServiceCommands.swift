@@ -202,7 +202,7 @@ struct Twin: AsyncParsableCommand {
 struct Fault: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Inject faults.",
-        subcommands: [Throttle.self, ExpireTokens.self, DropConnections.self, RefuseConnections.self, Disable.self])
+        subcommands: [Throttle.self, ExpireTokens.self, DropConnections.self, RefuseConnections.self, Device.Disable.self])
 
     struct Throttle: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Reject a device's telemetry as throttled for a while.")
@@ -238,10 +238,4 @@ struct Fault: AsyncParsableCommand {
         }
     }
 
-    struct Disable: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Disable a device (same as `device disable`).")
-        @OptionGroup var service: ServiceOptions
-        @Argument(help: "Device id.") var deviceId: String
-        func run() async throws { printJSON(try await service.call("PUT", "/devices/\(pathComponent(deviceId))", body: ["status": "disabled"])) }
-    }
 }

@@ -42,11 +42,7 @@ struct FaultTests {
         try await withHub { hub in
             let a = try await hub.createDevice("a")
             let b = try await hub.createDevice("b")
-            let c = try await hub.connect()
-            for d in [a, b] {
-                #expect(try await c.authenticate(deviceId: d.deviceId, key: d.authentication.symmetricKey.primaryKey).status == 200)
-                try await c.attachTelemetry(deviceId: d.deviceId)
-            }
+            let c = try await hub.connectDevices([a, b])
             let api = HubServiceClient(host: "127.0.0.1", port: hub.running.httpPort, authorization: nil)
             #expect(try await api.request("POST", "/faults/expire-tokens", body: ["deviceId": "a"]).status == 200)
             let e = try await nextEvent(c) { if case .linkDetached = $0 { true } else { false } }

@@ -96,11 +96,7 @@ struct LinkRuleTests {
         try await withHub { hub in
             let a = try await hub.createDevice("a")
             let b = try await hub.createDevice("b")
-            let c = try await hub.connect()
-            for d in [a, b] {
-                #expect(try await c.authenticate(deviceId: d.deviceId, key: d.authentication.symmetricKey.primaryKey).status == 200)
-                try await c.attachTelemetry(deviceId: d.deviceId)
-            }
+            let c = try await hub.connectDevices([a, b])
             try await hub.core.perform { try $0.upsertDevice(id: "a", status: "disabled", primaryKey: nil, secondaryKey: nil) }
             let detached = try await nextEvent(c) { if case .linkDetached = $0 { true } else { false } }
             guard case .linkDetached(let name, let condition) = detached else { return }

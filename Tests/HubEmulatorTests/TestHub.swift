@@ -79,6 +79,17 @@ final class TestHub: Sendable {
         return c
     }
 
+    /// One connection carrying several devices, each authenticated with its primary key and with telemetry attached.
+    func connectDevices(_ records: [DeviceRecord]) async throws -> DeviceConnection {
+        let c = try await connect()
+        for d in records {
+            let (status, description) = try await c.authenticate(deviceId: d.deviceId, key: d.authentication.symmetricKey.primaryKey)
+            guard status == 200 else { throw HubError(.unauthorized, "put-token \(status) \(description)") }
+            try await c.attachTelemetry(deviceId: d.deviceId)
+        }
+        return c
+    }
+
     func events(from: Int64 = 1) async throws -> [ReceivedEvent] {
         try await withCheckedThrowingContinuation { cont in
             core.reactor.execute { [core] in core.readEvents(from: from, limit: 10_000, waitMilliseconds: 0) { cont.resume(returning: $0) } }

@@ -42,6 +42,12 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .target(
+            name: "Spool",
+            dependencies: ["FieldgateCore", .product(name: "Logging", package: "swift-log")],
+            exclude: ["Spool.md"],
+            swiftSettings: strictSettings
+        ),
+        .target(
             name: "IoTHub",
             dependencies: ["FieldgateCore", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strictSettings
@@ -85,6 +91,7 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        .executableTarget(name: "spool-harness", dependencies: ["Spool"], swiftSettings: strictSettings),
         .executableTarget(
             name: "fieldgate-bench",
             dependencies: [
@@ -96,6 +103,7 @@ let package = Package(
 
         .testTarget(name: "ProtonAMQPTests", dependencies: ["ProtonAMQP"], swiftSettings: strictSettings),
         .testTarget(name: "IoTHubTests", dependencies: ["IoTHub"], swiftSettings: strictSettings),
+        .testTarget(name: "SpoolTests", dependencies: ["Spool"], swiftSettings: strictSettings),
         .testTarget(
             name: "HubEmulatorTests",
             dependencies: ["HubEmulator", "HubDeviceClient", "HubServiceClient", "ProtonAMQP", "IoTHub", "FieldgateCore"],

@@ -1,0 +1,542 @@
+import FieldgateCore
+import Logging
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The durable store-and-forward queue. Invariants: Spool.md in this folder.
+///
+/// Every method blocks on file I/O: call it from a thread of your own (an adapter's executor, the uplink's
+/// writer), never from the cooperative pool. Methods are serialized by one lock; readers and the writer share it,
+/// which is fine because no method waits on anything but the disk.
+public final class Spool: Sendable {
+    public let configuration: SpoolConfiguration
+    /// Random per spool directory; message ids are `<epoch>-<sequence>`.
+    public let epoch: String
+    public let isReadOnly: Bool
+    private let state: Mutex<State>
+    private let lockFD: Int32
+    private let logger: Logger
+
+    struct Segment {
+        var id: UInt32
+        var firstSequence: UInt64
+        var path: String
+        var handle: FileHandle
+        var size: Int
+        var live: Int
+        var oldestAcquiredMs: Int64
+    }
+
+    /// A leaf's undelivered records in one segment, in order, as offsets (4 bytes a record).
+    struct Run {
+        var segment: UInt32
+        var offsets: [UInt32]
+        var next = 0
+    }
+
+    struct Location: Hashable {
+        var leaf: String
+        var segment: UInt32
+        var offset: UInt32
+    }
+
+    struct State {
+        var segments: [Segment] = []
+        var nextSegmentID: UInt32 = 0
+        var nextSequence: UInt64 = 1
+        var queues: [String: [Run]] = [:]
+        /// Records handed out and not yet acknowledged, by sequence.
+        var inFlight: [UInt64: Location] = [:]
+        /// Records given back for retry, per leaf, oldest first.
+        var retry: [String: [(UInt64, Location)]] = [:]
+        var leafOrder: [String] = []
+        var roundRobin = 0
+        var acked = AckSet()
+        var ledger: FileHandle?
+        var deadLetter: FileHandle?
+        var dropped: [DropReason: [String: Int]] = [:]
+        var depthByLeaf: [String: Int] = [:]
+        var unsynced = false
+        var lastSync = ContinuousClock.now
+        var corruptRegions = 0
+        var tornTails = 0
+        var corruptLedgerEntries = 0
+        var salvaged = 0
+        var closed = false
+    }
+
+    // MARK: open and recovery
+
+    /// Opens (creating if needed) and recovers a spool. Never fails because of corrupt data: it truncates torn
+    /// tails, quarantines corrupt regions and salvages every valid record. Fails only on I/O errors or when another
+    /// process holds the spool.
+    public init(configuration: SpoolConfiguration, readOnly: Bool = false, logger: Logger = Logger(label: "fieldgate.spool")) throws(SpoolError) {
+        self.configuration = configuration
+        self.isReadOnly = readOnly
+        self.logger = logger
+        let dir = configuration.directory
+        if !readOnly {
+            try Directory.create(dir)
+            try Directory.create(dir + "/segments")
+            try Directory.create(dir + "/quarantine")
+        }
+        // The writer holds an exclusive flock for its lifetime. A read-only open takes no lock (it never writes), so
+        // inspection works while the daemon runs.
+        if readOnly {
+            self.lockFD = -1
+        } else {
+            let lockFD = Glibc.open(dir + "/lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o640)
+            guard lockFD >= 0 else { throw SpoolError(.io, "cannot open \(dir)/lock", errno: Glibc.errno) }
+            guard flock(lockFD, LOCK_EX | LOCK_NB) == 0 else {
+                Glibc.close(lockFD)
+                throw SpoolError(.locked, "the spool \(dir) is in use by another process")
+            }
+            self.lockFD = lockFD
+        }
+        self.epoch = try Self.loadEpoch(dir, create: !readOnly)
+        var s = State()
+        try Self.recover(into: &s, configuration: configuration, readOnly: readOnly, logger: logger)
+        self.state = Mutex(s)
+    }
+
+    deinit {
+        close()
+        if lockFD >= 0 { Glibc.close(lockFD) }
+    }
+
+    private static func loadEpoch(_ dir: String, create: Bool) throws(SpoolError) -> String {
+        let path = dir + "/epoch"
+        if Directory.exists(path) {
+            let f = try FileHandle.open(path, flags: O_RDONLY)
+            defer { f.close() }
+            let text = String(decoding: try f.readAll(), as: UTF8.self).filter(\.isHexDigit)
+            if text.count == 16 { return text }
+        }
+        guard create else { throw SpoolError(.readOnly, "the spool \(dir) has no epoch (not a spool?)") }
+        var g = SystemRandomNumberGenerator()
+        let epoch = String(UInt64.random(in: 1...UInt64.max, using: &g), radix: 16).leftPad16
+        let f = try FileHandle.open(path + ".tmp", flags: O_WRONLY | O_CREAT | O_TRUNC | O_APPEND)
+        try f.append(Array(epoch.utf8))
+        try f.dataSync()
+        f.close()
+        guard rename(path + ".tmp", path) == 0 else { throw SpoolError(.io, "cannot create \(path)", errno: Glibc.errno) }
+        Directory.sync(dir)
+        return epoch
+    }
+
+    private static func recover(into s: inout State, configuration: SpoolConfiguration, readOnly: Bool, logger: Logger) throws(SpoolError) {
+        let dir = configuration.directory
+        // The ledger first: acknowledged sequences are skipped while segments are indexed.
+        let ledgerPath = dir + "/ledger"
+        if Directory.exists(ledgerPath) {
+            let f = try FileHandle.open(ledgerPath, flags: O_RDONLY)
+            let (ranges, corrupt) = LedgerFile.decode(try f.readAll())
+            f.close()
+            for r in ranges { s.acked.insert(r) }
+            s.corruptLedgerEntries = corrupt
+            if corrupt > 0 { logger.warning("spool ledger: \(corrupt) corrupt entries skipped (their records will be redelivered)") }
+        }
+        let names = Directory.list(dir + "/segments").filter { $0.hasSuffix(".seg") }.sorted()
+        for (position, name) in names.enumerated() {
+            let isLast = position == names.count - 1
+            let path = dir + "/segments/" + name
+            let handle = try FileHandle.open(path, flags: readOnly ? O_RDONLY : O_RDWR | O_APPEND)
+            let bytes = try handle.readAll()
+            let id = s.nextSegmentID
+            s.nextSegmentID += 1
+            var segment = Segment(id: id, firstSequence: UInt64(name.dropLast(4)) ?? 0, path: path, handle: handle,
+                                  size: bytes.count, live: 0, oldestAcquiredMs: .max)
+            var offset = 0
+            var validEnd = 0
+            var corruptStart: Int?
+            var sawCorruption = false
+            bytes.withUnsafeBytes { raw in
+                while offset < raw.count {
+                    switch RecordCodec.decode(raw, at: offset) {
+                    case .record(let r, let size):
+                        if let start = corruptStart {
+                            quarantine(raw, start..<offset, segment: name, dir: dir, readOnly: readOnly)
+                            corruptStart = nil
+                        }
+                        if sawCorruption { s.salvaged += 1 }
+                        index(r, at: offset, in: &segment, state: &s)
+                        offset += size
+                        validEnd = offset
+                    case .truncated where corruptStart == nil:
+                        offset = raw.count  // a torn tail: everything after the last valid record
+                    case .corrupt, .truncated:
+                        if corruptStart == nil {
+                            corruptStart = offset
+                            s.corruptRegions += 1
+                            sawCorruption = true
+                        }
+                        offset += 1  // resynchronise byte by byte; CRC32C rejects false starts
+                    }
+                }
+                if let start = corruptStart { quarantine(raw, start..<raw.count, segment: name, dir: dir, readOnly: readOnly) }
+            }
+            if validEnd < bytes.count && corruptStart == nil {
+                s.tornTails += 1
+                logger.notice("spool: torn tail of \(bytes.count - validEnd) bytes in \(name) truncated")
+            }
+            if validEnd < bytes.count && !readOnly && isLast {
+                try handle.truncate(to: validEnd)
+                try handle.dataSync()
+                segment.size = validEnd
+            }
+            s.segments.append(segment)
+        }
+        if s.corruptRegions > 0 {
+            logger.warning("spool: \(s.corruptRegions) corrupt regions quarantined, \(s.salvaged) records after them salvaged")
+        }
+        if let lowest = s.segments.first?.firstSequence { s.acked.drop(below: lowest) }
+        if !readOnly {
+            try rewriteLedger(&s, dir: dir)
+            s.deadLetter = try FileHandle.open(dir + "/dead-letter", flags: O_WRONLY | O_CREAT | O_APPEND)
+            // Fully acknowledged segments found at open are deleted now.
+            while s.segments.count > 1, s.segments[0].live == 0 { removeSegment(at: 0, &s) }
+        }
+    }
+
+    private static func index(_ r: SpoolRecord, at offset: Int, in segment: inout Segment, state s: inout State) {
+        s.nextSequence = max(s.nextSequence, r.sequence + 1)
+        guard !s.acked.contains(r.sequence) else { return }
+        segment.live += 1
+        segment.oldestAcquiredMs = min(segment.oldestAcquiredMs, r.acquiredAtMs)
+        enqueue(leaf: r.leaf, segment: segment.id, offset: UInt32(offset), &s)
+    }
+
+    private static func enqueue(leaf: String, segment: UInt32, offset: UInt32, _ s: inout State) {
+        if s.queues[leaf] == nil {
+            s.queues[leaf] = []
+            s.leafOrder.append(leaf)
+        }
+        if var last = s.queues[leaf]!.last, last.segment == segment {
+            last.offsets.append(offset)
+            s.queues[leaf]![s.queues[leaf]!.count - 1] = last
+        } else {
+            s.queues[leaf]!.append(Run(segment: segment, offsets: [offset]))
+        }
+        s.depthByLeaf[leaf, default: 0] += 1
+    }
+
+    private static func quarantine(_ raw: UnsafeRawBufferPointer, _ range: Range<Int>, segment: String, dir: String, readOnly: Bool) {
+        guard !readOnly, !range.isEmpty else { return }
+        let path = dir + "/quarantine/\(segment)-\(range.lowerBound).bin"
+        guard let f = try? FileHandle.open(path, flags: O_WRONLY | O_CREAT | O_TRUNC | O_APPEND) else { return }
+        try? f.append(Array(UnsafeRawBufferPointer(rebasing: raw[range])))
+        f.close()
+    }
+
+    /// Writes the live part of the ack set as a fresh ledger (temp + rename + directory sync).
+    private static func rewriteLedger(_ s: inout State, dir: String) throws(SpoolError) {
+        s.ledger?.close()
+        let tmp = dir + "/ledger.tmp"
+        let f = try FileHandle.open(tmp, flags: O_WRONLY | O_CREAT | O_TRUNC | O_APPEND)
+        try f.append(LedgerFile.encode(s.acked.ranges))
+        try f.dataSync()
+        f.close()
+        guard rename(tmp, dir + "/ledger") == 0 else { throw SpoolError(.io, "cannot replace the ledger", errno: Glibc.errno) }
+        Directory.sync(dir)
+        s.ledger = try FileHandle.open(dir + "/ledger", flags: O_WRONLY | O_APPEND)
+    }
+
+    private static func removeSegment(at i: Int, _ s: inout State) {
+        let seg = s.segments.remove(at: i)
+        seg.handle.close()
+        Directory.remove(seg.path)
+    }
+
+    // MARK: appending
+
+    /// A reading to append.
+    public struct Entry: Sendable {
+        public var leaf: String
+        public var acquiredAtMs: Int64
+        public var payload: [UInt8]
+        public init(leaf: String, acquiredAtMs: Int64, payload: [UInt8]) {
+            self.leaf = leaf
+            self.acquiredAtMs = acquiredAtMs
+            self.payload = payload
+        }
+    }
+
+    /// Appends a batch; returns its sequences once durable per the sync policy (Spool.md). Throws `.full` under
+    /// reject-new when the cap is reached, `.io` on write errors (ENOSPC included; nothing of the batch is indexed).
+    @discardableResult
+    public func append(_ entries: [Entry]) throws(SpoolError) -> [UInt64] {
+        try state.withLock { s throws(SpoolError) -> [UInt64] in
+            guard !s.closed else { throw SpoolError(.closed, "the spool is closed") }
+            guard !isReadOnly else { throw SpoolError(.readOnly, "the spool is open read-only") }
+            var frame: [UInt8] = []
+            var sequences: [UInt64] = []
+            var records: [(SpoolRecord, Int)] = []
+            for e in entries {
+                guard e.leaf.utf8.count <= UInt16.max,
+                      RecordCodec.frameSize(leafBytes: e.leaf.utf8.count, payloadBytes: e.payload.count) <= RecordCodec.maxRecordSize
+                else { throw SpoolError(.tooLarge, "a record for \(e.leaf) is larger than \(RecordCodec.maxRecordSize) bytes") }
+                let r = SpoolRecord(leaf: e.leaf, sequence: s.nextSequence + UInt64(sequences.count), acquiredAtMs: e.acquiredAtMs, payload: e.payload)
+                records.append((r, frame.count))
+                RecordCodec.encode(r, into: &frame)
+                sequences.append(r.sequence)
+            }
+            guard !frame.isEmpty else { return [] }
+            try makeRoom(for: frame.count, &s)
+            if s.segments.isEmpty || s.segments[s.segments.count - 1].size >= configuration.segmentBytes {
+                try startSegment(firstSequence: s.nextSequence, &s)
+            }
+            var seg = s.segments[s.segments.count - 1]
+            let base = seg.size
+            do throws(SpoolError) {
+                try seg.handle.append(frame)
+            } catch {
+                // A partial write (ENOSPC) leaves a torn tail: cut it so the segment stays well-formed.
+                try? seg.handle.truncate(to: base)
+                throw error
+            }
+            seg.size += frame.count
+            for (r, at) in records {
+                seg.live += 1
+                seg.oldestAcquiredMs = min(seg.oldestAcquiredMs, r.acquiredAtMs)
+                Self.enqueue(leaf: r.leaf, segment: seg.id, offset: UInt32(base + at), &s)
+            }
+            s.segments[s.segments.count - 1] = seg
+            s.nextSequence += UInt64(sequences.count)
+            switch configuration.sync {
+            case .always:
+                try seg.handle.dataSync()
+            case .interval(let ms):
+                s.unsynced = true
+                if s.lastSync.duration(to: .now) >= .milliseconds(ms) { try syncLocked(&s) }
+            }
+            return sequences
+        }
+    }
+
+    private func startSegment(firstSequence: UInt64, _ s: inout State) throws(SpoolError) {
+        if let last = s.segments.last { try last.handle.dataSync() }  // a sealed segment is durable
+        let name = String(firstSequence).leftPadded20 + ".seg"
+        let path = configuration.directory + "/segments/" + name
+        let handle = try FileHandle.open(path, flags: O_RDWR | O_CREAT | O_APPEND)
+        Directory.sync(configuration.directory + "/segments")
+        s.segments.append(Segment(id: s.nextSegmentID, firstSequence: firstSequence, path: path, handle: handle, size: 0, live: 0, oldestAcquiredMs: .max))
+        s.nextSegmentID += 1
+    }
+
+    /// Applies the cap before `bytes` more are written.
+    private func makeRoom(for bytes: Int, _ s: inout State) throws(SpoolError) {
+        var total = s.segments.reduce(0) { $0 + $1.size }
+        guard total + bytes > configuration.capBytes else { return }
+        switch configuration.fullPolicy {
+        case .rejectNew:
+            throw SpoolError(.full, "the spool holds \(total) bytes, its cap is \(configuration.capBytes)")
+        case .dropOldest:
+            // Never the active segment: disk use stays ≤ cap + one segment.
+            while total + bytes > configuration.capBytes, s.segments.count > 1 {
+                total -= s.segments[0].size
+                dropSegment(at: 0, reason: .overflow, &s)
+            }
+        }
+    }
+
+    /// Deletes a segment, counting its undelivered records as dropped for `reason`.
+    private func dropSegment(at i: Int, reason: DropReason, _ s: inout State) {
+        let id = s.segments[i].id
+        for leaf in s.leafOrder {
+            guard var runs = s.queues[leaf] else { continue }
+            var dropped = 0
+            runs.removeAll { run in
+                guard run.segment == id else { return false }
+                dropped += run.offsets.count - run.next
+                return true
+            }
+            let retried = s.retry[leaf]?.filter { $0.1.segment == id }.count ?? 0
+            s.retry[leaf]?.removeAll { $0.1.segment == id }
+            s.queues[leaf] = runs
+            dropped += retried
+            if dropped > 0 {
+                s.dropped[reason, default: [:]][leaf, default: 0] += dropped
+                s.depthByLeaf[leaf, default: 0] -= dropped
+            }
+        }
+        for (seq, loc) in s.inFlight where loc.segment == id {
+            s.inFlight[seq] = nil
+            s.dropped[reason, default: [:]][loc.leaf, default: 0] += 1
+            s.depthByLeaf[loc.leaf, default: 0] -= 1
+        }
+        Self.removeSegment(at: i, &s)
+    }
+
+    // MARK: reading
+
+    /// Up to `max` records, per leaf in order, taking leaves in turn (round-robin) and skipping `excluding`
+    /// (leaves that are backing off). Records stay in flight until acknowledged, released or dead-lettered.
+    public func next(max: Int, excluding: Set<String> = [], nowMs: Int64 = WallClock.nowMilliseconds()) throws(SpoolError) -> [SpoolRecord] {
+        try state.withLock { s throws(SpoolError) -> [SpoolRecord] in
+            var out: [SpoolRecord] = []
+            var idleRounds = 0
+            while out.count < max, !s.leafOrder.isEmpty, idleRounds < s.leafOrder.count {
+                s.roundRobin %= s.leafOrder.count
+                let leaf = s.leafOrder[s.roundRobin]
+                s.roundRobin += 1
+                guard !excluding.contains(leaf), let record = try takeOne(leaf: leaf, nowMs: nowMs, &s) else {
+                    idleRounds += 1
+                    continue
+                }
+                idleRounds = 0
+                out.append(record)
+            }
+            return out
+        }
+    }
+
+    private func takeOne(leaf: String, nowMs: Int64, _ s: inout State) throws(SpoolError) -> SpoolRecord? {
+        while true {
+            let location: Location
+            if var retry = s.retry[leaf], !retry.isEmpty {
+                let (_, loc) = retry.removeFirst()
+                s.retry[leaf] = retry
+                location = loc
+            } else if var runs = s.queues[leaf], !runs.isEmpty {
+                let offset = runs[0].offsets[runs[0].next]
+                location = Location(leaf: leaf, segment: runs[0].segment, offset: offset)
+                runs[0].next += 1
+                if runs[0].next == runs[0].offsets.count { runs.removeFirst() }
+                s.queues[leaf] = runs
+            } else {
+                return nil
+            }
+            guard let record = try read(location, s) else { continue }
+            if let ttl = configuration.ttlMilliseconds, nowMs - record.acquiredAtMs > ttl {
+                try settle([record.sequence], locations: [record.sequence: location], reason: .ttl, &s)
+                continue
+            }
+            s.inFlight[record.sequence] = location
+            return record
+        }
+    }
+
+    private func read(_ location: Location, _ s: State) throws(SpoolError) -> SpoolRecord? {
+        guard let seg = s.segments.first(where: { $0.id == location.segment }) else { return nil }
+        let header = try seg.handle.read(offset: Int(location.offset), count: RecordCodec.prefixSize)
+        guard header.count == RecordCodec.prefixSize else { return nil }
+        let length = header.withUnsafeBytes { Int(RecordCodec.read32($0, 0)) }
+        let frame = try seg.handle.read(offset: Int(location.offset), count: RecordCodec.prefixSize + length)
+        guard case .record(let r, _) = RecordCodec.decode(frame) else { return nil }
+        return r
+    }
+
+    // MARK: settling
+
+    /// The hub accepted these: they leave the spool for good.
+    public func acknowledge(_ sequences: [UInt64]) throws(SpoolError) {
+        try state.withLock { s throws(SpoolError) in try settle(sequences, locations: [:], reason: nil, &s) }
+    }
+
+    /// Delivery failed transiently: these go back to the front of their leaf's queue, in order.
+    public func release(_ sequences: [UInt64]) {
+        state.withLock { s in
+            for seq in sequences.sorted() {
+                guard let loc = s.inFlight.removeValue(forKey: seq) else { continue }
+                s.retry[loc.leaf, default: []].append((seq, loc))
+                s.retry[loc.leaf]!.sort { $0.0 < $1.0 }
+            }
+        }
+    }
+
+    /// Permanently rejected by the hub: copied to the bounded dead-letter file, then removed (counted `rejected`).
+    public func deadLetter(_ sequences: [UInt64]) throws(SpoolError) {
+        try state.withLock { s throws(SpoolError) in
+            var frames: [UInt8] = []
+            for seq in sequences {
+                guard let loc = s.inFlight[seq], let r = try read(loc, s) else { continue }
+                RecordCodec.encode(r, into: &frames)
+            }
+            if let dl = s.deadLetter, !frames.isEmpty {
+                if ((try? dl.size()) ?? 0) + frames.count > configuration.deadLetterBytes {
+                    let path = configuration.directory + "/dead-letter"
+                    _ = rename(path, path + ".1")  // one rotation keeps the file bounded
+                    dl.close()
+                    s.deadLetter = try FileHandle.open(path, flags: O_WRONLY | O_CREAT | O_APPEND)
+                }
+                try s.deadLetter?.append(frames)
+            }
+            try settle(sequences, locations: [:], reason: .rejected, &s)
+        }
+    }
+
+    /// Marks sequences done (acknowledged, or dropped for `reason`) in the ledger and frees empty segments.
+    private func settle(_ sequences: [UInt64], locations: [UInt64: Location], reason: DropReason?, _ s: inout State) throws(SpoolError) {
+        var done: [UInt64] = []
+        for seq in sequences {
+            guard let loc = s.inFlight.removeValue(forKey: seq) ?? locations[seq] else { continue }
+            done.append(seq)
+            s.depthByLeaf[loc.leaf, default: 0] -= 1
+            if let reason { s.dropped[reason, default: [:]][loc.leaf, default: 0] += 1 }
+            if let i = s.segments.firstIndex(where: { $0.id == loc.segment }) { s.segments[i].live -= 1 }
+        }
+        guard !done.isEmpty else { return }
+        let runs = AckSet.runs(done)
+        for r in runs { s.acked.insert(r) }
+        try s.ledger?.append(LedgerFile.encode(runs))
+        if configuration.sync == .always { try s.ledger?.dataSync() } else { s.unsynced = true }
+        // Fully settled segments other than the active one are deleted at once.
+        var removedAny = false
+        while s.segments.count > 1, s.segments[0].live == 0 {
+            Self.removeSegment(at: 0, &s)
+            removedAny = true
+        }
+        if removedAny, let lowest = s.segments.first?.firstSequence {
+            s.acked.drop(below: lowest)
+            if s.acked.ranges.count < 1024 { try Self.rewriteLedger(&s, dir: configuration.directory) }
+        }
+    }
+
+    // MARK: housekeeping
+
+    /// The message id of a record: the same for every delivery attempt and across restarts.
+    public func messageID(for sequence: UInt64) -> String { "\(epoch)-\(sequence)" }
+
+    /// fdatasync now (the interval flusher calls this; `close` too).
+    public func sync() throws(SpoolError) {
+        try state.withLock { s throws(SpoolError) in try syncLocked(&s) }
+    }
+
+    private func syncLocked(_ s: inout State) throws(SpoolError) {
+        guard s.unsynced else { return }
+        try s.segments.last?.handle.dataSync()
+        try s.ledger?.dataSync()
+        s.unsynced = false
+        s.lastSync = .now
+    }
+
+    public func statistics(nowMs: Int64 = WallClock.nowMilliseconds()) -> SpoolStatistics {
+        state.withLock { s in
+            let oldest = s.segments.filter { $0.live > 0 }.map(\.oldestAcquiredMs).min()
+            return SpoolStatistics(
+                depth: s.depthByLeaf.values.reduce(0, +), bytes: s.segments.reduce(0) { $0 + $1.size },
+                oldestAgeMilliseconds: oldest.map { nowMs - $0 }, depthByLeaf: s.depthByLeaf.filter { $0.value > 0 },
+                dropped: s.dropped, corruptRegions: s.corruptRegions, tornTails: s.tornTails,
+                corruptLedgerEntries: s.corruptLedgerEntries, salvagedRecords: s.salvaged)
+        }
+    }
+
+    public func close() {
+        state.withLock { s in
+            guard !s.closed else { return }
+            try? syncLocked(&s)
+            for seg in s.segments { seg.handle.close() }
+            s.ledger?.close()
+            s.deadLetter?.close()
+            s.closed = true
+        }
+    }
+}
+
+extension String {
+    var leftPad16: String { String(repeating: "0", count: Swift.max(0, 16 - count)) + self }
+    var leftPadded20: String { String(repeating: "0", count: Swift.max(0, 20 - count)) + self }
+}

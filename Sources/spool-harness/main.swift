@@ -1,0 +1,39 @@
+// The child of the spool crash test: appends and acknowledges forever, printing what the spool confirmed
+// ("A first count" after an append returned, "K seq…" after an acknowledgement returned), one flushed line each.
+// The parent SIGKILLs it at a random instant and checks the reopened spool (Tests/SpoolTests/CrashTests.swift).
+import Spool
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+let args = CommandLine.arguments
+guard args.count >= 3 else {
+    print("usage: spool-harness DIR always|interval")
+    exit(2)
+}
+var config = SpoolConfiguration(directory: args[1])
+config.segmentBytes = 64 * 1024
+config.sync = args[2] == "always" ? .always : .interval(milliseconds: 50)
+let spool: Spool
+do { spool = try Spool(configuration: config) } catch {
+    print("E \(error)")
+    exit(1)
+}
+var g = SystemRandomNumberGenerator()
+var round = 0
+while true {
+    round += 1
+    let count = Int.random(in: 1...20, using: &g)
+    let entries = (0..<count).map { i in
+        Spool.Entry(leaf: "leaf-\((round + i) % 5)", acquiredAtMs: Int64(round), payload: Array("payload-\(round)-\(i)".utf8))
+    }
+    guard let seqs = try? spool.append(entries) else { exit(1) }
+    print("A \(seqs[0]) \(seqs.count) \(round)")
+    fflush(nil)
+    if round % 3 == 0, let taken = try? spool.next(max: 8) {
+        try? spool.acknowledge(taken.map(\.sequence))
+        print("K " + taken.map { String($0.sequence) }.joined(separator: " "))
+        fflush(nil)
+    }
+}

@@ -1,0 +1,182 @@
+import Spool
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+func temporarySpoolDirectory() -> String {
+    let dir = "/tmp/fieldgate-spool-test-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
+    return dir
+}
+
+func removeTree(_ path: String) { _ = system("rm -rf '\(path)'") }
+
+func entry(_ leaf: String, _ text: String, at ms: Int64 = 1) -> Spool.Entry {
+    Spool.Entry(leaf: leaf, acquiredAtMs: ms, payload: Array(text.utf8))
+}
+
+@Suite("record codec")
+struct RecordCodecTests {
+    @Test("CRC32C matches the standard check value")
+    func crc() {
+        #expect(CRC32C.checksum(Array("123456789".utf8)) == 0xE306_9283)
+        #expect(CRC32C.checksum(Array(repeating: 0, count: 32)) == 0x8A91_36AA)
+    }
+
+    @Test("a record round-trips; every truncation is 'truncated' and every single bit flip is 'corrupt'")
+    func codec() {
+        let r = SpoolRecord(leaf: "leaf-ü", sequence: 42, acquiredAtMs: 1_700_000_000_123, flags: 3, payload: Array("{\"t\":21.5}".utf8))
+        var frame: [UInt8] = []
+        RecordCodec.encode(r, into: &frame)
+        #expect(RecordCodec.decode(frame) == .record(r, frameSize: frame.count))
+        for cut in 0..<frame.count { #expect(RecordCodec.decode(Array(frame[..<cut])) == .truncated) }
+        for bit in 0..<(frame.count * 8) {
+            var flipped = frame
+            flipped[bit / 8] ^= UInt8(1 << (bit % 8))
+            let d = RecordCodec.decode(flipped)
+            #expect(d == .corrupt || d == .truncated, "bit \(bit)")
+        }
+    }
+
+    @Test("the ack set merges ranges and answers membership")
+    func ackSet() {
+        var a = AckSet()
+        for r: ClosedRange<UInt64> in [5...5, 7...9, 6...6, 1...2, 20...30, 11...11] { a.insert(r) }
+        #expect(a.ranges == [1...2, 5...9, 11...11, 20...30])
+        #expect(a.contains(8) && !a.contains(10) && a.contains(25) && !a.contains(31))
+        a.drop(below: 6)
+        #expect(a.ranges == [6...9, 11...11, 20...30])
+    }
+}
+
+@Suite("spool", .serialized)
+struct SpoolTests {
+    @Test("per-leaf FIFO, round-robin across leaves, release puts records back in order, ids are stable across reopen")
+    func ordering() throws {
+        let dir = temporarySpoolDirectory()
+        defer { removeTree(dir) }
+        var config = SpoolConfiguration(directory: dir)
+        config.segmentBytes = 256
+        var epoch = ""
+        do {
+            let spool = try Spool(configuration: config)
+            epoch = spool.epoch
+            try spool.append((0..<6).map { entry("a", "a\($0)") })
+            try spool.append((0..<2).map { entry("b", "b\($0)") })
+            let first = try spool.next(max: 4)
+            #expect(first.map { String(decoding: $0.payload, as: UTF8.self) } == ["a0", "b0", "a1", "b1"])
+            spool.release([first[0].sequence, first[2].sequence])
+            let again = try spool.next(max: 3)
+            #expect(again.map { String(decoding: $0.payload, as: UTF8.self) } == ["a0", "a1", "a2"])
+            try spool.acknowledge([first[1].sequence, first[3].sequence, again[0].sequence])
+            #expect(spool.statistics().depth == 5)
+            spool.close()
+        }
+        let reopened = try Spool(configuration: config)
+        #expect(reopened.epoch == epoch)
+        let rest = try reopened.next(max: 100)
+        #expect(rest.map { String(decoding: $0.payload, as: UTF8.self) } == ["a1", "a2", "a3", "a4", "a5"])
+        #expect(reopened.messageID(for: rest[0].sequence) == "\(epoch)-\(rest[0].sequence)")
+    }
+
+    @Test("fully acknowledged segments are deleted; drop-oldest keeps disk ≤ cap + one segment and counts drops per leaf")
+    func capsAndDeletion() throws {
+        let dir = temporarySpoolDirectory()
+        defer { removeTree(dir) }
+        var config = SpoolConfiguration(directory: dir)
+        config.segmentBytes = 1024
+        config.capBytes = 4096
+        let spool = try Spool(configuration: config)
+        let payload = String(repeating: "x", count: 100)
+        for i in 0..<200 { try spool.append([entry("leaf\(i % 3)", payload)]) }
+        let stats = spool.statistics()
+        #expect(stats.bytes <= config.capBytes + config.segmentBytes)
+        let dropped = stats.dropped[.overflow]?.values.reduce(0, +) ?? 0
+        #expect(dropped + stats.depth == 200)
+        #expect(dropped > 150)
+        // Deliver everything: every sealed segment goes away.
+        while true {
+            let batch = try spool.next(max: 50)
+            if batch.isEmpty { break }
+            try spool.acknowledge(batch.map(\.sequence))
+        }
+        let segments = try listDirectory(dir + "/segments")
+        #expect(segments.count == 1)
+        #expect(spool.statistics().depth == 0)
+    }
+
+    @Test("reject-new refuses appends with a retriable .full; TTL drops old records; rejects go to the dead-letter file")
+    func policies() throws {
+        let dir = temporarySpoolDirectory()
+        defer { removeTree(dir) }
+        var config = SpoolConfiguration(directory: dir)
+        config.segmentBytes = 512
+        config.capBytes = 1024
+        config.fullPolicy = .rejectNew
+        config.ttlMilliseconds = 1000
+        let spool = try Spool(configuration: config)
+        var refused: SpoolError?
+        for i in 0..<100 {
+            do { try spool.append([entry("a", String(repeating: "y", count: 60), at: Int64(i))]) } catch {
+                refused = error
+                break
+            }
+        }
+        #expect(refused?.code == .full)
+        #expect(refused?.isRetriable == true)
+        // Records acquired at t ≤ 99 are older than 1 s at t = 2000: dropped as ttl, never delivered.
+        #expect(try spool.next(max: 100, nowMs: 2000).isEmpty)
+        #expect((spool.statistics().dropped[.ttl]?["a"] ?? 0) > 0)
+        try spool.append([entry("b", "poison", at: 5000)])
+        let poison = try spool.next(max: 1, nowMs: 5000)
+        try spool.deadLetter(poison.map(\.sequence))
+        #expect(spool.statistics().dropped[.rejected]?["b"] == 1)
+        let dl = try readFile(dir + "/dead-letter")
+        guard case .record(let r, _) = RecordCodec.decode(dl) else { Issue.record("dead-letter unreadable"); return }
+        #expect(String(decoding: r.payload, as: UTF8.self) == "poison")
+    }
+
+    @Test("one writer at a time; a read-only open can inspect a live spool")
+    func locking() throws {
+        let dir = temporarySpoolDirectory()
+        defer { removeTree(dir) }
+        let config = SpoolConfiguration(directory: dir)
+        let writer = try Spool(configuration: config)
+        try writer.append([entry("a", "1")])
+        #expect(throws: SpoolError.self) { _ = try Spool(configuration: config) }
+        let reader = try Spool(configuration: config, readOnly: true)
+        #expect(reader.statistics().depth == 1)
+        #expect(throws: SpoolError.self) { try reader.append([entry("a", "2")]) }
+    }
+}
+
+func listDirectory(_ path: String) throws -> [String] {
+    guard let d = opendir(path) else { return [] }
+    defer { closedir(d) }
+    var out: [String] = []
+    while let e = readdir(d) {
+        let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        if name != "." && name != ".." { out.append(name) }
+    }
+    return out
+}
+
+func readFile(_ path: String) throws -> [UInt8] {
+    guard let f = fopen(path, "r") else { return [] }
+    defer { fclose(f) }
+    var out: [UInt8] = []
+    var buf = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = fread(&buf, 1, buf.count, f)
+        if n <= 0 { break }
+        out += buf[0..<n]
+    }
+    return out
+}
+
+func writeFile(_ path: String, _ bytes: [UInt8]) {
+    guard let f = fopen(path, "w") else { return }
+    _ = bytes.withUnsafeBytes { fwrite($0.baseAddress, 1, bytes.count, f) }
+    fclose(f)
+}

@@ -149,6 +149,9 @@ public final class Spool: Sendable {
             s.nextSegmentID += 1
             var segment = Segment(id: id, firstSequence: UInt64(name.dropLast(4)) ?? 0, path: path, handle: handle,
                                   size: bytes.count, live: 0, oldestAcquiredMs: .max)
+            // A segment's name is the first sequence it was opened for: sequences never go below it, even when the
+            // segment is still empty and every older one was acknowledged and deleted (no reuse of ids).
+            s.nextSequence = max(s.nextSequence, segment.firstSequence)
             var offset = 0
             var validEnd = 0
             var corruptStart: Int?
@@ -165,8 +168,8 @@ public final class Spool: Sendable {
                         index(r, at: offset, in: &segment, state: &s)
                         offset += size
                         validEnd = offset
-                    case .truncated where corruptStart == nil:
-                        offset = raw.count  // a torn tail: everything after the last valid record
+                    case .truncated where corruptStart == nil && !hasValidRecord(raw, after: offset):
+                        offset = raw.count  // a torn tail: nothing valid follows the last valid record
                     case .corrupt, .truncated:
                         if corruptStart == nil {
                             corruptStart = offset
@@ -199,6 +202,17 @@ public final class Spool: Sendable {
             // Fully acknowledged segments found at open are deleted now.
             while s.segments.count > 1, s.segments[0].live == 0 { removeSegment(at: 0, &s) }
         }
+    }
+
+    /// True if a valid record starts anywhere after `offset` (a frame that only looks truncated is then corruption,
+    /// e.g. a flipped length bit, not a torn tail).
+    private static func hasValidRecord(_ raw: UnsafeRawBufferPointer, after offset: Int) -> Bool {
+        var at = offset + 1
+        while at + RecordCodec.prefixSize + RecordCodec.fixedHeaderSize <= raw.count {
+            if case .record = RecordCodec.decode(raw, at: at) { return true }
+            at += 1
+        }
+        return false
     }
 
     private static func index(_ r: SpoolRecord, at offset: Int, in segment: inout Segment, state s: inout State) {

@@ -32,6 +32,9 @@ while true {
     print("A \(seqs[0]) \(seqs.count) \(round)")
     fflush(nil)
     if round % 3 == 0, let taken = try? spool.next(max: 8) {
+        // "N": about to acknowledge (after a kill these may or may not be gone); "K": acknowledged.
+        print("N " + taken.map { String($0.sequence) }.joined(separator: " "))
+        fflush(nil)
         try? spool.acknowledge(taken.map(\.sequence))
         print("K " + taken.map { String($0.sequence) }.joined(separator: " "))
         fflush(nil)

@@ -66,6 +66,7 @@ public final class Spool: Sendable {
         var corruptLedgerEntries = 0
         var salvaged = 0
         var closed = false
+        var ledgerNeedsRewrite = false
     }
 
     // MARK: open and recovery
@@ -90,9 +91,16 @@ public final class Spool: Sendable {
         } else {
             let lockFD = Glibc.open(dir + "/lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o640)
             guard lockFD >= 0 else { throw SpoolError(.io, "cannot open \(dir)/lock", errno: Glibc.errno) }
-            guard flock(lockFD, LOCK_EX | LOCK_NB) == 0 else {
-                Glibc.close(lockFD)
-                throw SpoolError(.locked, "the spool \(dir) is in use by another process")
+            // A short retry: a just-closed writer's lock can outlive its close() while a concurrently spawned child
+            // still shares the descriptor, until that child execs.
+            var attempts = 0
+            while flock(lockFD, LOCK_EX | LOCK_NB) != 0 {
+                attempts += 1
+                guard attempts < 50 else {
+                    Glibc.close(lockFD)
+                    throw SpoolError(.locked, "the spool \(dir) is in use by another process")
+                }
+                usleep(10_000)
             }
             self.lockFD = lockFD
         }
@@ -304,12 +312,21 @@ public final class Spool: Sendable {
             }
             var seg = s.segments[s.segments.count - 1]
             let base = seg.size
-            do throws(SpoolError) {
-                try seg.handle.append(frame)
-            } catch {
-                // A partial write (ENOSPC) leaves a torn tail: cut it so the segment stays well-formed.
-                try? seg.handle.truncate(to: base)
-                throw error
+            while true {
+                do throws(SpoolError) {
+                    try seg.handle.append(frame)
+                    break
+                } catch {
+                    // A partial write leaves a torn tail: cut it so the segment stays well-formed.
+                    try? seg.handle.truncate(to: base)
+                    guard error.errno == ENOSPC else { throw error }
+                    // The disk is full before the cap: the full-policy applies here too.
+                    guard configuration.fullPolicy == .dropOldest, s.segments.count > 1 else {
+                        throw SpoolError(.full, "the disk under \(configuration.directory) is full", errno: ENOSPC)
+                    }
+                    dropSegment(at: 0, reason: .overflow, &s)
+                    seg = s.segments[s.segments.count - 1]
+                }
             }
             seg.size += frame.count
             for (r, at) in records {
@@ -495,17 +512,28 @@ public final class Spool: Sendable {
         guard !done.isEmpty else { return }
         let runs = AckSet.runs(done)
         for r in runs { s.acked.insert(r) }
-        try s.ledger?.append(LedgerFile.encode(runs))
-        if configuration.sync == .always { try s.ledger?.dataSync() } else { s.unsynced = true }
-        // Fully settled segments other than the active one are deleted at once.
+        // Fully settled segments other than the active one are deleted first: on a full disk that is what frees
+        // the space the ledger write needs.
         var removedAny = false
         while s.segments.count > 1, s.segments[0].live == 0 {
             Self.removeSegment(at: 0, &s)
             removedAny = true
         }
-        if removedAny, let lowest = s.segments.first?.firstSequence {
-            s.acked.drop(below: lowest)
-            if s.acked.ranges.count < 1024 { try Self.rewriteLedger(&s, dir: configuration.directory) }
+        if removedAny, let lowest = s.segments.first?.firstSequence { s.acked.drop(below: lowest) }
+        // The in-memory ack set is authoritative; a failed ledger write (ENOSPC) only means these records could be
+        // redelivered after a crash, so it is retried by a full rewrite instead of failing the acknowledgement.
+        do throws(SpoolError) {
+            if s.ledgerNeedsRewrite || (removedAny && s.acked.ranges.count < 1024) {
+                try Self.rewriteLedger(&s, dir: configuration.directory)
+                s.ledgerNeedsRewrite = false
+            } else {
+                try s.ledger?.append(LedgerFile.encode(runs))
+                if configuration.sync == .always { try s.ledger?.dataSync() } else { s.unsynced = true }
+            }
+        } catch {
+            guard error.errno == ENOSPC else { throw error }
+            s.ledgerNeedsRewrite = true
+            logger.warning("spool: the disk is full; acknowledgements are kept in memory until the ledger can be written")
         }
     }
 
@@ -546,6 +574,8 @@ public final class Spool: Sendable {
             s.ledger?.close()
             s.deadLetter?.close()
             s.closed = true
+            // LOCK_UN frees the lock on the open file description even if a forked child still holds a copy.
+            if lockFD >= 0 { flock(lockFD, LOCK_UN) }
         }
     }
 }

@@ -13,6 +13,7 @@ let package = Package(
     products: [
         .executable(name: "fieldgate-hub", targets: ["fieldgate-hub"]),
         .executable(name: "fieldgate-bench", targets: ["fieldgate-bench"]),
+        .library(name: "Spool", targets: ["Spool"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),

@@ -7,3 +7,5 @@ bash scripts/setup.sh
 swift build --build-tests
 # Suites start their own hubs on free ports, so they may run in parallel.
 swift test --skip-build "$@"
+# A bounded libFuzzer run over the spool's decoders (longer runs: scripts/fuzz.sh SECONDS).
+bash scripts/fuzz.sh 30

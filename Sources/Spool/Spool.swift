@@ -160,36 +160,15 @@ public final class Spool: Sendable {
             // A segment's name is the first sequence it was opened for: sequences never go below it, even when the
             // segment is still empty and every older one was acknowledged and deleted (no reuse of ids).
             s.nextSequence = max(s.nextSequence, segment.firstSequence)
-            var offset = 0
-            var validEnd = 0
-            var corruptStart: Int?
-            var sawCorruption = false
+            let scan = bytes.withUnsafeBytes { SegmentScan(scanning: $0) }
+            for (r, at) in scan.records { index(r, at: at, in: &segment, state: &s) }
+            s.corruptRegions += scan.corruptRegions.count
+            s.salvaged += scan.salvaged
             bytes.withUnsafeBytes { raw in
-                while offset < raw.count {
-                    switch RecordCodec.decode(raw, at: offset) {
-                    case .record(let r, let size):
-                        if let start = corruptStart {
-                            quarantine(raw, start..<offset, segment: name, dir: dir, readOnly: readOnly)
-                            corruptStart = nil
-                        }
-                        if sawCorruption { s.salvaged += 1 }
-                        index(r, at: offset, in: &segment, state: &s)
-                        offset += size
-                        validEnd = offset
-                    case .truncated where corruptStart == nil && !hasValidRecord(raw, after: offset):
-                        offset = raw.count  // a torn tail: nothing valid follows the last valid record
-                    case .corrupt, .truncated:
-                        if corruptStart == nil {
-                            corruptStart = offset
-                            s.corruptRegions += 1
-                            sawCorruption = true
-                        }
-                        offset += 1  // resynchronise byte by byte; CRC32C rejects false starts
-                    }
-                }
-                if let start = corruptStart { quarantine(raw, start..<raw.count, segment: name, dir: dir, readOnly: readOnly) }
+                for region in scan.corruptRegions { quarantine(raw, region, segment: name, dir: dir, readOnly: readOnly) }
             }
-            if validEnd < bytes.count && corruptStart == nil {
+            let validEnd = scan.validEnd
+            if scan.tornTail {
                 s.tornTails += 1
                 logger.notice("spool: torn tail of \(bytes.count - validEnd) bytes in \(name) truncated")
             }
@@ -210,17 +189,6 @@ public final class Spool: Sendable {
             // Fully acknowledged segments found at open are deleted now.
             while s.segments.count > 1, s.segments[0].live == 0 { removeSegment(at: 0, &s) }
         }
-    }
-
-    /// True if a valid record starts anywhere after `offset` (a frame that only looks truncated is then corruption,
-    /// e.g. a flipped length bit, not a torn tail).
-    private static func hasValidRecord(_ raw: UnsafeRawBufferPointer, after offset: Int) -> Bool {
-        var at = offset + 1
-        while at + RecordCodec.prefixSize + RecordCodec.fixedHeaderSize <= raw.count {
-            if case .record = RecordCodec.decode(raw, at: at) { return true }
-            at += 1
-        }
-        return false
     }
 
     private static func index(_ r: SpoolRecord, at offset: Int, in segment: inout Segment, state s: inout State) {

@@ -1,0 +1,14 @@
+// swift-tools-version:6.2
+// libFuzzer targets, kept out of the main package: their executables have no main of their own (libFuzzer
+// supplies it under --sanitize=fuzzer), so a plain `swift build` of the main package must not see them.
+// Run: scripts/fuzz.sh [seconds]
+import PackageDescription
+
+let package = Package(
+    name: "fieldgate-fuzz",
+    platforms: [.macOS(.v15)],
+    dependencies: [.package(name: "fieldgate", path: "..")],
+    targets: [
+        .executableTarget(name: "spool-fuzz", dependencies: [.product(name: "Spool", package: "fieldgate")]),
+    ]
+)

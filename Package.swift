@@ -96,7 +96,7 @@ let package = Package(
         .executableTarget(
             name: "fieldgate-bench",
             dependencies: [
-                "HubDeviceClient", "HubServiceClient", "ProtonAMQP", "IoTHub", "FieldgateCore",
+                "HubDeviceClient", "HubServiceClient", "ProtonAMQP", "IoTHub", "FieldgateCore", "Spool",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings

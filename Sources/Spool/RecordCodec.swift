@@ -32,25 +32,28 @@ public enum RecordCodec {
 
     /// Appends the frame of `record` to `out`.
     public static func encode(_ record: SpoolRecord, into out: inout [UInt8]) {
-        let leaf = Array(record.leaf.utf8)
-        let bodyLength = fixedHeaderSize + leaf.count + record.payload.count
-        let start = out.count
-        out.reserveCapacity(start + prefixSize + bodyLength)
-        append32(UInt32(bodyLength), to: &out)
-        append32(0, to: &out)  // CRC, filled below
-        out.append(version)
-        out.append(record.flags)
-        out.append(UInt8(leaf.count & 0xFF))
-        out.append(UInt8(leaf.count >> 8))
-        append64(record.sequence, to: &out)
-        append64(UInt64(bitPattern: record.acquiredAtMs), to: &out)
-        out.append(contentsOf: leaf)
-        out.append(contentsOf: record.payload)
-        let crc = out.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[(start + prefixSize)...])) }
-        out[start + 4] = UInt8(crc & 0xFF)
-        out[start + 5] = UInt8((crc >> 8) & 0xFF)
-        out[start + 6] = UInt8((crc >> 16) & 0xFF)
-        out[start + 7] = UInt8(crc >> 24)
+        var leaf = record.leaf
+        leaf.withUTF8 { leafBytes in
+            let bodyLength = fixedHeaderSize + leafBytes.count + record.payload.count
+            let start = out.count
+            out.append(contentsOf: repeatElement(0, count: prefixSize + bodyLength))
+            out.withUnsafeMutableBytes { raw in
+                let frame = UnsafeMutableRawBufferPointer(rebasing: raw[start...])
+                frame.storeBytes(of: UInt32(bodyLength).littleEndian, toByteOffset: 0, as: UInt32.self)
+                frame[8] = version
+                frame[9] = record.flags
+                frame.storeBytes(of: UInt16(leafBytes.count).littleEndian, toByteOffset: 10, as: UInt16.self)
+                frame.storeBytes(of: record.sequence.littleEndian, toByteOffset: 12, as: UInt64.self)
+                frame.storeBytes(of: UInt64(bitPattern: record.acquiredAtMs).littleEndian, toByteOffset: 20, as: UInt64.self)
+                let leafAt = prefixSize + fixedHeaderSize
+                UnsafeMutableRawBufferPointer(rebasing: frame[leafAt..<(leafAt + leafBytes.count)]).copyMemory(from: UnsafeRawBufferPointer(leafBytes))
+                record.payload.withUnsafeBytes { p in
+                    UnsafeMutableRawBufferPointer(rebasing: frame[(leafAt + leafBytes.count)...]).copyMemory(from: p)
+                }
+                let crc = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: frame[prefixSize..<(prefixSize + bodyLength)]))
+                frame.storeBytes(of: crc.littleEndian, toByteOffset: 4, as: UInt32.self)
+            }
+        }
     }
 
     public enum Decoded: Equatable {

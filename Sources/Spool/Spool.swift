@@ -204,9 +204,10 @@ public final class Spool: Sendable {
             s.queues[leaf] = []
             s.leafOrder.append(leaf)
         }
-        if var last = s.queues[leaf]!.last, last.segment == segment {
-            last.offsets.append(offset)
-            s.queues[leaf]![s.queues[leaf]!.count - 1] = last
+        // In place: copying the run out and back would copy its offsets on every append (quadratic).
+        let count = s.queues[leaf]!.count
+        if count > 0 && s.queues[leaf]![count - 1].segment == segment {
+            s.queues[leaf]![count - 1].offsets.append(offset)
         } else {
             s.queues[leaf]!.append(Run(segment: segment, offsets: [offset]))
         }

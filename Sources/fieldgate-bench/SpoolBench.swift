@@ -1,0 +1,151 @@
+import ArgumentParser
+import FieldgateCore
+import Spool
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Spool figures against a raw baseline on the same disk in the same run (issue: spool benchmark).
+struct SpoolBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "spool", abstract: "Spool append throughput, write amplification, reopen time and memory.")
+
+    @Option(help: "Directory on the disk to measure (not a tmpfs).") var dir = "/var/tmp/fieldgate-spool-bench"
+    @Option(help: "Records per append call (and per baseline write).") var batch = 64
+    @Option(help: "Megabytes per throughput run.") var megabytes = 64
+    @Option(help: "Size of the spool reopened for the recovery figure, in MB.") var reopenMegabytes = 1024
+    @Option(help: "Records buffered for the memory figure.") var memoryRecords = 1_000_000
+
+    func run() async throws {
+        print("spool benchmark in \(dir), \(batch) records per append, \(megabytes) MB per run")
+        print("")
+        print("record  sync        spool rec/s   spool MB/s   raw MB/s   ratio   write amp.")
+        for size in [200, 4096] {
+            for sync in [SpoolConfiguration.SyncPolicy.always, .interval(milliseconds: 100)] {
+                let count = megabytes * 1024 * 1024 / size
+                let raw = try baseline(recordSize: size, count: count, sync: sync)
+                let (rate, mbs, amp) = try spoolRun(recordSize: size, count: count, sync: sync)
+                let label = sync == .always ? "always    " : "interval  "
+                print(pad(String(size), 6) + "  " + label + pad(fixed(rate, 0), 12) + "  " + pad(fixed(mbs, 1), 11) + "  "
+                      + pad(fixed(raw, 1), 9) + "  " + pad(fixed(mbs / raw, 2), 6) + "  " + pad(fixed(amp, 2), 11))
+            }
+        }
+        print("targets: ratio ≥ 0.8, write amplification ≤ 1.2\n")
+        try reopenFigure()
+        try memoryFigure()
+    }
+
+    private func fresh(_ path: String) {
+        _ = system("rm -rf '\(path)'")
+        mkdir(dir, 0o755)
+    }
+
+    /// Plain write + fdatasync of the same payload bytes with the same batching.
+    private func baseline(recordSize: Int, count: Int, sync: SpoolConfiguration.SyncPolicy) throws -> Double {
+        let path = dir + "/baseline"
+        fresh(path)
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0o644)
+        defer { close(fd); unlink(path) }
+        let chunk = [UInt8](repeating: 0x61, count: recordSize * batch)
+        let start = ContinuousClock.now
+        var lastSync = ContinuousClock.now
+        for _ in 0..<(count / batch) {
+            _ = chunk.withUnsafeBytes { write(fd, $0.baseAddress, chunk.count) }
+            switch sync {
+            case .always: fdatasync(fd)
+            case .interval(let ms):
+                if lastSync.duration(to: .now) >= .milliseconds(ms) { fdatasync(fd); lastSync = .now }
+            }
+        }
+        fdatasync(fd)
+        return Double(count / batch * chunk.count) / 1_048_576 / seconds(since: start)
+    }
+
+    private func spoolRun(recordSize: Int, count: Int, sync: SpoolConfiguration.SyncPolicy) throws -> (Double, Double, Double) {
+        let path = dir + "/spool"
+        fresh(path)
+        defer { _ = system("rm -rf '\(path)'") }
+        var config = SpoolConfiguration(directory: path)
+        config.sync = sync
+        config.capBytes = Int.max / 2
+        let spool = try Spool(configuration: config)
+        let payload = [UInt8](repeating: 0x62, count: recordSize)
+        let entries = (0..<batch).map { i in Spool.Entry(leaf: "leaf-\(i % 16)", acquiredAtMs: 1_700_000_000_000, payload: payload) }
+        let written0 = ioWriteBytes()
+        let start = ContinuousClock.now
+        for _ in 0..<(count / batch) { try spool.append(entries) }
+        try spool.sync()
+        let elapsed = seconds(since: start)
+        let written = Double(ioWriteBytes() - written0)
+        spool.close()
+        let records = Double(count / batch * batch)
+        return (records / elapsed, records * Double(recordSize) / 1_048_576 / elapsed, written / (records * Double(recordSize)))
+    }
+
+    private func reopenFigure() throws {
+        let path = dir + "/reopen"
+        fresh(path)
+        defer { _ = system("rm -rf '\(path)'") }
+        var config = SpoolConfiguration(directory: path)
+        config.sync = .interval(milliseconds: 1000)
+        config.capBytes = Int.max / 2
+        do {
+            let spool = try Spool(configuration: config)
+            let entries = (0..<256).map { i in Spool.Entry(leaf: "leaf-\(i % 100)", acquiredAtMs: 1, payload: [UInt8](repeating: 0x63, count: 4000)) }
+            for _ in 0..<(reopenMegabytes * 1024 * 1024 / (256 * 4040)) { try spool.append(entries) }
+            spool.close()
+        }
+        _ = system("sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null")
+        let start = ContinuousClock.now
+        let reopened = try Spool(configuration: config)
+        let cold = seconds(since: start)
+        let depth = reopened.statistics().depth
+        reopened.close()
+        let start2 = ContinuousClock.now
+        let again = try Spool(configuration: config)
+        let warm = seconds(since: start2)
+        again.close()
+        print("reopen of a \(reopenMegabytes) MB spool (\(depth) records): \(fixed(cold, 2)) s cold cache, \(fixed(warm, 2)) s warm   (target ≤ 1 s)")
+    }
+
+    private func memoryFigure() throws {
+        let path = dir + "/memory"
+        fresh(path)
+        defer { _ = system("rm -rf '\(path)'") }
+        var config = SpoolConfiguration(directory: path)
+        config.sync = .interval(milliseconds: 1000)
+        config.capBytes = Int.max / 2
+        do {
+            let spool = try Spool(configuration: config)
+            let entries = (0..<1000).map { i in Spool.Entry(leaf: "leaf-\(i % 100)", acquiredAtMs: 1, payload: [UInt8](repeating: 0x64, count: 200)) }
+            for _ in 0..<(memoryRecords / 1000) { try spool.append(entries) }
+            spool.close()
+        }
+        let before = rssKB()
+        let spool = try Spool(configuration: config)
+        let after = rssKB()
+        print("memory with \(spool.statistics().depth) records buffered (100 leaves): RSS +\(fixed(Double(after - before) / 1024, 1)) MB after open   (target ≤ 4 MB)")
+        spool.close()
+    }
+
+    private func seconds(since start: ContinuousClock.Instant) -> Double {
+        let d = start.duration(to: .now)
+        return Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+    }
+
+    private func ioWriteBytes() -> Int {
+        guard let text = ChildProcess.readFile("/proc/self/io") else { return 0 }
+        for line in text.split(separator: "\n") where line.hasPrefix("write_bytes:") {
+            return Int(line.split(separator: " ").last ?? "0") ?? 0
+        }
+        return 0
+    }
+
+    private func rssKB() -> Int {
+        guard let text = ChildProcess.readFile("/proc/self/status") else { return 0 }
+        for line in text.split(separator: "\n") where line.hasPrefix("VmRSS:") {
+            return Int(line.split(separator: " ").compactMap { Int($0) }.first ?? 0)
+        }
+        return 0
+    }
+}

@@ -42,9 +42,11 @@ let package = Package(
             dependencies: ["CProton", "FieldgateCore", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),
+        // CRC32C with the CPU's instructions (SSE4.2 / ARMv8 CRC); the Spool falls back to tables without them.
+        .target(name: "CCRC32C", path: "Sources/CCRC32C"),
         .target(
             name: "Spool",
-            dependencies: ["FieldgateCore", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CCRC32C", "FieldgateCore", .product(name: "Logging", package: "swift-log")],
             exclude: ["Spool.md"],
             swiftSettings: strictSettings
         ),

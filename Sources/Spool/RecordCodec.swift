@@ -64,8 +64,9 @@ public enum RecordCodec {
         case corrupt
     }
 
-    /// Decodes the frame starting at `offset` of `bytes`.
-    public static func decode(_ bytes: UnsafeRawBufferPointer, at offset: Int) -> Decoded {
+    /// Decodes the frame starting at `offset` of `bytes`. With `payload: false` the CRC is still checked but the
+    /// payload is not copied (recovery only needs headers).
+    public static func decode(_ bytes: UnsafeRawBufferPointer, at offset: Int, payload: Bool = true) -> Decoded {
         guard offset + prefixSize <= bytes.count else { return .truncated }
         let length = Int(read32(bytes, offset))
         guard length >= fixedHeaderSize, length <= maxRecordSize else { return .corrupt }
@@ -79,7 +80,7 @@ public enum RecordCodec {
         let leaf = String(decoding: UnsafeRawBufferPointer(rebasing: body[leafStart..<(leafStart + leafLength)]), as: UTF8.self)
         let record = SpoolRecord(
             leaf: leaf, sequence: read64(body, 4), acquiredAtMs: Int64(bitPattern: read64(body, 12)), flags: body[1],
-            payload: Array(UnsafeRawBufferPointer(rebasing: body[(leafStart + leafLength)...])))
+            payload: payload ? Array(UnsafeRawBufferPointer(rebasing: body[(leafStart + leafLength)...])) : [])
         return .record(record, frameSize: prefixSize + length)
     }
 

@@ -1,7 +1,7 @@
 /// What a segment's bytes hold: its valid records, corrupt regions and whether it ends in a torn tail. Pure, so
 /// recovery and the fuzzer run the same code.
 public struct SegmentScan {
-    /// Valid records with their offsets, in file order.
+    /// Valid records (headers only: payloads are not copied) with their offsets, in file order.
     public private(set) var records: [(SpoolRecord, Int)] = []
     /// Byte ranges that hold no valid record (quarantined by recovery).
     public private(set) var corruptRegions: [Range<Int>] = []
@@ -16,7 +16,7 @@ public struct SegmentScan {
         var offset = 0
         var corruptStart: Int?
         while offset < raw.count {
-            switch RecordCodec.decode(raw, at: offset) {
+            switch RecordCodec.decode(raw, at: offset, payload: false) {
             case .record(let r, let size):
                 if let start = corruptStart {
                     corruptRegions.append(start..<offset)
@@ -57,7 +57,7 @@ public enum SpoolFuzzing {
         var previousEnd = 0
         for (r, at) in scan.records {
             precondition(at >= previousEnd, "records overlap")
-            guard case .record(let again, let size) = RecordCodec.decode(bytes, at: at) else { preconditionFailure("record does not decode again") }
+            guard case .record(let again, let size) = RecordCodec.decode(bytes, at: at, payload: false) else { preconditionFailure("record does not decode again") }
             precondition(again == r, "decode is not deterministic")
             previousEnd = at + size
         }

@@ -305,6 +305,13 @@ public final class Spool: Sendable {
             }
             s.segments[s.segments.count - 1] = seg
             s.nextSequence += UInt64(sequences.count)
+            if let cap = configuration.perLeafCapRecords {
+                for leaf in Set(entries.map(\.leaf)) {
+                    while (s.depthByLeaf[leaf] ?? 0) > cap, let oldest = popQueued(leaf: leaf, &s) {
+                        try settle([oldest.sequence], locations: [oldest.sequence: oldest.location], reason: .overflow, &s)
+                    }
+                }
+            }
             switch configuration.sync {
             case .always:
                 try seg.handle.dataSync()
@@ -417,6 +424,25 @@ public final class Spool: Sendable {
             s.inFlight[record.sequence] = location
             return record
         }
+    }
+
+    /// Removes the leaf's oldest queued (not in-flight) record, for the per-leaf cap.
+    private func popQueued(leaf: String, _ s: inout State) -> (sequence: UInt64, location: Location)? {
+        let location: Location
+        if var retry = s.retry[leaf], !retry.isEmpty {
+            let (seq, loc) = retry.removeFirst()
+            s.retry[leaf] = retry
+            return (seq, loc)
+        } else if var runs = s.queues[leaf], !runs.isEmpty {
+            location = Location(leaf: leaf, segment: runs[0].segment, offset: runs[0].offsets[runs[0].next])
+            runs[0].next += 1
+            if runs[0].next == runs[0].offsets.count { runs.removeFirst() }
+            s.queues[leaf] = runs
+        } else {
+            return nil
+        }
+        guard let r = try? read(location, s) else { return nil }
+        return (r.sequence, location)
     }
 
     private func read(_ location: Location, _ s: State) throws(SpoolError) -> SpoolRecord? {

@@ -24,6 +24,9 @@ public struct SpoolConfiguration: Sendable {
     public var sync: SyncPolicy = .always
     /// Default: drop-oldest.
     public var fullPolicy: FullPolicy = .dropOldest
+    /// At most this many undelivered records per leaf; beyond it the leaf's oldest queued record is dropped
+    /// (reason `overflow`), so one noisy or dead leaf cannot crowd out the others. Default: nil (only the total cap).
+    public var perLeafCapRecords: Int?
     /// Records older than this are dropped undelivered (reason `ttl`). Default: nil (kept until delivered).
     public var ttlMilliseconds: Int64?
     /// Size bound of the dead-letter file (it is rotated once). Default: 4 MiB.

@@ -149,6 +149,22 @@ struct SpoolTests {
         #expect(String(decoding: r.payload, as: UTF8.self) == "poison")
     }
 
+    @Test("a per-leaf cap drops that leaf's oldest records (counted) and leaves the other leaves alone")
+    func perLeafCap() throws {
+        let dir = temporarySpoolDirectory()
+        defer { removeTree(dir) }
+        var config = SpoolConfiguration(directory: dir)
+        config.perLeafCapRecords = 3
+        let spool = try Spool(configuration: config)
+        for i in 0..<10 { try spool.append([entry("noisy", "n\(i)")]) }
+        try spool.append([entry("quiet", "q0"), entry("quiet", "q1")])
+        let stats = spool.statistics()
+        #expect(stats.depthByLeaf == ["noisy": 3, "quiet": 2])
+        #expect(stats.dropped[.overflow]?["noisy"] == 7)
+        let all = try spool.next(max: 10)
+        #expect(all.map { String(decoding: $0.payload, as: UTF8.self) }.sorted() == ["n7", "n8", "n9", "q0", "q1"])
+    }
+
     @Test("one writer at a time; a read-only open can inspect a live spool")
     func locking() throws {
         let dir = temporarySpoolDirectory()

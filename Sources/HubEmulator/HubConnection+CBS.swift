@@ -16,7 +16,7 @@ extension HubConnection {
         var reply = AMQPMessage()
         reply.correlationID = request.messageID  // same AMQP type as the request's message-id
         reply.applicationProperties = ["status-code": .int(Int32(status)), "status-description": .string(description)]
-        if let responseLink = links.first(where: { $0.value.role == .cbsResponses })?.key {
+        if let responseLink = cbsResponseLink {
             send(reply, on: responseLink)
         } else {
             core.logger.notice("CBS reply dropped: the connection has no $cbs receiver link")

@@ -17,8 +17,8 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
     var links: [AMQPObjectID: LinkState] = [:]
     /// Links per device on this connection.
     var devices: [String: DeviceLinks] = [:]
-    /// Outstanding CBS replies waiting for credit on the `$cbs` response link.
-    var pendingCBSReplies: [AMQPMessage] = []
+    /// The link CBS replies go out on (the client's `$cbs` receiver), whatever the request's reply-to says.
+    var cbsResponseLink: AMQPObjectID?
     /// Messages waiting for credit on a link (method requests, twin responses, desired pushes).
     var pendingSends: [AMQPObjectID: [AMQPMessage]] = [:]
 
@@ -202,6 +202,7 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
         link.open()
         if !link.isSender { link.flow(credit) }
         links[link.id] = LinkState(role: role, link: link)
+        if role == .cbsResponses { cbsResponseLink = link.id }
     }
 
     /// Refuses an attach the AMQP way: an attach with a null terminus on our side, then a detach with the error.
@@ -217,6 +218,7 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
     private func detached(_ link: AMQPLink) {
         guard let state = links.removeValue(forKey: link.id) else { return }
         pendingSends[link.id] = nil
+        if cbsResponseLink == link.id { cbsResponseLink = links.first { $0.value.role == .cbsResponses }?.key }
         guard let d = state.role.deviceId, var entry = devices[d] else { return }
         entry.links.remove(link.id)
         switch state.role {

@@ -465,11 +465,13 @@ public final class Spool: Sendable {
     /// Delivery failed transiently: these go back to the front of their leaf's queue, in order.
     public func release(_ sequences: [UInt64]) {
         state.withLock { s in
-            for seq in sequences.sorted() {
+            var touched: Set<String> = []
+            for seq in sequences {
                 guard let loc = s.inFlight.removeValue(forKey: seq) else { continue }
                 s.retry[loc.leaf, default: []].append((seq, loc))
-                s.retry[loc.leaf]!.sort { $0.0 < $1.0 }
+                touched.insert(loc.leaf)
             }
+            for leaf in touched { s.retry[leaf]!.sort { $0.0 < $1.0 } }
         }
     }
 

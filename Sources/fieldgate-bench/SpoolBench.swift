@@ -86,15 +86,7 @@ struct SpoolBench: AsyncParsableCommand {
         let path = dir + "/reopen"
         fresh(path)
         defer { _ = system("rm -rf '\(path)'") }
-        var config = SpoolConfiguration(directory: path)
-        config.sync = .interval(milliseconds: 1000)
-        config.capBytes = Int.max / 2
-        do {
-            let spool = try Spool(configuration: config)
-            let entries = (0..<256).map { i in Spool.Entry(leaf: "leaf-\(i % 100)", acquiredAtMs: 1, payload: [UInt8](repeating: 0x63, count: 4000)) }
-            for _ in 0..<(reopenMegabytes * 1024 * 1024 / (256 * 4040)) { try spool.append(entries) }
-            spool.close()
-        }
+        let config = try fill(path, batches: reopenMegabytes * 1024 * 1024 / (256 * 4040), perBatch: 256, payloadBytes: 4000)
         _ = system("sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null")
         let start = ContinuousClock.now
         let reopened = try Spool(configuration: config)
@@ -112,20 +104,26 @@ struct SpoolBench: AsyncParsableCommand {
         let path = dir + "/memory"
         fresh(path)
         defer { _ = system("rm -rf '\(path)'") }
-        var config = SpoolConfiguration(directory: path)
-        config.sync = .interval(milliseconds: 1000)
-        config.capBytes = Int.max / 2
-        do {
-            let spool = try Spool(configuration: config)
-            let entries = (0..<1000).map { i in Spool.Entry(leaf: "leaf-\(i % 100)", acquiredAtMs: 1, payload: [UInt8](repeating: 0x64, count: 200)) }
-            for _ in 0..<(memoryRecords / 1000) { try spool.append(entries) }
-            spool.close()
-        }
+        let config = try fill(path, batches: memoryRecords / 1000, perBatch: 1000, payloadBytes: 200)
         let before = rssKB()
         let spool = try Spool(configuration: config)
         let after = rssKB()
         print("memory with \(spool.statistics().depth) records buffered (100 leaves): RSS +\(fixed(Double(after - before) / 1024, 1)) MB after open   (target ≤ 4 MB)")
         spool.close()
+    }
+
+    /// Writes `batches × perBatch` records over 100 leaves into a fresh spool at `path` and closes it.
+    private func fill(_ path: String, batches: Int, perBatch: Int, payloadBytes: Int) throws -> SpoolConfiguration {
+        var config = SpoolConfiguration(directory: path)
+        config.sync = .interval(milliseconds: 1000)
+        config.capBytes = Int.max / 2
+        let spool = try Spool(configuration: config)
+        let entries = (0..<perBatch).map { i in
+            Spool.Entry(leaf: "leaf-\(i % 100)", acquiredAtMs: 1, payload: [UInt8](repeating: 0x63, count: payloadBytes))
+        }
+        for _ in 0..<batches { try spool.append(entries) }
+        spool.close()
+        return config
     }
 
     private func seconds(since start: ContinuousClock.Instant) -> Double {

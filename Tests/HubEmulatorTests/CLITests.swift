@@ -4,13 +4,21 @@ import HubEmulator
 import IoTHub
 import ProtonAMQP
 import Testing
+import Dispatch
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// Runs the built `fieldgate-hub` binary (next to the test bundle) and returns (exit status, output).
-func runCLI(_ arguments: String) -> (Int32, String) {
+/// Runs the built `fieldgate-hub` binary (next to the test bundle) and returns (exit status, output). `system()`
+/// blocks, so it runs on a dispatch thread: the hub it talks to needs the cooperative pool meanwhile.
+func runCLI(_ arguments: String) async -> (Int32, String) {
+    await withCheckedContinuation { cont in
+        DispatchQueue(label: "fieldgate.tests.cli").async { cont.resume(returning: runCLIBlocking(arguments)) }
+    }
+}
+
+private func runCLIBlocking(_ arguments: String) -> (Int32, String) {
     let bin = CommandLine.arguments[0].split(separator: "/").dropLast().joined(separator: "/")
     let dir = bin.hasPrefix("/") ? bin : "/" + bin
     let candidates = [dir + "/fieldgate-hub", dir.split(separator: "/").dropLast().joined(separator: "/") + "/fieldgate-hub"]
@@ -40,12 +48,12 @@ enum ChildOutput {
 @Suite("fieldgate-hub CLI", .serialized, .timeLimit(.minutes(2)))
 struct CLITests {
     @Test("--help works for every command")
-    func help() {
+    func help() async {
         for command in ["", "serve", "certs", "device", "device create", "device list", "device show", "device disable",
                         "device enable", "device delete", "c2d", "c2d send", "c2d purge", "feedback", "monitor-events",
                         "method", "method invoke", "twin", "twin show", "twin patch", "fault", "fault throttle",
                         "fault expire-tokens", "fault drop-connections", "fault refuse-connections", "simulate-device"] {
-            let (status, out) = runCLI("\(command) --help")
+            let (status, out) = await runCLI("\(command) --help")
             #expect(status == 0, "\(command) --help")
             #expect(out.contains("USAGE"), "\(command) --help")
         }
@@ -55,25 +63,25 @@ struct CLITests {
     func errorsAndSeed000() async throws {
         try await withHub { hub in
             let url = "--url http://127.0.0.1:\(hub.running.httpPort)"
-            let (missing, missingOut) = runCLI("device show ghost \(url)")
+            let (missing, missingOut) = await runCLI("device show ghost \(url)")
             #expect(missing != 0)
             #expect(missingOut.split(separator: "\n").count == 1)
             #expect(missingOut.contains("404"))
-            let (badProp, badPropOut) = runCLI("c2d send dev1 x --property novalue \(url)")
+            let (badProp, badPropOut) = await runCLI("c2d send dev1 x --property novalue \(url)")
             #expect(badProp != 0 && badPropOut.contains("key=value"))
 
-            let (created, cs) = runCLI("device create myFirstNodeDevice \(url)")
+            let (created, cs) = await runCLI("device create myFirstNodeDevice \(url)")
             #expect(created == 0)
             #expect(cs.hasPrefix("HostName=localhost;DeviceId=myFirstNodeDevice;SharedAccessKey="))
             let key = try ConnectionString(parsing: cs).sharedAccessKey
             let c = try await hub.connect()
             #expect(try await c.authenticate(deviceId: "myFirstNodeDevice", key: key).status == 200)
             try await c.attachCloudToDevice(deviceId: "myFirstNodeDevice")
-            let (sent, _) = runCLI("c2d send myFirstNodeDevice 'Cloud to device message.' --message-id 'My Message ID' --ack full \(url)")
+            let (sent, _) = await runCLI("c2d send myFirstNodeDevice 'Cloud to device message.' --message-id 'My Message ID' --ack full \(url)")
             #expect(sent == 0)
             let m = try await c2dEvent(c)
             c.settle(m, .accepted)
-            let (fb, fbOut) = runCLI("feedback --wait 5 \(url)")
+            let (fb, fbOut) = await runCLI("feedback --wait 5 \(url)")
             #expect(fb == 0)
             let records = JSONValue.parse(fbOut)
             guard case .array(let list)? = records else { Issue.record("feedback is not a JSON array: \(fbOut)"); return }

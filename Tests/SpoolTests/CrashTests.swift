@@ -1,3 +1,4 @@
+import Dispatch
 import Spool
 import Testing
 
@@ -18,6 +19,14 @@ func survivors(_ config: SpoolConfiguration) throws -> (records: [UInt64: String
         if out.count == before { break }  // released records come back first: nothing new means all seen
     }
     return (out, spool.statistics())
+}
+
+/// Runs blocking work (waitpid, pipe reads, sleeps) on a dispatch thread, not on Swift's cooperative pool, which
+/// other suites' async code (a hub's HTTP handlers) needs meanwhile.
+func offCooperativePool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { cont in
+        DispatchQueue(label: "fieldgate.tests.blocking").async { cont.resume(with: Result { try body() }) }
+    }
 }
 
 @Suite("spool corruption and crashes", .serialized, .timeLimit(.minutes(5)))
@@ -115,7 +124,12 @@ struct CrashTests {
         var lost = 0, redelivered = 0
         for _ in 0..<iterations {
             var fds: [Int32] = [0, 0]
+            // CLOEXEC: a child spawned concurrently elsewhere in the test process must not inherit the ends (dup2
+            // onto the child's stdout clears the flag there). The read end is non-blocking, and it is read only
+            // after the child is reaped, so a write end leaked through a concurrent fork cannot hang the test.
             pipe(&fds)
+            for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+            _ = fcntl(fds[0], F_SETFL, O_NONBLOCK)
             var actions = posix_spawn_file_actions_t()
             posix_spawn_file_actions_init(&actions)
             posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
@@ -166,15 +180,15 @@ struct CrashTests {
     }
 
     @Test("crash harness, sync=always: SIGKILL at random points ≥ 200 times loses no acknowledged record")
-    func crashAlways() throws {
-        let r = try crashLoop(sync: "always", iterations: 200)
+    func crashAlways() async throws {
+        let r = try await offCooperativePool { try crashLoop(sync: "always", iterations: 200) }
         print("spool crash harness (always): \(r.kills) kills, \(r.lost) confirmed records lost, \(r.redelivered) acknowledged records redelivered")
         #expect(r.lost == 0)
     }
 
     @Test("crash harness, sync=interval: a process crash loses nothing either (the loss window is power loss only)")
-    func crashInterval() throws {
-        let r = try crashLoop(sync: "interval", iterations: 50)
+    func crashInterval() async throws {
+        let r = try await offCooperativePool { try crashLoop(sync: "interval", iterations: 50) }
         print("spool crash harness (interval): \(r.kills) kills, \(r.lost) confirmed records lost, \(r.redelivered) redelivered")
         #expect(r.lost == 0)
     }

@@ -1,3 +1,4 @@
+import Dispatch
 import FieldgateCore
 import Logging
 import Synchronization
@@ -19,6 +20,11 @@ public final class Spool: Sendable {
     private let state: Mutex<State>
     private let lockFD: Int32
     private let logger: Logger
+    /// With `interval(N)`: fdatasyncs every N ms even when no append comes (the loss window of Spool.md).
+    private let flusher: Flusher?
+
+    /// @unchecked: a dispatch source's `cancel` is thread-safe, and nothing else touches it after `resume`.
+    private struct Flusher: @unchecked Sendable { let timer: any DispatchSourceTimer }
 
     struct Segment {
         var id: UInt32
@@ -108,6 +114,15 @@ public final class Spool: Sendable {
         var s = State()
         try Self.recover(into: &s, configuration: configuration, readOnly: readOnly, logger: logger)
         self.state = Mutex(s)
+        if case .interval(let ms) = configuration.sync, !readOnly {
+            let timer = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "fieldgate.spool.flusher"))
+            timer.schedule(deadline: .now() + .milliseconds(ms), repeating: .milliseconds(ms))
+            self.flusher = Flusher(timer: timer)
+            timer.setEventHandler { [weak self] in try? self?.sync() }
+            timer.resume()
+        } else {
+            self.flusher = nil
+        }
     }
 
     deinit {
@@ -541,8 +556,14 @@ public final class Spool: Sendable {
 
     /// fdatasync now (the interval flusher calls this; `close` too).
     public func sync() throws(SpoolError) {
-        try state.withLock { s throws(SpoolError) in try syncLocked(&s) }
+        try state.withLock { s throws(SpoolError) in
+            guard !s.closed else { return }
+            try syncLocked(&s)
+        }
     }
+
+    /// True while appended or acknowledged data waits for the next fdatasync (interval policy).
+    public var hasUnsyncedData: Bool { state.withLock { $0.unsynced } }
 
     private func syncLocked(_ s: inout State) throws(SpoolError) {
         guard s.unsynced else { return }
@@ -564,6 +585,7 @@ public final class Spool: Sendable {
     }
 
     public func close() {
+        flusher?.timer.cancel()
         state.withLock { s in
             guard !s.closed else { return }
             try? syncLocked(&s)

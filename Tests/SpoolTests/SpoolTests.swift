@@ -165,6 +165,20 @@ struct SpoolTests {
         #expect(all.map { String(decoding: $0.payload, as: UTF8.self) }.sorted() == ["n7", "n8", "n9", "q0", "q1"])
     }
 
+    @Test("interval sync: the flusher fdatasyncs within the interval even when no more appends come")
+    func intervalFlusher() async throws {
+        let dir = temporarySpoolDirectory()
+        defer { removeTree(dir) }
+        var config = SpoolConfiguration(directory: dir)
+        config.sync = .interval(milliseconds: 200)
+        let spool = try Spool(configuration: config)
+        try spool.append([entry("a", "1")])  // within the first interval: the append itself does not sync
+        #expect(spool.hasUnsyncedData)
+        try await Task.sleep(for: .milliseconds(600))
+        #expect(!spool.hasUnsyncedData)
+        spool.close()
+    }
+
     @Test("one writer at a time; a read-only open can inspect a live spool")
     func locking() throws {
         let dir = temporarySpoolDirectory()

@@ -416,21 +416,7 @@ public final class Spool: Sendable {
     }
 
     private func takeOne(leaf: String, nowMs: Int64, _ s: inout State) throws(SpoolError) -> SpoolRecord? {
-        while true {
-            let location: Location
-            if var retry = s.retry[leaf], !retry.isEmpty {
-                let (_, loc) = retry.removeFirst()
-                s.retry[leaf] = retry
-                location = loc
-            } else if var runs = s.queues[leaf], !runs.isEmpty {
-                let offset = runs[0].offsets[runs[0].next]
-                location = Location(leaf: leaf, segment: runs[0].segment, offset: offset)
-                runs[0].next += 1
-                if runs[0].next == runs[0].offsets.count { runs.removeFirst() }
-                s.queues[leaf] = runs
-            } else {
-                return nil
-            }
+        while let location = Self.popFront(leaf: leaf, &s) {
             guard let record = try read(location, s) else { continue }
             if let ttl = configuration.ttlMilliseconds, nowMs - record.acquiredAtMs > ttl {
                 try settle([record.sequence], locations: [record.sequence: location], reason: .ttl, &s)
@@ -439,25 +425,30 @@ public final class Spool: Sendable {
             s.inFlight[record.sequence] = location
             return record
         }
+        return nil
     }
 
     /// Removes the leaf's oldest queued (not in-flight) record, for the per-leaf cap.
     private func popQueued(leaf: String, _ s: inout State) -> (sequence: UInt64, location: Location)? {
-        let location: Location
-        if var retry = s.retry[leaf], !retry.isEmpty {
-            let (seq, loc) = retry.removeFirst()
-            s.retry[leaf] = retry
-            return (seq, loc)
-        } else if var runs = s.queues[leaf], !runs.isEmpty {
-            location = Location(leaf: leaf, segment: runs[0].segment, offset: runs[0].offsets[runs[0].next])
-            runs[0].next += 1
-            if runs[0].next == runs[0].offsets.count { runs.removeFirst() }
-            s.queues[leaf] = runs
-        } else {
-            return nil
-        }
-        guard let r = try? read(location, s) else { return nil }
+        guard let location = Self.popFront(leaf: leaf, &s), let r = try? read(location, s) else { return nil }
         return (r.sequence, location)
+    }
+
+    /// The leaf's next record location: records given back for retry first, then its queue. Mutates in place
+    /// (copying the leaf's runs out and back would cost O(runs) per record).
+    private static func popFront(leaf: String, _ s: inout State) -> Location? {
+        if let first = s.retry[leaf]?.first {
+            s.retry[leaf]!.removeFirst()
+            return first.1
+        }
+        guard let run = s.queues[leaf]?.first else { return nil }
+        let location = Location(leaf: leaf, segment: run.segment, offset: run.offsets[run.next])
+        if run.next + 1 == run.offsets.count {
+            s.queues[leaf]!.removeFirst()
+        } else {
+            s.queues[leaf]![0].next += 1
+        }
+        return location
     }
 
     private func read(_ location: Location, _ s: State) throws(SpoolError) -> SpoolRecord? {

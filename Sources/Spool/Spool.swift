@@ -296,6 +296,7 @@ public final class Spool: Sendable {
             }
             var seg = s.segments[s.segments.count - 1]
             let base = seg.size
+            var waits = 0
             while true {
                 do throws(SpoolError) {
                     try seg.handle.append(frame)
@@ -305,11 +306,20 @@ public final class Spool: Sendable {
                     try? seg.handle.truncate(to: base)
                     guard error.errno == ENOSPC else { throw error }
                     // The disk is full before the cap: the full-policy applies here too.
-                    guard configuration.fullPolicy == .dropOldest, s.segments.count > 1 else {
+                    guard configuration.fullPolicy == .dropOldest else {
                         throw SpoolError(.full, "the disk under \(configuration.directory) is full", errno: ENOSPC)
                     }
-                    dropSegment(at: 0, reason: .overflow, &s)
-                    seg = s.segments[s.segments.count - 1]
+                    if s.segments.count > 1 {
+                        dropSegment(at: 0, reason: .overflow, &s)
+                        seg = s.segments[s.segments.count - 1]
+                    } else if waits < 10 {
+                        // Space of a just-deleted segment can take a moment to come back (a forked child may
+                        // still hold its descriptor until it execs).
+                        waits += 1
+                        usleep(10_000)
+                    } else {
+                        throw SpoolError(.full, "the disk under \(configuration.directory) is full", errno: ENOSPC)
+                    }
                 }
             }
             seg.size += frame.count

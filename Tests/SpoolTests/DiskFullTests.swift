@@ -20,8 +20,7 @@ func withSmallFilesystem(_ body: (String) throws -> Void) throws {
     try body(dir + "/spool")
 }
 
-@Suite("spool on a full disk", .serialized)
-struct DiskFullTests {
+extension CrashTests {
     @Test("drop-oldest: the disk fills up, no crash, the oldest segments go (counted), appends keep working")
     func dropOldestOnFullDisk() throws {
         try withSmallFilesystem { dir in

@@ -112,10 +112,6 @@ public final class DeviceConnection: Sendable {
         try await attach(.twinRequests(deviceId, channel: channel, apiVersion: apiVersion))
     }
 
-    public func detach(_ linkName: String) async throws {
-        try await handler.call(ref) { h, c, resume in h.detach(linkName, resume: resume) }
-    }
-
     // MARK: telemetry
 
     /// Sends one message on the device's telemetry link and waits for the hub's outcome.

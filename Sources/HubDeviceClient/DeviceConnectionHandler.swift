@@ -153,12 +153,6 @@ final class DeviceConnectionHandler: AMQPConnectionHandler, @unchecked Sendable 
         link.open()
     }
 
-    func detach(_ name: String, resume: @escaping (Result<Void, any Error>) -> Void) {
-        guard let link = links.removeValue(forKey: name) else { return resume(.success(())) }
-        link.close()
-        resume(.success(()))
-    }
-
     func ensureCBS(on connection: AMQPConnection, resume: @escaping (Result<Void, any Error>) -> Void) {
         if cbsReady { return resume(.success(())) }
         cbsWaiters.append(resume)

@@ -10,7 +10,6 @@ import ProtonAMQP
 final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
     let core: HubCore
     var ref: AMQPConnectionRef?
-    var connection: AMQPConnection?
     /// Live tokens by the path their audience names ("", "/devices" or "/devices/{d}"): coverage is then three
     /// dictionary lookups, not a scan of up to 999 tokens per message.
     var tokens: [String: CBSToken] = [:]
@@ -81,7 +80,6 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
     // MARK: events
 
     func handle(_ event: AMQPEvent, on connection: AMQPConnection) {
-        self.connection = connection
         switch event {
         case .connectionOpened:
             ref = connection.ref
@@ -103,9 +101,8 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
             for id in Array(links.keys) { if let l = links[id] { detached(l.link) } }
             core.unregister(self)
             if case .transportClosed = event {
-                // The context holds this handler; dropping our references to it breaks the cycle.
+                // The context holds this handler; dropping our reference to it breaks the cycle.
                 ref = nil
-                self.connection = nil
             }
         case .sessionOpened, .sessionClosed:
             break

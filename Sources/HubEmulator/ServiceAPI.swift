@@ -210,7 +210,7 @@ struct ServiceAPI: Sendable {
         let ackRaw = body["ack"]?.stringValue ?? "none"
         guard let ack = FeedbackRequest(rawValue: ackRaw) else { throw HubError(.badRequest, "ack must be none, positive, negative or full") }
         let message = CloudToDeviceMessage(
-            messageId: body["messageId"]?.stringValue ?? AMQPUUIDString.random(), correlationId: body["correlationId"]?.stringValue,
+            messageId: body["messageId"]?.stringValue ?? AMQPUUID.random().description, correlationId: body["correlationId"]?.stringValue,
             body: bytes, properties: props, contentType: body["contentType"]?.stringValue,
             contentEncoding: body["contentEncoding"]?.stringValue, ack: ack)
         let ttl = body["ttlSeconds"]?.intValue.map { $0 * 1000 }
@@ -235,13 +235,3 @@ extension HubError: HTTPResponseError {
     }
 }
 
-enum AMQPUUIDString {
-    static func random() -> String {
-        var g = SystemRandomNumberGenerator()
-        return (0..<16).map { _ in String(UInt8.random(in: 0...255, using: &g), radix: 16).leftPadded2 }.joined()
-    }
-}
-
-extension String {
-    var leftPadded2: String { count >= 2 ? self : "0" + self }
-}

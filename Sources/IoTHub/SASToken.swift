@@ -1,4 +1,5 @@
 import Crypto
+import FieldgateCore
 
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -111,7 +112,7 @@ public enum PercentEncoding {
         var out = ""
         for b in s.utf8 {
             if unreserved.contains(b) { out.unicodeScalars.append(Unicode.Scalar(b)) }
-            else { out += "%" + String(b, radix: 16, uppercase: true).leftPad2 }
+            else { out += "%" + String(b, radix: 16, uppercase: true).leftPadded(to: 2) }
         }
         return out
     }
@@ -134,6 +135,3 @@ public enum PercentEncoding {
     }
 }
 
-extension String {
-    var leftPad2: String { count >= 2 ? self : "0" + self }
-}

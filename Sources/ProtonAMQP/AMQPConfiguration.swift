@@ -1,3 +1,5 @@
+import FieldgateCore
+
 /// TLS settings of a listener.
 public struct AMQPServerTLS: Sendable {
     /// PEM certificate chain file.

@@ -1,3 +1,5 @@
+import FieldgateCore
+
 /// An AMQP 1.0 value, as Swift sees it. Types matter on this wire (IoT Hub SDKs reject an `int` where they expect a
 /// `long`, a string where they expect a `uuid`), so every primitive keeps its exact AMQP type.
 public indirect enum AMQPValue: Hashable, Sendable {
@@ -93,11 +95,6 @@ public struct AMQPUUID: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-extension String {
-    func leftPadded(to width: Int, with pad: Character = "0") -> String {
-        count >= width ? self : String(repeating: pad, count: width - count) + self
-    }
-}
 
 extension AMQPValue: ExpressibleByStringLiteral {
     public init(stringLiteral value: String) { self = .string(value) }

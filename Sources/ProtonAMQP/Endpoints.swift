@@ -18,7 +18,6 @@ public struct AMQPConnection {
     /// A Sendable handle to this connection for other threads.
     public var ref: AMQPConnectionRef { AMQPConnectionRef(context: context) }
     public var remoteContainer: String? { pn_connection_remote_container(raw).map { String(cString: $0) } }
-    public var remoteHostname: String? { pn_connection_remote_hostname(raw).map { String(cString: $0) } }
     /// The idle-timeout the peer advertised, in milliseconds (0 = none).
     public var remoteIdleTimeoutMilliseconds: UInt32 {
         guard let t = pn_connection_transport(raw) else { return 0 }
@@ -26,7 +25,6 @@ public struct AMQPConnection {
     }
     /// The SASL mechanism the peer chose, if any ("" when it skipped SASL).
     public var saslMechanism: String { context.saslMechanism }
-    public var isLocallyClosed: Bool { pn_connection_state(raw) & Int32(PN_LOCAL_CLOSED) != 0 }
 
     /// Opens a new session (client side).
     public func openSession() -> AMQPSession {
@@ -67,7 +65,6 @@ public struct AMQPLink {
     public var name: String { String(cString: pn_link_name(raw)) }
     public var isSender: Bool { pn_link_is_sender(raw) }
     public var session: AMQPSession { AMQPSession(raw: pn_link_session(raw)) }
-    public var sessionID: AMQPObjectID { AMQPObjectID(pn_link_session(raw)) }
     public var remoteSourceAddress: String? { terminusAddress(pn_link_remote_source(raw)) }
     public var remoteTargetAddress: String? { terminusAddress(pn_link_remote_target(raw)) }
     public var remoteProperties: [AMQPValue: AMQPValue] {
@@ -86,10 +83,7 @@ public struct AMQPLink {
     }
     public var remoteCondition: AMQPCondition? { readCondition(pn_link_remote_condition(raw)) }
     public var credit: Int { Int(pn_link_credit(raw)) }
-    public var unsettledCount: Int { Int(pn_link_unsettled(raw)) }
     public var isLocallyOpen: Bool { pn_link_state(raw) & Int32(PN_LOCAL_ACTIVE) != 0 }
-    public var isLocallyClosed: Bool { pn_link_state(raw) & Int32(PN_LOCAL_CLOSED) != 0 }
-    public var isRemotelyClosed: Bool { pn_link_state(raw) & Int32(PN_REMOTE_CLOSED) != 0 }
 
     public func setSource(_ address: String?) { setTerminus(pn_link_source(raw), address) }
     public func setTarget(_ address: String?) { setTerminus(pn_link_target(raw), address) }
@@ -168,7 +162,6 @@ public struct AMQPDelivery {
         return ProtonData.bytesArray(pn_bytes(t.size, t.start))
     }
     public var isRemotelySettled: Bool { pn_delivery_settled(raw) }
-    public var isSettledLocally: Bool { pn_delivery_local_state(raw) != 0 && pn_delivery_settled(raw) }
 
     /// The outcome the peer sent, nil while there is none.
     public var remoteOutcome: AMQPOutcome? {

@@ -140,7 +140,7 @@ public final class Spool: Sendable {
         }
         guard create else { throw SpoolError(.readOnly, "the spool \(dir) has no epoch (not a spool?)") }
         var g = SystemRandomNumberGenerator()
-        let epoch = String(UInt64.random(in: 1...UInt64.max, using: &g), radix: 16).leftPad16
+        let epoch = String(UInt64.random(in: 1...UInt64.max, using: &g), radix: 16).leftPadded(to: 16)
         let f = try FileHandle.open(path + ".tmp", flags: O_WRONLY | O_CREAT | O_TRUNC | O_APPEND)
         try f.append(Array(epoch.utf8))
         try f.dataSync()
@@ -350,7 +350,7 @@ public final class Spool: Sendable {
 
     private func startSegment(firstSequence: UInt64, _ s: inout State) throws(SpoolError) {
         if let last = s.segments.last { try last.handle.dataSync() }  // a sealed segment is durable
-        let name = String(firstSequence).leftPadded20 + ".seg"
+        let name = String(firstSequence).leftPadded(to: 20) + ".seg"
         let path = configuration.directory + "/segments/" + name
         let handle = try FileHandle.open(path, flags: O_RDWR | O_CREAT | O_APPEND)
         Directory.sync(configuration.directory + "/segments")
@@ -600,7 +600,3 @@ public final class Spool: Sendable {
     }
 }
 
-extension String {
-    var leftPad16: String { String(repeating: "0", count: Swift.max(0, 16 - count)) + self }
-    var leftPadded20: String { String(repeating: "0", count: Swift.max(0, 20 - count)) + self }
-}

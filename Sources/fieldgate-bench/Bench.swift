@@ -145,7 +145,7 @@ struct BenchError: Error, CustomStringConvertible {
     init(_ d: String) { description = d }
 }
 
-func pad(_ s: String, _ width: Int) -> String { String(repeating: " ", count: max(0, width - s.count)) + s }
+func pad(_ s: String, _ width: Int) -> String { s.leftPadded(to: width, with: " ") }
 
 func fixed(_ x: Double, _ digits: Int) -> String {
     var scale = 1.0

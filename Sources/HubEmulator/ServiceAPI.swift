@@ -60,7 +60,7 @@ struct ServiceAPI: Sendable {
             return try json(JSONValue.object(["deviceId": .string(id), "totalMessagesPurged": .int(Int64(n))]))
         }
         router.get("/twins/{id}") { req, ctx in
-            try await authorize(req, "RegistryRead")
+            try await authorize(req, "ServiceConnect")
             let id = try ctx.parameters.require("id")
             return try json(try await core.perform { core in try core.twinView(id) })
         }
@@ -160,7 +160,9 @@ struct ServiceAPI: Sendable {
 
     struct EventPage: Codable { var events: [ReceivedEvent]; var next: Int64 }
 
-    /// Checks `Authorization: SharedAccessSignature …&skn=<policy>` against the hub's policies.
+    /// Checks `Authorization: SharedAccessSignature …&skn=<policy>` against the hub's policies. The policy must hold
+    /// exactly the right the operation needs, as on the real hub: RegistryRead / RegistryWrite for the identity
+    /// registry; ServiceConnect for twins, methods, C2D, feedback and events (seed 003's permission table).
     private func authorize(_ request: Request, _ right: String) async throws {
         if open { return }
         guard let header = request.headers[.authorization] else {
@@ -172,7 +174,7 @@ struct ServiceAPI: Sendable {
         let host = core.configuration.hostName
         let skew = core.configuration.tokenClockSkewSeconds
         let allowed = try await core.perform { core -> Bool in
-            guard let policy = core.policy(name), policy.grants(right) || policy.grants("ServiceConnect") && right != "RegistryWrite" else { return false }
+            guard let policy = core.policy(name), policy.grants(right) else { return false }
             let resourceHost = token.decodedResource.split(separator: "/").first.map(String.init) ?? ""
             return resourceHost.lowercased() == host.lowercased()
                 && token.expiry + skew > core.now / 1000

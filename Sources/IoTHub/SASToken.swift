@@ -97,6 +97,12 @@ public func deriveDeviceKey(groupKey: String, registrationID: String) throws(IoT
     return Data(mac).base64EncodedString()
 }
 
+/// True when `key` is non-empty base64, usable as a symmetric key.
+public func isValidSymmetricKey(_ key: String) -> Bool {
+    guard let bytes = Data(base64Encoded: key) else { return false }
+    return !bytes.isEmpty
+}
+
 /// A fresh random base64 key of 32 bytes, as the hub generates for new devices.
 public func generateSymmetricKey() -> String {
     var g = SystemRandomNumberGenerator()

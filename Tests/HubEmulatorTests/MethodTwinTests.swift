@@ -174,6 +174,11 @@ struct HubStateTests {
             #expect(try await client(owner).request("PUT", "/devices/dev1", body: [:]).status == 200)
             #expect(try await client(owner, key: generateSymmetricKey()).request("GET", "/devices").status == 401)
             #expect(try await client(service).request("PUT", "/devices/dev2", body: [:]).status == 401)  // no RegistryWrite
+            #expect(try await client(service).request("GET", "/devices").status == 401)  // no RegistryRead
+            #expect(try await client(service).request("GET", "/twins/dev1").status == 200)  // twins: ServiceConnect
+            let reader = try #require(try await hub.core.perform { $0.policy("registryRead") })
+            #expect(try await client(reader).request("GET", "/devices").status == 200)
+            #expect(try await client(reader).request("POST", "/devices/dev1/messages/deviceBound", body: ["body": "x"]).status == 401)
             let c2d = try await client(service).request("POST", "/devices/dev1/messages/deviceBound", body: ["body": "hi", "ack": "full"])
             #expect(c2d.status == 200)
             #expect(try await client(owner).request("GET", "/devices/ghost").status == 404)

@@ -181,12 +181,9 @@ final class DeviceConnectionHandler: AMQPConnectionHandler, @unchecked Sendable 
         }
     }
 
+    /// Sends now if the link has credit and nothing queued ahead, else queues until the next flow.
     func send(_ bytes: [UInt8], linkName: String, resume: @escaping (Result<AMQPOutcome, any Error>) -> Void) {
-        guard let link = links[linkName], pendingAttach[linkName] == nil || link.credit > 0 else {
-            if links[linkName] != nil {
-                waitingForCredit[linkName, default: []].append((bytes, resume))
-                return
-            }
+        guard let link = links[linkName] else {
             return resume(.failure(AMQPError(.closed, "link \(linkName) is not attached")))
         }
         if link.credit > 0 && (waitingForCredit[linkName]?.isEmpty ?? true) {

@@ -26,7 +26,7 @@ extension HubConnection {
             return delivery.dispose(.rejected(AMQPCondition(
                 name: IoTHubAMQP.throttled, description: hubErrorJSON(429001, "Throttling: device \(deviceId) is throttled"))))
         }
-        guard liveToken(covering: "/devices/\(deviceId)") != nil else {
+        guard let token = liveToken(covering: "/devices/\(deviceId)") else {
             return delivery.dispose(.rejected(AMQPCondition(name: IoTHubAMQP.unauthorizedAccess, description: "Token Invalid.")))
         }
         let outer: AMQPMessage
@@ -50,7 +50,7 @@ extension HubConnection {
         }
         let generationId = core.registry.devices[deviceId]?.generationId ?? ""
         let now = core.now
-        let hubScope = liveToken(covering: "/devices/\(deviceId)")?.policy != nil
+        let hubScope = token.policy != nil
         for encoded in encodings {
             core.recordEvent(StoredEvent(deviceId: deviceId, generationId: generationId, enqueuedMs: now, hubScope: hubScope, encoded: encoded))
         }

@@ -85,20 +85,25 @@ public final class HubServer: Service, Sendable {
                 return .object(["refusingSeconds": .int(Int64(seconds))])
             }
         }
-        let portPromise = AsyncPortPromise()
+        let portPromise = PortPromise()
         let app = Application(
             router: api.router(),
             configuration: .init(address: .hostname(configuration.bindHost, port: configuration.httpPort), serverName: "fieldgate-hub"),
-            onServerRunning: { channel in portPromise.fulfil(channel.localAddress?.port ?? 0) },
+            onServerRunning: { channel in portPromise.complete(.success(channel.localAddress?.port ?? 0)) },
             logger: { var l = Logger(label: "fieldgate.hub.http"); l.logLevel = logger.logLevel; return l }()
         )
         let group = ServiceGroup(services: [app], gracefulShutdownSignals: [], logger: logger)
-        let task = Task { try await group.run() }
+        let task = Task {
+            do { try await group.run() } catch {
+                portPromise.complete(.failure(error))  // e.g. the port is in use
+                throw error
+            }
+        }
         state.withLock {
             $0.httpTask = task
             $0.httpGroup = group
         }
-        let httpPort = try await portPromise.value(orFailureOf: task)
+        let httpPort = try await portPromise.value()
         logger.info("fieldgate-hub serving \(configuration.hub.hostName): amqps \(amqpsPort.map(String.init) ?? "-"), amqp \(amqpPort.map(String.init) ?? "-"), http \(httpPort)")
         return RunningHub(amqpsPort: amqpsPort, amqpPort: amqpPort, httpPort: httpPort, core: core, server: self)
     }
@@ -152,40 +157,28 @@ public final class HubServer: Service, Sendable {
     }
 }
 
-/// Hands the HTTP port from `onServerRunning` to `start()`.
-final class AsyncPortPromise: Sendable {
-    private let state = Mutex<(port: Int?, waiter: CheckedContinuation<Int, Never>?)>((nil, nil))
+/// Hands the HTTP port from `onServerRunning` to `start()`, or the error if the server fails first. The first
+/// completion wins.
+final class PortPromise: Sendable {
+    private let state = Mutex<(result: Result<Int, any Error>?, waiter: CheckedContinuation<Int, any Error>?)>((nil, nil))
 
-    func fulfil(_ port: Int) {
-        let waiter = state.withLock { s -> CheckedContinuation<Int, Never>? in
-            s.port = port
+    func complete(_ result: Result<Int, any Error>) {
+        let waiter = state.withLock { s -> CheckedContinuation<Int, any Error>? in
+            guard s.result == nil else { return nil }
+            s.result = result
             defer { s.waiter = nil }
             return s.waiter
         }
-        waiter?.resume(returning: port)
+        waiter?.resume(with: result)
     }
 
-    func value(orFailureOf task: Task<Void, any Error>) async throws -> Int {
-        let failure = Task {
-            do { try await task.value } catch { return error as (any Error)? }
-            return nil
-        }
-        let port = await withCheckedContinuation { (cont: CheckedContinuation<Int, Never>) in
-            let ready = state.withLock { s -> Int? in
-                if let p = s.port { return p }
-                s.waiter = cont
-                return nil
+    func value() async throws -> Int {
+        try await withCheckedThrowingContinuation { (cont: CheckedContinuation<Int, any Error>) in
+            let ready = state.withLock { s -> Result<Int, any Error>? in
+                if s.result == nil { s.waiter = cont }
+                return s.result
             }
-            if let ready { cont.resume(returning: ready) }
-            Task {
-                if let error = await failure.value {
-                    // The server failed before running (e.g. port in use): release the waiter with 0.
-                    _ = error
-                    self.fulfil(0)
-                }
-            }
+            if let ready { cont.resume(with: ready) }
         }
-        if port == 0, let error = await failure.value { throw error }
-        return port
     }
 }

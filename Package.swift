@@ -56,6 +56,15 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .target(
+            name: "Uplink",
+            dependencies: [
+                "ProtonAMQP", "IoTHub", "Spool", "FieldgateCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .target(
             name: "HubEmulator",
             dependencies: [
                 "ProtonAMQP", "IoTHub", "FieldgateCore",
@@ -104,12 +113,24 @@ let package = Package(
             swiftSettings: strictSettings
         ),
 
+        // A real fieldgate-hub for tests (shared by the test targets that talk to one).
+        .target(
+            name: "HubTestSupport",
+            dependencies: ["HubEmulator", "HubDeviceClient", "ProtonAMQP", "IoTHub", "FieldgateCore", .product(name: "Logging", package: "swift-log")],
+            path: "Tests/HubTestSupport",
+            swiftSettings: strictSettings
+        ),
         .testTarget(name: "ProtonAMQPTests", dependencies: ["ProtonAMQP"], swiftSettings: strictSettings),
         .testTarget(name: "IoTHubTests", dependencies: ["IoTHub"], swiftSettings: strictSettings),
         .testTarget(name: "SpoolTests", dependencies: ["Spool"], swiftSettings: strictSettings),
         .testTarget(
+            name: "UplinkTests",
+            dependencies: ["Uplink", "HubTestSupport", "HubEmulator", "HubServiceClient", "Spool", "ProtonAMQP", "IoTHub", "FieldgateCore"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
             name: "HubEmulatorTests",
-            dependencies: ["HubEmulator", "HubDeviceClient", "HubServiceClient", "ProtonAMQP", "IoTHub", "FieldgateCore"],
+            dependencies: ["HubTestSupport", "HubEmulator", "HubDeviceClient", "HubServiceClient", "ProtonAMQP", "IoTHub", "FieldgateCore"],
             swiftSettings: strictSettings
         ),
     ]

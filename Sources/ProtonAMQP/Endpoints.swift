@@ -53,6 +53,9 @@ public struct AMQPSession {
     public func sender(name: String) -> AMQPLink { AMQPLink(raw: pn_sender(raw, name)) }
     public func receiver(name: String) -> AMQPLink { AMQPLink(raw: pn_receiver(raw, name)) }
     public func close() { pn_session_close(raw) }
+    /// Lets Proton free the session and its links once their frames are out (after `close`). Drop every
+    /// `AMQPLink`/`AMQPDelivery` of the session first: they must not be touched again.
+    public func free() { pn_session_free(raw) }
 }
 
 public enum AMQPSenderSettleMode: Sendable { case unsettled, settled, mixed }

@@ -407,6 +407,12 @@ public final class Spool: Sendable {
     /// Up to `max` records, per leaf in order, taking leaves in turn (round-robin) and skipping `excluding`
     /// (leaves that are backing off). Records stay in flight until acknowledged, released or dead-lettered.
     public func next(max: Int, excluding: Set<String> = [], nowMs: Int64 = WallClock.nowMilliseconds()) throws(SpoolError) -> [SpoolRecord] {
+        try next(max: max, nowMs: nowMs) { !excluding.contains($0) }
+    }
+
+    /// Up to `max` records, per leaf in order, leaves in turn; `admit(leaf)` is asked before each record is taken
+    /// (under the spool's lock, so keep it cheap): the uplink uses it to give each ready leaf its own budget.
+    public func next(max: Int, nowMs: Int64 = WallClock.nowMilliseconds(), admit: (String) -> Bool) throws(SpoolError) -> [SpoolRecord] {
         try state.withLock { s throws(SpoolError) -> [SpoolRecord] in
             var out: [SpoolRecord] = []
             var idleRounds = 0
@@ -414,7 +420,7 @@ public final class Spool: Sendable {
                 s.roundRobin %= s.leafOrder.count
                 let leaf = s.leafOrder[s.roundRobin]
                 s.roundRobin += 1
-                guard !excluding.contains(leaf), let record = try takeOne(leaf: leaf, nowMs: nowMs, &s) else {
+                guard Self.hasQueued(leaf: leaf, s), admit(leaf), let record = try takeOne(leaf: leaf, nowMs: nowMs, &s) else {
                     idleRounds += 1
                     continue
                 }
@@ -436,6 +442,10 @@ public final class Spool: Sendable {
             return record
         }
         return nil
+    }
+
+    private static func hasQueued(leaf: String, _ s: State) -> Bool {
+        !(s.retry[leaf]?.isEmpty ?? true) || !(s.queues[leaf]?.isEmpty ?? true)
     }
 
     /// Removes the leaf's oldest queued (not in-flight) record, for the per-leaf cap.

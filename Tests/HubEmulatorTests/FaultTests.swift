@@ -1,3 +1,4 @@
+import HubTestSupport
 import FieldgateCore
 import HubDeviceClient
 import HubEmulator

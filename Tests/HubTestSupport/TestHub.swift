@@ -11,14 +11,16 @@ import FoundationEssentials
 import Foundation
 #endif
 
-/// A real fieldgate-hub on loopback (plain AMQP, AMQPS with a fresh CA, HTTP) for one test.
-final class TestHub: Sendable {
-    let running: RunningHub
-    let reactor: AMQPReactor
-    let directory: String
-    let certificates: LocalCertificates.Paths
+/// A real fieldgate-hub on loopback (plain AMQP, AMQPS with a fresh CA, HTTP) for one test. Shared by the test
+/// targets that need a hub (HubEmulatorTests, UplinkTests).
+public final class TestHub: Sendable {
+    public let running: RunningHub
+    public let reactor: AMQPReactor
+    public let directory: String
+    public let certificates: LocalCertificates.Paths
+    let configuration: HubServerConfiguration
 
-    static func start(configure: (inout HubServerConfiguration) -> Void = { _ in }) async throws -> TestHub {
+    public static func start(configure: (inout HubServerConfiguration) -> Void = { _ in }) async throws -> TestHub {
         let dir = FileManager.default.temporaryDirectory.path + "/fieldgate-hub-test-" + AMQPUUID.random().description
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let certs = try LocalCertificates.create(in: dir + "/certs", dnsNames: ["localhost"])
@@ -34,33 +36,55 @@ final class TestHub: Sendable {
         var logger = Logger(label: "test.hub")
         logger.logLevel = .warning
         let running = try await HubServer(configuration: config, logger: logger).start()
-        return TestHub(running: running, reactor: AMQPReactor(), directory: dir, certificates: certs)
+        return TestHub(running: running, reactor: AMQPReactor(), directory: dir, certificates: certs, configuration: config)
     }
 
-    private init(running: RunningHub, reactor: AMQPReactor, directory: String, certificates: LocalCertificates.Paths) {
+    private init(running: RunningHub, reactor: AMQPReactor, directory: String, certificates: LocalCertificates.Paths,
+                 configuration: HubServerConfiguration) {
         self.running = running
         self.reactor = reactor
         self.directory = directory
         self.certificates = certificates
+        self.configuration = configuration
     }
 
-    var core: HubCore { running.core }
-    var hostName: String { core.configuration.hostName }
+    public var core: HubCore { running.core }
+    public var hostName: String { core.configuration.hostName }
 
-    func stop() async {
+    public func stop() async {
         await reactor.shutdown()
         await running.stop()
         try? FileManager.default.removeItem(atPath: directory)
     }
 
+    /// Stops this hub (its state stays on disk) and starts a new one on the same ports, state and certificates,
+    /// as a hub restart looks to its clients. Use the returned hub from then on.
+    public func restart() async throws -> TestHub {
+        await running.stop()
+        var config = configuration
+        config.amqpsPort = running.amqpsPort
+        config.amqpPort = running.amqpPort
+        config.httpPort = running.httpPort
+        var logger = Logger(label: "test.hub")
+        logger.logLevel = .warning
+        var started: RunningHub?
+        for _ in 0..<50 {  // the old listeners may need a moment to let go of the ports
+            do { started = try await HubServer(configuration: config, logger: logger).start(); break } catch {
+                try await Task.sleep(for: .milliseconds(100))
+            }
+        }
+        guard let started else { throw HubError(.badRequest, "the hub could not restart on its ports") }
+        return TestHub(running: started, reactor: reactor, directory: directory, certificates: certificates, configuration: config)
+    }
+
     /// Creates a device and returns its primary key.
     @discardableResult
-    func createDevice(_ id: String, status: String = "enabled") async throws -> DeviceRecord {
+    public func createDevice(_ id: String, status: String = "enabled") async throws -> DeviceRecord {
         try await core.perform { core in try core.upsertDevice(id: id, status: status, primaryKey: nil, secondaryKey: nil) }
     }
 
     /// A device connection over plain AMQP (or TLS when `tls`).
-    func connect(tls: Bool = false, sasl: AMQPClientSASL = .none) async throws -> DeviceConnection {
+    public func connect(tls: Bool = false, sasl: AMQPClientSASL = .none) async throws -> DeviceConnection {
         if tls {
             return try await DeviceConnection.connect(
                 reactor: reactor, host: "127.0.0.1", port: running.amqpsPort!, hostName: hostName,
@@ -70,7 +94,7 @@ final class TestHub: Sendable {
     }
 
     /// Connects, authenticates `deviceId` with its primary key and attaches telemetry.
-    func connectDevice(_ deviceId: String, tls: Bool = false) async throws -> DeviceConnection {
+    public func connectDevice(_ deviceId: String, tls: Bool = false) async throws -> DeviceConnection {
         let record = try await core.perform { try $0.device(deviceId) }
         let c = try await connect(tls: tls)
         let (status, description) = try await c.authenticate(deviceId: deviceId, key: record.authentication.symmetricKey.primaryKey)
@@ -80,7 +104,7 @@ final class TestHub: Sendable {
     }
 
     /// One connection carrying several devices, each authenticated with its primary key and with telemetry attached.
-    func connectDevices(_ records: [DeviceRecord]) async throws -> DeviceConnection {
+    public func connectDevices(_ records: [DeviceRecord]) async throws -> DeviceConnection {
         let c = try await connect()
         for d in records {
             let (status, description) = try await c.authenticate(deviceId: d.deviceId, key: d.authentication.symmetricKey.primaryKey)
@@ -90,7 +114,7 @@ final class TestHub: Sendable {
         return c
     }
 
-    func events(from: Int64 = 1) async throws -> [ReceivedEvent] {
+    public func events(from: Int64 = 1) async throws -> [ReceivedEvent] {
         try await withCheckedThrowingContinuation { cont in
             core.reactor.execute { [core] in core.readEvents(from: from, limit: 10_000, waitMilliseconds: 0) { cont.resume(returning: $0) } }
         }
@@ -98,7 +122,7 @@ final class TestHub: Sendable {
 }
 
 /// Runs `body` with a fresh hub and always stops it.
-func withHub(configure: (inout HubServerConfiguration) -> Void = { _ in }, _ body: (TestHub) async throws -> Void) async throws {
+public func withHub(configure: (inout HubServerConfiguration) -> Void = { _ in }, _ body: (TestHub) async throws -> Void) async throws {
     let hub = try await TestHub.start(configure: configure)
     do {
         try await body(hub)
@@ -109,7 +133,7 @@ func withHub(configure: (inout HubServerConfiguration) -> Void = { _ in }, _ bod
     await hub.stop()
 }
 
-func jsonMessage(_ text: String, id: String? = nil) -> AMQPMessage {
+public func jsonMessage(_ text: String, id: String? = nil) -> AMQPMessage {
     var m = AMQPMessage(data: Array(text.utf8))
     m.messageID = id.map(AMQPValue.string)
     m.contentType = "application/json"
@@ -118,6 +142,6 @@ func jsonMessage(_ text: String, id: String? = nil) -> AMQPMessage {
 }
 
 /// Waits for the first event matching `match`, bounded by `seconds`.
-func nextEvent(_ connection: DeviceConnection, seconds: Double = 10, where match: @escaping @Sendable (DeviceEvent) -> Bool) async throws -> DeviceEvent {
+public func nextEvent(_ connection: DeviceConnection, seconds: Double = 10, where match: @escaping @Sendable (DeviceEvent) -> Bool) async throws -> DeviceEvent {
     try await connection.nextEvent(timeout: .milliseconds(Int(seconds * 1000)), where: match)
 }

@@ -1,0 +1,113 @@
+import FieldgateCore
+
+/// A cloud-to-device message for one leaf, as the router hands it to the adapter that owns the leaf.
+public struct CloudToDeviceMessage: Sendable, Equatable {
+    public var deviceID: String
+    public var messageID: String?
+    public var correlationID: String?
+    public var contentType: String?
+    public var contentEncoding: String?
+    /// Application properties (string values; others are rendered as text).
+    public var properties: [String: String]
+    public var body: [UInt8]
+    /// Absolute expiry, ms since the epoch; nil = none.
+    public var expiryMilliseconds: Int64?
+    /// How many times the hub has delivered it (from `iothub-deliverycount`), 0 when absent.
+    public var deliveryCount: Int
+
+    public init(deviceID: String, messageID: String? = nil, correlationID: String? = nil, contentType: String? = nil,
+                contentEncoding: String? = nil, properties: [String: String] = [:], body: [UInt8],
+                expiryMilliseconds: Int64? = nil, deliveryCount: Int = 0) {
+        self.deviceID = deviceID
+        self.messageID = messageID
+        self.correlationID = correlationID
+        self.contentType = contentType
+        self.contentEncoding = contentEncoding
+        self.properties = properties
+        self.body = body
+        self.expiryMilliseconds = expiryMilliseconds
+        self.deliveryCount = deliveryCount
+    }
+}
+
+/// What the adapter made of a C2D message (contract 4). The hub turns these into feedback: complete → Success,
+/// reject → Rejected, abandon → redelivery (until its delivery count runs out).
+public enum CloudToDeviceOutcome: Sendable, Equatable {
+    /// Carried out (or durably kept for later).
+    case complete
+    /// Permanent failure: unknown point, bad payload.
+    case reject(String)
+    /// Transient failure: the hub redelivers it.
+    case abandon(String)
+}
+
+/// Routes C2D messages to the adapter that owns the leaf. Called off the reactor thread; must answer within the
+/// uplink's C2D deadline, or the message is abandoned.
+public protocol CloudToDeviceRouter: Sendable {
+    func deliver(_ message: CloudToDeviceMessage) async -> CloudToDeviceOutcome
+}
+
+/// Remembers C2D message ids per leaf so a redelivery (after a reconnect, or a lost disposition) is settled with
+/// the first outcome instead of running the command twice. Bounded: the oldest ids are forgotten first.
+struct CloudToDeviceDedupe {
+    enum Entry: Equatable {
+        /// The adapter is still working on it; these delivery tokens wait for its outcome.
+        case pending([Int])
+        case done(CloudToDeviceOutcome)
+    }
+
+    let capacity: Int
+    private(set) var entries: [String: Entry] = [:]
+    private var order: [String] = []
+    private var head = 0
+
+    init(capacity: Int) { self.capacity = max(1, capacity) }
+
+    enum Decision: Equatable {
+        /// New: hand it to the adapter.
+        case deliver
+        /// Already settled with this outcome: settle the redelivery the same way.
+        case settle(CloudToDeviceOutcome)
+        /// The adapter is still on it: wait for its outcome.
+        case wait
+    }
+
+    mutating func arrived(messageID: String, token: Int) -> Decision {
+        switch entries[messageID] {
+        case .done(let outcome):
+            return .settle(outcome)
+        case .pending(var waiting):
+            waiting.append(token)
+            entries[messageID] = .pending(waiting)
+            return .wait
+        case nil:
+            entries[messageID] = .pending([token])
+            order.append(messageID)
+            trim()
+            return .deliver
+        }
+    }
+
+    /// The adapter's outcome; returns every delivery token that waited for it. Abandoned ids are forgotten (the
+    /// redelivery must reach the adapter again).
+    mutating func finished(messageID: String, outcome: CloudToDeviceOutcome) -> [Int] {
+        guard case .pending(let waiting) = entries[messageID] else { return [] }
+        if case .abandon = outcome {
+            entries[messageID] = nil
+        } else {
+            entries[messageID] = .done(outcome)
+        }
+        return waiting
+    }
+
+    private mutating func trim() {
+        var budget = order.count - head  // pending ids go round once at most
+        while order.count - head > capacity, budget > 0 {
+            budget -= 1
+            let old = order[head]
+            head += 1
+            if case .done = entries[old] { entries[old] = nil } else if entries[old] != nil { order.append(old) }
+        }
+        if head > capacity { order.removeFirst(head); head = 0 }
+    }
+}

@@ -1,0 +1,52 @@
+import FieldgateCore
+
+/// The lifecycle of one AMQP connection to the hub: connect, open, lose it, back off, reconnect. Pure; the shard
+/// performs the actions. A connection that dies soon after opening keeps growing the back-off, so a hub that
+/// closes every connection is not hammered.
+struct ConnectionMachine {
+    enum Phase: String, Sendable { case waiting, connecting, open }
+
+    let backoff: Backoff
+    let connectTimeoutMilliseconds: Int64
+    /// A connection that lived this long counts as healthy: the next failure starts the back-off over.
+    static let healthyAfterMilliseconds: Int64 = 10_000
+
+    private(set) var phase: Phase = .waiting
+    private(set) var retryAtMs: Int64 = 0
+    private(set) var attempts = 0
+    private(set) var openedAtMs: Int64 = 0
+    private(set) var lastError: String?
+    /// Connections opened so far (1 = never reconnected).
+    private(set) var opens = 0
+
+    init(backoff: Backoff, connectTimeoutMilliseconds: Int64) {
+        self.backoff = backoff
+        self.connectTimeoutMilliseconds = connectTimeoutMilliseconds
+    }
+
+    /// True when the shard should start a connection attempt now.
+    mutating func shouldConnect(nowMs: Int64) -> Bool {
+        guard phase == .waiting, nowMs >= retryAtMs else { return false }
+        phase = .connecting
+        retryAtMs = nowMs + connectTimeoutMilliseconds  // the attempt's deadline
+        return true
+    }
+
+    /// True when a connection attempt has taken too long and must be aborted.
+    func attemptTimedOut(nowMs: Int64) -> Bool { phase == .connecting && nowMs >= retryAtMs }
+
+    mutating func opened(nowMs: Int64) {
+        phase = .open
+        openedAtMs = nowMs
+        opens += 1
+        lastError = nil
+    }
+
+    mutating func closed(error: String?, nowMs: Int64, random: Double) {
+        if phase == .open && nowMs - openedAtMs >= Self.healthyAfterMilliseconds { attempts = 0 }
+        attempts += 1
+        lastError = error ?? lastError
+        phase = .waiting
+        retryAtMs = nowMs + backoff.delay(attempt: attempts, random: random)
+    }
+}

@@ -1,0 +1,83 @@
+import Dispatch
+import FieldgateCore
+import Logging
+import Spool
+
+/// The uplink's only contact with the spool. Spool calls block on file I/O (an acknowledgement may fdatasync the
+/// ledger), so they run on this pump's own serial queue, never on the reactor thread or the cooperative pool.
+/// One job at a time: settle what the hub answered, then fetch what the ready leaves can take.
+final class SpoolPump: Sendable {
+    struct Job: Sendable {
+        var acknowledged: [UInt64] = []
+        var released: [UInt64] = []
+        var rejected: [UInt64] = []
+        /// Records each leaf may take now (ready leaves only).
+        var budgets: [String: Int] = [:]
+        var maxRecords = 0
+
+        var hasSettlements: Bool { !acknowledged.isEmpty || !released.isEmpty || !rejected.isEmpty }
+    }
+
+    struct Result: Sendable {
+        var messages: [OutgoingMessage] = []
+        /// Records that could not be encoded; they went to the dead-letter file.
+        var invalid = 0
+        var error: String?
+    }
+
+    let spool: Spool
+    private let encoder: TelemetryEncoder
+    private let queue = DispatchQueue(label: "fieldgate.uplink.spool")
+    private let logger: Logger
+
+    init(spool: Spool, coalesceTargetBytes: Int?, logger: Logger) {
+        self.spool = spool
+        self.encoder = TelemetryEncoder(coalesceTargetBytes: coalesceTargetBytes, messageID: { [spool] in spool.messageID(for: $0) })
+        self.logger = logger
+    }
+
+    func run(_ job: Job, completion: @escaping @Sendable (Result) -> Void) {
+        queue.async { [self] in completion(perform(job)) }
+    }
+
+    /// The last settlement at shutdown: after any running job, on the pump's queue.
+    func settle(_ job: Job) async {
+        var job = job
+        job.maxRecords = 0
+        await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
+            queue.async { [self, job] in
+                _ = perform(job)
+                cont.resume()
+            }
+        }
+    }
+
+    private func perform(_ job: Job) -> Result {
+        var result = Result()
+        do throws(SpoolError) {
+            if !job.released.isEmpty { spool.release(job.released) }
+            if !job.acknowledged.isEmpty { try spool.acknowledge(job.acknowledged) }
+            if !job.rejected.isEmpty { try spool.deadLetter(job.rejected) }
+            guard job.maxRecords > 0 else { return result }
+            var budgets = job.budgets
+            let records = try spool.next(max: job.maxRecords) { leaf in
+                guard let left = budgets[leaf], left > 0 else { return false }
+                budgets[leaf] = left - 1
+                return true
+            }
+            let (messages, invalid) = encoder.encode(records)
+            if !invalid.isEmpty {
+                logger.error("uplink: \(invalid.count) spool records are not telemetry envelopes; moved to the dead-letter file")
+                try spool.deadLetter(invalid)
+            }
+            result.messages = messages
+            result.invalid = invalid.count
+        } catch {
+            // The spool keeps its in-memory state consistent and the next job carries on. A failed read leaves its
+            // records in flight inside the spool: they are not lost, they go out again after the next restart.
+            logger.error("uplink: spool error: \(error)")
+            result.error = "\(error)"
+        }
+        return result
+    }
+}

@@ -1,0 +1,48 @@
+import IoTHub
+
+/// Mints the SAS token a leaf puts on the CBS link (iothub-amqp.md §2, §14 point 6).
+struct TokenMinter {
+    let hostName: String
+
+    /// The CBS audience and the resource a leaf's token covers: `{host}/devices/{id}`.
+    func audience(deviceID: String) -> String { "\(hostName)/devices/\(deviceID)" }
+
+    /// The audience of a hub-scope policy token, shared by every leaf of a connection.
+    var hubScopeAudience: String { "\(hostName)/devices" }
+
+    /// The audience `leaf` authenticates with.
+    func audience(for leaf: LeafConfiguration) -> String {
+        if case .sharedAccessPolicy(_, _, .hub) = leaf.credential { return hubScopeAudience }
+        return audience(deviceID: leaf.deviceID)
+    }
+
+    func token(for leaf: LeafConfiguration, slot: LeafMachine.KeySlot, expiry: Int64) throws(IoTHubError) -> String {
+        let resource = audience(deviceID: leaf.deviceID)
+        switch leaf.credential {
+        case .symmetricKey(let primary, let secondary):
+            let key = slot == .secondary ? (secondary ?? primary) : primary
+            return try SASToken.generate(resourceURI: resource, key: key, expiry: expiry)
+        case .sharedAccessPolicy(let name, let key, let scope):
+            let r = scope == .hub ? hubScopeAudience : resource
+            return try SASToken.generate(resourceURI: r, key: key, expiry: expiry, keyName: name)
+        case .groupKey(let groupKey):
+            let key = try deriveDeviceKey(groupKey: groupKey, registrationID: leaf.deviceID)
+            return try SASToken.generate(resourceURI: resource, key: key, expiry: expiry)
+        }
+    }
+}
+
+extension LeafCredential {
+    var hasSecondaryKey: Bool {
+        if case .symmetricKey(_, let secondary?) = self { return !secondary.isEmpty }
+        return false
+    }
+}
+
+extension LeafConfiguration {
+    /// The shared policy this leaf authenticates through, when one token per connection covers it.
+    var hubScopePolicy: String? {
+        if case .sharedAccessPolicy(let name, _, .hub) = credential { return name }
+        return nil
+    }
+}

@@ -1,0 +1,134 @@
+import FieldgateCore
+import Logging
+import ProtonAMQP
+import ServiceLifecycle
+import Spool
+import Synchronization
+
+/// fieldgate's uplink: every leaf its own IoT Hub identity, all of them over one AMQP connection (another one per
+/// ~995 leaves), fed from the spool. A `Service`: `run()` lasts until graceful shutdown, then closes the
+/// connections and gives every unacknowledged record back to the spool.
+public final class Uplink: Service, Sendable {
+    public let configuration: UplinkConfiguration
+    private let reactor: AMQPReactor
+    private let engine: UplinkEngine
+    private let logger: Logger
+    private let state = Mutex<Phase>(.created)
+
+    private enum Phase { case created, running, stopped }
+
+    /// - Parameters:
+    ///   - router: where C2D messages go; nil = no C2D receivers are attached.
+    ///   - nowMs, random: injected for tests; default to the wall clock and the system generator.
+    public init(configuration: UplinkConfiguration, leaves: [LeafConfiguration], spool: Spool,
+                router: (any CloudToDeviceRouter)? = nil, logger: Logger = Logger(label: "fieldgate.uplink"),
+                nowMs: @escaping @Sendable () -> Int64 = { WallClock.nowMilliseconds() },
+                random: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) }) throws(UplinkError) {
+        var seen: Set<String> = []
+        for leaf in leaves {
+            guard !leaf.deviceID.isEmpty else { throw UplinkError(.configuration, "a leaf has an empty device id") }
+            guard seen.insert(leaf.deviceID).inserted else {
+                throw UplinkError(.configuration, "leaf \(leaf.deviceID) is configured twice")
+            }
+        }
+        guard !configuration.hostName.isEmpty else { throw UplinkError(.configuration, "the hub host name is empty") }
+        self.configuration = configuration
+        self.reactor = AMQPReactor(logger: logger)
+        self.logger = logger
+        self.engine = UplinkEngine(configuration: configuration, leaves: leaves, spool: spool, router: router,
+                                   reactor: reactor, logger: logger, nowMs: nowMs, random: random)
+    }
+
+    /// Starts connecting; returns at once (the hub being away is a normal state).
+    public func start() {
+        let go = state.withLock { phase -> Bool in
+            guard phase == .created else { return false }
+            phase = .running
+            return true
+        }
+        if go { _ = reactor.execute { [engine] in engine.start() } }
+    }
+
+    /// Closes every connection and settles with the spool: accepted records acknowledged, the rest released
+    /// (they go out again, with the same message ids, next time).
+    public func stop() async {
+        let wasRunning = state.withLock { phase -> Bool in
+            defer { phase = .stopped }
+            return phase == .running
+        }
+        guard wasRunning else { return }
+        _ = try? await reactor.perform { [engine] in engine.beginStop() }
+        // Let a running pump job finish (bounded), so its records come back to be released.
+        for _ in 0..<500 {
+            guard (try? await reactor.perform({ [engine] in engine.isPumpBusy })) == true else { break }
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        try? await Task.sleep(for: .milliseconds(50))  // AMQP close frames out
+        let final = (try? await reactor.perform { [engine] in engine.takeFinalSettlements() }) ?? SpoolPump.Job()
+        await reactor.shutdown()
+        await engine.pump.settle(final)
+    }
+
+    public func run() async throws {
+        start()
+        try? await gracefulShutdown()
+        await stop()
+    }
+
+    /// Producers call this after appending to the spool, so new records leave at once instead of at the next tick.
+    public func wake() {
+        _ = reactor.execute { [engine] in engine.wake() }
+    }
+
+    public func status() async -> UplinkStatus {
+        (try? await reactor.perform { [engine] in engine.snapshot() }) ?? UplinkStatus()
+    }
+}
+
+/// What the uplink is doing, per connection and per leaf.
+public struct UplinkStatus: Sendable {
+    public struct Connection: Sendable {
+        public var index: Int
+        /// waiting, connecting or open.
+        public var state: String
+        /// Connections opened so far.
+        public var opens: Int
+        public var lastError: String?
+        public var leaves: Int
+    }
+
+    public struct Leaf: Sendable {
+        public var phase: LeafPhase
+        public var lastError: String?
+        public var counters: LeafCounters
+        /// Messages fetched from the spool and not yet settled by the hub.
+        public var outstanding: Int
+    }
+
+    public var connections: [Connection] = []
+    public var leaves: [String: Leaf] = [:]
+
+    public init() {}
+}
+
+/// The Uplink module's error.
+public struct UplinkError: Error, Sendable, CustomStringConvertible {
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        enum Value: Hashable, Sendable { case configuration }
+        let value: Value
+        public static let configuration = Code(value: .configuration)
+        public var description: String { "\(value)" }
+    }
+
+    public var code: Code
+    public var message: String
+
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    /// Configuration errors do not heal by retrying.
+    public var isRetriable: Bool { false }
+    public var description: String { message }
+}

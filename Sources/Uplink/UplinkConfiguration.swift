@@ -1,0 +1,106 @@
+import FieldgateCore
+import IoTHub
+
+/// How the uplink reaches the hub, paces itself and drains the spool. Owned by the Uplink module; the daemon's
+/// config file maps onto it. Defaults follow the client profile (iothub-amqp.md §14).
+public struct UplinkConfiguration: Sendable {
+    /// The hub's host name: tokens name it, TLS verifies it (SNI too). Required.
+    public var hostName: String
+    /// Where to connect; default: `hostName`. Re-resolved on every reconnect.
+    public var address: String?
+    /// Default: 5671 (AMQPS).
+    public var port = 5671
+    public var transport: Transport = .tls(TLS())
+    /// Idle timeout we advertise; the hub must send something this often. Proton sends heartbeats at half of
+    /// the hub's advertised idle timeout. Default: 240 s.
+    public var idleTimeoutMilliseconds: UInt32 = 240_000
+    /// Reconnect back-off after a connection failure. Default: 100 ms → 10 s.
+    public var reconnectBackoff = Backoff(initialMilliseconds: 100, maximumMilliseconds: 10_000)
+    /// A leaf's retry after a transient link or put-token failure. Default: 100 ms → 10 s.
+    public var leafBackoff = Backoff(initialMilliseconds: 100, maximumMilliseconds: 10_000)
+    /// A throttled leaf's pause. Default: 10 s → 60 s.
+    public var throttleBackoff = Backoff(initialMilliseconds: 10_000, maximumMilliseconds: 60_000)
+    /// A leaf the hub refuses (unknown, disabled, bad key): slow retry. Default: 30 s → 10 min.
+    public var refusedBackoff = Backoff(initialMilliseconds: 30_000, maximumMilliseconds: 600_000)
+    /// SAS token lifetime. Default: 1 h.
+    public var tokenTTLSeconds: Int64 = 3600
+    /// Tokens are renewed at this fraction of their lifetime, ± `tokenRenewJitter`. Default: 0.8 ± 0.05.
+    public var tokenRenewFraction = 0.8
+    public var tokenRenewJitter = 0.05
+    /// No token is minted while the wall clock reads earlier than this (an unsynchronized clock after boot);
+    /// after `clockWaitMilliseconds` the uplink goes ahead anyway, with an error in the log. Default: 2025-01-01.
+    public var earliestPlausibleTimeMilliseconds: Int64 = 1_735_689_600_000
+    public var clockWaitMilliseconds: Int64 = 120_000
+    /// New leaf authentications (put-token + attaches) per second across all connections; nil = unpaced.
+    /// Default: 20/s, well under the hub's device-connection throttle (S1: 100/s).
+    public var attachesPerSecond: Double? = 20
+    /// Identities per AMQP connection; beyond it another connection opens. Default: 995 (hub limit ~999).
+    public var maxIdentitiesPerConnection = 995
+    /// Unsettled telemetry deliveries per leaf and in total. Default: 16 and 2000.
+    public var maxInFlightPerLeaf = 16
+    public var maxInFlightTotal = 2000
+    /// Total D2C messages per second (the hub tier's quota); nil = unlimited.
+    public var messagesPerSecond: Double?
+    /// Coalesce a leaf's queued JSON readings into one JSON-array message up to this size; nil = one message per
+    /// reading. The hub bills D2C in 4 KB units, so 4000 is a good value; the hub's limit is 256 KB.
+    public var coalesceTargetBytes: Int?
+    /// C2D credit per leaf. Default: 10.
+    public var cloudToDeviceCredit = 10
+    /// A C2D message not settled by its adapter within this time is abandoned (the hub's lock is 60 s).
+    /// Default: 50 s.
+    public var cloudToDeviceDeadlineMilliseconds: Int64 = 50_000
+    /// Message ids remembered per leaf to drop C2D redeliveries. Default: 256.
+    public var cloudToDeviceDedupeCapacity = 256
+    /// Put-token and attach replies must arrive within this. Default: 30 s.
+    public var operationTimeoutMilliseconds: Int64 = 30_000
+    /// Link property `com.microsoft:client-version`.
+    public var clientVersion = "fieldgate/0.1"
+
+    public init(hostName: String) { self.hostName = hostName }
+
+    public enum Transport: Sendable {
+        case tls(TLS)
+        /// Plain AMQP (no TLS): only for tests against a local emulator. Never the default.
+        case insecurePlainAMQP
+    }
+
+    public struct TLS: Sendable {
+        /// PEM bundle of trusted CAs; nil = the system's store.
+        public var caFile: String?
+        /// Verify the hub's certificate and host name. Turning it off is for tests only.
+        public var verifyHostName = true
+        public init(caFile: String? = nil, verifyHostName: Bool = true) {
+            self.caFile = caFile
+            self.verifyHostName = verifyHostName
+        }
+    }
+}
+
+/// One leaf identity the uplink carries.
+public struct LeafConfiguration: Sendable, Equatable {
+    public var deviceID: String
+    public var credential: LeafCredential
+    /// Attach a C2D receiver. Default: true.
+    public var receivesCloudToDevice = true
+
+    public init(deviceID: String, credential: LeafCredential, receivesCloudToDevice: Bool = true) {
+        self.deviceID = deviceID
+        self.credential = credential
+        self.receivesCloudToDevice = receivesCloudToDevice
+    }
+}
+
+public enum LeafCredential: Sendable, Equatable {
+    /// The device's own keys; the secondary is tried when the hub refuses the primary.
+    case symmetricKey(primary: String, secondary: String?)
+    /// A hub policy with DeviceConnect (usually `device`), tokens carrying `skn`. `.device` scope: one token per
+    /// leaf (`sr={host}/devices/{id}`); `.hub` scope: one token per connection (`sr={host}/devices`) covering every
+    /// leaf that uses the policy, so a connection is not limited by the hub's ~999 tokens (iothub-amqp.md §2.2).
+    case sharedAccessPolicy(name: String, key: String, scope: PolicyScope = .device)
+    /// A group (enrollment) key: the device key is HMAC-SHA256(group key, device id), as DPS derives it.
+    case groupKey(String)
+}
+
+public enum PolicyScope: Sendable, Equatable {
+    case device, hub
+}

@@ -1,0 +1,297 @@
+import FieldgateCore
+import Logging
+import ProtonAMQP
+import Spool
+
+/// The reactor-thread heart of the uplink: the shards, the attach pacer, the D2C rate limit, and the spool pump
+/// that feeds ready leaves fairly. Every method runs on the reactor thread.
+// @unchecked Sendable: it is captured by jobs that run on the reactor thread, the only thread that touches it.
+final class UplinkEngine: @unchecked Sendable {
+    let configuration: UplinkConfiguration
+    let reactor: AMQPReactor
+    let logger: Logger
+    let nowMs: @Sendable () -> Int64
+    let random: @Sendable () -> Double
+    let pump: SpoolPump
+    private let router: (any CloudToDeviceRouter)?
+    private(set) var shards: [Shard] = []
+    private var leafShard: [String: Int] = [:]
+
+    private var pacer: TokenBucket?
+    private var sendLimiter: TokenBucket?
+    private var sendLimitedAtMs: Int64?
+    private var ticker: AMQPTimer?
+    private let tickMilliseconds = 50
+
+    private var pumpBusy = false
+    private var settlements = SpoolPump.Job()
+    /// The last fetch found nothing: do not ask again before the next tick or wake-up.
+    private var spoolLooksEmpty = false
+    private(set) var stopping = false
+
+    private var clockWarned = false
+    private var clockGaveUp = false
+
+    init(configuration: UplinkConfiguration, leaves: [LeafConfiguration], spool: Spool, router: (any CloudToDeviceRouter)?,
+         reactor: AMQPReactor, logger: Logger, nowMs: @escaping @Sendable () -> Int64, random: @escaping @Sendable () -> Double) {
+        self.configuration = configuration
+        self.reactor = reactor
+        self.logger = logger
+        self.nowMs = nowMs
+        self.random = random
+        self.router = router
+        self.pump = SpoolPump(spool: spool, coalesceTargetBytes: configuration.coalesceTargetBytes, logger: logger)
+        self.pacer = configuration.attachesPerSecond.map { TokenBucket(ratePerSecond: $0) }
+        self.sendLimiter = configuration.messagesPerSecond.map { TokenBucket(ratePerSecond: $0) }
+        let timing = LeafMachine.Timing(
+            tokenTTLMilliseconds: configuration.tokenTTLSeconds * 1000, renewFraction: configuration.tokenRenewFraction,
+            renewJitter: configuration.tokenRenewJitter, leafBackoff: configuration.leafBackoff,
+            throttleBackoff: configuration.throttleBackoff, refusedBackoff: configuration.refusedBackoff,
+            operationTimeoutMilliseconds: configuration.operationTimeoutMilliseconds)
+        for chunk in Self.partition(leaves, maxTokens: configuration.maxIdentitiesPerConnection) {
+            let runtimes = chunk.map { leaf in
+                LeafRuntime(configuration: leaf, machine: LeafMachine(hasSecondaryKey: leaf.credential.hasSecondaryKey, timing: timing),
+                            dedupeCapacity: configuration.cloudToDeviceDedupeCapacity,
+                            receivesCloudToDevice: leaf.receivesCloudToDevice && router != nil)
+            }
+            let index = shards.count
+            for leaf in runtimes { leafShard[leaf.deviceID] = index }
+            shards.append(Shard(engine: self, index: index, leaves: runtimes,
+                                connectionMachine: ConnectionMachine(backoff: configuration.reconnectBackoff,
+                                                                     connectTimeoutMilliseconds: configuration.operationTimeoutMilliseconds)))
+        }
+    }
+
+    /// Sessions one connection may carry besides CBS: a leaf takes one (the hub's channel-max is 8191).
+    static let maxLeavesPerConnection = 4000
+
+    /// Splits leaves over connections: each connection holds at most `maxTokens` tokens (a leaf with its own key
+    /// needs one; leaves behind a hub-scope policy share one per policy) and `maxLeavesPerConnection` leaves.
+    static func partition(_ leaves: [LeafConfiguration], maxTokens: Int) -> [[LeafConfiguration]] {
+        var chunks: [[LeafConfiguration]] = []
+        var current: [LeafConfiguration] = []
+        var tokens = 0
+        var policies: Set<String> = []
+        for leaf in leaves {
+            let cost = leaf.hubScopePolicy.map { policies.contains($0) ? 0 : 1 } ?? 1
+            if !current.isEmpty && (tokens + cost > max(1, maxTokens) || current.count >= maxLeavesPerConnection) {
+                chunks.append(current)
+                current = []
+                tokens = 0
+                policies = []
+            }
+            tokens += leaf.hubScopePolicy.map { policies.contains($0) ? 0 : 1 } ?? 1
+            if let p = leaf.hubScopePolicy { policies.insert(p) }
+            current.append(leaf)
+        }
+        if !current.isEmpty { chunks.append(current) }
+        return chunks
+    }
+
+    // MARK: lifecycle
+
+    func start() {
+        tick()
+    }
+
+    private func tick() {
+        guard !stopping else { return }
+        let now = nowMs()
+        for shard in shards {
+            shard.tickConnection(nowMs: now)
+            shard.withConnection { [self] shard in
+                shard.tickLeaves(nowMs: now)
+                admit(shard, nowMs: now)
+            }
+        }
+        spoolLooksEmpty = false
+        kickPump()
+        ticker = reactor.schedule(after: .milliseconds(tickMilliseconds)) { [self] in tick() }
+    }
+
+    /// Stops connecting, closes every connection and returns what the spool must still hear (acknowledgements,
+    /// rejections, and every record still held, released).
+    func beginStop() {
+        stopping = true
+        ticker?.cancel()
+        for shard in shards {
+            for leaf in shard.leaves.values { settlements.released += leaf.takePending() }
+            shard.close()
+        }
+    }
+
+    var isPumpBusy: Bool { pumpBusy }
+
+    /// What is left for the spool after the connections are gone.
+    func takeFinalSettlements() -> SpoolPump.Job {
+        defer { settlements = SpoolPump.Job() }
+        return settlements
+    }
+
+    // MARK: pacing
+
+    /// The shard's leaves entered the queue (its connection opened): admit them now if the pacer allows. Runs in
+    /// that connection's event.
+    func leavesQueued(_ shard: Shard) { admit(shard, nowMs: nowMs()) }
+
+    /// Lets queued leaves of `shard` authenticate, as far as the pacer (shared by all connections) allows.
+    private func admit(_ shard: Shard, nowMs now: Int64) {
+        guard shard.isOpen, clockIsPlausible(now) else { return }
+        var allowance = Int.max
+        if var p = pacer {
+            let queued = shard.queuedLeaves
+            guard queued > 0 else { return }
+            allowance = p.take(queued, nowMs: now)
+            pacer = p
+        }
+        shard.admitQueued(nowMs: now, allowance: &allowance)
+        if allowance != Int.max, allowance > 0 {
+            pacer?.refund(allowance)  // taken for leaves that were no longer queued
+        }
+    }
+
+    /// Tokens minted with an unsynchronized clock (1970 after a cold boot without RTC) would be rejected as
+    /// expired: wait for the clock, a bounded time, saying why.
+    private func clockIsPlausible(_ now: Int64) -> Bool {
+        if now >= configuration.earliestPlausibleTimeMilliseconds || clockGaveUp { return true }
+        if !clockWarned {
+            clockWarned = true
+            logger.error("uplink: the system clock reads \(WallClock.iso8601(milliseconds: now)), before \(WallClock.iso8601(milliseconds: configuration.earliestPlausibleTimeMilliseconds)); waiting up to \(configuration.clockWaitMilliseconds / 1000) s for time synchronization before minting SAS tokens")
+        }
+        if ContinuousClock.now - createdAt >= .milliseconds(configuration.clockWaitMilliseconds) {
+            clockGaveUp = true
+            logger.error("uplink: the clock is still not synchronized; minting tokens anyway (the hub may refuse them as expired)")
+            return true
+        }
+        return false
+    }
+
+    private let createdAt = ContinuousClock.now
+
+    // MARK: telemetry
+
+    /// One permit per D2C message, when a tier rate is configured.
+    func takeSendPermit() -> Bool {
+        guard var limiter = sendLimiter else { return true }
+        defer { sendLimiter = limiter }
+        return limiter.take(nowMs: nowMs())
+    }
+
+    func leafBecameReady() {
+        spoolLooksEmpty = false
+        kickPump()
+    }
+
+    func wake() {
+        spoolLooksEmpty = false
+        kickPump()
+    }
+
+    func acknowledge(_ sequences: [UInt64]) { settlements.acknowledged += sequences }
+    func deadLetter(_ sequences: [UInt64]) { settlements.rejected += sequences }
+    func release(_ sequences: [UInt64], fromShard: Int) {
+        guard !sequences.isEmpty else { return }
+        settlements.released += sequences
+        spoolLooksEmpty = false
+    }
+
+    /// Starts a pump job if none runs: settle, then fetch for the leaves that can send.
+    func kickPump() {
+        guard !pumpBusy else { return }
+        var job = settlements
+        settlements = SpoolPump.Job()
+        if !stopping && !spoolLooksEmpty {
+            let perMessage = configuration.coalesceTargetBytes == nil ? 1 : 32
+            var outstanding = 0
+            var budgets: [String: Int] = [:]
+            let now = nowMs()
+            for shard in shards where shard.isOpen {
+                for leaf in shard.leaves.values {
+                    outstanding += leaf.outstanding
+                    guard leaf.machine.canSend(nowMs: now), leaf.telemetryAttached else { continue }
+                    let room = configuration.maxInFlightPerLeaf - leaf.outstanding
+                    if room > 0 { budgets[leaf.deviceID] = room * perMessage }
+                }
+            }
+            let capacity = configuration.maxInFlightTotal - outstanding
+            if capacity > 0 && !budgets.isEmpty {
+                job.budgets = budgets
+                job.maxRecords = capacity * perMessage
+            }
+        }
+        guard job.hasSettlements || job.maxRecords > 0 else { return }
+        pumpBusy = true
+        let fetched = job.maxRecords > 0
+        pump.run(job) { [self] result in
+            _ = reactor.execute { [self] in pumped(result, fetched: fetched) }
+        }
+    }
+
+    private func pumped(_ result: SpoolPump.Result, fetched: Bool) {
+        pumpBusy = false
+        if fetched && result.messages.isEmpty && result.error == nil { spoolLooksEmpty = true }
+        var byShard: [Int: [OutgoingMessage]] = [:]
+        for m in result.messages {
+            guard !stopping, let s = leafShard[m.leaf], shards[s].leaves[m.leaf]?.telemetryAttached == true else {
+                settlements.released += m.sequences
+                continue
+            }
+            byShard[s, default: []].append(m)
+        }
+        for (s, messages) in byShard {
+            shards[s].withConnection { [self] shard in
+                var touched: [ObjectIdentifier: LeafRuntime] = [:]
+                for m in messages {
+                    // The leaf may have lost its links since the fetch: those records go back.
+                    guard let leaf = shard.leaves[m.leaf], leaf.telemetryAttached else {
+                        settlements.released += m.sequences
+                        continue
+                    }
+                    leaf.pending.append(m)
+                    touched[ObjectIdentifier(leaf)] = leaf
+                }
+                for leaf in touched.values { shard.flush(leaf) }
+            }
+        }
+        if !result.messages.isEmpty || settlements.hasSettlements { kickPump() }
+    }
+
+    // MARK: cloud to device
+
+    func route(_ message: CloudToDeviceMessage, shard: Int, token: Int) {
+        guard let router else { return }
+        let deadline = configuration.cloudToDeviceDeadlineMilliseconds
+        // The lock must never lapse: abandon at the local deadline if the adapter has not answered.
+        let timer = reactor.schedule(after: .milliseconds(deadline)) { [self] in
+            shards[shard].withConnection {
+                $0.cloudToDeviceFinished(token: token, message: message, outcome: .abandon("no outcome within \(deadline) ms"))
+            }
+        }
+        Task { [self] in
+            let outcome = await router.deliver(message)
+            _ = reactor.execute { [self] in
+                timer.cancel()
+                shards[shard].withConnection { $0.cloudToDeviceFinished(token: token, message: message, outcome: outcome) }
+            }
+        }
+    }
+
+    // MARK: status
+
+    func snapshot() -> UplinkStatus {
+        var status = UplinkStatus()
+        for shard in shards {
+            status.connections.append(UplinkStatus.Connection(
+                index: shard.index, state: shard.machine.phase.rawValue, opens: shard.machine.opens,
+                lastError: shard.machine.lastError, leaves: shard.leafOrder.count))
+            for id in shard.leafOrder {
+                guard let leaf = shard.leaves[id] else { continue }
+                status.leaves[id] = UplinkStatus.Leaf(
+                    phase: leaf.machine.phase, lastError: leaf.machine.lastError, counters: leaf.counters,
+                    outstanding: leaf.outstanding)
+            }
+        }
+        return status
+    }
+}
+

@@ -93,8 +93,14 @@ struct LeafMachine {
                 scheduleRenewal(nowMs: nowMs, random: random)
                 return []
             }
-            // The old token still covers the links until it expires; a refused renewal is a refused leaf.
-            return fail(status: status, description: "token renewal: \(description)", nowMs: nowMs, random: random) + [.detachLinks]
+            if [401, 403, 404].contains(status) {
+                return fail(status: status, description: "token renewal: \(description)", nowMs: nowMs, random: random) + [.detachLinks]
+            }
+            // Transient (throttled, timeout): the current token still covers the links for a while; retry soon.
+            failures += 1
+            lastError = "token renewal: \(status) \(description)"
+            renewAtMs = nowMs + timing.leafBackoff.delay(attempt: failures, random: random)
+            return []
         }
         guard phase == .authenticating else { return [] }
         if (200..<300).contains(status) {

@@ -12,6 +12,10 @@ public struct LeafCounters: Sendable, Equatable {
     public var throttled = 0
     /// Times the leaf's links were lost or refused.
     public var linkFailures = 0
+    /// Put-token answers other than 2xx (refused, throttled, failed).
+    public var tokenFailures = 0
+    /// Tokens renewed in place (links kept).
+    public var tokenRenewals = 0
     public var cloudToDeviceReceived = 0
     public var cloudToDeviceCompleted = 0
     public var cloudToDeviceRejected = 0
@@ -27,7 +31,7 @@ final class LeafRuntime {
     let configuration: LeafConfiguration
     var machine: LeafMachine
     var counters = LeafCounters()
-    var dedupe: CloudToDeviceDedupe
+    var dedupe: C2DDedupe
     let receivesCloudToDevice: Bool
 
     var session: AMQPSession?
@@ -45,7 +49,7 @@ final class LeafRuntime {
     init(configuration: LeafConfiguration, machine: LeafMachine, dedupeCapacity: Int, receivesCloudToDevice: Bool) {
         self.configuration = configuration
         self.machine = machine
-        self.dedupe = CloudToDeviceDedupe(capacity: dedupeCapacity)
+        self.dedupe = C2DDedupe(capacity: dedupeCapacity)
         self.receivesCloudToDevice = receivesCloudToDevice
     }
 

@@ -148,7 +148,10 @@ final class Shard: @unchecked Sendable {
         case .connectionClosed(let condition):
             closeReason = condition.map { "hub closed the connection: \($0.name) \($0.description)" } ?? "hub closed the connection"
         case .transportClosed(let error):
-            let reason = closeReason ?? error.map { "\($0.message)" } ?? "connection closed"
+            var reason = closeReason ?? error.map { "\($0.message)" } ?? "connection closed"
+            if reason.contains("SSL") {
+                reason = "TLS handshake with \(engine.configuration.hostName) failed: the hub's certificate must chain to the configured CA bundle and name that host (\(reason))"
+            }
             connectionGone(error: reason)
         case .linkOpened(let link):
             linkOpened(link)
@@ -239,6 +242,7 @@ final class Shard: @unchecked Sendable {
         var shared = sharedTokens[policy, default: SharedToken()]
         if shared.pendingID == nil && engine.nowMs() < shared.renewAtMs {
             // The connection's policy token already covers this leaf.
+            if leaf.machine.phase == .ready { leaf.counters.tokenRenewals += 1 }
             perform(leaf.machine.tokenAnswered(status: 200, description: "OK (hub-scope token)", nowMs: engine.nowMs(), random: engine.random()), for: leaf)
             return
         }
@@ -262,7 +266,8 @@ final class Shard: @unchecked Sendable {
     /// Queues a put-token on the CBS link; nil (and the leaf answered) when no token can be signed.
     private func sendPutToken(for leaf: LeafConfiguration, slot: LeafMachine.KeySlot) -> UInt64? {
         let nowMs = engine.nowMs()
-        let expiry = nowMs / 1000 + engine.configuration.tokenTTLSeconds
+        // Rounded up, so the token lives at least the TTL the renewal schedule assumes.
+        let expiry = (nowMs + engine.configuration.tokenTTLSeconds * 1000 + 999) / 1000
         let minter = TokenMinter(hostName: engine.configuration.hostName)
         let token: String
         do { token = try minter.token(for: leaf, slot: slot, expiry: expiry) } catch {
@@ -331,6 +336,11 @@ final class Shard: @unchecked Sendable {
         }
         for leafID in waiting {
             guard let leaf = leaves[leafID] else { continue }
+            if !(200..<300).contains(status) {
+                leaf.counters.tokenFailures += 1
+            } else if leaf.machine.phase == .ready {
+                leaf.counters.tokenRenewals += 1
+            }
             perform(leaf.machine.tokenAnswered(status: status, description: description, nowMs: nowMs, random: engine.random()), for: leaf)
         }
     }
@@ -522,7 +532,7 @@ final class Shard: @unchecked Sendable {
             delivery.link.flow(1)
             return
         }
-        let c2d = CloudToDeviceMessage(amqp: message, deviceID: leafID)
+        let c2d = C2DMessage(amqp: message, deviceID: leafID)
         nextCloudToDeviceToken += 1
         let token = nextCloudToDeviceToken
         cloudToDeviceDeliveries[token] = (leafID, delivery, delivery.link.id)
@@ -539,7 +549,7 @@ final class Shard: @unchecked Sendable {
     }
 
     /// The adapter's outcome for the C2D message behind `token` (or the deadline's abandon).
-    func cloudToDeviceFinished(token: Int, message: CloudToDeviceMessage, outcome: CloudToDeviceOutcome) {
+    func cloudToDeviceFinished(token: Int, message: C2DMessage, outcome: C2DOutcome) {
         let waiting: [Int]
         if let id = message.messageID, let leaf = leaves[message.deviceID] {
             waiting = leaf.dedupe.finished(messageID: id, outcome: outcome)
@@ -550,7 +560,7 @@ final class Shard: @unchecked Sendable {
         for (i, t) in waiting.enumerated() { settleCloudToDevice(token: t, outcome: outcome, counted: i == 0) }
     }
 
-    private func settleCloudToDevice(token: Int, outcome: CloudToDeviceOutcome, counted: Bool) {
+    private func settleCloudToDevice(token: Int, outcome: C2DOutcome, counted: Bool) {
         guard let entry = cloudToDeviceDeliveries.removeValue(forKey: token) else { return }  // its link is gone
         let leaf = leaves[entry.leaf]
         switch outcome {
@@ -568,7 +578,7 @@ final class Shard: @unchecked Sendable {
     }
 }
 
-extension CloudToDeviceMessage {
+extension C2DMessage {
     init(amqp m: AMQPMessage, deviceID: String) {
         func text(_ v: AMQPValue?) -> String? {
             guard let v else { return nil }

@@ -21,7 +21,7 @@ public final class Uplink: Service, Sendable {
     ///   - router: where C2D messages go; nil = no C2D receivers are attached.
     ///   - nowMs, random: injected for tests; default to the wall clock and the system generator.
     public init(configuration: UplinkConfiguration, leaves: [LeafConfiguration], spool: Spool,
-                router: (any CloudToDeviceRouter)? = nil, logger: Logger = Logger(label: "fieldgate.uplink"),
+                router: (any C2DRouter)? = nil, logger: Logger = Logger(label: "fieldgate.uplink"),
                 nowMs: @escaping @Sendable () -> Int64 = { WallClock.nowMilliseconds() },
                 random: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) }) throws(UplinkError) {
         var seen: Set<String> = []

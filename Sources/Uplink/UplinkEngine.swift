@@ -13,7 +13,7 @@ final class UplinkEngine: @unchecked Sendable {
     let nowMs: @Sendable () -> Int64
     let random: @Sendable () -> Double
     let pump: SpoolPump
-    private let router: (any CloudToDeviceRouter)?
+    private let router: (any C2DRouter)?
     private(set) var shards: [Shard] = []
     private var leafShard: [String: Int] = [:]
 
@@ -32,7 +32,7 @@ final class UplinkEngine: @unchecked Sendable {
     private var clockWarned = false
     private var clockGaveUp = false
 
-    init(configuration: UplinkConfiguration, leaves: [LeafConfiguration], spool: Spool, router: (any CloudToDeviceRouter)?,
+    init(configuration: UplinkConfiguration, leaves: [LeafConfiguration], spool: Spool, router: (any C2DRouter)?,
          reactor: AMQPReactor, logger: Logger, nowMs: @escaping @Sendable () -> Int64, random: @escaping @Sendable () -> Double) {
         self.configuration = configuration
         self.reactor = reactor
@@ -41,7 +41,8 @@ final class UplinkEngine: @unchecked Sendable {
         self.random = random
         self.router = router
         self.pump = SpoolPump(spool: spool, coalesceTargetBytes: configuration.coalesceTargetBytes, logger: logger)
-        self.pacer = configuration.attachesPerSecond.map { TokenBucket(ratePerSecond: $0) }
+        // A small burst: any one-second window then sees at most 1.2 × the rate (the hub counts per second).
+        self.pacer = configuration.attachesPerSecond.map { TokenBucket(ratePerSecond: $0, burst: $0 / 5) }
         self.sendLimiter = configuration.messagesPerSecond.map { TokenBucket(ratePerSecond: $0) }
         let timing = LeafMachine.Timing(
             tokenTTLMilliseconds: configuration.tokenTTLSeconds * 1000, renewFraction: configuration.tokenRenewFraction,
@@ -258,7 +259,7 @@ final class UplinkEngine: @unchecked Sendable {
 
     // MARK: cloud to device
 
-    func route(_ message: CloudToDeviceMessage, shard: Int, token: Int) {
+    func route(_ message: C2DMessage, shard: Int, token: Int) {
         guard let router else { return }
         let deadline = configuration.cloudToDeviceDeadlineMilliseconds
         // The lock must never lapse: abandon at the local deadline if the adapter has not answered.

@@ -20,8 +20,8 @@ final class UplinkHarness: Sendable {
     let uplink: Uplink
     let spoolDirectory: String
 
-    init(hub: TestHub, leaves: [LeafConfiguration], router: (any CloudToDeviceRouter)? = nil,
-         nowMs: (@Sendable () -> Int64)? = nil, configure: (inout UplinkConfiguration) -> Void = { _ in }) throws {
+    init(hub: TestHub, leaves: [LeafConfiguration], router: (any C2DRouter)? = nil,
+         clock: TestClock? = nil, configure: (inout UplinkConfiguration) -> Void = { _ in }) throws {
         spoolDirectory = FileManager.default.temporaryDirectory.path + "/fieldgate-uplink-test-" + AMQPUUID.random().description
         var spoolConfig = SpoolConfiguration(directory: spoolDirectory)
         spoolConfig.sync = .interval(milliseconds: 50)
@@ -30,8 +30,8 @@ final class UplinkHarness: Sendable {
         configure(&config)
         var logger = Logger(label: "test.uplink")
         logger.logLevel = ProcessInfo.processInfo.environment["UPLINK_TEST_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .error
-        if let nowMs {
-            uplink = try Uplink(configuration: config, leaves: leaves, spool: spool, router: router, logger: logger, nowMs: nowMs)
+        if let clock {
+            uplink = try Uplink(configuration: config, leaves: leaves, spool: spool, router: router, logger: logger, nowMs: clock.nowMs)
         } else {
             uplink = try Uplink(configuration: config, leaves: leaves, spool: spool, router: router, logger: logger)
         }
@@ -105,4 +105,9 @@ func allEvents(_ hub: TestHub) async throws -> [ReceivedEvent] {
 
 extension UplinkStatus {
     func count(_ phase: LeafPhase) -> Int { leaves.values.filter { $0.phase == phase }.count }
+}
+
+/// A wall clock a test controls.
+struct TestClock: Sendable {
+    let nowMs: @Sendable () -> Int64
 }

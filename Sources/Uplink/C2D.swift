@@ -1,7 +1,7 @@
 import FieldgateCore
 
 /// A cloud-to-device message for one leaf, as the router hands it to the adapter that owns the leaf.
-public struct CloudToDeviceMessage: Sendable, Equatable {
+public struct C2DMessage: Sendable, Equatable {
     public var deviceID: String
     public var messageID: String?
     public var correlationID: String?
@@ -32,7 +32,7 @@ public struct CloudToDeviceMessage: Sendable, Equatable {
 
 /// What the adapter made of a C2D message (contract 4). The hub turns these into feedback: complete → Success,
 /// reject → Rejected, abandon → redelivery (until its delivery count runs out).
-public enum CloudToDeviceOutcome: Sendable, Equatable {
+public enum C2DOutcome: Sendable, Equatable {
     /// Carried out (or durably kept for later).
     case complete
     /// Permanent failure: unknown point, bad payload.
@@ -43,17 +43,17 @@ public enum CloudToDeviceOutcome: Sendable, Equatable {
 
 /// Routes C2D messages to the adapter that owns the leaf. Called off the reactor thread; must answer within the
 /// uplink's C2D deadline, or the message is abandoned.
-public protocol CloudToDeviceRouter: Sendable {
-    func deliver(_ message: CloudToDeviceMessage) async -> CloudToDeviceOutcome
+public protocol C2DRouter: Sendable {
+    func deliver(_ message: C2DMessage) async -> C2DOutcome
 }
 
 /// Remembers C2D message ids per leaf so a redelivery (after a reconnect, or a lost disposition) is settled with
 /// the first outcome instead of running the command twice. Bounded: the oldest ids are forgotten first.
-struct CloudToDeviceDedupe {
+struct C2DDedupe {
     enum Entry: Equatable {
         /// The adapter is still working on it; these delivery tokens wait for its outcome.
         case pending([Int])
-        case done(CloudToDeviceOutcome)
+        case done(C2DOutcome)
     }
 
     let capacity: Int
@@ -67,7 +67,7 @@ struct CloudToDeviceDedupe {
         /// New: hand it to the adapter.
         case deliver
         /// Already settled with this outcome: settle the redelivery the same way.
-        case settle(CloudToDeviceOutcome)
+        case settle(C2DOutcome)
         /// The adapter is still on it: wait for its outcome.
         case wait
     }
@@ -90,7 +90,7 @@ struct CloudToDeviceDedupe {
 
     /// The adapter's outcome; returns every delivery token that waited for it. Abandoned ids are forgotten (the
     /// redelivery must reach the adapter again).
-    mutating func finished(messageID: String, outcome: CloudToDeviceOutcome) -> [Int] {
+    mutating func finished(messageID: String, outcome: C2DOutcome) -> [Int] {
         guard case .pending(let waiting) = entries[messageID] else { return [] }
         if case .abandon = outcome {
             entries[messageID] = nil

@@ -114,7 +114,14 @@ public final class Spool: Sendable {
         var s = State()
         try Self.recover(into: &s, configuration: configuration, readOnly: readOnly, logger: logger)
         self.state = Mutex(s)
-        if case .interval(let ms) = configuration.sync, !readOnly {
+        // The flusher syncs appends under `interval`, and acknowledgements under both policies (under `always` an
+        // acknowledgement is not worth an fdatasync of its own: losing it only redelivers, with the same id).
+        if !readOnly {
+            let ms: Int
+            switch configuration.sync {
+            case .interval(let n): ms = n
+            case .always: ms = 1000
+            }
             let timer = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "fieldgate.spool.flusher"))
             timer.schedule(deadline: .now() + .milliseconds(ms), repeating: .milliseconds(ms))
             self.flusher = Flusher(timer: timer)
@@ -551,7 +558,7 @@ public final class Spool: Sendable {
                 s.ledgerNeedsRewrite = false
             } else {
                 try s.ledger?.append(LedgerFile.encode(runs))
-                if configuration.sync == .always { try s.ledger?.dataSync() } else { s.unsynced = true }
+                s.unsynced = true
             }
         } catch {
             guard error.errno == ENOSPC else { throw error }
@@ -573,7 +580,7 @@ public final class Spool: Sendable {
         }
     }
 
-    /// True while appended or acknowledged data waits for the next fdatasync (interval policy).
+    /// True while appended (interval policy) or acknowledged data waits for the flusher's next fdatasync.
     public var hasUnsyncedData: Bool { state.withLock { $0.unsynced } }
 
     private func syncLocked(_ s: inout State) throws(SpoolError) {

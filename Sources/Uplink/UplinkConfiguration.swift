@@ -36,8 +36,8 @@ public struct UplinkConfiguration: Sendable {
     public var attachesPerSecond: Double? = 20
     /// Identities per AMQP connection; beyond it another connection opens. Default: 995 (hub limit ~999).
     public var maxIdentitiesPerConnection = 995
-    /// Unsettled telemetry deliveries per leaf and in total. Default: 16 and 2000.
-    public var maxInFlightPerLeaf = 16
+    /// Unsettled telemetry deliveries per leaf and in total. Default: 64 and 2000.
+    public var maxInFlightPerLeaf = 64
     public var maxInFlightTotal = 2000
     /// Total D2C messages per second (the hub tier's quota); nil = unlimited.
     public var messagesPerSecond: Double?

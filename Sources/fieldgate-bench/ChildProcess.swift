@@ -15,6 +15,18 @@ struct ChildProcess {
         return ChildProcess(pid: pid)
     }
 
+    /// False once the child has exited (it is reaped then).
+    func isRunning() -> Bool {
+        var status: Int32 = 0
+        return waitpid(pid, &status, WNOHANG) == 0
+    }
+
+    /// Waits for the child to exit by itself.
+    func wait() {
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+    }
+
     func terminate() {
         kill(pid, SIGTERM)
         var status: Int32 = 0

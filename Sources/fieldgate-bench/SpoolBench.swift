@@ -58,7 +58,7 @@ struct SpoolBench: AsyncParsableCommand {
             }
         }
         fdatasync(fd)
-        return Double(count / batch * chunk.count) / 1_048_576 / seconds(since: start)
+        return Double(count / batch * chunk.count) / 1_048_576 / secondsSince(start)
     }
 
     private func spoolRun(recordSize: Int, count: Int, sync: SpoolConfiguration.SyncPolicy) throws -> (Double, Double, Double) {
@@ -75,7 +75,7 @@ struct SpoolBench: AsyncParsableCommand {
         let start = ContinuousClock.now
         for _ in 0..<(count / batch) { try spool.append(entries) }
         try spool.sync()
-        let elapsed = seconds(since: start)
+        let elapsed = secondsSince(start)
         let written = Double(ioWriteBytes() - written0)
         spool.close()
         let records = Double(count / batch * batch)
@@ -90,12 +90,12 @@ struct SpoolBench: AsyncParsableCommand {
         _ = system("sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null")
         let start = ContinuousClock.now
         let reopened = try Spool(configuration: config)
-        let cold = seconds(since: start)
+        let cold = secondsSince(start)
         let depth = reopened.statistics().depth
         reopened.close()
         let start2 = ContinuousClock.now
         let again = try Spool(configuration: config)
-        let warm = seconds(since: start2)
+        let warm = secondsSince(start2)
         again.close()
         print("reopen of a \(reopenMegabytes) MB spool (\(depth) records): \(fixed(cold, 2)) s cold cache, \(fixed(warm, 2)) s warm   (target ≤ 1 s)")
     }
@@ -124,11 +124,6 @@ struct SpoolBench: AsyncParsableCommand {
         for _ in 0..<batches { try spool.append(entries) }
         spool.close()
         return config
-    }
-
-    private func seconds(since start: ContinuousClock.Instant) -> Double {
-        let d = start.duration(to: .now)
-        return Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
     }
 
     private func ioWriteBytes() -> Int {

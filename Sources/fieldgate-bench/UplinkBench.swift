@@ -1,0 +1,290 @@
+import ArgumentParser
+import FieldgateCore
+import HubServiceClient
+import IoTHub
+import Logging
+import Spool
+import Uplink
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// End to end: producer → spool → uplink → fieldgate-hub accepted, over TLS on loopback. The gateway side (spool,
+/// uplink, producer) runs in its own process, `uplink-agent`, so its CPU and RSS are measured alone; so does the hub.
+struct UplinkBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "uplink", abstract: "Uplink throughput, latency, CPU, attach time and memory.")
+
+    @Option(help: "Leaf counts to run.") var leaves: [Int] = [1, 100, 1000]
+    @Option(help: "Readings per throughput run.") var messages = 100_000
+    @Option(help: "Readings per second in the latency run.") var latencyRate = 1000
+    @Option(help: "Records spooled for the memory figure (1000 leaves attached).") var memoryRecords = 1_000_000
+    @Option(help: "Directory for the spool (on the disk to measure).") var dir = "/var/tmp/fieldgate-uplink-bench"
+
+    func run() async throws {
+        let here = CommandLine.arguments[0].split(separator: "/").dropLast().joined(separator: "/").prefixedSlash
+        print("uplink benchmark: 200 B JSON readings, producer → spool (sync always) → uplink → fieldgate-hub over TLS on loopback")
+        print("machine: \(sysconf(Int32(_SC_NPROCESSORS_ONLN))) cores; gateway and hub in separate processes\n")
+        print("leaves  attach s  msg/s    p50 ms  p99 ms  gw CPU µs/msg  hub CPU µs/msg  gw RSS MB")
+        for n in leaves {
+            let hub = try await BenchHub.start(binary: here + "/fieldgate-hub", devices: n)
+            defer { hub.stop() }
+            let r = try await measure(hub: hub, leaves: n, agent: CommandLine.arguments[0])
+            print(pad(String(n), 6) + "  " + pad(fixed(r.attachSeconds, 2), 8) + "  " + pad(fixed(r.rate, 0), 7) + "  "
+                  + pad(fixed(r.p50, 1), 6) + "  " + pad(fixed(r.p99, 1), 6) + "  " + pad(fixed(r.gatewayMicros, 1), 13) + "  "
+                  + pad(fixed(r.hubMicros, 1), 14) + "  " + pad(fixed(r.rssMB, 1), 9))
+        }
+        let hub = try await BenchHub.start(binary: here + "/fieldgate-hub", devices: 1000)
+        defer { hub.stop() }
+        let (rss, attached) = try await memory(hub: hub, agent: CommandLine.arguments[0])
+        print("\ngateway RSS with 1000 leaves attached and \(attached) records spooled: \(fixed(rss, 1)) MB   (target ≤ 16 MB)")
+        print("targets: attach 1000 leaves unpaced ≤ 5 s")
+        _ = system("rm -rf '\(dir)'")
+    }
+
+    struct Figures { var attachSeconds, rate, p50, p99, gatewayMicros, hubMicros, rssMB: Double }
+
+    private func runAgent(_ agent: String, hub: BenchHub, leaves: Int, mode: String, count: Int, rate: Int = 0) throws -> (ChildProcess, String) {
+        let spoolDir = dir + "/spool-\(mode)-\(leaves)"
+        let resultFile = dir + "/result-\(mode)-\(leaves)"
+        _ = system("rm -rf '\(spoolDir)' '\(resultFile)' '\(resultFile).go'; mkdir -p '\(dir)'")
+        let child = try ChildProcess.spawn(agent, [
+            "uplink-agent", "--port", String(hub.amqpsPort), "--ca", hub.caFile, "--keys", hub.keysFile, "--leaves", String(leaves),
+            "--spool", spoolDir, "--mode", mode, "--count", String(count), "--rate", String(rate), "--result", resultFile,
+        ])
+        return (child, resultFile)
+    }
+
+    private func measure(hub: BenchHub, leaves n: Int, agent: String) async throws -> Figures {
+        // Throughput: as fast as the pipeline drains, with a bounded backlog.
+        let (child, result) = try runAgent(agent, hub: hub, leaves: n, mode: "throughput", count: messages)
+        let attach = try await waitForResult(result, key: "attached-ms", child: child)
+        let cpu0 = child.cpuSeconds(), hubCPU0 = hub.process.cpuSeconds()
+        let events0 = try await hub.acceptedEvents()
+        let start = ContinuousClock.now
+        try await hub.signal(result + ".go")
+        while try await hub.acceptedEvents() < events0 + messages {
+            guard child.isRunning() else { throw BenchError("the agent exited early") }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let seconds = secondsSince(start)
+        let gwCPU = child.cpuSeconds() - cpu0, hubCPU = hub.process.cpuSeconds() - hubCPU0
+        let rss = child.rssMB()
+        child.terminate()
+
+        // Latency: a steady rate well below the maximum, acquisition time → the hub's enqueued time.
+        let (paced, pacedResult) = try runAgent(agent, hub: hub, leaves: n, mode: "latency", count: latencyRate * 5, rate: latencyRate)
+        _ = try await waitForResult(pacedResult, key: "attached-ms", child: paced)
+        let from = Int64(try await hub.acceptedEvents()) + 1  // event sequence numbers start at 1
+        try await hub.signal(pacedResult + ".go")
+        _ = try await waitForResult(pacedResult, key: "done", child: paced, seconds: 60)
+        paced.terminate()
+        let latencies = try await hub.latencies(from: from).sorted()
+        func percentile(_ p: Double) -> Double { latencies.isEmpty ? .nan : latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))] }
+        return Figures(attachSeconds: attach / 1000, rate: Double(messages) / seconds, p50: percentile(0.5), p99: percentile(0.99),
+                       gatewayMicros: gwCPU / Double(messages) * 1e6, hubMicros: hubCPU / Double(messages) * 1e6, rssMB: rss)
+    }
+
+    private func memory(hub: BenchHub, agent: String) async throws -> (Double, Int) {
+        // The hub throttles every leaf's telemetry, so the records stay spooled while the leaves are attached.
+        for i in 0..<1000 { _ = try await hub.service.request("POST", "/faults/throttle", body: ["deviceId": .string("bench-\(i)"), "seconds": 3600]) }
+        let (child, result) = try runAgent(agent, hub: hub, leaves: 1000, mode: "hold", count: memoryRecords)
+        _ = try await waitForResult(result, key: "attached-ms", child: child)
+        try await hub.signal(result + ".go")
+        let depth = try await waitForResult(result, key: "spooled", child: child, seconds: 300)
+        try await Task.sleep(for: .seconds(1))
+        let rss = child.rssMB()
+        let atStart = try await waitForResult(result, key: "rss-start-kb", child: child) / 1024
+        let attached = try await waitForResult(result, key: "rss-attached-kb", child: child) / 1024
+        print("gateway RSS at process start \(fixed(atStart, 1)) MB, with 1000 leaves attached \(fixed(attached, 1)) MB")
+        child.terminate()
+        return (rss, Int(depth))
+    }
+
+    private func waitForResult(_ file: String, key: String, child: ChildProcess, seconds: Int = 120) async throws -> Double {
+        let deadline = ContinuousClock.now + .seconds(seconds)
+        while ContinuousClock.now < deadline {
+            for line in (ChildProcess.readFile(file) ?? "").split(separator: "\n") {
+                let parts = line.split(separator: "=")
+                if parts.count == 2, parts[0] == key, let v = Double(parts[1]) { return v }
+            }
+            guard child.isRunning() else { break }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw BenchError("the agent did not report \(key) within \(seconds) s")
+    }
+}
+
+/// A fieldgate-hub child process with TLS, `devices` registered, their keys in a file.
+struct BenchHub {
+    let process: ChildProcess
+    let service: HubServiceClient
+    let amqpsPort: Int
+    let stateDir: String
+    var caFile: String { stateDir + "/certs/ca.pem" }
+    var keysFile: String { stateDir + "/bench-keys" }
+
+    static func start(binary: String, devices: Int) async throws -> BenchHub {
+        let amqpsPort = 20000 + Int.random(in: 0..<10000), httpPort = amqpsPort + 10000
+        let stateDir = "/tmp/fieldgate-uplink-bench-hub-\(getpid())-\(amqpsPort)"
+        let certs = try ChildProcess.spawn(binary, ["certs", "--dir", stateDir + "/certs", "--dns", "localhost"])
+        certs.wait()
+        let process = try ChildProcess.spawn(binary, ["serve", "--amqps-port", "\(amqpsPort)", "--http-port", "\(httpPort)",
+                                                     "--open-service-api", "--state-dir", stateDir, "--log-level", "warning",
+                                                     "--event-log-capacity", "200000"])
+        let service = HubServiceClient(host: "127.0.0.1", port: httpPort, authorization: nil)
+        var up = false
+        for _ in 0..<100 where !up {
+            up = (try? await service.request("GET", "/statistics"))?.status == 200
+            if !up { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        guard up else { process.terminate(); throw BenchError("the hub did not start") }
+        var keys = ""
+        for i in 0..<devices {
+            let r = try await service.request("PUT", "/devices/bench-\(i)", body: [:])
+            keys += "bench-\(i) " + (r.json?["authentication"]?["symmetricKey"]?["primaryKey"]?.stringValue ?? "") + "\n"
+        }
+        // Beyond 995 leaves one hub-scope DeviceConnect token covers them all (the hub holds 999 tokens per connection).
+        let cs = ChildProcess.readFile(stateDir + "/service-connection-string") ?? ""
+        keys += "policy " + cs.split(separator: "\n").first.map(String.init)! + "\n"
+        let f = fopen(stateDir + "/bench-keys", "w")
+        fputs(keys, f)
+        fclose(f)
+        return BenchHub(process: process, service: service, amqpsPort: amqpsPort, stateDir: stateDir)
+    }
+
+    func stop() {
+        process.terminate()
+        _ = system("rm -rf '\(stateDir)'")
+    }
+
+    func signal(_ file: String) async throws {
+        let f = fopen(file, "w")
+        fclose(f)
+    }
+
+    func acceptedEvents() async throws -> Int {
+        Int(try await service.request("GET", "/statistics").json?["acceptedEvents"]?.intValue ?? 0)
+    }
+
+    /// Milliseconds from acquisition (`iothub-creation-time-utc`) to the hub's enqueued time, per event.
+    func latencies(from: Int64) async throws -> [Double] {
+        var out: [Double] = []
+        var next = from
+        while true {
+            let page = try await service.request("GET", "/events?from=\(next)&limit=10000").json
+            let events = page?["events"]?.arrayValue ?? []
+            for e in events {
+                guard let created = e["properties"]?[IoTHubAMQP.creationTimeProperty]?.stringValue.flatMap(WallClock.parseISO8601),
+                      let enqueued = e["enqueuedTimeUtc"]?.stringValue.flatMap(WallClock.parseISO8601) else { continue }
+                out.append(Double(enqueued - created))
+            }
+            guard events.count == 10000, let n = page?["next"]?.intValue else { return out }
+            next = n
+        }
+    }
+}
+
+/// The gateway side of the uplink benchmark: spool + uplink + a producer, in its own process.
+struct UplinkAgent: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "uplink-agent", abstract: "(used by `uplink`) the gateway side.", shouldDisplay: false)
+
+    @Option var port: Int
+    @Option var ca: String
+    @Option var keys: String
+    @Option var leaves: Int
+    @Option var spool: String
+    @Option var mode: String
+    @Option var count: Int
+    @Option var rate: Int = 0
+    @Option var result: String
+
+    func run() async throws {
+        report("rss-start-kb=\(Self.rssKB())")
+        var keyByDevice: [String: String] = [:]
+        var policyKey = ""
+        for line in (ChildProcess.readFile(keys) ?? "").split(separator: "\n") {
+            let parts = line.split(separator: " ", maxSplits: 1).map(String.init)
+            guard parts.count == 2 else { continue }
+            if parts[0] == "policy" { policyKey = (try? ConnectionString(parsing: parts[1]).sharedAccessKey) ?? "" } else { keyByDevice[parts[0]] = parts[1] }
+        }
+        let leafConfigs = (0..<leaves).map { i -> LeafConfiguration in
+            let id = "bench-\(i)"
+            let credential: LeafCredential = leaves > 995 ? .sharedAccessPolicy(name: "iothubowner", key: policyKey, scope: .hub)
+                                                          : .symmetricKey(primary: keyByDevice[id] ?? "", secondary: nil)
+            return LeafConfiguration(deviceID: id, credential: credential, receivesCloudToDevice: false)
+        }
+        var spoolConfig = SpoolConfiguration(directory: spool)
+        spoolConfig.capBytes = 2 * 1024 * 1024 * 1024
+        let store = try Spool(configuration: spoolConfig)
+        var config = UplinkConfiguration(hostName: "localhost")
+        config.address = "127.0.0.1"
+        config.port = port
+        config.transport = .tls(.init(caFile: ca))
+        config.attachesPerSecond = nil
+        var logger = Logger(label: "bench.uplink")
+        logger.logLevel = .error
+        let uplink = try Uplink(configuration: config, leaves: leafConfigs, spool: store, logger: logger)
+        let start = ContinuousClock.now
+        uplink.start()
+        while await uplink.status().leaves.values.contains(where: { $0.phase != .ready }) { try await Task.sleep(for: .milliseconds(5)) }
+        report("rss-attached-kb=\(Self.rssKB())")
+        report("attached-ms=\(Int(secondsSince(start) * 1000))")
+        while access(result + ".go", F_OK) != 0 { try await Task.sleep(for: .milliseconds(5)) }
+
+        let body = Array(#"{"temperature":21.5,"humidity":60.2,"pressure":1013.2,"vibration":[0.01,0.02,0.03],"status":"ok","pad":"\#(String(repeating: "x", count: 94))"}"#.utf8)
+        let envelope = TelemetryEnvelope(body: body, properties: ["kind": "bench"]).encoded()
+        var next = 0
+        func batch(_ k: Int) -> [Spool.Entry] {
+            let now = WallClock.nowMilliseconds()
+            return (0..<k).map { _ in
+                defer { next += 1 }
+                return Spool.Entry(leaf: "bench-\(next % leaves)", acquiredAtMs: now, payload: envelope)
+            }
+        }
+        switch mode {
+        case "throughput":
+            while next < count {
+                if store.statistics().depth > 20_000 { try await Task.sleep(for: .milliseconds(1)); continue }
+                _ = try store.append(batch(min(200, count - next)))
+                uplink.wake()
+            }
+            while store.statistics().depth > 0 { try await Task.sleep(for: .milliseconds(5)) }
+        case "latency":
+            let perTick = max(1, rate / 100)
+            var tick = ContinuousClock.now
+            while next < count {
+                _ = try store.append(batch(perTick))
+                uplink.wake()
+                tick = tick + .milliseconds(10)
+                try await Task.sleep(until: tick)
+            }
+            while store.statistics().depth > 0 { try await Task.sleep(for: .milliseconds(5)) }
+        default:  // hold: spool `count` records and keep them
+            while next < count { _ = try store.append(batch(min(1000, count - next))) }
+            report("spooled=\(store.statistics().depth)")
+            try await Task.sleep(for: .seconds(3600))
+        }
+        report("done=1")
+        await uplink.stop()
+        store.close()
+    }
+
+    static func rssKB() -> Int {
+        for line in (ChildProcess.readFile("/proc/self/status") ?? "").split(separator: "\n") where line.hasPrefix("VmRSS:") {
+            return line.split(separator: " ").compactMap { Int($0) }.first ?? 0
+        }
+        return 0
+    }
+
+    private func report(_ line: String) {
+        let f = fopen(result, "a")
+        fputs(line + "\n", f)
+        fclose(f)
+    }
+}
+
+func secondsSince(_ start: ContinuousClock.Instant) -> Double {
+    let d = start.duration(to: .now)
+    return Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+}

@@ -119,6 +119,10 @@ public struct AMQPLink {
         pn_link_close(raw)
     }
 
+    /// Lets Proton free the link once its frames are out (after `close`). Drop every `AMQPLink`/`AMQPDelivery` of
+    /// it first: they must not be touched again.
+    public func free() { pn_link_free(raw) }
+
     /// Grants `credit` more link credit (receiver).
     public func flow(_ credit: Int) { pn_link_flow(raw, Int32(credit)) }
 

@@ -34,7 +34,6 @@ final class LeafRuntime {
     var dedupe: C2DDedupe
     let receivesCloudToDevice: Bool
 
-    var session: AMQPSession?
     var telemetry: AMQPLink?
     var cloudToDevice: AMQPLink?
     var telemetryAttached = false

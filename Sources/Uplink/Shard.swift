@@ -4,7 +4,7 @@ import Logging
 import ProtonAMQP
 
 /// One AMQP connection to the hub and the leaves it carries (≤ ~995). Owns the CBS link pair and every leaf's
-/// session and links; turns Proton events into leaf-machine events and performs the machines' actions.
+/// links (all leaves share one session, as the C SDK does: a session per leaf cost ~10 KB each); turns Proton events into leaf-machine events and performs the machines' actions.
 /// Reactor thread only. Work that does not start from one of this connection's own events (timers, the pump,
 /// adapters) must go through `withConnection`: Proton writes a connection's frames only after its own events.
 // @unchecked Sendable: captured by jobs that run on the reactor thread, the only thread that touches it.
@@ -34,6 +34,7 @@ final class Shard: @unchecked Sendable {
     private var attempt: Attempt?
     private var closeReason: String?
 
+    private var leafSession: AMQPSession?
     private var cbsSender: AMQPLink?
     private var cbsReceiver: AMQPLink?
     private var cbsQueue: [(leaf: String, bytes: [UInt8])] = []
@@ -193,6 +194,7 @@ final class Shard: @unchecked Sendable {
         var released = unsettled.values.flatMap(\.sequences)
         cbsSender = nil
         cbsReceiver = nil
+        leafSession = nil
         cbsQueue = []
         cbsPending = [:]
         sharedTokens = [:]
@@ -202,7 +204,6 @@ final class Shard: @unchecked Sendable {
         for leaf in leaves.values {
             released += leaf.takePending()
             leaf.unsettled = 0
-            leaf.session = nil
             leaf.telemetry = nil
             leaf.cloudToDevice = nil
             leaf.telemetryAttached = false
@@ -230,6 +231,7 @@ final class Shard: @unchecked Sendable {
         receiver.flow(200)
         roles[sender.id] = .cbsSender
         roles[receiver.id] = .cbsReceiver
+        leafSession = connection.openSession()
         cbsSender = sender
         cbsReceiver = receiver
     }
@@ -358,10 +360,8 @@ final class Shard: @unchecked Sendable {
     }
 
     private func attachLinks(_ leaf: LeafRuntime) {
-        guard let connection else { return }
+        guard let session = leafSession else { return }
         detachLinks(leaf)
-        let session = connection.openSession()
-        leaf.session = session
         let properties: [AMQPValue: AMQPValue] = [.symbol(IoTHubAMQP.clientVersionProperty): .string(engine.configuration.clientVersion)]
         nextLinkNumber += 1
         let telemetry = session.sender(name: "telemetry-\(leaf.deviceID)-\(nextLinkNumber)")
@@ -384,7 +384,7 @@ final class Shard: @unchecked Sendable {
         }
     }
 
-    /// Closes the leaf's session (and so its links) and gives its telemetry back to the spool.
+    /// Closes the leaf's links and gives its telemetry back to the spool.
     private func detachLinks(_ leaf: LeafRuntime) {
         var released = leaf.takePending()
         if let t = leaf.telemetry {
@@ -400,13 +400,10 @@ final class Shard: @unchecked Sendable {
             for (token, entry) in cloudToDeviceDeliveries where entry.link == c.id { cloudToDeviceDeliveries[token] = nil }
         }
         engine.release(released, fromShard: index)
-        if let session = leaf.session {
-            leaf.telemetry?.close()
-            leaf.cloudToDevice?.close()
-            session.close()
-            session.free()
+        for link in [leaf.telemetry, leaf.cloudToDevice].compactMap({ $0 }) {
+            if link.isLocallyOpen { link.close() }
+            link.free()
         }
-        leaf.session = nil
         leaf.telemetry = nil
         leaf.cloudToDevice = nil
         leaf.telemetryAttached = false

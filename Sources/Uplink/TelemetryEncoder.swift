@@ -19,7 +19,8 @@ struct TelemetryEncoder {
     var coalesceTargetBytes: Int?
     var messageID: @Sendable (UInt64) -> String
 
-    /// Encodes `records` (per leaf in order). Records that are not telemetry envelopes come back in `invalid`.
+    /// Encodes `records` (per leaf in order). Records that are not telemetry envelopes, or that the hub could never
+    /// accept (over 256 KB), come back in `invalid`: sending them would only be refused, or close the link.
     func encode(_ records: [SpoolRecord]) -> (messages: [OutgoingMessage], invalid: [UInt64]) {
         var messages: [OutgoingMessage] = []
         var invalid: [UInt64] = []
@@ -32,11 +33,11 @@ struct TelemetryEncoder {
             groupBytes = 0
         }
         for record in records {
-            guard let envelope = TelemetryEnvelope(decoding: record.payload) else {
+            guard let envelope = TelemetryEnvelope(decoding: record.payload), envelope.body.count <= IoTHubAMQP.maxTelemetrySize else {
                 invalid.append(record.sequence)
                 continue
             }
-            guard let target = coalesceTargetBytes, Self.isJSON(envelope) else {
+            guard let target = coalesceTargetBytes.map({ min($0, IoTHubAMQP.maxTelemetrySize - 1024) }), Self.isJSON(envelope) else {
                 flush()
                 messages.append(single(record, envelope))
                 continue

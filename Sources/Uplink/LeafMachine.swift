@@ -50,6 +50,9 @@ struct LeafMachine {
     private(set) var renewalPending = false
     /// Telemetry is paused until then (throttled); links stay attached.
     private(set) var pausedUntilMs: Int64 = 0
+    /// After a throttle, one message goes alone until the hub accepts one again: with a full pipeline in flight,
+    /// a hub that lifts its throttle midway would accept a later message before the rejected earlier ones.
+    private(set) var probing = false
     private(set) var lastError: String?
     private var failures = 0
     private var throttles = 0
@@ -61,6 +64,9 @@ struct LeafMachine {
     }
 
     func canSend(nowMs: Int64) -> Bool { phase == .ready && nowMs >= pausedUntilMs }
+
+    /// Messages this leaf may have in flight now.
+    func inFlightLimit(_ configured: Int) -> Int { probing ? 1 : configured }
 
     // MARK: connection
 
@@ -181,12 +187,14 @@ struct LeafMachine {
     mutating func throttled(description: String, nowMs: Int64, random: Double) {
         throttles += 1
         lastError = "throttled: \(description)"
+        probing = true
         pausedUntilMs = max(pausedUntilMs, nowMs + timing.throttleBackoff.delay(attempt: throttles, random: random))
     }
 
     /// A message was accepted: the throttle back-off starts over.
     mutating func delivered() {
         if throttles > 0 && pausedUntilMs > 0 { throttles = 0; pausedUntilMs = 0 }
+        probing = false
     }
 
     // MARK: time

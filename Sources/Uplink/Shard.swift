@@ -68,6 +68,8 @@ final class Shard: @unchecked Sendable {
     }
 
     var isOpen: Bool { machine.phase == .open && connection != nil }
+    /// A connection (or an attempt) exists.
+    var hasConnection: Bool { attempt != nil }
     var logger: Logger { engine.logger }
 
     // MARK: connection
@@ -212,7 +214,7 @@ final class Shard: @unchecked Sendable {
         }
         engine.release(released, fromShard: index)
         machine.closed(error: error, nowMs: engine.nowMs(), random: engine.random())
-        let level: Logger.Level = wasOpen ? .warning : .error
+        let level: Logger.Level = engine.stopping ? .debug : wasOpen ? .warning : .error
         logger.log(level: level, "uplink[\(index)]: \(wasOpen ? "connection lost" : "cannot connect"): \(error); retrying in \(max(0, machine.retryAtMs - engine.nowMs())) ms")
     }
 
@@ -465,7 +467,8 @@ final class Shard: @unchecked Sendable {
               leaf.machine.canSend(nowMs: engine.nowMs())
         else { return }
         var credit = link.credit
-        while credit > 0, leaf.pendingCount > 0, engine.takeSendPermit() {
+        let limit = leaf.machine.inFlightLimit(engine.configuration.maxInFlightPerLeaf)
+        while credit > 0, leaf.pendingCount > 0, leaf.unsettled < limit, engine.takeSendPermit() {
             let m = leaf.popPending()!
             let d = link.send(m.bytes, tag: nextDeliveryTag())
             unsettled[d.id] = (leaf.deviceID, m.sequences)

@@ -58,12 +58,12 @@ public final class Uplink: Service, Sendable {
         }
         guard wasRunning else { return }
         _ = try? await reactor.perform { [engine] in engine.beginStop() }
-        // Let a running pump job finish (bounded), so its records come back to be released.
-        for _ in 0..<500 {
-            guard (try? await reactor.perform({ [engine] in engine.isPumpBusy })) == true else { break }
+        // Wait (bounded) for the connections to close and a running pump job to finish: the hub's last outcomes
+        // and the records in flight come back to be acknowledged or released.
+        for _ in 0..<300 {
+            guard (try? await reactor.perform({ [engine] in engine.isQuiet })) == false else { break }
             try? await Task.sleep(for: .milliseconds(10))
         }
-        try? await Task.sleep(for: .milliseconds(50))  // AMQP close frames out
         let final = (try? await reactor.perform { [engine] in engine.takeFinalSettlements() }) ?? SpoolPump.Job()
         await reactor.shutdown()
         await engine.pump.settle(final)

@@ -122,6 +122,8 @@ final class UplinkEngine: @unchecked Sendable {
     }
 
     var isPumpBusy: Bool { pumpBusy }
+    /// True once every connection is gone (after `beginStop`).
+    var isQuiet: Bool { !pumpBusy && shards.allSatisfy { !$0.hasConnection } }
 
     /// What is left for the spool after the connections are gone.
     func takeFinalSettlements() -> SpoolPump.Job {
@@ -210,7 +212,7 @@ final class UplinkEngine: @unchecked Sendable {
                 for leaf in shard.leaves.values {
                     outstanding += leaf.outstanding
                     guard leaf.machine.canSend(nowMs: now), leaf.telemetryAttached else { continue }
-                    let room = configuration.maxInFlightPerLeaf - leaf.outstanding
+                    let room = leaf.machine.inFlightLimit(configuration.maxInFlightPerLeaf) - leaf.outstanding
                     if room > 0 { budgets[leaf.deviceID] = room * perMessage }
                 }
             }

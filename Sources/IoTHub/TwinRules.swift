@@ -69,4 +69,18 @@ public enum TwinRules {
         }
         return .object(result)
     }
+
+    /// One patch with the effect of `first` then `second` (last write wins per path; a `null` in `second` still
+    /// deletes). Used to fold reported patches queued while a leaf is offline into one.
+    public static func compose(_ first: JSONValue, then second: JSONValue) -> JSONValue {
+        guard case .object(let b) = second, case .object(var result) = first else { return second }
+        for (k, v) in b {
+            if case .object = v, case .object? = result[k] {
+                result[k] = compose(result[k]!, then: v)
+            } else {
+                result[k] = v
+            }
+        }
+        return .object(result)
+    }
 }

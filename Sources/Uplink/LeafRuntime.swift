@@ -1,3 +1,4 @@
+import IoTHub
 import ProtonAMQP
 
 /// Counters of one leaf, kept across reconnects.
@@ -24,20 +25,74 @@ public struct LeafCounters: Sendable, Equatable {
     public var cloudToDeviceExpired = 0
     /// Redeliveries settled from the remembered outcome.
     public var cloudToDeviceDuplicates = 0
+    public var methodCalls = 0
+    /// Method calls answered 504 because the handler missed the local deadline.
+    public var methodTimeouts = 0
+    /// Desired-property versions applied.
+    public var desiredApplied = 0
+    /// Reported patches the hub accepted.
+    public var reportedPatches = 0
 }
 
-/// One leaf on its shard connection: the lifecycle, its links, the telemetry it holds. Reactor thread only.
+/// The links a leaf may have (iothub-amqp.md §4–7).
+enum LeafLink: String, CaseIterable, Sendable {
+    case telemetry, cloudToDevice = "c2d", methodRequests = "methods-rx", methodResponses = "methods-tx"
+    case twinRequests = "twin-tx", twinResponses = "twin-rx"
+
+    var isSender: Bool { self == .telemetry || self == .methodResponses || self == .twinRequests }
+
+    var endpoint: DeviceEndpoint {
+        switch self {
+        case .telemetry: .events
+        case .cloudToDevice: .deviceBound
+        case .methodRequests, .methodResponses: .methods
+        case .twinRequests, .twinResponses: .twin
+        }
+    }
+
+    /// Method responses and twin requests go pre-settled, as the SDKs send them.
+    var presettled: Bool { self == .methodResponses || self == .twinRequests }
+
+    /// Attach properties: client version everywhere; method and twin pairs share a channel correlation id
+    /// (`methods:{uuid}`, `twin:{uuid}`) and carry the API version.
+    func properties(channel: String, clientVersion: String) -> [AMQPValue: AMQPValue] {
+        var p: [AMQPValue: AMQPValue] = [.symbol(IoTHubAMQP.clientVersionProperty): .string(clientVersion)]
+        switch self {
+        case .methodRequests, .methodResponses:
+            p[.symbol(IoTHubAMQP.channelCorrelationIDProperty)] = .string("methods:\(channel)")
+            p[.symbol(IoTHubAMQP.apiVersionProperty)] = .string(IoTHubAMQP.apiVersion)
+        case .twinRequests, .twinResponses:
+            p[.symbol(IoTHubAMQP.channelCorrelationIDProperty)] = .string("twin:\(channel)")
+            p[.symbol(IoTHubAMQP.apiVersionProperty)] = .string(IoTHubAMQP.apiVersion)
+        case .telemetry, .cloudToDevice:
+            break
+        }
+        return p
+    }
+
+    static func wanted(for capabilities: LeafCapabilities) -> Set<LeafLink> {
+        var s: Set<LeafLink> = [.telemetry]
+        if capabilities.contains(.cloudToDevice) { s.insert(.cloudToDevice) }
+        if capabilities.contains(.methods) { s.formUnion([.methodRequests, .methodResponses]) }
+        if capabilities.contains(.twin) { s.formUnion([.twinRequests, .twinResponses]) }
+        return s
+    }
+}
+
+/// One leaf on its shard connection: the lifecycle, its links, the telemetry it holds, its twin. Reactor thread
+/// only.
 final class LeafRuntime {
     let configuration: LeafConfiguration
     var machine: LeafMachine
     var counters = LeafCounters()
     var dedupe: C2DDedupe
-    let receivesCloudToDevice: Bool
+    var twin: TwinSync
+    let wantedLinks: Set<LeafLink>
+    /// The uuid in this leaf's `methods:` and `twin:` channel correlation ids.
+    let channel = AMQPUUID.random().description
 
-    var telemetry: AMQPLink?
-    var cloudToDevice: AMQPLink?
-    var telemetryAttached = false
-    var cloudToDeviceAttached = false
+    var links: [LeafLink: AMQPLink] = [:]
+    var attachedLinks: Set<LeafLink> = []
 
     /// Fetched from the spool, waiting for link credit (in order).
     var pending: [OutgoingMessage] = []
@@ -45,18 +100,21 @@ final class LeafRuntime {
     /// Telemetry deliveries the hub has not settled.
     var unsettled = 0
 
-    init(configuration: LeafConfiguration, machine: LeafMachine, dedupeCapacity: Int, receivesCloudToDevice: Bool) {
+    init(configuration: LeafConfiguration, machine: LeafMachine, dedupeCapacity: Int, capabilities: LeafCapabilities,
+         reportedIntervalMilliseconds: Int64) {
         self.configuration = configuration
         self.machine = machine
         self.dedupe = C2DDedupe(capacity: dedupeCapacity)
-        self.receivesCloudToDevice = receivesCloudToDevice
+        self.wantedLinks = LeafLink.wanted(for: capabilities)
+        self.twin = TwinSync(minPatchIntervalMilliseconds: reportedIntervalMilliseconds, correlationPrefix: configuration.deviceID)
     }
 
     var deviceID: String { configuration.deviceID }
     var pendingCount: Int { pending.count - pendingHead }
     /// Messages this leaf holds that the spool counts as in flight.
     var outstanding: Int { pendingCount + unsettled }
-    var linksAttached: Bool { telemetryAttached && (cloudToDeviceAttached || !receivesCloudToDevice) }
+    var linksAttached: Bool { attachedLinks == wantedLinks }
+    var canTakeTelemetry: Bool { attachedLinks.contains(.telemetry) }
 
     func popPending() -> OutgoingMessage? {
         guard pendingHead < pending.count else { return nil }

@@ -9,7 +9,7 @@ import ProtonAMQP
 /// adapters) must go through `withConnection`: Proton writes a connection's frames only after its own events.
 // @unchecked Sendable: captured by jobs that run on the reactor thread, the only thread that touches it.
 final class Shard: @unchecked Sendable {
-    enum Role { case cbsSender, cbsReceiver, telemetry(String), cloudToDevice(String) }
+    enum Role { case cbsSender, cbsReceiver, leaf(String, LeafLink) }
 
     /// One connection attempt's event sink, so events of an abandoned attempt cannot touch the current one.
     final class Attempt: AMQPConnectionHandler {
@@ -30,11 +30,11 @@ final class Shard: @unchecked Sendable {
 
     private(set) var generation = 0
     private var ref: AMQPConnectionRef?
-    private var connection: AMQPConnection?
+    var connection: AMQPConnection?
     private var attempt: Attempt?
     private var closeReason: String?
 
-    private var leafSession: AMQPSession?
+    var leafSession: AMQPSession?
     private var cbsSender: AMQPLink?
     private var cbsReceiver: AMQPLink?
     private var cbsQueue: [(leaf: String, bytes: [UInt8])] = []
@@ -50,12 +50,12 @@ final class Shard: @unchecked Sendable {
     private var sharedTokens: [String: SharedToken] = [:]
     private var nextCBSID: UInt64 = 0
 
-    private var roles: [AMQPObjectID: Role] = [:]
-    private var unsettled: [AMQPObjectID: (leaf: String, sequences: [UInt64])] = [:]
-    private var cloudToDeviceDeliveries: [Int: (leaf: String, delivery: AMQPDelivery, link: AMQPObjectID)] = [:]
-    private var nextCloudToDeviceToken = 0
+    var roles: [AMQPObjectID: Role] = [:]
+    var unsettled: [AMQPObjectID: (leaf: String, sequences: [UInt64])] = [:]
+    var cloudToDeviceDeliveries: [Int: (leaf: String, delivery: AMQPDelivery, link: AMQPObjectID)] = [:]
+    var nextCloudToDeviceToken = 0
     private var nextLinkNumber = 0
-    private var nextTag: UInt64 = 0
+    var nextTag: UInt64 = 0
     /// Where the pacer continues, so every queued leaf gets its turn.
     private var admitCursor = 0
 
@@ -165,20 +165,21 @@ final class Shard: @unchecked Sendable {
         case .linkFlow(let link):
             switch roles[link.id] {
             case .cbsSender?: flushCBS()
-            case .telemetry(let d)?: if let leaf = leaves[d] { flush(leaf) }
+            case .leaf(let d, .telemetry)?: if let leaf = leaves[d] { flush(leaf) }
             default: break
             }
         case .message(let delivery, let bytes):
             switch roles[delivery.link.id] {
             case .cbsReceiver?: cbsReply(bytes, delivery: delivery)
-            case .cloudToDevice(let d)?: cloudToDeviceArrived(bytes, delivery: delivery, leafID: d)
+            case .leaf(let d, .cloudToDevice)?: cloudToDeviceArrived(bytes, delivery: delivery, leafID: d)
+            case .leaf(let d, .methodRequests)?: methodRequest(bytes, delivery: delivery, leafID: d)
+            case .leaf(let d, .twinResponses)?: twinMessage(bytes, delivery: delivery, leafID: d)
             default: delivery.dispose(.rejected(AMQPCondition(name: "amqp:not-allowed", description: "unexpected message")))
             }
         case .deliveryUpdated(let delivery):
-            if case .cbsSender? = roles[delivery.link.id] {
-                if delivery.isRemotelySettled || delivery.remoteOutcome != nil { delivery.settle() }
-            } else {
-                telemetryOutcome(delivery)
+            switch roles[delivery.link.id] {
+            case .leaf(_, .telemetry)?: telemetryOutcome(delivery)
+            default: if delivery.isRemotelySettled || delivery.remoteOutcome != nil { delivery.settle() }
             }
         case .sessionOpened, .sessionClosed:
             break
@@ -206,10 +207,9 @@ final class Shard: @unchecked Sendable {
         for leaf in leaves.values {
             released += leaf.takePending()
             leaf.unsettled = 0
-            leaf.telemetry = nil
-            leaf.cloudToDevice = nil
-            leaf.telemetryAttached = false
-            leaf.cloudToDeviceAttached = false
+            leaf.links = [:]
+            leaf.attachedLinks = []
+            leaf.twin.detached()
             leaf.machine.connectionLost()
         }
         engine.release(released, fromShard: index)
@@ -364,52 +364,49 @@ final class Shard: @unchecked Sendable {
     private func attachLinks(_ leaf: LeafRuntime) {
         guard let session = leafSession else { return }
         detachLinks(leaf)
-        let properties: [AMQPValue: AMQPValue] = [.symbol(IoTHubAMQP.clientVersionProperty): .string(engine.configuration.clientVersion)]
         nextLinkNumber += 1
-        let telemetry = session.sender(name: "telemetry-\(leaf.deviceID)-\(nextLinkNumber)")
-        telemetry.setTarget(DeviceAddress(deviceID: leaf.deviceID, endpoint: .events).canonical)
-        telemetry.setSource("telemetry-\(leaf.deviceID)")
-        telemetry.setProperties(properties)
-        telemetry.setSenderSettleMode(.unsettled)
-        telemetry.open()
-        roles[telemetry.id] = .telemetry(leaf.deviceID)
-        leaf.telemetry = telemetry
-        if leaf.receivesCloudToDevice {
-            let c2d = session.receiver(name: "c2d-\(leaf.deviceID)-\(nextLinkNumber)")
-            c2d.setSource(DeviceAddress(deviceID: leaf.deviceID, endpoint: .deviceBound).canonical)
-            c2d.setTarget("c2d-\(leaf.deviceID)")
-            c2d.setProperties(properties)
-            c2d.setReceiverSettleMode(.first)
-            c2d.open()
-            roles[c2d.id] = .cloudToDevice(leaf.deviceID)
-            leaf.cloudToDevice = c2d
+        for kind in LeafLink.allCases where leaf.wantedLinks.contains(kind) {
+            let link = kind.isSender ? session.sender(name: "\(kind.rawValue)-\(leaf.deviceID)-\(nextLinkNumber)")
+                                     : session.receiver(name: "\(kind.rawValue)-\(leaf.deviceID)-\(nextLinkNumber)")
+            let address = DeviceAddress(deviceID: leaf.deviceID, endpoint: kind.endpoint).canonical
+            if kind.isSender {
+                link.setTarget(address)
+                link.setSource("\(kind.rawValue)-\(leaf.deviceID)")
+            } else {
+                link.setSource(address)
+                link.setTarget("\(kind.rawValue)-\(leaf.deviceID)")
+            }
+            link.setProperties(kind.properties(channel: leaf.channel, clientVersion: engine.configuration.clientVersion))
+            if kind.isSender { link.setSenderSettleMode(kind.presettled ? .settled : .unsettled) }
+            link.setReceiverSettleMode(.first)
+            link.open()
+            roles[link.id] = .leaf(leaf.deviceID, kind)
+            leaf.links[kind] = link
         }
     }
 
     /// Closes the leaf's links and gives its telemetry back to the spool.
     private func detachLinks(_ leaf: LeafRuntime) {
         var released = leaf.takePending()
-        if let t = leaf.telemetry {
+        if leaf.links[.telemetry] != nil {
             for (id, entry) in unsettled where entry.leaf == leaf.deviceID {
                 released += entry.sequences
                 unsettled[id] = nil
             }
             leaf.unsettled = 0
-            roles[t.id] = nil
         }
-        if let c = leaf.cloudToDevice {
-            roles[c.id] = nil
+        if let c = leaf.links[.cloudToDevice] {
             for (token, entry) in cloudToDeviceDeliveries where entry.link == c.id { cloudToDeviceDeliveries[token] = nil }
         }
         engine.release(released, fromShard: index)
-        for link in [leaf.telemetry, leaf.cloudToDevice].compactMap({ $0 }) {
+        for link in leaf.links.values {
+            roles[link.id] = nil
             if link.isLocallyOpen { link.close() }
             link.free()
         }
-        leaf.telemetry = nil
-        leaf.cloudToDevice = nil
-        leaf.telemetryAttached = false
-        leaf.cloudToDeviceAttached = false
+        leaf.links = [:]
+        leaf.attachedLinks = []
+        leaf.twin.detached()
     }
 
     private func linkOpened(_ link: AMQPLink) {
@@ -419,23 +416,23 @@ final class Shard: @unchecked Sendable {
         switch role {
         case .cbsSender: flushCBS()
         case .cbsReceiver: break
-        case .telemetry(let d):
+        case .leaf(let d, let kind):
             guard let leaf = leaves[d] else { return }
-            leaf.telemetryAttached = true
-            linkAttachedMaybeReady(leaf)
-        case .cloudToDevice(let d):
-            guard let leaf = leaves[d] else { return }
-            leaf.cloudToDeviceAttached = true
-            link.flow(engine.configuration.cloudToDeviceCredit)
-            linkAttachedMaybeReady(leaf)
+            leaf.attachedLinks.insert(kind)
+            switch kind {
+            case .cloudToDevice: link.flow(engine.configuration.cloudToDeviceCredit)
+            case .methodRequests, .twinResponses: link.flow(Self.requestCredit)
+            default: break
+            }
+            guard leaf.linksAttached, leaf.machine.phase == .attaching else { return }
+            leaf.machine.linksAttached()
+            if leaf.wantedLinks.contains(.twinRequests) { performTwin(leaf.twin.attached(), for: leaf) }
+            engine.leafBecameReady()
         }
     }
 
-    private func linkAttachedMaybeReady(_ leaf: LeafRuntime) {
-        guard leaf.linksAttached else { return }
-        leaf.machine.linksAttached()
-        engine.leafBecameReady()
-    }
+    /// Credit on the method and twin receivers (replenished per message).
+    static let requestCredit = 10
 
     private func linkClosed(_ link: AMQPLink, condition: AMQPCondition?) {
         guard let role = roles[link.id] else { return }
@@ -445,153 +442,17 @@ final class Shard: @unchecked Sendable {
             logger.warning("uplink[\(index)]: the hub detached the CBS link (\(condition?.name ?? "no condition")); reconnecting")
             closeReason = "CBS link detached: \(condition?.description ?? "")"
             connection?.close()
-        case .telemetry(let d), .cloudToDevice(let d):
+        case .leaf(let d, let kind):
             guard let leaf = leaves[d] else { return }
             leaf.counters.linkFailures += 1
-            logger.warning("uplink[\(index)]: \(d): link detached: \(condition?.name ?? "no condition") \(condition?.description ?? "")")
+            logger.warning("uplink[\(index)]: \(d): \(kind.rawValue) link detached: \(condition?.name ?? "no condition") \(condition?.description ?? "")")
             let actions = leaf.machine.linkDetached(condition: condition?.name, description: condition?.description ?? "", nowMs: engine.nowMs(), random: engine.random())
             perform(actions, for: leaf)
         }
     }
 
-    private func nextDeliveryTag() -> [UInt8] {
+    func nextDeliveryTag() -> [UInt8] {
         nextTag &+= 1
         return withUnsafeBytes(of: nextTag.littleEndian) { Array($0) }
-    }
-
-    // MARK: telemetry
-
-    /// Sends the leaf's pending messages while it has credit, is not paused and the D2C rate allows.
-    func flush(_ leaf: LeafRuntime) {
-        guard leaf.pendingCount > 0, leaf.telemetryAttached, let link = leaf.telemetry,
-              leaf.machine.canSend(nowMs: engine.nowMs())
-        else { return }
-        var credit = link.credit
-        let limit = leaf.machine.inFlightLimit(engine.configuration.maxInFlightPerLeaf)
-        while credit > 0, leaf.pendingCount > 0, leaf.unsettled < limit, engine.takeSendPermit() {
-            let m = leaf.popPending()!
-            let d = link.send(m.bytes, tag: nextDeliveryTag())
-            unsettled[d.id] = (leaf.deviceID, m.sequences)
-            leaf.unsettled += 1
-            leaf.counters.sent += 1
-            credit -= 1
-        }
-    }
-
-    private func telemetryOutcome(_ delivery: AMQPDelivery) {
-        guard let entry = unsettled[delivery.id] else { return }
-        let outcome = delivery.remoteOutcome ?? (delivery.isRemotelySettled ? .accepted : nil)
-        guard let outcome else { return }
-        unsettled[delivery.id] = nil
-        delivery.settle()
-        guard let leaf = leaves[entry.leaf] else { return }
-        leaf.unsettled -= 1
-        let nowMs = engine.nowMs()
-        switch outcome {
-        case .accepted:
-            leaf.counters.acceptedRecords += entry.sequences.count
-            leaf.machine.delivered()
-            engine.acknowledge(entry.sequences)
-        case .rejected(let condition):
-            switch condition?.name {
-            case IoTHubAMQP.throttled?, IoTHubAMQP.resourceLimitExceeded?:
-                leaf.counters.throttled += 1
-                leaf.machine.throttled(description: condition?.description ?? "", nowMs: nowMs, random: engine.random())
-                // Everything the leaf holds goes back, so the spool resends it in order after the pause.
-                engine.release(entry.sequences + leaf.takePending(), fromShard: index)
-            case IoTHubAMQP.unauthorizedAccess?:
-                // "Token Invalid.": the links are about to go; resend after re-authentication.
-                engine.release(entry.sequences + leaf.takePending(), fromShard: index)
-            default:
-                leaf.counters.rejectedRecords += entry.sequences.count
-                logger.warning("uplink[\(index)]: \(entry.leaf): the hub rejected a message for good (\(condition?.name ?? "no condition") \(condition?.description ?? "")); it goes to the dead-letter file")
-                engine.deadLetter(entry.sequences)
-            }
-        case .released, .modified:
-            engine.release(entry.sequences + leaf.takePending(), fromShard: index)
-        }
-        flush(leaf)
-        engine.kickPump()
-    }
-
-    // MARK: cloud to device
-
-    private func cloudToDeviceArrived(_ bytes: [UInt8], delivery: AMQPDelivery, leafID: String) {
-        guard let leaf = leaves[leafID] else { return delivery.dispose(.released) }
-        leaf.counters.cloudToDeviceReceived += 1
-        let message: AMQPMessage
-        do { message = try AMQPMessageCodec.decode(bytes) } catch {
-            leaf.counters.cloudToDeviceRejected += 1
-            delivery.dispose(.rejected(AMQPCondition(name: IoTHubAMQP.decodeError, description: "undecodable C2D message")))
-            delivery.link.flow(1)
-            return
-        }
-        if let expiry = message.absoluteExpiryTime, expiry > 0, expiry < engine.nowMs() {
-            leaf.counters.cloudToDeviceExpired += 1
-            delivery.dispose(.rejected(AMQPCondition(name: "amqp:precondition-failed", description: "the message expired before delivery")))
-            delivery.link.flow(1)
-            return
-        }
-        let c2d = C2DMessage(amqp: message, deviceID: leafID)
-        nextCloudToDeviceToken += 1
-        let token = nextCloudToDeviceToken
-        cloudToDeviceDeliveries[token] = (leafID, delivery, delivery.link.id)
-        let decision = c2d.messageID.map { leaf.dedupe.arrived(messageID: $0, token: token) } ?? .deliver
-        switch decision {
-        case .deliver:
-            engine.route(c2d, shard: index, token: token)
-        case .wait:
-            leaf.counters.cloudToDeviceDuplicates += 1
-        case .settle(let outcome):
-            leaf.counters.cloudToDeviceDuplicates += 1
-            settleCloudToDevice(token: token, outcome: outcome, counted: false)
-        }
-    }
-
-    /// The adapter's outcome for the C2D message behind `token` (or the deadline's abandon).
-    func cloudToDeviceFinished(token: Int, message: C2DMessage, outcome: C2DOutcome) {
-        let waiting: [Int]
-        if let id = message.messageID, let leaf = leaves[message.deviceID] {
-            waiting = leaf.dedupe.finished(messageID: id, outcome: outcome)
-            guard !waiting.isEmpty else { return }  // already settled (deadline passed first)
-        } else {
-            waiting = [token]
-        }
-        for (i, t) in waiting.enumerated() { settleCloudToDevice(token: t, outcome: outcome, counted: i == 0) }
-    }
-
-    private func settleCloudToDevice(token: Int, outcome: C2DOutcome, counted: Bool) {
-        guard let entry = cloudToDeviceDeliveries.removeValue(forKey: token) else { return }  // its link is gone
-        let leaf = leaves[entry.leaf]
-        switch outcome {
-        case .complete:
-            entry.delivery.dispose(.accepted)
-            if counted { leaf?.counters.cloudToDeviceCompleted += 1 }
-        case .reject(let why):
-            entry.delivery.dispose(.rejected(AMQPCondition(name: "amqp:not-allowed", description: why)))
-            if counted { leaf?.counters.cloudToDeviceRejected += 1 }
-        case .abandon:
-            entry.delivery.dispose(.released)
-            if counted { leaf?.counters.cloudToDeviceAbandoned += 1 }
-        }
-        if roles[entry.link] != nil { leaf?.cloudToDevice?.flow(1) }
-    }
-}
-
-extension C2DMessage {
-    init(amqp m: AMQPMessage, deviceID: String) {
-        func text(_ v: AMQPValue?) -> String? {
-            guard let v else { return nil }
-            if let s = v.stringValue { return s }
-            if let i = v.integerValue { return String(i) }
-            if case .uuid(let u) = v { return u.description }
-            return "\(v)"
-        }
-        var properties: [String: String] = [:]
-        for (k, v) in m.applicationProperties { properties[k] = text(v) }
-        let count = m.messageAnnotations[.symbol(IoTHubAMQP.deliveryCountAnnotation)]?.integerValue ?? Int64(m.deliveryCount ?? 0)
-        self.init(deviceID: deviceID, messageID: text(m.messageID), correlationID: text(m.correlationID),
-                  contentType: m.contentType, contentEncoding: m.contentEncoding, properties: properties,
-                  body: m.body.bytes, expiryMilliseconds: m.absoluteExpiryTime, deliveryCount: Int(count))
     }
 }

@@ -21,7 +21,7 @@ public final class Uplink: Service, Sendable {
     ///   - router: where C2D messages go; nil = no C2D receivers are attached.
     ///   - nowMs, random: injected for tests; default to the wall clock and the system generator.
     public init(configuration: UplinkConfiguration, leaves: [LeafConfiguration], spool: Spool,
-                router: (any C2DRouter)? = nil, logger: Logger = Logger(label: "fieldgate.uplink"),
+                router: (any LeafRouter)? = nil, logger: Logger = Logger(label: "fieldgate.uplink"),
                 nowMs: @escaping @Sendable () -> Int64 = { WallClock.nowMilliseconds() },
                 random: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) }) throws(UplinkError) {
         var seen: Set<String> = []
@@ -80,6 +80,30 @@ public final class Uplink: Service, Sendable {
         _ = reactor.execute { [engine] in engine.wake() }
     }
 
+    /// Queues a reported-properties patch for a leaf (or the gateway). It is checked against the twin rules
+    /// first (8 KB, depth, keys, no arrays) and refused locally with `.invalidInput` otherwise. While the leaf is
+    /// offline, patches are folded into one (last write wins per path) and sent when it is back.
+    public func report(_ patch: JSONValue, for deviceID: String) async throws(UplinkError) {
+        let result: Result<Void, UplinkError>? = try? await reactor.perform { [engine] in
+            do throws(UplinkError) { try engine.report(patch, for: deviceID, id: nil); return .success(()) } catch { return .failure(error) }
+        }
+        guard let result else { throw UplinkError(.stopped, "the uplink is stopped") }
+        try result.get()
+    }
+
+    /// As `report`, then waits until the hub acknowledged the patch (seed 004 reports `lastReboot` this way).
+    public func reportAndWait(_ patch: JSONValue, for deviceID: String, timeout: Duration = .seconds(30)) async throws(UplinkError) {
+        let outcome: String? = await withCheckedContinuation { (cont: CheckedContinuation<String?, Never>) in
+            let once = Once(cont)
+            let queued = reactor.execute { [engine] in
+                do throws(UplinkError) { try engine.report(patch, for: deviceID, id: { once.resume($0) }) } catch { once.resume(error.message) }
+            }
+            if !queued { once.resume("the uplink is stopped") }
+            _ = reactor.schedule(after: timeout) { once.resume("the hub did not acknowledge the patch within \(timeout)") }
+        }
+        if let outcome { throw UplinkError(.invalidInput, outcome) }
+    }
+
     public func status() async -> UplinkStatus {
         (try? await reactor.perform { [engine] in engine.snapshot() }) ?? UplinkStatus()
     }
@@ -114,9 +138,12 @@ public struct UplinkStatus: Sendable {
 /// The Uplink module's error.
 public struct UplinkError: Error, Sendable, CustomStringConvertible {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
-        enum Value: Hashable, Sendable { case configuration }
+        enum Value: Hashable, Sendable { case configuration, invalidInput, stopped }
         let value: Value
         public static let configuration = Code(value: .configuration)
+        /// A patch or request the hub would refuse (twin rules, unknown leaf).
+        public static let invalidInput = Code(value: .invalidInput)
+        public static let stopped = Code(value: .stopped)
         public var description: String { "\(value)" }
     }
 
@@ -128,7 +155,14 @@ public struct UplinkError: Error, Sendable, CustomStringConvertible {
         self.message = message
     }
 
-    /// Configuration errors do not heal by retrying.
-    public var isRetriable: Bool { false }
+    /// Only a stopped uplink may come back; bad configuration and bad input do not heal by retrying.
+    public var isRetriable: Bool { code == .stopped }
     public var description: String { message }
+}
+
+/// Resumes a continuation once; later calls are ignored (a deadline and an answer race).
+final class Once<T: Sendable>: Sendable {
+    private let state: Mutex<CheckedContinuation<T, Never>?>
+    init(_ c: CheckedContinuation<T, Never>) { state = Mutex(c) }
+    func resume(_ value: T) { state.withLock { c in c?.resume(returning: value); c = nil } }
 }

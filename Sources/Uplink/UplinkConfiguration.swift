@@ -49,6 +49,12 @@ public struct UplinkConfiguration: Sendable {
     /// A C2D message not settled by its adapter within this time is abandoned (the hub's lock is 60 s).
     /// Default: 50 s.
     public var cloudToDeviceDeadlineMilliseconds: Int64 = 50_000
+    /// A method not answered by its handler within this time is answered 504 (the hub's default is 30 s).
+    /// Default: 20 s.
+    public var methodDeadlineMilliseconds: Int64 = 20_000
+    /// At most one reported patch per leaf per this interval; patches in between are folded into one.
+    /// Default: 1 s.
+    public var reportedIntervalMilliseconds: Int64 = 1000
     /// Message ids remembered per leaf to drop C2D redeliveries. Default: 256.
     public var cloudToDeviceDedupeCapacity = 256
     /// Put-token and attach replies must arrive within this. Default: 30 s.
@@ -80,13 +86,14 @@ public struct UplinkConfiguration: Sendable {
 public struct LeafConfiguration: Sendable, Equatable {
     public var deviceID: String
     public var credential: LeafCredential
-    /// Attach a C2D receiver. Default: true.
-    public var receivesCloudToDevice = true
+    /// Which of C2D, methods and twin this leaf has (links are attached for them when the uplink has a router).
+    /// Default: all.
+    public var capabilities: LeafCapabilities = .all
 
-    public init(deviceID: String, credential: LeafCredential, receivesCloudToDevice: Bool = true) {
+    public init(deviceID: String, credential: LeafCredential, capabilities: LeafCapabilities = .all) {
         self.deviceID = deviceID
         self.credential = credential
-        self.receivesCloudToDevice = receivesCloudToDevice
+        self.capabilities = capabilities
     }
 }
 

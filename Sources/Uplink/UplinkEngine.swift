@@ -1,4 +1,5 @@
 import FieldgateCore
+import IoTHub
 import Logging
 import ProtonAMQP
 import Spool
@@ -13,7 +14,7 @@ final class UplinkEngine: @unchecked Sendable {
     let nowMs: @Sendable () -> Int64
     let random: @Sendable () -> Double
     let pump: SpoolPump
-    private let router: (any C2DRouter)?
+    private let router: (any LeafRouter)?
     private(set) var shards: [Shard] = []
     private var leafShard: [String: Int] = [:]
 
@@ -32,7 +33,7 @@ final class UplinkEngine: @unchecked Sendable {
     private var clockWarned = false
     private var clockGaveUp = false
 
-    init(configuration: UplinkConfiguration, leaves: [LeafConfiguration], spool: Spool, router: (any C2DRouter)?,
+    init(configuration: UplinkConfiguration, leaves: [LeafConfiguration], spool: Spool, router: (any LeafRouter)?,
          reactor: AMQPReactor, logger: Logger, nowMs: @escaping @Sendable () -> Int64, random: @escaping @Sendable () -> Double) {
         self.configuration = configuration
         self.reactor = reactor
@@ -53,7 +54,8 @@ final class UplinkEngine: @unchecked Sendable {
             let runtimes = chunk.map { leaf in
                 LeafRuntime(configuration: leaf, machine: LeafMachine(hasSecondaryKey: leaf.credential.hasSecondaryKey, timing: timing),
                             dedupeCapacity: configuration.cloudToDeviceDedupeCapacity,
-                            receivesCloudToDevice: leaf.receivesCloudToDevice && router != nil)
+                            capabilities: router == nil ? [] : leaf.capabilities,
+                            reportedIntervalMilliseconds: configuration.reportedIntervalMilliseconds)
             }
             let index = shards.count
             for leaf in runtimes { leafShard[leaf.deviceID] = index }
@@ -102,6 +104,7 @@ final class UplinkEngine: @unchecked Sendable {
             shard.tickConnection(nowMs: now)
             shard.withConnection { [self] shard in
                 shard.tickLeaves(nowMs: now)
+                shard.flushReported(nowMs: now)
                 admit(shard, nowMs: now)
             }
         }
@@ -211,7 +214,7 @@ final class UplinkEngine: @unchecked Sendable {
             for shard in shards where shard.isOpen {
                 for leaf in shard.leaves.values {
                     outstanding += leaf.outstanding
-                    guard leaf.machine.canSend(nowMs: now), leaf.telemetryAttached else { continue }
+                    guard leaf.machine.canSend(nowMs: now), leaf.canTakeTelemetry else { continue }
                     let room = leaf.machine.inFlightLimit(configuration.maxInFlightPerLeaf) - leaf.outstanding
                     if room > 0 { budgets[leaf.deviceID] = room * perMessage }
                 }
@@ -235,7 +238,7 @@ final class UplinkEngine: @unchecked Sendable {
         if fetched && result.messages.isEmpty && result.error == nil { spoolLooksEmpty = true }
         var byShard: [Int: [OutgoingMessage]] = [:]
         for m in result.messages {
-            guard !stopping, let s = leafShard[m.leaf], shards[s].leaves[m.leaf]?.telemetryAttached == true else {
+            guard !stopping, let s = leafShard[m.leaf], shards[s].leaves[m.leaf]?.canTakeTelemetry == true else {
                 settlements.released += m.sequences
                 continue
             }
@@ -246,7 +249,7 @@ final class UplinkEngine: @unchecked Sendable {
                 var touched: [ObjectIdentifier: LeafRuntime] = [:]
                 for m in messages {
                     // The leaf may have lost its links since the fetch: those records go back.
-                    guard let leaf = shard.leaves[m.leaf], leaf.telemetryAttached else {
+                    guard let leaf = shard.leaves[m.leaf], leaf.canTakeTelemetry else {
                         settlements.released += m.sequences
                         continue
                     }
@@ -271,12 +274,77 @@ final class UplinkEngine: @unchecked Sendable {
             }
         }
         Task { [self] in
-            let outcome = await router.deliver(message)
+            let outcome = await router.cloudToDevice(message)
             _ = reactor.execute { [self] in
                 timer.cancel()
                 shards[shard].withConnection { $0.cloudToDeviceFinished(token: token, message: message, outcome: outcome) }
             }
         }
+    }
+
+    // MARK: methods and twins
+
+    private var methodAnswered: Set<AMQPUUID> = []
+
+    /// Runs a method on the router; answers 404 when it has none, 504 at the call's deadline, whichever is first.
+    func invoke(_ call: MethodCall, shard: Int, requestID: AMQPUUID) {
+        guard let router else {
+            return shards[shard].respond(to: requestID, leafID: call.deviceID, with: .error(404, "\(call.deviceID) has no methods"))
+        }
+        let answer: @Sendable (MethodResponse) -> Void = { [self] result in
+            shards[shard].withConnection { [self] shard in
+                guard methodAnswered.insert(requestID).inserted else { return }  // the deadline or the router was first
+                shard.respond(to: requestID, leafID: call.deviceID, with: result)
+            }
+        }
+        let timeout = max(0, call.deadlineMilliseconds - nowMs())
+        let timer = reactor.schedule(after: .milliseconds(timeout)) {
+            answer(.error(504, "\(call.deviceID) did not answer \(call.name) within \(timeout) ms"))
+        }
+        Task { [self] in
+            let result = await router.invoke(call) ?? .error(404, "\(call.deviceID) has no method \(call.name)")
+            _ = reactor.execute { timer.cancel() }
+            answer(result)
+        }
+        if methodAnswered.count > 10_000 { methodAnswered.removeAll() }  // ids are random; old ones never recur
+    }
+
+    /// Hands a desired document to the router; what it returns is reported.
+    func applyDesired(_ desired: JSONValue, version: Int64, deviceID: String) {
+        guard let router else { return }
+        Task { [self] in
+            guard let reported = await router.desiredProperties(desired, version: version, deviceID: deviceID) else { return }
+            _ = reactor.execute { [self] in
+                do throws(UplinkError) { try report(reported, for: deviceID, id: nil) } catch {
+                    logger.error("uplink: \(deviceID): the reported patch for desired version \(version) is refused locally: \(error)")
+                }
+            }
+        }
+    }
+
+    private var nextReportID = 0
+    private var reportWaiters: [Int: @Sendable (String?) -> Void] = [:]
+
+    /// Validates and queues a reported patch; `done` hears nil once the hub took it, or why not.
+    func report(_ patch: JSONValue, for deviceID: String, id done: (@Sendable (String?) -> Void)?) throws(UplinkError) {
+        guard let s = leafShard[deviceID], let leaf = shards[s].leaves[deviceID] else {
+            throw UplinkError(.invalidInput, "no leaf \(deviceID)")
+        }
+        guard leaf.wantedLinks.contains(.twinRequests) else { throw UplinkError(.invalidInput, "\(deviceID) has no twin (no router, or not in its capabilities)") }
+        do throws(IoTHubError) {
+            try TwinRules.validatePatch(patch)
+            try TwinRules.validatePatch(leaf.twin.pendingAfter(patch))
+        } catch {
+            throw UplinkError(.invalidInput, "\(deviceID): reported patch refused locally (never sent): \(error.message)")
+        }
+        nextReportID += 1
+        if let done { reportWaiters[nextReportID] = done }
+        let id = nextReportID
+        shards[s].withConnection { $0.report(patch, id: id, leafID: deviceID) }
+    }
+
+    func reportsFinished(_ ids: [Int], error: String?) {
+        for id in ids { reportWaiters.removeValue(forKey: id)?(error) }
     }
 
     // MARK: status

@@ -212,7 +212,7 @@ struct UplinkAgent: AsyncParsableCommand {
             let id = "bench-\(i)"
             let credential: LeafCredential = leaves > 995 ? .sharedAccessPolicy(name: "iothubowner", key: policyKey, scope: .hub)
                                                           : .symmetricKey(primary: keyByDevice[id] ?? "", secondary: nil)
-            return LeafConfiguration(deviceID: id, credential: credential, receivesCloudToDevice: false)
+            return LeafConfiguration(deviceID: id, credential: credential, capabilities: [])
         }
         var spoolConfig = SpoolConfiguration(directory: spool)
         spoolConfig.capBytes = 2 * 1024 * 1024 * 1024

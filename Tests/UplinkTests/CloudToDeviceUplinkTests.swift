@@ -9,12 +9,12 @@ import Testing
 import Uplink
 
 /// A stand-in adapter: decides by the message body, and records what it saw.
-final class ScriptedAdapter: C2DRouter {
+final class ScriptedAdapter: LeafRouter {
     let seen = Mutex<[C2DMessage]>([])
     /// Messages whose body is "hold" wait here until the test lets them go.
     let held = Mutex<[CheckedContinuation<Void, Never>]>([])
 
-    func deliver(_ message: C2DMessage) async -> C2DOutcome {
+    func cloudToDevice(_ message: C2DMessage) async -> C2DOutcome {
         seen.withLock { $0.append(message) }
         switch String(decoding: message.body, as: UTF8.self) {
         case "reject": return .reject("unknown point")

@@ -20,7 +20,7 @@ final class UplinkHarness: Sendable {
     let uplink: Uplink
     let spoolDirectory: String
 
-    init(hub: TestHub, leaves: [LeafConfiguration], router: (any C2DRouter)? = nil,
+    init(hub: TestHub, leaves: [LeafConfiguration], router: (any LeafRouter)? = nil,
          clock: TestClock? = nil, configure: (inout UplinkConfiguration) -> Void = { _ in }) throws {
         spoolDirectory = FileManager.default.temporaryDirectory.path + "/fieldgate-uplink-test-" + AMQPUUID.random().description
         var spoolConfig = SpoolConfiguration(directory: spoolDirectory)

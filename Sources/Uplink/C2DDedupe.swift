@@ -1,52 +1,5 @@
 import FieldgateCore
 
-/// A cloud-to-device message for one leaf, as the router hands it to the adapter that owns the leaf.
-public struct C2DMessage: Sendable, Equatable {
-    public var deviceID: String
-    public var messageID: String?
-    public var correlationID: String?
-    public var contentType: String?
-    public var contentEncoding: String?
-    /// Application properties (string values; others are rendered as text).
-    public var properties: [String: String]
-    public var body: [UInt8]
-    /// Absolute expiry, ms since the epoch; nil = none.
-    public var expiryMilliseconds: Int64?
-    /// How many times the hub has delivered it (from `iothub-deliverycount`), 0 when absent.
-    public var deliveryCount: Int
-
-    public init(deviceID: String, messageID: String? = nil, correlationID: String? = nil, contentType: String? = nil,
-                contentEncoding: String? = nil, properties: [String: String] = [:], body: [UInt8],
-                expiryMilliseconds: Int64? = nil, deliveryCount: Int = 0) {
-        self.deviceID = deviceID
-        self.messageID = messageID
-        self.correlationID = correlationID
-        self.contentType = contentType
-        self.contentEncoding = contentEncoding
-        self.properties = properties
-        self.body = body
-        self.expiryMilliseconds = expiryMilliseconds
-        self.deliveryCount = deliveryCount
-    }
-}
-
-/// What the adapter made of a C2D message (contract 4). The hub turns these into feedback: complete → Success,
-/// reject → Rejected, abandon → redelivery (until its delivery count runs out).
-public enum C2DOutcome: Sendable, Equatable {
-    /// Carried out (or durably kept for later).
-    case complete
-    /// Permanent failure: unknown point, bad payload.
-    case reject(String)
-    /// Transient failure: the hub redelivers it.
-    case abandon(String)
-}
-
-/// Routes C2D messages to the adapter that owns the leaf. Called off the reactor thread; must answer within the
-/// uplink's C2D deadline, or the message is abandoned.
-public protocol C2DRouter: Sendable {
-    func deliver(_ message: C2DMessage) async -> C2DOutcome
-}
-
 /// Remembers C2D message ids per leaf so a redelivery (after a reconnect, or a lost disposition) is settled with
 /// the first outcome instead of running the command twice. Bounded: the oldest ids are forgotten first.
 struct C2DDedupe {

@@ -1,0 +1,61 @@
+import FieldgateCore
+import IoTHub
+import Logging
+import ProtonAMQP
+
+extension Shard {
+    // MARK: telemetry
+
+    /// Sends the leaf's pending messages while it has credit, is not paused and the D2C rate allows.
+    func flush(_ leaf: LeafRuntime) {
+        guard leaf.pendingCount > 0, leaf.attachedLinks.contains(.telemetry), let link = leaf.links[.telemetry],
+              leaf.machine.canSend(nowMs: engine.nowMs())
+        else { return }
+        var credit = link.credit
+        let limit = leaf.machine.inFlightLimit(engine.configuration.maxInFlightPerLeaf)
+        while credit > 0, leaf.pendingCount > 0, leaf.unsettled < limit, engine.takeSendPermit() {
+            let m = leaf.popPending()!
+            let d = link.send(m.bytes, tag: nextDeliveryTag())
+            unsettled[d.id] = (leaf.deviceID, m.sequences)
+            leaf.unsettled += 1
+            leaf.counters.sent += 1
+            credit -= 1
+        }
+    }
+
+    func telemetryOutcome(_ delivery: AMQPDelivery) {
+        guard let entry = unsettled[delivery.id] else { return }
+        let outcome = delivery.remoteOutcome ?? (delivery.isRemotelySettled ? .accepted : nil)
+        guard let outcome else { return }
+        unsettled[delivery.id] = nil
+        delivery.settle()
+        guard let leaf = leaves[entry.leaf] else { return }
+        leaf.unsettled -= 1
+        let nowMs = engine.nowMs()
+        switch outcome {
+        case .accepted:
+            leaf.counters.acceptedRecords += entry.sequences.count
+            leaf.machine.delivered()
+            engine.acknowledge(entry.sequences)
+        case .rejected(let condition):
+            switch condition?.name {
+            case IoTHubAMQP.throttled?, IoTHubAMQP.resourceLimitExceeded?:
+                leaf.counters.throttled += 1
+                leaf.machine.throttled(description: condition?.description ?? "", nowMs: nowMs, random: engine.random())
+                // Everything the leaf holds goes back, so the spool resends it in order after the pause.
+                engine.release(entry.sequences + leaf.takePending(), fromShard: index)
+            case IoTHubAMQP.unauthorizedAccess?:
+                // "Token Invalid.": the links are about to go; resend after re-authentication.
+                engine.release(entry.sequences + leaf.takePending(), fromShard: index)
+            default:
+                leaf.counters.rejectedRecords += entry.sequences.count
+                logger.warning("uplink[\(index)]: \(entry.leaf): the hub rejected a message for good (\(condition?.name ?? "no condition") \(condition?.description ?? "")); it goes to the dead-letter file")
+                engine.deadLetter(entry.sequences)
+            }
+        case .released, .modified:
+            engine.release(entry.sequences + leaf.takePending(), fromShard: index)
+        }
+        flush(leaf)
+        engine.kickPump()
+    }
+}

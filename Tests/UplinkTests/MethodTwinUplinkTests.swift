@@ -1,0 +1,144 @@
+import FieldgateCore
+import HubEmulator
+import HubServiceClient
+import HubTestSupport
+import IoTHub
+import Spool
+import Synchronization
+import Testing
+import Uplink
+
+/// A stand-in adapter with named points: `read`, `write`, `ping`, a slow method, desired properties.
+final class PointAdapter: LeafRouter {
+    let points = Mutex<[String: JSONValue]>(["setpoint": 20.5, "mode": "auto"])
+    let desiredSeen = Mutex<[(String, Int64, JSONValue)]>([])
+
+    func cloudToDevice(_ message: C2DMessage) async -> C2DOutcome { .complete }
+
+    func invoke(_ call: MethodCall) async -> MethodResponse? {
+        switch call.name {
+        case "ping":
+            return MethodResponse(status: 200, payload: ["pong": true])
+        case "read":
+            guard let names = call.payload["points"]?.arrayValue?.compactMap(\.stringValue) else {
+                return .error(400, "read needs {\"points\": [names]}")
+            }
+            let values = points.withLock { p in names.compactMap { n in p[n].map { (n, $0) } } }
+            return MethodResponse(status: 200, payload: .object(Dictionary(uniqueKeysWithValues: values)))
+        case "write":
+            guard case .object(let values)? = call.payload["values"] else { return .error(400, "write needs {\"values\": {…}}") }
+            if case .string? = values["setpoint"] { return .error(400, "setpoint must be a number") }
+            points.withLock { p in for (k, v) in values { p[k] = v } }
+            return MethodResponse(status: 200, payload: ["written": .int(Int64(values.count))])
+        case "slow":
+            try? await Task.sleep(for: .seconds(5))
+            return MethodResponse(status: 200, payload: .null)
+        default:
+            return nil
+        }
+    }
+
+    func desiredProperties(_ desired: JSONValue, version: Int64, deviceID: String) async -> JSONValue? {
+        desiredSeen.withLock { $0.append((deviceID, version, desired)) }
+        return ["config": ["appliedVersion": .int(version), "pollSeconds": desired["pollSeconds"] ?? .null]]
+    }
+}
+
+@Suite("Uplink methods and twins")
+struct MethodTwinUplinkTests {
+    private func invoke(_ hub: TestHub, _ device: String, _ name: String, _ payload: JSONValue) async throws -> (Int, JSONValue?) {
+        let r = try await HubServiceClient(host: "127.0.0.1", port: hub.running.httpPort, authorization: nil)
+            .request("POST", "/twins/\(device)/methods", body: ["methodName": .string(name), "payload": payload, "responseTimeoutInSeconds": 10])
+        return (r.json?["status"]?.intValue.map(Int.init) ?? -r.status, r.json?["payload"])
+    }
+
+    /// Issue 5 test 7: `write` lands on the device, `read` returns typed values, unknown → 404, bad payload → 400,
+    /// a slow device → 504 inside the local deadline.
+    @Test func leafMethods() async throws {
+        try await withHub { hub in
+            let leaves = try await createLeaves(hub, count: 2)
+            let adapter = PointAdapter()
+            let h = try UplinkHarness(hub: hub, leaves: leaves, router: adapter) { $0.methodDeadlineMilliseconds = 500 }
+            h.uplink.start()
+            try await eventually(10, "ready") { await h.uplink.status().count(.ready) == 2 }
+            #expect(try await invoke(hub, "leaf-0", "ping", .null) == (200, ["pong": true]))
+            #expect(try await invoke(hub, "leaf-0", "write", ["values": ["setpoint": 22.5, "mode": "manual"]]) == (200, ["written": 2]))
+            #expect(adapter.points.withLock { $0["setpoint"] } == 22.5)
+            #expect(try await invoke(hub, "leaf-1", "read", ["points": ["setpoint", "mode"]]) == (200, ["setpoint": 22.5, "mode": "manual"]))
+            #expect(try await invoke(hub, "leaf-0", "write", ["values": ["setpoint": "hot"]]).0 == 400)
+            let unknown = try await invoke(hub, "leaf-0", "selfDestruct", .null)
+            #expect(unknown.0 == 404 && unknown.1?["error"]?.stringValue?.contains("selfDestruct") == true)
+            let started = ContinuousClock.now
+            #expect(try await invoke(hub, "leaf-1", "slow", .null).0 == 504)
+            #expect(ContinuousClock.now - started < .seconds(3), "answered at the local deadline, before the hub's")
+            let c = await h.uplink.status().leaves["leaf-1"]?.counters
+            #expect(c?.methodTimeouts == 1 && c?.methodCalls == 2)
+            await h.stop()
+        }
+    }
+
+    /// Issue 5 test 8: a desired change made while the gateway is disconnected is applied exactly once after the
+    /// reconnect; 100 reported updates while offline arrive as one patch.
+    @Test func twinAcrossADisconnect() async throws {
+        try await withHub { hub in
+            let leaves = try await createLeaves(hub, count: 1)
+            let adapter = PointAdapter()
+            let h = try UplinkHarness(hub: hub, leaves: leaves, router: adapter) { $0.reportedIntervalMilliseconds = 100 }
+            h.uplink.start()
+            try await eventually(10, "ready") { await h.uplink.status().count(.ready) == 1 }
+            _ = try await hub.core.perform { try $0.patchTwin("leaf-0", patch: ["properties": ["desired": ["pollSeconds": 5]]]) }
+            try await eventually(10, "desired v2 applied and reported") {
+                try await hub.core.perform { try $0.twinView("leaf-0") }["properties"]?["reported"]?["config"]?["appliedVersion"]?.intValue == 2
+            }
+            // Offline: the hub refuses connections; a desired change and 100 reported updates happen meanwhile.
+            let service = HubServiceClient(host: "127.0.0.1", port: hub.running.httpPort, authorization: nil)
+            _ = try await service.request("POST", "/faults/refuse-connections", body: ["seconds": 2])
+            _ = try await hub.core.perform { $0.dropAllConnections() }
+            try await eventually(5, "offline") { await h.uplink.status().leaves["leaf-0"]?.phase != .ready }
+            _ = try await hub.core.perform { try $0.patchTwin("leaf-0", patch: ["properties": ["desired": ["pollSeconds": 60]]]) }
+            let reportedBefore = try await hub.core.perform { try $0.twinView("leaf-0") }["properties"]?["reported"]?["$version"]?.intValue ?? 0
+            for i in 1...100 { try await h.uplink.report(["counter": .int(Int64(i)), "state": .string("offline-\(i)")], for: "leaf-0") }
+            try await eventually(15, "back, desired v3 applied, the counter reported") {
+                let reported = try await hub.core.perform { try $0.twinView("leaf-0") }["properties"]?["reported"]
+                return reported?["counter"]?.intValue == 100 && reported?["config"]?["appliedVersion"]?.intValue == 3
+            }
+            let reported = try await hub.core.perform { try $0.twinView("leaf-0") }["properties"]?["reported"]
+            #expect(reported?["state"]?.stringValue == "offline-100")
+            // One patch for the 100 updates, one for the applied desired version 3.
+            #expect((reported?["$version"]?.intValue ?? 0) - reportedBefore == 2)
+            #expect(adapter.desiredSeen.withLock { $0.map(\.1) } == [1, 2, 3], "each desired version applied once")
+            await h.stop()
+        }
+    }
+
+    /// Issue 5 test 9: oversized or invalid reported patches are refused locally with a clear error, never sent.
+    @Test func invalidReportedPatchesAreRefusedLocally() async throws {
+        try await withHub { hub in
+            let leaves = try await createLeaves(hub, count: 1)
+            let h = try UplinkHarness(hub: hub, leaves: leaves, router: PointAdapter())
+            h.uplink.start()
+            try await eventually(10, "ready") { await h.uplink.status().count(.ready) == 1 }
+            let bad: [(JSONValue, String)] = [
+                (["list": [1, 2]], "array"),
+                (["a": ["b": ["c": ["d": ["e": ["f": 1]]]]]], "deep"),
+                (["big": .string(String(repeating: "x", count: 500)), "big2": .string(String(repeating: "y", count: 500))], "ok-size"),
+                (["bad.key": 1], "key"),
+            ]
+            for (patch, label) in bad where label != "ok-size" {
+                await #expect(throws: UplinkError.self, "\(label)") { try await h.uplink.report(patch, for: "leaf-0") }
+            }
+            var huge: [String: JSONValue] = [:]
+            for i in 0..<20 { huge["k\(i)"] = .string(String(repeating: "z", count: 500)) }
+            do throws(UplinkError) {
+                try await h.uplink.report(.object(huge), for: "leaf-0")
+                Issue.record("a 10 KB patch was accepted")
+            } catch {
+                #expect(error.message.contains("8192"), "clear error: \(error.message)")
+            }
+            try await Task.sleep(for: .milliseconds(300))
+            let reported = try await hub.core.perform { try $0.twinView("leaf-0") }["properties"]?["reported"]
+            #expect(reported?["k0"] == nil && reported?["list"] == nil, "nothing was sent")
+            await h.stop()
+        }
+    }
+}

@@ -64,6 +64,12 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // Composition: the gateway's own identity, routing to adapters (the daemon grows here).
+        .target(
+            name: "Gateway",
+            dependencies: ["Uplink", "Spool", "FieldgateCore", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strictSettings
+        ),
         .target(
             name: "HubEmulator",
             dependencies: [
@@ -126,7 +132,7 @@ let package = Package(
         .testTarget(name: "SpoolTests", dependencies: ["Spool"], swiftSettings: strictSettings),
         .testTarget(
             name: "UplinkTests",
-            dependencies: ["Uplink", "HubTestSupport", "HubEmulator", "HubServiceClient", "Spool", "ProtonAMQP", "IoTHub", "FieldgateCore"],
+            dependencies: ["Uplink", "Gateway", "HubTestSupport", "HubEmulator", "HubServiceClient", "Spool", "ProtonAMQP", "IoTHub", "FieldgateCore"],
             swiftSettings: strictSettings
         ),
         .testTarget(

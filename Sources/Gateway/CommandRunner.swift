@@ -1,0 +1,45 @@
+import Dispatch
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Runs an external command (reboot, restart) and waits for it off the cooperative pool.
+public struct CommandRunner: Sendable {
+    public enum Failure: Error, Sendable, CustomStringConvertible {
+        case spawn(String, errno: Int32)
+        case exit(String, status: Int32)
+        public var description: String {
+            switch self {
+            case .spawn(let c, let e): "cannot start \(c): errno \(e)"
+            case .exit(let c, let s): "\(c) exited with status \(s)"
+            }
+        }
+    }
+
+    public init() {}
+
+    /// Runs `argv` (searched on PATH) and returns when it exits; throws unless it exited with 0.
+    public func run(_ argv: [String]) async throws(Failure) {
+        let result: Result<Void, Failure> = await withCheckedContinuation { cont in
+            DispatchQueue.global().async {
+                cont.resume(returning: Self.spawnAndWait(argv))
+            }
+        }
+        try result.get()
+    }
+
+    private static func spawnAndWait(_ argv: [String]) -> Result<Void, Failure> {
+        guard let command = argv.first else { return .failure(.spawn("(empty command)", errno: EINVAL)) }
+        var pid: pid_t = 0
+        let cArgs = argv.map { strdup($0) } + [nil]
+        defer { for a in cArgs { free(a) } }
+        let rc = posix_spawnp(&pid, command, nil, nil, cArgs, environ)
+        guard rc == 0 else { return .failure(.spawn(command, errno: rc)) }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let exited = status & 0x7f == 0
+        let code = (status >> 8) & 0xff
+        return exited && code == 0 ? .success(()) : .failure(.exit(argv.joined(separator: " "), status: exited ? code : 128 + (status & 0x7f)))
+    }
+}

@@ -1,0 +1,150 @@
+import FieldgateCore
+import Logging
+import Spool
+import Synchronization
+import Uplink
+
+/// The gateway as a device of its own (issue 5): it reports its health in its twin and answers `reboot`
+/// (seed 004), `restart` and `status`.
+public final class GatewayIdentity: LeafRouter {
+    public struct Configuration: Sendable {
+        public var deviceID: String
+        public var version: String
+        /// Run by `reboot` after the twin is updated and the spool flushed. Default: `systemctl reboot`.
+        public var rebootCommand = ["systemctl", "reboot"]
+        /// Run by `restart`. Default: `systemctl restart fieldgate`.
+        public var restartCommand = ["systemctl", "restart", "fieldgate"]
+        /// Health is reported at most this often (and when the leaf states change). Default: 60 s.
+        public var healthIntervalMilliseconds: Int64 = 60_000
+
+        public init(deviceID: String, version: String) {
+            self.deviceID = deviceID
+            self.version = version
+        }
+    }
+
+    public let configuration: Configuration
+    private let spool: Spool
+    private let logger: Logger
+    private let runner = CommandRunner()
+    private let startedAtMs = WallClock.nowMilliseconds()
+    private let state = Mutex<(uplink: Uplink?, lastHealth: JSONValue?, lastHealthMs: Int64)>((nil, nil, 0))
+
+    public init(configuration: Configuration, spool: Spool, logger: Logger = Logger(label: "fieldgate.gateway")) {
+        self.configuration = configuration
+        self.spool = spool
+        self.logger = logger
+    }
+
+    /// The uplink exists only after its router: connect the two here.
+    public func attach(_ uplink: Uplink) { state.withLock { $0.uplink = uplink } }
+    private var uplink: Uplink? { state.withLock { $0.uplink } }
+
+    public func cloudToDevice(_ message: C2DMessage) async -> C2DOutcome {
+        .reject("the gateway identity takes no cloud-to-device messages")
+    }
+
+    public func invoke(_ call: MethodCall) async -> MethodResponse? {
+        switch call.name {
+        case "reboot":
+            // Seed 004: answer first, then record lastReboot, wait for the hub to take it, flush, reboot.
+            Task { await reboot() }
+            return MethodResponse(status: 200, payload: "Reboot started")
+        case "restart":
+            Task { await runAfterAnswer(configuration.restartCommand, what: "restart") }
+            return MethodResponse(status: 200, payload: "Restart started")
+        case "status":
+            return MethodResponse(status: 200, payload: await health())
+        default:
+            return nil
+        }
+    }
+
+    private func reboot() async {
+        let lastReboot = WallClock.iso8601Now()
+        do throws(UplinkError) {
+            try await uplink?.reportAndWait(["iothubDM": ["reboot": ["lastReboot": .string(lastReboot)]]], for: configuration.deviceID)
+        } catch {
+            logger.error("reboot: lastReboot could not be reported (\(error)); rebooting anyway")
+        }
+        await runAfterAnswer(configuration.rebootCommand, what: "reboot")
+    }
+
+    private func runAfterAnswer(_ command: [String], what: String) async {
+        try? await Task.sleep(for: .milliseconds(100))  // let the method answer go out first
+        do throws(SpoolError) { try spool.sync() } catch { logger.error("\(what): spool flush failed: \(error)") }
+        logger.notice("\(what): running \(command.joined(separator: " "))")
+        do throws(CommandRunner.Failure) { try await runner.run(command) } catch {
+            logger.error("\(what): \(error)")
+        }
+    }
+
+    /// Version, uptime, spool figures, drops, leaves by state and connections: the gateway's reported health and
+    /// the `status` method's answer.
+    public func health() async -> JSONValue {
+        let stats = spool.statistics()
+        let status = await uplink?.status() ?? UplinkStatus()
+        var byPhase: [String: JSONValue] = [:]
+        for leaf in status.leaves.values { byPhase[leaf.phase.rawValue, default: 0] = .int((byPhase[leaf.phase.rawValue]?.intValue ?? 0) + 1) }
+        var drops: [String: JSONValue] = [:]
+        for (reason, perLeaf) in stats.dropped { drops[reason.rawValue] = .int(Int64(perLeaf.values.reduce(0, +))) }
+        let connections: [String: JSONValue] = Dictionary(uniqueKeysWithValues: status.connections.map {
+            ("c\($0.index)", ["state": .string($0.state), "opens": .int(Int64($0.opens)), "lastError": $0.lastError.map(JSONValue.string) ?? .null])
+        })
+        return [
+            "version": .string(configuration.version),
+            "uptimeSeconds": .int((WallClock.nowMilliseconds() - startedAtMs) / 1000),
+            "spool": ["depth": .int(Int64(stats.depth)), "bytes": .int(Int64(stats.bytes)),
+                      "oldestAgeSeconds": stats.oldestAgeMilliseconds.map { .int($0 / 1000) } ?? .null],
+            "drops": .object(drops),
+            "leaves": .object(byPhase),
+            "connections": .object(connections),
+        ]
+    }
+
+    /// Reports health when the leaf states changed or the interval passed. Call periodically (the daemon's loop).
+    public func reportHealthIfDue() async {
+        var h = await health()
+        let now = WallClock.nowMilliseconds()
+        let due = state.withLock { s -> Bool in
+            let changed = s.lastHealth?["leaves"] != h["leaves"] || s.lastHealth?["connections"] != h["connections"]
+            return changed || now - s.lastHealthMs >= configuration.healthIntervalMilliseconds
+        }
+        guard due, let uplink else { return }
+        // Twin values cannot be arrays and keys cannot hold '$' or '.'; `health` obeys both.
+        if case .object(var o) = h { o["reportedAt"] = .string(WallClock.iso8601(milliseconds: now)); h = .object(o) }
+        do throws(UplinkError) {
+            try await uplink.report(["gateway": h], for: configuration.deviceID)
+            state.withLock { $0.lastHealth = h; $0.lastHealthMs = now }
+        } catch {
+            logger.error("gateway health not reported: \(error)")
+        }
+    }
+}
+
+/// Sends the gateway's own identity to `GatewayIdentity` and every leaf to the adapters' router.
+public struct GatewayRouter: LeafRouter {
+    public let gateway: GatewayIdentity
+    public let leaves: (any LeafRouter)?
+
+    public init(gateway: GatewayIdentity, leaves: (any LeafRouter)?) {
+        self.gateway = gateway
+        self.leaves = leaves
+    }
+
+    private func route(_ deviceID: String) -> (any LeafRouter)? {
+        deviceID == gateway.configuration.deviceID ? gateway : leaves
+    }
+
+    public func cloudToDevice(_ message: C2DMessage) async -> C2DOutcome {
+        await route(message.deviceID)?.cloudToDevice(message) ?? .reject("no adapter owns \(message.deviceID)")
+    }
+
+    public func invoke(_ call: MethodCall) async -> MethodResponse? {
+        await route(call.deviceID)?.invoke(call)
+    }
+
+    public func desiredProperties(_ desired: JSONValue, version: Int64, deviceID: String) async -> JSONValue? {
+        await route(deviceID)?.desiredProperties(desired, version: version, deviceID: deviceID)
+    }
+}

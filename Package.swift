@@ -64,6 +64,17 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // Southbound: local UDP senders as leaves.
+        .target(
+            name: "UDPAdapter",
+            dependencies: [
+                "Uplink", "Spool", "FieldgateCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strictSettings
+        ),
         // Composition: the gateway's own identity, routing to adapters (the daemon grows here).
         .target(
             name: "Gateway",
@@ -127,6 +138,7 @@ let package = Package(
             path: "Tests/HubTestSupport",
             swiftSettings: strictSettings
         ),
+        .testTarget(name: "UDPAdapterTests", dependencies: ["UDPAdapter", "Uplink", "Spool", "FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "ProtonAMQPTests", dependencies: ["ProtonAMQP"], swiftSettings: strictSettings),
         .testTarget(name: "IoTHubTests", dependencies: ["IoTHub"], swiftSettings: strictSettings),
         .testTarget(name: "SpoolTests", dependencies: ["Spool"], swiftSettings: strictSettings),

@@ -1,0 +1,213 @@
+import Dispatch
+import FieldgateCore
+import Logging
+import ServiceLifecycle
+import Spool
+import Synchronization
+import Uplink
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Per-leaf figures of the UDP adapter.
+public struct UDPLeafStatistics: Sendable, Equatable {
+    public var readings = 0
+    public var rejected: [DatagramRejection: Int] = [:]
+    /// Readings the spool refused (reject-new policy, full disk): back-pressure, counted, not silently lost.
+    public var spoolRefused = 0
+    public var lastSeen: String?
+}
+
+public struct UDPAdapterStatistics: Sendable, Equatable {
+    public var leaves: [String: UDPLeafStatistics] = [:]
+    /// Rejections that name no known leaf (unknown sender, malformed, oversize, source not allowed).
+    public var unattributed: [DatagramRejection: Int] = [:]
+}
+
+/// Local UDP senders as leaves (issue 7, part 2): datagrams → readings in the spool; C2D and methods → a datagram
+/// to the leaf's configured or last-seen address, answered by the leaf's `reply` datagram. A datagram is never
+/// attributed to a leaf its source may not speak for. The socket is served by a thread of its own.
+public final class UDPAdapter: LeafRouter, Service, Sendable {
+    public let configuration: UDPAdapterConfiguration
+    public var port: Int { socket.port }
+    private let socket: UDPSocket
+    private let spool: Spool
+    private let onAppended: @Sendable () -> Void
+    private let logger: Logger
+    private let stopped = Atomic<Bool>(false)
+    private let stats = Mutex(UDPAdapterStatistics())
+    private let lastAddress = Mutex<[String: (ip: String, port: Int)]>([:])
+    private let waiters = Mutex<[String: CheckedContinuation<(Int, JSONValue)?, Never>]>([:])
+    private let lastLog = Mutex<[DatagramRejection: Int64]>([:])
+    private let finished = Mutex<CheckedContinuation<Void, Never>?>(nil)
+    private let loopDone = Atomic<Bool>(false)
+
+    public init(configuration: UDPAdapterConfiguration, spool: Spool, onAppended: @escaping @Sendable () -> Void = {},
+                logger: Logger = Logger(label: "fieldgate.udp")) throws(UDPAdapterError) {
+        self.configuration = configuration
+        self.spool = spool
+        self.onAppended = onAppended
+        self.logger = logger
+        self.socket = try UDPSocket(bindAddress: configuration.bindAddress, port: configuration.port)
+    }
+
+    /// Starts the receive thread.
+    public func start() {
+        let thread = DispatchQueue(label: "fieldgate.udp.\(configuration.port)")
+        thread.async { [self] in
+            receiveLoop()
+            loopDone.store(true, ordering: .releasing)
+            finished.withLock { $0?.resume(); $0 = nil }
+        }
+    }
+
+    /// Stops the receive thread (within ~200 ms) and fails pending commands.
+    public func stop() async {
+        stopped.store(true, ordering: .releasing)
+        if !loopDone.load(ordering: .acquiring) {
+            await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
+                let resumeNow = finished.withLock { f -> Bool in
+                    if loopDone.load(ordering: .acquiring) { return true }
+                    f = cont
+                    return false
+                }
+                if resumeNow { cont.resume() }
+            }
+        }
+        for w in waiters.withLock({ w in defer { w = [:] }; return Array(w.values) }) { w.resume(returning: nil) }
+    }
+
+    public func run() async throws {
+        start()
+        try? await gracefulShutdown()
+        await stop()
+    }
+
+    public func statistics() -> UDPAdapterStatistics { stats.withLock { $0 } }
+
+    // MARK: receiving
+
+    private func receiveLoop() {
+        var decoder = DatagramDecoder(configuration: configuration)
+        var buffer = [UInt8](repeating: 0, count: configuration.maxDatagramBytes + 1)
+        while !stopped.load(ordering: .acquiring) {
+            guard let first = socket.receive(into: &buffer, timeoutMs: 200) else { continue }
+            var entries: [Spool.Entry] = []
+            var readingsByLeaf: [String: Int] = [:]
+            var rejections: [(DatagramRejection, String?)] = []
+            var seen: [String: (String, Int)] = [:]
+            var next: (count: Int, ip: String, port: Int)? = first
+            var taken = 0
+            // Drain what is queued (up to a batch) so one spool append carries many readings.
+            while let d = next {
+                taken += 1
+                let bytes = d.count > configuration.maxDatagramBytes ? [UInt8](repeating: 0, count: d.count) : Array(buffer[0..<d.count])
+                switch decoder.decode(bytes, sourceIP: d.ip, sourcePort: d.port, nowMs: WallClock.nowMilliseconds()) {
+                case .success(.reading(let leaf, let acquired, let envelope)):
+                    entries.append(Spool.Entry(leaf: leaf, acquiredAtMs: acquired, payload: envelope.encoded()))
+                    readingsByLeaf[leaf, default: 0] += 1
+                    seen[leaf] = (d.ip, d.port)
+                case .success(.reply(let leaf, let id, let status, let payload)):
+                    seen[leaf] = (d.ip, d.port)
+                    waiters.withLock { $0.removeValue(forKey: "\(leaf)/\(id)") }?.resume(returning: (status, payload))
+                case .failure(let r):
+                    rejections.append((r.reason, r.leaf))
+                }
+                next = taken < 512 ? socket.receiveNow(into: &buffer) : nil
+            }
+            var refused = false
+            if !entries.isEmpty {
+                do throws(SpoolError) {
+                    _ = try spool.append(entries)
+                } catch {
+                    refused = true
+                    logRateLimited(.malformed, "UDP readings refused by the spool (\(error)); counted per leaf")
+                }
+                onAppended()
+            }
+            lastAddress.withLock { a in for (leaf, addr) in seen { a[leaf] = addr } }
+            stats.withLock { s in
+                for (leaf, n) in readingsByLeaf {
+                    if refused { s.leaves[leaf, default: .init()].spoolRefused += n } else { s.leaves[leaf, default: .init()].readings += n }
+                }
+                for (leaf, addr) in seen { s.leaves[leaf, default: .init()].lastSeen = "\(addr.0):\(addr.1)" }
+                for (reason, leaf) in rejections {
+                    if let leaf { s.leaves[leaf, default: .init()].rejected[reason, default: 0] += 1 } else { s.unattributed[reason, default: 0] += 1 }
+                }
+            }
+            for (reason, leaf) in rejections { logRateLimited(reason, "UDP datagram rejected: \(reason.rawValue)\(leaf.map { " (leaf \($0))" } ?? "")") }
+        }
+    }
+
+    /// At most one log line per reason per 10 s: hostile input must not flood the journal.
+    private func logRateLimited(_ reason: DatagramRejection, _ message: @autoclosure () -> String) {
+        let now = WallClock.nowMilliseconds()
+        let go = lastLog.withLock { l -> Bool in
+            guard now - (l[reason] ?? .min / 2) >= 10_000 else { return false }
+            l[reason] = now
+            return true
+        }
+        if go { logger.warning("\(message())") }
+    }
+
+    // MARK: commands (LeafRouter)
+
+    /// Sends `body` to the leaf and waits for its reply with `id`; nil when there is no address or no reply.
+    private func command(_ leaf: String, id: String, body: JSONValue, timeoutMs: Int64) async -> (Int, JSONValue)? {
+        let configured = configuration.leaves.first { $0.deviceID == leaf }
+        guard let address = Self.parseAddress(configured?.commandAddress) ?? lastAddress.withLock({ $0[leaf] }) else { return nil }
+        let key = "\(leaf)/\(id)"
+        var bytes = body.bytes
+        if let hmac = configured?.hmacKey { bytes = DatagramDecoder.sign(bytes, key: hmac) }
+        return await withCheckedContinuation { (cont: CheckedContinuation<(Int, JSONValue)?, Never>) in
+            waiters.withLock { $0[key] = cont }
+            if !socket.send(bytes, toIP: address.ip, port: address.port) {
+                waiters.withLock { $0.removeValue(forKey: key) }?.resume(returning: nil)
+                return
+            }
+            Task {
+                try? await Task.sleep(for: .milliseconds(timeoutMs))
+                waiters.withLock { $0.removeValue(forKey: key) }?.resume(returning: nil)
+            }
+        }
+    }
+
+    public func cloudToDevice(_ message: C2DMessage) async -> C2DOutcome {
+        let id = message.messageID ?? "c2d-\(UInt64.random(in: 1...UInt64.max))"
+        let body: JSONValue = JSONValue.parse(message.body) ?? .string(String(decoding: message.body, as: UTF8.self))
+        let datagram: JSONValue = ["type": "c2d", "id": .string(id), "body": body,
+                                   "props": .object(message.properties.mapValues(JSONValue.string))]
+        guard let (status, payload) = await command(message.deviceID, id: id, body: datagram, timeoutMs: configuration.replyTimeoutMilliseconds) else {
+            return .abandon("\(message.deviceID) did not acknowledge within \(configuration.replyTimeoutMilliseconds) ms (or has not been seen yet)")
+        }
+        if (200..<300).contains(status) { return .complete }
+        let why = payload.stringValue ?? payload.serialized
+        return (400..<500).contains(status) ? .reject(why) : .abandon(why)
+    }
+
+    public func invoke(_ call: MethodCall) async -> MethodResponse? {
+        let id = "m-\(UInt64.random(in: 1...UInt64.max))"
+        let datagram: JSONValue = ["type": "method", "id": .string(id), "name": .string(call.name), "payload": call.payload]
+        // Answer before the uplink's deadline so the 504 says what happened.
+        let timeout = max(0, min(configuration.replyTimeoutMilliseconds, call.deadlineMilliseconds - WallClock.nowMilliseconds() - 200))
+        guard let (status, payload) = await command(call.deviceID, id: id, body: datagram, timeoutMs: timeout) else {
+            return .error(504, "\(call.deviceID) did not answer \(call.name) within \(timeout) ms (or has not been seen yet)")
+        }
+        return MethodResponse(status: status, payload: payload)
+    }
+
+    public func desiredProperties(_ desired: JSONValue, version: Int64, deviceID: String) async -> JSONValue? {
+        let id = "d-\(version)"
+        let datagram: JSONValue = ["type": "desired", "id": .string(id), "version": .int(version), "desired": desired]
+        let answer = await command(deviceID, id: id, body: datagram, timeoutMs: configuration.replyTimeoutMilliseconds)
+        return ["udp": ["desiredVersion": .int(version), "acknowledged": .bool(answer.map { (200..<300).contains($0.0) } ?? false)]]
+    }
+
+    static func parseAddress(_ s: String?) -> (ip: String, port: Int)? {
+        guard let s, let colon = s.lastIndex(of: ":"), let port = Int(s[s.index(after: colon)...]) else { return nil }
+        var ip = String(s[..<colon])
+        if ip.hasPrefix("[") && ip.hasSuffix("]") { ip = String(ip.dropFirst().dropLast()) }
+        return (ip, port)
+    }
+}

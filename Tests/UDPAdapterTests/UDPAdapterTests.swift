@@ -1,0 +1,183 @@
+import FieldgateCore
+import Spool
+import Synchronization
+import Dispatch
+import Testing
+@testable import UDPAdapter
+import Uplink
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+@Suite("UDP datagram decoding (no sockets)")
+struct DatagramDecoderTests {
+    let key = Array("0123456789abcdef0123456789abcdef".utf8)
+
+    private func decoder() -> DatagramDecoder {
+        var config = UDPAdapterConfiguration(port: 0, leaves: [
+            UDPLeaf(deviceID: "meter-1"),
+            UDPLeaf(deviceID: "meter-2", allowedSources: ["10.0.0.2"]),
+            UDPLeaf(deviceID: "scale", mappedSource: "10.0.0.9"),
+            UDPLeaf(deviceID: "secure", hmacKey: key),
+        ])
+        config.maxDatagramBytes = 512
+        return DatagramDecoder(configuration: config)
+    }
+
+    private func reject(_ d: inout DatagramDecoder, _ text: String, ip: String = "10.0.0.1", now: Int64 = 1_700_000_000_000) -> DatagramRejection? {
+        if case .failure(let r) = d.decode(Array(text.utf8), sourceIP: ip, sourcePort: 4000, nowMs: now) { return r.reason }
+        return nil
+    }
+
+    @Test func jsonReadings() throws {
+        var d = decoder()
+        let r = d.decode(Array(#"{"device":"meter-1","ts":1700000000123,"values":{"kwh":12.5},"props":{"unit":"kWh"}}"#.utf8),
+                         sourceIP: "10.0.0.1", sourcePort: 4000, nowMs: 5)
+        guard case .success(.reading(let leaf, let ts, let envelope)) = r else { Issue.record("\(r)"); return }
+        #expect(leaf == "meter-1" && ts == 1_700_000_000_123)
+        #expect(JSONValue.parse(envelope.body) == ["kwh": 12.5])
+        #expect(envelope.properties == ["unit": "kWh"] && envelope.contentType == "application/json")
+        // No ts: the receive time; ISO 8601 ts accepted.
+        if case .success(.reading(_, let t, _)) = d.decode(Array(#"{"device":"meter-1","values":{}}"#.utf8), sourceIP: "10.0.0.1", sourcePort: 1, nowMs: 42) {
+            #expect(t == 42)
+        } else { Issue.record("no ts") }
+        if case .success(.reading(_, let t, _)) = d.decode(Array(#"{"device":"meter-1","ts":"2026-11-21T10:00:00.000Z","values":{}}"#.utf8), sourceIP: "10.0.0.1", sourcePort: 1, nowMs: 0) {
+            #expect(t == WallClock.parseISO8601("2026-11-21T10:00:00.000Z"))
+        } else { Issue.record("iso ts") }
+    }
+
+    @Test func mappedSourcesOwnTheirLeaf() {
+        var d = decoder()
+        guard case .success(.reading(let leaf, _, let e)) = d.decode(Array("W:+0012.50kg".utf8), sourceIP: "10.0.0.9", sourcePort: 7, nowMs: 0) else {
+            Issue.record("mapped raw"); return
+        }
+        #expect(leaf == "scale" && e.body == Array("W:+0012.50kg".utf8) && e.contentType == "application/octet-stream")
+        #expect(reject(&d, #"{"device":"meter-1","values":{}}"#, ip: "10.0.0.9") == .notAllowedForLeaf, "a mapped source cannot speak for another leaf")
+    }
+
+    @Test func hostileInputIsRejectedByReason() {
+        var d = decoder()
+        #expect(reject(&d, String(repeating: "x", count: 600)) == .oversize)
+        #expect(reject(&d, "{not json") == .malformed)
+        #expect(reject(&d, #"{"values":{}}"#) == .malformed)
+        #expect(reject(&d, #"{"device":"meter-1"}"#) == .malformed, "no values")
+        #expect(reject(&d, #"{"device":"meter-1","values":{},"props":{"n":1}}"#) == .malformed, "props are strings")
+        #expect(reject(&d, #"{"device":"ghost","values":{}}"#) == .unknownLeaf)
+        #expect(reject(&d, #"{"device":"meter-2","values":{}}"#, ip: "10.0.0.66") == .notAllowedForLeaf, "spoofed source")
+        #expect(reject(&d, #"{"device":"meter-2","values":{}}"#, ip: "10.0.0.2") == nil)
+    }
+
+    @Test func hmacSignatureTimestampAndReplay() {
+        var d = decoder()
+        let now: Int64 = 1_700_000_000_000
+        let body = Array(#"{"device":"secure","ts":1700000000000,"values":{"v":1}}"#.utf8)
+        let signed = DatagramDecoder.sign(body, key: key)
+        #expect(reject(&d, String(decoding: body, as: UTF8.self), now: now) == .badSignature, "unsigned")
+        #expect(reject(&d, String(decoding: DatagramDecoder.sign(body, key: Array("wrong-key".utf8)), as: UTF8.self), now: now) == .badSignature)
+        #expect(reject(&d, String(decoding: signed, as: UTF8.self), now: now + 31_000) == .staleTimestamp)
+        #expect(reject(&d, String(decoding: signed, as: UTF8.self), now: now) == nil)
+        #expect(reject(&d, String(decoding: signed, as: UTF8.self), now: now) == .replay)
+    }
+}
+
+/// Answers commands like a UDP leaf device would.
+final class FakeUDPLeaf: Sendable {
+    let socket: UDPSocket
+    let received = Mutex<[JSONValue]>([])
+    let stop = Atomic<Bool>(false)
+
+    init() throws { socket = try UDPSocket(bindAddress: "127.0.0.1", port: 0) }
+
+    func send(_ text: String, to port: Int) { socket.send(Array(text.utf8), toIP: "127.0.0.1", port: port) }
+
+    /// Replies to every command with `status` (nil: stay silent).
+    func serve(replyingTo adapterPort: Int, status: Int?) {
+        DispatchQueue(label: "fake-leaf").async { [self] in
+            var buffer = [UInt8](repeating: 0, count: 8192)
+            while !stop.load(ordering: .relaxed) {
+                guard let d = socket.receive(into: &buffer, timeoutMs: 100), let json = JSONValue.parse(Array(buffer[0..<d.count])) else { continue }
+                received.withLock { $0.append(json) }
+                guard let status, let id = json["id"]?.stringValue else { continue }
+                let payload: JSONValue = json["type"] == "method" ? ["echo": json["payload"] ?? .null] : .null
+                let reply: JSONValue = ["device": "meter-1", "type": "reply", "id": .string(id), "status": .int(Int64(status)), "payload": payload]
+                socket.send(reply.bytes, toIP: "127.0.0.1", port: adapterPort)
+            }
+        }
+    }
+}
+
+@Suite("UDP adapter over real sockets")
+struct UDPAdapterSocketTests {
+    private func withAdapter(_ leaves: [UDPLeaf], _ body: (UDPAdapter, Spool) async throws -> Void) async throws {
+        let dir = FileManager.default.temporaryDirectory.path + "/fieldgate-udp-" + String(UInt64.random(in: 1...UInt64.max))
+        var sc = SpoolConfiguration(directory: dir)
+        sc.sync = .interval(milliseconds: 50)
+        let spool = try Spool(configuration: sc)
+        var config = UDPAdapterConfiguration(port: 0, leaves: leaves)
+        config.bindAddress = "127.0.0.1"
+        config.replyTimeoutMilliseconds = 500
+        let adapter = try UDPAdapter(configuration: config, spool: spool)
+        adapter.start()
+        do { try await body(adapter, spool) } catch {
+            await adapter.stop(); spool.close(); try? FileManager.default.removeItem(atPath: dir); throw error
+        }
+        await adapter.stop()
+        spool.close()
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+
+    private func eventually(_ what: String, _ condition: () -> Bool) async throws {
+        for _ in 0..<100 { if condition() { return }; try await Task.sleep(for: .milliseconds(20)) }
+        Issue.record("timed out: \(what)")
+    }
+
+    @Test func readingsReachTheSpoolAndBadDatagramsAreCounted() async throws {
+        try await withAdapter([UDPLeaf(deviceID: "meter-1"), UDPLeaf(deviceID: "meter-2", allowedSources: ["10.9.9.9"])]) { adapter, spool in
+            let leaf = try FakeUDPLeaf()
+            for i in 0..<50 { leaf.send(#"{"device":"meter-1","values":{"i":\#(i)}}"#, to: adapter.port) }
+            leaf.send("garbage", to: adapter.port)
+            leaf.send(#"{"device":"meter-2","values":{}}"#, to: adapter.port)  // not from its allowed source
+            leaf.send(String(repeating: "z", count: 5000), to: adapter.port)
+            try await eventually("50 readings and 3 rejections") {
+                let s = adapter.statistics()
+                return s.leaves["meter-1"]?.readings == 50 && s.unattributed.values.reduce(0, +) == 2 && s.leaves["meter-2"]?.rejected[.notAllowedForLeaf] == 1
+            }
+            let s = adapter.statistics()
+            #expect(s.unattributed == [.malformed: 1, .oversize: 1])
+            let records = try spool.next(max: 100)
+            #expect(records.count == 50 && records.allSatisfy { $0.leaf == "meter-1" })
+            let numbers = records.compactMap { TelemetryEnvelope(decoding: $0.payload).flatMap { JSONValue.parse($0.body)?["i"]?.intValue } }
+            #expect(numbers == (0..<50).map(Int64.init), "in order")
+        }
+    }
+
+    @Test func commandsReachTheSenderAndItsRepliesCount() async throws {
+        try await withAdapter([UDPLeaf(deviceID: "meter-1")]) { adapter, _ in
+            let leaf = try FakeUDPLeaf()
+            // Unknown address before the leaf has sent anything: abandoned, not lost.
+            let early = await adapter.cloudToDevice(C2DMessage(deviceID: "meter-1", messageID: "c0", body: Array("{}".utf8)))
+            guard case .abandon = early else { Issue.record("\(early)"); return }
+            leaf.send(#"{"device":"meter-1","values":{}}"#, to: adapter.port)
+            try await eventually("seen") { adapter.statistics().leaves["meter-1"]?.lastSeen != nil }
+            leaf.serve(replyingTo: adapter.port, status: 200)
+            defer { leaf.stop.store(true, ordering: .relaxed) }
+            let outcome = await adapter.cloudToDevice(C2DMessage(deviceID: "meter-1", messageID: "c1", properties: ["k": "v"], body: Array(#"{"set":21}"#.utf8)))
+            #expect(outcome == .complete)
+            let response = await adapter.invoke(MethodCall(deviceID: "meter-1", name: "write", payload: ["x": 1], deadlineMilliseconds: WallClock.nowMilliseconds() + 5000))
+            #expect(response == MethodResponse(status: 200, payload: ["echo": ["x": 1]]))
+            let got = leaf.received.withLock { $0 }
+            #expect(got.first?["type"] == "c2d" && got.first?["body"] == ["set": 21] && got.first?["props"] == ["k": "v"])
+            #expect(got.last?["type"] == "method" && got.last?["name"] == "write")
+        }
+    }
+
+    @Test func silentLeafTimesOut() async throws {
+        try await withAdapter([UDPLeaf(deviceID: "meter-1", commandAddress: "127.0.0.1:9")]) { adapter, _ in
+            let r = await adapter.invoke(MethodCall(deviceID: "meter-1", name: "read", payload: .null, deadlineMilliseconds: WallClock.nowMilliseconds() + 5000))
+            #expect(r?.status == 504)
+        }
+    }
+}

@@ -11,6 +11,7 @@ let package = Package(
     name: "fieldgate",
     platforms: [.macOS(.v15)],
     products: [
+        .executable(name: "fieldgated", targets: ["fieldgated"]),
         .executable(name: "fieldgate-hub", targets: ["fieldgate-hub"]),
         .executable(name: "fieldgate-bench", targets: ["fieldgate-bench"]),
         .library(name: "Spool", targets: ["Spool"]),
@@ -25,6 +26,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         // No default traits: they pull in swift-configuration and full Foundation (~50 MB of ICU data).
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1", traits: []),
+        .package(url: "https://github.com/LebJe/TOMLKit.git", from: "0.6.0"),
     ],
     targets: [
         // C libraries. Proton has no pkgConfig: Debian's .pc has a C comment SwiftPM cannot parse (feasibility §1).
@@ -120,6 +122,22 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        .target(
+            name: "GatewayConfig",
+            dependencies: ["Uplink", "Spool", "UDPAdapter", "FieldgateCore", .product(name: "TOMLKit", package: "TOMLKit")],
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "fieldgated",
+            dependencies: [
+                "Gateway", "GatewayConfig", "Uplink", "UDPAdapter", "Spool", "FieldgateCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strictSettings
+        ),
         .executableTarget(name: "spool-harness", dependencies: ["Spool"], swiftSettings: strictSettings),
         .executableTarget(
             name: "fieldgate-bench",
@@ -139,6 +157,7 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .testTarget(name: "UDPAdapterTests", dependencies: ["UDPAdapter", "Uplink", "Spool", "FieldgateCore"], swiftSettings: strictSettings),
+        .testTarget(name: "GatewayTests", dependencies: ["GatewayConfig", "Uplink", "Spool", "UDPAdapter"], swiftSettings: strictSettings),
         .testTarget(name: "ProtonAMQPTests", dependencies: ["ProtonAMQP"], swiftSettings: strictSettings),
         .testTarget(name: "IoTHubTests", dependencies: ["IoTHub"], swiftSettings: strictSettings),
         .testTarget(name: "SpoolTests", dependencies: ["Spool"], swiftSettings: strictSettings),

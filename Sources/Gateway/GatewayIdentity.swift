@@ -84,10 +84,13 @@ public final class GatewayIdentity: LeafRouter {
     public func health() async -> JSONValue {
         let stats = spool.statistics()
         let status = await uplink?.status() ?? UplinkStatus()
+        // Every state and reason is always present (0 too): reported properties merge, so a key left out would
+        // keep its old count forever.
         var byPhase: [String: JSONValue] = [:]
-        for leaf in status.leaves.values { byPhase[leaf.phase.rawValue, default: 0] = .int((byPhase[leaf.phase.rawValue]?.intValue ?? 0) + 1) }
+        for phase in LeafPhase.allCases { byPhase[phase.rawValue] = 0 }
+        for leaf in status.leaves.values { byPhase[leaf.phase.rawValue] = .int((byPhase[leaf.phase.rawValue]?.intValue ?? 0) + 1) }
         var drops: [String: JSONValue] = [:]
-        for (reason, perLeaf) in stats.dropped { drops[reason.rawValue] = .int(Int64(perLeaf.values.reduce(0, +))) }
+        for reason in DropReason.allCases { drops[reason.rawValue] = .int(Int64(stats.dropped[reason]?.values.reduce(0, +) ?? 0)) }
         let connections: [String: JSONValue] = Dictionary(uniqueKeysWithValues: status.connections.map {
             ("c\($0.index)", ["state": .string($0.state), "opens": .int(Int64($0.opens)), "lastError": $0.lastError.map(JSONValue.string) ?? .null])
         })

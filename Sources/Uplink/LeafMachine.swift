@@ -2,7 +2,7 @@ import FieldgateCore
 import IoTHub
 
 /// Where a leaf stands on its connection (shown in its status).
-public enum LeafPhase: String, Sendable, Equatable {
+public enum LeafPhase: String, Sendable, Equatable, CaseIterable {
     /// The connection is not open.
     case offline
     /// Waiting for its turn at the attach pacer.

@@ -152,7 +152,7 @@ final class Shard: @unchecked Sendable {
             closeReason = condition.map { "hub closed the connection: \($0.name) \($0.description)" } ?? "hub closed the connection"
         case .transportClosed(let error):
             var reason = closeReason ?? error.map { "\($0.message)" } ?? "connection closed"
-            if reason.contains("SSL") {
+            if reason.contains("certificate verify failed") || reason.contains("EVP lib") || reason.contains("certificate") {
                 reason = "TLS handshake with \(engine.configuration.hostName) failed: the hub's certificate must chain to the configured CA bundle and name that host (\(reason))"
             }
             connectionGone(error: reason)

@@ -15,6 +15,7 @@ let package = Package(
         .executable(name: "fieldgate-hub", targets: ["fieldgate-hub"]),
         .executable(name: "fieldgate-bench", targets: ["fieldgate-bench"]),
         .library(name: "Spool", targets: ["Spool"]),
+        .library(name: "UDPAdapter", targets: ["UDPAdapter"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
@@ -66,6 +67,8 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // Southbound, pure: serial framing and frame decoders (shared by the serial and UDP adapters).
+        .target(name: "FrameCodecs", dependencies: ["FieldgateCore"], swiftSettings: strictSettings),
         // Southbound: local UDP senders as leaves.
         .target(
             name: "UDPAdapter",
@@ -142,7 +145,7 @@ let package = Package(
         .executableTarget(
             name: "fieldgate-bench",
             dependencies: [
-                "HubDeviceClient", "HubServiceClient", "ProtonAMQP", "IoTHub", "FieldgateCore", "Spool", "Uplink",
+                "HubDeviceClient", "HubServiceClient", "ProtonAMQP", "IoTHub", "FieldgateCore", "Spool", "Uplink", "UDPAdapter",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -157,6 +160,7 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .testTarget(name: "UDPAdapterTests", dependencies: ["UDPAdapter", "Uplink", "Spool", "FieldgateCore"], swiftSettings: strictSettings),
+        .testTarget(name: "FrameCodecsTests", dependencies: ["FrameCodecs", "FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "GatewayTests", dependencies: ["GatewayConfig", "Uplink", "Spool", "UDPAdapter"], swiftSettings: strictSettings),
         .testTarget(name: "ProtonAMQPTests", dependencies: ["ProtonAMQP"], swiftSettings: strictSettings),
         .testTarget(name: "IoTHubTests", dependencies: ["IoTHub"], swiftSettings: strictSettings),

@@ -10,5 +10,6 @@ let package = Package(
     dependencies: [.package(name: "fieldgate", path: "..")],
     targets: [
         .executableTarget(name: "spool-fuzz", dependencies: [.product(name: "Spool", package: "fieldgate")]),
+        .executableTarget(name: "udp-fuzz", dependencies: [.product(name: "UDPAdapter", package: "fieldgate")]),
     ]
 )

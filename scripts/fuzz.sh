@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Fuzzes the spool's segment and ledger decoders with libFuzzer + ASan for a bounded time (default 30 s).
-# Seeds: real segment files written by spool-harness. A crash leaves its input in Fuzz/artifacts/.
+# Fuzzes with libFuzzer + ASan, each target for a bounded time (default 30 s): the spool's segment and ledger
+# decoders (seeds: real segment files written by spool-harness) and the UDP datagram decoder (seeds: datagrams of
+# every format). A crash leaves its input in Fuzz/artifacts/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d /opt/swift/usr/bin ] && export PATH=/opt/swift/usr/bin:$PATH
 seconds=${1:-30}
 swift build --product spool-harness
 swift build --package-path Fuzz --sanitize=fuzzer --sanitize=address --product spool-fuzz
+swift build --package-path Fuzz --sanitize=fuzzer --sanitize=address --product udp-fuzz
 corpus=$(mktemp -d)
 seed=$(mktemp -d)
-trap 'rm -rf "$corpus" "$seed"' EXIT
+udp=$(mktemp -d)
+trap 'rm -rf "$corpus" "$seed" "$udp"' EXIT
 "$(swift build --show-bin-path)/spool-harness" "$seed/spool" always > /dev/null & pid=$!
 sleep 0.3; kill -9 "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
 for f in "$seed"/spool/segments/*.seg "$seed"/spool/ledger; do [ -f "$f" ] && head -c 4096 "$f" > "$corpus/$(basename "$f")"; done
@@ -17,3 +20,11 @@ mkdir -p Fuzz/artifacts
 # The Swift backtracer would swallow the crash before libFuzzer saves it (feasibility.md §7).
 SWIFT_BACKTRACE=enable=no "$(swift build --package-path Fuzz --sanitize=fuzzer --sanitize=address --show-bin-path)/spool-fuzz" \
     -max_total_time="$seconds" -max_len=8192 -artifact_prefix=Fuzz/artifacts/ "$corpus" 2>&1 | tail -n 5
+# UDP seeds: the first byte picks the source (0: any, 1: the fenced leaf's, 2: the mapped one's, 3: IPv6).
+printf '\000{"device":"open","ts":1700000000000,"values":{"t":1},"props":{"u":"C"}}' > "$udp/json"
+printf '\001{"device":"fenced","values":{"a":[1,2]}}' > "$udp/fenced"
+printf '\002W:+0012.50kg' > "$udp/mapped"
+printf '\000{"device":"open","type":"reply","id":"m-1","status":200,"payload":{"x":1}}' > "$udp/reply"
+printf '\000{"device":"signed","ts":1700000000000,"values":{}}\nsig=AAAA' > "$udp/signed"
+SWIFT_BACKTRACE=enable=no "$(swift build --package-path Fuzz --sanitize=fuzzer --sanitize=address --show-bin-path)/udp-fuzz" \
+    -max_total_time="$seconds" -max_len=2100 -artifact_prefix=Fuzz/artifacts/ "$udp" 2>&1 | tail -n 5

@@ -90,12 +90,19 @@ struct TwinSync {
         let ok = (200..<300).contains(status)
         switch request {
         case .subscribe:
-            // Without the subscription desired changes would be missed: try again (the hub answers quickly).
-            guard ok else { return phase == .detached ? [] : [send(.subscribe)] }
+            // Without the subscription desired changes would be missed: a transient failure is retried; any other
+            // leaves the leaf without desired updates until its next attach (the shard logs it).
+            guard ok else { return Self.isTransient(status) && phase != .detached ? [send(.subscribe)] : [] }
             subscribed = true
             return []
         case .get:
-            guard ok, let twinDesired = body?["desired"] else { return phase == .detached ? [] : [send(.get)] }
+            guard ok, let twinDesired = body?["desired"] else {
+                if Self.isTransient(status) && phase != .detached { return [send(.get)] }
+                // The twin cannot be read: reported patches still flow; desired waits for the next attach.
+                phase = .synced
+                getDone = true
+                return flush(nowMs: nowMs)
+            }
             getDone = true
             phase = .synced
             var actions: [Action] = []
@@ -116,7 +123,7 @@ struct TwinSync {
                 lastPatchMs = nowMs
                 return [.reportedAccepted(f.ids)] + flush(nowMs: nowMs)
             }
-            if status == 429 || status >= 500 || status == 408 {
+            if Self.isTransient(status) {
                 // Transient: fold back and retry after the interval.
                 pendingReported = pendingReported.map { TwinRules.compose(f.patch, then: $0) } ?? f.patch
                 pendingIDs = f.ids + pendingIDs
@@ -174,6 +181,9 @@ struct TwinSync {
     }
 
     var hasPendingReported: Bool { pendingReported != nil }
+
+    /// Statuses worth retrying: throttled, timeouts, server errors, and no answer at all (0).
+    static func isTransient(_ status: Int) -> Bool { status == 0 || status == 408 || status == 429 || status >= 500 }
 
     /// The document without the hub's `$version` and `$metadata`.
     private static func strippingVersion(_ v: JSONValue) -> JSONValue {

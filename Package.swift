@@ -69,6 +69,16 @@ let package = Package(
         ),
         // Southbound, pure: serial framing and frame decoders (shared by the serial and UDP adapters).
         .target(name: "FrameCodecs", dependencies: ["FieldgateCore"], swiftSettings: strictSettings),
+        // Southbound: serial ports (termios) as leaves.
+        .target(
+            name: "SerialAdapter",
+            dependencies: [
+                "FrameCodecs", "Uplink", "Spool", "FieldgateCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strictSettings
+        ),
         // Southbound: local UDP senders as leaves.
         .target(
             name: "UDPAdapter",
@@ -161,6 +171,7 @@ let package = Package(
         ),
         .testTarget(name: "UDPAdapterTests", dependencies: ["UDPAdapter", "Uplink", "Spool", "FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "FrameCodecsTests", dependencies: ["FrameCodecs", "FieldgateCore"], swiftSettings: strictSettings),
+        .testTarget(name: "SerialAdapterTests", dependencies: ["SerialAdapter", "FrameCodecs", "Uplink", "Spool", "FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "GatewayTests", dependencies: ["GatewayConfig", "Uplink", "Spool", "UDPAdapter"], swiftSettings: strictSettings),
         .testTarget(name: "ProtonAMQPTests", dependencies: ["ProtonAMQP"], swiftSettings: strictSettings),
         .testTarget(name: "IoTHubTests", dependencies: ["IoTHub"], swiftSettings: strictSettings),

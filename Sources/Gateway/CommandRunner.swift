@@ -34,7 +34,18 @@ public struct CommandRunner: Sendable {
         var pid: pid_t = 0
         let cArgs = argv.map { strdup($0) } + [nil]
         defer { for a in cArgs { free(a) } }
-        let rc = posix_spawnp(&pid, command, nil, nil, cArgs, environ)
+        // The calling thread may block signals (dispatch workers do); the command must start with none blocked and
+        // default dispositions, or it could ignore SIGTERM.
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        var empty = sigset_t(), all = sigset_t()
+        sigemptyset(&empty)
+        sigfillset(&all)
+        posix_spawnattr_setsigmask(&attr, &empty)
+        posix_spawnattr_setsigdefault(&attr, &all)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        let rc = posix_spawnp(&pid, command, nil, &attr, cArgs, environ)
         guard rc == 0 else { return .failure(.spawn(command, errno: rc)) }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}

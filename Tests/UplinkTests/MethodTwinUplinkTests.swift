@@ -92,20 +92,23 @@ struct MethodTwinUplinkTests {
             }
             // Offline: the hub refuses connections; a desired change and 100 reported updates happen meanwhile.
             let service = HubServiceClient(host: "127.0.0.1", port: hub.running.httpPort, authorization: nil)
-            _ = try await service.request("POST", "/faults/refuse-connections", body: ["seconds": 2])
+            _ = try await service.request("POST", "/faults/refuse-connections", body: ["seconds": 10])
             _ = try await hub.core.perform { $0.dropAllConnections() }
             try await eventually(5, "offline") { await h.uplink.status().leaves["leaf-0"]?.phase != .ready }
             _ = try await hub.core.perform { try $0.patchTwin("leaf-0", patch: ["properties": ["desired": ["pollSeconds": 60]]]) }
             let reportedBefore = try await hub.core.perform { try $0.twinView("leaf-0") }["properties"]?["reported"]?["$version"]?.intValue ?? 0
             for i in 1...100 { try await h.uplink.report(["counter": .int(Int64(i)), "state": .string("offline-\(i)")], for: "leaf-0") }
-            try await eventually(15, "back, desired v3 applied, the counter reported") {
+            let stillOffline = await h.uplink.status().leaves["leaf-0"]?.phase != .ready
+            try #require(stillOffline, "the 100 updates must all happen while offline for this test to mean anything")
+            try await eventually(30, "back, desired v3 applied, the counter reported") {
                 let reported = try await hub.core.perform { try $0.twinView("leaf-0") }["properties"]?["reported"]
                 return reported?["counter"]?.intValue == 100 && reported?["config"]?["appliedVersion"]?.intValue == 3
             }
             let reported = try await hub.core.perform { try $0.twinView("leaf-0") }["properties"]?["reported"]
             #expect(reported?["state"]?.stringValue == "offline-100")
-            // One patch for the 100 updates, one for the applied desired version 3.
-            #expect((reported?["$version"]?.intValue ?? 0) - reportedBefore == 2)
+            // One patch for the 100 updates, and one for the applied desired version 3 unless it was folded in too.
+            let patches = (reported?["$version"]?.intValue ?? 0) - reportedBefore
+            #expect(patches == 1 || patches == 2, "\(patches) patches")
             #expect(adapter.desiredSeen.withLock { $0.map(\.1) } == [1, 2, 3], "each desired version applied once")
             await h.stop()
         }

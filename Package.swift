@@ -137,13 +137,13 @@ let package = Package(
         ),
         .target(
             name: "GatewayConfig",
-            dependencies: ["Uplink", "Spool", "UDPAdapter", "FieldgateCore", .product(name: "TOMLKit", package: "TOMLKit")],
+            dependencies: ["Uplink", "Spool", "UDPAdapter", "SerialAdapter", "FrameCodecs", "FieldgateCore", .product(name: "TOMLKit", package: "TOMLKit")],
             swiftSettings: strictSettings
         ),
         .executableTarget(
             name: "fieldgated",
             dependencies: [
-                "Gateway", "GatewayConfig", "Uplink", "UDPAdapter", "Spool", "FieldgateCore",
+                "Gateway", "GatewayConfig", "Uplink", "UDPAdapter", "SerialAdapter", "Spool", "FieldgateCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -172,7 +172,7 @@ let package = Package(
         .testTarget(name: "UDPAdapterTests", dependencies: ["UDPAdapter", "Uplink", "Spool", "FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "FrameCodecsTests", dependencies: ["FrameCodecs", "FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "SerialAdapterTests", dependencies: ["SerialAdapter", "FrameCodecs", "Uplink", "Spool", "FieldgateCore"], swiftSettings: strictSettings),
-        .testTarget(name: "GatewayTests", dependencies: ["GatewayConfig", "Uplink", "Spool", "UDPAdapter"], swiftSettings: strictSettings),
+        .testTarget(name: "GatewayTests", dependencies: ["GatewayConfig", "Uplink", "Spool", "UDPAdapter", "SerialAdapter", "FrameCodecs"], swiftSettings: strictSettings),
         .testTarget(name: "ProtonAMQPTests", dependencies: ["ProtonAMQP"], swiftSettings: strictSettings),
         .testTarget(name: "IoTHubTests", dependencies: ["IoTHub"], swiftSettings: strictSettings),
         .testTarget(name: "SpoolTests", dependencies: ["Spool"], swiftSettings: strictSettings),

@@ -125,18 +125,21 @@ public final class GatewayIdentity: LeafRouter {
     }
 }
 
-/// Sends the gateway's own identity to `GatewayIdentity` and every leaf to the adapters' router.
+/// Sends the gateway's own identity to `GatewayIdentity` and every leaf to the adapter that owns it.
 public struct GatewayRouter: LeafRouter {
     public let gateway: GatewayIdentity
-    public let leaves: (any LeafRouter)?
+    private let owners: [String: any LeafRouter]
+    private let fallback: (any LeafRouter)?
 
-    public init(gateway: GatewayIdentity, leaves: (any LeafRouter)?) {
+    /// `owners`: device id → its adapter; `fallback` takes leaves no adapter claims (tests use one adapter).
+    public init(gateway: GatewayIdentity, owners: [String: any LeafRouter] = [:], fallback: (any LeafRouter)? = nil) {
         self.gateway = gateway
-        self.leaves = leaves
+        self.owners = owners
+        self.fallback = fallback
     }
 
     private func route(_ deviceID: String) -> (any LeafRouter)? {
-        deviceID == gateway.configuration.deviceID ? gateway : leaves
+        deviceID == gateway.configuration.deviceID ? gateway : owners[deviceID] ?? fallback
     }
 
     public func cloudToDevice(_ message: C2DMessage) async -> C2DOutcome {

@@ -1,4 +1,6 @@
 import FieldgateCore
+import FrameCodecs
+import SerialAdapter
 import Spool
 import TOMLKit
 import UDPAdapter
@@ -60,7 +62,26 @@ public struct GatewayConfigFile: Decodable, Sendable {
     public var gateway: Gateway
     public var spool: SpoolSection?
     public var udp: UDP?
+    public var serial_port: [SerialPortSection]?
     public var leaf: [Leaf]?
+
+    public struct SerialPortSection: Decodable, Sendable {
+        public var path: String
+        public var baud: Int?
+        public var parity: String?
+        public var data_bits: Int?
+        public var stop_bits: Int?
+        public var flow_control: String?
+        /// `lines` | `fixed:<n>` | `length:<1|2|4>` | `markers:<start hex>,<end hex>[,<escape hex>]`
+        public var framing: String?
+        /// `json` | `csv:<field,…>` | `kv` | `regex:<pattern>` | `raw`
+        public var format: String?
+        public var id_field: String?
+        public var field_map: [String: String]?
+        public var leaf: String?
+        public var leaves: [String]?
+        public var reply_pattern: String?
+    }
 }
 
 /// A configuration error: `file[:line[:column]]: what and how to fix` (ARCHITECTURE.md contract 6). The daemon
@@ -79,6 +100,7 @@ public struct GatewaySettings: Sendable {
     public var gateway: GatewayConfigFile.Gateway
     public var leaves: [LeafConfiguration]
     public var udp: UDPAdapterConfiguration?
+    public var serialPorts: [SerialPortConfiguration]
 
     public static func load(path: String) throws(ConfigError) -> GatewaySettings {
         guard let data = FileManager.default.contents(atPath: path) else {
@@ -165,8 +187,10 @@ public struct GatewaySettings: Sendable {
             case "udp":
                 udpLeaves.append(UDPLeaf(deviceID: l.device_id, allowedSources: l.allowed_sources ?? [], mappedSource: l.mapped_source,
                                          hmacKey: l.hmac_key.map { Array($0.utf8) }, commandAddress: l.command_address))
+            case "serial":
+                break  // carried by a [[serial_port]] that names it
             default:
-                throw ConfigError("\(path): \(what): adapter \(l.adapter) is not available (udp is; modbus and serial are still to come)")
+                throw ConfigError("\(path): \(what): adapter \(l.adapter) is not available (udp and serial are; modbus is still to come)")
             }
         }
         var udp: UDPAdapterConfiguration?
@@ -178,6 +202,67 @@ public struct GatewaySettings: Sendable {
             c.allowedSources = u.allowed_sources ?? []
             udp = c
         }
-        return GatewaySettings(uplink: uplink, spool: spool, gatewayLeaf: gatewayLeaf, gateway: f.gateway, leaves: leaves, udp: udp)
+        let serialLeaves = Set((f.leaf ?? []).filter { $0.adapter == "serial" }.map(\.device_id))
+        var covered: Set<String> = []
+        var ports: [SerialPortConfiguration] = []
+        for (i, p) in (f.serial_port ?? []).enumerated() {
+            let c = try serialPort(p, what: "serial_port[\(i)] (\(p.path))", path: path)
+            for leaf in c.allLeaves {
+                guard serialLeaves.contains(leaf) else {
+                    throw ConfigError("\(path): serial_port[\(i)] (\(p.path)): leaf \(leaf) needs a [[leaf]] entry with adapter = \"serial\"")
+                }
+                covered.insert(leaf)
+            }
+            ports.append(c)
+        }
+        if let orphan = serialLeaves.subtracting(covered).sorted().first {
+            throw ConfigError("\(path): leaf \(orphan) has adapter = \"serial\" but no [[serial_port]] names it (leaf = or leaves =)")
+        }
+        return GatewaySettings(uplink: uplink, spool: spool, gatewayLeaf: gatewayLeaf, gateway: f.gateway, leaves: leaves, udp: udp, serialPorts: ports)
+    }
+
+    private static func serialPort(_ p: GatewayConfigFile.SerialPortSection, what: String, path: String) throws(ConfigError) -> SerialPortConfiguration {
+        var c = SerialPortConfiguration(path: p.path)
+        if let b = p.baud { c.baud = b }
+        if let v = p.parity { guard let x = SerialPortConfiguration.Parity(rawValue: v) else { throw ConfigError("\(path): \(what): parity \(v): use none, even or odd") }; c.parity = x }
+        if let v = p.flow_control { guard let x = SerialPortConfiguration.FlowControl(rawValue: v) else { throw ConfigError("\(path): \(what): flow_control \(v): use none, rtscts or xonxoff") }; c.flowControl = x }
+        if let v = p.data_bits { guard (5...8).contains(v) else { throw ConfigError("\(path): \(what): data_bits must be 5 to 8") }; c.dataBits = v }
+        if let v = p.stop_bits { guard v == 1 || v == 2 else { throw ConfigError("\(path): \(what): stop_bits must be 1 or 2") }; c.stopBits = v }
+        let framing = p.framing ?? "lines"
+        func hex(_ s: Substring) -> UInt8? { UInt8(s.hasPrefix("0x") ? s.dropFirst(2) : s, radix: 16) }
+        switch framing.split(separator: ":", maxSplits: 1).map(String.init) {
+        case ["lines"]: c.framing = .lines()
+        case let x where x.count == 2 && x[0] == "fixed" && Int(x[1]).map({ $0 > 0 }) == true: c.framing = .fixed(length: Int(x[1])!)
+        case let x where x.count == 2 && x[0] == "length" && ["1", "2", "4"].contains(x[1]): c.framing = .lengthPrefixed(prefixBytes: Int(x[1])!)
+        case let x where x.count == 2 && x[0] == "markers":
+            let bytes = x[1].split(separator: ",").map(hex)
+            guard (2...3).contains(bytes.count), bytes.allSatisfy({ $0 != nil }) else {
+                throw ConfigError("\(path): \(what): framing \(framing): write markers:<start>,<end>[,<escape>] in hex, e.g. markers:02,03,10")
+            }
+            c.framing = .markers(start: bytes[0]!, end: bytes[1]!, escape: bytes.count == 3 ? bytes[2] : nil)
+        default:
+            throw ConfigError("\(path): \(what): framing \(framing): use lines, fixed:<n>, length:<1|2|4> or markers:<start>,<end>[,<escape>]")
+        }
+        let format = p.format ?? "json"
+        switch format.split(separator: ":", maxSplits: 1).map(String.init) {
+        case ["json"]: c.format = .json(idField: p.id_field)
+        case ["kv"]: c.format = .keyValue(fieldMap: p.field_map ?? [:], onlyMapped: p.field_map != nil, idField: p.id_field)
+        case ["raw"]: c.format = .raw
+        case let x where x.count == 2 && x[0] == "csv": c.format = .csv(fields: x[1].split(separator: ",").map(String.init), idField: p.id_field)
+        case let x where x.count == 2 && x[0] == "regex":
+            do { _ = try FrameDecoder(.regex(pattern: x[1], idField: nil)) } catch { throw ConfigError("\(path): \(what): \(error)") }
+            c.format = .regex(pattern: x[1], idField: p.id_field)
+        default:
+            throw ConfigError("\(path): \(what): format \(format): use json, csv:<fields>, kv, regex:<pattern> or raw")
+        }
+        c.leaf = p.leaf
+        c.leaves = p.leaves ?? []
+        guard c.leaf != nil || !c.leaves.isEmpty else { throw ConfigError("\(path): \(what): name its leaf (leaf = \"id\") or the leaves its id field may name (leaves = [...])") }
+        if c.leaf == nil && p.id_field == nil && format != "raw" {
+            throw ConfigError("\(path): \(what): with several leaves the frames must name theirs: set id_field")
+        }
+        c.replyPattern = p.reply_pattern
+        if let rp = p.reply_pattern, (try? Regex(rp)) == nil { throw ConfigError("\(path): \(what): reply_pattern \(rp) is not a valid regular expression") }
+        return c
     }
 }

@@ -43,10 +43,11 @@ extension Shard {
         performTwin(leaf.twin.report(patch, id: id, nowMs: engine.nowMs()), for: leaf)
     }
 
-    /// Sends pending reported patches whose rate-limit interval has passed (from the tick).
+    /// Retries unanswered twin requests and sends pending reported patches whose interval has passed (the tick).
     func flushReported(nowMs: Int64) {
-        for leaf in leaves.values where leaf.twin.hasPendingReported {
-            performTwin(leaf.twin.flush(nowMs: nowMs), for: leaf)
+        for leaf in leaves.values where leaf.wantedLinks.contains(.twinRequests) {
+            performTwin(leaf.twin.expireRequests(nowMs: nowMs), for: leaf)
+            if leaf.twin.hasPendingReported { performTwin(leaf.twin.flush(nowMs: nowMs), for: leaf) }
         }
     }
 

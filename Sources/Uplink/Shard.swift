@@ -189,6 +189,7 @@ final class Shard: @unchecked Sendable {
     /// The socket is gone (or the attempt was abandoned): everything in flight goes back to the spool.
     private func connectionGone(error: String) {
         guard attempt != nil else { return }
+        generation += 1  // late events of this attempt are ignored from now on
         let wasOpen = machine.phase == .open
         attempt = nil
         ref = nil
@@ -426,7 +427,7 @@ final class Shard: @unchecked Sendable {
             }
             guard leaf.linksAttached, leaf.machine.phase == .attaching else { return }
             leaf.machine.linksAttached()
-            if leaf.wantedLinks.contains(.twinRequests) { performTwin(leaf.twin.attached(), for: leaf) }
+            if leaf.wantedLinks.contains(.twinRequests) { performTwin(leaf.twin.attached(nowMs: engine.nowMs()), for: leaf) }
             engine.leafBecameReady()
         }
     }

@@ -38,6 +38,9 @@ struct TwinSync {
     private var pendingIDs: [Int] = []
     private var inFlightReported: (patch: JSONValue, ids: [Int], correlation: String)?
     private var outstanding: [String: Request] = [:]
+    private var sentAtMs: [String: Int64] = [:]
+    /// A request without an answer this long is treated as failed (transient) and retried.
+    static let requestTimeoutMilliseconds: Int64 = 30_000
     private var lastPatchMs: Int64 = .min / 2
     private var nextCorrelation = 0
     private let correlationPrefix: String
@@ -52,21 +55,30 @@ struct TwinSync {
         return "\(correlationPrefix)-\(nextCorrelation)"
     }
 
-    private mutating func send(_ r: Request) -> Action {
+    private mutating func send(_ r: Request, nowMs: Int64) -> Action {
         let c = correlation()
         outstanding[c] = r
+        sentAtMs[c] = nowMs
         return .send(r, correlation: c)
+    }
+
+    /// Requests the hub never answered are retried (as if it had answered with a transient failure).
+    mutating func expireRequests(nowMs: Int64) -> [Action] {
+        let expired = sentAtMs.filter { nowMs - $0.value >= Self.requestTimeoutMilliseconds }.map(\.key).sorted()
+        var actions: [Action] = []
+        for c in expired { actions += response(correlation: c, status: 0, body: nil, nowMs: nowMs) }
+        return actions
     }
 
     // MARK: links
 
     /// The twin links are attached: subscribe first, then GET (the documented reconnect order).
-    mutating func attached() -> [Action] {
+    mutating func attached(nowMs: Int64) -> [Action] {
         phase = .syncing
         getDone = false
         subscribed = false
         buffered = []
-        return [send(.subscribe), send(.get)]
+        return [send(.subscribe, nowMs: nowMs), send(.get, nowMs: nowMs)]
     }
 
     /// The links are gone: whatever was in flight is unknown; a reported patch in flight is folded back under the
@@ -74,6 +86,7 @@ struct TwinSync {
     mutating func detached() {
         phase = .detached
         outstanding = [:]
+        sentAtMs = [:]
         buffered = []
         if let f = inFlightReported {
             pendingReported = pendingReported.map { TwinRules.compose(f.patch, then: $0) } ?? f.patch
@@ -87,17 +100,18 @@ struct TwinSync {
     /// A response to one of our requests. `body` is the JSON body (GET: the twin).
     mutating func response(correlation: String, status: Int, body: JSONValue?, nowMs: Int64) -> [Action] {
         guard let request = outstanding.removeValue(forKey: correlation) else { return [] }
+        sentAtMs[correlation] = nil
         let ok = (200..<300).contains(status)
         switch request {
         case .subscribe:
             // Without the subscription desired changes would be missed: a transient failure is retried; any other
             // leaves the leaf without desired updates until its next attach (the shard logs it).
-            guard ok else { return Self.isTransient(status) && phase != .detached ? [send(.subscribe)] : [] }
+            guard ok else { return Self.isTransient(status) && phase != .detached ? [send(.subscribe, nowMs: nowMs)] : [] }
             subscribed = true
             return []
         case .get:
             guard ok, let twinDesired = body?["desired"] else {
-                if Self.isTransient(status) && phase != .detached { return [send(.get)] }
+                if Self.isTransient(status) && phase != .detached { return [send(.get, nowMs: nowMs)] }
                 // The twin cannot be read: reported patches still flow; desired waits for the next attach.
                 phase = .synced
                 getDone = true
@@ -172,7 +186,7 @@ struct TwinSync {
         guard phase == .synced, inFlightReported == nil, let patch = pendingReported,
               nowMs - lastPatchMs >= minPatchIntervalMilliseconds
         else { return [] }
-        let action = send(.patch(patch))
+        let action = send(.patch(patch), nowMs: nowMs)
         guard case .send(_, let c) = action else { return [] }
         inFlightReported = (patch, pendingIDs, c)
         pendingReported = nil

@@ -4,6 +4,7 @@ import Gateway
 import GatewayConfig
 import Logging
 import ServiceLifecycle
+import SerialAdapter
 import Spool
 import UDPAdapter
 import UnixSignals
@@ -44,12 +45,17 @@ struct Run: AsyncParsableCommand {
         let identity = GatewayIdentity(configuration: identityConfig, spool: spool, logger: logger)
         let wake = WakeBox()
         let udp = try settings.udp.map { c throws(UDPAdapterError) in try UDPAdapter(configuration: c, spool: spool, onAppended: { wake.wake() }, logger: logger) }
+        let serial = try settings.serialPorts.map { c throws(SerialAdapterError) in try SerialAdapter(configuration: c, spool: spool, onAppended: { wake.wake() }, logger: logger) }
+        var owners: [String: any LeafRouter] = [:]
+        for leaf in udp?.configuration.leaves ?? [] { owners[leaf.deviceID] = udp }
+        for port in serial { for leaf in port.configuration.allLeaves { owners[leaf] = port } }
         let uplink = try Uplink(configuration: settings.uplink, leaves: [settings.gatewayLeaf] + settings.leaves, spool: spool,
-                                router: GatewayRouter(gateway: identity, leaves: udp), logger: logger)
+                                router: GatewayRouter(gateway: identity, owners: owners), logger: logger)
         identity.attach(uplink)
         wake.set(uplink)
         var services: [any Service] = [uplink, HealthReporter(identity: identity)]
         if let udp { services.append(udp); logger.info("udp adapter on port \(udp.port) (\(udp.configuration.leaves.count) leaves)") }
+        for port in serial { services.append(port); logger.info("serial adapter on \(port.configuration.path) (\(port.configuration.allLeaves.count) leaves)") }
         logger.info("fieldgated \(Version.current): hub \(settings.uplink.hostName), \(settings.leaves.count) leaves, spool \(settings.spool.directory)")
         let group = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await group.run()

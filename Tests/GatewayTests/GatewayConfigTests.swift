@@ -1,5 +1,7 @@
+import FrameCodecs
 import GatewayConfig
 import Testing
+import SerialAdapter
 import Spool
 import UDPAdapter
 import Uplink
@@ -44,6 +46,31 @@ struct GatewayConfigTests {
         #expect(s.spool.sync == .interval(milliseconds: 100) && s.spool.capBytes == 32 << 20)
         #expect(s.leaves.map(\.deviceID) == ["m1"] && s.gatewayLeaf.deviceID == "gw")
         #expect(s.udp?.port == 47000 && s.udp?.leaves.first?.allowedSources == ["10.0.0.5"])
+    }
+
+    @Test func serialPorts() throws {
+        let text = valid + """
+
+            [[leaf]]
+            device_id = "scale"
+            key = "a2V5"
+            adapter = "serial"
+            [[serial_port]]
+            path = "/dev/ttyUSB0"
+            baud = 19200
+            parity = "even"
+            framing = "markers:02,03,10"
+            format = "regex:W:(?<weight>[0-9.]+)"
+            leaf = "scale"
+            reply_pattern = "OK.*"
+            """
+        let s = try load(text).get()
+        let port = try #require(s.serialPorts.first)
+        #expect(port.baud == 19200 && port.parity == .even && port.framing == .markers(start: 2, end: 3, escape: 0x10) && port.leaf == "scale")
+        guard case .failure(let e) = load(text.replacing("leaf = \"scale\"", with: "leaves = [\"scale\"]")) else { Issue.record("accepted"); return }
+        #expect(e.description.contains("set id_field"))
+        guard case .failure(let e2) = load(text.replacing("framing = \"markers:02,03,10\"", with: "framing = \"markers:zz\"")) else { Issue.record("accepted"); return }
+        #expect(e2.description.contains("markers:<start>,<end>"))
     }
 
     @Test func errorsNameTheFileLineAndFix() {

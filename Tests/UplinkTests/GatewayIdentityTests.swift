@@ -33,7 +33,7 @@ struct GatewayIdentityTests {
             config.rebootCommand = ["/bin/sh", "-c", "touch '\(marker)'"]
             let identity = GatewayIdentity(configuration: config, spool: h.spool)
             identity.attach(h.uplink)
-            router.set(GatewayRouter(gateway: identity, leaves: PointAdapter()))
+            router.set(GatewayRouter(gateway: identity, fallback: PointAdapter()))
             h.uplink.start()
             try await eventually(10, "ready") { await h.uplink.status().count(.ready) == 3 }
 

@@ -7,7 +7,7 @@ import Testing
 struct TwinSyncTests {
     private func synced(version: Int64 = 5, desired: JSONValue = ["pollSeconds": 10]) -> TwinSync {
         var t = TwinSync(minPatchIntervalMilliseconds: 1000, correlationPrefix: "d")
-        let sent = t.attached()
+        let sent = t.attached(nowMs: 0)
         #expect(sent == [.send(.subscribe, correlation: "d-1"), .send(.get, correlation: "d-2")], "subscribe first, then GET")
         _ = t.response(correlation: "d-1", status: 200, body: nil, nowMs: 0)
         var doc = desired
@@ -24,17 +24,17 @@ struct TwinSyncTests {
         #expect(t.desiredNotification(["deadband": 0.5, "$version": 6]) == [.applyDesired(["pollSeconds": 10, "deadband": 0.5], version: 6)])
         // Reattach: the GET returns version 6 again → nothing re-applied; version 7 → applied once.
         t.detached()
-        _ = t.attached()
+        _ = t.attached(nowMs: 0)
         #expect(t.response(correlation: "d-4", status: 200, body: ["desired": ["pollSeconds": 10, "deadband": 0.5, "$version": 6]], nowMs: 0) == [])
         t.detached()
-        _ = t.attached()
+        _ = t.attached(nowMs: 0)
         #expect(t.response(correlation: "d-6", status: 200, body: ["desired": ["pollSeconds": 20, "$version": 7]], nowMs: 0)
                 == [.applyDesired(["pollSeconds": 20], version: 7)])
     }
 
     @Test func notificationsBeforeTheGETAreBufferedAndFiltered() {
         var t = TwinSync(minPatchIntervalMilliseconds: 0, correlationPrefix: "d")
-        _ = t.attached()
+        _ = t.attached(nowMs: 0)
         #expect(t.desiredNotification(["a": 1, "$version": 3]) == [])
         #expect(t.desiredNotification(["b": 2, "$version": 5]) == [])
         let actions = t.response(correlation: "d-2", status: 200, body: ["desired": ["a": 1, "$version": 4, "$metadata": ["x": 1]]], nowMs: 0)
@@ -45,7 +45,7 @@ struct TwinSyncTests {
         var t = TwinSync(minPatchIntervalMilliseconds: 1000, correlationPrefix: "d")
         for i in 0..<100 { #expect(t.report(["count": .int(Int64(i)), "state": ["online": false]], id: i, nowMs: 0) == []) }
         #expect(t.report(["state": ["online": .null, "polls": 3]], id: 100, nowMs: 0) == [])
-        _ = t.attached()
+        _ = t.attached(nowMs: 0)
         _ = t.response(correlation: "d-1", status: 200, body: nil, nowMs: 0)
         let actions = t.response(correlation: "d-2", status: 200, body: ["desired": ["$version": 1]], nowMs: 0)
         let expected: JSONValue = ["count": 99, "state": ["online": .null, "polls": 3]]
@@ -69,6 +69,13 @@ struct TwinSyncTests {
         t.detached()
         _ = t.report(["c": .null, "d": 4], id: 4, nowMs: 9001)
         #expect(t.pendingReported == ["c": .null, "d": 4])
+    }
+
+    @Test func unansweredRequestsAreRetried() {
+        var t = TwinSync(minPatchIntervalMilliseconds: 0, correlationPrefix: "d")
+        _ = t.attached(nowMs: 1000)
+        #expect(t.expireRequests(nowMs: 30_999) == [])
+        #expect(t.expireRequests(nowMs: 31_000) == [.send(.subscribe, correlation: "d-3"), .send(.get, correlation: "d-4")])
     }
 
     @Test func composeKeepsTheLastWritePerPath() {

@@ -16,6 +16,7 @@ let package = Package(
         .executable(name: "fieldgate-bench", targets: ["fieldgate-bench"]),
         .library(name: "Spool", targets: ["Spool"]),
         .library(name: "UDPAdapter", targets: ["UDPAdapter"]),
+        .library(name: "FrameCodecs", targets: ["FrameCodecs"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),

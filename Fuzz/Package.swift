@@ -11,5 +11,6 @@ let package = Package(
     targets: [
         .executableTarget(name: "spool-fuzz", dependencies: [.product(name: "Spool", package: "fieldgate")]),
         .executableTarget(name: "udp-fuzz", dependencies: [.product(name: "UDPAdapter", package: "fieldgate")]),
+        .executableTarget(name: "frame-fuzz", dependencies: [.product(name: "FrameCodecs", package: "fieldgate")]),
     ]
 )

@@ -85,7 +85,12 @@ struct LedgerFile {
                 if CRC32C.checksum(entry) == RecordCodec.read32(b, at + 12) {
                     let first = RecordCodec.read64(b, at)
                     let count = UInt64(RecordCodec.read32(b, at + 8))
-                    if count > 0 { ranges.append(first...(first + count - 1)) }
+                    // A range past UInt64.max cannot come from us: a CRC-valid but impossible entry is corruption.
+                    if count > 0, first <= UInt64.max - (count - 1) {
+                        ranges.append(first...(first + count - 1))
+                    } else if count > 0 {
+                        corrupt += 1
+                    }
                 } else {
                     corrupt += 1
                 }

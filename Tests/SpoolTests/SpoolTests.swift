@@ -1,4 +1,4 @@
-import Spool
+@testable import Spool
 import Testing
 
 #if canImport(Glibc)
@@ -59,6 +59,17 @@ struct RecordCodecTests {
         #expect(a.contains(8) && !a.contains(10) && a.contains(25) && !a.contains(31))
         a.drop(below: 6)
         #expect(a.ranges == [6...9, 11...11, 20...30])
+    }
+
+    @Test("a ledger entry with a valid CRC but a range past UInt64.max is corruption, not a crash (found by spool-fuzz)")
+    func ledgerRangeOverflow() {
+        var entry: [UInt8] = []
+        RecordCodec.append64(UInt64.max - 1, to: &entry)
+        RecordCodec.append32(5, to: &entry)
+        entry.withUnsafeBytes { RecordCodec.append32(CRC32C.checksum($0), to: &entry) }
+        let good = LedgerFile.encode([3...4])
+        let (ranges, corrupt) = LedgerFile.decode(good + entry)
+        #expect(ranges == [3...4] && corrupt == 1)
     }
 }
 

@@ -80,7 +80,8 @@ struct DatagramDecoder {
             guard let signature, let mac = Data(base64Encoded: signature),
                   HMAC<SHA256>.isValidAuthenticationCode(mac, authenticating: body, using: SymmetricKey(data: key))
             else { return .failure(.init(.badSignature, leaf: leafID)) }
-            guard let ts, abs(ts - nowMs) <= configuration.timestampWindowSeconds * 1000 else {
+            let skew = ts.map { $0.subtractingReportingOverflow(nowMs) }
+            guard let skew, !skew.overflow, skew.partialValue.magnitude <= UInt64(configuration.timestampWindowSeconds * 1000) else {
                 return .failure(.init(.staleTimestamp, leaf: leafID))
             }
             guard remember(signature) else { return .failure(.init(.replay, leaf: leafID)) }
@@ -122,7 +123,8 @@ struct DatagramDecoder {
     /// `ts` as milliseconds since the epoch: a number (ms) or an ISO 8601 string.
     static func milliseconds(_ v: JSONValue) -> Int64? {
         if let i = v.intValue { return i }
-        if case .double(let d) = v { return Int64(d) }
+        // Any number a sender writes must not trap: out-of-range or non-finite is no timestamp (found by udp-fuzz).
+        if case .double(let d) = v, d.isFinite, abs(d) < 9.2e18 { return Int64(d) }
         return v.stringValue.flatMap(WallClock.parseISO8601)
     }
 

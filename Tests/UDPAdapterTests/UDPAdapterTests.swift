@@ -80,6 +80,12 @@ struct DatagramDecoderTests {
         #expect(reject(&d, String(decoding: signed, as: UTF8.self), now: now + 31_000) == .staleTimestamp)
         #expect(reject(&d, String(decoding: signed, as: UTF8.self), now: now) == nil)
         #expect(reject(&d, String(decoding: signed, as: UTF8.self), now: now) == .replay)
+        // Absurd timestamps are stale, never a trap (udp-fuzz found a 1.7e22 ts trapping the Double → Int64 cast).
+        for ts in ["17000000000000000000000", "-9223372036854775808", "-1.5e300"] {
+            let b = Array(#"{"device":"secure","ts":\#(ts),"values":{}}"#.utf8)
+            #expect(reject(&d, String(decoding: DatagramDecoder.sign(b, key: key), as: UTF8.self), now: now) == .staleTimestamp, "\(ts)")
+        }
+        #expect(reject(&d, #"{"device":"meter-1","ts":17000000000000000000000,"values":{}}"#) == nil, "an unsigned leaf falls back to the receive time")
     }
 }
 

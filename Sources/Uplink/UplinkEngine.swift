@@ -28,6 +28,8 @@ final class UplinkEngine: @unchecked Sendable {
     private var settlements = SpoolPump.Job()
     /// The last fetch found nothing: do not ask again before the next tick or wake-up.
     private var spoolLooksEmpty = false
+    /// A wake-up came while a job ran: its empty fetch must not mark the spool empty.
+    private var wokenWhileBusy = false
     private(set) var stopping = false
 
     private var clockWarned = false
@@ -190,6 +192,7 @@ final class UplinkEngine: @unchecked Sendable {
 
     func wake() {
         spoolLooksEmpty = false
+        if pumpBusy { wokenWhileBusy = true }
         kickPump()
     }
 
@@ -235,31 +238,31 @@ final class UplinkEngine: @unchecked Sendable {
 
     private func pumped(_ result: SpoolPump.Result, fetched: Bool) {
         pumpBusy = false
-        if fetched && result.messages.isEmpty && result.error == nil { spoolLooksEmpty = true }
-        var byShard: [Int: [OutgoingMessage]] = [:]
+        // Nothing came back (or the spool failed): ask again at the next tick or wake-up, not in a loop.
+        if fetched && result.messages.isEmpty { spoolLooksEmpty = true }
+        if wokenWhileBusy {
+            // New records arrived during the job: the spool is not empty after all.
+            wokenWhileBusy = false
+            spoolLooksEmpty = false
+        }
+        // Queue on the leaves now (so the next budget counts them); send inside each connection's context.
+        var touched: [Int: [ObjectIdentifier: LeafRuntime]] = [:]
         for m in result.messages {
-            guard !stopping, let s = leafShard[m.leaf], shards[s].leaves[m.leaf]?.canTakeTelemetry == true else {
+            // The leaf may have lost its links since the fetch: those records go back.
+            guard !stopping, let s = leafShard[m.leaf], let leaf = shards[s].leaves[m.leaf], leaf.canTakeTelemetry else {
                 settlements.released += m.sequences
                 continue
             }
-            byShard[s, default: []].append(m)
+            leaf.pending.append(m)
+            touched[s, default: [:]][ObjectIdentifier(leaf)] = leaf
         }
-        for (s, messages) in byShard {
-            shards[s].withConnection { [self] shard in
-                var touched: [ObjectIdentifier: LeafRuntime] = [:]
-                for m in messages {
-                    // The leaf may have lost its links since the fetch: those records go back.
-                    guard let leaf = shard.leaves[m.leaf], leaf.canTakeTelemetry else {
-                        settlements.released += m.sequences
-                        continue
-                    }
-                    leaf.pending.append(m)
-                    touched[ObjectIdentifier(leaf)] = leaf
-                }
-                for leaf in touched.values { shard.flush(leaf) }
+        for (s, leaves) in touched {
+            let ids = leaves.values.map(\.deviceID)
+            shards[s].withConnection { shard in
+                for id in ids { if let leaf = shard.leaves[id] { shard.flush(leaf) } }
             }
         }
-        if !result.messages.isEmpty || settlements.hasSettlements { kickPump() }
+        if !result.messages.isEmpty || settlements.hasSettlements || !spoolLooksEmpty { kickPump() }
     }
 
     // MARK: cloud to device

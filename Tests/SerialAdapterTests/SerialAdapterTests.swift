@@ -24,26 +24,36 @@ final class SocatPair: @unchecked Sendable {
     var device: String { dir + "/dev" }
     var peer: String { dir + "/peer" }
 
-    init() throws {
+    init() async throws {
         dir = FileManager.default.temporaryDirectory.path + "/fieldgate-serial-" + String(UInt64.random(in: 1...UInt64.max))
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        try plug()
+        try await plug()
     }
 
-    func plug() throws {
+    /// Waits without blocking the cooperative pool (other tests share its two threads).
+    func plug() async throws {
         let args: [String] = ["socat", "pty,raw,echo=0,link=\(device)", "pty,raw,echo=0,link=\(peer)"]
         let argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
         defer { for a in argv { free(a) } }
         guard posix_spawnp(&pid, "socat", nil, nil, argv, environ) == 0 else { throw SerialAdapterTestError("cannot start socat") }
-        for _ in 0..<100 where !(FileManager.default.fileExists(atPath: device) && FileManager.default.fileExists(atPath: peer)) { usleep(20_000) }
+        for _ in 0..<100 where !(FileManager.default.fileExists(atPath: device) && FileManager.default.fileExists(atPath: peer)) {
+            try await Task.sleep(for: .milliseconds(20))
+        }
     }
 
-    func unplug() {
-        // SIGKILL: a child spawned from a test thread inherits its blocked signal mask, so SIGTERM could be ignored.
-        kill(pid, SIGKILL)
+    func unplug() async throws {
+        kill()
+        for _ in 0..<100 where FileManager.default.fileExists(atPath: device) { try await Task.sleep(for: .milliseconds(10)) }
+    }
+
+    /// SIGKILL: a child spawned from a test thread inherits its blocked signal mask, so SIGTERM could be ignored.
+    /// waitpid returns at once after SIGKILL.
+    private func kill() {
+        guard pid > 0 else { return }
+        Glibc.kill(pid, SIGKILL)
         var status: Int32 = 0
         waitpid(pid, &status, 0)
-        for _ in 0..<100 where FileManager.default.fileExists(atPath: device) { usleep(10_000) }
+        pid = 0
     }
 
     /// Writes to the device side of the line.
@@ -56,7 +66,7 @@ final class SocatPair: @unchecked Sendable {
     func write(_ s: String) { write(Array(s.utf8)) }
 
     deinit {
-        unplug()
+        kill()
         try? FileManager.default.removeItem(atPath: dir)
     }
 }
@@ -66,7 +76,7 @@ struct SerialAdapterTestError: Error { var m: String; init(_ m: String) { self.m
 @Suite("Serial adapter over socat ptys", .serialized)
 struct SerialAdapterTests {
     private func withAdapter(_ configure: (inout SerialPortConfiguration, SocatPair) -> Void, _ body: (SerialAdapter, Spool, SocatPair) async throws -> Void) async throws {
-        let pair = try SocatPair()
+        let pair = try await SocatPair()
         var sc = SpoolConfiguration(directory: pair.dir + "/spool")
         sc.sync = .interval(milliseconds: 50)
         let spool = try Spool(configuration: sc)
@@ -153,11 +163,11 @@ struct SerialAdapterTests {
         }) { adapter, spool, pair in
             pair.write(#"{"n":1}"# + "\n")
             try await eventually("first reading") { adapter.statistics().readings["meter"] == 1 }
-            pair.unplug()
+            try await pair.unplug()
             try await eventually("noticed the unplug") { !adapter.statistics().connected }
             let gone = await adapter.invoke(MethodCall(deviceID: "meter", name: "send", payload: ["data": "PING"], deadlineMilliseconds: WallClock.nowMilliseconds() + 1000))
             #expect(gone?.status == 503 || gone?.status == 504, "a command while unplugged fails clearly: \(String(describing: gone))")
-            try pair.plug()
+            try await pair.plug()
             try await eventually("reopened") { adapter.statistics().connected && adapter.statistics().opens == 2 }
             pair.write(#"{"n":2}"# + "\n")
             try await eventually("reading after the replug") { adapter.statistics().readings["meter"] == 2 }

@@ -1,4 +1,5 @@
 import Dispatch
+import FieldgateCore
 
 #if canImport(Glibc)
 import Glibc
@@ -31,22 +32,11 @@ public struct CommandRunner: Sendable {
 
     private static func spawnAndWait(_ argv: [String]) -> Result<Void, Failure> {
         guard let command = argv.first else { return .failure(.spawn("(empty command)", errno: EINVAL)) }
-        var pid: pid_t = 0
-        let cArgs = argv.map { strdup($0) } + [nil]
-        defer { for a in cArgs { free(a) } }
-        // The calling thread may block signals (dispatch workers do); the command must start with none blocked and
-        // default dispositions, or it could ignore SIGTERM.
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        var empty = sigset_t(), all = sigset_t()
-        sigemptyset(&empty)
-        sigfillset(&all)
-        posix_spawnattr_setsigmask(&attr, &empty)
-        posix_spawnattr_setsigdefault(&attr, &all)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        let rc = posix_spawnp(&pid, command, nil, &attr, cArgs, environ)
-        guard rc == 0 else { return .failure(.spawn(command, errno: rc)) }
+        let pid: pid_t
+        switch spawnProcess(argv, searchPath: true) {
+        case .success(let p): pid = p
+        case .failure(let e): return .failure(.spawn(command, errno: e.errno))
+        }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         let exited = status & 0x7f == 0

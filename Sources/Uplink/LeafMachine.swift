@@ -173,11 +173,9 @@ struct LeafMachine {
             _ = fail(status: 429, description: what, nowMs: nowMs, random: random)
         case IoTHubAMQP.notFound:
             _ = fail(status: 404, description: what, nowMs: nowMs, random: random)
-        case IoTHubAMQP.unauthorizedAccess:
-            // Usually an expired token or a disabled device: re-authenticate after a short back-off; the
-            // put-token answer tells a refused leaf from an expired token.
-            _ = fail(status: 0, description: what, nowMs: nowMs, random: random)
         default:
+            // Unauthorized is usually an expired token or a disabled device: re-authenticate after a short
+            // back-off; the put-token answer tells a refused leaf from an expired token.
             _ = fail(status: 0, description: what, nowMs: nowMs, random: random)
         }
         return [.detachLinks]

@@ -43,17 +43,17 @@ extension Shard {
                 leaf.counters.throttled += 1
                 leaf.machine.throttled(description: condition?.description ?? "", nowMs: nowMs, random: engine.random())
                 // Everything the leaf holds goes back, so the spool resends it in order after the pause.
-                engine.release(entry.sequences + leaf.takePending(), fromShard: index)
+                engine.release(entry.sequences + leaf.takePending())
             case IoTHubAMQP.unauthorizedAccess?:
                 // "Token Invalid.": the links are about to go; resend after re-authentication.
-                engine.release(entry.sequences + leaf.takePending(), fromShard: index)
+                engine.release(entry.sequences + leaf.takePending())
             default:
                 leaf.counters.rejectedRecords += entry.sequences.count
                 logger.warning("uplink[\(index)]: \(entry.leaf): the hub rejected a message for good (\(condition?.name ?? "no condition") \(condition?.description ?? "")); it goes to the dead-letter file")
                 engine.deadLetter(entry.sequences)
             }
         case .released, .modified:
-            engine.release(entry.sequences + leaf.takePending(), fromShard: index)
+            engine.release(entry.sequences + leaf.takePending())
         }
         flush(leaf)
         engine.kickPump()

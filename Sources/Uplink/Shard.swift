@@ -213,7 +213,7 @@ final class Shard: @unchecked Sendable {
             leaf.twin.detached()
             leaf.machine.connectionLost()
         }
-        engine.release(released, fromShard: index)
+        engine.release(released)
         machine.closed(error: error, nowMs: engine.nowMs(), random: engine.random())
         let level: Logger.Level = engine.stopping ? .debug : wasOpen ? .warning : .error
         logger.log(level: level, "uplink[\(index)]: \(wasOpen ? "connection lost" : "cannot connect"): \(error); retrying in \(max(0, machine.retryAtMs - engine.nowMs())) ms")
@@ -399,7 +399,7 @@ final class Shard: @unchecked Sendable {
         if let c = leaf.links[.cloudToDevice] {
             for (token, entry) in cloudToDeviceDeliveries where entry.link == c.id { cloudToDeviceDeliveries[token] = nil }
         }
-        engine.release(released, fromShard: index)
+        engine.release(released)
         for link in leaf.links.values {
             roles[link.id] = nil
             if link.isLocallyOpen { link.close() }

@@ -198,7 +198,7 @@ final class UplinkEngine: @unchecked Sendable {
 
     func acknowledge(_ sequences: [UInt64]) { settlements.acknowledged += sequences }
     func deadLetter(_ sequences: [UInt64]) { settlements.rejected += sequences }
-    func release(_ sequences: [UInt64], fromShard: Int) {
+    func release(_ sequences: [UInt64]) {
         guard !sequences.isEmpty else { return }
         settlements.released += sequences
         spoolLooksEmpty = false

@@ -1,3 +1,4 @@
+import FieldgateCore
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -7,22 +8,10 @@ struct ChildProcess {
     let pid: pid_t
 
     static func spawn(_ path: String, _ arguments: [String]) throws -> ChildProcess {
-        var pid: pid_t = 0
-        let argv = ([path] + arguments).map { strdup($0) } + [nil]
-        defer { for a in argv { free(a) } }
-        // Start the child with no signals blocked (the calling thread may block some), so SIGTERM reaches it.
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        var empty = sigset_t(), all = sigset_t()
-        sigemptyset(&empty)
-        sigfillset(&all)
-        posix_spawnattr_setsigmask(&attr, &empty)
-        posix_spawnattr_setsigdefault(&attr, &all)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        let rc = posix_spawn(&pid, path, nil, &attr, argv, environ)
-        guard rc == 0 else { throw BenchError("cannot start \(path): errno \(rc)") }
-        return ChildProcess(pid: pid)
+        switch spawnProcess([path] + arguments, searchPath: false) {
+        case .success(let pid): return ChildProcess(pid: pid)
+        case .failure(let e): throw BenchError("cannot start \(path): errno \(e.errno)")
+        }
     }
 
     /// False once the child has exited (it is reaped then).

@@ -1,0 +1,28 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Starts a program with no signals blocked and default dispositions. The calling thread may block signals
+/// (dispatch and cooperative-pool threads do) and a plain posix_spawn would pass that mask on, so the child could
+/// ignore SIGTERM. `searchPath`: look `argv[0]` up on PATH. Returns the pid, or the errno.
+public func spawnProcess(_ argv: [String], searchPath: Bool) -> Result<pid_t, SpawnFailure> {
+    guard let command = argv.first else { return .failure(SpawnFailure(errno: EINVAL)) }
+    var pid: pid_t = 0
+    let cArgs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
+    defer { for a in cArgs { free(a) } }
+    var attr = posix_spawnattr_t()
+    posix_spawnattr_init(&attr)
+    defer { posix_spawnattr_destroy(&attr) }
+    var empty = sigset_t(), all = sigset_t()
+    sigemptyset(&empty)
+    sigfillset(&all)
+    posix_spawnattr_setsigmask(&attr, &empty)
+    posix_spawnattr_setsigdefault(&attr, &all)
+    posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+    let rc = searchPath ? posix_spawnp(&pid, command, nil, &attr, cArgs, environ) : posix_spawn(&pid, command, nil, &attr, cArgs, environ)
+    return rc == 0 ? .success(pid) : .failure(SpawnFailure(errno: rc))
+}
+
+public struct SpawnFailure: Error, Sendable {
+    public var errno: Int32
+}

@@ -62,13 +62,15 @@ public final class TestHub: Sendable {
     public func restart() async throws -> TestHub {
         await running.stop()
         var config = configuration
+        // Only the AMQPS port must stay (clients reconnect to it); the others take fresh ports, so a parallel
+        // test that grabbed one of the freed ephemeral ports cannot block the restart.
         config.amqpsPort = running.amqpsPort
-        config.amqpPort = running.amqpPort
-        config.httpPort = running.httpPort
+        config.amqpPort = running.amqpPort == nil ? nil : 0
+        config.httpPort = 0
         var logger = Logger(label: "test.hub")
         logger.logLevel = .warning
         var started: RunningHub?
-        for _ in 0..<50 {  // the old listeners may need a moment to let go of the ports
+        for _ in 0..<100 {  // the old listener may need a moment to let go of the port
             do { started = try await HubServer(configuration: config, logger: logger).start(); break } catch {
                 try await Task.sleep(for: .milliseconds(100))
             }

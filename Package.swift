@@ -48,6 +48,8 @@ let package = Package(
         ),
         // CRC32C with the CPU's instructions (SSE4.2 / ARMv8 CRC); the Spool falls back to tables without them.
         .target(name: "CCRC32C", path: "Sources/CCRC32C"),
+        // recvmmsg for UDP ingest (Swift's Glibc module lacks the GNU extensions).
+        .target(name: "CSocketBatch", path: "Sources/CSocketBatch"),
         .target(
             name: "Spool",
             dependencies: ["CCRC32C", "FieldgateCore", .product(name: "Logging", package: "swift-log")],
@@ -84,7 +86,7 @@ let package = Package(
         .target(
             name: "UDPAdapter",
             dependencies: [
-                "Uplink", "Spool", "FieldgateCore",
+                "Uplink", "Spool", "FieldgateCore", "CSocketBatch",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -95,6 +97,12 @@ let package = Package(
         .target(
             name: "Gateway",
             dependencies: ["Uplink", "Spool", "FieldgateCore", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strictSettings
+        ),
+        // systemd: notify protocol and the journal (the owner of CSystemd); the daemon's log rules.
+        .target(
+            name: "Systemd",
+            dependencies: ["CSystemd", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),
         .target(
@@ -144,7 +152,7 @@ let package = Package(
         .executableTarget(
             name: "fieldgated",
             dependencies: [
-                "Gateway", "GatewayConfig", "Uplink", "UDPAdapter", "SerialAdapter", "Spool", "FieldgateCore",
+                "Gateway", "GatewayConfig", "Systemd", "Uplink", "UDPAdapter", "SerialAdapter", "Spool", "FieldgateCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -175,6 +183,7 @@ let package = Package(
         .testTarget(name: "SerialAdapterTests", dependencies: ["SerialAdapter", "FrameCodecs", "Uplink", "Spool", "FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "GatewayTests", dependencies: ["GatewayConfig", "Uplink", "Spool", "UDPAdapter", "SerialAdapter", "FrameCodecs"], swiftSettings: strictSettings),
         .testTarget(name: "ProtonAMQPTests", dependencies: ["ProtonAMQP"], swiftSettings: strictSettings),
+        .testTarget(name: "FieldgateCoreTests", dependencies: ["FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "IoTHubTests", dependencies: ["IoTHub"], swiftSettings: strictSettings),
         .testTarget(name: "SpoolTests", dependencies: ["Spool"], swiftSettings: strictSettings),
         .testTarget(

@@ -38,9 +38,9 @@ public enum JSONValue: Hashable, Sendable, Codable {
         }
     }
 
-    /// Parses UTF-8 JSON; nil if it is not JSON.
+    /// Parses UTF-8 JSON (strict RFC 8259, see `JSONScanner`); nil if it is not JSON.
     public static func parse(_ bytes: [UInt8]) -> JSONValue? {
-        try? JSONDecoder().decode(JSONValue.self, from: Data(bytes))
+        bytes.withUnsafeBufferPointer { JSONScanner.value(of: $0) }
     }
 
     public static func parse(_ text: String) -> JSONValue? { parse(Array(text.utf8)) }

@@ -28,6 +28,8 @@ public struct SerialPortStatistics: Sendable, Equatable {
 /// device is reopened by itself. One thread per port.
 public final class SerialAdapter: LeafRouter, Service, Sendable {
     public let configuration: SerialPortConfiguration
+    /// The port loop beats at least every 50 ms while open, and while it waits to reopen a vanished device.
+    public let heartbeat: Heartbeat
     private let spool: Spool
     private let onAppended: @Sendable () -> Void
     private let logger: Logger
@@ -45,6 +47,7 @@ public final class SerialAdapter: LeafRouter, Service, Sendable {
             throw SerialAdapterError("\(configuration.path): reply pattern \(p) is not a valid regular expression", retriable: false)
         }
         self.configuration = configuration
+        self.heartbeat = Heartbeat("serial:\(configuration.path)")
         self.spool = spool
         self.onAppended = onAppended
         self.logger = logger
@@ -83,6 +86,7 @@ public final class SerialAdapter: LeafRouter, Service, Sendable {
     private func portLoop() {
         var lastOpenAttempt: Int64 = .min / 2
         while !stopped.load(ordering: .acquiring) {
+            heartbeat.beat()
             let now = WallClock.nowMilliseconds()
             guard now - lastOpenAttempt >= configuration.reopenIntervalMilliseconds else { usleep(50_000); failExpiredCommands(); continue }
             lastOpenAttempt = now
@@ -114,6 +118,7 @@ public final class SerialAdapter: LeafRouter, Service, Sendable {
         var buffer = [UInt8](repeating: 0, count: 4096)
         var awaiting: (waiter: CheckedContinuation<Result<[UInt8]?, SerialAdapterError>, Never>, deadline: Int64)?
         while !stopped.load(ordering: .acquiring) {
+            heartbeat.beat()
             // Commands: one at a time; a command waiting for its reply holds the line.
             if awaiting == nil, let command = outbox.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) {
                 guard port.write(framer.frame(command.bytes)) else {

@@ -23,6 +23,10 @@ public final class Spool: Sendable {
     /// With `interval(N)`: fdatasyncs every N ms even when no append comes (the loss window of Spool.md).
     private let flusher: Flusher?
 
+    /// The watchdog's view of the spool: every operation counts as busy until it returns (a hung disk shows as a
+    /// stuck spool); the flusher beats each round.
+    public let heartbeat = Heartbeat("spool")
+
     /// @unchecked: a dispatch source's `cancel` is thread-safe, and nothing else touches it after `resume`.
     private struct Flusher: @unchecked Sendable { let timer: any DispatchSourceTimer }
 
@@ -125,7 +129,10 @@ public final class Spool: Sendable {
             let timer = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "fieldgate.spool.flusher"))
             timer.schedule(deadline: .now() + .milliseconds(ms), repeating: .milliseconds(ms))
             self.flusher = Flusher(timer: timer)
-            timer.setEventHandler { [weak self] in try? self?.sync() }
+            timer.setEventHandler { [weak self] in
+                self?.heartbeat.beat()
+                try? self?.sync()
+            }
             timer.resume()
         } else {
             self.flusher = nil
@@ -281,7 +288,7 @@ public final class Spool: Sendable {
     /// reject-new when the cap is reached, `.io` on write errors (ENOSPC included; nothing of the batch is indexed).
     @discardableResult
     public func append(_ entries: [Entry]) throws(SpoolError) -> [UInt64] {
-        try state.withLock { s throws(SpoolError) -> [UInt64] in
+        try withState { s throws(SpoolError) -> [UInt64] in
             guard !s.closed else { throw SpoolError(.closed, "the spool is closed") }
             guard !isReadOnly else { throw SpoolError(.readOnly, "the spool is open read-only") }
             var frame: [UInt8] = []
@@ -420,7 +427,7 @@ public final class Spool: Sendable {
     /// Up to `max` records, per leaf in order, leaves in turn; `admit(leaf)` is asked before each record is taken
     /// (under the spool's lock, so keep it cheap): the uplink uses it to give each ready leaf its own budget.
     public func next(max: Int, nowMs: Int64 = WallClock.nowMilliseconds(), admit: (String) -> Bool) throws(SpoolError) -> [SpoolRecord] {
-        try state.withLock { s throws(SpoolError) -> [SpoolRecord] in
+        try withState { s throws(SpoolError) -> [SpoolRecord] in
             var out: [SpoolRecord] = []
             var idleRounds = 0
             while out.count < max, !s.leafOrder.isEmpty, idleRounds < s.leafOrder.count {
@@ -492,12 +499,12 @@ public final class Spool: Sendable {
 
     /// The hub accepted these: they leave the spool for good.
     public func acknowledge(_ sequences: [UInt64]) throws(SpoolError) {
-        try state.withLock { s throws(SpoolError) in try settle(sequences, locations: [:], reason: nil, &s) }
+        try withState { s throws(SpoolError) in try settle(sequences, locations: [:], reason: nil, &s) }
     }
 
     /// Delivery failed transiently: these go back to the front of their leaf's queue, in order.
     public func release(_ sequences: [UInt64]) {
-        state.withLock { s in
+        withState { s in
             var touched: Set<String> = []
             for seq in sequences {
                 guard let loc = s.inFlight.removeValue(forKey: seq) else { continue }
@@ -510,7 +517,7 @@ public final class Spool: Sendable {
 
     /// Permanently rejected by the hub: copied to the bounded dead-letter file, then removed (counted `rejected`).
     public func deadLetter(_ sequences: [UInt64]) throws(SpoolError) {
-        try state.withLock { s throws(SpoolError) in
+        try withState { s throws(SpoolError) in
             var frames: [UInt8] = []
             for seq in sequences {
                 guard let loc = s.inFlight[seq], let r = try read(loc, s) else { continue }
@@ -569,19 +576,26 @@ public final class Spool: Sendable {
 
     // MARK: housekeeping
 
+    /// Every use of the state, timed by the heartbeat while it waits for the lock and while it runs.
+    private func withState<T, E: Error>(_ body: (inout State) throws(E) -> sending T) throws(E) -> sending T {
+        let outermost = heartbeat.enterBusy()
+        defer { heartbeat.leaveBusy(outermost) }
+        return try state.withLock { s throws(E) -> sending T in try body(&s) }
+    }
+
     /// The message id of a record: the same for every delivery attempt and across restarts.
     public func messageID(for sequence: UInt64) -> String { "\(epoch)-\(sequence)" }
 
     /// fdatasync now (the interval flusher calls this; `close` too).
     public func sync() throws(SpoolError) {
-        try state.withLock { s throws(SpoolError) in
+        try withState { s throws(SpoolError) in
             guard !s.closed else { return }
             try syncLocked(&s)
         }
     }
 
     /// True while appended (interval policy) or acknowledged data waits for the flusher's next fdatasync.
-    public var hasUnsyncedData: Bool { state.withLock { $0.unsynced } }
+    public var hasUnsyncedData: Bool { withState { $0.unsynced } }
 
     private func syncLocked(_ s: inout State) throws(SpoolError) {
         guard s.unsynced else { return }
@@ -592,7 +606,7 @@ public final class Spool: Sendable {
     }
 
     public func statistics(nowMs: Int64 = WallClock.nowMilliseconds()) -> SpoolStatistics {
-        state.withLock { s in
+        withState { s in
             let oldest = s.segments.filter { $0.live > 0 }.map(\.oldestAcquiredMs).min()
             return SpoolStatistics(
                 depth: s.depthByLeaf.values.reduce(0, +), bytes: s.segments.reduce(0) { $0 + $1.size },
@@ -604,7 +618,7 @@ public final class Spool: Sendable {
 
     public func close() {
         flusher?.timer.cancel()
-        state.withLock { s in
+        withState { s in
             guard !s.closed else { return }
             try? syncLocked(&s)
             for seg in s.segments { seg.handle.close() }

@@ -48,37 +48,49 @@ struct DatagramDecoder {
 
     /// `sourceIP` is the sender's address without port; `sourcePort` its port.
     mutating func decode(_ bytes: [UInt8], sourceIP: String, sourcePort: Int, nowMs: Int64) -> Result<Datagram, DatagramRejectionAt> {
+        bytes.withUnsafeBufferPointer { decode($0, sourceIP: sourceIP, sourcePort: sourcePort, nowMs: nowMs) }
+    }
+
+    /// The hot path of UDP ingest: the JSON is scanned once, not built; `values` is forwarded as the bytes that
+    /// came (validated), and only the few top-level members the adapter reads are decoded.
+    mutating func decode(_ bytes: UnsafeBufferPointer<UInt8>, sourceIP: String, sourcePort: Int, nowMs: Int64) -> Result<Datagram, DatagramRejectionAt> {
         guard bytes.count <= configuration.maxDatagramBytes else { return .failure(.init(.oversize, leaf: nil)) }
         guard configuration.allowedSources.isEmpty || configuration.allowedSources.contains(sourceIP) else {
             return .failure(.init(.sourceNotAllowed, leaf: nil))
         }
-        let mappedLeaf = mapped["\(sourceIP):\(sourcePort)"] ?? mapped[sourceIP]
+        let mappedLeaf = mapped.isEmpty ? nil : mapped["\(sourceIP):\(sourcePort)"] ?? mapped[sourceIP]
         var body = bytes
         var signature: String?
-        if let nl = bytes.lastIndex(of: UInt8(ascii: "\n")), bytes[(nl + 1)...].starts(with: Array("sig=".utf8)) {
-            body = Array(bytes[..<nl])
-            signature = String(decoding: bytes[(nl + 5)...], as: UTF8.self)
+        if let nl = bytes.lastIndex(of: UInt8(ascii: "\n")), bytes[(nl + 1)...].starts(with: "sig=".utf8) {
+            body = UnsafeBufferPointer(rebasing: bytes[..<nl])
+            signature = String(decoding: UnsafeBufferPointer(rebasing: bytes[(nl + 5)...]), as: UTF8.self)
         }
-        let json = JSONValue.parse(body)
+        let members = JSONScanner.members(of: body)
+        /// The last member named `key` (as `JSONValue.parse` lets the last duplicate win).
+        func member(_ key: String) -> JSONScanner.Member? { members?.last { $0.key == key } }
+        func string(_ key: String) -> String? {
+            member(key).flatMap { $0.kind == .string ? JSONScanner.string(at: $0.range, in: body) : nil }
+        }
+        func value(_ m: JSONScanner.Member) -> JSONValue? { JSONScanner.value(of: UnsafeBufferPointer(rebasing: body[m.range])) }
+
         let leafID: String
         if let mappedLeaf {
             leafID = mappedLeaf
-            if let claimed = json?["device"]?.stringValue, claimed != mappedLeaf {
+            if let claimed = string("device"), claimed != mappedLeaf {
                 return .failure(.init(.notAllowedForLeaf, leaf: claimed))  // a mapped source speaks only for its leaf
             }
         } else {
-            guard case .object? = json else { return .failure(.init(.malformed, leaf: nil)) }
-            guard let claimed = json?["device"]?.stringValue else { return .failure(.init(.malformed, leaf: nil)) }
+            guard members != nil, let claimed = string("device") else { return .failure(.init(.malformed, leaf: nil)) }
             leafID = claimed
         }
         guard let leaf = leaves[leafID] else { return .failure(.init(.unknownLeaf, leaf: nil)) }
         if mappedLeaf == nil, !leaf.allowedSources.isEmpty, !leaf.allowedSources.contains(sourceIP) {
             return .failure(.init(.notAllowedForLeaf, leaf: leafID))
         }
-        let ts = json?["ts"].flatMap(Self.milliseconds)
+        let ts = member("ts").flatMap(value).flatMap(Self.milliseconds)
         if let key = leaf.hmacKey {
             guard let signature, let mac = Data(base64Encoded: signature),
-                  HMAC<SHA256>.isValidAuthenticationCode(mac, authenticating: body, using: SymmetricKey(data: key))
+                  HMAC<SHA256>.isValidAuthenticationCode(mac, authenticating: Array(body), using: SymmetricKey(data: key))
             else { return .failure(.init(.badSignature, leaf: leafID)) }
             let skew = ts.map { $0.subtractingReportingOverflow(nowMs) }
             guard let skew, !skew.overflow, skew.partialValue.magnitude <= UInt64(configuration.timestampWindowSeconds * 1000) else {
@@ -86,23 +98,25 @@ struct DatagramDecoder {
             }
             guard remember(signature) else { return .failure(.init(.replay, leaf: leafID)) }
         }
-        if json?["type"]?.stringValue == "reply" {
-            guard let id = json?["id"]?.stringValue else { return .failure(.init(.malformed, leaf: leafID)) }
-            let status = json?["status"]?.intValue.map(Int.init) ?? 200
-            return .success(.reply(leaf: leafID, id: id, status: status, payload: json?["payload"] ?? .null))
+        if string("type") == "reply" {
+            guard let id = string("id") else { return .failure(.init(.malformed, leaf: leafID)) }
+            let status = member("status").flatMap(value)?.intValue.map(Int.init) ?? 200
+            return .success(.reply(leaf: leafID, id: id, status: status, payload: member("payload").flatMap(value) ?? .null))
         }
         var properties: [String: String] = [:]
-        if case .object(let props)? = json?["props"] {
-            for (k, v) in props {
+        if let props = member("props"), props.kind == .object, case .object(let object)? = value(props) {
+            for (k, v) in object {
                 guard let s = v.stringValue else { return .failure(.init(.malformed, leaf: leafID)) }
                 properties[k] = s
             }
         }
         let envelope: TelemetryEnvelope
-        if mappedLeaf != nil, json == nil || json?.objectValue == nil {
-            envelope = TelemetryEnvelope(body: body, contentType: "application/octet-stream", contentEncoding: "binary", properties: properties)
-        } else if let values = json?["values"] ?? (mappedLeaf != nil ? json : nil) {
-            envelope = TelemetryEnvelope(body: values.bytes, properties: properties)
+        if mappedLeaf != nil, members == nil {
+            envelope = TelemetryEnvelope(body: Array(body), contentType: "application/octet-stream", contentEncoding: "binary", properties: properties)
+        } else if let values = member("values") {
+            envelope = TelemetryEnvelope(body: Array(body[values.range]), properties: properties)
+        } else if mappedLeaf != nil {
+            envelope = TelemetryEnvelope(body: Array(body), properties: properties)
         } else {
             return .failure(.init(.malformed, leaf: leafID))
         }

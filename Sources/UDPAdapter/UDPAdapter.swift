@@ -42,6 +42,8 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
     private let lastLog = Mutex<[DatagramRejection: Int64]>([:])
     private let finished = Mutex<CheckedContinuation<Void, Never>?>(nil)
     private let loopDone = Atomic<Bool>(false)
+    /// The receive loop beats at least every 200 ms (its poll timeout), with or without traffic.
+    public let heartbeat: Heartbeat
 
     public init(configuration: UDPAdapterConfiguration, spool: Spool, onAppended: @escaping @Sendable () -> Void = {},
                 logger: Logger = Logger(label: "fieldgate.udp")) throws(UDPAdapterError) {
@@ -50,6 +52,7 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
         self.onAppended = onAppended
         self.logger = logger
         self.socket = try UDPSocket(bindAddress: configuration.bindAddress, port: configuration.port)
+        self.heartbeat = Heartbeat("udp:\(configuration.port)")
     }
 
     /// Starts the receive thread.
@@ -90,31 +93,38 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
 
     private func receiveLoop() {
         var decoder = DatagramDecoder(configuration: configuration)
-        var buffer = [UInt8](repeating: 0, count: configuration.maxDatagramBytes + 1)
+        let batch = UDPReceiveBatch(maxDatagramBytes: configuration.maxDatagramBytes)
         while !stopped.load(ordering: .acquiring) {
-            guard let first = socket.receive(into: &buffer, timeoutMs: 200) else { continue }
+            heartbeat.beat()
+            var received = socket.receive(into: batch, timeoutMs: 200)
+            guard received > 0 else { continue }
             var entries: [Spool.Entry] = []
             var readingsByLeaf: [String: Int] = [:]
             var rejections: [(DatagramRejection, String?)] = []
             var seen: [String: (String, Int)] = [:]
-            var next: (count: Int, ip: String, port: Int)? = first
             var taken = 0
-            // Drain what is queued (up to a batch) so one spool append carries many readings.
-            while let d = next {
-                taken += 1
-                let bytes = d.count > configuration.maxDatagramBytes ? [UInt8](repeating: 0, count: d.count) : Array(buffer[0..<d.count])
-                switch decoder.decode(bytes, sourceIP: d.ip, sourcePort: d.port, nowMs: WallClock.nowMilliseconds()) {
-                case .success(.reading(let leaf, let acquired, let envelope)):
-                    entries.append(Spool.Entry(leaf: leaf, acquiredAtMs: acquired, payload: envelope.encoded()))
-                    readingsByLeaf[leaf, default: 0] += 1
-                    seen[leaf] = (d.ip, d.port)
-                case .success(.reply(let leaf, let id, let status, let payload)):
-                    seen[leaf] = (d.ip, d.port)
-                    waiters.withLock { $0.removeValue(forKey: "\(leaf)/\(id)") }?.resume(returning: (status, payload))
-                case .failure(let r):
-                    rejections.append((r.reason, r.leaf))
+            let nowMs = WallClock.nowMilliseconds()
+            // Drain what is queued (up to a few batches) so one spool append carries many readings.
+            while received > 0 {
+                for k in 0..<received {
+                    let d = batch.datagram(k)
+                    let result = d.length > configuration.maxDatagramBytes
+                        ? .failure(DatagramRejectionAt(.oversize, leaf: nil))
+                        : decoder.decode(d.bytes, sourceIP: d.ip, sourcePort: d.port, nowMs: nowMs)
+                    switch result {
+                    case .success(.reading(let leaf, let acquired, let envelope)):
+                        entries.append(Spool.Entry(leaf: leaf, acquiredAtMs: acquired, payload: envelope.encoded()))
+                        readingsByLeaf[leaf, default: 0] += 1
+                        seen[leaf] = (d.ip, d.port)
+                    case .success(.reply(let leaf, let id, let status, let payload)):
+                        seen[leaf] = (d.ip, d.port)
+                        waiters.withLock { $0.removeValue(forKey: "\(leaf)/\(id)") }?.resume(returning: (status, payload))
+                    case .failure(let r):
+                        rejections.append((r.reason, r.leaf))
+                    }
                 }
-                next = taken < 512 ? socket.receiveNow(into: &buffer) : nil
+                taken += received
+                received = taken < 1024 ? socket.receiveNow(into: batch) : 0
             }
             var refused = false
             if !entries.isEmpty {

@@ -20,6 +20,11 @@ public enum UDPFuzzing {
         let source = sources[Int(selector) % sources.count]
         var decoder = DatagramDecoder(configuration: configuration)
         let body = Array(bytes.dropFirst())
+        // The scanner agrees with itself: a document it splits into members parses whole, and so does each value.
+        if let members = JSONScanner.members(of: body) {
+            precondition(JSONValue.parse(body) != nil, "members(of:) accepted what parse refuses")
+            for m in members { precondition(JSONValue.parse(Array(body[m.range])) != nil, "a member's value does not parse alone") }
+        }
         guard case .success(let d) = decoder.decode(body, sourceIP: source, sourcePort: 1, nowMs: 1_700_000_000_000) else { return }
         let leaf: String
         switch d {

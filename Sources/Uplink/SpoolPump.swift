@@ -26,6 +26,8 @@ final class SpoolPump: Sendable {
     }
 
     let spool: Spool
+    /// Jobs block on the spool's file I/O: one that does not return is a stuck uplink.
+    let heartbeat = Heartbeat("uplink-spool", isLoop: false)
     private let encoder: TelemetryEncoder
     private let queue = DispatchQueue(label: "fieldgate.uplink.spool")
     private let logger: Logger
@@ -37,7 +39,7 @@ final class SpoolPump: Sendable {
     }
 
     func run(_ job: Job, completion: @escaping @Sendable (Result) -> Void) {
-        queue.async { [self] in completion(perform(job)) }
+        queue.async { [self] in completion(heartbeat.busy { perform(job) }) }
     }
 
     /// The last settlement at shutdown: after any running job, on the pump's queue.

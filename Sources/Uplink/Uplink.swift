@@ -75,6 +75,9 @@ public final class Uplink: Service, Sendable {
         await stop()
     }
 
+    /// What the watchdog watches: the reactor loop and the spool pump.
+    public var heartbeats: [Heartbeat] { [engine.heartbeat, engine.pump.heartbeat] }
+
     /// Producers call this after appending to the spool, so new records leave at once instead of at the next tick.
     public func wake() {
         _ = reactor.execute { [engine] in engine.wake() }

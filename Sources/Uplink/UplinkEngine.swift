@@ -23,6 +23,8 @@ final class UplinkEngine: @unchecked Sendable {
     private var sendLimitedAtMs: Int64?
     private var ticker: AMQPTimer?
     private let tickMilliseconds = 50
+    /// The reactor thread's proof of life: it ticks whether or not the hub is reachable.
+    let heartbeat = Heartbeat("uplink")
 
     private var pumpBusy = false
     private var settlements = SpoolPump.Job()
@@ -101,6 +103,7 @@ final class UplinkEngine: @unchecked Sendable {
 
     private func tick() {
         guard !stopping else { return }
+        heartbeat.beat()
         let now = nowMs()
         for shard in shards {
             shard.tickConnection(nowMs: now)

@@ -102,16 +102,22 @@ final class FakeUDPLeaf: Sendable {
     /// Replies to every command with `status` (nil: stay silent).
     func serve(replyingTo adapterPort: Int, status: Int?) {
         DispatchQueue(label: "fake-leaf").async { [self] in
-            var buffer = [UInt8](repeating: 0, count: 8192)
+            let batch = UDPReceiveBatch(maxDatagramBytes: 8192)
             while !stop.load(ordering: .relaxed) {
-                guard let d = socket.receive(into: &buffer, timeoutMs: 100), let json = JSONValue.parse(Array(buffer[0..<d.count])) else { continue }
-                received.withLock { $0.append(json) }
-                guard let status, let id = json["id"]?.stringValue else { continue }
-                let payload: JSONValue = json["type"] == "method" ? ["echo": json["payload"] ?? .null] : .null
-                let reply: JSONValue = ["device": "meter-1", "type": "reply", "id": .string(id), "status": .int(Int64(status)), "payload": payload]
-                socket.send(reply.bytes, toIP: "127.0.0.1", port: adapterPort)
+                for k in 0..<socket.receive(into: batch, timeoutMs: 100) {
+                    handle(batch.datagram(k).bytes, adapterPort: adapterPort, status: status)
+                }
             }
         }
+    }
+
+    private func handle(_ bytes: UnsafeBufferPointer<UInt8>, adapterPort: Int, status: Int?) {
+        guard let json = JSONValue.parse(Array(bytes)) else { return }
+        received.withLock { $0.append(json) }
+        guard let status, let id = json["id"]?.stringValue else { return }
+        let payload: JSONValue = json["type"] == "method" ? ["echo": json["payload"] ?? .null] : .null
+        let reply: JSONValue = ["device": "meter-1", "type": "reply", "id": .string(id), "status": .int(Int64(status)), "payload": payload]
+        socket.send(reply.bytes, toIP: "127.0.0.1", port: adapterPort)
     }
 }
 

@@ -1,0 +1,88 @@
+import FieldgateCore
+import Gateway
+import Logging
+import ServiceLifecycle
+import Systemd
+import UnixSignals
+
+/// The daemon's conversation with systemd (issue 8, part 2):
+/// - `READY=1` once every component loop runs (config valid, spool recovered, adapters started) — the hub is not
+///   waited for;
+/// - `STATUS=` a one-line summary every few seconds;
+/// - `WATCHDOG=1` only while no component is stuck (`Liveness`); a hub outage stops no loop, so it never stops it;
+/// - `SIGHUP` → `RELOADING=1`, reload, `READY=1` (an invalid configuration keeps the running one);
+/// - graceful shutdown → `STOPPING=1` first (this service is last in the group, so it is shut down first).
+struct Supervisor: Service {
+    let notifier: SystemdNotifier
+    let heartbeats: @Sendable () -> [Heartbeat]
+    let statusLine: @Sendable () async -> String
+    /// Re-reads the configuration and applies it; returns what happened, or throws why it was refused.
+    let reload: @Sendable () async throws(ConfigReloadError) -> String
+    let logger: Logger
+    var statusIntervalMs: Int64 = 5000
+
+    func run() async throws {
+        let ping = notifier.watchdogPingInterval
+        let pingMs = ping.map { Int64($0.components.seconds) * 1000 + $0.components.attoseconds / 1_000_000_000_000_000 }
+        let liveness = Liveness(stallMilliseconds: Liveness.stallMilliseconds(pingIntervalMs: pingMs))
+        // Ready once every loop has gone round: until then systemd keeps the unit "activating".
+        while !heartbeats().allSatisfy(\.hasBeaten) {
+            guard !Task.isShuttingDownGracefully else { return }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        notifier.ready(status: await statusLine())
+        logger.notice("ready", metadata: ["watchdog_ping_ms": "\(pingMs.map(String.init) ?? "off")", "stall_ms": "\(liveness.stallMilliseconds)"])
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await watch(liveness: liveness, pingMs: pingMs) }
+            group.addTask { await reloadOnHangup() }
+            await group.next()
+            group.cancelAll()
+        }
+        notifier.stopping(status: "stopping: adapters stop, the spool is flushed, the hub connection closes")
+        logger.notice("stopping")
+    }
+
+    private func watch(liveness: Liveness, pingMs: Int64?) async {
+        try? await cancelWhenGracefulShutdown {
+            var lastStatus = MonotonicClock.milliseconds()
+            var wasStuck = false
+            while !Task.isCancelled {
+                let now = MonotonicClock.milliseconds()
+                let stuck = liveness.stuck(heartbeats().map(Liveness.Reading.init), nowMs: now)
+                if stuck.isEmpty {
+                    notifier.watchdog()
+                    if wasStuck { logger.notice("every component makes progress again; watchdog pings resumed") }
+                } else {
+                    let names = stuck.map { "\($0.name) (\($0.forMs / 1000) s)" }.joined(separator: ", ")
+                    logger.error("no progress from \(names): watchdog pings withheld", metadata: ["stuck": "\(stuck.map(\.name).joined(separator: ","))"])
+                    notifier.status("stuck: \(names)")
+                }
+                wasStuck = !stuck.isEmpty
+                if stuck.isEmpty, now - lastStatus >= statusIntervalMs {
+                    notifier.status(await statusLine())
+                    lastStatus = now
+                }
+                try await Task.sleep(for: .milliseconds(min(pingMs ?? 1000, 1000)))
+            }
+        }
+    }
+
+    private func reloadOnHangup() async {
+        try? await cancelWhenGracefulShutdown {
+            for await _ in await UnixSignalsSequence(trapping: .sighup) {
+                notifier.reloading(status: "reloading the configuration")
+                do throws(ConfigReloadError) {
+                    let what = try await reload()
+                    logger.notice("configuration reloaded: \(what)")
+                } catch {
+                    logger.error("reload refused, the running configuration stays: \(error)")
+                }
+                notifier.ready(status: await statusLine())
+            }
+        }
+    }
+}
+
+struct ConfigReloadError: Error, CustomStringConvertible {
+    var description: String
+}

@@ -14,7 +14,8 @@ import Glibc
 public struct UDPLeafStatistics: Sendable, Equatable {
     public var readings = 0
     public var rejected: [DatagramRejection: Int] = [:]
-    /// Readings the spool refused (reject-new policy, full disk): back-pressure, counted, not silently lost.
+    /// Readings the spool refused (reject-new policy, full disk) or could not take fast enough: back-pressure,
+    /// counted, never silently lost.
     public var spoolRefused = 0
     public var lastSeen: String?
 }
@@ -40,6 +41,16 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
     private let lastAddress = Mutex<[String: (ip: String, port: Int)]>([:])
     private let waiters = Mutex<[String: CheckedContinuation<(Int, JSONValue)?, Never>]>([:])
     private let lastLog = Mutex<[DatagramRejection: Int64]>([:])
+    private let lastSpoolLog = Mutex<Int64>(.min / 2)
+    private struct Pending {
+        var entries: [Spool.Entry] = []
+        var perLeaf: [String: Int] = [:]
+        var scheduled = false
+    }
+    /// Decoded readings waiting for the writer queue (at most `maxPendingReadings`: ~20 MB of 200 B readings).
+    private let pending = Mutex(Pending())
+    private static let maxPendingReadings = 100_000
+    private let writer: DispatchQueue
     private let finished = Mutex<CheckedContinuation<Void, Never>?>(nil)
     private let loopDone = Atomic<Bool>(false)
     /// The receive loop beats at least every 200 ms (its poll timeout), with or without traffic.
@@ -53,6 +64,7 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
         self.logger = logger
         self.socket = try UDPSocket(bindAddress: configuration.bindAddress, port: configuration.port)
         self.heartbeat = Heartbeat("udp:\(configuration.port)")
+        self.writer = DispatchQueue(label: "fieldgate.udp.writer.\(configuration.port)")
     }
 
     /// Starts the receive thread.
@@ -78,6 +90,7 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
                 if resumeNow { cont.resume() }
             }
         }
+        await drainWriter()
         for w in waiters.withLock({ w in defer { w = [:] }; return Array(w.values) }) { w.resume(returning: nil) }
     }
 
@@ -126,21 +139,9 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
                 taken += received
                 received = taken < 1024 ? socket.receiveNow(into: batch) : 0
             }
-            var refused = false
-            if !entries.isEmpty {
-                do throws(SpoolError) {
-                    _ = try spool.append(entries)
-                } catch {
-                    refused = true
-                    logRateLimited(.malformed, "UDP readings refused by the spool (\(error)); counted per leaf")
-                }
-                onAppended()
-            }
+            if !entries.isEmpty { enqueue(entries, perLeaf: readingsByLeaf) }
             lastAddress.withLock { a in for (leaf, addr) in seen { a[leaf] = addr } }
             stats.withLock { s in
-                for (leaf, n) in readingsByLeaf {
-                    if refused { s.leaves[leaf, default: .init()].spoolRefused += n } else { s.leaves[leaf, default: .init()].readings += n }
-                }
                 for (leaf, addr) in seen { s.leaves[leaf, default: .init()].lastSeen = "\(addr.0):\(addr.1)" }
                 for (reason, leaf) in rejections {
                     if let leaf { s.leaves[leaf, default: .init()].rejected[reason, default: 0] += 1 } else { s.unattributed[reason, default: 0] += 1 }
@@ -148,6 +149,68 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
             }
             for (reason, leaf) in rejections { logRateLimited(reason, "UDP datagram rejected: \(reason.rawValue)\(leaf.map { " (leaf \($0))" } ?? "")") }
         }
+    }
+
+    // MARK: writing
+
+    /// Hands decoded readings to the writer queue. The receive thread never waits for the disk: an fdatasync that
+    /// takes 100 ms would overflow the socket buffer at 50k datagrams/s. Readings pile up (bounded) while one
+    /// append runs and go out together in the next one (group commit).
+    private func enqueue(_ entries: [Spool.Entry], perLeaf: [String: Int]) {
+        let (schedule, overflow) = pending.withLock { p -> (Bool, [String: Int]) in
+            guard p.entries.count + entries.count <= Self.maxPendingReadings else { return (false, perLeaf) }
+            p.entries += entries
+            p.perLeaf.merge(perLeaf, uniquingKeysWith: +)
+            defer { p.scheduled = true }
+            return (!p.scheduled, [:])
+        }
+        if !overflow.isEmpty {
+            stats.withLock { s in for (leaf, n) in overflow { s.leaves[leaf, default: .init()].spoolRefused += n } }
+            logSpoolTrouble("UDP readings dropped: the spool does not keep up (\(Self.maxPendingReadings) readings wait already); counted per leaf")
+        }
+        if schedule { writer.async { [self] in writePending() } }
+    }
+
+    /// On the writer queue: one spool append for everything pending.
+    private func writePending() {
+        let (entries, perLeaf) = pending.withLock { p in
+            defer { p = Pending() }
+            return (p.entries, p.perLeaf)
+        }
+        guard !entries.isEmpty else { return }
+        var refused = false
+        do throws(SpoolError) {
+            _ = try spool.append(entries)
+        } catch {
+            refused = true
+            logSpoolTrouble("UDP readings refused by the spool (\(error)); counted per leaf")
+        }
+        stats.withLock { s in
+            for (leaf, n) in perLeaf {
+                if refused { s.leaves[leaf, default: .init()].spoolRefused += n } else { s.leaves[leaf, default: .init()].readings += n }
+            }
+        }
+        if !refused { onAppended() }
+    }
+
+    /// Waits until everything handed to the writer is in the spool.
+    private func drainWriter() async {
+        await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
+            writer.async { [self] in
+                writePending()
+                cont.resume()
+            }
+        }
+    }
+
+    private func logSpoolTrouble(_ message: String) {
+        let now = WallClock.nowMilliseconds()
+        let go = lastSpoolLog.withLock { last -> Bool in
+            guard now - last >= 10_000 else { return false }
+            last = now
+            return true
+        }
+        if go { logger.warning("\(message)") }
     }
 
     /// At most one log line per reason per 10 s: hostile input must not flood the journal.

@@ -20,7 +20,7 @@ struct UDPBench: AsyncParsableCommand {
     func run() async throws {
         print("UDP ingest benchmark: \(senders) senders, 200 B JSON datagrams, spool sync always, loopback, \(seconds) s per rate")
         print("machine: \(sysconf(Int32(_SC_NPROCESSORS_ONLN))) cores\n")
-        print("offered/s  received/s  CPU µs/datagram  dropped  rejected")
+        print("offered/s  sent/s  received/s  CPU µs/datagram  dropped  rejected")
         for rate in rates {
             _ = system("rm -rf '\(dir)'; mkdir -p '\(dir)'")
             var sc = SpoolConfiguration(directory: dir + "/spool")
@@ -35,22 +35,24 @@ struct UDPBench: AsyncParsableCommand {
             let child = try ChildProcess.spawn(CommandLine.arguments[0], ["udp-sender", "--port", String(adapter.port), "--senders", String(senders),
                                                                           "--rate", String(rate), "--seconds", String(seconds)])
             child.wait()
+            let sendSeconds = secondsSince(start)
             let sent = rate * seconds
-            // Let the socket drain, then read the figures.
+            // Let the socket drain: the figures are taken when the count stops moving (or all arrived).
             var received = 0
+            var lastChange = ContinuousClock.now
             for _ in 0..<50 {
-                let s = adapter.statistics()
-                received = s.leaves.values.reduce(0) { $0 + $1.readings }
-                if received >= sent { break }
-                try await Task.sleep(for: .milliseconds(100))
+                let now = adapter.statistics().leaves.values.reduce(0) { $0 + $1.readings }
+                if now != received { received = now; lastChange = .now }
+                if received >= sent || ContinuousClock.now - lastChange > .milliseconds(300) { break }
+                try await Task.sleep(for: .milliseconds(50))
             }
-            let elapsed = secondsSince(start)
+            let elapsed = Double((lastChange - start).components.attoseconds) / 1e18 + Double((lastChange - start).components.seconds)
             let cpu = ChildProcess.selfCPUSeconds() - cpu0
             let stats = adapter.statistics()
             let rejected = stats.unattributed.values.reduce(0, +) + stats.leaves.values.reduce(0) { $0 + $1.rejected.values.reduce(0, +) }
             await adapter.stop()
             spool.close()
-            print(pad(String(rate), 9) + "  " + pad(fixed(Double(received) / max(elapsed, Double(seconds)), 0), 10) + "  "
+            print(pad(String(rate), 9) + "  " + pad(fixed(Double(sent) / sendSeconds, 0), 6) + "  " + pad(fixed(Double(received) / elapsed, 0), 10) + "  "
                   + pad(fixed(cpu / Double(max(received, 1)) * 1e6, 2), 15) + "  " + pad(String(sent - received), 7) + "  " + pad(String(rejected), 8))
         }
         _ = system("rm -rf '\(dir)'")

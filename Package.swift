@@ -105,6 +105,12 @@ let package = Package(
             dependencies: ["CSystemd", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),
+        // The daemon's local control socket (fieldgatectl talks to it).
+        .target(
+            name: "ControlSocket",
+            dependencies: ["FieldgateCore", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strictSettings
+        ),
         .target(
             name: "HubEmulator",
             dependencies: [
@@ -152,11 +158,19 @@ let package = Package(
         .executableTarget(
             name: "fieldgated",
             dependencies: [
-                "Gateway", "GatewayConfig", "Systemd", "Uplink", "UDPAdapter", "SerialAdapter", "Spool", "FieldgateCore",
+                "Gateway", "GatewayConfig", "Systemd", "ControlSocket", "Uplink", "UDPAdapter", "SerialAdapter", "Spool", "FieldgateCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "fieldgatectl",
+            dependencies: [
+                "ControlSocket", "Gateway", "GatewayConfig", "Uplink", "Spool", "FieldgateCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings
         ),

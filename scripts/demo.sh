@@ -47,7 +47,8 @@ M1_KEY=$(key_of "$("$HUB" device create udp-meter-1 $URL)")
 M2_KEY=$(key_of "$("$HUB" device create udp-meter-2 $URL)")
 "$HUB" device list $URL
 
-step "fieldgated configuration ($STATE/gateway/fieldgate.toml)"
+step "fieldgated configuration ($STATE/gateway: fieldgate.toml, devices.d/, secrets.toml)"
+mkdir -p "$STATE/gateway/devices.d"
 cat >"$STATE/gateway/fieldgate.toml" <<TOML
 [hub]
 host = "localhost"
@@ -57,7 +58,6 @@ ca_file = "$FIELDGATE_HUB_STATE/certs/ca.pem"
 
 [gateway]
 device_id = "fieldgate-demo"
-key = "$GW_KEY"
 reboot_command = ["true"]   # the demo does not reboot this machine
 
 [spool]
@@ -68,18 +68,29 @@ cap_mb = 64
 bind = "127.0.0.1"
 port = $UDP_PORT
 
+[control]
+socket = "$STATE/gateway/control.sock"
+TOML
+cat >"$STATE/gateway/devices.d/udp-meters.toml" <<TOML
 [[leaf]]
 device_id = "udp-meter-1"
-key = "$M1_KEY"
 adapter = "udp"
 allowed_sources = ["127.0.0.1"]
 
 [[leaf]]
 device_id = "udp-meter-2"
-key = "$M2_KEY"
 adapter = "udp"
 TOML
-sed 's/^key = .*/key = "…"/' "$STATE/gateway/fieldgate.toml"
+# Keys live apart from the configuration, readable by the daemon alone.
+(umask 077; cat >"$STATE/gateway/secrets.toml" <<TOML
+[keys]
+fieldgate-demo = "$GW_KEY"
+udp-meter-1 = "$M1_KEY"
+udp-meter-2 = "$M2_KEY"
+TOML
+)
+cat "$STATE/gateway/fieldgate.toml" "$STATE/gateway/devices.d/udp-meters.toml"
+echo "(+ secrets.toml, mode $(stat -c %a "$STATE/gateway/secrets.toml"): the three device keys)"
 
 step "fieldgated run (one AMQP connection for the gateway and both leaves)"
 "$GW" run --config "$STATE/gateway/fieldgate.toml" --log-level notice &

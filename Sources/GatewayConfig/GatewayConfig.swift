@@ -12,8 +12,8 @@ import FoundationEssentials
 import Foundation
 #endif
 
-/// `/etc/fieldgate/fieldgate.toml` as a file (ARCHITECTURE.md "Configuration"). Keys are snake_case. A first cut:
-/// one file, leaves inline as `[[leaf]]`; secrets inline or in key files (`key_file`, mode 0600 recommended).
+/// `/etc/fieldgate/fieldgate.toml` as a file (ARCHITECTURE.md "Configuration"; etc/fieldgate.toml documents every
+/// key). Leaves are `[[leaf]]` tables here or in `devices.d/*.toml`; keys live in the secrets file (`Secrets`).
 public struct GatewayConfigFile: Decodable, Sendable {
     public struct Hub: Decodable, Sendable {
         public var host: String
@@ -27,8 +27,7 @@ public struct GatewayConfigFile: Decodable, Sendable {
     }
     public struct Gateway: Decodable, Sendable {
         public var device_id: String
-        public var key: String?
-        public var key_file: String?
+        public var key_ref: String?
         public var reboot_command: [String]?
         public var restart_command: [String]?
     }
@@ -48,14 +47,23 @@ public struct GatewayConfigFile: Decodable, Sendable {
     }
     public struct Leaf: Decodable, Sendable {
         public var device_id: String
-        public var key: String?
-        public var key_file: String?
-        /// `udp` (Modbus and serial are still to come).
+        /// `udp` or `serial` (Modbus is still to come).
         public var adapter: String
+        /// `key` (default: the device's own key), `policy:<name>[:hub]` or `group:<name>` (secrets file).
+        public var credential: String?
+        /// The name of the key in the secrets file's [keys]; default: the device id.
+        public var key_ref: String?
         public var allowed_sources: [String]?
         public var mapped_source: String?
-        public var hmac_key: String?
+        /// UDP: datagrams must be signed with the secrets file's [hmac] key for this device.
+        public var hmac: Bool?
         public var command_address: String?
+    }
+    public struct Secrets: Decodable, Sendable { public var file: String? }
+    public struct Daemon: Decodable, Sendable { public var stall_seconds: Int? }
+    public struct Control: Decodable, Sendable {
+        public var socket: String?
+        public var allow_debug: Bool?
     }
 
     public var hub: Hub
@@ -64,6 +72,9 @@ public struct GatewayConfigFile: Decodable, Sendable {
     public var udp: UDP?
     public var serial_port: [SerialPortSection]?
     public var leaf: [Leaf]?
+    public var secrets: Secrets?
+    public var daemon: Daemon?
+    public var control: Control?
 
     public struct SerialPortSection: Decodable, Sendable {
         public var path: String
@@ -84,12 +95,10 @@ public struct GatewayConfigFile: Decodable, Sendable {
     }
 }
 
-/// A configuration error: `file[:line[:column]]: what and how to fix` (ARCHITECTURE.md contract 6). The daemon
-/// exits 78 (EX_CONFIG) with it.
-public struct ConfigError: Error, Sendable, CustomStringConvertible {
-    public var description: String
-    init(_ d: String) { description = d }
-    public var isRetriable: Bool { false }
+/// A `devices.d/*.toml` file: leaves, and the serial ports they hang on.
+struct DevicesFile: Decodable {
+    var leaf: [GatewayConfigFile.Leaf]?
+    var serial_port: [GatewayConfigFile.SerialPortSection]?
 }
 
 /// Everything the daemon needs, mapped onto each module's own configuration.
@@ -101,147 +110,240 @@ public struct GatewaySettings: Sendable {
     public var leaves: [LeafConfiguration]
     public var udp: UDPAdapterConfiguration?
     public var serialPorts: [SerialPortConfiguration]
+    /// The control socket's path; `allowDebug` enables `fieldgatectl debug` (tests, diagnosis).
+    public var controlSocket: String
+    public var allowDebug: Bool
+    /// A component without progress for this long stops the watchdog pings (capped below WatchdogSec).
+    public var stallMilliseconds: Int64
+    /// The files this configuration was read from.
+    public var files: [String]
 
-    public static func load(path: String) throws(ConfigError) -> GatewaySettings {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw ConfigError("\(path): cannot read the configuration file (does it exist, and may fieldgate read it?)")
+    /// Reads `path` and the `devices.d/*.toml` beside it, and the secrets; reports every problem at once.
+    /// `credentialsDirectory`: systemd's `$CREDENTIALS_DIRECTORY` (default: from the environment).
+    public static func load(path: String, credentialsDirectory: String? = ProcessInfo.processInfo.environment["CREDENTIALS_DIRECTORY"]) throws(ConfigError) -> GatewaySettings {
+        let main = try ConfigSource.read(path)
+        var problems = ConfigSchema.main.check(main.table, path: "", in: main)
+        let directory = directoryOf(path)
+        let devicesDir = (directory.isEmpty ? "." : directory) + "/devices.d"
+        var deviceSources: [ConfigSource] = []
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: devicesDir)) ?? []).filter { $0.hasSuffix(".toml") }.sorted()
+        for name in names {
+            do throws(ConfigError) {
+                let source = try ConfigSource.read(devicesDir + "/" + name)
+                problems += ConfigSchema.devices.check(source.table, path: "", in: source)
+                deviceSources.append(source)
+            } catch { problems += error.problems }
         }
+        guard problems.isEmpty else { throw ConfigError(problems) }
         let file: GatewayConfigFile
+        var devices: [(ConfigSource, DevicesFile)] = []
         do {
-            let table = try TOMLTable(string: String(decoding: data, as: UTF8.self))
-            file = try TOMLDecoder().decode(GatewayConfigFile.self, from: table)
-        } catch let e as TOMLParseError {
-            throw ConfigError("\(path):\(e.source.begin.line):\(e.source.begin.column): \(e.description)")
-        } catch let e as DecodingError {
-            throw ConfigError("\(path): \(describe(e))")
+            file = try TOMLDecoder().decode(GatewayConfigFile.self, from: main.table)
+            for source in deviceSources { devices.append((source, try TOMLDecoder().decode(DevicesFile.self, from: source.table))) }
         } catch {
-            throw ConfigError("\(path): \(error)")
+            throw ConfigError(file: path, "\(error)")  // the schema check above should have caught it
         }
-        return try map(file, path: path)
+        let secretsFile = file.secrets?.file ?? (directory.isEmpty ? "." : directory) + "/secrets.toml"
+        let secrets = try Secrets.load(file: secretsFile, credentialsDirectory: credentialsDirectory)
+        var mapper = Mapper(file: file, main: main, devices: devices, secrets: secrets)
+        let settings = mapper.map()
+        guard mapper.problems.isEmpty, let settings else { throw ConfigError(mapper.problems) }
+        return settings
+    }
+}
+
+/// Maps the decoded files onto the modules' configurations, collecting problems with their lines.
+struct Mapper {
+    let file: GatewayConfigFile
+    let main: ConfigSource
+    let devices: [(ConfigSource, DevicesFile)]
+    let secrets: Secrets
+    var problems: [ConfigProblem] = []
+
+    init(file: GatewayConfigFile, main: ConfigSource, devices: [(ConfigSource, DevicesFile)], secrets: Secrets) {
+        self.file = file
+        self.main = main
+        self.devices = devices
+        self.secrets = secrets
     }
 
-    private static func describe(_ e: DecodingError) -> String {
-        func path(_ c: [any CodingKey]) -> String { c.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".") }
-        switch e {
-        case .keyNotFound(let key, let ctx):
-            let full = ctx.codingPath.last?.stringValue == key.stringValue ? ctx.codingPath : ctx.codingPath + [key]
-            return "\(path(full)): required, add it"
-        case .typeMismatch(let type, let ctx): return "\(path(ctx.codingPath)): must be \(type)"
-        case .valueNotFound(let type, let ctx): return "\(path(ctx.codingPath)): must be \(type)"
-        case .dataCorrupted(let ctx): return "\(path(ctx.codingPath)): \(ctx.debugDescription)"
-        @unknown default: return "\(e)"
-        }
+    private mutating func report(_ source: ConfigSource, _ keyPath: String, _ message: String) {
+        problems.append(source.problem(keyPath, message))
     }
 
-    private static func key(inline: String?, file: String?, what: String, path: String) throws(ConfigError) -> String {
-        if let inline, !inline.isEmpty { return inline }
-        if let file {
-            guard let d = FileManager.default.contents(atPath: file) else { throw ConfigError("\(path): \(what).key_file \(file) cannot be read") }
-            return String(decoding: d, as: UTF8.self).split(whereSeparator: \.isNewline).first.map(String.init) ?? ""
-        }
-        throw ConfigError("\(path): \(what) needs key or key_file (the device's primary key, base64)")
-    }
-
-    static func map(_ f: GatewayConfigFile, path: String) throws(ConfigError) -> GatewaySettings {
+    mutating func map() -> GatewaySettings? {
+        let f = file
         var uplink = UplinkConfiguration(hostName: f.hub.host)
         uplink.address = f.hub.address
         uplink.port = f.hub.port ?? 5671
         uplink.transport = f.hub.insecure_plain_amqp == true ? .insecurePlainAMQP : .tls(.init(caFile: f.hub.ca_file))
         if let a = f.hub.attaches_per_second { uplink.attachesPerSecond = a > 0 ? a : nil }
         if let t = f.hub.token_ttl_seconds {
-            guard t >= 60 else { throw ConfigError("\(path): hub.token_ttl_seconds must be at least 60") }
-            uplink.tokenTTLSeconds = t
+            if t >= 60 { uplink.tokenTTLSeconds = t } else { report(main, "hub.token_ttl_seconds", "hub.token_ttl_seconds must be at least 60") }
         }
-        var spool = SpoolConfiguration(directory: f.spool?.directory ?? "/var/lib/fieldgate/spool")
-        if let mb = f.spool?.cap_mb {
-            guard mb >= 1 else { throw ConfigError("\(path): spool.cap_mb must be at least 1") }
-            spool.capBytes = mb * 1024 * 1024
-            spool.segmentBytes = min(spool.segmentBytes, max(64 * 1024, spool.capBytes / 8))
-        }
-        switch f.spool?.sync ?? "always" {
-        case "always": spool.sync = .always
-        case let s where s.hasPrefix("interval-"):
-            guard let ms = Int(s.dropFirst(9)), ms > 0 else { throw ConfigError("\(path): spool.sync \(s): write interval-<milliseconds>, e.g. interval-100") }
-            spool.sync = .interval(milliseconds: ms)
-        case let s: throw ConfigError("\(path): spool.sync \(s): use always or interval-<milliseconds>")
-        }
-        switch f.spool?.full_policy ?? "drop-oldest" {
-        case "drop-oldest": spool.fullPolicy = .dropOldest
-        case "reject-new": spool.fullPolicy = .rejectNew
-        case let s: throw ConfigError("\(path): spool.full_policy \(s): use drop-oldest or reject-new")
-        }
-        if let h = f.spool?.ttl_hours { spool.ttlMilliseconds = Int64(h) * 3_600_000 }
+        if let port = f.hub.port, !(1...65535).contains(port) { report(main, "hub.port", "hub.port must be 1 to 65535 (5671 for AMQPS)") }
+        let spool = spoolConfiguration(f.spool)
 
-        let gatewayKey = try key(inline: f.gateway.key, file: f.gateway.key_file, what: "gateway", path: path)
-        let gatewayLeaf = LeafConfiguration(deviceID: f.gateway.device_id, credential: .symmetricKey(primary: gatewayKey, secondary: nil),
+        let gatewayKey = deviceKey(f.gateway.key_ref ?? f.gateway.device_id, owner: "gateway \(f.gateway.device_id)", source: main, keyPath: "gateway")
+        let gatewayLeaf = LeafConfiguration(deviceID: f.gateway.device_id, credential: gatewayKey ?? .symmetricKey(primary: "", secondary: nil),
                                             capabilities: [.methods, .twin])
+        if !Self.isValidDeviceID(f.gateway.device_id) { report(main, "gateway.device_id", Self.deviceIDRule(f.gateway.device_id)) }
+
         var leaves: [LeafConfiguration] = []
         var udpLeaves: [UDPLeaf] = []
-        var ids: Set<String> = [f.gateway.device_id]
-        for (i, l) in (f.leaf ?? []).enumerated() {
-            let what = "leaf[\(i)] (\(l.device_id))"
-            guard ids.insert(l.device_id).inserted else { throw ConfigError("\(path): \(what): device_id is used twice") }
-            let k = try key(inline: l.key, file: l.key_file, what: what, path: path)
-            leaves.append(LeafConfiguration(deviceID: l.device_id, credential: .symmetricKey(primary: k, secondary: nil)))
+        var serialLeaves: [String: (ConfigSource, String)] = [:]
+        var seen: [String: String] = [f.gateway.device_id: "\(main.path):\(main.line("gateway.device_id") ?? 0)"]
+        let allLeaves = (f.leaf ?? []).enumerated().map { (main, $0.offset, $0.element) }
+            + devices.flatMap { source, d in (d.leaf ?? []).enumerated().map { (source, $0.offset, $0.element) } }
+        for (source, i, l) in allLeaves {
+            let at = "leaf[\(i)]"
+            guard Self.isValidDeviceID(l.device_id) else { report(source, "\(at).device_id", Self.deviceIDRule(l.device_id)); continue }
+            if let first = seen[l.device_id] {
+                report(source, "\(at).device_id", "device_id \(l.device_id) is used twice (first at \(first)); each leaf is its own IoT Hub identity")
+                continue
+            }
+            seen[l.device_id] = "\(source.path):\(source.line("\(at).device_id") ?? 0)"
+            guard let credential = leafCredential(l, source: source, at: at) else { continue }
+            leaves.append(LeafConfiguration(deviceID: l.device_id, credential: credential))
             switch l.adapter {
             case "udp":
+                var hmacKey: [UInt8]?
+                if l.hmac == true {
+                    if let k = secrets.hmac[l.device_id] { hmacKey = Array(k.utf8) } else {
+                        report(source, "\(at).hmac", "leaf \(l.device_id): hmac = true but \(secrets.origin) has no [hmac] \(l.device_id) = \"…\"; add it")
+                    }
+                }
                 udpLeaves.append(UDPLeaf(deviceID: l.device_id, allowedSources: l.allowed_sources ?? [], mappedSource: l.mapped_source,
-                                         hmacKey: l.hmac_key.map { Array($0.utf8) }, commandAddress: l.command_address))
+                                         hmacKey: hmacKey, commandAddress: l.command_address))
             case "serial":
-                break  // carried by a [[serial_port]] that names it
+                serialLeaves[l.device_id] = (source, at)  // carried by a [[serial_port]] that names it
             default:
-                throw ConfigError("\(path): \(what): adapter \(l.adapter) is not available (udp and serial are; modbus is still to come)")
+                report(source, "\(at).adapter", "leaf \(l.device_id): adapter \(l.adapter) is not available; use udp or serial (modbus is still to come)")
             }
         }
         var udp: UDPAdapterConfiguration?
         if !udpLeaves.isEmpty {
-            guard let u = f.udp else { throw ConfigError("\(path): udp leaves need a [udp] section with a port") }
-            var c = UDPAdapterConfiguration(port: u.port, leaves: udpLeaves)
-            c.bindAddress = u.bind ?? "::"
-            if let m = u.max_datagram_bytes { c.maxDatagramBytes = m }
-            c.allowedSources = u.allowed_sources ?? []
-            udp = c
+            if let u = f.udp {
+                var c = UDPAdapterConfiguration(port: u.port, leaves: udpLeaves)
+                c.bindAddress = u.bind ?? "::"
+                if let m = u.max_datagram_bytes { c.maxDatagramBytes = m }
+                c.allowedSources = u.allowed_sources ?? []
+                if !(0...65535).contains(u.port) { report(main, "udp.port", "udp.port must be 0 to 65535") }
+                udp = c
+            } else {
+                report(main, "", "udp leaves need a [udp] section with a port (in \(main.path))")
+            }
         }
-        let serialLeaves = Set((f.leaf ?? []).filter { $0.adapter == "serial" }.map(\.device_id))
         var covered: Set<String> = []
         var ports: [SerialPortConfiguration] = []
-        for (i, p) in (f.serial_port ?? []).enumerated() {
-            let c = try serialPort(p, what: "serial_port[\(i)] (\(p.path))", path: path)
+        let allPorts = (f.serial_port ?? []).enumerated().map { (main, $0.offset, $0.element) }
+            + devices.flatMap { source, d in (d.serial_port ?? []).enumerated().map { (source, $0.offset, $0.element) } }
+        for (source, i, p) in allPorts {
+            let at = "serial_port[\(i)]"
+            guard let c = serialPort(p, source: source, at: at) else { continue }
             for leaf in c.allLeaves {
-                guard serialLeaves.contains(leaf) else {
-                    throw ConfigError("\(path): serial_port[\(i)] (\(p.path)): leaf \(leaf) needs a [[leaf]] entry with adapter = \"serial\"")
+                if serialLeaves[leaf] == nil {
+                    report(source, at, "serial_port \(p.path): leaf \(leaf) needs a [[leaf]] entry with adapter = \"serial\"")
                 }
                 covered.insert(leaf)
             }
             ports.append(c)
         }
-        if let orphan = serialLeaves.subtracting(covered).sorted().first {
-            throw ConfigError("\(path): leaf \(orphan) has adapter = \"serial\" but no [[serial_port]] names it (leaf = or leaves =)")
+        for (leaf, (source, at)) in serialLeaves.sorted(by: { $0.key < $1.key }) where !covered.contains(leaf) {
+            report(source, at, "leaf \(leaf) has adapter = \"serial\" but no [[serial_port]] names it (leaf = or leaves =)")
         }
-        return GatewaySettings(uplink: uplink, spool: spool, gatewayLeaf: gatewayLeaf, gateway: f.gateway, leaves: leaves, udp: udp, serialPorts: ports)
+        guard problems.isEmpty else { return nil }
+        return GatewaySettings(
+            uplink: uplink, spool: spool, gatewayLeaf: gatewayLeaf, gateway: f.gateway, leaves: leaves, udp: udp, serialPorts: ports,
+            controlSocket: f.control?.socket ?? "/run/fieldgate/control.sock", allowDebug: f.control?.allow_debug ?? false,
+            stallMilliseconds: Int64(max(2, f.daemon?.stall_seconds ?? 10)) * 1000,
+            files: [main.path] + devices.map(\.0.path))
     }
 
-    private static func serialPort(_ p: GatewayConfigFile.SerialPortSection, what: String, path: String) throws(ConfigError) -> SerialPortConfiguration {
+    private mutating func spoolConfiguration(_ section: GatewayConfigFile.SpoolSection?) -> SpoolConfiguration {
+        var spool = SpoolConfiguration(directory: section?.directory ?? "/var/lib/fieldgate/spool")
+        if let mb = section?.cap_mb {
+            if mb >= 1 {
+                spool.capBytes = mb * 1024 * 1024
+                spool.segmentBytes = min(spool.segmentBytes, max(64 * 1024, spool.capBytes / 8))
+            } else { report(main, "spool.cap_mb", "spool.cap_mb must be at least 1") }
+        }
+        switch section?.sync ?? "always" {
+        case "always": spool.sync = .always
+        case let s where s.hasPrefix("interval-") && Int(s.dropFirst(9)).map({ $0 > 0 }) == true:
+            spool.sync = .interval(milliseconds: Int(s.dropFirst(9))!)
+        case let s: report(main, "spool.sync", "spool.sync \(s): use always or interval-<milliseconds>, e.g. interval-100")
+        }
+        switch section?.full_policy ?? "drop-oldest" {
+        case "drop-oldest": spool.fullPolicy = .dropOldest
+        case "reject-new": spool.fullPolicy = .rejectNew
+        case let s: report(main, "spool.full_policy", "spool.full_policy \(s): use drop-oldest or reject-new")
+        }
+        if let h = section?.ttl_hours { spool.ttlMilliseconds = Int64(h) * 3_600_000 }
+        return spool
+    }
+
+    private mutating func deviceKey(_ name: String, owner: String, source: ConfigSource, keyPath: String) -> LeafCredential? {
+        guard let k = secrets.keys[name] else {
+            report(source, keyPath, "\(owner): \(secrets.origin) has no key named \(name); add \(name) = \"<primary key, base64>\" under [keys]")
+            return nil
+        }
+        return .symmetricKey(primary: k.primary, secondary: k.secondary)
+    }
+
+    private mutating func leafCredential(_ l: GatewayConfigFile.Leaf, source: ConfigSource, at: String) -> LeafCredential? {
+        let parts = (l.credential ?? "key").split(separator: ":").map(String.init)
+        switch parts.first {
+        case "key" where parts.count == 1:
+            return deviceKey(l.key_ref ?? l.device_id, owner: "leaf \(l.device_id)", source: source, keyPath: "\(at).device_id")
+        case "policy" where parts.count == 2 || (parts.count == 3 && parts[2] == "hub"):
+            guard let key = secrets.policies[parts[1]] else {
+                report(source, "\(at).credential", "leaf \(l.device_id): \(secrets.origin) has no [policies] \(parts[1]) = \"…\"; add the policy's key")
+                return nil
+            }
+            return .sharedAccessPolicy(name: parts[1], key: key, scope: parts.count == 3 ? .hub : .device)
+        case "group" where parts.count == 2:
+            guard let key = secrets.groups[parts[1]] else {
+                report(source, "\(at).credential", "leaf \(l.device_id): \(secrets.origin) has no [groups] \(parts[1]) = \"…\"; add the group key")
+                return nil
+            }
+            return .groupKey(key)
+        default:
+            report(source, "\(at).credential", "leaf \(l.device_id): credential \(l.credential ?? ""): use key, policy:<name>, policy:<name>:hub or group:<name>")
+            return nil
+        }
+    }
+
+    /// IoT Hub device ids: up to 128 characters of letters, digits and `-.%_*?!(),:=@$'` (seeds-digest).
+    static func isValidDeviceID(_ id: String) -> Bool {
+        let allowed = Set("-.%_*?!(),:=@$'")
+        return (1...128).contains(id.count) && id.allSatisfy { ($0.isASCII && ($0.isLetter || $0.isNumber)) || allowed.contains($0) }
+    }
+
+    static func deviceIDRule(_ id: String) -> String {
+        "device_id \"\(id)\" is not a valid IoT Hub device id: 1 to 128 ASCII letters, digits or - . % _ * ? ! ( ) , : = @ $ '"
+    }
+
+    private mutating func serialPort(_ p: GatewayConfigFile.SerialPortSection, source: ConfigSource, at: String) -> SerialPortConfiguration? {
+        let before = problems.count
+        func bad(_ key: String, _ message: String) { problems.append(source.problem("\(at).\(key)", "serial_port \(p.path): \(message)")) }
         var c = SerialPortConfiguration(path: p.path)
         if let b = p.baud { c.baud = b }
-        if let v = p.parity { guard let x = SerialPortConfiguration.Parity(rawValue: v) else { throw ConfigError("\(path): \(what): parity \(v): use none, even or odd") }; c.parity = x }
-        if let v = p.flow_control { guard let x = SerialPortConfiguration.FlowControl(rawValue: v) else { throw ConfigError("\(path): \(what): flow_control \(v): use none, rtscts or xonxoff") }; c.flowControl = x }
-        if let v = p.data_bits { guard (5...8).contains(v) else { throw ConfigError("\(path): \(what): data_bits must be 5 to 8") }; c.dataBits = v }
-        if let v = p.stop_bits { guard v == 1 || v == 2 else { throw ConfigError("\(path): \(what): stop_bits must be 1 or 2") }; c.stopBits = v }
+        if let v = p.parity { if let x = SerialPortConfiguration.Parity(rawValue: v) { c.parity = x } else { bad("parity", "parity \(v): use none, even or odd") } }
+        if let v = p.flow_control { if let x = SerialPortConfiguration.FlowControl(rawValue: v) { c.flowControl = x } else { bad("flow_control", "flow_control \(v): use none, rtscts or xonxoff") } }
+        if let v = p.data_bits { if (5...8).contains(v) { c.dataBits = v } else { bad("data_bits", "data_bits must be 5 to 8") } }
+        if let v = p.stop_bits { if v == 1 || v == 2 { c.stopBits = v } else { bad("stop_bits", "stop_bits must be 1 or 2") } }
         let framing = p.framing ?? "lines"
         func hex(_ s: Substring) -> UInt8? { UInt8(s.hasPrefix("0x") ? s.dropFirst(2) : s, radix: 16) }
         switch framing.split(separator: ":", maxSplits: 1).map(String.init) {
         case ["lines"]: c.framing = .lines()
         case let x where x.count == 2 && x[0] == "fixed" && Int(x[1]).map({ $0 > 0 }) == true: c.framing = .fixed(length: Int(x[1])!)
         case let x where x.count == 2 && x[0] == "length" && ["1", "2", "4"].contains(x[1]): c.framing = .lengthPrefixed(prefixBytes: Int(x[1])!)
-        case let x where x.count == 2 && x[0] == "markers":
-            let bytes = x[1].split(separator: ",").map(hex)
-            guard (2...3).contains(bytes.count), bytes.allSatisfy({ $0 != nil }) else {
-                throw ConfigError("\(path): \(what): framing \(framing): write markers:<start>,<end>[,<escape>] in hex, e.g. markers:02,03,10")
-            }
-            c.framing = .markers(start: bytes[0]!, end: bytes[1]!, escape: bytes.count == 3 ? bytes[2] : nil)
+        case let x where x.count == 2 && x[0] == "markers" && (2...3).contains(x[1].split(separator: ",").count) && x[1].split(separator: ",").allSatisfy({ hex($0) != nil }):
+            let bytes = x[1].split(separator: ",").map { hex($0)! }
+            c.framing = .markers(start: bytes[0], end: bytes[1], escape: bytes.count == 3 ? bytes[2] : nil)
         default:
-            throw ConfigError("\(path): \(what): framing \(framing): use lines, fixed:<n>, length:<1|2|4> or markers:<start>,<end>[,<escape>]")
+            bad("framing", "framing \(framing): use lines, fixed:<n>, length:<1|2|4> or markers:<start>,<end>[,<escape>] (hex, e.g. markers:02,03,10)")
         }
         let format = p.format ?? "json"
         switch format.split(separator: ":", maxSplits: 1).map(String.init) {
@@ -250,19 +352,16 @@ public struct GatewaySettings: Sendable {
         case ["raw"]: c.format = .raw
         case let x where x.count == 2 && x[0] == "csv": c.format = .csv(fields: x[1].split(separator: ",").map(String.init), idField: p.id_field)
         case let x where x.count == 2 && x[0] == "regex":
-            do { _ = try FrameDecoder(.regex(pattern: x[1], idField: nil)) } catch { throw ConfigError("\(path): \(what): \(error)") }
-            c.format = .regex(pattern: x[1], idField: p.id_field)
+            do { _ = try FrameDecoder(.regex(pattern: x[1], idField: nil)); c.format = .regex(pattern: x[1], idField: p.id_field) } catch { bad("format", "\(error)") }
         default:
-            throw ConfigError("\(path): \(what): format \(format): use json, csv:<fields>, kv, regex:<pattern> or raw")
+            bad("format", "format \(format): use json, csv:<fields>, kv, regex:<pattern> or raw")
         }
         c.leaf = p.leaf
         c.leaves = p.leaves ?? []
-        guard c.leaf != nil || !c.leaves.isEmpty else { throw ConfigError("\(path): \(what): name its leaf (leaf = \"id\") or the leaves its id field may name (leaves = [...])") }
-        if c.leaf == nil && p.id_field == nil && format != "raw" {
-            throw ConfigError("\(path): \(what): with several leaves the frames must name theirs: set id_field")
-        }
+        if c.leaf == nil && c.leaves.isEmpty { bad("path", "name its leaf (leaf = \"id\") or the leaves its id field may name (leaves = [...])") }
+        if c.leaf == nil && !c.leaves.isEmpty && p.id_field == nil && format != "raw" { bad("leaves", "with several leaves the frames must name theirs: set id_field") }
         c.replyPattern = p.reply_pattern
-        if let rp = p.reply_pattern, (try? Regex(rp)) == nil { throw ConfigError("\(path): \(what): reply_pattern \(rp) is not a valid regular expression") }
-        return c
+        if let rp = p.reply_pattern, (try? Regex(rp)) == nil { bad("reply_pattern", "reply_pattern \(rp) is not a valid regular expression") }
+        return problems.count == before ? c : nil
     }
 }

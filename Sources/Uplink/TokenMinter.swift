@@ -46,3 +46,10 @@ extension LeafConfiguration {
         return nil
     }
 }
+
+extension UplinkConfiguration {
+    /// The SAS token `leaf` would put on the CBS link (its primary key), for `fieldgatectl sas-token`.
+    public func sasToken(for leaf: LeafConfiguration, expiry: Int64) throws(IoTHubError) -> String {
+        try TokenMinter(hostName: hostName).token(for: leaf, slot: .primary, expiry: expiry)
+    }
+}

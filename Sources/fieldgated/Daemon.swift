@@ -54,6 +54,14 @@ final class Daemon: Sendable {
         [spool.heartbeat] + uplink.heartbeats + (udp.map { [$0.heartbeat] } ?? []) + serial.map(\.heartbeat)
     }
 
+    /// Which adapter serves each leaf (for `fieldgatectl devices`).
+    var adapterNames: [String: String] {
+        var names: [String: String] = [:]
+        for leaf in udp?.configuration.leaves ?? [] { names[leaf.deviceID] = "udp" }
+        for port in serial { for leaf in port.configuration.allLeaves { names[leaf] = "serial:\(port.configuration.path)" } }
+        return names
+    }
+
     func statusLine() async -> String {
         StatusLine.compose(uplink: await uplink.status(), spool: spool.statistics())
     }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import ControlSocket
 import FieldgateCore
 import Gateway
 import GatewayConfig
@@ -36,8 +37,9 @@ struct Run: AsyncParsableCommand {
         let logger = Logger(label: "fieldgated")
         let settings: GatewaySettings
         do { settings = try GatewaySettings.load(path: config) } catch {
-            let line = "fieldgated: \(error)\n"  // one line on stderr: file[:line]: what and how to fix
-            _ = line.withCString { write(2, $0, strlen($0)) }
+            // One line per problem on stderr: file:line: what is wrong and how to fix it.
+            let text = error.problems.map { "fieldgated: \($0)\n" }.joined()
+            _ = text.withCString { write(2, $0, strlen($0)) }
             throw ExitCode(78)  // EX_CONFIG
         }
         let daemon = try Daemon(settings: settings, logger: logger)
@@ -49,12 +51,21 @@ struct Run: AsyncParsableCommand {
                 do { next = try GatewaySettings.load(path: configPath) } catch { throw ConfigReloadError(description: "\(error)") }
                 return try await daemon.apply(next)
             },
-            logger: logger)
+            logger: logger, stallMilliseconds: settings.stallMilliseconds)
         logger.info("fieldgated \(Version.current): hub \(settings.uplink.hostName), \(settings.leaves.count) leaves, spool \(settings.spool.directory)")
         // Shut down in reverse order: the supervisor first (STOPPING=1), then the adapters, the uplink last so the
         // readings the adapters still wrote are in the spool before the connection closes.
+        let handler = ControlHandler(daemon: daemon, allowDebug: settings.allowDebug)
+        var control: ControlServer?
+        do throws(ControlError) {
+            control = try ControlServer(path: settings.controlSocket, handler: { await handler.handle($0) }, logger: logger)
+            control?.start()
+        } catch {
+            logger.warning("no control socket, fieldgatectl cannot reach this daemon: \(error)")
+        }
         let group = ServiceGroup(services: daemon.services + [supervisor], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await group.run()
+        control?.stop()
         daemon.spool.close()
         logger.notice("stopped")
     }

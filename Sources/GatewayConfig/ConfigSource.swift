@@ -1,0 +1,100 @@
+import FieldgateCore
+import TOMLKit
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// One configuration problem, as the operator must read it: `file:line: what is wrong and how to fix it`.
+public struct ConfigProblem: Sendable, Equatable, CustomStringConvertible {
+    public var file: String
+    public var line: Int?
+    public var message: String
+
+    public var description: String { line.map { "\(file):\($0): \(message)" } ?? "\(file): \(message)" }
+}
+
+/// Every problem found in a configuration (ARCHITECTURE.md contract 6). fieldgated exits 78 (EX_CONFIG) with it;
+/// `fieldgatectl config check` prints it.
+public struct ConfigError: Error, Sendable, CustomStringConvertible {
+    public var problems: [ConfigProblem]
+    init(_ problems: [ConfigProblem]) { self.problems = problems }
+    init(file: String, line: Int? = nil, _ message: String) { problems = [ConfigProblem(file: file, line: line, message: message)] }
+    public var isRetriable: Bool { false }
+    public var description: String { problems.map(\.description).joined(separator: "\n") }
+}
+
+/// A parsed TOML file and where its keys are, so a problem found after parsing still names its line.
+struct ConfigSource {
+    let path: String
+    let table: TOMLTable
+    private let lines: [String: Int]
+
+    static func read(_ path: String) throws(ConfigError) -> ConfigSource {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ConfigError(file: path, "cannot read the file (does it exist, and may fieldgate read it?)")
+        }
+        let text = String(decoding: data, as: UTF8.self)
+        do {
+            return ConfigSource(path: path, table: try TOMLTable(string: text), lines: Self.locate(text))
+        } catch let e as TOMLParseError {
+            throw ConfigError(file: path, line: e.source.begin.line, "\(e.description) (TOML syntax, column \(e.source.begin.column))")
+        } catch {
+            throw ConfigError(file: path, "\(error)")
+        }
+    }
+
+    /// The line of a key path (`hub.port`, `leaf[2].adapter`, `leaf[2]`), or of the nearest enclosing table.
+    func line(_ keyPath: String) -> Int? {
+        var path = keyPath
+        while !path.isEmpty {
+            if let l = lines[path] { return l }
+            guard let cut = path.lastIndex(where: { $0 == "." || $0 == "[" }) else { break }
+            path = String(path[..<cut])
+        }
+        return nil
+    }
+
+    func problem(_ keyPath: String, _ message: String) -> ConfigProblem {
+        ConfigProblem(file: path, line: line(keyPath), message: message)
+    }
+
+    /// Maps key paths to lines by reading table headers and `key =` lines (enough for error messages; values
+    /// spanning lines are skipped over for multi-line strings).
+    static func locate(_ text: String) -> [String: Int] {
+        var result: [String: Int] = [:]
+        var table = ""
+        var arrayCounts: [String: Int] = [:]
+        var inMultiline: String?
+        for (n, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = raw.trimmed()
+            if let delimiter = inMultiline {
+                if line.contains(delimiter) { inMultiline = nil }
+                continue
+            }
+            if line.isEmpty || line.hasPrefix("#") { continue }
+            if line.hasPrefix("[["), let end = line.firstRange(of: "]]") {
+                let name = unquote(String(line[line.index(line.startIndex, offsetBy: 2)..<end.lowerBound]))
+                let index = arrayCounts[name, default: 0]
+                arrayCounts[name] = index + 1
+                table = "\(name)[\(index)]"
+                result[table] = n + 1
+            } else if line.hasPrefix("["), let end = line.firstIndex(of: "]") {
+                table = unquote(String(line[line.index(after: line.startIndex)..<end]))
+                result[table] = n + 1
+            } else if let eq = line.firstIndex(of: "=") {
+                let key = unquote(String(line[..<eq]))
+                result[table.isEmpty ? key : table + "." + key] = n + 1
+                let value = line[line.index(after: eq)...]
+                for d in ["\"\"\"", "'''"] where value.ranges(of: d).count == 1 { inMultiline = d }
+            }
+        }
+        return result
+    }
+
+    private static func unquote(_ s: String) -> String {
+        s.split(separator: ".").map { $0.trimmed().trimmed { $0 == "\"" || $0 == "'" } }.joined(separator: ".")
+    }
+}

@@ -1,0 +1,69 @@
+import TOMLKit
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The gateway's secrets, never in the main configuration (issue 8): `secrets.toml` from systemd credentials
+/// (`$CREDENTIALS_DIRECTORY/secrets.toml`, via `LoadCredential=`) or from a file that only its owner can read
+/// (mode 0600 or 0400; anything readable by group or others is refused).
+///
+///     [keys]        # device keys, base64: a primary, or { primary = "…", secondary = "…" }
+///     gw-1 = "…"
+///     [policies]    # hub shared access policies with DeviceConnect, by name
+///     device = "…"
+///     [groups]      # group (enrollment) keys, by name
+///     line-a = "…"
+///     [hmac]        # UDP leaves' datagram keys (any string), by device id
+///     meter-1 = "…"
+public struct Secrets: Sendable {
+    public struct DeviceKey: Sendable, Equatable { public var primary: String; public var secondary: String? }
+    var keys: [String: DeviceKey] = [:]
+    var policies: [String: String] = [:]
+    var groups: [String: String] = [:]
+    var hmac: [String: String] = [:]
+    /// Where they came from, for messages.
+    var origin: String
+
+    /// `file` is used when systemd passes no credential.
+    static func load(file: String, credentialsDirectory: String?) throws(ConfigError) -> Secrets {
+        if let dir = credentialsDirectory, FileManager.default.fileExists(atPath: dir + "/secrets.toml") {
+            return try parse(dir + "/secrets.toml")  // systemd made it readable by this service alone
+        }
+        var st = stat()
+        guard stat(file, &st) == 0 else {
+            throw ConfigError(file: file, "cannot read the secrets file (\(String(cString: strerror(errno)))): create it with mode 0600 and the device keys under [keys], or pass it as the systemd credential secrets.toml")
+        }
+        let mode = st.st_mode & 0o777
+        guard mode & 0o077 == 0 else {
+            throw ConfigError(file: file, "the secrets file is mode \(String(mode, radix: 8)) and readable by others: run chmod 600 \(file)")
+        }
+        return try parse(file)
+    }
+
+    private static func parse(_ path: String) throws(ConfigError) -> Secrets {
+        let source = try ConfigSource.read(path)
+        let schema = Schema(fields: ["keys": .anyTable, "policies": .stringMap, "groups": .stringMap, "hmac": .stringMap])
+        var problems = schema.check(source.table, path: "", in: source)
+        var s = Secrets(origin: path)
+        for (name, value) in source.table["keys"]?.table.map(Array.init) ?? [] {
+            if let k = value.string { s.keys[name] = DeviceKey(primary: k, secondary: nil) }
+            else if let t = value.table, let p = t["primary"]?.string { s.keys[name] = DeviceKey(primary: p, secondary: t["secondary"]?.string) }
+            else { problems.append(source.problem("keys.\(name)", "keys.\(name) must be a base64 key or { primary = \"…\", secondary = \"…\" }")) }
+        }
+        func strings(_ table: String) -> [String: String] {
+            Dictionary((source.table[table]?.table.map(Array.init) ?? []).compactMap { k, v in v.string.map { (k, $0) } }, uniquingKeysWith: { $1 })
+        }
+        s.policies = strings("policies")
+        s.groups = strings("groups")
+        s.hmac = strings("hmac")
+        guard problems.isEmpty else { throw ConfigError(problems) }
+        return s
+    }
+}

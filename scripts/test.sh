@@ -5,6 +5,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 [ -d /opt/swift/usr/bin ] && export PATH=/opt/swift/usr/bin:$PATH
 swift build --build-tests
+# The unit: systemd-analyze verify prints nothing, security exposure ≤ 1.5.
+bash systemd/check-unit.sh .build/debug/fieldgated
 # Suites start their own hubs on free ports, so they may run in parallel.
 swift test --skip-build "$@"
 # A bounded libFuzzer run over the spool's decoders (longer runs: scripts/fuzz.sh SECONDS).

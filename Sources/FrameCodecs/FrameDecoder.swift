@@ -7,7 +7,7 @@ import Foundation
 #endif
 
 /// How a frame's bytes become a reading: its values (a JSON object) and, when the frame names it, the leaf.
-public enum FrameFormat: Sendable {
+public enum FrameFormat: Sendable, Equatable {
     /// A JSON object; `idField` names the leaf (else the port's leaf), `values` is the object (minus the id) or
     /// its `values` member when present.
     case json(idField: String?)

@@ -128,18 +128,21 @@ public final class GatewayIdentity: LeafRouter {
 /// Sends the gateway's own identity to `GatewayIdentity` and every leaf to the adapter that owns it.
 public struct GatewayRouter: LeafRouter {
     public let gateway: GatewayIdentity
-    private let owners: [String: any LeafRouter]
-    private let fallback: (any LeafRouter)?
+    private let owner: @Sendable (String) -> (any LeafRouter)?
 
     /// `owners`: device id → its adapter; `fallback` takes leaves no adapter claims (tests use one adapter).
     public init(gateway: GatewayIdentity, owners: [String: any LeafRouter] = [:], fallback: (any LeafRouter)? = nil) {
+        self.init(gateway: gateway) { owners[$0] ?? fallback }
+    }
+
+    /// `owner` looks a leaf's adapter up at each call, so the daemon can change adapters on reload.
+    public init(gateway: GatewayIdentity, owner: @escaping @Sendable (String) -> (any LeafRouter)?) {
         self.gateway = gateway
-        self.owners = owners
-        self.fallback = fallback
+        self.owner = owner
     }
 
     private func route(_ deviceID: String) -> (any LeafRouter)? {
-        deviceID == gateway.configuration.deviceID ? gateway : owners[deviceID] ?? fallback
+        deviceID == gateway.configuration.deviceID ? gateway : owner(deviceID)
     }
 
     public func cloudToDevice(_ message: C2DMessage) async -> C2DOutcome {

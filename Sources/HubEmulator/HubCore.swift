@@ -27,6 +27,8 @@ public final class HubCore: @unchecked Sendable {
     /// Which connection holds each device's links (for C2D, methods, desired pushes and link-creation conflicts).
     var deviceOwners: [String: HubConnection] = [:]
     var connections: [ObjectIdentifier: HubConnection] = [:]
+    /// Every connection accepted since the hub started (a reconnect counts again).
+    public private(set) var connectionsAccepted = 0
     /// Faults: devices whose telemetry is rejected as throttled until the given time (ms).
     var throttledUntil: [String: Int64] = [:]
     var authenticationWindow: (second: Int64, count: Int) = (0, 0)
@@ -85,7 +87,10 @@ public final class HubCore: @unchecked Sendable {
 
     // MARK: the device directory
 
-    func register(_ connection: HubConnection) { connections[ObjectIdentifier(connection)] = connection }
+    func register(_ connection: HubConnection) {
+        connections[ObjectIdentifier(connection)] = connection
+        connectionsAccepted += 1
+    }
 
     func unregister(_ connection: HubConnection) {
         connections[ObjectIdentifier(connection)] = nil

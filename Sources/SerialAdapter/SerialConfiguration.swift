@@ -1,7 +1,7 @@
 import FrameCodecs
 
 /// One serial port and the leaves it carries. Owned by the SerialAdapter module; the daemon's config maps onto it.
-public struct SerialPortConfiguration: Sendable {
+public struct SerialPortConfiguration: Sendable, Equatable {
     public enum Parity: String, Sendable { case none, even, odd }
     public enum FlowControl: String, Sendable { case none, rtscts, xonxoff }
 

@@ -1,5 +1,5 @@
 /// How a spool stores, bounds and syncs. Owned by the Spool module; the daemon's config maps onto it.
-public struct SpoolConfiguration: Sendable {
+public struct SpoolConfiguration: Sendable, Equatable {
     public enum SyncPolicy: Sendable, Equatable {
         /// fdatasync before `append` returns. Nothing acknowledged is ever lost.
         case always

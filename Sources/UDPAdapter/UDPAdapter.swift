@@ -30,7 +30,12 @@ public struct UDPAdapterStatistics: Sendable, Equatable {
 /// to the leaf's configured or last-seen address, answered by the leaf's `reply` datagram. A datagram is never
 /// attributed to a leaf its source may not speak for. The socket is served by a thread of its own.
 public final class UDPAdapter: LeafRouter, Service, Sendable {
-    public let configuration: UDPAdapterConfiguration
+    /// The current configuration: leaves and source rules change on reload; the socket (bind, port, size) does not.
+    public var configuration: UDPAdapterConfiguration { current.withLock { $0 } }
+    private let current: Mutex<UDPAdapterConfiguration>
+    /// Bumped by `reconfigure`: the receive loop rebuilds its decoder when it sees a new value.
+    private let generation = Atomic<Int>(0)
+    private let maxDatagramBytes: Int
     public var port: Int { socket.port }
     private let socket: UDPSocket
     private let spool: Spool
@@ -58,7 +63,8 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
 
     public init(configuration: UDPAdapterConfiguration, spool: Spool, onAppended: @escaping @Sendable () -> Void = {},
                 logger: Logger = Logger(label: "fieldgate.udp")) throws(UDPAdapterError) {
-        self.configuration = configuration
+        self.current = Mutex(configuration)
+        self.maxDatagramBytes = configuration.maxDatagramBytes
         self.spool = spool
         self.onAppended = onAppended
         self.logger = logger
@@ -102,15 +108,33 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
 
     public func statistics() -> UDPAdapterStatistics { stats.withLock { $0 } }
 
+    /// Takes new leaves and source rules on the same socket (reload); readings already received are kept.
+    /// Throws when the socket itself would change (bind address, port, datagram size): that needs a new adapter.
+    public func reconfigure(_ next: UDPAdapterConfiguration) throws(UDPAdapterError) {
+        try current.withLock { c throws(UDPAdapterError) in
+            guard next.bindAddress == c.bindAddress, next.port == c.port, next.maxDatagramBytes == c.maxDatagramBytes else {
+                throw UDPAdapterError("the UDP socket settings changed: a new adapter is needed")
+            }
+            c = next
+        }
+        generation.add(1, ordering: .releasing)
+    }
+
     // MARK: receiving
 
     private func receiveLoop() {
+        var decoderGeneration = generation.load(ordering: .acquiring)
         var decoder = DatagramDecoder(configuration: configuration)
-        let batch = UDPReceiveBatch(maxDatagramBytes: configuration.maxDatagramBytes)
+        let batch = UDPReceiveBatch(maxDatagramBytes: maxDatagramBytes)
         while !stopped.load(ordering: .acquiring) {
             heartbeat.beat()
             var received = socket.receive(into: batch, timeoutMs: 200)
             guard received > 0 else { continue }
+            // Checked after the wait: a datagram sent after a reload finished must meet the new leaves.
+            if generation.load(ordering: .acquiring) != decoderGeneration {
+                decoderGeneration = generation.load(ordering: .acquiring)
+                decoder = DatagramDecoder(configuration: configuration)
+            }
             var entries: [Spool.Entry] = []
             var readingsByLeaf: [String: Int] = [:]
             var rejections: [(DatagramRejection, String?)] = []
@@ -121,7 +145,7 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
             while received > 0 {
                 for k in 0..<received {
                     let d = batch.datagram(k)
-                    let result = d.length > configuration.maxDatagramBytes
+                    let result = d.length > maxDatagramBytes
                         ? .failure(DatagramRejectionAt(.oversize, leaf: nil))
                         : decoder.decode(d.bytes, sourceIP: d.ip, sourcePort: d.port, nowMs: nowMs)
                     switch result {

@@ -1,6 +1,6 @@
 /// How the UDP adapter listens and which leaves it serves. Owned by the UDPAdapter module; the daemon's config
 /// maps onto it.
-public struct UDPAdapterConfiguration: Sendable {
+public struct UDPAdapterConfiguration: Sendable, Equatable {
     /// Bind address: an IPv4 or IPv6 literal (`0.0.0.0`, `::`, `127.0.0.1`). Default: `::` (both families).
     public var bindAddress = "::"
     public var port: Int

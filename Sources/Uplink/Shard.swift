@@ -25,7 +25,7 @@ final class Shard: @unchecked Sendable {
     unowned let engine: UplinkEngine
     let index: Int
     var machine: ConnectionMachine
-    let leafOrder: [String]
+    private(set) var leafOrder: [String]
     var leaves: [String: LeafRuntime] = [:]
 
     private(set) var generation = 0
@@ -131,6 +131,35 @@ final class Shard: @unchecked Sendable {
             admitCursor = (admitCursor + step + 1) % leafOrder.count
             perform(leaf.machine.admitted(nowMs: nowMs), for: leaf)
         }
+    }
+
+    /// A leaf added while running (reload): it queues for the attach pacer at once when the connection is open.
+    func addLeaf(_ leaf: LeafRuntime) {
+        leaves[leaf.deviceID] = leaf
+        leafOrder.append(leaf.deviceID)
+        guard isOpen else { return }
+        leaf.machine.connectionOpened()
+        engine.leavesQueued(self)
+    }
+
+    /// A leaf removed while running (reload): its links close and what it had in flight goes back to the spool,
+    /// where its records wait (TTL and cap apply) until the leaf is configured again. The connection stays.
+    func removeLeaf(_ id: String) {
+        guard let leaf = leaves.removeValue(forKey: id) else { return }
+        leafOrder.removeAll { $0 == id }
+        admitCursor = leafOrder.isEmpty ? 0 : admitCursor % leafOrder.count
+        detachLinks(leaf)
+        for policy in sharedTokens.keys { sharedTokens[policy]?.waiting.removeAll { $0 == id } }
+    }
+
+    /// Tokens this connection needs: one per leaf with its own key, one per hub-scope policy.
+    var tokenCount: Int {
+        var policies: Set<String> = []
+        var count = 0
+        for leaf in leaves.values {
+            if let p = leaf.configuration.hubScopePolicy { if policies.insert(p).inserted { count += 1 } } else { count += 1 }
+        }
+        return count
     }
 
     var queuedLeaves: Int { isOpen ? leaves.values.reduce(0) { $0 + ($1.machine.phase == .queued ? 1 : 0) } : 0 }

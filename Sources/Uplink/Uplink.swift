@@ -75,6 +75,19 @@ public final class Uplink: Service, Sendable {
         await stop()
     }
 
+    /// Applies a new leaf list without dropping the connection (reload). Hub settings cannot change this way:
+    /// a new `Uplink` does that.
+    public func reconfigure(leaves: [LeafConfiguration]) async throws(UplinkError) -> LeafChanges {
+        var seen: Set<String> = []
+        for leaf in leaves {
+            guard !leaf.deviceID.isEmpty else { throw UplinkError(.configuration, "a leaf has an empty device id") }
+            guard seen.insert(leaf.deviceID).inserted else { throw UplinkError(.configuration, "leaf \(leaf.deviceID) is configured twice") }
+        }
+        do { return try await reactor.perform { [engine] in engine.reconfigure(leaves) } } catch {
+            throw UplinkError(.stopped, "the uplink is not running")
+        }
+    }
+
     /// What the watchdog watches: the reactor loop and the spool pump.
     public var heartbeats: [Heartbeat] { [engine.heartbeat, engine.pump.heartbeat] }
 
@@ -109,6 +122,18 @@ public final class Uplink: Service, Sendable {
 
     public func status() async -> UplinkStatus {
         (try? await reactor.perform { [engine] in engine.snapshot() }) ?? UplinkStatus()
+    }
+}
+
+/// The leaves a reconfiguration added, removed or changed (by device id).
+public struct LeafChanges: Sendable, Equatable, CustomStringConvertible {
+    public var added: [String] = []
+    public var removed: [String] = []
+    public var changed: [String] = []
+    public init() {}
+    public var isEmpty: Bool { added.isEmpty && removed.isEmpty && changed.isEmpty }
+    public var description: String {
+        isEmpty ? "no leaf changed" : "added \(added), removed \(removed), changed \(changed)"
     }
 }
 

@@ -3,7 +3,7 @@ import IoTHub
 
 /// How the uplink reaches the hub, paces itself and drains the spool. Owned by the Uplink module; the daemon's
 /// config file maps onto it. Defaults follow the client profile (iothub-amqp.md §14).
-public struct UplinkConfiguration: Sendable {
+public struct UplinkConfiguration: Sendable, Equatable {
     /// The hub's host name: tokens name it, TLS verifies it (SNI too). Required.
     public var hostName: String
     /// Where to connect; default: `hostName`. Re-resolved on every reconnect.
@@ -64,13 +64,13 @@ public struct UplinkConfiguration: Sendable {
 
     public init(hostName: String) { self.hostName = hostName }
 
-    public enum Transport: Sendable {
+    public enum Transport: Sendable, Equatable {
         case tls(TLS)
         /// Plain AMQP (no TLS): only for tests against a local emulator. Never the default.
         case insecurePlainAMQP
     }
 
-    public struct TLS: Sendable {
+    public struct TLS: Sendable, Equatable {
         /// PEM bundle of trusted CAs; nil = the system's store.
         public var caFile: String?
         /// Verify the hub's certificate and host name. Turning it off is for tests only.

@@ -49,24 +49,61 @@ final class UplinkEngine: @unchecked Sendable {
         // A small burst: any one-second window then sees at most 1.2 × the rate (the hub counts per second).
         self.pacer = configuration.attachesPerSecond.map { TokenBucket(ratePerSecond: $0, burst: $0 / 5) }
         self.sendLimiter = configuration.messagesPerSecond.map { TokenBucket(ratePerSecond: $0) }
-        let timing = LeafMachine.Timing(
-            tokenTTLMilliseconds: configuration.tokenTTLSeconds * 1000, renewFraction: configuration.tokenRenewFraction,
-            renewJitter: configuration.tokenRenewJitter, leafBackoff: configuration.leafBackoff,
-            throttleBackoff: configuration.throttleBackoff, refusedBackoff: configuration.refusedBackoff,
-            operationTimeoutMilliseconds: configuration.operationTimeoutMilliseconds)
         for chunk in Self.partition(leaves, maxTokens: configuration.maxIdentitiesPerConnection) {
-            let runtimes = chunk.map { leaf in
-                LeafRuntime(configuration: leaf, machine: LeafMachine(hasSecondaryKey: leaf.credential.hasSecondaryKey, timing: timing),
-                            dedupeCapacity: configuration.cloudToDeviceDedupeCapacity,
-                            capabilities: router == nil ? [] : leaf.capabilities,
-                            reportedIntervalMilliseconds: configuration.reportedIntervalMilliseconds)
-            }
-            let index = shards.count
-            for leaf in runtimes { leafShard[leaf.deviceID] = index }
-            shards.append(Shard(engine: self, index: index, leaves: runtimes,
-                                connectionMachine: ConnectionMachine(backoff: configuration.reconnectBackoff,
-                                                                     connectTimeoutMilliseconds: configuration.operationTimeoutMilliseconds)))
+            addShard(chunk.map(makeRuntime))
         }
+    }
+
+    private func makeRuntime(_ leaf: LeafConfiguration) -> LeafRuntime {
+        let c = configuration
+        let timing = LeafMachine.Timing(
+            tokenTTLMilliseconds: c.tokenTTLSeconds * 1000, renewFraction: c.tokenRenewFraction, renewJitter: c.tokenRenewJitter,
+            leafBackoff: c.leafBackoff, throttleBackoff: c.throttleBackoff, refusedBackoff: c.refusedBackoff,
+            operationTimeoutMilliseconds: c.operationTimeoutMilliseconds)
+        return LeafRuntime(configuration: leaf, machine: LeafMachine(hasSecondaryKey: leaf.credential.hasSecondaryKey, timing: timing),
+                           dedupeCapacity: c.cloudToDeviceDedupeCapacity, capabilities: router == nil ? [] : leaf.capabilities,
+                           reportedIntervalMilliseconds: c.reportedIntervalMilliseconds)
+    }
+
+    @discardableResult
+    private func addShard(_ runtimes: [LeafRuntime]) -> Shard {
+        let index = shards.count
+        for leaf in runtimes { leafShard[leaf.deviceID] = index }
+        let shard = Shard(engine: self, index: index, leaves: runtimes,
+                          connectionMachine: ConnectionMachine(backoff: configuration.reconnectBackoff,
+                                                               connectTimeoutMilliseconds: configuration.operationTimeoutMilliseconds))
+        shards.append(shard)
+        return shard
+    }
+
+    /// Applies a new leaf list without touching the connections (reload): removed leaves detach, changed ones
+    /// (credential, capabilities) detach and attach again, new ones join a connection with room for their token
+    /// (a new connection beyond that).
+    func reconfigure(_ leaves: [LeafConfiguration]) -> LeafChanges {
+        var current: [String: LeafConfiguration] = [:]
+        for shard in shards { for (id, leaf) in shard.leaves { current[id] = leaf.configuration } }
+        let wanted = Dictionary(leaves.map { ($0.deviceID, $0) }, uniquingKeysWith: { a, _ in a })
+        var changes = LeafChanges()
+        for (id, old) in current.sorted(by: { $0.key < $1.key }) {
+            guard wanted[id] != old else { continue }
+            if let s = leafShard.removeValue(forKey: id) { shards[s].withConnection { $0.removeLeaf(id) } }
+            if wanted[id] == nil { changes.removed.append(id) } else { changes.changed.append(id) }
+        }
+        for leaf in leaves where current[leaf.deviceID] != leaf {
+            if current[leaf.deviceID] == nil { changes.added.append(leaf.deviceID) }
+            let cost = leaf.hubScopePolicy.map { p in shards.contains { $0.leaves.values.contains { $0.configuration.hubScopePolicy == p } } ? 0 : 1 } ?? 1
+            if let shard = shards.first(where: { $0.tokenCount + cost <= configuration.maxIdentitiesPerConnection && $0.leafOrder.count < Self.maxLeavesPerConnection }) {
+                leafShard[leaf.deviceID] = shard.index
+                shard.withConnection { [self] in $0.addLeaf(makeRuntime(leaf)) }
+            } else {
+                addShard([makeRuntime(leaf)])  // connects at the next tick
+            }
+        }
+        if !changes.isEmpty {
+            logger.notice("uplink: leaves reconfigured: \(changes)")
+            kickPump()
+        }
+        return changes
     }
 
     /// Sessions one connection may carry besides CBS: a leaf takes one (the hub's channel-max is 8191).

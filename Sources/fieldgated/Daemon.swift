@@ -9,56 +9,75 @@ import Synchronization
 import UDPAdapter
 import Uplink
 
-/// The running gateway: spool → uplink → adapters, plus the gateway's own identity.
-final class Daemon: Sendable {
+/// The running gateway: spool → uplink → adapters, plus the gateway's own identity. A `Service` whose parts can
+/// change while it runs (reload): adapters and leaves are swapped without dropping the hub connection; new hub
+/// settings bring a new uplink (a reconnect). Stops adapters first, then the uplink, so what the adapters still
+/// wrote is in the spool before the connection closes.
+final class Daemon: Service, Sendable {
     let spool: Spool
-    let uplink: Uplink
     let identity: GatewayIdentity
-    let udp: UDPAdapter?
-    let serial: [SerialAdapter]
-    private let settings: Mutex<GatewaySettings>
     private let logger: Logger
+    private let wake = WakeBox()
+
+    private struct Parts {
+        var settings: GatewaySettings
+        var uplink: Uplink
+    }
+    private let parts: Mutex<Parts>
+    /// The adapters, apart: the uplink's router looks leaves up here (it exists before the uplink does).
+    private let adapters = AdapterTable()
+    /// One reload at a time.
+    private let reloading = Mutex(false)
 
     init(settings: GatewaySettings, logger: Logger) throws {
         self.logger = logger
-        self.settings = Mutex(settings)
         spool = try Spool(configuration: settings.spool, logger: logger)
         var identityConfig = GatewayIdentity.Configuration(deviceID: settings.gateway.device_id, version: Version.current)
         if let c = settings.gateway.reboot_command { identityConfig.rebootCommand = c }
         if let c = settings.gateway.restart_command { identityConfig.restartCommand = c }
         identity = GatewayIdentity(configuration: identityConfig, spool: spool, logger: logger)
-        let wake = WakeBox()
-        let spool = spool
-        udp = try settings.udp.map { c throws(UDPAdapterError) in try UDPAdapter(configuration: c, spool: spool, onAppended: { wake.wake() }, logger: logger) }
-        serial = try settings.serialPorts.map { c throws(SerialAdapterError) in try SerialAdapter(configuration: c, spool: spool, onAppended: { wake.wake() }, logger: logger) }
-        var owners: [String: any LeafRouter] = [:]
-        for leaf in udp?.configuration.leaves ?? [] { owners[leaf.deviceID] = udp }
-        for port in serial { for leaf in port.configuration.allLeaves { owners[leaf] = port } }
-        uplink = try Uplink(configuration: settings.uplink, leaves: [settings.gatewayLeaf] + settings.leaves, spool: spool,
-                            router: GatewayRouter(gateway: identity, owners: owners), logger: logger)
+        let wake = self.wake
+        let spool = self.spool
+        let udp = try settings.udp.map { c throws(UDPAdapterError) in try UDPAdapter(configuration: c, spool: spool, onAppended: { wake.wake() }, logger: logger) }
+        let serial = try settings.serialPorts.map { c throws(SerialAdapterError) in try SerialAdapter(configuration: c, spool: spool, onAppended: { wake.wake() }, logger: logger) }
+        adapters.set(udp: udp, serial: serial)
+        // The router finds a leaf's adapter when a command comes, so reloads can change adapters under it.
+        let uplink = try Uplink(configuration: settings.uplink, leaves: [settings.gatewayLeaf] + settings.leaves, spool: spool,
+                                router: GatewayRouter(gateway: identity) { [adapters] in adapters.owner(of: $0) }, logger: logger)
         identity.attach(uplink)
         wake.set(uplink)
+        parts = Mutex(Parts(settings: settings, uplink: uplink))
         if let udp { logger.info("udp adapter on port \(udp.port) (\(udp.configuration.leaves.count) leaves)") }
         for port in serial { logger.info("serial adapter on \(port.configuration.path) (\(port.configuration.allLeaves.count) leaves)") }
     }
 
-    /// In start order; a ServiceGroup shuts them down in reverse (adapters before the uplink).
-    var services: [any Service] {
-        var s: [any Service] = [uplink, HealthReporter(identity: identity)]
-        if let udp { s.append(udp) }
-        s += serial.map { $0 as any Service }
-        return s
+    var uplink: Uplink { parts.withLock { $0.uplink } }
+    var udp: UDPAdapter? { adapters.current.udp }
+    var serial: [SerialAdapter] { adapters.current.serial }
+
+    func run() async throws {
+        let a = adapters.current
+        uplink.start()
+        a.udp?.start()
+        for port in a.serial { port.start() }
+        try? await gracefulShutdown()
+        let b = adapters.current
+        await b.udp?.stop()
+        for port in b.serial { await port.stop() }
+        await uplink.stop()
     }
 
     var heartbeats: [Heartbeat] {
-        [spool.heartbeat] + uplink.heartbeats + (udp.map { [$0.heartbeat] } ?? []) + serial.map(\.heartbeat)
+        let a = adapters.current
+        return [spool.heartbeat] + uplink.heartbeats + (a.udp.map { [$0.heartbeat] } ?? []) + a.serial.map(\.heartbeat)
     }
 
     /// Which adapter serves each leaf (for `fieldgatectl devices`).
     var adapterNames: [String: String] {
+        let a = adapters.current
         var names: [String: String] = [:]
-        for leaf in udp?.configuration.leaves ?? [] { names[leaf.deviceID] = "udp" }
-        for port in serial { for leaf in port.configuration.allLeaves { names[leaf] = "serial:\(port.configuration.path)" } }
+        for leaf in a.udp?.configuration.leaves ?? [] { names[leaf.deviceID] = "udp" }
+        for port in a.serial { for leaf in port.configuration.allLeaves { names[leaf] = "serial:\(port.configuration.path)" } }
         return names
     }
 
@@ -66,14 +85,113 @@ final class Daemon: Sendable {
         StatusLine.compose(uplink: await uplink.status(), spool: spool.statistics())
     }
 
-    /// Applies a reloaded configuration (SIGHUP).
+    // MARK: reload
+
+    /// Applies a reloaded configuration (SIGHUP) as one step: everything new is built first (a port that cannot be
+    /// bound refuses the whole reload), then swapped in. Settings that only a restart can change are refused.
     func apply(_ next: GatewaySettings) async throws(ConfigReloadError) -> String {
-        settings.withLock { $0 = next }
-        return "validated"
+        guard reloading.withLock({ busy in defer { busy = true }; return !busy }) else {
+            throw ConfigReloadError(description: "a reload is already running")
+        }
+        defer { reloading.withLock { $0 = false } }
+        let old = parts.withLock { $0.settings }
+        var needsRestart: [String] = []
+        if next.spool != old.spool { needsRestart.append("[spool]") }
+        if next.gateway.device_id != old.gateway.device_id { needsRestart.append("gateway.device_id") }
+        if next.controlSocket != old.controlSocket || next.allowDebug != old.allowDebug { needsRestart.append("[control]") }
+        if next.stallMilliseconds != old.stallMilliseconds { needsRestart.append("[daemon]") }
+        guard needsRestart.isEmpty else {
+            throw ConfigReloadError(description: "\(needsRestart.joined(separator: ", ")) changed: only a restart applies that (systemctl restart fieldgated)")
+        }
+        var summary: [String] = []
+        // 1. Build what is new; nothing running is touched yet.
+        let (currentUDP, currentSerial) = adapters.current
+        var newUDP = currentUDP
+        var udpToStop: UDPAdapter?
+        var udpToStart: UDPAdapter?
+        let wake = self.wake
+        if next.udp != old.udp {
+            if let c = next.udp, let udp = currentUDP, (try? udp.reconfigure(c)) != nil {
+                summary.append("udp leaves updated")
+            } else {
+                if let c = next.udp {
+                    do throws(UDPAdapterError) {
+                        udpToStart = try UDPAdapter(configuration: c, spool: spool, onAppended: { wake.wake() }, logger: logger)
+                    } catch { throw ConfigReloadError(description: "udp: \(error)") }
+                }
+                udpToStop = currentUDP
+                newUDP = udpToStart
+                summary.append(next.udp == nil ? "udp adapter removed" : "udp adapter on port \(next.udp!.port)")
+            }
+        }
+        var newSerial: [SerialAdapter] = []
+        var serialToStart: [SerialAdapter] = []
+        for c in next.serialPorts {
+            if let same = currentSerial.first(where: { $0.configuration == c }) { newSerial.append(same); continue }
+            do throws(SerialAdapterError) {
+                let port = try SerialAdapter(configuration: c, spool: spool, onAppended: { wake.wake() }, logger: logger)
+                newSerial.append(port)
+                serialToStart.append(port)
+                summary.append("serial \(c.path) (re)configured")
+            } catch { throw ConfigReloadError(description: "serial \(c.path): \(error)") }
+        }
+        let serialToStop = currentSerial.filter { port in !newSerial.contains { $0 === port } }
+        for port in serialToStop where !next.serialPorts.contains(where: { $0.path == port.configuration.path }) {
+            summary.append("serial \(port.configuration.path) removed")
+        }
+        var newUplink: Uplink?
+        if next.uplink != old.uplink || next.gatewayLeaf != old.gatewayLeaf {
+            do throws(UplinkError) { newUplink = try makeUplinkDetached(next) } catch { throw ConfigReloadError(description: "\(error)") }
+        }
+        // 2. Swap: adapters out, then in; leaves on the running connection, or a new connection for new hub settings.
+        await udpToStop?.stop()
+        for port in serialToStop { await port.stop() }
+        adapters.set(udp: newUDP, serial: newSerial)
+        let oldUplink = parts.withLock { p -> Uplink in
+            p.settings = next
+            return p.uplink
+        }
+        udpToStart?.start()
+        for port in serialToStart { port.start() }
+        if let newUplink {
+            await oldUplink.stop()  // settles with the spool: what was in flight goes out again on the new connection
+            parts.withLock { $0.uplink = newUplink }
+            identity.attach(newUplink)
+            wake.set(newUplink)
+            newUplink.start()
+            summary.append("hub settings changed: reconnected")
+        } else {
+            do throws(UplinkError) {
+                let changes = try await oldUplink.reconfigure(leaves: [next.gatewayLeaf] + next.leaves)
+                if !changes.isEmpty { summary.append("\(changes) on the same connection") }
+            } catch { throw ConfigReloadError(description: "\(error)") }
+        }
+        return summary.isEmpty ? "nothing changed" : summary.joined(separator: "; ")
+    }
+
+    /// A new uplink for new hub settings, not yet attached or started.
+    private func makeUplinkDetached(_ settings: GatewaySettings) throws(UplinkError) -> Uplink {
+        try Uplink(configuration: settings.uplink, leaves: [settings.gatewayLeaf] + settings.leaves, spool: spool,
+                   router: GatewayRouter(gateway: identity) { [adapters] in adapters.owner(of: $0) }, logger: logger)
     }
 }
 
-/// Lets adapters wake the uplink once it exists.
+/// The adapters of the moment, and which one owns a leaf.
+final class AdapterTable: Sendable {
+    private let state = Mutex<(udp: UDPAdapter?, serial: [SerialAdapter])>((nil, []))
+
+    var current: (udp: UDPAdapter?, serial: [SerialAdapter]) { state.withLock { $0 } }
+
+    func set(udp: UDPAdapter?, serial: [SerialAdapter]) { state.withLock { $0 = (udp, serial) } }
+
+    func owner(of deviceID: String) -> (any LeafRouter)? {
+        let (udp, serial) = current
+        if let udp, udp.configuration.leaves.contains(where: { $0.deviceID == deviceID }) { return udp }
+        return serial.first { $0.configuration.allLeaves.contains(deviceID) }
+    }
+}
+
+/// Lets adapters wake the current uplink.
 final class WakeBox: Sendable {
     private let uplink = Mutex<Uplink?>(nil)
     func set(_ u: Uplink) { uplink.withLock { $0 = u } }

@@ -53,8 +53,6 @@ struct Run: AsyncParsableCommand {
             },
             logger: logger, stallMilliseconds: settings.stallMilliseconds)
         logger.info("fieldgated \(Version.current): hub \(settings.uplink.hostName), \(settings.leaves.count) leaves, spool \(settings.spool.directory)")
-        // Shut down in reverse order: the supervisor first (STOPPING=1), then the adapters, the uplink last so the
-        // readings the adapters still wrote are in the spool before the connection closes.
         let handler = ControlHandler(daemon: daemon, allowDebug: settings.allowDebug)
         var control: ControlServer?
         do throws(ControlError) {
@@ -63,7 +61,8 @@ struct Run: AsyncParsableCommand {
         } catch {
             logger.warning("no control socket, fieldgatectl cannot reach this daemon: \(error)")
         }
-        let group = ServiceGroup(services: daemon.services + [supervisor], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        // Shut down in reverse order: the supervisor first (STOPPING=1), then the daemon (adapters, then the uplink).
+        let group = ServiceGroup(services: [daemon, HealthReporter(identity: daemon.identity), supervisor], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await group.run()
         control?.stop()
         daemon.spool.close()

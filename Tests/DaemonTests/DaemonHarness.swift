@@ -81,11 +81,12 @@ final class DaemonUnderTest: Sendable {
     let notify: NotifyListener
     let udpPort: Int
 
-    static func start(hub: TestHub, leaves: [String], watchdogUsec: Int = 2_000_000, extraMain: String = "", stopHubFirst: Bool = false) async throws -> DaemonUnderTest {
+    static func start(hub: TestHub, leaves: [String], watchdogUsec: Int = 2_000_000, extraMain: String = "", stopHubFirst: Bool = false,
+                      otherDevices: [String] = []) async throws -> DaemonUnderTest {
         let dir = FileManager.default.temporaryDirectory.path + "/fieldgated-test-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: dir + "/devices.d", withIntermediateDirectories: true)
         var keys = "[keys]\n"
-        for id in ["gw-under-test"] + leaves {
+        for id in ["gw-under-test"] + leaves + otherDevices {
             let record = try await hub.createDevice(id)
             keys += "\"\(id)\" = \"\(record.authentication.symmetricKey.primaryKey)\"\n"
         }
@@ -109,8 +110,7 @@ final class DaemonUnderTest: Sendable {
             allow_debug = true
             \(extraMain)
             """.write(toFile: dir + "/fieldgate.toml", atomically: true, encoding: .utf8)
-        try leaves.map { "[[leaf]]\ndevice_id = \"\($0)\"\nadapter = \"udp\"\n" }.joined(separator: "\n")
-            .write(toFile: dir + "/devices.d/leaves.toml", atomically: true, encoding: .utf8)
+        try writeLeaves(leaves, in: dir)
         FileManager.default.createFile(atPath: dir + "/secrets.toml", contents: Data(keys.utf8), attributes: [.posixPermissions: 0o600])
         if stopHubFirst { await hub.stop() }
         let notify = NotifyListener(path: dir + "/notify.sock")
@@ -126,6 +126,44 @@ final class DaemonUnderTest: Sendable {
         self.controlSocket = controlSocket
         self.notify = notify
         self.udpPort = udpPort
+    }
+
+    /// devices.d/leaves.toml: UDP leaves.
+    static func writeLeaves(_ leaves: [String], in dir: String) throws {
+        try leaves.map { "[[leaf]]\ndevice_id = \"\($0)\"\nadapter = \"udp\"\n" }.joined(separator: "\n")
+            .write(toFile: dir + "/devices.d/leaves.toml", atomically: true, encoding: .utf8)
+    }
+
+    func writeLeaves(_ leaves: [String]) throws { try Self.writeLeaves(leaves, in: directory) }
+
+    /// A datagram to the daemon's UDP adapter, as a leaf sends it.
+    func sendUDP(_ text: String) {
+        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        defer { close(fd) }
+        var to = sockaddr_in()
+        to.sin_family = sa_family_t(AF_INET)
+        to.sin_port = in_port_t(UInt16(udpPort).bigEndian)
+        inet_pton(AF_INET, "127.0.0.1", &to.sin_addr)
+        let bytes = Array(text.utf8)
+        _ = withUnsafePointer(to: &to) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, bytes, bytes.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+    }
+
+    /// Device ids in the given uplink state, from `fieldgatectl devices`.
+    func devices(in state: String) -> Set<String> {
+        guard let list = try? control(["command": "devices"]).arrayValue else { return [] }
+        return Set(list.filter { $0["state"]?.stringValue == state }.compactMap { $0["device_id"]?.stringValue })
+    }
+
+    /// Waits until `condition` holds (polling, without blocking the cooperative pool).
+    func eventually(seconds: Double = 15, _ condition: () async -> Bool) async -> Bool {
+        let deadline = MonotonicClock.milliseconds() + Int64(seconds * 1000)
+        while MonotonicClock.milliseconds() < deadline {
+            if await condition() { return true }
+            try? await Task.sleep(for: .milliseconds(100))
+        }
+        return false
     }
 
     func signal(_ s: Int32) { kill(pid, s) }

@@ -202,6 +202,7 @@ let package = Package(
             dependencies: ["HubTestSupport", "HubEmulator", "ControlSocket", "FieldgateCore"],
             swiftSettings: strictSettings
         ),
+        .testTarget(name: "SystemdTests", dependencies: ["Systemd", .product(name: "Logging", package: "swift-log")], swiftSettings: strictSettings),
         .testTarget(name: "FieldgateCoreTests", dependencies: ["FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "IoTHubTests", dependencies: ["IoTHub"], swiftSettings: strictSettings),
         .testTarget(name: "SpoolTests", dependencies: ["Spool"], swiftSettings: strictSettings),

@@ -13,7 +13,7 @@ public final class GatewayIdentity: LeafRouter {
         /// Run by `reboot` after the twin is updated and the spool flushed. Default: `systemctl reboot`.
         public var rebootCommand = ["systemctl", "reboot"]
         /// Run by `restart`. Default: `systemctl restart fieldgate`.
-        public var restartCommand = ["systemctl", "restart", "fieldgate"]
+        public var restartCommand = ["systemctl", "restart", "fieldgated"]
         /// Health is reported at most this often (and when the leaf states change). Default: 60 s.
         public var healthIntervalMilliseconds: Int64 = 60_000
 

@@ -97,11 +97,12 @@ public final class SerialAdapter: LeafRouter, Service, Sendable {
                 continue
             }
             stats.withLock { $0.opens += 1; $0.connected = true; $0.lastError = nil }
-            logger.notice("serial \(configuration.path): open")
+            logger.notice("serial \(configuration.path): open", metadata: ["adapter": "serial:\(configuration.path)"])
             serve(port)
             stats.withLock { $0.connected = false }
             if !stopped.load(ordering: .acquiring) {
-                logger.warning("serial \(configuration.path): the device went away; reopening every \(configuration.reopenIntervalMilliseconds) ms")
+                logger.warning("serial \(configuration.path): the device went away; reopening every \(configuration.reopenIntervalMilliseconds) ms",
+                               metadata: ["adapter": "serial:\(configuration.path)"])
                 stats.withLock { $0.lastError = "the device went away" }
             }
         }

@@ -63,7 +63,7 @@ public struct JournalLogHandler: LogHandler {
     }
 
     /// A journal field name: upper case letters, digits and `_`, not starting with `_` (reserved) or a digit.
-    static func fieldName(_ key: String) -> String? {
+    public static func fieldName(_ key: String) -> String? {
         let upper = key.uppercased().map { $0.isLetter || $0.isNumber ? $0 : "_" }
         guard let first = upper.first, first != "_", !first.isNumber, upper.count <= 64 else { return nil }
         return String(upper)

@@ -171,7 +171,7 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
                     if let leaf { s.leaves[leaf, default: .init()].rejected[reason, default: 0] += 1 } else { s.unattributed[reason, default: 0] += 1 }
                 }
             }
-            for (reason, leaf) in rejections { logRateLimited(reason, "UDP datagram rejected: \(reason.rawValue)\(leaf.map { " (leaf \($0))" } ?? "")") }
+            for (reason, leaf) in rejections { logRateLimited(reason, leaf: leaf) }
         }
     }
 
@@ -234,18 +234,21 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
             last = now
             return true
         }
-        if go { logger.warning("\(message)") }
+        if go { logger.warning("\(message)", metadata: ["adapter": "udp:\(port)"]) }
     }
 
     /// At most one log line per reason per 10 s: hostile input must not flood the journal.
-    private func logRateLimited(_ reason: DatagramRejection, _ message: @autoclosure () -> String) {
+    private func logRateLimited(_ reason: DatagramRejection, leaf: String?) {
         let now = WallClock.nowMilliseconds()
         let go = lastLog.withLock { l -> Bool in
             guard now - (l[reason] ?? .min / 2) >= 10_000 else { return false }
             l[reason] = now
             return true
         }
-        if go { logger.warning("\(message())") }
+        guard go else { return }
+        var metadata: Logger.Metadata = ["adapter": "udp:\(port)", "reason": "\(reason.rawValue)"]
+        if let leaf { metadata["leaf"] = "\(leaf)" }
+        logger.warning("UDP datagram rejected: \(reason.rawValue)\(leaf.map { " (leaf \($0))" } ?? "")", metadata: metadata)
     }
 
     // MARK: commands (LeafRouter)

@@ -49,7 +49,8 @@ extension Shard {
                 engine.release(entry.sequences + leaf.takePending())
             default:
                 leaf.counters.rejectedRecords += entry.sequences.count
-                logger.warning("uplink[\(index)]: \(entry.leaf): the hub rejected a message for good (\(condition?.name ?? "no condition") \(condition?.description ?? "")); it goes to the dead-letter file")
+                logger.warning("uplink[\(index)]: \(entry.leaf): the hub rejected a message for good (\(condition?.name ?? "no condition") \(condition?.description ?? "")); it goes to the dead-letter file",
+                               metadata: ["leaf": "\(entry.leaf)", "hub_error": "\(condition?.name ?? "")", "hub_error_description": "\(condition?.description ?? "")"])
                 engine.deadLetter(entry.sequences)
             }
         case .released, .modified:

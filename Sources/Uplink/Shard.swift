@@ -366,7 +366,8 @@ final class Shard: @unchecked Sendable {
             }
         }
         if !(200..<300).contains(status) {
-            logger.warning("uplink[\(index)]: put-token for \(waiting.first ?? "?")\(waiting.count > 1 ? " and \(waiting.count - 1) more" : "") answered \(status) \(description)")
+            logger.warning("uplink[\(index)]: put-token for \(waiting.first ?? "?")\(waiting.count > 1 ? " and \(waiting.count - 1) more" : "") answered \(status) \(description)",
+                           metadata: ["leaf": "\(waiting.first ?? "")", "hub_status": "\(status)", "hub_error_description": "\(description)"])
         }
         for leafID in waiting {
             guard let leaf = leaves[leafID] else { continue }
@@ -469,13 +470,15 @@ final class Shard: @unchecked Sendable {
         switch role {
         case .cbsSender, .cbsReceiver:
             // Without CBS no leaf can authenticate: start the connection over.
-            logger.warning("uplink[\(index)]: the hub detached the CBS link (\(condition?.name ?? "no condition")); reconnecting")
+            logger.warning("uplink[\(index)]: the hub detached the CBS link (\(condition?.name ?? "no condition")); reconnecting",
+                           metadata: ["hub_error": "\(condition?.name ?? "")", "hub_error_description": "\(condition?.description ?? "")"])
             closeReason = "CBS link detached: \(condition?.description ?? "")"
             connection?.close()
         case .leaf(let d, let kind):
             guard let leaf = leaves[d] else { return }
             leaf.counters.linkFailures += 1
-            logger.warning("uplink[\(index)]: \(d): \(kind.rawValue) link detached: \(condition?.name ?? "no condition") \(condition?.description ?? "")")
+            logger.warning("uplink[\(index)]: \(d): \(kind.rawValue) link detached: \(condition?.name ?? "no condition") \(condition?.description ?? "")",
+                           metadata: ["leaf": "\(d)", "link": "\(kind.rawValue)", "hub_error": "\(condition?.name ?? "")", "hub_error_description": "\(condition?.description ?? "")"])
             let actions = leaf.machine.linkDetached(condition: condition?.name, description: condition?.description ?? "", nowMs: engine.nowMs(), random: engine.random())
             perform(actions, for: leaf)
         }

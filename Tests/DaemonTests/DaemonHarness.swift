@@ -82,7 +82,7 @@ final class DaemonUnderTest: Sendable {
     let udpPort: Int
 
     static func start(hub: TestHub, leaves: [String], watchdogUsec: Int = 2_000_000, extraMain: String = "", stopHubFirst: Bool = false,
-                      otherDevices: [String] = []) async throws -> DaemonUnderTest {
+                      otherDevices: [String] = [], prepareOnly: Bool = false) async throws -> DaemonUnderTest {
         let dir = FileManager.default.temporaryDirectory.path + "/fieldgated-test-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: dir + "/devices.d", withIntermediateDirectories: true)
         var keys = "[keys]\n"
@@ -114,6 +114,8 @@ final class DaemonUnderTest: Sendable {
         FileManager.default.createFile(atPath: dir + "/secrets.toml", contents: Data(keys.utf8), attributes: [.posixPermissions: 0o600])
         if stopHubFirst { await hub.stop() }
         let notify = NotifyListener(path: dir + "/notify.sock")
+        // prepareOnly: the configuration is written, the caller starts fieldgated its own way.
+        if prepareOnly { return DaemonUnderTest(directory: dir, pid: 0, controlSocket: dir + "/control.sock", notify: notify, udpPort: udpPort) }
         let argv = ["/usr/bin/env", "NOTIFY_SOCKET=\(notify.path)", "WATCHDOG_USEC=\(watchdogUsec)", "/bin/sh", "-c",
                     "exec '\(productPath("fieldgated"))' run --config '\(dir)/fieldgate.toml' --log-level info 2>'\(dir)/stderr.log'"]
         guard case .success(let pid) = spawnProcess(argv, searchPath: false) else { throw DaemonTestError("cannot start fieldgated") }
@@ -186,7 +188,7 @@ final class DaemonUnderTest: Sendable {
     var stderr: String { (try? String(contentsOfFile: directory + "/stderr.log", encoding: .utf8)) ?? "" }
 
     func cleanUp() {
-        kill(pid, SIGKILL)
+        if pid > 0 { kill(pid, SIGKILL) }
         var status: Int32 = 0
         _ = waitpid(pid, &status, WNOHANG)
         notify.stop()

@@ -165,3 +165,27 @@ struct GatewayConfigTests {
         #expect(s.gatewayLeaf.credential == .symmetricKey(primary: "a2V5", secondary: nil))
     }
 }
+
+@Suite("the shipped configuration reference")
+struct ShippedConfigurationTests {
+    /// etc/fieldgate in this repository.
+    static let reference: String = {
+        var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
+        parts.removeLast(3)  // Tests/GatewayTests/GatewayConfigTests.swift
+        return parts.joined(separator: "/") + "/etc/fieldgate"
+    }()
+
+    @Test("etc/fieldgate/fieldgate.toml, the example devices and the example secrets validate together")
+    func referenceValidates() throws {
+        let read = { (name: String) in try String(contentsOfFile: Self.reference + "/" + name, encoding: .utf8) }
+        let dir = ConfigDirectory(main: try read("fieldgate.toml"), secrets: try read("secrets.toml.example"),
+                                  devices: ["example-udp.toml": try read("devices.d/example-udp.toml.example")])
+        // The reference leaves UDP commented out; the example leaves need it.
+        dir.write("fieldgate.toml", try read("fieldgate.toml") + "\n[udp]\nport = 47000\n")
+        let s = try dir.load().get()
+        #expect(s.leaves.map(\.deviceID) == ["meter-1", "meter-2"])
+        #expect(s.leaves[0].credential == .symmetricKey(primary: "base64-primary-key", secondary: "base64-secondary-key"))
+        #expect(s.leaves[1].credential == .sharedAccessPolicy(name: "device", key: "base64-policy-key", scope: .hub))
+        #expect(s.controlSocket == "/run/fieldgate/control.sock" && s.spool.directory == "/var/lib/fieldgate/spool")
+    }
+}

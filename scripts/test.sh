@@ -9,5 +9,7 @@ swift build --build-tests
 bash systemd/check-unit.sh .build/debug/fieldgated
 # Suites start their own hubs on free ports, so they may run in parallel.
 swift test --skip-build "$@"
+# fieldgated under real systemd in a booted Debian 12 container (skips, saying why, where that cannot run).
+bash scripts/systemd-e2e.sh "$(swift build --show-bin-path)"
 # A bounded libFuzzer run over the spool's decoders (longer runs: scripts/fuzz.sh SECONDS).
 bash scripts/fuzz.sh 30

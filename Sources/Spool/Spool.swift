@@ -118,6 +118,7 @@ public final class Spool: Sendable {
         var s = State()
         try Self.recover(into: &s, configuration: configuration, readOnly: readOnly, logger: logger)
         self.state = Mutex(s)
+        heartbeat.beat()  // recovered: the spool is running before its flusher's first round
         // The flusher syncs appends under `interval`, and acknowledgements under both policies (under `always` an
         // acknowledgement is not worth an fdatasync of its own: losing it only redelivers, with the same id).
         if !readOnly {

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# fieldgated under real systemd (issue 8, test 10): a Debian 12 root file system booted with systemd-nspawn
+# (feasibility.md §4b) runs systemd/fieldgated.service against a fieldgate-hub on the host's loopback. Checks:
+# the unit becomes active (Type=notify READY), runs as the fieldgate user with its watchdog configured, telemetry
+# from a UDP leaf reaches the hub, and a frozen daemon (SIGSTOP) is killed by the watchdog and restarted.
+# Where the machine cannot boot a container, it says why and exits 0. Usage: scripts/systemd-e2e.sh [bin dir]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${1:-$(swift build --show-bin-path 2>/dev/null || echo .build/debug)}
+CACHE=${FIELDGATE_E2E_CACHE:-/var/cache/fieldgate-e2e}
+skip() { echo "systemd-e2e: SKIPPED: $*"; exit 0; }
+
+[ "$(id -u)" = 0 ] || skip "needs root"
+command -v systemd-nspawn >/dev/null && command -v debootstrap >/dev/null || skip "systemd-nspawn or debootstrap missing (scripts/setup.sh installs them)"
+[ -x "$BIN/fieldgated" ] && [ -x "$BIN/fieldgate-hub" ] || { echo "systemd-e2e: build first ($BIN/fieldgated missing)"; exit 1; }
+grep -qw overlay /proc/filesystems || modprobe overlay 2>/dev/null || skip "no overlayfs for a throw-away root"
+
+# A minimal bookworm, built once and cached (about 1 minute and 240 MB).
+if [ ! -x "$CACHE/rootfs/lib/systemd/systemd" ]; then
+  mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  rm -rf "$CACHE/rootfs.tmp"; mkdir -p "$CACHE"
+  echo "systemd-e2e: debootstrap bookworm into $CACHE/rootfs (cached for later runs)"
+  debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,libqpid-proton11,libmodbus5,libsystemd0,libssl3,passwd \
+    bookworm "$CACHE/rootfs.tmp" "${mirror:-http://deb.debian.org/debian}" >"$CACHE/debootstrap.log" 2>&1 \
+    || { tail -20 "$CACHE/debootstrap.log"; skip "debootstrap failed (no Debian mirror reachable?)"; }
+  mv "$CACHE/rootfs.tmp" "$CACHE/rootfs"
+fi
+
+WORK=$(mktemp -d /tmp/fieldgate-e2e.XXXXXX)
+HUB_PID=
+cleanup() {
+  [ -n "$HUB_PID" ] && kill "$HUB_PID" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+mkdir -p "$WORK/hub" "$WORK/etc/devices.d" "$WORK/results" "$WORK/units/fieldgated.service.d"
+AMQPS_PORT=$((20000 + RANDOM % 20000)); HTTP_PORT=$((AMQPS_PORT + 1)); UDP_PORT=$((AMQPS_PORT + 2))
+URL="--url http://127.0.0.1:$HTTP_PORT"
+export FIELDGATE_HUB_STATE=$WORK/hub
+"$BIN/fieldgate-hub" certs --dns localhost >/dev/null
+"$BIN/fieldgate-hub" serve --amqps-port "$AMQPS_PORT" --http-port "$HTTP_PORT" --log-level warning &
+HUB_PID=$!
+for _ in $(seq 50); do "$BIN/fieldgate-hub" device list $URL >/dev/null 2>&1 && break; sleep 0.2; done
+key_of() { sed -n 's/.*SharedAccessKey=\([^;]*\).*/\1/p' <<<"$1"; }
+GW_KEY=$(key_of "$("$BIN/fieldgate-hub" device create e2e-gateway $URL)")
+LEAF_KEY=$(key_of "$("$BIN/fieldgate-hub" device create e2e-leaf $URL)")
+
+cp "$WORK/hub/certs/ca.pem" "$WORK/etc/ca.pem"
+cat >"$WORK/etc/fieldgate.toml" <<TOML
+[hub]
+host = "localhost"
+address = "127.0.0.1"
+port = $AMQPS_PORT
+ca_file = "/etc/fieldgate/ca.pem"
+[gateway]
+device_id = "e2e-gateway"
+[udp]
+bind = "127.0.0.1"
+port = $UDP_PORT
+TOML
+printf '[[leaf]]\ndevice_id = "e2e-leaf"\nadapter = "udp"\n' >"$WORK/etc/devices.d/leaf.toml"
+printf '[keys]\ne2e-gateway = "%s"\ne2e-leaf = "%s"\n' "$GW_KEY" "$LEAF_KEY" >"$WORK/etc/secrets.toml"
+chmod 600 "$WORK/etc/secrets.toml"
+
+# The shipped unit, with a short watchdog for the test.
+printf '[Service]\nWatchdogSec=3s\nRestartSec=1s\n' >"$WORK/units/fieldgated.service.d/e2e.conf"
+cat >"$WORK/units/fieldgate-e2e.service" <<'UNIT'
+[Unit]
+Description=fieldgate end-to-end check
+After=systemd-sysusers.service
+[Service]
+Type=oneshot
+ExecStart=/bin/bash /e2e.sh
+UNIT
+cat >"$WORK/e2e.sh" <<SCRIPT
+#!/bin/bash
+exec >/results/log 2>&1
+set -x
+systemctl start fieldgated
+systemctl is-active fieldgated >/results/active
+systemctl show fieldgated -p ActiveState -p SubState -p WatchdogUSec -p NRestarts -p StatusText -p Type >/results/show-before
+stat -c %U "/proc/\$(systemctl show -p MainPID --value fieldgated)" >/results/user
+printf '{"device":"e2e-leaf","values":{"e2e":"through systemd"}}' >/dev/udp/127.0.0.1/$UDP_PORT
+sleep 3
+kill -STOP "\$(systemctl show -p MainPID --value fieldgated)"
+for i in \$(seq 60); do [ "\$(systemctl show -p NRestarts --value fieldgated)" -ge 1 ] && break; sleep 0.25; done
+for i in \$(seq 40); do systemctl is-active -q fieldgated && break; sleep 0.25; done
+systemctl show fieldgated -p ActiveState -p NRestarts >/results/show-after
+journalctl -u fieldgated --no-pager -o short-monotonic >/results/journal
+systemctl poweroff
+SCRIPT
+
+echo "systemd-e2e: booting the container (hub on 127.0.0.1:$AMQPS_PORT)"
+SWIFT_RUNTIME=()
+[ -d /opt/swift ] && SWIFT_RUNTIME=(--bind-ro=/opt/swift)  # a debug build links the Swift runtime from there
+# A private /run/systemd (nspawn's bookkeeping stays off the host, feasibility.md §4b); --volatile=overlay throws
+# every change to the root away.
+timeout 120 unshare --mount --propagation private bash -c '
+  mkdir -p /run/systemd && mount -t tmpfs tmpfs /run/systemd
+  exec systemd-nspawn -D "$0" --volatile=overlay --register=no --keep-unit --boot --console=pipe -q \
+    "${@:1:$#-1}" -- "${@: -1}"' \
+  "$CACHE/rootfs" "${SWIFT_RUNTIME[@]}" \
+  --bind-ro="$BIN/fieldgated:/usr/sbin/fieldgated" \
+  --bind-ro="$PWD/systemd/fieldgated.service:/etc/systemd/system/fieldgated.service" \
+  --bind-ro="$PWD/systemd/sysusers.conf:/etc/sysusers.d/fieldgate.conf" \
+  --bind-ro="$WORK/units/fieldgated.service.d:/etc/systemd/system/fieldgated.service.d" \
+  --bind-ro="$WORK/units/fieldgate-e2e.service:/etc/systemd/system/fieldgate-e2e.service" \
+  --bind-ro="$WORK/etc:/etc/fieldgate" \
+  --bind-ro="$WORK/e2e.sh:/e2e.sh" \
+  --bind="$WORK/results:/results" \
+  systemd.wants=fieldgate-e2e.service >"$WORK/console.log" 2>&1 || true
+
+fail() { echo "systemd-e2e: FAILED: $*"; echo "--- log"; cat "$WORK/results/log" 2>/dev/null; echo "--- journal"; tail -40 "$WORK/results/journal" 2>/dev/null; echo "--- console"; tail -30 "$WORK/console.log"; exit 1; }
+[ -f "$WORK/results/active" ] || fail "the check never ran"
+[ "$(cat "$WORK/results/active")" = active ] || fail "fieldgated did not become active"
+grep -q '^WatchdogUSec=3s' "$WORK/results/show-before" || fail "no watchdog: $(cat "$WORK/results/show-before")"
+grep -q '^StatusText=hub:' "$WORK/results/show-before" || fail "no STATUS= text: $(cat "$WORK/results/show-before")"
+[ "$(tr -d ' ' <"$WORK/results/user")" = fieldgate ] || fail "runs as $(cat "$WORK/results/user"), not fieldgate"
+"$BIN/fieldgate-hub" monitor-events $URL --timeout 5 --from-start 2>/dev/null | grep -q 'through systemd' \
+  || fail "the UDP reading did not reach the hub"
+grep -q 'Watchdog timeout' "$WORK/results/journal" || fail "systemd logged no watchdog timeout for the frozen daemon"
+grep -q '^NRestarts=1' "$WORK/results/show-after" && grep -q '^ActiveState=active' "$WORK/results/show-after" \
+  || fail "not restarted by the watchdog: $(cat "$WORK/results/show-after")"
+echo "systemd-e2e: ok — active as user fieldgate (Type=notify, WatchdogSec=3s, status \"$(sed -n 's/^StatusText=//p' "$WORK/results/show-before")\"), telemetry reached the hub, the frozen daemon was killed by the watchdog and restarted"

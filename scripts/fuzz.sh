@@ -28,6 +28,7 @@ printf '\001{"device":"fenced","values":{"a":[1,2]}}' > "$udp/fenced"
 printf '\002W:+0012.50kg' > "$udp/mapped"
 printf '\000{"device":"open","type":"reply","id":"m-1","status":200,"payload":{"x":1}}' > "$udp/reply"
 printf '\000{"device":"signed","ts":1700000000000,"values":{}}\nsig=AAAA' > "$udp/signed"
+printf '\000{"device":"open","ts":1.7e12,"values":{"big":1e308,"small":-2.5E-300}}' > "$udp/exponents"
 SWIFT_BACKTRACE=enable=no "$(swift build --package-path Fuzz --sanitize=fuzzer --sanitize=address --show-bin-path)/udp-fuzz" \
     -max_total_time="$seconds" -max_len=2100 -artifact_prefix=Fuzz/artifacts/ "$udp" 2>&1 | tail -n 20
 # Serial seeds: the first byte picks where the stream is cut in two reads.

@@ -146,8 +146,18 @@ public struct JSONScanner {
         case UInt8(ascii: "t"): return literal("true") ? .bool : nil
         case UInt8(ascii: "f"): return literal("false") ? .bool : nil
         case UInt8(ascii: "n"): return literal("null") ? .null : nil
-        default: return skipNumber() ? .number : nil
+        default:
+            let start = i
+            guard skipNumber() else { return nil }
+            return isRepresentable(start..<i) ? .number : nil
         }
+    }
+
+    /// Whether a number token fits a double, as `number()` requires (found by udp-fuzz: `1e2222` scanned as a
+    /// member but did not parse). Only tokens with an exponent or hundreds of digits can overflow.
+    private func isRepresentable(_ token: Range<Int>) -> Bool {
+        guard token.count > 300 || bytes[token].contains(where: { $0 | 0x20 == UInt8(ascii: "e") }) else { return true }
+        return Double(String(decoding: UnsafeBufferPointer(rebasing: bytes[token]), as: UTF8.self))?.isFinite == true
     }
 
     /// Builds one value and moves past it.

@@ -58,6 +58,11 @@ import Foundation
         #expect(JSONScanner.members(of: Array("[1]".utf8)) == nil, "the top level must be an object")
         #expect(JSONScanner.members(of: Array(#"{"a":1} {}"#.utf8)) == nil)
         #expect(JSONScanner.members(of: Array("{}".utf8)) == [])
+        // Found by udp-fuzz: a number too large for a double must be refused by both entry points alike.
+        let huge = Array(#"{"device":"open","ts":1022222222222222222232222E2222222222222,"props":{"ubbb":"C"}}"#.utf8)
+        #expect(JSONScanner.members(of: huge) == nil && JSONValue.parse(huge) == nil)
+        #expect(JSONScanner.members(of: Array(#"{"a":1e308,"b":-2.5E-400}"#.utf8))?.count == 2)
+        #expect(JSONScanner.members(of: Array("{\"a\":\(String(repeating: "9", count: 400))}".utf8)) == nil)
     }
 
     /// Differential check against Foundation: documents of random shape, written by Foundation's encoder, read back

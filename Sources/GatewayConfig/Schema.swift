@@ -2,7 +2,7 @@ import TOMLKit
 
 /// What each table of the configuration may hold. Checked before decoding, so every unknown key and wrong type is
 /// reported at once, with its line (a typo must not be ignored silently: anchors.md P7).
-indirect enum FieldType {
+indirect enum FieldType: Sendable {
     case string, int, bool, number, strings, stringMap
     /// A table whose keys are names chosen by the operator (checked by its user).
     case anyTable
@@ -23,7 +23,7 @@ indirect enum FieldType {
     }
 }
 
-struct Schema {
+struct Schema: Sendable {
     var fields: [String: FieldType]
     var required: Set<String> = []
 

@@ -158,7 +158,7 @@ let package = Package(
         .executableTarget(
             name: "fieldgated",
             dependencies: [
-                "Gateway", "GatewayConfig", "Systemd", "ControlSocket", "Uplink", "UDPAdapter", "SerialAdapter", "Spool", "FieldgateCore",
+                "Gateway", "GatewayConfig", "Systemd", "ControlSocket", "FieldgateCtl", "Uplink", "UDPAdapter", "SerialAdapter", "Spool", "FieldgateCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -166,12 +166,18 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
-        .executableTarget(
-            name: "fieldgatectl",
+        // fieldgatectl's commands: its own executable, and inside fieldgated (run as `fieldgatectl`).
+        .target(
+            name: "FieldgateCtl",
             dependencies: [
                 "ControlSocket", "Gateway", "GatewayConfig", "Uplink", "Spool", "FieldgateCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "fieldgatectl",
+            dependencies: ["FieldgateCtl", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strictSettings
         ),
         .executableTarget(name: "spool-harness", dependencies: ["Spool"], swiftSettings: strictSettings),

@@ -7,24 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-$(swift build --show-bin-path 2>/dev/null || echo .build/debug)}
-CACHE=${FIELDGATE_E2E_CACHE:-/var/cache/fieldgate-e2e}
-skip() { echo "systemd-e2e: SKIPPED: $*"; exit 0; }
-
-[ "$(id -u)" = 0 ] || skip "needs root"
-command -v systemd-nspawn >/dev/null && command -v debootstrap >/dev/null || skip "systemd-nspawn or debootstrap missing (scripts/setup.sh installs them)"
+. scripts/lib-nspawn.sh
 [ -x "$BIN/fieldgated" ] && [ -x "$BIN/fieldgate-hub" ] || { echo "systemd-e2e: build first ($BIN/fieldgated missing)"; exit 1; }
-grep -qw overlay /proc/filesystems || modprobe overlay 2>/dev/null || skip "no overlayfs for a throw-away root"
-
-# A minimal bookworm, built once and cached (about 1 minute and 240 MB).
-if [ ! -x "$CACHE/rootfs/lib/systemd/systemd" ]; then
-  mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-  rm -rf "$CACHE/rootfs.tmp"; mkdir -p "$CACHE"
-  echo "systemd-e2e: debootstrap bookworm into $CACHE/rootfs (cached for later runs)"
-  debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,libqpid-proton11,libmodbus5,libsystemd0,libssl3,passwd \
-    bookworm "$CACHE/rootfs.tmp" "${mirror:-http://deb.debian.org/debian}" >"$CACHE/debootstrap.log" 2>&1 \
-    || { tail -20 "$CACHE/debootstrap.log"; skip "debootstrap failed (no Debian mirror reachable?)"; }
-  mv "$CACHE/rootfs.tmp" "$CACHE/rootfs"
-fi
+ensure_rootfs
+HUB_BIN=$BIN/fieldgate-hub
 
 WORK=$(mktemp -d /tmp/fieldgate-e2e.XXXXXX)
 HUB_PID=
@@ -34,17 +20,10 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-mkdir -p "$WORK/hub" "$WORK/etc/devices.d" "$WORK/results" "$WORK/units/fieldgated.service.d"
-AMQPS_PORT=$((20000 + RANDOM % 20000)); HTTP_PORT=$((AMQPS_PORT + 1)); UDP_PORT=$((AMQPS_PORT + 2))
-URL="--url http://127.0.0.1:$HTTP_PORT"
-export FIELDGATE_HUB_STATE=$WORK/hub
-"$BIN/fieldgate-hub" certs --dns localhost >/dev/null
-"$BIN/fieldgate-hub" serve --amqps-port "$AMQPS_PORT" --http-port "$HTTP_PORT" --log-level warning &
-HUB_PID=$!
-for _ in $(seq 50); do "$BIN/fieldgate-hub" device list $URL >/dev/null 2>&1 && break; sleep 0.2; done
-key_of() { sed -n 's/.*SharedAccessKey=\([^;]*\).*/\1/p' <<<"$1"; }
-GW_KEY=$(key_of "$("$BIN/fieldgate-hub" device create e2e-gateway $URL)")
-LEAF_KEY=$(key_of "$("$BIN/fieldgate-hub" device create e2e-leaf $URL)")
+mkdir -p "$WORK/etc/devices.d" "$WORK/results" "$WORK/units/fieldgated.service.d"
+start_hub
+GW_KEY=$(create_device e2e-gateway)
+LEAF_KEY=$(create_device e2e-leaf)
 
 cp "$WORK/hub/certs/ca.pem" "$WORK/etc/ca.pem"
 cat >"$WORK/etc/fieldgate.toml" <<TOML
@@ -94,13 +73,7 @@ SCRIPT
 echo "systemd-e2e: booting the container (hub on 127.0.0.1:$AMQPS_PORT)"
 SWIFT_RUNTIME=()
 [ -d /opt/swift ] && SWIFT_RUNTIME=(--bind-ro=/opt/swift)  # a debug build links the Swift runtime from there
-# A private /run/systemd (nspawn's bookkeeping stays off the host, feasibility.md §4b); --volatile=overlay throws
-# every change to the root away.
-timeout 120 unshare --mount --propagation private bash -c '
-  mkdir -p /run/systemd && mount -t tmpfs tmpfs /run/systemd
-  exec systemd-nspawn -D "$0" --volatile=overlay --register=no --keep-unit --boot --console=pipe -q \
-    "${@:1:$#-1}" -- "${@: -1}"' \
-  "$CACHE/rootfs" "${SWIFT_RUNTIME[@]}" \
+boot_container "${SWIFT_RUNTIME[@]}" \
   --bind-ro="$BIN/fieldgated:/usr/sbin/fieldgated" \
   --bind-ro="$PWD/systemd/fieldgated.service:/etc/systemd/system/fieldgated.service" \
   --bind-ro="$PWD/systemd/sysusers.conf:/etc/sysusers.d/fieldgate.conf" \
@@ -109,7 +82,7 @@ timeout 120 unshare --mount --propagation private bash -c '
   --bind-ro="$WORK/etc:/etc/fieldgate" \
   --bind-ro="$WORK/e2e.sh:/e2e.sh" \
   --bind="$WORK/results:/results" \
-  systemd.wants=fieldgate-e2e.service >"$WORK/console.log" 2>&1 || true
+  systemd.wants=fieldgate-e2e.service
 
 fail() { echo "systemd-e2e: FAILED: $*"; echo "--- log"; cat "$WORK/results/log" 2>/dev/null; echo "--- journal"; tail -40 "$WORK/results/journal" 2>/dev/null; echo "--- console"; tail -30 "$WORK/console.log"; exit 1; }
 [ -f "$WORK/results/active" ] || fail "the check never ran"
@@ -117,7 +90,7 @@ fail() { echo "systemd-e2e: FAILED: $*"; echo "--- log"; cat "$WORK/results/log"
 grep -q '^WatchdogUSec=3s' "$WORK/results/show-before" || fail "no watchdog: $(cat "$WORK/results/show-before")"
 grep -q '^StatusText=hub:' "$WORK/results/show-before" || fail "no STATUS= text: $(cat "$WORK/results/show-before")"
 [ "$(tr -d ' ' <"$WORK/results/user")" = fieldgate ] || fail "runs as $(cat "$WORK/results/user"), not fieldgate"
-"$BIN/fieldgate-hub" monitor-events $URL --timeout 5 --from-start 2>/dev/null | grep -q 'through systemd' \
+"$HUB_BIN" monitor-events $URL --timeout 5 --from-start 2>/dev/null | grep -q 'through systemd' \
   || fail "the UDP reading did not reach the hub"
 grep -q 'Watchdog timeout' "$WORK/results/journal" || fail "systemd logged no watchdog timeout for the frozen daemon"
 grep -q '^NRestarts=1' "$WORK/results/show-after" && grep -q '^ActiveState=active' "$WORK/results/show-after" \

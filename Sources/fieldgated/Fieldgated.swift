@@ -1,5 +1,6 @@
 import ArgumentParser
 import ControlSocket
+import FieldgateCtl
 import FieldgateCore
 import Gateway
 import GatewayConfig
@@ -23,6 +24,15 @@ struct Fieldgated: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fieldgated", abstract: "fieldgate: leaf devices to Azure IoT Hub over one AMQP connection.",
         subcommands: [Run.self, SimulateUDPLeaf.self], defaultSubcommand: Run.self)
+
+    /// One binary, two programs: installed as /usr/sbin/fieldgated with /usr/bin/fieldgatectl linked to it.
+    static func main() async {
+        if CommandLine.arguments.first?.split(separator: "/").last == "fieldgatectl" {
+            Fieldgatectl.main()
+            return
+        }
+        await main(nil)
+    }
 }
 
 struct Run: AsyncParsableCommand {

@@ -11,10 +11,12 @@ import Glibc
 #endif
 
 /// The operator's view of a running fieldgated (issue 8, part 4): over the control socket for live state, and
-/// directly for what needs no daemon (config check, spool inspect, sas-token).
-@main
-struct Fieldgatectl: ParsableCommand {
-    static let configuration = CommandConfiguration(
+/// directly for what needs no daemon (config check, spool inspect, sas-token). The `fieldgatectl` executable runs
+/// it, and so does `fieldgated` when started under that name (the package ships one binary and a symlink).
+public struct Fieldgatectl: ParsableCommand {
+    public init() {}
+
+    public static let configuration = CommandConfiguration(
         commandName: "fieldgatectl", abstract: "Inspect and operate fieldgated.",
         subcommands: [Status.self, Devices.self, SpoolCommands.self, ConfigCommands.self, SASTokenCommand.self, Debug.self])
 }

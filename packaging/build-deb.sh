@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Builds fieldgate_<version>_<arch>.deb (fieldgated + fieldgatectl, the unit, /etc/fieldgate) and
+# fieldgate-hub_<version>_<arch>.deb (the local IoT Hub emulator, optional) into dist/, from a release build with
+# the Swift runtime linked statically (it is not in Debian; feasibility.md §6). Depends come from dpkg-shlibdeps.
+# Builds for the machine's own architecture (dpkg --print-architecture): run it on an arm64 Debian for arm64.
+# Usage: packaging/build-deb.sh [--version V] [--no-hub] [--no-lintian]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -d /opt/swift/usr/bin ] && export PATH=/opt/swift/usr/bin:$PATH
+VERSION=$(sed -n 's/.*static let current = "\(.*\)".*/\1/p' Sources/fieldgated/Fieldgated.swift)
+HUB=1
+LINTIAN=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --version) VERSION=$2; shift 2 ;;
+    --no-hub) HUB=0; shift ;;
+    --no-lintian) LINTIAN=0; shift ;;
+    *) echo "usage: $0 [--version V] [--no-hub] [--no-lintian]" >&2; exit 2 ;;
+  esac
+done
+ARCH=$(dpkg --print-architecture)
+for tool in dpkg-deb dpkg-shlibdeps; do command -v $tool >/dev/null || { echo "build-deb: $tool missing (apt install dpkg-dev)"; exit 1; }; done
+
+products=(fieldgated)
+[ "$HUB" = 1 ] && products+=(fieldgate-hub)
+# Hardening as Debian expects it: immediate binding (-z now, with RELRO) and glibc's fortified functions in C code.
+FLAGS=(-c release --static-swift-stdlib -Xlinker -z -Xlinker now -Xlinker -z -Xlinker relro -Xcc -D_FORTIFY_SOURCE=2 -Xcc -O2)
+for p in "${products[@]}"; do swift build "${FLAGS[@]}" --product "$p"; done
+BIN=$(swift build "${FLAGS[@]}" --show-bin-path)
+OUT=dist
+STAGE=$(mktemp -d)
+trap 'rm -rf "$STAGE"' EXIT
+mkdir -p "$OUT"
+
+# dpkg-shlibdeps wants a debian/control with the binary package; it runs from the stage's top.
+depends() {  # $1 = package root, $2.. = binaries
+  local root=$1; shift
+  mkdir -p "$STAGE/shlibs/debian"
+  printf 'Source: fieldgate\n\nPackage: x\nArchitecture: any\n' >"$STAGE/shlibs/debian/control"
+  (cd "$STAGE/shlibs" && dpkg-shlibdeps -O "${@/#/$root/}" 2>/dev/null | sed -n 's/^shlibs:Depends=//p')
+}
+
+md5sums() {  # $1 = package root: DEBIAN/md5sums of every shipped file but the conffiles
+  (cd "$1" && find . -path ./DEBIAN -prune -o -type f -print | sed 's|^\./||' | grep -v -x -F -f <(sed 's|^/||' DEBIAN/conffiles 2>/dev/null || true) \
+     | sort | xargs -r md5sum >DEBIAN/md5sums)
+}
+
+docs() {  # $1 = package root, $2 = package name
+  install -d "$1/usr/share/doc/$2"
+  install -m 0644 packaging/debian/copyright "$1/usr/share/doc/$2/copyright"
+  sed "s/@VERSION@/$VERSION/; s/^fieldgate /$2 /" packaging/debian/changelog | gzip -9n >"$1/usr/share/doc/$2/changelog.gz"
+}
+
+# --- fieldgate
+R=$STAGE/fieldgate
+install -D -m 0755 "$BIN/fieldgated" "$R/usr/sbin/fieldgated"
+strip --strip-unneeded --remove-section=.comment --remove-section=.note "$R/usr/sbin/fieldgated"
+install -d "$R/usr/bin"
+ln -s ../sbin/fieldgated "$R/usr/bin/fieldgatectl"
+install -D -m 0644 systemd/fieldgated.service "$R/lib/systemd/system/fieldgated.service"
+install -D -m 0644 systemd/sysusers.conf "$R/usr/lib/sysusers.d/fieldgate.conf"
+# 0644/0755 as shipped; the postinst narrows them to the fieldgate group.
+install -D -m 0644 etc/fieldgate/fieldgate.toml "$R/etc/fieldgate/fieldgate.toml"
+install -d -m 0755 "$R/etc/fieldgate/devices.d"
+install -D -m 0644 etc/fieldgate/devices.d/example-udp.toml.example "$R/usr/share/doc/fieldgate/examples/devices.d/example-udp.toml"
+install -D -m 0644 etc/fieldgate/secrets.toml.example "$R/usr/share/doc/fieldgate/examples/secrets.toml"
+install -D -m 0644 systemd/README.md "$R/usr/share/doc/fieldgate/README.systemd"
+for page in fieldgated.8 fieldgatectl.1 fieldgate.toml.5; do
+  section=${page##*.}
+  install -d "$R/usr/share/man/man$section"
+  gzip -9n <"packaging/man/$page" >"$R/usr/share/man/man$section/$page.gz"
+done
+docs "$R" fieldgate
+install -D -m 0644 packaging/debian/lintian-overrides "$R/usr/share/lintian/overrides/fieldgate"
+install -d "$R/DEBIAN"
+for s in postinst prerm postrm; do install -m 0755 "packaging/debian/$s" "$R/DEBIAN/$s"; done
+echo /etc/fieldgate/fieldgate.toml >"$R/DEBIAN/conffiles"
+cat >"$R/DEBIAN/control" <<CONTROL
+Package: fieldgate
+Version: $VERSION
+Architecture: $ARCH
+Maintainer: fieldgate maintainers <maintainers@fieldgate.invalid>
+Installed-Size: $(du -sk --exclude=DEBIAN "$R" | cut -f1)
+Depends: $(depends "$R" usr/sbin/fieldgated), systemd, adduser
+Suggests: fieldgate-hub
+Section: net
+Priority: optional
+Homepage: https://github.com/fieldgate/fieldgate
+Description: field gateway from local devices to Azure IoT Hub
+ fieldgated connects leaf devices (UDP senders, serial lines) to Azure IoT
+ Hub, each as its own device identity, all over one AMQP connection. Readings
+ go through a durable store-and-forward spool on disk, so nothing is lost while
+ the hub is unreachable. Cloud-to-device messages, direct methods and device
+ twins reach the leaves.
+ .
+ Runs under systemd with readiness, a progress-fed watchdog and live reload;
+ fieldgatectl shows its state.
+CONTROL
+md5sums "$R"
+dpkg-deb --root-owner-group -Zxz --build "$R" "$OUT/fieldgate_${VERSION}_${ARCH}.deb" >/dev/null
+echo "build-deb: $OUT/fieldgate_${VERSION}_${ARCH}.deb ($(du -h "$OUT/fieldgate_${VERSION}_${ARCH}.deb" | cut -f1); fieldgated $(du -h "$R/usr/sbin/fieldgated" | cut -f1) installed)"
+
+# --- fieldgate-hub
+if [ "$HUB" = 1 ]; then
+  H=$STAGE/fieldgate-hub
+  install -D -m 0755 "$BIN/fieldgate-hub" "$H/usr/bin/fieldgate-hub"
+  strip --strip-unneeded --remove-section=.comment --remove-section=.note "$H/usr/bin/fieldgate-hub"
+  docs "$H" fieldgate-hub
+  install -D -m 0644 packaging/debian/lintian-overrides-hub "$H/usr/share/lintian/overrides/fieldgate-hub"
+  install -d "$H/DEBIAN"
+  cat >"$H/DEBIAN/control" <<CONTROL
+Package: fieldgate-hub
+Version: $VERSION
+Architecture: $ARCH
+Maintainer: fieldgate maintainers <maintainers@fieldgate.invalid>
+Installed-Size: $(du -sk --exclude=DEBIAN "$H" | cut -f1)
+Depends: $(depends "$H" usr/bin/fieldgate-hub)
+Section: net
+Priority: optional
+Homepage: https://github.com/fieldgate/fieldgate
+Description: local Azure IoT Hub emulator for offline development
+ fieldgate-hub speaks the device side of Azure IoT Hub over AMQP (TLS, CBS,
+ telemetry, cloud-to-device messages, direct methods, twins) and offers a
+ service API to send messages with feedback, invoke methods, patch twins and
+ watch events. Optional: fieldgate does not need it to run.
+CONTROL
+  md5sums "$H"
+  dpkg-deb --root-owner-group -Zxz --build "$H" "$OUT/fieldgate-hub_${VERSION}_${ARCH}.deb" >/dev/null
+  echo "build-deb: $OUT/fieldgate-hub_${VERSION}_${ARCH}.deb ($(du -h "$OUT/fieldgate-hub_${VERSION}_${ARCH}.deb" | cut -f1))"
+fi
+
+if [ "$LINTIAN" = 1 ]; then
+  command -v lintian >/dev/null || { echo "build-deb: lintian missing (apt install --no-install-recommends lintian)"; exit 1; }
+  # Any tag not overridden (with its justification in packaging/debian/lintian-overrides*) fails the build.
+  findings=$(lintian --fail-on none "$OUT"/*_"${VERSION}"_"${ARCH}".deb 2>&1 | grep -v -e "^N: " -e "running with root privileges" || true)
+  if [ -n "$findings" ]; then echo "build-deb: lintian:"; echo "$findings"; exit 1; fi
+  echo "build-deb: lintian clean"
+fi

@@ -1,0 +1,45 @@
+# Shared by the end-to-end scripts that boot Debian 12 under systemd-nspawn (feasibility.md §4b). Source it.
+CACHE=${FIELDGATE_E2E_CACHE:-/var/cache/fieldgate-e2e}
+
+skip() { echo "$(basename "$0"): SKIPPED: $*"; exit 0; }
+
+# Checks the machine can boot a container; builds the cached bookworm root file system once (about a minute).
+ensure_rootfs() {
+  [ "$(id -u)" = 0 ] || skip "needs root"
+  command -v systemd-nspawn >/dev/null && command -v debootstrap >/dev/null || skip "systemd-nspawn or debootstrap missing (scripts/setup.sh installs them)"
+  grep -qw overlay /proc/filesystems || modprobe overlay 2>/dev/null || skip "no overlayfs for a throw-away root"
+  [ -x "$CACHE/rootfs/lib/systemd/systemd" ] && return 0
+  local mirror
+  mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  rm -rf "$CACHE/rootfs.tmp"; mkdir -p "$CACHE"
+  echo "$(basename "$0"): debootstrap bookworm into $CACHE/rootfs (cached for later runs)"
+  debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,libqpid-proton11,libmodbus5,libsystemd0,libssl3,passwd,adduser \
+    bookworm "$CACHE/rootfs.tmp" "${mirror:-http://deb.debian.org/debian}" >"$CACHE/debootstrap.log" 2>&1 \
+    || { tail -20 "$CACHE/debootstrap.log"; skip "debootstrap failed (no Debian mirror reachable?)"; }
+  mv "$CACHE/rootfs.tmp" "$CACHE/rootfs"
+}
+
+# Boots the cached root with a throw-away overlay (every change is discarded) and a private /run/systemd, so
+# nspawn's bookkeeping stays off the host; extra nspawn options are passed through, the last argument goes to
+# the container's systemd (e.g. systemd.wants=check.service). Output: $WORK/console.log. Bounded to 180 s.
+boot_container() {
+  timeout 180 unshare --mount --propagation private bash -c '
+    mkdir -p /run/systemd && mount -t tmpfs tmpfs /run/systemd
+    exec systemd-nspawn -D "$0" --volatile=overlay --register=no --keep-unit --boot --console=pipe -q \
+      "${@:1:$#-1}" -- "${@: -1}"' "$CACHE/rootfs" "$@" >"$WORK/console.log" 2>&1 || true
+}
+
+# A fieldgate-hub on loopback with fresh certificates: sets HUB_PID, AMQPS_PORT, UDP_PORT, URL; needs $WORK, $HUB_BIN.
+start_hub() {
+  AMQPS_PORT=$((20000 + RANDOM % 20000)); HTTP_PORT=$((AMQPS_PORT + 1)); UDP_PORT=$((AMQPS_PORT + 2))
+  URL="--url http://127.0.0.1:$HTTP_PORT"
+  export FIELDGATE_HUB_STATE=$WORK/hub
+  mkdir -p "$WORK/hub"
+  "$HUB_BIN" certs --dns localhost >/dev/null
+  "$HUB_BIN" serve --amqps-port "$AMQPS_PORT" --http-port "$HTTP_PORT" --log-level warning >"$WORK/hub.log" 2>&1 &
+  HUB_PID=$!
+  for _ in $(seq 50); do "$HUB_BIN" device list $URL >/dev/null 2>&1 && break; sleep 0.2; done
+}
+
+# The primary key of a new device at the hub.
+create_device() { sed -n 's/.*SharedAccessKey=\([^;]*\).*/\1/p' <<<"$("$HUB_BIN" device create "$1" $URL)"; }

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(libqpid-proton11-dev libmodbus-dev libsystemd-dev libssl-dev pkg-config socat openssl curl
-              iproute2 procps systemd systemd-container debootstrap)
+              iproute2 procps systemd systemd-container debootstrap dpkg-dev lintian)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -11,5 +11,7 @@ bash systemd/check-unit.sh .build/debug/fieldgated
 swift test --skip-build "$@"
 # fieldgated under real systemd in a booted Debian 12 container (skips, saying why, where that cannot run).
 bash scripts/systemd-e2e.sh "$(swift build --show-bin-path)"
+# The .deb: built (release, static Swift runtime), lintian clean, installed, upgraded and purged in the container.
+bash packaging/test-deb.sh
 # A bounded libFuzzer run over the spool's decoders (longer runs: scripts/fuzz.sh SECONDS).
 bash scripts/fuzz.sh 30

@@ -105,6 +105,8 @@ if [ "$HUB" = 1 ]; then
   H=$STAGE/fieldgate-hub
   install -D -m 0755 "$BIN/fieldgate-hub" "$H/usr/bin/fieldgate-hub"
   strip --strip-unneeded --remove-section=.comment --remove-section=.note "$H/usr/bin/fieldgate-hub"
+  install -d "$H/usr/share/man/man1"
+  gzip -9n <packaging/man/fieldgate-hub.1 >"$H/usr/share/man/man1/fieldgate-hub.1.gz"
   docs "$H" fieldgate-hub
   install -D -m 0644 packaging/debian/lintian-overrides-hub "$H/usr/share/lintian/overrides/fieldgate-hub"
   install -d "$H/DEBIAN"

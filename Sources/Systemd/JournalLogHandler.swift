@@ -29,11 +29,11 @@ public struct JournalLogHandler: LogHandler {
         set { metadata[key] = newValue }
     }
 
-    public func log(level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?, source: String,
-                    file: String, function: String, line: UInt) {
+    public func log(event: LogEvent) {
+        let explicit = event.metadata
         var fields = [
-            "MESSAGE=" + message.description,
-            "PRIORITY=\(Self.priority(level))",
+            "MESSAGE=" + event.message.description,
+            "PRIORITY=\(Self.priority(event.level))",
             "FIELDGATE_COMPONENT=" + label,
         ]
         let all = explicit.map { metadata.merging($0) { $1 } } ?? metadata
@@ -41,12 +41,18 @@ public struct JournalLogHandler: LogHandler {
             guard let name = Self.fieldName(key) else { continue }
             fields.append(name + "=" + "\(value)")
         }
-        var storage = fields.map { Array($0.utf8) }
-        let count = storage.count
-        storage.withUnsafeMutableBufferPointer { items in
-            var vectors = items.map { b in iovec(iov_base: UnsafeMutableRawPointer(mutating: b.withUnsafeBytes { $0.baseAddress }), iov_len: b.count) }
-            // The arrays' storage stays put while `items` is borrowed, so the pointers above remain valid here.
-            _ = sd_journal_sendv(&vectors, Int32(count))
+        // One buffer for every field, so each iovec points into memory that lives through the call.
+        var buffer: [UInt8] = []
+        var ranges: [Range<Int>] = []
+        for field in fields {
+            let start = buffer.count
+            buffer.append(contentsOf: field.utf8)
+            ranges.append(start..<buffer.count)
+        }
+        buffer.withUnsafeMutableBytes { raw in
+            guard let base = raw.baseAddress else { return }
+            var vectors = ranges.map { iovec(iov_base: base + $0.lowerBound, iov_len: $0.count) }
+            _ = sd_journal_sendv(&vectors, Int32(vectors.count))
         }
     }
 

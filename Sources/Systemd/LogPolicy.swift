@@ -33,12 +33,13 @@ public struct GuardedLogHandler: LogHandler {
         set { inner[metadataKey: key] = newValue }
     }
 
-    public func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
-                    file: String, function: String, line: UInt) {
-        guard let suppressed = limiter.admit(site: "\(file):\(line)", nowMs: Int64(time(nil)) * 1000) else { return }
-        var text = Redaction.redact(message.description)
+    public func log(event: LogEvent) {
+        guard let suppressed = limiter.admit(site: "\(event.file):\(event.line)", nowMs: Int64(time(nil)) * 1000) else { return }
+        var text = Redaction.redact(event.message.description)
         if suppressed > 0 { text += " (\(suppressed) similar lines suppressed)" }
-        inner.log(level: level, message: "\(text)", metadata: metadata, source: source, file: file, function: function, line: line)
+        var guarded = event
+        guarded.message = "\(text)"
+        inner.log(event: guarded)
     }
 }
 

@@ -30,7 +30,8 @@ struct NotifyTests {
         try await Task.sleep(for: .seconds(3.5))
         let pings = n.times(of: "WATCHDOG=1", since: t0)
         #expect(pings.count >= 3, "pings in 3.5 s: \(pings.count)")
-        #expect(zip(pings, pings.dropFirst()).allSatisfy { $1 - $0 < 1600 }, "no gap over 1.6 s while healthy")
+        // Healthy gaps stay well under the frozen one below (≥ 3 s), even on a loaded machine.
+        #expect(zip(pings, pings.dropFirst()).allSatisfy { $1 - $0 < 2500 }, "no gap over 2.5 s while healthy: \(pings)")
 
         // fieldgatectl's view, over the control socket.
         let status = try daemon.control(["command": "status"])
@@ -51,7 +52,9 @@ struct NotifyTests {
         try await Task.sleep(for: .seconds(7))
         let during = [t2] + n.times(of: "WATCHDOG=1", since: t2)
         let longestGap = zip(during, during.dropFirst()).map { $1 - $0 }.max() ?? 0
-        #expect(longestGap >= 2500, "the pings stopped while the UDP loop was frozen (longest gap \(longestGap) ms)")
+        // Pings every second: the last one before the 2 s stall comes by t2+2 s, the next after the 5 s freeze
+        // at t2+5 s or later.
+        #expect(longestGap >= 2900, "the pings stopped while the UDP loop was frozen (longest gap \(longestGap) ms)")
         #expect(n.all.contains { $0.ms >= t2 && $0.text.contains("STATUS=stuck: udp:\(daemon.udpPort)") })
         #expect(n.times(of: "WATCHDOG=1", since: MonotonicClock.milliseconds() - 1500).count >= 1, "pings resumed")
 

@@ -205,7 +205,7 @@ let package = Package(
         .testTarget(name: "ProtonAMQPTests", dependencies: ["ProtonAMQP"], swiftSettings: strictSettings),
         .testTarget(
             name: "DaemonTests",
-            dependencies: ["HubTestSupport", "HubEmulator", "ControlSocket", "FieldgateCore"],
+            dependencies: ["HubTestSupport", "HubEmulator", "HubServiceClient", "ControlSocket", "FieldgateCore"],
             swiftSettings: strictSettings
         ),
         .testTarget(name: "SystemdTests", dependencies: ["Systemd", .product(name: "Logging", package: "swift-log")], swiftSettings: strictSettings),

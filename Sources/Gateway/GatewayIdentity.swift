@@ -29,6 +29,7 @@ public final class GatewayIdentity: LeafRouter {
     private let runner = CommandRunner()
     private let startedAtMs = WallClock.nowMilliseconds()
     private let state = Mutex<(uplink: Uplink?, lastHealth: JSONValue?, lastHealthMs: Int64)>((nil, nil, 0))
+    private let statusProvider = Mutex<(@Sendable () async -> JSONValue)?>(nil)
 
     public init(configuration: Configuration, spool: Spool, logger: Logger = Logger(label: "fieldgate.gateway")) {
         self.configuration = configuration
@@ -39,6 +40,11 @@ public final class GatewayIdentity: LeafRouter {
     /// The uplink exists only after its router: connect the two here.
     public func attach(_ uplink: Uplink) { state.withLock { $0.uplink = uplink } }
     private var uplink: Uplink? { state.withLock { $0.uplink } }
+
+    /// What the `status` method answers: the daemon sets what `fieldgatectl status` shows; default: `health()`.
+    public func setStatusProvider(_ provider: @escaping @Sendable () async -> JSONValue) {
+        statusProvider.withLock { $0 = provider }
+    }
 
     public func cloudToDevice(_ message: C2DMessage) async -> C2DOutcome {
         .reject("the gateway identity takes no cloud-to-device messages")
@@ -54,6 +60,7 @@ public final class GatewayIdentity: LeafRouter {
             Task { await runAfterAnswer(configuration.restartCommand, what: "restart") }
             return MethodResponse(status: 200, payload: "Restart started")
         case "status":
+            if let provider = statusProvider.withLock({ $0 }) { return MethodResponse(status: 200, payload: await provider()) }
             return MethodResponse(status: 200, payload: await health())
         default:
             return nil

@@ -64,6 +64,7 @@ struct Run: AsyncParsableCommand {
             logger: logger, stallMilliseconds: settings.stallMilliseconds)
         logger.info("fieldgated \(Version.current): hub \(settings.uplink.hostName), \(settings.leaves.count) leaves, spool \(settings.spool.directory)")
         let handler = ControlHandler(daemon: daemon, allowDebug: settings.allowDebug)
+        daemon.identity.setStatusProvider { await handler.handle(["command": "status"]) }  // the `status` method
         var control: ControlServer?
         do throws(ControlError) {
             control = try ControlServer(path: settings.controlSocket, handler: { await handler.handle($0) }, logger: logger)

@@ -1,4 +1,6 @@
 import FieldgateCore
+import HubEmulator
+import HubServiceClient
 import HubTestSupport
 import Testing
 
@@ -37,6 +39,11 @@ struct NotifyTests {
         let status = try daemon.control(["command": "status"])
         #expect(status["summary"]?.stringValue?.contains("leaves online") == true)
         #expect(status["stuck"]?.arrayValue?.isEmpty == true)
+        // The gateway's own `status` method answers the same, through the hub (issue 5, part 4).
+        let method = try await HubServiceClient(host: "127.0.0.1", port: hub.running.httpPort, authorization: nil)
+            .request("POST", "/twins/gw-under-test/methods", body: ["methodName": "status", "payload": nil, "responseTimeoutInSeconds": 10])
+        #expect(method.json?["status"]?.intValue == 200)
+        #expect(method.json?["payload"]?["summary"]?.stringValue?.contains("leaves online") == true, "\(String(describing: method.json))")
 
         // SIGHUP: RELOADING=1, then READY=1 again.
         let t1 = MonotonicClock.milliseconds()

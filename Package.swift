@@ -86,7 +86,7 @@ let package = Package(
         .target(
             name: "UDPAdapter",
             dependencies: [
-                "Uplink", "Spool", "FieldgateCore", "CSocketBatch",
+                "Uplink", "Spool", "FieldgateCore", "FrameCodecs", "CSocketBatch",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -198,7 +198,7 @@ let package = Package(
             path: "Tests/HubTestSupport",
             swiftSettings: strictSettings
         ),
-        .testTarget(name: "UDPAdapterTests", dependencies: ["UDPAdapter", "Uplink", "Spool", "FieldgateCore"], swiftSettings: strictSettings),
+        .testTarget(name: "UDPAdapterTests", dependencies: ["UDPAdapter", "FrameCodecs", "Uplink", "Spool", "FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "FrameCodecsTests", dependencies: ["FrameCodecs", "FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "SerialAdapterTests", dependencies: ["SerialAdapter", "FrameCodecs", "Uplink", "Spool", "FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "GatewayTests", dependencies: ["GatewayConfig", "Uplink", "Spool", "UDPAdapter", "SerialAdapter", "FrameCodecs"], swiftSettings: strictSettings),

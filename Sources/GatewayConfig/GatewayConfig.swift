@@ -55,6 +55,9 @@ public struct GatewayConfigFile: Decodable, Sendable {
         public var key_ref: String?
         public var allowed_sources: [String]?
         public var mapped_source: String?
+        /// UDP, with `mapped_source`: how its datagrams decode (as a serial port's `format`), and `field_map` for kv.
+        public var format: String?
+        public var field_map: [String: String]?
         /// UDP: datagrams must be signed with the secrets file's [hmac] key for this device.
         public var hmac: Bool?
         public var command_address: String?
@@ -207,6 +210,16 @@ struct Mapper {
             leaves.append(LeafConfiguration(deviceID: l.device_id, credential: credential))
             switch l.adapter {
             case "udp":
+                var format: FrameFormat?
+                if let text = l.format {
+                    if l.mapped_source == nil {
+                        report(source, "\(at).format", "leaf \(l.device_id): format applies to datagrams from a mapped_source; add mapped_source or remove format")
+                    }
+                    switch Self.frameFormat(text, idField: nil, fieldMap: l.field_map) {
+                    case .success(let f): format = f
+                    case .failure(let why): report(source, "\(at).format", "leaf \(l.device_id): \(why.message)")
+                    }
+                }
                 var hmacKey: [UInt8]?
                 if l.hmac == true {
                     if let k = secrets.hmac[l.device_id] { hmacKey = Array(k.utf8) } else {
@@ -214,7 +227,7 @@ struct Mapper {
                     }
                 }
                 udpLeaves.append(UDPLeaf(deviceID: l.device_id, allowedSources: l.allowed_sources ?? [], mappedSource: l.mapped_source,
-                                         hmacKey: hmacKey, commandAddress: l.command_address))
+                                         format: format, hmacKey: hmacKey, commandAddress: l.command_address))
             case "serial":
                 serialLeaves[l.device_id] = (source, at)  // carried by a [[serial_port]] that names it
             default:
@@ -314,6 +327,23 @@ struct Mapper {
         }
     }
 
+    struct FormatProblem: Error { var message: String }
+
+    /// A frame format as written in the configuration (serial ports, mapped UDP sources).
+    static func frameFormat(_ format: String, idField: String?, fieldMap: [String: String]?) -> Result<FrameFormat, FormatProblem> {
+        switch format.split(separator: ":", maxSplits: 1).map(String.init) {
+        case ["json"]: return .success(.json(idField: idField))
+        case ["kv"]: return .success(.keyValue(fieldMap: fieldMap ?? [:], onlyMapped: fieldMap != nil, idField: idField))
+        case ["raw"]: return .success(.raw)
+        case let x where x.count == 2 && x[0] == "csv": return .success(.csv(fields: x[1].split(separator: ",").map(String.init), idField: idField))
+        case let x where x.count == 2 && x[0] == "regex":
+            do { _ = try FrameDecoder(.regex(pattern: x[1], idField: nil)) } catch { return .failure(FormatProblem(message: "\(error)")) }
+            return .success(.regex(pattern: x[1], idField: idField))
+        default:
+            return .failure(FormatProblem(message: "format \(format): use json, csv:<fields>, kv, regex:<pattern> or raw"))
+        }
+    }
+
     /// IoT Hub device ids: up to 128 characters of letters, digits and `-.%_*?!(),:=@$'` (seeds-digest).
     static func isValidDeviceID(_ id: String) -> Bool {
         let allowed = Set("-.%_*?!(),:=@$'")
@@ -346,15 +376,9 @@ struct Mapper {
             bad("framing", "framing \(framing): use lines, fixed:<n>, length:<1|2|4> or markers:<start>,<end>[,<escape>] (hex, e.g. markers:02,03,10)")
         }
         let format = p.format ?? "json"
-        switch format.split(separator: ":", maxSplits: 1).map(String.init) {
-        case ["json"]: c.format = .json(idField: p.id_field)
-        case ["kv"]: c.format = .keyValue(fieldMap: p.field_map ?? [:], onlyMapped: p.field_map != nil, idField: p.id_field)
-        case ["raw"]: c.format = .raw
-        case let x where x.count == 2 && x[0] == "csv": c.format = .csv(fields: x[1].split(separator: ",").map(String.init), idField: p.id_field)
-        case let x where x.count == 2 && x[0] == "regex":
-            do { _ = try FrameDecoder(.regex(pattern: x[1], idField: nil)); c.format = .regex(pattern: x[1], idField: p.id_field) } catch { bad("format", "\(error)") }
-        default:
-            bad("format", "format \(format): use json, csv:<fields>, kv, regex:<pattern> or raw")
+        switch Self.frameFormat(format, idField: p.id_field, fieldMap: p.field_map) {
+        case .success(let f): c.format = f
+        case .failure(let why): bad("format", why.message)
         }
         c.leaf = p.leaf
         c.leaves = p.leaves ?? []

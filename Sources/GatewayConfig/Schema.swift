@@ -77,7 +77,8 @@ struct Schema: Sendable {
 enum ConfigSchema {
     static let leaf = Schema(fields: [
         "device_id": .string, "adapter": .string, "credential": .string, "key_ref": .string,
-        "allowed_sources": .strings, "mapped_source": .string, "hmac": .bool, "command_address": .string,
+        "allowed_sources": .strings, "mapped_source": .string, "format": .string, "field_map": .stringMap, "hmac": .bool,
+        "command_address": .string,
     ], required: ["device_id", "adapter"])
 
     static let serialPort = Schema(fields: [

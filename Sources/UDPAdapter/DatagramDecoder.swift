@@ -1,5 +1,6 @@
 import Crypto
 import FieldgateCore
+import FrameCodecs
 
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -31,6 +32,8 @@ struct DatagramDecoder {
     let configuration: UDPAdapterConfiguration
     private let leaves: [String: UDPLeaf]
     private let mapped: [String: String]
+    /// Decoders of the mapped sources that have a format (regexes compiled once).
+    private let formats: [String: FrameDecoder]
     private var recentSignatures: Set<String> = []
     private var signatureOrder: [String] = []
 
@@ -38,12 +41,16 @@ struct DatagramDecoder {
         self.configuration = configuration
         var leaves: [String: UDPLeaf] = [:]
         var mapped: [String: String] = [:]
+        var formats: [String: FrameDecoder] = [:]
         for l in configuration.leaves {
             leaves[l.deviceID] = l
             if let s = l.mappedSource { mapped[s] = l.deviceID }
+            // An invalid pattern is refused when the adapter is made (UDPAdapter.init); here it just decodes nothing.
+            if l.mappedSource != nil, let f = l.format { formats[l.deviceID] = try? FrameDecoder(f) }
         }
         self.leaves = leaves
         self.mapped = mapped
+        self.formats = formats
     }
 
     /// `sourceIP` is the sender's address without port; `sourcePort` its port.
@@ -111,7 +118,18 @@ struct DatagramDecoder {
             }
         }
         let envelope: TelemetryEnvelope
-        if mappedLeaf != nil, members == nil {
+        if mappedLeaf != nil, let decoder = formats[leafID] {
+            // The serial decoders for a mapped source; a trailing line end is not part of the frame.
+            var frame = Array(body)
+            while let last = frame.last, last == UInt8(ascii: "\n") || last == UInt8(ascii: "\r") { frame.removeLast() }
+            switch decoder.decode(frame) {
+            case .success(let decoded):
+                if let named = decoded.leaf, named != leafID { return .failure(.init(.notAllowedForLeaf, leaf: named)) }
+                envelope = TelemetryEnvelope(body: decoded.values.bytes, properties: properties)
+            case .failure:
+                return .failure(.init(.malformed, leaf: leafID))
+            }
+        } else if mappedLeaf != nil, members == nil {
             envelope = TelemetryEnvelope(body: Array(body), contentType: "application/octet-stream", contentEncoding: "binary", properties: properties)
         } else if let values = member("values") {
             envelope = TelemetryEnvelope(body: Array(body[values.range]), properties: properties)

@@ -1,5 +1,6 @@
 import Dispatch
 import FieldgateCore
+import FrameCodecs
 import Logging
 import ServiceLifecycle
 import Spool
@@ -63,6 +64,10 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
 
     public init(configuration: UDPAdapterConfiguration, spool: Spool, onAppended: @escaping @Sendable () -> Void = {},
                 logger: Logger = Logger(label: "fieldgate.udp")) throws(UDPAdapterError) {
+        for leaf in configuration.leaves {
+            guard let f = leaf.format else { continue }
+            do { _ = try FrameDecoder(f) } catch { throw UDPAdapterError("\(leaf.deviceID): \(error)") }
+        }
         self.current = Mutex(configuration)
         self.maxDatagramBytes = configuration.maxDatagramBytes
         self.spool = spool

@@ -1,3 +1,5 @@
+import FrameCodecs
+
 /// How the UDP adapter listens and which leaves it serves. Owned by the UDPAdapter module; the daemon's config
 /// maps onto it.
 public struct UDPAdapterConfiguration: Sendable, Equatable {
@@ -27,15 +29,20 @@ public struct UDPLeaf: Sendable, Equatable {
     public var allowedSources: [String]
     /// Per-source mapping: datagrams from this `ip` or `ip:port` belong to this leaf, whatever they contain.
     public var mappedSource: String?
+    /// How a mapped source's datagrams become values (CSV, key=value, regex, JSON, raw: the serial decoders).
+    /// nil: a JSON object is the values, anything else is forwarded as it came (`application/octet-stream`).
+    public var format: FrameFormat?
     /// With a key, every datagram must carry a valid `sig=` trailer and a fresh `ts`.
     public var hmacKey: [UInt8]?
     /// Where commands go (`ip:port`); default: the address the leaf last sent from.
     public var commandAddress: String?
 
-    public init(deviceID: String, allowedSources: [String] = [], mappedSource: String? = nil, hmacKey: [UInt8]? = nil, commandAddress: String? = nil) {
+    public init(deviceID: String, allowedSources: [String] = [], mappedSource: String? = nil, format: FrameFormat? = nil,
+                hmacKey: [UInt8]? = nil, commandAddress: String? = nil) {
         self.deviceID = deviceID
         self.allowedSources = allowedSources
         self.mappedSource = mappedSource
+        self.format = format
         self.hmacKey = hmacKey
         self.commandAddress = commandAddress
     }

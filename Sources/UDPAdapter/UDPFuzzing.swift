@@ -1,4 +1,5 @@
 import FieldgateCore
+import FrameCodecs
 
 /// The libFuzzer entry for the datagram decoder (Fuzz/udp-fuzz): any bytes from any source must decode or be
 /// rejected without crashing, and a reading is never attributed to a leaf its source may not speak for.
@@ -9,6 +10,7 @@ public enum UDPFuzzing {
             UDPLeaf(deviceID: "fenced", allowedSources: ["10.0.0.2"]),
             UDPLeaf(deviceID: "mapped", mappedSource: "10.0.0.9"),
             UDPLeaf(deviceID: "signed", hmacKey: Array("fuzz-key".utf8)),
+            UDPLeaf(deviceID: "mapped-csv", mappedSource: "10.0.0.10", format: .csv(fields: ["a", "b"], idField: nil)),
         ])
         c.maxDatagramBytes = 2048
         return c
@@ -16,7 +18,7 @@ public enum UDPFuzzing {
 
     public static func check(_ bytes: UnsafeRawBufferPointer) {
         guard let selector = bytes.first else { return }
-        let sources = ["10.0.0.1", "10.0.0.2", "10.0.0.9", "::1"]
+        let sources = ["10.0.0.1", "10.0.0.2", "10.0.0.9", "::1", "10.0.0.10"]
         let source = sources[Int(selector) % sources.count]
         var decoder = DatagramDecoder(configuration: configuration)
         let body = Array(bytes.dropFirst())
@@ -40,5 +42,6 @@ public enum UDPFuzzing {
         default: break
         }
         if source == "10.0.0.9" { precondition(leaf == "mapped", "a mapped source spoke for \(leaf)") }
+        if source == "10.0.0.10" { precondition(leaf == "mapped-csv", "a mapped source spoke for \(leaf)") }
     }
 }

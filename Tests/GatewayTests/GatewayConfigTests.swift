@@ -93,6 +93,8 @@ struct GatewayConfigTests {
         #expect(s.udp?.port == 47000 && s.udp?.leaves.first?.allowedSources == ["10.0.0.5"])
         #expect(s.udp?.leaves.first?.hmacKey == Array("shared".utf8))
         #expect(s.files.count == 2 && s.files[1].hasSuffix("devices.d/line-a.toml"))
+        let mapped = try load(valid, devices: ["m.toml": "[[leaf]]\ndevice_id = \"m2\"\nadapter = \"udp\"\nmapped_source = \"10.0.0.7\"\nformat = \"kv\"\nfield_map = { T = \"temperature\" }\n"]).get()
+        #expect(mapped.udp?.leaves.last?.format == .keyValue(fieldMap: ["T": "temperature"], onlyMapped: true, idField: nil))
     }
 
     @Test func serialPorts() throws {
@@ -134,6 +136,7 @@ struct GatewayConfigTests {
             (valid, ["b.toml": "[[leaf]]\ndevice_id = \"nokey\"\nadapter = \"udp\"\n"], "devices.d/b.toml:2: leaf nokey: "),
             (valid, ["b.toml": "[[leaf]]\ndevice_id = \"m2\"\nadapter = \"udp\"\ncredential = \"policy:service\"\n"], "devices.d/b.toml:4: leaf m2: "),
             (valid, ["b.toml": "[leaf]\ndevice_id = \"m2\"\n"], "devices.d/b.toml:1: leaf must be an array of tables"),
+            (valid, ["b.toml": "[[leaf]]\ndevice_id = \"m2\"\nadapter = \"udp\"\nformat = \"csv:a,b\"\n"], "devices.d/b.toml:4: leaf m2: format applies to datagrams from a mapped_source"),
         ]
         for (text, devices, expected) in cases {
             guard case .failure(let e) = load(text, devices: devices) else { Issue.record("accepted: \(expected)"); continue }

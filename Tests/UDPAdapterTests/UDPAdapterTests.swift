@@ -1,4 +1,5 @@
 import FieldgateCore
+import FrameCodecs
 import Spool
 import Synchronization
 import Dispatch
@@ -22,13 +23,16 @@ struct DatagramDecoderTests {
             UDPLeaf(deviceID: "meter-2", allowedSources: ["10.0.0.2"]),
             UDPLeaf(deviceID: "scale", mappedSource: "10.0.0.9"),
             UDPLeaf(deviceID: "secure", hmacKey: key),
+            UDPLeaf(deviceID: "csv-meter", mappedSource: "10.0.0.10", format: .csv(fields: ["t", "h", "state"], idField: nil)),
+            UDPLeaf(deviceID: "kv-meter", mappedSource: "10.0.0.11:5000", format: .keyValue(fieldMap: ["T": "temperature"], onlyMapped: true, idField: nil)),
+            UDPLeaf(deviceID: "rx-scale", mappedSource: "10.0.0.12", format: .regex(pattern: #"W:(?<weight>[+-][0-9.]+)kg"#, idField: nil)),
         ])
         config.maxDatagramBytes = 512
         return DatagramDecoder(configuration: config)
     }
 
-    private func reject(_ d: inout DatagramDecoder, _ text: String, ip: String = "10.0.0.1", now: Int64 = 1_700_000_000_000) -> DatagramRejection? {
-        if case .failure(let r) = d.decode(Array(text.utf8), sourceIP: ip, sourcePort: 4000, nowMs: now) { return r.reason }
+    private func reject(_ d: inout DatagramDecoder, _ text: String, ip: String = "10.0.0.1", port: Int = 4000, now: Int64 = 1_700_000_000_000) -> DatagramRejection? {
+        if case .failure(let r) = d.decode(Array(text.utf8), sourceIP: ip, sourcePort: port, nowMs: now) { return r.reason }
         return nil
     }
 
@@ -56,6 +60,21 @@ struct DatagramDecoderTests {
         }
         #expect(leaf == "scale" && e.body == Array("W:+0012.50kg".utf8) && e.contentType == "application/octet-stream")
         #expect(reject(&d, #"{"device":"meter-1","values":{}}"#, ip: "10.0.0.9") == .notAllowedForLeaf, "a mapped source cannot speak for another leaf")
+    }
+
+    /// Mapped sources with the serial decoders (issue 7, part 2): CSV, key=value with a field map, a regex.
+    @Test func mappedSourcesWithDecoders() {
+        var d = decoder()
+        func values(_ text: String, ip: String, port: Int = 7) -> JSONValue? {
+            guard case .success(.reading(_, _, let e)) = d.decode(Array(text.utf8), sourceIP: ip, sourcePort: port, nowMs: 0) else { return nil }
+            #expect(e.contentType == "application/json")
+            return JSONValue.parse(e.body)
+        }
+        #expect(values("21.5,60,ok\r\n", ip: "10.0.0.10") == ["t": 21.5, "h": 60, "state": "ok"])
+        #expect(values("T=19.5 X=1", ip: "10.0.0.11", port: 5000) == ["temperature": 19.5])
+        #expect(values("W:+0012.50kg", ip: "10.0.0.12") == ["weight": 12.5])
+        #expect(reject(&d, "no weight here", ip: "10.0.0.12") == .malformed, "a frame the regex does not match is counted")
+        #expect(reject(&d, "T=1", ip: "10.0.0.11", port: 5001) == .malformed, "the kv leaf is mapped to port 5000 only")
     }
 
     @Test func hostileInputIsRejectedByReason() {

@@ -67,6 +67,8 @@ public struct GatewayConfigFile: Decodable, Sendable {
     public struct Control: Decodable, Sendable {
         public var socket: String?
         public var allow_debug: Bool?
+        /// Prometheus metrics on this loopback address (`127.0.0.1:9464`); off when absent.
+        public var metrics: String?
     }
 
     public var hub: Hub
@@ -116,6 +118,8 @@ public struct GatewaySettings: Sendable {
     /// The control socket's path; `allowDebug` enables `fieldgatectl debug` (tests, diagnosis).
     public var controlSocket: String
     public var allowDebug: Bool
+    /// Prometheus metrics on this loopback `host:port`; nil: off.
+    public var metricsAddress: String?
     /// A component without progress for this long stops the watchdog pings (capped below WatchdogSec).
     public var stallMilliseconds: Int64
     /// The files this configuration was read from.
@@ -269,6 +273,7 @@ struct Mapper {
         return GatewaySettings(
             uplink: uplink, spool: spool, gatewayLeaf: gatewayLeaf, gateway: f.gateway, leaves: leaves, udp: udp, serialPorts: ports,
             controlSocket: f.control?.socket ?? "/run/fieldgate/control.sock", allowDebug: f.control?.allow_debug ?? false,
+            metricsAddress: f.control?.metrics,
             stallMilliseconds: Int64(max(2, f.daemon?.stall_seconds ?? 10)) * 1000,
             files: [main.path] + devices.map(\.0.path))
     }

@@ -100,7 +100,7 @@ enum ConfigSchema {
         ])),
         "udp": .table(Schema(fields: ["bind": .string, "port": .int, "max_datagram_bytes": .int, "allowed_sources": .strings], required: ["port"])),
         "secrets": .table(Schema(fields: ["file": .string])),
-        "control": .table(Schema(fields: ["socket": .string, "allow_debug": .bool])),
+        "control": .table(Schema(fields: ["socket": .string, "allow_debug": .bool, "metrics": .string])),
         "daemon": .table(Schema(fields: ["stall_seconds": .int])),
         "serial_port": .tables(serialPort),
         "leaf": .tables(leaf),

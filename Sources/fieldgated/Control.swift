@@ -76,6 +76,51 @@ struct ControlHandler: Sendable {
         })
     }
 
+    /// Prometheus metrics (`[control] metrics`): the figures of `status`, per leaf where it matters.
+    func metrics() async -> String {
+        let uplink = await daemon.uplink.status()
+        let spool = daemon.spool.statistics()
+        var m = PrometheusText()
+        m.add("fieldgate_spool_records", Double(spool.depth), help: "Readings in the spool, not yet accepted by the hub.")
+        m.add("fieldgate_spool_bytes", Double(spool.bytes), help: "Bytes the spool uses on disk.")
+        m.add("fieldgate_spool_oldest_age_seconds", Double((spool.oldestAgeMilliseconds ?? 0) / 1000), help: "Age of the oldest undelivered reading.")
+        for reason in DropReason.allCases {
+            m.add("fieldgate_spool_dropped_total", Double(spool.dropped[reason]?.values.reduce(0, +) ?? 0), labels: ["reason": reason.rawValue],
+                  help: "Readings that left the spool undelivered, by reason.", type: "counter")
+        }
+        for c in uplink.connections {
+            m.add("fieldgate_hub_connection_open", c.state == "open" ? 1 : 0, labels: ["connection": String(c.index)], help: "1 while the AMQP connection is open.")
+            m.add("fieldgate_hub_connection_opens_total", Double(c.opens), labels: ["connection": String(c.index)], help: "Connections opened.", type: "counter")
+        }
+        for phase in LeafPhase.allCases {
+            m.add("fieldgate_leaves", Double(uplink.leaves.values.filter { $0.phase == phase }.count), labels: ["state": phase.rawValue],
+                  help: "Leaf identities by state.")
+        }
+        for (id, leaf) in uplink.leaves.sorted(by: { $0.key < $1.key }) {
+            m.add("fieldgate_leaf_accepted_total", Double(leaf.counters.acceptedRecords), labels: ["leaf": id], help: "Readings the hub accepted.", type: "counter")
+            m.add("fieldgate_leaf_rejected_total", Double(leaf.counters.rejectedRecords), labels: ["leaf": id], help: "Readings the hub refused for good.", type: "counter")
+            m.add("fieldgate_leaf_throttled_total", Double(leaf.counters.throttled), labels: ["leaf": id], help: "Throttled sends.", type: "counter")
+            m.add("fieldgate_leaf_spooled", Double(spool.depthByLeaf[id] ?? 0), labels: ["leaf": id], help: "Readings waiting in the spool.")
+        }
+        if let udp = daemon.udp {
+            let s = udp.statistics()
+            m.add("fieldgate_udp_readings_total", Double(s.leaves.values.reduce(0) { $0 + $1.readings }), help: "UDP readings taken into the spool.", type: "counter")
+            var rejected: [DatagramRejection: Int] = s.unattributed
+            for l in s.leaves.values { rejected.merge(l.rejected, uniquingKeysWith: +) }
+            for reason in DatagramRejection.allCases {
+                m.add("fieldgate_udp_rejected_total", Double(rejected[reason] ?? 0), labels: ["reason": reason.rawValue], help: "UDP datagrams rejected, by reason.", type: "counter")
+            }
+        }
+        for port in daemon.serial {
+            let s = port.statistics()
+            m.add("fieldgate_serial_connected", s.connected ? 1 : 0, labels: ["port": port.configuration.path], help: "1 while the serial device is open.")
+            m.add("fieldgate_serial_readings_total", Double(s.readings.values.reduce(0, +)), labels: ["port": port.configuration.path], help: "Serial readings taken.", type: "counter")
+        }
+        let stuck = Liveness(stallMilliseconds: 10_000).stuck(daemon.heartbeats.map(Liveness.Reading.init), nowMs: MonotonicClock.milliseconds())
+        m.add("fieldgate_components_stuck", Double(stuck.count), help: "Components without progress (the watchdog is withheld).")
+        return m.text
+    }
+
     private func spoolJSON(_ s: SpoolStatistics) -> JSONValue {
         var dropped: [String: JSONValue] = [:]
         for (reason, perLeaf) in s.dropped { dropped[reason.rawValue] = .int(Int64(perLeaf.values.reduce(0, +))) }

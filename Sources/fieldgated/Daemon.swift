@@ -98,7 +98,9 @@ final class Daemon: Service, Sendable {
         var needsRestart: [String] = []
         if next.spool != old.spool { needsRestart.append("[spool]") }
         if next.gateway.device_id != old.gateway.device_id { needsRestart.append("gateway.device_id") }
-        if next.controlSocket != old.controlSocket || next.allowDebug != old.allowDebug { needsRestart.append("[control]") }
+        if next.controlSocket != old.controlSocket || next.allowDebug != old.allowDebug || next.metricsAddress != old.metricsAddress {
+            needsRestart.append("[control]")
+        }
         if next.stallMilliseconds != old.stallMilliseconds { needsRestart.append("[daemon]") }
         guard needsRestart.isEmpty else {
             throw ConfigReloadError(description: "\(needsRestart.joined(separator: ", ")) changed: only a restart applies that (systemctl restart fieldgated)")

@@ -73,9 +73,20 @@ struct Run: AsyncParsableCommand {
             logger.warning("no control socket, fieldgatectl cannot reach this daemon: \(error)")
         }
         // Shut down in reverse order: the supervisor first (STOPPING=1), then the daemon (adapters, then the uplink).
+        var metrics: MetricsServer?
+        if let address = settings.metricsAddress {
+            do throws(ControlError) {
+                metrics = try MetricsServer(address: address) { await handler.metrics() }
+                metrics?.start()
+                logger.info("Prometheus metrics on http://\(address)/metrics")
+            } catch {
+                logger.error("no metrics endpoint: \(error)")
+            }
+        }
         let group = ServiceGroup(services: [daemon, HealthReporter(identity: daemon.identity), supervisor], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await group.run()
         control?.stop()
+        metrics?.stop()
         daemon.spool.close()
         logger.notice("stopped")
     }

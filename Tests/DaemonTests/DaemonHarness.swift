@@ -108,6 +108,7 @@ final class DaemonUnderTest: Sendable {
             [control]
             socket = "\(dir)/control.sock"
             allow_debug = true
+            metrics = "127.0.0.1:\(udpPort + 1)"
             \(extraMain)
             """.write(toFile: dir + "/fieldgate.toml", atomically: true, encoding: .utf8)
         try writeLeaves(leaves, in: dir)
@@ -150,6 +151,28 @@ final class DaemonUnderTest: Sendable {
         _ = withUnsafePointer(to: &to) { p in
             p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, bytes, bytes.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
+    }
+
+    /// GET http://127.0.0.1:<udpPort + 1><path>: the metrics endpoint; the whole response, headers included.
+    func httpGet(_ path: String) -> String {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var to = sockaddr_in()
+        to.sin_family = sa_family_t(AF_INET)
+        to.sin_port = in_port_t(UInt16(udpPort + 1).bigEndian)
+        inet_pton(AF_INET, "127.0.0.1", &to.sin_addr)
+        let connected = withUnsafePointer(to: &to) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard connected == 0 else { return "" }
+        let request = Array("GET \(path) HTTP/1.1\r\nHost: localhost\r\n\r\n".utf8)
+        _ = send(fd, request, request.count, 0)
+        var response: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = recv(fd, &buffer, buffer.count, 0)
+            guard n > 0 else { break }
+            response += buffer[0..<n]
+        }
+        return String(decoding: response, as: UTF8.self)
     }
 
     /// Device ids in the given uplink state, from `fieldgatectl devices`.

@@ -39,6 +39,14 @@ struct NotifyTests {
         let status = try daemon.control(["command": "status"])
         #expect(status["summary"]?.stringValue?.contains("leaves online") == true)
         #expect(status["stuck"]?.arrayValue?.isEmpty == true)
+        // Prometheus metrics on loopback ([control] metrics).
+        let metrics = daemon.httpGet("/metrics")
+        #expect(metrics.hasPrefix("HTTP/1.1 200 OK"), "\(metrics.prefix(300))")
+        #expect(metrics.contains("# TYPE fieldgate_spool_records gauge"))
+        #expect(metrics.contains("fieldgate_leaves{state=\"ready\"} 2"))
+        #expect(metrics.contains("fieldgate_hub_connection_open{connection=\"0\"} 1"))
+        #expect(metrics.contains("fieldgate_components_stuck 0"))
+        #expect(daemon.httpGet("/other").hasPrefix("HTTP/1.1 404"))
         // The gateway's own `status` method answers the same, through the hub (issue 5, part 4).
         let method = try await HubServiceClient(host: "127.0.0.1", port: hub.running.httpPort, authorization: nil)
             .request("POST", "/twins/gw-under-test/methods", body: ["methodName": "status", "payload": nil, "responseTimeoutInSeconds": 10])

@@ -18,35 +18,15 @@ bash packaging/build-deb.sh --version "$NEW" --no-hub --no-lintian  # the same b
 swift build --product fieldgate-hub >/dev/null
 HUB_BIN=$(swift build --show-bin-path)/fieldgate-hub
 
-WORK=$(mktemp -d /tmp/fieldgate-deb.XXXXXX)
-HUB_PID=
-cleanup() {
-  [ -n "$HUB_PID" ] && kill "$HUB_PID" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+make_work fieldgate-deb
 mkdir -p "$WORK/debs" "$WORK/results" "$WORK/config/devices.d"
 cp "dist/fieldgate_${OLD}_${ARCH}.deb" "dist/fieldgate_${NEW}_${ARCH}.deb" "$WORK/debs/"
 start_hub
 GW_KEY=$(create_device deb-gateway)
 LEAF_KEY=$(create_device deb-leaf)
-cp "$WORK/hub/certs/ca.pem" "$WORK/config/ca.pem"
 # The operator's edit of the shipped conffile, a leaf the hub knows, and one it does not (its readings stay
 # spooled: they must survive the upgrade).
-cat >"$WORK/config/fieldgate.toml" <<TOML
-# edited by the operator
-[hub]
-host = "localhost"
-address = "127.0.0.1"
-port = $AMQPS_PORT
-ca_file = "/etc/fieldgate/ca.pem"
-[gateway]
-device_id = "deb-gateway"
-[udp]
-bind = "127.0.0.1"
-port = $UDP_PORT
-TOML
+write_gateway_config "$WORK/config" deb-gateway "edited by the operator"
 printf '[[leaf]]\ndevice_id = "deb-leaf"\nadapter = "udp"\n\n[[leaf]]\ndevice_id = "deb-unknown"\nadapter = "udp"\n' >"$WORK/config/devices.d/leaves.toml"
 printf '[keys]\ndeb-gateway = "%s"\ndeb-leaf = "%s"\ndeb-unknown = "%s"\n' "$GW_KEY" "$LEAF_KEY" "$LEAF_KEY" >"$WORK/config/secrets.toml"
 

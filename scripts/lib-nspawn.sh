@@ -43,3 +43,29 @@ start_hub() {
 
 # The primary key of a new device at the hub.
 create_device() { sed -n 's/.*SharedAccessKey=\([^;]*\).*/\1/p' <<<"$("$HUB_BIN" device create "$1" $URL)"; }
+
+# A scratch directory ($WORK) removed on exit, with the hub stopped first.
+make_work() {
+  WORK=$(mktemp -d "/tmp/$1.XXXXXX")
+  HUB_PID=
+  trap '{ [ -n "$HUB_PID" ] && kill "$HUB_PID"; wait; } 2>/dev/null || true; rm -rf "$WORK"' EXIT
+}
+
+# fieldgate.toml for a gateway in the container talking to start_hub's hub, with the hub's CA beside it:
+# $1 = directory (mounted as /etc/fieldgate), $2 = the gateway's device id, $3 = a first comment line.
+write_gateway_config() {
+  cp "$WORK/hub/certs/ca.pem" "$1/ca.pem"
+  cat >"$1/fieldgate.toml" <<TOML
+# $3
+[hub]
+host = "localhost"
+address = "127.0.0.1"
+port = $AMQPS_PORT
+ca_file = "/etc/fieldgate/ca.pem"
+[gateway]
+device_id = "$2"
+[udp]
+bind = "127.0.0.1"
+port = $UDP_PORT
+TOML
+}

@@ -12,32 +12,13 @@ BIN=${1:-$(swift build --show-bin-path 2>/dev/null || echo .build/debug)}
 ensure_rootfs
 HUB_BIN=$BIN/fieldgate-hub
 
-WORK=$(mktemp -d /tmp/fieldgate-e2e.XXXXXX)
-HUB_PID=
-cleanup() {
-  [ -n "$HUB_PID" ] && kill "$HUB_PID" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+make_work fieldgate-e2e
 mkdir -p "$WORK/etc/devices.d" "$WORK/results" "$WORK/units/fieldgated.service.d"
 start_hub
 GW_KEY=$(create_device e2e-gateway)
 LEAF_KEY=$(create_device e2e-leaf)
 
-cp "$WORK/hub/certs/ca.pem" "$WORK/etc/ca.pem"
-cat >"$WORK/etc/fieldgate.toml" <<TOML
-[hub]
-host = "localhost"
-address = "127.0.0.1"
-port = $AMQPS_PORT
-ca_file = "/etc/fieldgate/ca.pem"
-[gateway]
-device_id = "e2e-gateway"
-[udp]
-bind = "127.0.0.1"
-port = $UDP_PORT
-TOML
+write_gateway_config "$WORK/etc" e2e-gateway "the end-to-end check"
 printf '[[leaf]]\ndevice_id = "e2e-leaf"\nadapter = "udp"\n' >"$WORK/etc/devices.d/leaf.toml"
 printf '[keys]\ne2e-gateway = "%s"\ne2e-leaf = "%s"\n' "$GW_KEY" "$LEAF_KEY" >"$WORK/etc/secrets.toml"
 chmod 600 "$WORK/etc/secrets.toml"

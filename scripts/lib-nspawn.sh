@@ -3,11 +3,18 @@ CACHE=${FIELDGATE_E2E_CACHE:-/var/cache/fieldgate-e2e}
 
 skip() { echo "$(basename "$0"): SKIPPED: $*"; exit 0; }
 
-# Checks the machine can boot a container; builds the cached bookworm root file system once (about a minute).
+# Why this machine cannot boot the container (empty when it can). FIELDGATE_E2E_NO_BOOT=1 pretends it cannot.
+boot_obstacle() {
+  [ -n "${FIELDGATE_E2E_NO_BOOT:-}" ] && { echo "FIELDGATE_E2E_NO_BOOT is set"; return; }
+  command -v systemd-nspawn >/dev/null || { echo "systemd-nspawn is missing"; return; }
+  grep -qw overlay /proc/filesystems || modprobe overlay 2>/dev/null || { echo "no overlayfs for a throw-away root"; return; }
+  true
+}
+
+# Builds the cached bookworm root file system once (about a minute).
 ensure_rootfs() {
   [ "$(id -u)" = 0 ] || skip "needs root"
-  command -v systemd-nspawn >/dev/null && command -v debootstrap >/dev/null || skip "systemd-nspawn or debootstrap missing (scripts/setup.sh installs them)"
-  grep -qw overlay /proc/filesystems || modprobe overlay 2>/dev/null || skip "no overlayfs for a throw-away root"
+  command -v debootstrap >/dev/null || skip "debootstrap missing (scripts/setup.sh installs it)"
   [ -x "$CACHE/rootfs/lib/systemd/systemd" ] && return 0
   local mirror
   mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
@@ -17,6 +24,17 @@ ensure_rootfs() {
     bookworm "$CACHE/rootfs.tmp" "${mirror:-http://deb.debian.org/debian}" >"$CACHE/debootstrap.log" 2>&1 \
     || { tail -20 "$CACHE/debootstrap.log"; skip "debootstrap failed (no Debian mirror reachable?)"; }
   mv "$CACHE/rootfs.tmp" "$CACHE/rootfs"
+}
+
+# Runs a script in a throw-away copy of the root without booting it (no systemd): the fallback where nspawn
+# cannot run. Bind mounts "src:dst" go in a private mount namespace; output: $WORK/console.log.
+run_in_chroot() {  # script, bind...
+  local script=$1; shift
+  rm -rf "$WORK/root"; cp -a "$CACHE/rootfs" "$WORK/root"
+  local mounts="mount -t proc proc '$WORK/root/proc'"
+  for b in "$@"; do mkdir -p "$WORK/root${b#*:}"; mounts="$mounts; mount --bind '${b%%:*}' '$WORK/root${b#*:}'"; done
+  timeout 180 unshare --mount --propagation private bash -c "$mounts; chroot '$WORK/root' /bin/bash '$script'" >"$WORK/console.log" 2>&1 || true
+  rm -rf "$WORK/root"
 }
 
 # Boots the cached root with a throw-away overlay (every change is discarded) and a private /run/systemd, so

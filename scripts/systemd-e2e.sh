@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 BIN=${1:-$(swift build --show-bin-path 2>/dev/null || echo .build/debug)}
 . scripts/lib-nspawn.sh
 [ -x "$BIN/fieldgated" ] && [ -x "$BIN/fieldgate-hub" ] || { echo "systemd-e2e: build first ($BIN/fieldgated missing)"; exit 1; }
+obstacle=$(boot_obstacle); [ -z "$obstacle" ] || skip "cannot boot a container: $obstacle"
 ensure_rootfs
 HUB_BIN=$BIN/fieldgate-hub
 

@@ -9,9 +9,11 @@ bash scripts/setup.sh
 [ -d /opt/swift/usr/bin ] && export PATH=/opt/swift/usr/bin:$PATH
 swift build --product fieldgate-hub
 swift build --product fieldgated
+swift build --product fieldgatectl
 BIN=$(swift build --show-bin-path)
 HUB=$BIN/fieldgate-hub
 GW=$BIN/fieldgated
+CTL=$BIN/fieldgatectl
 
 AMQPS_PORT=${AMQPS_PORT:-5671}
 HTTP_PORT=${HTTP_PORT:-8080}
@@ -126,5 +128,11 @@ sleep 2
 
 step "the gateway's status method"
 "$HUB" method invoke fieldgate-demo status $URL
+echo
+
+step "the operator's view: fieldgatectl over the control socket"
+"$CTL" status --socket "$STATE/gateway/control.sock"
+echo
+"$CTL" devices --socket "$STATE/gateway/control.sock"
 echo
 echo "demo done (state in $STATE)"

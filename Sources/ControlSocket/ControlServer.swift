@@ -1,6 +1,5 @@
 import Dispatch
 import FieldgateCore
-import Logging
 import Synchronization
 
 #if canImport(Glibc)
@@ -16,13 +15,11 @@ public final class ControlServer: Sendable {
     public let path: String
     private let fd: Int32
     private let handler: Handler
-    private let logger: Logger
     private let stopped = Atomic<Bool>(false)
 
-    public init(path: String, handler: @escaping Handler, logger: Logger) throws(ControlError) {
+    public init(path: String, handler: @escaping Handler) throws(ControlError) {
         self.path = path
         self.handler = handler
-        self.logger = logger
         unlink(path)  // a stale socket from a killed daemon
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw ControlError("socket: \(String(cString: strerror(errno)))") }

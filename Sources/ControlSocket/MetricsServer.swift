@@ -1,6 +1,5 @@
 import Dispatch
 import FieldgateCore
-import Logging
 import Synchronization
 
 #if canImport(Glibc)

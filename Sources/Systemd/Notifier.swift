@@ -14,10 +14,10 @@ public struct SystemdNotifier: Sendable {
 
     /// How often systemd expects `WATCHDOG=1` (half of `WatchdogSec`, as sd_watchdog_enabled(3) advises);
     /// nil when the watchdog is off or meant for another process.
-    public var watchdogPingInterval: Duration? {
+    public var watchdogPingMilliseconds: Int64? {
         var usec: UInt64 = 0
         guard sd_watchdog_enabled(0, &usec) > 0, usec > 0 else { return nil }
-        return .microseconds(Int64(usec / 2))
+        return Int64(usec / 2000)
     }
 
     /// Sends `fields` (`KEY=value`, one per line) in one datagram. False when nobody listens or sending failed.

@@ -10,6 +10,8 @@ import Uplink
 struct ControlHandler: Sendable {
     let daemon: Daemon
     let allowDebug: Bool
+    /// The watchdog's rule, so `status` calls stuck exactly what withholds the pings.
+    let liveness: Liveness
     let startedAtMs = WallClock.nowMilliseconds()
 
     func handle(_ request: JSONValue) async -> JSONValue {
@@ -44,7 +46,7 @@ struct ControlHandler: Sendable {
                 "spool_refused": .int(Int64(s.spoolRefused)), "last_error": s.lastError.map(JSONValue.string) ?? .null,
             ]
         }
-        let stuck = Liveness(stallMilliseconds: 10_000).stuck(daemon.heartbeats.map(Liveness.Reading.init), nowMs: MonotonicClock.milliseconds())
+        let stuck = stuckComponents()
         return [
             "summary": .string(StatusLine.compose(uplink: uplink, spool: spool)),
             "version": .string(Version.current),
@@ -116,9 +118,13 @@ struct ControlHandler: Sendable {
             m.add("fieldgate_serial_connected", s.connected ? 1 : 0, labels: ["port": port.configuration.path], help: "1 while the serial device is open.")
             m.add("fieldgate_serial_readings_total", Double(s.readings.values.reduce(0, +)), labels: ["port": port.configuration.path], help: "Serial readings taken.", type: "counter")
         }
-        let stuck = Liveness(stallMilliseconds: 10_000).stuck(daemon.heartbeats.map(Liveness.Reading.init), nowMs: MonotonicClock.milliseconds())
+        let stuck = stuckComponents()
         m.add("fieldgate_components_stuck", Double(stuck.count), help: "Components without progress (the watchdog is withheld).")
         return m.text
+    }
+
+    private func stuckComponents() -> [(name: String, forMs: Int64)] {
+        liveness.stuck(daemon.heartbeats.map(Liveness.Reading.init), nowMs: MonotonicClock.milliseconds())
     }
 
     private func spoolJSON(_ s: SpoolStatistics) -> JSONValue {

@@ -54,20 +54,24 @@ struct Run: AsyncParsableCommand {
         }
         let daemon = try Daemon(settings: settings, logger: logger)
         let configPath = config
+        let notifier = SystemdNotifier()
+        let liveness = Liveness(stallMilliseconds: Liveness.stallMilliseconds(
+            pingIntervalMs: notifier.watchdogPingMilliseconds,
+            configured: settings.stallMilliseconds))
         let supervisor = Supervisor(
-            notifier: SystemdNotifier(), heartbeats: { daemon.heartbeats }, statusLine: { await daemon.statusLine() },
+            notifier: notifier, heartbeats: { daemon.heartbeats }, statusLine: { await daemon.statusLine() },
             reload: { () throws(ConfigReloadError) in
                 let next: GatewaySettings
                 do { next = try GatewaySettings.load(path: configPath) } catch { throw ConfigReloadError(description: "\(error)") }
                 return try await daemon.apply(next)
             },
-            logger: logger, stallMilliseconds: settings.stallMilliseconds)
+            logger: logger, liveness: liveness)
         logger.info("fieldgated \(Version.current): hub \(settings.uplink.hostName), \(settings.leaves.count) leaves, spool \(settings.spool.directory)")
-        let handler = ControlHandler(daemon: daemon, allowDebug: settings.allowDebug)
+        let handler = ControlHandler(daemon: daemon, allowDebug: settings.allowDebug, liveness: liveness)
         daemon.identity.setStatusProvider { await handler.handle(["command": "status"]) }  // the `status` method
         var control: ControlServer?
         do throws(ControlError) {
-            control = try ControlServer(path: settings.controlSocket, handler: { await handler.handle($0) }, logger: logger)
+            control = try ControlServer(path: settings.controlSocket, handler: { await handler.handle($0) })
             control?.start()
         } catch {
             logger.warning("no control socket, fieldgatectl cannot reach this daemon: \(error)")

@@ -19,14 +19,12 @@ struct Supervisor: Service {
     /// Re-reads the configuration and applies it; returns what happened, or throws why it was refused.
     let reload: @Sendable () async throws(ConfigReloadError) -> String
     let logger: Logger
-    /// A component without progress this long is stuck (capped below WatchdogSec by `Liveness`).
-    var stallMilliseconds: Int64 = 10_000
+    /// Which components are stuck (its stall threshold is already capped below WatchdogSec).
+    let liveness: Liveness
     var statusIntervalMs: Int64 = 5000
 
     func run() async throws {
-        let ping = notifier.watchdogPingInterval
-        let pingMs = ping.map { Int64($0.components.seconds) * 1000 + $0.components.attoseconds / 1_000_000_000_000_000 }
-        let liveness = Liveness(stallMilliseconds: Liveness.stallMilliseconds(pingIntervalMs: pingMs, configured: stallMilliseconds))
+        let pingMs = notifier.watchdogPingMilliseconds
         // Ready once every loop has gone round: until then systemd keeps the unit "activating".
         while !heartbeats().allSatisfy(\.hasBeaten) {
             guard !Task.isShuttingDownGracefully else { return }

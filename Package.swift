@@ -93,6 +93,18 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // libmodbus's owner: contexts confined to one bus thread each; errno mapped to ModbusError.
+        .target(name: "ModbusIO", dependencies: ["CModbus"], swiftSettings: strictSettings),
+        // Southbound: Modbus TCP/RTU buses — register maps and codecs, the bus scheduler, writes from the cloud.
+        .target(
+            name: "ModbusAdapter",
+            dependencies: [
+                "ModbusIO", "Uplink", "Spool", "FieldgateCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strictSettings
+        ),
         // Composition: the gateway's own identity, routing to adapters (the daemon grows here).
         .target(
             name: "Gateway",
@@ -202,6 +214,7 @@ let package = Package(
         .testTarget(name: "FrameCodecsTests", dependencies: ["FrameCodecs", "FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "SerialAdapterTests", dependencies: ["SerialAdapter", "FrameCodecs", "Uplink", "Spool", "FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "GatewayTests", dependencies: ["GatewayConfig", "Uplink", "Spool", "UDPAdapter", "SerialAdapter", "FrameCodecs"], swiftSettings: strictSettings),
+        .testTarget(name: "ModbusAdapterTests", dependencies: ["ModbusAdapter", "ModbusIO", "Uplink", "Spool", "FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "ProtonAMQPTests", dependencies: ["ProtonAMQP"], swiftSettings: strictSettings),
         .testTarget(
             name: "DaemonTests",

@@ -1,0 +1,140 @@
+import FieldgateCore
+import ModbusIO
+
+/// Desired-twin settings of one device (README "Modbus leaf twin"): they change the poll plan and the reports.
+public struct DeviceOverrides: Sendable, Equatable {
+    public var pollMilliseconds: Int64?
+    public var fullReportMilliseconds: Int64?
+    public var disabledPoints: Set<String> = []
+    public var deadbands: [String: Deadband] = [:]
+
+    public init() {}
+}
+
+/// The bus thread's own state: the schedule, each device's reporter, and the transactions themselves. Not shared:
+/// only the bus thread touches it.
+struct BusRunner {
+    let configuration: ModbusBusConfiguration
+    var schedule: BusSchedule
+    var reporters: [Reporter]
+    private var overrides: [Int: DeviceOverrides] = [:]
+
+    init(configuration: ModbusBusConfiguration, now: Int64) {
+        self.configuration = configuration
+        reporters = configuration.devices.map { Reporter(points: $0.profile.points, fullReportMilliseconds: $0.fullReportMilliseconds) }
+        schedule = BusSchedule(devices: [], now: now, retries: configuration.retries, backoff: configuration.backoffMilliseconds)
+        schedule = makeSchedule(now: now)
+    }
+
+    private func makeSchedule(now: Int64) -> BusSchedule {
+        let plans = configuration.devices.enumerated().map { i, d in
+            let o = overrides[i]
+            let points = d.profile.points.filter { !(o?.disabledPoints.contains($0.name) ?? false) }
+            let indexOf = Dictionary(d.profile.points.enumerated().map { ($0.element.name, $0.offset) }, uniquingKeysWith: { a, _ in a })
+            var blocks = ReadPlanner.plan(points, defaultIntervalMilliseconds: o?.pollMilliseconds ?? d.pollMilliseconds, maxGap: configuration.maxGap)
+            for b in blocks.indices { blocks[b].points = blocks[b].points.map { indexOf[points[$0].name]! } }
+            return (unit: d.unit, blocks: blocks)
+        }
+        return BusSchedule(devices: plans, now: now, retries: configuration.retries, backoff: configuration.backoffMilliseconds)
+    }
+
+    var unitStatistics: [(Int, UnitStatistics)] {
+        configuration.devices.compactMap { d in schedule.statistics(unit: d.unit).map { (d.unit, $0) } }
+    }
+
+    /// New twin settings: the plan is rebuilt (statistics carried over), the reporters told.
+    mutating func apply(_ next: [Int: DeviceOverrides], now: Int64) {
+        let planChanged = next.mapValues { [$0.pollMilliseconds.map { "\($0)" } ?? "", $0.disabledPoints.sorted().joined(separator: ",")] }
+            != overrides.mapValues { [$0.pollMilliseconds.map { "\($0)" } ?? "", $0.disabledPoints.sorted().joined(separator: ",")] }
+        overrides = next
+        for (i, o) in next {
+            reporters[i] = Reporter(points: configuration.devices[i].profile.points,
+                                    fullReportMilliseconds: o.fullReportMilliseconds ?? configuration.devices[i].fullReportMilliseconds)
+            reporters[i].disabled = o.disabledPoints
+            reporters[i].deadbands = o.deadbands
+        }
+        if planChanged {
+            let old = schedule
+            schedule = makeSchedule(now: now)
+            schedule.carryStatistics(from: old)
+        }
+    }
+
+    /// Polls one scheduled block: returns the telemetry body to send (if the reporter has something), its leaf, and
+    /// the error if the poll failed.
+    mutating func poll(_ index: Int, on connection: ModbusConnection, now: () -> Int64, wallNow: Int64) -> (JSONValue?, String?, ModbusError?) {
+        let entry = schedule.entries[index]
+        let device = configuration.devices[entry.device]
+        let block = entry.block
+        connection.flush()
+        do throws(ModbusError) {
+            let registers = try connection.read(block.table, unit: device.unit, address: block.start, count: block.count)
+            schedule.completed(index, outcome: .success, now: now())
+            let values = block.points.map { i -> JSONValue in
+                let p = device.profile.points[i]
+                let from = p.address - block.start
+                return p.value(of: registers[from..<(from + p.count)])
+            }
+            return (reporters[entry.device].observe(block.points, values: values, error: nil, now: wallNow), device.leaf, nil)
+        } catch {
+            schedule.completed(index, outcome: .failure(error.kind, error.message), now: now())
+            if schedule.retryPending { return (nil, nil, error) }  // a retry comes next: report nothing yet
+            return (reporters[entry.device].observe(block.points, values: nil, error: error.message, now: wallNow), device.leaf, error)
+        }
+    }
+
+    /// Carries out a command from the cloud.
+    func execute(_ command: BusCommand, on connection: ModbusConnection) -> Result<JSONValue, ModbusError> {
+        connection.flush()
+        switch command {
+        case .write(let d, let points, let readback):
+            let device = configuration.devices[d]
+            var readBack: [String: JSONValue] = [:]
+            do throws(ModbusError) {
+                for (point, registers) in points {
+                    if point.table == .coils {
+                        try connection.writeCoils(unit: device.unit, address: point.address, values: registers.map { $0 != 0 })
+                    } else {
+                        try connection.writeRegisters(unit: device.unit, address: point.address, values: registers)
+                    }
+                }
+                if readback {
+                    for (point, _) in points {
+                        let r = try connection.read(point.table, unit: device.unit, address: point.address, count: point.count)
+                        readBack[point.name] = point.value(of: r[...])
+                    }
+                }
+            } catch { return .failure(error) }
+            return .success(readback ? .object(readBack) : .object([:]))
+        case .read(let d, let indices):
+            let device = configuration.devices[d]
+            let wanted = indices.map { i in
+                var p = device.profile.points[i]
+                p.pollMilliseconds = nil  // one plan for all of them
+                return p
+            }
+            var values: [String: JSONValue] = [:]
+            // Coalesced like polls; one request for neighbouring points.
+            for block in ReadPlanner.plan(wanted, defaultIntervalMilliseconds: 1, maxGap: configuration.maxGap) {
+                do throws(ModbusError) {
+                    let registers = try connection.read(block.table, unit: device.unit, address: block.start, count: block.count)
+                    for i in block.points {
+                        let p = wanted[i]
+                        let from = p.address - block.start
+                        var v: [String: JSONValue] = ["value": p.value(of: registers[from..<(from + p.count)])]
+                        if let u = p.unit { v["unit"] = .string(u) }
+                        values[p.name] = .object(v)
+                    }
+                } catch { return .failure(error) }
+            }
+            return .success(.object(values))
+        }
+    }
+}
+
+extension BusSchedule {
+    /// Keeps unit statistics (and back-off) across a plan rebuilt by a twin change.
+    mutating func carryStatistics(from old: BusSchedule) {
+        for (unit, state) in old.units where units[unit] != nil { units[unit] = state }
+    }
+}

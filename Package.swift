@@ -164,13 +164,17 @@ let package = Package(
         ),
         .target(
             name: "GatewayConfig",
-            dependencies: ["Uplink", "Spool", "UDPAdapter", "SerialAdapter", "FrameCodecs", "FieldgateCore", .product(name: "TOMLKit", package: "TOMLKit")],
+            dependencies: [
+                "Uplink", "Spool", "UDPAdapter", "SerialAdapter", "ModbusAdapter", "ModbusIO", "FrameCodecs", "FieldgateCore",
+                .product(name: "TOMLKit", package: "TOMLKit"),
+            ],
             swiftSettings: strictSettings
         ),
         .executableTarget(
             name: "fieldgated",
             dependencies: [
-                "Gateway", "GatewayConfig", "Systemd", "ControlSocket", "FieldgateCtl", "Uplink", "UDPAdapter", "SerialAdapter", "Spool", "FieldgateCore",
+                "Gateway", "GatewayConfig", "Systemd", "ControlSocket", "FieldgateCtl", "Uplink", "UDPAdapter", "SerialAdapter", "ModbusAdapter",
+                "ModbusIO", "Spool", "FieldgateCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -213,7 +217,7 @@ let package = Package(
         .testTarget(name: "UDPAdapterTests", dependencies: ["UDPAdapter", "FrameCodecs", "Uplink", "Spool", "FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "FrameCodecsTests", dependencies: ["FrameCodecs", "FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "SerialAdapterTests", dependencies: ["SerialAdapter", "FrameCodecs", "Uplink", "Spool", "FieldgateCore"], swiftSettings: strictSettings),
-        .testTarget(name: "GatewayTests", dependencies: ["GatewayConfig", "Uplink", "Spool", "UDPAdapter", "SerialAdapter", "FrameCodecs"], swiftSettings: strictSettings),
+        .testTarget(name: "GatewayTests", dependencies: ["GatewayConfig", "Uplink", "Spool", "UDPAdapter", "SerialAdapter", "FrameCodecs", "ModbusAdapter", "ModbusIO"], swiftSettings: strictSettings),
         .testTarget(name: "ModbusAdapterTests", dependencies: ["ModbusAdapter", "ModbusIO", "ControlSocket", "Uplink", "Spool", "FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "ProtonAMQPTests", dependencies: ["ProtonAMQP"], swiftSettings: strictSettings),
         .testTarget(

@@ -1,5 +1,6 @@
 import FieldgateCore
 import FrameCodecs
+import ModbusAdapter
 import SerialAdapter
 import Spool
 import TOMLKit
@@ -47,7 +48,7 @@ public struct GatewayConfigFile: Decodable, Sendable {
     }
     public struct Leaf: Decodable, Sendable {
         public var device_id: String
-        /// `udp` or `serial` (Modbus is still to come).
+        /// `udp`, `serial` or `modbus`.
         public var adapter: String
         /// `key` (default: the device's own key), `policy:<name>[:hub]` or `group:<name>` (secrets file).
         public var credential: String?
@@ -61,6 +62,12 @@ public struct GatewayConfigFile: Decodable, Sendable {
         /// UDP: datagrams must be signed with the secrets file's [hmac] key for this device.
         public var hmac: Bool?
         public var command_address: String?
+        /// Modbus: the `[[modbus_bus]]` it is on, its unit id there, its profiles.d profile, overrides.
+        public var bus: String?
+        public var unit_id: Int?
+        public var profile: String?
+        public var poll_ms: Int?
+        public var full_report_seconds: Int?
     }
     public struct Secrets: Decodable, Sendable { public var file: String? }
     public struct Daemon: Decodable, Sendable { public var stall_seconds: Int? }
@@ -76,6 +83,7 @@ public struct GatewayConfigFile: Decodable, Sendable {
     public var spool: SpoolSection?
     public var udp: UDP?
     public var serial_port: [SerialPortSection]?
+    public var modbus_bus: [ModbusBusSection]?
     public var leaf: [Leaf]?
     public var secrets: Secrets?
     public var daemon: Daemon?
@@ -100,10 +108,11 @@ public struct GatewayConfigFile: Decodable, Sendable {
     }
 }
 
-/// A `devices.d/*.toml` file: leaves, and the serial ports they hang on.
+/// A `devices.d/*.toml` file: leaves, and the serial ports and Modbus buses they hang on.
 struct DevicesFile: Decodable {
     var leaf: [GatewayConfigFile.Leaf]?
     var serial_port: [GatewayConfigFile.SerialPortSection]?
+    var modbus_bus: [ModbusBusSection]?
 }
 
 /// Everything the daemon needs, mapped onto each module's own configuration.
@@ -115,6 +124,7 @@ public struct GatewaySettings: Sendable {
     public var leaves: [LeafConfiguration]
     public var udp: UDPAdapterConfiguration?
     public var serialPorts: [SerialPortConfiguration]
+    public var modbusBuses: [ModbusBusConfiguration]
     /// The control socket's path; `allowDebug` enables `fieldgatectl debug` (tests, diagnosis).
     public var controlSocket: String
     public var allowDebug: Bool
@@ -141,6 +151,9 @@ public struct GatewaySettings: Sendable {
                 deviceSources.append(source)
             } catch { problems += error.problems }
         }
+        var profileLoader = ProfileLoader()
+        profileLoader.load(directory: (directory.isEmpty ? "." : directory) + "/profiles.d")
+        problems += profileLoader.problems
         guard problems.isEmpty else { throw ConfigError(problems) }
         let file: GatewayConfigFile
         var devices: [(ConfigSource, DevicesFile)] = []
@@ -152,7 +165,7 @@ public struct GatewaySettings: Sendable {
         }
         let secretsFile = file.secrets?.file ?? (directory.isEmpty ? "." : directory) + "/secrets.toml"
         let secrets = try Secrets.load(file: secretsFile, credentialsDirectory: credentialsDirectory)
-        var mapper = Mapper(file: file, main: main, devices: devices, secrets: secrets)
+        var mapper = Mapper(file: file, main: main, devices: devices, secrets: secrets, profiles: profileLoader.profiles)
         let settings = mapper.map()
         guard mapper.problems.isEmpty, let settings else { throw ConfigError(mapper.problems) }
         return settings
@@ -165,16 +178,19 @@ struct Mapper {
     let main: ConfigSource
     let devices: [(ConfigSource, DevicesFile)]
     let secrets: Secrets
+    let profiles: [String: (source: ConfigSource, profile: ModbusProfile)]
     var problems: [ConfigProblem] = []
 
-    init(file: GatewayConfigFile, main: ConfigSource, devices: [(ConfigSource, DevicesFile)], secrets: Secrets) {
+    init(file: GatewayConfigFile, main: ConfigSource, devices: [(ConfigSource, DevicesFile)], secrets: Secrets,
+         profiles: [String: (source: ConfigSource, profile: ModbusProfile)] = [:]) {
         self.file = file
         self.main = main
         self.devices = devices
         self.secrets = secrets
+        self.profiles = profiles
     }
 
-    private mutating func report(_ source: ConfigSource, _ keyPath: String, _ message: String) {
+    mutating func report(_ source: ConfigSource, _ keyPath: String, _ message: String) {
         problems.append(source.problem(keyPath, message))
     }
 
@@ -199,6 +215,7 @@ struct Mapper {
         var leaves: [LeafConfiguration] = []
         var udpLeaves: [UDPLeaf] = []
         var serialLeaves: [String: (ConfigSource, String)] = [:]
+        var modbusLeaves: [(ConfigSource, String, GatewayConfigFile.Leaf)] = []
         var seen: [String: String] = [f.gateway.device_id: "\(main.path):\(main.line("gateway.device_id") ?? 0)"]
         let allLeaves = (f.leaf ?? []).enumerated().map { (main, $0.offset, $0.element) }
             + devices.flatMap { source, d in (d.leaf ?? []).enumerated().map { (source, $0.offset, $0.element) } }
@@ -234,8 +251,16 @@ struct Mapper {
                                          format: format, hmacKey: hmacKey, commandAddress: l.command_address))
             case "serial":
                 serialLeaves[l.device_id] = (source, at)  // carried by a [[serial_port]] that names it
+            case "modbus":
+                modbusLeaves.append((source, at, l))
             default:
-                report(source, "\(at).adapter", "leaf \(l.device_id): adapter \(l.adapter) is not available; use udp or serial (modbus is still to come)")
+                report(source, "\(at).adapter", "leaf \(l.device_id): adapter \(l.adapter) is not available; use udp, serial or modbus")
+            }
+            if l.adapter != "modbus" {
+                for (key, set) in [("bus", l.bus != nil), ("unit_id", l.unit_id != nil), ("profile", l.profile != nil), ("poll_ms", l.poll_ms != nil),
+                                   ("full_report_seconds", l.full_report_seconds != nil)] where set {
+                    report(source, "\(at).\(key)", "leaf \(l.device_id): \(key) applies to modbus leaves (this one has adapter = \"\(l.adapter)\")")
+                }
             }
         }
         var udp: UDPAdapterConfiguration?
@@ -269,13 +294,17 @@ struct Mapper {
         for (leaf, (source, at)) in serialLeaves.sorted(by: { $0.key < $1.key }) where !covered.contains(leaf) {
             report(source, at, "leaf \(leaf) has adapter = \"serial\" but no [[serial_port]] names it (leaf = or leaves =)")
         }
+        let busSections = (f.modbus_bus ?? []).enumerated().map { (main, $0.offset, $0.element) }
+            + devices.flatMap { source, d in (d.modbus_bus ?? []).enumerated().map { (source, $0.offset, $0.element) } }
+        let buses = modbusBuses(busSections, leaves: modbusLeaves)
         guard problems.isEmpty else { return nil }
         return GatewaySettings(
             uplink: uplink, spool: spool, gatewayLeaf: gatewayLeaf, gateway: f.gateway, leaves: leaves, udp: udp, serialPorts: ports,
+            modbusBuses: buses,
             controlSocket: f.control?.socket ?? "/run/fieldgate/control.sock", allowDebug: f.control?.allow_debug ?? false,
             metricsAddress: f.control?.metrics,
             stallMilliseconds: Int64(max(2, f.daemon?.stall_seconds ?? 10)) * 1000,
-            files: [main.path] + devices.map(\.0.path))
+            files: [main.path] + devices.map(\.0.path) + profiles.values.map(\.source.path).sorted())
     }
 
     private mutating func spoolConfiguration(_ section: GatewayConfigFile.SpoolSection?) -> SpoolConfiguration {

@@ -4,6 +4,8 @@ import TOMLKit
 /// reported at once, with its line (a typo must not be ignored silently: anchors.md P7).
 indirect enum FieldType: Sendable {
     case string, int, bool, number, strings, stringMap
+    /// An integer or a string (a register address: 0-based, or Modicon notation).
+    case intOrString
     /// A table whose keys are names chosen by the operator (checked by its user).
     case anyTable
     case table(Schema)
@@ -15,6 +17,7 @@ indirect enum FieldType: Sendable {
         case .int: "an integer"
         case .bool: "true or false"
         case .number: "a number"
+        case .intOrString: "an integer or a string"
         case .strings: "an array of strings"
         case .stringMap: "a table of strings"
         case .table, .anyTable: "a table"
@@ -54,6 +57,7 @@ struct Schema: Sendable {
         case .int: return value.type == .int ? [] : wrong
         case .bool: return value.type == .bool ? [] : wrong
         case .number: return value.type == .int || value.type == .double ? [] : wrong
+        case .intOrString: return value.type == .int || value.type == .string ? [] : wrong
         case .strings:
             guard let a = value.array else { return wrong }
             return a.allSatisfy({ $0.type == .string }) ? [] : wrong
@@ -78,7 +82,7 @@ enum ConfigSchema {
     static let leaf = Schema(fields: [
         "device_id": .string, "adapter": .string, "credential": .string, "key_ref": .string,
         "allowed_sources": .strings, "mapped_source": .string, "format": .string, "field_map": .stringMap, "hmac": .bool,
-        "command_address": .string,
+        "command_address": .string, "bus": .string, "unit_id": .int, "profile": .string, "poll_ms": .int, "full_report_seconds": .int,
     ], required: ["device_id", "adapter"])
 
     static let serialPort = Schema(fields: [
@@ -103,10 +107,11 @@ enum ConfigSchema {
         "control": .table(Schema(fields: ["socket": .string, "allow_debug": .bool, "metrics": .string])),
         "daemon": .table(Schema(fields: ["stall_seconds": .int])),
         "serial_port": .tables(serialPort),
+        "modbus_bus": .tables(modbusBus),
         "leaf": .tables(leaf),
     ], required: ["hub", "gateway"])
 
-    static let devices = Schema(fields: ["leaf": .tables(leaf), "serial_port": .tables(serialPort)])
+    static let devices = Schema(fields: ["leaf": .tables(leaf), "serial_port": .tables(serialPort), "modbus_bus": .tables(modbusBus)])
 
     /// Keys that look right but belong elsewhere.
     static let hints: [String: String] = [

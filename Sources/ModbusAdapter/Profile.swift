@@ -107,34 +107,34 @@ public struct ModbusProfile: Sendable, Equatable {
     }
 
     /// What is wrong with the map: duplicate names, overlapping points, types that do not fit their table,
-    /// addresses beyond the table. Each problem names the point's index (for the file:line lookup).
-    public func problems() -> [(point: Int, message: String)] {
-        var out: [(Int, String)] = []
+    /// addresses beyond the table. Each problem names the point's index and the key at fault (for file:line).
+    public func problems() -> [(point: Int, key: String, message: String)] {
+        var out: [(Int, String, String)] = []
         var names: [String: Int] = [:]
         for (i, p) in points.enumerated() {
-            if let first = names[p.name] { out.append((i, "point \(p.name) is defined twice (first as point[\(first)]); point names must be unique")) }
+            if let first = names[p.name] { out.append((i, "name", "point \(p.name) is defined twice (first as point[\(first)]); point names must be unique")) }
             names[p.name] = names[p.name] ?? i
             if p.table.isBits && p.type != .bool {
-                out.append((i, "point \(p.name): \(p.table.rawValue) hold single bits; use type = \"bool\""))
+                out.append((i, "type", "point \(p.name): \(p.table.rawValue) hold single bits; use type = \"bool\""))
             }
             if p.addresses.upperBound > 65536 {
-                out.append((i, "point \(p.name): address \(p.address) + \(p.count) registers runs past 65535"))
+                out.append((i, "address", "point \(p.name): address \(p.address) + \(p.count) registers runs past 65535"))
             }
             if p.writable && !p.table.isWritable {
-                out.append((i, "point \(p.name): \(p.table.rawValue) are read-only; writable applies to coils and holding_registers"))
+                out.append((i, "writable", "point \(p.name): \(p.table.rawValue) are read-only; writable applies to coils and holding_registers"))
             }
             if p.writable, case .bit = p.type {
-                out.append((i, "point \(p.name): a bit inside a register cannot be written alone; map it as a coil or write the whole register"))
+                out.append((i, "writable", "point \(p.name): a bit inside a register cannot be written alone; map it as a coil or write the whole register"))
             }
-            if let lo = p.minimum, let hi = p.maximum, lo > hi { out.append((i, "point \(p.name): min \(lo) is above max \(hi)")) }
-            if p.scale == 0 || !p.scale.isFinite { out.append((i, "point \(p.name): scale must be a non-zero number")) }
+            if let lo = p.minimum, let hi = p.maximum, lo > hi { out.append((i, "min", "point \(p.name): min \(lo) is above max \(hi)")) }
+            if p.scale == 0 || !p.scale.isFinite { out.append((i, "scale", "point \(p.name): scale must be a non-zero number")) }
         }
         // Overlaps: two points on the same registers of the same table (bits of one register may share it).
         for table in ModbusTable.allCases {
             let inTable = points.enumerated().filter { $0.element.table == table }.sorted { $0.element.address < $1.element.address }
             for (a, b) in zip(inTable, inTable.dropFirst()) where b.element.address < a.element.addresses.upperBound {
                 if case .bit = a.element.type, case .bit = b.element.type, a.element.address == b.element.address { continue }
-                out.append((b.offset, "point \(b.element.name) (\(table.rawValue) \(b.element.address)) overlaps \(a.element.name) (\(a.element.address)..\(a.element.addresses.upperBound - 1))"))
+                out.append((b.offset, "address", "point \(b.element.name) (\(table.rawValue) \(b.element.address)) overlaps \(a.element.name) (\(a.element.address)..\(a.element.addresses.upperBound - 1))"))
             }
         }
         return out

@@ -1,6 +1,8 @@
 import ControlSocket
 import FieldgateCore
 import Gateway
+import ModbusAdapter
+import ModbusIO
 import SerialAdapter
 import Spool
 import UDPAdapter
@@ -44,6 +46,22 @@ struct ControlHandler: Sendable {
                 "connected": .bool(s.connected), "opens": .int(Int64(s.opens)), "readings": .int(Int64(s.readings.values.reduce(0, +))),
                 "rejected": .int(Int64(s.rejected.values.reduce(0, +))), "framing_errors": .int(Int64(s.framingErrors)),
                 "spool_refused": .int(Int64(s.spoolRefused)), "last_error": s.lastError.map(JSONValue.string) ?? .null,
+            ]
+        }
+        for bus in daemon.modbus {
+            let s = bus.statistics()
+            adapters["modbus:\(bus.configuration.name)"] = [
+                "endpoint": .string(bus.configuration.endpoint.description), "connected": .bool(s.connected), "connects": .int(Int64(s.connects)),
+                "readings": .int(Int64(s.readings.values.reduce(0, +))), "writes": .int(Int64(s.writes)), "spool_refused": .int(Int64(s.spoolRefused)),
+                "last_error": s.lastError.map(JSONValue.string) ?? .null,
+                "units": .object(Dictionary(uniqueKeysWithValues: bus.configuration.devices.map { d in
+                    let u = s.units[d.unit] ?? UnitStatistics()
+                    return (String(d.unit), [
+                        "leaf": .string(d.leaf), "online": .bool(u.online), "requests": .int(Int64(u.requests)), "timeouts": .int(Int64(u.timeouts)),
+                        "crc_errors": .int(Int64(u.crcErrors)), "exceptions": .int(Int64(u.exceptions.values.reduce(0, +))),
+                        "missed_polls": .int(Int64(u.missedPolls)), "last_error": u.lastError.map(JSONValue.string) ?? .null,
+                    ] as JSONValue)
+                })),
             ]
         }
         let stuck = stuckComponents()
@@ -117,6 +135,21 @@ struct ControlHandler: Sendable {
             let s = port.statistics()
             m.add("fieldgate_serial_connected", s.connected ? 1 : 0, labels: ["port": port.configuration.path], help: "1 while the serial device is open.")
             m.add("fieldgate_serial_readings_total", Double(s.readings.values.reduce(0, +)), labels: ["port": port.configuration.path], help: "Serial readings taken.", type: "counter")
+        }
+        for bus in daemon.modbus {
+            let s = bus.statistics()
+            let name = bus.configuration.name
+            m.add("fieldgate_modbus_connected", s.connected ? 1 : 0, labels: ["bus": name], help: "1 while the Modbus connection or port is open.")
+            for d in bus.configuration.devices {
+                let u = s.units[d.unit] ?? UnitStatistics()
+                let labels = ["bus": name, "unit": String(d.unit), "leaf": d.leaf]
+                m.add("fieldgate_modbus_unit_online", u.online ? 1 : 0, labels: labels, help: "1 while the unit answers.")
+                m.add("fieldgate_modbus_requests_total", Double(u.requests), labels: labels, help: "Poll requests sent.", type: "counter")
+                m.add("fieldgate_modbus_timeouts_total", Double(u.timeouts), labels: labels, help: "Polls without an answer in time.", type: "counter")
+                m.add("fieldgate_modbus_crc_errors_total", Double(u.crcErrors), labels: labels, help: "Garbled answers (CRC, length, unit).", type: "counter")
+                m.add("fieldgate_modbus_exceptions_total", Double(u.exceptions.values.reduce(0, +)), labels: labels, help: "Modbus exception responses.", type: "counter")
+                m.add("fieldgate_modbus_missed_polls_total", Double(u.missedPolls), labels: labels, help: "Poll slots that passed unpolled.", type: "counter")
+            }
         }
         let stuck = stuckComponents()
         m.add("fieldgate_components_stuck", Double(stuck.count), help: "Components without progress (the watchdog is withheld).")

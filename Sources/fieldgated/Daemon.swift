@@ -2,6 +2,7 @@ import FieldgateCore
 import Gateway
 import GatewayConfig
 import Logging
+import ModbusAdapter
 import SerialAdapter
 import ServiceLifecycle
 import Spool
@@ -40,7 +41,8 @@ final class Daemon: Service, Sendable {
         let spool = self.spool
         let udp = try settings.udp.map { c throws(UDPAdapterError) in try UDPAdapter(configuration: c, spool: spool, onAppended: { wake.wake() }, logger: logger) }
         let serial = try settings.serialPorts.map { c throws(SerialAdapterError) in try SerialAdapter(configuration: c, spool: spool, onAppended: { wake.wake() }, logger: logger) }
-        adapters.set(udp: udp, serial: serial)
+        let modbus = settings.modbusBuses.map { ModbusBus(configuration: $0, spool: spool, onAppended: { wake.wake() }, logger: logger) }
+        adapters.set(Adapters(udp: udp, serial: serial, modbus: modbus))
         // The router finds a leaf's adapter when a command comes, so reloads can change adapters under it.
         let uplink = try Uplink(configuration: settings.uplink, leaves: [settings.gatewayLeaf] + settings.leaves, spool: spool,
                                 router: GatewayRouter(gateway: identity) { [adapters] in adapters.owner(of: $0) }, logger: logger)
@@ -49,27 +51,31 @@ final class Daemon: Service, Sendable {
         parts = Mutex(Parts(settings: settings, uplink: uplink))
         if let udp { logger.info("udp adapter on port \(udp.port) (\(udp.configuration.leaves.count) leaves)") }
         for port in serial { logger.info("serial adapter on \(port.configuration.path) (\(port.configuration.allLeaves.count) leaves)") }
+        for bus in modbus { logger.info("modbus bus \(bus.configuration.name) on \(bus.configuration.endpoint) (\(bus.leaves.count) leaves)") }
     }
 
     var uplink: Uplink { parts.withLock { $0.uplink } }
     var udp: UDPAdapter? { adapters.current.udp }
     var serial: [SerialAdapter] { adapters.current.serial }
+    var modbus: [ModbusBus] { adapters.current.modbus }
 
     func run() async throws {
         let a = adapters.current
         uplink.start()
         a.udp?.start()
         for port in a.serial { port.start() }
+        for bus in a.modbus { bus.start() }
         try? await gracefulShutdown()
         let b = adapters.current
         await b.udp?.stop()
         for port in b.serial { await port.stop() }
+        for bus in b.modbus { await bus.stop() }
         await uplink.stop()
     }
 
     var heartbeats: [Heartbeat] {
         let a = adapters.current
-        return [spool.heartbeat] + uplink.heartbeats + (a.udp.map { [$0.heartbeat] } ?? []) + a.serial.map(\.heartbeat)
+        return [spool.heartbeat] + uplink.heartbeats + (a.udp.map { [$0.heartbeat] } ?? []) + a.serial.map(\.heartbeat) + a.modbus.map(\.heartbeat)
     }
 
     /// Which adapter serves each leaf (for `fieldgatectl devices`).
@@ -78,6 +84,7 @@ final class Daemon: Service, Sendable {
         var names: [String: String] = [:]
         for leaf in a.udp?.configuration.leaves ?? [] { names[leaf.deviceID] = "udp" }
         for port in a.serial { for leaf in port.configuration.allLeaves { names[leaf] = "serial:\(port.configuration.path)" } }
+        for bus in a.modbus { for leaf in bus.leaves { names[leaf] = "modbus:\(bus.configuration.name)" } }
         return names
     }
 
@@ -107,7 +114,8 @@ final class Daemon: Service, Sendable {
         }
         var summary: [String] = []
         // 1. Build what is new; nothing running is touched yet.
-        let (currentUDP, currentSerial) = adapters.current
+        let current = adapters.current
+        let (currentUDP, currentSerial) = (current.udp, current.serial)
         var newUDP = currentUDP
         var udpToStop: UDPAdapter?
         var udpToStart: UDPAdapter?
@@ -141,6 +149,20 @@ final class Daemon: Service, Sendable {
         for port in serialToStop where !next.serialPorts.contains(where: { $0.path == port.configuration.path }) {
             summary.append("serial \(port.configuration.path) removed")
         }
+        // Modbus buses: an unchanged bus keeps running (its connection and schedule); a changed one is rebuilt.
+        var newModbus: [ModbusBus] = []
+        var modbusToStart: [ModbusBus] = []
+        for c in next.modbusBuses {
+            if let same = current.modbus.first(where: { $0.configuration == c }) { newModbus.append(same); continue }
+            let bus = ModbusBus(configuration: c, spool: spool, onAppended: { wake.wake() }, logger: logger)
+            newModbus.append(bus)
+            modbusToStart.append(bus)
+            summary.append("modbus bus \(c.name) (re)configured")
+        }
+        let modbusToStop = current.modbus.filter { bus in !newModbus.contains { $0 === bus } }
+        for bus in modbusToStop where !next.modbusBuses.contains(where: { $0.name == bus.configuration.name }) {
+            summary.append("modbus bus \(bus.configuration.name) removed")
+        }
         var newUplink: Uplink?
         if next.uplink != old.uplink || next.gatewayLeaf != old.gatewayLeaf {
             do throws(UplinkError) { newUplink = try makeUplinkDetached(next) } catch { throw ConfigReloadError(description: "\(error)") }
@@ -148,13 +170,15 @@ final class Daemon: Service, Sendable {
         // 2. Swap: adapters out, then in; leaves on the running connection, or a new connection for new hub settings.
         await udpToStop?.stop()
         for port in serialToStop { await port.stop() }
-        adapters.set(udp: newUDP, serial: newSerial)
+        for bus in modbusToStop { await bus.stop() }  // a rebuilt bus's old owner lets go of the port first
+        adapters.set(Adapters(udp: newUDP, serial: newSerial, modbus: newModbus))
         let oldUplink = parts.withLock { p -> Uplink in
             p.settings = next
             return p.uplink
         }
         udpToStart?.start()
         for port in serialToStart { port.start() }
+        for bus in modbusToStart { bus.start() }
         if let newUplink {
             await oldUplink.stop()  // settles with the spool: what was in flight goes out again on the new connection
             parts.withLock { $0.uplink = newUplink }
@@ -178,18 +202,26 @@ final class Daemon: Service, Sendable {
     }
 }
 
+/// The running adapters.
+struct Adapters: Sendable {
+    var udp: UDPAdapter?
+    var serial: [SerialAdapter] = []
+    var modbus: [ModbusBus] = []
+}
+
 /// The adapters of the moment, and which one owns a leaf.
 final class AdapterTable: Sendable {
-    private let state = Mutex<(udp: UDPAdapter?, serial: [SerialAdapter])>((nil, []))
+    private let state = Mutex(Adapters())
 
-    var current: (udp: UDPAdapter?, serial: [SerialAdapter]) { state.withLock { $0 } }
+    var current: Adapters { state.withLock { $0 } }
 
-    func set(udp: UDPAdapter?, serial: [SerialAdapter]) { state.withLock { $0 = (udp, serial) } }
+    func set(_ adapters: Adapters) { state.withLock { $0 = adapters } }
 
     func owner(of deviceID: String) -> (any LeafRouter)? {
-        let (udp, serial) = current
-        if let udp, udp.configuration.leaves.contains(where: { $0.deviceID == deviceID }) { return udp }
-        return serial.first { $0.configuration.allLeaves.contains(deviceID) }
+        let a = current
+        if let udp = a.udp, udp.configuration.leaves.contains(where: { $0.deviceID == deviceID }) { return udp }
+        if let bus = a.modbus.first(where: { $0.leaves.contains(deviceID) }) { return bus }
+        return a.serial.first { $0.configuration.allLeaves.contains(deviceID) }
     }
 }
 

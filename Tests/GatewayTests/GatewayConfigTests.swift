@@ -1,5 +1,7 @@
 import FrameCodecs
 import GatewayConfig
+import ModbusAdapter
+import ModbusIO
 import Testing
 import SerialAdapter
 import Spool
@@ -21,11 +23,13 @@ struct ConfigDirectory {
     let path = FileManager.default.temporaryDirectory.path + "/fieldgate-config-\(UInt64.random(in: 1...UInt64.max))"
     var main: String { path + "/fieldgate.toml" }
 
-    init(main text: String, secrets: String = ConfigDirectory.secrets, devices: [String: String] = [:]) {
+    init(main text: String, secrets: String = ConfigDirectory.secrets, devices: [String: String] = [:], profiles: [String: String] = [:]) {
         try? FileManager.default.createDirectory(atPath: path + "/devices.d", withIntermediateDirectories: true)
+        try? FileManager.default.createDirectory(atPath: path + "/profiles.d", withIntermediateDirectories: true)
         write("fieldgate.toml", text)
         write("secrets.toml", secrets, mode: 0o600)
         for (name, text) in devices { write("devices.d/" + name, text) }
+        for (name, text) in profiles { write("profiles.d/" + name, text) }
     }
 
     func write(_ name: String, _ text: String, mode: Int = 0o644) {
@@ -181,14 +185,108 @@ struct ShippedConfigurationTests {
     @Test("etc/fieldgate/fieldgate.toml, the example devices and the example secrets validate together")
     func referenceValidates() throws {
         let read = { (name: String) in try String(contentsOfFile: Self.reference + "/" + name, encoding: .utf8) }
-        let dir = ConfigDirectory(main: try read("fieldgate.toml"), secrets: try read("secrets.toml.example"),
-                                  devices: ["example-udp.toml": try read("devices.d/example-udp.toml.example")])
+        // The example secrets with keys for the example Modbus leaves.
+        let secrets = try read("secrets.toml.example").replacing("[keys]\n", with: "[keys]\nboiler-1 = \"a2V5\"\nboiler-2 = \"a2V5\"\n")
+        let dir = ConfigDirectory(main: try read("fieldgate.toml"), secrets: secrets,
+                                  devices: ["example-udp.toml": try read("devices.d/example-udp.toml.example"),
+                                            "example-modbus.toml": try read("devices.d/example-modbus.toml.example")],
+                                  profiles: ["example-boiler.toml": try read("profiles.d/example-boiler.toml.example")])
         // The reference leaves UDP commented out; the example leaves need it.
         dir.write("fieldgate.toml", try read("fieldgate.toml") + "\n[udp]\nport = 47000\n")
         let s = try dir.load().get()
-        #expect(s.leaves.map(\.deviceID) == ["meter-1", "meter-2"])
-        #expect(s.leaves[0].credential == .symmetricKey(primary: "base64-primary-key", secondary: "base64-secondary-key"))
-        #expect(s.leaves[1].credential == .sharedAccessPolicy(name: "device", key: "base64-policy-key", scope: .hub))
+        #expect(s.leaves.map(\.deviceID) == ["boiler-1", "boiler-2", "meter-1", "meter-2"])
+        #expect(s.modbusBuses.map(\.name) == ["plc", "rs485"])
+        let boiler = try #require(s.modbusBuses.first?.devices.first)
+        #expect(boiler.leaf == "boiler-1" && boiler.unit == 1 && boiler.profile.points.count == 6)
+        #expect(boiler.profile.points[1].table == .holdingRegisters && boiler.profile.points[1].address == 1 && boiler.profile.points[1].type == .f32)
+        #expect(boiler.profile.points[4].order == RegisterOrder("CDAB"))
+        #expect(s.modbusBuses[1].devices.first?.pollMilliseconds == 5000)
+        #expect(s.files.contains { $0.hasSuffix("profiles.d/example-boiler.toml") })
+        #expect(s.leaves[2].credential == .symmetricKey(primary: "base64-primary-key", secondary: "base64-secondary-key"))
+        #expect(s.leaves[3].credential == .sharedAccessPolicy(name: "device", key: "base64-policy-key", scope: .hub))
         #expect(s.controlSocket == "/run/fieldgate/control.sock" && s.spool.directory == "/var/lib/fieldgate/spool")
+    }
+}
+
+@Suite("Modbus configuration: buses, leaves and profiles.d")
+struct ModbusConfigTests {
+    static let main = """
+        [hub]
+        host = "hub.example.net"
+        [gateway]
+        device_id = "gw"
+        """
+    static let devices = """
+        [[modbus_bus]]
+        name = "line"
+        device = "/dev/ttyUSB0"
+        baud = 9600
+        parity = "none"
+        stop_bits = 2
+
+        [[leaf]]
+        device_id = "m1"
+        adapter = "modbus"
+        bus = "line"
+        unit_id = 3
+        profile = "meter"
+        """
+    static let profile = """
+        poll_ms = 2000
+
+        [[point]]
+        name = "power"
+        address = "30001"
+        type = "f32"
+        order = "CDAB"
+
+        [[point]]
+        name = "relay"
+        table = "coil"
+        address = 4
+        writable = true
+        """
+
+    func load(devices: String = Self.devices, profile: String = Self.profile) -> Result<GatewaySettings, ConfigError> {
+        ConfigDirectory(main: Self.main, devices: ["m.toml": devices], profiles: ["meter.toml": profile]).load()
+    }
+
+    @Test func mapsOntoTheBus() throws {
+        let s = try load().get()
+        let bus = try #require(s.modbusBuses.first)
+        guard case .rtu(let line) = bus.endpoint else { Issue.record("\(bus.endpoint)"); return }
+        #expect(line.baud == 9600 && line.parity == .none && line.stopBits == 2)
+        // 3.5 characters of 11 bits at 9600 baud = 4.01 ms.
+        #expect(bus.turnaroundMilliseconds > 4 && bus.turnaroundMilliseconds < 4.2)
+        #expect(bus.devices.first?.unit == 3 && bus.devices.first?.pollMilliseconds == 2000)
+        #expect(bus.devices.first?.profile.points.map(\.table) == [.inputRegisters, .coils])
+        #expect(s.leaves.map(\.deviceID) == ["m1"])
+    }
+
+    /// Each error class: file, line and the fix.
+    @Test func errorsNameTheFileLineAndFix() {
+        let overlap = Self.profile + "\n[[point]]\nname = \"low\"\naddress = \"30002\"\n"
+        let cases: [(devices: String, profile: String, expected: String)] = [
+            (Self.devices, overlap, "profiles.d/meter.toml:16: profile meter: point low (input_registers 1) overlaps power (0..1)"),
+            (Self.devices, Self.profile + "\n[[point]]\nname = \"power\"\naddress = 100\ntable = \"input\"\n", "profiles.d/meter.toml:15: profile meter: point power is defined twice"),
+            (Self.devices, Self.profile.replacing("order = \"CDAB\"", with: "order = \"ACBD\""), "profiles.d/meter.toml:7: profile meter: point power: order ACBD does not apply to f32"),
+            (Self.devices, Self.profile.replacing("order = \"CDAB\"", with: "order = \"GHEFCDAB\""), "profiles.d/meter.toml:7: profile meter: point power: order GHEFCDAB does not apply to f32"),
+            (Self.devices, Self.profile.replacing("writable = true", with: "type = \"f32\""), "profiles.d/meter.toml:13: profile meter: point relay: coils hold single bits"),
+            (Self.devices, Self.profile.replacing("type = \"f32\"", with: "type = \"float128\""), "profiles.d/meter.toml:6: profile meter: point power: type float128: use u16"),
+            (Self.devices, Self.profile.replacing("\"30001\"", with: "\"50001\""), "profiles.d/meter.toml:5: profile meter: point power: address \"50001\" is not Modicon notation"),
+            (Self.devices, Self.profile.replacing("address = 4", with: "address = 70000"), "profiles.d/meter.toml:12: profile meter: point relay: address 70000 must be 0 to 65535"),
+            (Self.devices, Self.profile.replacing("name = \"power\"", with: "name = \"power\"\nscal = 2"), "profiles.d/meter.toml:5: unknown key scal in [point[0]]"),
+            (Self.devices.replacing("unit_id = 3", with: "unit_id = 248"), Self.profile, "devices.d/m.toml:12: leaf m1: unit_id 248 is out of range (1 to 247 on this bus)"),
+            (Self.devices.replacing("bus = \"line\"", with: "bus = \"lime\""), Self.profile, "devices.d/m.toml:11: leaf m1: no [[modbus_bus]] named lime (defined: line)"),
+            (Self.devices.replacing("profile = \"meter\"", with: "profile = \"metre\""), Self.profile, "devices.d/m.toml:13: leaf m1: no profile metre in profiles.d (known: meter)"),
+            (Self.devices + "\n[[modbus_bus]]\nname = \"again\"\ndevice = \"/dev/ttyUSB0\"\n", Self.profile, "devices.d/m.toml:14: modbus_bus again uses rtu:/dev/ttyUSB0, like bus line: one connection or port has exactly one owner"),
+            (Self.devices + "\n[[leaf]]\ndevice_id = \"m2\"\nadapter = \"modbus\"\nbus = \"line\"\nunit_id = 3\nprofile = \"meter\"\n", Self.profile, "devices.d/m.toml:18: leaf m2: unit_id 3 on bus line is already leaf m1"),
+            (Self.devices.replacing("parity = \"none\"", with: "parity = \"mark\""), Self.profile, "devices.d/m.toml:5: modbus_bus line: parity mark: use none, even or odd"),
+            (Self.devices.replacing("device = \"/dev/ttyUSB0\"", with: "tcp = \"plc\""), Self.profile, "devices.d/m.toml:3: modbus_bus line: tcp = \"plc\": use host:port"),
+        ]
+        for (devices, profile, expected) in cases {
+            guard case .failure(let e) = load(devices: devices, profile: profile) else { Issue.record("accepted: \(expected)"); continue }
+            #expect(e.description.contains(expected), "\(expected)\n  got: \(e.description)")
+        }
     }
 }

@@ -63,8 +63,17 @@ struct Status: ParsableCommand {
             print("dropped: " + (drops.isEmpty ? "none" : drops.joined(separator: ", ")))
         }
         for (name, a) in (s["adapters"]?.objectValue ?? [:]).sorted(by: { $0.key < $1.key }) {
-            let fields = (a.objectValue ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key) \($0.value.stringValue ?? $0.value.serialized)" }
+            let fields = (a.objectValue ?? [:]).filter { $0.key != "units" }.sorted { $0.key < $1.key }
+                .map { "\($0.key) \($0.value.stringValue ?? $0.value.serialized)" }
             print("\(name): " + fields.joined(separator: ", "))
+            // A Modbus bus: one line per unit (the per-bus statistics).
+            for (unit, u) in (a["units"]?.objectValue ?? [:]).sorted(by: { (Int($0.key) ?? 0) < (Int($1.key) ?? 0) }) {
+                let state = u["online"] == .bool(true) ? "online" : "OFFLINE"
+                let err = u["last_error"]?.stringValue.map { " — \($0)" } ?? ""
+                print("  unit \(unit) \(u["leaf"]?.stringValue ?? "?"): \(state), \(u["requests"]?.intValue ?? 0) requests, "
+                      + "\(u["timeouts"]?.intValue ?? 0) timeouts, \(u["crc_errors"]?.intValue ?? 0) CRC errors, "
+                      + "\(u["exceptions"]?.intValue ?? 0) exceptions, \(u["missed_polls"]?.intValue ?? 0) missed polls\(err)")
+            }
         }
         let stuck = s["stuck"]?.arrayValue?.compactMap(\.stringValue) ?? []
         if !stuck.isEmpty { print("STUCK (watchdog withheld): " + stuck.joined(separator: ", ")) }

@@ -46,13 +46,13 @@ struct BusRunner {
     mutating func apply(_ next: [Int: DeviceOverrides], now: Int64) {
         let planChanged = next.mapValues { [$0.pollMilliseconds.map { "\($0)" } ?? "", $0.disabledPoints.sorted().joined(separator: ",")] }
             != overrides.mapValues { [$0.pollMilliseconds.map { "\($0)" } ?? "", $0.disabledPoints.sorted().joined(separator: ",")] }
-        overrides = next
-        for (i, o) in next {
-            reporters[i] = Reporter(points: configuration.devices[i].profile.points,
-                                    fullReportMilliseconds: o.fullReportMilliseconds ?? configuration.devices[i].fullReportMilliseconds)
+        // In place: what was reported stays the reference for the deadbands (no burst of reports after a twin change).
+        for (i, o) in next where overrides[i] != o {
+            reporters[i].fullReportMilliseconds = o.fullReportMilliseconds ?? configuration.devices[i].fullReportMilliseconds
             reporters[i].disabled = o.disabledPoints
             reporters[i].deadbands = o.deadbands
         }
+        overrides = next
         if planChanged {
             let old = schedule
             schedule = makeSchedule(now: now)

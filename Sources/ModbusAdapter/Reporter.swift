@@ -20,7 +20,7 @@ public struct Reporter: Sendable {
     }
 
     let points: [ModbusPoint]
-    let fullReportMilliseconds: Int64
+    public var fullReportMilliseconds: Int64
     /// What was last sent per point (deadbands compare against it, not against the last reading).
     private var reported: [Int: Sample] = [:]
     /// The latest reading per point.
@@ -42,6 +42,8 @@ public struct Reporter: Sendable {
         for (k, i) in indices.enumerated() {
             latest[i] = values.map { Sample(value: $0[k], quality: .good) } ?? Sample(value: .null, quality: .bad, error: error)
         }
+        // The first report is a full one, once every reported point has been read (or failed) once.
+        if nextFullReport == nil && points.indices.contains(where: { latest[$0] == nil && !disabled.contains(points[$0].name) }) { return nil }
         let full = nextFullReport.map { now >= $0 } ?? true
         var send: [Int] = []
         if full {
@@ -64,8 +66,6 @@ public struct Reporter: Sendable {
         return ["time": .string(WallClock.iso8601(milliseconds: now)), "report": .string(full ? "full" : "change"), "points": .object(body)]
     }
 
-    /// Forces a full report with the next observation (after the twin changed what is reported).
-    public mutating func requestFullReport() { nextFullReport = nil }
 
     private func changed(_ i: Int) -> Bool {
         guard let now = latest[i] else { return false }

@@ -72,11 +72,12 @@ struct ModbusPeerTests {
         let peer = try await ModbusPeer(.tcp, units: [1], initial: boilerRegisters)
         defer { peer.stop() }
         try await withBus(peer, { _ in }) { bus, spool in
-            try await eventually("a first report") { (bus.statistics().readings["boiler-1"] ?? 0) >= 3 }
-            let first = try messages(spool)
-            var points: [String: JSONValue] = [:]
-            for m in first { for (k, v) in m.body["points"]?.objectValue ?? [:] { points[k] = v } }
-            #expect(first.allSatisfy { $0.leaf == "boiler-1" && $0.body["time"]?.stringValue != nil })
+            try await eventually("a first report") { (bus.statistics().readings["boiler-1"] ?? 0) >= 1 }
+            // The first message is one full report of every point, sent once all three reads are in.
+            let first = try #require(try messages(spool).first)
+            let points = first.body["points"]?.objectValue ?? [:]
+            #expect(first.leaf == "boiler-1" && first.body["time"]?.stringValue != nil && first.body["report"] == "full")
+            #expect(points.count == 6)
             #expect(abs((points["temperature"]?["value"]?.number ?? 0) - 21.5) < 1e-9)
             #expect(points["temperature"]?["unit"] == "degC")
             #expect(points["pressure"]?["value"] == 1.5)

@@ -196,6 +196,18 @@ struct ReporterTests {
     }
 }
 
+extension ReporterTests {
+    @Test("the first report waits until every point was read once, then is one full report")
+    func firstReportIsWhole() throws {
+        var r = Reporter(points: [point("a", .holdingRegisters, 0), point("b", .coils, 0, .bool)], fullReportMilliseconds: 60_000)
+        let early = r.observe([0], values: [7], error: nil, now: 0)
+        #expect(early == nil)
+        let m = r.observe([1], values: [true], error: nil, now: 5)
+        let whole = try #require(m)
+        #expect(whole["report"] == "full" && whole["points"]?.objectValue?.keys.sorted() == ["a", "b"])
+    }
+}
+
 @Suite("Profile validation")
 struct ProfileValidationTests {
     @Test("overlaps, duplicates, bit tables, read-only writes")

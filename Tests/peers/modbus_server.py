@@ -108,6 +108,8 @@ async def main():
     ap.add_argument("--control", required=True)
     ap.add_argument("--ready-file", required=True)
     ap.add_argument("--init", help="JSON list of set commands to run first")
+    ap.add_argument("--wander", action="append", default=[], metavar="UNIT:TABLE:ADDRESS",
+                    help="a register that drifts by -5..+5 every second (the demo's live values)")
     args = ap.parse_args()
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
@@ -147,8 +149,17 @@ async def main():
     with open(args.ready_file + ".tmp", "w") as f:
         json.dump(ready, f)
     os.rename(args.ready_file + ".tmp", args.ready_file)
+    async def wander():
+        import random
+        while True:
+            await asyncio.sleep(1)
+            for spec in args.wander:
+                unit, table, address = spec.split(":")
+                t = bus.units[int(unit)][table]
+                t[int(address)] = (t.get(int(address), 0) + random.randint(-5, 5)) & 0xFFFF
+
     async with control:
-        await asyncio.Event().wait()
+        await wander() if args.wander else await asyncio.Event().wait()
 
 
 if __name__ == "__main__":

@@ -66,7 +66,6 @@ struct BusRunner {
         let entry = schedule.entries[index]
         let device = configuration.devices[entry.device]
         let block = entry.block
-        connection.flush()
         do throws(ModbusError) {
             let registers = try connection.read(block.table, unit: device.unit, address: block.start, count: block.count)
             schedule.completed(index, outcome: .success, now: now())
@@ -77,6 +76,8 @@ struct BusRunner {
             }
             return (reporters[entry.device].observe(block.points, values: values, error: nil, now: wallNow), device.leaf, nil)
         } catch {
+            // A late answer to this request must not be taken for the answer to the next one.
+            if error.kind == .timeout || error.kind == .badResponse { connection.flush() }
             schedule.completed(index, outcome: .failure(error.kind, error.message), now: now())
             if schedule.retryPending { return (nil, nil, error) }  // a retry comes next: report nothing yet
             return (reporters[entry.device].observe(block.points, values: nil, error: error.message, now: wallNow), device.leaf, error)
@@ -135,6 +136,6 @@ struct BusRunner {
 extension BusSchedule {
     /// Keeps unit statistics (and back-off) across a plan rebuilt by a twin change.
     mutating func carryStatistics(from old: BusSchedule) {
-        for (unit, state) in old.units where units[unit] != nil { units[unit] = state }
+        for (unit, slot) in old.slots { if let mine = slots[unit] { units[mine] = old.units[slot] } }
     }
 }

@@ -35,6 +35,8 @@ public struct BusSchedule: Sendable {
         public var unit: Int
         public var block: ReadBlock
         public var due: Int64
+        /// Index of the unit's state in `units`.
+        var slot: Int
     }
 
     public enum Next: Sendable, Equatable {
@@ -57,27 +59,32 @@ public struct BusSchedule: Sendable {
     }
 
     public private(set) var entries: [Entry]
-    var units: [Int: UnitState]
+    /// Per unit id, in `slots` order (an array: `next` looks a unit up for every entry on every call).
+    var units: [UnitState]
+    let slots: [Int: Int]
     let retries: Int
     let backoff: ClosedRange<Int64>
     private var retrying: Int?
 
     /// `devices`: each device's unit id and read blocks. Every block is due at `now` first.
     public init(devices: [(unit: Int, blocks: [ReadBlock])], now: Int64, retries: Int, backoff: ClosedRange<Int64>) {
+        var slots: [Int: Int] = [:]
+        for d in devices where slots[d.unit] == nil { slots[d.unit] = slots.count }
+        self.slots = slots
         entries = devices.enumerated().flatMap { d, device in
-            device.blocks.map { Entry(device: d, unit: device.unit, block: $0, due: now) }
+            device.blocks.map { Entry(device: d, unit: device.unit, block: $0, due: now, slot: slots[device.unit]!) }
         }
-        units = Dictionary(devices.map { ($0.unit, UnitState(backoffMilliseconds: backoff.lowerBound)) }, uniquingKeysWith: { a, _ in a })
+        units = Array(repeating: UnitState(backoffMilliseconds: backoff.lowerBound), count: slots.count)
         self.retries = retries
         self.backoff = backoff
     }
 
-    public func statistics(unit: Int) -> UnitStatistics? { units[unit]?.statistics }
+    public func statistics(unit: Int) -> UnitStatistics? { slots[unit].map { units[$0].statistics } }
 
     /// The last poll failed and is retried next.
     public var retryPending: Bool { retrying != nil }
 
-    public func isOnline(unit: Int) -> Bool { units[unit]?.statistics.online ?? false }
+    public func isOnline(unit: Int) -> Bool { statistics(unit: unit)?.online ?? false }
 
     /// What to do at `now`.
     public mutating func next(now: Int64) -> Next {
@@ -85,7 +92,7 @@ public struct BusSchedule: Sendable {
         var best: Int?
         var wakeAt = Int64.max
         for (i, e) in entries.enumerated() {
-            let unit = units[e.unit]!
+            let unit = units[e.slot]
             if let until = unit.backoffUntil, until > now {
                 wakeAt = min(wakeAt, until)
                 continue
@@ -104,14 +111,14 @@ public struct BusSchedule: Sendable {
 
     private func effectiveDue(_ i: Int) -> Int64 {
         let e = entries[i]
-        if let until = units[e.unit]!.backoffUntil { return min(e.due, until) }
+        if let until = units[e.slot].backoffUntil { return min(e.due, until) }
         return e.due
     }
 
     /// Records how the poll of `entries[index]` went, at `now` (when it finished).
     public mutating func completed(_ index: Int, outcome: Outcome, now: Int64) {
-        let unitID = entries[index].unit
-        var unit = units[unitID]!
+        let slot = entries[index].slot
+        var unit = units[slot]
         unit.statistics.requests += 1
         var advance = true
         switch outcome {
@@ -143,7 +150,7 @@ public struct BusSchedule: Sendable {
                 unit.backoffMilliseconds = min(unit.backoffMilliseconds * 2, backoff.upperBound)
             }
         }
-        units[unitID] = unit
+        units[slot] = unit
         if advance { advanceGrid(index, now: now) }
     }
 
@@ -154,7 +161,7 @@ public struct BusSchedule: Sendable {
         if due <= now {
             let missed = (now - due) / interval + 1
             due += missed * interval
-            units[entries[index].unit]!.statistics.missedPolls += Int(missed)
+            units[entries[index].slot].statistics.missedPolls += Int(missed)
         }
         entries[index].due = due
     }
@@ -162,9 +169,9 @@ public struct BusSchedule: Sendable {
     /// The bus is down (a TCP connection lost, a port gone): every unit is offline until it answers again.
     public mutating func busDown(_ why: String) {
         retrying = nil
-        for key in units.keys {
-            units[key]!.statistics.online = false
-            units[key]!.statistics.lastError = why
+        for i in units.indices {
+            units[i].statistics.online = false
+            units[i].statistics.lastError = why
         }
     }
 }

@@ -168,8 +168,14 @@ public enum RegisterCodec {
             let text = bytes[..<end].map { $0 == 0 ? Character(" ") : ($0 < 0x80 ? Character(Unicode.Scalar($0)) : "\u{FFFD}") }
             return .string(String(text))
         default:
-            let be = order.reorder(wireBytes(registers))
-            let u = be.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+            // Straight from the registers, no intermediate arrays (this runs for every point of every poll).
+            var u: UInt64 = 0
+            let n = registers.count
+            for k in 0..<n {
+                var r = registers[registers.startIndex + (order.swapWords ? n - 1 - k : k)]
+                if order.swapBytes { r = r.byteSwapped }
+                u = u << 16 | UInt64(r)
+            }
             switch type {
             case .u16, .u32, .u64: return .uint(u)
             case .i16: return .int(Int64(Int16(truncatingIfNeeded: u)))

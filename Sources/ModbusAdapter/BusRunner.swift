@@ -18,12 +18,16 @@ struct BusRunner {
     var schedule: BusSchedule
     var reporters: [Reporter]
     private var overrides: [Int: DeviceOverrides] = [:]
+    /// What each schedule entry read last time, when it succeeded: the same registers again mean nothing to
+    /// decode or report (most field values sit still) unless a full report is due.
+    private var lastRead: [[UInt16]?] = []
 
     init(configuration: ModbusBusConfiguration, now: Int64) {
         self.configuration = configuration
         reporters = configuration.devices.map { Reporter(points: $0.profile.points, fullReportMilliseconds: $0.fullReportMilliseconds) }
         schedule = BusSchedule(devices: [], now: now, retries: configuration.retries, backoff: configuration.backoffMilliseconds)
         schedule = makeSchedule(now: now)
+        lastRead = Array(repeating: nil, count: schedule.entries.count)
     }
 
     private func makeSchedule(now: Int64) -> BusSchedule {
@@ -57,7 +61,9 @@ struct BusRunner {
             let old = schedule
             schedule = makeSchedule(now: now)
             schedule.carryStatistics(from: old)
+            lastRead = Array(repeating: nil, count: schedule.entries.count)
         }
+        for i in lastRead.indices { lastRead[i] = nil }  // new deadbands or points: look at every value again
     }
 
     /// Polls one scheduled block: returns the telemetry body to send (if the reporter has something), its leaf, and
@@ -69,6 +75,8 @@ struct BusRunner {
         do throws(ModbusError) {
             let registers = try connection.read(block.table, unit: device.unit, address: block.start, count: block.count)
             schedule.completed(index, outcome: .success, now: now())
+            if lastRead[index] == registers && !reporters[entry.device].isFullReportDue(now: wallNow) { return (nil, nil, nil) }
+            lastRead[index] = registers
             let values = block.points.map { i -> JSONValue in
                 let p = device.profile.points[i]
                 let from = p.address - block.start
@@ -78,6 +86,7 @@ struct BusRunner {
         } catch {
             // A late answer to this request must not be taken for the answer to the next one.
             if error.kind == .timeout || error.kind == .badResponse { connection.flush() }
+            lastRead[index] = nil
             schedule.completed(index, outcome: .failure(error.kind, error.message), now: now())
             if schedule.retryPending { return (nil, nil, error) }  // a retry comes next: report nothing yet
             return (reporters[entry.device].observe(block.points, values: nil, error: error.message, now: wallNow), device.leaf, error)

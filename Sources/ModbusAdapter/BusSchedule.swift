@@ -89,69 +89,68 @@ public struct BusSchedule: Sendable {
     /// What to do at `now`.
     public mutating func next(now: Int64) -> Next {
         if let r = retrying { return .poll(r) }
-        var best: Int?
+        // Runs before every transaction: plain index access, no copies of entries or unit states (ARC traffic).
+        var best = -1
+        var bestDue = Int64.max
         var wakeAt = Int64.max
-        for (i, e) in entries.enumerated() {
-            let unit = units[e.slot]
-            if let until = unit.backoffUntil, until > now {
-                wakeAt = min(wakeAt, until)
-                continue
+        for i in entries.indices {
+            var due = entries[i].due
+            if let until = units[entries[i].slot].backoffUntil {
+                if until > now {
+                    wakeAt = min(wakeAt, until)
+                    continue
+                }
+                due = min(due, until)  // the back-off has just ended: one probe now, whatever the grid says
             }
-            // A unit whose back-off has just ended gets one probe now, whatever its grid says.
-            let due = unit.backoffUntil != nil ? min(e.due, unit.backoffUntil!) : e.due
             if due <= now {
-                if best == nil || due < effectiveDue(best!) { best = i }
+                if due < bestDue { best = i; bestDue = due }
             } else {
                 wakeAt = min(wakeAt, due)
             }
         }
-        if let best { return .poll(best) }
-        return .idle(until: wakeAt)
-    }
-
-    private func effectiveDue(_ i: Int) -> Int64 {
-        let e = entries[i]
-        if let until = units[e.slot].backoffUntil { return min(e.due, until) }
-        return e.due
+        return best >= 0 ? .poll(best) : .idle(until: wakeAt)
     }
 
     /// Records how the poll of `entries[index]` went, at `now` (when it finished).
     public mutating func completed(_ index: Int, outcome: Outcome, now: Int64) {
-        let slot = entries[index].slot
-        var unit = units[slot]
+        // In place (no copy of the unit's state): this runs after every transaction.
+        let advance = Self.record(outcome, index: index, in: &units[entries[index].slot], retrying: &retrying, retries: retries, backoff: backoff, now: now)
+        if advance { advanceGrid(index, now: now) }
+    }
+
+    /// Returns whether the block moves on to its next slot (false: it is retried at once).
+    private static func record(_ outcome: Outcome, index: Int, in unit: inout UnitState, retrying: inout Int?, retries: Int,
+                               backoff: ClosedRange<Int64>, now: Int64) -> Bool {
         unit.statistics.requests += 1
-        var advance = true
         switch outcome {
-        case .success, .failure(.exception, _):
-            if case .failure(.exception(let code), let why) = outcome {
-                unit.statistics.exceptions[code, default: 0] += 1
-                unit.statistics.lastError = why
-            } else {
-                unit.statistics.successes += 1
-                unit.statistics.lastError = nil
-            }
-            unit.statistics.online = true
-            unit.statistics.lastSuccessMilliseconds = now
-            unit.failures = 0
-            unit.backoffUntil = nil
-            unit.backoffMilliseconds = backoff.lowerBound
-            retrying = nil
+        case .success:
+            unit.statistics.successes += 1
+            if unit.statistics.lastError != nil { unit.statistics.lastError = nil }
+        case .failure(.exception(let code), let why):
+            unit.statistics.exceptions[code, default: 0] += 1
+            unit.statistics.lastError = why
         case .failure(let kind, let why):
             if kind == .timeout { unit.statistics.timeouts += 1 } else if kind == .badResponse { unit.statistics.crcErrors += 1 }
             unit.statistics.lastError = why
             unit.failures += 1
             if unit.statistics.online && unit.backoffUntil == nil && unit.failures <= retries {
                 retrying = index  // an online unit gets its retries at once
-                advance = false
-            } else {
-                retrying = nil
-                unit.statistics.online = false
-                unit.backoffUntil = now + unit.backoffMilliseconds
-                unit.backoffMilliseconds = min(unit.backoffMilliseconds * 2, backoff.upperBound)
+                return false
             }
+            retrying = nil
+            unit.statistics.online = false
+            unit.backoffUntil = now + unit.backoffMilliseconds
+            unit.backoffMilliseconds = min(unit.backoffMilliseconds * 2, backoff.upperBound)
+            return true
         }
-        units[slot] = unit
-        if advance { advanceGrid(index, now: now) }
+        // An answer (data or an exception): the unit is alive.
+        unit.statistics.online = true
+        unit.statistics.lastSuccessMilliseconds = now
+        unit.failures = 0
+        unit.backoffUntil = nil
+        unit.backoffMilliseconds = backoff.lowerBound
+        retrying = nil
+        return true
     }
 
     /// Moves a block to its next slot after `now`, counting slots that passed unpolled.

@@ -126,6 +126,8 @@ public final class ModbusBus: LeafRouter, Service, Sendable {
         var nextConnect = monotonicNow
         var appliedOverrides = 0
         var lastTransactionEnd: Int64 = 0
+        var statisticsPublished: Int64 = 0
+        var statisticsDirty = false
         while !stopped.load(ordering: .acquiring) {
             heartbeat.beat()
             let now = monotonicNow
@@ -169,13 +171,23 @@ public final class ModbusBus: LeafRouter, Service, Sendable {
             }
             switch runner.schedule.next(now: monotonicNow) {
             case .idle(let until):
+                if statisticsDirty {
+                    statisticsDirty = false
+                    shared.withLock { s in for (unit, st) in runner.unitStatistics { s.units[unit] = st } }
+                }
                 let wait = max(0, min(until - monotonicNow, 50))
                 if wait > 0 { _ = wakeup.wait(timeout: .now() + .milliseconds(Int(wait))) }
             case .poll(let index):
                 let (body, leaf, error) = runner.poll(index, on: connection, now: { self.monotonicNow }, wallNow: WallClock.nowMilliseconds())
                 lastTransactionEnd = monotonicNow
                 if let body, let leaf { append(body, leaf: leaf) }
-                shared.withLock { s in for (unit, st) in runner.unitStatistics { s.units[unit] = st } }
+                // Published for status at most every 50 ms, and at once when something failed.
+                statisticsDirty = true
+                if error != nil || lastTransactionEnd - statisticsPublished >= 50 {
+                    statisticsPublished = lastTransactionEnd
+                    statisticsDirty = false
+                    shared.withLock { s in for (unit, st) in runner.unitStatistics { s.units[unit] = st } }
+                }
                 if let error, error.kind == .connection { lostConnection(error, runner: &runner) }
             }
         }
@@ -211,6 +223,7 @@ public final class ModbusBus: LeafRouter, Service, Sendable {
     // MARK: commands
 
     private func nextCommand(now: Int64) -> (command: BusCommand, waiter: CheckedContinuation<Result<JSONValue, ModbusError>, Never>)? {
+        if pending.withLock({ $0.isEmpty }) { return nil }
         failExpiredCommands(now: WallClock.nowMilliseconds())
         return pending.withLock { p in p.isEmpty ? nil : { let c = p.removeFirst(); return (c.command, c.waiter) }() }
     }

@@ -22,9 +22,10 @@ public struct Reporter: Sendable {
     let points: [ModbusPoint]
     public var fullReportMilliseconds: Int64
     /// What was last sent per point (deadbands compare against it, not against the last reading).
-    private var reported: [Int: Sample] = [:]
+    private var reported: [Sample?]
     /// The latest reading per point.
-    private var latest: [Int: Sample] = [:]
+    private var latest: [Sample?]
+    private var seen = 0
     private var nextFullReport: Int64?
     /// Points whose readings are not reported (twin desired `points.<name>.enabled = false`).
     public var disabled: Set<String> = []
@@ -34,25 +35,30 @@ public struct Reporter: Sendable {
     public init(points: [ModbusPoint], fullReportMilliseconds: Int64) {
         self.points = points
         self.fullReportMilliseconds = fullReportMilliseconds
+        reported = Array(repeating: nil, count: points.count)
+        latest = Array(repeating: nil, count: points.count)
     }
 
     /// Records a block's readings (`values[i]` for `points[indices[i]]`, or an error for all of them) and returns the
     /// message to send, if any.
     public mutating func observe(_ indices: [Int], values: [JSONValue]?, error: String?, now: Int64) -> JSONValue? {
         for (k, i) in indices.enumerated() {
+            if latest[i] == nil { seen += 1 }
             latest[i] = values.map { Sample(value: $0[k], quality: .good) } ?? Sample(value: .null, quality: .bad, error: error)
         }
         // The first report is a full one, once every reported point has been read (or failed) once.
-        if nextFullReport == nil && points.indices.contains(where: { latest[$0] == nil && !disabled.contains(points[$0].name) }) { return nil }
+        if nextFullReport == nil && seen < points.count && points.indices.contains(where: { latest[$0] == nil && !disabled.contains(points[$0].name) }) {
+            return nil
+        }
         let full = nextFullReport.map { now >= $0 } ?? true
         var send: [Int] = []
         if full {
-            send = latest.keys.sorted()
+            send = latest.indices.filter { latest[$0] != nil }
             nextFullReport = now + fullReportMilliseconds
         } else {
             send = indices.filter { changed($0) }
         }
-        send = send.filter { !disabled.contains(points[$0].name) }
+        if !disabled.isEmpty { send = send.filter { !disabled.contains(points[$0].name) } }
         guard !send.isEmpty else { return nil }
         var body: [String: JSONValue] = [:]
         for i in send {
@@ -67,12 +73,15 @@ public struct Reporter: Sendable {
     }
 
 
+    /// Whether the next observation sends a full report (nothing was reported yet, or the period is over).
+    public func isFullReportDue(now: Int64) -> Bool { nextFullReport.map { now >= $0 } ?? true }
+
     private func changed(_ i: Int) -> Bool {
         guard let now = latest[i] else { return false }
         guard let before = reported[i] else { return true }
         if now.quality != before.quality { return true }
         guard now.quality == .good else { return false }
-        let band = deadbands[points[i].name] ?? points[i].deadband
+        let band = deadbands.isEmpty ? points[i].deadband : deadbands[points[i].name] ?? points[i].deadband
         switch (before.value, now.value, band) {
         case (_, _, nil): return before.value != now.value
         case (let a, let b, let d?):

@@ -211,7 +211,10 @@ let package = Package(
         // A real fieldgate-hub for tests (shared by the test targets that talk to one).
         .target(
             name: "HubTestSupport",
-            dependencies: ["HubEmulator", "HubDeviceClient", "ProtonAMQP", "IoTHub", "FieldgateCore", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "HubEmulator", "HubDeviceClient", "ProtonAMQP", "IoTHub", "FieldgateCore", "ControlSocket",
+                .product(name: "Logging", package: "swift-log"),
+            ],
             path: "Tests/HubTestSupport",
             swiftSettings: strictSettings
         ),
@@ -219,7 +222,7 @@ let package = Package(
         .testTarget(name: "FrameCodecsTests", dependencies: ["FrameCodecs", "FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "SerialAdapterTests", dependencies: ["SerialAdapter", "FrameCodecs", "Uplink", "Spool", "FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "GatewayTests", dependencies: ["GatewayConfig", "Uplink", "Spool", "UDPAdapter", "SerialAdapter", "FrameCodecs", "ModbusAdapter", "ModbusIO"], swiftSettings: strictSettings),
-        .testTarget(name: "ModbusAdapterTests", dependencies: ["ModbusAdapter", "ModbusIO", "ControlSocket", "Uplink", "Spool", "FieldgateCore"], swiftSettings: strictSettings),
+        .testTarget(name: "ModbusAdapterTests", dependencies: ["ModbusAdapter", "ModbusIO", "HubTestSupport", "Uplink", "Spool", "FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "ProtonAMQPTests", dependencies: ["ProtonAMQP"], swiftSettings: strictSettings),
         .testTarget(
             name: "DaemonTests",

@@ -35,6 +35,7 @@ public final class ModbusBus: LeafRouter, Service, Sendable {
     private let done = Mutex<(finished: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
     private let shared: Mutex<SharedState>
     private let deviceIndex: [String: Int]
+    private let stateSink = Mutex<(@Sendable (String, JSONValue) -> Void)?>(nil)
 
     struct SharedState: Sendable {
         var units: [Int: UnitStatistics] = [:]
@@ -128,6 +129,7 @@ public final class ModbusBus: LeafRouter, Service, Sendable {
         var lastTransactionEnd: Int64 = 0
         var statisticsPublished: Int64 = 0
         var statisticsDirty = false
+        var states = StateReports()
         while !stopped.load(ordering: .acquiring) {
             heartbeat.beat()
             let now = monotonicNow
@@ -166,14 +168,14 @@ public final class ModbusBus: LeafRouter, Service, Sendable {
                 let result = runner.execute(command.command, on: connection)
                 lastTransactionEnd = monotonicNow
                 command.waiter.resume(returning: result)
-                if case .failure(let e) = result, e.kind == .connection { lostConnection(e, runner: &runner) }
+                if case .failure(let e) = result, e.kind == .connection { lostConnection(e, runner: &runner, states: &states) }
                 continue
             }
             switch runner.schedule.next(now: monotonicNow) {
             case .idle(let until):
                 if statisticsDirty {
                     statisticsDirty = false
-                    shared.withLock { s in for (unit, st) in runner.unitStatistics { s.units[unit] = st } }
+                    publish(runner, states: &states, now: monotonicNow)
                 }
                 let wait = max(0, min(until - monotonicNow, 50))
                 if wait > 0 { _ = wakeup.wait(timeout: .now() + .milliseconds(Int(wait))) }
@@ -186,22 +188,38 @@ public final class ModbusBus: LeafRouter, Service, Sendable {
                 if error != nil || lastTransactionEnd - statisticsPublished >= 50 {
                     statisticsPublished = lastTransactionEnd
                     statisticsDirty = false
-                    shared.withLock { s in for (unit, st) in runner.unitStatistics { s.units[unit] = st } }
+                    publish(runner, states: &states, now: monotonicNow)
                 }
-                if let error, error.kind == .connection { lostConnection(error, runner: &runner) }
+                if let error, error.kind == .connection { lostConnection(error, runner: &runner, states: &states) }
             }
         }
         connection.close()
         failCommands("the adapter stopped")
     }
 
-    private func lostConnection(_ error: ModbusError, runner: inout BusRunner) {
+    /// Unit statistics for `statistics()`, and each leaf's state to its twin.
+    private func publish(_ runner: BusRunner, states: inout StateReports, now: Int64) {
+        let units = runner.unitStatistics
+        shared.withLock { s in for (unit, st) in units { s.units[unit] = st } }
+        guard let sink = stateSink.withLock({ $0 }) else { return }
+        for d in configuration.devices {
+            guard let st = runner.schedule.statistics(unit: d.unit), let patch = states.due(leaf: d.leaf, st, now: now) else { continue }
+            sink(d.leaf, patch)
+        }
+    }
+
+    /// Where each leaf's adapter state goes (the daemon reports it in the leaf's twin).
+    public func reportStates(to sink: @escaping @Sendable (_ leaf: String, _ reported: JSONValue) -> Void) {
+        stateSink.withLock { $0 = sink }
+    }
+
+    private func lostConnection(_ error: ModbusError, runner: inout BusRunner, states: inout StateReports) {
         runner.schedule.busDown(error.message)
         shared.withLock { s in
             s.connected = false
             s.lastError = error.message
-            for (unit, st) in runner.unitStatistics { s.units[unit] = st }
         }
+        publish(runner, states: &states, now: MonotonicClock.milliseconds())
         logger.warning("modbus \(configuration.name): connection lost: \(error.message)", metadata: ["adapter": "modbus:\(configuration.name)"])
     }
 

@@ -41,7 +41,7 @@ final class Daemon: Service, Sendable {
         let spool = self.spool
         let udp = try settings.udp.map { c throws(UDPAdapterError) in try UDPAdapter(configuration: c, spool: spool, onAppended: { wake.wake() }, logger: logger) }
         let serial = try settings.serialPorts.map { c throws(SerialAdapterError) in try SerialAdapter(configuration: c, spool: spool, onAppended: { wake.wake() }, logger: logger) }
-        let modbus = settings.modbusBuses.map { ModbusBus(configuration: $0, spool: spool, onAppended: { wake.wake() }, logger: logger) }
+        let modbus = settings.modbusBuses.map { Self.makeBus($0, spool: spool, wake: wake, logger: logger) }
         adapters.set(Adapters(udp: udp, serial: serial, modbus: modbus))
         // The router finds a leaf's adapter when a command comes, so reloads can change adapters under it.
         let uplink = try Uplink(configuration: settings.uplink, leaves: [settings.gatewayLeaf] + settings.leaves, spool: spool,
@@ -154,7 +154,7 @@ final class Daemon: Service, Sendable {
         var modbusToStart: [ModbusBus] = []
         for c in next.modbusBuses {
             if let same = current.modbus.first(where: { $0.configuration == c }) { newModbus.append(same); continue }
-            let bus = ModbusBus(configuration: c, spool: spool, onAppended: { wake.wake() }, logger: logger)
+            let bus = Self.makeBus(c, spool: spool, wake: wake, logger: logger)
             newModbus.append(bus)
             modbusToStart.append(bus)
             summary.append("modbus bus \(c.name) (re)configured")
@@ -195,6 +195,13 @@ final class Daemon: Service, Sendable {
         return summary.isEmpty ? "nothing changed" : summary.joined(separator: "; ")
     }
 
+    /// A Modbus bus whose readings wake the uplink and whose units' states go to their leaves' twins.
+    private static func makeBus(_ c: ModbusBusConfiguration, spool: Spool, wake: WakeBox, logger: Logger) -> ModbusBus {
+        let bus = ModbusBus(configuration: c, spool: spool, onAppended: { wake.wake() }, logger: logger)
+        bus.reportStates { leaf, patch in wake.report(patch, for: leaf) }
+        return bus
+    }
+
     /// A new uplink for new hub settings, not yet attached or started.
     private func makeUplinkDetached(_ settings: GatewaySettings) throws(UplinkError) -> Uplink {
         try Uplink(configuration: settings.uplink, leaves: [settings.gatewayLeaf] + settings.leaves, spool: spool,
@@ -230,6 +237,11 @@ final class WakeBox: Sendable {
     private let uplink = Mutex<Uplink?>(nil)
     func set(_ u: Uplink) { uplink.withLock { $0 = u } }
     func wake() { uplink.withLock { $0 }?.wake() }
+    /// A reported patch for a leaf's twin (merged with others while the leaf is offline).
+    func report(_ patch: JSONValue, for leaf: String) {
+        guard let u = uplink.withLock({ $0 }) else { return }
+        Task { try? await u.report(patch, for: leaf) }
+    }
 }
 
 /// Reports the gateway's health to its twin periodically.

@@ -82,7 +82,7 @@ final class DaemonUnderTest: Sendable {
     let udpPort: Int
 
     static func start(hub: TestHub, leaves: [String], watchdogUsec: Int = 2_000_000, extraMain: String = "", stopHubFirst: Bool = false,
-                      otherDevices: [String] = [], prepareOnly: Bool = false) async throws -> DaemonUnderTest {
+                      otherDevices: [String] = [], files: [String: String] = [:], prepareOnly: Bool = false) async throws -> DaemonUnderTest {
         let dir = FileManager.default.temporaryDirectory.path + "/fieldgated-test-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: dir + "/devices.d", withIntermediateDirectories: true)
         var keys = "[keys]\n"
@@ -112,6 +112,10 @@ final class DaemonUnderTest: Sendable {
             \(extraMain)
             """.write(toFile: dir + "/fieldgate.toml", atomically: true, encoding: .utf8)
         try writeLeaves(leaves, in: dir)
+        for (name, text) in files {
+            try FileManager.default.createDirectory(atPath: directoryOf(dir + "/" + name), withIntermediateDirectories: true)
+            try text.write(toFile: dir + "/" + name, atomically: true, encoding: .utf8)
+        }
         FileManager.default.createFile(atPath: dir + "/secrets.toml", contents: Data(keys.utf8), attributes: [.posixPermissions: 0o600])
         if stopHubFirst { await hub.stop() }
         let notify = NotifyListener(path: dir + "/notify.sock")

@@ -1,4 +1,5 @@
 import FieldgateCore
+import HubTestSupport
 import ModbusIO
 import Spool
 import Testing

@@ -1,6 +1,5 @@
 import ControlSocket
 import FieldgateCore
-import Testing
 
 #if canImport(Glibc)
 import Glibc
@@ -12,10 +11,10 @@ import FoundationEssentials
 import Foundation
 #endif
 
-struct PeerError: Error, CustomStringConvertible { var description: String; init(_ d: String) { description = d } }
+public struct PeerError: Error, CustomStringConvertible { public var description: String; public init(_ d: String) { description = d } }
 
-/// The repository's root (Tests/ModbusAdapterTests/ModbusPeer.swift is two levels down).
-let repositoryRoot: String = {
+/// The repository's root (Tests/HubTestSupport/ModbusPeer.swift is two levels down).
+public let repositoryRoot: String = {
     var parts = #filePath.split(separator: "/", omittingEmptySubsequences: false)
     parts.removeLast(3)
     return parts.joined(separator: "/")
@@ -23,17 +22,17 @@ let repositoryRoot: String = {
 
 /// A pymodbus slave (Tests/peers/modbus_server.py, the version pinned in requirements.txt, installed into
 /// .venv-peers by scripts/setup.sh) with its control socket; over TCP, or RTU on one end of a socat pty pair.
-final class ModbusPeer: @unchecked Sendable {
-    let dir: String
+public final class ModbusPeer: @unchecked Sendable {
+    public let dir: String
     private var pids: [pid_t] = []
-    private(set) var port = 0
+    public private(set) var port = 0
     /// For RTU: the end fieldgate opens.
-    private(set) var device = ""
-    var control: String { dir + "/control.sock" }
+    public private(set) var device = ""
+    public var control: String { dir + "/control.sock" }
 
-    enum Transport { case tcp, rtu(baud: Int) }
+    public enum Transport: Sendable { case tcp, rtu(baud: Int) }
 
-    init(_ transport: Transport, units: [Int], initial: [JSONValue] = []) async throws {
+    public init(_ transport: Transport, units: [Int], initial: [JSONValue] = []) async throws {
         dir = FileManager.default.temporaryDirectory.path + "/fieldgate-modbus-" + String(UInt64.random(in: 1...UInt64.max))
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let python = repositoryRoot + "/.venv-peers/bin/python"
@@ -74,25 +73,25 @@ final class ModbusPeer: @unchecked Sendable {
     }
 
     @discardableResult
-    func send(_ request: JSONValue) throws -> JSONValue {
+    public func send(_ request: JSONValue) throws -> JSONValue {
         do { return try ControlClient.request(request, socketPath: control) } catch { throw PeerError("peer control: \(error)") }
     }
 
-    func registers(unit: Int, _ table: String, _ address: Int, count: Int) throws -> [Int64] {
+    public func registers(unit: Int, _ table: String, _ address: Int, count: Int) throws -> [Int64] {
         try send(["cmd": "get", "unit": .int(Int64(unit)), "table": .string(table), "address": .int(Int64(address)), "count": .int(Int64(count))])["values"]?
             .arrayValue?.compactMap(\.intValue) ?? []
     }
 
-    func set(unit: Int, _ table: String, _ address: Int, _ values: [Int64]) throws {
+    public func set(unit: Int, _ table: String, _ address: Int, _ values: [Int64]) throws {
         try send(["cmd": "set", "unit": .int(Int64(unit)), "table": .string(table), "address": .int(Int64(address)), "values": .array(values.map { .int($0) })])
     }
 
-    func silence(unit: Int, _ on: Bool = true) throws { try send(["cmd": "silent", "unit": .int(Int64(unit)), "on": .bool(on)]) }
+    public func silence(unit: Int, _ on: Bool = true) throws { try send(["cmd": "silent", "unit": .int(Int64(unit)), "on": .bool(on)]) }
 
-    struct Request: Equatable { var time: Double; var unit: Int; var function: Int; var address: Int; var count: Int }
-    struct Frame: Equatable { var time: Double; var received: Bool; var unit: Int; var function: Int }
+    public struct Request: Equatable, Sendable { public var time: Double; public var unit: Int; public var function: Int; public var address: Int; public var count: Int }
+    public struct Frame: Equatable, Sendable { public var time: Double; public var received: Bool; public var unit: Int; public var function: Int }
 
-    func log() throws -> (requests: [Request], frames: [Frame]) {
+    public func log() throws -> (requests: [Request], frames: [Frame]) {
         let l = try send(["cmd": "log"])
         let requests = (l["requests"]?.arrayValue ?? []).compactMap { r -> Request? in
             guard let a = r.arrayValue, a.count == 5 else { return nil }
@@ -106,9 +105,9 @@ final class ModbusPeer: @unchecked Sendable {
         return (requests, frames)
     }
 
-    func resetLog() throws { try send(["cmd": "reset"]) }
+    public func resetLog() throws { try send(["cmd": "reset"]) }
 
-    func stop() {
+    public func stop() {
         for pid in pids.reversed() {
             kill(pid, SIGTERM)
             var status: Int32 = 0

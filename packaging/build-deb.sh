@@ -61,8 +61,10 @@ install -D -m 0644 systemd/fieldgated.service "$R/lib/systemd/system/fieldgated.
 install -D -m 0644 systemd/sysusers.conf "$R/usr/lib/sysusers.d/fieldgate.conf"
 # 0644/0755 as shipped; the postinst narrows them to the fieldgate group.
 install -D -m 0644 etc/fieldgate/fieldgate.toml "$R/etc/fieldgate/fieldgate.toml"
-install -d -m 0755 "$R/etc/fieldgate/devices.d"
+install -d -m 0755 "$R/etc/fieldgate/devices.d" "$R/etc/fieldgate/profiles.d"
 install -D -m 0644 etc/fieldgate/devices.d/example-udp.toml.example "$R/usr/share/doc/fieldgate/examples/devices.d/example-udp.toml"
+install -D -m 0644 etc/fieldgate/devices.d/example-modbus.toml.example "$R/usr/share/doc/fieldgate/examples/devices.d/example-modbus.toml"
+install -D -m 0644 etc/fieldgate/profiles.d/example-boiler.toml.example "$R/usr/share/doc/fieldgate/examples/profiles.d/example-boiler.toml"
 install -D -m 0644 etc/fieldgate/secrets.toml.example "$R/usr/share/doc/fieldgate/examples/secrets.toml"
 install -D -m 0644 systemd/README.md "$R/usr/share/doc/fieldgate/README.systemd"
 for page in fieldgated.8 fieldgatectl.1 fieldgate.toml.5; do

@@ -68,6 +68,9 @@ public struct GatewayConfigFile: Decodable, Sendable {
         public var profile: String?
         public var poll_ms: Int?
         public var full_report_seconds: Int?
+        /// Modbus: this unit's own response timeout and retries (default: the bus's).
+        public var response_timeout_ms: Int?
+        public var retries: Int?
     }
     public struct Secrets: Decodable, Sendable { public var file: String? }
     public struct Daemon: Decodable, Sendable { public var stall_seconds: Int? }
@@ -258,7 +261,8 @@ struct Mapper {
             }
             if l.adapter != "modbus" {
                 for (key, set) in [("bus", l.bus != nil), ("unit_id", l.unit_id != nil), ("profile", l.profile != nil), ("poll_ms", l.poll_ms != nil),
-                                   ("full_report_seconds", l.full_report_seconds != nil)] where set {
+                                   ("full_report_seconds", l.full_report_seconds != nil), ("response_timeout_ms", l.response_timeout_ms != nil),
+                                   ("retries", l.retries != nil)] where set {
                     report(source, "\(at).\(key)", "leaf \(l.device_id): \(key) applies to modbus leaves (this one has adapter = \"\(l.adapter)\")")
                 }
             }

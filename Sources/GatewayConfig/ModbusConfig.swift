@@ -263,6 +263,12 @@ extension Mapper {
             if let s = l.full_report_seconds {
                 if s >= 1 { device.fullReportMilliseconds = Int64(s) * 1000 } else { report(source, "\(at).full_report_seconds", "leaf \(l.device_id): full_report_seconds must be at least 1") }
             }
+            if let v = l.response_timeout_ms {
+                if (1...5000).contains(v) { device.responseTimeoutMilliseconds = v } else { report(source, "\(at).response_timeout_ms", "leaf \(l.device_id): response_timeout_ms must be 1 to 5000") }
+            }
+            if let v = l.retries {
+                if (0...10).contains(v) { device.retries = v } else { report(source, "\(at).retries", "leaf \(l.device_id): retries must be 0 to 10") }
+            }
             bus.configuration.devices.append(device)
             buses[busName] = bus
         }
@@ -296,8 +302,9 @@ extension Mapper {
         }
         if b.tcp != nil, b.baud != nil || b.parity != nil || b.rs485 != nil { bad("tcp", "baud, parity and rs485 apply to serial buses (device = …), not tcp") }
         var c = ModbusBusConfiguration(name: b.name, endpoint: endpoint, devices: [])
-        if let v = b.response_timeout_ms { if v >= 1 { c.responseTimeoutMilliseconds = v } else { bad("response_timeout_ms", "response_timeout_ms must be at least 1") } }
-        if let v = b.byte_timeout_ms { if v >= 1 { c.byteTimeoutMilliseconds = v } else { bad("byte_timeout_ms", "byte_timeout_ms must be at least 1") } }
+        // Capped: a transaction blocks the bus thread, and the watchdog wants it back within [daemon] stall_seconds.
+        if let v = b.response_timeout_ms { if (1...5000).contains(v) { c.responseTimeoutMilliseconds = v } else { bad("response_timeout_ms", "response_timeout_ms must be 1 to 5000") } }
+        if let v = b.byte_timeout_ms { if (1...1000).contains(v) { c.byteTimeoutMilliseconds = v } else { bad("byte_timeout_ms", "byte_timeout_ms must be 1 to 1000") } }
         if let v = b.turnaround_ms?.value { if v >= 0 { c.turnaroundMilliseconds = v } else { bad("turnaround_ms", "turnaround_ms cannot be negative") } }
         if let v = b.retries { if (0...10).contains(v) { c.retries = v } else { bad("retries", "retries must be 0 to 10") } }
         let low = Int64(b.backoff_ms ?? 1000), high = Int64(b.backoff_max_ms ?? max(60_000, b.backoff_ms ?? 0))

@@ -83,6 +83,7 @@ enum ConfigSchema {
         "device_id": .string, "adapter": .string, "credential": .string, "key_ref": .string,
         "allowed_sources": .strings, "mapped_source": .string, "format": .string, "field_map": .stringMap, "hmac": .bool,
         "command_address": .string, "bus": .string, "unit_id": .int, "profile": .string, "poll_ms": .int, "full_report_seconds": .int,
+        "response_timeout_ms": .int, "retries": .int,
     ], required: ["device_id", "adapter"])
 
     static let serialPort = Schema(fields: [

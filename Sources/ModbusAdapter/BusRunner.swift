@@ -21,9 +21,12 @@ struct BusRunner {
     /// What each schedule entry read last time, when it succeeded: the same registers again mean nothing to
     /// decode or report (most field values sit still) unless a full report is due.
     private var lastRead: [[UInt16]?] = []
+    /// The response timeout the connection is set to now (units may have their own).
+    private var timeout: Int
 
     init(configuration: ModbusBusConfiguration, now: Int64) {
         self.configuration = configuration
+        timeout = configuration.responseTimeoutMilliseconds
         reporters = configuration.devices.map { Reporter(points: $0.profile.points, fullReportMilliseconds: $0.fullReportMilliseconds) }
         schedule = BusSchedule(devices: [], now: now, retries: configuration.retries, backoff: configuration.backoffMilliseconds)
         schedule = makeSchedule(now: now)
@@ -39,7 +42,8 @@ struct BusRunner {
             for b in blocks.indices { blocks[b].points = blocks[b].points.map { indexOf[points[$0].name]! } }
             return (unit: d.unit, blocks: blocks)
         }
-        return BusSchedule(devices: plans, now: now, retries: configuration.retries, backoff: configuration.backoffMilliseconds)
+        let ownRetries = Dictionary(configuration.devices.compactMap { d in d.retries.map { (d.unit, $0) } }, uniquingKeysWith: { a, _ in a })
+        return BusSchedule(devices: plans, now: now, retries: configuration.retries, backoff: configuration.backoffMilliseconds, retriesByUnit: ownRetries)
     }
 
     var unitStatistics: [(Int, UnitStatistics)] {
@@ -72,6 +76,7 @@ struct BusRunner {
         let entry = schedule.entries[index]
         let device = configuration.devices[entry.device]
         let block = entry.block
+        useTimeout(of: device, on: connection)
         do throws(ModbusError) {
             let registers = try connection.read(block.table, unit: device.unit, address: block.start, count: block.count)
             schedule.completed(index, outcome: .success, now: now())
@@ -93,19 +98,29 @@ struct BusRunner {
         }
     }
 
+    private mutating func useTimeout(of device: ModbusDeviceConfiguration, on connection: ModbusConnection) {
+        let wanted = device.responseTimeoutMilliseconds ?? configuration.responseTimeoutMilliseconds
+        if wanted != timeout {
+            connection.setResponseTimeout(milliseconds: wanted)
+            timeout = wanted
+        }
+    }
+
     /// Carries out a command from the cloud.
-    func execute(_ command: BusCommand, on connection: ModbusConnection) -> Result<JSONValue, ModbusError> {
+    mutating func execute(_ command: BusCommand, on connection: ModbusConnection) -> Result<JSONValue, ModbusError> {
         connection.flush()
         switch command {
         case .write(let d, let points, let readback):
             let device = configuration.devices[d]
+            useTimeout(of: device, on: connection)
             var readBack: [String: JSONValue] = [:]
             do throws(ModbusError) {
-                for (point, registers) in points {
-                    if point.table == .coils {
-                        try connection.writeCoils(unit: device.unit, address: point.address, values: registers.map { $0 != 0 })
+                // Neighbouring points go out in one request (function 16 / 15), a lone register or coil as 6 / 5.
+                for run in Self.writeRuns(points) {
+                    if run.table == .coils {
+                        try connection.writeCoils(unit: device.unit, address: run.address, values: run.values.map { $0 != 0 })
                     } else {
-                        try connection.writeRegisters(unit: device.unit, address: point.address, values: registers)
+                        try connection.writeRegisters(unit: device.unit, address: run.address, values: run.values)
                     }
                 }
                 if readback {
@@ -118,6 +133,7 @@ struct BusRunner {
             return .success(readback ? .object(readBack) : .object([:]))
         case .read(let d, let indices):
             let device = configuration.devices[d]
+            useTimeout(of: device, on: connection)
             let wanted = indices.map { i in
                 var p = device.profile.points[i]
                 p.pollMilliseconds = nil  // one plan for all of them
@@ -139,6 +155,31 @@ struct BusRunner {
             }
             return .success(.object(values))
         }
+    }
+}
+
+extension BusRunner {
+    struct WriteRun: Equatable {
+        var table: ModbusTable
+        var address: Int
+        var values: [UInt16]
+    }
+
+    /// Points to write, merged into runs of contiguous addresses per table (at most 123 registers or 1968 coils,
+    /// the protocol's limits for one write).
+    static func writeRuns(_ points: [(point: ModbusPoint, registers: [UInt16])]) -> [WriteRun] {
+        var runs: [WriteRun] = []
+        for (point, registers) in points.sorted(by: { ($0.point.table, $0.point.address) < ($1.point.table, $1.point.address) }) {
+            let limit = point.table == .coils ? 1968 : 123
+            if var last = runs.last, last.table == point.table, last.address + last.values.count == point.address,
+               last.values.count + registers.count <= limit {
+                last.values += registers
+                runs[runs.count - 1] = last
+            } else {
+                runs.append(WriteRun(table: point.table, address: point.address, values: registers))
+            }
+        }
+        return runs
     }
 }
 

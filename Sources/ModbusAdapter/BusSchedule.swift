@@ -52,6 +52,7 @@ public struct BusSchedule: Sendable {
     }
 
     struct UnitState: Sendable {
+        var retries: Int
         var failures = 0
         var backoffUntil: Int64?
         var backoffMilliseconds: Int64
@@ -62,20 +63,19 @@ public struct BusSchedule: Sendable {
     /// Per unit id, in `slots` order (an array: `next` looks a unit up for every entry on every call).
     var units: [UnitState]
     let slots: [Int: Int]
-    let retries: Int
     let backoff: ClosedRange<Int64>
     private var retrying: Int?
 
-    /// `devices`: each device's unit id and read blocks. Every block is due at `now` first.
-    public init(devices: [(unit: Int, blocks: [ReadBlock])], now: Int64, retries: Int, backoff: ClosedRange<Int64>) {
+    /// `devices`: each device's unit id and read blocks. Every block is due at `now` first. `retries`: the bus's;
+    /// `retriesByUnit`: units with their own.
+    public init(devices: [(unit: Int, blocks: [ReadBlock])], now: Int64, retries: Int, backoff: ClosedRange<Int64>, retriesByUnit: [Int: Int] = [:]) {
         var slots: [Int: Int] = [:]
         for d in devices where slots[d.unit] == nil { slots[d.unit] = slots.count }
         self.slots = slots
         entries = devices.enumerated().flatMap { d, device in
             device.blocks.map { Entry(device: d, unit: device.unit, block: $0, due: now, slot: slots[device.unit]!) }
         }
-        units = Array(repeating: UnitState(backoffMilliseconds: backoff.lowerBound), count: slots.count)
-        self.retries = retries
+        units = slots.sorted { $0.value < $1.value }.map { UnitState(retries: retriesByUnit[$0.key] ?? retries, backoffMilliseconds: backoff.lowerBound) }
         self.backoff = backoff
     }
 
@@ -114,12 +114,12 @@ public struct BusSchedule: Sendable {
     /// Records how the poll of `entries[index]` went, at `now` (when it finished).
     public mutating func completed(_ index: Int, outcome: Outcome, now: Int64) {
         // In place (no copy of the unit's state): this runs after every transaction.
-        let advance = Self.record(outcome, index: index, in: &units[entries[index].slot], retrying: &retrying, retries: retries, backoff: backoff, now: now)
+        let advance = Self.record(outcome, index: index, in: &units[entries[index].slot], retrying: &retrying, backoff: backoff, now: now)
         if advance { advanceGrid(index, now: now) }
     }
 
     /// Returns whether the block moves on to its next slot (false: it is retried at once).
-    private static func record(_ outcome: Outcome, index: Int, in unit: inout UnitState, retrying: inout Int?, retries: Int,
+    private static func record(_ outcome: Outcome, index: Int, in unit: inout UnitState, retrying: inout Int?,
                                backoff: ClosedRange<Int64>, now: Int64) -> Bool {
         unit.statistics.requests += 1
         switch outcome {
@@ -133,7 +133,7 @@ public struct BusSchedule: Sendable {
             if kind == .timeout { unit.statistics.timeouts += 1 } else if kind == .badResponse { unit.statistics.crcErrors += 1 }
             unit.statistics.lastError = why
             unit.failures += 1
-            if unit.statistics.online && unit.backoffUntil == nil && unit.failures <= retries {
+            if unit.statistics.online && unit.backoffUntil == nil && unit.failures <= unit.retries {
                 retrying = index  // an online unit gets its retries at once
                 return false
             }

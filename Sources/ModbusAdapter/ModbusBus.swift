@@ -49,6 +49,8 @@ public final class ModbusBus: LeafRouter, Service, Sendable {
         var overridesVersion = 0
         /// Points written by the cloud, per device (for status).
         var writes = 0
+        /// Each unit's state as last logged (a change is logged once).
+        var loggedOnline: [Int: Bool] = [:]
     }
 
     public init(configuration: ModbusBusConfiguration, spool: Spool, onAppended: @escaping @Sendable () -> Void = {},
@@ -200,7 +202,22 @@ public final class ModbusBus: LeafRouter, Service, Sendable {
     /// Unit statistics for `statistics()`, and each leaf's state to its twin.
     private func publish(_ runner: BusRunner, states: inout StateReports, now: Int64) {
         let units = runner.unitStatistics
-        shared.withLock { s in for (unit, st) in units { s.units[unit] = st } }
+        let flipped = shared.withLock { s -> [(Int, UnitStatistics)] in
+            for (unit, st) in units { s.units[unit] = st }
+            // The first answer or silence counts too: a wrong unit id is logged.
+            let changed = units.filter { unit, st in st.requests > 0 && s.loggedOnline[unit] != st.online }
+            for (unit, st) in changed { s.loggedOnline[unit] = st.online }
+            return changed
+        }
+        for (unit, st) in flipped {
+            let leaf = configuration.devices.first { $0.unit == unit }?.leaf ?? "?"
+            if st.online {
+                logger.notice("modbus \(configuration.name): unit \(unit) (\(leaf)) answers", metadata: ["adapter": "modbus:\(configuration.name)", "leaf": "\(leaf)"])
+            } else {
+                logger.warning("modbus \(configuration.name): unit \(unit) (\(leaf)) does not answer: \(st.lastError ?? "?"); backing off",
+                               metadata: ["adapter": "modbus:\(configuration.name)", "leaf": "\(leaf)"])
+            }
+        }
         guard let sink = stateSink.withLock({ $0 }) else { return }
         for d in configuration.devices {
             guard let st = runner.schedule.statistics(unit: d.unit), let patch = states.due(leaf: d.leaf, st, now: now) else { continue }

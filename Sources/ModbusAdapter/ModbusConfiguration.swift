@@ -42,6 +42,9 @@ public struct ModbusDeviceConfiguration: Sendable, Equatable {
     public var pollMilliseconds: Int64
     /// A full report of every point this often (ms), besides reports by exception.
     public var fullReportMilliseconds: Int64 = 300_000
+    /// This unit's own response timeout and retries (a slow device on a fast bus); nil: the bus's.
+    public var responseTimeoutMilliseconds: Int?
+    public var retries: Int?
 
     public init(leaf: String, unit: Int, profile: ModbusProfile) {
         self.leaf = leaf

@@ -164,6 +164,12 @@ public final class ModbusConnection {
         }
     }
 
+    /// Changes the response timeout for the requests that follow (per unit: a slow device on a fast bus).
+    public func setResponseTimeout(milliseconds: Int) {
+        let ms = max(1, milliseconds)
+        modbus_set_response_timeout(context, UInt32(ms / 1000), UInt32(ms % 1000) * 1000)
+    }
+
     public func close() {
         if isConnected { modbus_close(context) }
         isConnected = false

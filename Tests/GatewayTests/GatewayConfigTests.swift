@@ -201,6 +201,7 @@ struct ShippedConfigurationTests {
         #expect(boiler.profile.points[1].table == .holdingRegisters && boiler.profile.points[1].address == 1 && boiler.profile.points[1].type == .f32)
         #expect(boiler.profile.points[4].order == RegisterOrder("CDAB"))
         #expect(s.modbusBuses[1].devices.first?.pollMilliseconds == 5000)
+        #expect(s.modbusBuses[1].devices.first?.responseTimeoutMilliseconds == 1500 && s.modbusBuses[1].devices.first?.retries == 2)
         #expect(s.files.contains { $0.hasSuffix("profiles.d/example-boiler.toml") })
         #expect(s.leaves[2].credential == .symmetricKey(primary: "base64-primary-key", secondary: "base64-secondary-key"))
         #expect(s.leaves[3].credential == .sharedAccessPolicy(name: "device", key: "base64-policy-key", scope: .hub))

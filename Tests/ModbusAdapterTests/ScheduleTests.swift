@@ -229,3 +229,38 @@ struct ProfileValidationTests {
         #expect(messages.count == 5)
     }
 }
+
+@Suite("Write coalescing")
+struct WriteRunTests {
+    @Test("neighbouring points go out in one write; others alone; per table")
+    func runs() {
+        var a = point("a", .holdingRegisters, 10, .f32)
+        a.writable = true
+        var b = point("b", .holdingRegisters, 12)
+        b.writable = true
+        var c = point("c", .holdingRegisters, 20)
+        c.writable = true
+        var k0 = point("k0", .coils, 0, .bool)
+        k0.writable = true
+        var k1 = point("k1", .coils, 1, .bool)
+        k1.writable = true
+        let runs = BusRunner.writeRuns([(c, [7]), (k1, [1]), (b, [5]), (a, [1, 2]), (k0, [0])])
+        #expect(runs == [
+            BusRunner.WriteRun(table: .coils, address: 0, values: [0, 1]),
+            BusRunner.WriteRun(table: .holdingRegisters, address: 10, values: [1, 2, 5]),
+            BusRunner.WriteRun(table: .holdingRegisters, address: 20, values: [7]),
+        ])
+    }
+
+    @Test("a unit's own retries")
+    func ownRetries() {
+        let block = ReadBlock(table: .holdingRegisters, start: 0, count: 1, points: [0], intervalMilliseconds: 1000)
+        var s = BusSchedule(devices: [(unit: 1, blocks: [block]), (unit: 2, blocks: [block])], now: 0, retries: 0, backoff: 1000...1000,
+                            retriesByUnit: [2: 2])
+        for i in [0, 1] { s.completed(i, outcome: .success, now: 1) }
+        s.completed(0, outcome: .failure(.timeout, "t"), now: 1001)
+        #expect(!s.retryPending && !s.isOnline(unit: 1))
+        s.completed(1, outcome: .failure(.timeout, "t"), now: 1002)
+        #expect(s.retryPending)
+    }
+}

@@ -37,6 +37,9 @@ public final class SerialAdapter: LeafRouter, Service, Sendable {
     private let stats = Mutex(SerialPortStatistics())
     private let outbox = Mutex<[(bytes: [UInt8], waiter: CheckedContinuation<Result<[UInt8]?, SerialAdapterError>, Never>, wantsReply: Bool, deadline: Int64)]>([])
     private let done = Mutex<(finished: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
+    private let stateSink = Mutex<(@Sendable (String, JSONValue) -> Void)?>(nil)
+    /// The port state last reported to the leaves' twins, and when (at most one report per 5 s: a flapping cable).
+    private let reportedState = Mutex<(connected: Bool?, atMs: Int64)>((nil, 0))
 
     public init(configuration: SerialPortConfiguration, spool: Spool, onAppended: @escaping @Sendable () -> Void = {},
                 logger: Logger = Logger(label: "fieldgate.serial")) throws(SerialAdapterError) {
@@ -81,12 +84,35 @@ public final class SerialAdapter: LeafRouter, Service, Sendable {
 
     public func statistics() -> SerialPortStatistics { stats.withLock { $0 } }
 
+    /// Where the port's state goes (the daemon reports `serial.state` in each leaf's twin).
+    public func reportStates(to sink: @escaping @Sendable (_ leaf: String, _ reported: JSONValue) -> Void) {
+        stateSink.withLock { $0 = sink }
+    }
+
+    /// Reports a changed open/closed state to every leaf of the port, at most every 5 s.
+    private func reportStateIfChanged() {
+        guard let sink = stateSink.withLock({ $0 }) else { return }
+        let s = stats.withLock { $0 }
+        guard s.opens > 0 || s.lastError != nil else { return }  // nothing known before the first open attempt
+        let now = MonotonicClock.milliseconds()
+        let due = reportedState.withLock { r -> Bool in
+            guard r.connected != s.connected, now - r.atMs >= 5000 || r.connected == nil else { return false }
+            r = (s.connected, now)
+            return true
+        }
+        guard due else { return }
+        let patch: JSONValue = ["serial": ["state": ["connected": .bool(s.connected), "path": .string(configuration.path),
+                                                      "opens": .int(Int64(s.opens)), "lastError": s.lastError.map(JSONValue.string) ?? .null]]]
+        for leaf in configuration.allLeaves { sink(leaf, patch) }
+    }
+
     // MARK: the port thread
 
     private func portLoop() {
         var lastOpenAttempt: Int64 = .min / 2
         while !stopped.load(ordering: .acquiring) {
             heartbeat.beat()
+            reportStateIfChanged()
             let now = WallClock.nowMilliseconds()
             guard now - lastOpenAttempt >= configuration.reopenIntervalMilliseconds else { usleep(50_000); failExpiredCommands(); continue }
             lastOpenAttempt = now
@@ -118,8 +144,13 @@ public final class SerialAdapter: LeafRouter, Service, Sendable {
         let allowed = Set(configuration.allLeaves)
         var buffer = [UInt8](repeating: 0, count: 4096)
         var awaiting: (waiter: CheckedContinuation<Result<[UInt8]?, SerialAdapterError>, Never>, deadline: Int64)?
+        var lastStateCheck: Int64 = 0
         while !stopped.load(ordering: .acquiring) {
             heartbeat.beat()
+            if MonotonicClock.milliseconds() - lastStateCheck >= 1000 {
+                lastStateCheck = MonotonicClock.milliseconds()
+                reportStateIfChanged()
+            }
             // Commands: one at a time; a command waiting for its reply holds the line.
             if awaiting == nil, let command = outbox.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) {
                 guard port.write(framer.frame(command.bytes)) else {
@@ -206,8 +237,15 @@ public final class SerialAdapter: LeafRouter, Service, Sendable {
         }
     }
 
-    /// `send` writes `{"data": text}` as a frame and returns `{"reply": text}` when a reply pattern is configured.
+    /// `send` writes `{"data": text}` as a frame and returns `{"reply": text}` when a reply pattern is configured;
+    /// `ping` answers the port's state (200 open, 503 not).
     public func invoke(_ call: MethodCall) async -> MethodResponse? {
+        if call.name == "ping" {
+            let s = statistics()
+            let body: JSONValue = ["connected": .bool(s.connected), "path": .string(configuration.path), "opens": .int(Int64(s.opens)),
+                                   "readings": .int(Int64(s.readings[call.deviceID] ?? 0)), "lastError": s.lastError.map(JSONValue.string) ?? .null]
+            return MethodResponse(status: s.connected ? 200 : 503, payload: body)
+        }
         guard call.name == "send" else { return nil }
         guard let data = call.payload["data"]?.stringValue else { return .error(400, "send needs {\"data\": \"text\"}") }
         let timeout = max(0, min(configuration.replyTimeoutMilliseconds, call.deadlineMilliseconds - WallClock.nowMilliseconds() - 200))

@@ -40,7 +40,7 @@ final class Daemon: Service, Sendable {
         let wake = self.wake
         let spool = self.spool
         let udp = try settings.udp.map { c throws(UDPAdapterError) in try UDPAdapter(configuration: c, spool: spool, onAppended: { wake.wake() }, logger: logger) }
-        let serial = try settings.serialPorts.map { c throws(SerialAdapterError) in try SerialAdapter(configuration: c, spool: spool, onAppended: { wake.wake() }, logger: logger) }
+        let serial = try settings.serialPorts.map { c throws(SerialAdapterError) in try Self.makePort(c, spool: spool, wake: wake, logger: logger) }
         let modbus = settings.modbusBuses.map { Self.makeBus($0, spool: spool, wake: wake, logger: logger) }
         adapters.set(Adapters(udp: udp, serial: serial, modbus: modbus))
         // The router finds a leaf's adapter when a command comes, so reloads can change adapters under it.
@@ -139,7 +139,7 @@ final class Daemon: Service, Sendable {
         for c in next.serialPorts {
             if let same = currentSerial.first(where: { $0.configuration == c }) { newSerial.append(same); continue }
             do throws(SerialAdapterError) {
-                let port = try SerialAdapter(configuration: c, spool: spool, onAppended: { wake.wake() }, logger: logger)
+                let port = try Self.makePort(c, spool: spool, wake: wake, logger: logger)
                 newSerial.append(port)
                 serialToStart.append(port)
                 summary.append("serial \(c.path) (re)configured")
@@ -193,6 +193,13 @@ final class Daemon: Service, Sendable {
             } catch { throw ConfigReloadError(description: "\(error)") }
         }
         return summary.isEmpty ? "nothing changed" : summary.joined(separator: "; ")
+    }
+
+    /// A serial port whose readings wake the uplink and whose state goes to its leaves' twins.
+    private static func makePort(_ c: SerialPortConfiguration, spool: Spool, wake: WakeBox, logger: Logger) throws(SerialAdapterError) -> SerialAdapter {
+        let port = try SerialAdapter(configuration: c, spool: spool, onAppended: { wake.wake() }, logger: logger)
+        port.reportStates { leaf, patch in wake.report(patch, for: leaf) }
+        return port
     }
 
     /// A Modbus bus whose readings wake the uplink and whose units' states go to their leaves' twins.

@@ -3,6 +3,7 @@ import FieldgateCore
 import FrameCodecs
 import SerialAdapter
 import Spool
+import Synchronization
 import Testing
 import Uplink
 
@@ -113,6 +114,18 @@ struct SerialAdapterTests {
             #expect(try values(spool).map(\.1) == [["temperature": 21.5], ["temperature": 22], ["temperature": 23]])
             let s = adapter.statistics()
             #expect(s.rejected["malformed"] == 1 && s.framingErrors == 1)
+        }
+    }
+
+    @Test func pingAndStateForTheTwin() async throws {
+        let reports = Mutex<[(String, JSONValue)]>([])
+        try await withAdapter({ c, _ in c.leaf = "meter" }) { adapter, _, _ in
+            adapter.reportStates { leaf, patch in reports.withLock { $0.append((leaf, patch)) } }
+            try await eventually("state reported") { reports.withLock { !$0.isEmpty } }
+            let (leaf, patch) = try #require(reports.withLock { $0.first })
+            #expect(leaf == "meter" && patch["serial"]?["state"]?["connected"] == true)
+            let ping = await adapter.invoke(MethodCall(deviceID: "meter", name: "ping", payload: nil, deadlineMilliseconds: WallClock.nowMilliseconds() + 5000))
+            #expect(ping?.status == 200 && ping?.payload["connected"] == true)
         }
     }
 

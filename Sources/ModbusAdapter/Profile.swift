@@ -57,7 +57,10 @@ public struct ModbusPoint: Sendable, Equatable, Hashable {
         case .int(let i) where !isScaled: return .int(i)
         case .uint(let u) where !isScaled && u <= UInt64(Int64.max): return .int(Int64(u))
         default:
-            let d = raw.asDouble! * scale + offset
+            // A decimal scale (0.1, 0.01) divides by its inverse: 222 / 10 is 22.2 where 222 × 0.1 is 22.200000000000003.
+            let inverse = 1 / scale
+            let scaled = abs(scale) < 1 && abs(inverse - inverse.rounded()) < 1e-9 ? raw.asDouble! / inverse.rounded() : raw.asDouble! * scale
+            let d = scaled + offset
             return d.isFinite ? .double(d) : .null  // NaN/inf from a float register: no JSON number exists
         }
     }

@@ -95,6 +95,12 @@ struct CodecTests {
         #expect(throws: CodecError.self) { try p.registers(for: .string("x")) }
         p.writable = false
         #expect(throws: CodecError.self) { try p.registers(for: .double(21.5)) }
+        // Decimal scales give the decimal a person expects, not 22.200000000000003.
+        var tenth = ModbusPoint(name: "t", table: .holdingRegisters, address: 0, type: .i16)
+        tenth.scale = 0.1
+        #expect(tenth.value(of: [222][...]) == .double(22.2))
+        tenth.scale = 0.01
+        #expect(tenth.value(of: [1234][...]) == .double(12.34))
         let raw = ModbusPoint(name: "count", table: .inputRegisters, address: 0, type: .u32)
         #expect(raw.value(of: [0x0001, 0x0000][...]) == .int(65536))
     }

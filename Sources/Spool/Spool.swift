@@ -40,11 +40,10 @@ public final class Spool: Sendable {
         var oldestAcquiredMs: Int64
     }
 
-    /// A leaf's undelivered records in one segment, in order, as offsets (4 bytes a record).
+    /// A leaf's undelivered records in one segment, in order (2–3 bytes a record).
     struct Run {
         var segment: UInt32
-        var offsets: [UInt32]
-        var next = 0
+        var offsets: OffsetList
     }
 
     struct Location: Hashable {
@@ -192,6 +191,7 @@ public final class Spool: Sendable {
             s.nextSequence = max(s.nextSequence, segment.firstSequence)
             let scan = bytes.withUnsafeBytes { SegmentScan(scanning: $0) }
             for (r, at) in scan.records { index(r, at: at, in: &segment, state: &s) }
+            compactRuns(of: id, &s)
             s.corruptRegions += scan.corruptRegions.count
             s.salvaged += scan.salvaged
             bytes.withUnsafeBytes { raw in
@@ -239,7 +239,7 @@ public final class Spool: Sendable {
         if count > 0 && s.queues[leaf]![count - 1].segment == segment {
             s.queues[leaf]![count - 1].offsets.append(offset)
         } else {
-            s.queues[leaf]!.append(Run(segment: segment, offsets: [offset]))
+            s.queues[leaf]!.append(Run(segment: segment, offsets: OffsetList(offset)))
         }
         s.depthByLeaf[leaf, default: 0] += 1
     }
@@ -363,8 +363,19 @@ public final class Spool: Sendable {
         }
     }
 
+    /// Drops the growth slack of every run in `segment` (sealed: its runs never grow again).
+    private static func compactRuns(of segment: UInt32, _ s: inout State) {
+        for leaf in s.leafOrder {
+            let n = s.queues[leaf]?.count ?? 0  // by index, in place: no second reference to the runs
+            for i in 0..<n where s.queues[leaf]![i].segment == segment { s.queues[leaf]![i].offsets.compact() }
+        }
+    }
+
     private func startSegment(firstSequence: UInt64, _ s: inout State) throws(SpoolError) {
-        if let last = s.segments.last { try last.handle.dataSync() }  // a sealed segment is durable
+        if let last = s.segments.last {
+            try last.handle.dataSync()  // a sealed segment is durable
+            Self.compactRuns(of: last.id, &s)
+        }
         let name = String(firstSequence).leftPadded(to: 20) + ".seg"
         let path = configuration.directory + "/segments/" + name
         let handle = try FileHandle.open(path, flags: O_RDWR | O_CREAT | O_APPEND)
@@ -397,7 +408,7 @@ public final class Spool: Sendable {
             var dropped = 0
             runs.removeAll { run in
                 guard run.segment == id else { return false }
-                dropped += run.offsets.count - run.next
+                dropped += run.offsets.remaining
                 return true
             }
             let retried = s.retry[leaf]?.filter { $0.1.segment == id }.count ?? 0
@@ -476,12 +487,12 @@ public final class Spool: Sendable {
             s.retry[leaf]!.removeFirst()
             return first.1
         }
-        guard let run = s.queues[leaf]?.first else { return nil }
-        let location = Location(leaf: leaf, segment: run.segment, offset: run.offsets[run.next])
-        if run.next + 1 == run.offsets.count {
+        guard let run = s.queues[leaf]?.first, let offset = run.offsets.first else { return nil }
+        let location = Location(leaf: leaf, segment: run.segment, offset: offset)
+        if run.offsets.remaining == 1 {
             s.queues[leaf]!.removeFirst()
         } else {
-            s.queues[leaf]![0].next += 1
+            s.queues[leaf]![0].offsets.removeFirst()
         }
         return location
     }

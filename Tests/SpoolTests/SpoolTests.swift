@@ -233,3 +233,22 @@ func writeFile(_ path: String, _ bytes: [UInt8]) {
     _ = bytes.withUnsafeBytes { fwrite($0.baseAddress, 1, bytes.count, f) }
     fclose(f)
 }
+
+@Suite("Spool offset lists")
+struct OffsetListTests {
+    @Test("deltas of every size round-trip in order; compaction keeps what is left")
+    func roundTrip() {
+        let offsets: [UInt32] = [0, 1, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152, 268_435_455, 268_435_456, UInt32.max]
+        var list = OffsetList(offsets[0])
+        for o in offsets.dropFirst() { list.append(o) }
+        #expect(list.count == offsets.count)
+        var out: [UInt32] = []
+        for i in 0..<offsets.count {
+            if i == 4 { list.compact() }
+            out.append(list.first!)
+            list.removeFirst()
+        }
+        #expect(out == offsets)
+        #expect(list.first == nil && list.remaining == 0)
+    }
+}

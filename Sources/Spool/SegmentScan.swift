@@ -63,5 +63,13 @@ public enum SpoolFuzzing {
         }
         precondition(scan.validEnd <= bytes.count)
         _ = LedgerFile.decode(Array(bytes))
+        // A segment index: the scan's records survive encode → decode; arbitrary bytes decode or are refused.
+        let index = SegmentIndex.encode(segmentSize: bytes.count, records: scan.records)
+        let back = SegmentIndex.decode(index, segmentSize: bytes.count)
+        precondition(back?.count == scan.records.count, "an index does not round-trip")
+        for ((a, x), (b, y)) in zip(scan.records, back ?? []) {
+            precondition(x == y && a.leaf == b.leaf && a.sequence == b.sequence && a.acquiredAtMs == b.acquiredAtMs, "index entry differs")
+        }
+        _ = SegmentIndex.decode(Array(bytes), segmentSize: bytes.count >= 13 ? Int(truncatingIfNeeded: RecordCodec.read64(bytes, 5)) : 0)
     }
 }

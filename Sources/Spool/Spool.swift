@@ -176,19 +176,34 @@ public final class Spool: Sendable {
             s.corruptLedgerEntries = corrupt
             if corrupt > 0 { logger.warning("spool ledger: \(corrupt) corrupt entries skipped (their records will be redelivered)") }
         }
-        let names = Directory.list(dir + "/segments").filter { $0.hasSuffix(".seg") }.sorted()
+        let files = Directory.list(dir + "/segments")
+        let names = files.filter { $0.hasSuffix(".seg") }.sorted()
+        if !readOnly {
+            // An index whose segment is gone, or one a crash left half-written, is of no use.
+            let segmentNames = Set(names.map { String($0.dropLast(4)) })
+            for f in files where f.hasSuffix(".tmp") || (f.hasSuffix(".idx") && !segmentNames.contains(String(f.dropLast(4)))) {
+                Directory.remove(dir + "/segments/" + f)
+            }
+        }
         for (position, name) in names.enumerated() {
             let isLast = position == names.count - 1
             let path = dir + "/segments/" + name
             let handle = try FileHandle.open(path, flags: readOnly ? O_RDONLY : O_RDWR | O_APPEND)
-            let bytes = try handle.readAll()
             let id = s.nextSegmentID
             s.nextSegmentID += 1
             var segment = Segment(id: id, firstSequence: UInt64(name.dropLast(4)) ?? 0, path: path, handle: handle,
-                                  size: bytes.count, live: 0, oldestAcquiredMs: .max)
+                                  size: try handle.size(), live: 0, oldestAcquiredMs: .max)
             // A segment's name is the first sequence it was opened for: sequences never go below it, even when the
             // segment is still empty and every older one was acknowledged and deleted (no reuse of ids).
             s.nextSequence = max(s.nextSequence, segment.firstSequence)
+            // A sealed segment with a valid index is not read at all (recovery follows the tail, not the size).
+            if !isLast, let indexed = readIndex(of: segment) {
+                for (r, at) in indexed { index(r, at: at, in: &segment, state: &s) }
+                compactRuns(of: id, &s)
+                s.segments.append(segment)
+                continue
+            }
+            let bytes = try handle.readAll()
             let scan = bytes.withUnsafeBytes { SegmentScan(scanning: $0) }
             for (r, at) in scan.records { index(r, at: at, in: &segment, state: &s) }
             compactRuns(of: id, &s)
@@ -207,6 +222,7 @@ public final class Spool: Sendable {
                 try handle.dataSync()
                 segment.size = validEnd
             }
+            if !isLast && !readOnly { writeIndex(of: segment, records: scan.records) }  // the next open skips it
             s.segments.append(segment)
         }
         if s.corruptRegions > 0 {
@@ -269,6 +285,25 @@ public final class Spool: Sendable {
         let seg = s.segments.remove(at: i)
         seg.handle.close()
         Directory.remove(seg.path)
+        Directory.remove(SegmentIndex.path(ofSegment: seg.path))
+    }
+
+    private static func readIndex(of segment: Segment) -> [(SpoolRecord, Int)]? {
+        let path = SegmentIndex.path(ofSegment: segment.path)
+        guard Directory.exists(path), let f = try? FileHandle.open(path, flags: O_RDONLY) else { return nil }
+        defer { f.close() }
+        guard let bytes = try? f.readAll() else { return nil }
+        return SegmentIndex.decode(bytes, segmentSize: segment.size)
+    }
+
+    /// Written whole under a temporary name, then renamed: a reader sees an old index, a new one or none.
+    private static func writeIndex(of segment: Segment, records: [(SpoolRecord, Int)]) {
+        let path = SegmentIndex.path(ofSegment: segment.path)
+        let temporary = path + ".tmp"
+        guard let f = try? FileHandle.open(temporary, flags: O_WRONLY | O_CREAT | O_TRUNC) else { return }
+        let written = (try? f.append(SegmentIndex.encode(segmentSize: segment.size, records: records))) != nil
+        f.close()
+        if written { _ = rename(temporary, path) } else { Directory.remove(temporary) }
     }
 
     // MARK: appending
@@ -375,6 +410,11 @@ public final class Spool: Sendable {
         if let last = s.segments.last {
             try last.handle.dataSync()  // a sealed segment is durable
             Self.compactRuns(of: last.id, &s)
+            // Its index, from the bytes just written (in the page cache): the next open need not read it.
+            if let bytes = try? last.handle.readAll() {
+                let scan = bytes.withUnsafeBytes { SegmentScan(scanning: $0) }
+                Self.writeIndex(of: last, records: scan.records)
+            }
         }
         let name = String(firstSequence).leftPadded(to: 20) + ".seg"
         let path = configuration.directory + "/segments/" + name
@@ -459,7 +499,7 @@ public final class Spool: Sendable {
 
     private func takeOne(leaf: String, nowMs: Int64, _ s: inout State) throws(SpoolError) -> SpoolRecord? {
         while let location = Self.popFront(leaf: leaf, &s) {
-            guard let record = try read(location, s) else { continue }
+            guard let record = try read(location, s) else { unreadable(location, &s); continue }
             if let ttl = configuration.ttlMilliseconds, nowMs - record.acquiredAtMs > ttl {
                 try settle([record.sequence], locations: [record.sequence: location], reason: .ttl, &s)
                 continue
@@ -476,8 +516,11 @@ public final class Spool: Sendable {
 
     /// Removes the leaf's oldest queued (not in-flight) record, for the per-leaf cap.
     private func popQueued(leaf: String, _ s: inout State) -> (sequence: UInt64, location: Location)? {
-        guard let location = Self.popFront(leaf: leaf, &s), let r = try? read(location, s) else { return nil }
-        return (r.sequence, location)
+        while let location = Self.popFront(leaf: leaf, &s) {
+            guard let r = try? read(location, s) else { unreadable(location, &s); continue }
+            return (r.sequence, location)
+        }
+        return nil
     }
 
     /// The leaf's next record location: records given back for retry first, then its queue. Mutates in place
@@ -495,6 +538,18 @@ public final class Spool: Sendable {
             s.queues[leaf]![0].offsets.removeFirst()
         }
         return location
+    }
+
+    /// A record an index listed whose bytes no longer pass their CRC (bit rot in a sealed segment): counted as a
+    /// corrupt region, and the segment's index removed so the next open scans it and quarantines the damage.
+    private func unreadable(_ location: Location, _ s: inout State) {
+        s.corruptRegions += 1
+        s.depthByLeaf[location.leaf, default: 0] -= 1
+        if let i = s.segments.firstIndex(where: { $0.id == location.segment }) {
+            s.segments[i].live -= 1
+            Directory.remove(SegmentIndex.path(ofSegment: s.segments[i].path))
+        }
+        logger.warning("spool: a record of \(location.leaf) at \(location.offset) in segment \(location.segment) is corrupt; skipped and counted")
     }
 
     private func read(_ location: Location, _ s: State) throws(SpoolError) -> SpoolRecord? {

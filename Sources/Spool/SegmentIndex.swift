@@ -6,70 +6,122 @@
 /// (the segment's size differs) is ignored and the segment is scanned as before. No fsync: losing it costs a scan.
 /// A record the index lists is still CRC-checked when it is read for delivery; a bad one is skipped and counted.
 ///
+/// Built while the segment is written (a few bytes a record, in memory for the active segment only), so sealing
+/// neither reads the segment back nor writes much: each record is LEB128 deltas from the one before it.
+///
 /// Format (little endian): "FGIX", u8 version 1, u64 segment size, u32 leaf count, each leaf as u16 length +
-/// UTF-8, u32 record count, each record as u32 leaf index, u64 sequence, i64 acquisition time, u32 offset; then a
-/// CRC32C of everything before it.
-enum SegmentIndex {
+/// UTF-8, u32 record count, then per record: leaf index, sequence − previous sequence, offset − previous offset
+/// (unsigned LEB128) and acquisition time − previous (zigzag LEB128); then a CRC32C of everything before it.
+struct SegmentIndex: Sendable {
     static let magic: [UInt8] = Array("FGIX".utf8)
     static let version: UInt8 = 1
 
+    private var leaves: [String: UInt32] = [:]
+    private var names: [String] = []
+    private var body: [UInt8] = []
+    private(set) var count = 0
+    private var lastSequence: UInt64 = 0
+    private var lastOffset: UInt64 = 0
+    private var lastAcquired: Int64 = 0
+
+    init() {}
+
+    init(records: [(SpoolRecord, Int)]) {
+        for (r, at) in records { add(r, at: at) }
+    }
+
     static func path(ofSegment segmentPath: String) -> String { String(segmentPath.dropLast(4)) + ".idx" }
 
-    static func encode(segmentSize: Int, records: [(SpoolRecord, Int)]) -> [UInt8] {
-        var leaves: [String: UInt32] = [:]
-        var names: [String] = []
-        for (r, _) in records where leaves[r.leaf] == nil {
-            leaves[r.leaf] = UInt32(names.count)
+    /// Records arrive in file order (offsets grow).
+    mutating func add(_ r: SpoolRecord, at offset: Int) {
+        let leaf: UInt32
+        if let known = leaves[r.leaf] { leaf = known } else {
+            leaf = UInt32(names.count)
+            leaves[r.leaf] = leaf
             names.append(r.leaf)
         }
-        var out = magic + [version]
-        out.reserveCapacity(32 + names.reduce(0) { $0 + 2 + $1.utf8.count } + records.count * 24)
-        put(UInt64(segmentSize), &out)
-        put(UInt32(names.count), &out)
+        Self.putVarint(UInt64(leaf), &body)
+        Self.putVarint(r.sequence &- lastSequence, &body)
+        Self.putVarint(UInt64(offset) &- lastOffset, &body)
+        let change = r.acquiredAtMs &- lastAcquired
+        Self.putVarint(UInt64(bitPattern: (change << 1) ^ (change >> 63)), &body)
+        lastSequence = r.sequence
+        lastOffset = UInt64(offset)
+        lastAcquired = r.acquiredAtMs
+        count += 1
+    }
+
+    func encoded(segmentSize: Int) -> [UInt8] {
+        var out = Self.magic + [Self.version]
+        out.reserveCapacity(32 + names.reduce(0) { $0 + 2 + $1.utf8.count } + body.count)
+        Self.put(UInt64(segmentSize), &out)
+        Self.put(UInt32(names.count), &out)
         for n in names {
             let u = Array(n.utf8.prefix(Int(UInt16.max)))
-            put(UInt16(u.count), &out)
+            Self.put(UInt16(u.count), &out)
             out += u
         }
-        put(UInt32(records.count), &out)
-        for (r, offset) in records {
-            put(leaves[r.leaf]!, &out)
-            put(r.sequence, &out)
-            put(UInt64(bitPattern: r.acquiredAtMs), &out)
-            put(UInt32(offset), &out)
-        }
-        put(CRC32C.checksum(out), &out)
+        Self.put(UInt32(count), &out)
+        out += body
+        Self.put(CRC32C.checksum(out), &out)
         return out
     }
 
-    /// The records (payloads empty) with their offsets, or nil when the index is not a valid one for a segment of
+    /// The records (payloads empty) with their offsets, or nil when `bytes` is not a valid index for a segment of
     /// `segmentSize` bytes.
     static func decode(_ bytes: [UInt8], segmentSize: Int) -> [(SpoolRecord, Int)]? {
         bytes.withUnsafeBytes { b -> [(SpoolRecord, Int)]? in
-            guard b.count >= 4 + 1 + 8 + 4 + 4 + 4, Array(b[0..<4]) == magic, b[4] == version else { return nil }
-            let crcAt = b.count - 4
-            guard CRC32C.checksum(UnsafeRawBufferPointer(rebasing: b[0..<crcAt])) == RecordCodec.read32(b, crcAt) else { return nil }
+            guard segmentSize >= 0, b.count >= 4 + 1 + 8 + 4 + 4 + 4, Array(b[0..<4]) == magic, b[4] == version else { return nil }
+            let end = b.count - 4
+            guard CRC32C.checksum(UnsafeRawBufferPointer(rebasing: b[0..<end])) == RecordCodec.read32(b, end) else { return nil }
             var at = 5
-            func u16() -> Int? { guard at + 2 <= crcAt else { return nil }; defer { at += 2 }; return Int(UInt16(b[at]) | UInt16(b[at + 1]) << 8) }
-            func u32() -> UInt32? { guard at + 4 <= crcAt else { return nil }; defer { at += 4 }; return RecordCodec.read32(b, at) }
-            func u64() -> UInt64? { guard at + 8 <= crcAt else { return nil }; defer { at += 8 }; return RecordCodec.read64(b, at) }
-            guard segmentSize >= 0, let size = u64(), size == UInt64(segmentSize), let leafCount = u32() else { return nil }
+            func u16() -> Int? { guard at + 2 <= end else { return nil }; defer { at += 2 }; return Int(UInt16(b[at]) | UInt16(b[at + 1]) << 8) }
+            func u32() -> UInt32? { guard at + 4 <= end else { return nil }; defer { at += 4 }; return RecordCodec.read32(b, at) }
+            func u64() -> UInt64? { guard at + 8 <= end else { return nil }; defer { at += 8 }; return RecordCodec.read64(b, at) }
+            func varint() -> UInt64? {
+                var value: UInt64 = 0
+                var shift: UInt64 = 0
+                while at < end, shift < 64 {
+                    let byte = b[at]
+                    at += 1
+                    value |= UInt64(byte & 0x7F) << shift
+                    if byte & 0x80 == 0 { return value }
+                    shift += 7
+                }
+                return nil
+            }
+            guard let size = u64(), size == UInt64(segmentSize), let leafCount = u32() else { return nil }
             var names: [String] = []
             for _ in 0..<leafCount {
-                guard let n = u16(), at + n <= crcAt else { return nil }
+                guard let n = u16(), at + n <= end else { return nil }
                 names.append(String(decoding: UnsafeRawBufferPointer(rebasing: b[at..<(at + n)]), as: UTF8.self))
                 at += n
             }
-            guard let count = u32(), crcAt - at == Int(count) * 24 else { return nil }
+            guard let count = u32(), Int(count) <= end - at else { return nil }  // at least a byte a field
             var records: [(SpoolRecord, Int)] = []
             records.reserveCapacity(Int(count))
-            for _ in 0..<count {
-                guard let leaf = u32(), Int(leaf) < names.count, let sequence = u64(), let acquired = u64(), let offset = u32(),
-                      Int(offset) < segmentSize else { return nil }
-                records.append((SpoolRecord(leaf: names[Int(leaf)], sequence: sequence, acquiredAtMs: Int64(bitPattern: acquired), payload: []), Int(offset)))
+            var sequence: UInt64 = 0, offset: UInt64 = 0, acquired: Int64 = 0
+            for i in 0..<count {
+                guard let leaf = varint(), leaf < UInt64(names.count), let ds = varint(), let doff = varint(), let za = varint() else { return nil }
+                let (s, overflowS) = sequence.addingReportingOverflow(ds)
+                let (o, overflowO) = offset.addingReportingOverflow(doff)
+                guard !overflowS, !overflowO, o < UInt64(segmentSize), i == 0 || doff > 0 else { return nil }
+                sequence = s
+                offset = o
+                acquired = acquired &+ (Int64(bitPattern: za >> 1) ^ -Int64(bitPattern: za & 1))
+                records.append((SpoolRecord(leaf: names[Int(leaf)], sequence: sequence, acquiredAtMs: acquired, payload: []), Int(offset)))
             }
-            return records
+            return at == end ? records : nil
         }
+    }
+
+    private static func putVarint(_ value: UInt64, _ out: inout [UInt8]) {
+        var v = value
+        while v >= 0x80 {
+            out.append(UInt8(v & 0x7F) | 0x80)
+            v >>= 7
+        }
+        out.append(UInt8(v))
     }
 
     private static func put<T: FixedWidthInteger>(_ v: T, _ out: inout [UInt8]) {

@@ -64,7 +64,7 @@ public enum SpoolFuzzing {
         precondition(scan.validEnd <= bytes.count)
         _ = LedgerFile.decode(Array(bytes))
         // A segment index: the scan's records survive encode → decode; arbitrary bytes decode or are refused.
-        let index = SegmentIndex.encode(segmentSize: bytes.count, records: scan.records)
+        let index = SegmentIndex(records: scan.records).encoded(segmentSize: bytes.count)
         let back = SegmentIndex.decode(index, segmentSize: bytes.count)
         precondition(back?.count == scan.records.count, "an index does not round-trip")
         for ((a, x), (b, y)) in zip(scan.records, back ?? []) {

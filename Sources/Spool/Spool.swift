@@ -76,6 +76,8 @@ public final class Spool: Sendable {
         var salvaged = 0
         var closed = false
         var ledgerNeedsRewrite = false
+        /// The active segment's index, built as records are appended (written when the segment is sealed).
+        var activeIndex = SegmentIndex()
     }
 
     // MARK: open and recovery
@@ -222,7 +224,11 @@ public final class Spool: Sendable {
                 try handle.dataSync()
                 segment.size = validEnd
             }
-            if !isLast && !readOnly { writeIndex(of: segment, records: scan.records) }  // the next open skips it
+            if isLast {
+                s.activeIndex = SegmentIndex(records: scan.records.filter { $0.1 < segment.size })
+            } else if !readOnly {
+                writeIndex(of: segment, SegmentIndex(records: scan.records))  // the next open skips it
+            }
             s.segments.append(segment)
         }
         if s.corruptRegions > 0 {
@@ -297,11 +303,11 @@ public final class Spool: Sendable {
     }
 
     /// Written whole under a temporary name, then renamed: a reader sees an old index, a new one or none.
-    private static func writeIndex(of segment: Segment, records: [(SpoolRecord, Int)]) {
+    private static func writeIndex(of segment: Segment, _ index: SegmentIndex) {
         let path = SegmentIndex.path(ofSegment: segment.path)
         let temporary = path + ".tmp"
         guard let f = try? FileHandle.open(temporary, flags: O_WRONLY | O_CREAT | O_TRUNC) else { return }
-        let written = (try? f.append(SegmentIndex.encode(segmentSize: segment.size, records: records))) != nil
+        let written = (try? f.append(index.encoded(segmentSize: segment.size))) != nil
         f.close()
         if written { _ = rename(temporary, path) } else { Directory.remove(temporary) }
     }
@@ -374,6 +380,7 @@ public final class Spool: Sendable {
             }
             seg.size += frame.count
             for (r, at) in records {
+                s.activeIndex.add(r, at: base + at)
                 seg.live += 1
                 seg.oldestAcquiredMs = min(seg.oldestAcquiredMs, r.acquiredAtMs)
                 Self.enqueue(leaf: r.leaf, segment: seg.id, offset: UInt32(base + at), &s)
@@ -410,12 +417,9 @@ public final class Spool: Sendable {
         if let last = s.segments.last {
             try last.handle.dataSync()  // a sealed segment is durable
             Self.compactRuns(of: last.id, &s)
-            // Its index, from the bytes just written (in the page cache): the next open need not read it.
-            if let bytes = try? last.handle.readAll() {
-                let scan = bytes.withUnsafeBytes { SegmentScan(scanning: $0) }
-                Self.writeIndex(of: last, records: scan.records)
-            }
+            Self.writeIndex(of: last, s.activeIndex)  // the next open need not read it
         }
+        s.activeIndex = SegmentIndex()
         let name = String(firstSequence).leftPadded(to: 20) + ".seg"
         let path = configuration.directory + "/segments/" + name
         let handle = try FileHandle.open(path, flags: O_RDWR | O_CREAT | O_APPEND)

@@ -70,10 +70,24 @@ struct SegmentIndex: Sendable {
     /// The records (payloads empty) with their offsets, or nil when `bytes` is not a valid index for a segment of
     /// `segmentSize` bytes.
     static func decode(_ bytes: [UInt8], segmentSize: Int) -> [(SpoolRecord, Int)]? {
-        bytes.withUnsafeBytes { b -> [(SpoolRecord, Int)]? in
-            guard segmentSize >= 0, b.count >= 4 + 1 + 8 + 4 + 4 + 4, Array(b[0..<4]) == magic, b[4] == version else { return nil }
+        var records: [(SpoolRecord, Int)] = []
+        guard walk(bytes, segmentSize: segmentSize, { records.append(($0, $1)) }) else { return nil }
+        return records
+    }
+
+    /// Checks `bytes` whole (CRC, structure), then hands each record to `visit` in file order; false (and no visit)
+    /// when it is not a valid index for a segment of `segmentSize` bytes. Recovery streams an index this way: no
+    /// array of every record, whose freed pages would stay in the process.
+    static func forEach(_ bytes: [UInt8], segmentSize: Int, _ visit: (SpoolRecord, Int) -> Void) -> Bool {
+        guard walk(bytes, segmentSize: segmentSize, { _, _ in }) else { return false }
+        return walk(bytes, segmentSize: segmentSize, visit)
+    }
+
+    private static func walk(_ bytes: [UInt8], segmentSize: Int, _ visit: (SpoolRecord, Int) -> Void) -> Bool {
+        bytes.withUnsafeBytes { b -> Bool in
+            guard segmentSize >= 0, b.count >= 4 + 1 + 8 + 4 + 4 + 4, Array(b[0..<4]) == magic, b[4] == version else { return false }
             let end = b.count - 4
-            guard CRC32C.checksum(UnsafeRawBufferPointer(rebasing: b[0..<end])) == RecordCodec.read32(b, end) else { return nil }
+            guard CRC32C.checksum(UnsafeRawBufferPointer(rebasing: b[0..<end])) == RecordCodec.read32(b, end) else { return false }
             var at = 5
             func u16() -> Int? { guard at + 2 <= end else { return nil }; defer { at += 2 }; return Int(UInt16(b[at]) | UInt16(b[at + 1]) << 8) }
             func u32() -> UInt32? { guard at + 4 <= end else { return nil }; defer { at += 4 }; return RecordCodec.read32(b, at) }
@@ -90,28 +104,26 @@ struct SegmentIndex: Sendable {
                 }
                 return nil
             }
-            guard let size = u64(), size == UInt64(segmentSize), let leafCount = u32() else { return nil }
+            guard let size = u64(), size == UInt64(segmentSize), let leafCount = u32() else { return false }
             var names: [String] = []
             for _ in 0..<leafCount {
-                guard let n = u16(), at + n <= end else { return nil }
+                guard let n = u16(), at + n <= end else { return false }
                 names.append(String(decoding: UnsafeRawBufferPointer(rebasing: b[at..<(at + n)]), as: UTF8.self))
                 at += n
             }
-            guard let count = u32(), Int(count) <= end - at else { return nil }  // at least a byte a field
-            var records: [(SpoolRecord, Int)] = []
-            records.reserveCapacity(Int(count))
+            guard let count = u32(), Int(count) <= end - at else { return false }  // at least a byte a field
             var sequence: UInt64 = 0, offset: UInt64 = 0, acquired: Int64 = 0
             for i in 0..<count {
-                guard let leaf = varint(), leaf < UInt64(names.count), let ds = varint(), let doff = varint(), let za = varint() else { return nil }
+                guard let leaf = varint(), leaf < UInt64(names.count), let ds = varint(), let doff = varint(), let za = varint() else { return false }
                 let (s, overflowS) = sequence.addingReportingOverflow(ds)
                 let (o, overflowO) = offset.addingReportingOverflow(doff)
-                guard !overflowS, !overflowO, o < UInt64(segmentSize), i == 0 || doff > 0 else { return nil }
+                guard !overflowS, !overflowO, o < UInt64(segmentSize), i == 0 || doff > 0 else { return false }
                 sequence = s
                 offset = o
                 acquired = acquired &+ (Int64(bitPattern: za >> 1) ^ -Int64(bitPattern: za & 1))
-                records.append((SpoolRecord(leaf: names[Int(leaf)], sequence: sequence, acquiredAtMs: acquired, payload: []), Int(offset)))
+                visit(SpoolRecord(leaf: names[Int(leaf)], sequence: sequence, acquiredAtMs: acquired, payload: []), Int(offset))
             }
-            return at == end ? records : nil
+            return at == end
         }
     }
 

@@ -13,6 +13,11 @@ public struct SegmentScan {
     public private(set) var tornTail = false
 
     public init(scanning raw: UnsafeRawBufferPointer) {
+        self.init(scanning: raw, keepRecords: true) { _, _ in }
+    }
+
+    /// Hands each valid record to `visit` as it is found; `keepRecords: false` leaves `records` empty.
+    init(scanning raw: UnsafeRawBufferPointer, keepRecords: Bool, _ visit: (SpoolRecord, Int) -> Void) {
         var offset = 0
         var corruptStart: Int?
         while offset < raw.count {
@@ -23,7 +28,8 @@ public struct SegmentScan {
                     corruptStart = nil
                 }
                 if !corruptRegions.isEmpty { salvaged += 1 }
-                records.append((r, offset))
+                if keepRecords { records.append((r, offset)) }
+                visit(r, offset)
                 offset += size
                 validEnd = offset
             case .truncated where corruptStart == nil && !Self.hasValidRecord(raw, after: offset):

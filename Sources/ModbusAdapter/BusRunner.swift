@@ -9,6 +9,13 @@ public struct DeviceOverrides: Sendable, Equatable {
     public var deadbands: [String: Deadband] = [:]
 
     public init() {}
+
+    /// What the poll plan depends on (deadbands and report periods do not change it).
+    struct Plan: Equatable {
+        var pollMilliseconds: Int64?
+        var disabledPoints: Set<String>
+    }
+    var plan: Plan { Plan(pollMilliseconds: pollMilliseconds, disabledPoints: disabledPoints) }
 }
 
 /// The bus thread's own state: the schedule, each device's reporter, and the transactions themselves. Not shared:
@@ -52,8 +59,7 @@ struct BusRunner {
 
     /// New twin settings: the plan is rebuilt (statistics carried over), the reporters told.
     mutating func apply(_ next: [Int: DeviceOverrides], now: Int64) {
-        let planChanged = next.mapValues { [$0.pollMilliseconds.map { "\($0)" } ?? "", $0.disabledPoints.sorted().joined(separator: ",")] }
-            != overrides.mapValues { [$0.pollMilliseconds.map { "\($0)" } ?? "", $0.disabledPoints.sorted().joined(separator: ",")] }
+        let planChanged = next.mapValues(\.plan) != overrides.mapValues(\.plan)
         // In place: what was reported stays the reference for the deadbands (no burst of reports after a twin change).
         for (i, o) in next where overrides[i] != o {
             reporters[i].fullReportMilliseconds = o.fullReportMilliseconds ?? configuration.devices[i].fullReportMilliseconds

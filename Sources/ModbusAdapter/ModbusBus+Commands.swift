@@ -118,16 +118,23 @@ extension ModbusBus {
     public func desiredProperties(_ desired: JSONValue, version: Int64, deviceID: String) async -> JSONValue? {
         guard let (index, device) = device(deviceID) else { return nil }
         switch Self.overrides(from: desired, device: device) {
-        case .success(let (o, applied)):
-            setOverrides(o, device: index)
-            return ["modbus": ["desiredVersion": .int(version), "status": "applied", "applied": applied]]
+        case .success(let (o, asked)):
+            var applied = asked
+            // What is in effect, not only what was asked: settings the desired document dropped fall back to the
+            // configuration, and points it no longer mentions are cleared from the reported twin (null).
+            applied["poll_ms"] = .int(o.pollMilliseconds ?? device.pollMilliseconds)
+            applied["full_report_seconds"] = .int((o.fullReportMilliseconds ?? device.fullReportMilliseconds) / 1000)
+            var points = applied["points"]?.objectValue ?? [:]
+            for name in setOverrides(o, device: index) where points[name] == nil { points[name] = .null }
+            applied["points"] = points.isEmpty ? nil : .object(points)
+            return ["modbus": ["desiredVersion": .int(version), "status": "applied", "applied": .object(applied)]]
         case .failure(let bad):
             return ["modbus": ["desiredVersion": .int(version), "status": .string("rejected: \(bad.message)")]]
         }
     }
 
     /// The desired document's Modbus settings, checked as a whole (one bad value rejects the version).
-    static func overrides(from desired: JSONValue, device: ModbusDeviceConfiguration) -> Result<(DeviceOverrides, JSONValue), BadRequest> {
+    static func overrides(from desired: JSONValue, device: ModbusDeviceConfiguration) -> Result<(DeviceOverrides, [String: JSONValue]), BadRequest> {
         var o = DeviceOverrides()
         var applied: [String: JSONValue] = [:]
         if let p = desired["poll_ms"] {
@@ -166,6 +173,6 @@ extension ModbusBus {
             }
             if !appliedPoints.isEmpty { applied["points"] = .object(appliedPoints) }
         }
-        return .success((o, .object(applied)))
+        return .success((o, applied))
     }
 }

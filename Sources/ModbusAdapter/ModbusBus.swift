@@ -293,11 +293,18 @@ public final class ModbusBus: LeafRouter, Service, Sendable {
         deviceIndex[leaf].map { ($0, configuration.devices[$0]) }
     }
 
-    func setOverrides(_ overrides: DeviceOverrides, device: Int) {
-        shared.withLock { s in
-            s.overrides[device] = overrides
-            s.overridesVersion += 1
+    /// Hands new twin settings to the bus thread; returns the points the previous settings named (so the reported
+    /// twin can clear the ones no longer mentioned).
+    @discardableResult
+    func setOverrides(_ overrides: DeviceOverrides, device: Int) -> Set<String> {
+        let before = shared.withLock { s -> Set<String> in
+            defer {
+                s.overrides[device] = overrides
+                s.overridesVersion += 1
+            }
+            return s.overrides[device].map { $0.disabledPoints.union($0.deadbands.keys) } ?? []
         }
         wakeup.signal()
+        return before
     }
 }

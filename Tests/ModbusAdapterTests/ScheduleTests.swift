@@ -1,7 +1,12 @@
 import FieldgateCore
+import Spool
 import ModbusIO
 import Testing
 @testable import ModbusAdapter
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 func point(_ name: String, _ table: ModbusTable, _ address: Int, _ type: PointType = .u16, poll: Int64? = nil) -> ModbusPoint {
     var p = ModbusPoint(name: name, table: table, address: address, type: type)
@@ -262,5 +267,26 @@ struct WriteRunTests {
         #expect(!s.retryPending && !s.isOnline(unit: 1))
         s.completed(1, outcome: .failure(.timeout, "t"), now: 1002)
         #expect(s.retryPending)
+    }
+}
+
+@Suite("Modbus desired properties")
+struct DesiredTests {
+    @Test("applied settings are what is in effect; dropped keys fall back, dropped points are cleared; bad versions rejected whole")
+    func effective() async throws {
+        let dir = "/tmp/fieldgate-desired-\(UInt64.random(in: 1...UInt64.max))"
+        defer { _ = system("rm -rf '\(dir)'") }
+        let spool = try Spool(configuration: SpoolConfiguration(directory: dir))
+        defer { spool.close() }
+        var device = ModbusDeviceConfiguration(leaf: "m", unit: 1, profile: ModbusProfile(name: "p", points: [point("a", .holdingRegisters, 0), point("b", .holdingRegisters, 1)], pollMilliseconds: 1000))
+        device.fullReportMilliseconds = 60_000
+        let bus = ModbusBus(configuration: ModbusBusConfiguration(name: "x", endpoint: .tcp(host: "127.0.0.1", port: 1), devices: [device]), spool: spool)
+        let first = await bus.desiredProperties(["poll_ms": 500, "points": ["a": ["deadband": 2]]], version: 2, deviceID: "m")
+        #expect(first?["modbus"]?["applied"] == ["poll_ms": 500, "full_report_seconds": 60, "points": ["a": ["deadband": 2]]])
+        let second = await bus.desiredProperties(["points": ["b": ["enabled": false]]], version: 3, deviceID: "m")
+        #expect(second?["modbus"]?["applied"] == ["poll_ms": 1000, "full_report_seconds": 60, "points": ["a": nil, "b": ["enabled": false]]])
+        let bad = await bus.desiredProperties(["poll_ms": 5], version: 4, deviceID: "m")
+        #expect(bad?["modbus"]?["status"]?.stringValue?.hasPrefix("rejected: poll_ms") == true)
+        #expect(await bus.desiredProperties([:], version: 5, deviceID: "other") == nil)
     }
 }

@@ -38,6 +38,8 @@ public final class Spool: Sendable {
         var size: Int
         var live: Int
         var oldestAcquiredMs: Int64
+        /// Its index file's size once sealed (counted against the cap with the segment).
+        var indexBytes = 0
     }
 
     /// A leaf's undelivered records in one segment, in order (2–3 bytes a record).
@@ -201,6 +203,7 @@ public final class Spool: Sendable {
             // A sealed segment with a valid index is not read at all (recovery follows the tail, not the size).
             if !isLast, let indexBytes = readIndex(of: segment),
                SegmentIndex.forEach(indexBytes, segmentSize: segment.size, { r, at in index(r, at: at, in: &segment, state: &s) }) {
+                segment.indexBytes = indexBytes.count
                 compactRuns(of: id, &s)
                 s.segments.append(segment)
                 continue
@@ -233,7 +236,7 @@ public final class Spool: Sendable {
             if isLast {
                 s.activeIndex = segmentIndex
             } else if !readOnly {
-                writeIndex(of: segment, segmentIndex)  // the next open skips it
+                segment.indexBytes = writeIndex(of: segment, segmentIndex)  // the next open skips it
             }
             s.segments.append(segment)
         }
@@ -308,13 +311,18 @@ public final class Spool: Sendable {
     }
 
     /// Written whole under a temporary name, then renamed: a reader sees an old index, a new one or none.
-    private static func writeIndex(of segment: Segment, _ index: SegmentIndex) {
+    /// Returns its size (0: not written, e.g. the disk is full — recovery then scans the segment).
+    @discardableResult
+    private static func writeIndex(of segment: Segment, _ index: SegmentIndex) -> Int {
         let path = SegmentIndex.path(ofSegment: segment.path)
         let temporary = path + ".tmp"
-        guard let f = try? FileHandle.open(temporary, flags: O_WRONLY | O_CREAT | O_TRUNC) else { return }
-        let written = (try? f.append(index.encoded(segmentSize: segment.size))) != nil
+        guard let f = try? FileHandle.open(temporary, flags: O_WRONLY | O_CREAT | O_TRUNC) else { return 0 }
+        let bytes = index.encoded(segmentSize: segment.size)
+        let written = (try? f.append(bytes)) != nil
         f.close()
-        if written { _ = rename(temporary, path) } else { Directory.remove(temporary) }
+        if written && rename(temporary, path) == 0 { return bytes.count }
+        Directory.remove(temporary)
+        return 0
     }
 
     // MARK: appending
@@ -422,7 +430,7 @@ public final class Spool: Sendable {
         if let last = s.segments.last {
             try last.handle.dataSync()  // a sealed segment is durable
             Self.compactRuns(of: last.id, &s)
-            Self.writeIndex(of: last, s.activeIndex)  // the next open need not read it
+            s.segments[s.segments.count - 1].indexBytes = Self.writeIndex(of: last, s.activeIndex)  // the next open need not read it
         }
         s.activeIndex = SegmentIndex()
         let name = String(firstSequence).leftPadded(to: 20) + ".seg"
@@ -435,7 +443,7 @@ public final class Spool: Sendable {
 
     /// Applies the cap before `bytes` more are written.
     private func makeRoom(for bytes: Int, _ s: inout State) throws(SpoolError) {
-        var total = s.segments.reduce(0) { $0 + $1.size }
+        var total = s.segments.reduce(0) { $0 + $1.size + $1.indexBytes }
         guard total + bytes > configuration.capBytes else { return }
         switch configuration.fullPolicy {
         case .rejectNew:
@@ -443,7 +451,7 @@ public final class Spool: Sendable {
         case .dropOldest:
             // Never the active segment: disk use stays ≤ cap + one segment.
             while total + bytes > configuration.capBytes, s.segments.count > 1 {
-                total -= s.segments[0].size
+                total -= s.segments[0].size + s.segments[0].indexBytes
                 dropSegment(at: 0, reason: .overflow, &s)
             }
         }
@@ -685,7 +693,7 @@ public final class Spool: Sendable {
         withState { s in
             let oldest = s.segments.filter { $0.live > 0 }.map(\.oldestAcquiredMs).min()
             return SpoolStatistics(
-                depth: s.depthByLeaf.values.reduce(0, +), bytes: s.segments.reduce(0) { $0 + $1.size },
+                depth: s.depthByLeaf.values.reduce(0, +), bytes: s.segments.reduce(0) { $0 + $1.size + $1.indexBytes },
                 oldestAgeMilliseconds: oldest.map { nowMs - $0 }, depthByLeaf: s.depthByLeaf.filter { $0.value > 0 },
                 dropped: s.dropped, corruptRegions: s.corruptRegions, tornTails: s.tornTails,
                 corruptLedgerEntries: s.corruptLedgerEntries, salvagedRecords: s.salvaged)

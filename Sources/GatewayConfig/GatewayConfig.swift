@@ -25,6 +25,8 @@ public struct GatewayConfigFile: Decodable, Sendable {
         public var insecure_plain_amqp: Bool?
         public var attaches_per_second: Double?
         public var token_ttl_seconds: Int64?
+        /// A direct method not answered by its adapter within this is answered 504 (below the hub's 30 s).
+        public var method_deadline_seconds: Int?
     }
     public struct Gateway: Decodable, Sendable {
         public var device_id: String
@@ -206,6 +208,11 @@ struct Mapper {
         if let a = f.hub.attaches_per_second { uplink.attachesPerSecond = a > 0 ? a : nil }
         if let t = f.hub.token_ttl_seconds {
             if t >= 60 { uplink.tokenTTLSeconds = t } else { report(main, "hub.token_ttl_seconds", "hub.token_ttl_seconds must be at least 60") }
+        }
+        if let d = f.hub.method_deadline_seconds {
+            if (1...29).contains(d) { uplink.methodDeadlineMilliseconds = Int64(d) * 1000 } else {
+                report(main, "hub.method_deadline_seconds", "hub.method_deadline_seconds must be 1 to 29 (the hub gives up at 30 s by default)")
+            }
         }
         if let port = f.hub.port, !(1...65535).contains(port) { report(main, "hub.port", "hub.port must be 1 to 65535 (5671 for AMQPS)") }
         let spool = spoolConfiguration(f.spool)

@@ -95,7 +95,7 @@ enum ConfigSchema {
     static let main = Schema(fields: [
         "hub": .table(Schema(fields: [
             "host": .string, "address": .string, "port": .int, "ca_file": .string, "insecure_plain_amqp": .bool,
-            "attaches_per_second": .number, "token_ttl_seconds": .int,
+            "attaches_per_second": .number, "token_ttl_seconds": .int, "method_deadline_seconds": .int,
         ], required: ["host"])),
         "gateway": .table(Schema(fields: [
             "device_id": .string, "key_ref": .string, "reboot_command": .strings, "restart_command": .strings,

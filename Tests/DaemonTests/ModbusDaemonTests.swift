@@ -111,6 +111,13 @@ struct ModbusDaemonTests {
             return reported?["status"] == "applied" && reported?["applied"]?["poll_ms"] == 1000
         })
 
+        // A device that stops answering: 504 from the adapter, well inside the local deadline.
+        try peer.silence(unit: 1)
+        let started = MonotonicClock.milliseconds()
+        #expect(try await invoke("write", ["setpoint": 30])?["status"] == 504)
+        #expect(MonotonicClock.milliseconds() - started < 5000)
+        try peer.silence(unit: 1, false)
+
         // fieldgatectl status shows the bus and its unit.
         let status = try daemon.control(["command": "status"])
         #expect(status["adapters"]?["modbus:plant"]?["units"]?["1"]?["online"] == true, "\(status)")

@@ -134,6 +134,7 @@ struct GatewayConfigTests {
             (valid.replacing("cap_mb = 32", with: "cap_mbytes = 32"), [:], "fieldgate.toml:8: unknown key cap_mbytes in [spool]. Known keys here: cap_mb,"),
             (valid.replacing("[gateway]\n", with: "[gateway]\nkey = \"secret\"\n"), [:], "fieldgate.toml:5: unknown key key in [gateway]. Keys never go in the configuration"),
             (valid.replacing("interval-100", with: "sometimes"), [:], "fieldgate.toml:7: spool.sync sometimes: use always or interval-<milliseconds>"),
+            (valid.replacing("[gateway]\n", with: "method_deadline_seconds = 45\n[gateway]\n"), [:], "fieldgate.toml:4: hub.method_deadline_seconds must be 1 to 29"),
             (valid.replacing("adapter = \"udp\"", with: "adapter = \"canbus\""), [:], "fieldgate.toml:13: leaf m1: adapter canbus is not available"),
             (valid, ["b.toml": "[[leaf]]\ndevice_id = \"m2\"\nadapter = \"udp\"\n\n[[leaf]]\ndevice_id = \"m1\"\nadapter = \"udp\"\n"], "devices.d/b.toml:6: device_id m1 is used twice (first at "),
             (valid, ["b.toml": "[[leaf]]\ndevice_id = \"bad id\"\nadapter = \"udp\"\n"], "devices.d/b.toml:2: device_id \"bad id\" is not a valid IoT Hub device id"),

@@ -115,10 +115,10 @@ struct SegmentIndex: Sendable {
             var sequence: UInt64 = 0, offset: UInt64 = 0, acquired: Int64 = 0
             for i in 0..<count {
                 guard let leaf = varint(), leaf < UInt64(names.count), let ds = varint(), let doff = varint(), let za = varint() else { return false }
-                let (s, overflowS) = sequence.addingReportingOverflow(ds)
+                // Sequences wrap as they were encoded (a salvaged segment may hold them out of order); offsets only grow.
                 let (o, overflowO) = offset.addingReportingOverflow(doff)
-                guard !overflowS, !overflowO, o < UInt64(segmentSize), i == 0 || doff > 0 else { return false }
-                sequence = s
+                guard !overflowO, o < UInt64(segmentSize), i == 0 || doff > 0 else { return false }
+                sequence = sequence &+ ds
                 offset = o
                 acquired = acquired &+ (Int64(bitPattern: za >> 1) ^ -Int64(bitPattern: za & 1))
                 visit(SpoolRecord(leaf: names[Int(leaf)], sequence: sequence, acquiredAtMs: acquired, payload: []), Int(offset))

@@ -1,7 +1,7 @@
 import FieldgateCore
 import ModbusIO
 
-/// Desired-twin settings of one device (README "Modbus leaf twin"): they change the poll plan and the reports.
+/// Desired-twin settings of one device (README "Modbus adapter", Twin): they change the poll plan and the reports.
 public struct DeviceOverrides: Sendable, Equatable {
     public var pollMilliseconds: Int64?
     public var fullReportMilliseconds: Int64?

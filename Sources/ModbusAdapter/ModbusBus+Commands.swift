@@ -2,7 +2,7 @@ import FieldgateCore
 import ModbusIO
 import Uplink
 
-/// The cloud's side of a Modbus leaf (README "Modbus leaves from the cloud"):
+/// The cloud's side of a Modbus leaf (README "Modbus adapter", From the cloud):
 /// - C2D with a JSON body `{"setpoint": 21.5, "pump": true}` (or `{"write": {…}, "readback": true}`) writes those
 ///   points: complete once written, reject for what can never work (unknown or read-only point, out of range, a
 ///   value of the wrong type, the device's illegal address/value exception), abandon for what may work later.

@@ -3,7 +3,7 @@ import FieldgateCore
 /// Turns one device's readings into telemetry messages: report by exception (a point is sent when its value moved
 /// past its deadband, or its quality changed) plus a periodic full report of every point. Pure; clock injected.
 ///
-/// The message body (docs: etc/fieldgate/profiles.d/example.toml.example and README "Modbus telemetry"):
+/// The message body (documented in etc/fieldgate/profiles.d/example-boiler.toml.example and README "Modbus adapter"):
 /// ```json
 /// {"time": "2026-11-22T05:00:00.125Z", "report": "change",
 ///  "points": {"temperature": {"value": 21.5, "unit": "degC", "quality": "good"},

@@ -564,7 +564,10 @@ public final class Spool: Sendable {
         s.depthByLeaf[location.leaf, default: 0] -= 1
         if let i = s.segments.firstIndex(where: { $0.id == location.segment }) {
             s.segments[i].live -= 1
-            Directory.remove(SegmentIndex.path(ofSegment: s.segments[i].path))
+            if !isReadOnly {  // an inspection changes nothing on disk
+                Directory.remove(SegmentIndex.path(ofSegment: s.segments[i].path))
+                s.segments[i].indexBytes = 0
+            }
         }
         logger.warning("spool: a record of \(location.leaf) at \(location.offset) in segment \(location.segment) is corrupt; skipped and counted")
     }

@@ -23,7 +23,8 @@ public struct GatewayConfigFile: Decodable, Sendable {
         public var ca_file: String?
         /// Tests only: no TLS.
         public var insecure_plain_amqp: Bool?
-        public var attaches_per_second: Double?
+        /// An integer or a float in the file (TOMLKit decodes `20` only as an integer).
+        var attaches_per_second: TOMLNumber?
         public var token_ttl_seconds: Int64?
         /// A direct method not answered by its adapter within this is answered 504 (below the hub's 30 s).
         public var method_deadline_seconds: Int?
@@ -205,7 +206,7 @@ struct Mapper {
         uplink.address = f.hub.address
         uplink.port = f.hub.port ?? 5671
         uplink.transport = f.hub.insecure_plain_amqp == true ? .insecurePlainAMQP : .tls(.init(caFile: f.hub.ca_file))
-        if let a = f.hub.attaches_per_second { uplink.attachesPerSecond = a > 0 ? a : nil }
+        if let a = f.hub.attaches_per_second?.value { uplink.attachesPerSecond = a > 0 ? a : nil }
         if let t = f.hub.token_ttl_seconds {
             if t >= 60 { uplink.tokenTTLSeconds = t } else { report(main, "hub.token_ttl_seconds", "hub.token_ttl_seconds must be at least 60") }
         }

@@ -150,6 +150,14 @@ struct GatewayConfigTests {
         }
     }
 
+    /// A number key takes `20` as well as `20.0` (the reference documents `attaches_per_second = 20`).
+    @Test func integerWhereANumberIsExpected() throws {
+        let s = try load(valid.replacing("[gateway]\n", with: "attaches_per_second = 20\n[gateway]\n")).get()
+        #expect(s.uplink.attachesPerSecond == 20)
+        let f = try load(valid.replacing("[gateway]\n", with: "attaches_per_second = 2.5\n[gateway]\n")).get()
+        #expect(f.uplink.attachesPerSecond == 2.5)
+    }
+
     @Test func everyProblemIsReportedAtOnce() {
         let text = valid.replacing("cap_mb = 32", with: "cap_mb = true").replacing("port = 47000", with: "port = 47000\nbacklog = 3")
         guard case .failure(let e) = load(text) else { Issue.record("accepted"); return }

@@ -29,10 +29,9 @@ public final class ModbusBus: LeafRouter, Service, Sendable {
     private let spool: Spool
     private let onAppended: @Sendable () -> Void
     private let logger: Logger
-    private let stopped = Atomic<Bool>(false)
+    private let loop = LoopThread()
     private let wakeup = DispatchSemaphore(value: 0)
     private let pending = Mutex<[(command: BusCommand, deadline: Int64, waiter: CheckedContinuation<Result<JSONValue, ModbusError>, Never>)]>([])
-    private let done = Mutex<(finished: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
     private let shared: Mutex<SharedState>
     private let deviceIndex: [String: Int]
     private let stateSink = Mutex<(@Sendable (String, JSONValue) -> Void)?>(nil)
@@ -67,24 +66,11 @@ public final class ModbusBus: LeafRouter, Service, Sendable {
     public var leaves: [String] { configuration.devices.map(\.leaf) }
 
     public func start() {
-        DispatchQueue(label: "fieldgate.modbus.\(configuration.name)").async { [self] in
-            busLoop()
-            let w = done.withLock { d in d.finished = true; defer { d.waiter = nil }; return d.waiter }
-            w?.resume()
-        }
+        loop.start(label: "fieldgate.modbus.\(configuration.name)") { [self] in busLoop() }
     }
 
     public func stop() async {
-        stopped.store(true, ordering: .releasing)
-        wakeup.signal()
-        await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
-            let now = done.withLock { d -> Bool in
-                if d.finished { return true }
-                d.waiter = cont
-                return false
-            }
-            if now { cont.resume() }
-        }
+        await loop.stop(wake: { wakeup.signal() })
     }
 
     public func run() async throws {
@@ -121,7 +107,7 @@ public final class ModbusBus: LeafRouter, Service, Sendable {
         } catch {
             logger.error("modbus \(configuration.name): \(error)", metadata: ["adapter": "modbus:\(configuration.name)"])
             shared.withLock { $0.lastError = error.message }
-            while !stopped.load(ordering: .acquiring) { heartbeat.beat(); _ = wakeup.wait(timeout: .now() + .milliseconds(50)); failCommands("the bus cannot be used: \(error.message)") }
+            while !loop.isStopping { heartbeat.beat(); _ = wakeup.wait(timeout: .now() + .milliseconds(50)); failCommands("the bus cannot be used: \(error.message)") }
             return
         }
         var runner = BusRunner(configuration: configuration, now: monotonicNow)
@@ -132,7 +118,7 @@ public final class ModbusBus: LeafRouter, Service, Sendable {
         var statisticsPublished: Int64 = 0
         var statisticsDirty = false
         var states = StateReports()
-        while !stopped.load(ordering: .acquiring) {
+        while !loop.isStopping {
             heartbeat.beat()
             let now = monotonicNow
             if !connection.isConnected {
@@ -280,7 +266,7 @@ public final class ModbusBus: LeafRouter, Service, Sendable {
 
     /// Queues a command for the bus thread; `deadline` is wall-clock ms.
     func submit(_ command: BusCommand, deadline: Int64) async -> Result<JSONValue, ModbusError> {
-        if stopped.load(ordering: .acquiring) { return .failure(ModbusError(.connection, "the adapter stopped")) }
+        if loop.isStopping { return .failure(ModbusError(.connection, "the adapter stopped")) }
         let result = await withCheckedContinuation { cont in
             pending.withLock { $0.append((command, deadline, cont)) }
             wakeup.signal()

@@ -33,10 +33,9 @@ public final class SerialAdapter: LeafRouter, Service, Sendable {
     private let spool: Spool
     private let onAppended: @Sendable () -> Void
     private let logger: Logger
-    private let stopped = Atomic<Bool>(false)
+    private let loop = LoopThread()
     private let stats = Mutex(SerialPortStatistics())
     private let outbox = Mutex<[(bytes: [UInt8], waiter: CheckedContinuation<Result<[UInt8]?, SerialAdapterError>, Never>, wantsReply: Bool, deadline: Int64)]>([])
-    private let done = Mutex<(finished: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
     private let stateSink = Mutex<(@Sendable (String, JSONValue) -> Void)?>(nil)
     /// The port state last reported to the leaves' twins, and when (at most one report per 5 s: a flapping cable).
     private let reportedState = Mutex<(connected: Bool?, atMs: Int64)>((nil, 0))
@@ -57,23 +56,11 @@ public final class SerialAdapter: LeafRouter, Service, Sendable {
     }
 
     public func start() {
-        DispatchQueue(label: "fieldgate.serial.\(configuration.path)").async { [self] in
-            portLoop()
-            let w = done.withLock { d in d.finished = true; defer { d.waiter = nil }; return d.waiter }
-            w?.resume()
-        }
+        loop.start(label: "fieldgate.serial.\(configuration.path)") { [self] in portLoop() }
     }
 
     public func stop() async {
-        stopped.store(true, ordering: .releasing)
-        await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
-            let now = done.withLock { d -> Bool in
-                if d.finished { return true }
-                d.waiter = cont
-                return false
-            }
-            if now { cont.resume() }
-        }
+        await loop.stop()
     }
 
     public func run() async throws {
@@ -110,7 +97,7 @@ public final class SerialAdapter: LeafRouter, Service, Sendable {
 
     private func portLoop() {
         var lastOpenAttempt: Int64 = .min / 2
-        while !stopped.load(ordering: .acquiring) {
+        while !loop.isStopping {
             heartbeat.beat()
             reportStateIfChanged()
             let now = WallClock.nowMilliseconds()
@@ -126,7 +113,7 @@ public final class SerialAdapter: LeafRouter, Service, Sendable {
             logger.notice("serial \(configuration.path): open", metadata: ["adapter": "serial:\(configuration.path)"])
             serve(port)
             stats.withLock { $0.connected = false }
-            if !stopped.load(ordering: .acquiring) {
+            if !loop.isStopping {
                 logger.warning("serial \(configuration.path): the device went away; reopening every \(configuration.reopenIntervalMilliseconds) ms",
                                metadata: ["adapter": "serial:\(configuration.path)"])
                 stats.withLock { $0.lastError = "the device went away" }
@@ -145,7 +132,7 @@ public final class SerialAdapter: LeafRouter, Service, Sendable {
         var buffer = [UInt8](repeating: 0, count: 4096)
         var awaiting: (waiter: CheckedContinuation<Result<[UInt8]?, SerialAdapterError>, Never>, deadline: Int64)?
         var lastStateCheck: Int64 = 0
-        while !stopped.load(ordering: .acquiring) {
+        while !loop.isStopping {
             heartbeat.beat()
             if MonotonicClock.milliseconds() - lastStateCheck >= 1000 {
                 lastStateCheck = MonotonicClock.milliseconds()

@@ -292,7 +292,7 @@ struct SegmentIndexTests {
     }
 
     func indexes(_ dir: String) -> [String] {
-        (try? FileManagerShim.list(dir + "/segments").filter { $0.hasSuffix(".idx") }) ?? []
+        ((try? listDirectory(dir + "/segments")) ?? []).filter { $0.hasSuffix(".idx") }
     }
 
     @Test("sealed segments get an index; reopening from the indexes restores every record, in order per leaf")
@@ -300,7 +300,7 @@ struct SegmentIndexTests {
         let dir = temporarySpoolDirectory()
         defer { removeTree(dir) }
         let texts = try fill(dir)
-        let segments = FileManagerShim.list(dir + "/segments").filter { $0.hasSuffix(".seg") }.count
+        let segments = try listDirectory(dir + "/segments").filter { $0.hasSuffix(".seg") }.count
         #expect(segments > 3)
         #expect(indexes(dir).count == segments - 1, "every sealed segment has one")
         let spool = try Spool(configuration: config(dir))
@@ -321,14 +321,14 @@ struct SegmentIndexTests {
         // would change the data; instead rewrite the index's size field).
         truncate(dir + "/segments/" + idx[0], 10)
         let stale = dir + "/segments/" + idx[1]
-        var bytes = FileManagerShim.read(stale)
+        var bytes = try readFile(stale)
         bytes[5] ^= 0xFF
-        FileManagerShim.write(stale, bytes)
+        writeFile(stale, bytes)
         // Bit rot in the third sealed segment, whose index stays valid: flip a payload byte of its first record.
         let rotten = dir + "/segments/" + String(idx[2].dropLast(4)) + ".seg"
-        var seg = FileManagerShim.read(rotten)
+        var seg = try readFile(rotten)
         seg[40] ^= 0x01
-        FileManagerShim.write(rotten, seg)
+        writeFile(rotten, seg)
 
         let spool = try Spool(configuration: config(dir))
         #expect(spool.statistics().corruptRegions == 0, "the index hides the rot until the record is read")
@@ -336,40 +336,8 @@ struct SegmentIndexTests {
         #expect(out.count == texts.count - 1)
         #expect(spool.statistics().corruptRegions == 1)
         spool.close()
-        #expect(!FileManagerShim.list(dir + "/segments").contains(idx[2]), "the rotten segment's index is gone")
-    }
-}
-
-/// Small file helpers for these tests (Glibc only).
-enum FileManagerShim {
-    static func list(_ path: String) -> [String] {
-        guard let d = opendir(path) else { return [] }
-        defer { closedir(d) }
-        var out: [String] = []
-        while let e = readdir(d) {
-            let name = withUnsafePointer(to: e.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
-            if name != "." && name != ".." { out.append(name) }
-        }
-        return out
-    }
-
-    static func read(_ path: String) -> [UInt8] {
-        guard let f = fopen(path, "rb") else { return [] }
-        defer { fclose(f) }
-        var out: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = fread(&buf, 1, buf.count, f)
-            if n <= 0 { break }
-            out += buf[0..<n]
-        }
-        return out
-    }
-
-    static func write(_ path: String, _ bytes: [UInt8]) {
-        guard let f = fopen(path, "wb") else { return }
-        _ = bytes.withUnsafeBytes { fwrite($0.baseAddress, 1, bytes.count, f) }
-        fclose(f)
+        let left = try listDirectory(dir + "/segments")
+        #expect(!left.contains(idx[2]), "the rotten segment's index is gone")
     }
 }
 

@@ -122,7 +122,7 @@ public final class ModbusBus: LeafRouter, Service, Sendable {
             heartbeat.beat()
             let now = monotonicNow
             if !connection.isConnected {
-                failExpiredCommands(now: now)
+                failExpiredCommands()
                 guard now >= nextConnect else { _ = wakeup.wait(timeout: .now() + .milliseconds(Int(min(50, nextConnect - now)))); continue }
                 do throws(ModbusError) {
                     try connection.connect()
@@ -152,7 +152,7 @@ public final class ModbusBus: LeafRouter, Service, Sendable {
                 sleepMicroseconds(Int((configuration.turnaroundMilliseconds * 1000).rounded(.up)) - Int((monotonicNow - lastTransactionEnd) * 1000))
             }
             // Commands first: they are what somebody waits for.
-            if let command = nextCommand(now: monotonicNow) {
+            if let command = nextCommand() {
                 let result = runner.execute(command.command, on: connection)
                 lastTransactionEnd = monotonicNow
                 command.waiter.resume(returning: result)
@@ -205,8 +205,9 @@ public final class ModbusBus: LeafRouter, Service, Sendable {
             }
         }
         guard let sink = stateSink.withLock({ $0 }) else { return }
+        let wallNow = WallClock.nowMilliseconds()
         for d in configuration.devices {
-            guard let st = runner.schedule.statistics(unit: d.unit), let patch = states.due(leaf: d.leaf, st, now: now) else { continue }
+            guard let st = runner.schedule.statistics(unit: d.unit), let patch = states.due(leaf: d.leaf, st, now: now, wallNow: wallNow) else { continue }
             sink(d.leaf, patch)
         }
     }
@@ -243,14 +244,14 @@ public final class ModbusBus: LeafRouter, Service, Sendable {
 
     // MARK: commands
 
-    private func nextCommand(now: Int64) -> (command: BusCommand, waiter: CheckedContinuation<Result<JSONValue, ModbusError>, Never>)? {
+    private func nextCommand() -> (command: BusCommand, waiter: CheckedContinuation<Result<JSONValue, ModbusError>, Never>)? {
         if pending.withLock({ $0.isEmpty }) { return nil }
-        failExpiredCommands(now: WallClock.nowMilliseconds())
+        failExpiredCommands()
         return pending.withLock { p in p.isEmpty ? nil : { let c = p.removeFirst(); return (c.command, c.waiter) }() }
     }
 
     /// Commands whose caller has given up are not carried out late (a write nobody waits for anymore).
-    private func failExpiredCommands(now _: Int64) {
+    private func failExpiredCommands() {
         let now = WallClock.nowMilliseconds()
         let expired = pending.withLock { p -> [CheckedContinuation<Result<JSONValue, ModbusError>, Never>] in
             let gone = p.filter { $0.deadline <= now }.map(\.waiter)

@@ -65,7 +65,7 @@ public struct ModbusPoint: Sendable, Equatable, Hashable {
         }
     }
 
-    /// Registers (or bits as 0/1) to write for an engineering value; nil message on success.
+    /// Registers (or bits as 0/1) to write for an engineering value; throws why it cannot be written.
     public func registers(for value: JSONValue) throws(CodecError) -> [UInt16] {
         guard writable else { throw CodecError("point \(name) is not writable") }
         if table.isBits || type == .bool {

@@ -10,7 +10,8 @@ struct StateReports: Sendable {
     var counterPeriod: Int64 = 60_000
     private var last: [String: (online: Bool, at: Int64, counters: [Int])] = [:]
 
-    mutating func due(leaf: String, _ s: UnitStatistics, now: Int64) -> JSONValue? {
+    /// `now`: the schedule's (monotonic) clock; `wallNow`: the wall clock at the same instant, for `lastSuccess`.
+    mutating func due(leaf: String, _ s: UnitStatistics, now: Int64, wallNow: Int64) -> JSONValue? {
         let counters = [s.timeouts, s.crcErrors, s.exceptions.values.reduce(0, +)]
         if let l = last[leaf] {
             let flipped = l.online != s.online
@@ -26,7 +27,7 @@ struct StateReports: Sendable {
         ]
         if let t = s.lastSuccessMilliseconds {
             // The schedule's clock is monotonic: convert to wall time for the twin.
-            state["lastSuccess"] = .string(WallClock.iso8601(milliseconds: WallClock.nowMilliseconds() - (MonotonicClock.milliseconds() - t)))
+            state["lastSuccess"] = .string(WallClock.iso8601(milliseconds: wallNow - (now - t)))
         }
         return ["modbus": ["state": .object(state)]]
     }

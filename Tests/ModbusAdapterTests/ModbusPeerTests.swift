@@ -88,16 +88,19 @@ struct ModbusPeerTests {
             #expect(points["pump"]?["value"] == true)
             #expect(points.values.allSatisfy { $0["quality"] == "good" })
             // Unchanged values are not sent again (report by exception) …
+            let window = ContinuousClock.now
             try peer.resetLog()
             try await Task.sleep(for: .milliseconds(1100))
             #expect(try messages(spool).isEmpty)
             // … but polled: 11 holding registers in ONE request (gap 3 < 8), one input read, one coil read per cycle.
             let requests = try peer.log().requests
+            // The control calls around the sleep take time of their own on a loaded machine: bound by what passed.
+            let slots = Int((ContinuousClock.now - window) / .milliseconds(200))
             let holding = requests.filter { $0.function == 3 }
             let input = requests.filter { $0.function == 4 }
             let coils = requests.filter { $0.function == 1 }
             // About 5 cycles at 200 ms (a slow, loaded machine may add a retry or skip a slot: not counted exactly).
-            #expect(holding.count >= 3 && holding.count <= 9, "\(holding.count) holding reads in 1.1 s at 200 ms")
+            #expect(holding.count >= 3 && holding.count <= slots + 2, "\(holding.count) holding reads in \(slots) slots of 200 ms")
             #expect(holding.allSatisfy { $0.address == 0 && $0.count == 11 })
             #expect(input.allSatisfy { $0.address == 0 && $0.count == 2 })
             #expect(abs(input.count - holding.count) <= 2 && abs(coils.count - holding.count) <= 2, "one read per table per cycle")

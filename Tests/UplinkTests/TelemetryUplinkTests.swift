@@ -78,6 +78,8 @@ struct TelemetryUplinkTests {
             if round == 10 { _ = try await hub.core.perform { $0.dropAllConnections() } }
             try await Task.sleep(for: .milliseconds(20))
         }
+        // The reconnect after the drop completes before the hub goes away (else both outages share one reconnect).
+        try await eventually(20, "reconnected after the drop") { await h.uplink.status().connections[0].opens >= 2 }
         seen += try await allEvents(hub)
         let restarted = try await hub.restart()
         for round in 30..<60 { try produce(round); try await Task.sleep(for: .milliseconds(10)) }

@@ -201,7 +201,7 @@ let package = Package(
             name: "fieldgate-bench",
             dependencies: [
                 "HubDeviceClient", "HubServiceClient", "ProtonAMQP", "IoTHub", "FieldgateCore", "Spool", "Uplink", "UDPAdapter",
-                "ModbusAdapter", "ModbusIO",
+                "ModbusAdapter", "ModbusIO", "ControlSocket",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

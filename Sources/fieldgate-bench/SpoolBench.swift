@@ -19,18 +19,18 @@ struct SpoolBench: AsyncParsableCommand {
     func run() async throws {
         print("spool benchmark in \(dir), \(batch) records per append, \(megabytes) MB per run")
         print("")
-        print("record  sync        spool rec/s   spool MB/s   raw MB/s   ratio   write amp.")
+        print("record  sync        spool rec/s   spool MB/s   raw MB/s   ratio   write amp.   raw write amp.")
         for size in [200, 4096] {
             for sync in [SpoolConfiguration.SyncPolicy.always, .interval(milliseconds: 100)] {
                 let count = megabytes * 1024 * 1024 / size
-                let raw = try baseline(recordSize: size, count: count, sync: sync)
+                let (raw, rawAmp) = try baseline(recordSize: size, count: count, sync: sync)
                 let (rate, mbs, amp) = try spoolRun(recordSize: size, count: count, sync: sync)
                 let label = sync == .always ? "always    " : "interval  "
                 print(pad(String(size), 6) + "  " + label + pad(fixed(rate, 0), 12) + "  " + pad(fixed(mbs, 1), 11) + "  "
-                      + pad(fixed(raw, 1), 9) + "  " + pad(fixed(mbs / raw, 2), 6) + "  " + pad(fixed(amp, 2), 11))
+                      + pad(fixed(raw, 1), 9) + "  " + pad(fixed(mbs / raw, 2), 6) + "  " + pad(fixed(amp, 2), 11) + "  " + pad(fixed(rawAmp, 2), 15))
             }
         }
-        print("targets: ratio ≥ 0.8, write amplification ≤ 1.2\n")
+        print("targets: ratio ≥ 0.8, write amplification ≤ 1.2 (the raw loop's own, for the same bytes and syncs, is beside it)\n")
         try reopenFigure()
         try memoryFigure()
     }
@@ -40,13 +40,14 @@ struct SpoolBench: AsyncParsableCommand {
         mkdir(dir, 0o755)
     }
 
-    /// Plain write + fdatasync of the same payload bytes with the same batching.
-    private func baseline(recordSize: Int, count: Int, sync: SpoolConfiguration.SyncPolicy) throws -> Double {
+    /// Plain write + fdatasync of the same payload bytes with the same batching: MB/s and its write amplification.
+    private func baseline(recordSize: Int, count: Int, sync: SpoolConfiguration.SyncPolicy) throws -> (Double, Double) {
         let path = dir + "/baseline"
         fresh(path)
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0o644)
         defer { close(fd); unlink(path) }
         let chunk = [UInt8](repeating: 0x61, count: recordSize * batch)
+        let written0 = ioWriteBytes()
         let start = ContinuousClock.now
         var lastSync = ContinuousClock.now
         for _ in 0..<(count / batch) {
@@ -58,7 +59,8 @@ struct SpoolBench: AsyncParsableCommand {
             }
         }
         fdatasync(fd)
-        return Double(count / batch * chunk.count) / 1_048_576 / secondsSince(start)
+        let payload = Double(count / batch * chunk.count)
+        return (payload / 1_048_576 / secondsSince(start), Double(ioWriteBytes() - written0) / payload)
     }
 
     private func spoolRun(recordSize: Int, count: Int, sync: SpoolConfiguration.SyncPolicy) throws -> (Double, Double, Double) {

@@ -34,10 +34,10 @@ struct UplinkBench: AsyncParsableCommand {
                   + pad(fixed(r.p50, 1), 6) + "  " + pad(fixed(r.p99, 1), 6) + "  " + pad(fixed(r.gatewayMicros, 1), 13) + "  "
                   + pad(fixed(r.hubMicros, 1), 14) + "  " + pad(fixed(r.rssMB, 1), 9))
         }
-        let hub = try await BenchHub.start(binary: here + "/fieldgate-hub", devices: 1000)
-        defer { hub.stop() }
-        let (rss, attached) = try await memory(hub: hub, agent: CommandLine.arguments[0])
-        print("\ngateway RSS with 1000 leaves attached and \(attached) records spooled: \(fixed(rss, 1)) MB   (target ≤ 16 MB)")
+        // The memory figure is the real daemon's (fieldgated next to this binary), not this agent's.
+        let memory = try await DaemonMemoryBench.measure(daemon: here + "/fieldgated", hubBinary: here + "/fieldgate-hub", leaves: 1000,
+                                                         records: memoryRecords, settle: 10, dir: dir + "/daemon")
+        print("\n" + memory.table)
         print("targets: attach 1000 leaves unpaced ≤ 5 s")
         _ = system("rm -rf '\(dir)'")
     }
@@ -83,22 +83,6 @@ struct UplinkBench: AsyncParsableCommand {
         func percentile(_ p: Double) -> Double { latencies.isEmpty ? .nan : latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))] }
         return Figures(attachSeconds: attach / 1000, rate: Double(messages) / seconds, p50: percentile(0.5), p99: percentile(0.99),
                        gatewayMicros: gwCPU / Double(messages) * 1e6, hubMicros: hubCPU / Double(messages) * 1e6, rssMB: rss)
-    }
-
-    private func memory(hub: BenchHub, agent: String) async throws -> (Double, Int) {
-        // The hub throttles every leaf's telemetry, so the records stay spooled while the leaves are attached.
-        for i in 0..<1000 { _ = try await hub.service.request("POST", "/faults/throttle", body: ["deviceId": .string("bench-\(i)"), "seconds": 3600]) }
-        let (child, result) = try runAgent(agent, hub: hub, leaves: 1000, mode: "hold", count: memoryRecords)
-        _ = try await waitForResult(result, key: "attached-ms", child: child)
-        try await hub.signal(result + ".go")
-        let depth = try await waitForResult(result, key: "spooled", child: child, seconds: 300)
-        try await Task.sleep(for: .seconds(1))
-        let rss = child.rssMB()
-        let atStart = try await waitForResult(result, key: "rss-start-kb", child: child) / 1024
-        let attached = try await waitForResult(result, key: "rss-attached-kb", child: child) / 1024
-        print("gateway RSS at process start \(fixed(atStart, 1)) MB, with 1000 leaves attached \(fixed(attached, 1)) MB")
-        child.terminate()
-        return (rss, Int(depth))
     }
 
     private func waitForResult(_ file: String, key: String, child: ChildProcess, seconds: Int = 120) async throws -> Double {
@@ -200,7 +184,6 @@ struct UplinkAgent: AsyncParsableCommand {
     @Option var result: String
 
     func run() async throws {
-        report("rss-start-kb=\(Self.rssKB())")
         var keyByDevice: [String: String] = [:]
         var policyKey = ""
         for line in (ChildProcess.readFile(keys) ?? "").split(separator: "\n") {
@@ -228,7 +211,6 @@ struct UplinkAgent: AsyncParsableCommand {
         let start = ContinuousClock.now
         uplink.start()
         while await uplink.status().leaves.values.contains(where: { $0.phase != .ready }) { try await Task.sleep(for: .milliseconds(5)) }
-        report("rss-attached-kb=\(Self.rssKB())")
         report("attached-ms=\(Int(secondsSince(start) * 1000))")
         while access(result + ".go", F_OK) != 0 { try await Task.sleep(for: .milliseconds(5)) }
 
@@ -260,21 +242,12 @@ struct UplinkAgent: AsyncParsableCommand {
                 try await Task.sleep(until: tick)
             }
             while store.statistics().depth > 0 { try await Task.sleep(for: .milliseconds(5)) }
-        default:  // hold: spool `count` records and keep them
-            while next < count { _ = try store.append(batch(min(1000, count - next))) }
-            report("spooled=\(store.statistics().depth)")
-            try await Task.sleep(for: .seconds(3600))
+        default:
+            throw BenchError("unknown mode \(mode)")
         }
         report("done=1")
         await uplink.stop()
         store.close()
-    }
-
-    static func rssKB() -> Int {
-        for line in (ChildProcess.readFile("/proc/self/status") ?? "").split(separator: "\n") where line.hasPrefix("VmRSS:") {
-            return line.split(separator: " ").compactMap { Int($0) }.first ?? 0
-        }
-        return 0
     }
 
     private func report(_ line: String) {

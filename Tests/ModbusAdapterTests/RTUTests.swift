@@ -28,15 +28,18 @@ struct RTUTests {
         config.backoffMilliseconds = 2000...4000
         let spool = try Spool(configuration: SpoolConfiguration(directory: peer.dir + "/spool"))
         let bus = ModbusBus(configuration: config, spool: spool)
+        let started = ContinuousClock.now
         bus.start()
         defer { spool.close() }
 
         // Phase 1: everybody answers.
         try await Task.sleep(for: .seconds(3))
         var (requests, frames) = try peer.log()
+        // The control call takes time of its own on a loaded machine: the upper bound is what really passed.
+        let slots = Int((ContinuousClock.now - started) / .milliseconds(250))
         for unit in [1, 2, 3] {
             let n = requests.filter { $0.unit == unit }.count
-            #expect(n >= 9 && n <= 14, "unit \(unit): \(n) polls in 3 s at 250 ms")
+            #expect(n >= 9 && n <= slots + 2, "unit \(unit): \(n) polls in \(slots) slots of 250 ms")
         }
         #expect(requests.allSatisfy { $0.function == 4 && $0.address == 0 && $0.count == 3 }, "one coalesced read per poll")
         // No interleaving: on the line, every request is answered before the next one starts.

@@ -1,0 +1,162 @@
+import ArgumentParser
+import ControlSocket
+import FieldgateCore
+import HubServiceClient
+import IoTHub
+import Spool
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The memory figure of issue 4, measured on the real daemon: `fieldgated` (the binary next to this one) with
+/// 1000 UDP leaves attached over one TLS connection and 1 M readings in its spool. The spool is filled before the
+/// daemon starts and the hub throttles every leaf, so the readings stay spooled while the leaves stay attached.
+struct DaemonMemoryBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "daemon-memory", abstract: "fieldgated's RSS with 1000 leaves attached and 1 M readings spooled.")
+
+    @Option(help: "Leaves attached.") var leaves = 1000
+    @Option(help: "Readings spooled.") var records = 1_000_000
+    @Option(help: "Seconds to let the daemon run once attached, before measuring.") var settle = 10
+    @Option(help: "Directory for the daemon's state (on the disk to measure).") var dir = "/var/tmp/fieldgate-daemon-memory-bench"
+    @Option(help: "fieldgated binary. Default: next to this one.") var daemon: String?
+
+    func run() async throws {
+        let here = CommandLine.arguments[0].split(separator: "/").dropLast().joined(separator: "/").prefixedSlash
+        let figures = try await Self.measure(daemon: daemon ?? here + "/fieldgated", hubBinary: here + "/fieldgate-hub", leaves: leaves,
+                                             records: records, settle: settle, dir: dir)
+        print(figures.table)
+    }
+
+    struct Figures {
+        var leaves, spooled, connections: Int
+        var atStart, attached, settled: Memory
+        var mappings: [(kB: Int, name: String)]
+
+        var table: String {
+            var out = "fieldgated memory: \(leaves) UDP leaves + the gateway attached over \(connections) TLS connection(s), \(spooled) readings spooled\n"
+            out += "moment                    VmRSS MB  anonymous MB  file MB\n"
+            for (name, m) in [("started", atStart), ("leaves attached", attached), ("attached + settled", settled)] {
+                out += name + String(repeating: " ", count: max(0, 24 - name.count)) + "  " + pad(fixed(m.rssKB / 1024, 1), 8) + "  " + pad(fixed(m.anonKB / 1024, 1), 12) + "  "
+                    + pad(fixed(m.fileKB / 1024, 1), 7) + "\n"
+            }
+            out += "resident file mappings: " + mappings.prefix(6).map { "\($0.name) \(fixed(Double($0.kB) / 1024, 1)) MB" }.joined(separator: ", ") + "\n"
+            out += "target: VmRSS ≤ 16 MB with 1000 leaves attached and 1 M readings spooled"
+            return out
+        }
+    }
+
+    struct Memory {
+        var rssKB = 0.0, anonKB = 0.0, fileKB = 0.0
+
+        init(pid: pid_t) {
+            for line in (ChildProcess.readFile("/proc/\(pid)/status") ?? "").split(separator: "\n") {
+                let kB = line.split(separator: " ").compactMap { Double($0) }.first ?? 0
+                if line.hasPrefix("VmRSS:") { rssKB = kB }
+                if line.hasPrefix("RssAnon:") { anonKB = kB }
+                if line.hasPrefix("RssFile:") { fileKB = kB }
+            }
+        }
+    }
+
+    static func measure(daemon: String, hubBinary: String, leaves: Int, records: Int, settle: Int, dir: String) async throws -> Figures {
+        let hub = try await BenchHub.start(binary: hubBinary, devices: leaves)
+        defer { hub.stop() }
+        _ = system("rm -rf '\(dir)'; mkdir -p '\(dir)/devices.d'")
+        defer { _ = system("rm -rf '\(dir)'") }
+        let gateway = try await hub.service.request("PUT", "/devices/bench-gateway", body: [:])
+        let gatewayKey = gateway.json?["authentication"]?["symmetricKey"]?["primaryKey"]?.stringValue ?? ""
+        for i in 0..<leaves {
+            _ = try await hub.service.request("POST", "/faults/throttle", body: ["deviceId": .string("bench-\(i)"), "seconds": 3600])
+        }
+        try fillSpool(dir + "/spool", leaves: leaves, records: records)
+
+        let policyKey = (ChildProcess.readFile(hub.keysFile) ?? "").split(separator: "\n")
+            .first { $0.hasPrefix("policy ") }.flatMap { try? ConnectionString(parsing: String($0.dropFirst(7))).sharedAccessKey } ?? ""
+        try write(dir + "/fieldgate.toml", """
+            [hub]
+            host = "localhost"
+            address = "127.0.0.1"
+            port = \(hub.amqpsPort)
+            ca_file = "\(hub.caFile)"
+            attaches_per_second = 1000
+            [gateway]
+            device_id = "bench-gateway"
+            reboot_command = ["true"]
+            [spool]
+            directory = "\(dir)/spool"
+            cap_mb = 4096
+            [udp]
+            bind = "127.0.0.1"
+            port = \(30000 + Int.random(in: 0..<20000))
+            [control]
+            socket = "\(dir)/control.sock"
+            """)
+        try write(dir + "/secrets.toml", "[keys]\nbench-gateway = \"\(gatewayKey)\"\n[policies]\niothubowner = \"\(policyKey)\"\n")
+        chmod(dir + "/secrets.toml", 0o600)
+        try write(dir + "/devices.d/leaves.toml", (0..<leaves).map {
+            "[[leaf]]\ndevice_id = \"bench-\($0)\"\nadapter = \"udp\"\ncredential = \"policy:iothubowner:hub\"\n"
+        }.joined(separator: "\n"))
+
+        let child = try ChildProcess.spawn(daemon, ["run", "--config", dir + "/fieldgate.toml", "--log-level", "error"])
+        defer { child.terminate() }
+        try await Task.sleep(for: .milliseconds(300))
+        let atStart = Memory(pid: child.pid)
+        let deadline = ContinuousClock.now + .seconds(120)
+        while true {
+            guard child.isRunning() else { throw BenchError("fieldgated exited (its log is on this terminal)") }
+            let status = try? ControlClient.request(["command": "status"], socketPath: dir + "/control.sock")
+            if status?["leaves_by_state"]?["ready"]?.intValue == Int64(leaves + 1) { break }
+            guard ContinuousClock.now < deadline else { throw BenchError("the leaves did not attach within 120 s: \(status.map { "\($0)" } ?? "no status")") }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        let attached = Memory(pid: child.pid)
+        try await Task.sleep(for: .seconds(settle))
+        let settled = Memory(pid: child.pid)
+        let depth = try ControlClient.request(["command": "spool-stats"], socketPath: dir + "/control.sock")["depth"]?.intValue ?? 0
+        let connections = try ControlClient.request(["command": "status"], socketPath: dir + "/control.sock")["connections"]?.arrayValue?.count ?? 0
+        return Figures(leaves: leaves, spooled: Int(depth), connections: connections, atStart: atStart, attached: attached, settled: settled,
+                       mappings: fileMappings(pid: child.pid))
+    }
+
+    /// The spool the daemon will find: `records` 200 B readings round-robin over the leaves.
+    @discardableResult
+    private static func fillSpool(_ directory: String, leaves: Int, records: Int) throws -> Int {
+        var config = SpoolConfiguration(directory: directory)
+        config.capBytes = 4096 * 1024 * 1024
+        config.sync = .interval(milliseconds: 100)
+        let spool = try Spool(configuration: config)
+        defer { spool.close() }
+        let body = Array(#"{"temperature":21.5,"humidity":60.2,"pressure":1013.2,"vibration":[0.01,0.02,0.03],"status":"ok","pad":"\#(String(repeating: "x", count: 94))"}"#.utf8)
+        let envelope = TelemetryEnvelope(body: body, properties: ["kind": "bench"]).encoded()
+        var next = 0
+        while next < records {
+            let now = WallClock.nowMilliseconds()
+            let batch = (0..<min(1000, records - next)).map { k in Spool.Entry(leaf: "bench-\((next + k) % leaves)", acquiredAtMs: now, payload: envelope) }
+            _ = try spool.append(batch)
+            next += batch.count
+        }
+        return spool.statistics().depth
+    }
+
+    /// Resident kB per mapped file, largest first.
+    private static func fileMappings(pid: pid_t) -> [(kB: Int, name: String)] {
+        var byName: [String: Int] = [:]
+        var current = ""
+        for line in (ChildProcess.readFile("/proc/\(pid)/smaps") ?? "").split(separator: "\n") {
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            if let first = fields.first, first.contains("-"), fields.count >= 5 {
+                current = fields.count >= 6 ? String(fields[5].split(separator: "/").last ?? "") : ""
+            } else if fields.first == "Rss:", !current.isEmpty, !current.hasPrefix("[") {
+                byName[current, default: 0] += Int(fields[1]) ?? 0
+            }
+        }
+        return byName.map { (kB: $0.value, name: $0.key) }.sorted { $0.kB > $1.kB }
+    }
+
+    private static func write(_ path: String, _ text: String) throws {
+        guard let f = fopen(path, "w") else { throw BenchError("cannot write \(path)") }
+        fputs(text, f)
+        fclose(f)
+    }
+}

@@ -16,6 +16,13 @@ struct FileHandle {
 
     func close() { _ = Glibc.close(fd) }
 
+    /// A second descriptor for the same open file (fdatasync through it covers every write made through either).
+    func duplicate() throws(SpoolError) -> FileHandle {
+        let copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)
+        guard copy >= 0 else { throw SpoolError(.io, "cannot duplicate the descriptor of \(path)", errno: Glibc.errno) }
+        return FileHandle(fd: copy, path: path)
+    }
+
     func size() throws(SpoolError) -> Int {
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw SpoolError(.io, "cannot stat \(path)", errno: Glibc.errno) }

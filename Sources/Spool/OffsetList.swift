@@ -3,32 +3,33 @@
 /// that report periodically interleave regularly, so the gap between a leaf's records barely changes: each entry
 /// stores the change of the gap (zigzag, LEB128), usually one byte. Read front to back with a cursor.
 struct OffsetList: Sendable {
+    // 32-bit fields throughout: offsets and gaps within a segment are u32, counts cannot exceed the records of one
+    // segment, and a buffered run costs this struct once per leaf and segment (issue 3's memory figure).
     private var bytes: [UInt8] = []
-    private(set) var count = 0
+    private var storedCount: UInt32 = 0
     private var last: UInt32 = 0
-    private var lastGap: Int64 = 0
+    /// Offsets only grow within a segment, so a gap is never negative.
+    private var lastGap: UInt32 = 0
     /// The cursor: the byte where the next entry starts, the offset and gap before it, how many were taken.
-    private var readPosition = 0
+    private var readPosition: UInt32 = 0
     private var readBase: UInt32 = 0
-    private var readGap: Int64 = 0
-    private(set) var taken = 0
+    private var readGap: UInt32 = 0
+    private var storedTaken: UInt32 = 0
+
+    var count: Int { Int(storedCount) }
+    var taken: Int { Int(storedTaken) }
 
     init(_ first: UInt32) { append(first) }
 
     var remaining: Int { count - taken }
 
     mutating func append(_ offset: UInt32) {
-        let gap = Int64(offset) - Int64(last)
-        let change = gap - lastGap
+        let gap = offset &- last
+        let change = Int64(gap) - Int64(lastGap)
         last = offset
         lastGap = gap
-        count += 1
-        var zigzag = UInt64(bitPattern: (change << 1) ^ (change >> 63))
-        while zigzag >= 0x80 {
-            bytes.append(UInt8(zigzag & 0x7F) | 0x80)
-            zigzag >>= 7
-        }
-        bytes.append(UInt8(zigzag))
+        storedCount += 1
+        Varint.put(Varint.zigzag(change), &bytes)
     }
 
     /// The next offset not yet taken (nil when all are).
@@ -43,31 +44,22 @@ struct OffsetList: Sendable {
         let (offset, gap, length) = decode()
         readBase = offset
         readGap = gap
-        readPosition += length
-        taken += 1
+        readPosition += UInt32(length)
+        storedTaken += 1
     }
 
-    private func decode() -> (offset: UInt32, gap: Int64, length: Int) {
-        var zigzag: UInt64 = 0
-        var shift: UInt64 = 0
-        var i = readPosition
-        while true {
-            let b = bytes[i]
-            zigzag |= UInt64(b & 0x7F) << shift
-            i += 1
-            if b & 0x80 == 0 { break }
-            shift += 7
-        }
-        let change = Int64(bitPattern: zigzag >> 1) ^ -Int64(bitPattern: zigzag & 1)
-        let gap = readGap + change
-        return (UInt32(truncatingIfNeeded: Int64(readBase) + gap), gap, i - readPosition)
+    private func decode() -> (offset: UInt32, gap: UInt32, length: Int) {
+        var at = Int(readPosition)
+        let zigzag = bytes.withUnsafeBytes { Varint.read($0, &at, end: $0.count) } ?? 0  // written by `append`: whole
+        let gap = UInt32(truncatingIfNeeded: Int64(readGap) + Varint.unzigzag(zigzag))
+        return (readBase &+ gap, gap, at - Int(readPosition))
     }
 
     /// Drops the growth slack (a sealed segment's lists never grow again), and what was taken already.
     mutating func compact() {
         var exact = [UInt8]()
-        exact.reserveCapacity(bytes.count - readPosition)
-        exact.append(contentsOf: bytes[readPosition...])
+        exact.reserveCapacity(bytes.count - Int(readPosition))
+        exact.append(contentsOf: bytes[Int(readPosition)...])
         bytes = exact
         readPosition = 0
     }

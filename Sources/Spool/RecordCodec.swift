@@ -17,41 +17,45 @@ public struct SpoolRecord: Sendable, Equatable {
 }
 
 /// The record frame of Spool.md: `u32 length, u32 crc32c, header, payload`. Pure functions, no I/O.
+/// Version 2 (written) keeps the header small — varints — because a 200 B reading paid 35 B of framing in version
+/// 1 (the spool's write amplification, issue 3). Version 1 records (spools written before) still decode.
 public enum RecordCodec {
-    public static let version: UInt8 = 1
+    public static let version: UInt8 = 2
     /// length + crc
     public static let prefixSize = 8
-    /// version, flags, leaf length, sequence, acquisition time
-    public static let fixedHeaderSize = 1 + 1 + 2 + 8 + 8
+    /// The smallest valid header: version, flags, and one byte each for sequence, time and leaf length.
+    public static let minimumHeaderSize = 5
+    /// Version 1's header: version, flags, u16 leaf length, u64 sequence, i64 acquisition time.
+    static let version1HeaderSize = 1 + 1 + 2 + 8 + 8
+    /// The largest version-2 header before the leaf bytes (varints at their longest).
+    static let maximumHeaderSize = 1 + 1 + 10 + 10 + 3
     /// Records larger than this are refused (and a length above it in a file is corruption).
     public static let maxRecordSize = 16 * 1024 * 1024
 
+    /// An upper bound of a record's frame size (the exact size depends on its sequence and time).
     public static func frameSize(leafBytes: Int, payloadBytes: Int) -> Int {
-        prefixSize + fixedHeaderSize + leafBytes + payloadBytes
+        prefixSize + maximumHeaderSize + leafBytes + payloadBytes
     }
 
-    /// Appends the frame of `record` to `out`.
+    /// Appends the frame of `record` to `out`: version 2, `u8 version, u8 flags, varint sequence, varint zigzag
+    /// acquisition time, varint leaf length, leaf, payload`.
     public static func encode(_ record: SpoolRecord, into out: inout [UInt8]) {
         var leaf = record.leaf
         leaf.withUTF8 { leafBytes in
-            let bodyLength = fixedHeaderSize + leafBytes.count + record.payload.count
             let start = out.count
-            out.append(contentsOf: repeatElement(0, count: prefixSize + bodyLength))
+            out.append(contentsOf: repeatElement(0, count: prefixSize))
+            out.append(version)
+            out.append(record.flags)
+            Varint.put(record.sequence, &out)
+            Varint.put(Varint.zigzag(record.acquiredAtMs), &out)
+            Varint.put(UInt64(leafBytes.count), &out)
+            out.append(contentsOf: leafBytes)
+            out.append(contentsOf: record.payload)
             out.withUnsafeMutableBytes { raw in
                 let frame = UnsafeMutableRawBufferPointer(rebasing: raw[start...])
-                frame.storeBytes(of: UInt32(bodyLength).littleEndian, toByteOffset: 0, as: UInt32.self)
-                frame[8] = version
-                frame[9] = record.flags
-                frame.storeBytes(of: UInt16(leafBytes.count).littleEndian, toByteOffset: 10, as: UInt16.self)
-                frame.storeBytes(of: record.sequence.littleEndian, toByteOffset: 12, as: UInt64.self)
-                frame.storeBytes(of: UInt64(bitPattern: record.acquiredAtMs).littleEndian, toByteOffset: 20, as: UInt64.self)
-                let leafAt = prefixSize + fixedHeaderSize
-                UnsafeMutableRawBufferPointer(rebasing: frame[leafAt..<(leafAt + leafBytes.count)]).copyMemory(from: UnsafeRawBufferPointer(leafBytes))
-                record.payload.withUnsafeBytes { p in
-                    UnsafeMutableRawBufferPointer(rebasing: frame[(leafAt + leafBytes.count)...]).copyMemory(from: p)
-                }
-                let crc = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: frame[prefixSize..<(prefixSize + bodyLength)]))
-                frame.storeBytes(of: crc.littleEndian, toByteOffset: 4, as: UInt32.self)
+                let body = UnsafeRawBufferPointer(rebasing: frame[prefixSize...])
+                frame.storeBytes(of: UInt32(body.count).littleEndian, toByteOffset: 0, as: UInt32.self)
+                frame.storeBytes(of: CRC32C.checksum(body).littleEndian, toByteOffset: 4, as: UInt32.self)
             }
         }
     }
@@ -69,18 +73,29 @@ public enum RecordCodec {
     public static func decode(_ bytes: UnsafeRawBufferPointer, at offset: Int, payload: Bool = true) -> Decoded {
         guard offset + prefixSize <= bytes.count else { return .truncated }
         let length = Int(read32(bytes, offset))
-        guard length >= fixedHeaderSize, length <= maxRecordSize else { return .corrupt }
+        guard length >= minimumHeaderSize, length <= maxRecordSize else { return .corrupt }
         guard offset + prefixSize + length <= bytes.count else { return .truncated }
         let body = UnsafeRawBufferPointer(rebasing: bytes[(offset + prefixSize)..<(offset + prefixSize + length)])
         guard CRC32C.checksum(body) == read32(bytes, offset + 4) else { return .corrupt }
-        guard body[0] == version else { return .corrupt }
-        let leafLength = Int(body[2]) | Int(body[3]) << 8
-        guard fixedHeaderSize + leafLength <= length else { return .corrupt }
-        let leafStart = fixedHeaderSize
-        let leaf = String(decoding: UnsafeRawBufferPointer(rebasing: body[leafStart..<(leafStart + leafLength)]), as: UTF8.self)
+        let header: (sequence: UInt64, acquiredAtMs: Int64, leaf: Range<Int>)
+        switch body[0] {
+        case 2:
+            var at = 2
+            guard let sequence = Varint.read(body, &at, end: body.count), let time = Varint.read(body, &at, end: body.count),
+                  let leafLength = Varint.read(body, &at, end: body.count), leafLength <= UInt64(body.count - at) else { return .corrupt }
+            header = (sequence, Varint.unzigzag(time), at..<(at + Int(leafLength)))
+        case 1:
+            guard length >= version1HeaderSize else { return .corrupt }
+            let leafLength = Int(body[2]) | Int(body[3]) << 8
+            guard version1HeaderSize + leafLength <= length else { return .corrupt }
+            header = (read64(body, 4), Int64(bitPattern: read64(body, 12)), version1HeaderSize..<(version1HeaderSize + leafLength))
+        default:
+            return .corrupt
+        }
+        let leaf = String(decoding: UnsafeRawBufferPointer(rebasing: body[header.leaf]), as: UTF8.self)
         let record = SpoolRecord(
-            leaf: leaf, sequence: read64(body, 4), acquiredAtMs: Int64(bitPattern: read64(body, 12)), flags: body[1],
-            payload: payload ? Array(UnsafeRawBufferPointer(rebasing: body[(leafStart + leafLength)...])) : [])
+            leaf: leaf, sequence: header.sequence, acquiredAtMs: header.acquiredAtMs, flags: body[1],
+            payload: payload ? Array(UnsafeRawBufferPointer(rebasing: body[header.leaf.upperBound...])) : [])
         return .record(record, frameSize: prefixSize + length)
     }
 

@@ -40,11 +40,11 @@ struct SegmentIndex: Sendable {
             leaves[r.leaf] = leaf
             names.append(r.leaf)
         }
-        Self.putVarint(UInt64(leaf), &body)
-        Self.putVarint(r.sequence &- lastSequence, &body)
-        Self.putVarint(UInt64(offset) &- lastOffset, &body)
+        Varint.put(UInt64(leaf), &body)
+        Varint.put(r.sequence &- lastSequence, &body)
+        Varint.put(UInt64(offset) &- lastOffset, &body)
         let change = r.acquiredAtMs &- lastAcquired
-        Self.putVarint(UInt64(bitPattern: (change << 1) ^ (change >> 63)), &body)
+        Varint.put(Varint.zigzag(change), &body)
         lastSequence = r.sequence
         lastOffset = UInt64(offset)
         lastAcquired = r.acquiredAtMs
@@ -92,18 +92,7 @@ struct SegmentIndex: Sendable {
             func u16() -> Int? { guard at + 2 <= end else { return nil }; defer { at += 2 }; return Int(UInt16(b[at]) | UInt16(b[at + 1]) << 8) }
             func u32() -> UInt32? { guard at + 4 <= end else { return nil }; defer { at += 4 }; return RecordCodec.read32(b, at) }
             func u64() -> UInt64? { guard at + 8 <= end else { return nil }; defer { at += 8 }; return RecordCodec.read64(b, at) }
-            func varint() -> UInt64? {
-                var value: UInt64 = 0
-                var shift: UInt64 = 0
-                while at < end, shift < 64 {
-                    let byte = b[at]
-                    at += 1
-                    value |= UInt64(byte & 0x7F) << shift
-                    if byte & 0x80 == 0 { return value }
-                    shift += 7
-                }
-                return nil
-            }
+            func varint() -> UInt64? { Varint.read(b, &at, end: end) }
             guard let size = u64(), size == UInt64(segmentSize), let leafCount = u32() else { return false }
             var names: [String] = []
             for _ in 0..<leafCount {
@@ -120,20 +109,11 @@ struct SegmentIndex: Sendable {
                 guard !overflowO, o < UInt64(segmentSize), i == 0 || doff > 0 else { return false }
                 sequence = sequence &+ ds
                 offset = o
-                acquired = acquired &+ (Int64(bitPattern: za >> 1) ^ -Int64(bitPattern: za & 1))
+                acquired = acquired &+ Varint.unzigzag(za)
                 visit(SpoolRecord(leaf: names[Int(leaf)], sequence: sequence, acquiredAtMs: acquired, payload: []), Int(offset))
             }
             return at == end
         }
-    }
-
-    private static func putVarint(_ value: UInt64, _ out: inout [UInt8]) {
-        var v = value
-        while v >= 0x80 {
-            out.append(UInt8(v & 0x7F) | 0x80)
-            v >>= 7
-        }
-        out.append(UInt8(v))
     }
 
     private static func put<T: FixedWidthInteger>(_ v: T, _ out: inout [UInt8]) {

@@ -47,7 +47,7 @@ public struct SegmentScan {
     /// e.g. a flipped length bit, not a torn tail).
     static func hasValidRecord(_ raw: UnsafeRawBufferPointer, after offset: Int) -> Bool {
         var at = offset + 1
-        while at + RecordCodec.prefixSize + RecordCodec.fixedHeaderSize <= raw.count {
+        while at + RecordCodec.prefixSize + RecordCodec.minimumHeaderSize <= raw.count {
             if case .record = RecordCodec.decode(raw, at: at) { return true }
             at += 1
         }

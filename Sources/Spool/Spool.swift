@@ -412,7 +412,9 @@ public final class Spool: Sendable {
                 try seg.handle.dataSync()
             case .interval(let ms):
                 s.unsynced = true
-                if s.lastSync.duration(to: .now) >= .milliseconds(ms) { try syncLocked(&s) }
+                // The flusher syncs without holding up appends; should it fall a whole round behind (a starved
+                // thread), this append syncs in line, so the loss window stays bounded.
+                if s.lastSync.duration(to: .now) >= .milliseconds(2 * ms) { try syncLocked(&s) }
             }
             return sequences
         }
@@ -673,11 +675,31 @@ public final class Spool: Sendable {
     /// The message id of a record: the same for every delivery attempt and across restarts.
     public func messageID(for sequence: UInt64) -> String { "\(epoch)-\(sequence)" }
 
-    /// fdatasync now (the interval flusher calls this; `close` too).
+    /// fdatasync now: everything appended or acknowledged before the call is durable when it returns (the interval
+    /// flusher calls this). The fdatasync runs outside the lock, on duplicated descriptors, so appends go on
+    /// meanwhile instead of waiting for the disk; what they write is marked for the next round.
     public func sync() throws(SpoolError) {
-        try withState { s throws(SpoolError) in
-            guard !s.closed else { return }
-            try syncLocked(&s)
+        let files = try withState { s throws(SpoolError) -> [FileHandle] in
+            guard !s.closed, s.unsynced else { return [] }
+            var files: [FileHandle] = []
+            do throws(SpoolError) {
+                for handle in [s.segments.last?.handle, s.ledger] {
+                    if let handle { files.append(try handle.duplicate()) }
+                }
+            } catch {
+                for f in files { f.close() }
+                throw error
+            }
+            s.unsynced = false
+            s.lastSync = .now
+            return files
+        }
+        defer { for f in files { f.close() } }
+        do {
+            for f in files { try f.dataSync() }
+        } catch {
+            withState { $0.unsynced = true }
+            throw error
         }
     }
 

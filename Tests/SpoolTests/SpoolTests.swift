@@ -51,6 +51,33 @@ struct RecordCodecTests {
         }
     }
 
+    @Test("version 1 records (spools written before version 2) still decode; version 2 is smaller")
+    func version1() {
+        let r = SpoolRecord(leaf: "meter-7", sequence: 1_234_567, acquiredAtMs: 1_700_000_000_123, flags: 1, payload: Array("{}".utf8))
+        // Version 1 as it was written: u8 1, u8 flags, u16 leaf length, u64 sequence, i64 time, leaf, payload.
+        var body: [UInt8] = [1, r.flags, UInt8(r.leaf.utf8.count), 0]
+        RecordCodec.append64(r.sequence, to: &body)
+        RecordCodec.append64(UInt64(bitPattern: r.acquiredAtMs), to: &body)
+        body += Array(r.leaf.utf8) + r.payload
+        var v1: [UInt8] = []
+        RecordCodec.append32(UInt32(body.count), to: &v1)
+        RecordCodec.append32(CRC32C.checksum(body), to: &v1)
+        v1 += body
+        #expect(RecordCodec.decode(v1) == .record(r, frameSize: v1.count))
+        var v2: [UInt8] = []
+        RecordCodec.encode(r, into: &v2)
+        #expect(RecordCodec.decode(v2) == .record(r, frameSize: v2.count))
+        #expect(v1.count - v2.count == 8, "u16+u64+i64 (18 B) became 1+3+6 B of varints")
+        // Extremes of the varint fields round-trip.
+        for (sequence, time) in [(UInt64.max, Int64.min), (0, Int64.max), (1, -1)] as [(UInt64, Int64)] {
+            let x = SpoolRecord(leaf: "", sequence: sequence, acquiredAtMs: time, payload: [])
+            var f: [UInt8] = []
+            RecordCodec.encode(x, into: &f)
+            #expect(RecordCodec.decode(f) == .record(x, frameSize: f.count))
+            #expect(f.count <= RecordCodec.frameSize(leafBytes: 0, payloadBytes: 0))
+        }
+    }
+
     @Test("the ack set merges ranges and answers membership")
     func ackSet() {
         var a = AckSet()

@@ -18,6 +18,9 @@ public final class Spool: Sendable {
     public let epoch: String
     public let isReadOnly: Bool
     private let state: Mutex<State>
+    /// Held across a whole `sync` (the fdatasync included, the state lock not): a caller that finds a flusher
+    /// round in flight waits for it, so "durable when `sync` returns" holds for it too.
+    private let syncing = Mutex(())
     private let lockFD: Int32
     private let logger: Logger
     /// With `interval(N)`: fdatasyncs every N ms even when no append comes (the loss window of Spool.md).
@@ -679,6 +682,10 @@ public final class Spool: Sendable {
     /// flusher calls this). The fdatasync runs outside the lock, on duplicated descriptors, so appends go on
     /// meanwhile instead of waiting for the disk; what they write is marked for the next round.
     public func sync() throws(SpoolError) {
+        try syncing.withLock { _ throws(SpoolError) in try syncOutsideStateLock() }
+    }
+
+    private func syncOutsideStateLock() throws(SpoolError) {
         let files = try withState { s throws(SpoolError) -> [FileHandle] in
             guard !s.closed, s.unsynced else { return [] }
             var files: [FileHandle] = []
@@ -706,8 +713,9 @@ public final class Spool: Sendable {
     /// True while appended (interval policy) or acknowledged data waits for the flusher's next fdatasync.
     public var hasUnsyncedData: Bool { withState { $0.unsynced } }
 
-    private func syncLocked(_ s: inout State) throws(SpoolError) {
-        guard s.unsynced else { return }
+    /// `force`: even when nothing is marked (a flusher round may have taken the mark and still be syncing).
+    private func syncLocked(_ s: inout State, force: Bool = false) throws(SpoolError) {
+        guard s.unsynced || force else { return }
         try s.segments.last?.handle.dataSync()
         try s.ledger?.dataSync()
         s.unsynced = false
@@ -729,7 +737,7 @@ public final class Spool: Sendable {
         flusher?.timer.cancel()
         withState { s in
             guard !s.closed else { return }
-            try? syncLocked(&s)
+            try? syncLocked(&s, force: !isReadOnly)
             for seg in s.segments { seg.handle.close() }
             s.ledger?.close()
             s.deadLetter?.close()

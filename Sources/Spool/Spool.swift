@@ -264,16 +264,21 @@ public final class Spool: Sendable {
     }
 
     private static func enqueue(leaf: String, segment: UInt32, offset: UInt32, _ s: inout State) {
-        if s.queues[leaf] == nil {
+        let index: Dictionary<String, [Run]>.Index
+        if let known = s.queues.index(forKey: leaf) {
+            index = known
+        } else {
             s.queues[leaf] = []
             s.leafOrder.append(leaf)
+            index = s.queues.index(forKey: leaf)!
         }
-        // In place: copying the run out and back would copy its offsets on every append (quadratic).
-        let count = s.queues[leaf]!.count
-        if count > 0 && s.queues[leaf]![count - 1].segment == segment {
-            s.queues[leaf]![count - 1].offsets.append(offset)
+        // In place through the index: one hash of the leaf per record (this is the append hot path), and no copy
+        // of the run (copying it out and back would copy its offsets on every append: quadratic).
+        let count = s.queues.values[index].count
+        if count > 0 && s.queues.values[index][count - 1].segment == segment {
+            s.queues.values[index][count - 1].offsets.append(offset)
         } else {
-            s.queues[leaf]!.append(Run(segment: segment, offsets: OffsetList(offset)))
+            s.queues.values[index].append(Run(segment: segment, offsets: OffsetList(offset)))
         }
         s.depthByLeaf[leaf, default: 0] += 1
     }
@@ -349,13 +354,20 @@ public final class Spool: Sendable {
         try withState { s throws(SpoolError) -> [UInt64] in
             guard !s.closed else { throw SpoolError(.closed, "the spool is closed") }
             guard !isReadOnly else { throw SpoolError(.readOnly, "the spool is open read-only") }
-            var frame: [UInt8] = []
-            var sequences: [UInt64] = []
-            var records: [(SpoolRecord, Int)] = []
+            var frameBound = 0
             for e in entries {
-                guard e.leaf.utf8.count <= UInt16.max,
-                      RecordCodec.frameSize(leafBytes: e.leaf.utf8.count, payloadBytes: e.payload.count) <= RecordCodec.maxRecordSize
+                let bound = RecordCodec.frameSize(leafBytes: e.leaf.utf8.count, payloadBytes: e.payload.count)
+                guard e.leaf.utf8.count <= UInt16.max, bound <= RecordCodec.maxRecordSize
                 else { throw SpoolError(.tooLarge, "a record for \(e.leaf) is larger than \(RecordCodec.maxRecordSize) bytes") }
+                frameBound += bound
+            }
+            var frame: [UInt8] = []
+            frame.reserveCapacity(frameBound)  // one allocation for the batch, no regrowth copies
+            var sequences: [UInt64] = []
+            sequences.reserveCapacity(entries.count)
+            var records: [(SpoolRecord, Int)] = []
+            records.reserveCapacity(entries.count)
+            for e in entries {
                 let r = SpoolRecord(leaf: e.leaf, sequence: s.nextSequence + UInt64(sequences.count), acquiredAtMs: e.acquiredAtMs, payload: e.payload)
                 records.append((r, frame.count))
                 RecordCodec.encode(r, into: &frame)

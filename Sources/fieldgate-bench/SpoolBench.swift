@@ -12,6 +12,8 @@ struct SpoolBench: AsyncParsableCommand {
 
     @Option(help: "Directory on the disk to measure (not a tmpfs).") var dir = "/var/tmp/fieldgate-spool-bench"
     @Option(help: "Records per append call (and per baseline write).") var batch = 64
+    @Option(help: "Record sizes to run.") var sizes: [Int] = [200, 4096]
+    @Flag(help: "Only the append runs (no reopen and memory figures).") var appendOnly = false
     @Option(help: "Megabytes per throughput run.") var megabytes = 64
     @Option(help: "Size of the spool reopened for the recovery figure, in MB.") var reopenMegabytes = 1024
     @Option(help: "Records buffered for the memory figure.") var memoryRecords = 1_000_000
@@ -20,7 +22,7 @@ struct SpoolBench: AsyncParsableCommand {
         print("spool benchmark in \(dir), \(batch) records per append, \(megabytes) MB per run")
         print("")
         print("record  sync        spool rec/s   spool MB/s   raw MB/s   ratio   write amp.   raw write amp.")
-        for size in [200, 4096] {
+        for size in sizes {
             for sync in [SpoolConfiguration.SyncPolicy.always, .interval(milliseconds: 100)] {
                 let count = megabytes * 1024 * 1024 / size
                 let (raw, rawAmp) = try baseline(recordSize: size, count: count, sync: sync)
@@ -31,6 +33,7 @@ struct SpoolBench: AsyncParsableCommand {
             }
         }
         print("targets: ratio ≥ 0.8, write amplification ≤ 1.2 (the raw loop's own, for the same bytes and syncs, is beside it)\n")
+        guard !appendOnly else { return }
         try reopenFigure()
         try memoryFigure()
     }

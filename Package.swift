@@ -35,6 +35,8 @@ let package = Package(
         .systemLibrary(name: "CProton", path: "Sources/CProton", providers: [.apt(["libqpid-proton11-dev"])]),
         .systemLibrary(name: "CModbus", path: "Sources/CModbus", pkgConfig: "libmodbus", providers: [.apt(["libmodbus-dev"])]),
         .systemLibrary(name: "CSystemd", path: "Sources/CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
+        .systemLibrary(name: "CLibCrypto", path: "Sources/CLibCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        .target(name: "MessageAuthentication", dependencies: ["CLibCrypto"], swiftSettings: strictSettings),
 
         .target(
             name: "FieldgateCore",
@@ -58,7 +60,7 @@ let package = Package(
         ),
         .target(
             name: "IoTHub",
-            dependencies: ["FieldgateCore", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["FieldgateCore", "MessageAuthentication"],
             swiftSettings: strictSettings
         ),
         .target(
@@ -89,7 +91,7 @@ let package = Package(
                 "Uplink", "Spool", "FieldgateCore", "FrameCodecs", "CSocketBatch",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "Crypto", package: "swift-crypto"),
+                "MessageAuthentication",
             ],
             swiftSettings: strictSettings
         ),
@@ -231,7 +233,7 @@ let package = Package(
         ),
         .testTarget(name: "SystemdTests", dependencies: ["Systemd", .product(name: "Logging", package: "swift-log")], swiftSettings: strictSettings),
         .testTarget(name: "FieldgateCoreTests", dependencies: ["FieldgateCore"], swiftSettings: strictSettings),
-        .testTarget(name: "IoTHubTests", dependencies: ["IoTHub"], swiftSettings: strictSettings),
+        .testTarget(name: "IoTHubTests", dependencies: ["IoTHub", "MessageAuthentication"], swiftSettings: strictSettings),
         .testTarget(name: "SpoolTests", dependencies: ["Spool"], swiftSettings: strictSettings),
         .testTarget(
             name: "UplinkTests",

@@ -1,4 +1,4 @@
-import Crypto
+import MessageAuthentication
 import FieldgateCore
 
 #if canImport(FoundationEssentials)
@@ -47,7 +47,7 @@ public struct SASToken: Sendable, Equatable {
         guard let keyBytes = Data(base64Encoded: key), !keyBytes.isEmpty else {
             throw IoTHubError(.invalidKey, "the key is not valid base64")
         }
-        let mac = HMAC<SHA256>.authenticationCode(for: Array("\(resource)\n\(expiry)".utf8), using: SymmetricKey(data: keyBytes))
+        let mac = HMACSHA256.authenticationCode(for: Array("\(resource)\n\(expiry)".utf8), key: Array(keyBytes))
         return Data(mac).base64EncodedString()
     }
 
@@ -93,7 +93,7 @@ public func deriveDeviceKey(groupKey: String, registrationID: String) throws(IoT
     guard let keyBytes = Data(base64Encoded: groupKey), !keyBytes.isEmpty else {
         throw IoTHubError(.invalidKey, "the group key is not valid base64")
     }
-    let mac = HMAC<SHA256>.authenticationCode(for: Array(registrationID.utf8), using: SymmetricKey(data: keyBytes))
+    let mac = HMACSHA256.authenticationCode(for: Array(registrationID.utf8), key: Array(keyBytes))
     return Data(mac).base64EncodedString()
 }
 

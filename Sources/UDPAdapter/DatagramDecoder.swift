@@ -1,4 +1,4 @@
-import Crypto
+import MessageAuthentication
 import FieldgateCore
 import FrameCodecs
 
@@ -97,7 +97,7 @@ struct DatagramDecoder {
         let ts = member("ts").flatMap(value).flatMap(Self.milliseconds)
         if let key = leaf.hmacKey {
             guard let signature, let mac = Data(base64Encoded: signature),
-                  HMAC<SHA256>.isValidAuthenticationCode(mac, authenticating: Array(body), using: SymmetricKey(data: key))
+                  HMACSHA256.isValid(Array(mac), for: Array(body), key: key)
             else { return .failure(.init(.badSignature, leaf: leafID)) }
             let skew = ts.map { $0.subtractingReportingOverflow(nowMs) }
             guard let skew, !skew.overflow, skew.partialValue.magnitude <= UInt64(configuration.timestampWindowSeconds * 1000) else {
@@ -162,7 +162,7 @@ struct DatagramDecoder {
 
     /// Signs a datagram body as a leaf must (tests, simulators).
     static func sign(_ body: [UInt8], key: [UInt8]) -> [UInt8] {
-        let mac = HMAC<SHA256>.authenticationCode(for: body, using: SymmetricKey(data: key))
+        let mac = HMACSHA256.authenticationCode(for: body, key: key)
         return body + Array("\nsig=\(Data(mac).base64EncodedString())".utf8)
     }
 }

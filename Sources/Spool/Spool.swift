@@ -356,8 +356,9 @@ public final class Spool: Sendable {
             guard !isReadOnly else { throw SpoolError(.readOnly, "the spool is open read-only") }
             var frameBound = 0
             for e in entries {
-                let bound = RecordCodec.frameSize(leafBytes: e.leaf.utf8.count, payloadBytes: e.payload.count)
-                guard e.leaf.utf8.count <= UInt16.max, bound <= RecordCodec.maxRecordSize
+                let leafBytes = e.leaf.utf8.count
+                let bound = RecordCodec.frameSize(leafBytes: leafBytes, payloadBytes: e.payload.count)
+                guard leafBytes <= UInt16.max, bound <= RecordCodec.maxRecordSize
                 else { throw SpoolError(.tooLarge, "a record for \(e.leaf) is larger than \(RecordCodec.maxRecordSize) bytes") }
                 frameBound += bound
             }

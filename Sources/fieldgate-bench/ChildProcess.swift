@@ -45,13 +45,22 @@ struct ChildProcess {
         return (u + s) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 
-    func rssMB() -> Double {
-        guard let text = Self.readFile("/proc/\(pid)/status") else { return 0 }
-        for line in text.split(separator: "\n") where line.hasPrefix("VmRSS:") {
-            let kb = line.split(separator: " ").compactMap { Double($0) }.first ?? 0
-            return kb / 1024
+    func rssMB() -> Double { memory().rssKB / 1024 }
+
+    /// Resident memory from /proc/<pid>/status: all of it, anonymous, file-backed (kB).
+    struct Memory {
+        var rssKB = 0.0, anonKB = 0.0, fileKB = 0.0
+    }
+
+    func memory() -> Memory {
+        var m = Memory()
+        for line in (Self.readFile("/proc/\(pid)/status") ?? "").split(separator: "\n") {
+            let kB = line.split(separator: " ").compactMap { Double($0) }.first ?? 0
+            if line.hasPrefix("VmRSS:") { m.rssKB = kB }
+            if line.hasPrefix("RssAnon:") { m.anonKB = kB }
+            if line.hasPrefix("RssFile:") { m.fileKB = kB }
         }
-        return 0
+        return m
     }
 
     static func readFile(_ path: String) -> String? {

@@ -30,7 +30,7 @@ struct DaemonMemoryBench: AsyncParsableCommand {
 
     struct Figures {
         var leaves, spooled, connections: Int
-        var atStart, attached, settled: Memory
+        var atStart, attached, settled: ChildProcess.Memory
         var mappings: [(kB: Int, name: String)]
 
         var table: String {
@@ -43,19 +43,6 @@ struct DaemonMemoryBench: AsyncParsableCommand {
             out += "resident file mappings: " + mappings.prefix(6).map { "\($0.name) \(fixed(Double($0.kB) / 1024, 1)) MB" }.joined(separator: ", ") + "\n"
             out += "target: VmRSS ≤ 16 MB with 1000 leaves attached and 1 M readings spooled"
             return out
-        }
-    }
-
-    struct Memory {
-        var rssKB = 0.0, anonKB = 0.0, fileKB = 0.0
-
-        init(pid: pid_t) {
-            for line in (ChildProcess.readFile("/proc/\(pid)/status") ?? "").split(separator: "\n") {
-                let kB = line.split(separator: " ").compactMap { Double($0) }.first ?? 0
-                if line.hasPrefix("VmRSS:") { rssKB = kB }
-                if line.hasPrefix("RssAnon:") { anonKB = kB }
-                if line.hasPrefix("RssFile:") { fileKB = kB }
-            }
         }
     }
 
@@ -101,7 +88,7 @@ struct DaemonMemoryBench: AsyncParsableCommand {
         let child = try ChildProcess.spawn(daemon, ["run", "--config", dir + "/fieldgate.toml", "--log-level", "error"])
         defer { child.terminate() }
         try await Task.sleep(for: .milliseconds(300))
-        let atStart = Memory(pid: child.pid)
+        let atStart = child.memory()
         let deadline = ContinuousClock.now + .seconds(120)
         while true {
             guard child.isRunning() else { throw BenchError("fieldgated exited (its log is on this terminal)") }
@@ -110,9 +97,9 @@ struct DaemonMemoryBench: AsyncParsableCommand {
             guard ContinuousClock.now < deadline else { throw BenchError("the leaves did not attach within 120 s: \(status.map { "\($0)" } ?? "no status")") }
             try await Task.sleep(for: .milliseconds(100))
         }
-        let attached = Memory(pid: child.pid)
+        let attached = child.memory()
         try await Task.sleep(for: .seconds(settle))
-        let settled = Memory(pid: child.pid)
+        let settled = child.memory()
         let depth = try ControlClient.request(["command": "spool-stats"], socketPath: dir + "/control.sock")["depth"]?.intValue ?? 0
         let connections = try ControlClient.request(["command": "status"], socketPath: dir + "/control.sock")["connections"]?.arrayValue?.count ?? 0
         return Figures(leaves: leaves, spooled: Int(depth), connections: connections, atStart: atStart, attached: attached, settled: settled,
@@ -127,8 +114,7 @@ struct DaemonMemoryBench: AsyncParsableCommand {
         config.sync = .interval(milliseconds: 100)
         let spool = try Spool(configuration: config)
         defer { spool.close() }
-        let body = Array(#"{"temperature":21.5,"humidity":60.2,"pressure":1013.2,"vibration":[0.01,0.02,0.03],"status":"ok","pad":"\#(String(repeating: "x", count: 94))"}"#.utf8)
-        let envelope = TelemetryEnvelope(body: body, properties: ["kind": "bench"]).encoded()
+        let envelope = UplinkAgent.reading
         var next = 0
         while next < records {
             let now = WallClock.nowMilliseconds()

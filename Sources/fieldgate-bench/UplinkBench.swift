@@ -183,6 +183,11 @@ struct UplinkAgent: AsyncParsableCommand {
     @Option var rate: Int = 0
     @Option var result: String
 
+    /// The benchmark's reading: a 200 B JSON body in its spool envelope.
+    static let reading = TelemetryEnvelope(
+        body: Array(#"{"temperature":21.5,"humidity":60.2,"pressure":1013.2,"vibration":[0.01,0.02,0.03],"status":"ok","pad":"\#(String(repeating: "x", count: 94))"}"#.utf8),
+        properties: ["kind": "bench"]).encoded()
+
     func run() async throws {
         var keyByDevice: [String: String] = [:]
         var policyKey = ""
@@ -214,8 +219,7 @@ struct UplinkAgent: AsyncParsableCommand {
         report("attached-ms=\(Int(secondsSince(start) * 1000))")
         while access(result + ".go", F_OK) != 0 { try await Task.sleep(for: .milliseconds(5)) }
 
-        let body = Array(#"{"temperature":21.5,"humidity":60.2,"pressure":1013.2,"vibration":[0.01,0.02,0.03],"status":"ok","pad":"\#(String(repeating: "x", count: 94))"}"#.utf8)
-        let envelope = TelemetryEnvelope(body: body, properties: ["kind": "bench"]).encoded()
+        let envelope = Self.reading
         var next = 0
         func batch(_ k: Int) -> [Spool.Entry] {
             let now = WallClock.nowMilliseconds()

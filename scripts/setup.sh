@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs everything fieldgate needs on Debian 12 (run as root): the C libraries it links, the tools its
-# tests drive (socat, openssl), and the pinned PyPI test peers in a private venv (.venv-peers).
+# tests drive (socat, openssl, libfuse2 for the spool's power-cut file system), and the pinned PyPI test peers
+# (pymodbus, fusepy) in a private venv (.venv-peers).
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(libqpid-proton11-dev libmodbus-dev libsystemd-dev libssl-dev pkg-config socat openssl curl
-              iproute2 procps systemd systemd-container debootstrap dpkg-dev lintian)
+              iproute2 procps systemd systemd-container debootstrap dpkg-dev lintian libfuse2)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -70,8 +70,12 @@ struct FileHandle {
 }
 
 enum Directory {
+    /// mkdir; a directory it creates is made durable in its parent (fsync of the parent).
     static func create(_ path: String) throws(SpoolError) {
-        if mkdir(path, 0o750) != 0 && Glibc.errno != EEXIST {
+        if mkdir(path, 0o750) == 0 {
+            let parent = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+            sync(parent.isEmpty ? (path.hasPrefix("/") ? "/" : ".") : parent)
+        } else if Glibc.errno != EEXIST {
             throw SpoolError(.io, "cannot create \(path)", errno: Glibc.errno)
         }
     }

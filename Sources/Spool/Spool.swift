@@ -61,6 +61,8 @@ public final class Spool: Sendable {
         var segments: [Segment] = []
         var nextSegmentID: UInt32 = 0
         var nextSequence: UInt64 = 1
+        /// Durable upper bound of the sequences handed out (the `sequence-floor` file; Spool.md).
+        var sequenceFloor: UInt64 = 0
         var queues: [String: [Run]] = [:]
         /// Records handed out and not yet acknowledged, by sequence.
         var inFlight: [UInt64: Location] = [:]
@@ -74,6 +76,10 @@ public final class Spool: Sendable {
         var dropped: [DropReason: [String: Int]] = [:]
         var depthByLeaf: [String: Int] = [:]
         var unsynced = false
+        /// Under `interval`: segments sealed since the last round (duplicated descriptors: a sealed segment may be
+        /// deleted meanwhile) and whether the segments directory has a new entry; the next round syncs them.
+        var sealedUnsynced: [FileHandle] = []
+        var directoryUnsynced = false
         var lastSync = ContinuousClock.now
         var corruptRegions = 0
         var tornTails = 0
@@ -248,11 +254,44 @@ public final class Spool: Sendable {
         }
         if let lowest = s.segments.first?.firstSequence { s.acked.drop(below: lowest) }
         if !readOnly {
+            try resumeNumbering(&s, dir: dir)
             try rewriteLedger(&s, dir: dir)
             s.deadLetter = try FileHandle.open(dir + "/dead-letter", flags: O_WRONLY | O_CREAT | O_APPEND)
             // Fully acknowledged segments found at open are deleted now.
             while s.segments.count > 1, s.segments[0].live == 0 { removeSegment(at: 0, &s) }
         }
+    }
+
+    /// Sequences are reserved in steps this large: one durable write per million records.
+    static let sequenceReservation: UInt64 = 1 << 20
+
+    /// After an unclean stop, numbering resumes at the durable floor: a power cut may have taken records (and their
+    /// sequences) that were already read and delivered, and their message ids must not name other records. After a
+    /// clean close every record is on disk, so numbering goes on where it stopped.
+    private static func resumeNumbering(_ s: inout State, dir: String) throws(SpoolError) {
+        let clean = Directory.exists(dir + "/clean")
+        if !clean, let floor = readNumber(dir + "/sequence-floor") { s.nextSequence = max(s.nextSequence, floor) }
+        Directory.remove(dir + "/clean")
+        try reserveSequences(through: s.nextSequence, &s, dir: dir)  // its directory sync also makes the removal durable
+    }
+
+    /// Makes `sequenceFloor` durably greater than `last` (temp + fdatasync + rename + directory sync).
+    private static func reserveSequences(through last: UInt64, _ s: inout State, dir: String) throws(SpoolError) {
+        let floor = last + sequenceReservation
+        let tmp = dir + "/sequence-floor.tmp"
+        let f = try FileHandle.open(tmp, flags: O_WRONLY | O_CREAT | O_TRUNC | O_APPEND)
+        defer { f.close() }
+        try f.append(Array("\(floor)\n".utf8))
+        try f.dataSync()
+        guard rename(tmp, dir + "/sequence-floor") == 0 else { throw SpoolError(.io, "cannot write \(dir)/sequence-floor", errno: Glibc.errno) }
+        Directory.sync(dir)
+        s.sequenceFloor = floor
+    }
+
+    private static func readNumber(_ path: String) -> UInt64? {
+        guard Directory.exists(path), let f = try? FileHandle.open(path, flags: O_RDONLY) else { return nil }
+        defer { f.close() }
+        return (try? f.readAll()).flatMap { UInt64(String(decoding: $0, as: UTF8.self).filter(\.isNumber)) }
     }
 
     private static func index(_ r: SpoolRecord, at offset: Int, in segment: inout Segment, state s: inout State) {
@@ -375,6 +414,9 @@ public final class Spool: Sendable {
                 sequences.append(r.sequence)
             }
             guard !frame.isEmpty else { return [] }
+            if s.nextSequence + UInt64(sequences.count) > s.sequenceFloor {
+                try Self.reserveSequences(through: s.nextSequence + UInt64(sequences.count), &s, dir: configuration.directory)
+            }
             try makeRoom(for: frame.count, &s)
             if s.segments.isEmpty || s.segments[s.segments.count - 1].size >= configuration.segmentBytes {
                 try startSegment(firstSequence: s.nextSequence, &s)
@@ -446,7 +488,15 @@ public final class Spool: Sendable {
 
     private func startSegment(firstSequence: UInt64, _ s: inout State) throws(SpoolError) {
         if let last = s.segments.last {
-            try last.handle.dataSync()  // a sealed segment is durable
+            // A sealed segment is durable: at once under `always` (its appends were synced already, so this costs
+            // nothing), by the next flusher round under `interval` (an inline sync would stall appends every
+            // segment). Its index may reach the disk first; recovery checks the size it names (Spool.md).
+            if configuration.sync == .always {
+                try last.handle.dataSync()
+            } else {
+                s.sealedUnsynced.append(try last.handle.duplicate())
+                s.unsynced = true
+            }
             Self.compactRuns(of: last.id, &s)
             s.segments[s.segments.count - 1].indexBytes = Self.writeIndex(of: last, s.activeIndex)  // the next open need not read it
         }
@@ -454,7 +504,12 @@ public final class Spool: Sendable {
         let name = String(firstSequence).leftPadded(to: 20) + ".seg"
         let path = configuration.directory + "/segments/" + name
         let handle = try FileHandle.open(path, flags: O_RDWR | O_CREAT | O_APPEND)
-        Directory.sync(configuration.directory + "/segments")
+        if configuration.sync == .always {
+            Directory.sync(configuration.directory + "/segments")
+        } else {
+            s.directoryUnsynced = true
+            s.unsynced = true
+        }
         s.segments.append(Segment(id: s.nextSegmentID, firstSequence: firstSequence, path: path, handle: handle, size: 0, live: 0, oldestAcquiredMs: .max))
         s.nextSegmentID += 1
     }
@@ -699,8 +754,8 @@ public final class Spool: Sendable {
     }
 
     private func syncOutsideStateLock() throws(SpoolError) {
-        let files = try withState { s throws(SpoolError) -> [FileHandle] in
-            guard !s.closed, s.unsynced else { return [] }
+        let (files, directory) = try withState { s throws(SpoolError) -> ([FileHandle], Bool) in
+            guard !s.closed, s.unsynced else { return ([], false) }
             var files: [FileHandle] = []
             do throws(SpoolError) {
                 for handle in [s.segments.last?.handle, s.ledger] {
@@ -710,15 +765,23 @@ public final class Spool: Sendable {
                 for f in files { f.close() }
                 throw error
             }
+            files.insert(contentsOf: s.sealedUnsynced, at: 0)  // older data first
+            let directory = s.directoryUnsynced
+            s.sealedUnsynced = []
+            s.directoryUnsynced = false
             s.unsynced = false
             s.lastSync = .now
-            return files
+            return (files, directory)
         }
         defer { for f in files { f.close() } }
         do {
             for f in files { try f.dataSync() }
+            if directory { Directory.sync(configuration.directory + "/segments") }
         } catch {
-            withState { $0.unsynced = true }
+            withState { s in
+                s.unsynced = true
+                s.directoryUnsynced = s.directoryUnsynced || directory
+            }
             throw error
         }
     }
@@ -729,6 +792,15 @@ public final class Spool: Sendable {
     /// `force`: even when nothing is marked (a flusher round may have taken the mark and still be syncing).
     private func syncLocked(_ s: inout State, force: Bool = false) throws(SpoolError) {
         guard s.unsynced || force else { return }
+        while let sealed = s.sealedUnsynced.first {
+            try sealed.dataSync()
+            sealed.close()
+            s.sealedUnsynced.removeFirst()
+        }
+        if s.directoryUnsynced {
+            Directory.sync(configuration.directory + "/segments")
+            s.directoryUnsynced = false
+        }
         try s.segments.last?.handle.dataSync()
         try s.ledger?.dataSync()
         s.unsynced = false
@@ -750,11 +822,17 @@ public final class Spool: Sendable {
         flusher?.timer.cancel()
         withState { s in
             guard !s.closed else { return }
-            try? syncLocked(&s, force: !isReadOnly)
+            let synced = isReadOnly || (try? syncLocked(&s, force: true)) != nil
+            for handle in s.sealedUnsynced { handle.close() }
             for seg in s.segments { seg.handle.close() }
             s.ledger?.close()
             s.deadLetter?.close()
             s.closed = true
+            // Every record is on disk: the next open may number on from the last one (no jump to the floor).
+            if !isReadOnly && synced, let f = try? FileHandle.open(configuration.directory + "/clean", flags: O_WRONLY | O_CREAT | O_TRUNC) {
+                f.close()
+                Directory.sync(configuration.directory)
+            }
             // LOCK_UN frees the lock on the open file description even if a forked child still holds a copy.
             if lockFD >= 0 { flock(lockFD, LOCK_UN) }
         }

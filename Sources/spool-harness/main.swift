@@ -1,6 +1,8 @@
-// The child of the spool crash test: appends and acknowledges forever, printing what the spool confirmed
-// ("A first count" after an append returned, "K seq…" after an acknowledgement returned), one flushed line each.
-// The parent SIGKILLs it at a random instant and checks the reopened spool (Tests/SpoolTests/CrashTests.swift).
+// The child of the spool crash tests: appends and acknowledges forever, printing what the spool confirmed
+// ("A first count round tag ms" after an append returned — ms on CLOCK_MONOTONIC, the payloads are
+// "payload-<tag>-<round>-<i>" — and "K seq…" after an acknowledgement returned), one flushed line each.
+// The parent SIGKILLs it at a random instant (and may cut the power of its file system) and checks the reopened
+// spool (Tests/SpoolTests/CrashTests.swift, PowerCutTests.swift).
 import Spool
 
 #if canImport(Glibc)
@@ -9,7 +11,7 @@ import Glibc
 
 let args = CommandLine.arguments
 guard args.count >= 3 else {
-    print("usage: spool-harness DIR always|interval")
+    print("usage: spool-harness DIR always|interval [TAG]")
     exit(2)
 }
 var config = SpoolConfiguration(directory: args[1])
@@ -20,16 +22,22 @@ do { spool = try Spool(configuration: config) } catch {
     print("E \(error)")
     exit(1)
 }
+let tag = args.count > 3 ? args[3] : "0"
+func monotonicMilliseconds() -> Int64 {
+    var t = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &t)
+    return Int64(t.tv_sec) * 1000 + Int64(t.tv_nsec) / 1_000_000
+}
 var g = SystemRandomNumberGenerator()
 var round = 0
 while true {
     round += 1
     let count = Int.random(in: 1...20, using: &g)
     let entries = (0..<count).map { i in
-        Spool.Entry(leaf: "leaf-\((round + i) % 5)", acquiredAtMs: Int64(round), payload: Array("payload-\(round)-\(i)".utf8))
+        Spool.Entry(leaf: "leaf-\((round + i) % 5)", acquiredAtMs: Int64(round), payload: Array("payload-\(tag)-\(round)-\(i)".utf8))
     }
     guard let seqs = try? spool.append(entries) else { exit(1) }
-    print("A \(seqs[0]) \(seqs.count) \(round)")
+    print("A \(seqs[0]) \(seqs.count) \(round) \(tag) \(monotonicMilliseconds())")
     fflush(nil)
     if round % 3 == 0, let taken = try? spool.next(max: 8) {
         // "N": about to acknowledge (after a kill these may or may not be gone); "K": acknowledged.

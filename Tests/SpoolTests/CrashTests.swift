@@ -21,6 +21,103 @@ func survivors(_ config: SpoolConfiguration) throws -> (records: [UInt64: String
     return (out, spool.statistics())
 }
 
+/// The crash child (Sources/spool-harness) next to the test binary.
+func harnessExecutable() throws -> String {
+    let dir = CommandLine.arguments[0].split(separator: "/").dropLast().joined(separator: "/")
+    let candidates = ["/" + dir + "/spool-harness", "/" + dir.split(separator: "/").dropLast().joined(separator: "/") + "/spool-harness"]
+    guard let exe = candidates.first(where: { access($0, X_OK) == 0 }) else { throw HarnessError("spool-harness not built next to the tests") }
+    return exe
+}
+
+struct HarnessError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+func monotonicMilliseconds() -> Int64 {
+    var t = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &t)
+    return Int64(t.tv_sec) * 1000 + Int64(t.tv_nsec) / 1_000_000
+}
+
+/// Runs the harness child on `dir` for `microseconds`, SIGKILLs it and returns what it printed and when it died
+/// (CLOCK_MONOTONIC ms, taken just before the kill).
+func runHarness(dir: String, sync: String, tag: String, microseconds: UInt32) throws -> (output: String, killedAtMs: Int64) {
+    let exe = try harnessExecutable()
+    var fds: [Int32] = [0, 0]
+    // CLOEXEC: a child spawned concurrently elsewhere in the test process must not inherit the ends (dup2
+    // onto the child's stdout clears the flag there). The read end is non-blocking, and it is read only
+    // after the child is reaped, so a write end leaked through a concurrent fork cannot hang the test.
+    pipe(&fds)
+    for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+    _ = fcntl(fds[0], F_SETFL, O_NONBLOCK)
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
+    posix_spawn_file_actions_addclose(&actions, fds[0])
+    var pid: pid_t = 0
+    let words: [String] = [exe, dir, sync, tag]
+    let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
+    posix_spawn(&pid, exe, &actions, nil, argv, environ)
+    for a in argv { free(a) }
+    posix_spawn_file_actions_destroy(&actions)
+    close(fds[1])
+    usleep(microseconds)
+    let killedAt = monotonicMilliseconds()
+    kill(pid, SIGKILL)
+    var status: Int32 = 0
+    waitpid(pid, &status, 0)
+    var output: [UInt8] = []
+    var buf = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = read(fds[0], &buf, buf.count)
+        if n <= 0 { break }
+        output += buf[0..<n]
+    }
+    close(fds[0])
+    return (String(decoding: output, as: UTF8.self), killedAt)
+}
+
+/// What the harness children confirmed, over a whole test.
+struct HarnessLog {
+    var confirmed: [UInt64: (payload: String, atMs: Int64)] = [:]
+    var acknowledged: Set<UInt64> = []
+    /// Sequences confirmed twice with different payloads: a message id naming two records (contract 2).
+    var reused: [UInt64] = []
+
+    /// Takes the complete lines of one child's output (a cut line was not confirmed before the kill).
+    mutating func read(_ text: String) {
+        let lines = text.hasSuffix("\n") ? text.split(separator: "\n") : text.split(separator: "\n").dropLast()
+        for line in lines {
+            let f = line.split(separator: " ")
+            if f.first == "A", f.count == 6, let first = UInt64(f[1]), let n = Int(f[2]), let round = Int(f[3]), let at = Int64(f[5]) {
+                for i in 0..<n {
+                    let payload = "payload-\(f[4])-\(round)-\(i)"
+                    if let earlier = confirmed[first + UInt64(i)], earlier.payload != payload { reused.append(first + UInt64(i)) }
+                    confirmed[first + UInt64(i)] = (payload, at)
+                }
+            } else if f.first == "K" || f.first == "N" {
+                // N: the acknowledgement may have landed before the kill, so absence is not a loss.
+                for s in f.dropFirst() { if let v = UInt64(s) { acknowledged.insert(v) } }
+            }
+        }
+    }
+
+    /// Ids are never reused: a sequence a child confirmed maps to the payload it confirmed; records appended after
+    /// the last confirmation may exist too, and must be well-formed.
+    func checkIdentity(_ records: [UInt64: String], sourceLocation: SourceLocation = #_sourceLocation) {
+        let reusedCount = reused.count
+        #expect(reusedCount == 0, "sequences confirmed for two payloads, e.g. \(reused.prefix(5))", sourceLocation: sourceLocation)
+        for (seq, payload) in records {
+            if let c = confirmed[seq] {
+                #expect(c.payload == payload, "sequence \(seq) changed payload", sourceLocation: sourceLocation)
+            } else {
+                #expect(payload.hasPrefix("payload-"), sourceLocation: sourceLocation)
+            }
+        }
+    }
+}
+
 /// Runs blocking work (waitpid, pipe reads, sleeps) on a dispatch thread, not on Swift's cooperative pool, which
 /// other suites' async code (a hub's HTTP handlers) needs meanwhile.
 func offCooperativePool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
@@ -113,69 +210,18 @@ struct CrashTests {
     func crashLoop(sync: String, iterations: Int) throws -> (kills: Int, lost: Int, redelivered: Int) {
         let dir = temporarySpoolDirectory()
         defer { removeTree(dir) }
-        let harness = CommandLine.arguments[0].split(separator: "/").dropLast().joined(separator: "/")
-        let candidates = ["/" + harness + "/spool-harness", "/" + harness.split(separator: "/").dropLast().joined(separator: "/") + "/spool-harness"]
-        guard let exe = candidates.first(where: { access($0, X_OK) == 0 }) else {
-            Issue.record("spool-harness not built next to the tests")
-            return (0, 0, 0)
-        }
         var g = SystemRandomNumberGenerator()
-        var confirmed: [UInt64: String] = [:]  // sequence → payload, confirmed by the child
-        var acknowledged: Set<UInt64> = []
+        var log = HarnessLog()
         var lost = 0, redelivered = 0
-        for _ in 0..<iterations {
-            var fds: [Int32] = [0, 0]
-            // CLOEXEC: a child spawned concurrently elsewhere in the test process must not inherit the ends (dup2
-            // onto the child's stdout clears the flag there). The read end is non-blocking, and it is read only
-            // after the child is reaped, so a write end leaked through a concurrent fork cannot hang the test.
-            pipe(&fds)
-            for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-            _ = fcntl(fds[0], F_SETFL, O_NONBLOCK)
-            var actions = posix_spawn_file_actions_t()
-            posix_spawn_file_actions_init(&actions)
-            posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
-            posix_spawn_file_actions_addclose(&actions, fds[0])
-            var pid: pid_t = 0
-            let words: [String] = [exe, dir, sync]
-            let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
-            posix_spawn(&pid, exe, &actions, nil, argv, environ)
-            for a in argv { free(a) }
-            posix_spawn_file_actions_destroy(&actions)
-            close(fds[1])
-            usleep(UInt32.random(in: 2_000...40_000, using: &g))
-            kill(pid, SIGKILL)
-            var status: Int32 = 0
-            waitpid(pid, &status, 0)
-            var output: [UInt8] = []
-            var buf = [UInt8](repeating: 0, count: 65536)
-            while true {
-                let n = read(fds[0], &buf, buf.count)
-                if n <= 0 { break }
-                output += buf[0..<n]
-            }
-            close(fds[0])
-            // Only complete lines were confirmed before the kill.
-            let text = String(decoding: output, as: UTF8.self)
-            let lines = text.hasSuffix("\n") ? text.split(separator: "\n") : text.split(separator: "\n").dropLast()
-            for line in lines {
-                let f = line.split(separator: " ")
-                if f.first == "A", f.count == 4, let first = UInt64(f[1]), let n = Int(f[2]), let round = Int(f[3]) {
-                    for i in 0..<n { confirmed[first + UInt64(i)] = "payload-\(round)-\(i)" }
-                } else if f.first == "K" || f.first == "N" {
-                    // N: the acknowledgement may have landed before the kill, so absence is not a loss.
-                    for s in f.dropFirst() { if let v = UInt64(s) { acknowledged.insert(v) } }
-                }
-            }
+        for iteration in 0..<iterations {
+            let run = try runHarness(dir: dir, sync: sync, tag: String(iteration), microseconds: UInt32.random(in: 2_000...40_000, using: &g))
+            log.read(run.output)
             let (records, _) = try survivors(SpoolConfiguration(directory: dir))
-            for (seq, payload) in confirmed where !acknowledged.contains(seq) {
-                if records[seq] == nil { lost += 1 }
-                else if records[seq] != payload { lost += 1 }  // a changed payload under the same id counts as a loss
+            for (seq, confirmation) in log.confirmed where !log.acknowledged.contains(seq) {
+                if records[seq] != confirmation.payload { lost += 1 }  // a changed payload under the same id is a loss too
             }
-            redelivered += records.keys.filter { acknowledged.contains($0) }.count
-            // Ids are never reused: a sequence the child confirmed always maps to the payload it confirmed.
-            for (seq, payload) in records { if let c = confirmed[seq] { #expect(c == payload, "sequence \(seq) changed payload") } }
-            // Records the child appended after its last confirmation may exist too; all must be well-formed.
-            for (seq, payload) in records where confirmed[seq] == nil { #expect(payload.hasPrefix("payload-")) }
+            redelivered += records.keys.filter { log.acknowledged.contains($0) }.count
+            log.checkIdentity(records)
         }
         return (iterations, lost, redelivered)
     }

@@ -57,6 +57,9 @@ public struct GatewayConfigFile: Decodable, Sendable {
         public var credential: String?
         /// The name of the key in the secrets file's [keys]; default: the device id.
         public var key_ref: String?
+        /// What the cloud may do besides receiving telemetry: any of `c2d`, `methods`, `twin` (default: all three).
+        /// Each costs AMQP links (C2D one, methods and twin two each); a telemetry-only sensor needs `[]`.
+        public var cloud: [String]?
         public var allowed_sources: [String]?
         public var mapped_source: String?
         /// UDP, with `mapped_source`: how its datagrams decode (as a serial port's `format`), and `field_map` for kv.
@@ -239,7 +242,8 @@ struct Mapper {
             }
             seen[l.device_id] = "\(source.path):\(source.line("\(at).device_id") ?? 0)"
             guard let credential = leafCredential(l, source: source, at: at) else { continue }
-            leaves.append(LeafConfiguration(deviceID: l.device_id, credential: credential))
+            guard let capabilities = cloudCapabilities(l, source: source, at: at) else { continue }
+            leaves.append(LeafConfiguration(deviceID: l.device_id, credential: credential, capabilities: capabilities))
             switch l.adapter {
             case "udp":
                 var format: FrameFormat?
@@ -348,6 +352,21 @@ struct Mapper {
             return nil
         }
         return .symmetricKey(primary: k.primary, secondary: k.secondary)
+    }
+
+    /// `cloud = ["c2d", "methods", "twin"]` → the leaf's links (telemetry always).
+    private mutating func cloudCapabilities(_ l: GatewayConfigFile.Leaf, source: ConfigSource, at: String) -> LeafCapabilities? {
+        guard let names = l.cloud else { return .all }
+        let known: [String: LeafCapabilities] = ["c2d": .cloudToDevice, "methods": .methods, "twin": .twin]
+        var capabilities: LeafCapabilities = []
+        for name in names {
+            guard let c = known[name] else {
+                report(source, "\(at).cloud", "leaf \(l.device_id): cloud lists \"\(name)\"; use any of \"c2d\", \"methods\", \"twin\" (telemetry is always on), or [] for telemetry only")
+                return nil
+            }
+            capabilities.insert(c)
+        }
+        return capabilities
     }
 
     private mutating func leafCredential(_ l: GatewayConfigFile.Leaf, source: ConfigSource, at: String) -> LeafCredential? {

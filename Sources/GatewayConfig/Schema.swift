@@ -80,7 +80,7 @@ struct Schema: Sendable {
 /// The configuration's shape (etc/fieldgate.toml documents every key).
 enum ConfigSchema {
     static let leaf = Schema(fields: [
-        "device_id": .string, "adapter": .string, "credential": .string, "key_ref": .string,
+        "device_id": .string, "adapter": .string, "credential": .string, "key_ref": .string, "cloud": .strings,
         "allowed_sources": .strings, "mapped_source": .string, "format": .string, "field_map": .stringMap, "hmac": .bool,
         "command_address": .string, "bus": .string, "unit_id": .int, "profile": .string, "poll_ms": .int, "full_report_seconds": .int,
         "response_timeout_ms": .int, "retries": .int,

@@ -20,21 +20,26 @@ struct DaemonMemoryBench: AsyncParsableCommand {
     @Option(help: "Seconds to let the daemon run once attached, before measuring.") var settle = 10
     @Option(help: "Directory for the daemon's state (on the disk to measure).") var dir = "/var/tmp/fieldgate-daemon-memory-bench"
     @Option(help: "fieldgated binary. Default: next to this one.") var daemon: String?
+    @Option(help: "The leaves' cloud capabilities (their `cloud` key): all (C2D, methods, twin: six links each) or none (telemetry only: one link).")
+    var cloud = "all"
 
     func run() async throws {
         let here = CommandLine.arguments[0].split(separator: "/").dropLast().joined(separator: "/").prefixedSlash
+        guard cloud == "all" || cloud == "none" else { throw ValidationError("--cloud: all or none") }
         let figures = try await Self.measure(daemon: daemon ?? here + "/fieldgated", hubBinary: here + "/fieldgate-hub", leaves: leaves,
-                                             records: records, settle: settle, dir: dir)
+                                             records: records, settle: settle, dir: dir, telemetryOnly: cloud == "none")
         print(figures.table)
     }
 
     struct Figures {
         var leaves, spooled, connections: Int
+        var telemetryOnly: Bool
         var atStart, attached, settled: ChildProcess.Memory
         var mappings: [(kB: Int, name: String)]
 
         var table: String {
-            var out = "fieldgated memory: \(leaves) UDP leaves + the gateway attached over \(connections) TLS connection(s), \(spooled) readings spooled\n"
+            let kind = telemetryOnly ? "telemetry-only UDP leaves (cloud = [], one link each)" : "UDP leaves (C2D, methods, twin: six links each)"
+            var out = "fieldgated memory: \(leaves) \(kind) + the gateway attached over \(connections) TLS connection(s), \(spooled) readings spooled\n"
             out += "moment                    VmRSS MB  anonymous MB  file MB\n"
             for (name, m) in [("started", atStart), ("leaves attached", attached), ("attached + settled", settled)] {
                 out += name + String(repeating: " ", count: max(0, 24 - name.count)) + "  " + pad(fixed(m.rssKB / 1024, 1), 8) + "  " + pad(fixed(m.anonKB / 1024, 1), 12) + "  "
@@ -46,7 +51,7 @@ struct DaemonMemoryBench: AsyncParsableCommand {
         }
     }
 
-    static func measure(daemon: String, hubBinary: String, leaves: Int, records: Int, settle: Int, dir: String) async throws -> Figures {
+    static func measure(daemon: String, hubBinary: String, leaves: Int, records: Int, settle: Int, dir: String, telemetryOnly: Bool = false) async throws -> Figures {
         let hub = try await BenchHub.start(binary: hubBinary, devices: leaves)
         defer { hub.stop() }
         _ = system("rm -rf '\(dir)'; mkdir -p '\(dir)/devices.d'")
@@ -82,7 +87,7 @@ struct DaemonMemoryBench: AsyncParsableCommand {
         try write(dir + "/secrets.toml", "[keys]\nbench-gateway = \"\(gatewayKey)\"\n[policies]\niothubowner = \"\(policyKey)\"\n")
         chmod(dir + "/secrets.toml", 0o600)
         try write(dir + "/devices.d/leaves.toml", (0..<leaves).map {
-            "[[leaf]]\ndevice_id = \"bench-\($0)\"\nadapter = \"udp\"\ncredential = \"policy:iothubowner:hub\"\n"
+            "[[leaf]]\ndevice_id = \"bench-\($0)\"\nadapter = \"udp\"\ncredential = \"policy:iothubowner:hub\"\n" + (telemetryOnly ? "cloud = []\n" : "")
         }.joined(separator: "\n"))
 
         let child = try ChildProcess.spawn(daemon, ["run", "--config", dir + "/fieldgate.toml", "--log-level", "error"])
@@ -102,7 +107,7 @@ struct DaemonMemoryBench: AsyncParsableCommand {
         let settled = child.memory()
         let depth = try ControlClient.request(["command": "spool-stats"], socketPath: dir + "/control.sock")["depth"]?.intValue ?? 0
         let connections = try ControlClient.request(["command": "status"], socketPath: dir + "/control.sock")["connections"]?.arrayValue?.count ?? 0
-        return Figures(leaves: leaves, spooled: Int(depth), connections: connections, atStart: atStart, attached: attached, settled: settled,
+        return Figures(leaves: leaves, spooled: Int(depth), connections: connections, telemetryOnly: telemetryOnly, atStart: atStart, attached: attached, settled: settled,
                        mappings: fileMappings(pid: child.pid))
     }
 

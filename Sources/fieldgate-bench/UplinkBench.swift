@@ -38,6 +38,9 @@ struct UplinkBench: AsyncParsableCommand {
         let memory = try await DaemonMemoryBench.measure(daemon: here + "/fieldgated", hubBinary: here + "/fieldgate-hub", leaves: 1000,
                                                          records: memoryRecords, settle: 10, dir: dir + "/daemon")
         print("\n" + memory.table)
+        let telemetryOnly = try await DaemonMemoryBench.measure(daemon: here + "/fieldgated", hubBinary: here + "/fieldgate-hub", leaves: 1000,
+                                                                records: memoryRecords, settle: 10, dir: dir + "/daemon", telemetryOnly: true)
+        print("\n" + telemetryOnly.table)
         print("targets: attach 1000 leaves unpaced ≤ 5 s")
         _ = system("rm -rf '\(dir)'")
     }

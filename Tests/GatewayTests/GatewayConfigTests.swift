@@ -87,10 +87,17 @@ struct GatewayConfigTests {
             device_id = "m3"
             adapter = "udp"
             credential = "policy:device:hub"
+            cloud = []
+            [[leaf]]
+            device_id = "m4"
+            adapter = "udp"
+            credential = "policy:device:hub"
+            cloud = ["methods", "c2d"]
             """]).get()
         #expect(s.uplink.hostName == "hub.example.net" && s.uplink.port == 5671)
         #expect(s.spool.sync == .interval(milliseconds: 100) && s.spool.capBytes == 32 << 20)
-        #expect(s.leaves.map(\.deviceID) == ["m1", "m2", "m3"] && s.gatewayLeaf.deviceID == "gw")
+        #expect(s.leaves.map(\.deviceID) == ["m1", "m2", "m3", "m4"] && s.gatewayLeaf.deviceID == "gw")
+        #expect(s.leaves.map(\.capabilities) == [.all, .all, [], [.methods, .cloudToDevice]], "cloud: telemetry only, or a choice")
         #expect(s.gatewayLeaf.credential == .symmetricKey(primary: "a2V5", secondary: nil))
         #expect(s.leaves[1].credential == .symmetricKey(primary: "cHJp", secondary: "c2Vj"))
         #expect(s.leaves[2].credential == .sharedAccessPolicy(name: "device", key: "cG9s", scope: .hub))
@@ -141,6 +148,7 @@ struct GatewayConfigTests {
             (valid, ["b.toml": "[[leaf]]\ndevice_id = \"nokey\"\nadapter = \"udp\"\n"], "devices.d/b.toml:2: leaf nokey: "),
             (valid, ["b.toml": "[[leaf]]\ndevice_id = \"m2\"\nadapter = \"udp\"\ncredential = \"policy:service\"\n"], "devices.d/b.toml:4: leaf m2: "),
             (valid, ["b.toml": "[leaf]\ndevice_id = \"m2\"\n"], "devices.d/b.toml:1: leaf must be an array of tables"),
+            (valid, ["b.toml": "[[leaf]]\ndevice_id = \"m2\"\nadapter = \"udp\"\ncloud = [\"twins\"]\n"], "devices.d/b.toml:4: leaf m2: cloud lists \"twins\"; use any of"),
             (valid, ["b.toml": "[[leaf]]\ndevice_id = \"m2\"\nadapter = \"udp\"\nformat = \"csv:a,b\"\n"], "devices.d/b.toml:4: leaf m2: format applies to datagrams from a mapped_source"),
         ]
         for (text, devices, expected) in cases {

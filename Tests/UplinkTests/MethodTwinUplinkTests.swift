@@ -114,6 +114,30 @@ struct MethodTwinUplinkTests {
         }
     }
 
+    /// Links follow each leaf's capabilities (a leaf's `cloud` key): a telemetry-only leaf sends telemetry and
+    /// is ready, but has no methods (the hub answers 404: not connected for methods) and no twin to report to.
+    @Test func telemetryOnlyLeafAttachesOnlyItsSender() async throws {
+        try await withHub { hub in
+            var leaves = try await createLeaves(hub, count: 2)
+            leaves[1].capabilities = []
+            let h = try UplinkHarness(hub: hub, leaves: leaves, router: PointAdapter())
+            h.uplink.start()
+            try await eventually(10, "ready") { await h.uplink.status().count(.ready) == 2 }
+            try h.spool.append(["leaf-0", "leaf-1"].map { leaf in
+                Spool.Entry(leaf: leaf, acquiredAtMs: WallClock.nowMilliseconds(), payload: TelemetryEnvelope(body: Array("{\"t\":1}".utf8)).encoded())
+            })
+            h.uplink.wake()
+            try await eventually(10, "both readings at the hub") { try await allEvents(hub).count == 2 }
+            #expect(Set(try await allEvents(hub).map(\.deviceId)) == ["leaf-0", "leaf-1"])
+            #expect(try await invoke(hub, "leaf-0", "ping", .null) == (200, ["pong": true]))
+            let noMethods = try await invoke(hub, "leaf-1", "ping", .null)
+            #expect(noMethods.0 == -404, "no methods links: the hub answers HTTP 404 (device not online for methods): \(noMethods)")
+            await #expect(throws: UplinkError.self) { try await h.uplink.report(["x": 1], for: "leaf-1") }
+            try await h.uplink.report(["x": 1], for: "leaf-0")
+            await h.stop()
+        }
+    }
+
     /// Issue 5 test 9: oversized or invalid reported patches are refused locally with a clear error, never sent.
     @Test func invalidReportedPatchesAreRefusedLocally() async throws {
         try await withHub { hub in

@@ -820,6 +820,11 @@ public final class Spool: Sendable {
 
     public func close() {
         flusher?.timer.cancel()
+        // After any flusher round in flight: it may hold sealed segments still to sync, and `clean` must come last.
+        syncing.withLock { _ in closeLocked() }
+    }
+
+    private func closeLocked() {
         withState { s in
             guard !s.closed else { return }
             let synced = isReadOnly || (try? syncLocked(&s, force: true)) != nil

@@ -59,7 +59,7 @@ class PowerCutFS(Operations):
         self.random = random.Random(seed)
         self.lock = threading.Lock()
         self.root = Node(True, stat.S_IFDIR | 0o755)
-        self.nodes = [self.root]  # every node ever made: a cut restores unlinked-but-durable ones too
+        self.nodes = [self.root]  # every node since the last cut: a cut restores unlinked-but-durable ones too
         self.handles = {}
         self.next_handle = 1
         self.cuts = self.dropped_writes = self.torn_writes = self.kept_writes = 0
@@ -116,6 +116,15 @@ class PowerCutFS(Operations):
             node.durable = bytearray(survived)
             node.pending = []
         self.cuts += 1
+        # What no directory names any more is gone for good (an unlinked file whose removal was durable).
+        reachable, stack = [], [self.root]
+        while stack:
+            node = stack.pop()
+            reachable.append(node)
+            if node.is_dir:
+                stack.extend(node.entries.values())
+        self.nodes = reachable
+        self.handles = {}
 
     # -- attributes --
     def getattr(self, path, fh=None):

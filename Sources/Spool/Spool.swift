@@ -754,57 +754,66 @@ public final class Spool: Sendable {
     }
 
     private func syncOutsideStateLock() throws(SpoolError) {
-        let (files, directory) = try withState { s throws(SpoolError) -> ([FileHandle], Bool) in
-            guard !s.closed, s.unsynced else { return ([], false) }
-            var files: [FileHandle] = []
-            do throws(SpoolError) {
-                for handle in [s.segments.last?.handle, s.ledger] {
-                    if let handle { files.append(try handle.duplicate()) }
-                }
-            } catch {
-                for f in files { f.close() }
-                throw error
-            }
-            files.insert(contentsOf: s.sealedUnsynced, at: 0)  // older data first
-            let directory = s.directoryUnsynced
-            s.sealedUnsynced = []
-            s.directoryUnsynced = false
-            s.unsynced = false
-            s.lastSync = .now
-            return (files, directory)
+        let round = try withState { s throws(SpoolError) -> SyncRound? in
+            guard !s.closed, s.unsynced else { return nil }
+            return try Self.takeSyncRound(&s)
         }
-        defer { for f in files { f.close() } }
-        do {
-            for f in files { try f.dataSync() }
-            if directory { Directory.sync(configuration.directory + "/segments") }
-        } catch {
+        guard let round else { return }
+        do throws(SpoolError) { try round.run(segmentsDirectory: configuration.directory + "/segments") } catch {
             withState { s in
                 s.unsynced = true
-                s.directoryUnsynced = s.directoryUnsynced || directory
+                s.directoryUnsynced = s.directoryUnsynced || round.directory
             }
             throw error
         }
     }
 
+    /// What one sync makes durable, as descriptors of its own (a sealed segment may be deleted meanwhile): segments
+    /// sealed since the last round, the active segment and the ledger (oldest data first), and whether the segments
+    /// directory has a new entry.
+    private struct SyncRound {
+        var files: [FileHandle]
+        var directory: Bool
+
+        /// fdatasyncs every file, then the directory; closes the files either way.
+        func run(segmentsDirectory: String) throws(SpoolError) {
+            defer { for f in files { f.close() } }
+            for f in files { try f.dataSync() }
+            if directory { Directory.sync(segmentsDirectory) }
+        }
+    }
+
+    /// Takes the marks: what is written from now on belongs to the next round.
+    private static func takeSyncRound(_ s: inout State) throws(SpoolError) -> SyncRound {
+        var files = s.sealedUnsynced
+        do throws(SpoolError) {
+            for handle in [s.segments.last?.handle, s.ledger] {
+                if let handle { files.append(try handle.duplicate()) }
+            }
+        } catch {
+            for f in files[s.sealedUnsynced.count...] { f.close() }
+            throw error
+        }
+        let round = SyncRound(files: files, directory: s.directoryUnsynced)
+        s.sealedUnsynced = []
+        s.directoryUnsynced = false
+        s.unsynced = false
+        s.lastSync = .now
+        return round
+    }
+
     /// True while appended (interval policy) or acknowledged data waits for the flusher's next fdatasync.
     public var hasUnsyncedData: Bool { withState { $0.unsynced } }
 
-    /// `force`: even when nothing is marked (a flusher round may have taken the mark and still be syncing).
-    private func syncLocked(_ s: inout State, force: Bool = false) throws(SpoolError) {
-        guard s.unsynced || force else { return }
-        while let sealed = s.sealedUnsynced.first {
-            try sealed.dataSync()
-            sealed.close()
-            s.sealedUnsynced.removeFirst()
+    /// The same round as `sync`, in line under the state lock (a starved flusher, `close`).
+    private func syncLocked(_ s: inout State) throws(SpoolError) {
+        guard s.unsynced else { return }
+        let round = try Self.takeSyncRound(&s)
+        do throws(SpoolError) { try round.run(segmentsDirectory: configuration.directory + "/segments") } catch {
+            s.unsynced = true
+            s.directoryUnsynced = s.directoryUnsynced || round.directory
+            throw error
         }
-        if s.directoryUnsynced {
-            Directory.sync(configuration.directory + "/segments")
-            s.directoryUnsynced = false
-        }
-        try s.segments.last?.handle.dataSync()
-        try s.ledger?.dataSync()
-        s.unsynced = false
-        s.lastSync = .now
     }
 
     public func statistics(nowMs: Int64 = WallClock.nowMilliseconds()) -> SpoolStatistics {
@@ -827,7 +836,8 @@ public final class Spool: Sendable {
     private func closeLocked() {
         withState { s in
             guard !s.closed else { return }
-            let synced = isReadOnly || (try? syncLocked(&s, force: true)) != nil
+            // Under `syncing`: no flusher round is in flight, so what is unmarked is on disk already.
+            let synced = isReadOnly || (try? syncLocked(&s)) != nil
             for handle in s.sealedUnsynced { handle.close() }
             for seg in s.segments { seg.handle.close() }
             s.ledger?.close()

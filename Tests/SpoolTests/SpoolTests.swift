@@ -131,6 +131,26 @@ struct SpoolTests {
         #expect(reopened.messageID(for: rest[0].sequence) == "\(epoch)-\(rest[0].sequence)")
     }
 
+    @Test("numbering: on after a clean close; from the durable floor after an unclean stop (a power cut may have taken sequences already delivered)")
+    func numberingAcrossStops() throws {
+        let dir = temporarySpoolDirectory()
+        defer { removeTree(dir) }
+        let config = SpoolConfiguration(directory: dir)
+        let first = try Spool(configuration: config)
+        #expect(try first.append([entry("a", "1"), entry("a", "2")]) == [1, 2])
+        first.close()
+        let second = try Spool(configuration: config)
+        #expect(try second.append([entry("a", "3")]) == [3], "a clean close: numbering goes on")
+        second.close()
+        // An unclean stop leaves no `clean` marker (as if the process died before close).
+        unlink(dir + "/clean")
+        let third = try Spool(configuration: config)
+        let resumed = try third.append([entry("a", "4")])
+        #expect(resumed[0] > 3 + Spool.sequenceReservation - 1, "numbering resumes above every reserved sequence: \(resumed)")
+        #expect(try third.next(max: 10).map(\.sequence) == [1, 2, 3] + resumed)
+        third.close()
+    }
+
     @Test("fully acknowledged segments are deleted; drop-oldest keeps disk ≤ cap + one segment and counts drops per leaf")
     func capsAndDeletion() throws {
         let dir = temporarySpoolDirectory()

@@ -33,3 +33,9 @@ public final class LoopThread: Sendable {
         }
     }
 }
+
+/// Runs one blocking call (fdatasync, waitpid) on a dispatch thread and awaits its result, so the cooperative pool
+/// never blocks on it.
+public func offCooperativePool<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { cont in DispatchQueue.global().async { cont.resume(returning: body()) } }
+}

@@ -1,4 +1,3 @@
-import Dispatch
 import FieldgateCore
 
 #if canImport(Glibc)
@@ -22,12 +21,7 @@ public struct CommandRunner: Sendable {
 
     /// Runs `argv` (searched on PATH) and returns when it exits; throws unless it exited with 0.
     public func run(_ argv: [String]) async throws(Failure) {
-        let result: Result<Void, Failure> = await withCheckedContinuation { cont in
-            DispatchQueue.global().async {
-                cont.resume(returning: Self.spawnAndWait(argv))
-            }
-        }
-        try result.get()
+        try await offCooperativePool { Self.spawnAndWait(argv) }.get()
     }
 
     private static func spawnAndWait(_ argv: [String]) -> Result<Void, Failure> {

@@ -1,4 +1,3 @@
-import Dispatch
 import FieldgateCore
 import Logging
 import Spool
@@ -80,10 +79,7 @@ public final class GatewayIdentity: LeafRouter {
 
     private func runAfterAnswer(_ command: [String], what: String) async {
         try? await Task.sleep(for: .milliseconds(100))  // let the method answer go out first
-        // fdatasync blocks: on a dispatch thread, never on the cooperative pool.
-        let flushed: Result<Void, SpoolError> = await withCheckedContinuation { cont in
-            DispatchQueue.global().async { [spool] in cont.resume(returning: Result { () throws(SpoolError) in try spool.sync() }) }
-        }
+        let flushed = await offCooperativePool { [spool] in Result { () throws(SpoolError) in try spool.sync() } }
         if case .failure(let error) = flushed { logger.error("\(what): spool flush failed: \(error)") }
         logger.notice("\(what): running \(command.joined(separator: " "))")
         do throws(CommandRunner.Failure) { try await runner.run(command) } catch {

@@ -49,7 +49,7 @@ final class PowerCutFilesystem {
 
     /// The file system's counters: "cuts N kept K torn T dropped D" (pending writes).
     func counters() -> String {
-        (try? readFile(mountpoint + "/.powercut")).map { String(decoding: $0, as: UTF8.self).trimmingWhitespace } ?? ""
+        (try? readFile(mountpoint + "/.powercut")).map { String(decoding: $0, as: UTF8.self).filter { $0 != "\n" } } ?? ""
     }
 
     func unmount() {
@@ -62,10 +62,6 @@ final class PowerCutFilesystem {
         rmdir(mountpoint)
         unlink(mountpoint + ".log")
     }
-}
-
-private extension String {
-    var trimmingWhitespace: String { String(self.filter { $0 != "\n" }) }
 }
 
 /// Issue 3, test 9 (second half): power loss, not only SIGKILL. The harness child appends on the FUSE file

@@ -43,22 +43,38 @@ public enum RecordCodec {
     public static func encode(_ record: SpoolRecord, into out: inout [UInt8]) {
         var leaf = record.leaf
         leaf.withUTF8 { leafBytes in
-            let start = out.count
-            out.append(contentsOf: repeatElement(0, count: prefixSize))
-            out.append(version)
-            out.append(record.flags)
-            Varint.put(record.sequence, &out)
-            Varint.put(Varint.zigzag(record.acquiredAtMs), &out)
-            Varint.put(UInt64(leafBytes.count), &out)
-            out.append(contentsOf: leafBytes)
-            out.append(contentsOf: record.payload)
-            out.withUnsafeMutableBytes { raw in
-                let frame = UnsafeMutableRawBufferPointer(rebasing: raw[start...])
-                let body = UnsafeRawBufferPointer(rebasing: frame[prefixSize...])
-                frame.storeBytes(of: UInt32(body.count).littleEndian, toByteOffset: 0, as: UInt32.self)
-                frame.storeBytes(of: CRC32C.checksum(body).littleEndian, toByteOffset: 4, as: UInt32.self)
+            record.payload.withUnsafeBytes { payload in
+                let bound = frameSize(leafBytes: leafBytes.count, payloadBytes: payload.count)
+                let start = out.count
+                out.append(contentsOf: repeatElement(0, count: bound))
+                let size = out.withUnsafeMutableBytes { raw in
+                    encode(leaf: UnsafeRawBufferPointer(leafBytes), sequence: record.sequence, acquiredAtMs: record.acquiredAtMs,
+                           flags: record.flags, payload: payload, to: raw.baseAddress! + start)
+                }
+                out.removeLast(bound - size)
             }
         }
+    }
+
+    /// Writes one frame at `out`, which has room for `frameSize(leafBytes:payloadBytes:)` bytes; returns its size.
+    /// The spool's append path: a batch is framed straight into one buffer, with no record values in between.
+    static func encode(leaf: UnsafeRawBufferPointer, sequence: UInt64, acquiredAtMs: Int64, flags: UInt8, payload: UnsafeRawBufferPointer,
+                       to out: UnsafeMutableRawPointer) -> Int {
+        var at = prefixSize
+        out.storeBytes(of: version, toByteOffset: at, as: UInt8.self)
+        out.storeBytes(of: flags, toByteOffset: at + 1, as: UInt8.self)
+        at += 2
+        at += Varint.write(sequence, to: out + at)
+        at += Varint.write(Varint.zigzag(acquiredAtMs), to: out + at)
+        at += Varint.write(UInt64(leaf.count), to: out + at)
+        for part in [leaf, payload] where part.count > 0 {
+            (out + at).copyMemory(from: part.baseAddress!, byteCount: part.count)
+            at += part.count
+        }
+        let body = UnsafeRawBufferPointer(start: out + prefixSize, count: at - prefixSize)
+        out.storeBytes(of: UInt32(body.count).littleEndian, toByteOffset: 0, as: UInt32.self)
+        out.storeBytes(of: CRC32C.checksum(body).littleEndian, toByteOffset: 4, as: UInt32.self)
+        return at
     }
 
     public enum Decoded: Equatable {

@@ -18,6 +18,8 @@ struct SegmentIndex: Sendable {
 
     private var leaves: [String: UInt32] = [:]
     private var names: [String] = []
+    /// The spool's leaf slot → this index's leaf number + 1 (0: not seen yet): the append path needs no hash.
+    private var numberBySlot: [UInt32] = []
     private var body: [UInt8] = []
     private(set) var count = 0
     private var lastSequence: UInt64 = 0
@@ -34,20 +36,33 @@ struct SegmentIndex: Sendable {
 
     /// Records arrive in file order (offsets grow).
     mutating func add(_ r: SpoolRecord, at offset: Int) {
-        let leaf: UInt32
-        if let known = leaves[r.leaf] { leaf = known } else {
-            leaf = UInt32(names.count)
-            leaves[r.leaf] = leaf
-            names.append(r.leaf)
-        }
-        Varint.put(UInt64(leaf), &body)
-        Varint.put(r.sequence &- lastSequence, &body)
+        add(leafNumber: number(of: r.leaf), sequence: r.sequence, acquiredAtMs: r.acquiredAtMs, at: offset)
+    }
+
+    /// The same, for a leaf the spool knows by `slot` (LeafQueues).
+    mutating func add(slot: Int32, leaf: String, sequence: UInt64, acquiredAtMs: Int64, at offset: Int) {
+        let i = Int(slot)
+        if i >= numberBySlot.count { numberBySlot.append(contentsOf: repeatElement(0, count: i + 1 - numberBySlot.count)) }
+        if numberBySlot[i] == 0 { numberBySlot[i] = number(of: leaf) + 1 }
+        add(leafNumber: numberBySlot[i] - 1, sequence: sequence, acquiredAtMs: acquiredAtMs, at: offset)
+    }
+
+    private mutating func number(of leaf: String) -> UInt32 {
+        if let known = leaves[leaf] { return known }
+        let number = UInt32(names.count)
+        leaves[leaf] = number
+        names.append(leaf)
+        return number
+    }
+
+    private mutating func add(leafNumber: UInt32, sequence: UInt64, acquiredAtMs: Int64, at offset: Int) {
+        Varint.put(UInt64(leafNumber), &body)
+        Varint.put(sequence &- lastSequence, &body)
         Varint.put(UInt64(offset) &- lastOffset, &body)
-        let change = r.acquiredAtMs &- lastAcquired
-        Varint.put(Varint.zigzag(change), &body)
-        lastSequence = r.sequence
+        Varint.put(Varint.zigzag(acquiredAtMs &- lastAcquired), &body)
+        lastSequence = sequence
         lastOffset = UInt64(offset)
-        lastAcquired = r.acquiredAtMs
+        lastAcquired = acquiredAtMs
         count += 1
     }
 

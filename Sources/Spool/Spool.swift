@@ -45,36 +45,21 @@ public final class Spool: Sendable {
         var indexBytes = 0
     }
 
-    /// A leaf's undelivered records in one segment, in order (2–3 bytes a record).
-    struct Run {
-        var segment: UInt32
-        var offsets: OffsetList
-    }
-
-    struct Location: Hashable {
-        var leaf: String
-        var segment: UInt32
-        var offset: UInt32
-    }
-
     struct State {
         var segments: [Segment] = []
         var nextSegmentID: UInt32 = 0
         var nextSequence: UInt64 = 1
         /// Durable upper bound of the sequences handed out (the `sequence-floor` file; Spool.md).
         var sequenceFloor: UInt64 = 0
-        var queues: [String: [Run]] = [:]
+        /// Every leaf's queued and retried records, and its depth.
+        var leaves = LeafQueues()
         /// Records handed out and not yet acknowledged, by sequence.
-        var inFlight: [UInt64: Location] = [:]
-        /// Records given back for retry, per leaf, oldest first.
-        var retry: [String: [(UInt64, Location)]] = [:]
-        var leafOrder: [String] = []
+        var inFlight: [UInt64: RecordLocation] = [:]
         var roundRobin = 0
         var acked = AckSet()
         var ledger: FileHandle?
         var deadLetter: FileHandle?
         var dropped: [DropReason: [String: Int]] = [:]
-        var depthByLeaf: [String: Int] = [:]
         var unsynced = false
         /// Under `interval`: segments sealed since the last round (duplicated descriptors: a sealed segment may be
         /// deleted meanwhile) and whether the segments directory has a new entry; the next round syncs them.
@@ -213,7 +198,7 @@ public final class Spool: Sendable {
             if !isLast, let indexBytes = readIndex(of: segment),
                SegmentIndex.forEach(indexBytes, segmentSize: segment.size, { r, at in index(r, at: at, in: &segment, state: &s) }) {
                 segment.indexBytes = indexBytes.count
-                compactRuns(of: id, &s)
+                s.leaves.compactRuns(of: id)
                 s.segments.append(segment)
                 continue
             }
@@ -226,7 +211,7 @@ public final class Spool: Sendable {
                     segmentIndex.add(r, at: at)
                 }
             }
-            compactRuns(of: id, &s)
+            s.leaves.compactRuns(of: id)
             s.corruptRegions += scan.corruptRegions.count
             s.salvaged += scan.salvaged
             bytes.withUnsafeBytes { raw in
@@ -299,27 +284,7 @@ public final class Spool: Sendable {
         guard !s.acked.contains(r.sequence) else { return }
         segment.live += 1
         segment.oldestAcquiredMs = min(segment.oldestAcquiredMs, r.acquiredAtMs)
-        enqueue(leaf: r.leaf, segment: segment.id, offset: UInt32(offset), &s)
-    }
-
-    private static func enqueue(leaf: String, segment: UInt32, offset: UInt32, _ s: inout State) {
-        let index: Dictionary<String, [Run]>.Index
-        if let known = s.queues.index(forKey: leaf) {
-            index = known
-        } else {
-            s.queues[leaf] = []
-            s.leafOrder.append(leaf)
-            index = s.queues.index(forKey: leaf)!
-        }
-        // In place through the index: one hash of the leaf per record (this is the append hot path), and no copy
-        // of the run (copying it out and back would copy its offsets on every append: quadratic).
-        let count = s.queues.values[index].count
-        if count > 0 && s.queues.values[index][count - 1].segment == segment {
-            s.queues.values[index][count - 1].offsets.append(offset)
-        } else {
-            s.queues.values[index].append(Run(segment: segment, offsets: OffsetList(offset)))
-        }
-        s.depthByLeaf[leaf, default: 0] += 1
+        s.leaves.enqueue(s.leaves.slot(of: r.leaf), segment: segment.id, offset: UInt32(offset))
     }
 
     private static func quarantine(_ raw: UnsafeRawBufferPointer, _ range: Range<Int>, segment: String, dir: String, readOnly: Bool) {
@@ -401,21 +366,28 @@ public final class Spool: Sendable {
                 else { throw SpoolError(.tooLarge, "a record for \(e.leaf) is larger than \(RecordCodec.maxRecordSize) bytes") }
                 frameBound += bound
             }
-            var frame: [UInt8] = []
-            frame.reserveCapacity(frameBound)  // one allocation for the batch, no regrowth copies
-            var sequences: [UInt64] = []
-            sequences.reserveCapacity(entries.count)
-            var records: [(SpoolRecord, Int)] = []
-            records.reserveCapacity(entries.count)
-            for e in entries {
-                let r = SpoolRecord(leaf: e.leaf, sequence: s.nextSequence + UInt64(sequences.count), acquiredAtMs: e.acquiredAtMs, payload: e.payload)
-                records.append((r, frame.count))
-                RecordCodec.encode(r, into: &frame)
-                sequences.append(r.sequence)
+            guard !entries.isEmpty else { return [] }
+            let first = s.nextSequence
+            let last = first + UInt64(entries.count - 1)
+            // The whole batch framed into one buffer (one allocation, no zero fill), each frame's offset kept.
+            var frameOffsets = [Int](repeating: 0, count: entries.count)
+            let frame = [UInt8](unsafeUninitializedCapacity: frameBound) { buffer, initialized in
+                let out = UnsafeMutableRawPointer(buffer.baseAddress!)
+                var at = 0
+                for (i, e) in entries.enumerated() {
+                    frameOffsets[i] = at
+                    var leaf = e.leaf
+                    at += leaf.withUTF8 { leafBytes in
+                        e.payload.withUnsafeBytes { payload in
+                            RecordCodec.encode(leaf: UnsafeRawBufferPointer(leafBytes), sequence: first + UInt64(i), acquiredAtMs: e.acquiredAtMs,
+                                               flags: 0, payload: payload, to: out + at)
+                        }
+                    }
+                }
+                initialized = at
             }
-            guard !frame.isEmpty else { return [] }
-            if s.nextSequence + UInt64(sequences.count) > s.sequenceFloor {
-                try Self.reserveSequences(through: s.nextSequence + UInt64(sequences.count), &s, dir: configuration.directory)
+            if last >= s.sequenceFloor {
+                try Self.reserveSequences(through: last + 1, &s, dir: configuration.directory)
             }
             try makeRoom(for: frame.count, &s)
             if s.segments.isEmpty || s.segments[s.segments.count - 1].size >= configuration.segmentBytes {
@@ -450,17 +422,25 @@ public final class Spool: Sendable {
                 }
             }
             seg.size += frame.count
-            for (r, at) in records {
-                s.activeIndex.add(r, at: base + at)
-                seg.live += 1
-                seg.oldestAcquiredMs = min(seg.oldestAcquiredMs, r.acquiredAtMs)
-                Self.enqueue(leaf: r.leaf, segment: seg.id, offset: UInt32(base + at), &s)
+            var slot: Int32 = 0
+            var slots: Set<Int32> = []
+            for (i, e) in entries.enumerated() {
+                // One hash of the leaf per record at most: batches from one adapter often repeat the same leaf.
+                if i == 0 || e.leaf != entries[i - 1].leaf {
+                    slot = s.leaves.slot(of: e.leaf)
+                    if configuration.perLeafCapRecords != nil { slots.insert(slot) }
+                }
+                let offset = base + frameOffsets[i]
+                s.activeIndex.add(slot: slot, leaf: e.leaf, sequence: first + UInt64(i), acquiredAtMs: e.acquiredAtMs, at: offset)
+                seg.oldestAcquiredMs = min(seg.oldestAcquiredMs, e.acquiredAtMs)
+                s.leaves.enqueue(slot, segment: seg.id, offset: UInt32(offset))
             }
+            seg.live += entries.count
             s.segments[s.segments.count - 1] = seg
-            s.nextSequence += UInt64(sequences.count)
+            s.nextSequence = last + 1
             if let cap = configuration.perLeafCapRecords {
-                for leaf in Set(entries.map(\.leaf)) {
-                    while (s.depthByLeaf[leaf] ?? 0) > cap, let oldest = popQueued(leaf: leaf, &s) {
+                for slot in slots {
+                    while s.leaves.leaves[Int(slot)].depth > cap, let oldest = popQueued(slot, &s) {
                         try settle([oldest.sequence], locations: [oldest.sequence: oldest.location], reason: .overflow, &s)
                     }
                 }
@@ -474,15 +454,7 @@ public final class Spool: Sendable {
                 // thread), this append syncs in line, so the loss window stays bounded.
                 if s.lastSync.duration(to: .now) >= .milliseconds(2 * ms) { try syncLocked(&s) }
             }
-            return sequences
-        }
-    }
-
-    /// Drops the growth slack of every run in `segment` (sealed: its runs never grow again).
-    private static func compactRuns(of segment: UInt32, _ s: inout State) {
-        for leaf in s.leafOrder {
-            let n = s.queues[leaf]?.count ?? 0  // by index, in place: no second reference to the runs
-            for i in 0..<n where s.queues[leaf]![i].segment == segment { s.queues[leaf]![i].offsets.compact() }
+            return Array(first...last)
         }
     }
 
@@ -497,7 +469,7 @@ public final class Spool: Sendable {
                 s.sealedUnsynced.append(try last.handle.duplicate())
                 s.unsynced = true
             }
-            Self.compactRuns(of: last.id, &s)
+            s.leaves.compactRuns(of: last.id)
             s.segments[s.segments.count - 1].indexBytes = Self.writeIndex(of: last, s.activeIndex)  // the next open need not read it
         }
         s.activeIndex = SegmentIndex()
@@ -533,27 +505,13 @@ public final class Spool: Sendable {
     /// Deletes a segment, counting its undelivered records as dropped for `reason`.
     private func dropSegment(at i: Int, reason: DropReason, _ s: inout State) {
         let id = s.segments[i].id
-        for leaf in s.leafOrder {
-            guard var runs = s.queues[leaf] else { continue }
-            var dropped = 0
-            runs.removeAll { run in
-                guard run.segment == id else { return false }
-                dropped += run.offsets.remaining
-                return true
-            }
-            let retried = s.retry[leaf]?.filter { $0.1.segment == id }.count ?? 0
-            s.retry[leaf]?.removeAll { $0.1.segment == id }
-            s.queues[leaf] = runs
-            dropped += retried
-            if dropped > 0 {
-                s.dropped[reason, default: [:]][leaf, default: 0] += dropped
-                s.depthByLeaf[leaf, default: 0] -= dropped
-            }
+        for (slot, count) in s.leaves.removeRecords(of: id) {
+            s.dropped[reason, default: [:]][s.leaves.name(slot), default: 0] += count
         }
         for (seq, loc) in s.inFlight where loc.segment == id {
             s.inFlight[seq] = nil
-            s.dropped[reason, default: [:]][loc.leaf, default: 0] += 1
-            s.depthByLeaf[loc.leaf, default: 0] -= 1
+            s.dropped[reason, default: [:]][s.leaves.name(loc.slot), default: 0] += 1
+            s.leaves.adjustDepth(loc.slot, by: -1)
         }
         Self.removeSegment(at: i, &s)
     }
@@ -572,11 +530,11 @@ public final class Spool: Sendable {
         try withState { s throws(SpoolError) -> [SpoolRecord] in
             var out: [SpoolRecord] = []
             var idleRounds = 0
-            while out.count < max, !s.leafOrder.isEmpty, idleRounds < s.leafOrder.count {
-                s.roundRobin %= s.leafOrder.count
-                let leaf = s.leafOrder[s.roundRobin]
+            while out.count < max, s.leaves.count > 0, idleRounds < s.leaves.count {
+                s.roundRobin %= s.leaves.count
+                let slot = Int32(s.roundRobin)
                 s.roundRobin += 1
-                guard Self.hasQueued(leaf: leaf, s), admit(leaf), let record = try takeOne(leaf: leaf, nowMs: nowMs, &s) else {
+                guard s.leaves.leaves[Int(slot)].hasQueued, admit(s.leaves.name(slot)), let record = try takeOne(slot, nowMs: nowMs, &s) else {
                     idleRounds += 1
                     continue
                 }
@@ -587,8 +545,8 @@ public final class Spool: Sendable {
         }
     }
 
-    private func takeOne(leaf: String, nowMs: Int64, _ s: inout State) throws(SpoolError) -> SpoolRecord? {
-        while let location = Self.popFront(leaf: leaf, &s) {
+    private func takeOne(_ slot: Int32, nowMs: Int64, _ s: inout State) throws(SpoolError) -> SpoolRecord? {
+        while let location = s.leaves.popFront(slot) {
             guard let record = try read(location, s) else { unreadable(location, &s); continue }
             if let ttl = configuration.ttlMilliseconds, nowMs - record.acquiredAtMs > ttl {
                 try settle([record.sequence], locations: [record.sequence: location], reason: .ttl, &s)
@@ -600,41 +558,20 @@ public final class Spool: Sendable {
         return nil
     }
 
-    private static func hasQueued(leaf: String, _ s: State) -> Bool {
-        !(s.retry[leaf]?.isEmpty ?? true) || !(s.queues[leaf]?.isEmpty ?? true)
-    }
-
     /// Removes the leaf's oldest queued (not in-flight) record, for the per-leaf cap.
-    private func popQueued(leaf: String, _ s: inout State) -> (sequence: UInt64, location: Location)? {
-        while let location = Self.popFront(leaf: leaf, &s) {
+    private func popQueued(_ slot: Int32, _ s: inout State) -> (sequence: UInt64, location: RecordLocation)? {
+        while let location = s.leaves.popFront(slot) {
             guard let r = try? read(location, s) else { unreadable(location, &s); continue }
             return (r.sequence, location)
         }
         return nil
     }
 
-    /// The leaf's next record location: records given back for retry first, then its queue. Mutates in place
-    /// (copying the leaf's runs out and back would cost O(runs) per record).
-    private static func popFront(leaf: String, _ s: inout State) -> Location? {
-        if let first = s.retry[leaf]?.first {
-            s.retry[leaf]!.removeFirst()
-            return first.1
-        }
-        guard let run = s.queues[leaf]?.first, let offset = run.offsets.first else { return nil }
-        let location = Location(leaf: leaf, segment: run.segment, offset: offset)
-        if run.offsets.remaining == 1 {
-            s.queues[leaf]!.removeFirst()
-        } else {
-            s.queues[leaf]![0].offsets.removeFirst()
-        }
-        return location
-    }
-
     /// A record an index listed whose bytes no longer pass their CRC (bit rot in a sealed segment): counted as a
     /// corrupt region, and the segment's index removed so the next open scans it and quarantines the damage.
-    private func unreadable(_ location: Location, _ s: inout State) {
+    private func unreadable(_ location: RecordLocation, _ s: inout State) {
         s.corruptRegions += 1
-        s.depthByLeaf[location.leaf, default: 0] -= 1
+        s.leaves.adjustDepth(location.slot, by: -1)
         if let i = s.segments.firstIndex(where: { $0.id == location.segment }) {
             s.segments[i].live -= 1
             if !isReadOnly {  // an inspection changes nothing on disk
@@ -642,10 +579,10 @@ public final class Spool: Sendable {
                 s.segments[i].indexBytes = 0
             }
         }
-        logger.warning("spool: a record of \(location.leaf) at \(location.offset) in segment \(location.segment) is corrupt; skipped and counted")
+        logger.warning("spool: a record of \(s.leaves.name(location.slot)) at \(location.offset) in segment \(location.segment) is corrupt; skipped and counted")
     }
 
-    private func read(_ location: Location, _ s: State) throws(SpoolError) -> SpoolRecord? {
+    private func read(_ location: RecordLocation, _ s: State) throws(SpoolError) -> SpoolRecord? {
         guard let seg = s.segments.first(where: { $0.id == location.segment }) else { return nil }
         let header = try seg.handle.read(offset: Int(location.offset), count: RecordCodec.prefixSize)
         guard header.count == RecordCodec.prefixSize else { return nil }
@@ -665,13 +602,7 @@ public final class Spool: Sendable {
     /// Delivery failed transiently: these go back to the front of their leaf's queue, in order.
     public func release(_ sequences: [UInt64]) {
         withState { s in
-            var touched: Set<String> = []
-            for seq in sequences {
-                guard let loc = s.inFlight.removeValue(forKey: seq) else { continue }
-                s.retry[loc.leaf, default: []].append((seq, loc))
-                touched.insert(loc.leaf)
-            }
-            for leaf in touched { s.retry[leaf]!.sort { $0.0 < $1.0 } }
+            s.leaves.giveBack(sequences.compactMap { seq in s.inFlight.removeValue(forKey: seq).map { (seq, $0) } })
         }
     }
 
@@ -697,13 +628,13 @@ public final class Spool: Sendable {
     }
 
     /// Marks sequences done (acknowledged, or dropped for `reason`) in the ledger and frees empty segments.
-    private func settle(_ sequences: [UInt64], locations: [UInt64: Location], reason: DropReason?, _ s: inout State) throws(SpoolError) {
+    private func settle(_ sequences: [UInt64], locations: [UInt64: RecordLocation], reason: DropReason?, _ s: inout State) throws(SpoolError) {
         var done: [UInt64] = []
         for seq in sequences {
             guard let loc = s.inFlight.removeValue(forKey: seq) ?? locations[seq] else { continue }
             done.append(seq)
-            s.depthByLeaf[loc.leaf, default: 0] -= 1
-            if let reason { s.dropped[reason, default: [:]][loc.leaf, default: 0] += 1 }
+            s.leaves.adjustDepth(loc.slot, by: -1)
+            if let reason { s.dropped[reason, default: [:]][s.leaves.name(loc.slot), default: 0] += 1 }
             if let i = s.segments.firstIndex(where: { $0.id == loc.segment }) { s.segments[i].live -= 1 }
         }
         guard !done.isEmpty else { return }
@@ -820,8 +751,8 @@ public final class Spool: Sendable {
         withState { s in
             let oldest = s.segments.filter { $0.live > 0 }.map(\.oldestAcquiredMs).min()
             return SpoolStatistics(
-                depth: s.depthByLeaf.values.reduce(0, +), bytes: s.segments.reduce(0) { $0 + $1.size + $1.indexBytes },
-                oldestAgeMilliseconds: oldest.map { nowMs - $0 }, depthByLeaf: s.depthByLeaf.filter { $0.value > 0 },
+                depth: s.leaves.depth, bytes: s.segments.reduce(0) { $0 + $1.size + $1.indexBytes },
+                oldestAgeMilliseconds: oldest.map { nowMs - $0 }, depthByLeaf: s.leaves.depthByLeaf,
                 dropped: s.dropped, corruptRegions: s.corruptRegions, tornTails: s.tornTails,
                 corruptLedgerEntries: s.corruptLedgerEntries, salvagedRecords: s.salvaged)
         }

@@ -2,12 +2,25 @@
 /// offset lists.
 enum Varint {
     static func put(_ value: UInt64, _ out: inout [UInt8]) {
-        var v = value
-        while v >= 0x80 {
-            out.append(UInt8(v & 0x7F) | 0x80)
-            v >>= 7
+        // One append per value, not per byte (each append checks uniqueness and capacity); most values are one byte.
+        if value < 0x80 { return out.append(UInt8(value)) }
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 10) { buffer in
+            let n = write(value, to: UnsafeMutableRawPointer(buffer.baseAddress!))
+            out.append(contentsOf: UnsafeBufferPointer(rebasing: buffer[..<n]))
         }
-        out.append(UInt8(v))
+    }
+
+    /// Writes `value` at `out` (room for 10 bytes); returns how many bytes it took.
+    static func write(_ value: UInt64, to out: UnsafeMutableRawPointer) -> Int {
+        var v = value
+        var n = 0
+        while v >= 0x80 {
+            out.storeBytes(of: UInt8(truncatingIfNeeded: v) | 0x80, toByteOffset: n, as: UInt8.self)
+            v >>= 7
+            n += 1
+        }
+        out.storeBytes(of: UInt8(v), toByteOffset: n, as: UInt8.self)
+        return n + 1
     }
 
     /// The value at `at` in `b[..<end]`, advancing `at`; nil when it runs past `end` or beyond 64 bits.

@@ -13,6 +13,7 @@ struct SpoolBench: AsyncParsableCommand {
     @Option(help: "Directory on the disk to measure (not a tmpfs).") var dir = "/var/tmp/fieldgate-spool-bench"
     @Option(help: "Records per append call (and per baseline write).") var batch = 64
     @Option(help: "Record sizes to run.") var sizes: [Int] = [200, 4096]
+    @Option(help: "Sync policies to run: always, interval.") var syncs: [String] = ["always", "interval"]
     @Flag(help: "Only the append runs (no reopen and memory figures).") var appendOnly = false
     @Option(help: "Megabytes per throughput run.") var megabytes = 64
     @Option(help: "Size of the spool reopened for the recovery figure, in MB.") var reopenMegabytes = 1024
@@ -23,7 +24,7 @@ struct SpoolBench: AsyncParsableCommand {
         print("")
         print("record  sync        spool rec/s   spool MB/s   raw MB/s   ratio   write amp.   raw write amp.")
         for size in sizes {
-            for sync in [SpoolConfiguration.SyncPolicy.always, .interval(milliseconds: 100)] {
+            for sync in [SpoolConfiguration.SyncPolicy.always, .interval(milliseconds: 100)] where syncs.contains(sync == .always ? "always" : "interval") {
                 let count = megabytes * 1024 * 1024 / size
                 let (raw, rawAmp) = try baseline(recordSize: size, count: count, sync: sync)
                 let (rate, mbs, amp) = try spoolRun(recordSize: size, count: count, sync: sync)

@@ -50,6 +50,13 @@ struct RecordCodecTests {
             let d = RecordCodec.decode(flipped)
             #expect(d == .corrupt || d == .truncated, "bit \(bit)")
         }
+        // Varints at their longest, a negative time, an empty leaf and payload: the frame is exact (no slack).
+        for edge in [SpoolRecord(leaf: "", sequence: .max, acquiredAtMs: .min, payload: []),
+                     SpoolRecord(leaf: String(repeating: "l", count: 300), sequence: 0, acquiredAtMs: -1, flags: 255, payload: [0])] {
+            var out: [UInt8] = [7]
+            RecordCodec.encode(edge, into: &out)
+            #expect(RecordCodec.decode(out, at: 1) == .record(edge, frameSize: out.count - 1))
+        }
     }
 
     @Test("version 1 records (spools written before version 2) still decode; version 2 is smaller")
@@ -306,6 +313,47 @@ struct OffsetListTests {
         var back: [UInt32] = []
         while let o = l2.first { back.append(o); l2.removeFirst() }
         #expect(back == irregular)
+    }
+}
+
+@Suite("Spool leaf queues")
+struct LeafQueuesTests {
+    @Test("slots in order of first appearance; per-leaf FIFO across segments; retried records first, in sequence order")
+    func order() {
+        var q = LeafQueues()
+        let a = q.slot(of: "a"), b = q.slot(of: "b")
+        #expect((a, b, q.slot(of: "a"), q.count) == (0, 1, 0, 2))
+        #expect(q.existingSlot(of: "c") == nil && q.name(b) == "b")
+        for (slot, segment, offset) in [(a, 0, 0), (b, 0, 10), (a, 0, 20), (a, 1, 0), (b, 1, 30)] as [(Int32, UInt32, UInt32)] {
+            q.enqueue(slot, segment: segment, offset: offset)
+        }
+        #expect(q.depth == 5 && q.depthByLeaf == ["a": 3, "b": 2])
+        let first = q.popFront(a)!, second = q.popFront(a)!
+        #expect([first, second] == [RecordLocation(slot: a, segment: 0, offset: 0), RecordLocation(slot: a, segment: 0, offset: 20)])
+        q.giveBack([(9, second), (7, first)])
+        #expect(q.popFront(a) == first && q.popFront(a) == second)
+        #expect(q.popFront(a) == RecordLocation(slot: a, segment: 1, offset: 0))
+        #expect(q.popFront(a) == nil && !q.leaves[Int(a)].hasQueued && q.leaves[Int(b)].hasQueued)
+        // Popping leaves the depth alone: those records are in flight until settled.
+        #expect(q.depth == 5)
+        q.adjustDepth(a, by: -3)
+        #expect(q.depthByLeaf == ["b": 2])
+    }
+
+    @Test("removing a segment's records counts what each leaf lost, retried ones included, and lowers its depth")
+    func removeSegment() {
+        var q = LeafQueues()
+        let a = q.slot(of: "a"), b = q.slot(of: "b")
+        for offset in [0, 10, 20] as [UInt32] { q.enqueue(a, segment: 3, offset: offset) }
+        q.enqueue(b, segment: 3, offset: 5)
+        q.enqueue(b, segment: 4, offset: 0)
+        let taken = q.popFront(a)!
+        q.giveBack([(1, taken)])
+        q.compactRuns(of: 3)
+        let lost = q.removeRecords(of: 3)
+        #expect(lost.map(\.slot) == [a, b] && lost.map(\.count) == [3, 1])
+        #expect(q.depthByLeaf == ["b": 1])
+        #expect(q.popFront(b) == RecordLocation(slot: b, segment: 4, offset: 0) && q.popFront(a) == nil)
     }
 }
 

@@ -1,0 +1,124 @@
+/// Where one record lives: its leaf's slot in `LeafQueues`, its segment and its offset there.
+struct RecordLocation: Hashable {
+    var slot: Int32
+    var segment: UInt32
+    var offset: UInt32
+}
+
+/// The undelivered records of every leaf, in memory (the disk holds the records; this holds where they are).
+///
+/// Each leaf gets a slot the first time it appears, for the spool's lifetime, so the append path hashes a leaf's
+/// name once per record (not once per structure it touches) and the reader walks slots, not dictionary keys. Slots
+/// are in order of first appearance: the round-robin order of `Spool.next`. Pure: no I/O.
+struct LeafQueues {
+    /// A leaf's undelivered records in one segment, in order (2–3 bytes a record).
+    struct Run {
+        var segment: UInt32
+        var offsets: OffsetList
+    }
+
+    struct Leaf {
+        let name: String
+        /// Its records in file order, by segment.
+        var runs: [Run] = []
+        /// Records given back for retry, oldest first: they come before `runs`.
+        var retry: [(sequence: UInt64, location: RecordLocation)] = []
+        /// Queued, retried and in-flight records: what `settle` still has to account for.
+        var depth = 0
+
+        var hasQueued: Bool { !retry.isEmpty || !runs.isEmpty }
+    }
+
+    private var slots: [String: Int32] = [:]
+    private(set) var leaves: [Leaf] = []
+
+    var count: Int { leaves.count }
+
+    func name(_ slot: Int32) -> String { leaves[Int(slot)].name }
+
+    /// The leaf's slot, made on its first appearance.
+    mutating func slot(of leaf: String) -> Int32 {
+        if let known = slots[leaf] { return known }
+        let slot = Int32(leaves.count)
+        slots[leaf] = slot
+        leaves.append(Leaf(name: leaf))
+        return slot
+    }
+
+    func existingSlot(of leaf: String) -> Int32? { slots[leaf] }
+
+    /// Queues a record at the back of its leaf. In place: copying a leaf's runs out and back would copy its
+    /// offsets on every append (quadratic).
+    mutating func enqueue(_ slot: Int32, segment: UInt32, offset: UInt32) {
+        let i = Int(slot)
+        let n = leaves[i].runs.count
+        if n > 0 && leaves[i].runs[n - 1].segment == segment {
+            leaves[i].runs[n - 1].offsets.append(offset)
+        } else {
+            leaves[i].runs.append(Run(segment: segment, offsets: OffsetList(offset)))
+        }
+        leaves[i].depth += 1
+    }
+
+    /// The leaf's next record: retried ones first, then its queue. Its depth is unchanged (the record is now in
+    /// flight or about to be settled).
+    mutating func popFront(_ slot: Int32) -> RecordLocation? {
+        let i = Int(slot)
+        if !leaves[i].retry.isEmpty { return leaves[i].retry.removeFirst().location }
+        guard let run = leaves[i].runs.first, let offset = run.offsets.first else { return nil }
+        if run.offsets.remaining == 1 {
+            leaves[i].runs.removeFirst()
+        } else {
+            leaves[i].runs[0].offsets.removeFirst()
+        }
+        return RecordLocation(slot: slot, segment: run.segment, offset: offset)
+    }
+
+    /// Gives in-flight records back for retry, each leaf's in sequence order.
+    mutating func giveBack(_ records: [(sequence: UInt64, location: RecordLocation)]) {
+        var touched: Set<Int32> = []
+        for r in records {
+            leaves[Int(r.location.slot)].retry.append(r)
+            touched.insert(r.location.slot)
+        }
+        for slot in touched { leaves[Int(slot)].retry.sort { $0.sequence < $1.sequence } }
+    }
+
+    mutating func adjustDepth(_ slot: Int32, by change: Int) { leaves[Int(slot)].depth += change }
+
+    /// Drops the growth slack of every run in `segment` (sealed: its runs never grow again).
+    mutating func compactRuns(of segment: UInt32) {
+        for i in leaves.indices {
+            for j in leaves[i].runs.indices where leaves[i].runs[j].segment == segment { leaves[i].runs[j].offsets.compact() }
+        }
+    }
+
+    /// Forgets every queued and retried record of `segment` (it is being deleted); returns how many each leaf lost.
+    /// Their depth goes down by as many.
+    mutating func removeRecords(of segment: UInt32) -> [(slot: Int32, count: Int)] {
+        var lost: [(slot: Int32, count: Int)] = []
+        for i in leaves.indices {
+            var count = 0
+            leaves[i].runs.removeAll { run in
+                guard run.segment == segment else { return false }
+                count += run.offsets.remaining
+                return true
+            }
+            let retried = leaves[i].retry.count
+            leaves[i].retry.removeAll { $0.location.segment == segment }
+            count += retried - leaves[i].retry.count
+            if count > 0 {
+                leaves[i].depth -= count
+                lost.append((Int32(i), count))
+            }
+        }
+        return lost
+    }
+
+    var depth: Int { leaves.reduce(0) { $0 + $1.depth } }
+
+    /// Leaves with records, by name.
+    var depthByLeaf: [String: Int] {
+        Dictionary(uniqueKeysWithValues: leaves.filter { $0.depth > 0 }.map { ($0.name, $0.depth) })
+    }
+}

@@ -38,11 +38,17 @@ struct JournalTests {
                 out.write(s.recv(65536) + b'\\n\\x1e\\n'); out.flush()
             """
         try listener.write(toFile: dir + "/listener.py", atomically: true, encoding: .utf8)
+        // Sends until the daemon's rejection reaches the journal (its start-up time varies with the load), ≤ 15 s.
         let sender = """
             import socket, sys, time
-            time.sleep(2)
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.sendto(b'{"device":"stranger","values":{}}', ('127.0.0.1', int(sys.argv[1])))
+            for _ in range(75):
+                s.sendto(b'{"device":"stranger","values":{}}', ('127.0.0.1', int(sys.argv[1])))
+                time.sleep(0.2)
+                try:
+                    if b'UDP datagram rejected' in open(sys.argv[2], 'rb').read(): break
+                except OSError:
+                    pass
             """
         try sender.write(toFile: dir + "/sender.py", atomically: true, encoding: .utf8)
         let script = """
@@ -52,10 +58,11 @@ struct JournalTests {
             mkdir -p /run/systemd/journal
             python3 '\(dir)/listener.py' '\(dir)/journal.bin' & LISTENER=$!
             for i in $(seq 50); do [ -S /run/systemd/journal/socket ] && break; sleep 0.1; done
-            python3 '\(dir)/sender.py' \(daemon.udpPort) &
             exec 2>'\(dir)/stderr.log'
             export JOURNAL_STREAM=$(stat -c %d:%i '\(dir)/stderr.log')
-            timeout -s TERM 4 '\(productPath("fieldgated"))' run --config '\(dir)/fieldgate.toml' || true
+            timeout -s TERM 30 '\(productPath("fieldgated"))' run --config '\(dir)/fieldgate.toml' & DAEMON=$!
+            python3 '\(dir)/sender.py' \(daemon.udpPort) '\(dir)/journal.bin' || true
+            kill -TERM $DAEMON; wait $DAEMON || true
             kill $LISTENER
             """
         try script.write(toFile: dir + "/run.sh", atomically: true, encoding: .utf8)

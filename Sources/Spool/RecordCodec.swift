@@ -67,10 +67,10 @@ public enum RecordCodec {
         at += Varint.write(sequence, to: out + at)
         at += Varint.write(Varint.zigzag(acquiredAtMs), to: out + at)
         at += Varint.write(UInt64(leaf.count), to: out + at)
-        for part in [leaf, payload] where part.count > 0 {
-            (out + at).copyMemory(from: part.baseAddress!, byteCount: part.count)
-            at += part.count
-        }
+        if let bytes = leaf.baseAddress { (out + at).copyMemory(from: bytes, byteCount: leaf.count) }
+        at += leaf.count
+        if let bytes = payload.baseAddress { (out + at).copyMemory(from: bytes, byteCount: payload.count) }
+        at += payload.count
         let body = UnsafeRawBufferPointer(start: out + prefixSize, count: at - prefixSize)
         out.storeBytes(of: UInt32(body.count).littleEndian, toByteOffset: 0, as: UInt32.self)
         out.storeBytes(of: CRC32C.checksum(body).littleEndian, toByteOffset: 4, as: UInt32.self)

@@ -30,11 +30,11 @@ struct LeafQueues {
     }
 
     private var slots: [String: Int32] = [:]
-    private(set) var leaves: [Leaf] = []
+    private var leaves: [Leaf] = []
 
     var count: Int { leaves.count }
 
-    func name(_ slot: Int32) -> String { leaves[Int(slot)].name }
+    subscript(_ slot: Int32) -> Leaf { leaves[Int(slot)] }
 
     /// The leaf's slot, made on its first appearance.
     mutating func slot(of leaf: String) -> Int32 {
@@ -44,8 +44,6 @@ struct LeafQueues {
         leaves.append(Leaf(name: leaf))
         return slot
     }
-
-    func existingSlot(of leaf: String) -> Int32? { slots[leaf] }
 
     /// Queues a record at the back of its leaf. In place: copying a leaf's runs out and back would copy its
     /// offsets on every append (quadratic).

@@ -440,7 +440,7 @@ public final class Spool: Sendable {
             s.nextSequence = last + 1
             if let cap = configuration.perLeafCapRecords {
                 for slot in slots {
-                    while s.leaves.leaves[Int(slot)].depth > cap, let oldest = popQueued(slot, &s) {
+                    while s.leaves[slot].depth > cap, let oldest = popQueued(slot, &s) {
                         try settle([oldest.sequence], locations: [oldest.sequence: oldest.location], reason: .overflow, &s)
                     }
                 }
@@ -506,11 +506,11 @@ public final class Spool: Sendable {
     private func dropSegment(at i: Int, reason: DropReason, _ s: inout State) {
         let id = s.segments[i].id
         for (slot, count) in s.leaves.removeRecords(of: id) {
-            s.dropped[reason, default: [:]][s.leaves.name(slot), default: 0] += count
+            s.dropped[reason, default: [:]][s.leaves[slot].name, default: 0] += count
         }
         for (seq, loc) in s.inFlight where loc.segment == id {
             s.inFlight[seq] = nil
-            s.dropped[reason, default: [:]][s.leaves.name(loc.slot), default: 0] += 1
+            s.dropped[reason, default: [:]][s.leaves[loc.slot].name, default: 0] += 1
             s.leaves.adjustDepth(loc.slot, by: -1)
         }
         Self.removeSegment(at: i, &s)
@@ -534,7 +534,7 @@ public final class Spool: Sendable {
                 s.roundRobin %= s.leaves.count
                 let slot = Int32(s.roundRobin)
                 s.roundRobin += 1
-                guard s.leaves.leaves[Int(slot)].hasQueued, admit(s.leaves.name(slot)), let record = try takeOne(slot, nowMs: nowMs, &s) else {
+                guard s.leaves[slot].hasQueued, admit(s.leaves[slot].name), let record = try takeOne(slot, nowMs: nowMs, &s) else {
                     idleRounds += 1
                     continue
                 }
@@ -579,7 +579,7 @@ public final class Spool: Sendable {
                 s.segments[i].indexBytes = 0
             }
         }
-        logger.warning("spool: a record of \(s.leaves.name(location.slot)) at \(location.offset) in segment \(location.segment) is corrupt; skipped and counted")
+        logger.warning("spool: a record of \(s.leaves[location.slot].name) at \(location.offset) in segment \(location.segment) is corrupt; skipped and counted")
     }
 
     private func read(_ location: RecordLocation, _ s: State) throws(SpoolError) -> SpoolRecord? {
@@ -634,7 +634,7 @@ public final class Spool: Sendable {
             guard let loc = s.inFlight.removeValue(forKey: seq) ?? locations[seq] else { continue }
             done.append(seq)
             s.leaves.adjustDepth(loc.slot, by: -1)
-            if let reason { s.dropped[reason, default: [:]][s.leaves.name(loc.slot), default: 0] += 1 }
+            if let reason { s.dropped[reason, default: [:]][s.leaves[loc.slot].name, default: 0] += 1 }
             if let i = s.segments.firstIndex(where: { $0.id == loc.segment }) { s.segments[i].live -= 1 }
         }
         guard !done.isEmpty else { return }

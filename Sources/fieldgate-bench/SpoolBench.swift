@@ -23,6 +23,7 @@ struct SpoolBench: AsyncParsableCommand {
     @Option(help: "Records buffered for the memory figure.") var memoryRecords = 1_000_000
 
     func run() async throws {
+        guard syncs.allSatisfy({ $0 == "always" || $0 == "interval" }) else { throw ValidationError("--syncs: always, interval") }
         print("spool benchmark in \(dir), \(batch) records per append, \(megabytes) MB per run, \(rounds) rounds (raw and spool alternate)")
         print("")
         print("record  sync        spool rec/s   spool MB/s   raw MB/s   ratio (rounds)           write amp.   raw write amp.")

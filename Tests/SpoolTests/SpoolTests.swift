@@ -323,7 +323,7 @@ struct LeafQueuesTests {
         var q = LeafQueues()
         let a = q.slot(of: "a"), b = q.slot(of: "b")
         #expect((a, b, q.slot(of: "a"), q.count) == (0, 1, 0, 2))
-        #expect(q.existingSlot(of: "c") == nil && q.name(b) == "b")
+        #expect(q[a].name == "a" && q[b].name == "b")
         for (slot, segment, offset) in [(a, 0, 0), (b, 0, 10), (a, 0, 20), (a, 1, 0), (b, 1, 30)] as [(Int32, UInt32, UInt32)] {
             q.enqueue(slot, segment: segment, offset: offset)
         }
@@ -333,7 +333,7 @@ struct LeafQueuesTests {
         q.giveBack([(9, second), (7, first)])
         #expect(q.popFront(a) == first && q.popFront(a) == second)
         #expect(q.popFront(a) == RecordLocation(slot: a, segment: 1, offset: 0))
-        #expect(q.popFront(a) == nil && !q.leaves[Int(a)].hasQueued && q.leaves[Int(b)].hasQueued)
+        #expect(q.popFront(a) == nil && !q[a].hasQueued && q[b].hasQueued)
         // Popping leaves the depth alone: those records are in flight until settled.
         #expect(q.depth == 5)
         q.adjustDepth(a, by: -3)

@@ -7,6 +7,11 @@ let strictSettings: [SwiftSetting] = [
     .enableUpcomingFeature("MemberImportVisibility"),
 ]
 
+// glibc's fortified functions in our C code in release builds (Debian's hardening). Only here, not as a
+// command-line -Xcc: that reaches Swift's C importer too, where glibc 2.41's fortified poll() is an overload that
+// makes every Swift call of poll ambiguous.
+let fortifiedC: [CSetting] = [.define("_FORTIFY_SOURCE", to: "2", .when(configuration: .release))]
+
 let package = Package(
     name: "fieldgate",
     platforms: [.macOS(.v15)],
@@ -49,9 +54,9 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         // CRC32C with the CPU's instructions (SSE4.2 / ARMv8 CRC); the Spool falls back to tables without them.
-        .target(name: "CCRC32C", path: "Sources/CCRC32C"),
+        .target(name: "CCRC32C", path: "Sources/CCRC32C", cSettings: fortifiedC),
         // recvmmsg for UDP ingest (Swift's Glibc module lacks the GNU extensions).
-        .target(name: "CSocketBatch", path: "Sources/CSocketBatch"),
+        .target(name: "CSocketBatch", path: "Sources/CSocketBatch", cSettings: fortifiedC),
         .target(
             name: "Spool",
             dependencies: ["CCRC32C", "FieldgateCore", .product(name: "Logging", package: "swift-log")],

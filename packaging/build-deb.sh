@@ -1,35 +1,66 @@
 #!/usr/bin/env bash
 # Builds fieldgate_<version>_<arch>.deb (fieldgated + fieldgatectl, the unit, /etc/fieldgate) and
 # fieldgate-hub_<version>_<arch>.deb (the local IoT Hub emulator, optional) into dist/, from a release build with
-# the Swift runtime linked statically (it is not in Debian; feasibility.md §6). Depends come from dpkg-shlibdeps.
-# Builds for the machine's own architecture (dpkg --print-architecture): run it on an arm64 Debian for arm64.
-# Usage: packaging/build-deb.sh [--version V] [--no-hub] [--no-lintian]
+# the Swift runtime linked statically (Debian 12 has no Swift runtime package; Swift has no stable ABI on Linux).
+# Depends come from dpkg-shlibdeps run against the target's own root.
+#   amd64 (the default on x86_64): for Debian 12 bookworm, built with the machine's Swift toolchain.
+#   arm64 (--arch arm64, on x86_64): for Debian 13 trixie / Raspberry Pi OS 64-bit, cross-built with Debian's
+#     Swift 6.2 against a trixie arm64 root (packaging/arm64.sh makes both roots once and caches them).
+# Usage: packaging/build-deb.sh [--arch amd64|arm64] [--version V] [--no-hub] [--no-lintian]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d /opt/swift/usr/bin ] && export PATH=/opt/swift/usr/bin:$PATH
 VERSION=$(sed -n 's/.*static let current = "\(.*\)".*/\1/p' Sources/fieldgated/Fieldgated.swift)
 HUB=1
 LINTIAN=1
+ARCH=$(dpkg --print-architecture)
 while [ $# -gt 0 ]; do
   case "$1" in
+    --arch) ARCH=$2; shift 2 ;;
     --version) VERSION=$2; shift 2 ;;
     --no-hub) HUB=0; shift ;;
     --no-lintian) LINTIAN=0; shift ;;
-    *) echo "usage: $0 [--version V] [--no-hub] [--no-lintian]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--arch amd64|arm64] [--version V] [--no-hub] [--no-lintian]" >&2; exit 2 ;;
   esac
 done
-ARCH=$(dpkg --print-architecture)
 for tool in dpkg-deb dpkg-shlibdeps; do command -v $tool >/dev/null || { echo "build-deb: $tool missing (apt install dpkg-dev)"; exit 1; }; done
+
+# Hardening as Debian expects it: immediate binding (-z now, with RELRO); glibc's fortified functions in our C code
+# come from Package.swift (release).
+FLAGS=(-c release --static-swift-stdlib -Xlinker -z -Xlinker now -Xlinker -z -Xlinker relro -Xcc -O2)
+if [ "$ARCH" = "$(dpkg --print-architecture)" ]; then
+  CROSS=
+  UNITDIR=lib/systemd/system         # bookworm's lintian wants units under /lib
+  mkdir -p .build
+  STAGE=$(mktemp -d)
+  swift_build() { swift build "${FLAGS[@]}" "$@"; }
+  strip_binary() { strip "$@"; }
+  in_target() { "$@"; }               # runs a tool of the target's Debian
+  target_path() { echo "$1"; }
+elif [ "$ARCH" = arm64 ] && [ "$(dpkg --print-architecture)" = amd64 ]; then
+  CROSS=1
+  UNITDIR=usr/lib/systemd/system     # trixie's lintian wants units under /usr/lib (merged /usr)
+  bash packaging/arm64.sh prepare
+  mkdir -p .build-arm64
+  STAGE=$(mktemp -d "$PWD/.build-arm64/stage.XXXXXX")  # inside the repository: the roots see it at /src
+  swift_build() {
+    bash packaging/arm64.sh swift build --scratch-path .build-arm64 --swift-sdks-path /sdks --swift-sdk trixie-arm64 \
+      "${FLAGS[@]}" "$@"
+  }
+  target_path() { echo "/src/${1#"$PWD"/}"; }
+  strip_binary() { local args=("${@:1:$#-1}"); bash packaging/arm64.sh toolchain aarch64-linux-gnu-strip "${args[@]}" "$(target_path "${@: -1}")"; }
+  in_target() { bash packaging/arm64.sh sysroot "$@"; }
+else
+  echo "build-deb: cannot build $ARCH on $(dpkg --print-architecture) (arm64 is cross-built on amd64)" >&2; exit 2
+fi
+trap 'rm -rf "$STAGE"' EXIT
 
 products=(fieldgated)
 [ "$HUB" = 1 ] && products+=(fieldgate-hub)
-# Hardening as Debian expects it: immediate binding (-z now, with RELRO) and glibc's fortified functions in C code.
-FLAGS=(-c release --static-swift-stdlib -Xlinker -z -Xlinker now -Xlinker -z -Xlinker relro -Xcc -D_FORTIFY_SOURCE=2 -Xcc -O2)
-for p in "${products[@]}"; do swift build "${FLAGS[@]}" --product "$p"; done
-BIN=$(swift build "${FLAGS[@]}" --show-bin-path)
+for p in "${products[@]}"; do swift_build --product "$p"; done
+BIN=$(swift_build --show-bin-path | tail -n 1)
+[ -n "$CROSS" ] && BIN=$PWD/${BIN#/src/}
 OUT=dist
-STAGE=$(mktemp -d)
-trap 'rm -rf "$STAGE"' EXIT
 mkdir -p "$OUT"
 
 # dpkg-shlibdeps wants a debian/control with the binary package; it runs from the stage's top.
@@ -37,7 +68,10 @@ depends() {  # $1 = package root, $2.. = binaries
   local root=$1; shift
   mkdir -p "$STAGE/shlibs/debian"
   printf 'Source: fieldgate\n\nPackage: x\nArchitecture: any\n' >"$STAGE/shlibs/debian/control"
-  (cd "$STAGE/shlibs" && dpkg-shlibdeps -O "${@/#/$root/}" 2>/dev/null | sed -n 's/^shlibs:Depends=//p')
+  local shlibs
+  shlibs=$(target_path "$STAGE/shlibs")
+  in_target bash -c 'cd "$0" && dpkg-shlibdeps -O "$@" 2>/dev/null' "$shlibs" "${@/#/$(target_path "$root")/}" \
+    | sed -n 's/^shlibs:Depends=//p'
 }
 
 md5sums() {  # $1 = package root: DEBIAN/md5sums of every shipped file but the conffiles
@@ -54,10 +88,10 @@ docs() {  # $1 = package root, $2 = package name
 # --- fieldgate
 R=$STAGE/fieldgate
 install -D -m 0755 "$BIN/fieldgated" "$R/usr/sbin/fieldgated"
-strip --strip-unneeded --remove-section=.comment --remove-section=.note "$R/usr/sbin/fieldgated"
+strip_binary --strip-unneeded --remove-section=.comment --remove-section=.note "$R/usr/sbin/fieldgated"
 install -d "$R/usr/bin"
 ln -s ../sbin/fieldgated "$R/usr/bin/fieldgatectl"
-install -D -m 0644 systemd/fieldgated.service "$R/lib/systemd/system/fieldgated.service"
+install -D -m 0644 systemd/fieldgated.service "$R/$UNITDIR/fieldgated.service"
 install -D -m 0644 systemd/sysusers.conf "$R/usr/lib/sysusers.d/fieldgate.conf"
 # 0644/0755 as shipped; the postinst narrows them to the fieldgate group.
 install -D -m 0644 etc/fieldgate/fieldgate.toml "$R/etc/fieldgate/fieldgate.toml"
@@ -106,7 +140,7 @@ echo "build-deb: $OUT/fieldgate_${VERSION}_${ARCH}.deb ($(du -h "$OUT/fieldgate_
 if [ "$HUB" = 1 ]; then
   H=$STAGE/fieldgate-hub
   install -D -m 0755 "$BIN/fieldgate-hub" "$H/usr/bin/fieldgate-hub"
-  strip --strip-unneeded --remove-section=.comment --remove-section=.note "$H/usr/bin/fieldgate-hub"
+  strip_binary --strip-unneeded --remove-section=.comment --remove-section=.note "$H/usr/bin/fieldgate-hub"
   install -d "$H/usr/share/man/man1"
   gzip -9n <packaging/man/fieldgate-hub.1 >"$H/usr/share/man/man1/fieldgate-hub.1.gz"
   docs "$H" fieldgate-hub
@@ -134,9 +168,12 @@ CONTROL
 fi
 
 if [ "$LINTIAN" = 1 ]; then
-  command -v lintian >/dev/null || { echo "build-deb: lintian missing (apt install --no-install-recommends lintian)"; exit 1; }
+  [ -n "$CROSS" ] || command -v lintian >/dev/null || { echo "build-deb: lintian missing (apt install --no-install-recommends lintian)"; exit 1; }
   # Any tag not overridden (with its justification in packaging/debian/lintian-overrides*) fails the build.
-  findings=$(lintian --fail-on none "$OUT"/*_"${VERSION}"_"${ARCH}".deb 2>&1 | grep -v -e "^N: " -e "running with root privileges" || true)
+  debs=()
+  for d in "$OUT"/*_"${VERSION}"_"${ARCH}".deb; do debs+=("$(target_path "$PWD/$d")"); done
+  report=$(in_target lintian --fail-on none "${debs[@]}" 2>&1) || { echo "build-deb: lintian did not finish:"; echo "$report" | tail -5; exit 1; }
+  findings=$(grep -v -e "^N: " -e "running with root privileges" <<<"$report" || true)
   if [ -n "$findings" ]; then echo "build-deb: lintian:"; echo "$findings"; exit 1; fi
   echo "build-deb: lintian clean"
 fi

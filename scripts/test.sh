@@ -9,6 +9,8 @@ swift build --build-tests
 bash systemd/check-unit.sh .build/debug/fieldgated
 # Suites start their own hubs on free ports, so they may run in parallel.
 swift test --skip-build "$@"
+# The official Azure service SDK (azure-iot-hub + uamqp from PyPI) against fieldgate-hub and fieldgated.
+bash scripts/sdk-e2e.sh "$(swift build --show-bin-path)"
 # fieldgated under real systemd in a booted Debian 12 container (skips, saying why, where that cannot run).
 bash scripts/systemd-e2e.sh "$(swift build --show-bin-path)"
 # The .deb: built (release, static Swift runtime), lintian clean, installed, upgraded and purged in the container.

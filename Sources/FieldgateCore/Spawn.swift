@@ -26,3 +26,18 @@ public func spawnProcess(_ argv: [String], searchPath: Bool) -> Result<pid_t, Sp
 public struct SpawnFailure: Error, Sendable {
     public var errno: Int32
 }
+
+/// The path of `name` in `executable`'s directory (by default the running program's, absolute: see
+/// `runningExecutable`), so siblings resolve whatever the current directory and however the program was started.
+public func siblingExecutable(_ name: String, of executable: String = runningExecutable()) -> String {
+    guard let slash = executable.lastIndex(of: "/") else { return "./" + name }
+    return String(executable[...slash]) + name
+}
+
+/// The running program's absolute path from /proc/self/exe; argv[0] where /proc is not mounted.
+public func runningExecutable() -> String {
+    var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+    let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+    guard length > 0 else { return CommandLine.arguments.first ?? "" }
+    return String(decoding: buffer[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}

@@ -87,10 +87,11 @@ struct Devices: ParsableCommand {
     func run() throws {
         let d = try options.ask("devices")
         if options.json { print(d.pretty); return }
-        let rows = (d.arrayValue ?? []).map { l in
-            [l["device_id"]?.stringValue ?? "", l["adapter"]?.stringValue ?? "", l["state"]?.stringValue ?? "",
-             String(l["spooled"]?.intValue ?? 0), String(l["accepted"]?.intValue ?? 0), String(l["rejected"]?.intValue ?? 0),
-             l["last_error"]?.stringValue ?? ""]
+        let rows = (d.arrayValue ?? []).map { (l: JSONValue) -> [String] in
+            let text = { (key: String) -> String in l[key]?.stringValue ?? "" }
+            let count = { (key: String) -> String in String(l[key]?.intValue ?? 0) }
+            return [text("device_id"), text("adapter"), text("state"), count("spooled"), count("accepted"), count("rejected"),
+                    text("last_error")]
         }
         printTable(["DEVICE", "ADAPTER", "STATE", "SPOOLED", "ACCEPTED", "REJECTED", "LAST ERROR"], rows)
     }

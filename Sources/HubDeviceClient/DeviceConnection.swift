@@ -16,11 +16,12 @@ public final class DeviceConnection: Sendable {
     /// Connects; returns once the hub's Open arrived (throws if the connection fails first).
     public static func connect(
         reactor: AMQPReactor, host: String, port: Int, hostName: String,
-        tls: AMQPClientTLS?, sasl: AMQPClientSASL = .none
+        tls: AMQPClientTLS?, sasl: AMQPClientSASL = .none, frameTrace: (@Sendable (String) -> Void)? = nil
     ) async throws -> DeviceConnection {
         let handler = DeviceConnectionHandler()
         var config = AMQPClientConfiguration(tls: tls, sasl: sasl)
         config.virtualHost = hostName
+        config.frameTrace = frameTrace
         let opened = handler.openedSignal
         let ref = reactor.connect(host: host, port: port, configuration: config, handler: handler)
         try await opened.wait()

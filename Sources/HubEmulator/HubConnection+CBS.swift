@@ -33,8 +33,10 @@ extension HubConnection {
               type == IoTHubAMQP.tokenTypeServiceBus || type == IoTHubAMQP.tokenTypeAzureDevices
         else { return (400, "unsupported token type '\(props["type"]?.stringValue ?? "")'") }
         guard let rawName = props["name"]?.stringValue, !rawName.isEmpty,
-              let audience = PercentEncoding.decode(rawName)
+              let decodedName = PercentEncoding.decode(rawName)
         else { return (400, "the put-token request has no audience (name)") }
+        // Service clients name the hub as a URL (uamqp: "https://{host}", the C SDK: "amqps://{host}/…").
+        let audience = withoutScheme(decodedName)
 
         let audienceSlash = audience.firstIndex(of: "/") ?? audience.endIndex
         let audienceHost = String(audience[..<audienceSlash])
@@ -72,12 +74,15 @@ extension HubConnection {
         }
 
         let keys: (String, String)
+        var deviceConnect = true, serviceConnect = false
         if let policyName = token.keyName {
             guard let policy = core.registry.policies[policyName] else {
                 return (401, "The shared access policy \(policyName) does not exist.")
             }
-            guard policy.grants("DeviceConnect") else {
-                return (401, "The shared access policy \(policyName) does not grant DeviceConnect.")
+            deviceConnect = policy.grants("DeviceConnect")
+            serviceConnect = policy.grants("ServiceConnect") && scopePath.isEmpty
+            guard deviceConnect || serviceConnect else {
+                return (401, "The shared access policy \(policyName) grants neither DeviceConnect nor ServiceConnect on \(resource).")
             }
             keys = (policy.primaryKey, policy.secondaryKey)
         } else {
@@ -103,11 +108,26 @@ extension HubConnection {
         if tokens[audiencePath] == nil && tokens.count >= core.configuration.maxTokensPerConnection {
             return (403, "This connection already holds \(core.configuration.maxTokensPerConnection) tokens.")
         }
+        guard deviceConnect || audiencePath.isEmpty else {
+            return (401, "The shared access policy \(token.keyName ?? "") grants ServiceConnect, which covers the hub's service endpoints, not \(audience).")
+        }
         guard core.admitAuthentication() else { return (429, "Device connections are being throttled.") }
-        // The token authenticates what its audience names, which lies inside its resource.
-        tokens[audiencePath] = CBSToken(scopePath: audiencePath, expiry: token.expiry, policy: token.keyName)
+        // The token authenticates what its audience names, which lies inside its resource: devices for
+        // DeviceConnect, the hub's service endpoints for ServiceConnect.
+        if deviceConnect {
+            tokens[audiencePath] = CBSToken(scopePath: audiencePath, expiry: token.expiry, policy: token.keyName)
+        }
+        if serviceConnect && audiencePath.isEmpty {
+            serviceToken = CBSToken(scopePath: "", expiry: token.expiry, policy: token.keyName)
+        }
         return (200, "OK")
     }
+}
+
+/// `amqps://host/path` → `host/path`; anything without a scheme stays as it is.
+func withoutScheme(_ address: String) -> String {
+    guard let r = address.firstRange(of: "://") else { return address }
+    return String(address[r.upperBound...])
 }
 
 extension String {

@@ -13,6 +13,11 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
     /// Live tokens by the path their audience names ("", "/devices" or "/devices/{d}"): coverage is then three
     /// dictionary lookups, not a scan of up to 999 tokens per message.
     var tokens: [String: CBSToken] = [:]
+    /// A ServiceConnect token for the hub itself: it opens the service endpoints (devicebound, feedback).
+    var serviceToken: CBSToken?
+    /// The service feedback links on this connection: the queue's waiter each has registered while it has credit,
+    /// and the batches it holds unsettled, oldest first.
+    var feedbackLinks: [AMQPObjectID: FeedbackLinkState] = [:]
     var links: [AMQPObjectID: LinkState] = [:]
     /// Links per device on this connection.
     var devices: [String: DeviceLinks] = [:]
@@ -40,6 +45,8 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
         case methodResponses(String, channel: String)  // hub receives responses
         case twinRequests(String, channel: String)     // hub receives requests
         case twinResponses(String, channel: String)    // hub sends responses and desired pushes
+        case serviceCloudToDevice                      // hub receives C2D messages from a service client
+        case serviceFeedback                           // hub sends feedback batches to a service client
         case refused
 
         var deviceId: String? {
@@ -89,6 +96,7 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
         case .linkFlow(let link):
             flushPending(link)
             if case .cloudToDevice(let d)? = links[link.id]?.role { pumpCloudToDevice(d) }
+            if links[link.id]?.role == .serviceFeedback { offerFeedback(link) }
         case .message(let delivery, let bytes):
             received(bytes, on: delivery)
         case .deliveryUpdated(let delivery):
@@ -120,6 +128,9 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
         }
         if address == IoTHubAMQP.cbsAddress {
             return accept(link, role: link.isSender ? .cbsResponses : .cbsRequests, credit: 100)
+        }
+        if let endpoint = ServiceEndpoint(address: address, hubName: core.configuration.hostName) {
+            return attachService(link, endpoint)
         }
         guard let parsed = DeviceAddress(parsing: address) else {
             return refuse(link, AMQPCondition(name: IoTHubAMQP.notFound, description: "Matching template not found for address '\(address)'"))
@@ -193,7 +204,7 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
         }
     }
 
-    private func accept(_ link: AMQPLink, role: Role, credit: Int) {
+    func accept(_ link: AMQPLink, role: Role, credit: Int) {
         link.setMaxMessageSize(IoTHubAMQP.linkMaxMessageSize)
         if link.isSender { link.setSenderSettleMode(link.remoteSenderSettleMode == .settled ? .settled : .unsettled) }
         link.open()
@@ -203,7 +214,7 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
     }
 
     /// Refuses an attach the AMQP way: an attach with a null terminus on our side, then a detach with the error.
-    private func refuse(_ link: AMQPLink, _ condition: AMQPCondition) {
+    func refuse(_ link: AMQPLink, _ condition: AMQPCondition) {
         core.logger.info("refused link '\(link.name)': \(condition.name) \(condition.description)")
         if link.isSender { link.setSource(nil) } else { link.setTarget(nil) }
         link.open()
@@ -215,6 +226,7 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
     private func detached(_ link: AMQPLink) {
         guard let state = links.removeValue(forKey: link.id) else { return }
         pendingSends[link.id] = nil
+        if state.role == .serviceFeedback { feedbackLinkGone(link.id) }
         if cbsResponseLink == link.id { cbsResponseLink = links.first { $0.value.role == .cbsResponses }?.key }
         guard let d = state.role.deviceId, var entry = devices[d] else { return }
         entry.links.remove(link.id)
@@ -271,6 +283,10 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
         let expired = tokens.filter { $0.value.expiry <= limit }
         guard !expired.isEmpty else { return }
         for key in expired.keys { tokens[key] = nil }
+        if let t = serviceToken, t.expiry <= limit {
+            serviceToken = nil
+            evictServiceLinks(because: AMQPCondition(name: IoTHubAMQP.unauthorizedAccess, description: "Token Invalid."))
+        }
         for deviceId in devices.keys where liveToken(covering: "/devices/\(deviceId)") == nil {
             evict(deviceId, because: AMQPCondition(name: IoTHubAMQP.unauthorizedAccess, description: "Token Invalid."))
         }
@@ -295,8 +311,11 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
         }
     }
 
+    /// Every transfer the hub sends follows, on the wire, the dispositions it decided before: a reply never
+    /// overtakes its request's `accepted` (CBS, twin, and any request/response pair).
     func transmit(_ message: AMQPMessage, on link: AMQPLink, tag: [UInt8]? = nil) {
         let tag = tag ?? AMQPUUID.random().bytes
+        link.writePendingFrames()
         link.send(AMQPMessageCodec.encode(message), tag: tag, settled: link.remoteSenderSettleMode == .settled)
     }
 
@@ -319,6 +338,7 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
         case .telemetry(let d): receivedTelemetry(bytes, delivery: delivery, deviceId: d)
         case .methodResponses(let d, _): receivedMethodResponse(bytes, delivery: delivery, deviceId: d)
         case .twinRequests(let d, _): receivedTwinRequest(bytes, delivery: delivery, deviceId: d)
+        case .serviceCloudToDevice: receivedServiceCloudToDevice(bytes, delivery: delivery)
         default: delivery.dispose(.rejected(AMQPCondition(name: IoTHubAMQP.notAllowed, description: "unexpected transfer")))
         }
         let window: Int
@@ -333,6 +353,8 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
         }
         if case .cloudToDevice(let d) = state.role {
             cloudToDeviceDisposition(delivery, deviceId: d)
+        } else if state.role == .serviceFeedback {
+            feedbackDisposition(delivery)
         } else if delivery.isRemotelySettled {
             delivery.settle()
         }

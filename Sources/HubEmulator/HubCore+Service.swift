@@ -99,9 +99,8 @@ extension HubCore {
     public func readFeedback(waitMilliseconds: Int, deliver: @escaping @Sendable ([FeedbackRecord]) -> Void) {
         let ready = takeFeedback()
         if !ready.isEmpty || waitMilliseconds <= 0 { return deliver(ready) }
-        let once = OnceBox(deliver)
-        feedbackWaiters.append { once.call($0) }
-        reactor.schedule(after: .milliseconds(waitMilliseconds)) { once.call([]) }
+        let waiter = feedback.addWaiter(deliver)
+        reactor.schedule(after: .milliseconds(waitMilliseconds)) { [self] in feedback.removeWaiter(waiter)?([]) }
     }
 
     // MARK: events

@@ -19,10 +19,9 @@ public final class HubCore: @unchecked Sendable {
     var registry: Registry
     var twins: [String: TwinDocument] = [:]
     var queues: [String: CloudToDeviceQueue] = [:]
-    var feedback: [FeedbackRecord] = []
+    var feedback = FeedbackQueue()
     var events: EventLog
     var eventWaiters: [(from: Int64, deliver: ([ReceivedEvent]) -> Void)] = []
-    var feedbackWaiters: [([FeedbackRecord]) -> Void] = []
     var pendingMethods: [AMQPUUID: PendingMethod] = [:]
     /// Which connection holds each device's links (for C2D, methods, desired pushes and link-creation conflicts).
     var deviceOwners: [String: HubConnection] = [:]
@@ -164,18 +163,20 @@ public final class HubCore: @unchecked Sendable {
             enqueuedTimeUtc: WallClock.iso8601(milliseconds: now))
         feedback.append(record)
         markDirty()
-        if !feedbackWaiters.isEmpty {
-            let waiters = feedbackWaiters
-            feedbackWaiters = []
-            let batch = takeFeedback()
-            for (i, w) in waiters.enumerated() { w(i == 0 ? batch : []) }
-        }
+        dispatchFeedback()
+    }
+
+    /// Hands the records waiting to the oldest consumer waiting for them.
+    func dispatchFeedback() {
+        guard let (deliver, records) = feedback.nextHandOff() else { return }
+        markDirty()
+        deliver(records)
     }
 
     func takeFeedback() -> [FeedbackRecord] {
-        defer { feedback = [] }
-        if !feedback.isEmpty { markDirty() }
-        return feedback
+        let records = feedback.takeAll()
+        if !records.isEmpty { markDirty() }
+        return records
     }
 
     // MARK: methods
@@ -216,7 +217,7 @@ public final class HubCore: @unchecked Sendable {
             let tokens = Set(queuesUnlocked[key]!.messages.compactMap(\.lockToken))
             queuesUnlocked[key]!.releaseLocks(tokens)
         }
-        let state = PersistentState(registry: registry, twins: twins, queues: queuesUnlocked, feedback: feedback)
+        let state = PersistentState(registry: registry, twins: twins, queues: queuesUnlocked, feedback: feedback.records)
         do {
             let data = try JSONEncoder().encode(state)
             try data.write(to: URL(fileURLWithPath: dir + "/hub-state.json"), options: .atomic)
@@ -234,7 +235,7 @@ public final class HubCore: @unchecked Sendable {
         registry = state.registry
         twins = state.twins
         queues = state.queues
-        feedback = state.feedback
+        feedback = FeedbackQueue(records: state.feedback)
         for key in registry.devices.keys { registry.devices[key]?.connectionState = "Disconnected" }
     }
 }

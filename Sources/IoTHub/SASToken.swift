@@ -8,7 +8,7 @@ import Foundation
 #endif
 
 /// A shared access signature token: `SharedAccessSignature sr=…&sig=…&se=…[&skn=…]`
-/// (shared/spec/iothub-amqp.md §2.1).
+/// (IoT Hub's SAS token format).
 ///
 /// `resource` keeps `sr` exactly as sent, because the signature covers those bytes: the SDKs disagree on
 /// URL-encoding and escape case, and a verifier must sign the `sr` as sent (§2.1, conclusion).

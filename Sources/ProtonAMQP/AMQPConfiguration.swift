@@ -42,7 +42,7 @@ public enum AMQPClientSASL: Sendable {
 }
 
 /// How a listener opens and answers connections. Values mirror the real IoT Hub's Open and Begin frames
-/// (shared/spec/iothub-amqp.md §1.3, §1.4).
+/// (docs/hub-fidelity.md).
 public struct AMQPListenerConfiguration: Sendable {
     /// nil = plain AMQP (tests only).
     public var tls: AMQPServerTLS?
@@ -78,6 +78,9 @@ public struct AMQPClientConfiguration: Sendable {
     /// idle-timeout advertised in our Open, in milliseconds. Default: 240000 (heartbeats keep it alive).
     public var idleTimeoutMilliseconds: UInt32 = 240_000
     public var maxFrameSize: UInt32 = 65536
+    /// Receives every AMQP frame sent and received, as Proton traces them, on the reactor thread. Default: nil.
+    /// For tests that check the order of frames on the wire.
+    public var frameTrace: (@Sendable (String) -> Void)?
 
     public init(tls: AMQPClientTLS?, sasl: AMQPClientSASL = .none) {
         self.tls = tls

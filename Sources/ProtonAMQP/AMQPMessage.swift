@@ -2,7 +2,7 @@
 ///
 /// Encoding writes the sections in the standard order. Decoding accepts them in **any** order, because the Azure
 /// C SDK writes batch entries as properties, application-properties, message-annotations, data
-/// (shared/spec/iothub-amqp.md §4.3).
+/// (batches of IoT Hub telemetry).
 public struct AMQPMessage: Sendable, Equatable {
     public var durable: Bool?
     public var priority: UInt8?

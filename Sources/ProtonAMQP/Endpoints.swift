@@ -126,6 +126,15 @@ public struct AMQPLink {
     /// Grants `credit` more link credit (receiver).
     public func flow(_ credit: Int) { pn_link_flow(raw, Int32(credit)) }
 
+    /// Encodes every frame Proton holds for this link's connection into the transport's output now. Proton writes
+    /// the dispositions decided during an event batch after that batch's transfers, so a reply sent in the same
+    /// batch as its request's `accepted` would overtake it on the wire; a transfer sent after this call follows
+    /// every disposition decided before it (uAMQP's management clients require that order).
+    public func writePendingFrames() {
+        guard let transport = pn_connection_transport(pn_session_connection(pn_link_session(raw))) else { return }
+        _ = pn_transport_pending(transport)
+    }
+
     /// Sends an encoded message (sender). `tag` is the delivery tag (16 bytes for C2D lock tokens).
     @discardableResult
     public func send(_ encoded: [UInt8], tag: [UInt8], settled: Bool = false) -> AMQPDelivery {

@@ -169,6 +169,7 @@ public final class AMQPReactor: @unchecked Sendable {
                 _ = pn_sasl(t)
                 pnx_sasl_set_implementation(t, SASLPlugin.implementation, Unmanaged.passUnretained(context).toOpaque())
             }
+            if let trace = configuration.frameTrace { FrameTracer.start(on: t, trace) }
             register(context, connection: c)
             pn_connection_open(c)
             pn_proactor_connect2(proactor.raw, c, t, "\(host):\(port)")
@@ -359,6 +360,7 @@ public final class AMQPReactor: @unchecked Sendable {
                 context.transportError = AMQPError(code, "\(cond.name): \(cond.description)", condition: cond.name)
             }
         case PN_TRANSPORT_CLOSED:
+            if let t = pn_event_transport(event) { FrameTracer.stop(on: t) }
             context.detach()
             contexts[key(c)] = nil
             deliver(.transportClosed(context.transportError))

@@ -80,7 +80,7 @@ public enum Redaction {
         var out = ""
         var rest = Substring(text)
         while let (range, marker) = markers.compactMap({ m in rest.firstRange(of: m).map { ($0, m) } }).min(by: { $0.0.lowerBound < $1.0.lowerBound }) {
-            out += rest[..<range.lowerBound] + marker + "<redacted>"
+            out += String(rest[..<range.lowerBound]) + marker + "<redacted>"
             rest = rest[range.upperBound...].drop { !Self.isSeparator($0) }
         }
         return out + rest

@@ -282,8 +282,13 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
     public func cloudToDevice(_ message: C2DMessage) async -> C2DOutcome {
         let id = message.messageID ?? "c2d-\(UInt64.random(in: 1...UInt64.max))"
         let body: JSONValue = JSONValue.parse(message.body) ?? .string(String(decoding: message.body, as: UTF8.self))
-        let datagram: JSONValue = ["type": "c2d", "id": .string(id), "body": body,
-                                   "props": .object(message.properties.mapValues(JSONValue.string))]
+        var fields: [String: JSONValue] = ["type": "c2d", "id": .string(id), "body": body,
+                                           "props": .object(message.properties.mapValues(JSONValue.string))]
+        // The service's system properties travel with the command, as a device SDK would show them.
+        if let c = message.correlationID { fields["correlationId"] = .string(c) }
+        if let t = message.contentType { fields["contentType"] = .string(t) }
+        if let e = message.contentEncoding { fields["contentEncoding"] = .string(e) }
+        let datagram = JSONValue.object(fields)
         guard let (status, payload) = await command(message.deviceID, id: id, body: datagram, timeoutMs: configuration.replyTimeoutMilliseconds) else {
             return .abandon("\(message.deviceID) did not acknowledge within \(configuration.replyTimeoutMilliseconds) ms (or has not been seen yet)")
         }

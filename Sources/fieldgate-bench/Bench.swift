@@ -30,7 +30,7 @@ struct HubBench: AsyncParsableCommand {
     @Option(help: "fieldgate-hub binary. Default: next to this one.") var hubBinary: String?
 
     func run() async throws {
-        let binary = hubBinary ?? (CommandLine.arguments[0].split(separator: "/").dropLast().joined(separator: "/").prefixedSlash + "/fieldgate-hub")
+        let binary = hubBinary ?? siblingExecutable("fieldgate-hub")
         print("fieldgate-hub benchmark: \(messages) messages of \(bodySize) B per run, batches of \(batchSize), one AMQP connection, plain AMQP on loopback")
         print("machine: \(sysconf(Int32(_SC_NPROCESSORS_ONLN))) cores")
         print("")
@@ -156,8 +156,4 @@ func fixed(_ x: Double, _ digits: Int) -> String {
     let frac = Int((abs(v - Double(whole)) * scale).rounded())
     let f = String(frac)
     return (v < 0 && whole == 0 ? "-" : "") + String(whole) + "." + String(repeating: "0", count: max(0, digits - f.count)) + f
-}
-
-extension String {
-    var prefixedSlash: String { hasPrefix("/") ? self : (isEmpty ? "." : self) }
 }

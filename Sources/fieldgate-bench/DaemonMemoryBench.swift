@@ -24,9 +24,8 @@ struct DaemonMemoryBench: AsyncParsableCommand {
     var cloud = "all"
 
     func run() async throws {
-        let here = CommandLine.arguments[0].split(separator: "/").dropLast().joined(separator: "/").prefixedSlash
         guard cloud == "all" || cloud == "none" else { throw ValidationError("--cloud: all or none") }
-        let figures = try await Self.measure(daemon: daemon ?? here + "/fieldgated", hubBinary: here + "/fieldgate-hub", leaves: leaves,
+        let figures = try await Self.measure(daemon: daemon ?? siblingExecutable("fieldgated"), hubBinary: siblingExecutable("fieldgate-hub"), leaves: leaves,
                                              records: records, settle: settle, dir: dir, telemetryOnly: cloud == "none")
         print(figures.table)
     }

@@ -22,12 +22,11 @@ struct UplinkBench: AsyncParsableCommand {
     @Option(help: "Directory for the spool (on the disk to measure).") var dir = "/var/tmp/fieldgate-uplink-bench"
 
     func run() async throws {
-        let here = CommandLine.arguments[0].split(separator: "/").dropLast().joined(separator: "/").prefixedSlash
         print("uplink benchmark: 200 B JSON readings, producer → spool (sync always) → uplink → fieldgate-hub over TLS on loopback")
         print("machine: \(sysconf(Int32(_SC_NPROCESSORS_ONLN))) cores; gateway and hub in separate processes\n")
         print("leaves  attach s  msg/s    p50 ms  p99 ms  gw CPU µs/msg  hub CPU µs/msg  gw RSS MB")
         for n in leaves {
-            let hub = try await BenchHub.start(binary: here + "/fieldgate-hub", devices: n)
+            let hub = try await BenchHub.start(binary: siblingExecutable("fieldgate-hub"), devices: n)
             defer { hub.stop() }
             let r = try await measure(hub: hub, leaves: n, agent: CommandLine.arguments[0])
             print(pad(String(n), 6) + "  " + pad(fixed(r.attachSeconds, 2), 8) + "  " + pad(fixed(r.rate, 0), 7) + "  "
@@ -35,10 +34,10 @@ struct UplinkBench: AsyncParsableCommand {
                   + pad(fixed(r.hubMicros, 1), 14) + "  " + pad(fixed(r.rssMB, 1), 9))
         }
         // The memory figure is the real daemon's (fieldgated next to this binary), not this agent's.
-        let memory = try await DaemonMemoryBench.measure(daemon: here + "/fieldgated", hubBinary: here + "/fieldgate-hub", leaves: 1000,
+        let memory = try await DaemonMemoryBench.measure(daemon: siblingExecutable("fieldgated"), hubBinary: siblingExecutable("fieldgate-hub"), leaves: 1000,
                                                          records: memoryRecords, settle: 10, dir: dir + "/daemon")
         print("\n" + memory.table)
-        let telemetryOnly = try await DaemonMemoryBench.measure(daemon: here + "/fieldgated", hubBinary: here + "/fieldgate-hub", leaves: 1000,
+        let telemetryOnly = try await DaemonMemoryBench.measure(daemon: siblingExecutable("fieldgated"), hubBinary: siblingExecutable("fieldgate-hub"), leaves: 1000,
                                                                 records: memoryRecords, settle: 10, dir: dir + "/daemon", telemetryOnly: true)
         print("\n" + telemetryOnly.table)
         print("targets: attach 1000 leaves unpaced ≤ 5 s")

@@ -46,7 +46,11 @@ struct SimulateUDPLeaf: AsyncParsableCommand {
             guard n > 0, let command = JSONValue.parse(Array(buffer[0..<n])), let id = command["id"] else { continue }
             var payload: JSONValue = .null
             switch command["type"]?.stringValue {
-            case "c2d": say("\(device): C2D \(command["body"]?.serialized ?? "") props \(command["props"]?.serialized ?? "{}")")
+            case "c2d":
+                // The id (the message-id), body, properties and the service's system properties, as they came.
+                var shown = command.objectValue ?? [:]
+                shown["type"] = nil
+                say("\(device): C2D \(JSONValue.object(shown).serialized)")
             case "method":
                 let name = command["name"]?.stringValue ?? ""
                 say("\(device): method \(name) \(command["payload"]?.serialized ?? "null")")

@@ -109,3 +109,17 @@ struct SplitMix {
         return z ^ (z >> 31)
     }
 }
+
+@Suite struct SiblingExecutableTests {
+    @Test("a sibling of the running executable is an absolute path in its directory, however it was started")
+    func absoluteSibling() {
+        let sibling = siblingExecutable("fieldgate-hub")
+        #expect(sibling.hasPrefix("/"))
+        #expect(sibling.hasSuffix("/fieldgate-hub"))
+        #expect(runningExecutable().hasPrefix("/"))
+        // The leading slash of an absolute path stays (fieldgate-bench started as /tmp/… lost it before).
+        #expect(siblingExecutable("fieldgate-hub", of: "/tmp/dir/fieldgate-bench") == "/tmp/dir/fieldgate-hub")
+        #expect(siblingExecutable("fieldgate-hub", of: "bin/fieldgate-bench") == "bin/fieldgate-hub")
+        #expect(siblingExecutable("fieldgate-hub", of: "fieldgate-bench") == "./fieldgate-hub")
+    }
+}

@@ -114,7 +114,8 @@ expect() {  # file, expected content
 echo "test-deb-arm64: a throw-away copy of the trixie arm64 root; the package installed and run there under qemu (chroot)"
 cp -a "$TARGET" "$ROOT"
 ARGS=("$ROOT" "$WORK/debs" "$WORK/config" "$WORK/results")
-timeout 900 unshare --mount --propagation private bash -c '
+# Own mount and PID namespaces: the root's maintainer scripts see (and can signal) only the root's processes.
+timeout 900 unshare --mount --pid --fork --propagation private bash -c '
   root=$0
   mount -t proc proc "$root/proc"; mount -t sysfs sysfs "$root/sys"; mount -t tmpfs tmpfs "$root/run"
   for b in debs config results; do mkdir -p "$root/$b"; done

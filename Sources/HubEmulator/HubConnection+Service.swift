@@ -58,13 +58,8 @@ extension HubConnection {
     func evictServiceLinks(because condition: AMQPCondition) {
         for (_, state) in links where state.role == .serviceCloudToDevice || state.role == .serviceFeedback {
             state.link.close(condition)
-            detachedServiceLink(state.link)
+            detached(state.link)
         }
-    }
-
-    private func detachedServiceLink(_ link: AMQPLink) {
-        guard let state = links.removeValue(forKey: link.id) else { return }
-        if state.role == .serviceFeedback { feedbackLinkGone(link.id) }
     }
 
     // MARK: C2D from a service client
@@ -174,7 +169,7 @@ extension HubConnection {
             let batch = state.unsettled.remove(at: i)
             feedbackLinks[id] = state
             switch outcome {
-            case .accepted: core.markDirty()
+            case .accepted: break  // consumed: the queue let go of them when it handed them over
             case .rejected: core.logger.notice("a service client rejected \(batch.records.count) feedback records: dropped")
             case .released, .modified:
                 core.feedback.giveBack(batch.records)

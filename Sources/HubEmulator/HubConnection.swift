@@ -223,7 +223,7 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
     }
 
     /// Forgets a link; for C2D, its locked messages return to the queue.
-    private func detached(_ link: AMQPLink) {
+    func detached(_ link: AMQPLink) {
         guard let state = links.removeValue(forKey: link.id) else { return }
         pendingSends[link.id] = nil
         if state.role == .serviceFeedback { feedbackLinkGone(link.id) }

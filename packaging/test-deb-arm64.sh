@@ -43,7 +43,9 @@ HUB_BIN=$(swift build --show-bin-path)/fieldgate-hub
 make_work fieldgate-deb-arm64
 ROOT=$WORK/root
 MODBUS_PID=
-trap '{ [ -n "$MODBUS_PID" ] && kill "$MODBUS_PID"; [ -n "$HUB_PID" ] && kill "$HUB_PID"; wait; } 2>/dev/null || true; rm -rf "$WORK"' EXIT
+CHROOT_PID=
+# The emulated root goes first (its own PID namespace ends with it), then the host's peers.
+trap '{ [ -n "$CHROOT_PID" ] && kill "$CHROOT_PID"; [ -n "$MODBUS_PID" ] && kill "$MODBUS_PID"; [ -n "$HUB_PID" ] && kill "$HUB_PID"; wait; } 2>/dev/null || true; rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/debs" "$WORK/results" "$WORK/config"
 cp "$DEB" "$WORK/debs/"
 start_hub
@@ -97,7 +99,7 @@ kill \$L1 \$L2; kill \$DAEMON; wait \$DAEMON; r daemon-exit \$?
 apt-get purge -y fieldgate && r purged yes
 left=\$(while read -r f; do [ -f "\$f" ] || [ -L "\$f" ] && echo "\$f"; done </results/files)
 r files-after-purge "\${left:-none}"
-r etc-after-purge "\$(ls -d /etc/fieldgate 2>/dev/null || echo gone)"
+r etc-after-purge "\$(cd /etc/fieldgate 2>/dev/null && find . -type f | sort | paste -sd' ' || echo gone)"
 r state-after-purge "\$(ls -d /var/lib/fieldgate 2>/dev/null || echo gone)"
 r user-after-purge "\$(getent passwd fieldgate || echo gone)"
 r group-after-purge "\$(getent group fieldgate || echo gone)"
@@ -105,7 +107,10 @@ r package-after-purge "\$(dpkg-query -W -f='\${db:Status-Status}' fieldgate 2>/d
 exit 0
 SCRIPT
 
-fail() { echo "test-deb-arm64: FAILED: $*"; echo "--- log"; tail -60 "$WORK/results/log" 2>/dev/null; echo "--- daemon"; tail -30 "$WORK/results/daemon.log" 2>/dev/null; echo "--- hub"; tail -20 "$WORK/hub.log"; exit 1; }
+fail() {
+  echo "test-deb-arm64: FAILED: $*"
+  for f in feedback-raw leaf-1.log reboot; do [ -f "$WORK/results/$f" ] && { echo "--- $f"; tail -15 "$WORK/results/$f"; }; done
+  echo "--- log"; tail -60 "$WORK/results/log" 2>/dev/null; echo "--- daemon"; tail -30 "$WORK/results/daemon.log" 2>/dev/null; echo "--- hub"; tail -20 "$WORK/hub.log"; exit 1; }
 expect() {  # file, expected content
   [ -f "$WORK/results/$1" ] || fail "$1: the check did not get that far"
   [ "$(cat "$WORK/results/$1")" = "$2" ] || fail "$1: expected '$2', got '$(cat "$WORK/results/$1")'"
@@ -132,7 +137,7 @@ kill -0 "$MODBUS_PID" 2>/dev/null || fail "the Modbus simulator exited"
 seen=
 for _ in $(seq 60); do
   events=$("$HUB_BIN" monitor-events $URL --timeout 2 --from-start 2>/dev/null || true)
-  seen=$(for d in boiler-1 udp-meter-1 udp-meter-2; do grep -q "\"$d\"" <<<"$events" && echo "$d"; done | paste -sd' ')
+  seen=$(for d in boiler-1 udp-meter-1 udp-meter-2; do if grep -q "\"$d\"" <<<"$events"; then echo "$d"; fi; done | paste -sd' ')
   [ "$seen" = "boiler-1 udp-meter-1 udp-meter-2" ] && break
   sleep 2
 done
@@ -142,7 +147,8 @@ echo "$seen" >"$WORK/results/telemetry"
 "$HUB_BIN" c2d send udp-meter-1 '{"setpoint": 22.5}' --message-id arm64-c2d-1 --ack full $URL >/dev/null
 feedback=
 for _ in $(seq 6); do feedback+=$("$HUB_BIN" feedback --wait 10 $URL 2>/dev/null || true); grep -q arm64-c2d-1 <<<"$feedback" && break; done
-grep -q '"originalMessageId":"arm64-c2d-1"' <<<"$feedback" && grep -q '"statusCode":"Success"' <<<"$feedback" \
+echo "$feedback" >"$WORK/results/feedback-raw"
+grep -Eq '"originalMessageId" *: *"arm64-c2d-1"' <<<"$feedback" && grep -Eq '"statusCode" *: *"Success"' <<<"$feedback" \
   && echo Success >"$WORK/results/feedback"
 grep -q 'arm64-c2d-1' "$WORK/results/leaf-1.log" && echo yes >"$WORK/results/leaf-got-c2d"
 # The gateway's reboot (seed 004): 200, then lastReboot in its twin.
@@ -166,7 +172,9 @@ expect last-reboot yes
 expect daemon-exit 0
 expect purged yes
 expect files-after-purge none
-expect etc-after-purge gone
+# What the operator added (CA, leaves, profiles) stays, as dpkg keeps files it does not own; the package's own
+# configuration (fieldgate.toml, a conffile) and secrets.toml are gone.
+expect etc-after-purge "./ca.pem ./devices.d/modbus-boiler.toml ./devices.d/udp-meters.toml ./profiles.d/demo-boiler.toml"
 expect state-after-purge gone
 expect user-after-purge gone
 expect group-after-purge gone

@@ -63,6 +63,13 @@ struct ChildProcess {
         return m
     }
 
+    /// Writes (or with `append`, appends) `text` to `path`.
+    static func writeFile(_ path: String, _ text: String, append: Bool = false) throws {
+        guard let f = fopen(path, append ? "a" : "w") else { throw BenchError("cannot write \(path)") }
+        fputs(text, f)
+        fclose(f)
+    }
+
     static func readFile(_ path: String) -> String? {
         guard let f = fopen(path, "r") else { return nil }
         defer { fclose(f) }

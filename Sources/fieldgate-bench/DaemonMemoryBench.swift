@@ -64,7 +64,7 @@ struct DaemonMemoryBench: AsyncParsableCommand {
 
         let policyKey = (ChildProcess.readFile(hub.keysFile) ?? "").split(separator: "\n")
             .first { $0.hasPrefix("policy ") }.flatMap { try? ConnectionString(parsing: String($0.dropFirst(7))).sharedAccessKey } ?? ""
-        try write(dir + "/fieldgate.toml", """
+        try ChildProcess.writeFile(dir + "/fieldgate.toml", """
             [hub]
             host = "localhost"
             address = "127.0.0.1"
@@ -83,9 +83,9 @@ struct DaemonMemoryBench: AsyncParsableCommand {
             [control]
             socket = "\(dir)/control.sock"
             """)
-        try write(dir + "/secrets.toml", "[keys]\nbench-gateway = \"\(gatewayKey)\"\n[policies]\niothubowner = \"\(policyKey)\"\n")
+        try ChildProcess.writeFile(dir + "/secrets.toml", "[keys]\nbench-gateway = \"\(gatewayKey)\"\n[policies]\niothubowner = \"\(policyKey)\"\n")
         chmod(dir + "/secrets.toml", 0o600)
-        try write(dir + "/devices.d/leaves.toml", (0..<leaves).map {
+        try ChildProcess.writeFile(dir + "/devices.d/leaves.toml", (0..<leaves).map {
             "[[leaf]]\ndevice_id = \"bench-\($0)\"\nadapter = \"udp\"\ncredential = \"policy:iothubowner:hub\"\n" + (telemetryOnly ? "cloud = []\n" : "")
         }.joined(separator: "\n"))
 
@@ -142,11 +142,5 @@ struct DaemonMemoryBench: AsyncParsableCommand {
             }
         }
         return byName.map { (kB: $0.value, name: $0.key) }.sorted { $0.kB > $1.kB }
-    }
-
-    private static func write(_ path: String, _ text: String) throws {
-        guard let f = fopen(path, "w") else { throw BenchError("cannot write \(path)") }
-        fputs(text, f)
-        fclose(f)
     }
 }

@@ -183,6 +183,6 @@ struct SpoolMemoryChild: ParsableCommand {
         let depth = spool.statistics().depth
         spool.close()
         let text = "\(before) \(after) \(depth)"
-        if let f = fopen(path + "/memory.txt", "w") { fputs(text, f); fclose(f) }
+        try? ChildProcess.writeFile(path + "/memory.txt", text)
     }
 }

@@ -133,9 +133,7 @@ struct BenchHub {
         // Beyond 995 leaves one hub-scope DeviceConnect token covers them all (the hub holds 999 tokens per connection).
         let cs = ChildProcess.readFile(stateDir + "/service-connection-string") ?? ""
         keys += "policy " + cs.split(separator: "\n").first.map(String.init)! + "\n"
-        let f = fopen(stateDir + "/bench-keys", "w")
-        fputs(keys, f)
-        fclose(f)
+        try ChildProcess.writeFile(stateDir + "/bench-keys", keys)
         return BenchHub(process: process, service: service, amqpsPort: amqpsPort, stateDir: stateDir)
     }
 
@@ -145,8 +143,7 @@ struct BenchHub {
     }
 
     func signal(_ file: String) async throws {
-        let f = fopen(file, "w")
-        fclose(f)
+        try ChildProcess.writeFile(file, "")
     }
 
     func acceptedEvents() async throws -> Int {
@@ -257,9 +254,7 @@ struct UplinkAgent: AsyncParsableCommand {
     }
 
     private func report(_ line: String) {
-        let f = fopen(result, "a")
-        fputs(line + "\n", f)
-        fclose(f)
+        try? ChildProcess.writeFile(result, line + "\n", append: true)
     }
 }
 

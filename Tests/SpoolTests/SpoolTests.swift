@@ -37,6 +37,18 @@ struct RecordCodecTests {
         print("CRC32C hardware path: \(CRC32C.hardware)")
     }
 
+    @Test("the CPU's CRC32C instructions run wherever the CPU has them: SSE4.2 on x86_64, the ARMv8 CRC extension on aarch64")
+    func crcInstructionPath() {
+        #if arch(arm64)
+        let advertised = getauxval(UInt(AT_HWCAP)) & (1 << 7) != 0  // HWCAP_CRC32
+        print("CRC32C path on aarch64: \(CRC32C.hardware ? "ARMv8 CRC32C instructions" : "tables"); HWCAP_CRC32 \(advertised)")
+        #expect(CRC32C.hardware == advertised)
+        #elseif arch(x86_64)
+        print("CRC32C path on x86_64: \(CRC32C.hardware ? "SSE4.2 crc32 instructions" : "tables")")
+        #expect(CRC32C.hardware)  // every x86_64 since 2008 has SSE4.2
+        #endif
+    }
+
     @Test("a record round-trips; every truncation is 'truncated' and every single bit flip is 'corrupt'")
     func codec() {
         let r = SpoolRecord(leaf: "leaf-ü", sequence: 42, acquiredAtMs: 1_700_000_000_123, flags: 3, payload: Array("{\"t\":21.5}".utf8))

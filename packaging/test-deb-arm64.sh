@@ -180,6 +180,6 @@ expect user-after-purge gone
 expect group-after-purge gone
 expect package-after-purge gone
 size=$(du -k "$DEB" | cut -f1)
-echo "test-deb-arm64: ok (chroot under qemu-user, daemon started by hand; systemd-nspawn under qemu was not tried) — apt install resolved the trixie dependencies; config check; fieldgated (arm64) over TLS to the hub with boiler-1 (Modbus TCP), udp-meter-1 and udp-meter-2 sending telemetry; C2D ack=full → Success; reboot → 200 and lastReboot in the twin; purge left nothing"
+echo "test-deb-arm64: ok (chroot under qemu-user, daemon started by hand; systemd-nspawn under qemu was not tried) — apt install resolved the trixie dependencies; config check; fieldgated (arm64) over TLS to the hub with boiler-1 (Modbus TCP), udp-meter-1 and udp-meter-2 sending telemetry; C2D ack=full → Success; reboot → 200 and lastReboot in the twin; purge left nothing of the package"
 echo "test-deb-arm64: $(basename "$DEB") ${size} KB; Depends: $(dpkg-deb -f "$DEB" Depends)"
 echo "test-deb-arm64: resident memory of the emulated fieldgated with the demo's 3 leaves + the gateway: $(cat "$WORK/results/rss-kb") KB (qemu's RSS, emulator included)"

@@ -6,6 +6,8 @@
 # the same build (XCTest, Swift Testing) that the sysroot holds.
 # Not run here: the crash harness, power-cut and disk-full suites (they need FUSE, a tmpfs of their own and many
 # child processes; emulation adds nothing to them), and the suites driving Python peers (no venv in the root).
+# The suites run one test at a time: under emulation the socket tests take 3–10× as long, and forty of them at once
+# overrun their own deadlines (each passes alone). About 20 minutes.
 # Usage: packaging/test-arm64-suites.sh [SWIFT-TESTING-FILTER]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +22,7 @@ LOG=$(mktemp /tmp/fieldgate-arm64-suites.XXXXXX)
 trap 'rm -f "$LOG"' EXIT
 status=0
 bash packaging/arm64.sh sysroot env LD_LIBRARY_PATH=/usr/lib/swift/linux SWIFT_BACKTRACE=enable=no \
-  "$BUNDLE" --testing-library swift-testing --filter "$FILTER" 2>&1 | tee "$LOG" || status=$?
+  "$BUNDLE" --testing-library swift-testing --no-parallel --filter "$FILTER" 2>&1 | tee "$LOG" || status=$?
 grep -q "CRC32C path on aarch64: ARMv8 CRC32C instructions" "$LOG" \
   || { echo "test-arm64-suites: the CRC32C test did not report the ARMv8 instruction path"; status=1; }
 grep -E "^.*Test run with" "$LOG" | tail -1

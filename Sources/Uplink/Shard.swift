@@ -181,7 +181,9 @@ final class Shard: @unchecked Sendable {
             closeReason = condition.map { "hub closed the connection: \($0.name) \($0.description)" } ?? "hub closed the connection"
         case .transportClosed(let error):
             var reason = closeReason ?? error.map { "\($0.message)" } ?? "connection closed"
-            if reason.contains("certificate verify failed") || reason.contains("EVP lib") || reason.contains("certificate") {
+            // Proton marks every TLS failure (the text differs between OpenSSL 3.0 and 3.5: "certificate verify
+            // failed", "provider signature failure", …); before the hub's Open that is the handshake.
+            if closeReason == nil, error?.code == .tls {
                 reason = "TLS handshake with \(engine.configuration.hostName) failed: the hub's certificate must chain to the configured CA bundle and name that host (\(reason))"
             }
             connectionGone(error: reason)

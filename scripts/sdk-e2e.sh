@@ -5,9 +5,11 @@
 #     C2D messages over AMQP (TLS, SASL MSSBCBS, CBS put-token with the iothubowner policy, /messages/devicebound);
 #     both reach the leaf with their message-id, correlation-id, content-type and application property;
 #   - a C2D with iothub-ack=full sent through the SDK comes back as a Success record on
-#     /messages/serviceBound/feedback, read with uamqp; a batch the reader releases comes back to the next read.
+#     /messages/serviceBound/feedback, read with uamqp; a batch the reader releases comes back to the next read;
+#   - seed 004's reboot flow through IoTHubRegistryManager over HTTPS (invoke_device_method `reboot` on the
+#     gateway's identity → 200, then iothubDM.reboot.lastReboot in its twin), and the SDK's registry and twin calls.
 # Everything runs in a private network namespace (only its loopback), so the SDK reaches the hub as IoT Hub is
-# reached: host name "localhost", AMQPS on 5671; no port of the machine is touched.
+# reached: host name "localhost", AMQPS on 5671, HTTPS on 443; no port of the machine is touched.
 # What the SDK needs pointed at the emulator: the hub's CA for uamqp, which trusts certifi's bundle only
 # (Tests/peers/with_ca.py runs the unchanged script with certifi.where() answering the hub's CA; REQUESTS_CA_BUNDLE
 # does the same for the SDK's HTTPS calls).
@@ -33,14 +35,14 @@ cleanup() {
 trap cleanup EXIT
 fail() {
   echo "sdk-e2e: FAILED: $*"
-  for f in seed002.log leaf.log feedback.log gateway.log hub.log; do [ -f "$WORK/$f" ] && { echo "--- $f"; tail -25 "$WORK/$f"; }; done
+  for f in seed002.log seed004.log leaf.log feedback.log gateway.log hub.log; do [ -f "$WORK/$f" ] && { echo "--- $f"; tail -25 "$WORK/$f"; }; done
   exit 1
 }
 
 export FIELDGATE_HUB_STATE=$WORK/hub
 URL="--url http://127.0.0.1:8080"
 "$HUB" certs --dns localhost >/dev/null
-"$HUB" serve --amqps-port 5671 --http-port 8080 --log-level notice >"$WORK/hub.log" 2>&1 &
+"$HUB" serve --amqps-port 5671 --https-port 443 --http-port 8080 --log-level notice >"$WORK/hub.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 50); do "$HUB" device list $URL >/dev/null 2>&1 && break; sleep 0.2; done
 key() { sed -n 's/.*SharedAccessKey=\([^;]*\).*/\1/p' <<<"$("$HUB" device create "$1" $URL)"; }
@@ -57,6 +59,7 @@ port = 5671
 ca_file = "$CA"
 [gateway]
 device_id = "sdk-gateway"
+reboot_command = ["true"]
 [spool]
 directory = "$WORK/gw/spool"
 [udp]
@@ -111,3 +114,15 @@ timeout 60 "$PY" Tests/peers/feedback_receiver.py "$CS" "$CA" 1 30 --release-fir
 grep -q '"released": 1' "$WORK/feedback.log" || fail "the reader did not release a batch: $(cat "$WORK/feedback.log")"
 [ "$(grep -c '"originalMessageId": "sdk-feedback-2"' "$WORK/feedback.log")" = 1 ] || fail "after a release: $(cat "$WORK/feedback.log")"
 echo "sdk-e2e: feedback over AMQP (uamqp, /messages/serviceBound/feedback): Success for sdk-feedback-1 (content type application/vnd.microsoft.iothub.feedback.json); a released batch came back once"
+
+# Seed 004's reboot flow over the HTTPS REST API (invoke_device_method, get_twin) on the gateway's own identity.
+timeout 90 "$PY" Tests/peers/with_ca.py "$CA" Tests/peers/seed004_reboot.py "$CS" sdk-gateway >"$WORK/seed004.log" 2>&1 \
+  || fail "seed 004: $(tail -5 "$WORK/seed004.log")"
+grep -q "reboot: status 200" "$WORK/seed004.log" || fail "seed 004: $(cat "$WORK/seed004.log")"
+echo "sdk-e2e: seed 004 over HTTPS (IoTHubRegistryManager.invoke_device_method reboot → 200, get_twin → $(grep lastReboot "$WORK/seed004.log"))"
+
+# The registry and twin calls over HTTPS.
+timeout 90 "$PY" Tests/peers/with_ca.py "$CA" Tests/peers/registry_calls.py "$CS" sdk-registry-device >"$WORK/registry.log" 2>&1 \
+  || fail "registry calls: $(tail -5 "$WORK/registry.log")"
+grep -q "delete_device: gone" "$WORK/registry.log" || fail "registry calls: $(cat "$WORK/registry.log")"
+echo "sdk-e2e: IoTHubRegistryManager over HTTPS: create/get/update/delete_device_with_sas, get_twin, update_twin"

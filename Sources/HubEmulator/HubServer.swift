@@ -1,7 +1,9 @@
 import FieldgateCore
 import Hummingbird
+import HummingbirdTLS
 import Logging
 import NIOCore
+import NIOSSL
 import ProtonAMQP
 import ServiceLifecycle
 import Synchronization
@@ -18,6 +20,9 @@ public struct HubServerConfiguration: Sendable {
     public var tls: AMQPServerTLS?
     /// Service API (HTTP) port. Default: 8080.
     public var httpPort = 8080
+    /// The same service API over HTTPS with the AMQPS certificate, as the official service SDKs call IoT Hub
+    /// (`https://{host}`, port 443); nil = none. Default: nil. Needs `tls`.
+    public var httpsPort: Int?
     /// Serve the service API without authorization (loopback development only). Default: false.
     public var openServiceAPI = false
 
@@ -29,10 +34,12 @@ public final class RunningHub: Sendable {
     public let amqpsPort: Int?
     public let amqpPort: Int?
     public let httpPort: Int
+    public let httpsPort: Int?
     public let core: HubCore
     let server: HubServer
 
-    init(amqpsPort: Int?, amqpPort: Int?, httpPort: Int, core: HubCore, server: HubServer) {
+    init(amqpsPort: Int?, amqpPort: Int?, httpPort: Int, httpsPort: Int?, core: HubCore, server: HubServer) {
+        self.httpsPort = httpsPort
         self.amqpsPort = amqpsPort
         self.amqpPort = amqpPort
         self.httpPort = httpPort
@@ -85,17 +92,34 @@ public final class HubServer: Service, Sendable {
                 return .object(["refusingSeconds": .int(Int64(seconds))])
             }
         }
+        let httpLogger = { var l = Logger(label: "fieldgate.hub.http"); l.logLevel = logger.logLevel; return l }()
         let portPromise = PortPromise()
-        let app = Application(
+        var services: [any Service] = [Application(
             router: api.router(),
             configuration: .init(address: .hostname(configuration.bindHost, port: configuration.httpPort), serverName: "fieldgate-hub"),
             onServerRunning: { channel in portPromise.complete(.success(channel.localAddress?.port ?? 0)) },
-            logger: { var l = Logger(label: "fieldgate.hub.http"); l.logLevel = logger.logLevel; return l }()
-        )
-        let group = ServiceGroup(services: [app], gracefulShutdownSignals: [], logger: logger)
+            logger: httpLogger
+        )]
+        // The same API over HTTPS, with the certificate the AMQPS listener presents.
+        let httpsPromise = PortPromise()
+        if let httpsPort = configuration.httpsPort {
+            guard let tls = configuration.tls else { throw HubError(.badRequest, "the HTTPS service API needs the hub's TLS certificate") }
+            let tlsConfiguration = TLSConfiguration.makeServerConfiguration(
+                certificateChain: try NIOSSLCertificate.fromPEMFile(tls.certificateFile).map { .certificate($0) },
+                privateKey: .privateKey(try NIOSSLPrivateKey(file: tls.privateKeyFile, format: .pem)))
+            services.append(Application(
+                router: api.router(),
+                server: try .tls(.http1(), tlsConfiguration: tlsConfiguration),
+                configuration: .init(address: .hostname(configuration.bindHost, port: httpsPort), serverName: "fieldgate-hub"),
+                onServerRunning: { channel in httpsPromise.complete(.success(channel.localAddress?.port ?? 0)) },
+                logger: httpLogger
+            ))
+        }
+        let group = ServiceGroup(services: services, gracefulShutdownSignals: [], logger: logger)
         let task = Task {
             do { try await group.run() } catch {
                 portPromise.complete(.failure(error))  // e.g. the port is in use
+                httpsPromise.complete(.failure(error))
                 throw error
             }
         }
@@ -104,8 +128,9 @@ public final class HubServer: Service, Sendable {
             $0.httpGroup = group
         }
         let httpPort = try await portPromise.value()
-        logger.info("fieldgate-hub serving \(configuration.hub.hostName): amqps \(amqpsPort.map(String.init) ?? "-"), amqp \(amqpPort.map(String.init) ?? "-"), http \(httpPort)")
-        return RunningHub(amqpsPort: amqpsPort, amqpPort: amqpPort, httpPort: httpPort, core: core, server: self)
+        let httpsPort = configuration.httpsPort == nil ? nil : try await httpsPromise.value()
+        logger.info("fieldgate-hub serving \(configuration.hub.hostName): amqps \(amqpsPort.map(String.init) ?? "-"), amqp \(amqpPort.map(String.init) ?? "-"), http \(httpPort), https \(httpsPort.map(String.init) ?? "-")")
+        return RunningHub(amqpsPort: amqpsPort, amqpPort: amqpPort, httpPort: httpPort, httpsPort: httpsPort, core: core, server: self)
     }
 
     private func openListener(port: Int, tls: Bool, core: HubCore) async throws -> AMQPListener {

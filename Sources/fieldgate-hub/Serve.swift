@@ -28,6 +28,8 @@ struct Serve: AsyncParsableCommand {
     var amqpPort: Int?
     @Option(help: "Service API (HTTP) port.")
     var httpPort = 8080
+    @Option(help: "Also serve the service API over HTTPS on this port, with the AMQPS certificate: the official service SDKs call https://{host} (443).")
+    var httpsPort: Int?
     @Option(help: "Directory with server.pem and server.key (created by `fieldgate-hub certs`). Default: <state-dir>/certs.")
     var certsDir: String?
     @Option(help: "Where devices, twins and pending C2D messages persist.")
@@ -57,6 +59,8 @@ struct Serve: AsyncParsableCommand {
         config.amqpsPort = noAmqps ? nil : amqpsPort
         config.amqpPort = amqpPort
         config.httpPort = httpPort
+        config.httpsPort = httpsPort
+        if httpsPort != nil && noAmqps { throw CLIError("--https-port uses the AMQPS certificate: drop --no-amqps") }
         config.openServiceAPI = openServiceApi
         if !noAmqps {
             let dir = certsDir ?? stateDir + "/certs"
@@ -75,7 +79,7 @@ struct Serve: AsyncParsableCommand {
             try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: path)
             logger.info("service connection string written to \(path)")
         }
-        say("fieldgate-hub ready: host \(hostName), amqps \(running.amqpsPort.map(String.init) ?? "off"), amqp \(running.amqpPort.map(String.init) ?? "off"), http \(running.httpPort)")
+        say("fieldgate-hub ready: host \(hostName), amqps \(running.amqpsPort.map(String.init) ?? "off"), amqp \(running.amqpPort.map(String.init) ?? "off"), http \(running.httpPort)\(running.httpsPort.map { ", https \($0)" } ?? "")")
         let group = ServiceGroup(services: [WaitForShutdown()], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await group.run()
         await running.stop()

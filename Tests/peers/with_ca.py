@@ -12,6 +12,6 @@ import certifi
 
 ca = os.path.abspath(sys.argv[1])
 certifi.where = lambda: ca
-os.environ.setdefault("REQUESTS_CA_BUNDLE", ca)
+os.environ["REQUESTS_CA_BUNDLE"] = ca  # over any machine-wide setting: this program talks to the hub
 sys.argv = sys.argv[2:]
 runpy.run_path(sys.argv[0], run_name="__main__")

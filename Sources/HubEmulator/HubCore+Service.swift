@@ -51,6 +51,17 @@ extension HubCore {
         return twin(for: id).serviceView(etag: d.etag, status: d.status)
     }
 
+    /// Replaces the tags and the desired properties (`PUT /twins/{id}`): what the new twin leaves out is removed.
+    public func replaceTwin(_ id: String, with replacement: JSONValue) throws(HubError) -> JSONValue {
+        guard case .object(let root) = replacement else { throw HubError(.badRequest, "a twin must be a JSON object") }
+        let current = twin(for: id)
+        let patch: JSONValue = [
+            "tags": TwinDocument.replacementPatch(from: current.tags, to: root["tags"] ?? .object([:])),
+            "properties": ["desired": TwinDocument.replacementPatch(from: current.desired, to: root["properties"]?["desired"] ?? .object([:]))],
+        ]
+        return try patchTwin(id, patch: patch)
+    }
+
     /// Applies `{"tags":…, "properties":{"desired":…}}` and pushes the desired part to a subscribed device.
     public func patchTwin(_ id: String, patch: JSONValue) throws(HubError) -> JSONValue {
         let d = try device(id)

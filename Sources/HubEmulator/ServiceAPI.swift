@@ -71,6 +71,13 @@ struct ServiceAPI: Sendable {
             guard let patch = try await bodyJSON(&req) else { throw HubError(.badRequest, "the twin patch must be JSON") }
             return try json(try await core.perform { core in try core.patchTwin(id, patch: patch) })
         }
+        router.put("/twins/{id}") { req, ctx in
+            try await authorize(req, "ServiceConnect")
+            let id = try ctx.parameters.require("id")
+            var req = req
+            guard let replacement = try await bodyJSON(&req) else { throw HubError(.badRequest, "the twin must be JSON") }
+            return try json(try await core.perform { core in try core.replaceTwin(id, with: replacement) })
+        }
         router.post("/twins/{id}/methods") { req, ctx in
             try await authorize(req, "ServiceConnect")
             let id = try ctx.parameters.require("id")

@@ -42,6 +42,23 @@ public struct TwinDocument: Codable, Sendable, Equatable {
         return .object(pushed)
     }
 
+    /// The merge patch that turns `current` into `target`: keys only in `current` become null, objects on both sides
+    /// recurse, `$`-keys of `target` (a twin read back carries `$metadata`, `$version`) are left out. A replacement
+    /// thus goes through the rules, metadata, versions and desired push of a patch.
+    static func replacementPatch(from current: JSONValue, to target: JSONValue) -> JSONValue {
+        guard case .object(let old) = current, case .object(let new) = target else { return target }
+        var patch: [String: JSONValue] = [:]
+        for key in old.keys where new[key] == nil { patch[key] = .null }
+        for (key, value) in new where !key.hasPrefix("$") {
+            if case .object? = old[key], case .object = value {
+                patch[key] = replacementPatch(from: old[key]!, to: value)
+            } else {
+                patch[key] = value
+            }
+        }
+        return .object(patch)
+    }
+
     public mutating func patchTags(_ patch: JSONValue) throws(HubError) {
         try Self.validate(patch)
         tags = TwinRules.merge(patch, into: tags)

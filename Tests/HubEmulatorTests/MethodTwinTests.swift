@@ -1,7 +1,7 @@
 import HubTestSupport
 import FieldgateCore
 import HubDeviceClient
-import HubEmulator
+@testable import HubEmulator
 import HubServiceClient
 import IoTHub
 import ProtonAMQP
@@ -185,5 +185,17 @@ struct HubStateTests {
             #expect(try await client(owner).request("GET", "/devices/ghost").status == 404)
             #expect(try await client(owner).request("POST", "/devices/dev1/messages/deviceBound", body: ["body": "x", "ack": "sometimes"]).status == 400)
         }
+    }
+}
+
+@Suite("twin replacement")
+struct TwinReplacementTests {
+    @Test("the patch a replacement becomes removes what the new twin leaves out, nested too, and ignores $-keys")
+    func replacementPatch() {
+        let current: JSONValue = ["a": 1, "b": ["x": 1, "y": 2], "c": "gone"]
+        let target: JSONValue = ["a": 2, "b": ["x": 1], "d": true, "$version": 7]
+        let patch = TwinDocument.replacementPatch(from: current, to: target)
+        #expect(patch == ["a": 2, "b": ["x": 1, "y": JSONValue.null], "c": JSONValue.null, "d": true])
+        #expect(TwinRules.merge(patch, into: current) == ["a": 2, "b": ["x": 1], "d": true])
     }
 }

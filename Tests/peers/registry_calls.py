@@ -29,6 +29,10 @@ print("get_twin: version {} desired {}".format(twin.version, twin.properties.des
 patched = rm.update_twin(device_id, Twin(tags={"site": "lab"}, properties=TwinProperties(desired={"interval": 5})))
 assert patched.tags.get("site") == "lab" and patched.properties.desired.get("interval") == 5, patched
 print("update_twin: tags {} desired interval {}".format(patched.tags, patched.properties.desired.get("interval")))
+replaced = rm.replace_twin(device_id, Twin(tags={"room": "b"}, properties=TwinProperties(desired={"mode": "eco"})))
+desired = {k: v for k, v in replaced.properties.desired.items() if not k.startswith("$")}
+assert replaced.tags == {"room": "b"} and desired == {"mode": "eco"}, (replaced.tags, desired)
+print("replace_twin: tags {} desired {}".format(replaced.tags, desired))
 rm.delete_device(device_id)
 try:
     rm.get_device(device_id)

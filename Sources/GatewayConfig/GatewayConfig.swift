@@ -286,6 +286,8 @@ struct Mapper {
                 c.bindAddress = u.bind ?? "::"
                 if let m = u.max_datagram_bytes { c.maxDatagramBytes = m }
                 c.allowedSources = u.allowed_sources ?? []
+                // What the adapter learns of its leaves lives with the spool (the gateway's state directory).
+                c.stateFile = spool.directory + "/udp-\(u.port).state"
                 if !(0...65535).contains(u.port) { report(main, "udp.port", "udp.port must be 0 to 65535") }
                 udp = c
             } else {

@@ -27,15 +27,16 @@ enum Datagram: Equatable {
 /// - Per-source mapping: a datagram from a leaf's `mappedSource` belongs to that leaf; a JSON object body is the
 ///   reading's values, anything else is sent as it came (`application/octet-stream`).
 /// - HMAC: for a leaf with a key, the datagram ends with `\nsig=<base64 HMAC-SHA256(key, bytes before "\n")>` and
-///   the JSON carries `ts` within the window; each signature is accepted once (replays are refused).
+///   the JSON carries `ts` within the window; each signature is accepted once, and after a restart nothing at or
+///   below the newest `ts` accepted before it (`ReplayGuard`).
 struct DatagramDecoder {
     let configuration: UDPAdapterConfiguration
     private let leaves: [String: UDPLeaf]
     private let mapped: [String: String]
     /// Decoders of the mapped sources that have a format (regexes compiled once).
     private let formats: [String: FrameDecoder]
-    private var recentSignatures: Set<String> = []
-    private var signatureOrder: [String] = []
+    /// Kept across reloads (the adapter carries it to the next decoder) and, through its floors, restarts.
+    var replay = ReplayGuard()
 
     init(configuration: UDPAdapterConfiguration) {
         self.configuration = configuration
@@ -103,7 +104,9 @@ struct DatagramDecoder {
             guard let skew, !skew.overflow, skew.partialValue.magnitude <= UInt64(configuration.timestampWindowSeconds * 1000) else {
                 return .failure(.init(.staleTimestamp, leaf: leafID))
             }
-            guard remember(signature) else { return .failure(.init(.replay, leaf: leafID)) }
+            guard let ts, replay.accept(leaf: leafID, signature: signature, timestampMs: ts) else {
+                return .failure(.init(.replay, leaf: leafID))
+            }
         }
         if string("type") == "reply" {
             guard let id = string("id") else { return .failure(.init(.malformed, leaf: leafID)) }
@@ -139,17 +142,6 @@ struct DatagramDecoder {
             return .failure(.init(.malformed, leaf: leafID))
         }
         return .success(.reading(leaf: leafID, acquiredAtMs: ts ?? nowMs, envelope: envelope))
-    }
-
-    /// False when the signature was seen recently (a replay inside the window). Bounded memory.
-    private mutating func remember(_ signature: String) -> Bool {
-        guard recentSignatures.insert(signature).inserted else { return false }
-        signatureOrder.append(signature)
-        if signatureOrder.count > 65_536 {
-            for s in signatureOrder.prefix(32_768) { recentSignatures.remove(s) }
-            signatureOrder.removeFirst(32_768)
-        }
-        return true
     }
 
     /// `ts` as milliseconds since the epoch: a number (ms) or an ISO 8601 string.

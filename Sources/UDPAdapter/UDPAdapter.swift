@@ -44,7 +44,11 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
     private let logger: Logger
     private let stopped = Atomic<Bool>(false)
     private let stats = Mutex(UDPAdapterStatistics())
-    private let lastAddress = Mutex<[String: (ip: String, port: Int)]>([:])
+    /// Last-seen addresses, replay floors, acknowledged desired documents; kept across restarts.
+    private let memory: UDPLeafMemoryStore
+    /// Leaves a command could not reach: the uplink hears when each speaks again.
+    private let awaitingContact = Mutex<Set<String>>([])
+    private let onReachable: @Sendable (String) -> Void
     private let waiters = Mutex<[String: CheckedContinuation<(Int, JSONValue)?, Never>]>([:])
     private let lastLog = Mutex<[DatagramRejection: Int64]>([:])
     private let lastSpoolLog = Mutex<Int64>(.min / 2)
@@ -63,7 +67,9 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
     /// The receive loop beats at least every 200 ms (its poll timeout), with or without traffic.
     public let heartbeat: Heartbeat
 
+    /// `onReachable`: a leaf that a command could not reach spoke again (the uplink retries what it holds for it).
     public init(configuration: UDPAdapterConfiguration, spool: Spool, onAppended: @escaping @Sendable () -> Void = {},
+                onReachable: @escaping @Sendable (String) -> Void = { _ in },
                 logger: Logger = Logger(label: "fieldgate.udp")) throws(UDPAdapterError) {
         for leaf in configuration.leaves {
             guard let f = leaf.format else { continue }
@@ -73,7 +79,9 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
         self.maxDatagramBytes = configuration.maxDatagramBytes
         self.spool = spool
         self.onAppended = onAppended
+        self.onReachable = onReachable
         self.logger = logger
+        self.memory = UDPLeafMemoryStore(path: configuration.stateFile, leaves: Set(configuration.leaves.map(\.deviceID)))
         self.socket = try UDPSocket(bindAddress: configuration.bindAddress, port: configuration.port)
         self.heartbeat = Heartbeat("udp:\(configuration.port)")
         self.writer = DispatchQueue(label: "fieldgate.udp.writer.\(configuration.port)")
@@ -103,6 +111,7 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
             }
         }
         await drainWriter()
+        if let warning = memory.flush(nowMs: WallClock.nowMilliseconds(), force: true) { logger.warning("\(warning)") }
         for w in waiters.withLock({ w in defer { w = [:] }; return Array(w.values) }) { w.resume(returning: nil) }
     }
 
@@ -123,6 +132,7 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
             }
             c = next
         }
+        memory.retain(Set(next.leaves.map(\.deviceID)))
         generation.add(1, ordering: .releasing)
     }
 
@@ -131,15 +141,19 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
     private func receiveLoop() {
         var decoderGeneration = generation.load(ordering: .acquiring)
         var decoder = DatagramDecoder(configuration: configuration)
+        decoder.replay = ReplayGuard(floors: memory.memory.leaves.compactMapValues(\.signedUpToMs))
         let batch = UDPReceiveBatch(maxDatagramBytes: maxDatagramBytes)
         while !stopped.load(ordering: .acquiring) {
             heartbeat.beat()
+            if let warning = memory.flush(nowMs: WallClock.nowMilliseconds()) { logger.warning("\(warning)") }
             var received = socket.receive(into: batch, timeoutMs: 200)
             guard received > 0 else { continue }
             // Checked after the wait: a datagram sent after a reload finished must meet the new leaves.
             if generation.load(ordering: .acquiring) != decoderGeneration {
                 decoderGeneration = generation.load(ordering: .acquiring)
+                let replay = decoder.replay  // a reload must not reopen the replay window
                 decoder = DatagramDecoder(configuration: configuration)
+                decoder.replay = replay
             }
             var entries: [Spool.Entry] = []
             var readingsByLeaf: [String: Int] = [:]
@@ -170,9 +184,17 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
                 received = taken < 1024 ? socket.receiveNow(into: batch) : 0
             }
             if !entries.isEmpty { enqueue(entries, perLeaf: readingsByLeaf) }
-            lastAddress.withLock { a in for (leaf, addr) in seen { a[leaf] = addr } }
+            let signed = decoder.replay.takeChanged()
+            if !seen.isEmpty || !signed.isEmpty {
+                for (leaf, addr) in seen { memory.update(leaf) { $0.address = Self.formatAddress(addr.0, addr.1) } }
+                for (leaf, ts) in signed { memory.update(leaf) { m in if m.signedUpToMs.map({ ts > $0 }) ?? true { m.signedUpToMs = ts } } }
+            }
+            if !seen.isEmpty {
+                let back = awaitingContact.withLock { a in seen.keys.filter { a.remove($0) != nil } }
+                for leaf in back { onReachable(leaf) }
+            }
             stats.withLock { s in
-                for (leaf, addr) in seen { s.leaves[leaf, default: .init()].lastSeen = "\(addr.0):\(addr.1)" }
+                for (leaf, addr) in seen { s.leaves[leaf, default: .init()].lastSeen = Self.formatAddress(addr.0, addr.1) }
                 for (reason, leaf) in rejections {
                     if let leaf { s.leaves[leaf, default: .init()].rejected[reason, default: 0] += 1 } else { s.unattributed[reason, default: 0] += 1 }
                 }
@@ -259,14 +281,25 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
 
     // MARK: commands (LeafRouter)
 
-    /// Sends `body` to the leaf and waits for its reply with `id`; nil when there is no address or no reply.
-    private func command(_ leaf: String, id: String, body: JSONValue, timeoutMs: Int64) async -> (Int, JSONValue)? {
+    private enum CommandResult {
+        case reply(status: Int, payload: JSONValue)
+        /// No configured `command_address` and nothing heard from the leaf (since the memory file began).
+        case noAddress
+        case noReply(timeoutMs: Int64)
+    }
+
+    /// Sends `body` to the leaf and waits for its reply with `id`. When the leaf cannot be reached, it is marked so
+    /// that its next datagram tells the uplink (`onReachable`).
+    private func command(_ leaf: String, id: String, body: JSONValue, timeoutMs: Int64) async -> CommandResult {
         let configured = configuration.leaves.first { $0.deviceID == leaf }
-        guard let address = Self.parseAddress(configured?.commandAddress) ?? lastAddress.withLock({ $0[leaf] }) else { return nil }
+        guard let address = Self.parseAddress(configured?.commandAddress) ?? Self.parseAddress(memory.memory.leaves[leaf]?.address) else {
+            awaitingContact.withLock { _ = $0.insert(leaf) }
+            return .noAddress
+        }
         let key = "\(leaf)/\(id)"
         var bytes = body.bytes
         if let hmac = configured?.hmacKey { bytes = DatagramDecoder.sign(bytes, key: hmac) }
-        return await withCheckedContinuation { (cont: CheckedContinuation<(Int, JSONValue)?, Never>) in
+        let answer = await withCheckedContinuation { (cont: CheckedContinuation<(Int, JSONValue)?, Never>) in
             waiters.withLock { $0[key] = cont }
             if !socket.send(bytes, toIP: address.ip, port: address.port) {
                 waiters.withLock { $0.removeValue(forKey: key) }?.resume(returning: nil)
@@ -277,6 +310,15 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
                 waiters.withLock { $0.removeValue(forKey: key) }?.resume(returning: nil)
             }
         }
+        guard let (status, payload) = answer else {
+            awaitingContact.withLock { _ = $0.insert(leaf) }
+            return .noReply(timeoutMs: timeoutMs)
+        }
+        return .reply(status: status, payload: payload)
+    }
+
+    private static func notConnected(_ leaf: String) -> String {
+        "leaf not connected: \(leaf) has not sent a datagram yet and has no command_address; commands reach it once it sends one"
     }
 
     public func cloudToDevice(_ message: C2DMessage) async -> C2DOutcome {
@@ -289,12 +331,16 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
         if let t = message.contentType { fields["contentType"] = .string(t) }
         if let e = message.contentEncoding { fields["contentEncoding"] = .string(e) }
         let datagram = JSONValue.object(fields)
-        guard let (status, payload) = await command(message.deviceID, id: id, body: datagram, timeoutMs: configuration.replyTimeoutMilliseconds) else {
-            return .abandon("\(message.deviceID) did not acknowledge within \(configuration.replyTimeoutMilliseconds) ms (or has not been seen yet)")
+        switch await command(message.deviceID, id: id, body: datagram, timeoutMs: configuration.replyTimeoutMilliseconds) {
+        case .noAddress:
+            return .unreachable(Self.notConnected(message.deviceID))
+        case .noReply(let timeout):
+            return .unreachable("\(message.deviceID) did not acknowledge within \(timeout) ms")
+        case .reply(let status, let payload):
+            if (200..<300).contains(status) { return .complete }
+            let why = payload.stringValue ?? payload.serialized
+            return (400..<500).contains(status) ? .reject(why) : .abandon(why)
         }
-        if (200..<300).contains(status) { return .complete }
-        let why = payload.stringValue ?? payload.serialized
-        return (400..<500).contains(status) ? .reject(why) : .abandon(why)
     }
 
     public func invoke(_ call: MethodCall) async -> MethodResponse? {
@@ -302,17 +348,35 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
         let datagram: JSONValue = ["type": "method", "id": .string(id), "name": .string(call.name), "payload": call.payload]
         // Answer before the uplink's deadline so the 504 says what happened.
         let timeout = max(0, min(configuration.replyTimeoutMilliseconds, call.deadlineMilliseconds - WallClock.nowMilliseconds() - 200))
-        guard let (status, payload) = await command(call.deviceID, id: id, body: datagram, timeoutMs: timeout) else {
-            return .error(504, "\(call.deviceID) did not answer \(call.name) within \(timeout) ms (or has not been seen yet)")
+        switch await command(call.deviceID, id: id, body: datagram, timeoutMs: timeout) {
+        case .noAddress:
+            return .error(404, Self.notConnected(call.deviceID))
+        case .noReply(let timeout):
+            return .error(504, "\(call.deviceID) did not answer \(call.name) within \(timeout) ms")
+        case .reply(let status, let payload):
+            return MethodResponse(status: status, payload: payload)
         }
-        return MethodResponse(status: status, payload: payload)
     }
 
+    /// Sends the desired document to the leaf only when it has desired properties (or had some the leaf
+    /// acknowledged) and the document differs from the one it acknowledged last (kept across restarts).
     public func desiredProperties(_ desired: JSONValue, version: Int64, deviceID: String) async -> JSONValue? {
+        let digest = UDPLeafMemory.digest(desired)
+        let acknowledged = memory.memory.leaves[deviceID]?.desiredDigest
+        let empty = desired.objectValue?.isEmpty ?? false
+        if acknowledged == digest || (acknowledged == nil && empty) { return nil }
         let id = "d-\(version)"
         let datagram: JSONValue = ["type": "desired", "id": .string(id), "version": .int(version), "desired": desired]
-        let answer = await command(deviceID, id: id, body: datagram, timeoutMs: configuration.replyTimeoutMilliseconds)
-        return ["udp": ["desiredVersion": .int(version), "acknowledged": .bool(answer.map { (200..<300).contains($0.0) } ?? false)]]
+        var ok = false
+        if case .reply(let status, _) = await command(deviceID, id: id, body: datagram, timeoutMs: configuration.replyTimeoutMilliseconds) {
+            ok = (200..<300).contains(status)
+        }
+        if ok { memory.update(deviceID) { $0.desiredDigest = digest } }
+        return ["udp": ["desiredVersion": .int(version), "acknowledged": .bool(ok)]]
+    }
+
+    static func formatAddress(_ ip: String, _ port: Int) -> String {
+        ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"
     }
 
     static func parseAddress(_ s: String?) -> (ip: String, port: Int)? {

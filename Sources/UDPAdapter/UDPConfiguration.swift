@@ -15,6 +15,9 @@ public struct UDPAdapterConfiguration: Sendable, Equatable {
     /// How long a command (C2D, method) waits for the leaf's answer datagram. Default: 5 s.
     public var replyTimeoutMilliseconds: Int64 = 5000
     public var leaves: [UDPLeaf]
+    /// Where the adapter keeps what it knows of its leaves across restarts (last-seen addresses, replay floors,
+    /// acknowledged desired documents); nil = memory only. The daemon uses `<spool directory>/udp-<port>.state`.
+    public var stateFile: String?
 
     public init(port: Int, leaves: [UDPLeaf]) {
         self.port = port

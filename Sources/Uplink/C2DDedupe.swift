@@ -41,14 +41,13 @@ struct C2DDedupe {
         }
     }
 
-    /// The adapter's outcome; returns every delivery token that waited for it. Abandoned ids are forgotten (the
-    /// redelivery must reach the adapter again).
+    /// The adapter's outcome; returns every delivery token that waited for it. Ids that were not carried out
+    /// (abandoned, unreachable) are forgotten: the retry or redelivery must reach the adapter again.
     mutating func finished(messageID: String, outcome: C2DOutcome) -> [Int] {
         guard case .pending(let waiting) = entries[messageID] else { return [] }
-        if case .abandon = outcome {
-            entries[messageID] = nil
-        } else {
-            entries[messageID] = .done(outcome)
+        switch outcome {
+        case .abandon, .unreachable: entries[messageID] = nil
+        case .complete, .reject: entries[messageID] = .done(outcome)
         }
         return waiting
     }

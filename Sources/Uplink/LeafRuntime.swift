@@ -20,7 +20,10 @@ public struct LeafCounters: Sendable, Equatable {
     public var cloudToDeviceReceived = 0
     public var cloudToDeviceCompleted = 0
     public var cloudToDeviceRejected = 0
+    /// Given back to the hub (released) after the hold budget: it comes back later (one delivery counted).
     public var cloudToDeviceAbandoned = 0
+    /// Attempts that found the leaf unreachable (the message was kept).
+    public var cloudToDeviceUnreachable = 0
     /// Expired on arrival: rejected without reaching the adapter.
     public var cloudToDeviceExpired = 0
     /// Redeliveries settled from the remembered outcome.
@@ -86,6 +89,9 @@ final class LeafRuntime {
     var machine: LeafMachine
     var counters = LeafCounters()
     var dedupe: C2DDedupe
+    /// Hub order, one message at a time, held (not burnt) while the leaf cannot take it.
+    var flow: CloudToDeviceFlow
+    var lastCloudToDeviceLogMs: Int64 = .min / 2
     var twin: TwinSync
     let wantedLinks: Set<LeafLink>
     /// The uuid in this leaf's `methods:` and `twin:` channel correlation ids.
@@ -101,10 +107,11 @@ final class LeafRuntime {
     var unsettled = 0
 
     init(configuration: LeafConfiguration, machine: LeafMachine, dedupeCapacity: Int, capabilities: LeafCapabilities,
-         reportedIntervalMilliseconds: Int64) {
+         reportedIntervalMilliseconds: Int64, cloudToDevicePolicy: CloudToDeviceFlow.Policy) {
         self.configuration = configuration
         self.machine = machine
         self.dedupe = C2DDedupe(capacity: dedupeCapacity)
+        self.flow = CloudToDeviceFlow(policy: cloudToDevicePolicy)
         self.wantedLinks = LeafLink.wanted(for: capabilities)
         self.twin = TwinSync(minPatchIntervalMilliseconds: reportedIntervalMilliseconds, correlationPrefix: configuration.deviceID)
     }

@@ -31,14 +31,17 @@ public struct C2DMessage: Sendable, Equatable {
 }
 
 /// What the adapter made of a C2D message (contract 4). The hub turns these into feedback: complete → Success,
-/// reject → Rejected, abandon → redelivery (until its delivery count runs out).
+/// reject → Rejected; abandon and unreachable keep the message for a later attempt (CloudToDeviceFlow).
 public enum C2DOutcome: Sendable, Equatable {
     /// Carried out (or durably kept for later).
     case complete
     /// Permanent failure: unknown point, bad payload.
     case reject(String)
-    /// Transient failure: the hub redelivers it.
+    /// Transient failure: retried while the hub's lock allows, then given back to the hub.
     case abandon(String)
+    /// The leaf cannot be reached now (never heard from, no address, no answer): the message is kept (held, then
+    /// left in the hub's queue) until the adapter reports the leaf reachable (`Uplink.leafReachable`) or it expires.
+    case unreachable(String)
 }
 
 /// A direct method call for one leaf (or the gateway).

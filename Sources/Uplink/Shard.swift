@@ -52,7 +52,7 @@ final class Shard: @unchecked Sendable {
 
     var roles: [AMQPObjectID: Role] = [:]
     var unsettled: [AMQPObjectID: (leaf: String, sequences: [UInt64])] = [:]
-    var cloudToDeviceDeliveries: [Int: (leaf: String, delivery: AMQPDelivery, link: AMQPObjectID)] = [:]
+    var cloudToDeviceDeliveries: [Int: CloudToDeviceDelivery] = [:]
     var nextCloudToDeviceToken = 0
     private var nextLinkNumber = 0
     var nextTag: UInt64 = 0
@@ -100,6 +100,7 @@ final class Shard: @unchecked Sendable {
             guard let leaf = leaves[id] else { continue }
             perform(leaf.machine.tick(nowMs: nowMs), for: leaf)
             if leaf.machine.canSend(nowMs: nowMs) { flush(leaf) }
+            tickCloudToDevice(leaf, nowMs: nowMs)
         }
     }
 
@@ -242,6 +243,7 @@ final class Shard: @unchecked Sendable {
             leaf.links = [:]
             leaf.attachedLinks = []
             leaf.twin.detached()
+            leaf.flow.detached()
             leaf.machine.connectionLost()
         }
         engine.release(released)
@@ -440,6 +442,7 @@ final class Shard: @unchecked Sendable {
         leaf.links = [:]
         leaf.attachedLinks = []
         leaf.twin.detached()
+        leaf.flow.detached()
     }
 
     private func linkOpened(_ link: AMQPLink) {
@@ -453,7 +456,7 @@ final class Shard: @unchecked Sendable {
             guard let leaf = leaves[d] else { return }
             leaf.attachedLinks.insert(kind)
             switch kind {
-            case .cloudToDevice: link.flow(engine.configuration.cloudToDeviceCredit)
+            case .cloudToDevice: performCloudToDevice(leaf.flow.attached(nowMs: engine.nowMs()), for: leaf)
             case .methodRequests, .twinResponses: link.flow(Self.requestCredit)
             default: break
             }

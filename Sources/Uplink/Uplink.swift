@@ -92,6 +92,12 @@ public final class Uplink: Service, Sendable {
     public var heartbeats: [Heartbeat] { [engine.heartbeat, engine.pump.heartbeat] }
 
     /// Producers call this after appending to the spool, so new records leave at once instead of at the next tick.
+    /// An adapter can reach `deviceID` again (it spoke after a command found it unreachable): a C2D message held
+    /// for it is retried now, and a leaf whose messages were left in the hub's queue takes them again.
+    public func leafReachable(_ deviceID: String) {
+        _ = reactor.execute { [engine] in engine.leafReachable(deviceID) }
+    }
+
     public func wake() {
         _ = reactor.execute { [engine] in engine.wake() }
     }

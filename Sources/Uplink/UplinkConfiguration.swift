@@ -44,11 +44,9 @@ public struct UplinkConfiguration: Sendable, Equatable {
     /// Coalesce a leaf's queued JSON readings into one JSON-array message up to this size; nil = one message per
     /// reading. The hub bills D2C in 4 KB units, so 4000 is a good value; the hub's limit is 256 KB.
     public var coalesceTargetBytes: Int?
-    /// C2D credit per leaf. Default: 10.
-    public var cloudToDeviceCredit = 10
-    /// A C2D message not settled by its adapter within this time is abandoned (the hub's lock is 60 s).
-    /// Default: 50 s.
-    public var cloudToDeviceDeadlineMilliseconds: Int64 = 50_000
+    /// How C2D messages a leaf cannot take now are held, retried and left in the hub's queue (one message in
+    /// flight per leaf, hub order; docs/cloud-to-device.md). Default: held up to 50 s (the hub's lock is 60 s).
+    public var cloudToDevice = CloudToDevicePolicy()
     /// A method not answered by its handler within this time is answered 504 (the hub's default is 30 s).
     /// Default: 20 s.
     public var methodDeadlineMilliseconds: Int64 = 20_000

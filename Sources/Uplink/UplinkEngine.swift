@@ -62,7 +62,7 @@ final class UplinkEngine: @unchecked Sendable {
             operationTimeoutMilliseconds: c.operationTimeoutMilliseconds)
         return LeafRuntime(configuration: leaf, machine: LeafMachine(hasSecondaryKey: leaf.credential.hasSecondaryKey, timing: timing),
                            dedupeCapacity: c.cloudToDeviceDedupeCapacity, capabilities: router == nil ? [] : leaf.capabilities,
-                           reportedIntervalMilliseconds: c.reportedIntervalMilliseconds)
+                           reportedIntervalMilliseconds: c.reportedIntervalMilliseconds, cloudToDevicePolicy: c.cloudToDevice)
     }
 
     @discardableResult
@@ -307,22 +307,32 @@ final class UplinkEngine: @unchecked Sendable {
 
     // MARK: cloud to device
 
-    func route(_ message: C2DMessage, shard: Int, token: Int) {
+    /// Runs a C2D message on the router; abandons it at `deadlineMs` (the end of its hold budget) if the adapter
+    /// has not answered, so the hub's lock never lapses here.
+    func route(_ message: C2DMessage, shard: Int, token: Int, deadlineMs: Int64) {
         guard let router else { return }
-        let deadline = configuration.cloudToDeviceDeadlineMilliseconds
-        // The lock must never lapse: abandon at the local deadline if the adapter has not answered.
-        let timer = reactor.schedule(after: .milliseconds(deadline)) { [self] in
+        let timeout = max(0, deadlineMs - nowMs())
+        let timer = reactor.schedule(after: .milliseconds(timeout)) { [self] in
             shards[shard].withConnection {
-                $0.cloudToDeviceFinished(token: token, message: message, outcome: .abandon("no outcome within \(deadline) ms"))
+                $0.cloudToDeviceFinished(token: token, leafID: message.deviceID, messageID: message.messageID,
+                                         outcome: .abandon("no outcome within \(timeout) ms"))
             }
         }
         Task { [self] in
             let outcome = await router.cloudToDevice(message)
             _ = reactor.execute { [self] in
                 timer.cancel()
-                shards[shard].withConnection { $0.cloudToDeviceFinished(token: token, message: message, outcome: outcome) }
+                shards[shard].withConnection {
+                    $0.cloudToDeviceFinished(token: token, leafID: message.deviceID, messageID: message.messageID, outcome: outcome)
+                }
             }
         }
+    }
+
+    /// An adapter can reach `deviceID` again: its held C2D message is retried now.
+    func leafReachable(_ deviceID: String) {
+        guard let s = leafShard[deviceID] else { return }
+        shards[s].withConnection { $0.cloudToDeviceReachable(deviceID) }
     }
 
     // MARK: methods and twins

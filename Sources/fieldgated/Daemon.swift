@@ -39,7 +39,7 @@ final class Daemon: Service, Sendable {
         identity = GatewayIdentity(configuration: identityConfig, spool: spool, logger: logger)
         let wake = self.wake
         let spool = self.spool
-        let udp = try settings.udp.map { c throws(UDPAdapterError) in try UDPAdapter(configuration: c, spool: spool, onAppended: { wake.wake() }, logger: logger) }
+        let udp = try settings.udp.map { c throws(UDPAdapterError) in try UDPAdapter(configuration: c, spool: spool, onAppended: { wake.wake() }, onReachable: { wake.reachable($0) }, logger: logger) }
         let serial = try settings.serialPorts.map { c throws(SerialAdapterError) in try Self.makePort(c, spool: spool, wake: wake, logger: logger) }
         let modbus = settings.modbusBuses.map { Self.makeBus($0, spool: spool, wake: wake, logger: logger) }
         adapters.set(Adapters(udp: udp, serial: serial, modbus: modbus))
@@ -126,7 +126,7 @@ final class Daemon: Service, Sendable {
             } else {
                 if let c = next.udp {
                     do throws(UDPAdapterError) {
-                        udpToStart = try UDPAdapter(configuration: c, spool: spool, onAppended: { wake.wake() }, logger: logger)
+                        udpToStart = try UDPAdapter(configuration: c, spool: spool, onAppended: { wake.wake() }, onReachable: { wake.reachable($0) }, logger: logger)
                     } catch { throw ConfigReloadError(description: "udp: \(error)") }
                 }
                 udpToStop = currentUDP
@@ -244,6 +244,8 @@ final class WakeBox: Sendable {
     private let uplink = Mutex<Uplink?>(nil)
     func set(_ u: Uplink) { uplink.withLock { $0 = u } }
     func wake() { uplink.withLock { $0 }?.wake() }
+    /// A leaf an adapter could not reach spoke again.
+    func reachable(_ leaf: String) { uplink.withLock { $0 }?.leafReachable(leaf) }
     /// A reported patch for a leaf's twin (merged with others while the leaf is offline).
     func report(_ patch: JSONValue, for leaf: String) {
         guard let u = uplink.withLock({ $0 }) else { return }

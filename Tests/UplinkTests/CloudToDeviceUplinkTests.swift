@@ -18,7 +18,9 @@ final class ScriptedAdapter: LeafRouter {
         seen.withLock { $0.append(message) }
         switch String(decoding: message.body, as: UTF8.self) {
         case "reject": return .reject("unknown point")
-        case "abandon-once": return message.deliveryCount == 0 ? .abandon("bus busy") : .complete
+        case "abandon-once":
+            return seen.withLock { s in s.filter { $0.messageID == message.messageID }.count } == 1 ? .abandon("bus busy") : .complete
+        case "unreachable": return .unreachable("not seen yet")
         case "hold":
             await withCheckedContinuation { cont in held.withLock { $0.append(cont) } }
             return .complete
@@ -55,7 +57,8 @@ struct CloudToDeviceUplinkTests {
         return records
     }
 
-    /// Issue 4 test 12: complete / reject / abandon reach the hub as Success / Rejected / redelivery.
+    /// Issue 4 test 12: complete / reject / abandon reach the hub as Success / Rejected / a retry. The retry of an
+    /// abandoned message happens here, on the same delivery (no delivery count spent at the hub).
     @Test func outcomesBecomeFeedback() async throws {
         try await withHub { hub in
             let leaves = try await createLeaves(hub, count: 2)
@@ -69,7 +72,7 @@ struct CloudToDeviceUplinkTests {
             let records = try await feedback(hub, count: 3)
             #expect(records == ["m-complete": "Success", "m-reject": "Rejected", "m-abandon": "Success"])
             let seen = adapter.seen.withLock { $0 }
-            #expect(seen.filter { $0.messageID == "m-abandon" }.map(\.deliveryCount) == [0, 1], "abandoned once, then redelivered")
+            #expect(seen.filter { $0.messageID == "m-abandon" }.map(\.deliveryCount) == [0, 0], "abandoned once, then retried on the same delivery")
             #expect(seen.first { $0.messageID == "m-complete" }?.deviceID == "leaf-0")
             let c = await h.uplink.status().leaves["leaf-0"]?.counters
             #expect(c?.cloudToDeviceCompleted == 1 && c?.cloudToDeviceRejected == 1)
@@ -147,4 +150,89 @@ struct CloudToDeviceUplinkTests {
             await h.stop()
         }
     }
+
+    /// Issue 18.3: C2D reaches a leaf in hub order. 1,000 messages in bursts of 50 (the hub's queue limit) to two
+    /// leaves, with an adapter whose answers take a random 0–3 ms, arrive in the order they were sent.
+    @Test func cloudToDeviceKeepsHubOrder() async throws {
+        try await withHub { hub in
+            let leaves = try await createLeaves(hub, count: 2)
+            let adapter = JitteryAdapter()
+            let h = try UplinkHarness(hub: hub, leaves: leaves, router: adapter)
+            h.uplink.start()
+            try await eventually(10, "ready") { await h.uplink.status().count(.ready) == 2 }
+            let perLeaf = 500
+            for burst in 0..<(perLeaf / 50) {
+                try await hub.core.perform { core in
+                    for i in (burst * 50)..<((burst + 1) * 50) {
+                        for leaf in ["leaf-0", "leaf-1"] {
+                            _ = try core.sendCloudToDevice(leaf, message: CloudToDeviceMessage(messageId: "\(leaf)-\(i)", body: Array("\(i)".utf8)), ttlMilliseconds: nil)
+                        }
+                    }
+                }
+                try await eventually(30, "burst \(burst) delivered") { adapter.count >= (burst + 1) * 100 }
+            }
+            for leaf in ["leaf-0", "leaf-1"] {
+                let order = adapter.order(of: leaf)
+                #expect(order == (0..<perLeaf).map { "\(leaf)-\($0)" }, "\(leaf): \(zip(order, 0...).first { $0.0 != "\(leaf)-\($0.1)" }.map { "first out of order at \($0.1): \($0.0)" } ?? "count \(order.count)")")
+            }
+            await h.stop()
+        }
+    }
+
+    /// Issue 18.1 at the uplink: a leaf that cannot be reached keeps its message (held, not settled); the moment
+    /// the adapter says it is reachable the message is retried and completes, with feedback Success and no
+    /// delivery count spent.
+    @Test func unreachableLeafKeepsItsMessage() async throws {
+        try await withHub { hub in
+            let leaves = try await createLeaves(hub, count: 1)
+            let adapter = ReachabilityAdapter()
+            let h = try UplinkHarness(hub: hub, leaves: leaves, router: adapter)
+            h.uplink.start()
+            try await eventually(10, "ready") { await h.uplink.status().count(.ready) == 1 }
+            try await send(hub, to: "leaf-0", body: "set 1", id: "m-1")
+            try await send(hub, to: "leaf-0", body: "set 2", id: "m-2")
+            try await eventually(10, "tried once") { adapter.attempts >= 1 }
+            try await Task.sleep(for: .seconds(3))
+            #expect(adapter.delivered.isEmpty)
+            let c = await h.uplink.status().leaves["leaf-0"]?.counters
+            #expect(c?.cloudToDeviceAbandoned == 0, "nothing given back to the hub while held")
+            #expect((c?.cloudToDeviceUnreachable ?? 0) >= 1)
+            adapter.reachable.store(true, ordering: .relaxed)
+            h.uplink.leafReachable("leaf-0")
+            let records = try await feedback(hub, count: 2)
+            #expect(records == ["m-1": "Success", "m-2": "Success"])
+            #expect(adapter.delivered.map(\.0) == ["m-1", "m-2"])
+            #expect(adapter.delivered.allSatisfy { $0.1 == 0 }, "no delivery count spent")
+            await h.stop()
+        }
+    }
+}
+
+/// Completes every message after a random 0–3 ms, recording the order per leaf.
+final class JitteryAdapter: LeafRouter {
+    private let seen = Mutex<[String: [String]]>([:])
+    private let total = Atomic<Int>(0)
+    func cloudToDevice(_ message: C2DMessage) async -> C2DOutcome {
+        try? await Task.sleep(for: .microseconds(Int.random(in: 0...3000)))
+        seen.withLock { $0[message.deviceID, default: []].append(message.messageID ?? "") }
+        total.add(1, ordering: .relaxed)
+        return .complete
+    }
+    var count: Int { total.load(ordering: .relaxed) }
+    func order(of leaf: String) -> [String] { seen.withLock { $0[leaf] ?? [] } }
+}
+
+/// Unreachable until the test says otherwise.
+final class ReachabilityAdapter: LeafRouter {
+    let reachable = Atomic<Bool>(false)
+    private let tries = Atomic<Int>(0)
+    private let log = Mutex<[(String, Int)]>([])
+    func cloudToDevice(_ message: C2DMessage) async -> C2DOutcome {
+        tries.add(1, ordering: .relaxed)
+        guard reachable.load(ordering: .relaxed) else { return .unreachable("not seen yet") }
+        log.withLock { $0.append((message.messageID ?? "", message.deliveryCount)) }
+        return .complete
+    }
+    var attempts: Int { tries.load(ordering: .relaxed) }
+    var delivered: [(String, Int)] { log.withLock { $0 } }
 }

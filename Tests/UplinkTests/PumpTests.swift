@@ -87,7 +87,7 @@ struct PumpTests {
         try await withHub { hub in
             let leaves = try await createLeaves(hub, count: 1)
             let adapter = ScriptedAdapter()
-            let h = try UplinkHarness(hub: hub, leaves: leaves, router: adapter) { $0.cloudToDeviceDeadlineMilliseconds = 300 }
+            let h = try UplinkHarness(hub: hub, leaves: leaves, router: adapter) { $0.cloudToDevice.holdMilliseconds = 300; $0.cloudToDevice.pauseAfterAbandonMilliseconds = 200 }
             h.uplink.start()
             try await eventually(10, "ready") { await h.uplink.status().count(.ready) == 1 }
             _ = try await HubServiceClient(host: "127.0.0.1", port: hub.running.httpPort, authorization: nil)

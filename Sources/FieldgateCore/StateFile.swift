@@ -1,0 +1,51 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A small file of state kept across restarts, replaced whole: written to `path.new`, then renamed over `path`,
+/// so a reader (or a restart after kill -9) sees the old content or the new, never a mix. Not fsynced: it is
+/// written often and a power cut may take the last few seconds (ext4 flushes a file renamed over another).
+/// Blocking: call it off the cooperative pool.
+public enum StateFile {
+    /// The file's bytes; nil when it does not exist or cannot be read.
+    public static func read(_ path: String) -> [UInt8]? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 16_384)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return n == 0 ? out : nil }
+            out += chunk[0..<n]
+        }
+    }
+
+    /// Replaces the file with `bytes` (mode 0640). Returns the errno on failure.
+    @discardableResult
+    public static func replace(_ path: String, with bytes: [UInt8]) -> Int32? {
+        let temporary = path + ".new"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
+        guard fd >= 0 else { return errno }
+        var done = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, bytes.count - done) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                let e = errno
+                close(fd)
+                unlink(temporary)
+                return e
+            }
+            done += n
+        }
+        close(fd)
+        guard rename(temporary, path) == 0 else {
+            let e = errno
+            unlink(temporary)
+            return e
+        }
+        return nil
+    }
+}

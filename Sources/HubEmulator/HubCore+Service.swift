@@ -98,6 +98,9 @@ extension HubCore {
         return seq
     }
 
+    /// Messages in the device's C2D queue (enqueued or locked), as the registry's `cloudToDeviceMessageCount`.
+    public func cloudToDeviceQueueCount(_ id: String) -> Int { queues[id]?.count ?? 0 }
+
     public func purgeCloudToDevice(_ id: String) throws(HubError) -> Int {
         _ = try device(id)
         let purged = queues[id]?.purge() ?? []

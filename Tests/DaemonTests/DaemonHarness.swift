@@ -82,7 +82,7 @@ final class DaemonUnderTest: Sendable {
     let udpPort: Int
 
     static func start(hub: TestHub, leaves: [String], watchdogUsec: Int = 2_000_000, extraMain: String = "", stopHubFirst: Bool = false,
-                      otherDevices: [String] = [], files: [String: String] = [:], prepareOnly: Bool = false) async throws -> DaemonUnderTest {
+                      otherDevices: [String] = [], files: [String: String] = [:], secrets: String = "", prepareOnly: Bool = false) async throws -> DaemonUnderTest {
         let dir = FileManager.default.temporaryDirectory.path + "/fieldgated-test-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: dir + "/devices.d", withIntermediateDirectories: true)
         var keys = "[keys]\n"
@@ -116,15 +116,26 @@ final class DaemonUnderTest: Sendable {
             try FileManager.default.createDirectory(atPath: directoryOf(dir + "/" + name), withIntermediateDirectories: true)
             try text.write(toFile: dir + "/" + name, atomically: true, encoding: .utf8)
         }
-        FileManager.default.createFile(atPath: dir + "/secrets.toml", contents: Data(keys.utf8), attributes: [.posixPermissions: 0o600])
+        FileManager.default.createFile(atPath: dir + "/secrets.toml", contents: Data((keys + secrets).utf8), attributes: [.posixPermissions: 0o600])
         if stopHubFirst { await hub.stop() }
         let notify = NotifyListener(path: dir + "/notify.sock")
         // prepareOnly: the configuration is written, the caller starts fieldgated its own way.
         if prepareOnly { return DaemonUnderTest(directory: dir, pid: 0, controlSocket: dir + "/control.sock", notify: notify, udpPort: udpPort) }
-        let argv = ["/usr/bin/env", "NOTIFY_SOCKET=\(notify.path)", "WATCHDOG_USEC=\(watchdogUsec)", "/bin/sh", "-c",
-                    "exec '\(productPath("fieldgated"))' run --config '\(dir)/fieldgate.toml' --log-level info 2>'\(dir)/stderr.log'"]
-        guard case .success(let pid) = spawnProcess(argv, searchPath: false) else { throw DaemonTestError("cannot start fieldgated") }
+        let pid = try launch(directory: dir, notify: notify, watchdogUsec: watchdogUsec)
         return DaemonUnderTest(directory: dir, pid: pid, controlSocket: dir + "/control.sock", notify: notify, udpPort: udpPort)
+    }
+
+    private static func launch(directory dir: String, notify: NotifyListener, watchdogUsec: Int) throws -> pid_t {
+        let argv = ["/usr/bin/env", "NOTIFY_SOCKET=\(notify.path)", "WATCHDOG_USEC=\(watchdogUsec)", "/bin/sh", "-c",
+                    "exec '\(productPath("fieldgated"))' run --config '\(dir)/fieldgate.toml' --log-level info 2>>'\(dir)/stderr.log'"]
+        guard case .success(let pid) = spawnProcess(argv, searchPath: false) else { throw DaemonTestError("cannot start fieldgated") }
+        return pid
+    }
+
+    /// fieldgated again on the same directory and state (call after this one exited).
+    func restarted(watchdogUsec: Int = 2_000_000) throws -> DaemonUnderTest {
+        let pid = try Self.launch(directory: directory, notify: notify, watchdogUsec: watchdogUsec)
+        return DaemonUnderTest(directory: directory, pid: pid, controlSocket: controlSocket, notify: notify, udpPort: udpPort)
     }
 
     private init(directory: String, pid: pid_t, controlSocket: String, notify: NotifyListener, udpPort: Int) {

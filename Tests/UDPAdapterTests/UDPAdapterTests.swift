@@ -89,6 +89,23 @@ struct DatagramDecoderTests {
         #expect(reject(&d, #"{"device":"meter-2","values":{}}"#, ip: "10.0.0.2") == nil)
     }
 
+    /// The replay floor a restart starts from: nothing at or below the newest timestamp accepted before it.
+    @Test func replayGuardFloor() {
+        var guardian = ReplayGuard(floors: ["meter-1": 1_000])
+        var changed: [String: Int64] = [:]
+        let atFloor = guardian.accept(leaf: "meter-1", signature: "s0", timestampMs: 1_000)
+        let above = guardian.accept(leaf: "meter-1", signature: "s1", timestampMs: 1_001)
+        let again = guardian.accept(leaf: "meter-1", signature: "s1", timestampMs: 1_001)
+        let other = guardian.accept(leaf: "other", signature: "s2", timestampMs: 5)
+        let newer = guardian.accept(leaf: "meter-1", signature: "s3", timestampMs: 1_002)
+        #expect(!atFloor && above && other && newer)
+        #expect(!again, "a signature is accepted once")
+        for (leaf, ts) in guardian.takeChanged() { changed[leaf] = ts }
+        #expect(changed == ["meter-1": 1_002, "other": 5])
+        let none = guardian.takeChanged()
+        #expect(none.isEmpty)
+    }
+
     @Test func hmacSignatureTimestampAndReplay() {
         var d = decoder()
         let now: Int64 = 1_700_000_000_000
@@ -142,6 +159,9 @@ final class FakeUDPLeaf: Sendable {
 
 @Suite("UDP adapter over real sockets")
 struct UDPAdapterSocketTests {
+    /// Leaves the adapter reported reachable again (its `onReachable`).
+    private let reachable = ReachableLog()
+
     private func withAdapter(_ leaves: [UDPLeaf], _ body: (UDPAdapter, Spool) async throws -> Void) async throws {
         let dir = FileManager.default.temporaryDirectory.path + "/fieldgate-udp-" + String(UInt64.random(in: 1...UInt64.max))
         var sc = SpoolConfiguration(directory: dir)
@@ -150,7 +170,8 @@ struct UDPAdapterSocketTests {
         var config = UDPAdapterConfiguration(port: 0, leaves: leaves)
         config.bindAddress = "127.0.0.1"
         config.replyTimeoutMilliseconds = 500
-        let adapter = try UDPAdapter(configuration: config, spool: spool)
+        let reachable = self.reachable
+        let adapter = try UDPAdapter(configuration: config, spool: spool, onReachable: { id in reachable.ids.withLock { $0.append(id) } })
         adapter.start()
         do { try await body(adapter, spool) } catch {
             await adapter.stop(); spool.close(); try? FileManager.default.removeItem(atPath: dir); throw error
@@ -188,11 +209,14 @@ struct UDPAdapterSocketTests {
     @Test func commandsReachTheSenderAndItsRepliesCount() async throws {
         try await withAdapter([UDPLeaf(deviceID: "meter-1")]) { adapter, _ in
             let leaf = try FakeUDPLeaf()
-            // Unknown address before the leaf has sent anything: abandoned, not lost.
+            // Unknown address before the leaf has sent anything: unreachable (kept by the uplink), a method 404.
             let early = await adapter.cloudToDevice(C2DMessage(deviceID: "meter-1", messageID: "c0", body: Array("{}".utf8)))
-            guard case .abandon = early else { Issue.record("\(early)"); return }
+            guard case .unreachable(let why) = early, why.hasPrefix("leaf not connected") else { Issue.record("\(early)"); return }
+            let earlyCall = await adapter.invoke(MethodCall(deviceID: "meter-1", name: "read", payload: .null, deadlineMilliseconds: WallClock.nowMilliseconds() + 5000))
+            #expect(earlyCall?.status == 404)
             leaf.send(#"{"device":"meter-1","values":{}}"#, to: adapter.port)
             try await eventually("seen") { adapter.statistics().leaves["meter-1"]?.lastSeen != nil }
+            #expect(reachable.ids.withLock { $0 } == ["meter-1"], "the uplink heard that the leaf is back")
             leaf.serve(replyingTo: adapter.port, status: 200)
             defer { leaf.stop.store(true, ordering: .relaxed) }
             let outcome = await adapter.cloudToDevice(C2DMessage(deviceID: "meter-1", messageID: "c1", properties: ["k": "v"], body: Array(#"{"set":21}"#.utf8)))
@@ -211,4 +235,8 @@ struct UDPAdapterSocketTests {
             #expect(r?.status == 504)
         }
     }
+}
+
+final class ReachableLog: Sendable {
+    let ids = Mutex<[String]>([])
 }

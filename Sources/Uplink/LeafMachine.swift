@@ -43,7 +43,11 @@ struct LeafMachine {
     let hasSecondaryKey: Bool
     let timing: Timing
     private(set) var phase: LeafPhase = .offline
+    /// The key that signs this leaf's tokens: the one that worked last, kept across reconnects; it changes only
+    /// when the hub refuses a token signed with it (401).
     private(set) var slot: KeySlot = .primary
+    /// The other key was tried after a 401 and has not worked since.
+    private var triedOtherSlot = false
     /// When the current phase gives up (authenticating/attaching) or ends (backingOff/refused).
     private(set) var deadlineMs: Int64 = 0
     private(set) var renewAtMs: Int64?
@@ -110,15 +114,17 @@ struct LeafMachine {
         }
         guard phase == .authenticating else { return [] }
         if (200..<300).contains(status) {
+            triedOtherSlot = false
             scheduleRenewal(nowMs: nowMs, random: random)
             phase = .attaching
             deadlineMs = nowMs + timing.operationTimeoutMilliseconds
             return [.attachLinks]
         }
-        if status == 401 && slot == .primary && hasSecondaryKey {
-            // The hub accepts either key; a rotated primary is not a refused leaf yet.
-            slot = .secondary
-            lastError = "put-token \(status): \(description) (trying the secondary key)"
+        if status == 401 && hasSecondaryKey && !triedOtherSlot {
+            // The hub accepts either key; a rotated key is not a refused leaf yet: try the other one at once.
+            slot = slot == .primary ? .secondary : .primary
+            triedOtherSlot = true
+            lastError = "put-token \(status): \(description) (trying the \(slot) key)"
             phase = .queued
             return []
         }
@@ -136,7 +142,8 @@ struct LeafMachine {
         switch status {
         case 401, 403, 404:
             refusals += 1
-            slot = .primary
+            // Only a refused signature says something about the key; disabled (403) or unknown (404) does not.
+            if status == 401 { slot = .primary; triedOtherSlot = false }
             phase = .refused
             deadlineMs = nowMs + timing.refusedBackoff.delay(attempt: refusals, random: random)
         case 429:

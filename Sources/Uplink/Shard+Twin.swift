@@ -33,6 +33,9 @@ extension Shard {
             case .reportedRefused(let ids, let why):
                 logger.warning("uplink[\(index)]: \(leaf.deviceID): \(why)")
                 engine.reportsFinished(ids, error: why)
+            case .desiredVersionWentBack(let from, let to):
+                logger.notice("uplink[\(index)]: \(leaf.deviceID): the twin's desired $version went back from \(from) to \(to) (the device was re-created?); applying version \(to)",
+                              metadata: ["leaf": "\(leaf.deviceID)"])
             }
         }
     }

@@ -20,13 +20,17 @@ struct TwinSync {
         case reportedAccepted([Int])
         /// The hub refused them for good.
         case reportedRefused([Int], String)
+        /// The twin's desired `$version` is below the one applied last (the device was deleted and re-created):
+        /// the remembered version is dropped and the twin's document applied.
+        case desiredVersionWentBack(from: Int64, to: Int64)
     }
 
     enum Phase: Equatable { case detached, syncing, synced }
 
     let minPatchIntervalMilliseconds: Int64
     private(set) var phase: Phase = .detached
-    /// The desired `$version` applied last; survives reattaches, so a version is never applied twice.
+    /// The desired `$version` applied last; survives reattaches, so a version is never applied twice. A GET
+    /// answering a lower version (a re-created device) resets it.
     private(set) var appliedVersion: Int64?
     private(set) var desired: JSONValue = .object([:])
     private var getDone = false
@@ -121,6 +125,10 @@ struct TwinSync {
             phase = .synced
             var actions: [Action] = []
             let version = twinDesired["$version"]?.intValue ?? 0
+            if let applied = appliedVersion, version < applied {
+                actions.append(.desiredVersionWentBack(from: applied, to: version))
+                appliedVersion = nil
+            }
             desired = Self.strippingVersion(twinDesired)
             if appliedVersion.map({ version > $0 }) ?? true {
                 appliedVersion = version

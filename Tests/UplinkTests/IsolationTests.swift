@@ -131,6 +131,29 @@ struct IsolationTests {
         }
     }
 
+    /// Issue 18.4: the key slot that worked is kept across reconnects: a leaf with a wrong primary and a right
+    /// secondary costs one refused put-token in all, not one per connection.
+    @Test func workingKeySlotIsRememberedAcrossReconnects() async throws {
+        try await withHub { hub in
+            let base = try await createLeaves(hub, count: 1)
+            guard case .symmetricKey(_, let secondary?) = base[0].credential else { throw CancellationError() }
+            let leaves = [LeafConfiguration(deviceID: base[0].deviceID, credential: .symmetricKey(primary: generateSymmetricKey(), secondary: secondary))]
+            let h = try UplinkHarness(hub: hub, leaves: leaves)
+            h.uplink.start()
+            try await eventually(10, "ready") { await h.uplink.status().count(.ready) == 1 }
+            for round in 1...3 {
+                let opens = await h.uplink.status().connections[0].opens
+                _ = try await hub.core.perform { $0.dropAllConnections() }
+                try await eventually(10, "reconnected (\(round))") {
+                    let s = await h.uplink.status()
+                    return s.connections[0].opens > opens && s.count(.ready) == 1
+                }
+            }
+            #expect(await h.uplink.status().leaves[base[0].deviceID]?.counters.tokenFailures == 1)
+            await h.stop()
+        }
+    }
+
     /// Beyond the token cap per connection another connection opens; each leaf still gets through.
     @Test func moreLeavesThanOneConnectionHoldsOpenAnother() async throws {
         try await withHub { hub in

@@ -67,6 +67,27 @@ struct MachineTests {
         #expect(m.deadlineMs == 15_001 + 30_000, "the refused back-off grows")
     }
 
+    /// Issue 18.4: the slot that worked is kept across reconnects and through refusals that are not about the
+    /// key (a disabled or re-created device); a refused signature tries the other slot first.
+    @Test func workingKeySlotIsKept() {
+        var m = LeafMachine(hasSecondaryKey: true, timing: Self.timing)
+        m.connectionOpened()
+        _ = m.admitted(nowMs: 0)
+        _ = m.tokenAnswered(status: 401, description: "bad signature", nowMs: 0, random: 0)
+        #expect(m.admitted(nowMs: 1) == [.putToken(.secondary)])
+        _ = m.tokenAnswered(status: 200, description: "OK", nowMs: 1, random: 0)
+        m.connectionLost()
+        m.connectionOpened()
+        #expect(m.admitted(nowMs: 2) == [.putToken(.secondary)], "reconnect: the working slot")
+        _ = m.tokenAnswered(status: 404, description: "device not found", nowMs: 2, random: 0)
+        #expect(m.phase == .refused)
+        _ = m.tick(nowMs: 100_000)
+        #expect(m.admitted(nowMs: 100_000) == [.putToken(.secondary)], "a 404 says nothing about the key")
+        _ = m.tokenAnswered(status: 401, description: "keys rotated", nowMs: 100_000, random: 0)
+        #expect(m.phase == .queued)
+        #expect(m.admitted(nowMs: 100_001) == [.putToken(.primary)], "a refused signature tries the other slot at once")
+    }
+
     @Test func throttledTelemetryPausesOnlyThisLeaf() {
         var m = readyLeaf()
         m.throttled(description: "429001", nowMs: 1000, random: 0)

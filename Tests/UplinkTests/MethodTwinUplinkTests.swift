@@ -114,6 +114,35 @@ struct MethodTwinUplinkTests {
         }
     }
 
+    /// Issue 18.5: a device deleted and re-created starts its twin again at a low `$version`; the GET after the
+    /// re-attach resets the remembered version, so the new twin's desired properties are applied.
+    @Test func recreatedDeviceTwinStartsOver() async throws {
+        try await withHub { hub in
+            let leaves = try await createLeaves(hub, count: 1)
+            guard case .symmetricKey(let primary, let secondary) = leaves[0].credential else { throw CancellationError() }
+            let adapter = PointAdapter()
+            let h = try UplinkHarness(hub: hub, leaves: leaves, router: adapter) {
+                $0.refusedBackoff = Backoff(initialMilliseconds: 100, maximumMilliseconds: 500)
+            }
+            h.uplink.start()
+            try await eventually(10, "ready") { await h.uplink.status().count(.ready) == 1 }
+            for poll in [5, 6, 7] {
+                _ = try await hub.core.perform { try $0.patchTwin("leaf-0", patch: ["properties": ["desired": ["pollSeconds": .int(Int64(poll))]]]) }
+            }
+            try await eventually(10, "desired v4 applied") { adapter.desiredSeen.withLock { $0.last?.1 } == 4 }
+            try await hub.core.perform { core in
+                try core.deleteDevice("leaf-0")
+                _ = try core.upsertDevice(id: "leaf-0", status: nil, primaryKey: primary, secondaryKey: secondary)
+                _ = try core.patchTwin("leaf-0", patch: ["properties": ["desired": ["pollSeconds": 30]]])
+            }
+            try await eventually(15, "the new twin's desired v2 applied") {
+                let last = adapter.desiredSeen.withLock { $0.last }
+                return last?.1 == 2 && last?.2["pollSeconds"]?.intValue == 30
+            }
+            await h.stop()
+        }
+    }
+
     /// Links follow each leaf's capabilities (a leaf's `cloud` key): a telemetry-only leaf sends telemetry and
     /// is ready, but has no methods (the hub answers 404: not connected for methods) and no twin to report to.
     @Test func telemetryOnlyLeafAttachesOnlyItsSender() async throws {

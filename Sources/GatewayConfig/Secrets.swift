@@ -42,9 +42,25 @@ public struct Secrets: Sendable {
         }
         let mode = st.st_mode & 0o777
         guard mode & 0o077 == 0 else {
-            throw ConfigError(file: file, "the secrets file is mode \(String(mode, radix: 8)) and readable by others: run chmod 600 \(file)")
+            throw ConfigError(file: file, "the secrets file is mode \(String(mode, radix: 8)): \(Self.exposure(mode)); keys must be readable by their owner only: run chmod 600 \(file)")
         }
         return try parse(file)
+    }
+
+    /// Who besides the owner may touch the file, in words ("readable by its group and others", …).
+    static func exposure(_ mode: mode_t) -> String {
+        func rights(_ bits: mode_t) -> String? {
+            let names = [(mode_t(4), "readable"), (mode_t(2), "writable"), (mode_t(1), "executable")].filter { bits & $0.0 != 0 }.map(\.1)
+            return names.isEmpty ? nil : names.joined(separator: " and ")
+        }
+        let group = rights((mode >> 3) & 7), others = rights(mode & 7)
+        switch (group, others) {
+        case let (g?, o?) where g == o: return "\(g) by its group and others"
+        case let (g?, o?): return "\(g) by its group, \(o) by others"
+        case let (g?, nil): return "\(g) by its group"
+        case let (nil, o?): return "\(o) by others"
+        case (nil, nil): return "private"
+        }
     }
 
     private static func parse(_ path: String) throws(ConfigError) -> Secrets {

@@ -55,14 +55,21 @@ struct Device: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Disable a device (its links are detached at once).")
         @OptionGroup var service: ServiceOptions
         @Argument(help: "Device id.") var deviceId: String
-        func run() async throws { printJSON(try await service.call("PUT", "/devices/\(pathComponent(deviceId))", body: ["status": "disabled"])) }
+        func run() async throws {
+            // The answer holds the device's keys: say what changed, not the keys (`device show` prints them).
+            let d = try await service.call("PUT", "/devices/\(pathComponent(deviceId))", body: ["status": "disabled"])
+            print("\(deviceId): \(d["status"]?.stringValue ?? "disabled")")
+        }
     }
 
     struct Enable: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Enable a device.")
         @OptionGroup var service: ServiceOptions
         @Argument(help: "Device id.") var deviceId: String
-        func run() async throws { printJSON(try await service.call("PUT", "/devices/\(pathComponent(deviceId))", body: ["status": "enabled"])) }
+        func run() async throws {
+            let d = try await service.call("PUT", "/devices/\(pathComponent(deviceId))", body: ["status": "enabled"])
+            print("\(deviceId): \(d["status"]?.stringValue ?? "enabled")")
+        }
     }
 
     struct Delete: AsyncParsableCommand {

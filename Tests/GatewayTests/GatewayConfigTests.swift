@@ -176,7 +176,14 @@ struct GatewayConfigTests {
         let dir = ConfigDirectory(main: valid)
         chmod(dir.path + "/secrets.toml", 0o644)
         guard case .failure(let e) = dir.load() else { Issue.record("a world-readable secrets file was accepted"); return }
-        #expect(e.description.contains("readable by others: run chmod 600"), "\(e.description)")
+        #expect(e.description.contains("mode 644: readable by its group and others;"), "\(e.description)")
+        #expect(e.description.contains("run chmod 600"), "\(e.description)")
+        // Issue 18.11: a group-readable file is refused with a message that says so.
+        let groupDir = ConfigDirectory(main: valid)
+        chmod(groupDir.path + "/secrets.toml", 0o640)
+        guard case .failure(let g) = groupDir.load() else { Issue.record("a group-readable secrets file was accepted"); return }
+        #expect(g.description.contains("mode 640: readable by its group;"), "\(g.description)")
+        #expect(!g.description.contains("others"), "\(g.description)")
     }
 
     @Test func systemdCredentialsWin() throws {

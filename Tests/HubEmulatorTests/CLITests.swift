@@ -75,6 +75,13 @@ struct CLITests {
             #expect(created == 0)
             #expect(cs.hasPrefix("HostName=localhost;DeviceId=myFirstNodeDevice;SharedAccessKey="))
             let key = try ConnectionString(parsing: cs).sharedAccessKey
+            // Issue 18.11: disable and enable say what changed and never print the device's keys.
+            for verb in ["disable", "enable"] {
+                let (status, out) = await runCLI("device \(verb) myFirstNodeDevice \(url)")
+                #expect(status == 0)
+                #expect(out.split(separator: "\n") == ["myFirstNodeDevice: \(verb)d"], "\(out)")
+                #expect(!out.contains(key), "a key was printed")
+            }
             let c = try await hub.connect()
             #expect(try await c.authenticate(deviceId: "myFirstNodeDevice", key: key).status == 200)
             try await c.attachCloudToDevice(deviceId: "myFirstNodeDevice")

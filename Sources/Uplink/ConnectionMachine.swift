@@ -16,6 +16,8 @@ struct ConnectionMachine {
     private(set) var attempts = 0
     private(set) var openedAtMs: Int64 = 0
     private(set) var lastError: String?
+    /// Why the last open connection ended (kept after a reconnect, for `status`).
+    private(set) var lastDisconnect: String?
     /// Connections opened so far (1 = never reconnected).
     private(set) var opens = 0
 
@@ -44,6 +46,7 @@ struct ConnectionMachine {
 
     mutating func closed(error: String?, nowMs: Int64, random: Double) {
         if phase == .open && nowMs - openedAtMs >= Self.healthyAfterMilliseconds { attempts = 0 }
+        if phase == .open { lastDisconnect = error }
         attempts += 1
         lastError = error ?? lastError
         phase = .waiting

@@ -92,6 +92,7 @@ final class LeafRuntime {
     /// Hub order, one message at a time, held (not burnt) while the leaf cannot take it.
     var flow: CloudToDeviceFlow
     var lastCloudToDeviceLogMs: Int64 = .min / 2
+    var lastThrottleLogMs: Int64 = .min / 2
     var twin: TwinSync
     let wantedLinks: Set<LeafLink>
     /// The uuid in this leaf's `methods:` and `twin:` channel correlation ids.

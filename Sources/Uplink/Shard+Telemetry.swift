@@ -42,6 +42,12 @@ extension Shard {
             case IoTHubAMQP.throttled?, IoTHubAMQP.resourceLimitExceeded?:
                 leaf.counters.throttled += 1
                 leaf.machine.throttled(description: condition?.description ?? "", nowMs: nowMs, random: engine.random())
+                // One line per leaf per minute: a throttled hub must be visible, not flood the journal.
+                if nowMs - leaf.lastThrottleLogMs >= 60_000 {
+                    leaf.lastThrottleLogMs = nowMs
+                    logger.warning("uplink[\(index)]: \(entry.leaf): the hub throttled telemetry (\(condition?.name ?? "") \(condition?.description ?? "")); this leaf pauses \(max(0, leaf.machine.pausedUntilMs - nowMs)) ms and resends in order (\(leaf.counters.throttled) throttled so far)",
+                                   metadata: ["leaf": "\(entry.leaf)", "hub_error": "\(condition?.name ?? "")", "hub_error_description": "\(condition?.description ?? "")"])
+                }
                 // Everything the leaf holds goes back, so the spool resends it in order after the pause.
                 engine.release(entry.sequences + leaf.takePending())
             case IoTHubAMQP.unauthorizedAccess?:

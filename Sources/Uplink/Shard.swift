@@ -115,6 +115,8 @@ final class Shard: @unchecked Sendable {
         case .tls(let tls):
             client = AMQPClientConfiguration(tls: AMQPClientTLS(trustedCAFile: tls.caFile, peerHostname: c.hostName, verifyPeer: tls.verifyHostName))
         case .insecurePlainAMQP:
+            // Every time, so it cannot scroll out of sight: keys-derived tokens travel in the clear.
+            logger.warning("uplink[\(index)]: connecting to \(c.address ?? c.hostName):\(c.port) WITHOUT TLS (insecure_plain_amqp = true): SAS tokens and data travel in plaintext; use this only against a local test hub")
             client = AMQPClientConfiguration(tls: nil)
         }
         client.idleTimeoutMilliseconds = c.idleTimeoutMilliseconds
@@ -184,7 +186,11 @@ final class Shard: @unchecked Sendable {
             var reason = closeReason ?? error.map { "\($0.message)" } ?? "connection closed"
             // Proton marks every TLS failure (the text differs between OpenSSL 3.0 and 3.5: "certificate verify
             // failed", "provider signature failure", …); before the hub's Open that is the handshake.
-            if closeReason == nil, error?.code == .tls {
+            if closeReason == nil, machine.phase == .open, let error, Self.isAbruptClose(error.message) {
+                // Proton reports a TCP close without an AMQP close as a framing error ("SSL Failure: … unexpected
+                // eof", "connection aborted"): say what happened.
+                reason = "connection closed by the hub/peer without an AMQP close (\(error.message))"
+            } else if closeReason == nil, error?.code == .tls {
                 reason = "TLS handshake with \(engine.configuration.hostName) failed: the hub's certificate must chain to the configured CA bundle and name that host (\(reason))"
             }
             connectionGone(error: reason)
@@ -216,6 +222,13 @@ final class Shard: @unchecked Sendable {
         case .sessionOpened, .sessionClosed:
             break
         }
+    }
+
+    /// Proton's texts for a peer that closed (or reset) TCP without an AMQP close, plain or under TLS.
+    static func isAbruptClose(_ message: String) -> Bool {
+        let m = message.lowercased()
+        return m.contains("unexpected eof") || m.contains("connection aborted") || m.contains("connection reset")
+            || m.contains("eof while reading") || m.contains("end of file")
     }
 
     /// The socket is gone (or the attempt was abandoned): everything in flight goes back to the spool.

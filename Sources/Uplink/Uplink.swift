@@ -152,6 +152,8 @@ public struct UplinkStatus: Sendable {
         /// Connections opened so far.
         public var opens: Int
         public var lastError: String?
+        /// Why the last open connection ended.
+        public var lastDisconnect: String?
         public var leaves: Int
     }
 

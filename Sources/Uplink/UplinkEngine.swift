@@ -407,7 +407,7 @@ final class UplinkEngine: @unchecked Sendable {
         for shard in shards {
             status.connections.append(UplinkStatus.Connection(
                 index: shard.index, state: shard.machine.phase.rawValue, opens: shard.machine.opens,
-                lastError: shard.machine.lastError, leaves: shard.leafOrder.count))
+                lastError: shard.machine.lastError, lastDisconnect: shard.machine.lastDisconnect, leaves: shard.leafOrder.count))
             for id in shard.leafOrder {
                 guard let leaf = shard.leaves[id] else { continue }
                 status.leaves[id] = UplinkStatus.Leaf(

@@ -82,7 +82,8 @@ final class DaemonUnderTest: Sendable {
     let udpPort: Int
 
     static func start(hub: TestHub, leaves: [String], watchdogUsec: Int = 2_000_000, extraMain: String = "", stopHubFirst: Bool = false,
-                      otherDevices: [String] = [], files: [String: String] = [:], secrets: String = "", prepareOnly: Bool = false) async throws -> DaemonUnderTest {
+                      otherDevices: [String] = [], files: [String: String] = [:], secrets: String = "", plainAMQP: Bool = false,
+                      prepareOnly: Bool = false) async throws -> DaemonUnderTest {
         let dir = FileManager.default.temporaryDirectory.path + "/fieldgated-test-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: dir + "/devices.d", withIntermediateDirectories: true)
         var keys = "[keys]\n"
@@ -95,8 +96,8 @@ final class DaemonUnderTest: Sendable {
             [hub]
             host = "\(hub.hostName)"
             address = "127.0.0.1"
-            port = \(hub.running.amqpsPort!)
-            ca_file = "\(hub.certificates.caCertificate)"
+            port = \(plainAMQP ? hub.running.amqpPort! : hub.running.amqpsPort!)
+            \(plainAMQP ? "insecure_plain_amqp = true" : "ca_file = \"\(hub.certificates.caCertificate)\"")
             [gateway]
             device_id = "gw-under-test"
             reboot_command = ["true"]

@@ -234,3 +234,26 @@ struct UDPLeafStateTests {
         }
     }
 }
+
+@Suite("fieldgated operational log lines")
+struct OperationalLogTests {
+    /// Issue 18.7: plaintext mode warns at every connect (not once, where it scrolls away); a throttled leaf is
+    /// logged with its id and the hub's text.
+    @Test func plaintextWarnsAtEveryConnectAndThrottlingIsLogged() async throws {
+        try await withHub { hub in
+            let d = try await DaemonUnderTest.start(hub: hub, leaves: ["hot-0"], plainAMQP: true)
+            defer { d.cleanUp() }
+            #expect(await d.eventually(seconds: 20) { d.devices(in: "ready").contains("hot-0") }, "\(d.stderr)")
+            _ = try await hub.core.perform { $0.dropAllConnections() }
+            #expect(await d.eventually { d.stderr.components(separatedBy: "WITHOUT TLS").count - 1 >= 2 }, "warned at each connect: \(d.stderr)")
+            #expect(await d.eventually(seconds: 20) { d.devices(in: "ready").contains("hot-0") })
+            try await hub.core.perform { core in try core.throttle("hot-0", forSeconds: 30) }
+            let peer = UDPLeafPeer(device: "hot-0", gatewayPort: d.udpPort)
+            defer { peer.stop() }
+            peer.reading(1)
+            #expect(await d.eventually { d.stderr.contains("hot-0: the hub throttled telemetry") }, "\(d.stderr)")
+            let line = d.stderr.split(separator: "\n").first { $0.contains("the hub throttled telemetry") } ?? ""
+            #expect(line.contains("leaf=hot-0") || line.contains("hot-0"), "\(line)")
+        }
+    }
+}

@@ -150,6 +150,9 @@ struct IsolationTests {
                 }
             }
             #expect(await h.uplink.status().leaves[base[0].deviceID]?.counters.tokenFailures == 1)
+            // Issue 18.7: the hub's TCP close is said as such, not as a TLS framing error.
+            let lastError = await h.uplink.status().connections[0].lastDisconnect ?? ""
+            #expect(lastError.hasPrefix("connection closed by the hub/peer"), "\(lastError)")
             await h.stop()
         }
     }

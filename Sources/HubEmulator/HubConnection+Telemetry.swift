@@ -86,18 +86,24 @@ extension HubConnection {
     }()
 
     /// message-id: at most 128 ASCII alphanumerics and `- : . + % _ # * ? ! ( ) , = @ ; $ '`; application
-    /// property names and values: printable ASCII.
-    static func propertyProblem(_ m: AMQPMessage) -> String? {
+    /// property names: ASCII letters, digits and the HTTP token punctuation; values: printable ASCII;
+    /// `iothub-creation-time-utc`: an ISO 8601 time with a four-digit year.
+    public static func propertyProblem(_ m: AMQPMessage) -> String? {
         if case .string(let id)? = m.messageID {
             let ok = !id.isEmpty && id.utf8.count <= 128 && id.utf8.allSatisfy { $0 < 128 && messageIDAllowed[Int($0)] }
             if !ok { return "message-id '\(id)' is longer than 128 characters or has characters outside the allowed set" }
         }
         for (k, v) in m.applicationProperties {
-            guard !k.isEmpty, k.utf8.allSatisfy({ $0 >= 0x20 && $0 < 0x7F }) else {
-                return "application property name '\(k)' is not printable ASCII"
+            guard MessageRules.isValidName(k) else {
+                return "application property name '\(k)' has characters outside the allowed set"
             }
-            if case .string(let s) = v, !s.utf8.allSatisfy({ $0 < 0x80 }) {
-                return "application property '\(k)' has a non-ASCII value"
+            if case .string(let s) = v, !MessageRules.isValidValue(s) {
+                return "application property '\(k)' has a value outside printable ASCII"
+            }
+        }
+        if let t = m.applicationProperties[IoTHubAMQP.creationTimeProperty] {
+            guard case .string(let s) = t, s.utf8.count >= 20, s.utf8.dropFirst(4).first == UInt8(ascii: "-"), WallClock.parseISO8601(s) != nil else {
+                return "iothub-creation-time-utc '\(Self.render(t))' is not an ISO 8601 UTC time"
             }
         }
         return nil

@@ -11,12 +11,14 @@ import Foundation
 /// Why a datagram was not taken (counted per leaf and reason).
 public enum DatagramRejection: String, Sendable, CaseIterable {
     case oversize, malformed, sourceNotAllowed, unknownLeaf, notAllowedForLeaf, badSignature, staleTimestamp, replay
+    /// `ts` outside what the hub takes as a creation time (1970-01-01 … 9999-12-31).
+    case implausibleTimestamp
 }
 
 /// What a datagram said.
 enum Datagram: Equatable {
-    /// A reading for `leaf`.
-    case reading(leaf: String, acquiredAtMs: Int64, envelope: TelemetryEnvelope)
+    /// A reading for `leaf`; `fixes`: what was done to its properties to meet the hub's rules.
+    case reading(leaf: String, acquiredAtMs: Int64, envelope: TelemetryEnvelope, fixes: [MessageRules.Fix])
     /// A leaf's answer to a command we sent (`{"type":"reply","id":…,"status":…,"payload":…}`).
     case reply(leaf: String, id: String, status: Int, payload: JSONValue)
 }
@@ -141,7 +143,11 @@ struct DatagramDecoder {
         } else {
             return .failure(.init(.malformed, leaf: leafID))
         }
-        return .success(.reading(leaf: leafID, acquiredAtMs: ts ?? nowMs, envelope: envelope))
+        if let ts, !MessageRules.isPlausibleCreationTime(ts) { return .failure(.init(.implausibleTimestamp, leaf: leafID)) }
+        var sanitized = envelope
+        let (allowed, fixes) = MessageRules.sanitize(envelope.properties)
+        sanitized.properties = allowed
+        return .success(.reading(leaf: leafID, acquiredAtMs: ts ?? nowMs, envelope: sanitized, fixes: fixes))
     }
 
     /// `ts` as milliseconds since the epoch: a number (ms) or an ISO 8601 string.

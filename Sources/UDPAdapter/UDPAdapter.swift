@@ -19,6 +19,8 @@ public struct UDPLeafStatistics: Sendable, Equatable {
     /// counted, never silently lost.
     public var spoolRefused = 0
     public var lastSeen: String?
+    /// Properties changed to meet the hub's message rules (escaped, or dropped), by what was done.
+    public var propertyFixes: [MessageRules.Fix: Int] = [:]
 }
 
 public struct UDPAdapterStatistics: Sendable, Equatable {
@@ -51,6 +53,7 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
     private let onReachable: @Sendable (String) -> Void
     private let waiters = Mutex<[String: CheckedContinuation<(Int, JSONValue)?, Never>]>([:])
     private let lastLog = Mutex<[DatagramRejection: Int64]>([:])
+    private let lastFixLog = Mutex<[MessageRules.Fix: Int64]>([:])
     private let lastSpoolLog = Mutex<Int64>(.min / 2)
     private struct Pending {
         var entries: [Spool.Entry] = []
@@ -158,6 +161,7 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
             var entries: [Spool.Entry] = []
             var readingsByLeaf: [String: Int] = [:]
             var rejections: [(DatagramRejection, String?)] = []
+            var propertyFixes: [(MessageRules.Fix, String)] = []
             var seen: [String: (String, Int)] = [:]
             var taken = 0
             let nowMs = WallClock.nowMilliseconds()
@@ -169,10 +173,11 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
                         ? .failure(DatagramRejectionAt(.oversize, leaf: nil))
                         : decoder.decode(d.bytes, sourceIP: d.ip, sourcePort: d.port, nowMs: nowMs)
                     switch result {
-                    case .success(.reading(let leaf, let acquired, let envelope)):
+                    case .success(.reading(let leaf, let acquired, let envelope, let fixes)):
                         entries.append(Spool.Entry(leaf: leaf, acquiredAtMs: acquired, payload: envelope.encoded()))
                         readingsByLeaf[leaf, default: 0] += 1
                         seen[leaf] = (d.ip, d.port)
+                        for f in fixes { propertyFixes.append((f, leaf)) }
                     case .success(.reply(let leaf, let id, let status, let payload)):
                         seen[leaf] = (d.ip, d.port)
                         waiters.withLock { $0.removeValue(forKey: "\(leaf)/\(id)") }?.resume(returning: (status, payload))
@@ -195,11 +200,13 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
             }
             stats.withLock { s in
                 for (leaf, addr) in seen { s.leaves[leaf, default: .init()].lastSeen = Self.formatAddress(addr.0, addr.1) }
+                for (fix, leaf) in propertyFixes { s.leaves[leaf, default: .init()].propertyFixes[fix, default: 0] += 1 }
                 for (reason, leaf) in rejections {
                     if let leaf { s.leaves[leaf, default: .init()].rejected[reason, default: 0] += 1 } else { s.unattributed[reason, default: 0] += 1 }
                 }
             }
             for (reason, leaf) in rejections { logRateLimited(reason, leaf: leaf) }
+            for (fix, leaf) in propertyFixes { logFixRateLimited(fix, leaf: leaf) }
         }
     }
 
@@ -277,6 +284,24 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
         var metadata: Logger.Metadata = ["adapter": "udp:\(port)", "reason": "\(reason.rawValue)"]
         if let leaf { metadata["leaf"] = "\(leaf)" }
         logger.warning("UDP datagram rejected: \(reason.rawValue)\(leaf.map { " (leaf \($0))" } ?? "")", metadata: metadata)
+    }
+
+    /// At most one line per kind of fix per 10 s.
+    private func logFixRateLimited(_ fix: MessageRules.Fix, leaf: String) {
+        let now = WallClock.nowMilliseconds()
+        let go = lastFixLog.withLock { l -> Bool in
+            guard now - (l[fix] ?? .min / 2) >= 10_000 else { return false }
+            l[fix] = now
+            return true
+        }
+        guard go else { return }
+        let what: String = switch fix {
+        case .escapedName: "a property name outside the hub's character set was percent-escaped"
+        case .escapedValue: "a property value outside printable ASCII was percent-escaped"
+        case .reservedName: "a property with a reserved name ($…, iothub-…) or no name was dropped"
+        case .duplicateName: "a property whose name differs from another only by case was dropped"
+        }
+        logger.warning("UDP reading of \(leaf): \(what) (docs/message-rules.md)", metadata: ["adapter": "udp:\(port)", "leaf": "\(leaf)", "fix": "\(fix.rawValue)"])
     }
 
     // MARK: commands (LeafRouter)

@@ -30,7 +30,7 @@ public enum UDPFuzzing {
         guard case .success(let d) = decoder.decode(body, sourceIP: source, sourcePort: 1, nowMs: 1_700_000_000_000) else { return }
         let leaf: String
         switch d {
-        case .reading(let l, _, let envelope):
+        case .reading(let l, _, let envelope, _):
             leaf = l
             precondition(TelemetryEnvelope(decoding: envelope.encoded()) == envelope, "an envelope must round-trip")
         case .reply(let l, _, _, _):

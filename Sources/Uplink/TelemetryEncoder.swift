@@ -33,7 +33,14 @@ struct TelemetryEncoder {
             groupBytes = 0
         }
         for record in records {
-            guard let envelope = TelemetryEnvelope(decoding: record.payload), envelope.body.count <= IoTHubAMQP.maxTelemetrySize else {
+            // The hub's rules once more (docs/message-rules.md): records spooled before a rule existed, or by
+            // another adapter, must not be refused for their format either.
+            guard var envelope = TelemetryEnvelope(decoding: record.payload), MessageRules.isPlausibleCreationTime(record.acquiredAtMs) else {
+                invalid.append(record.sequence)
+                continue
+            }
+            envelope.properties = MessageRules.sanitize(envelope.properties).properties
+            guard Self.hubSize(envelope, id: messageID(record.sequence)) <= IoTHubAMQP.maxTelemetrySize else {
                 invalid.append(record.sequence)
                 continue
             }
@@ -51,6 +58,12 @@ struct TelemetryEncoder {
         }
         flush()
         return (messages, invalid)
+    }
+
+    /// The hub's measure of the message one record makes (with its creation-time property).
+    static func hubSize(_ e: TelemetryEnvelope, id: String) -> Int {
+        MessageRules.hubSize(body: e.body.count, systemValues: [id, e.contentType, e.contentEncoding], properties: e.properties)
+            + IoTHubAMQP.creationTimeProperty.utf8.count + 24
     }
 
     private static func isJSON(_ e: TelemetryEnvelope) -> Bool {

@@ -38,6 +38,7 @@ struct ControlHandler: Sendable {
                 "readings": .int(Int64(s.leaves.values.reduce(0) { $0 + $1.readings })),
                 "rejected": .object(Self.counts(s.leaves.values.flatMap(\.rejected) + s.unattributed.map { ($0.key, $0.value) })),
                 "spool_refused": .int(Int64(s.leaves.values.reduce(0) { $0 + $1.spoolRefused })),
+                "property_fixes": .object(Self.fixCounts(s)),
             ]
         }
         for port in daemon.serial {
@@ -130,6 +131,11 @@ struct ControlHandler: Sendable {
             for reason in DatagramRejection.allCases {
                 m.add("fieldgate_udp_rejected_total", Double(rejected[reason] ?? 0), labels: ["reason": reason.rawValue], help: "UDP datagrams rejected, by reason.", type: "counter")
             }
+            let fixes = Self.fixCounts(s)
+            for fix in MessageRules.Fix.allCases {
+                m.add("fieldgate_udp_property_fixes_total", Double(fixes[fix.rawValue]?.intValue ?? 0), labels: ["fix": fix.rawValue],
+                      help: "Leaf properties escaped or dropped to meet the hub's message rules.", type: "counter")
+            }
         }
         for port in daemon.serial {
             let s = port.statistics()
@@ -182,6 +188,12 @@ struct ControlHandler: Sendable {
         let seconds = request["seconds"]?.intValue ?? 30
         heartbeat.freeze(milliseconds: seconds * 1000)
         return ["frozen": .string(name), "seconds": .int(seconds)]
+    }
+
+    private static func fixCounts(_ s: UDPAdapterStatistics) -> [String: JSONValue] {
+        var out: [String: Int] = [:]
+        for l in s.leaves.values { for (k, v) in l.propertyFixes { out[k.rawValue, default: 0] += v } }
+        return out.mapValues { .int(Int64($0)) }
     }
 
     private static func counts(_ pairs: [(DatagramRejection, Int)]) -> [String: JSONValue] {

@@ -40,22 +40,35 @@ struct DatagramDecoderTests {
         var d = decoder()
         let r = d.decode(Array(#"{"device":"meter-1","ts":1700000000123,"values":{"kwh":12.5},"props":{"unit":"kWh"}}"#.utf8),
                          sourceIP: "10.0.0.1", sourcePort: 4000, nowMs: 5)
-        guard case .success(.reading(let leaf, let ts, let envelope)) = r else { Issue.record("\(r)"); return }
+        guard case .success(.reading(let leaf, let ts, let envelope, _)) = r else { Issue.record("\(r)"); return }
         #expect(leaf == "meter-1" && ts == 1_700_000_000_123)
         #expect(JSONValue.parse(envelope.body) == ["kwh": 12.5])
         #expect(envelope.properties == ["unit": "kWh"] && envelope.contentType == "application/json")
         // No ts: the receive time; ISO 8601 ts accepted.
-        if case .success(.reading(_, let t, _)) = d.decode(Array(#"{"device":"meter-1","values":{}}"#.utf8), sourceIP: "10.0.0.1", sourcePort: 1, nowMs: 42) {
+        if case .success(.reading(_, let t, _, _)) = d.decode(Array(#"{"device":"meter-1","values":{}}"#.utf8), sourceIP: "10.0.0.1", sourcePort: 1, nowMs: 42) {
             #expect(t == 42)
         } else { Issue.record("no ts") }
-        if case .success(.reading(_, let t, _)) = d.decode(Array(#"{"device":"meter-1","ts":"2026-11-21T10:00:00.000Z","values":{}}"#.utf8), sourceIP: "10.0.0.1", sourcePort: 1, nowMs: 0) {
+        if case .success(.reading(_, let t, _, _)) = d.decode(Array(#"{"device":"meter-1","ts":"2026-11-21T10:00:00.000Z","values":{}}"#.utf8), sourceIP: "10.0.0.1", sourcePort: 1, nowMs: 0) {
             #expect(t == WallClock.parseISO8601("2026-11-21T10:00:00.000Z"))
         } else { Issue.record("iso ts") }
     }
 
+    /// Issue 18.2 at ingest: leaf properties are made to meet the hub's rules (and the fixes counted), timestamps
+    /// the hub cannot take are refused.
+    @Test func leafPropertiesAndTimesMeetTheHubsRules() {
+        var d = decoder()
+        let r = d.decode(Array(#"{"device":"meter-1","values":{},"props":{"unit":"°C","bad key":"a\tb","$x":"1","iothub-connection-device-id":"gw"}}"#.utf8),
+                         sourceIP: "10.0.0.1", sourcePort: 4000, nowMs: 5)
+        guard case .success(.reading(_, _, let envelope, let fixes)) = r else { Issue.record("\(r)"); return }
+        #expect(envelope.properties == ["unit": "%C2%B0C", "bad%20key": "a%09b"])
+        #expect(fixes.sorted { $0.rawValue < $1.rawValue } == [.escapedName, .escapedValue, .escapedValue, .reservedName, .reservedName])
+        #expect(reject(&d, #"{"device":"meter-1","ts":253402300800000,"values":{}}"#) == .implausibleTimestamp)
+        #expect(reject(&d, #"{"device":"meter-1","ts":-1,"values":{}}"#) == .implausibleTimestamp)
+    }
+
     @Test func mappedSourcesOwnTheirLeaf() {
         var d = decoder()
-        guard case .success(.reading(let leaf, _, let e)) = d.decode(Array("W:+0012.50kg".utf8), sourceIP: "10.0.0.9", sourcePort: 7, nowMs: 0) else {
+        guard case .success(.reading(let leaf, _, let e, _)) = d.decode(Array("W:+0012.50kg".utf8), sourceIP: "10.0.0.9", sourcePort: 7, nowMs: 0) else {
             Issue.record("mapped raw"); return
         }
         #expect(leaf == "scale" && e.body == Array("W:+0012.50kg".utf8) && e.contentType == "application/octet-stream")
@@ -66,7 +79,7 @@ struct DatagramDecoderTests {
     @Test func mappedSourcesWithDecoders() {
         var d = decoder()
         func values(_ text: String, ip: String, port: Int = 7) -> JSONValue? {
-            guard case .success(.reading(_, _, let e)) = d.decode(Array(text.utf8), sourceIP: ip, sourcePort: port, nowMs: 0) else { return nil }
+            guard case .success(.reading(_, _, let e, _)) = d.decode(Array(text.utf8), sourceIP: ip, sourcePort: port, nowMs: 0) else { return nil }
             #expect(e.contentType == "application/json")
             return JSONValue.parse(e.body)
         }

@@ -95,6 +95,7 @@ install -d "$R/usr/bin"
 ln -s ../sbin/fieldgated "$R/usr/bin/fieldgatectl"
 install -D -m 0644 systemd/fieldgated.service "$R/$UNITDIR/fieldgated.service"
 install -D -m 0644 systemd/sysusers.conf "$R/usr/lib/sysusers.d/fieldgate.conf"
+install -D -m 0644 systemd/sysctl.conf "$R/usr/lib/sysctl.d/30-fieldgate.conf"
 # 0644/0755 as shipped; the postinst narrows them to the fieldgate group.
 install -D -m 0644 etc/fieldgate/fieldgate.toml "$R/etc/fieldgate/fieldgate.toml"
 install -d -m 0755 "$R/etc/fieldgate/devices.d" "$R/etc/fieldgate/profiles.d"

@@ -71,6 +71,15 @@ fi
 printf '{"device":"deb-leaf","values":{"via":"the package"}}' >/dev/udp/127.0.0.1/$UDP_PORT
 for i in 1 2 3; do printf '{"device":"deb-unknown","values":{"n":%d}}' \$i >/dev/udp/127.0.0.1/$UDP_PORT; done
 sleep 3
+if booted; then
+  # Issue 18.10: the receive buffer under the unit, and a 50k-datagram burst from the host accounted for.
+  fieldgatectl status --json >/results/status-before-burst.json
+  journalctl -u fieldgated -o cat | grep 'UDP receive buffer' >/results/rcvbuf-log || true
+  touch /results/ready-for-burst
+  for i in \$(seq 1 1200); do [ -f /results/burst-done ] && break; sleep 0.1; done
+  sleep 3
+  fieldgatectl status --json >/results/status-after-burst.json
+fi
 booted || { kill \$DAEMON; wait \$DAEMON; }
 r spooled-before "\$(fieldgatectl spool inspect --leaf deb-unknown --json | grep -c '"leaf"')"
 # Upgrade: keep the operator's configuration (as apt does without a terminal).
@@ -90,13 +99,31 @@ booted && systemctl poweroff
 exit 0
 SCRIPT
 
+BURST=50000
+burst_from_host() {  # once the container says so: $BURST datagrams as fast as python sends them, then one more
+  for _ in $(seq 1 3000); do [ -f "$WORK/results/ready-for-burst" ] && break; sleep 0.1; done
+  [ -f "$WORK/results/ready-for-burst" ] || return 0
+  python3 - "$UDP_PORT" "$BURST" <<'PY'
+import socket, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(n):
+    s.sendto(b'{"device":"deb-leaf","values":{"burst":%d}}' % i, ("127.0.0.1", port))
+time.sleep(1)  # the kernel's drop count travels with the next datagram the daemon takes
+s.sendto(b'{"device":"deb-leaf","values":{"burst":"end"}}', ("127.0.0.1", port))
+PY
+  touch "$WORK/results/burst-done"
+}
+
 if [ "$BOOTED" = 1 ]; then
   echo "test-deb: booting the container (hub on 127.0.0.1:$AMQPS_PORT)"
+  burst_from_host & BURSTER=$!
   boot_container \
     --bind-ro="$WORK/debs:/debs" --bind-ro="$WORK/config:/config" \
     --bind-ro="$WORK/check.service:/etc/systemd/system/check.service" --bind-ro="$WORK/check.sh:/check.sh" \
     --bind="$WORK/results:/results" \
     systemd.wants=check.service
+  kill $BURSTER 2>/dev/null || true
 else
   echo "test-deb: cannot boot a container ($OBSTACLE): install, upgrade and purge checked in a chroot without systemd"
   cp "$WORK/check.sh" "$WORK/config/check.sh"
@@ -120,6 +147,25 @@ if [ "$BOOTED" = 1 ]; then
   expect runs-as fieldgate
 fi
 "$HUB_BIN" monitor-events $URL --timeout 5 --from-start 2>/dev/null | grep -q 'the package' || fail "telemetry did not reach the hub"
+if [ "$BOOTED" = 1 ]; then
+  [ -f "$WORK/results/status-after-burst.json" ] || fail "burst: the check did not get that far"
+  BURST_RESULT=$(python3 - "$WORK/results" "$UDP_PORT" "$BURST" <<'PY'
+import json, sys
+d, port, burst = sys.argv[1], sys.argv[2], int(sys.argv[3]) + 1
+def udp(name):
+    a = json.load(open(f"{d}/{name}"))["adapters"][f"udp:{port}"]
+    return a["readings"], a["spool_refused"], a["kernel_drops"], sum(a["rejected"].values()), a["receive_buffer_bytes"]
+b, a = udp("status-before-burst.json"), udp("status-after-burst.json")
+taken, refused, dropped, rejected = (a[i] - b[i] for i in range(4))
+ok = taken + refused + dropped + rejected == burst
+print(f"{'ok' if ok else 'MISMATCH'} sent {burst}: taken {taken}, spool refused {refused}, kernel drops {dropped}, rejected {rejected}; receive buffer {a[4] // 1024} KiB")
+PY
+)
+  echo "test-deb: UDP burst under the unit: $BURST_RESULT (host net.core.rmem_max $(cat /proc/sys/net/core/rmem_max))"
+  case "$BURST_RESULT" in ok*) ;; *) fail "the burst is not accounted for: $BURST_RESULT" ;; esac
+  grep -q 'UDP receive buffer' "$WORK/results/rcvbuf-log" || fail "the receive buffer was not logged at start"
+  echo "test-deb: logged at start: $(head -1 "$WORK/results/rcvbuf-log")"
+fi
 expect spooled-before 3
 expect upgraded yes
 expect version "$NEW"

@@ -27,6 +27,10 @@ public struct UDPAdapterStatistics: Sendable, Equatable {
     public var leaves: [String: UDPLeafStatistics] = [:]
     /// Rejections that name no known leaf (unknown sender, malformed, oversize, source not allowed).
     public var unattributed: [DatagramRejection: Int] = [:]
+    /// Datagrams the kernel dropped because the socket's receive buffer was full (a burst faster than ingest).
+    public var kernelDrops = 0
+    /// The receive buffer the kernel granted the socket.
+    public var receiveBufferBytes = 0
 }
 
 /// Local UDP senders as leaves (issue 7, part 2): datagrams → readings in the spool; C2D and methods → a datagram
@@ -55,6 +59,7 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
     private let lastLog = Mutex<[DatagramRejection: Int64]>([:])
     private let lastFixLog = Mutex<[MessageRules.Fix: Int64]>([:])
     private let lastSpoolLog = Mutex<Int64>(.min / 2)
+    private let lastDropLog = Atomic<Int64>(0)
     private struct Pending {
         var entries: [Spool.Entry] = []
         var perLeaf: [String: Int] = [:]
@@ -85,13 +90,14 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
         self.onReachable = onReachable
         self.logger = logger
         self.memory = UDPLeafMemoryStore(path: configuration.stateFile, leaves: Set(configuration.leaves.map(\.deviceID)))
-        self.socket = try UDPSocket(bindAddress: configuration.bindAddress, port: configuration.port)
+        self.socket = try UDPSocket(bindAddress: configuration.bindAddress, port: configuration.port, receiveBufferBytes: configuration.receiveBufferBytes)
         self.heartbeat = Heartbeat("udp:\(configuration.port)")
         self.writer = DispatchQueue(label: "fieldgate.udp.writer.\(configuration.port)")
     }
 
     /// Starts the receive thread.
     public func start() {
+        logReceiveBuffer()
         let thread = DispatchQueue(label: "fieldgate.udp.\(configuration.port)")
         thread.async { [self] in
             receiveLoop()
@@ -124,13 +130,29 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
         await stop()
     }
 
-    public func statistics() -> UDPAdapterStatistics { stats.withLock { $0 } }
+    public func statistics() -> UDPAdapterStatistics {
+        var s = stats.withLock { $0 }
+        s.receiveBufferBytes = socket.receiveBufferBytes
+        return s
+    }
+
+    /// The buffer granted against the one asked for, said once at start: under the shipped unit the kernel caps it
+    /// at `net.core.rmem_max`, which the package's sysctl drop-in raises.
+    private func logReceiveBuffer() {
+        let granted = socket.receiveBufferBytes, wanted = configuration.receiveBufferBytes
+        if granted >= wanted {
+            logger.info("UDP receive buffer: \(granted / 1024) KiB", metadata: ["adapter": "udp:\(port)"])
+        } else {
+            logger.warning("UDP receive buffer: \(granted / 1024) KiB of the \(wanted / 1024) KiB asked for (net.core.rmem_max caps it); bursts overflow sooner: raise net.core.rmem_max to \(wanted) (the package's /usr/lib/sysctl.d/30-fieldgate.conf does) and restart", metadata: ["adapter": "udp:\(port)"])
+        }
+    }
 
     /// Takes new leaves and source rules on the same socket (reload); readings already received are kept.
     /// Throws when the socket itself would change (bind address, port, datagram size): that needs a new adapter.
     public func reconfigure(_ next: UDPAdapterConfiguration) throws(UDPAdapterError) {
         try current.withLock { c throws(UDPAdapterError) in
-            guard next.bindAddress == c.bindAddress, next.port == c.port, next.maxDatagramBytes == c.maxDatagramBytes else {
+            guard next.bindAddress == c.bindAddress, next.port == c.port, next.maxDatagramBytes == c.maxDatagramBytes,
+                  next.receiveBufferBytes == c.receiveBufferBytes else {
                 throw UDPAdapterError("the UDP socket settings changed: a new adapter is needed")
             }
             c = next
@@ -185,9 +207,10 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
                         rejections.append((r.reason, r.leaf))
                     }
                 }
-                taken += received
+                    taken += received
                 received = taken < 1024 ? socket.receiveNow(into: batch) : 0
             }
+            let kernelDrops = Int(batch.kernelDrops)
             if !entries.isEmpty { enqueue(entries, perLeaf: readingsByLeaf) }
             let signed = decoder.replay.takeChanged()
             if !seen.isEmpty || !signed.isEmpty {
@@ -199,6 +222,14 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
                 for leaf in back { onReachable(leaf) }
             }
             stats.withLock { s in
+                if kernelDrops > s.kernelDrops {
+                    // Only a burst faster than ingest does this: worth a line (at most one per 10 s).
+                    if s.kernelDrops == 0 || WallClock.nowMilliseconds() - lastDropLog.load(ordering: .relaxed) >= 10_000 {
+                        lastDropLog.store(WallClock.nowMilliseconds(), ordering: .relaxed)
+                        logger.warning("UDP: the kernel dropped \(kernelDrops - s.kernelDrops) datagrams (\(kernelDrops) in all): the receive buffer (\(socket.receiveBufferBytes / 1024) KiB) overflowed in a burst", metadata: ["adapter": "udp:\(port)"])
+                    }
+                    s.kernelDrops = kernelDrops
+                }
                 for (leaf, addr) in seen { s.leaves[leaf, default: .init()].lastSeen = Self.formatAddress(addr.0, addr.1) }
                 for (fix, leaf) in propertyFixes { s.leaves[leaf, default: .init()].propertyFixes[fix, default: 0] += 1 }
                 for (reason, leaf) in rejections {

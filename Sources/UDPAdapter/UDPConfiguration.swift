@@ -12,6 +12,9 @@ public struct UDPAdapterConfiguration: Sendable, Equatable {
     public var allowedSources: [String] = []
     /// An HMAC'd datagram's `ts` must be within this many seconds of the gateway's clock. Default: 30.
     public var timestampWindowSeconds: Int64 = 30
+    /// The socket receive buffer asked for; the kernel caps it at `net.core.rmem_max` for an unprivileged
+    /// process. Default: 8 MiB (a few seconds of a 50k datagrams/s burst).
+    public var receiveBufferBytes = 8 << 20
     /// How long a command (C2D, method) waits for the leaf's answer datagram. Default: 5 s.
     public var replyTimeoutMilliseconds: Int64 = 5000
     public var leaves: [UDPLeaf]

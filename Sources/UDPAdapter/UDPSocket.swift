@@ -10,7 +10,10 @@ final class UDPSocket: @unchecked Sendable {
     let fd: Int32
     let port: Int
 
-    init(bindAddress: String, port: Int, receiveBufferBytes: Int = 4 << 20) throws(UDPAdapterError) {
+    /// What the kernel granted (capped at `net.core.rmem_max` without CAP_NET_ADMIN, as under the shipped unit).
+    let receiveBufferBytes: Int
+
+    init(bindAddress: String, port: Int, receiveBufferBytes wanted: Int) throws(UDPAdapterError) {
         var hints = addrinfo()
         hints.ai_flags = AI_PASSIVE | AI_NUMERICHOST
         hints.ai_socktype = Int32(SOCK_DGRAM.rawValue)
@@ -21,13 +24,19 @@ final class UDPSocket: @unchecked Sendable {
         defer { freeaddrinfo(list) }
         let fd = socket(ai.pointee.ai_family, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw UDPAdapterError("socket: errno \(errno)") }
-        var one: Int32 = 1, zero: Int32 = 0, buffer = Int32(receiveBufferBytes)
+        var one: Int32 = 1, zero: Int32 = 0, buffer = Int32(wanted)
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
         // SO_RCVBUFFORCE (root) goes past net.core.rmem_max; otherwise the kernel caps SO_RCVBUF there.
         if setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &buffer, socklen_t(MemoryLayout<Int32>.size)) != 0 {
             setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer, socklen_t(MemoryLayout<Int32>.size))
         }
         if ai.pointee.ai_family == AF_INET6 { setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &zero, socklen_t(MemoryLayout<Int32>.size)) }
+        _ = fg_enable_drop_count(fd)
+        // The kernel reports twice the granted size (it counts its bookkeeping too).
+        var granted: Int32 = 0
+        var grantedLength = socklen_t(MemoryLayout<Int32>.size)
+        getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &granted, &grantedLength)
+        self.receiveBufferBytes = Int(granted) / 2
         guard bind(fd, ai.pointee.ai_addr, ai.pointee.ai_addrlen) == 0 else {
             let e = errno
             close(fd)
@@ -114,6 +123,8 @@ final class UDPReceiveBatch {
     private let lengths: UnsafeMutablePointer<UInt32>
     private let truncated: UnsafeMutablePointer<UInt8>
     private var names: [SourceKey: String] = [:]
+    /// The socket's kernel drop count as last reported with a datagram (cumulative since the socket opened).
+    private(set) var kernelDrops: UInt32 = 0
 
     /// `maxDatagramBytes + 1` per slot, so a datagram that does not fit is seen as truncated (oversize).
     init(capacity: Int = Int(FG_RECV_BATCH_MAX), maxDatagramBytes: Int) {
@@ -133,7 +144,7 @@ final class UDPReceiveBatch {
     }
 
     fileprivate func fill(from fd: Int32) -> Int {
-        max(0, Int(fg_recv_batch(fd, storage, slotBytes, UInt32(capacity), addresses, lengths, truncated)))
+        max(0, Int(fg_recv_batch(fd, storage, slotBytes, UInt32(capacity), addresses, lengths, truncated, &kernelDrops)))
     }
 
     /// Datagram `k` of the last receive: its bytes, its length (more than the slot when it was cut) and sender.

@@ -22,11 +22,13 @@ struct DaemonMemoryBench: AsyncParsableCommand {
     @Option(help: "fieldgated binary. Default: next to this one.") var daemon: String?
     @Option(help: "The leaves' cloud capabilities (their `cloud` key): all (C2D, methods, twin: six links each) or none (telemetry only: one link).")
     var cloud = "all"
+    @Flag(help: "Then lift the throttle and measure RSS while the backlog drains to the hub (peak against the idle figure).")
+    var drain = false
 
     func run() async throws {
         guard cloud == "all" || cloud == "none" else { throw ValidationError("--cloud: all or none") }
         let figures = try await Self.measure(daemon: daemon ?? siblingExecutable("fieldgated"), hubBinary: siblingExecutable("fieldgate-hub"), leaves: leaves,
-                                             records: records, settle: settle, dir: dir, telemetryOnly: cloud == "none")
+                                             records: records, settle: settle, dir: dir, telemetryOnly: cloud == "none", drain: drain)
         print(figures.table)
     }
 
@@ -35,6 +37,11 @@ struct DaemonMemoryBench: AsyncParsableCommand {
         var telemetryOnly: Bool
         var atStart, attached, settled: ChildProcess.Memory
         var mappings: [(kB: Int, name: String)]
+        /// With --drain: the largest RSS seen while the backlog drained, how long it took, what was delivered.
+        var drainPeak: ChildProcess.Memory?
+        var drainSeconds = 0.0
+        var drained = 0
+        var drainSeries: [Double] = []
 
         var table: String {
             let kind = telemetryOnly ? "telemetry-only UDP leaves (cloud = [], one link each)" : "UDP leaves (C2D, methods, twin: six links each)"
@@ -44,13 +51,19 @@ struct DaemonMemoryBench: AsyncParsableCommand {
                 out += name + String(repeating: " ", count: max(0, 24 - name.count)) + "  " + pad(fixed(m.rssKB / 1024, 1), 8) + "  " + pad(fixed(m.anonKB / 1024, 1), 12) + "  "
                     + pad(fixed(m.fileKB / 1024, 1), 7) + "\n"
             }
+            if let peak = drainPeak {
+                out += "draining (peak)         " + "  " + pad(fixed(peak.rssKB / 1024, 1), 8) + "  " + pad(fixed(peak.anonKB / 1024, 1), 12) + "  " + pad(fixed(peak.fileKB / 1024, 1), 7) + "\n"
+                out += "drain: \(drained) readings delivered in \(fixed(drainSeconds, 0)) s; peak RSS \(fixed(peak.rssKB / settled.rssKB * 100 - 100, 1)) % above the idle figure (target: within 10 %)\n"
+                out += "RSS MB every 10 s while draining: " + drainSeries.map { fixed($0, 1) }.joined(separator: " ") + "\n"
+            }
             out += "resident file mappings: " + mappings.prefix(6).map { "\($0.name) \(fixed(Double($0.kB) / 1024, 1)) MB" }.joined(separator: ", ") + "\n"
             out += "target: VmRSS ≤ 16 MB with 1000 leaves attached and 1 M readings spooled"
             return out
         }
     }
 
-    static func measure(daemon: String, hubBinary: String, leaves: Int, records: Int, settle: Int, dir: String, telemetryOnly: Bool = false) async throws -> Figures {
+    static func measure(daemon: String, hubBinary: String, leaves: Int, records: Int, settle: Int, dir: String, telemetryOnly: Bool = false,
+                        drain: Bool = false) async throws -> Figures {
         let hub = try await BenchHub.start(binary: hubBinary, devices: leaves)
         defer { hub.stop() }
         _ = system("rm -rf '\(dir)'; mkdir -p '\(dir)/devices.d'")
@@ -62,32 +75,7 @@ struct DaemonMemoryBench: AsyncParsableCommand {
         }
         try fillSpool(dir + "/spool", leaves: leaves, records: records)
 
-        let policyKey = (ChildProcess.readFile(hub.keysFile) ?? "").split(separator: "\n")
-            .first { $0.hasPrefix("policy ") }.flatMap { try? ConnectionString(parsing: String($0.dropFirst(7))).sharedAccessKey } ?? ""
-        try ChildProcess.writeFile(dir + "/fieldgate.toml", """
-            [hub]
-            host = "localhost"
-            address = "127.0.0.1"
-            port = \(hub.amqpsPort)
-            ca_file = "\(hub.caFile)"
-            attaches_per_second = 1000
-            [gateway]
-            device_id = "bench-gateway"
-            reboot_command = ["true"]
-            [spool]
-            directory = "\(dir)/spool"
-            cap_mb = 4096
-            [udp]
-            bind = "127.0.0.1"
-            port = \(30000 + Int.random(in: 0..<20000))
-            [control]
-            socket = "\(dir)/control.sock"
-            """)
-        try ChildProcess.writeFile(dir + "/secrets.toml", "[keys]\nbench-gateway = \"\(gatewayKey)\"\n[policies]\niothubowner = \"\(policyKey)\"\n")
-        chmod(dir + "/secrets.toml", 0o600)
-        try ChildProcess.writeFile(dir + "/devices.d/leaves.toml", (0..<leaves).map {
-            "[[leaf]]\ndevice_id = \"bench-\($0)\"\nadapter = \"udp\"\ncredential = \"policy:iothubowner:hub\"\n" + (telemetryOnly ? "cloud = []\n" : "")
-        }.joined(separator: "\n"))
+        _ = try await writeConfiguration(dir: dir, hub: hub, gatewayKey: gatewayKey, leaves: leaves, telemetryOnly: telemetryOnly)
 
         let child = try ChildProcess.spawn(daemon, ["run", "--config", dir + "/fieldgate.toml", "--log-level", "error"])
         defer { child.terminate() }
@@ -106,8 +94,64 @@ struct DaemonMemoryBench: AsyncParsableCommand {
         let settled = child.memory()
         let depth = try ControlClient.request(["command": "spool-stats"], socketPath: dir + "/control.sock")["depth"]?.intValue ?? 0
         let connections = try ControlClient.request(["command": "status"], socketPath: dir + "/control.sock")["connections"]?.arrayValue?.count ?? 0
-        return Figures(leaves: leaves, spooled: Int(depth), connections: connections, telemetryOnly: telemetryOnly, atStart: atStart, attached: attached, settled: settled,
-                       mappings: fileMappings(pid: child.pid))
+        var figures = Figures(leaves: leaves, spooled: Int(depth), connections: connections, telemetryOnly: telemetryOnly, atStart: atStart, attached: attached,
+                              settled: settled, mappings: fileMappings(pid: child.pid))
+        guard drain else { return figures }
+        // The throttle ends; each leaf resumes after its own pause and the backlog goes to the hub.
+        let before = try await hub.acceptedEvents()
+        for i in 0..<leaves {
+            _ = try await hub.service.request("POST", "/faults/throttle", body: ["deviceId": .string("bench-\(i)"), "seconds": 0])
+        }
+        let started = ContinuousClock.now
+        var peak = settled
+        var lastSample = ContinuousClock.now - .seconds(10)
+        while ContinuousClock.now - started < .seconds(1800) {
+            guard child.isRunning() else { throw BenchError("fieldgated exited while draining") }
+            let m = child.memory()
+            if m.rssKB > peak.rssKB { peak = m }
+            if ContinuousClock.now - lastSample >= .seconds(10) { figures.drainSeries.append(m.rssKB / 1024); lastSample = .now }
+            let left = (try? ControlClient.request(["command": "spool-stats"], socketPath: dir + "/control.sock"))?["depth"]?.intValue ?? -1
+            if left == 0 { break }
+            try await Task.sleep(for: .milliseconds(250))
+        }
+        figures.drainSeconds = secondsSince(started)
+        figures.drainPeak = peak
+        figures.drained = try await hub.acceptedEvents() - before
+        return figures
+    }
+
+    /// fieldgated's configuration for `leaves` UDP leaves `bench-<i>` behind the hub's owner policy, in `dir`.
+    /// Returns the UDP port.
+    static func writeConfiguration(dir: String, hub: BenchHub, gatewayKey: String, leaves: Int, telemetryOnly: Bool) async throws -> Int {
+        let udpPort = 30000 + Int.random(in: 0..<20000)
+        let policyKey = (ChildProcess.readFile(hub.keysFile) ?? "").split(separator: "\n")
+            .first { $0.hasPrefix("policy ") }.flatMap { try? ConnectionString(parsing: String($0.dropFirst(7))).sharedAccessKey } ?? ""
+        try ChildProcess.writeFile(dir + "/fieldgate.toml", """
+            [hub]
+            host = "localhost"
+            address = "127.0.0.1"
+            port = \(hub.amqpsPort)
+            ca_file = "\(hub.caFile)"
+            attaches_per_second = 1000
+            [gateway]
+            device_id = "bench-gateway"
+            reboot_command = ["true"]
+            [spool]
+            directory = "\(dir)/spool"
+            cap_mb = 4096
+            [udp]
+            bind = "127.0.0.1"
+            port = \(udpPort)
+            [control]
+            socket = "\(dir)/control.sock"
+            """)
+        try ChildProcess.writeFile(dir + "/secrets.toml", "[keys]\nbench-gateway = \"\(gatewayKey)\"\n[policies]\niothubowner = \"\(policyKey)\"\n")
+        chmod(dir + "/secrets.toml", 0o600)
+        try ChildProcess.writeFile(dir + "/devices.d/leaves.toml", (0..<leaves).map {
+            "[[leaf]]\ndevice_id = \"bench-\($0)\"\nadapter = \"udp\"\ncredential = \"policy:iothubowner:hub\"\n" + (telemetryOnly ? "cloud = []\n" : "")
+        }.joined(separator: "\n"))
+
+        return udpPort
     }
 
     /// The spool the daemon will find: `records` 200 B readings round-robin over the leaves.

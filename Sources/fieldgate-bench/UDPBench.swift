@@ -67,6 +67,7 @@ struct UDPSender: AsyncParsableCommand {
     @Option var senders: Int
     @Option var rate: Int
     @Option var seconds: Int
+    @Option var prefix = "udp-"
 
     func run() async throws {
         var to = sockaddr_in()
@@ -75,7 +76,7 @@ struct UDPSender: AsyncParsableCommand {
         inet_pton(AF_INET, "127.0.0.1", &to.sin_addr)
         let fds = (0..<senders).map { _ in socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0) }
         let datagrams: [[UInt8]] = (0..<senders).map { i in
-            let head = #"{"device":"udp-\#(i)","values":{"temperature":21.5,"humidity":60.2,"status":"ok","pad":""#
+            let head = #"{"device":"\#(prefix)\#(i)","values":{"temperature":21.5,"humidity":60.2,"status":"ok","pad":""#
             let tail = #""}}"#
             return Array((head + String(repeating: "x", count: max(0, 200 - head.utf8.count - tail.utf8.count)) + tail).utf8)
         }

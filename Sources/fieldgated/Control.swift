@@ -39,6 +39,7 @@ struct ControlHandler: Sendable {
                 "rejected": .object(Self.counts(s.leaves.values.flatMap(\.rejected) + s.unattributed.map { ($0.key, $0.value) })),
                 "spool_refused": .int(Int64(s.leaves.values.reduce(0) { $0 + $1.spoolRefused })),
                 "property_fixes": .object(Self.fixCounts(s)),
+                "kernel_drops": .int(Int64(s.kernelDrops)), "receive_buffer_bytes": .int(Int64(s.receiveBufferBytes)),
             ]
         }
         for port in daemon.serial {
@@ -131,6 +132,8 @@ struct ControlHandler: Sendable {
             for reason in DatagramRejection.allCases {
                 m.add("fieldgate_udp_rejected_total", Double(rejected[reason] ?? 0), labels: ["reason": reason.rawValue], help: "UDP datagrams rejected, by reason.", type: "counter")
             }
+            m.add("fieldgate_udp_kernel_drops_total", Double(s.kernelDrops), help: "UDP datagrams the kernel dropped: the socket's receive buffer was full.", type: "counter")
+            m.add("fieldgate_udp_receive_buffer_bytes", Double(s.receiveBufferBytes), help: "The UDP socket's receive buffer as the kernel granted it.")
             let fixes = Self.fixCounts(s)
             for fix in MessageRules.Fix.allCases {
                 m.add("fieldgate_udp_property_fixes_total", Double(fixes[fix.rawValue]?.intValue ?? 0), labels: ["fix": fix.rawValue],

@@ -144,7 +144,7 @@ final class FakeUDPLeaf: Sendable {
     let received = Mutex<[JSONValue]>([])
     let stop = Atomic<Bool>(false)
 
-    init() throws { socket = try UDPSocket(bindAddress: "127.0.0.1", port: 0) }
+    init() throws { socket = try UDPSocket(bindAddress: "127.0.0.1", port: 0, receiveBufferBytes: 1 << 20) }
 
     func send(_ text: String, to port: Int) { socket.send(Array(text.utf8), toIP: "127.0.0.1", port: port) }
 
@@ -175,7 +175,7 @@ struct UDPAdapterSocketTests {
     /// Leaves the adapter reported reachable again (its `onReachable`).
     private let reachable = ReachableLog()
 
-    private func withAdapter(_ leaves: [UDPLeaf], _ body: (UDPAdapter, Spool) async throws -> Void) async throws {
+    private func withAdapter(_ leaves: [UDPLeaf], receiveBufferBytes: Int = 8 << 20, _ body: (UDPAdapter, Spool) async throws -> Void) async throws {
         let dir = FileManager.default.temporaryDirectory.path + "/fieldgate-udp-" + String(UInt64.random(in: 1...UInt64.max))
         var sc = SpoolConfiguration(directory: dir)
         sc.sync = .interval(milliseconds: 50)
@@ -183,6 +183,7 @@ struct UDPAdapterSocketTests {
         var config = UDPAdapterConfiguration(port: 0, leaves: leaves)
         config.bindAddress = "127.0.0.1"
         config.replyTimeoutMilliseconds = 500
+        config.receiveBufferBytes = receiveBufferBytes
         let reachable = self.reachable
         let adapter = try UDPAdapter(configuration: config, spool: spool, onReachable: { id in reachable.ids.withLock { $0.append(id) } })
         adapter.start()
@@ -239,6 +240,27 @@ struct UDPAdapterSocketTests {
             let got = leaf.received.withLock { $0 }
             #expect(got.first?["type"] == "c2d" && got.first?["body"] == ["set": 21] && got.first?["props"] == ["k": "v"])
             #expect(got.last?["type"] == "method" && got.last?["name"] == "write")
+        }
+    }
+
+    /// Issue 18.10: datagrams the kernel drops for want of buffer are counted (SO_RXQ_OVFL), so a burst is
+    /// accounted for: taken + dropped = sent.
+    @Test func kernelDropsAreCounted() async throws {
+        try await withAdapter([UDPLeaf(deviceID: "meter-1")], receiveBufferBytes: 16 << 10) { adapter, _ in
+            #expect(adapter.statistics().receiveBufferBytes < 64 << 10, "the small buffer asked for")
+            let leaf = try FakeUDPLeaf()
+            let burst = 20_000
+            for i in 0..<burst { leaf.send(#"{"device":"meter-1","values":{"i":\#(i)}}"#, to: adapter.port) }
+            try await Task.sleep(for: .milliseconds(500))
+            // The count travels with the next datagram the socket takes.
+            leaf.send(#"{"device":"meter-1","values":{"last":true}}"#, to: adapter.port)
+            try await eventually("all accounted for") {
+                let s = adapter.statistics()
+                return (s.leaves["meter-1"]?.readings ?? 0) + (s.leaves["meter-1"]?.spoolRefused ?? 0) + s.kernelDrops == burst + 1
+            }
+            let s = adapter.statistics()
+            #expect(s.kernelDrops > 0, "a 16 KiB buffer must overflow in a 20k burst")
+            #expect((s.leaves["meter-1"]?.readings ?? 0) + (s.leaves["meter-1"]?.spoolRefused ?? 0) + s.kernelDrops == burst + 1)
         }
     }
 

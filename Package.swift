@@ -42,6 +42,8 @@ let package = Package(
         .systemLibrary(name: "CProton", path: "Sources/CProton", providers: [.apt(["libqpid-proton11-dev"])]),
         .systemLibrary(name: "CModbus", path: "Sources/CModbus", pkgConfig: "libmodbus", providers: [.apt(["libmodbus-dev"])]),
         .systemLibrary(name: "CSystemd", path: "Sources/CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
+        // glibc's malloc tuning (malloc.h), for fieldgated's steady memory.
+        .systemLibrary(name: "CMalloc", path: "Sources/CMalloc"),
         .systemLibrary(name: "CLibCrypto", path: "Sources/CLibCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .target(name: "MessageAuthentication", dependencies: ["CLibCrypto"], swiftSettings: strictSettings),
 
@@ -185,7 +187,7 @@ let package = Package(
             name: "fieldgated",
             dependencies: [
                 "Gateway", "GatewayConfig", "Systemd", "ControlSocket", "FieldgateCtl", "Uplink", "UDPAdapter", "SerialAdapter", "ModbusAdapter",
-                "ModbusIO", "Spool", "FieldgateCore",
+                "ModbusIO", "Spool", "FieldgateCore", "CMalloc",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

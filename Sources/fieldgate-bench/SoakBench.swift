@@ -38,8 +38,8 @@ struct SoakBench: AsyncParsableCommand {
             guard ContinuousClock.now < deadline else { throw BenchError("the leaves did not attach within 60 s") }
             try await Task.sleep(for: .milliseconds(100))
         }
-        print("soak: fieldgated with \(leaves) UDP leaves (six links each) over one TLS connection, \(rate) readings/s of 200 B for \(minutes) min, spool sync always")
-        print("minute  VmRSS MB  anonymous MB  delivered   spooled")
+        printFlushed("soak: fieldgated with \(leaves) UDP leaves (six links each) over one TLS connection, \(rate) readings/s of 200 B for \(minutes) min, spool sync always")
+        printFlushed("minute  VmRSS MB  anonymous MB  delivered   spooled")
         let sender = try ChildProcess.spawn(CommandLine.arguments[0], ["udp-sender", "--port", String(port), "--senders", String(leaves), "--rate", String(rate),
                                                                        "--seconds", String(minutes * 60), "--prefix", "bench-"])
         let started = ContinuousClock.now

@@ -205,7 +205,11 @@ final class Daemon: Service, Sendable {
     /// A Modbus bus whose readings wake the uplink and whose units' states go to their leaves' twins.
     private static func makeBus(_ c: ModbusBusConfiguration, spool: Spool, wake: WakeBox, logger: Logger) -> ModbusBus {
         let bus = ModbusBus(configuration: c, spool: spool, onAppended: { wake.wake() }, logger: logger)
-        bus.reportStates { leaf, patch in wake.report(patch, for: leaf) }
+        bus.reportStates { leaf, patch in
+            wake.report(patch, for: leaf)
+            // A unit back online: a C2D write held for it is retried now rather than at its next back-off.
+            if patch["modbus"]?["state"]?["online"] == .bool(true) { wake.reachable(leaf) }
+        }
         return bus
     }
 

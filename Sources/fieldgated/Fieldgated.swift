@@ -1,3 +1,4 @@
+import Dispatch
 import ArgumentParser
 import ControlSocket
 import FieldgateCtl
@@ -42,6 +43,7 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "info"
 
     func run() async throws {
+        MemoryHousekeeping.limitArenas()
         let level = Logger.Level(rawValue: logLevel) ?? .info
         DaemonLogging.bootstrap(level: level)
         let logger = Logger(label: "fieldgated")
@@ -87,6 +89,8 @@ struct Run: AsyncParsableCommand {
                 logger.error("no metrics endpoint: \(error)")
             }
         }
+        let trimming = MemoryHousekeeping.startTrimming()
+        defer { trimming.cancel() }
         let group = ServiceGroup(services: [daemon, HealthReporter(identity: daemon.identity), supervisor], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await group.run()
         control?.stop()

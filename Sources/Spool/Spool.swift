@@ -164,18 +164,20 @@ public final class Spool: Sendable {
 
     private static func recover(into s: inout State, configuration: SpoolConfiguration, readOnly: Bool, logger: Logger) throws(SpoolError) {
         let dir = configuration.directory
-        // The ledger first: acknowledged sequences are skipped while segments are indexed.
+        let files = Directory.list(dir + "/segments")
+        let names = files.filter { $0.hasSuffix(".seg") }.sorted()
+        // The ledger first: acknowledged sequences are skipped while segments are indexed. What it says below the
+        // oldest segment (a segment's name is its first sequence) concerns records that no longer exist.
+        let floor = names.first.flatMap { UInt64($0.dropLast(4)) } ?? 0
         let ledgerPath = dir + "/ledger"
         if Directory.exists(ledgerPath) {
             let f = try FileHandle.open(ledgerPath, flags: O_RDONLY)
             let (ranges, corrupt) = LedgerFile.decode(try f.readAll())
             f.close()
-            for r in ranges { s.acked.insert(r) }
+            for r in ranges where r.upperBound >= floor { s.acked.insert(max(r.lowerBound, floor)...r.upperBound) }
             s.corruptLedgerEntries = corrupt
             if corrupt > 0 { logger.warning("spool ledger: \(corrupt) corrupt entries skipped (their records will be redelivered)") }
         }
-        let files = Directory.list(dir + "/segments")
-        let names = files.filter { $0.hasSuffix(".seg") }.sorted()
         if !readOnly {
             // An index whose segment is gone, or one a crash left half-written, is of no use.
             let segmentNames = Set(names.map { String($0.dropLast(4)) })
@@ -651,7 +653,7 @@ public final class Spool: Sendable {
         // The in-memory ack set is authoritative; a failed ledger write (ENOSPC) only means these records could be
         // redelivered after a crash, so it is retried by a full rewrite instead of failing the acknowledgement.
         do throws(SpoolError) {
-            if s.ledgerNeedsRewrite || (removedAny && s.acked.ranges.count < 1024) {
+            if s.ledgerNeedsRewrite || (removedAny && s.acked.rangeCount(upTo: 1024) < 1024) {
                 try Self.rewriteLedger(&s, dir: configuration.directory)
                 s.ledgerNeedsRewrite = false
             } else {

@@ -116,6 +116,28 @@ struct RecordCodecTests {
         #expect(a.contains(8) && !a.contains(10) && a.contains(25) && !a.contains(31))
         a.drop(below: 6)
         #expect(a.ranges == [6...9, 11...11, 20...30])
+        // An older acknowledgement after newer ones, far below the first word.
+        var b = AckSet()
+        b.insert(1000...1000)
+        b.insert(3...3)
+        b.insert(63...64)
+        #expect(b.ranges == [3...3, 63...64, 1000...1000])
+        #expect(b.rangeCount(upTo: 2) == 2)
+        b.drop(below: 64)
+        #expect(b.ranges == [64...64, 1000...1000])
+        #expect(!b.contains(63) && b.contains(64))
+    }
+
+    /// Issue 18.7: a million sequences acknowledged one by one in an interleaved order (1000 leaves draining a
+    /// backlog) cost a bit each, not a range each.
+    @Test("the ack set stays small however its sequences interleave")
+    func ackSetMemory() {
+        var a = AckSet()
+        for k in stride(from: UInt64(0), to: 1_000_000, by: 2) { a.insert(k...k) }
+        #expect(a.storageBytes <= 160_000, "\(a.storageBytes) bytes")
+        #expect(a.rangeCount(upTo: 1024) == 1024)
+        for k in stride(from: UInt64(1), to: 1_000_000, by: 2) { a.insert(k...k) }
+        #expect(a.ranges == [0...999_999])
     }
 
     @Test("a ledger entry with a valid CRC but a range past UInt64.max is corruption, not a crash (found by spool-fuzz)")

@@ -69,7 +69,7 @@ final class SpoolPump: Sendable {
             }
             let (messages, invalid) = encoder.encode(records)
             if !invalid.isEmpty {
-                logger.error("uplink: \(invalid.count) spool records are not telemetry envelopes; moved to the dead-letter file")
+                logger.error("uplink: \(invalid.count) spool records cannot be sent (not a telemetry envelope, over 256 KB by the hub's measure, or a creation time outside 1970–9999); moved to the dead-letter file")
                 try spool.deadLetter(invalid)
             }
             result.messages = messages

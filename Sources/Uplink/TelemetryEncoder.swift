@@ -20,7 +20,8 @@ struct TelemetryEncoder {
     var messageID: @Sendable (UInt64) -> String
 
     /// Encodes `records` (per leaf in order). Records that are not telemetry envelopes, or that the hub could never
-    /// accept (over 256 KB), come back in `invalid`: sending them would only be refused, or close the link.
+    /// accept (over 256 KB by its measure, a creation time it cannot read), come back in `invalid`: sending them
+    /// would only be refused, or close the link.
     func encode(_ records: [SpoolRecord]) -> (messages: [OutgoingMessage], invalid: [UInt64]) {
         var messages: [OutgoingMessage] = []
         var invalid: [UInt64] = []

@@ -29,6 +29,10 @@ extension HubConnection {
         guard let token = liveToken(covering: "/devices/\(deviceId)") else {
             return delivery.dispose(.rejected(AMQPCondition(name: IoTHubAMQP.unauthorizedAccess, description: "Token Invalid.")))
         }
+        if let left = core.rejectTelemetry[deviceId], left > 0 {
+            core.rejectTelemetry[deviceId] = left - 1
+            return delivery.dispose(.rejected(AMQPCondition(name: IoTHubAMQP.argumentError, description: "rejected by fault injection (/faults/reject-telemetry)")))
+        }
         let outer: AMQPMessage
         do { outer = try AMQPMessageCodec.decode(bytes) } catch {
             return delivery.dispose(.rejected(AMQPCondition(name: IoTHubAMQP.decodeError, description: "the message cannot be decoded: \(error.message)")))

@@ -182,6 +182,12 @@ extension HubCore {
         throttledUntil[id] = now + Int64(seconds) * 1000
     }
 
+    /// The device's next `count` telemetry messages are refused for good, as the hub refuses a malformed one.
+    public func rejectTelemetry(_ id: String, count: Int) throws(HubError) {
+        _ = try device(id)
+        rejectTelemetry[id] = max(0, count)
+    }
+
     public func expireTokens(deviceId: String?) {
         for c in connections.values { c.ref?.execute { _ in c.expireTokensNow(for: deviceId) } }
     }

@@ -30,6 +30,8 @@ public final class HubCore: @unchecked Sendable {
     public private(set) var connectionsAccepted = 0
     /// Faults: devices whose telemetry is rejected as throttled until the given time (ms).
     var throttledUntil: [String: Int64] = [:]
+    /// Fault injection: the next N telemetry messages of a device are rejected for good (argument error).
+    var rejectTelemetry: [String: Int] = [:]
     var authenticationWindow: (second: Int64, count: Int) = (0, 0)
     private var saveScheduled = false
     private var tickTimer: AMQPTimer?

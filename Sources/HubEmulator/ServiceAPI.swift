@@ -144,6 +144,15 @@ struct ServiceAPI: Sendable {
             try await core.perform { core in try core.throttle(id, forSeconds: seconds) }
             return try json(JSONValue.object(["throttled": .string(id), "seconds": .int(Int64(seconds))]))
         }
+        router.post("/faults/reject-telemetry") { req, _ in
+            try await authorize(req, "ServiceConnect")
+            var req = req
+            let body = try await bodyJSON(&req)
+            guard let id = body?["deviceId"]?.stringValue else { throw HubError(.badRequest, "deviceId is required") }
+            let count = Int(body?["count"]?.intValue ?? 1)
+            try await core.perform { core in try core.rejectTelemetry(id, count: count) }
+            return try json(JSONValue.object(["rejecting": .string(id), "count": .int(Int64(count))]))
+        }
         router.post("/faults/expire-tokens") { req, _ in
             try await authorize(req, "ServiceConnect")
             var req = req

@@ -17,21 +17,27 @@ import Foundation
 @Suite("Uplink telemetry pump")
 struct PumpTests {
     /// A message the hub refuses for good goes to the dead-letter file and is counted; a reading too large for the
-    /// hub never leaves; the leaf keeps delivering what follows, in order.
+    /// hub never leaves; the leaf keeps delivering what follows, in order. A property the hub would refuse (`°C`)
+    /// is escaped on the way instead (issue 18.2).
     @Test func permanentRejectionsAreDeadLettered() async throws {
         try await withHub { hub in
             let leaves = try await createLeaves(hub, count: 1)
             let h = try UplinkHarness(hub: hub, leaves: leaves)
             h.uplink.start()
             try await eventually(10, "ready") { await h.uplink.status().count(.ready) == 1 }
+            try h.append([(leaf: "leaf-0", json: #"{"n":1}"#, properties: ["unit": "°C"])])
+            try await eventually(10, "the first reading at the hub") { try await allEvents(hub).count == 1 }
+            // The hub refuses the next message for good (fault injection: as it refuses a malformed one).
+            try await hub.core.perform { core in try core.rejectTelemetry("leaf-0", count: 1) }
             try h.append([
-                (leaf: "leaf-0", json: #"{"n":1}"#, properties: [:]),
-                (leaf: "leaf-0", json: #"{"n":2}"#, properties: ["unit": "°C"]),  // non-ASCII property value: argument error
+                (leaf: "leaf-0", json: #"{"n":2}"#, properties: [:]),
                 (leaf: "leaf-0", json: "\"" + String(repeating: "x", count: 300 * 1024) + "\"", properties: [:]),
                 (leaf: "leaf-0", json: #"{"n":4}"#, properties: [:]),
             ])
             try await eventually(10, "spool settled") { h.spool.statistics().depth == 0 }
-            #expect(try await allEvents(hub).map(\.body) == [#"{"n":1}"#, #"{"n":4}"#])
+            let events = try await allEvents(hub)
+            #expect(events.map(\.body) == [#"{"n":1}"#, #"{"n":4}"#])
+            #expect(events.first?.properties["unit"] == "%C2%B0C", "escaped, not refused")
             let stats = h.spool.statistics()
             #expect(stats.dropped[.rejected]?["leaf-0"] == 2)
             #expect(await h.uplink.status().leaves["leaf-0"]?.counters.rejectedRecords == 1, "one refused by the hub, one never sent")

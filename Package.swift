@@ -243,7 +243,7 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .testTarget(name: "SystemdTests", dependencies: ["Systemd", .product(name: "Logging", package: "swift-log")], swiftSettings: strictSettings),
-        .testTarget(name: "FieldgateCoreTests", dependencies: ["FieldgateCore"], swiftSettings: strictSettings),
+        .testTarget(name: "FieldgateCoreTests", dependencies: ["FieldgateCore", "HubTestSupport"], swiftSettings: strictSettings),
         .testTarget(name: "IoTHubTests", dependencies: ["IoTHub", "MessageAuthentication"], swiftSettings: strictSettings),
         .testTarget(name: "SpoolTests", dependencies: ["Spool"], swiftSettings: strictSettings),
         .testTarget(

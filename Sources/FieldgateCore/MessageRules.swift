@@ -59,9 +59,8 @@ public enum MessageRules {
     /// The properties as the hub will take them, and what had to be done.
     public static func sanitize(_ properties: [String: String]) -> (properties: [String: String], fixes: [Fix]) {
         if properties.allSatisfy({ isValidName($0.key) && isValidValue($0.value) && !isReservedName($0.key) }) {
-            // The common case: nothing to do, unless two names differ only by case.
-            let lowered = Set(properties.keys.map { $0.lowercased() })
-            if lowered.count == properties.count { return (properties, []) }
+            // The common case (it runs for every message sent): nothing to do, unless two names differ only by case.
+            if properties.count < 2 || Set(properties.keys.map { $0.lowercased() }).count == properties.count { return (properties, []) }
         }
         var out: [String: String] = [:]
         var fixes: [Fix] = []

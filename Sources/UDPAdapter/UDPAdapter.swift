@@ -56,10 +56,9 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
     private let awaitingContact = Mutex<Set<String>>([])
     private let onReachable: @Sendable (String) -> Void
     private let waiters = Mutex<[String: CheckedContinuation<(Int, JSONValue)?, Never>]>([:])
-    private let lastLog = Mutex<[DatagramRejection: Int64]>([:])
-    private let lastFixLog = Mutex<[MessageRules.Fix: Int64]>([:])
+    /// When each kind of warning (a rejection reason, a property fix) was last logged.
+    private let lastLog = Mutex<[String: Int64]>([:])
     private let lastSpoolLog = Mutex<Int64>(.min / 2)
-    private let lastDropLog = Atomic<Int64>(0)
     private struct Pending {
         var entries: [Spool.Entry] = []
         var perLeaf: [String: Int] = [:]
@@ -211,6 +210,7 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
                 received = taken < 1024 ? socket.receiveNow(into: batch) : 0
             }
             let kernelDrops = Int(batch.kernelDrops)
+            var newDrops = 0
             if !entries.isEmpty { enqueue(entries, perLeaf: readingsByLeaf) }
             let signed = decoder.replay.takeChanged()
             if !seen.isEmpty || !signed.isEmpty {
@@ -223,11 +223,7 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
             }
             stats.withLock { s in
                 if kernelDrops > s.kernelDrops {
-                    // Only a burst faster than ingest does this: worth a line (at most one per 10 s).
-                    if s.kernelDrops == 0 || WallClock.nowMilliseconds() - lastDropLog.load(ordering: .relaxed) >= 10_000 {
-                        lastDropLog.store(WallClock.nowMilliseconds(), ordering: .relaxed)
-                        logger.warning("UDP: the kernel dropped \(kernelDrops - s.kernelDrops) datagrams (\(kernelDrops) in all): the receive buffer (\(socket.receiveBufferBytes / 1024) KiB) overflowed in a burst", metadata: ["adapter": "udp:\(port)"])
-                    }
+                    newDrops = kernelDrops - s.kernelDrops
                     s.kernelDrops = kernelDrops
                 }
                 for (leaf, addr) in seen { s.leaves[leaf, default: .init()].lastSeen = Self.formatAddress(addr.0, addr.1) }
@@ -235,6 +231,10 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
                 for (reason, leaf) in rejections {
                     if let leaf { s.leaves[leaf, default: .init()].rejected[reason, default: 0] += 1 } else { s.unattributed[reason, default: 0] += 1 }
                 }
+            }
+            // Only a burst faster than ingest makes the kernel drop: worth a line (at most one per 10 s).
+            if newDrops > 0, mayLog("kernel-drops") {
+                logger.warning("UDP: the kernel dropped \(newDrops) datagrams (\(kernelDrops) in all): the receive buffer (\(socket.receiveBufferBytes / 1024) KiB) overflowed in a burst", metadata: ["adapter": "udp:\(port)"])
             }
             for (reason, leaf) in rejections { logRateLimited(reason, leaf: leaf) }
             for (fix, leaf) in propertyFixes { logFixRateLimited(fix, leaf: leaf) }
@@ -303,29 +303,25 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
         if go { logger.warning("\(message)", metadata: ["adapter": "udp:\(port)"]) }
     }
 
-    /// At most one log line per reason per 10 s: hostile input must not flood the journal.
-    private func logRateLimited(_ reason: DatagramRejection, leaf: String?) {
+    /// At most one line per kind of warning per 10 s: hostile input must not flood the journal.
+    private func mayLog(_ kind: String) -> Bool {
         let now = WallClock.nowMilliseconds()
-        let go = lastLog.withLock { l -> Bool in
-            guard now - (l[reason] ?? .min / 2) >= 10_000 else { return false }
-            l[reason] = now
+        return lastLog.withLock { l -> Bool in
+            guard now - (l[kind] ?? .min / 2) >= 10_000 else { return false }
+            l[kind] = now
             return true
         }
-        guard go else { return }
+    }
+
+    private func logRateLimited(_ reason: DatagramRejection, leaf: String?) {
+        guard mayLog("rejected:" + reason.rawValue) else { return }
         var metadata: Logger.Metadata = ["adapter": "udp:\(port)", "reason": "\(reason.rawValue)"]
         if let leaf { metadata["leaf"] = "\(leaf)" }
         logger.warning("UDP datagram rejected: \(reason.rawValue)\(leaf.map { " (leaf \($0))" } ?? "")", metadata: metadata)
     }
 
-    /// At most one line per kind of fix per 10 s.
     private func logFixRateLimited(_ fix: MessageRules.Fix, leaf: String) {
-        let now = WallClock.nowMilliseconds()
-        let go = lastFixLog.withLock { l -> Bool in
-            guard now - (l[fix] ?? .min / 2) >= 10_000 else { return false }
-            l[fix] = now
-            return true
-        }
-        guard go else { return }
+        guard mayLog("fix:" + fix.rawValue) else { return }
         let what: String = switch fix {
         case .escapedName: "a property name outside the hub's character set was percent-escaped"
         case .escapedValue: "a property value outside printable ASCII was percent-escaped"

@@ -253,7 +253,7 @@ struct OperationalLogTests {
             peer.reading(1)
             #expect(await d.eventually { d.stderr.contains("hot-0: the hub throttled telemetry") }, "\(d.stderr)")
             let line = d.stderr.split(separator: "\n").first { $0.contains("the hub throttled telemetry") } ?? ""
-            #expect(line.contains("leaf=hot-0") || line.contains("hot-0"), "\(line)")
+            #expect(line.contains("leaf=hot-0") && line.contains("hub_error=") && line.contains("pauses"), "leaf, hub condition and pause: \(line)")
         }
     }
 }

@@ -1,4 +1,5 @@
 import FieldgateCore
+import HubTestSupport
 import Testing
 
 #if canImport(FoundationEssentials)
@@ -94,19 +95,6 @@ import Foundation
             for k in 0..<(rng.next() % 5) { o["k\(k)\(rng.next() % 3 == 0 ? "é\"" : "")"] = randomValue(&rng, depth: depth + 1) }
             return .object(o)
         }
-    }
-}
-
-/// A small deterministic generator, so a failure reproduces.
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE5_E9B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
 

@@ -20,7 +20,6 @@ final class ScriptedAdapter: LeafRouter {
         case "reject": return .reject("unknown point")
         case "abandon-once":
             return seen.withLock { s in s.filter { $0.messageID == message.messageID }.count } == 1 ? .abandon("bus busy") : .complete
-        case "unreachable": return .unreachable("not seen yet")
         case "hold":
             await withCheckedContinuation { cont in held.withLock { $0.append(cont) } }
             return .complete

@@ -1,5 +1,6 @@
 import FieldgateCore
 @testable import HubEmulator
+import HubTestSupport
 import IoTHub
 import ProtonAMQP
 import Spool
@@ -62,19 +63,6 @@ struct MessageRulesTests {
             #expect(Set(names).count == names.count, "case twins: \(names)")
             checked += 1
         }
-        #expect(checked > 10_000)
-    }
-}
-
-/// A small deterministic generator (reproducible fuzz rounds).
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
+        #expect(checked > 9_000, "about half of the rounds draw a plausible time: \(checked)")
     }
 }

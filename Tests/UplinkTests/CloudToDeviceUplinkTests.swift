@@ -168,7 +168,12 @@ struct CloudToDeviceUplinkTests {
                         }
                     }
                 }
-                try await eventually(30, "burst \(burst) delivered") { adapter.count >= (burst + 1) * 100 }
+                // Settled at the hub too (the adapter sees a message before its disposition goes out): the next
+                // burst must find the queues empty, they hold at most 50.
+                try await eventually(30, "burst \(burst) delivered and settled") {
+                    let queued = try await hub.core.perform { core in core.cloudToDeviceQueueCount("leaf-0") + core.cloudToDeviceQueueCount("leaf-1") }
+                    return adapter.count >= (burst + 1) * 100 && queued == 0
+                }
             }
             for leaf in ["leaf-0", "leaf-1"] {
                 let order = adapter.order(of: leaf)

@@ -12,6 +12,9 @@ let strictSettings: [SwiftSetting] = [
 // makes every Swift call of poll ambiguous.
 let fortifiedC: [CSetting] = [.define("_FORTIFY_SOURCE", to: "2", .when(configuration: .release))]
 
+// The version every binary reports (`--version`); packaging/build-deb.sh builds with its --version here.
+let fieldgateVersion = Context.environment["FIELDGATE_VERSION"] ?? "0.1.0"
+
 let package = Package(
     name: "fieldgate",
     platforms: [.macOS(.v15)],
@@ -46,10 +49,13 @@ let package = Package(
         .systemLibrary(name: "CMalloc", path: "Sources/CMalloc"),
         .systemLibrary(name: "CLibCrypto", path: "Sources/CLibCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .target(name: "MessageAuthentication", dependencies: ["CLibCrypto"], swiftSettings: strictSettings),
+        // `fieldgatectl check`'s TLS handshake: OpenSSL, the library Proton's TLS already uses.
+        .target(name: "CTLSProbe", cSettings: fortifiedC, linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]),
 
+        .target(name: "CBuildInfo", cSettings: [.define("FIELDGATE_VERSION", to: "\"\(fieldgateVersion)\"")]),
         .target(
             name: "FieldgateCore",
-            dependencies: [.product(name: "Logging", package: "swift-log")],
+            dependencies: ["CBuildInfo", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),
         .target(
@@ -199,7 +205,8 @@ let package = Package(
         .target(
             name: "FieldgateCtl",
             dependencies: [
-                "ControlSocket", "Gateway", "GatewayConfig", "Uplink", "Spool", "FieldgateCore",
+                "ControlSocket", "Gateway", "GatewayConfig", "Uplink", "Spool", "FieldgateCore", "HubDeviceClient", "ProtonAMQP", "IoTHub",
+                "CTLSProbe",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings

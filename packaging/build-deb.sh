@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d /opt/swift/usr/bin ] && export PATH=/opt/swift/usr/bin:$PATH
-VERSION=$(sed -n 's/.*static let current = "\(.*\)".*/\1/p' Sources/fieldgated/Fieldgated.swift)
+VERSION=$(sed -n 's/.*FIELDGATE_VERSION"\] ?? "\(.*\)".*/\1/p' Package.swift)
 HUB=1
 LINTIAN=1
 ARCH=$(dpkg --print-architecture)
@@ -33,7 +33,7 @@ if [ "$ARCH" = "$(dpkg --print-architecture)" ]; then
   UNITDIR=lib/systemd/system         # bookworm's lintian wants units under /lib
   mkdir -p .build
   STAGE=$(mktemp -d)
-  swift_build() { swift build "${FLAGS[@]}" "$@"; }
+  swift_build() { FIELDGATE_VERSION=$VERSION swift build "${FLAGS[@]}" "$@"; }
   strip_binary() { strip "$@"; }
   in_target() { "$@"; }               # runs a tool of the target's Debian
   run_lintian() { lintian "$@"; }
@@ -45,7 +45,7 @@ elif [ "$ARCH" = arm64 ] && [ "$(dpkg --print-architecture)" = amd64 ]; then
   mkdir -p .build-arm64
   STAGE=$(mktemp -d "$PWD/.build-arm64/stage.XXXXXX")  # inside the repository: the roots see it at /src
   swift_build() {
-    bash packaging/arm64.sh swift build --scratch-path .build-arm64 --swift-sdks-path /sdks --swift-sdk trixie-arm64 \
+    bash packaging/arm64.sh toolchain env FIELDGATE_VERSION="$VERSION" swift build --scratch-path .build-arm64 --swift-sdks-path /sdks --swift-sdk trixie-arm64 \
       "${FLAGS[@]}" "$@"
   }
   target_path() { echo "/src/${1#"$PWD"/}"; }

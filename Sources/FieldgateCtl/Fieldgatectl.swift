@@ -13,17 +13,23 @@ import Glibc
 /// The operator's view of a running fieldgated (issue 8, part 4): over the control socket for live state, and
 /// directly for what needs no daemon (config check, spool inspect, sas-token). The `fieldgatectl` executable runs
 /// it, and so does `fieldgated` when started under that name (the package ships one binary and a symlink).
-public struct Fieldgatectl: ParsableCommand {
+public struct Fieldgatectl: AsyncParsableCommand {
     public init() {}
 
     public static let configuration = CommandConfiguration(
-        commandName: "fieldgatectl", abstract: "Inspect and operate fieldgated.",
-        subcommands: [Status.self, Devices.self, SpoolCommands.self, ConfigCommands.self, SASTokenCommand.self, Debug.self])
+        commandName: "fieldgatectl", abstract: "Set up, inspect and operate fieldgated.",
+        discussion: "Exit status: 0 success; 1 a failure (the reason on stderr); 64 a usage error; 78 an invalid configuration.",
+        version: FieldgateVersion.current,
+        subcommands: [Connect.self, CheckCommand.self, LeafCommands.self, ReloadCommand.self, Status.self, Devices.self, SpoolCommands.self,
+                      ConfigCommands.self, SASTokenCommand.self, Debug.self])
 }
 
 struct ConnectionOptions: ParsableArguments {
     @Option(help: "fieldgated's control socket.") var socket = "/run/fieldgate/control.sock"
     @Flag(help: "Print JSON for scripts.") var json = false
+
+    init() {}
+    init(socket: String) { self.socket = socket }
 
     func ask(_ command: String, _ extra: [String: JSONValue] = [:]) throws -> JSONValue {
         var body = extra
@@ -77,6 +83,11 @@ struct Status: ParsableCommand {
         }
         let stuck = s["stuck"]?.arrayValue?.compactMap(\.stringValue) ?? []
         if !stuck.isEmpty { print("STUCK (watchdog withheld): " + stuck.joined(separator: ", ")) }
+        if let r = s["reload"], r["result"]?.stringValue == "refused" {
+            print("RELOAD REFUSED at \(r["at"]?.stringValue ?? "?") (\(r["trigger"]?.stringValue ?? "?")), the running configuration stays: \(r["detail"]?.stringValue ?? "")")
+        } else if let r = s["reload"], r["result"]?.stringValue == "applied" {
+            print("last reload \(r["at"]?.stringValue ?? "?"): \(r["detail"]?.stringValue ?? "")")
+        }
     }
 }
 

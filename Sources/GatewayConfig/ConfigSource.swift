@@ -32,6 +32,9 @@ struct ConfigSource {
     let table: TOMLTable
     private let lines: [String: Int]
 
+    /// A file that could not be read, standing in so the other files are still checked.
+    static func empty(path: String) -> ConfigSource { ConfigSource(path: path, table: TOMLTable(), lines: [:]) }
+
     static func read(_ path: String) throws(ConfigError) -> ConfigSource {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw ConfigError(file: path, "cannot read the file (does it exist, and may fieldgate read it?)")

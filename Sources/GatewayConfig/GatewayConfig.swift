@@ -31,6 +31,8 @@ public struct GatewayConfigFile: Decodable, Sendable {
     }
     public struct Gateway: Decodable, Sendable {
         public var device_id: String
+        /// `key` (default: the device's own key under [keys]) or `policy:<name>` (a hub policy under [policies]).
+        public var credential: String?
         public var key_ref: String?
         public var reboot_command: [String]?
         public var restart_command: [String]?
@@ -91,9 +93,11 @@ public struct GatewayConfigFile: Decodable, Sendable {
     public var gateway: Gateway
     public var spool: SpoolSection?
     public var udp: UDP?
-    public var serial_port: [SerialPortSection]?
-    public var modbus_bus: [ModbusBusSection]?
-    public var leaf: [Leaf]?
+    // An entry that does not decode is nil in its place (its problems are already reported, and the others' positions
+    // still name their lines).
+    var serial_port: [Tolerant<SerialPortSection>]?
+    var modbus_bus: [Tolerant<ModbusBusSection>]?
+    var leaf: [Tolerant<Leaf>]?
     public var secrets: Secrets?
     public var daemon: Daemon?
     public var control: Control?
@@ -119,9 +123,22 @@ public struct GatewayConfigFile: Decodable, Sendable {
 
 /// A `devices.d/*.toml` file: leaves, and the serial ports and Modbus buses they hang on.
 struct DevicesFile: Decodable {
-    var leaf: [GatewayConfigFile.Leaf]?
-    var serial_port: [GatewayConfigFile.SerialPortSection]?
-    var modbus_bus: [ModbusBusSection]?
+    var leaf: [Tolerant<GatewayConfigFile.Leaf>]?
+    var serial_port: [Tolerant<GatewayConfigFile.SerialPortSection>]?
+    var modbus_bus: [Tolerant<ModbusBusSection>]?
+}
+
+/// An array entry that may fail to decode without failing the rest.
+struct Tolerant<T: Decodable & Sendable>: Decodable, Sendable {
+    var value: T?
+    init(from decoder: any Decoder) throws { value = try? T(from: decoder) }
+}
+
+extension Optional {
+    /// `[[x]]` entries that decoded, with their positions in the file.
+    func entries<T>(in source: ConfigSource) -> [(ConfigSource, Int, T)] where Wrapped == [Tolerant<T>] {
+        (self ?? []).enumerated().compactMap { i, e in e.value.map { (source, i, $0) } }
+    }
 }
 
 /// Everything the daemon needs, mapped onto each module's own configuration.
@@ -144,11 +161,19 @@ public struct GatewaySettings: Sendable {
     /// The files this configuration was read from.
     public var files: [String]
 
-    /// Reads `path` and the `devices.d/*.toml` beside it, and the secrets; reports every problem at once.
+    /// Reads `path` and the `devices.d/*.toml` beside it, and the secrets; reports every problem of every file at
+    /// once: a file with problems is still read as far as it goes (what is wrong is left out), so one run shows all.
     /// `credentialsDirectory`: systemd's `$CREDENTIALS_DIRECTORY` (default: from the environment).
-    public static func load(path: String, credentialsDirectory: String? = ProcessInfo.processInfo.environment["CREDENTIALS_DIRECTORY"]) throws(ConfigError) -> GatewaySettings {
-        let main = try ConfigSource.read(path)
-        var problems = ConfigSchema.main.check(main.table, path: "", in: main)
+    public static func load(path: String, credentialsDirectory: String? = ProcessInfo.processInfo.environment["CREDENTIALS_DIRECTORY"],
+                            secretsGroup: String = Secrets.serviceGroup) throws(ConfigError) -> GatewaySettings {
+        var problems: [ConfigProblem] = []
+        var mainRead = true
+        var main = ConfigSource.empty(path: path)
+        do throws(ConfigError) { main = try ConfigSource.read(path) } catch {
+            problems += error.problems
+            mainRead = false
+        }
+        problems += ConfigSchema.main.check(main.table, path: "", in: main).filter { _ in mainRead }
         let directory = directoryOf(path)
         let devicesDir = (directory.isEmpty ? "." : directory) + "/devices.d"
         var deviceSources: [ConfigSource] = []
@@ -163,20 +188,33 @@ public struct GatewaySettings: Sendable {
         var profileLoader = ProfileLoader()
         profileLoader.load(directory: (directory.isEmpty ? "." : directory) + "/profiles.d")
         problems += profileLoader.problems
-        guard problems.isEmpty else { throw ConfigError(problems) }
+        // Decode what the schema accepts; a missing [hub] or [gateway] (reported above) gets a stand-in so the leaves
+        // are still checked.
+        let mainTable = ConfigSchema.main.sanitized(main.table)
+        let hasGateway = mainTable["gateway"] != nil
+        if mainTable["hub"] == nil { mainTable["hub"] = TOMLTable(["host": ""]) }
+        if !hasGateway { mainTable["gateway"] = TOMLTable(["device_id": ""]) }
         let file: GatewayConfigFile
         var devices: [(ConfigSource, DevicesFile)] = []
         do {
-            file = try TOMLDecoder().decode(GatewayConfigFile.self, from: main.table)
-            for source in deviceSources { devices.append((source, try TOMLDecoder().decode(DevicesFile.self, from: source.table))) }
+            file = try TOMLDecoder().decode(GatewayConfigFile.self, from: mainTable)
+            for source in deviceSources { devices.append((source, try TOMLDecoder().decode(DevicesFile.self, from: ConfigSchema.devices.sanitized(source.table)))) }
         } catch {
-            throw ConfigError(file: path, "\(error)")  // the schema check above should have caught it
+            throw ConfigError(problems + [ConfigProblem(file: path, line: nil, message: "\(error)")])  // the sanitizer should have prevented it
         }
         let secretsFile = file.secrets?.file ?? (directory.isEmpty ? "." : directory) + "/secrets.toml"
-        let secrets = try Secrets.load(file: secretsFile, credentialsDirectory: credentialsDirectory)
-        var mapper = Mapper(file: file, main: main, devices: devices, secrets: secrets, profiles: profileLoader.profiles)
+        var secrets: Secrets?
+        do throws(ConfigError) { secrets = try Secrets.load(file: secretsFile, credentialsDirectory: credentialsDirectory, group: secretsGroup) } catch {
+            problems += error.problems
+        }
+        var mapper = Mapper(file: file, main: main, devices: devices, secrets: secrets ?? Secrets(origin: secretsFile), profiles: profileLoader.profiles)
+        // Without a readable secrets file every key would be reported missing; without a readable main file, so would
+        // every cross-reference to it.
+        mapper.checkKeys = secrets != nil
+        mapper.checkMain = mainRead && hasGateway
         let settings = mapper.map()
-        guard mapper.problems.isEmpty, let settings else { throw ConfigError(mapper.problems) }
+        problems += mapper.problems
+        guard problems.isEmpty, let settings else { throw ConfigError(problems) }
         return settings
     }
 }
@@ -189,6 +227,10 @@ struct Mapper {
     let secrets: Secrets
     let profiles: [String: (source: ConfigSource, profile: ModbusProfile)]
     var problems: [ConfigProblem] = []
+    /// Report keys missing from the secrets (off when the secrets file itself could not be read).
+    var checkKeys = true
+    /// Report what depends on the main file (off when it could not be read).
+    var checkMain = true
 
     init(file: GatewayConfigFile, main: ConfigSource, devices: [(ConfigSource, DevicesFile)], secrets: Secrets,
          profiles: [String: (source: ConfigSource, profile: ModbusProfile)] = [:]) {
@@ -221,18 +263,17 @@ struct Mapper {
         if let port = f.hub.port, !(1...65535).contains(port) { report(main, "hub.port", "hub.port must be 1 to 65535 (5671 for AMQPS)") }
         let spool = spoolConfiguration(f.spool)
 
-        let gatewayKey = deviceKey(f.gateway.key_ref ?? f.gateway.device_id, owner: "gateway \(f.gateway.device_id)", source: main, keyPath: "gateway")
+        let gatewayKey = checkMain ? gatewayCredential(f.gateway) : nil
         let gatewayLeaf = LeafConfiguration(deviceID: f.gateway.device_id, credential: gatewayKey ?? .symmetricKey(primary: "", secondary: nil),
                                             capabilities: [.methods, .twin])
-        if !Self.isValidDeviceID(f.gateway.device_id) { report(main, "gateway.device_id", Self.deviceIDRule(f.gateway.device_id)) }
+        if checkMain, !Self.isValidDeviceID(f.gateway.device_id) { report(main, "gateway.device_id", Self.deviceIDRule(f.gateway.device_id)) }
 
         var leaves: [LeafConfiguration] = []
         var udpLeaves: [UDPLeaf] = []
         var serialLeaves: [String: (ConfigSource, String)] = [:]
         var modbusLeaves: [(ConfigSource, String, GatewayConfigFile.Leaf)] = []
         var seen: [String: String] = [f.gateway.device_id: "\(main.path):\(main.line("gateway.device_id") ?? 0)"]
-        let allLeaves = (f.leaf ?? []).enumerated().map { (main, $0.offset, $0.element) }
-            + devices.flatMap { source, d in (d.leaf ?? []).enumerated().map { (source, $0.offset, $0.element) } }
+        let allLeaves = f.leaf.entries(in: main) + devices.flatMap { source, d in d.leaf.entries(in: source) }
         for (source, i, l) in allLeaves {
             let at = "leaf[\(i)]"
             guard Self.isValidDeviceID(l.device_id) else { report(source, "\(at).device_id", Self.deviceIDRule(l.device_id)); continue }
@@ -241,9 +282,12 @@ struct Mapper {
                 continue
             }
             seen[l.device_id] = "\(source.path):\(source.line("\(at).device_id") ?? 0)"
-            guard let credential = leafCredential(l, source: source, at: at) else { continue }
-            guard let capabilities = cloudCapabilities(l, source: source, at: at) else { continue }
-            leaves.append(LeafConfiguration(deviceID: l.device_id, credential: credential, capabilities: capabilities))
+            // A problem with its key or cloud list does not stop the checks of its adapter settings (one run shows all).
+            let credential = leafCredential(l, source: source, at: at)
+            let capabilities = cloudCapabilities(l, source: source, at: at)
+            if let credential, let capabilities {
+                leaves.append(LeafConfiguration(deviceID: l.device_id, credential: credential, capabilities: capabilities))
+            }
             switch l.adapter {
             case "udp":
                 var format: FrameFormat?
@@ -258,7 +302,7 @@ struct Mapper {
                 }
                 var hmacKey: [UInt8]?
                 if l.hmac == true {
-                    if let k = secrets.hmac[l.device_id] { hmacKey = Array(k.utf8) } else {
+                    if let k = secrets.hmac[l.device_id] { hmacKey = Array(k.utf8) } else if checkKeys {
                         report(source, "\(at).hmac", "leaf \(l.device_id): hmac = true but \(secrets.origin) has no [hmac] \(l.device_id) = \"…\"; add it")
                     }
                 }
@@ -290,14 +334,13 @@ struct Mapper {
                 c.stateFile = spool.directory + "/udp-\(u.port).state"
                 if !(0...65535).contains(u.port) { report(main, "udp.port", "udp.port must be 0 to 65535") }
                 udp = c
-            } else {
+            } else if checkMain {
                 report(main, "", "udp leaves need a [udp] section with a port (in \(main.path))")
             }
         }
         var covered: Set<String> = []
         var ports: [SerialPortConfiguration] = []
-        let allPorts = (f.serial_port ?? []).enumerated().map { (main, $0.offset, $0.element) }
-            + devices.flatMap { source, d in (d.serial_port ?? []).enumerated().map { (source, $0.offset, $0.element) } }
+        let allPorts = f.serial_port.entries(in: main) + devices.flatMap { source, d in d.serial_port.entries(in: source) }
         for (source, i, p) in allPorts {
             let at = "serial_port[\(i)]"
             guard let c = serialPort(p, source: source, at: at) else { continue }
@@ -312,8 +355,7 @@ struct Mapper {
         for (leaf, (source, at)) in serialLeaves.sorted(by: { $0.key < $1.key }) where !covered.contains(leaf) {
             report(source, at, "leaf \(leaf) has adapter = \"serial\" but no [[serial_port]] names it (leaf = or leaves =)")
         }
-        let busSections = (f.modbus_bus ?? []).enumerated().map { (main, $0.offset, $0.element) }
-            + devices.flatMap { source, d in (d.modbus_bus ?? []).enumerated().map { (source, $0.offset, $0.element) } }
+        let busSections = f.modbus_bus.entries(in: main) + devices.flatMap { source, d in d.modbus_bus.entries(in: source) }
         let buses = modbusBuses(busSections, leaves: modbusLeaves)
         guard problems.isEmpty else { return nil }
         return GatewaySettings(
@@ -350,6 +392,7 @@ struct Mapper {
 
     private mutating func deviceKey(_ name: String, owner: String, source: ConfigSource, keyPath: String) -> LeafCredential? {
         guard let k = secrets.keys[name] else {
+            guard checkKeys else { return nil }
             report(source, keyPath, "\(owner): \(secrets.origin) has no key named \(name); add \(name) = \"<primary key, base64>\" under [keys]")
             return nil
         }
@@ -372,24 +415,34 @@ struct Mapper {
     }
 
     private mutating func leafCredential(_ l: GatewayConfigFile.Leaf, source: ConfigSource, at: String) -> LeafCredential? {
-        let parts = (l.credential ?? "key").split(separator: ":").map(String.init)
+        credential(l.credential, deviceID: l.device_id, keyRef: l.key_ref, owner: "leaf \(l.device_id)", source: source, at: at, keyAt: "\(at).device_id")
+    }
+
+    /// The gateway's own identity: its device key, or a hub policy (`fieldgatectl connect` with a policy string).
+    private mutating func gatewayCredential(_ g: GatewayConfigFile.Gateway) -> LeafCredential? {
+        credential(g.credential, deviceID: g.device_id, keyRef: g.key_ref, owner: "gateway \(g.device_id)", source: main, at: "gateway", keyAt: "gateway")
+    }
+
+    /// `key` (default), `policy:<name>[:hub]` or `group:<name>`, looked up in the secrets.
+    private mutating func credential(_ text: String?, deviceID: String, keyRef: String?, owner: String, source: ConfigSource, at: String, keyAt: String) -> LeafCredential? {
+        let parts = (text ?? "key").split(separator: ":").map(String.init)
         switch parts.first {
         case "key" where parts.count == 1:
-            return deviceKey(l.key_ref ?? l.device_id, owner: "leaf \(l.device_id)", source: source, keyPath: "\(at).device_id")
+            return deviceKey(keyRef ?? deviceID, owner: owner, source: source, keyPath: keyAt)
         case "policy" where parts.count == 2 || (parts.count == 3 && parts[2] == "hub"):
             guard let key = secrets.policies[parts[1]] else {
-                report(source, "\(at).credential", "leaf \(l.device_id): \(secrets.origin) has no [policies] \(parts[1]) = \"…\"; add the policy's key")
+                if checkKeys { report(source, "\(at).credential", "\(owner): \(secrets.origin) has no [policies] \(parts[1]) = \"…\"; add the policy's key") }
                 return nil
             }
             return .sharedAccessPolicy(name: parts[1], key: key, scope: parts.count == 3 ? .hub : .device)
         case "group" where parts.count == 2:
             guard let key = secrets.groups[parts[1]] else {
-                report(source, "\(at).credential", "leaf \(l.device_id): \(secrets.origin) has no [groups] \(parts[1]) = \"…\"; add the group key")
+                if checkKeys { report(source, "\(at).credential", "\(owner): \(secrets.origin) has no [groups] \(parts[1]) = \"…\"; add the group key") }
                 return nil
             }
             return .groupKey(key)
         default:
-            report(source, "\(at).credential", "leaf \(l.device_id): credential \(l.credential ?? ""): use key, policy:<name>, policy:<name>:hub or group:<name>")
+            report(source, "\(at).credential", "\(owner): credential \(text ?? ""): use key, policy:<name>, policy:<name>:hub or group:<name>")
             return nil
         }
     }

@@ -75,6 +75,41 @@ struct Schema: Sendable {
     }
 
     private func describe(_ path: String) -> String { path.isEmpty ? "the top level" : "[\(path)]" }
+
+    /// A copy of `table` holding only what `check` accepts (unknown keys, wrong types and entries missing a required
+    /// key left out), so the rest still decodes and every other problem is found in the same run.
+    func sanitized(_ table: TOMLTable) -> TOMLTable {
+        let clean = TOMLTable()
+        for key in table.keys {
+            guard let type = fields[key], let value = table[key], let kept = Self.sanitized(value, as: type) else { continue }
+            clean[key] = kept
+        }
+        return clean
+    }
+
+    private var isComplete: (TOMLTable) -> Bool { { t in required.allSatisfy { t[$0] != nil } } }
+
+    private static func sanitized(_ value: any TOMLValueConvertible, as type: FieldType) -> (any TOMLValueConvertible)? {
+        switch type {
+        case .table(let schema):
+            guard let t = value.table else { return nil }
+            let clean = schema.sanitized(t)
+            return schema.isComplete(clean) ? clean : nil
+        case .tables(let schema):
+            guard let a = value.array else { return nil }
+            // Entries keep their positions (messages name `leaf[2]`): an unusable entry becomes empty and is skipped.
+            return TOMLArray(a.map { v -> any TOMLValueConvertible in
+                guard let t = v.table else { return TOMLTable() }
+                let clean = schema.sanitized(t)
+                return schema.isComplete(clean) ? clean : TOMLTable()
+            })
+        case .anyTable:
+            return value.table
+        default:
+            let probe = ConfigSource.empty(path: "")
+            return check(value, as: type, keyPath: "", source: probe).isEmpty ? value : nil
+        }
+    }
 }
 
 /// The configuration's shape (etc/fieldgate.toml documents every key).
@@ -98,7 +133,7 @@ enum ConfigSchema {
             "attaches_per_second": .number, "token_ttl_seconds": .int, "method_deadline_seconds": .int,
         ], required: ["host"])),
         "gateway": .table(Schema(fields: [
-            "device_id": .string, "key_ref": .string, "reboot_command": .strings, "restart_command": .strings,
+            "device_id": .string, "credential": .string, "key_ref": .string, "reboot_command": .strings, "restart_command": .strings,
         ], required: ["device_id"])),
         "spool": .table(Schema(fields: [
             "directory": .string, "cap_mb": .int, "sync": .string, "full_policy": .string, "ttl_hours": .int,

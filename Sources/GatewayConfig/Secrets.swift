@@ -11,8 +11,9 @@ import Glibc
 #endif
 
 /// The gateway's secrets, never in the main configuration (issue 8): `secrets.toml` from systemd credentials
-/// (`$CREDENTIALS_DIRECTORY/secrets.toml`, via `LoadCredential=`) or from a file that only its owner can read
-/// (mode 0600 or 0400; anything readable by group or others is refused).
+/// (`$CREDENTIALS_DIRECTORY/secrets.toml`, if an operator adds `LoadCredential=`) or from a file that only its owner
+/// can read (0600/0400), or its owner and the service's group (0640/0440 with group `fieldgate`: the packaged unit
+/// reads it so, which lets a reload pick up a key added a minute ago). Anything else is refused.
 ///
 ///     [keys]        # device keys, base64: a primary, or { primary = "…", secondary = "…" }
 ///     gw-1 = "…"
@@ -31,8 +32,11 @@ public struct Secrets: Sendable {
     /// Where they came from, for messages.
     var origin: String
 
-    /// `file` is used when systemd passes no credential.
-    static func load(file: String, credentialsDirectory: String?) throws(ConfigError) -> Secrets {
+    /// The group that may read the secrets file besides its owner: the service's own.
+    public static let serviceGroup = "fieldgate"
+
+    /// `file` is used when systemd passes no credential; `group` is the one group allowed to read it.
+    static func load(file: String, credentialsDirectory: String?, group: String = serviceGroup) throws(ConfigError) -> Secrets {
         if let dir = credentialsDirectory, FileManager.default.fileExists(atPath: dir + "/secrets.toml") {
             return try parse(dir + "/secrets.toml")  // systemd made it readable by this service alone
         }
@@ -41,8 +45,11 @@ public struct Secrets: Sendable {
             throw ConfigError(file: file, "cannot read the secrets file (\(String(cString: strerror(errno)))): create it with mode 0600 and the device keys under [keys], or pass it as the systemd credential secrets.toml")
         }
         let mode = st.st_mode & 0o777
-        guard mode & 0o077 == 0 else {
-            throw ConfigError(file: file, "the secrets file is mode \(String(mode, radix: 8)): \(Self.exposure(mode)); keys must be readable by their owner only: run chmod 600 \(file)")
+        let groupID = getgrnam(group)?.pointee.gr_gid
+        let readByServiceGroup = mode & 0o077 == 0o040 && groupID == st.st_gid
+        guard mode & 0o077 == 0 || readByServiceGroup else {
+            let groupName = getgrgid(st.st_gid).map { String(cString: $0.pointee.gr_name) } ?? String(st.st_gid)
+            throw ConfigError(file: file, "the secrets file is mode \(String(mode, radix: 8)) (group \(groupName)): \(Self.exposure(mode)); keys must be readable by their owner and at most the group \(group): run chmod 640 \(file) && chgrp \(group) \(file) (or chmod 600 for its owner alone)")
         }
         return try parse(file)
     }

@@ -52,4 +52,7 @@ extension UplinkConfiguration {
     public func sasToken(for leaf: LeafConfiguration, expiry: Int64) throws(IoTHubError) -> String {
         try TokenMinter(hostName: hostName).token(for: leaf, slot: .primary, expiry: expiry)
     }
+
+    /// The CBS audience `leaf` puts its token for (`fieldgatectl check`).
+    public func cbsAudience(for leaf: LeafConfiguration) -> String { TokenMinter(hostName: hostName).audience(for: leaf) }
 }

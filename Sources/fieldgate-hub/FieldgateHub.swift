@@ -22,6 +22,7 @@ struct FieldgateHub: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fieldgate-hub",
         abstract: "A strict local Azure IoT Hub: the device-facing AMQP surface plus a service API.",
+        version: FieldgateVersion.current,
         subcommands: [Serve.self, Certs.self, Device.self, CloudToDevice.self, Feedback.self, MonitorEvents.self,
                       Method.self, Twin.self, Fault.self, SimulateDevice.self])
 }

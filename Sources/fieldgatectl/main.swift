@@ -1,4 +1,4 @@
 import ArgumentParser
 import FieldgateCtl
 
-Fieldgatectl.main()
+await Fieldgatectl.main()

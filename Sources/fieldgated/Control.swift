@@ -14,6 +14,7 @@ struct ControlHandler: Sendable {
     let allowDebug: Bool
     /// The watchdog's rule, so `status` calls stuck exactly what withholds the pings.
     let liveness: Liveness
+    let reloader: Reloader
     let startedAtMs = WallClock.nowMilliseconds()
 
     func handle(_ request: JSONValue) async -> JSONValue {
@@ -22,7 +23,10 @@ struct ControlHandler: Sendable {
         case "devices": return await devices()
         case "spool-stats": return spoolJSON(daemon.spool.statistics())
         case "debug-freeze": return freeze(request)
-        case let other: return ["error": .string("unknown command \(other ?? "(none)"); known: status, devices, spool-stats, debug-freeze")]
+        case "reload":
+            let outcome = await reloader.reload(trigger: request["trigger"]?.stringValue ?? "fieldgatectl reload")
+            return outcome.ok ? ["reloaded": .string(outcome.detail)] : ["error": .string("reload refused, the running configuration stays: \(outcome.detail)")]
+        case let other: return ["error": .string("unknown command \(other ?? "(none)"); known: status, devices, spool-stats, reload, debug-freeze")]
         }
     }
 
@@ -69,7 +73,7 @@ struct ControlHandler: Sendable {
         let stuck = stuckComponents()
         return [
             "summary": .string(StatusLine.compose(uplink: uplink, spool: spool)),
-            "version": .string(Version.current),
+            "version": .string(FieldgateVersion.current),
             "uptime_seconds": .int((WallClock.nowMilliseconds() - startedAtMs) / 1000),
             "connections": .array(uplink.connections.map { c in
                 ["index": .int(Int64(c.index)), "state": .string(c.state), "opens": .int(Int64(c.opens)), "leaves": .int(Int64(c.leaves)),
@@ -79,6 +83,7 @@ struct ControlHandler: Sendable {
             "spool": spoolJSON(spool),
             "adapters": .object(adapters),
             "stuck": .array(stuck.map { .string($0.name) }),
+            "reload": reloader.json,
         ]
     }
 

@@ -33,7 +33,7 @@ final class Daemon: Service, Sendable {
     init(settings: GatewaySettings, logger: Logger) throws {
         self.logger = logger
         spool = try Spool(configuration: settings.spool, logger: logger)
-        var identityConfig = GatewayIdentity.Configuration(deviceID: settings.gateway.device_id, version: Version.current)
+        var identityConfig = GatewayIdentity.Configuration(deviceID: settings.gateway.device_id, version: FieldgateVersion.current)
         if let c = settings.gateway.reboot_command { identityConfig.rebootCommand = c }
         if let c = settings.gateway.restart_command { identityConfig.restartCommand = c }
         identity = GatewayIdentity(configuration: identityConfig, spool: spool, logger: logger)

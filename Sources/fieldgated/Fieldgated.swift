@@ -24,12 +24,14 @@ import Glibc
 struct Fieldgated: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fieldgated", abstract: "fieldgate: leaf devices to Azure IoT Hub over one AMQP connection.",
+        discussion: "Exit status: 0 stopped cleanly; 1 a failure at start (the reason on stderr); 64 a usage error; 78 an invalid configuration (systemd does not restart it).",
+        version: FieldgateVersion.current,
         subcommands: [Run.self, SimulateUDPLeaf.self], defaultSubcommand: Run.self)
 
     /// One binary, two programs: installed as /usr/sbin/fieldgated with /usr/bin/fieldgatectl linked to it.
     static func main() async {
         if CommandLine.arguments.first?.split(separator: "/").last == "fieldgatectl" {
-            Fieldgatectl.main()
+            await Fieldgatectl.main()
             return
         }
         await main(nil)
@@ -60,16 +62,16 @@ struct Run: AsyncParsableCommand {
         let liveness = Liveness(stallMilliseconds: Liveness.stallMilliseconds(
             pingIntervalMs: notifier.watchdogPingMilliseconds,
             configured: settings.stallMilliseconds))
+        let reloader = Reloader(notifier: notifier, statusLine: { await daemon.statusLine() }, logger: logger) { () throws(ConfigReloadError) in
+            let next: GatewaySettings
+            do { next = try GatewaySettings.load(path: configPath) } catch { throw ConfigReloadError(description: "\(error)") }
+            return try await daemon.apply(next)
+        }
         let supervisor = Supervisor(
             notifier: notifier, heartbeats: { daemon.heartbeats }, statusLine: { await daemon.statusLine() },
-            reload: { () throws(ConfigReloadError) in
-                let next: GatewaySettings
-                do { next = try GatewaySettings.load(path: configPath) } catch { throw ConfigReloadError(description: "\(error)") }
-                return try await daemon.apply(next)
-            },
-            logger: logger, liveness: liveness)
-        logger.info("fieldgated \(Version.current): hub \(settings.uplink.hostName), \(settings.leaves.count) leaves, spool \(settings.spool.directory)")
-        let handler = ControlHandler(daemon: daemon, allowDebug: settings.allowDebug, liveness: liveness)
+            reloader: reloader, logger: logger, liveness: liveness)
+        logger.info("fieldgated \(FieldgateVersion.current): hub \(settings.uplink.hostName), \(settings.leaves.count) leaves, spool \(settings.spool.directory)")
+        let handler = ControlHandler(daemon: daemon, allowDebug: settings.allowDebug, liveness: liveness, reloader: reloader)
         daemon.identity.setStatusProvider { await handler.handle(["command": "status"]) }  // the `status` method
         var control: ControlServer?
         do throws(ControlError) {
@@ -100,5 +102,4 @@ struct Run: AsyncParsableCommand {
     }
 }
 
-enum Version { static let current = "0.1.0" }
 

@@ -14,7 +14,7 @@ enum MemoryHousekeeping {
     }
 
     /// Starts the periodic trim; the returned timer lives as long as it is referenced.
-    static func startTrimming(every seconds: Int = 60) -> DispatchSourceTimer {
+    static func startTrimming(every seconds: Int = 60) -> any DispatchSourceTimer {
         let timer = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "fieldgate.memory", qos: .utility))
         timer.schedule(deadline: .now() + .seconds(seconds), repeating: .seconds(seconds), leeway: .seconds(5))
         timer.setEventHandler { _ = fg_malloc_trim() }

@@ -16,8 +16,8 @@ struct Supervisor: Service {
     let notifier: SystemdNotifier
     let heartbeats: @Sendable () -> [Heartbeat]
     let statusLine: @Sendable () async -> String
-    /// Re-reads the configuration and applies it; returns what happened, or throws why it was refused.
-    let reload: @Sendable () async throws(ConfigReloadError) -> String
+    /// Re-reads the configuration and applies it (SIGHUP).
+    let reloader: Reloader
     let logger: Logger
     /// Which components are stuck (its stall threshold is already capped below WatchdogSec).
     let liveness: Liveness
@@ -68,16 +68,9 @@ struct Supervisor: Service {
     }
 
     private func reloadOnHangup() async {
-        try? await cancelWhenGracefulShutdown {
+        await cancelWhenGracefulShutdown {
             for await _ in await UnixSignalsSequence(trapping: .sighup) {
-                notifier.reloading(status: "reloading the configuration")
-                do throws(ConfigReloadError) {
-                    let what = try await reload()
-                    logger.notice("configuration reloaded: \(what)")
-                } catch {
-                    logger.error("reload refused, the running configuration stays: \(error)")
-                }
-                notifier.ready(status: await statusLine())
+                _ = await reloader.reload(trigger: "SIGHUP")
             }
         }
     }

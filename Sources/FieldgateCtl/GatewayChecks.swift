@@ -1,0 +1,305 @@
+import CTLSProbe
+import FieldgateCore
+import GatewayConfig
+import HubDeviceClient
+import ProtonAMQP
+import Uplink
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One line of `fieldgatectl check`.
+struct CheckResult: Sendable {
+    enum Verdict: String, Sendable { case pass, warn, fail, skip }
+    var name: String
+    var verdict: Verdict
+    var detail: String
+    var hint: String?
+
+    var json: JSONValue {
+        ["check": .string(name), "result": .string(verdict.rawValue), "detail": .string(detail), "hint": hint.map(JSONValue.string) ?? .null]
+    }
+
+    var line: String {
+        let mark = switch verdict { case .pass: "✓"; case .warn: "!"; case .fail: "✗"; case .skip: "-" }
+        return "\(mark) \(name + String(repeating: " ", count: Swift.max(0, 13 - name.count))) \(detail)" + (hint.map { "\n    → \($0)" } ?? "")
+    }
+}
+
+/// What stands between a configuration and data flowing, checked in the order an operator would: the files, the
+/// keys' files, the clock, DNS, TCP, TLS, and whether the hub takes each identity's credentials (a CBS put-token per
+/// identity on one connection, no links attached, so a running fieldgated is not disturbed).
+struct GatewayChecks {
+    var configPath: String
+    /// Put a token for every leaf, not only the first `sample`.
+    var allLeaves = false
+    var sample = 100
+    /// The user the packaged unit runs as: the files it must be able to read.
+    var serviceUser = "fieldgate"
+    var timeoutSeconds: Int32 = 5
+
+    func run() async -> [CheckResult] {
+        var results: [CheckResult] = []
+        let settings: GatewaySettings
+        do { settings = try GatewaySettings.load(path: configPath) } catch {
+            results.append(CheckResult(name: "configuration", verdict: .fail, detail: error.problems.map(\.description).joined(separator: "\n  "),
+                                       hint: "fix each file:line above (fieldgatectl config check prints the same)"))
+            results.append(fileAccess(files: [configPath, Self.secretsPath(configPath)]))
+            for name in ["clock", "dns", "tcp", "tls", "credentials"] where name != "clock" {
+                results.append(CheckResult(name: name, verdict: .skip, detail: "needs a valid configuration"))
+            }
+            return results
+        }
+        results.append(CheckResult(name: "configuration", verdict: .pass,
+                                   detail: "\(settings.files.count) files, hub \(settings.uplink.hostName), gateway \(settings.gatewayLeaf.deviceID), \(settings.leaves.count) leaves"))
+        results.append(fileAccess(files: settings.files + [Self.secretsPath(configPath)]))
+        results.append(clock())
+        let host = settings.uplink.address ?? settings.uplink.hostName
+        let port = settings.uplink.port
+        let dns = resolve(host: host, port: port)
+        results.append(dns.result)
+        guard let address = dns.addresses.first else {
+            for name in ["tcp", "tls", "credentials"] { results.append(CheckResult(name: name, verdict: .skip, detail: "needs DNS")) }
+            return results
+        }
+        let tcp = connectTCP(address, label: "\(host):\(port)")
+        results.append(tcp.result)
+        guard tcp.fd >= 0 else {
+            for name in ["tls", "credentials"] { results.append(CheckResult(name: name, verdict: .skip, detail: "needs TCP")) }
+            return results
+        }
+        var tlsOK = true
+        switch settings.uplink.transport {
+        case .tls(let tls):
+            let r = probeTLS(fd: tcp.fd, hostName: settings.uplink.hostName, caFile: tls.caFile)
+            tlsOK = r.verdict != .fail
+            results.append(r)
+        case .insecurePlainAMQP:
+            close(tcp.fd)
+            results.append(CheckResult(name: "tls", verdict: .warn, detail: "off: insecure_plain_amqp = true (keys travel in clear text)",
+                                       hint: "for tests only; remove insecure_plain_amqp for a real hub"))
+        }
+        guard tlsOK else {
+            results.append(CheckResult(name: "credentials", verdict: .skip, detail: "needs TLS"))
+            return results
+        }
+        results.append(await credentials(settings))
+        return results
+    }
+
+    static func secretsPath(_ configPath: String) -> String {
+        let dir = configPath.contains("/") ? String(configPath[..<configPath.lastIndex(of: "/")!]) : "."
+        return (dir.isEmpty ? "" : dir) + "/secrets.toml"
+    }
+
+    // MARK: the checks
+
+    /// Every file must be readable by the service's user (the packaged unit runs as `fieldgate`), and the secrets by
+    /// nobody else.
+    func fileAccess(files: [String]) -> CheckResult {
+        guard let user = getpwnam(serviceUser)?.pointee else {
+            return CheckResult(name: "file access", verdict: .skip, detail: "no user \(serviceUser) on this machine (not installed from the package)")
+        }
+        var unreadable: [String] = []
+        var described: [String] = []
+        for file in files {
+            var st = stat()
+            guard stat(file, &st) == 0 else { continue }
+            let mode = st.st_mode & 0o777
+            let readable = st.st_uid == user.pw_uid ? mode & 0o400 != 0
+                : (st.st_gid == user.pw_gid || Self.isMember(user, of: st.st_gid)) ? mode & 0o040 != 0 : mode & 0o004 != 0
+            if !readable { unreadable.append(file) }
+            if file.hasSuffix("secrets.toml") { described.append("\(file) \(String(mode, radix: 8)) \(Self.owner(st))") }
+        }
+        if !unreadable.isEmpty {
+            return CheckResult(name: "file access", verdict: .fail, detail: "user \(serviceUser) cannot read " + unreadable.joined(separator: ", "),
+                               hint: "chgrp \(serviceUser) <file> && chmod 640 <file> (fieldgatectl connect and leaf add write them so)")
+        }
+        return CheckResult(name: "file access", verdict: .pass, detail: "user \(serviceUser) reads all \(files.count) files" + (described.isEmpty ? "" : "; " + described.joined()))
+    }
+
+    func clock() -> CheckResult {
+        let now = WallClock.nowMilliseconds()
+        let text = WallClock.iso8601(milliseconds: now)
+        // SAS tokens carry an expiry the hub compares with its own clock; a clock years off makes every token invalid.
+        guard now > 1_704_067_200_000 else {  // 2024-01-01
+            return CheckResult(name: "clock", verdict: .fail, detail: "\(text) is before 2024: SAS tokens would be expired on arrival",
+                               hint: "set the time (timedatectl set-ntp true, or date -s)")
+        }
+        if let synced = Self.output(["timedatectl", "show", "-p", "NTPSynchronized", "--value"]), synced == "no" {
+            return CheckResult(name: "clock", verdict: .warn, detail: "\(text), not synchronized with NTP",
+                               hint: "timedatectl set-ntp true; a clock minutes off makes tokens look expired or not yet valid")
+        }
+        return CheckResult(name: "clock", verdict: .pass, detail: text)
+    }
+
+    func resolve(host: String, port: Int) -> (result: CheckResult, addresses: [sockaddr_storage]) {
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var list: UnsafeMutablePointer<addrinfo>?
+        let rc = getaddrinfo(host, String(port), &hints, &list)
+        guard rc == 0, let list else {
+            return (CheckResult(name: "dns", verdict: .fail, detail: "\(host): \(String(cString: gai_strerror(rc)))",
+                                hint: "check the host name in [hub] host and the resolver (/etc/resolv.conf); [hub] address skips DNS"), [])
+        }
+        defer { freeaddrinfo(list) }
+        var addresses: [sockaddr_storage] = []
+        var texts: [String] = []
+        var p: UnsafeMutablePointer<addrinfo>? = list
+        while let a = p {
+            var storage = sockaddr_storage()
+            memcpy(&storage, a.pointee.ai_addr, Int(a.pointee.ai_addrlen))
+            addresses.append(storage)
+            let t = Self.text(storage)
+            if !texts.contains(t) { texts.append(t) }
+            p = a.pointee.ai_next
+        }
+        return (CheckResult(name: "dns", verdict: .pass, detail: "\(host) → " + texts.joined(separator: ", ")), addresses)
+    }
+
+    func connectTCP(_ address: sockaddr_storage, label: String) -> (result: CheckResult, fd: Int32) {
+        var address = address
+        let fd = socket(Int32(address.ss_family), Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return (CheckResult(name: "tcp", verdict: .fail, detail: "socket: \(String(cString: strerror(errno)))"), -1) }
+        var timeout = timeval(tv_sec: Int(timeoutSeconds), tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))  // bounds connect()
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let started = MonotonicClock.milliseconds()
+        let length = socklen_t(address.ss_family == sa_family_t(AF_INET6) ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size)
+        let rc = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, length) } }
+        guard rc == 0 else {
+            let why = String(cString: strerror(errno))
+            close(fd)
+            return (CheckResult(name: "tcp", verdict: .fail, detail: "\(label) (\(Self.text(address))): \(why)",
+                                hint: "the hub's AMQPS port must be open outbound (5671/tcp): ask for it in the site's firewall"), -1)
+        }
+        return (CheckResult(name: "tcp", verdict: .pass, detail: "\(label) reached (\(Self.text(address))) in \(MonotonicClock.milliseconds() - started) ms"), fd)
+    }
+
+    /// Closes `fd`.
+    func probeTLS(fd: Int32, hostName: String, caFile: String?) -> CheckResult {
+        defer { close(fd) }
+        var r = fg_tls_probe_result()
+        let ok = fg_tls_probe(fd, hostName, caFile, &r) == 1
+        let trust = caFile ?? "the system's trust store"
+        guard ok else {
+            return CheckResult(name: "tls", verdict: .fail, detail: "handshake failed: \(Self.string(&r.error_text))",
+                               hint: caFile.map { _ in "check [hub] ca_file and that the port speaks TLS" } ?? "is this the hub's AMQPS port (5671)? A proxy or firewall may intercept TLS")
+        }
+        let now = WallClock.nowMilliseconds() / 1000
+        let days = (r.not_after - now) / 86_400
+        let subject = Self.string(&r.subject)
+        guard r.verify_result == 0 else {
+            let why = Self.string(&r.verify_text)
+            let hint = r.not_before > now ? "the certificate is not valid yet: is the clock right?"
+                : why.contains("hostname") ? "[hub] host must be the name in the hub's certificate (the connection string's HostName)"
+                : "the certificate must chain to \(trust): set [hub] ca_file to the CA that issued it"
+            return CheckResult(name: "tls", verdict: .fail, detail: "\(subject): \(why) (trusting \(trust))", hint: hint)
+        }
+        let detail = "\(Self.string(&r.protocol)), \(subject) verified for \(hostName) against \(trust), expires in \(days) days"
+        if days < 14 {
+            return CheckResult(name: "tls", verdict: .warn, detail: detail, hint: "the hub's certificate expires soon")
+        }
+        return CheckResult(name: "tls", verdict: .pass, detail: detail)
+    }
+
+    /// One AMQP connection, a put-token per identity; nothing attached.
+    func credentials(_ settings: GatewaySettings) async -> CheckResult {
+        let identities = [settings.gatewayLeaf] + (allLeaves ? settings.leaves : Array(settings.leaves.prefix(sample)))
+        let reactor = AMQPReactor()
+        defer { Task { await reactor.shutdown() } }
+        let tls: AMQPClientTLS?
+        switch settings.uplink.transport {
+        case .tls(let t): tls = AMQPClientTLS(trustedCAFile: t.caFile, peerHostname: settings.uplink.hostName, verifyPeer: t.verifyHostName)
+        case .insecurePlainAMQP: tls = nil
+        }
+        let connection: DeviceConnection
+        do {
+            connection = try await withDeadline(seconds: Int(timeoutSeconds) * 2) {
+                try await DeviceConnection.connect(reactor: reactor, host: settings.uplink.address ?? settings.uplink.hostName, port: settings.uplink.port,
+                                                   hostName: settings.uplink.hostName, tls: tls)
+            }
+        } catch {
+            return CheckResult(name: "credentials", verdict: .fail, detail: "the AMQP connection failed: \(error)", hint: "see the tls line above")
+        }
+        defer { connection.close() }
+        var refused: [String] = []
+        let expiry = WallClock.nowMilliseconds() / 1000 + 300
+        for leaf in identities {
+            let who = leaf.deviceID == settings.gatewayLeaf.deviceID ? "gateway \(leaf.deviceID)" : "leaf \(leaf.deviceID)"
+            do {
+                let token = try settings.uplink.sasToken(for: leaf, expiry: expiry)
+                let answer = try await withDeadline(seconds: Int(timeoutSeconds)) {
+                    try await connection.putToken(token, audience: settings.uplink.cbsAudience(for: leaf))
+                }
+                if answer.status != 200 { refused.append("\(who): \(answer.status) \(answer.description)") }
+            } catch {
+                refused.append("\(who): \(error)")
+            }
+        }
+        let scope = allLeaves || settings.leaves.count <= sample ? "" : " (a sample: the gateway and the first \(sample) of \(settings.leaves.count) leaves; --all-leaves checks every one)"
+        guard refused.isEmpty else {
+            return CheckResult(name: "credentials", verdict: .fail, detail: "\(refused.count) of \(identities.count) refused\(scope):\n  " + refused.joined(separator: "\n  "),
+                               hint: "401: the key is wrong, or the device is disabled; 404: the device does not exist in this hub. Copy its connection string again (az iot hub device-identity connection-string show) and run fieldgatectl leaf add or connect")
+        }
+        let accepted = identities.count == 1 ? "the gateway's credentials" : "the credentials of all \(identities.count) identities (the gateway and \(identities.count - 1) leaves)"
+        return CheckResult(name: "credentials", verdict: .pass, detail: "the hub accepted \(accepted)\(scope)")
+    }
+
+    // MARK: helpers
+
+    private static func isMember(_ user: passwd, of gid: gid_t) -> Bool {
+        guard let group = getgrgid(gid)?.pointee, var member = group.gr_mem else { return false }
+        let name = String(cString: user.pw_name)
+        while let m = member.pointee {
+            if String(cString: m) == name { return true }
+            member += 1
+        }
+        return false
+    }
+
+    private static func owner(_ st: stat) -> String {
+        let user = getpwuid(st.st_uid).map { String(cString: $0.pointee.pw_name) } ?? String(st.st_uid)
+        let group = getgrgid(st.st_gid).map { String(cString: $0.pointee.gr_name) } ?? String(st.st_gid)
+        return "\(user):\(group)"
+    }
+
+    static func text(_ address: sockaddr_storage) -> String {
+        var address = address
+        var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
+        let length = socklen_t(address.ss_family == sa_family_t(AF_INET6) ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getnameinfo($0, length, &host, socklen_t(host.count), nil, 0, NI_NUMERICHOST) }
+        }
+        return String(cString: host)
+    }
+
+    private static func string<T>(_ tuple: inout T) -> String {
+        withUnsafeBytes(of: &tuple) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+    }
+
+    /// A command's trimmed stdout, or nil when it cannot run.
+    static func output(_ argv: [String]) -> String? {
+        guard let r = HostCommand.capture(argv), r.status == 0 else { return nil }
+        return r.output.trimmed()
+    }
+}
+
+/// `body`, or a timeout error after `seconds`.
+func withDeadline<T: Sendable>(seconds: Int, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: .seconds(seconds))
+            throw CheckTimeout(seconds: seconds)
+        }
+        defer { group.cancelAll() }
+        return try await group.next()!
+    }
+}
+
+struct CheckTimeout: Error, CustomStringConvertible {
+    var seconds: Int
+    var description: String { "no answer within \(seconds) s" }
+}

@@ -1,0 +1,52 @@
+import FieldgateCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Programs fieldgatectl runs on the host (systemctl, timedatectl), found on PATH.
+enum HostCommand {
+    /// Runs `argv` with its stdout captured (stderr discarded); nil when it cannot be started.
+    static func capture(_ argv: [String]) -> (status: Int32, output: String)? {
+        var pipeFDs: [Int32] = [0, 0]
+        guard pipe(&pipeFDs) == 0 else { return nil }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 1)
+        posix_spawn_file_actions_addclose(&actions, pipeFDs[0])
+        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        let status = spawn(argv, actions: &actions)
+        close(pipeFDs[1])
+        var output: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = read(pipeFDs[0], &buffer, buffer.count)
+            if n <= 0 { break }
+            output += buffer[..<n]
+        }
+        close(pipeFDs[0])
+        guard let pid = status else { return nil }
+        return (wait(pid), String(decoding: output, as: UTF8.self).trimmed())
+    }
+
+    /// Runs `argv` with the terminal's stdout and stderr; its exit status, or nil when it cannot be started.
+    static func run(_ argv: [String]) -> Int32? {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        return spawn(argv, actions: &actions).map(wait)
+    }
+
+    private static func spawn(_ argv: [String], actions: inout posix_spawn_file_actions_t) -> pid_t? {
+        var pid: pid_t = 0
+        let cArgs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
+        defer { for a in cArgs { free(a) } }
+        return posix_spawnp(&pid, argv[0], &actions, nil, cArgs, environ) == 0 ? pid : nil
+    }
+
+    private static func wait(_ pid: pid_t) -> Int32 {
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    }
+}

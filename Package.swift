@@ -1,7 +1,7 @@
 // swift-tools-version:6.2
 import PackageDescription
 
-// Strict settings for every Swift target of ours (aesthetics.md §2.5 point 12).
+// Strict settings for every Swift target of ours (docs/style.md §12).
 let strictSettings: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny"),
     .enableUpcomingFeature("MemberImportVisibility"),
@@ -41,7 +41,7 @@ let package = Package(
         .package(url: "https://github.com/LebJe/TOMLKit.git", from: "0.6.0"),
     ],
     targets: [
-        // C libraries. Proton has no pkgConfig: Debian's .pc has a C comment SwiftPM cannot parse (feasibility §1).
+        // C libraries. No pkgConfig for Proton: SwiftPM cannot parse Debian's .pc (docs/toolchain.md §2).
         .systemLibrary(name: "CProton", path: "Sources/CProton", providers: [.apt(["libqpid-proton11-dev"])]),
         .systemLibrary(name: "CModbus", path: "Sources/CModbus", pkgConfig: "libmodbus", providers: [.apt(["libmodbus-dev"])]),
         .systemLibrary(name: "CSystemd", path: "Sources/CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),

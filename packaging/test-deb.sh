@@ -57,13 +57,15 @@ r statedir "\$(stat -c '%U %a' /var/lib/fieldgate)"
 # Configure as an operator would, then start.
 cp /config/ca.pem /config/fieldgate.toml /etc/fieldgate/
 cp /config/devices.d/leaves.toml /etc/fieldgate/devices.d/
-install -m 0600 /config/secrets.toml /etc/fieldgate/secrets.toml
+install -m 0640 -g fieldgate /config/secrets.toml /etc/fieldgate/secrets.toml
 fieldgatectl config check && r config-check ok
 if booted; then
   systemctl start fieldgated
   r active "\$(systemctl is-active fieldgated)"
   r watchdog "\$(systemctl show -p WatchdogUSec --value fieldgated)"
   r runs-as "\$(stat -c %U /proc/\$(systemctl show -p MainPID --value fieldgated))"
+  # Issue 19: dialout comes from the user database (the unit names no SupplementaryGroups=).
+  r process-in-dialout "\$(grep -q "^Groups:.*\\b\$(getent group dialout | cut -d: -f3)\\b" /proc/\$(systemctl show -p MainPID --value fieldgated)/status && echo yes)"
 else
   fieldgated run --config /etc/fieldgate/fieldgate.toml --log-level warning & DAEMON=\$!
   sleep 2
@@ -85,9 +87,12 @@ r spooled-before "\$(fieldgatectl spool inspect --leaf deb-unknown --json | grep
 # Upgrade: keep the operator's configuration (as apt does without a terminal).
 apt-get install -y -o Dpkg::Options::=--force-confold /debs/fieldgate_${NEW}_${ARCH}.deb && r upgraded yes
 r version "\$(dpkg-query -W -f='\${Version}' fieldgate)"
+r binary-version "\$(fieldgated --version) \$(fieldgatectl --version)"
 grep -q 'edited by the operator' /etc/fieldgate/fieldgate.toml && r config-kept yes
 sleep 2
 booted && r active-after-upgrade "\$(systemctl is-active fieldgated)"
+# Issue 19: no libdispatch priority noise, no systemd warning about the configuration directory's mode.
+booted && r journal-noise "\$(journalctl -b -o cat | grep -c -e 'Failed to set thread priority' -e 'ConfigurationDirectory')"
 r spooled-after "\$(fieldgatectl spool inspect --leaf deb-unknown --json | grep -c '"leaf"')"
 # Purge: state, user and group go.
 apt-get purge -y fieldgate && r purged yes
@@ -145,6 +150,7 @@ if [ "$BOOTED" = 1 ]; then
   expect active active
   expect watchdog 30s
   expect runs-as fieldgate
+  expect process-in-dialout yes
 fi
 "$HUB_BIN" monitor-events $URL --timeout 5 --from-start 2>/dev/null | grep -q 'the package' || fail "telemetry did not reach the hub"
 if [ "$BOOTED" = 1 ]; then
@@ -169,6 +175,8 @@ fi
 expect spooled-before 3
 expect upgraded yes
 expect version "$NEW"
+expect binary-version "$NEW $NEW"
+[ "$BOOTED" = 1 ] && expect journal-noise 0
 expect config-kept yes
 [ "$BOOTED" = 1 ] && expect active-after-upgrade active
 expect spooled-after 3

@@ -24,7 +24,7 @@ trap 'rm -rf "$corpus" "$seed" "$udp" "$frames"' EXIT
 sleep 0.3; kill -9 "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
 for f in "$seed"/spool/segments/*.seg "$seed"/spool/ledger; do [ -f "$f" ] && head -c 4096 "$f" > "$corpus/$(basename "$f")"; done
 mkdir -p Fuzz/artifacts
-# The Swift backtracer would swallow the crash before libFuzzer saves it (feasibility.md §7).
+# The Swift backtracer would swallow the crash before libFuzzer saves it (docs/toolchain.md §7).
 SWIFT_BACKTRACE=enable=no "$bin/spool-fuzz" \
     -max_total_time="$seconds" -max_len=8192 -artifact_prefix=Fuzz/artifacts/ "$corpus" 2>&1 | tail -n 20
 # UDP seeds: the first byte picks the source (0: any, 1: the fenced leaf's, 2: the mapped one's, 3: IPv6).

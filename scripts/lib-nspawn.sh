@@ -1,4 +1,4 @@
-# Shared by the end-to-end scripts that boot Debian 12 under systemd-nspawn (feasibility.md §4b). Source it.
+# Shared by the end-to-end scripts that boot Debian 12 under systemd-nspawn (docs/toolchain.md §5). Source it.
 CACHE=${FIELDGATE_E2E_CACHE:-/var/cache/fieldgate-e2e}
 
 skip() { echo "$(basename "$0"): SKIPPED: $*"; exit 0; }

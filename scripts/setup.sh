@@ -22,7 +22,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update -q
   # The image's docker-clean hook deletes downloaded .debs after every dpkg run, which breaks installs that
-  # apt splits into several dpkg calls (libsystemd-dev upgrades systemd). Repair and retry (feasibility.md §0).
+  # apt splits into several dpkg calls (libsystemd-dev upgrades systemd). Repair and retry (docs/toolchain.md §1).
   if ! apt_install "${missing[@]}"; then
     DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 --fix-broken install -y
     apt_install "${missing[@]}"

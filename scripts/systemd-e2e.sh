@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # fieldgated under real systemd (issue 8, test 10): a Debian 12 root file system booted with systemd-nspawn
-# (feasibility.md §4b) runs systemd/fieldgated.service against a fieldgate-hub on the host's loopback. Checks:
+# (docs/toolchain.md §5) runs systemd/fieldgated.service against a fieldgate-hub on the host's loopback. Checks:
 # the unit becomes active (Type=notify READY), runs as the fieldgate user with its watchdog configured, telemetry
 # from a UDP leaf reaches the hub, and a frozen daemon (SIGSTOP) is killed by the watchdog and restarted.
 # Where the machine cannot boot a container, it says why and exits 0. Usage: scripts/systemd-e2e.sh [bin dir]

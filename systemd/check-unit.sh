@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks systemd/fieldgated.service offline (issue 8, part 5): `systemd-analyze verify` must print nothing (it
-# exits 0 even for unknown keys, feasibility.md §5), and `systemd-analyze security --offline=yes` must rate the
+# exits 0 even for unknown keys, docs/toolchain.md §6), and `systemd-analyze security --offline=yes` must rate the
 # unit's exposure at 1.5 or less. Needs systemd-analyze (252+) and the host's units under /lib/systemd/system.
 # Usage: systemd/check-unit.sh [path/to/fieldgated]   (default: a stand-in executable)
 set -euo pipefail
@@ -17,6 +17,7 @@ cp "$unit" "$root/lib/systemd/system/fieldgated.service"
 if [ -n "$binary" ]; then cp "$binary" "$root/usr/sbin/fieldgated"; else printf '#!/bin/sh\n' >"$root/usr/sbin/fieldgated"; fi
 chmod 755 "$root/usr/sbin/fieldgated"
 cp /bin/kill "$root/bin/kill"
+mkdir -p "$root/usr/bin" && cp "$root/usr/sbin/fieldgated" "$root/usr/bin/fieldgatectl"
 
 # --man=no: the man pages come with the package (issue 9), not with this tree.
 verify=$(systemd-analyze verify --man=no --root="$root" fieldgated.service 2>&1 || true)

@@ -4,7 +4,7 @@ import Synchronization
 import Glibc
 #endif
 
-/// Proof of progress for the systemd watchdog (ARCHITECTURE.md, readiness/liveness): a loop `beat()`s every
+/// Proof of progress for the systemd watchdog (docs/contracts.md §5): a loop `beat()`s every
 /// iteration, and a blocking operation runs inside `busy {}`. The health monitor reads both: a loop that has not
 /// beaten lately, or an operation that has not returned, is stuck. A hub outage stops no loop, so it never
 /// stops the watchdog; a hung disk or a blocked thread does.

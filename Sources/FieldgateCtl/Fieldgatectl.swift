@@ -13,6 +13,7 @@ import Glibc
 /// The operator's view of a running fieldgated (issue 8, part 4): over the control socket for live state, and
 /// directly for what needs no daemon (config check, spool inspect, sas-token). The `fieldgatectl` executable runs
 /// it, and so does `fieldgated` when started under that name (the package ships one binary and a symlink).
+@available(macOS 10.15, macCatalyst 13, iOS 13, tvOS 13, watchOS 6, *)
 public struct Fieldgatectl: AsyncParsableCommand {
     public init() {}
 

@@ -32,6 +32,8 @@ struct LeafCommands: ParsableCommand {
         @Option(help: "What the cloud may do besides telemetry: a comma list of c2d, methods, twin; \"none\" for telemetry only. Default: all.") var cloud: String?
         @Option(help: "UDP: a source address allowed to speak for it (repeatable).") var allowedSource: [String] = []
         @Option(help: "UDP: where C2D, methods and desired properties go (host:port).") var commandAddress: String?
+        @Option(help: "UDP, for the first UDP leaf: the port to listen on, written as [udp] port (default 47000).") var udpPort: Int?
+        @Option(help: "UDP, for the first UDP leaf: the address to listen on, written as [udp] bind (default: all).") var udpBind: String?
         @Option(help: "Modbus: the [[modbus_bus]] it is on.") var bus: String?
         @Option(help: "Modbus: its unit id.") var unitId: Int?
         @Option(help: "Modbus: its profiles.d profile.") var profile: String?
@@ -65,6 +67,14 @@ struct LeafCommands: ParsableCommand {
             var files = ConfigFiles(configPath: config)
             let path = files.leafFile(device)
             try files.write(path, entry(device))
+            // The first UDP leaf needs the adapter's [udp] section.
+            if adapter == "udp", let text = ConfigFiles.read(config), !text.split(separator: "\n").contains(where: { $0.trimmed() == "[udp]" }) {
+                var main = TOMLTextEditor(text)
+                main.set("udp", "port", String(udpPort ?? 47000))
+                if let udpBind { main.set("udp", "bind", TOMLTextEditor.string(udpBind)) }
+                try files.write(config, main.text)
+                say("UDP leaves listen on \(udpBind ?? "every address"), port \(udpPort ?? 47000) ([udp] in \(config))")
+            }
             if let keyText {
                 var secrets = TOMLTextEditor(ConfigFiles.read(files.secretsPath) ?? ConfigTemplate.secrets)
                 secrets.set("keys", device, TOMLTextEditor.string(keyText))

@@ -4,7 +4,7 @@ import Uplink
 
 /// Which components are stuck (pure; the clock is a parameter). A loop is stuck when it has not beaten for
 /// `stallMilliseconds`; any component is stuck while one operation has run that long. The watchdog is fed only
-/// when nothing is stuck (ARCHITECTURE.md, readiness/liveness).
+/// when nothing is stuck (docs/contracts.md §5).
 public struct Liveness: Sendable {
     public struct Reading: Sendable, Equatable {
         public var name: String

@@ -16,7 +16,7 @@ public struct ConfigProblem: Sendable, Equatable, CustomStringConvertible {
     public var description: String { line.map { "\(file):\($0): \(message)" } ?? "\(file): \(message)" }
 }
 
-/// Every problem found in a configuration (ARCHITECTURE.md contract 6). fieldgated exits 78 (EX_CONFIG) with it;
+/// Every problem found in a configuration (docs/contracts.md §6). fieldgated exits 78 (EX_CONFIG) with it;
 /// `fieldgatectl config check` prints it.
 public struct ConfigError: Error, Sendable, CustomStringConvertible {
     public var problems: [ConfigProblem]

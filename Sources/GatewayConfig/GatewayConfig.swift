@@ -13,7 +13,7 @@ import FoundationEssentials
 import Foundation
 #endif
 
-/// `/etc/fieldgate/fieldgate.toml` as a file (ARCHITECTURE.md "Configuration"; etc/fieldgate.toml documents every
+/// `/etc/fieldgate/fieldgate.toml` as a file (docs/contracts.md §7; etc/fieldgate/fieldgate.toml documents every
 /// key). Leaves are `[[leaf]]` tables here or in `devices.d/*.toml`; keys live in the secrets file (`Secrets`).
 public struct GatewayConfigFile: Decodable, Sendable {
     public struct Hub: Decodable, Sendable {
@@ -464,7 +464,7 @@ struct Mapper {
         }
     }
 
-    /// IoT Hub device ids: up to 128 characters of letters, digits and `-.%_*?!(),:=@$'` (seeds-digest).
+    /// IoT Hub device ids: up to 128 letters, digits and `-.%_*?!(),:=@$'` (docs/iothub-protocol.md §10, B.9).
     static func isValidDeviceID(_ id: String) -> Bool {
         let allowed = Set("-.%_*?!(),:=@$'")
         return (1...128).contains(id.count) && id.allSatisfy { ($0.isASCII && ($0.isLetter || $0.isNumber)) || allowed.contains($0) }

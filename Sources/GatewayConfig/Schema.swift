@@ -1,7 +1,7 @@
 import TOMLKit
 
 /// What each table of the configuration may hold. Checked before decoding, so every unknown key and wrong type is
-/// reported at once, with its line (a typo must not be ignored silently: anchors.md P7).
+/// reported at once, with its line (a typo must not be ignored silently: docs/contracts.md §7).
 indirect enum FieldType: Sendable {
     case string, int, bool, number, strings, stringMap
     /// An integer or a string (a register address: 0-based, or Modicon notation).

@@ -42,7 +42,13 @@ public struct Secrets: Sendable {
         }
         var st = stat()
         guard stat(file, &st) == 0 else {
-            throw ConfigError(file: file, "cannot read the secrets file (\(String(cString: strerror(errno)))): create it with mode 0600 and the device keys under [keys], or pass it as the systemd credential secrets.toml")
+            let why = String(cString: strerror(errno))
+            throw ConfigError(file: file, errno == EACCES
+                ? "cannot read the secrets file (\(why)): the \(group) user must: chgrp \(group) \(file) && chmod 640 \(file)"
+                : "cannot read the secrets file (\(why)): create it (fieldgatectl connect does) root:\(group) mode 0640 with the device keys under [keys]")
+        }
+        guard access(file, R_OK) == 0 else {
+            throw ConfigError(file: file, "cannot read the secrets file (\(String(cString: strerror(errno)))): it must be readable by the \(group) group: chgrp \(group) \(file) && chmod 640 \(file)")
         }
         let mode = st.st_mode & 0o777
         let groupID = getgrnam(group)?.pointee.gr_gid

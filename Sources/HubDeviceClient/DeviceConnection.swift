@@ -5,8 +5,8 @@ import ProtonAMQP
 import Synchronization
 
 /// A small IoT Hub device client on ProtonAMQP: one AMQP connection carrying any number of device identities
-/// (CBS put-token, telemetry, C2D, methods, twin), in the C#-like profile of iothub-amqp.md §13.2 with a single
-/// session. It is the test and demo peer of fieldgate-hub; fieldgate's production uplink lives elsewhere.
+/// (CBS put-token, telemetry, C2D, methods, twin), in the C#-like profile of docs/iothub-protocol.md §13.2 with
+/// a single session. It is the test and demo peer of fieldgate-hub; fieldgate's production uplink lives elsewhere.
 public final class DeviceConnection: Sendable {
     public let hostName: String
     let reactor: AMQPReactor

@@ -10,7 +10,7 @@ import Foundation
 #endif
 
 /// Creates a local CA and a server certificate with DNS names, for the hub's TLS (Proton matches DNS names only,
-/// never IP SANs: feasibility.md §3b).
+/// never IP SANs: docs/toolchain.md §3).
 public enum LocalCertificates {
     public struct Paths: Sendable {
         public var caCertificate: String

@@ -38,7 +38,7 @@ public struct CloudToDeviceMessage: Codable, Sendable, Equatable {
     }
 }
 
-/// A feedback record (iothub-amqp.md §5.4; camelCase keys, `statusCode` as the status name).
+/// A feedback record (docs/iothub-protocol.md §5.4; camelCase keys, `statusCode` as the status name).
 public struct FeedbackRecord: Codable, Sendable, Equatable {
     public var originalMessageId: String
     public var deviceId: String
@@ -60,7 +60,7 @@ public enum CloudToDeviceOutcome: String, Sendable {
     var isPositive: Bool { self == .completed }
 }
 
-/// One device's C2D queue: Enqueued → Invisible (locked) → Completed / Dead-lettered (iothub-amqp.md §5.4).
+/// One device's C2D queue: Enqueued → Invisible (locked) → Completed / Dead-lettered (docs/iothub-protocol.md §5.4).
 /// A pure value; every call takes the time, so tests run in virtual time.
 public struct CloudToDeviceQueue: Codable, Sendable {
     public struct Limits: Codable, Sendable {

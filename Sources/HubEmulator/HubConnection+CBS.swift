@@ -4,8 +4,8 @@ import Logging
 import ProtonAMQP
 
 extension HubConnection {
-    /// A put-token request on `$cbs` (iothub-amqp.md §3, §12 items 1–9). The request is accepted first (the C SDK
-    /// tears the connection down otherwise), then answered on this connection's `$cbs` receiver link.
+    /// A put-token request on `$cbs` (docs/iothub-protocol.md §3, §12 items 1–9). The request is accepted first
+    /// (the C SDK tears the connection down otherwise), then answered on this connection's `$cbs` receiver link.
     func receivedPutToken(_ bytes: [UInt8], delivery: AMQPDelivery) {
         delivery.dispose(.accepted)
         guard let request = try? AMQPMessageCodec.decode(bytes) else {

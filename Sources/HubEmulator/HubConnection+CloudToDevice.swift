@@ -4,7 +4,7 @@ import Logging
 import ProtonAMQP
 
 extension HubConnection {
-    /// Delivers queued C2D messages while the device's receiver link has credit (iothub-amqp.md §5.2).
+    /// Delivers queued C2D messages while the device's receiver link has credit (docs/iothub-protocol.md §5.2).
     func pumpCloudToDevice(_ deviceId: String) {
         guard let linkID = devices[deviceId]?.cloudToDevice, let state = links[linkID] else { return }
         let link = state.link

@@ -10,12 +10,12 @@ import Foundation
 #endif
 
 extension HubConnection {
-    /// A D2C transfer: a single message or a batch (iothub-amqp.md §4, §12 items 16–20).
+    /// A D2C transfer: a single message or a batch (docs/iothub-protocol.md §4, §12 items 16–20).
     ///
-    /// Batches: Proton 0.37 cannot read a transfer's message-format (iothub-amqp.md §16), so a batch is recognised
-    /// by structure: a body made only of data sections that each hold a complete AMQP message (each starts with a
-    /// section descriptor `0x00 0x53 0x70…0x78`). A JSON or text body never starts with 0x00, so plain telemetry is
-    /// never mistaken for a batch.
+    /// Batches: Proton 0.37 cannot read a transfer's message-format (docs/iothub-protocol.md §16), so a batch is
+    /// recognised by structure: a body made only of data sections that each hold a complete AMQP message (each
+    /// starts with a section descriptor `0x00 0x53 0x70…0x78`). A JSON or text body never starts with 0x00, so plain
+    /// telemetry is never mistaken for a batch.
     func receivedTelemetry(_ bytes: [UInt8], delivery: AMQPDelivery, deviceId: String) {
         if bytes.count > Int(IoTHubAMQP.linkMaxMessageSize) {
             delivery.dispose(.rejected(sizeCondition(bytes.count)))
@@ -70,7 +70,7 @@ extension HubConnection {
         section.count >= 3 && section[0] == 0x00 && section[1] == 0x53 && (0x70...0x78).contains(section[2])
     }
 
-    /// Body bytes + system property values + application property names and values (iothub-amqp.md §4.3).
+    /// Body bytes + system property values + application property names and values (docs/iothub-protocol.md §4.3).
     static func protocolAgnosticSize(_ m: AMQPMessage) -> Int {
         var size = m.body.bytes.count
         for v in [m.messageID, m.correlationID].compactMap({ $0 }) { size += render(v).utf8.count }

@@ -3,7 +3,7 @@ import IoTHub
 import Logging
 import ProtonAMQP
 
-/// One device-facing AMQP connection: its CBS tokens, its links, and the rules of iothub-amqp.md §12.
+/// One device-facing AMQP connection: its CBS tokens, its links, and the rules of docs/iothub-protocol.md §12.
 /// Lives on the reactor thread.
 // @unchecked Sendable: confined to the reactor thread; other code reaches it only through `ref.execute` jobs,
 // which run on that thread.
@@ -361,7 +361,7 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
     }
 }
 
-/// `/a/b` is a prefix of `/a/b/c` but not of `/a/bc` (segment-wise, iothub-amqp.md §2.2).
+/// `/a/b` is a prefix of `/a/b/c` but not of `/a/bc` (segment-wise, docs/iothub-protocol.md §2.2).
 func isSegmentPrefix(_ prefix: String, of path: String) -> Bool {
     if prefix.isEmpty { return true }
     guard path.hasPrefix(prefix) else { return false }

@@ -1,7 +1,7 @@
 import FieldgateCore
 import IoTHub
 
-/// A device twin: tags, desired and reported properties with `$version` and `$metadata` (iothub-amqp.md §7.5).
+/// A device twin: tags, desired and reported properties with `$version` and `$metadata` (docs/iothub-protocol.md §7.5).
 public struct TwinDocument: Codable, Sendable, Equatable {
     public var deviceId: String
     public var tags: JSONValue = .object([:])

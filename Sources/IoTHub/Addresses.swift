@@ -1,4 +1,4 @@
-/// What a device-facing link address names (iothub-amqp.md §4.1, §5.1, §6.1, §7.1).
+/// What a device-facing link address names (docs/iothub-protocol.md §4.1, §5.1, §6.1, §7.1).
 public enum DeviceEndpoint: String, Sendable {
     case events          // /devices/{d}/messages/events (telemetry, client sender)
     case deviceBound     // /devices/{d}/messages/devicebound (C2D, client receiver)
@@ -69,7 +69,7 @@ public struct DeviceAddress: Sendable, Equatable {
     }
 }
 
-/// The AMQP names IoT Hub uses (iothub-amqp.md §3–§7). Keep these exact: SDKs look them up case-sensitively.
+/// The AMQP names IoT Hub uses (docs/iothub-protocol.md §3–§7). Keep these exact: SDKs look them up case-sensitively.
 public enum IoTHubAMQP {
     public static let cbsAddress = "$cbs"
     public static let tokenTypeServiceBus = "servicebus.windows.net:sastoken"

@@ -110,7 +110,7 @@ public func generateSymmetricKey() -> String {
 }
 
 /// RFC 3986 percent-encoding. Decoding never turns `+` into a space: `+` is a legal device-id character
-/// (iothub-amqp.md §2.2).
+/// (docs/iothub-protocol.md §2.2).
 public enum PercentEncoding {
     private static let unreserved = Set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~".utf8)
 

@@ -1,6 +1,6 @@
 import FieldgateCore
 
-/// The twin document rules of IoT Hub (iothub-amqp.md §7.5), checked by the hub on every write and by the
+/// The twin document rules of IoT Hub (docs/iothub-protocol.md §7.5), checked by the hub on every write and by the
 /// gateway before it sends a reported patch.
 public enum TwinRules {
     public static let maxSectionBytes = 8 * 1024

@@ -142,7 +142,7 @@ public final class AMQPReactor: @unchecked Sendable {
             let t = pn_transport()!
             pn_connection_set_container(c, configuration.containerID)
             pn_connection_set_hostname(c, configuration.virtualHost ?? host)
-            // Proton advertises half the idle timeout set on the transport (iothub-amqp.md §16).
+            // Proton advertises half the idle timeout set on the transport (docs/iothub-protocol.md §16).
             pn_transport_set_idle_timeout(t, configuration.idleTimeoutMilliseconds &* 2)
             pn_transport_set_max_frame(t, configuration.maxFrameSize)
             if let tls = configuration.tls {

@@ -3,7 +3,7 @@ internal import CProton
 /// A Proton SASL implementation that speaks what IoT Hub clients speak: server side it offers the listener's
 /// mechanisms (MSSBCBS, ANONYMOUS) and accepts any of them without credentials, because authentication happens
 /// later over CBS; client side it chooses MSSBCBS with an empty initial response, as the Azure C SDK does
-/// (iothub-amqp.md §1.2). Proton 0.37's built-in SASL cannot do MSSBCBS at all.
+/// (docs/iothub-protocol.md §1.2). Proton 0.37's built-in SASL cannot do MSSBCBS at all.
 enum SASLPlugin {
     nonisolated(unsafe) static let implementation: UnsafeMutablePointer<pnx_sasl_implementation> = {
         let p = UnsafeMutablePointer<pnx_sasl_implementation>.allocate(capacity: 1)

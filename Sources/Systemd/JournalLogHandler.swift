@@ -6,7 +6,7 @@ import Glibc
 #endif
 
 /// swift-log into the systemd journal with structured fields: `MESSAGE`, `PRIORITY`, `FIELDGATE_COMPONENT` (the
-/// logger's label) and every metadata key as an upper-case field (`LEAF`, `ADAPTER`, `HUB_ERROR`, …), so
+/// module that logged: `Uplink`, `UDPAdapter`, `Spool`, …, or the logger's label) and every metadata key as an upper-case field (`LEAF`, `ADAPTER`, `HUB_ERROR`, …), so
 /// `journalctl -u fieldgated LEAF=meter-1` works. Used when stderr is connected to the journal.
 public struct JournalLogHandler: LogHandler {
     public var logLevel: Logger.Level = .info
@@ -34,7 +34,7 @@ public struct JournalLogHandler: LogHandler {
         var fields = [
             "MESSAGE=" + event.message.description,
             "PRIORITY=\(Self.priority(event.level))",
-            "FIELDGATE_COMPONENT=" + label,
+            "FIELDGATE_COMPONENT=" + (event.source.isEmpty ? label : event.source),
         ]
         let all = explicit.map { metadata.merging($0) { $1 } } ?? metadata
         for (key, value) in all {

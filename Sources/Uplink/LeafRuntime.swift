@@ -37,7 +37,7 @@ public struct LeafCounters: Sendable, Equatable {
     public var reportedPatches = 0
 }
 
-/// The links a leaf may have (iothub-amqp.md §4–7).
+/// The links a leaf may have (docs/iothub-protocol.md §4–7).
 enum LeafLink: String, CaseIterable, Sendable {
     case telemetry, cloudToDevice = "c2d", methodRequests = "methods-rx", methodResponses = "methods-tx"
     case twinRequests = "twin-tx", twinResponses = "twin-rx"

@@ -87,7 +87,7 @@ public struct LeafCapabilities: OptionSet, Sendable, Hashable {
     public static let all: LeafCapabilities = [.cloudToDevice, .methods, .twin]
 }
 
-/// Routes what the cloud sends a leaf to the adapter that owns it (ARCHITECTURE.md: the Router). Called off the
+/// Routes what the cloud sends a leaf to the adapter that owns it (docs/contracts.md §8). Called off the
 /// reactor thread. Every answer has a deadline the uplink enforces: C2D is abandoned, a method answered 504.
 public protocol LeafRouter: Sendable {
     func cloudToDevice(_ message: C2DMessage) async -> C2DOutcome

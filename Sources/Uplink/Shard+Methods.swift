@@ -4,14 +4,14 @@ import Logging
 import ProtonAMQP
 
 extension Shard {
-    /// A direct-method request (iothub-amqp.md §6.2). Every request gets an answer: the router's, 400 for a payload
-    /// that is not JSON, 404 when the router has no such method, 504 at the local deadline.
+    /// A direct-method request (docs/iothub-protocol.md §6.2). Every request gets an answer: the router's, 400 for
+    /// a payload that is not JSON, 404 when the router has no such method, 504 at the local deadline.
     func methodRequest(_ bytes: [UInt8], delivery: AMQPDelivery, leafID: String) {
         delivery.dispose(.accepted)
         delivery.link.flow(1)
         guard let leaf = leaves[leafID] else { return }
         guard let request = try? AMQPMessageCodec.decode(bytes), case .uuid(let requestID)? = request.correlationID else {
-            logger.warning("uplink[\(index)]: \(leafID): a method request without a uuid correlation-id cannot be answered; dropped")
+            logger.warning("uplink[\(index)]: \(leafID): a method request without a uuid correlation-id cannot be answered; dropped", metadata: ["leaf": "\(leafID)"])
             return
         }
         leaf.counters.methodCalls += 1

@@ -31,7 +31,7 @@ extension Shard {
                 leaf.counters.reportedPatches += 1
                 engine.reportsFinished(ids, error: nil)
             case .reportedRefused(let ids, let why):
-                logger.warning("uplink[\(index)]: \(leaf.deviceID): \(why)")
+                logger.warning("uplink[\(index)]: \(leaf.deviceID): \(why)", metadata: ["leaf": "\(leaf.deviceID)", "hub_error": "\(why)"])
                 engine.reportsFinished(ids, error: why)
             case .desiredVersionWentBack(let from, let to):
                 logger.notice("uplink[\(index)]: \(leaf.deviceID): the twin's desired $version went back from \(from) to \(to) (the device was re-created?); applying version \(to)",

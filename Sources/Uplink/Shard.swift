@@ -27,6 +27,8 @@ final class Shard: @unchecked Sendable {
     var machine: ConnectionMachine
     private(set) var leafOrder: [String]
     var leaves: [String: LeafRuntime] = [:]
+    /// Counters of leaves a reload removed, by device id: a leaf changed by a reload (removed, then added) keeps them.
+    var retiredCounters: [String: LeafCounters] = [:]
 
     private(set) var generation = 0
     private var ref: AMQPConnectionRef?
@@ -138,6 +140,8 @@ final class Shard: @unchecked Sendable {
 
     /// A leaf added while running (reload): it queues for the attach pacer at once when the connection is open.
     func addLeaf(_ leaf: LeafRuntime) {
+        // A leaf changed by a reload is removed and added again: its counts go on (status, metrics).
+        if let carried = retiredCounters.removeValue(forKey: leaf.deviceID) { leaf.counters = carried }
         leaves[leaf.deviceID] = leaf
         leafOrder.append(leaf.deviceID)
         guard isOpen else { return }
@@ -149,6 +153,7 @@ final class Shard: @unchecked Sendable {
     /// where its records wait (TTL and cap apply) until the leaf is configured again. The connection stays.
     func removeLeaf(_ id: String) {
         guard let leaf = leaves.removeValue(forKey: id) else { return }
+        retiredCounters[id] = leaf.counters
         leafOrder.removeAll { $0 == id }
         admitCursor = leafOrder.isEmpty ? 0 : admitCursor % leafOrder.count
         detachLinks(leaf)
@@ -384,7 +389,7 @@ final class Shard: @unchecked Sendable {
         }
         if !(200..<300).contains(status) {
             logger.warning("uplink[\(index)]: put-token for \(waiting.first ?? "?")\(waiting.count > 1 ? " and \(waiting.count - 1) more" : "") answered \(status) \(description)",
-                           metadata: ["leaf": "\(waiting.first ?? "")", "hub_status": "\(status)", "hub_error_description": "\(description)"])
+                           metadata: ["leaf": "\(waiting.first ?? "")", "hub_status": "\(status)", "hub_error": "put-token \(status)", "hub_error_description": "\(description)"])
         }
         for leafID in waiting {
             guard let leaf = leaves[leafID] else { continue }

@@ -1,6 +1,6 @@
 import IoTHub
 
-/// Mints the SAS token a leaf puts on the CBS link (iothub-amqp.md §2, §14 point 6).
+/// Mints the SAS token a leaf puts on the CBS link (docs/iothub-protocol.md §2, §14 point 6).
 struct TokenMinter {
     let hostName: String
 

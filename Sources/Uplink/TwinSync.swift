@@ -1,7 +1,7 @@
 import FieldgateCore
 import IoTHub
 
-/// The twin of one identity (ARCHITECTURE.md contract 4): on every (re)attach subscribe to desired updates and GET
+/// The twin of one identity (docs/contracts.md §4): on every (re)attach subscribe to desired updates and GET
 /// the twin; apply desired properties by `$version`, each version once; fold reported patches made while they
 /// cannot be sent into one patch (last write wins per path) and send them rate-limited. Pure: requests and
 /// applications go out as actions; the shard sends them and feeds the answers back.

@@ -2,7 +2,7 @@ import FieldgateCore
 import IoTHub
 
 /// How the uplink reaches the hub, paces itself and drains the spool. Owned by the Uplink module; the daemon's
-/// config file maps onto it. Defaults follow the client profile (iothub-amqp.md §14).
+/// config file maps onto it. Defaults follow the client profile (docs/iothub-protocol.md §14).
 public struct UplinkConfiguration: Sendable, Equatable {
     /// The hub's host name: tokens name it, TLS verifies it (SNI too). Required.
     public var hostName: String
@@ -100,7 +100,7 @@ public enum LeafCredential: Sendable, Equatable {
     case symmetricKey(primary: String, secondary: String?)
     /// A hub policy with DeviceConnect (usually `device`), tokens carrying `skn`. `.device` scope: one token per
     /// leaf (`sr={host}/devices/{id}`); `.hub` scope: one token per connection (`sr={host}/devices`) covering every
-    /// leaf that uses the policy, so a connection is not limited by the hub's ~999 tokens (iothub-amqp.md §2.2).
+    /// leaf that uses the policy, so a connection is not bound by the hub's ~999 tokens (docs/iothub-protocol.md §2.2).
     case sharedAccessPolicy(name: String, key: String, scope: PolicyScope = .device)
     /// A group (enrollment) key: the device key is HMAC-SHA256(group key, device id), as DPS derives it.
     case groupKey(String)

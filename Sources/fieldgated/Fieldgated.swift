@@ -51,9 +51,14 @@ struct Run: AsyncParsableCommand {
         let logger = Logger(label: "fieldgated")
         let settings: GatewaySettings
         do { settings = try GatewaySettings.load(path: config) } catch {
-            // One line per problem on stderr: file:line: what is wrong and how to fix it.
-            let text = error.problems.map { "fieldgated: \($0)\n" }.joined()
-            _ = text.withCString { write(2, $0, strlen($0)) }
+            // One line per problem: file:line: what is wrong and how to fix it. Under systemd each is a journal entry
+            // at error priority (journalctl -p err finds them); elsewhere plain lines on stderr.
+            if JournalLogHandler.stderrIsJournal {
+                for problem in error.problems { logger.error("invalid configuration: \(problem)", metadata: ["file": "\(problem.file)"]) }
+            } else {
+                let text = error.problems.map { "fieldgated: \($0)\n" }.joined()
+                _ = text.withCString { write(2, $0, strlen($0)) }
+            }
             throw ExitCode(78)  // EX_CONFIG
         }
         let daemon = try Daemon(settings: settings, logger: logger)

@@ -16,7 +16,7 @@ import Glibc
 
 /// Logging under systemd (issue 8, part 3): with stderr connected to the journal (JOURNAL_STREAM), every line goes
 /// to journald with structured fields. journald is replaced by a listener on /run/systemd/journal/socket inside a
-/// private mount namespace (feasibility.md §4a), so the host is untouched.
+/// private mount namespace (docs/toolchain.md §4), so the host is untouched.
 @Suite("fieldgated logs to the journal", .serialized, .timeLimit(.minutes(2)))
 struct JournalTests {
     @Test("structured fields (component, priority, adapter, leaf, reason); no key in any field")
@@ -77,6 +77,7 @@ struct JournalTests {
         let rejected = entries.first { $0.contains("MESSAGE=UDP datagram rejected: unknownLeaf") }
         #expect(rejected?.contains("ADAPTER=udp:\(daemon.udpPort)") == true, "\(journal.prefix(3000))")
         #expect(rejected?.contains("REASON=unknownLeaf") == true)
+        #expect(rejected?.contains("FIELDGATE_COMPONENT=UDPAdapter") == true, "the module that logged it (issue 19)")
         #expect(rejected?.contains("PRIORITY=4") == true)
         let keys = (try? String(contentsOfFile: dir + "/secrets.toml", encoding: .utf8))?.split(separator: "\"").filter { $0.count > 30 } ?? []
         #expect(!keys.isEmpty && keys.allSatisfy { !journal.contains($0) }, "no device key reaches the journal")

@@ -71,4 +71,72 @@ struct ReloadTests {
         #expect(await daemon.waitForExit(seconds: 15) == 0)
         await hub.stop()
     }
+
+    /// Issue 19.3/19.4: `fieldgatectl leaf add` puts a key for a device created after the daemon started into the
+    /// secrets and the leaf into devices.d, and the running daemon takes it on the same connection; a changed leaf
+    /// keeps its counters; a refused reload answers `fieldgatectl reload` (exit 1 with the reason) and stays in
+    /// status until the next reload succeeds; `leaf remove` takes the leaf and its key away again.
+    @Test("fieldgatectl leaf add/remove and reload against the running daemon")
+    func fieldgatectlLeafAddAndReload() async throws {
+        let hub = try await TestHub.start()
+        let daemon = try await DaemonUnderTest.start(hub: hub, leaves: ["rl-a"])
+        defer { daemon.cleanUp() }
+        #expect(await daemon.notify.wait(for: "READY=1"), "\(daemon.stderr)")
+        #expect(await daemon.eventually { daemon.devices(in: "ready") == ["gw-under-test", "rl-a"] }, "\(daemon.stderr.suffix(1500))")
+        for i in 1...3 { daemon.sendUDP(#"{"device":"rl-a","values":{"n":\#(i)}}"#) }
+        func accepted(_ leaf: String) -> Int64 {
+            (try? daemon.control(["command": "devices"]))?.arrayValue?.first { $0["device_id"]?.stringValue == leaf }?["accepted"]?.intValue ?? -1
+        }
+        #expect(await daemon.eventually { accepted("rl-a") == 3 })
+
+        let ctl = "'\(productPath("fieldgatectl"))'"
+        let socket = "--socket '\(daemon.controlSocket)'"
+        let options = "--config '\(daemon.directory)/fieldgate.toml' \(socket)"
+        func run(_ arguments: String) async -> (status: Int32, output: String) {
+            let out = daemon.directory + "/ctl.out"
+            let status = await blockingSystem("\(ctl) \(arguments) >'\(out)' 2>&1")
+            return (status, (try? String(contentsOfFile: out, encoding: .utf8)) ?? "")
+        }
+
+        // A device the hub got after the daemon started: its key reaches the running daemon.
+        let key = try await hub.createDevice("rl-new").authentication.symmetricKey.primaryKey
+        let add = await run("leaf add rl-new --key '\(key)' \(options)")
+        #expect(add.status == 0, "\(add.output)")
+        #expect(add.output.contains("✓ rl-new is ready on the hub"), "\(add.output)")
+        #expect((try String(contentsOfFile: daemon.directory + "/secrets.toml", encoding: .utf8)).contains("rl-new = \"\(key)\""))
+        daemon.sendUDP(#"{"device":"rl-new","values":{"added":"without a restart"}}"#)
+        #expect(await daemon.eventually { ((try? await hub.events()) ?? []).contains { $0.deviceId == "rl-new" } })
+        #expect(try await hub.core.perform { $0.connectionsAccepted } == 1, "no reconnect")
+
+        // A changed leaf (telemetry only now) keeps its counts.
+        try "[[leaf]]\ndevice_id = \"rl-a\"\nadapter = \"udp\"\ncloud = []\n"
+            .write(toFile: daemon.directory + "/devices.d/leaves.toml", atomically: true, encoding: .utf8)
+        let changed = await run("reload \(socket)")
+        #expect(changed.status == 0 && changed.output.contains("changed [\"rl-a\"]"), "\(changed.output)")
+        #expect(await daemon.eventually { daemon.devices(in: "ready").contains("rl-a") })
+        #expect(accepted("rl-a") == 3, "the counters survived the reload")
+
+        // A refused reload: exit 1 with the reason, in status until a reload succeeds.
+        try "[[leaf]]\ndevice_id = \"rl-nokey\"\nadapter = \"udp\"\n".write(toFile: daemon.directory + "/devices.d/nokey.toml", atomically: true, encoding: .utf8)
+        let refused = await run("reload \(socket)")
+        #expect(refused.status == 1, "\(refused.output)")
+        #expect(refused.output.contains("reload refused") && refused.output.contains("no key named rl-nokey"), "\(refused.output)")
+        let status = await run("status \(socket)")
+        #expect(status.output.contains("RELOAD REFUSED") && status.output.contains("rl-nokey"), "\(status.output)")
+        #expect(daemon.devices(in: "ready") == ["gw-under-test", "rl-a", "rl-new"], "the running configuration stays")
+        try FileManager.default.removeItem(atPath: daemon.directory + "/devices.d/nokey.toml")
+
+        // Remove: the file and the key go, the daemon lets the leaf go on the same connection.
+        let remove = await run("leaf remove rl-new \(options)")
+        #expect(remove.status == 0, "\(remove.output)")
+        #expect(!FileManager.default.fileExists(atPath: daemon.directory + "/devices.d/rl-new.toml"))
+        #expect(!(try String(contentsOfFile: daemon.directory + "/secrets.toml", encoding: .utf8)).contains("rl-new"))
+        #expect(await daemon.eventually { daemon.devices(in: "ready") == ["gw-under-test", "rl-a"] })
+        #expect((try daemon.control(["command": "status"]))["reload"]?["result"]?.stringValue == "applied")
+        #expect(try await hub.core.perform { $0.connectionsAccepted } == 1)
+
+        daemon.signal(SIGTERM)
+        #expect(await daemon.waitForExit(seconds: 15) == 0)
+        await hub.stop()
+    }
 }

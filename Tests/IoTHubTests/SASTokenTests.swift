@@ -6,7 +6,7 @@ import Testing
 struct SASTokenTests {
     let key = "ZW11bGF0b3ItdGVzdC1rZXktMDEyMzQ1Njc4OWFiY2Q="
 
-    @Test("signatures match the worked vectors of iothub-amqp.md §2.1 — sr is signed as sent",
+    @Test("signatures match the worked vectors of docs/iothub-protocol.md §2.1 — sr is signed as sent",
           arguments: [
             ("myhub.azure-devices.net/devices/dev1", "dJcc9OzHSaSFdPdoZ1eZW/o1eVqHifQ8gLYIITR2XrU="),
             ("myhub.azure-devices.net%2Fdevices%2Fdev1", "1NFFw2TSb0IArYP+2YH4oNPhKFiqtE4XQj4U2i7sV1c="),

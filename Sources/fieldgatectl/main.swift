@@ -1,4 +1,0 @@
-import ArgumentParser
-import FieldgateCtl
-
-await Fieldgatectl.main()

@@ -111,7 +111,7 @@ completion() {  # $1 = program name, $2 = shell
 }
 for prog in fieldgatectl fieldgated; do
   install -d "$R/usr/share/bash-completion/completions" "$R/usr/share/zsh/vendor-completions" "$R/usr/share/fish/vendor_completions.d"
-  completion "$prog" bash >"$R/usr/share/bash-completion/completions/$prog"
+  completion "$prog" bash | sed "1{/^#!/d}" >"$R/usr/share/bash-completion/completions/$prog"  # sourced, not run
   completion "$prog" zsh >"$R/usr/share/zsh/vendor-completions/_$prog"
   completion "$prog" fish >"$R/usr/share/fish/vendor_completions.d/$prog.fish"
 done

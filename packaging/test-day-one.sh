@@ -46,9 +46,10 @@ set -x
 r() { echo "\$2" >"/results/\$1"; }
 export DEBIAN_FRONTEND=noninteractive
 apt-get install -y /debs/$(basename "$DEB") && r installed yes
-# The hub's CA (a real IoT Hub's certificate chains to the system's trust store: no --ca-file there).
+# The hub's CA (a real IoT Hub's certificate chains to the system's trust store: no --ca-file there); the
+# container resolves no "localhost", so the hub is named by its address (TLS still verifies "localhost").
 cp /config/ca.pem /etc/fieldgate/hub-ca.pem
-fieldgatectl connect --port $AMQPS_PORT --ca-file /etc/fieldgate/hub-ca.pem </config/gateway.cs >/results/connect.out 2>&1; r connect "\$?"
+fieldgatectl connect --port $AMQPS_PORT --address 127.0.0.1 --ca-file /etc/fieldgate/hub-ca.pem </config/gateway.cs >/results/connect.out 2>&1; r connect "\$?"
 r active "\$(systemctl is-active fieldgated)"
 fieldgatectl check >/results/check.out 2>&1; r check "\$?"
 fieldgatectl leaf add --connection-string "\$(cat /config/leaf1.cs)" --udp-port $UDP_PORT --udp-bind 127.0.0.1 >/results/leaf1.out 2>&1; r leaf1 "\$?"
@@ -115,3 +116,7 @@ expect remove 0
 echo "test-day-one: ok — apt install; fieldgatectl connect (files written, every check passed, service enabled and started, gateway ready);" \
   "leaf add ×2 (from a connection string, from a key): telemetry of both at the hub, same process, hub connection opened once;" \
   "a refused reload fails systemctl reload and shows in status and at error priority; leaf remove"
+echo "test-day-one: what the operator saw:"
+for f in connect.out check.out leaf1.out leaf2.out status-refused.out remove.out list.out; do
+  echo "  \$ ${f%.out}"; sed 's/^/    /' "$WORK/results/$f"
+done

@@ -38,6 +38,9 @@ cat >"$WORK/e2e.sh" <<SCRIPT
 #!/bin/bash
 exec >/results/log 2>&1
 set -x
+# As the package sets it up: the keys root:fieldgate 0640 (the group exists only once the container booted).
+install -d -m 0750 -g fieldgate /etc/fieldgate && cp -a /config/. /etc/fieldgate/
+chgrp fieldgate /etc/fieldgate/secrets.toml && chmod 0640 /etc/fieldgate/secrets.toml
 systemctl start fieldgated
 systemctl is-active fieldgated >/results/active
 systemctl show fieldgated -p ActiveState -p SubState -p WatchdogUSec -p NRestarts -p StatusText -p Type >/results/show-before
@@ -57,11 +60,12 @@ SWIFT_RUNTIME=()
 [ -d /opt/swift ] && SWIFT_RUNTIME=(--bind-ro=/opt/swift)  # a debug build links the Swift runtime from there
 boot_container "${SWIFT_RUNTIME[@]}" \
   --bind-ro="$BIN/fieldgated:/usr/sbin/fieldgated" \
+  --bind-ro="$BIN/fieldgated:/usr/bin/fieldgatectl" \
   --bind-ro="$PWD/systemd/fieldgated.service:/etc/systemd/system/fieldgated.service" \
   --bind-ro="$PWD/systemd/sysusers.conf:/etc/sysusers.d/fieldgate.conf" \
   --bind-ro="$WORK/units/fieldgated.service.d:/etc/systemd/system/fieldgated.service.d" \
   --bind-ro="$WORK/units/fieldgate-e2e.service:/etc/systemd/system/fieldgate-e2e.service" \
-  --bind-ro="$WORK/etc:/etc/fieldgate" \
+  --bind-ro="$WORK/etc:/config" \
   --bind-ro="$WORK/e2e.sh:/e2e.sh" \
   --bind="$WORK/results:/results" \
   systemd.wants=fieldgate-e2e.service

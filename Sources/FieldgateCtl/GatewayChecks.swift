@@ -46,7 +46,7 @@ struct GatewayChecks {
             results.append(CheckResult(name: "configuration", verdict: .fail, detail: error.problems.map(\.description).joined(separator: "\n  "),
                                        hint: "fix each file:line above (fieldgatectl config check prints the same)"))
             results.append(fileAccess(files: [configPath, Self.secretsPath(configPath)]))
-            for name in ["clock", "dns", "tcp", "tls", "credentials"] where name != "clock" {
+            for name in ["dns", "tcp", "tls", "credentials"] {
                 results.append(CheckResult(name: name, verdict: .skip, detail: "needs a valid configuration"))
             }
             return results

@@ -68,12 +68,13 @@ struct LeafCommands: ParsableCommand {
             let path = files.leafFile(device)
             try files.write(path, entry(device))
             // The first UDP leaf needs the adapter's [udp] section.
+            var udpSection: String?
             if adapter == "udp", let text = ConfigFiles.read(config), !text.split(separator: "\n").contains(where: { $0.trimmed() == "[udp]" }) {
                 var main = TOMLTextEditor(text)
                 main.set("udp", "port", String(udpPort ?? 47000))
                 if let udpBind { main.set("udp", "bind", TOMLTextEditor.string(udpBind)) }
                 try files.write(config, main.text)
-                say("UDP leaves listen on \(udpBind ?? "every address"), port \(udpPort ?? 47000) ([udp] in \(config))")
+                udpSection = "UDP leaves listen on \(udpBind ?? "every address"), port \(udpPort ?? 47000) ([udp] in \(config))"
             }
             if let keyText {
                 var secrets = TOMLTextEditor(ConfigFiles.read(files.secretsPath) ?? ConfigTemplate.secrets)
@@ -86,6 +87,7 @@ struct LeafCommands: ParsableCommand {
                 throw Failure("fieldgatectl: the configuration would not be valid: nothing changed")
             }
             say("wrote \(path)" + (keyText != nil ? " and the key in \(files.secretsPath)" : ""))
+            if let udpSection { say(udpSection) }
             guard !noReload else { return }
             try await applyAndWatch(device, socket: socket)
         }

@@ -71,6 +71,9 @@ systemctl reload fieldgated; r good-reload "\$?"
 fieldgatectl leaf remove day-one-2 >/results/remove.out 2>&1; r remove "\$?"
 fieldgatectl status --json >/results/status-end.json
 journalctl -u fieldgated -o cat >/results/journal
+r nice-configured "\$(systemctl show -p LimitNICE --value fieldgated)"
+r nice-effective "\$(awk '/Max nice/ {print \$5}' /proc/\$(systemctl show -p MainPID --value fieldgated)/limits)"
+journalctl -b -o verbose --grep 'Failed to set thread priority|ConfigurationDirectory' >/results/journal-noise
 systemctl poweroff
 SCRIPT
 
@@ -112,6 +115,7 @@ grep -q 'second leaf, no restart' <<<"$EVENTS" || fail "the second leaf's teleme
 grep -q 'RELOAD REFUSED.*no-key-yet' "$WORK/results/status-refused.out" || fail "status does not show the refused reload"
 [ "$(cat "$WORK/results/refused-at-err")" -ge 1 ] || fail "the refused reload is not in the journal at error priority"
 expect good-reload 0
+journal_noise "$WORK/results" 3  # the daemon, and fieldgatectl reload twice (ExecReload runs under the unit)
 expect remove 0
 echo "test-day-one: ok — apt install; fieldgatectl connect (files written, every check passed, service enabled and started, gateway ready);" \
   "leaf add ×2 (from a connection string, from a key): telemetry of both at the hub, same process, hub connection opened once;" \

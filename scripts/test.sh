@@ -15,5 +15,7 @@ bash scripts/sdk-e2e.sh "$(swift build --show-bin-path)"
 bash scripts/systemd-e2e.sh "$(swift build --show-bin-path)"
 # The .deb: built (release, static Swift runtime), lintian clean, installed, upgraded and purged in the container.
 bash packaging/test-deb.sh
+# Day one in that container with fieldgatectl alone: connect, check, leaf add ×2 without a restart, a refused reload.
+bash packaging/test-day-one.sh
 # A bounded libFuzzer run over the spool's decoders (longer runs: scripts/fuzz.sh SECONDS).
 bash scripts/fuzz.sh 30

@@ -155,7 +155,8 @@ struct GatewayChecks {
             if !texts.contains(t) { texts.append(t) }
             p = a.pointee.ai_next
         }
-        return (CheckResult(name: "dns", verdict: .pass, detail: "\(host) → " + texts.joined(separator: ", ")), addresses)
+        let label = texts == [host] ? "\(host) ([hub] address: no lookup)" : "\(host) → " + texts.joined(separator: ", ")
+        return (CheckResult(name: "dns", verdict: .pass, detail: label), addresses)
     }
 
     func connectTCP(_ address: sockaddr_storage, label: String) -> (result: CheckResult, fd: Int32) {

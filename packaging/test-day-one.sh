@@ -5,7 +5,7 @@
 # connection string → its telemetry at the hub → `leaf add` of a second leaf with a new key → its telemetry, with the
 # same daemon process and the same hub connection (no restart, no reconnect) → a refused reload fails
 # `systemctl reload` with the reason and stays in `fieldgatectl status` → `leaf remove`.
-# Usage: packaging/test-day-one.sh   (uses dist/fieldgate_<version>_<arch>.deb, building it when missing)
+# Usage: packaging/test-day-one.sh   (builds dist/fieldgate_<version>_<arch>.deb first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d /opt/swift/usr/bin ] && export PATH=/opt/swift/usr/bin:$PATH
@@ -17,7 +17,7 @@ OBSTACLE=$(boot_obstacle)
 ARCH=$(dpkg --print-architecture)
 VERSION=$(sed -n 's/.*FIELDGATE_VERSION"\] ?? "\(.*\)".*/\1/p' Package.swift)
 DEB=dist/fieldgate_${VERSION}_${ARCH}.deb
-[ -f "$DEB" ] || bash packaging/build-deb.sh --version "$VERSION" --no-hub --no-lintian
+bash packaging/build-deb.sh --version "$VERSION" --no-hub --no-lintian  # never a stale package (a no-op rebuild when it is current)
 swift build --product fieldgate-hub >/dev/null
 HUB_BIN=$(swift build --show-bin-path)/fieldgate-hub
 

@@ -2,6 +2,8 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -14,8 +16,21 @@ static long long unix_time(const ASN1_TIME *t) {
 
 static void openssl_error(char *out, size_t size) {
     unsigned long e = ERR_peek_last_error();
-    if (e == 0) { strncpy(out, "the peer closed the connection during the handshake", size - 1); return; }
+    if (e == 0) { strncpy(out, "OpenSSL gave no reason", size - 1); return; }
     ERR_error_string_n(e, out, size);
+}
+
+/* Why SSL_connect failed, in words: OpenSSL's error queue, or the socket's (a timeout, a reset, a close). */
+static void handshake_error(SSL *ssl, int rc, int saved_errno, char *out, size_t size) {
+    int kind = SSL_get_error(ssl, rc);
+    if (kind == SSL_ERROR_SYSCALL && ERR_peek_last_error() == 0) {
+        if (saved_errno == EAGAIN || saved_errno == EWOULDBLOCK) snprintf(out, size, "no answer within the timeout");
+        else if (saved_errno != 0) snprintf(out, size, "%s", strerror(saved_errno));
+        else snprintf(out, size, "the peer closed the connection during the handshake");
+        return;
+    }
+    if (kind == SSL_ERROR_ZERO_RETURN) { snprintf(out, size, "the peer closed the connection during the handshake"); return; }
+    openssl_error(out, size);
 }
 
 int fg_tls_probe(int fd, const char *host, const char *ca_file, fg_tls_probe_result *out) {
@@ -33,10 +48,18 @@ int fg_tls_probe(int fd, const char *host, const char *ca_file, fg_tls_probe_res
     /* Complete the handshake whatever the certificate, then report the verification result in words. */
     SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
     SSL *ssl = SSL_new(ctx);
+    if (ssl == NULL) {
+        openssl_error(out->error_text, sizeof out->error_text);
+        SSL_CTX_free(ctx);
+        return 0;
+    }
     SSL_set_fd(ssl, fd);
     SSL_set_tlsext_host_name(ssl, host);
     SSL_set1_host(ssl, host);
-    if (SSL_connect(ssl) == 1) {
+    errno = 0;
+    int rc = SSL_connect(ssl);
+    int saved_errno = errno;
+    if (rc == 1) {
         out->handshake_ok = 1;
         out->verify_result = SSL_get_verify_result(ssl);
         strncpy(out->verify_text, X509_verify_cert_error_string(out->verify_result), sizeof out->verify_text - 1);
@@ -51,7 +74,7 @@ int fg_tls_probe(int fd, const char *host, const char *ca_file, fg_tls_probe_res
         }
         SSL_shutdown(ssl);
     } else {
-        openssl_error(out->error_text, sizeof out->error_text);
+        handshake_error(ssl, rc, saved_errno, out->error_text, sizeof out->error_text);
     }
     SSL_free(ssl);
     SSL_CTX_free(ctx);

@@ -25,6 +25,16 @@ public struct Fieldgatectl: AsyncParsableCommand {
                       ConfigCommands.self, SASTokenCommand.self, Debug.self])
 }
 
+@available(macOS 10.15, macCatalyst 13, iOS 13, tvOS 13, watchOS 6, *)
+extension Fieldgatectl {
+    /// fieldgatectl as a program: a peer that resets a TLS or control connection must cost an error, not the process
+    /// (OpenSSL and the control socket write with write(2), which raises SIGPIPE).
+    public static func runAsProgram() async {
+        signal(SIGPIPE, SIG_IGN)
+        await main()
+    }
+}
+
 struct ConnectionOptions: ParsableArguments {
     @Option(help: "fieldgated's control socket.") var socket = "/run/fieldgate/control.sock"
     @Flag(help: "Print JSON for scripts.") var json = false

@@ -3,6 +3,7 @@ import FieldgateCore
 import GatewayConfig
 import HubDeviceClient
 import ProtonAMQP
+import Synchronization
 import Uplink
 
 #if canImport(Glibc)
@@ -88,10 +89,7 @@ struct GatewayChecks {
         return results
     }
 
-    static func secretsPath(_ configPath: String) -> String {
-        let dir = configPath.contains("/") ? String(configPath[..<configPath.lastIndex(of: "/")!]) : "."
-        return (dir.isEmpty ? "" : dir) + "/secrets.toml"
-    }
+    static func secretsPath(_ configPath: String) -> String { GatewaySettings.secretsPath(configPath: configPath) }
 
     // MARK: the checks
 
@@ -127,7 +125,7 @@ struct GatewayChecks {
             return CheckResult(name: "clock", verdict: .fail, detail: "\(text) is before 2024: SAS tokens would be expired on arrival",
                                hint: "set the time (timedatectl set-ntp true, or date -s)")
         }
-        if let synced = Self.output(["timedatectl", "show", "-p", "NTPSynchronized", "--value"]), synced == "no" {
+        if let synced = Self.output(["timeout", "5", "timedatectl", "show", "-p", "NTPSynchronized", "--value"]), synced == "no" {
             return CheckResult(name: "clock", verdict: .warn, detail: "\(text), not synchronized with NTP",
                                hint: "timedatectl set-ntp true; a clock minutes off makes tokens look expired or not yet valid")
         }
@@ -207,37 +205,46 @@ struct GatewayChecks {
 
     /// One AMQP connection, a put-token per identity; nothing attached.
     func credentials(_ settings: GatewaySettings) async -> CheckResult {
-        let identities = [settings.gatewayLeaf] + (allLeaves ? settings.leaves : Array(settings.leaves.prefix(sample)))
         let reactor = AMQPReactor()
-        defer { Task { await reactor.shutdown() } }
+        let result = await credentials(settings, reactor: reactor)
+        await reactor.shutdown()
+        return result
+    }
+
+    private func credentials(_ settings: GatewaySettings, reactor: AMQPReactor) async -> CheckResult {
+        let identities = [settings.gatewayLeaf] + (allLeaves ? settings.leaves : Array(settings.leaves.prefix(sample)))
         let tls: AMQPClientTLS?
         switch settings.uplink.transport {
         case .tls(let t): tls = AMQPClientTLS(trustedCAFile: t.caFile, peerHostname: settings.uplink.hostName, verifyPeer: t.verifyHostName)
         case .insecurePlainAMQP: tls = nil
         }
-        let connection: DeviceConnection
-        do {
-            connection = try await withDeadline(seconds: Int(timeoutSeconds) * 2) {
-                try await DeviceConnection.connect(reactor: reactor, host: settings.uplink.address ?? settings.uplink.hostName, port: settings.uplink.port,
-                                                   hostName: settings.uplink.hostName, tls: tls)
-            }
-        } catch {
-            return CheckResult(name: "credentials", verdict: .fail, detail: "the AMQP connection failed: \(error)", hint: "see the tls line above")
-        }
-        defer { connection.close() }
         var refused: [String] = []
         let expiry = WallClock.nowMilliseconds() / 1000 + 300
-        for leaf in identities {
-            let who = leaf.deviceID == settings.gatewayLeaf.deviceID ? "gateway \(leaf.deviceID)" : "leaf \(leaf.deviceID)"
+        // The hub takes about a thousand tokens per connection (the uplink splits leaves the same way).
+        let chunks = stride(from: 0, to: identities.count, by: Self.tokensPerConnection).map { Array(identities[$0..<min($0 + Self.tokensPerConnection, identities.count)]) }
+        for chunk in chunks {
+            let connection: DeviceConnection
             do {
-                let token = try settings.uplink.sasToken(for: leaf, expiry: expiry)
-                let answer = try await withDeadline(seconds: Int(timeoutSeconds)) {
-                    try await connection.putToken(token, audience: settings.uplink.cbsAudience(for: leaf))
+                connection = try await firstOf(seconds: Int(timeoutSeconds) * 2) {
+                    try await DeviceConnection.connect(reactor: reactor, host: settings.uplink.address ?? settings.uplink.hostName, port: settings.uplink.port,
+                                                       hostName: settings.uplink.hostName, tls: tls)
                 }
-                if answer.status != 200 { refused.append("\(who): \(answer.status) \(answer.description)") }
             } catch {
-                refused.append("\(who): \(error)")
+                return CheckResult(name: "credentials", verdict: .fail, detail: "the AMQP connection failed: \(error)",
+                                   hint: "is this the hub's AMQPS port? See the tls line above")
             }
+            for leaf in chunk {
+                let who = leaf.deviceID == settings.gatewayLeaf.deviceID ? "gateway \(leaf.deviceID)" : "leaf \(leaf.deviceID)"
+                do {
+                    let token = try settings.uplink.sasToken(for: leaf, expiry: expiry)
+                    let audience = settings.uplink.cbsAudience(for: leaf)
+                    let answer = try await firstOf(seconds: Int(timeoutSeconds)) { try await connection.putToken(token, audience: audience) }
+                    if answer.status != 200 { refused.append("\(who): \(answer.status) \(answer.description)") }
+                } catch {
+                    refused.append("\(who): \(error)")
+                }
+            }
+            connection.close()
         }
         let scope = allLeaves || settings.leaves.count <= sample ? "" : " (a sample: the gateway and the first \(sample) of \(settings.leaves.count) leaves; --all-leaves checks every one)"
         guard refused.isEmpty else {
@@ -247,6 +254,8 @@ struct GatewayChecks {
         let accepted = identities.count == 1 ? "the gateway's credentials" : "the credentials of all \(identities.count) identities (the gateway and \(identities.count - 1) leaves)"
         return CheckResult(name: "credentials", verdict: .pass, detail: "the hub accepted \(accepted)\(scope)")
     }
+
+    static let tokensPerConnection = 900
 
     // MARK: helpers
 
@@ -287,16 +296,28 @@ struct GatewayChecks {
     }
 }
 
-/// `body`, or a timeout error after `seconds`.
-func withDeadline<T: Sendable>(seconds: Int, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: .seconds(seconds))
-            throw CheckTimeout(seconds: seconds)
+/// `body`'s result, or a timeout error after `seconds`, whichever comes first. Unlike a task group it does not wait
+/// for `body` to give up: a peer that never answers (an AMQP Open, a put-token) leaves only a task behind, which
+/// ends with the process.
+func firstOf<T: Sendable>(seconds: Int, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+        let once = ResumeOnce(continuation)
+        Task {
+            do { once.resume(with: .success(try await body())) } catch { once.resume(with: .failure(error)) }
         }
-        defer { group.cancelAll() }
-        return try await group.next()!
+        Task {
+            try? await Task.sleep(for: .seconds(seconds))
+            once.resume(with: .failure(CheckTimeout(seconds: seconds)))
+        }
+    }
+}
+
+/// A continuation resumed by whichever of several racers comes first.
+private final class ResumeOnce<T: Sendable>: Sendable {
+    private let continuation: Mutex<CheckedContinuation<T, any Error>?>
+    init(_ c: CheckedContinuation<T, any Error>) { continuation = Mutex(c) }
+    func resume(with result: Result<T, any Error>) {
+        continuation.withLock { c in defer { c = nil }; return c }?.resume(with: result)
     }
 }
 

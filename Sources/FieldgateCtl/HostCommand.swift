@@ -9,11 +9,12 @@ enum HostCommand {
     static func capture(_ argv: [String]) -> (status: Int32, output: String)? {
         var pipeFDs: [Int32] = [0, 0]
         guard pipe(&pipeFDs) == 0 else { return nil }
+        // Neither end may leak into the child beyond its stdout (pipe2 is not in Swift's Glibc module).
+        for fd in pipeFDs { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 1)
-        posix_spawn_file_actions_addclose(&actions, pipeFDs[0])
         posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
         let status = spawn(argv, actions: &actions)
         close(pipeFDs[1])

@@ -4,6 +4,10 @@ import FieldgateCore
 import GatewayConfig
 import Uplink
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -58,7 +62,10 @@ struct LeafCommands: ParsableCommand {
             guard let device else { throw Failure("fieldgatectl: name the leaf (its device id) or give its --connection-string") }
             if keyText == nil && !noKey && credential == nil {
                 say("the key of \(device) (base64), then Enter:")
-                keyText = readLine(strippingNewline: true)?.trimmed()
+                keyText = readSecretLine()
+            }
+            if let k = keyText, !HubConnectionString.isValidKey(k) {
+                throw Failure("fieldgatectl: that is not an IoT Hub key (base64 of 16 to 64 bytes): copy the SharedAccessKey part of \(device)'s connection string")
             }
             guard ["udp", "modbus"].contains(adapter) else { throw Failure("fieldgatectl: --adapter \(adapter): use udp or modbus") }
             if let existing = LeafLocation.all(configPath: config).first(where: { $0.deviceID == device }) {
@@ -66,10 +73,14 @@ struct LeafCommands: ParsableCommand {
             }
             var files = ConfigFiles(configPath: config)
             let path = files.leafFile(device)
+            // Never over a file of the operator's (it may hold other leaves, ports, buses).
+            guard !FileManager.default.fileExists(atPath: path) else {
+                throw Failure("fieldgatectl: \(path) exists already: add \(device) to it by hand, or move that file away")
+            }
             try files.write(path, entry(device))
             // The first UDP leaf needs the adapter's [udp] section.
             var udpSection: String?
-            if adapter == "udp", let text = ConfigFiles.read(config), !text.split(separator: "\n").contains(where: { $0.trimmed() == "[udp]" }) {
+            if adapter == "udp", let text = ConfigFiles.read(config), !TOMLTextEditor(text).hasTable("udp") {
                 var main = TOMLTextEditor(text)
                 main.set("udp", "port", String(udpPort ?? 47000))
                 if let udpBind { main.set("udp", "bind", TOMLTextEditor.string(udpBind)) }
@@ -82,9 +93,9 @@ struct LeafCommands: ParsableCommand {
                 try files.write(files.secretsPath, secrets.text)
             }
             do { _ = try GatewaySettings.load(path: config) } catch {
-                files.restore()
+                let notRestored = files.restore()
                 printProblems(error)
-                throw Failure("fieldgatectl: the configuration would not be valid: nothing changed")
+                throw Failure("fieldgatectl: the configuration would not be valid: " + (notRestored.isEmpty ? "nothing changed" : "and these files could not be put back: " + notRestored.joined(separator: "; ")))
             }
             say("wrote \(path)" + (keyText != nil ? " and the key in \(files.secretsPath)" : ""))
             if let udpSection { say(udpSection) }
@@ -124,22 +135,32 @@ struct LeafCommands: ParsableCommand {
             guard let leaf = all.first(where: { $0.deviceID == deviceId }) else {
                 throw Failure("fieldgatectl: \(deviceId) is not configured (leaves: \(all.map(\.deviceID).joined(separator: ", ")))")
             }
-            guard leaf.leavesInFile == 1, leaf.file != config else {
+            guard leaf.fileHoldsOnlyIt, leaf.file != config else {
                 throw Failure("fieldgatectl: \(deviceId) shares \(leaf.file) with other entries: remove its [[leaf]] at line \(leaf.line ?? 0) by hand, then fieldgatectl reload")
             }
             var files = ConfigFiles(configPath: config)
             try files.remove(leaf.file)
             let keyShared = all.contains { $0.deviceID != deviceId && $0.keyName == leaf.keyName }
-            if !keepKey, let name = leaf.keyName, !keyShared, let text = ConfigFiles.read(files.secretsPath) {
+            var keyNote = ""
+            if keepKey || leaf.keyName == nil {
+                keyNote = ""
+            } else if keyShared {
+                keyNote = "; its key stays (another leaf uses it)"
+            } else if let name = leaf.keyName, let text = ConfigFiles.read(files.secretsPath) {
                 var secrets = TOMLTextEditor(text)
-                if secrets.remove("keys", name) { try files.write(files.secretsPath, secrets.text) }
+                if secrets.remove("keys", name) {
+                    try files.write(files.secretsPath, secrets.text)
+                    keyNote = " and its key"
+                } else {
+                    keyNote = "; no line \(name) = … under [keys] in \(files.secretsPath) to remove (edit it by hand if the key is there in another form)"
+                }
             }
             do { _ = try GatewaySettings.load(path: config) } catch {
-                files.restore()
+                let notRestored = files.restore()
                 printProblems(error)
-                throw Failure("fieldgatectl: the configuration would not be valid without it: nothing changed")
+                throw Failure("fieldgatectl: the configuration would not be valid without it: " + (notRestored.isEmpty ? "nothing changed" : "and these files could not be put back: " + notRestored.joined(separator: "; ")))
             }
-            say("removed \(leaf.file)" + (keepKey || keyShared ? "" : " and its key"))
+            say("removed \(leaf.file)" + keyNote)
             guard !noReload else { return }
             let spooled = (try? ControlClient.request(["command": "spool-stats"], socketPath: socket))?["depth_by_leaf"]?[deviceId]?.intValue ?? 0
             let answer = try ConnectionOptions(socket: socket).ask("reload", ["trigger": "fieldgatectl leaf remove"])
@@ -177,6 +198,19 @@ struct LeafCommands: ParsableCommand {
             })
         }
     }
+}
+
+/// A line from standard input without echoing it when it is a terminal (a key must not stay on the screen).
+func readSecretLine() -> String? {
+    var saved = termios()
+    let isTerminal = isatty(0) == 1 && tcgetattr(0, &saved) == 0
+    if isTerminal {
+        var quiet = saved
+        quiet.c_lflag &= ~tcflag_t(ECHO)
+        tcsetattr(0, TCSANOW, &quiet)
+    }
+    defer { if isTerminal { tcsetattr(0, TCSANOW, &saved); say("") } }
+    return readLine(strippingNewline: true)?.trimmed()
 }
 
 /// Reloads the running daemon and waits for `device` to be ready (or to fail) on the hub.

@@ -83,10 +83,11 @@ struct Connect: AsyncParsableCommand {
         if let d = deviceId, let c = cs.deviceID, d != c { throw Failure("fieldgatectl: --device-id \(d) but the connection string is for \(c)") }
         var files = ConfigFiles(configPath: config)
         var main = TOMLTextEditor(ConfigFiles.read(config) ?? ConfigTemplate.main)
+        // The whole of [hub]'s connection: what a previous hub needed (another port, address or CA) goes.
         main.set("hub", "host", TOMLTextEditor.string(cs.hostName))
-        if let port { main.set("hub", "port", String(port)) }
-        if let address { main.set("hub", "address", TOMLTextEditor.string(address)) }
-        if let caFile { main.set("hub", "ca_file", TOMLTextEditor.string(caFile)) }
+        if let port { main.set("hub", "port", String(port)) } else { main.remove("hub", "port") }
+        if let address { main.set("hub", "address", TOMLTextEditor.string(address)) } else { main.remove("hub", "address") }
+        if let caFile { main.set("hub", "ca_file", TOMLTextEditor.string(caFile)) } else { main.remove("hub", "ca_file") }
         main.set("gateway", "device_id", TOMLTextEditor.string(device))
         main.remove("gateway", "key_ref")
         var secrets = TOMLTextEditor(ConfigFiles.read(files.secretsPath) ?? ConfigTemplate.secrets)
@@ -103,7 +104,7 @@ struct Connect: AsyncParsableCommand {
         say("hub \(cs.hostName)\(port.map { ":\($0)" } ?? ""), gateway \(device) authenticated by \(credential)")
         if dryRun {
             say("would write \(config):")
-            print(main.text)
+            say(main.text)
             say("would write \(files.secretsPath) (keys not shown), mode 0640, group \(Secrets.serviceGroup)")
             return
         }
@@ -113,7 +114,10 @@ struct Connect: AsyncParsableCommand {
         let results = await GatewayChecks(configPath: config, sample: 0).run()
         for r in results { say(r.line) }
         if results.contains(where: { $0.verdict == .fail }) {
-            files.restore()
+            let notRestored = files.restore()
+            guard notRestored.isEmpty else {
+                throw Failure("fieldgatectl: a check failed, and the previous files could not all be put back: " + notRestored.joined(separator: "; "))
+            }
             throw Failure("fieldgatectl: a check failed: the previous files are back, nothing was started")
         }
         guard !noStart else { say("checked; start it with: systemctl enable --now fieldgated"); return }
@@ -122,9 +126,17 @@ struct Connect: AsyncParsableCommand {
             return
         }
         let active = HostCommand.capture(["systemctl", "is-active", "fieldgated"])?.output == "active"
-        let argv = active ? ["systemctl", "reload", "fieldgated"] : ["systemctl", "enable", "--now", "fieldgated"]
+        var argv = active ? ["systemctl", "reload", "fieldgated"] : ["systemctl", "enable", "--now", "fieldgated"]
         say(argv.joined(separator: " "))
-        guard HostCommand.run(argv) == 0 else {
+        let status = HostCommand.run(argv)
+        if status != 0 && active {
+            // A reload refuses what only a restart applies (another gateway device id): restart then.
+            argv = ["systemctl", "restart", "fieldgated"]
+            say("the running daemon cannot take this by a reload: " + argv.joined(separator: " "))
+            guard HostCommand.run(argv) == 0 else {
+                throw Failure("fieldgatectl: \(argv.joined(separator: " ")) failed: see systemctl status fieldgated and journalctl -u fieldgated")
+            }
+        } else if status != 0 {
             throw Failure("fieldgatectl: \(argv.joined(separator: " ")) failed: see systemctl status fieldgated and journalctl -u fieldgated")
         }
         try await waitForGateway(device, socket: socket)

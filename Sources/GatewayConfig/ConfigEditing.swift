@@ -61,7 +61,9 @@ public struct HubConnectionString: Sendable, Equatable {
     }
 
     /// IoT Hub keys are base64 of 16 to 64 bytes.
-    var isValidKey: Bool {
+    public var isValidKey: Bool { Self.isValidKey(key) }
+
+    public static func isValidKey(_ key: String) -> Bool {
         let base64 = Set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
         return key.count % 4 == 0 && (20...100).contains(key.count) && key.allSatisfy { base64.contains($0) }
     }
@@ -74,9 +76,9 @@ public struct TOMLTextEditor: Sendable {
 
     public init(_ text: String) { self.text = text }
 
-    /// `table.key = value` (value already in TOML syntax, e.g. `"x"` or `5671`): replaces the key's line in `[table]`
-    /// (a commented-out `# key = …` line there is replaced too, so the reference's comment stays beside it), or adds
-    /// the line at the end of the table, or adds the table at the end of the file.
+    /// `table.key = value` (value already in TOML syntax, e.g. `"x"` or `5671`): replaces the key's line in `[table]`,
+    /// or, where the table has only a commented-out `# key = …` default, adds the line right under it (the reference's
+    /// comment stays beside it), or adds the line at the end of the table, or the table at the end of the file.
     public mutating func set(_ table: String, _ key: String, _ value: String) {
         var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
         let assignment = "\(Self.quoteKey(key)) = \(value)"
@@ -143,10 +145,46 @@ public struct TOMLTextEditor: Sendable {
         return inner.hasPrefix("[") ? String(inner.dropFirst()).trimmed() : String(inner).trimmed()
     }
 
-    private static func keyOf(_ line: String) -> String? {
-        let t = line.trimmed()
-        guard !t.isEmpty, !t.hasPrefix("#"), !t.hasPrefix("["), let eq = t.firstIndex(of: "=") else { return nil }
-        return t[..<eq].trimmed().trimmed { $0 == "\"" || $0 == "'" }
+    /// The key a `key = value` line assigns: a bare key, or a quoted one ("…" with escapes, '…' literal), which may
+    /// hold `=` and quotes (device ids can).
+    public static func keyOf(_ line: String) -> String? {
+        let t = Substring(line.trimmed())
+        guard let first = t.first, first != "#", first != "[" else { return nil }
+        var key = ""
+        var rest: Substring
+        if first == "\"" || first == "'" {
+            var i = t.index(after: t.startIndex)
+            var closed = false
+            while i < t.endIndex {
+                let c = t[i]
+                if c == first { closed = true; break }
+                if first == "\"", c == "\\" {
+                    i = t.index(after: i)
+                    guard i < t.endIndex else { return nil }
+                    switch t[i] {
+                    case "n": key.append("\n")
+                    case "t": key.append("\t")
+                    default: key.append(t[i])  // \" and \\ (\u escapes do not occur in device ids)
+                    }
+                } else {
+                    key.append(c)
+                }
+                i = t.index(after: i)
+            }
+            guard closed else { return nil }
+            rest = t[t.index(after: i)...]
+        } else {
+            guard let end = t.firstIndex(where: { $0 == "=" || $0 == " " || $0 == "\t" }) else { return nil }
+            key = String(t[..<end])
+            rest = t[end...]
+        }
+        guard rest.drop(while: { $0 == " " || $0 == "\t" }).first == "=", !key.isEmpty else { return nil }
+        return key
+    }
+
+    /// Whether the file has a `[table]` header (however it is spaced or commented after).
+    public func hasTable(_ table: String) -> Bool {
+        text.split(separator: "\n", omittingEmptySubsequences: false).contains { Self.tableHeader(String($0)) == table }
     }
 
     private static func uncommented(_ line: String) -> String {
@@ -165,8 +203,10 @@ public struct LeafLocation: Sendable, Equatable {
     public var adapter: String
     public var file: String
     public var line: Int?
-    /// How many leaves that file holds (a file of its own can simply be removed).
+    /// How many leaves that file holds.
     public var leavesInFile: Int
+    /// The file holds this leaf and nothing else (no other leaf, port or bus): removing it removes only the leaf.
+    public var fileHoldsOnlyIt: Bool
     /// The name of its key in the secrets' [keys], when it authenticates with one.
     public var keyName: String?
 
@@ -181,10 +221,21 @@ public struct LeafLocation: Sendable, Equatable {
             for (i, t) in tables.enumerated() {
                 guard let id = t["device_id"]?.string else { continue }
                 let credential = t["credential"]?.string ?? "key"
+                let onlyIt = tables.count == 1 && source.table.keys.allSatisfy { $0 == "leaf" }
                 out.append(LeafLocation(deviceID: id, adapter: t["adapter"]?.string ?? "?", file: path, line: source.line("leaf[\(i)]"),
-                                        leavesInFile: tables.count, keyName: credential == "key" ? (t["key_ref"]?.string ?? id) : nil))
+                                        leavesInFile: tables.count, fileHoldsOnlyIt: onlyIt,
+                                        keyName: credential == "key" ? (t["key_ref"]?.string ?? id) : nil))
             }
         }
         return out
+    }
+}
+
+extension GatewaySettings {
+    /// The secrets file this configuration names (`[secrets] file`), or secrets.toml beside it; as `load` reads it.
+    public static func secretsPath(configPath: String) -> String {
+        let directory = directoryOf(configPath)
+        let named = (try? ConfigSource.read(configPath))?.table["secrets"]?.table?["file"]?.string
+        return named ?? (directory.isEmpty ? "." : directory) + "/secrets.toml"
     }
 }

@@ -154,5 +154,5 @@ enum ConfigSchema {
         "key": secretHint, "key_file": secretHint, "hmac_key": secretHint, "primary_key": secretHint,
         "leaves": "Leaves are [[leaf]] tables (in devices.d/*.toml or here).",
     ]
-    static let secretHint = "Keys never go in the configuration: put them in the secrets file (secrets.toml, mode 0600) under [keys] and refer to them with key_ref."
+    static let secretHint = "Keys never go in the configuration: put them in the secrets file (secrets.toml, root:fieldgate mode 0640) under [keys] and refer to them with key_ref."
 }

@@ -27,7 +27,8 @@ final class Shard: @unchecked Sendable {
     var machine: ConnectionMachine
     private(set) var leafOrder: [String]
     var leaves: [String: LeafRuntime] = [:]
-    /// Counters of leaves a reload removed, by device id: a leaf changed by a reload (removed, then added) keeps them.
+    /// Counters of leaves a reload changed (removed, then added again), by device id, until the new one is added. The
+    /// new one is added to this shard unless it is full (then the counts start over on the other).
     var retiredCounters: [String: LeafCounters] = [:]
 
     private(set) var generation = 0
@@ -151,9 +152,9 @@ final class Shard: @unchecked Sendable {
 
     /// A leaf removed while running (reload): its links close and what it had in flight goes back to the spool,
     /// where its records wait (TTL and cap apply) until the leaf is configured again. The connection stays.
-    func removeLeaf(_ id: String) {
+    func removeLeaf(_ id: String, keepingCounters: Bool = false) {
         guard let leaf = leaves.removeValue(forKey: id) else { return }
-        retiredCounters[id] = leaf.counters
+        if keepingCounters { retiredCounters[id] = leaf.counters }
         leafOrder.removeAll { $0 == id }
         admitCursor = leafOrder.isEmpty ? 0 : admitCursor % leafOrder.count
         detachLinks(leaf)

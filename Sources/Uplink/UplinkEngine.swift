@@ -86,7 +86,9 @@ final class UplinkEngine: @unchecked Sendable {
         var changes = LeafChanges()
         for (id, old) in current.sorted(by: { $0.key < $1.key }) {
             guard wanted[id] != old else { continue }
-            if let s = leafShard.removeValue(forKey: id) { shards[s].withConnection { $0.removeLeaf(id) } }
+            // A changed leaf comes back at once (below): its counts go on. A removed one's are forgotten.
+            let changed = wanted[id] != nil
+            if let s = leafShard.removeValue(forKey: id) { shards[s].withConnection { $0.removeLeaf(id, keepingCounters: changed) } }
             if wanted[id] == nil { changes.removed.append(id) } else { changes.changed.append(id) }
         }
         for leaf in leaves where current[leaf.deviceID] != leaf {

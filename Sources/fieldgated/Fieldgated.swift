@@ -31,7 +31,7 @@ struct Fieldgated: AsyncParsableCommand {
     /// One binary, two programs: installed as /usr/sbin/fieldgated with /usr/bin/fieldgatectl linked to it.
     static func main() async {
         if CommandLine.arguments.first?.split(separator: "/").last == "fieldgatectl" {
-            await Fieldgatectl.main()
+            await Fieldgatectl.runAsProgram()
             return
         }
         await main(nil)
@@ -68,9 +68,16 @@ struct Run: AsyncParsableCommand {
             pingIntervalMs: notifier.watchdogPingMilliseconds,
             configured: settings.stallMilliseconds))
         let reloader = Reloader(notifier: notifier, statusLine: { await daemon.statusLine() }, logger: logger) { () throws(ConfigReloadError) in
-            let next: GatewaySettings
-            do { next = try GatewaySettings.load(path: configPath) } catch { throw ConfigReloadError(description: "\(error)") }
-            return try await daemon.apply(next)
+            // Reading and checking the files blocks (file I/O, user database lookups): not on the cooperative pool.
+            let loaded = await withCheckedContinuation { (c: CheckedContinuation<Result<GatewaySettings, ConfigError>, Never>) in
+                DispatchQueue(label: "fieldgate.reload").async {
+                    c.resume(returning: Result { () throws(ConfigError) in try GatewaySettings.load(path: configPath) })
+                }
+            }
+            switch loaded {
+            case .success(let next): return try await daemon.apply(next)
+            case .failure(let error): throw ConfigReloadError(description: "\(error)")
+            }
         }
         let supervisor = Supervisor(
             notifier: notifier, heartbeats: { daemon.heartbeats }, statusLine: { await daemon.statusLine() },

@@ -20,6 +20,7 @@ final class Reloader: Sendable {
     private let statusLine: @Sendable () async -> String
     private let logger: Logger
     private let last = Mutex<Outcome?>(nil)
+    private let turn = AsyncGate()
 
     init(notifier: SystemdNotifier, statusLine: @escaping @Sendable () async -> String, logger: Logger,
          apply: @escaping @Sendable () async throws(ConfigReloadError) -> String) {
@@ -31,8 +32,11 @@ final class Reloader: Sendable {
 
     var lastOutcome: Outcome? { last.withLock { $0 } }
 
-    /// Re-reads the configuration and applies it; a refused reload keeps the running configuration.
+    /// Re-reads the configuration and applies it; a refused reload keeps the running configuration. Reloads queue:
+    /// one asked for while another runs waits for it, then reads the files as they are by then.
     func reload(trigger: String) async -> Outcome {
+        await turn.acquire()
+        defer { turn.release() }
         notifier.reloading(status: "reloading the configuration")
         var outcome: Outcome
         do throws(ConfigReloadError) {
@@ -54,5 +58,33 @@ final class Reloader: Sendable {
         guard let o = lastOutcome else { return .null }
         return ["result": .string(o.ok ? "applied" : "refused"), "detail": .string(o.detail),
                 "at": .string(WallClock.iso8601(milliseconds: o.atMs)), "trigger": .string(o.trigger)]
+    }
+}
+
+/// One holder at a time; the others wait their turn in order (without blocking a thread).
+final class AsyncGate: Sendable {
+    private struct State {
+        var held = false
+        var waiting: [CheckedContinuation<Void, Never>] = []
+    }
+    private let state = Mutex(State())
+
+    func acquire() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { s -> Bool in
+                if s.held { s.waiting.append(c); return false }
+                s.held = true
+                return true
+            }
+            if now { c.resume() }
+        }
+    }
+
+    func release() {
+        let next = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            if s.waiting.isEmpty { s.held = false; return nil }
+            return s.waiting.removeFirst()  // stays held: handed over
+        }
+        next?.resume()
     }
 }

@@ -135,6 +135,31 @@ struct ReloadTests {
         #expect((try daemon.control(["command": "status"]))["reload"]?["result"]?.stringValue == "applied")
         #expect(try await hub.core.perform { $0.connectionsAccepted } == 1)
 
+        // What fails changes nothing: an invalid leaf (modbus without a bus), a name whose file exists, a connection
+        // string whose key the hub refuses (connect's checks fail and the previous files come back, modes and all).
+        func snapshot() throws -> [String: String] {
+            var files: [String: String] = [:]
+            for name in ["fieldgate.toml", "secrets.toml"] + (try FileManager.default.contentsOfDirectory(atPath: daemon.directory + "/devices.d")).map({ "devices.d/" + $0 }) {
+                var st = stat()
+                stat(daemon.directory + "/" + name, &st)
+                files[name] = (try String(contentsOfFile: daemon.directory + "/" + name, encoding: .utf8)) + " mode \(st.st_mode & 0o777)"
+            }
+            return files
+        }
+        let before = try snapshot()
+        let invalid = await run("leaf add rl-bad --adapter modbus --key '\(key)' --no-reload \(options)")
+        #expect(invalid.status == 1 && invalid.output.contains("nothing changed"), "\(invalid.output)")
+        #expect(try snapshot() == before)
+        try "# the operator's\n".write(toFile: daemon.directory + "/devices.d/rl-mine.toml", atomically: true, encoding: .utf8)
+        let taken = await run("leaf add rl-mine --key '\(key)' --no-reload \(options)")
+        #expect(taken.status == 1 && taken.output.contains("exists already"), "\(taken.output)")
+        #expect((try String(contentsOfFile: daemon.directory + "/devices.d/rl-mine.toml", encoding: .utf8)) == "# the operator's\n")
+        try FileManager.default.removeItem(atPath: daemon.directory + "/devices.d/rl-mine.toml")
+        let wrongKey = String(key.reversed().drop(while: { $0 == "=" }).reversed()).replacing("A", with: "B").replacing("a", with: "b")
+        let connect = await run("connect 'HostName=\(hub.hostName);DeviceId=gw-under-test;SharedAccessKey=\(wrongKey)=' --address 127.0.0.1 --port \(hub.running.amqpsPort!) --ca-file '\(hub.certificates.caCertificate)' --no-start \(options)")
+        #expect(connect.status == 1 && connect.output.contains("✗ credentials") && connect.output.contains("the previous files are back"), "\(connect.output)")
+        #expect(try snapshot() == before, "connect put every file back as it was")
+
         daemon.signal(SIGTERM)
         #expect(await daemon.waitForExit(seconds: 15) == 0)
         await hub.stop()

@@ -73,4 +73,29 @@ struct ConfigEditingTests {
 
             """)
     }
+
+    /// Device ids may hold `=`, quotes and `:`; keys written for them are found again (set replaces, remove removes).
+    @Test func quotedKeysAreFoundAgain() {
+        var e = TOMLTextEditor("[keys]\nplain = \"k1\"\n")
+        for id in ["a=b", "it's", "x:1", "say \"hi\""] {
+            e.set("keys", id, TOMLTextEditor.string("v1"))
+            e.set("keys", id, TOMLTextEditor.string("v2"))
+        }
+        #expect(e.text.split(separator: "\n").count == 6, "one line per key: \(e.text)")
+        #expect(e.text.contains("\"a=b\" = \"v2\"") && !e.text.contains("v1"), "\(e.text)")
+        for id in ["a=b", "it's", "x:1", "say \"hi\""] {
+            let removed = e.remove("keys", id)
+            #expect(removed, "\(id) in \(e.text)")
+        }
+        #expect(e.text == "[keys]\nplain = \"k1\"\n")
+        #expect(TOMLTextEditor.keyOf("'lit\\eral' = 1") == "lit\\eral")
+        #expect(TOMLTextEditor.keyOf("# a = 1") == nil && TOMLTextEditor.keyOf("[a]") == nil && TOMLTextEditor.keyOf("\"open = 1") == nil)
+    }
+
+    /// `[udp]` however the operator spaced or commented its header.
+    @Test func tablesAreFoundHoweverWritten() {
+        #expect(TOMLTextEditor("[hub]\n[ udp ]  # listener\nport = 1\n").hasTable("udp"))
+        #expect(TOMLTextEditor("[[leaf]]\n").hasTable("leaf"))
+        #expect(!TOMLTextEditor("# [udp]\n[udp.x]\n").hasTable("udp"))
+    }
 }

@@ -77,20 +77,25 @@ struct LeafCommands: ParsableCommand {
             guard !FileManager.default.fileExists(atPath: path) else {
                 throw Failure("fieldgatectl: \(path) exists already: add \(device) to it by hand, or move that file away")
             }
-            try files.write(path, entry(device))
-            // The first UDP leaf needs the adapter's [udp] section.
             var udpSection: String?
-            if adapter == "udp", let text = ConfigFiles.read(config), !TOMLTextEditor(text).hasTable("udp") {
-                var main = TOMLTextEditor(text)
-                main.set("udp", "port", String(udpPort ?? 47000))
-                if let udpBind { main.set("udp", "bind", TOMLTextEditor.string(udpBind)) }
-                try files.write(config, main.text)
-                udpSection = "UDP leaves listen on \(udpBind ?? "every address"), port \(udpPort ?? 47000) ([udp] in \(config))"
-            }
-            if let keyText {
-                var secrets = TOMLTextEditor(ConfigFiles.read(files.secretsPath) ?? ConfigTemplate.secrets)
-                secrets.set("keys", device, TOMLTextEditor.string(keyText))
-                try files.write(files.secretsPath, secrets.text)
+            do throws(Failure) {
+                try files.write(path, entry(device))
+                // The first UDP leaf needs the adapter's [udp] section.
+                if adapter == "udp", let text = ConfigFiles.read(config), !TOMLTextEditor(text).hasTable("udp") {
+                    var main = TOMLTextEditor(text)
+                    main.set("udp", "port", String(udpPort ?? 47000))
+                    if let udpBind { main.set("udp", "bind", TOMLTextEditor.string(udpBind)) }
+                    try files.write(config, main.text)
+                    udpSection = "UDP leaves listen on \(udpBind ?? "every address"), port \(udpPort ?? 47000) ([udp] in \(config))"
+                }
+                if let keyText {
+                    var secrets = TOMLTextEditor(ConfigFiles.read(files.secretsPath) ?? ConfigTemplate.secrets)
+                    secrets.set("keys", device, TOMLTextEditor.string(keyText))
+                    try files.write(files.secretsPath, secrets.text)
+                }
+            } catch {
+                _ = files.restore()  // what was written before the failure goes again
+                throw error
             }
             do { _ = try GatewaySettings.load(path: config) } catch {
                 let notRestored = files.restore()

@@ -108,8 +108,13 @@ struct Connect: AsyncParsableCommand {
             say("would write \(files.secretsPath) (keys not shown), mode 0640, group \(Secrets.serviceGroup)")
             return
         }
-        try files.write(config, main.text)
-        try files.write(files.secretsPath, secrets.text)
+        do throws(Failure) {
+            try files.write(config, main.text)
+            try files.write(files.secretsPath, secrets.text)
+        } catch {
+            _ = files.restore()  // the main file must not point at a key that was not written
+            throw error
+        }
         say("wrote \(config) and \(files.secretsPath)")
         let results = await GatewayChecks(configPath: config, sample: 0).run()
         for r in results { say(r.line) }

@@ -31,14 +31,7 @@ cp "$WORK/hub/certs/ca.pem" "$WORK/config/ca.pem"
 "$HUB_BIN" device create day-one-1 $URL | tail -1 >"$WORK/config/leaf1.cs"
 sed -n 's/.*SharedAccessKey=\([^;]*\).*/\1/p' <<<"$("$HUB_BIN" device create day-one-2 $URL)" >"$WORK/config/leaf2.key"
 
-cat >"$WORK/check.service" <<'UNIT'
-[Unit]
-Description=fieldgate day-one check
-After=multi-user.target
-[Service]
-Type=oneshot
-ExecStart=/bin/bash /check.sh
-UNIT
+write_check_unit "$WORK/check.service" "fieldgate day-one check" /check.sh
 cat >"$WORK/check.sh" <<SCRIPT
 #!/bin/bash
 exec >/results/log 2>&1

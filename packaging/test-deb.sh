@@ -34,14 +34,7 @@ write_gateway_config "$WORK/config" deb-gateway "edited by the operator"
 printf '[[leaf]]\ndevice_id = "deb-leaf"\nadapter = "udp"\n\n[[leaf]]\ndevice_id = "deb-unknown"\nadapter = "udp"\n' >"$WORK/config/devices.d/leaves.toml"
 printf '[keys]\ndeb-gateway = "%s"\ndeb-leaf = "%s"\ndeb-unknown = "%s"\n' "$GW_KEY" "$LEAF_KEY" "$LEAF_KEY" >"$WORK/config/secrets.toml"
 
-cat >"$WORK/check.service" <<'UNIT'
-[Unit]
-Description=fieldgate package check
-After=multi-user.target
-[Service]
-Type=oneshot
-ExecStart=/bin/bash /check.sh
-UNIT
+write_check_unit "$WORK/check.service" "fieldgate package check" /check.sh
 cat >"$WORK/check.sh" <<SCRIPT
 #!/bin/bash
 exec >/results/log 2>&1

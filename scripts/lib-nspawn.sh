@@ -108,3 +108,9 @@ journal_noise() {
     echo "$(basename "$0"): note: systemd could not apply LimitNICE here (RLIMIT_NICE stays $(cat "$dir/nice-effective"); this machine's capability bounding set lacks CAP_SYS_RESOURCE): $priority libdispatch line(s) for $starts start(s), as expected here"
   fi
 }
+
+# A oneshot unit that runs a check script once the container has booted: $1 = unit file to write, $2 = description,
+# $3 = the script's path inside the container.
+write_check_unit() {
+  printf '[Unit]\nDescription=%s\nAfter=multi-user.target\n[Service]\nType=oneshot\nExecStart=/bin/bash %s\n' "$2" "$3" >"$1"
+}

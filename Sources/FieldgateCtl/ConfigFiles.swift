@@ -16,7 +16,7 @@ import Glibc
 /// follows (validation, the checks) fails.
 struct ConfigFiles {
     let configPath: String
-    var directory: String { configPath.contains("/") ? String(configPath[..<configPath.lastIndex(of: "/")!]) : "." }
+    var directory: String { directoryOf(configPath).isEmpty ? "." : directoryOf(configPath) }
     /// The secrets file the configuration names (`[secrets] file`), as fieldgated reads it.
     let secretsPath: String
     var devicesDirectory: String { directory + "/devices.d" }

@@ -46,7 +46,7 @@ struct GatewayChecks {
         do { settings = try GatewaySettings.load(path: configPath) } catch {
             results.append(CheckResult(name: "configuration", verdict: .fail, detail: error.problems.map(\.description).joined(separator: "\n  "),
                                        hint: "fix each file:line above (fieldgatectl config check prints the same)"))
-            results.append(fileAccess(files: [configPath, Self.secretsPath(configPath)]))
+            results.append(fileAccess(files: [configPath, GatewaySettings.secretsPath(configPath: configPath)]))
             for name in ["dns", "tcp", "tls", "credentials"] {
                 results.append(CheckResult(name: name, verdict: .skip, detail: "needs a valid configuration"))
             }
@@ -54,7 +54,7 @@ struct GatewayChecks {
         }
         results.append(CheckResult(name: "configuration", verdict: .pass,
                                    detail: "\(settings.files.count) files, hub \(settings.uplink.hostName), gateway \(settings.gatewayLeaf.deviceID), \(settings.leaves.count) leaves"))
-        results.append(fileAccess(files: settings.files + [Self.secretsPath(configPath)]))
+        results.append(fileAccess(files: settings.files + [GatewaySettings.secretsPath(configPath: configPath)]))
         results.append(clock())
         let host = settings.uplink.address ?? settings.uplink.hostName
         let port = settings.uplink.port
@@ -88,8 +88,6 @@ struct GatewayChecks {
         results.append(await credentials(settings))
         return results
     }
-
-    static func secretsPath(_ configPath: String) -> String { GatewaySettings.secretsPath(configPath: configPath) }
 
     // MARK: the checks
 

@@ -211,7 +211,7 @@ public struct LeafLocation: Sendable, Equatable {
     public var keyName: String?
 
     public static func all(configPath: String) -> [LeafLocation] {
-        let directory = configPath.contains("/") ? String(configPath[..<configPath.lastIndex(of: "/")!]) : "."
+        let directory = directoryOf(configPath).isEmpty ? "." : directoryOf(configPath)
         let devices = directory + "/devices.d"
         let names = ((try? FileManager.default.contentsOfDirectory(atPath: devices)) ?? []).filter { $0.hasSuffix(".toml") }.sorted()
         var out: [LeafLocation] = []

@@ -27,8 +27,6 @@ final class Daemon: Service, Sendable {
     private let parts: Mutex<Parts>
     /// The adapters, apart: the uplink's router looks leaves up here (it exists before the uplink does).
     private let adapters = AdapterTable()
-    /// One reload at a time.
-    private let reloading = Mutex(false)
 
     init(settings: GatewaySettings, logger: Logger) throws {
         self.logger = logger
@@ -95,12 +93,9 @@ final class Daemon: Service, Sendable {
     // MARK: reload
 
     /// Applies a reloaded configuration (SIGHUP) as one step: everything new is built first (a port that cannot be
-    /// bound refuses the whole reload), then swapped in. Settings that only a restart can change are refused.
+    /// bound refuses the whole reload), then swapped in. Settings that only a restart can change are refused. Callers
+    /// go through `Reloader`, which runs one reload at a time.
     func apply(_ next: GatewaySettings) async throws(ConfigReloadError) -> String {
-        guard reloading.withLock({ busy in defer { busy = true }; return !busy }) else {
-            throw ConfigReloadError(description: "a reload is already running")
-        }
-        defer { reloading.withLock { $0 = false } }
         let old = parts.withLock { $0.settings }
         var needsRestart: [String] = []
         if next.spool != old.spool { needsRestart.append("[spool]") }

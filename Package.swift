@@ -39,6 +39,8 @@ let package = Package(
         // No default traits: they pull in swift-configuration and full Foundation (~50 MB of ICU data).
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1", traits: []),
         .package(url: "https://github.com/LebJe/TOMLKit.git", from: "0.6.0"),
+        // fieldgate-hub's AMQP over WebSockets on its HTTPS port; fieldgated does not link it.
+        .package(url: "https://github.com/hummingbird-project/hummingbird-websocket.git", from: "2.8.1"),
     ],
     targets: [
         // C libraries. No pkgConfig for Proton: SwiftPM cannot parse Debian's .pc (docs/toolchain.md §2).
@@ -51,6 +53,16 @@ let package = Package(
         .target(name: "MessageAuthentication", dependencies: ["CLibCrypto"], swiftSettings: strictSettings),
         // `fieldgatectl check`'s TLS handshake: OpenSSL, the library Proton's TLS already uses.
         .target(name: "CTLSProbe", cSettings: fortifiedC, linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]),
+
+        // AMQP over WebSockets: RFC 6455 framing and handshake (pure), and the tunnel beneath (libcurl: TCP, the HTTP
+        // proxy's CONNECT and authentication, TLS with OpenSSL — the TLS library Proton already uses).
+        .target(name: "WebSocketFraming", dependencies: ["MessageAuthentication"], swiftSettings: strictSettings),
+        .target(name: "CCurlTunnel", cSettings: fortifiedC, linkerSettings: [.linkedLibrary("curl")]),
+        .target(
+            name: "HubTunnel",
+            dependencies: ["CCurlTunnel", "ProtonAMQP", "WebSocketFraming", "MessageAuthentication", "FieldgateCore"],
+            swiftSettings: strictSettings
+        ),
 
         .target(name: "CBuildInfo", cSettings: [.define("FIELDGATE_VERSION", to: "\"\(fieldgateVersion)\"")]),
         .target(
@@ -81,7 +93,7 @@ let package = Package(
         .target(
             name: "Uplink",
             dependencies: [
-                "ProtonAMQP", "IoTHub", "Spool", "FieldgateCore",
+                "ProtonAMQP", "HubTunnel", "IoTHub", "Spool", "FieldgateCore",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -148,6 +160,7 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
@@ -184,7 +197,7 @@ let package = Package(
         .target(
             name: "GatewayConfig",
             dependencies: [
-                "Uplink", "Spool", "UDPAdapter", "SerialAdapter", "ModbusAdapter", "ModbusIO", "FrameCodecs", "FieldgateCore",
+                "Uplink", "HubTunnel", "Spool", "UDPAdapter", "SerialAdapter", "ModbusAdapter", "ModbusIO", "FrameCodecs", "FieldgateCore",
                 .product(name: "TOMLKit", package: "TOMLKit"),
             ],
             swiftSettings: strictSettings
@@ -244,6 +257,7 @@ let package = Package(
         .testTarget(name: "GatewayTests", dependencies: ["GatewayConfig", "Uplink", "Spool", "UDPAdapter", "SerialAdapter", "FrameCodecs", "ModbusAdapter", "ModbusIO"], swiftSettings: strictSettings),
         .testTarget(name: "ModbusAdapterTests", dependencies: ["ModbusAdapter", "ModbusIO", "HubTestSupport", "Uplink", "Spool", "FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "ProtonAMQPTests", dependencies: ["ProtonAMQP"], swiftSettings: strictSettings),
+        .testTarget(name: "WebSocketFramingTests", dependencies: ["WebSocketFraming"], swiftSettings: strictSettings),
         .testTarget(
             name: "DaemonTests",
             dependencies: ["HubTestSupport", "HubEmulator", "HubServiceClient", "ControlSocket", "FieldgateCore"],

@@ -3,6 +3,7 @@
 #include <proton/codec.h>
 #include <proton/condition.h>
 #include <proton/connection.h>
+#include <proton/connection_driver.h>
 #include <proton/delivery.h>
 #include <proton/disposition.h>
 #include <proton/event.h>

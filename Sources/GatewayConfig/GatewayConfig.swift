@@ -1,5 +1,6 @@
 import FieldgateCore
 import FrameCodecs
+import HubTunnel
 import ModbusAdapter
 import SerialAdapter
 import Spool
@@ -28,6 +29,18 @@ public struct GatewayConfigFile: Decodable, Sendable {
         public var token_ttl_seconds: Int64?
         /// A direct method not answered by its adapter within this is answered 504 (below the hub's 30 s).
         public var method_deadline_seconds: Int?
+        /// `amqps`, `amqps-websocket` or `auto` (default).
+        public var transport: String?
+        /// Further hubs to move to when `host` cannot be reached.
+        public var fallback_hosts: [String]?
+        /// Failed connects on one route before the next (WebSocket fallback, next host).
+        public var fallback_after_failures: Int?
+        /// `http://[user@]host:port`, or `none` to ignore the environment's https_proxy.
+        public var proxy: String?
+        public var websocket_port: Int?
+        public var websocket_path: String?
+        /// 0: no WebSocket pings.
+        public var websocket_ping_seconds: Int?
     }
     public struct Gateway: Decodable, Sendable {
         public var device_id: String
@@ -261,6 +274,7 @@ struct Mapper {
             }
         }
         if let port = f.hub.port, !(1...65535).contains(port) { report(main, "hub.port", "hub.port must be 1 to 65535 (5671 for AMQPS)") }
+        mapReach(f.hub, into: &uplink)
         let spool = spoolConfiguration(f.spool)
 
         let gatewayKey = checkMain ? gatewayCredential(f.gateway) : nil
@@ -419,6 +433,84 @@ struct Mapper {
     }
 
     /// The gateway's own identity: its device key, or a hub policy (`fieldgatectl connect` with a policy string).
+    /// Transport, fallback hosts, WebSocket endpoint and proxy.
+    private mutating func mapReach(_ hub: GatewayConfigFile.Hub, into uplink: inout UplinkConfiguration) {
+        if let t = hub.transport {
+            if let policy = UplinkConfiguration.RoutePolicy(rawValue: t) { uplink.route = policy } else {
+                report(main, "hub.transport", "hub.transport must be \"amqps\" (TLS on 5671), \"amqps-websocket\" (AMQP over WebSockets on 443) or \"auto\" (5671, falling back to 443)")
+            }
+        }
+        if hub.insecure_plain_amqp == true && uplink.route != .amqps {
+            report(main, "hub.transport", "insecure_plain_amqp = true is plain AMQP on hub.port: set transport = \"amqps\" with it (WebSockets always use TLS)")
+        }
+        for (i, h) in (hub.fallback_hosts ?? []).enumerated() where h.isEmpty || h.contains(where: { $0 == "/" || $0 == ":" || $0 == " " }) {
+            report(main, "hub.fallback_hosts", "hub.fallback_hosts[\(i)] = \"\(h)\" must be a host name (no scheme, port or path)")
+        }
+        uplink.fallbackHosts = hub.fallback_hosts ?? []
+        if let n = hub.fallback_after_failures {
+            if (1...100).contains(n) { uplink.failuresBeforeNextRoute = n } else {
+                report(main, "hub.fallback_after_failures", "hub.fallback_after_failures must be 1 to 100")
+            }
+        }
+        if let port = hub.websocket_port {
+            if (1...65535).contains(port) { uplink.webSocket.port = port } else { report(main, "hub.websocket_port", "hub.websocket_port must be 1 to 65535 (443 for IoT Hub)") }
+        }
+        if let path = hub.websocket_path {
+            if path.hasPrefix("/") && !path.contains(" ") { uplink.webSocket.path = path } else {
+                report(main, "hub.websocket_path", "hub.websocket_path must start with / (IoT Hub's is /$iothub/websocket)")
+            }
+        }
+        if let ping = hub.websocket_ping_seconds {
+            if (0...3600).contains(ping) { uplink.webSocket.pingIntervalMilliseconds = ping == 0 ? nil : ping * 1000 } else {
+                report(main, "hub.websocket_ping_seconds", "hub.websocket_ping_seconds must be 0 (off) to 3600")
+            }
+        }
+        if let proxy = hub.proxy {
+            switch Self.parseProxy(proxy) {
+            case .failure(let why): report(main, "hub.proxy", why.description)
+            case .success(nil): uplink.webSocket.proxy = .direct
+            case .success(let (url, user)?):
+                var password: String?
+                if let user {
+                    password = secrets.proxyPassword
+                    if password == nil && checkKeys {
+                        report(main, "hub.proxy", "hub.proxy names the user \(user): put its password in \(secrets.origin) as [proxy] password = \"…\"")
+                    }
+                }
+                uplink.webSocket.proxy = .url(url, user: user, password: password)
+            }
+        }
+    }
+
+    /// `none` → nil; `http://[user@]host:port` → the URL without the user, and the user.
+    static func parseProxy(_ text: String) -> Result<(url: String, user: String?)?, ProxyProblem> {
+        if text == "none" { return .success(nil) }
+        let rule = "hub.proxy must be \"http://host:port\" or \"http://user@host:port\" (the password goes in the secrets file as [proxy] password), or \"none\""
+        let lowered = text.lowercased()
+        let scheme = lowered.hasPrefix("http://") ? "http" : lowered.hasPrefix("https://") ? "https" : nil
+        guard let scheme else { return .failure(ProxyProblem(rule)) }
+        var rest = String(text.dropFirst(scheme.count + 3))
+        if rest.hasSuffix("/") { rest.removeLast() }
+        var user: String?
+        if let at = rest.lastIndex(of: "@") {
+            let info = String(rest[..<at])
+            guard !info.contains(":") else {
+                return .failure(ProxyProblem("hub.proxy must not hold the password (it would show in logs): put it in the secrets file as [proxy] password = \"…\" and keep http://user@host:port"))
+            }
+            user = info
+            rest = String(rest[rest.index(after: at)...])
+        }
+        guard let colon = rest.lastIndex(of: ":"), let port = Int(rest[rest.index(after: colon)...]), (1...65535).contains(port),
+              !rest[..<colon].isEmpty, !rest.contains("/")
+        else { return .failure(ProxyProblem(rule)) }
+        return .success(("\(scheme)://\(rest)", user))
+    }
+
+    struct ProxyProblem: Error, CustomStringConvertible {
+        let description: String
+        init(_ description: String) { self.description = description }
+    }
+
     private mutating func gatewayCredential(_ g: GatewayConfigFile.Gateway) -> LeafCredential? {
         credential(g.credential, deviceID: g.device_id, keyRef: g.key_ref, owner: "gateway \(g.device_id)", source: main, at: "gateway", keyAt: "gateway")
     }

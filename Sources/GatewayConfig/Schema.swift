@@ -131,6 +131,8 @@ enum ConfigSchema {
         "hub": .table(Schema(fields: [
             "host": .string, "address": .string, "port": .int, "ca_file": .string, "insecure_plain_amqp": .bool,
             "attaches_per_second": .number, "token_ttl_seconds": .int, "method_deadline_seconds": .int,
+            "transport": .string, "fallback_hosts": .strings, "fallback_after_failures": .int, "proxy": .string,
+            "websocket_port": .int, "websocket_path": .string, "websocket_ping_seconds": .int,
         ], required: ["host"])),
         "gateway": .table(Schema(fields: [
             "device_id": .string, "credential": .string, "key_ref": .string, "reboot_command": .strings, "restart_command": .strings,

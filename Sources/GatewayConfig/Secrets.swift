@@ -29,6 +29,8 @@ public struct Secrets: Sendable {
     var policies: [String: String] = [:]
     var groups: [String: String] = [:]
     var hmac: [String: String] = [:]
+    /// `[proxy] password`: the HTTP proxy's password for the user `[hub] proxy` names.
+    var proxyPassword: String?
     /// Where they came from, for messages.
     var origin: String
 
@@ -78,7 +80,8 @@ public struct Secrets: Sendable {
 
     private static func parse(_ path: String) throws(ConfigError) -> Secrets {
         let source = try ConfigSource.read(path)
-        let schema = Schema(fields: ["keys": .anyTable, "policies": .stringMap, "groups": .stringMap, "hmac": .stringMap])
+        let schema = Schema(fields: ["keys": .anyTable, "policies": .stringMap, "groups": .stringMap, "hmac": .stringMap,
+                                           "proxy": .table(Schema(fields: ["password": .string]))])
         var problems = schema.check(source.table, path: "", in: source)
         var s = Secrets(origin: path)
         for (name, value) in source.table["keys"]?.table.map(Array.init) ?? [] {
@@ -92,6 +95,7 @@ public struct Secrets: Sendable {
         s.policies = strings("policies")
         s.groups = strings("groups")
         s.hmac = strings("hmac")
+        s.proxyPassword = source.table["proxy"]?.table?["password"]?.string
         guard problems.isEmpty else { throw ConfigError(problems) }
         return s
     }

@@ -1,6 +1,7 @@
 import FieldgateCore
 import Hummingbird
 import HummingbirdTLS
+import HummingbirdWebSocket
 import Logging
 import NIOCore
 import NIOSSL
@@ -21,7 +22,8 @@ public struct HubServerConfiguration: Sendable {
     /// Service API (HTTP) port. Default: 8080.
     public var httpPort = 8080
     /// The same service API over HTTPS with the AMQPS certificate, as the official service SDKs call IoT Hub
-    /// (`https://{host}`, port 443); nil = none. Default: nil. Needs `tls`.
+    /// (`https://{host}`, port 443), and AMQP over WebSockets on it (`/$iothub/websocket`, `AMQPWSB10`); nil = none.
+    /// Default: nil. Needs `tls`.
     public var httpsPort: Int?
     /// Serve the service API without authorization (loopback development only). Default: false.
     public var openServiceAPI = false
@@ -63,6 +65,8 @@ public final class HubServer: Service, Sendable {
         var httpTask: Task<Void, any Error>?
         var httpGroup: ServiceGroup?
         var stopped = false
+        /// Fault injection: while true, WebSocket upgrades are refused like the AMQP listeners' connects.
+        var refusing = false
     }
 
     public init(configuration: HubServerConfiguration, logger: Logger = Logger(label: "fieldgate.hub")) {
@@ -107,9 +111,19 @@ public final class HubServer: Service, Sendable {
             let tlsConfiguration = TLSConfiguration.makeServerConfiguration(
                 certificateChain: try NIOSSLCertificate.fromPEMFile(tls.certificateFile).map { .certificate($0) },
                 privateKey: .privateKey(try NIOSSLPrivateKey(file: tls.privateKeyFile, format: .pem)))
+            let router = api.router()
+            router.middlewares.add(AMQPWebSocketEndpoint.RefusalMiddleware())
+            var listenerConfig = AMQPListenerConfiguration(tls: nil)
+            listenerConfig.idleTimeoutMilliseconds = 240_000
+            let webSocket = HTTP1WebSocketUpgradeChannel.Configuration(
+                ws: .init(maxFrameSize: 1 << 20, autoPing: .disabled))  // the real hub sends no WebSocket pings
             services.append(Application(
-                router: api.router(),
-                server: try .tls(.http1(), tlsConfiguration: tlsConfiguration),
+                router: router,
+                server: try .tls(.http1WebSocketUpgrade(configuration: webSocket) { [self, reactor, listenerConfig] request, _, _ in
+                    AMQPWebSocketEndpoint.shouldUpgrade(
+                        request, accepting: !state.withLock { $0.refusing }, reactor: reactor, configuration: listenerConfig,
+                        makeHandler: { HubConnection(core: core) })
+                }, tlsConfiguration: tlsConfiguration),
                 configuration: .init(address: .hostname(configuration.bindHost, port: httpsPort), serverName: "fieldgate-hub"),
                 onServerRunning: { channel in httpsPromise.complete(.success(channel.localAddress?.port ?? 0)) },
                 logger: httpLogger
@@ -149,10 +163,12 @@ public final class HubServer: Service, Sendable {
             defer { s.listeners = [] }
             return (s.listeners, s.core)
         }
+        state.withLock { $0.refusing = true }
         for (l, _) in listeners { await l.close() }
         guard let core else { return }
         Task { [self] in
             try? await Task.sleep(for: .seconds(seconds))
+            state.withLock { $0.refusing = false }
             for (l, tls) in listeners {
                 do { _ = try await openListener(port: l.port, tls: tls, core: core) } catch {
                     logger.error("cannot reopen the AMQP listener on port \(l.port): \(error)")

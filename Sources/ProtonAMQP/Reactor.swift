@@ -29,6 +29,8 @@ public final class AMQPReactor: @unchecked Sendable {
     // Reactor-thread state.
     private var contexts: [UInt: ConnectionContext] = [:]
     private var listeners: [UInt: ListenerContext] = [:]
+    /// Connections over byte streams of our own (pn_connection_driver), by connection.
+    private var drivers: [UInt: StreamDriver] = [:]
     private var timers = TimerQueue()
     private var stopping = false
 
@@ -224,6 +226,7 @@ public final class AMQPReactor: @unchecked Sendable {
             for job in jobs { job() }
             if stop && !stopping {
                 stopping = true
+                for driver in Array(drivers.values) { driver.abort() }
                 timers.removeAll()
                 pn_proactor_cancel_timeout(proactor.raw)
                 pn_proactor_disconnect(proactor.raw, nil)
@@ -298,10 +301,95 @@ public final class AMQPReactor: @unchecked Sendable {
 
     private func register(_ context: ConnectionContext, connection c: OpaquePointer) {
         contexts[key(c)] = context
-        context.attach(SendablePointer(raw: c))
+        let raw = SendablePointer(raw: c)
+        context.attach(raw) { pn_connection_wake(raw.raw) }
     }
 
-    private func handleConnectionEvent(_ type: pn_event_type_t, _ event: OpaquePointer, connection: AMQPConnection) {
+    // MARK: connections over byte streams of our own
+
+    /// Opens a client connection over `stream` (which carries its own TLS, e.g. a WebSocket tunnel): Proton speaks
+    /// AMQP (and SASL) through `pn_connection_driver`. `configuration.tls` must be nil: the stream secures itself.
+    public func connect(
+        stream: any AMQPByteStream, host: String, configuration: AMQPClientConfiguration, handler: any AMQPConnectionHandler
+    ) -> AMQPConnectionRef {
+        precondition(configuration.tls == nil, "a byte stream brings its own TLS")
+        let context = ConnectionContext(handler: handler, listener: nil)
+        let box = UncheckedBox(configuration)
+        execute { [self] in
+            let configuration = box.value
+            let c = pn_connection()!
+            let t = pn_transport()!
+            pn_connection_set_container(c, configuration.containerID)
+            pn_connection_set_hostname(c, configuration.virtualHost ?? host)
+            pn_transport_set_idle_timeout(t, configuration.idleTimeoutMilliseconds &* 2)
+            pn_transport_set_max_frame(t, configuration.maxFrameSize)
+            switch configuration.sasl {
+            case .none:
+                break
+            case .anonymous:
+                pn_sasl_allowed_mechs(pn_sasl(t), "ANONYMOUS")
+            case .plain(let user, let password):
+                pn_connection_set_user(c, user)
+                pn_connection_set_password(c, password)
+                let s = pn_sasl(t)
+                pn_sasl_allowed_mechs(s, "PLAIN")
+                pn_sasl_set_allow_insecure_mechs(s, true)
+            case .mssbcbs:
+                _ = pn_sasl(t)
+                pnx_sasl_set_implementation(t, SASLPlugin.implementation, Unmanaged.passUnretained(context).toOpaque())
+            }
+            if let trace = configuration.frameTrace { FrameTracer.start(on: t, trace) }
+            pn_connection_open(c)
+            startDriver(context: context, stream: stream, connection: c, transport: t)
+        }
+        return AMQPConnectionRef(context: context)
+    }
+
+    /// Serves one accepted byte stream (a WebSocket a listener of the caller's upgraded) as `configuration` says,
+    /// with a handler from `makeHandler`, called on the reactor thread.
+    public func accept(
+        stream: any AMQPByteStream, configuration config: AMQPListenerConfiguration,
+        makeHandler: @escaping @Sendable () -> any AMQPConnectionHandler
+    ) {
+        execute { [self] in
+            let c = pn_connection()!
+            let t = pn_transport()!
+            pn_transport_set_server(t)
+            pn_transport_set_max_frame(t, config.maxFrameSize)
+            pn_transport_set_channel_max(t, config.channelMax)
+            pn_transport_set_idle_timeout(t, config.idleTimeoutMilliseconds &* 2)
+            pn_connection_set_container(c, config.containerID)
+            let lc = ListenerContext(configuration: config, sslDomain: nil, makeHandler: makeHandler)
+            let context = ConnectionContext(handler: makeHandler(), listener: lc)
+            if !config.saslMechanisms.isEmpty {
+                _ = pn_sasl(t)
+                pnx_sasl_set_implementation(t, SASLPlugin.implementation, Unmanaged.passUnretained(context).toOpaque())
+                pn_transport_require_auth(t, !config.allowNoSASL)
+            }
+            startDriver(context: context, stream: stream, connection: c, transport: t)
+        }
+    }
+
+    private func startDriver(context: ConnectionContext, stream: any AMQPByteStream, connection c: OpaquePointer, transport t: OpaquePointer) {
+        if stopping {
+            stream.abort()
+            pn_transport_free(t)
+            pn_connection_free(c)
+            return
+        }
+        let driver = StreamDriver(reactor: self, context: context, stream: stream, connection: c, transport: t)
+        contexts[key(c)] = context
+        drivers[key(c)] = driver
+        context.attach(SendablePointer(raw: c)) { [weak driver] in driver?.wake() }
+        driver.start()
+    }
+
+    func driverFinished(_ driver: StreamDriver) {
+        drivers[key(driver.connection)] = nil
+        contexts[key(driver.connection)] = nil
+    }
+
+    func handleConnectionEvent(_ type: pn_event_type_t, _ event: OpaquePointer, connection: AMQPConnection) {
         let context = connection.context
         let c = connection.raw
         let isServer = context.listener != nil
@@ -512,6 +600,7 @@ final class ConnectionContext: @unchecked Sendable {
     private struct Shared {
         var jobs: [@Sendable (AMQPConnection) -> Void] = []
         var connection: SendablePointer?
+        var wake: (@Sendable () -> Void)?
         var closed = false
     }
 
@@ -520,11 +609,12 @@ final class ConnectionContext: @unchecked Sendable {
         self.listener = listener
     }
 
-    /// Binds the context to its Proton connection; jobs queued before now are woken.
-    func attach(_ connection: SendablePointer) {
+    /// Binds the context to its Proton connection and how to wake it; jobs queued before now are woken.
+    func attach(_ connection: SendablePointer, wake: @escaping @Sendable () -> Void) {
         shared.withLock { s in
             s.connection = connection
-            if !s.jobs.isEmpty { pn_connection_wake(connection.raw) }
+            s.wake = wake
+            if !s.jobs.isEmpty { wake() }
         }
     }
 
@@ -533,6 +623,7 @@ final class ConnectionContext: @unchecked Sendable {
         shared.withLock { s in
             s.closed = true
             s.connection = nil
+            s.wake = nil
             s.jobs = []
         }
     }
@@ -543,7 +634,7 @@ final class ConnectionContext: @unchecked Sendable {
             guard !s.closed else { return false }
             s.jobs.append(job)
             // Waking under the lock: `detach` cannot run, so the connection cannot be freed meanwhile.
-            if let c = s.connection, s.jobs.count == 1 { pn_connection_wake(c.raw) }
+            if let wake = s.wake, s.jobs.count == 1 { wake() }
             return true
         }
     }

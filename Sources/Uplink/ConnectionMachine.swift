@@ -8,6 +8,12 @@ struct ConnectionMachine {
 
     let backoff: Backoff
     let connectTimeoutMilliseconds: Int64
+    /// The ways to the hub, in order; the machine stays on one while it works.
+    let routes: [HubRoute]
+    let failuresBeforeNextRoute: Int
+    private(set) var routeIndex = 0
+    /// Failed connects (or connections that died young) on the current route.
+    private(set) var routeFailures = 0
     /// A connection that lived this long counts as healthy: the next failure starts the back-off over.
     static let healthyAfterMilliseconds: Int64 = 10_000
 
@@ -21,10 +27,16 @@ struct ConnectionMachine {
     /// Connections opened so far (1 = never reconnected).
     private(set) var opens = 0
 
-    init(backoff: Backoff, connectTimeoutMilliseconds: Int64) {
+    init(backoff: Backoff, connectTimeoutMilliseconds: Int64, routes: [HubRoute], failuresBeforeNextRoute: Int = 3) {
+        precondition(!routes.isEmpty, "at least one route to the hub")
         self.backoff = backoff
         self.connectTimeoutMilliseconds = connectTimeoutMilliseconds
+        self.routes = routes
+        self.failuresBeforeNextRoute = max(1, failuresBeforeNextRoute)
     }
+
+    /// The route the next (or current) connection uses.
+    var route: HubRoute { routes[routeIndex] }
 
     /// True when the shard should start a connection attempt now.
     mutating func shouldConnect(nowMs: Int64) -> Bool {
@@ -44,12 +56,28 @@ struct ConnectionMachine {
         lastError = nil
     }
 
-    mutating func closed(error: String?, nowMs: Int64, random: Double) {
-        if phase == .open && nowMs - openedAtMs >= Self.healthyAfterMilliseconds { attempts = 0 }
+    /// A connection ended or an attempt failed. Returns the route it moves to when this was the route's last
+    /// allowed failure, nil when it stays.
+    @discardableResult
+    mutating func closed(error: String?, nowMs: Int64, random: Double) -> HubRoute? {
+        let healthy = phase == .open && nowMs - openedAtMs >= Self.healthyAfterMilliseconds
+        if healthy { attempts = 0 }
+        var moved: HubRoute?
+        if healthy {
+            routeFailures = 0  // a route that worked gets its full count again
+        } else {
+            routeFailures += 1
+            if routeFailures >= failuresBeforeNextRoute && routes.count > 1 {
+                routeIndex = (routeIndex + 1) % routes.count
+                routeFailures = 0
+                moved = routes[routeIndex]
+            }
+        }
         if phase == .open { lastDisconnect = error }
         attempts += 1
         lastError = error ?? lastError
         phase = .waiting
         retryAtMs = nowMs + backoff.delay(attempt: attempts, random: random)
+        return moved
     }
 }

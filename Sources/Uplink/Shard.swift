@@ -1,4 +1,5 @@
 import FieldgateCore
+import HubTunnel
 import IoTHub
 import Logging
 import ProtonAMQP
@@ -87,7 +88,7 @@ final class Shard: @unchecked Sendable {
     /// Connects when due; abandons an attempt that takes too long.
     func tickConnection(nowMs: Int64) {
         if machine.attemptTimedOut(nowMs: nowMs) {
-            logger.warning("uplink[\(index)]: connecting to \(engine.configuration.hostName) timed out")
+            logger.warning("uplink[\(index)]: connecting to \(machine.route) timed out")
             closeReason = "connect timed out"
             ref?.close()
             connectionGone(error: "connect timed out")
@@ -107,24 +108,50 @@ final class Shard: @unchecked Sendable {
         }
     }
 
+    /// The hub host in use: tokens, TLS and the Open name it.
+    var hostName: String { machine.route.host }
+
     private func connect() {
         generation += 1
         let attempt = Attempt(shard: self, generation: generation)
         self.attempt = attempt
         closeReason = nil
         let c = engine.configuration
-        var client: AMQPClientConfiguration
-        switch c.transport {
-        case .tls(let tls):
-            client = AMQPClientConfiguration(tls: AMQPClientTLS(trustedCAFile: tls.caFile, peerHostname: c.hostName, verifyPeer: tls.verifyHostName))
-        case .insecurePlainAMQP:
-            // Every time, so it cannot scroll out of sight: keys-derived tokens travel in the clear.
-            logger.warning("uplink[\(index)]: connecting to \(c.address ?? c.hostName):\(c.port) WITHOUT TLS (insecure_plain_amqp = true): SAS tokens and data travel in plaintext; use this only against a local test hub")
-            client = AMQPClientConfiguration(tls: nil)
+        let route = machine.route
+        // `address` overrides where the configured (first) host is reached; other hosts resolve by name.
+        let address = route.host == c.hostName ? c.address : nil
+        switch route.kind {
+        case .amqps:
+            var client: AMQPClientConfiguration
+            switch c.transport {
+            case .tls(let tls):
+                client = AMQPClientConfiguration(tls: AMQPClientTLS(trustedCAFile: tls.caFile, peerHostname: route.host, verifyPeer: tls.verifyHostName))
+            case .insecurePlainAMQP:
+                // Every time, so it cannot scroll out of sight: keys-derived tokens travel in the clear.
+                logger.warning("uplink[\(index)]: connecting to \(address ?? route.host):\(c.port) WITHOUT TLS (insecure_plain_amqp = true): SAS tokens and data travel in plaintext; use this only against a local test hub")
+                client = AMQPClientConfiguration(tls: nil)
+            }
+            client.idleTimeoutMilliseconds = c.idleTimeoutMilliseconds
+            client.virtualHost = route.host
+            ref = engine.reactor.connect(host: address ?? route.host, port: c.port, configuration: client, handler: attempt)
+        case .webSocket:
+            var tunnel = WebSocketTunnelConfiguration(hostName: route.host)
+            tunnel.port = c.webSocket.port
+            tunnel.path = c.webSocket.path
+            tunnel.address = address
+            tunnel.proxy = c.webSocket.proxy
+            tunnel.pingIntervalMilliseconds = c.webSocket.pingIntervalMilliseconds
+            tunnel.connectTimeoutMilliseconds = Int(c.operationTimeoutMilliseconds)
+            tunnel.userAgent = c.clientVersion
+            if case .tls(let tls) = c.transport {
+                tunnel.caFile = tls.caFile
+                tunnel.verifyPeer = tls.verifyHostName
+            }
+            var client = AMQPClientConfiguration(tls: nil)
+            client.idleTimeoutMilliseconds = c.idleTimeoutMilliseconds
+            client.virtualHost = route.host
+            ref = engine.reactor.connect(stream: WebSocketTunnel(configuration: tunnel), host: route.host, configuration: client, handler: attempt)
         }
-        client.idleTimeoutMilliseconds = c.idleTimeoutMilliseconds
-        client.virtualHost = c.hostName
-        ref = engine.reactor.connect(host: c.address ?? c.hostName, port: c.port, configuration: client, handler: attempt)
     }
 
     /// Leaves the pacer may admit now, in turn.
@@ -182,7 +209,7 @@ final class Shard: @unchecked Sendable {
         case .connectionOpened:
             self.connection = connection
             machine.opened(nowMs: engine.nowMs())
-            logger.info("uplink[\(index)]: connected to \(engine.configuration.hostName) (\(leafOrder.count) leaves)")
+            logger.info("uplink[\(index)]: connected to \(machine.route) (\(leafOrder.count) leaves)")
             openCBS(on: connection)
             for leaf in leaves.values { leaf.machine.connectionOpened() }
             engine.leavesQueued(self)
@@ -197,7 +224,8 @@ final class Shard: @unchecked Sendable {
                 // eof", "connection aborted"): say what happened.
                 reason = "connection closed by the hub/peer without an AMQP close (\(error.message))"
             } else if closeReason == nil, error?.code == .tls {
-                reason = "TLS handshake with \(engine.configuration.hostName) failed: the hub's certificate must chain to the configured CA bundle and name that host (\(reason))"
+                reason = machine.route.kind == .webSocket ? reason
+                    : "TLS handshake with \(hostName) failed: the hub's certificate must chain to the configured CA bundle and name that host (\(reason))"
             }
             connectionGone(error: reason)
         case .linkOpened(let link):
@@ -266,9 +294,13 @@ final class Shard: @unchecked Sendable {
             leaf.machine.connectionLost()
         }
         engine.release(released)
-        machine.closed(error: error, nowMs: engine.nowMs(), random: engine.random())
+        let failedRoute = machine.route
+        let moved = machine.closed(error: error, nowMs: engine.nowMs(), random: engine.random())
         let level: Logger.Level = engine.stopping ? .debug : wasOpen ? .warning : .error
-        logger.log(level: level, "uplink[\(index)]: \(wasOpen ? "connection lost" : "cannot connect"): \(error); retrying in \(max(0, machine.retryAtMs - engine.nowMs())) ms")
+        logger.log(level: level, "uplink[\(index)]: \(wasOpen ? "connection lost" : "cannot connect") (\(failedRoute)): \(error); retrying in \(max(0, machine.retryAtMs - engine.nowMs())) ms")
+        if let moved, !engine.stopping {
+            logger.warning("uplink[\(index)]: \(failedRoute) failed \(machine.failuresBeforeNextRoute) times in a row; trying \(moved) next")
+        }
     }
 
     // MARK: CBS
@@ -325,7 +357,7 @@ final class Shard: @unchecked Sendable {
         let nowMs = engine.nowMs()
         // Rounded up, so the token lives at least the TTL the renewal schedule assumes.
         let expiry = (nowMs + engine.configuration.tokenTTLSeconds * 1000 + 999) / 1000
-        let minter = TokenMinter(hostName: engine.configuration.hostName)
+        let minter = TokenMinter(hostName: hostName)
         let token: String
         do { token = try minter.token(for: leaf, slot: slot, expiry: expiry) } catch {
             // A key that is not base64 is a configuration error: the hub would refuse it too.

@@ -155,6 +155,10 @@ public struct UplinkStatus: Sendable {
         /// Why the last open connection ended.
         public var lastDisconnect: String?
         public var leaves: Int
+        /// The hub host this connection uses (or tries next).
+        public var host: String
+        /// `amqps` or `amqps-websocket`.
+        public var transport: String
     }
 
     public struct Leaf: Sendable {

@@ -1,4 +1,5 @@
 import FieldgateCore
+import HubTunnel
 import IoTHub
 
 /// How the uplink reaches the hub, paces itself and drains the spool. Owned by the Uplink module; the daemon's
@@ -8,9 +9,19 @@ public struct UplinkConfiguration: Sendable, Equatable {
     public var hostName: String
     /// Where to connect; default: `hostName`. Re-resolved on every reconnect.
     public var address: String?
-    /// Default: 5671 (AMQPS).
+    /// Further hubs (`[hub] hosts`) to move to, in turn, when the one in use cannot be reached; each must know the
+    /// leaves. Tokens, TLS and the Open name whichever host is in use. Default: none.
+    public var fallbackHosts: [String] = []
+    /// AMQPS port. Default: 5671.
     public var port = 5671
     public var transport: Transport = .tls(TLS())
+    /// AMQPS, AMQP over WebSockets (443), or AMQPS falling back to WebSockets. Default: `.auto`.
+    public var route: RoutePolicy = .auto
+    /// Where the WebSocket endpoint is and which proxy leads there.
+    public var webSocket = WebSocketSettings()
+    /// Failed connects on one route (host and transport) before the next is tried: the WebSocket fallback, then
+    /// the next host. Default: 3.
+    public var failuresBeforeNextRoute = 3
     /// Idle timeout we advertise; the hub must send something this often. Proton sends heartbeats at half of
     /// the hub's advertised idle timeout. Default: 240 s.
     public var idleTimeoutMilliseconds: UInt32 = 240_000
@@ -62,6 +73,37 @@ public struct UplinkConfiguration: Sendable, Equatable {
 
     public init(hostName: String) { self.hostName = hostName }
 
+    public enum RoutePolicy: String, Sendable, Equatable {
+        case amqps
+        case webSocket = "amqps-websocket"
+        /// AMQPS first; after `failuresBeforeNextRoute` failed connects, WebSockets, kept while they work.
+        case auto
+    }
+
+    public struct WebSocketSettings: Sendable, Equatable {
+        /// Default: 443.
+        public var port = 443
+        /// Default: `/$iothub/websocket`.
+        public var path = "/$iothub/websocket"
+        /// Default: the environment's `https_proxy` / `no_proxy`.
+        public var proxy: ProxySetting = .environment
+        /// A WebSocket ping after this much silence, for proxies that cut idle tunnels; nil: none. Default: 45 s.
+        public var pingIntervalMilliseconds: Int? = 45_000
+        public init() {}
+    }
+
+    /// Every (host, transport) pair the uplink may use, in the order it tries them.
+    public var routes: [HubRoute] {
+        let kinds: [HubRoute.Kind] = switch route {
+        case .amqps: [.amqps]
+        case .webSocket: [.webSocket]
+        case .auto: [.amqps, .webSocket]
+        }
+        var hosts = [hostName]
+        for h in fallbackHosts where !hosts.contains(h) { hosts.append(h) }
+        return hosts.flatMap { host in kinds.map { HubRoute(host: host, kind: $0) } }
+    }
+
     public enum Transport: Sendable, Equatable {
         case tls(TLS)
         /// Plain AMQP (no TLS): only for tests against a local emulator. Never the default.
@@ -108,4 +150,12 @@ public enum LeafCredential: Sendable, Equatable {
 
 public enum PolicyScope: Sendable, Equatable {
     case device, hub
+}
+
+/// One way to the hub: which host, over which transport.
+public struct HubRoute: Sendable, Equatable, CustomStringConvertible {
+    public enum Kind: String, Sendable { case amqps, webSocket = "amqps-websocket" }
+    public var host: String
+    public var kind: Kind
+    public var description: String { "\(host) over \(kind == .amqps ? "AMQPS" : "AMQP over WebSockets")" }
 }

@@ -71,7 +71,9 @@ final class UplinkEngine: @unchecked Sendable {
         for leaf in runtimes { leafShard[leaf.deviceID] = index }
         let shard = Shard(engine: self, index: index, leaves: runtimes,
                           connectionMachine: ConnectionMachine(backoff: configuration.reconnectBackoff,
-                                                               connectTimeoutMilliseconds: configuration.operationTimeoutMilliseconds))
+                                                               connectTimeoutMilliseconds: configuration.operationTimeoutMilliseconds,
+                                                               routes: configuration.routes,
+                                                               failuresBeforeNextRoute: configuration.failuresBeforeNextRoute))
         shards.append(shard)
         return shard
     }
@@ -409,7 +411,8 @@ final class UplinkEngine: @unchecked Sendable {
         for shard in shards {
             status.connections.append(UplinkStatus.Connection(
                 index: shard.index, state: shard.machine.phase.rawValue, opens: shard.machine.opens,
-                lastError: shard.machine.lastError, lastDisconnect: shard.machine.lastDisconnect, leaves: shard.leafOrder.count))
+                lastError: shard.machine.lastError, lastDisconnect: shard.machine.lastDisconnect, leaves: shard.leafOrder.count,
+                host: shard.machine.route.host, transport: shard.machine.route.kind.rawValue))
             for id in shard.leafOrder {
                 guard let leaf = shard.leaves[id] else { continue }
                 status.leaves[id] = UplinkStatus.Leaf(

@@ -65,6 +65,7 @@ public final class TestHub: Sendable {
         // Only the AMQPS port must stay (clients reconnect to it); the others take fresh ports, so a parallel
         // test that grabbed one of the freed ephemeral ports cannot block the restart.
         config.amqpsPort = running.amqpsPort
+        config.httpsPort = running.httpsPort  // WebSocket clients reconnect to it too
         config.amqpPort = running.amqpPort == nil ? nil : 0
         config.httpPort = 0
         var logger = Logger(label: "test.hub")

@@ -118,7 +118,7 @@ struct MachineTests {
     }
 
     @Test func connectionBackoffGrowsUntilAConnectionStaysUp() {
-        var c = ConnectionMachine(backoff: Backoff(initialMilliseconds: 100, maximumMilliseconds: 10_000), connectTimeoutMilliseconds: 30_000)
+        var c = ConnectionMachine(backoff: Backoff(initialMilliseconds: 100, maximumMilliseconds: 10_000), connectTimeoutMilliseconds: 30_000, routes: [HubRoute(host: "hub", kind: .amqps)])
         let first = c.shouldConnect(nowMs: 0)
         #expect(first)
         c.closed(error: "refused", nowMs: 0, random: 1)

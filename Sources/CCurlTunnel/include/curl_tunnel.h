@@ -1,0 +1,39 @@
+#ifndef FIELDGATE_CURL_TUNNEL_H
+#define FIELDGATE_CURL_TUNNEL_H
+/* A TLS byte stream to host:port, through an HTTP proxy when one is set, opened by libcurl (CONNECT_ONLY): TCP,
+ * the proxy's CONNECT with its authentication (Basic, Digest, NTLM…), then TLS with the hub's name as SNI and
+ * verified against the CA bundle. Nothing but raw bytes afterwards; the caller speaks WebSocket over it. */
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+typedef struct fg_tunnel fg_tunnel;
+
+typedef struct fg_tunnel_options {
+    const char *host;          /* the hub's name: SNI, certificate check, proxy CONNECT target */
+    int port;
+    const char *address;       /* connect here instead of resolving host (NULL: resolve host) */
+    const char *ca_file;       /* PEM bundle; NULL: the system's */
+    bool verify_peer;          /* false only in tests */
+    const char *proxy;         /* "http://host:port"; NULL: https_proxy/no_proxy from the environment; "" : none */
+    const char *proxy_user;    /* NULL: none */
+    const char *proxy_password;
+    long connect_timeout_ms;   /* TCP + proxy + TLS */
+    const volatile int *cancel;/* non-zero aborts the opening */
+} fg_tunnel_options;
+
+/* 0 on success. On failure *out stays NULL, err holds a sentence, and *proxy_status the proxy's HTTP status when
+ * it refused the CONNECT (0 otherwise). */
+int fg_tunnel_open(const fg_tunnel_options *options, fg_tunnel **out, char *err, size_t err_len, long *proxy_status);
+/* The socket, for poll(). */
+int fg_tunnel_socket(fg_tunnel *t);
+/* Bytes sent (>= 0; 0 = would block), or -1 with err. */
+long fg_tunnel_send(fg_tunnel *t, const void *bytes, size_t len, char *err, size_t err_len);
+/* Bytes received (> 0), 0 = would block, -2 = the peer closed, -1 = error (err). */
+long fg_tunnel_recv(fg_tunnel *t, void *buffer, size_t len, char *err, size_t err_len);
+void fg_tunnel_close(fg_tunnel *t);
+/* A non-blocking eventfd, to wake the tunnel's poll() from other threads. */
+int fg_wake_descriptor(void);
+/* Once per process, before any thread opens a tunnel. */
+void fg_tunnel_global_init(void);
+#endif

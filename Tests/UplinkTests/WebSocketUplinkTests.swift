@@ -1,0 +1,121 @@
+import FieldgateCore
+import HubEmulator
+import HubServiceClient
+import HubTestSupport
+import HubTunnel
+import IoTHub
+import Spool
+import Testing
+import Uplink
+
+/// AMQP over WebSockets (issue 20): the same uplink over a real TLS WebSocket to fieldgate-hub's HTTPS port.
+@Suite("Uplink over WebSockets")
+struct WebSocketUplinkTests {
+    private func webSocket(_ hub: TestHub, _ config: inout UplinkConfiguration) {
+        config.route = .webSocket
+        config.webSocket.port = hub.running.httpsPort!
+        config.webSocket.proxy = .direct
+    }
+
+    private func service(_ hub: TestHub) -> HubServiceClient {
+        HubServiceClient(host: "127.0.0.1", port: hub.running.httpPort, authorization: nil)
+    }
+
+    /// Telemetry, C2D with feedback, a method and a desired change for several leaves, all on one WebSocket.
+    @Test func everythingOnOneWebSocket() async throws {
+        try await withHub(configure: { $0.httpsPort = 0 }) { hub in
+            let leaves = try await createLeaves(hub, count: 3)
+            let adapter = PointAdapter()
+            let h = try UplinkHarness(hub: hub, leaves: leaves, router: adapter) { webSocket(hub, &$0) }
+            h.uplink.start()
+            try await eventually(15, "ready") { await h.uplink.status().count(.ready) == 3 }
+            let status = await h.uplink.status()
+            #expect(status.connections.map(\.transport) == ["amqps-websocket"])
+            #expect(try await hub.core.perform { $0.connectionCount } == 1)
+
+            let ids = try h.append((0..<30).map { (leaf: "leaf-\($0 % 3)", json: #"{"n":\#($0)}"#, properties: ["n": String($0)]) })
+            try await eventually(15, "30 messages at the hub") { try await hub.core.perform { $0.acceptedEventCount } == 30 }
+            #expect(Set(try await allEvents(hub).compactMap { $0.systemProperties["message-id"] }) == Set(ids))
+
+            let method = try await service(hub).request("POST", "/twins/leaf-1/methods",
+                                                        body: ["methodName": "ping", "payload": .null, "responseTimeoutInSeconds": 10])
+            #expect(method.json?["status"]?.intValue == 200 && method.json?["payload"] == ["pong": true])
+
+            _ = try await hub.core.perform { try $0.patchTwin("leaf-2", patch: ["properties": ["desired": ["pollSeconds": 7]]]) }
+            try await eventually(10, "desired applied and reported") {
+                try await hub.core.perform { try $0.twinView("leaf-2") }["properties"]?["reported"]?["config"]?["pollSeconds"]?.intValue == 7
+            }
+
+            let sent = try await service(hub).request("POST", "/devices/leaf-0/messages/deviceBound",
+                                                      body: ["body": "set 21", "messageId": "ws-c2d-1", "ack": "full"])
+            #expect(sent.status == 200)
+            try await eventually(15, "C2D feedback Success") {
+                let r = try await service(hub).request("GET", "/messages/serviceBound/feedback?wait=200")
+                return r.json?.arrayValue?.contains { $0["originalMessageId"]?.stringValue == "ws-c2d-1" && $0["statusCode"]?.stringValue == "Success" } == true
+            }
+            await h.stop()
+        }
+    }
+
+    /// `auto`: AMQPS is refused (nothing listens there), so after the configured failures the uplink moves to
+    /// WebSockets, delivers there, and says so in its status.
+    @Test func autoFallsBackToWebSockets() async throws {
+        try await withHub(configure: { $0.httpsPort = 0 }) { hub in
+            let leaves = try await createLeaves(hub, count: 2)
+            let h = try UplinkHarness(hub: hub, leaves: leaves) {
+                webSocket(hub, &$0)
+                $0.route = .auto
+                $0.port = 1  // nothing listens on port 1: connection refused at once
+                $0.failuresBeforeNextRoute = 2
+            }
+            h.uplink.start()
+            try await eventually(20, "ready over the fallback") { await h.uplink.status().count(.ready) == 2 }
+            let connection = try #require(await h.uplink.status().connections.first)
+            #expect(connection.transport == "amqps-websocket")
+            #expect(connection.opens == 1)
+            try h.append([(leaf: "leaf-0", json: #"{"v":1}"#, properties: [:]), (leaf: "leaf-1", json: #"{"v":2}"#, properties: [:])])
+            try await eventually(10, "delivered") { try await hub.core.perform { $0.acceptedEventCount } == 2 }
+            await h.stop()
+        }
+    }
+
+    /// A hub restart under a WebSocket connection: everything appended before, during and after arrives, with the
+    /// same message ids.
+    @Test func hubRestartLosesNothing() async throws {
+        var hub = try await TestHub.start { $0.httpsPort = 0 }
+        let leaves = try await createLeaves(hub, count: 2)
+        let h = try UplinkHarness(hub: hub, leaves: leaves) { webSocket(hub, &$0) }
+        h.uplink.start()
+        try await eventually(15, "ready") { await h.uplink.status().count(.ready) == 2 }
+        var ids = try h.append((0..<50).map { (leaf: "leaf-\($0 % 2)", json: #"{"n":\#($0)}"#, properties: [:]) })
+        hub = try await hub.restart()
+        ids += try h.append((50..<100).map { (leaf: "leaf-\($0 % 2)", json: #"{"n":\#($0)}"#, properties: [:]) })
+        try await eventually(40, "all 100 at the hub") {
+            Set(try await allEvents(hub).compactMap { $0.systemProperties["message-id"] }).isSuperset(of: ids)
+        }
+        try await eventually(10, "spool drained") { h.spool.statistics().depth == 0 }
+        let connection = await h.uplink.status().connections.first
+        #expect(connection?.transport == "amqps-websocket")
+        #expect((connection?.opens ?? 0) >= 2, "reconnected after the restart")
+        await h.stop()
+        await hub.stop()
+    }
+
+    /// A TLS peer that is not the hub (another certificate) is refused before any token leaves.
+    @Test func foreignCertificateIsRefused() async throws {
+        try await withHub(configure: { $0.httpsPort = 0 }) { hub in
+            let other = try LocalCertificates.create(in: hub.directory + "/other-ca", dnsNames: ["localhost"])
+            let leaves = try await createLeaves(hub, count: 1)
+            let h = try UplinkHarness(hub: hub, leaves: leaves) {
+                webSocket(hub, &$0)
+                $0.transport = .tls(.init(caFile: other.caCertificate))
+            }
+            h.uplink.start()
+            try await eventually(10, "a TLS error in the status") {
+                await h.uplink.status().connections.first?.lastError?.contains("TLS") == true
+            }
+            #expect(try await hub.core.perform { $0.connectionCount } == 0)
+            await h.stop()
+        }
+    }
+}

@@ -15,12 +15,18 @@ boot_obstacle() {
 ensure_rootfs() {
   [ "$(id -u)" = 0 ] || skip "needs root"
   command -v debootstrap >/dev/null || skip "debootstrap missing (scripts/setup.sh installs it)"
-  [ -x "$CACHE/rootfs/lib/systemd/systemd" ] && return 0
+  if [ -x "$CACHE/rootfs/lib/systemd/systemd" ]; then
+    # A root cached before fieldgated linked libcurl (AMQP over WebSockets) gets it added once.
+    ls "$CACHE"/rootfs/usr/lib/*/libcurl.so.4 >/dev/null 2>&1 && return 0
+    DEBIAN_FRONTEND=noninteractive chroot "$CACHE/rootfs" apt-get -q install -y --no-install-recommends libcurl4 \
+      >"$CACHE/libcurl.log" 2>&1 && return 0
+    rm -rf "$CACHE/rootfs"
+  fi
   local mirror
   mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
   rm -rf "$CACHE/rootfs.tmp"; mkdir -p "$CACHE"
   echo "$(basename "$0"): debootstrap bookworm into $CACHE/rootfs (cached for later runs)"
-  debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,libqpid-proton11,libmodbus5,libsystemd0,libssl3,passwd,adduser \
+  debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,libqpid-proton11,libmodbus5,libsystemd0,libssl3,libcurl4,passwd,adduser \
     bookworm "$CACHE/rootfs.tmp" "${mirror:-http://deb.debian.org/debian}" >"$CACHE/debootstrap.log" 2>&1 \
     || { tail -20 "$CACHE/debootstrap.log"; skip "debootstrap failed (no Debian mirror reachable?)"; }
   mv "$CACHE/rootfs.tmp" "$CACHE/rootfs"

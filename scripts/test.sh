@@ -11,6 +11,8 @@ bash systemd/check-unit.sh .build/debug/fieldgated
 swift test --skip-build "$@"
 # The official Azure service SDK (azure-iot-hub + uamqp from PyPI) against fieldgate-hub and fieldgated.
 bash scripts/sdk-e2e.sh "$(swift build --show-bin-path)"
+# AMQP over WebSockets through real HTTP proxies (tinyproxy) in network namespaces where only the proxy leads out.
+bash scripts/websocket-e2e.sh "$(swift build --show-bin-path)"
 # fieldgated under real systemd in a booted Debian 12 container (skips, saying why, where that cannot run).
 bash scripts/systemd-e2e.sh "$(swift build --show-bin-path)"
 # The .deb: built (release, static Swift runtime), lintian clean, installed, upgraded and purged in the container.

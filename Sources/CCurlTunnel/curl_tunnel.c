@@ -1,5 +1,6 @@
 #include "curl_tunnel.h"
 #include <curl/curl.h>
+#include <openssl/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,7 +65,13 @@ int fg_tunnel_open(const fg_tunnel_options *o, fg_tunnel **out, char *err, size_
     curl_slist_free_all(targets);  /* used only while connecting */
     if (rc != CURLE_OK) {
         curl_easy_getinfo(c, CURLINFO_HTTP_CONNECTCODE, proxy_status);
-        snprintf(err, err_len, "%s", errbuf[0] ? errbuf : curl_easy_strerror(rc));
+        long verify = 0;
+        /* OpenSSL's own verdict on the chain says more than the handshake's last error. */
+        if (curl_easy_getinfo(c, CURLINFO_SSL_VERIFYRESULT, &verify) == CURLE_OK && verify != 0)
+            snprintf(err, err_len, "certificate verification failed: %s (%s)", X509_verify_cert_error_string(verify),
+                     errbuf[0] ? errbuf : curl_easy_strerror(rc));
+        else
+            snprintf(err, err_len, "%s", errbuf[0] ? errbuf : curl_easy_strerror(rc));
         curl_easy_cleanup(c);
         return -1;
     }

@@ -69,7 +69,8 @@ struct Status: ParsableCommand {
         print("version \(s["version"]?.stringValue ?? "?"), up \(s["uptime_seconds"]?.intValue ?? 0) s")
         for c in s["connections"]?.arrayValue ?? [] {
             let err = c["last_error"]?.stringValue.map { " — last error: \($0)" } ?? ""
-            print("connection \(c["index"]?.intValue ?? 0): \(c["state"]?.stringValue ?? "?"), \(c["leaves"]?.intValue ?? 0) leaves, opened \(c["opens"]?.intValue ?? 0)×\(err)")
+            let route = c["host"]?.stringValue.map { " to \($0) over \(c["transport"]?.stringValue == "amqps-websocket" ? "WebSockets (443)" : "AMQPS")" } ?? ""
+            print("connection \(c["index"]?.intValue ?? 0): \(c["state"]?.stringValue ?? "?")\(route), \(c["leaves"]?.intValue ?? 0) leaves, opened \(c["opens"]?.intValue ?? 0)×\(err)")
         }
         let phases = (s["leaves_by_state"]?.objectValue ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key) \($0.value.intValue ?? 0)" }
         print("leaves: " + (phases.isEmpty ? "none" : phases.joined(separator: ", ")))

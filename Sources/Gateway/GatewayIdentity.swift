@@ -100,7 +100,8 @@ public final class GatewayIdentity: LeafRouter {
         var drops: [String: JSONValue] = [:]
         for reason in DropReason.allCases { drops[reason.rawValue] = .int(Int64(stats.dropped[reason]?.values.reduce(0, +) ?? 0)) }
         let connections: [String: JSONValue] = Dictionary(uniqueKeysWithValues: status.connections.map {
-            ("c\($0.index)", ["state": .string($0.state), "opens": .int(Int64($0.opens)), "lastError": $0.lastError.map(JSONValue.string) ?? .null])
+            ("c\($0.index)", ["state": .string($0.state), "opens": .int(Int64($0.opens)), "host": .string($0.host),
+                                "transport": .string($0.transport), "lastError": $0.lastError.map(JSONValue.string) ?? .null])
         })
         return [
             "version": .string(configuration.version),

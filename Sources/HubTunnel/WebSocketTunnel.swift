@@ -274,7 +274,7 @@ public final class WebSocketTunnel: AMQPByteStream, @unchecked Sendable {
             }
         }
         guard rc == 0, let tunnel else {
-            let text = String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            let text = cString(error)
             return .failure(Self.openingError(text, proxyStatus: proxyStatus, configuration: c))
         }
         return .success(tunnel)
@@ -284,8 +284,8 @@ public final class WebSocketTunnel: AMQPByteStream, @unchecked Sendable {
     static func openingError(_ text: String, proxyStatus: Int, configuration c: WebSocketTunnelConfiguration) -> AMQPError {
         let target = "\(c.hostName):\(c.port)"
         switch proxyStatus {
-        case 407:
-            return AMQPError(.transport, "the proxy (\(c.proxyDescription)) wants credentials for the tunnel to \(target) (HTTP 407): check the user in [hub] proxy and the proxy password in the secrets file")
+        case 401, 407:  // 407 is the standard; some proxies (tinyproxy) answer 401
+            return AMQPError(.transport, "the proxy (\(c.proxyDescription)) refused our credentials for the tunnel to \(target) (HTTP \(proxyStatus)): check the user in [hub] proxy and the proxy password in the secrets file")
         case 400...599:
             return AMQPError(.transport, "the proxy (\(c.proxyDescription)) refused the tunnel to \(target) (HTTP \(proxyStatus)): its rules must allow CONNECT to \(target)")
         default:
@@ -315,7 +315,7 @@ private struct Pump {
         var error = [CChar](repeating: 0, count: 256)
         while !output.isEmpty {
             let n = output.withUnsafeBytes { fg_tunnel_send(tunnel, $0.baseAddress, $0.count, &error, error.count) }
-            if n < 0 { return AMQPError(.transport, "sending to the hub failed: \(String(cString: error))") }
+            if n < 0 { return AMQPError(.transport, "sending to the hub failed: \(cString(error))") }
             if n == 0 { return nil }
             output.removeFirst(n)
         }
@@ -351,7 +351,7 @@ private struct Pump {
                 if !received.isEmpty { return .success(received) }  // the end shows on the next call
                 return .failure(AMQPError(.transport, "the hub (or the proxy) closed the TCP connection"))
             }
-            let text = String(cString: error)
+            let text = cString(error)
             return .failure(AMQPError(text.contains("SSL") ? .tls : .transport, "receiving from the hub failed: \(text)"))
         }
         return .success(received)
@@ -369,4 +369,9 @@ enum StreamDriverClock {
 private func withOptionalCString<R>(_ s: String?, _ body: (UnsafePointer<CChar>?) -> R) -> R {
     guard let s else { return body(nil) }
     return s.withCString { body($0) }
+}
+
+/// The text in a C string buffer.
+private func cString(_ buffer: [CChar]) -> String {
+    String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
 }

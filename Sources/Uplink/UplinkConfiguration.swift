@@ -47,6 +47,14 @@ public struct UplinkConfiguration: Sendable, Equatable {
     public var attachesPerSecond: Double? = 20
     /// Identities per AMQP connection; beyond it another connection opens. Default: 995 (hub limit ~999).
     public var maxIdentitiesPerConnection = 995
+    /// The same cap for connections that may run over WebSockets (`route` `.webSocket` or `.auto`): the Azure SDKs
+    /// multiplex at most 500 devices there, a limit their maintainers attribute to the service. Default: 500.
+    public var maxIdentitiesPerWebSocketConnection = 500
+
+    /// The cap that applies to this configuration's connections.
+    var identitiesPerConnection: Int {
+        route == .amqps ? maxIdentitiesPerConnection : min(maxIdentitiesPerConnection, maxIdentitiesPerWebSocketConnection)
+    }
     /// Unsettled telemetry deliveries per leaf and in total. Default: 64 and 2000.
     public var maxInFlightPerLeaf = 64
     public var maxInFlightTotal = 2000

@@ -49,7 +49,7 @@ final class UplinkEngine: @unchecked Sendable {
         // A small burst: any one-second window then sees at most 1.2 × the rate (the hub counts per second).
         self.pacer = configuration.attachesPerSecond.map { TokenBucket(ratePerSecond: $0, burst: $0 / 5) }
         self.sendLimiter = configuration.messagesPerSecond.map { TokenBucket(ratePerSecond: $0) }
-        for chunk in Self.partition(leaves, maxTokens: configuration.maxIdentitiesPerConnection) {
+        for chunk in Self.partition(leaves, maxTokens: configuration.identitiesPerConnection) {
             addShard(chunk.map(makeRuntime))
         }
     }
@@ -96,7 +96,7 @@ final class UplinkEngine: @unchecked Sendable {
         for leaf in leaves where current[leaf.deviceID] != leaf {
             if current[leaf.deviceID] == nil { changes.added.append(leaf.deviceID) }
             let cost = leaf.hubScopePolicy.map { p in shards.contains { $0.leaves.values.contains { $0.configuration.hubScopePolicy == p } } ? 0 : 1 } ?? 1
-            if let shard = shards.first(where: { $0.tokenCount + cost <= configuration.maxIdentitiesPerConnection && $0.leafOrder.count < Self.maxLeavesPerConnection }) {
+            if let shard = shards.first(where: { $0.tokenCount + cost <= configuration.identitiesPerConnection && $0.leafOrder.count < Self.maxLeavesPerConnection }) {
                 leafShard[leaf.deviceID] = shard.index
                 shard.withConnection { [self] in $0.addLeaf(makeRuntime(leaf)) }
             } else {

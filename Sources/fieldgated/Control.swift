@@ -77,6 +77,7 @@ struct ControlHandler: Sendable {
             "uptime_seconds": .int((WallClock.nowMilliseconds() - startedAtMs) / 1000),
             "connections": .array(uplink.connections.map { c in
                 ["index": .int(Int64(c.index)), "state": .string(c.state), "opens": .int(Int64(c.opens)), "leaves": .int(Int64(c.leaves)),
+                 "host": .string(c.host), "transport": .string(c.transport),
                  "last_error": c.lastError.map(JSONValue.string) ?? .null, "last_disconnect": c.lastDisconnect.map(JSONValue.string) ?? .null]
             }),
             "leaves_by_state": .object(byPhase),

@@ -254,7 +254,7 @@ let package = Package(
         .testTarget(name: "UDPAdapterTests", dependencies: ["UDPAdapter", "FrameCodecs", "Uplink", "Spool", "FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "FrameCodecsTests", dependencies: ["FrameCodecs", "FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "SerialAdapterTests", dependencies: ["SerialAdapter", "FrameCodecs", "Uplink", "Spool", "FieldgateCore"], swiftSettings: strictSettings),
-        .testTarget(name: "GatewayTests", dependencies: ["GatewayConfig", "Uplink", "Spool", "UDPAdapter", "SerialAdapter", "FrameCodecs", "ModbusAdapter", "ModbusIO"], swiftSettings: strictSettings),
+        .testTarget(name: "GatewayTests", dependencies: ["GatewayConfig", "HubTunnel", "Uplink", "Spool", "UDPAdapter", "SerialAdapter", "FrameCodecs", "ModbusAdapter", "ModbusIO"], swiftSettings: strictSettings),
         .testTarget(name: "ModbusAdapterTests", dependencies: ["ModbusAdapter", "ModbusIO", "HubTestSupport", "Uplink", "Spool", "FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "ProtonAMQPTests", dependencies: ["ProtonAMQP"], swiftSettings: strictSettings),
         .testTarget(name: "WebSocketFramingTests", dependencies: ["WebSocketFraming"], swiftSettings: strictSettings),

@@ -1,5 +1,6 @@
 import FrameCodecs
 import GatewayConfig
+import HubTunnel
 import ModbusAdapter
 import ModbusIO
 import Testing
@@ -159,6 +160,47 @@ struct GatewayConfigTests {
     }
 
     /// A number key takes `20` as well as `20.0` (the reference documents `attaches_per_second = 20`).
+    /// Issue 20: transport, fallback hosts, the WebSocket endpoint and the proxy, its password from the secrets.
+    @Test func reachOptions() throws {
+        let main = """
+            [hub]
+            host = "a.azure-devices.net"
+            transport = "amqps-websocket"
+            fallback_hosts = ["b.azure-devices.net"]
+            fallback_after_failures = 4
+            proxy = "http://gw01@proxy.site:3128"
+            websocket_port = 8443
+            websocket_path = "/ws"
+            websocket_ping_seconds = 0
+            [gateway]
+            device_id = "gw"
+            """
+        let dir = ConfigDirectory(main: main, secrets: ConfigDirectory.secrets + "\n[proxy]\npassword = \"pw\"\n")
+        let u = try dir.load().get().uplink
+        #expect(u.route == .webSocket && u.fallbackHosts == ["b.azure-devices.net"] && u.failuresBeforeNextRoute == 4)
+        #expect(u.webSocket.port == 8443 && u.webSocket.path == "/ws" && u.webSocket.pingIntervalMilliseconds == nil)
+        #expect(u.webSocket.proxy == .url("http://proxy.site:3128", user: "gw01", password: "pw"))
+        // Defaults: auto, the environment's proxy, 443.
+        let plain = try load("[hub]\nhost = \"h\"\n[gateway]\ndevice_id = \"gw\"\n").get().uplink
+        #expect(plain.route == .auto && plain.webSocket.proxy == .environment && plain.webSocket.port == 443)
+        #expect(try load("[hub]\nhost = \"h\"\nproxy = \"none\"\n[gateway]\ndevice_id = \"gw\"\n").get().uplink.webSocket.proxy == .direct)
+    }
+
+    @Test func reachMistakesAreExplained() {
+        func problems(_ hub: String) -> String {
+            guard case .failure(let e) = load("[hub]\nhost = \"h\"\n\(hub)\n[gateway]\ndevice_id = \"gw\"\n") else { return "" }
+            return "\(e)"
+        }
+        #expect(problems(#"transport = "websocket""#).contains("amqps-websocket"))
+        #expect(problems(#"proxy = "http://u:secret@p:3128""#).contains("must not hold the password"))
+        #expect(!problems(#"proxy = "http://u:secret@p:3128""#).contains("secret@"), "the password is not echoed")
+        #expect(problems(#"proxy = "socks5://p:1080""#).contains("hub.proxy must be"))
+        #expect(problems(#"proxy = "http://u@p:3128""#).contains("[proxy] password"))
+        #expect(problems(#"fallback_hosts = ["https://b:443"]"#).contains("host name"))
+        #expect(problems("insecure_plain_amqp = true").contains("transport = \"amqps\""))
+        #expect(problems(#"websocket_path = "ws""#).contains("start with /"))
+    }
+
     @Test func integerWhereANumberIsExpected() throws {
         let s = try load(valid.replacing("[gateway]\n", with: "attaches_per_second = 20\n[gateway]\n")).get()
         #expect(s.uplink.attachesPerSecond == 20)

@@ -138,6 +138,52 @@ struct MachineTests {
         #expect(c.retryAtMs == 10_000, "capped")
     }
 
+    /// Issue 20: `auto` tries AMQPS, moves to WebSockets after N failures, stays there while it works, then the
+    /// next host; a connection that stayed up gives its route its full count again.
+    @Test func routesFallBackInTurnAndStayWhileTheyWork() {
+        var config = UplinkConfiguration(hostName: "a.example")
+        config.fallbackHosts = ["b.example", "a.example"]  // a repeat of the first host is ignored
+        #expect(config.routes.map(\.description) == ["a.example over AMQPS", "a.example over AMQP over WebSockets",
+                                                      "b.example over AMQPS", "b.example over AMQP over WebSockets"])
+        config.route = .webSocket
+        #expect(config.routes.map(\.kind) == [.webSocket, .webSocket])
+        config.route = .auto
+        var c = ConnectionMachine(backoff: Backoff(initialMilliseconds: 100, maximumMilliseconds: 10_000), connectTimeoutMilliseconds: 30_000,
+                                  routes: config.routes, failuresBeforeNextRoute: 2)
+        var now: Int64 = 0
+        func fail() -> HubRoute? {
+            now = c.retryAtMs
+            _ = c.shouldConnect(nowMs: now)
+            return c.closed(error: "refused", nowMs: now, random: 1)
+        }
+        #expect(fail() == nil && c.route.kind == .amqps)
+        #expect(fail() == HubRoute(host: "a.example", kind: .webSocket))
+        // The WebSocket connection works for a minute, then drops: still WebSockets, with two more tries.
+        _ = c.shouldConnect(nowMs: c.retryAtMs)
+        c.opened(nowMs: 1_000)
+        #expect(c.closed(error: "dropped", nowMs: 61_000, random: 1) == nil)
+        now = 61_000
+        #expect(fail() == nil && c.route == HubRoute(host: "a.example", kind: .webSocket))
+        #expect(fail() == HubRoute(host: "b.example", kind: .amqps))
+        // A connection that dies young counts as a failure of its route.
+        _ = c.shouldConnect(nowMs: c.retryAtMs)
+        c.opened(nowMs: c.retryAtMs)
+        #expect(c.closed(error: "dropped", nowMs: c.openedAtMs + 500, random: 1) == nil)
+        #expect(fail() == HubRoute(host: "b.example", kind: .webSocket))
+        _ = fail()
+        #expect(fail() == HubRoute(host: "a.example", kind: .amqps), "round and round, never stuck")
+    }
+
+    @Test func identitiesPerConnectionWhereWebSocketsMayCarryThem() {
+        var config = UplinkConfiguration(hostName: "h")
+        config.route = .amqps
+        #expect(config.identitiesPerConnection == 995)
+        config.route = .auto
+        #expect(config.identitiesPerConnection == 500)
+        config.maxIdentitiesPerConnection = 3
+        #expect(config.identitiesPerConnection == 3)
+    }
+
     @Test func backoffAndTokenBucket() {
         let b = Backoff(initialMilliseconds: 100, maximumMilliseconds: 10_000)
         #expect((1...8).map { b.delay(attempt: $0, random: 1) } == [100, 200, 400, 800, 1600, 3200, 6400, 10_000])

@@ -234,7 +234,7 @@ let package = Package(
             name: "fieldgate-bench",
             dependencies: [
                 "HubDeviceClient", "HubServiceClient", "ProtonAMQP", "IoTHub", "FieldgateCore", "Spool", "Uplink", "UDPAdapter",
-                "ModbusAdapter", "ModbusIO", "ControlSocket",
+                "ModbusAdapter", "ModbusIO", "ControlSocket", "HubTunnel",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -4,6 +4,7 @@ import HubServiceClient
 import IoTHub
 import Logging
 import Spool
+import HubTunnel
 import Uplink
 
 #if canImport(Glibc)
@@ -46,21 +47,31 @@ struct UplinkBench: AsyncParsableCommand {
 
     struct Figures { var attachSeconds, rate, p50, p99, gatewayMicros, hubMicros, rssMB: Double }
 
-    private func runAgent(_ agent: String, hub: BenchHub, leaves: Int, mode: String, count: Int, rate: Int = 0) throws -> (ChildProcess, String) {
+    static func runAgent(_ agent: String, hub: BenchHub, leaves: Int, mode: String, count: Int, rate: Int = 0, dir: String,
+                         extra: [String] = []) throws -> (ChildProcess, String) {
         let spoolDir = dir + "/spool-\(mode)-\(leaves)"
         let resultFile = dir + "/result-\(mode)-\(leaves)"
         _ = system("rm -rf '\(spoolDir)' '\(resultFile)' '\(resultFile).go'; mkdir -p '\(dir)'")
         let child = try ChildProcess.spawn(agent, [
             "uplink-agent", "--port", String(hub.amqpsPort), "--ca", hub.caFile, "--keys", hub.keysFile, "--leaves", String(leaves),
             "--spool", spoolDir, "--mode", mode, "--count", String(count), "--rate", String(rate), "--result", resultFile,
-        ])
+        ] + extra)
         return (child, resultFile)
     }
 
-    private func measure(hub: BenchHub, leaves n: Int, agent: String) async throws -> Figures {
-        // Throughput: as fast as the pipeline drains, with a bounded backlog.
-        let (child, result) = try runAgent(agent, hub: hub, leaves: n, mode: "throughput", count: messages)
+    private func runAgent(_ agent: String, hub: BenchHub, leaves: Int, mode: String, count: Int, rate: Int = 0) throws -> (ChildProcess, String) {
+        try Self.runAgent(agent, hub: hub, leaves: leaves, mode: mode, count: count, rate: rate, dir: dir)
+    }
+
+    struct Throughput { var attachSeconds, rate, gatewayMicros, hubMicros, rssMB: Double; var connections: Int }
+
+    /// `messages` readings as fast as the pipeline drains (the backlog bounded): msg/s, CPU per message on each
+    /// side, the agent's RSS at the end.
+    static func throughput(hub: BenchHub, leaves n: Int, agent: String, messages: Int, dir: String, extra: [String] = []) async throws -> Throughput {
+        let (child, result) = try runAgent(agent, hub: hub, leaves: n, mode: "throughput", count: messages, dir: dir, extra: extra)
+        defer { child.terminate() }
         let attach = try await waitForResult(result, key: "attached-ms", child: child)
+        let connections = try await hub.connections()
         let cpu0 = child.cpuSeconds(), hubCPU0 = hub.process.cpuSeconds()
         let events0 = try await hub.acceptedEvents()
         let start = ContinuousClock.now
@@ -71,8 +82,13 @@ struct UplinkBench: AsyncParsableCommand {
         }
         let seconds = secondsSince(start)
         let gwCPU = child.cpuSeconds() - cpu0, hubCPU = hub.process.cpuSeconds() - hubCPU0
-        let rss = child.rssMB()
-        child.terminate()
+        return Throughput(attachSeconds: attach / 1000, rate: Double(messages) / seconds, gatewayMicros: gwCPU / Double(messages) * 1e6,
+                          hubMicros: hubCPU / Double(messages) * 1e6, rssMB: child.rssMB(), connections: connections)
+    }
+
+    private func measure(hub: BenchHub, leaves n: Int, agent: String) async throws -> Figures {
+        // Throughput: as fast as the pipeline drains, with a bounded backlog.
+        let t = try await Self.throughput(hub: hub, leaves: n, agent: agent, messages: messages, dir: dir)
 
         // Latency: a steady rate well below the maximum, acquisition time → the hub's enqueued time.
         let (paced, pacedResult) = try runAgent(agent, hub: hub, leaves: n, mode: "latency", count: latencyRate * 5, rate: latencyRate)
@@ -83,11 +99,15 @@ struct UplinkBench: AsyncParsableCommand {
         paced.terminate()
         let latencies = try await hub.latencies(from: from).sorted()
         func percentile(_ p: Double) -> Double { latencies.isEmpty ? .nan : latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))] }
-        return Figures(attachSeconds: attach / 1000, rate: Double(messages) / seconds, p50: percentile(0.5), p99: percentile(0.99),
-                       gatewayMicros: gwCPU / Double(messages) * 1e6, hubMicros: hubCPU / Double(messages) * 1e6, rssMB: rss)
+        return Figures(attachSeconds: t.attachSeconds, rate: t.rate, p50: percentile(0.5), p99: percentile(0.99),
+                       gatewayMicros: t.gatewayMicros, hubMicros: t.hubMicros, rssMB: t.rssMB)
     }
 
     private func waitForResult(_ file: String, key: String, child: ChildProcess, seconds: Int = 120) async throws -> Double {
+        try await Self.waitForResult(file, key: key, child: child, seconds: seconds)
+    }
+
+    static func waitForResult(_ file: String, key: String, child: ChildProcess, seconds: Int = 120) async throws -> Double {
         let deadline = ContinuousClock.now + .seconds(seconds)
         while ContinuousClock.now < deadline {
             for line in (ChildProcess.readFile(file) ?? "").split(separator: "\n") {
@@ -106,18 +126,21 @@ struct BenchHub {
     let process: ChildProcess
     let service: HubServiceClient
     let amqpsPort: Int
+    /// HTTPS and AMQP over WebSockets; nil unless asked for.
+    let httpsPort: Int?
     let stateDir: String
     var caFile: String { stateDir + "/certs/ca.pem" }
     var keysFile: String { stateDir + "/bench-keys" }
 
-    static func start(binary: String, devices: Int) async throws -> BenchHub {
+    static func start(binary: String, devices: Int, webSockets: Bool = false) async throws -> BenchHub {
         let amqpsPort = 20000 + Int.random(in: 0..<10000), httpPort = amqpsPort + 10000
+        let httpsPort = webSockets ? amqpsPort + 20000 : nil
         let stateDir = "/tmp/fieldgate-uplink-bench-hub-\(getpid())-\(amqpsPort)"
         let certs = try ChildProcess.spawn(binary, ["certs", "--dir", stateDir + "/certs", "--dns", "localhost"])
         certs.wait()
         let process = try ChildProcess.spawn(binary, ["serve", "--amqps-port", "\(amqpsPort)", "--http-port", "\(httpPort)",
                                                      "--open-service-api", "--state-dir", stateDir, "--log-level", "warning",
-                                                     "--event-log-capacity", "200000"])
+                                                     "--event-log-capacity", "200000"] + (httpsPort.map { ["--https-port", "\($0)"] } ?? []))
         let service = HubServiceClient(host: "127.0.0.1", port: httpPort, authorization: nil)
         var up = false
         for _ in 0..<100 where !up {
@@ -134,7 +157,7 @@ struct BenchHub {
         let cs = ChildProcess.readFile(stateDir + "/service-connection-string") ?? ""
         keys += "policy " + cs.split(separator: "\n").first.map(String.init)! + "\n"
         try ChildProcess.writeFile(stateDir + "/bench-keys", keys)
-        return BenchHub(process: process, service: service, amqpsPort: amqpsPort, stateDir: stateDir)
+        return BenchHub(process: process, service: service, amqpsPort: amqpsPort, httpsPort: httpsPort, stateDir: stateDir)
     }
 
     func stop() {
@@ -144,6 +167,11 @@ struct BenchHub {
 
     func signal(_ file: String) async throws {
         try ChildProcess.writeFile(file, "")
+    }
+
+    /// Device connections open at the hub now.
+    func connections() async throws -> Int {
+        Int(try await service.request("GET", "/statistics").json?["connections"]?.intValue ?? 0)
     }
 
     func acceptedEvents() async throws -> Int {
@@ -181,6 +209,12 @@ struct UplinkAgent: AsyncParsableCommand {
     @Option var count: Int
     @Option var rate: Int = 0
     @Option var result: String
+    /// `amqps` or `websocket`.
+    @Option var transport = "amqps"
+    @Option var httpsPort: Int?
+    @Option var proxy: String?
+    @Option var proxyUser: String?
+    @Option var proxyPassword: String?
 
     /// The benchmark's reading: a 200 B JSON body in its spool envelope.
     static let reading = TelemetryEnvelope(
@@ -209,6 +243,13 @@ struct UplinkAgent: AsyncParsableCommand {
         config.port = port
         config.transport = .tls(.init(caFile: ca))
         config.attachesPerSecond = nil
+        if transport == "websocket" {
+            config.route = .webSocket
+            config.webSocket.port = httpsPort ?? 443
+            config.webSocket.proxy = proxy.map { .url($0, user: proxyUser, password: proxyPassword) } ?? .direct
+        } else {
+            config.route = .amqps
+        }
         var logger = Logger(label: "bench.uplink")
         logger.logLevel = .error
         let uplink = try Uplink(configuration: config, leaves: leafConfigs, spool: store, logger: logger)
@@ -249,6 +290,10 @@ struct UplinkAgent: AsyncParsableCommand {
             throw BenchError("unknown mode \(mode)")
         }
         report("done=1")
+        if mode == "throughput" {
+            // Stay (connected, memory as it was) until the parent has read the figures and ends this process.
+            for _ in 0..<600 where getppid() != 1 { try await Task.sleep(for: .milliseconds(100)) }
+        }
         await uplink.stop()
         store.close()
     }

@@ -218,7 +218,7 @@ let package = Package(
         .target(
             name: "FieldgateCtl",
             dependencies: [
-                "ControlSocket", "Gateway", "GatewayConfig", "Uplink", "Spool", "FieldgateCore", "HubDeviceClient", "ProtonAMQP", "IoTHub",
+                "ControlSocket", "Gateway", "GatewayConfig", "Uplink", "Spool", "FieldgateCore", "HubDeviceClient", "ProtonAMQP", "IoTHub", "HubTunnel",
                 "CTLSProbe",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
@@ -269,7 +269,7 @@ let package = Package(
         .testTarget(name: "SpoolTests", dependencies: ["Spool"], swiftSettings: strictSettings),
         .testTarget(
             name: "UplinkTests",
-            dependencies: ["Uplink", "Gateway", "HubTestSupport", "HubEmulator", "HubServiceClient", "Spool", "ProtonAMQP", "IoTHub", "FieldgateCore"],
+            dependencies: ["Uplink", "HubTunnel", "Gateway", "HubTestSupport", "HubEmulator", "HubServiceClient", "Spool", "ProtonAMQP", "IoTHub", "FieldgateCore"],
             swiftSettings: strictSettings
         ),
         .testTarget(

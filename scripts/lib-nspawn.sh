@@ -53,14 +53,15 @@ boot_container() {
       "${@:1:$#-1}" -- "${@: -1}"' "$CACHE/rootfs" "$@" >"$WORK/console.log" 2>&1 || true
 }
 
-# A fieldgate-hub on loopback with fresh certificates: sets HUB_PID, AMQPS_PORT, UDP_PORT, URL; needs $WORK, $HUB_BIN.
+# A fieldgate-hub on loopback with fresh certificates: sets HUB_PID, AMQPS_PORT, HTTPS_PORT (HTTPS and AMQP over
+# WebSockets), UDP_PORT, URL; needs $WORK, $HUB_BIN.
 start_hub() {
-  AMQPS_PORT=$((20000 + RANDOM % 20000)); HTTP_PORT=$((AMQPS_PORT + 1)); UDP_PORT=$((AMQPS_PORT + 2))
+  AMQPS_PORT=$((20000 + RANDOM % 20000)); HTTP_PORT=$((AMQPS_PORT + 1)); UDP_PORT=$((AMQPS_PORT + 2)); HTTPS_PORT=$((AMQPS_PORT + 3))
   URL="--url http://127.0.0.1:$HTTP_PORT"
   export FIELDGATE_HUB_STATE=$WORK/hub
   mkdir -p "$WORK/hub"
   "$HUB_BIN" certs --dns localhost >/dev/null
-  "$HUB_BIN" serve --amqps-port "$AMQPS_PORT" --http-port "$HTTP_PORT" --log-level warning >"$WORK/hub.log" 2>&1 &
+  "$HUB_BIN" serve --amqps-port "$AMQPS_PORT" --http-port "$HTTP_PORT" --https-port "$HTTPS_PORT" --log-level warning >"$WORK/hub.log" 2>&1 &
   HUB_PID=$!
   for _ in $(seq 50); do "$HUB_BIN" device list $URL >/dev/null 2>&1 && break; sleep 0.2; done
 }

@@ -2,7 +2,7 @@
 # fieldgated under real systemd (issue 8, test 10): a Debian 12 root file system booted with systemd-nspawn
 # (docs/toolchain.md §5) runs systemd/fieldgated.service against a fieldgate-hub on the host's loopback. Checks:
 # the unit becomes active (Type=notify READY), runs as the fieldgate user with its watchdog configured, telemetry
-# from a UDP leaf reaches the hub, and a frozen daemon (SIGSTOP) is killed by the watchdog and restarted.
+# from a UDP leaf reaches the hub over AMQP over WebSockets, and a frozen daemon (SIGSTOP) is killed by the watchdog and restarted.
 # Where the machine cannot boot a container, it says why and exits 0. Usage: scripts/systemd-e2e.sh [bin dir]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +20,8 @@ GW_KEY=$(create_device e2e-gateway)
 LEAF_KEY=$(create_device e2e-leaf)
 
 write_gateway_config "$WORK/etc" e2e-gateway "the end-to-end check"
+# Over AMQP over WebSockets (the hub's HTTPS port): the tunnel (libcurl, TLS, framing) under the unit's sandbox.
+sed -i "s|^\[hub\]|[hub]\ntransport = \"amqps-websocket\"\nwebsocket_port = $HTTPS_PORT\nproxy = \"none\"|" "$WORK/etc/fieldgate.toml"
 printf '[[leaf]]\ndevice_id = "e2e-leaf"\nadapter = "udp"\n' >"$WORK/etc/devices.d/leaf.toml"
 printf '[keys]\ne2e-gateway = "%s"\ne2e-leaf = "%s"\n' "$GW_KEY" "$LEAF_KEY" >"$WORK/etc/secrets.toml"
 chmod 600 "$WORK/etc/secrets.toml"
@@ -78,6 +80,8 @@ grep -q '^StatusText=hub:' "$WORK/results/show-before" || fail "no STATUS= text:
 [ "$(tr -d ' ' <"$WORK/results/user")" = fieldgate ] || fail "runs as $(cat "$WORK/results/user"), not fieldgate"
 "$HUB_BIN" monitor-events $URL --timeout 5 --from-start 2>/dev/null | grep -q 'through systemd' \
   || fail "the UDP reading did not reach the hub"
+grep -q 'connected to localhost over AMQP over WebSockets' "$WORK/results/journal" \
+  || fail "the journal does not show the WebSocket connection: $(grep -m3 uplink "$WORK/results/journal")"
 grep -q 'Watchdog timeout' "$WORK/results/journal" || fail "systemd logged no watchdog timeout for the frozen daemon"
 grep -q '^NRestarts=1' "$WORK/results/show-after" && grep -q '^ActiveState=active' "$WORK/results/show-after" \
   || fail "not restarted by the watchdog: $(cat "$WORK/results/show-after")"

@@ -10,9 +10,11 @@
 # fallback host, the authenticating proxy. Checks, in order:
 #   1. wrong proxy password: a clear error (407, or tinyproxy's 401), retries, readings spooled meanwhile;
 #   2. right password: AMQPS fails, the fallback host is reached over WebSockets through the proxy; every reading
-#      arrives; the gateway's own `status` method answers over it; its twin says host and transport;
+#      arrives; the gateway's own `status` and `reboot` (seed 004) methods answer over it; its twin says host and
+#      transport and has lastReboot; fieldgatectl check passes with 5671 closed as a warning;
 #   3. a stream of readings across a proxy restart and a hub restart: nothing lost;
-#   4. a proxy whose rules refuse CONNECT to 443: a clear 403 error;
+#   4. a proxy whose rules refuse CONNECT to 443: a clear 403 error (status and fieldgatectl check); the readings
+#      spooled meanwhile go out later through a proxy without authentication;
 #   5. TLS interception (another certificate for the hub's name): refused, no token sent to it.
 # Usage: scripts/websocket-e2e.sh [bin dir]. Needs root, iproute2, nftables, tinyproxy (scripts/setup.sh).
 set -euo pipefail
@@ -63,7 +65,7 @@ in_net nft -f - <<'NFT'
 table inet site {
   chain in {
     type filter hook input priority 0;
-    ip saddr 10.77.0.2 tcp dport { 3128, 3129, 3130 } accept
+    ip saddr 10.77.0.2 tcp dport { 3128, 3129, 3130, 3131 } accept
     ip saddr 10.77.0.2 meta l4proto tcp reject with tcp reset
   }
 }
@@ -99,6 +101,7 @@ start_tinyproxy() {  # port, extra config lines
 touch "$WORK/proxy/log"; chmod 666 "$WORK/proxy/log"
 start_tinyproxy 3128 'ConnectPort 443' 'BasicAuth fg s3cret-proxy'
 start_tinyproxy 3129 'ConnectPort 8443'
+start_tinyproxy 3131 'ConnectPort 443'
 # An intercepting proxy: CONNECT answered 200, then TLS terminated with a certificate from another CA for the hub's
 # name (what a TLS-inspecting middlebox does).
 "$HUB_BIN" certs --dir "$WORK/mitm" --dns hub.fieldgate.test >/dev/null
@@ -142,6 +145,7 @@ proxy = "$1"
 ca_file = "$WORK/etc/ca.pem"
 [gateway]
 device_id = "ws-gateway"
+reboot_command = ["/bin/true"]
 [spool]
 directory = "$WORK/spool"
 [control]
@@ -205,7 +209,11 @@ in_net "$HUB_BIN" method invoke ws-gateway status $URL --timeout 15 >"$WORK/meth
 grep -q '"status" *: *200' "$WORK/method.json" && grep -q 'amqps-websocket' "$WORK/method.json" \
   || fail "the status method's answer: $(cat "$WORK/method.json")"
 wait_for 30 "the gateway twin reporting the WebSocket route" twin_has ws-gateway amqps-websocket
-say "2. fallback host over WebSockets through the authenticating proxy: 20/20 delivered; status method and twin name host and transport"
+# Seed 004: the reboot method (the command is /bin/true here) answered, lastReboot reported in the twin.
+in_net "$HUB_BIN" method invoke ws-gateway reboot $URL --timeout 15 >"$WORK/reboot.json" || fail "the reboot method"
+grep -q '"status" *: *200' "$WORK/reboot.json" || fail "reboot answered: $(cat "$WORK/reboot.json")"
+wait_for 30 "lastReboot in the gateway twin" twin_has ws-gateway lastReboot
+say "2. fallback host over WebSockets through the authenticating proxy: 20/20 delivered; status and reboot methods answered; the twin names host and transport and has lastReboot"
 
 # 3. A stream across a proxy restart, then across a hub restart. The hub keeps received events in memory only, so
 #    the first part is counted before the hub goes down; the second is sent while it is down and coming back.
@@ -227,13 +235,31 @@ opens=$(status_json | grep -o '"opens" *: *[0-9]*' | head -1 | grep -o '[0-9]*$'
 [ "$opens" -ge 3 ] || fail "the connection was not re-opened after both restarts ($opens opens)"
 say "3. proxy restart mid-stream: 70/70 delivered; hub restart mid-stream: 50/50 delivered; $opens connections opened"
 
-# 4. A proxy that refuses CONNECT to 443.
+# fieldgatectl check on such a site: 5671 closed is a warning under auto, the WebSocket route and the keys pass.
 stop_gateway
+write_config "http://fg@10.77.0.1:3128" "s3cret-proxy"
+sed -i 's/^fallback_hosts.*//; s/^host = .*/host = "hub.fieldgate.test"/' "$WORK/etc/fieldgate.toml"
+in_gw "$CTL_BIN" check --config "$WORK/etc/fieldgate.toml" >"$WORK/check.txt" 2>&1 || fail "fieldgatectl check failed: $(cat "$WORK/check.txt")"
+grep -q '✓ websocket' "$WORK/check.txt" && grep -q '✓ credentials' "$WORK/check.txt" && grep -q '! tcp' "$WORK/check.txt" \
+  || fail "fieldgatectl check: $(cat "$WORK/check.txt")"
+say "   fieldgatectl check: $(grep -c '✓' "$WORK/check.txt") passed; $(grep '! tcp' "$WORK/check.txt" | cut -c1-90)…"
+
+# 4. A proxy that refuses CONNECT to 443; fieldgatectl check says so too.
 write_config "http://10.77.0.1:3129" "unused"
 sed -i 's/^fallback_hosts.*//; s/^host = .*/host = "hub.fieldgate.test"/; s/^transport = .*/transport = "amqps-websocket"/' "$WORK/etc/fieldgate.toml"
 start_gateway
 wait_for 30 "a 403 error in the status" status_has "HTTP 403"
-say "4. a proxy refusing CONNECT to 443: $(status_json | grep -o 'the proxy[^"]*403[^"]*' | head -1)"
+in_gw "$CTL_BIN" check --config "$WORK/etc/fieldgate.toml" >"$WORK/check.txt" 2>&1 && fail "check passed through a refusing proxy"
+grep -q '✗ websocket.*HTTP 403' "$WORK/check.txt" || fail "fieldgatectl check: $(cat "$WORK/check.txt")"
+send_readings 121 130
+sleep 2
+[ "$(delivered)" = 50 ] || fail "readings went through a proxy that refuses CONNECT to 443"
+# The same readings, spooled meanwhile, through a proxy without authentication that allows 443.
+stop_gateway
+sed -i 's|^proxy = .*|proxy = "http://10.77.0.1:3131"|' "$WORK/etc/fieldgate.toml"
+start_gateway
+wait_for 60 "readings 121-130 through the proxy without authentication" has_delivered 60
+say "4. a proxy refusing CONNECT to 443: \"$(grep -o 'the proxy[^"]*403[^)]*)' "$WORK/check.txt" | head -1)\" (status and fieldgatectl check); the 10 readings sent meanwhile arrived later through a proxy without authentication"
 
 # 5. TLS interception.
 stop_gateway

@@ -2,6 +2,7 @@ import CTLSProbe
 import FieldgateCore
 import GatewayConfig
 import HubDeviceClient
+import HubTunnel
 import ProtonAMQP
 import Synchronization
 import Uplink
@@ -56,37 +57,87 @@ struct GatewayChecks {
                                    detail: "\(settings.files.count) files, hub \(settings.uplink.hostName), gateway \(settings.gatewayLeaf.deviceID), \(settings.leaves.count) leaves"))
         results.append(fileAccess(files: settings.files + [GatewaySettings.secretsPath(configPath: configPath)]))
         results.append(clock())
+        let route = settings.uplink.route
+        var amqps: [CheckResult] = []
+        var amqpsOK = false
+        if route != .webSocket {
+            amqpsOK = directChecks(settings, into: &amqps)
+        }
+        var webSocket: CheckResult?
+        if route != .amqps && !(route == .auto && amqpsOK) {
+            webSocket = await webSocketCheck(settings)
+        }
+        let webSocketOK = webSocket?.verdict == .pass
+        if route == .auto && webSocketOK {
+            // 5671 closed is a normal site here: the gateway falls back to WebSockets.
+            amqps = amqps.map { r in
+                guard r.verdict == .fail else { return r }
+                return CheckResult(name: r.name, verdict: .warn, detail: r.detail + " (transport = auto: the gateway falls back to WebSockets on \(settings.uplink.webSocket.port))",
+                                   hint: "set transport = \"amqps-websocket\" to skip the attempts on 5671")
+            }
+        }
+        results += amqps
+        if let webSocket { results.append(webSocket) }
+        if amqpsOK {
+            results.append(await credentials(settings, overWebSocket: false))
+        } else if webSocketOK {
+            results.append(await credentials(settings, overWebSocket: true))
+        } else {
+            results.append(CheckResult(name: "credentials", verdict: .skip, detail: "needs a way to the hub"))
+        }
+        return results
+    }
+
+    /// DNS, TCP and TLS to the AMQPS port; true when all passed.
+    private func directChecks(_ settings: GatewaySettings, into results: inout [CheckResult]) -> Bool {
         let host = settings.uplink.address ?? settings.uplink.hostName
         let port = settings.uplink.port
         let dns = resolve(host: host, port: port)
         results.append(dns.result)
         guard let address = dns.addresses.first else {
-            for name in ["tcp", "tls", "credentials"] { results.append(CheckResult(name: name, verdict: .skip, detail: "needs DNS")) }
-            return results
+            for name in ["tcp", "tls"] { results.append(CheckResult(name: name, verdict: .skip, detail: "needs DNS")) }
+            return false
         }
         let tcp = connectTCP(address, label: "\(host):\(port)")
         results.append(tcp.result)
         guard tcp.fd >= 0 else {
-            for name in ["tls", "credentials"] { results.append(CheckResult(name: name, verdict: .skip, detail: "needs TCP")) }
-            return results
+            results.append(CheckResult(name: "tls", verdict: .skip, detail: "needs TCP"))
+            return false
         }
-        var tlsOK = true
         switch settings.uplink.transport {
         case .tls(let tls):
             let r = probeTLS(fd: tcp.fd, hostName: settings.uplink.hostName, caFile: tls.caFile)
-            tlsOK = r.verdict != .fail
             results.append(r)
+            return r.verdict != .fail
         case .insecurePlainAMQP:
             close(tcp.fd)
             results.append(CheckResult(name: "tls", verdict: .warn, detail: "off: insecure_plain_amqp = true (keys travel in clear text)",
                                        hint: "for tests only; remove insecure_plain_amqp for a real hub"))
+            return true
         }
-        guard tlsOK else {
-            results.append(CheckResult(name: "credentials", verdict: .skip, detail: "needs TLS"))
-            return results
+    }
+
+    /// AMQP over WebSockets as the gateway opens it: the proxy, TLS, the upgrade and the AMQP Open.
+    func webSocketCheck(_ settings: GatewaySettings) async -> CheckResult {
+        let reactor = AMQPReactor()
+        let result = await webSocketCheck(settings, reactor: reactor)
+        await reactor.shutdown()
+        return result
+    }
+
+    private func webSocketCheck(_ settings: GatewaySettings, reactor: AMQPReactor) async -> CheckResult {
+        let tunnel = settings.uplink.tunnelConfiguration()
+        let target = "wss://\(tunnel.hostName):\(tunnel.port)\(tunnel.path)"
+        do {
+            let connection = try await firstOf(seconds: Int(timeoutSeconds) * 3) {
+                try await DeviceConnection.connect(reactor: reactor, stream: WebSocketTunnel(configuration: tunnel), hostName: tunnel.hostName)
+            }
+            connection.close()
+            return CheckResult(name: "websocket", verdict: .pass, detail: "\(target) (proxy: \(tunnel.proxyDescription)): TLS verified, upgraded, AMQP open")
+        } catch {
+            return CheckResult(name: "websocket", verdict: .fail, detail: "\(target) (proxy: \(tunnel.proxyDescription)): \(error)",
+                               hint: "[hub] proxy, the proxy password in the secrets file ([proxy] password), or https_proxy in the service's environment")
         }
-        results.append(await credentials(settings))
-        return results
     }
 
     // MARK: the checks
@@ -202,14 +253,14 @@ struct GatewayChecks {
     }
 
     /// One AMQP connection, a put-token per identity; nothing attached.
-    func credentials(_ settings: GatewaySettings) async -> CheckResult {
+    func credentials(_ settings: GatewaySettings, overWebSocket: Bool) async -> CheckResult {
         let reactor = AMQPReactor()
-        let result = await credentials(settings, reactor: reactor)
+        let result = await credentials(settings, reactor: reactor, overWebSocket: overWebSocket)
         await reactor.shutdown()
         return result
     }
 
-    private func credentials(_ settings: GatewaySettings, reactor: AMQPReactor) async -> CheckResult {
+    private func credentials(_ settings: GatewaySettings, reactor: AMQPReactor, overWebSocket: Bool) async -> CheckResult {
         let identities = [settings.gatewayLeaf] + (allLeaves ? settings.leaves : Array(settings.leaves.prefix(sample)))
         let tls: AMQPClientTLS?
         switch settings.uplink.transport {
@@ -223,13 +274,17 @@ struct GatewayChecks {
         for chunk in chunks {
             let connection: DeviceConnection
             do {
-                connection = try await firstOf(seconds: Int(timeoutSeconds) * 2) {
-                    try await DeviceConnection.connect(reactor: reactor, host: settings.uplink.address ?? settings.uplink.hostName, port: settings.uplink.port,
-                                                       hostName: settings.uplink.hostName, tls: tls)
+                connection = try await firstOf(seconds: Int(timeoutSeconds) * (overWebSocket ? 3 : 2)) {
+                    if overWebSocket {
+                        return try await DeviceConnection.connect(reactor: reactor, stream: WebSocketTunnel(configuration: settings.uplink.tunnelConfiguration()),
+                                                                  hostName: settings.uplink.hostName)
+                    }
+                    return try await DeviceConnection.connect(reactor: reactor, host: settings.uplink.address ?? settings.uplink.hostName,
+                                                              port: settings.uplink.port, hostName: settings.uplink.hostName, tls: tls)
                 }
             } catch {
                 return CheckResult(name: "credentials", verdict: .fail, detail: "the AMQP connection failed: \(error)",
-                                   hint: "is this the hub's AMQPS port? See the tls line above")
+                                   hint: overWebSocket ? "see the websocket line above" : "is this the hub's AMQPS port? See the tls line above")
             }
             for leaf in chunk {
                 let who = leaf.deviceID == settings.gatewayLeaf.deviceID ? "gateway \(leaf.deviceID)" : "leaf \(leaf.deviceID)"

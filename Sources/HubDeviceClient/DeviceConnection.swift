@@ -28,6 +28,19 @@ public final class DeviceConnection: Sendable {
         return DeviceConnection(hostName: hostName, reactor: reactor, handler: handler, ref: ref)
     }
 
+    /// The same over a byte stream of the caller's (AMQP over WebSockets: the stream brings its TLS).
+    public static func connect(
+        reactor: AMQPReactor, stream: any AMQPByteStream, hostName: String, sasl: AMQPClientSASL = .none
+    ) async throws -> DeviceConnection {
+        let handler = DeviceConnectionHandler()
+        var config = AMQPClientConfiguration(tls: nil, sasl: sasl)
+        config.virtualHost = hostName
+        let opened = handler.openedSignal
+        let ref = reactor.connect(stream: stream, host: hostName, configuration: config, handler: handler)
+        try await opened.wait()
+        return DeviceConnection(hostName: hostName, reactor: reactor, handler: handler, ref: ref)
+    }
+
     init(hostName: String, reactor: AMQPReactor, handler: DeviceConnectionHandler, ref: AMQPConnectionRef) {
         self.hostName = hostName
         self.reactor = reactor

@@ -103,8 +103,12 @@ public final class WebSocketTunnel: AMQPByteStream, @unchecked Sendable {
     }
 
     public func write(_ bytes: [UInt8]) {
-        outbox.withLock { $0.chunks.append(bytes) }
-        wake()
+        // The tunnel thread takes every queued chunk at once: a wake is needed only when the queue was empty.
+        let wasEmpty = outbox.withLock { box -> Bool in
+            defer { box.chunks.append(bytes) }
+            return box.chunks.isEmpty
+        }
+        if wasEmpty { wake() }
     }
 
     public func close() {
@@ -181,7 +185,7 @@ public final class WebSocketTunnel: AMQPByteStream, @unchecked Sendable {
                 var offset = 0
                 while offset < chunk.count {
                     let end = min(chunk.count, offset + Self.maxFramePayload)
-                    pump.output += WebSocketFrameEncoder.frame(.binary, payload: chunk[offset..<end], maskKey: SecureRandom.bytes(4))
+                    WebSocketFrameEncoder.append(.binary, payload: chunk[offset..<end], maskKey: SecureRandom.bytes(4), to: &pump.output)
                     offset = end
                 }
             }
@@ -313,11 +317,16 @@ private struct Pump {
     /// Sends what it can; nil, or the error that ended the stream.
     mutating func flush() -> AMQPError? {
         var error = [CChar](repeating: 0, count: 256)
-        while !output.isEmpty {
-            let n = output.withUnsafeBytes { fg_tunnel_send(tunnel, $0.baseAddress, $0.count, &error, error.count) }
+        var sent = 0
+        defer {
+            // One move of the unsent rest, not one per partial send.
+            if sent == output.count { output.removeAll(keepingCapacity: true) } else if sent > 0 { output.removeFirst(sent) }
+        }
+        while sent < output.count {
+            let n = output.withUnsafeBytes { fg_tunnel_send(tunnel, $0.baseAddress! + sent, $0.count - sent, &error, error.count) }
             if n < 0 { return AMQPError(.transport, "sending to the hub failed: \(cString(error))") }
             if n == 0 { return nil }
-            output.removeFirst(n)
+            sent += n
         }
         return nil
     }
@@ -343,7 +352,11 @@ private struct Pump {
         while true {
             let n = buffer.withUnsafeMutableBytes { fg_tunnel_recv(tunnel, $0.baseAddress, $0.count, &error, error.count) }
             if n > 0 {
-                received += buffer[0..<n]
+                if received.isEmpty && n < buffer.count {
+                    received = Array(buffer[0..<n])  // the usual case: one read
+                } else {
+                    received += buffer[0..<n]
+                }
                 continue
             }
             if n == 0 { break }

@@ -25,6 +25,11 @@ public struct AMQPByteStreamSink: Sendable {
     public let received: @Sendable ([UInt8]) -> Void
     /// The stream ended; nil when it ended cleanly.
     public let ended: @Sendable (AMQPError?) -> Void
+
+    public init(received: @escaping @Sendable ([UInt8]) -> Void, ended: @escaping @Sendable (AMQPError?) -> Void) {
+        self.received = received
+        self.ended = ended
+    }
 }
 
 /// One AMQP connection over an `AMQPByteStream`, driven by `pn_connection_driver` on the reactor thread.
@@ -34,7 +39,9 @@ final class StreamDriver: @unchecked Sendable {
     let context: ConnectionContext
     let stream: any AMQPByteStream
     unowned let reactor: AMQPReactor
+    /// Received bytes Proton has not taken yet: `pendingInput[inputOffset...]`.
     private var pendingInput: [UInt8] = []
+    private var inputOffset = 0
     private var tickTimer: AMQPTimer?
     private var tickDeadline: Int64 = 0
     private var abortTimer: AMQPTimer?
@@ -83,7 +90,7 @@ final class StreamDriver: @unchecked Sendable {
 
     private func received(_ bytes: [UInt8]) {
         guard !isDone else { return }
-        pendingInput += bytes
+        if inputOffset == pendingInput.count { pendingInput = bytes; inputOffset = 0 } else { pendingInput += bytes }
         process()
     }
 
@@ -98,6 +105,7 @@ final class StreamDriver: @unchecked Sendable {
             }
         }
         pendingInput = []
+        inputOffset = 0
         pn_connection_driver_close(driver)
         process()
     }
@@ -116,17 +124,22 @@ final class StreamDriver: @unchecked Sendable {
         let connection = AMQPConnection(raw: self.connection, context: context)
         while true {
             var fed = false
-            if !pendingInput.isEmpty {
+            if inputOffset < pendingInput.count {
                 if pn_connection_driver_read_closed(driver) {
                     pendingInput = []
+                    inputOffset = 0
                 } else {
                     let buffer = pn_connection_driver_read_buffer(driver)
-                    let n = min(buffer.size, pendingInput.count)
+                    let n = min(buffer.size, pendingInput.count - inputOffset)
                     if n > 0 {
                         pendingInput.withUnsafeBytes { src in
-                            UnsafeMutableRawPointer(buffer.start!).copyMemory(from: src.baseAddress!, byteCount: n)
+                            UnsafeMutableRawPointer(buffer.start!).copyMemory(from: src.baseAddress! + inputOffset, byteCount: n)
                         }
-                        pendingInput.removeFirst(n)
+                        inputOffset += n
+                        if inputOffset == pendingInput.count {
+                            pendingInput.removeAll(keepingCapacity: true)
+                            inputOffset = 0
+                        }
                         pn_connection_driver_read_done(driver, n)
                         fed = true
                     }
@@ -143,7 +156,7 @@ final class StreamDriver: @unchecked Sendable {
                 finish()
                 return
             }
-            if !fed || pendingInput.isEmpty { break }
+            if !fed || inputOffset == pendingInput.count { break }
         }
         armTick()
     }

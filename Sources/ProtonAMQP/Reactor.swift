@@ -57,12 +57,13 @@ public final class AMQPReactor: @unchecked Sendable {
     /// shut down.
     @discardableResult
     public func execute(_ job: @escaping @Sendable () -> Void) -> Bool {
-        let accepted = inbox.withLock { state -> Bool in
-            guard !state.finished && !state.stopRequested else { return false }
+        // The reactor takes every queued job on one interrupt, so only the first job of a batch interrupts it.
+        let (accepted, interrupt) = inbox.withLock { state -> (Bool, Bool) in
+            guard !state.finished && !state.stopRequested else { return (false, false) }
             state.jobs.append(job)
-            return true
+            return (true, state.jobs.count == 1)
         }
-        if accepted { pn_proactor_interrupt(proactor.raw) }
+        if interrupt { pn_proactor_interrupt(proactor.raw) }
         return accepted
     }
 

@@ -135,18 +135,7 @@ final class Shard: @unchecked Sendable {
             client.virtualHost = route.host
             ref = engine.reactor.connect(host: address ?? route.host, port: c.port, configuration: client, handler: attempt)
         case .webSocket:
-            var tunnel = WebSocketTunnelConfiguration(hostName: route.host)
-            tunnel.port = c.webSocket.port
-            tunnel.path = c.webSocket.path
-            tunnel.address = address
-            tunnel.proxy = c.webSocket.proxy
-            tunnel.pingIntervalMilliseconds = c.webSocket.pingIntervalMilliseconds
-            tunnel.connectTimeoutMilliseconds = Int(c.operationTimeoutMilliseconds)
-            tunnel.userAgent = c.clientVersion
-            if case .tls(let tls) = c.transport {
-                tunnel.caFile = tls.caFile
-                tunnel.verifyPeer = tls.verifyHostName
-            }
+            let tunnel = c.tunnelConfiguration(host: route.host)
             var client = AMQPClientConfiguration(tls: nil)
             client.idleTimeoutMilliseconds = c.idleTimeoutMilliseconds
             client.virtualHost = route.host

@@ -100,6 +100,25 @@ public struct UplinkConfiguration: Sendable, Equatable {
         public init() {}
     }
 
+    /// The WebSocket tunnel to `host` (the configured host unless given) as these settings say.
+    public func tunnelConfiguration(host: String? = nil) -> WebSocketTunnelConfiguration {
+        let host = host ?? hostName
+        var tunnel = WebSocketTunnelConfiguration(hostName: host)
+        tunnel.port = webSocket.port
+        tunnel.path = webSocket.path
+        // `address` overrides where the configured (first) host is reached; other hosts resolve by name.
+        tunnel.address = host == hostName ? address : nil
+        tunnel.proxy = webSocket.proxy
+        tunnel.pingIntervalMilliseconds = webSocket.pingIntervalMilliseconds
+        tunnel.connectTimeoutMilliseconds = Int(operationTimeoutMilliseconds)
+        tunnel.userAgent = clientVersion
+        if case .tls(let tls) = transport {
+            tunnel.caFile = tls.caFile
+            tunnel.verifyPeer = tls.verifyHostName
+        }
+        return tunnel
+    }
+
     /// Every (host, transport) pair the uplink may use, in the order it tries them.
     public var routes: [HubRoute] {
         let kinds: [HubRoute.Kind] = switch route {

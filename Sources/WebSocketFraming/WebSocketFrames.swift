@@ -22,8 +22,14 @@ public enum WebSocketFrameEncoder {
     /// One frame. `maskKey` is required from a client (every client frame is masked, §5.3) and absent from a server.
     public static func frame(_ opcode: WebSocketOpcode, payload: some Collection<UInt8>, maskKey: [UInt8]?) -> [UInt8] {
         var out: [UInt8] = []
+        append(opcode, payload: payload, maskKey: maskKey, to: &out)
+        return out
+    }
+
+    /// Appends one frame to `out`: the header, then the payload masked in a single pass.
+    public static func append(_ opcode: WebSocketOpcode, payload: some Collection<UInt8>, maskKey: [UInt8]?, to out: inout [UInt8]) {
         let count = payload.count
-        out.reserveCapacity(count + 14)
+        out.reserveCapacity(out.count + count + 14)
         out.append(0x80 | opcode.rawValue)  // FIN: we never fragment a message ourselves
         let maskBit: UInt8 = maskKey == nil ? 0 : 0x80
         switch count {
@@ -37,14 +43,15 @@ public enum WebSocketFrameEncoder {
             out.append(maskBit | 127)
             for shift in stride(from: 56, through: 0, by: -8) { out.append(UInt8((UInt64(count) >> UInt64(shift)) & 0xFF)) }
         }
+        guard let maskKey else {
+            out.append(contentsOf: payload)
+            return
+        }
+        precondition(maskKey.count == 4, "a WebSocket mask key is 4 bytes")
+        out.append(contentsOf: maskKey)
         let payloadStart = out.count
         out.append(contentsOf: payload)
-        if let maskKey {
-            precondition(maskKey.count == 4, "a WebSocket mask key is 4 bytes")
-            out.insert(contentsOf: maskKey, at: payloadStart)
-            applyMask(&out, from: payloadStart + 4, key: maskKey, offset: 0)
-        }
-        return out
+        applyMask(&out, from: payloadStart, key: maskKey, offset: 0)
     }
 
     /// A Close frame with a status code and a short reason (truncated to fit a control frame's 125 bytes).
@@ -133,14 +140,18 @@ public struct WebSocketFrameDecoder: Sendable {
             let available = bytes.distance(from: index, to: bytes.endIndex)
             let take = Int(min(UInt64(available), remaining))
             let end = bytes.index(index, offsetBy: take)
-            var chunk = Array(bytes[index..<end])
-            index = end
-            if let maskKey {
-                applyMask(&chunk, from: 0, key: maskKey, offset: maskOffset)
-                maskOffset = (maskOffset + take) & 3
+            if opcode.isControl {
+                let start = control.count
+                control.append(contentsOf: bytes[index..<end])
+                if let maskKey { applyMask(&control, from: start, key: maskKey, offset: maskOffset) }
+            } else {
+                let start = data.count
+                data.append(contentsOf: bytes[index..<end])
+                if let maskKey { applyMask(&data, from: start, key: maskKey, offset: maskOffset) }
             }
+            if maskKey != nil { maskOffset = (maskOffset + take) & 3 }
+            index = end
             remaining -= UInt64(take)
-            if opcode.isControl { control += chunk } else { data += chunk }
             if remaining == 0 {
                 inFrame = false
                 if opcode.isControl {

@@ -28,7 +28,7 @@ struct Serve: AsyncParsableCommand {
     var amqpPort: Int?
     @Option(help: "Service API (HTTP) port.")
     var httpPort = 8080
-    @Option(help: "Also serve the service API over HTTPS on this port, with the AMQPS certificate: the official service SDKs call https://{host} (443).")
+    @Option(help: "Also serve HTTPS on this port, with the AMQPS certificate: the service API (the official service SDKs call https://{host}, 443) and AMQP over WebSockets for devices (/$iothub/websocket, subprotocol AMQPWSB10).")
     var httpsPort: Int?
     @Option(help: "Directory with server.pem and server.key (created by `fieldgate-hub certs`). Default: <state-dir>/certs.")
     var certsDir: String?

@@ -5,8 +5,11 @@ import HubTestSupport
 import HubTunnel
 import IoTHub
 import Spool
+import ProtonAMQP
 import Testing
 import Uplink
+
+import Foundation
 
 /// AMQP over WebSockets (issue 20): the same uplink over a real TLS WebSocket to fieldgate-hub's HTTPS port.
 @Suite("Uplink over WebSockets")
@@ -118,4 +121,54 @@ struct WebSocketUplinkTests {
             await h.stop()
         }
     }
+}
+
+/// fieldgate-hub's WebSocket endpoint refuses what IoT Hub refuses, with the status it gives (400).
+@Suite("fieldgate-hub WebSocket endpoint")
+struct WebSocketEndpointTests {
+    /// Opens a tunnel as `configure` says and returns why it ended.
+    private func outcome(_ hub: TestHub, _ configure: (inout WebSocketTunnelConfiguration) -> Void) async -> String {
+        var c = WebSocketTunnelConfiguration(hostName: hub.hostName)
+        c.address = "127.0.0.1"
+        c.port = hub.running.httpsPort!
+        c.caFile = hub.certificates.caCertificate
+        c.proxy = .direct
+        configure(&c)
+        let tunnel = WebSocketTunnel(configuration: c)
+        let ended = await withCheckedContinuation { (cont: CheckedContinuation<String, Never>) in
+            tunnel.start(AMQPByteStreamSink(received: { _ in }, ended: { cont.resume(returning: $0?.message ?? "clean") }))
+            // A tunnel that opened gets the AMQP header and our Close: the hub answers and the stream ends cleanly.
+            tunnel.write(Array("AMQP".utf8) + [0, 1, 0, 0])
+            tunnel.close()
+        }
+        return ended
+    }
+
+    @Test func refusesOtherSubprotocolsPathsAndPlainRequests() async throws {
+        try await withHub(configure: { $0.httpsPort = 0 }) { hub in
+            #expect(await outcome(hub) { _ in } == "clean")
+            let mqtt = await outcome(hub) { $0.subprotocol = "mqtt" }
+            #expect(mqtt.contains("HTTP 400"), "\(mqtt)")
+            let path = await outcome(hub) { $0.path = "/$iothub/other" }
+            #expect(path.contains("HTTP 400"), "\(path)")
+            // A plain HTTPS request to the WebSocket path, with curl.
+            let out = try runCommand("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", hub.certificates.caCertificate,
+                                                     "--connect-to", "localhost:\(hub.running.httpsPort!):127.0.0.1:\(hub.running.httpsPort!)",
+                                                     "https://localhost:\(hub.running.httpsPort!)/$iothub/websocket"])
+            #expect(out == "400")
+        }
+    }
+}
+
+/// Runs a program and returns its standard output.
+private func runCommand(_ path: String, _ arguments: [String]) throws -> String {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: path)
+    process.arguments = arguments
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    try process.run()
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return String(decoding: data, as: UTF8.self)
 }

@@ -440,8 +440,11 @@ struct Mapper {
                 report(main, "hub.transport", "hub.transport must be \"amqps\" (TLS on 5671), \"amqps-websocket\" (AMQP over WebSockets on 443) or \"auto\" (5671, falling back to 443)")
             }
         }
-        if hub.insecure_plain_amqp == true && uplink.route != .amqps {
-            report(main, "hub.transport", "insecure_plain_amqp = true is plain AMQP on hub.port: set transport = \"amqps\" with it (WebSockets always use TLS)")
+        if hub.insecure_plain_amqp == true {
+            // Plain AMQP on hub.port; WebSockets always use TLS.
+            if hub.transport == nil { uplink.route = .amqps } else if uplink.route != .amqps {
+                report(main, "hub.transport", "insecure_plain_amqp = true is plain AMQP on hub.port: set transport = \"amqps\" with it (WebSockets always use TLS)")
+            }
         }
         for (i, h) in (hub.fallback_hosts ?? []).enumerated() where h.isEmpty || h.contains(where: { $0 == "/" || $0 == ":" || $0 == " " }) {
             report(main, "hub.fallback_hosts", "hub.fallback_hosts[\(i)] = \"\(h)\" must be a host name (no scheme, port or path)")

@@ -185,6 +185,7 @@ public final class HubServer: Service, Sendable {
         }
         if alreadyStopped { return }
         for (l, _) in listeners { await l.close() }
+        await reactor.abortStreamConnections()  // WebSocket connections: their HTTP server waits for them
         await group?.triggerGracefulShutdown()
         _ = try? await http?.value
         if let core { try? await core.perform { core in core.stopTicking(); core.save() } }

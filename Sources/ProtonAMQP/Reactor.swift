@@ -385,6 +385,14 @@ public final class AMQPReactor: @unchecked Sendable {
         driver.start()
     }
 
+    /// Cuts every connection that runs over a byte stream (a server stopping its WebSocket endpoint first, so the
+    /// HTTP server holding those sockets can finish).
+    public func abortStreamConnections() async {
+        _ = try? await perform { [self] in
+            for driver in Array(drivers.values) { driver.abort() }
+        }
+    }
+
     func driverFinished(_ driver: StreamDriver) {
         drivers[key(driver.connection)] = nil
         contexts[key(driver.connection)] = nil

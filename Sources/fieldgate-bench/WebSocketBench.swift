@@ -87,5 +87,8 @@ struct TinyProxy {
         return TinyProxy(process: process, url: "http://127.0.0.1:\(port)")
     }
 
-    func stop() { process.terminate() }
+    func stop() {
+        kill(process.pid, SIGKILL)  // a child spawned from a task thread may inherit a mask that blocks SIGTERM
+        process.terminate()
+    }
 }

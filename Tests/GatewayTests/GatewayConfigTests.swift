@@ -197,7 +197,8 @@ struct GatewayConfigTests {
         #expect(problems(#"proxy = "socks5://p:1080""#).contains("hub.proxy must be"))
         #expect(problems(#"proxy = "http://u@p:3128""#).contains("[proxy] password"))
         #expect(problems(#"fallback_hosts = ["https://b:443"]"#).contains("host name"))
-        #expect(problems("insecure_plain_amqp = true").contains("transport = \"amqps\""))
+        #expect(problems("insecure_plain_amqp = true\ntransport = \"auto\"").contains("transport = \"amqps\""))
+        #expect(problems("insecure_plain_amqp = true") == "", "plain AMQP alone means AMQPS's port, without TLS")
         #expect(problems(#"websocket_path = "ws""#).contains("start with /"))
     }
 

@@ -184,7 +184,7 @@ struct IsolationTests {
             let status = await h.uplink.status()
             #expect(status.leaves.values.map(\.counters.tokenFailures).reduce(0, +) == 0, "a put-token was throttled")
             #expect(elapsed >= .milliseconds(2000), "60 leaves at 25/s (burst 5) take at least ~2.2 s, took \(elapsed)")
-            #expect(elapsed < .seconds(6), "pacing took \(elapsed)")
+            #expect(elapsed < .seconds(12), "pacing took \(elapsed) (generous: the suites run in parallel on as few as 2 cores)")
             await h.stop()
         }
     }

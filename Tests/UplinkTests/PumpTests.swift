@@ -60,7 +60,7 @@ struct PumpTests {
             let elapsed = ContinuousClock.now - start
             // 40 at once (the burst), then 40/s: 100 messages need at least 1.5 s.
             #expect(elapsed >= .milliseconds(1400), "100 messages at 40/s took \(elapsed)")
-            #expect(elapsed < .seconds(5))
+            #expect(elapsed < .seconds(10), "generous: the suites run in parallel on as few as 2 cores")
             await h.stop()
         }
     }

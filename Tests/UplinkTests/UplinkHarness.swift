@@ -43,6 +43,7 @@ final class UplinkHarness: Sendable {
         config.address = "127.0.0.1"
         config.port = hub.running.amqpsPort!
         config.transport = .tls(.init(caFile: hub.certificates.caCertificate))
+        config.route = .amqps  // the WebSocket suites choose their routes themselves
         config.attachesPerSecond = nil
         config.reconnectBackoff = Backoff(initialMilliseconds: 50, maximumMilliseconds: 500)
         config.leafBackoff = Backoff(initialMilliseconds: 50, maximumMilliseconds: 500)

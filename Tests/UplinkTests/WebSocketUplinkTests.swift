@@ -24,12 +24,18 @@ struct WebSocketUplinkTests {
         HubServiceClient(host: "127.0.0.1", port: hub.running.httpPort, authorization: nil)
     }
 
-    /// Telemetry, C2D with feedback, a method and a desired change for several leaves, all on one WebSocket.
-    @Test func everythingOnOneWebSocket() async throws {
+    /// Telemetry, C2D with feedback, a method and a desired change for several leaves, all on one WebSocket through
+    /// a real tinyproxy that wants Basic authentication.
+    @Test func everythingOnOneWebSocketThroughAnAuthenticatingProxy() async throws {
+        let proxy = try TestProxy.start()
+        defer { proxy.stop() }
         try await withHub(configure: { $0.httpsPort = 0 }) { hub in
             let leaves = try await createLeaves(hub, count: 3)
             let adapter = PointAdapter()
-            let h = try UplinkHarness(hub: hub, leaves: leaves, router: adapter) { webSocket(hub, &$0) }
+            let h = try UplinkHarness(hub: hub, leaves: leaves, router: adapter) {
+                webSocket(hub, &$0)
+                $0.webSocket.proxy = .url(proxy.url, user: TestProxy.user, password: TestProxy.password)
+            }
             h.uplink.start()
             try await eventually(15, "ready") { await h.uplink.status().count(.ready) == 3 }
             let status = await h.uplink.status()
@@ -56,6 +62,8 @@ struct WebSocketUplinkTests {
                 let r = try await service(hub).request("GET", "/messages/serviceBound/feedback?wait=200")
                 return r.json?.arrayValue?.contains { $0["originalMessageId"]?.stringValue == "ws-c2d-1" && $0["statusCode"]?.stringValue == "Success" } == true
             }
+            #expect(proxy.log().contains("CONNECT localhost:\(hub.running.httpsPort!)") || proxy.log().contains("CONNECT 127.0.0.1:\(hub.running.httpsPort!)"),
+                    "the tunnel went through the proxy: \(proxy.log())")
             await h.stop()
         }
     }
@@ -85,7 +93,9 @@ struct WebSocketUplinkTests {
     /// A hub restart under a WebSocket connection: everything appended before, during and after arrives, with the
     /// same message ids.
     @Test func hubRestartLosesNothing() async throws {
-        var hub = try await TestHub.start { $0.httpsPort = 0 }
+        // A port below the ephemeral range: the restart must bind it again, and a parallel test's outgoing
+        // connection could otherwise take a freed ephemeral port meanwhile.
+        var hub = try await TestHub.start { $0.httpsPort = Int.random(in: 20000..<30000) }
         let leaves = try await createLeaves(hub, count: 2)
         let h = try UplinkHarness(hub: hub, leaves: leaves) { webSocket(hub, &$0) }
         h.uplink.start()
@@ -171,4 +181,59 @@ private func runCommand(_ path: String, _ arguments: [String]) throws -> String 
     let data = pipe.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
     return String(decoding: data, as: UTF8.self)
+}
+
+/// tinyproxy from Debian on a free loopback port, with Basic authentication, for one test.
+struct TestProxy {
+    static let user = "fg", password = "proxy-secret"
+    let process: Process
+    let directory: String
+    let url: String
+
+    static func start() throws -> TestProxy {
+        let port = Int.random(in: 30000..<40000)
+        let directory = FileManager.default.temporaryDirectory.path + "/fieldgate-proxy-\(port)-\(Int.random(in: 0..<1_000_000))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let conf = """
+            Port \(port)
+            Listen 127.0.0.1
+            Timeout 600
+            MaxClients 20
+            Allow 127.0.0.1
+            BasicAuth \(user) \(password)
+            LogLevel Connect
+            LogFile "\(directory)/log"
+
+            """
+        FileManager.default.createFile(atPath: directory + "/log", contents: nil, attributes: [.posixPermissions: 0o666])
+        try conf.write(toFile: directory + "/tinyproxy.conf", atomically: true, encoding: .utf8)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/tinyproxy")
+        process.arguments = ["-d", "-c", directory + "/tinyproxy.conf"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        // Ready when it accepts a connection.
+        for _ in 0..<50 {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = in_port_t(UInt16(port).bigEndian)
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let ok = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 } }
+            close(fd)
+            if ok { break }
+            usleep(100_000)
+        }
+        return TestProxy(process: process, directory: directory, url: "http://127.0.0.1:\(port)")
+    }
+
+    func log() -> String { (try? String(contentsOfFile: directory + "/log", encoding: .utf8)) ?? "" }
+
+    func stop() {
+        // SIGKILL: a child spawned from a test thread may inherit a mask that blocks SIGTERM.
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        try? FileManager.default.removeItem(atPath: directory)
+    }
 }

@@ -65,7 +65,8 @@ public final class HubServer: Service, Sendable {
         var httpTask: Task<Void, any Error>?
         var httpGroup: ServiceGroup?
         var stopped = false
-        /// Fault injection: while true, WebSocket upgrades are refused like the AMQP listeners' connects.
+        /// Fault injection: while true, WebSocket upgrades are refused like the AMQP listeners' connects (and once
+        /// stopping, so no new WebSocket holds up the HTTP server's graceful stop).
         var refusing = false
     }
 
@@ -121,7 +122,7 @@ public final class HubServer: Service, Sendable {
                 router: router,
                 server: try .tls(.http1WebSocketUpgrade(configuration: webSocket) { [self, reactor, listenerConfig] request, _, _ in
                     AMQPWebSocketEndpoint.shouldUpgrade(
-                        request, accepting: !state.withLock { $0.refusing }, reactor: reactor, configuration: listenerConfig,
+                        request, accepting: !state.withLock { $0.refusing || $0.stopped }, reactor: reactor, configuration: listenerConfig,
                         makeHandler: { HubConnection(core: core) })
                 }, tlsConfiguration: tlsConfiguration),
                 configuration: .init(address: .hostname(configuration.bindHost, port: httpsPort), serverName: "fieldgate-hub"),

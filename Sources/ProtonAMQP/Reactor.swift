@@ -26,13 +26,13 @@ public final class AMQPReactor: @unchecked Sendable {
     private let inbox = Mutex<ReactorInbox>(ReactorInbox())
     private let threadIdentity = Mutex<pthread_t?>(nil)
 
-    // Reactor-thread state.
-    private var contexts: [UInt: ConnectionContext] = [:]
+    // Reactor-thread state (internal for the extension in Reactor+Streams.swift).
+    var contexts: [UInt: ConnectionContext] = [:]
     private var listeners: [UInt: ListenerContext] = [:]
     /// Connections over byte streams of our own (pn_connection_driver), by connection.
-    private var drivers: [UInt: StreamDriver] = [:]
+    var drivers: [UInt: StreamDriver] = [:]
     private var timers = TimerQueue()
-    private var stopping = false
+    var stopping = false
 
     private struct ReactorInbox {
         var jobs: [@Sendable () -> Void] = []
@@ -157,22 +157,7 @@ public final class AMQPReactor: @unchecked Sendable {
                 pn_ssl_set_peer_hostname(ssl, tls.peerHostname ?? host)
                 pn_ssl_domain_free(domain)  // the transport keeps its own reference
             }
-            switch configuration.sasl {
-            case .none:
-                break  // no pn_sasl(): the transport sends the plain AMQP header
-            case .anonymous:
-                pn_sasl_allowed_mechs(pn_sasl(t), "ANONYMOUS")
-            case .plain(let user, let password):
-                pn_connection_set_user(c, user)
-                pn_connection_set_password(c, password)
-                let s = pn_sasl(t)
-                pn_sasl_allowed_mechs(s, "PLAIN")
-                pn_sasl_set_allow_insecure_mechs(s, true)
-            case .mssbcbs:
-                _ = pn_sasl(t)
-                pnx_sasl_set_implementation(t, SASLPlugin.implementation, Unmanaged.passUnretained(context).toOpaque())
-            }
-            if let trace = configuration.frameTrace { FrameTracer.start(on: t, trace) }
+            Self.configureClient(connection: c, transport: t, configuration, context: context)
             register(context, connection: c)
             pn_connection_open(c)
             pn_proactor_connect2(proactor.raw, c, t, "\(host):\(port)")
@@ -300,102 +285,31 @@ public final class AMQPReactor: @unchecked Sendable {
         pn_listener_accept2(l, c, t)
     }
 
+    /// A client connection's SASL layer and frame trace, whatever carries its bytes.
+    static func configureClient(connection c: OpaquePointer, transport t: OpaquePointer, _ configuration: AMQPClientConfiguration,
+                                context: ConnectionContext) {
+        switch configuration.sasl {
+        case .none:
+            break  // no pn_sasl(): the transport sends the plain AMQP header
+        case .anonymous:
+            pn_sasl_allowed_mechs(pn_sasl(t), "ANONYMOUS")
+        case .plain(let user, let password):
+            pn_connection_set_user(c, user)
+            pn_connection_set_password(c, password)
+            let s = pn_sasl(t)
+            pn_sasl_allowed_mechs(s, "PLAIN")
+            pn_sasl_set_allow_insecure_mechs(s, true)
+        case .mssbcbs:
+            _ = pn_sasl(t)
+            pnx_sasl_set_implementation(t, SASLPlugin.implementation, Unmanaged.passUnretained(context).toOpaque())
+        }
+        if let trace = configuration.frameTrace { FrameTracer.start(on: t, trace) }
+    }
+
     private func register(_ context: ConnectionContext, connection c: OpaquePointer) {
         contexts[key(c)] = context
         let raw = SendablePointer(raw: c)
         context.attach(raw) { pn_connection_wake(raw.raw) }
-    }
-
-    // MARK: connections over byte streams of our own
-
-    /// Opens a client connection over `stream` (which carries its own TLS, e.g. a WebSocket tunnel): Proton speaks
-    /// AMQP (and SASL) through `pn_connection_driver`. `configuration.tls` must be nil: the stream secures itself.
-    public func connect(
-        stream: any AMQPByteStream, host: String, configuration: AMQPClientConfiguration, handler: any AMQPConnectionHandler
-    ) -> AMQPConnectionRef {
-        precondition(configuration.tls == nil, "a byte stream brings its own TLS")
-        let context = ConnectionContext(handler: handler, listener: nil)
-        let box = UncheckedBox(configuration)
-        execute { [self] in
-            let configuration = box.value
-            let c = pn_connection()!
-            let t = pn_transport()!
-            pn_connection_set_container(c, configuration.containerID)
-            pn_connection_set_hostname(c, configuration.virtualHost ?? host)
-            pn_transport_set_idle_timeout(t, configuration.idleTimeoutMilliseconds &* 2)
-            pn_transport_set_max_frame(t, configuration.maxFrameSize)
-            switch configuration.sasl {
-            case .none:
-                break
-            case .anonymous:
-                pn_sasl_allowed_mechs(pn_sasl(t), "ANONYMOUS")
-            case .plain(let user, let password):
-                pn_connection_set_user(c, user)
-                pn_connection_set_password(c, password)
-                let s = pn_sasl(t)
-                pn_sasl_allowed_mechs(s, "PLAIN")
-                pn_sasl_set_allow_insecure_mechs(s, true)
-            case .mssbcbs:
-                _ = pn_sasl(t)
-                pnx_sasl_set_implementation(t, SASLPlugin.implementation, Unmanaged.passUnretained(context).toOpaque())
-            }
-            if let trace = configuration.frameTrace { FrameTracer.start(on: t, trace) }
-            pn_connection_open(c)
-            startDriver(context: context, stream: stream, connection: c, transport: t)
-        }
-        return AMQPConnectionRef(context: context)
-    }
-
-    /// Serves one accepted byte stream (a WebSocket a listener of the caller's upgraded) as `configuration` says,
-    /// with a handler from `makeHandler`, called on the reactor thread.
-    public func accept(
-        stream: any AMQPByteStream, configuration config: AMQPListenerConfiguration,
-        makeHandler: @escaping @Sendable () -> any AMQPConnectionHandler
-    ) {
-        execute { [self] in
-            let c = pn_connection()!
-            let t = pn_transport()!
-            pn_transport_set_server(t)
-            pn_transport_set_max_frame(t, config.maxFrameSize)
-            pn_transport_set_channel_max(t, config.channelMax)
-            pn_transport_set_idle_timeout(t, config.idleTimeoutMilliseconds &* 2)
-            pn_connection_set_container(c, config.containerID)
-            let lc = ListenerContext(configuration: config, sslDomain: nil, makeHandler: makeHandler)
-            let context = ConnectionContext(handler: makeHandler(), listener: lc)
-            if !config.saslMechanisms.isEmpty {
-                _ = pn_sasl(t)
-                pnx_sasl_set_implementation(t, SASLPlugin.implementation, Unmanaged.passUnretained(context).toOpaque())
-                pn_transport_require_auth(t, !config.allowNoSASL)
-            }
-            startDriver(context: context, stream: stream, connection: c, transport: t)
-        }
-    }
-
-    private func startDriver(context: ConnectionContext, stream: any AMQPByteStream, connection c: OpaquePointer, transport t: OpaquePointer) {
-        if stopping {
-            stream.abort()
-            pn_transport_free(t)
-            pn_connection_free(c)
-            return
-        }
-        let driver = StreamDriver(reactor: self, context: context, stream: stream, connection: c, transport: t)
-        contexts[key(c)] = context
-        drivers[key(c)] = driver
-        context.attach(SendablePointer(raw: c)) { [weak driver] in driver?.wake() }
-        driver.start()
-    }
-
-    /// Cuts every connection that runs over a byte stream (a server stopping its WebSocket endpoint first, so the
-    /// HTTP server holding those sockets can finish).
-    public func abortStreamConnections() async {
-        _ = try? await perform { [self] in
-            for driver in Array(drivers.values) { driver.abort() }
-        }
-    }
-
-    func driverFinished(_ driver: StreamDriver) {
-        drivers[key(driver.connection)] = nil
-        contexts[key(driver.connection)] = nil
     }
 
     func handleConnectionEvent(_ type: pn_event_type_t, _ event: OpaquePointer, connection: AMQPConnection) {
@@ -497,184 +411,10 @@ public final class AMQPReactor: @unchecked Sendable {
         pn_proactor_set_timeout(proactor.raw, pn_millis_t(min(ms, Int64(UInt32.max))))
     }
 
-    private func key(_ p: OpaquePointer) -> UInt { UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(p))) }
+    func key(_ p: OpaquePointer) -> UInt { UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(p))) }
 
     // Called by a listener handle.
     func closeListener(_ context: ListenerContext) {
         execute { if let l = context.raw { pn_listener_close(l.raw) } }
     }
-}
-
-/// Moves a non-Sendable value into a job that runs on the reactor thread; the sender never touches it again.
-struct UncheckedBox<T>: @unchecked Sendable {
-    let value: T
-    init(_ value: T) { self.value = value }
-}
-
-/// A scheduled reactor job; `cancel()` from any thread.
-public final class AMQPTimer: Sendable {
-    private let cancelled = Atomic<Bool>(false)
-    public func cancel() { cancelled.store(true, ordering: .relaxed) }
-    var isCancelled: Bool { cancelled.load(ordering: .relaxed) }
-}
-
-struct TimerQueue {
-    private var entries: [(deadline: ContinuousClock.Instant, timer: AMQPTimer, job: @Sendable () -> Void)] = []
-
-    mutating func insert(deadline: ContinuousClock.Instant, timer: AMQPTimer, job: @escaping @Sendable () -> Void) {
-        let index = entries.firstIndex { $0.deadline > deadline } ?? entries.endIndex
-        entries.insert((deadline, timer, job), at: index)
-    }
-
-    mutating func popDue(now: ContinuousClock.Instant) -> [@Sendable () -> Void] {
-        let split = entries.firstIndex { $0.deadline > now } ?? entries.endIndex
-        let due = entries[..<split].filter { !$0.timer.isCancelled }.map(\.job)
-        entries.removeSubrange(..<split)
-        return due
-    }
-
-    var nextDeadline: ContinuousClock.Instant? {
-        return entries.first { !$0.timer.isCancelled }?.deadline
-    }
-
-    mutating func removeAll() { entries.removeAll() }
-}
-
-final class ListenerContext: @unchecked Sendable {
-    // @unchecked: all mutable fields are used on the reactor thread only.
-    let configuration: AMQPListenerConfiguration
-    let sslDomain: SendablePointer?
-    let makeHandler: @Sendable () -> any AMQPConnectionHandler
-    /// The space-separated mechanism list handed to Proton; it must outlive every SASL exchange.
-    let mechanismList: UnsafeMutablePointer<CChar>
-    var raw: SendablePointer?
-    var opened: ((Result<Int, any Error>) -> Void)?
-    private let closedWaiters = Mutex<(closed: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
-
-    init(configuration: AMQPListenerConfiguration, sslDomain: SendablePointer?, makeHandler: @escaping @Sendable () -> any AMQPConnectionHandler) {
-        self.configuration = configuration
-        self.sslDomain = sslDomain
-        self.makeHandler = makeHandler
-        self.mechanismList = strdup(configuration.saslMechanisms.joined(separator: " "))!
-    }
-
-    func closed() {
-        let waiters = closedWaiters.withLock { state in
-            state.closed = true
-            defer { state.waiters = [] }
-            return state.waiters
-        }
-        for w in waiters { w.resume() }
-    }
-
-    func waitClosed() async {
-        await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
-            let done = closedWaiters.withLock { state -> Bool in
-                if state.closed { return true }
-                state.waiters.append(cont)
-                return false
-            }
-            if done { cont.resume() }
-        }
-    }
-
-    deinit {
-        free(mechanismList)
-        if let sslDomain { pn_ssl_domain_free(sslDomain.raw) }
-    }
-}
-
-/// A listening socket.
-public struct AMQPListener: Sendable {
-    let reactor: AMQPReactor
-    let context: ListenerContext
-    /// The bound port (useful when listening on port 0).
-    public let port: Int
-
-    /// Stops accepting; existing connections stay.
-    public func close() async {
-        reactor.closeListener(context)
-        await context.waitClosed()
-    }
-}
-
-final class ConnectionContext: @unchecked Sendable {
-    // @unchecked: `handler`, `saslMechanism` and `transportError` are reactor-thread state; `shared` is locked.
-    let handler: any AMQPConnectionHandler
-    let listener: ListenerContext?
-    var saslMechanism = ""
-    var transportError: AMQPError?
-    private let shared = Mutex<Shared>(Shared())
-
-    private struct Shared {
-        var jobs: [@Sendable (AMQPConnection) -> Void] = []
-        var connection: SendablePointer?
-        var wake: (@Sendable () -> Void)?
-        var closed = false
-    }
-
-    init(handler: any AMQPConnectionHandler, listener: ListenerContext?) {
-        self.handler = handler
-        self.listener = listener
-    }
-
-    /// Binds the context to its Proton connection and how to wake it; jobs queued before now are woken.
-    func attach(_ connection: SendablePointer, wake: @escaping @Sendable () -> Void) {
-        shared.withLock { s in
-            s.connection = connection
-            s.wake = wake
-            if !s.jobs.isEmpty { wake() }
-        }
-    }
-
-    /// After this no job runs and no wake is sent: Proton frees the connection once the batch ends.
-    func detach() {
-        shared.withLock { s in
-            s.closed = true
-            s.connection = nil
-            s.wake = nil
-            s.jobs = []
-        }
-    }
-
-    /// Queues `job` and wakes the connection; false when the connection is gone.
-    func enqueue(_ job: @escaping @Sendable (AMQPConnection) -> Void) -> Bool {
-        shared.withLock { s -> Bool in
-            guard !s.closed else { return false }
-            s.jobs.append(job)
-            // Waking under the lock: `detach` cannot run, so the connection cannot be freed meanwhile.
-            if let wake = s.wake, s.jobs.count == 1 { wake() }
-            return true
-        }
-    }
-
-    func takeJobs() -> [@Sendable (AMQPConnection) -> Void] {
-        shared.withLock { s in
-            defer { s.jobs = [] }
-            return s.jobs
-        }
-    }
-
-    var isClosed: Bool { shared.withLock { $0.closed } }
-}
-
-/// A Sendable handle to a connection, usable from any thread.
-public struct AMQPConnectionRef: Sendable, Hashable {
-    let context: ConnectionContext
-
-    /// Runs `job` on the reactor thread with the live connection. Returns false if the connection is gone.
-    @discardableResult
-    public func execute(_ job: @escaping @Sendable (AMQPConnection) -> Void) -> Bool {
-        context.enqueue(job)
-    }
-
-    /// Closes the connection (AMQP close, then the socket).
-    public func close(_ condition: AMQPCondition? = nil) {
-        execute { $0.close(condition) }
-    }
-
-    public var isClosed: Bool { context.isClosed }
-
-    public static func == (a: Self, b: Self) -> Bool { a.context === b.context }
-    public func hash(into h: inout Hasher) { h.combine(ObjectIdentifier(context)) }
 }

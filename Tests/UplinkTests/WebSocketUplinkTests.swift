@@ -99,17 +99,25 @@ struct WebSocketUplinkTests {
         let leaves = try await createLeaves(hub, count: 2)
         let h = try UplinkHarness(hub: hub, leaves: leaves) { webSocket(hub, &$0) }
         h.uplink.start()
-        try await eventually(15, "ready") { await h.uplink.status().count(.ready) == 2 }
-        var ids = try h.append((0..<50).map { (leaf: "leaf-\($0 % 2)", json: #"{"n":\#($0)}"#, properties: [:]) })
-        hub = try await hub.restart()
-        ids += try h.append((50..<100).map { (leaf: "leaf-\($0 % 2)", json: #"{"n":\#($0)}"#, properties: [:]) })
-        try await eventually(40, "all 100 at the hub") {
-            Set(try await allEvents(hub).compactMap { $0.systemProperties["message-id"] }).isSuperset(of: ids)
+        do {
+            try await eventually(15, "ready") { await h.uplink.status().count(.ready) == 2 }
+            var ids = try h.append((0..<50).map { (leaf: "leaf-\($0 % 2)", json: #"{"n":\#($0)}"#, properties: [:]) })
+            hub = try await hub.restart()
+            ids += try h.append((50..<100).map { (leaf: "leaf-\($0 % 2)", json: #"{"n":\#($0)}"#, properties: [:]) })
+            let restarted = hub
+            try await eventually(40, "all 100 at the hub") {
+                Set(try await allEvents(restarted).compactMap { $0.systemProperties["message-id"] }).isSuperset(of: ids)
+            }
+            try await eventually(10, "spool drained") { h.spool.statistics().depth == 0 }
+            let connection = await h.uplink.status().connections.first
+            #expect(connection?.transport == "amqps-websocket")
+            #expect((connection?.opens ?? 0) >= 2, "reconnected after the restart")
+        } catch {
+            // An uplink left running would retry for the rest of the test run.
+            await h.stop()
+            await hub.stop()
+            throw error
         }
-        try await eventually(10, "spool drained") { h.spool.statistics().depth == 0 }
-        let connection = await h.uplink.status().connections.first
-        #expect(connection?.transport == "amqps-websocket")
-        #expect((connection?.opens ?? 0) >= 2, "reconnected after the restart")
         await h.stop()
         await hub.stop()
     }

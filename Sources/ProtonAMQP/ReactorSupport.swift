@@ -1,0 +1,180 @@
+internal import CProton
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Moves a non-Sendable value into a job that runs on the reactor thread; the sender never touches it again.
+struct UncheckedBox<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
+}
+
+/// A scheduled reactor job; `cancel()` from any thread.
+public final class AMQPTimer: Sendable {
+    private let cancelled = Atomic<Bool>(false)
+    public func cancel() { cancelled.store(true, ordering: .relaxed) }
+    var isCancelled: Bool { cancelled.load(ordering: .relaxed) }
+}
+
+struct TimerQueue {
+    private var entries: [(deadline: ContinuousClock.Instant, timer: AMQPTimer, job: @Sendable () -> Void)] = []
+
+    mutating func insert(deadline: ContinuousClock.Instant, timer: AMQPTimer, job: @escaping @Sendable () -> Void) {
+        let index = entries.firstIndex { $0.deadline > deadline } ?? entries.endIndex
+        entries.insert((deadline, timer, job), at: index)
+    }
+
+    mutating func popDue(now: ContinuousClock.Instant) -> [@Sendable () -> Void] {
+        let split = entries.firstIndex { $0.deadline > now } ?? entries.endIndex
+        let due = entries[..<split].filter { !$0.timer.isCancelled }.map(\.job)
+        entries.removeSubrange(..<split)
+        return due
+    }
+
+    var nextDeadline: ContinuousClock.Instant? {
+        return entries.first { !$0.timer.isCancelled }?.deadline
+    }
+
+    mutating func removeAll() { entries.removeAll() }
+}
+
+final class ListenerContext: @unchecked Sendable {
+    // @unchecked: all mutable fields are used on the reactor thread only.
+    let configuration: AMQPListenerConfiguration
+    let sslDomain: SendablePointer?
+    let makeHandler: @Sendable () -> any AMQPConnectionHandler
+    /// The space-separated mechanism list handed to Proton; it must outlive every SASL exchange.
+    let mechanismList: UnsafeMutablePointer<CChar>
+    var raw: SendablePointer?
+    var opened: ((Result<Int, any Error>) -> Void)?
+    private let closedWaiters = Mutex<(closed: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+
+    init(configuration: AMQPListenerConfiguration, sslDomain: SendablePointer?, makeHandler: @escaping @Sendable () -> any AMQPConnectionHandler) {
+        self.configuration = configuration
+        self.sslDomain = sslDomain
+        self.makeHandler = makeHandler
+        self.mechanismList = strdup(configuration.saslMechanisms.joined(separator: " "))!
+    }
+
+    func closed() {
+        let waiters = closedWaiters.withLock { state in
+            state.closed = true
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for w in waiters { w.resume() }
+    }
+
+    func waitClosed() async {
+        await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
+            let done = closedWaiters.withLock { state -> Bool in
+                if state.closed { return true }
+                state.waiters.append(cont)
+                return false
+            }
+            if done { cont.resume() }
+        }
+    }
+
+    deinit {
+        free(mechanismList)
+        if let sslDomain { pn_ssl_domain_free(sslDomain.raw) }
+    }
+}
+
+/// A listening socket.
+public struct AMQPListener: Sendable {
+    let reactor: AMQPReactor
+    let context: ListenerContext
+    /// The bound port (useful when listening on port 0).
+    public let port: Int
+
+    /// Stops accepting; existing connections stay.
+    public func close() async {
+        reactor.closeListener(context)
+        await context.waitClosed()
+    }
+}
+
+final class ConnectionContext: @unchecked Sendable {
+    // @unchecked: `handler`, `saslMechanism` and `transportError` are reactor-thread state; `shared` is locked.
+    let handler: any AMQPConnectionHandler
+    let listener: ListenerContext?
+    var saslMechanism = ""
+    var transportError: AMQPError?
+    private let shared = Mutex<Shared>(Shared())
+
+    private struct Shared {
+        var jobs: [@Sendable (AMQPConnection) -> Void] = []
+        var connection: SendablePointer?
+        var wake: (@Sendable () -> Void)?
+        var closed = false
+    }
+
+    init(handler: any AMQPConnectionHandler, listener: ListenerContext?) {
+        self.handler = handler
+        self.listener = listener
+    }
+
+    /// Binds the context to its Proton connection and how to wake it; jobs queued before now are woken.
+    func attach(_ connection: SendablePointer, wake: @escaping @Sendable () -> Void) {
+        shared.withLock { s in
+            s.connection = connection
+            s.wake = wake
+            if !s.jobs.isEmpty { wake() }
+        }
+    }
+
+    /// After this no job runs and no wake is sent: Proton frees the connection once the batch ends.
+    func detach() {
+        shared.withLock { s in
+            s.closed = true
+            s.connection = nil
+            s.wake = nil
+            s.jobs = []
+        }
+    }
+
+    /// Queues `job` and wakes the connection; false when the connection is gone.
+    func enqueue(_ job: @escaping @Sendable (AMQPConnection) -> Void) -> Bool {
+        shared.withLock { s -> Bool in
+            guard !s.closed else { return false }
+            s.jobs.append(job)
+            // Waking under the lock: `detach` cannot run, so the connection cannot be freed meanwhile.
+            if let wake = s.wake, s.jobs.count == 1 { wake() }
+            return true
+        }
+    }
+
+    func takeJobs() -> [@Sendable (AMQPConnection) -> Void] {
+        shared.withLock { s in
+            defer { s.jobs = [] }
+            return s.jobs
+        }
+    }
+
+    var isClosed: Bool { shared.withLock { $0.closed } }
+}
+
+/// A Sendable handle to a connection, usable from any thread.
+public struct AMQPConnectionRef: Sendable, Hashable {
+    let context: ConnectionContext
+
+    /// Runs `job` on the reactor thread with the live connection. Returns false if the connection is gone.
+    @discardableResult
+    public func execute(_ job: @escaping @Sendable (AMQPConnection) -> Void) -> Bool {
+        context.enqueue(job)
+    }
+
+    /// Closes the connection (AMQP close, then the socket).
+    public func close(_ condition: AMQPCondition? = nil) {
+        execute { $0.close(condition) }
+    }
+
+    public var isClosed: Bool { context.isClosed }
+
+    public static func == (a: Self, b: Self) -> Bool { a.context === b.context }
+    public func hash(into h: inout Hasher) { h.combine(ObjectIdentifier(context)) }
+}

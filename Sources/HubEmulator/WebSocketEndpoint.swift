@@ -3,6 +3,7 @@ import Hummingbird
 import HummingbirdWebSocket
 import Logging
 import NIOCore
+import NIOWebSocket
 import ProtonAMQP
 import Synchronization
 
@@ -105,6 +106,9 @@ final class ServerWebSocketStream: AMQPByteStream {
                 for await chunk in outgoing {
                     do { try await outbound.write(.binary(ByteBuffer(bytes: chunk))) } catch { return }
                 }
+                // The AMQP side is done (closed, or cut at a hub stop): close the WebSocket, which ends the inbound
+                // side once the client answers (the inbound stream does not end on cancellation alone).
+                try? await outbound.close(.normalClosure, reason: nil)
             }
             await group.next()
             group.cancelAll()

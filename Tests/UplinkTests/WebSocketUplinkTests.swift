@@ -102,11 +102,18 @@ struct WebSocketUplinkTests {
         do {
             try await eventually(15, "ready") { await h.uplink.status().count(.ready) == 2 }
             var ids = try h.append((0..<50).map { (leaf: "leaf-\($0 % 2)", json: #"{"n":\#($0)}"#, properties: [:]) })
+            // Mid-stream: the hub refuses new connections and drops the WebSocket (what was in flight is not
+            // settled), then restarts. It keeps received events in memory only, so what it accepted before is read
+            // once nothing more can arrive there.
+            _ = try await service(hub).request("POST", "/faults/refuse-connections", body: ["seconds": 60])
+            _ = try await hub.core.perform { $0.dropAllConnections() }
+            try await eventually(10, "the WebSocket closed") { try await hub.core.perform { $0.connectionCount } == 0 }
+            let before = Set(try await allEvents(hub).compactMap { $0.systemProperties["message-id"] })
             hub = try await hub.restart()
             ids += try h.append((50..<100).map { (leaf: "leaf-\($0 % 2)", json: #"{"n":\#($0)}"#, properties: [:]) })
             let restarted = hub
-            try await eventually(40, "all 100 at the hub") {
-                Set(try await allEvents(restarted).compactMap { $0.systemProperties["message-id"] }).isSuperset(of: ids)
+            try await eventually(40, "all 100 at the hub, before or after the restart") {
+                before.union(try await allEvents(restarted).compactMap { $0.systemProperties["message-id"] }).isSuperset(of: ids)
             }
             try await eventually(10, "spool drained") { h.spool.statistics().depth == 0 }
             let connection = await h.uplink.status().connections.first

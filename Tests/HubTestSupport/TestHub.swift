@@ -71,12 +71,16 @@ public final class TestHub: Sendable {
         var logger = Logger(label: "test.hub")
         logger.logLevel = .warning
         var started: RunningHub?
+        var lastError: (any Error)?
         for _ in 0..<100 {  // the old listener may need a moment to let go of the port
             do { started = try await HubServer(configuration: config, logger: logger).start(); break } catch {
+                lastError = error
                 try await Task.sleep(for: .milliseconds(100))
             }
         }
-        guard let started else { throw HubError(.badRequest, "the hub could not restart on its ports") }
+        guard let started else {
+            throw HubError(.badRequest, "the hub could not restart on its ports (amqps \(config.amqpsPort ?? 0), https \(config.httpsPort ?? 0)): \(lastError.map { "\($0)" } ?? "?")")
+        }
         return TestHub(running: started, reactor: reactor, directory: directory, certificates: certificates, configuration: config)
     }
 

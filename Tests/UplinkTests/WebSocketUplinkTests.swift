@@ -93,9 +93,12 @@ struct WebSocketUplinkTests {
     /// A hub restart under a WebSocket connection: everything appended before, during and after arrives, with the
     /// same message ids.
     @Test func hubRestartLosesNothing() async throws {
-        // A port below the ephemeral range: the restart must bind it again, and a parallel test's outgoing
+        // Ports below the ephemeral range: the restart must bind them again, and a parallel test's outgoing
         // connection could otherwise take a freed ephemeral port meanwhile.
-        var hub = try await TestHub.start { $0.httpsPort = Int.random(in: 20000..<30000) }
+        var hub = try await TestHub.start {
+            $0.httpsPort = Int.random(in: 20000..<25000)
+            $0.amqpsPort = $0.httpsPort! + 5000  // kept across the restart too
+        }
         let leaves = try await createLeaves(hub, count: 2)
         let h = try UplinkHarness(hub: hub, leaves: leaves) { webSocket(hub, &$0) }
         h.uplink.start()

@@ -73,7 +73,10 @@ public final class TestHub: Sendable {
         var started: RunningHub?
         var lastError: (any Error)?
         for _ in 0..<100 {  // the old listener may need a moment to let go of the port
-            do { started = try await HubServer(configuration: config, logger: logger).start(); break } catch {
+            let server = HubServer(configuration: config, logger: logger)
+            do { started = try await server.start(); break } catch {
+                // A start that bound some ports before failing on another must let go of them before the next try.
+                await server.stop()
                 lastError = error
                 try await Task.sleep(for: .milliseconds(100))
             }

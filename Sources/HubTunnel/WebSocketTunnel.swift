@@ -140,7 +140,7 @@ public final class WebSocketTunnel: AMQPByteStream, @unchecked Sendable {
         defer { fg_tunnel_close(tunnel) }
         let socket = fg_tunnel_socket(tunnel)
         var pump = Pump(tunnel: tunnel, socket: socket)
-        let deadline = StreamDriverClock.nowMilliseconds() + Int64(configuration.connectTimeoutMilliseconds)
+        let deadline = MonotonicClock.milliseconds() + Int64(configuration.connectTimeoutMilliseconds)
 
         // The upgrade.
         var handshake = WebSocketClientHandshake(
@@ -151,7 +151,7 @@ public final class WebSocketTunnel: AMQPByteStream, @unchecked Sendable {
         var upgraded = false
         while !upgraded {
             if isAborted { return AMQPError(.closed, "closed while opening the WebSocket") }
-            let remaining = deadline - StreamDriverClock.nowMilliseconds()
+            let remaining = deadline - MonotonicClock.milliseconds()
             guard remaining > 0 else {
                 return AMQPError(.timeout, "the hub did not answer the WebSocket upgrade at \(configuration.hostName)\(configuration.path) within \(configuration.connectTimeoutMilliseconds / 1000) s")
             }
@@ -173,7 +173,7 @@ public final class WebSocketTunnel: AMQPByteStream, @unchecked Sendable {
         }
 
         // The stream.
-        var lastSendMs = StreamDriverClock.nowMilliseconds()
+        var lastSendMs = MonotonicClock.milliseconds()
         var closeDeadline: Int64?
         while true {
             let (chunks, closeRequested, aborted) = outbox.withLock { box -> ([[UInt8]], Bool, Bool) in
@@ -189,22 +189,22 @@ public final class WebSocketTunnel: AMQPByteStream, @unchecked Sendable {
                     offset = end
                 }
             }
-            if !chunks.isEmpty { lastSendMs = StreamDriverClock.nowMilliseconds() }
+            if !chunks.isEmpty { lastSendMs = MonotonicClock.milliseconds() }
             if closeRequested && !closeSent {
                 pump.output += WebSocketFrameEncoder.close(code: 1000, reason: "", maskKey: SecureRandom.bytes(4))
                 closeSent = true
-                closeDeadline = StreamDriverClock.nowMilliseconds() + Self.closeWaitMilliseconds
+                closeDeadline = MonotonicClock.milliseconds() + Self.closeWaitMilliseconds
             }
             var timeout: Int32 = -1
             if let closeDeadline {
-                let left = closeDeadline - StreamDriverClock.nowMilliseconds()
+                let left = closeDeadline - MonotonicClock.milliseconds()
                 if left <= 0 { return nil }  // the hub did not answer our Close: done anyway
                 timeout = Int32(left)
             } else if let ping = configuration.pingIntervalMilliseconds {
-                let due = lastSendMs + Int64(ping) - StreamDriverClock.nowMilliseconds()
+                let due = lastSendMs + Int64(ping) - MonotonicClock.milliseconds()
                 if due <= 0 {
                     pump.output += WebSocketFrameEncoder.frame(.ping, payload: [], maskKey: SecureRandom.bytes(4))
-                    lastSendMs = StreamDriverClock.nowMilliseconds()
+                    lastSendMs = MonotonicClock.milliseconds()
                     timeout = Int32(ping)
                 } else {
                     timeout = Int32(due)
@@ -371,13 +371,6 @@ private struct Pump {
     }
 }
 
-enum StreamDriverClock {
-    static func nowMilliseconds() -> Int64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
-    }
-}
 
 private func withOptionalCString<R>(_ s: String?, _ body: (UnsafePointer<CChar>?) -> R) -> R {
     guard let s else { return body(nil) }

@@ -1,4 +1,5 @@
 internal import CProton
+import FieldgateCore
 import Synchronization
 
 #if canImport(Glibc)
@@ -173,7 +174,7 @@ final class StreamDriver: @unchecked Sendable {
     /// Proton's heartbeats and idle timeout run on its tick (which may write a heartbeat or end the connection);
     /// it says when it wants the next one.
     private func armTick() {
-        let next = pn_transport_tick(transport, Self.nowMilliseconds())
+        let next = pn_transport_tick(transport, MonotonicClock.milliseconds())
         if pn_connection_driver_has_event(driver) {
             let connection = AMQPConnection(raw: self.connection, context: context)
             while let event = pn_connection_driver_next_event(driver) {
@@ -186,7 +187,7 @@ final class StreamDriver: @unchecked Sendable {
         tickTimer?.cancel()
         tickDeadline = next
         guard next > 0 else { tickTimer = nil; return }
-        let delay = max(0, next - Self.nowMilliseconds())
+        let delay = max(0, next - MonotonicClock.milliseconds())
         tickTimer = reactor.schedule(after: .milliseconds(delay)) { [weak self] in
             guard let self else { return }
             self.tickDeadline = 0
@@ -214,11 +215,6 @@ final class StreamDriver: @unchecked Sendable {
         driver.deallocate()
     }
 
-    static func nowMilliseconds() -> Int64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
-    }
 }
 
 /// A driver the stream's callbacks may outlive.

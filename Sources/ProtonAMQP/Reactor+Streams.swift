@@ -13,13 +13,7 @@ extension AMQPReactor {
         let box = UncheckedBox(configuration)
         execute { [self] in
             let configuration = box.value
-            let c = pn_connection()!
-            let t = pn_transport()!
-            pn_connection_set_container(c, configuration.containerID)
-            pn_connection_set_hostname(c, configuration.virtualHost ?? host)
-            pn_transport_set_idle_timeout(t, configuration.idleTimeoutMilliseconds &* 2)
-            pn_transport_set_max_frame(t, configuration.maxFrameSize)
-            Self.configureClient(connection: c, transport: t, configuration, context: context)
+            let (c, t) = Self.newClient(host: host, configuration, context: context)
             pn_connection_open(c)
             startDriver(context: context, stream: stream, connection: c, transport: t)
         }
@@ -33,20 +27,7 @@ extension AMQPReactor {
         makeHandler: @escaping @Sendable () -> any AMQPConnectionHandler
     ) {
         execute { [self] in
-            let c = pn_connection()!
-            let t = pn_transport()!
-            pn_transport_set_server(t)
-            pn_transport_set_max_frame(t, config.maxFrameSize)
-            pn_transport_set_channel_max(t, config.channelMax)
-            pn_transport_set_idle_timeout(t, config.idleTimeoutMilliseconds &* 2)
-            pn_connection_set_container(c, config.containerID)
-            let lc = ListenerContext(configuration: config, sslDomain: nil, makeHandler: makeHandler)
-            let context = ConnectionContext(handler: makeHandler(), listener: lc)
-            if !config.saslMechanisms.isEmpty {
-                _ = pn_sasl(t)
-                pnx_sasl_set_implementation(t, SASLPlugin.implementation, Unmanaged.passUnretained(context).toOpaque())
-                pn_transport_require_auth(t, !config.allowNoSASL)
-            }
+            let (c, t, context) = Self.newServer(ListenerContext(configuration: config, sslDomain: nil, makeHandler: makeHandler))
             startDriver(context: context, stream: stream, connection: c, transport: t)
         }
     }

@@ -141,13 +141,7 @@ public final class AMQPReactor: @unchecked Sendable {
         let box = UncheckedBox((context, configuration))
         execute { [self] in
             let (context, configuration) = box.value
-            let c = pn_connection()!
-            let t = pn_transport()!
-            pn_connection_set_container(c, configuration.containerID)
-            pn_connection_set_hostname(c, configuration.virtualHost ?? host)
-            // Proton advertises half the idle timeout set on the transport (docs/iothub-protocol.md §16).
-            pn_transport_set_idle_timeout(t, configuration.idleTimeoutMilliseconds &* 2)
-            pn_transport_set_max_frame(t, configuration.maxFrameSize)
+            let (c, t) = Self.newClient(host: host, configuration, context: context)
             if let tls = configuration.tls {
                 let domain = pn_ssl_domain(PN_SSL_MODE_CLIENT)!
                 if let ca = tls.trustedCAFile { pn_ssl_domain_set_trusted_ca_db(domain, ca) }
@@ -157,7 +151,6 @@ public final class AMQPReactor: @unchecked Sendable {
                 pn_ssl_set_peer_hostname(ssl, tls.peerHostname ?? host)
                 pn_ssl_domain_free(domain)  // the transport keeps its own reference
             }
-            Self.configureClient(connection: c, transport: t, configuration, context: context)
             register(context, connection: c)
             pn_connection_open(c)
             pn_proactor_connect2(proactor.raw, c, t, "\(host):\(port)")
@@ -266,28 +259,22 @@ public final class AMQPReactor: @unchecked Sendable {
     }
 
     private func acceptConnection(on l: OpaquePointer, context lc: ListenerContext) {
-        let config = lc.configuration
-        let c = pn_connection()!
-        let t = pn_transport()!
-        pn_transport_set_server(t)
-        pn_transport_set_max_frame(t, config.maxFrameSize)
-        pn_transport_set_channel_max(t, config.channelMax)
-        pn_transport_set_idle_timeout(t, config.idleTimeoutMilliseconds &* 2)
-        pn_connection_set_container(c, config.containerID)
-        let context = ConnectionContext(handler: lc.makeHandler(), listener: lc)
+        let (c, t, context) = Self.newServer(lc)
         if let domain = lc.sslDomain { pn_ssl_init(pn_ssl(t), domain.raw, nil) }
-        if !config.saslMechanisms.isEmpty {
-            _ = pn_sasl(t)
-            pnx_sasl_set_implementation(t, SASLPlugin.implementation, Unmanaged.passUnretained(context).toOpaque())
-            pn_transport_require_auth(t, !config.allowNoSASL)
-        }
         register(context, connection: c)
         pn_listener_accept2(l, c, t)
     }
 
-    /// A client connection's SASL layer and frame trace, whatever carries its bytes.
-    static func configureClient(connection c: OpaquePointer, transport t: OpaquePointer, _ configuration: AMQPClientConfiguration,
-                                context: ConnectionContext) {
+    /// A client connection and its transport as `configuration` says (Open fields, SASL, frame trace), whatever carries
+    /// its bytes.
+    static func newClient(host: String, _ configuration: AMQPClientConfiguration, context: ConnectionContext) -> (OpaquePointer, OpaquePointer) {
+        let c = pn_connection()!
+        let t = pn_transport()!
+        pn_connection_set_container(c, configuration.containerID)
+        pn_connection_set_hostname(c, configuration.virtualHost ?? host)
+        // Proton advertises half the idle timeout set on the transport (docs/iothub-protocol.md §16).
+        pn_transport_set_idle_timeout(t, configuration.idleTimeoutMilliseconds &* 2)
+        pn_transport_set_max_frame(t, configuration.maxFrameSize)
         switch configuration.sasl {
         case .none:
             break  // no pn_sasl(): the transport sends the plain AMQP header
@@ -304,6 +291,27 @@ public final class AMQPReactor: @unchecked Sendable {
             pnx_sasl_set_implementation(t, SASLPlugin.implementation, Unmanaged.passUnretained(context).toOpaque())
         }
         if let trace = configuration.frameTrace { FrameTracer.start(on: t, trace) }
+        return (c, t)
+    }
+
+    /// An accepted connection, its transport and context as the listener's configuration says (Open and Begin
+    /// fields, SASL), whatever carries its bytes.
+    static func newServer(_ lc: ListenerContext) -> (OpaquePointer, OpaquePointer, ConnectionContext) {
+        let config = lc.configuration
+        let c = pn_connection()!
+        let t = pn_transport()!
+        pn_transport_set_server(t)
+        pn_transport_set_max_frame(t, config.maxFrameSize)
+        pn_transport_set_channel_max(t, config.channelMax)
+        pn_transport_set_idle_timeout(t, config.idleTimeoutMilliseconds &* 2)
+        pn_connection_set_container(c, config.containerID)
+        let context = ConnectionContext(handler: lc.makeHandler(), listener: lc)
+        if !config.saslMechanisms.isEmpty {
+            _ = pn_sasl(t)
+            pnx_sasl_set_implementation(t, SASLPlugin.implementation, Unmanaged.passUnretained(context).toOpaque())
+            pn_transport_require_auth(t, !config.allowNoSASL)
+        }
+        return (c, t, context)
     }
 
     private func register(_ context: ConnectionContext, connection c: OpaquePointer) {

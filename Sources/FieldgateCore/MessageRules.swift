@@ -41,6 +41,35 @@ public enum MessageRules {
         value.utf8.allSatisfy { $0 >= 0x20 && $0 < 0x7F }
     }
 
+    /// The byte form of `isValidName && !isReservedName`, for the encoder's path where nothing is decoded.
+    public static func isAcceptableName(_ name: UnsafeRawBufferPointer) -> Bool {
+        guard let first = name.first, first != UInt8(ascii: "$") else { return false }
+        for b in name where b >= 128 || !nameTable[Int(b)] { return false }
+        return !hasReservedPrefix(name)
+    }
+
+    /// The byte form of `isValidValue`.
+    public static func isValidValue(_ value: UnsafeRawBufferPointer) -> Bool {
+        for b in value where b < 0x20 || b >= 0x7F { return false }
+        return true
+    }
+
+    /// Whether two names differ only by ASCII case (routing would keep only one).
+    public static func equalIgnoringCase(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {
+        guard a.count == b.count else { return false }
+        for i in 0..<a.count where a[i] | 0x20 != b[i] | 0x20 || (a[i] != b[i] && !isLetter(a[i])) { return false }
+        return true
+    }
+
+    private static func isLetter(_ b: UInt8) -> Bool { (b | 0x20) >= UInt8(ascii: "a") && (b | 0x20) <= UInt8(ascii: "z") }
+
+    private static func hasReservedPrefix(_ name: UnsafeRawBufferPointer) -> Bool {
+        let prefix = "iothub-".utf8
+        guard name.count >= prefix.count else { return false }
+        for (i, p) in prefix.enumerated() where name[i] | 0x20 != p | 0x20 || (name[i] != p && !isLetter(p)) { return false }
+        return true
+    }
+
     /// Names a leaf may not set: the hub's system properties as routing sees them, and the hub's own.
     public static func isReservedName(_ name: String) -> Bool {
         name.hasPrefix("$") || name.lowercased().hasPrefix("iothub-")

@@ -58,3 +58,80 @@ public struct TelemetryEnvelope: Sendable, Equatable {
         self.init(body: Array(bytes[i...]), contentType: contentType, contentEncoding: contentEncoding, properties: properties)
     }
 }
+
+/// Where the parts of an encoded envelope lie, found without copying or decoding them: the uplink encodes every
+/// message from this (one pass over the bytes, nothing allocated). It also tells whether the envelope can go out
+/// as it is: printable-ASCII content type and encoding, and properties the hub takes unchanged (`MessageRules`).
+public struct TelemetryEnvelopeLayout {
+    public var contentType: Range<Int>
+    public var contentEncoding: Range<Int>
+    /// The property entries as stored (key, value, key, value … as u16-length strings; sorted by key).
+    public var properties: Range<Int>
+    public var propertyCount: Int
+    /// Bytes of every property name and value: the properties' share of the hub's size measure.
+    public var propertyBytes: Int
+    public var body: Range<Int>
+    /// Every property passes `MessageRules` unchanged, and no two names differ only by case.
+    public var propertiesAreClean: Bool
+    /// Content type and encoding are printable ASCII (they travel as AMQP symbols).
+    public var systemValuesAreASCII: Bool
+
+    /// nil when `bytes` is not a complete version-1 envelope.
+    public init?(_ bytes: UnsafeRawBufferPointer) {
+        guard bytes.first == TelemetryEnvelope.version else { return nil }
+        var i = 1
+        func string() -> Range<Int>? {
+            guard i + 2 <= bytes.count else { return nil }
+            let n = Int(bytes[i]) | Int(bytes[i + 1]) << 8
+            guard i + 2 + n <= bytes.count else { return nil }
+            defer { i += 2 + n }
+            return i + 2 ..< i + 2 + n
+        }
+        guard let type = string(), let encoding = string(), i + 2 <= bytes.count else { return nil }
+        let count = Int(bytes[i]) | Int(bytes[i + 1]) << 8
+        i += 2
+        let start = i
+        var clean = true
+        var total = 0
+        for _ in 0..<count {
+            guard let key = string(), let value = string() else { return nil }
+            total += key.count + value.count
+            if clean {
+                let k = UnsafeRawBufferPointer(rebasing: bytes[key])
+                clean = MessageRules.isAcceptableName(k) && MessageRules.isValidValue(UnsafeRawBufferPointer(rebasing: bytes[value]))
+            }
+        }
+        if clean && count > 1 {
+            // Rarely more than a handful: compare each name with the ones before it.
+            var names: [UnsafeRawBufferPointer] = []
+            Self.forEachProperty(in: bytes, start ..< i) { k, _ in
+                if names.contains(where: { MessageRules.equalIgnoringCase($0, k) }) { clean = false }
+                names.append(k)
+            }
+        }
+        contentType = type
+        contentEncoding = encoding
+        properties = start ..< i
+        propertyCount = count
+        propertyBytes = total
+        body = i ..< bytes.count
+        propertiesAreClean = clean
+        systemValuesAreASCII = MessageRules.isValidValue(UnsafeRawBufferPointer(rebasing: bytes[type]))
+            && MessageRules.isValidValue(UnsafeRawBufferPointer(rebasing: bytes[encoding]))
+    }
+
+    /// Calls `body(name, value)` for each property entry in `range` (the layout's `properties`).
+    public static func forEachProperty(in bytes: UnsafeRawBufferPointer, _ range: Range<Int>,
+                                       _ body: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) -> Void) {
+        var i = range.lowerBound
+        func next() -> UnsafeRawBufferPointer {
+            let n = Int(bytes[i]) | Int(bytes[i + 1]) << 8
+            defer { i += 2 + n }
+            return UnsafeRawBufferPointer(rebasing: bytes[i + 2 ..< i + 2 + n])
+        }
+        while i < range.upperBound {
+            let k = next()
+            body(k, next())
+        }
+    }
+}

@@ -30,10 +30,24 @@ public struct ConfigError: Error, Sendable, CustomStringConvertible {
 struct ConfigSource {
     let path: String
     let table: TOMLTable
-    private let lines: [String: Int]
+    private let index: LineIndex
+
+    /// Where the keys are, worked out from the text only once a line is asked for (a problem to report): loading a
+    /// thousand leaves does not pay for a map of every key.
+    private final class LineIndex {
+        let text: String
+        lazy var lines: [String: Int] = ConfigSource.locate(text)
+        init(_ text: String) { self.text = text }
+    }
+
+    private init(path: String, table: TOMLTable, text: String) {
+        self.path = path
+        self.table = table
+        self.index = LineIndex(text)
+    }
 
     /// A file that could not be read, standing in so the other files are still checked.
-    static func empty(path: String) -> ConfigSource { ConfigSource(path: path, table: TOMLTable(), lines: [:]) }
+    static func empty(path: String) -> ConfigSource { ConfigSource(path: path, table: TOMLTable(), text: "") }
 
     static func read(_ path: String) throws(ConfigError) -> ConfigSource {
         guard let data = FileManager.default.contents(atPath: path) else {
@@ -41,7 +55,7 @@ struct ConfigSource {
         }
         let text = String(decoding: data, as: UTF8.self)
         do {
-            return ConfigSource(path: path, table: try TOMLTable(string: text), lines: Self.locate(text))
+            return ConfigSource(path: path, table: try TOMLTable(string: text), text: text)
         } catch let e as TOMLParseError {
             throw ConfigError(file: path, line: e.source.begin.line, "\(e.description) (TOML syntax, column \(e.source.begin.column))")
         } catch {
@@ -53,7 +67,7 @@ struct ConfigSource {
     func line(_ keyPath: String) -> Int? {
         var path = keyPath
         while !path.isEmpty {
-            if let l = lines[path] { return l }
+            if let l = index.lines[path] { return l }
             guard let cut = path.lastIndex(where: { $0 == "." || $0 == "[" }) else { break }
             path = String(path[..<cut])
         }

@@ -95,6 +95,10 @@ public struct GatewayConfigFile: Decodable, Sendable {
     }
     public struct Secrets: Decodable, Sendable { public var file: String? }
     public struct Daemon: Decodable, Sendable { public var stall_seconds: Int? }
+    public struct UplinkSection: Decodable, Sendable {
+        /// Gather a leaf's queued JSON readings into JSON-array messages of up to this many bytes; 0 or absent: off.
+        public var coalesce_bytes: Int?
+    }
     public struct Control: Decodable, Sendable {
         public var socket: String?
         public var allow_debug: Bool?
@@ -105,6 +109,7 @@ public struct GatewayConfigFile: Decodable, Sendable {
     public var hub: Hub
     public var gateway: Gateway
     public var spool: SpoolSection?
+    public var uplink: UplinkSection?
     public var udp: UDP?
     // An entry that does not decode is nil in its place (its problems are already reported, and the others' positions
     // still name their lines).
@@ -275,6 +280,11 @@ struct Mapper {
         }
         if let port = f.hub.port, !(1...65535).contains(port) { report(main, "hub.port", "hub.port must be 1 to 65535 (5671 for AMQPS)") }
         mapReach(f.hub, into: &uplink)
+        if let c = f.uplink?.coalesce_bytes, c != 0 {
+            if (UplinkConfiguration.coalesceRange).contains(c) { uplink.coalesceTargetBytes = c } else {
+                report(main, "uplink.coalesce_bytes", "uplink.coalesce_bytes must be 0 (off) or \(UplinkConfiguration.coalesceRange.lowerBound) to \(UplinkConfiguration.coalesceRange.upperBound); 4000 fits IoT Hub's 4 KB billing unit")
+            }
+        }
         let spool = spoolConfiguration(f.spool)
 
         let gatewayKey = checkMain ? gatewayCredential(f.gateway) : nil
@@ -286,16 +296,18 @@ struct Mapper {
         var udpLeaves: [UDPLeaf] = []
         var serialLeaves: [String: (ConfigSource, String)] = [:]
         var modbusLeaves: [(ConfigSource, String, GatewayConfigFile.Leaf)] = []
-        var seen: [String: String] = [f.gateway.device_id: "\(main.path):\(main.line("gateway.device_id") ?? 0)"]
+        // Where each device id was first seen; its file:line is worked out only for a duplicate.
+        var seen: [String: (ConfigSource, String)] = [f.gateway.device_id: (main, "gateway.device_id")]
         let allLeaves = f.leaf.entries(in: main) + devices.flatMap { source, d in d.leaf.entries(in: source) }
         for (source, i, l) in allLeaves {
             let at = "leaf[\(i)]"
             guard Self.isValidDeviceID(l.device_id) else { report(source, "\(at).device_id", Self.deviceIDRule(l.device_id)); continue }
-            if let first = seen[l.device_id] {
+            if let (firstSource, firstKey) = seen[l.device_id] {
+                let first = "\(firstSource.path):\(firstSource.line(firstKey) ?? 0)"
                 report(source, "\(at).device_id", "device_id \(l.device_id) is used twice (first at \(first)); each leaf is its own IoT Hub identity")
                 continue
             }
-            seen[l.device_id] = "\(source.path):\(source.line("\(at).device_id") ?? 0)"
+            seen[l.device_id] = (source, "\(at).device_id")
             // A problem with its key or cloud list does not stop the checks of its adapter settings (one run shows all).
             let credential = leafCredential(l, source: source, at: at)
             let capabilities = cloudCapabilities(l, source: source, at: at)

@@ -149,6 +149,14 @@ public final class DeviceConnection: Sendable {
         }
     }
 
+    /// Sends `total` copies of one pre-encoded message over the devices' telemetry links (attached before), as fast
+    /// as credit allows with at most `limitPerLink` unsettled per link, and returns when the hub accepted them all:
+    /// Proton and the wire with nothing of fieldgate's (the benchmarks' baseline).
+    public func stream(_ encoded: [UInt8], deviceIds: [String], total: Int, limitPerLink: Int) async throws -> Int {
+        let names = deviceIds.map { LinkSpec.telemetry($0).name }
+        return try await handler.call(ref) { h, _, resume in h.startStream(encoded, linkNames: names, total: total, limitPerLink: limitPerLink, resume: resume) }
+    }
+
     // MARK: C2D
 
     /// Settles a received C2D message: accepted = complete, released = abandon, rejected = reject.

@@ -28,7 +28,81 @@ final class DeviceConnectionHandler: AMQPConnectionHandler, @unchecked Sendable 
     private var nextC2DToken = 0
     private var closedError: AMQPError?
 
+    /// `DeviceConnection.stream`: pre-encoded messages on many telemetry links, as fast as credit allows.
+    /// A class: its tables are updated in place for every message.
+    private final class Stream {
+        let bytes: [UInt8]
+        let links: [AMQPObjectID: AMQPLink]
+        var inFlight: [AMQPObjectID: Int]
+        let limitPerLink: Int
+        var unsent: Int
+        var unsettled: [AMQPObjectID: AMQPObjectID] = [:]
+        var accepted = 0
+        let total: Int
+        var nextTag: UInt64 = 0
+        let resume: (Result<Int, any Error>) -> Void
+
+        init(bytes: [UInt8], links: [AMQPObjectID: AMQPLink], limitPerLink: Int, total: Int, resume: @escaping (Result<Int, any Error>) -> Void) {
+            self.bytes = bytes
+            self.links = links
+            self.inFlight = links.mapValues { _ in 0 }
+            self.limitPerLink = limitPerLink
+            self.unsent = total
+            self.total = total
+            self.resume = resume
+        }
+    }
+    private var stream: Stream?
+
     init() {}
+
+    func startStream(_ bytes: [UInt8], linkNames: [String], total: Int, limitPerLink: Int, resume: @escaping (Result<Int, any Error>) -> Void) {
+        var chosen: [AMQPObjectID: AMQPLink] = [:]
+        for name in linkNames {
+            guard let link = links[name] else { return resume(.failure(AMQPError(.closed, "no link \(name)"))) }
+            chosen[link.id] = link
+        }
+        stream = Stream(bytes: bytes, links: chosen, limitPerLink: limitPerLink, total: total, resume: resume)
+        for link in chosen.values { streamFill(link) }
+    }
+
+    private func streamFill(_ link: AMQPLink) {
+        guard let s = stream, s.links[link.id] != nil else { return }
+        var credit = link.credit
+        var inFlight = s.inFlight[link.id] ?? 0
+        while credit > 0, s.unsent > 0, inFlight < s.limitPerLink {
+            s.nextTag &+= 1
+            let d = link.send(s.bytes, tag: withUnsafeBytes(of: s.nextTag) { Array($0) })
+            s.unsettled[d.id] = link.id
+            s.unsent -= 1
+            inFlight += 1
+            credit -= 1
+        }
+        s.inFlight[link.id] = inFlight
+    }
+
+    /// True when `delivery` was the stream's.
+    private func streamUpdated(_ delivery: AMQPDelivery) -> Bool {
+        guard let s = stream, let linkID = s.unsettled[delivery.id] else { return false }
+        guard delivery.remoteOutcome != nil || delivery.isRemotelySettled else { return true }
+        let accepted = delivery.remoteOutcome.map { $0 == .accepted } ?? true
+        delivery.settle()
+        s.unsettled[delivery.id] = nil
+        s.inFlight[linkID, default: 1] -= 1
+        guard accepted else {
+            stream = nil
+            s.resume(.failure(AMQPError(.remoteClosed, "the hub did not accept a streamed message")))
+            return true
+        }
+        s.accepted += 1
+        if s.accepted == s.total {
+            stream = nil
+            s.resume(.success(s.total))
+            return true
+        }
+        if let link = s.links[linkID] { streamFill(link) }
+        return true
+    }
 
     /// Runs `body` on the reactor thread and waits for it to call `resume`.
     func call<T: Sendable>(
@@ -80,10 +154,12 @@ final class DeviceConnectionHandler: AMQPConnectionHandler, @unchecked Sendable 
         case .linkClosed(let link, let condition):
             linkGone(link.name, condition: condition)
         case .linkFlow(let link):
+            if stream != nil { streamFill(link) }
             flush(link)
         case .message(let delivery, let bytes):
             received(bytes, delivery: delivery)
         case .deliveryUpdated(let delivery):
+            if stream != nil, streamUpdated(delivery) { return }
             guard let resume = inFlight[delivery.id]?.resume else { return }
             if let outcome = delivery.remoteOutcome {
                 inFlight[delivery.id] = nil

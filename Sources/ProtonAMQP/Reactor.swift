@@ -32,6 +32,9 @@ public final class AMQPReactor: @unchecked Sendable {
     /// Connections over byte streams of our own (pn_connection_driver), by connection.
     var drivers: [UInt: StreamDriver] = [:]
     private var timers = TimerQueue()
+    /// Client TLS settings by CA file (its identity and change time) and verification: a CA bundle is parsed once,
+    /// not for every connection, and again only when the file changes. Freed when the reactor stops.
+    private var clientTLSDomains: [String: (version: String, domain: OpaquePointer)] = [:]
     var stopping = false
 
     private struct ReactorInbox {
@@ -143,19 +146,32 @@ public final class AMQPReactor: @unchecked Sendable {
             let (context, configuration) = box.value
             let (c, t) = Self.newClient(host: host, configuration, context: context)
             if let tls = configuration.tls {
-                let domain = pn_ssl_domain(PN_SSL_MODE_CLIENT)!
-                if let ca = tls.trustedCAFile { pn_ssl_domain_set_trusted_ca_db(domain, ca) }
-                pn_ssl_domain_set_peer_authentication(domain, tls.verifyPeer ? PN_SSL_VERIFY_PEER_NAME : PN_SSL_ANONYMOUS_PEER, nil)
                 let ssl = pn_ssl(t)
-                pn_ssl_init(ssl, domain, nil)
+                pn_ssl_init(ssl, clientTLSDomain(tls), nil)  // the transport takes its own reference
                 pn_ssl_set_peer_hostname(ssl, tls.peerHostname ?? host)
-                pn_ssl_domain_free(domain)  // the transport keeps its own reference
             }
             register(context, connection: c)
             pn_connection_open(c)
             pn_proactor_connect2(proactor.raw, c, t, "\(host):\(port)")
         }
         return AMQPConnectionRef(context: context)
+    }
+
+    private func clientTLSDomain(_ tls: AMQPClientTLS) -> OpaquePointer {
+        let key = (tls.trustedCAFile ?? "") + (tls.verifyPeer ? "|verify" : "|anonymous")
+        var version = ""
+        if let ca = tls.trustedCAFile {
+            var st = stat()
+            if stat(ca, &st) == 0 { version = "\(st.st_dev)|\(st.st_ino)|\(st.st_size)|\(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec)" }
+        }
+        if let cached = clientTLSDomains[key], cached.version == version { return cached.domain }
+        // New, or the file changed: fresh settings (connections made with the old ones keep their own reference).
+        if let stale = clientTLSDomains[key] { pn_ssl_domain_free(stale.domain) }
+        let domain = pn_ssl_domain(PN_SSL_MODE_CLIENT)!
+        if let ca = tls.trustedCAFile { pn_ssl_domain_set_trusted_ca_db(domain, ca) }
+        pn_ssl_domain_set_peer_authentication(domain, tls.verifyPeer ? PN_SSL_VERIFY_PEER_NAME : PN_SSL_ANONYMOUS_PEER, nil)
+        clientTLSDomains[key] = (version, domain)
+        return domain
     }
 
     // MARK: the thread
@@ -184,6 +200,8 @@ public final class AMQPReactor: @unchecked Sendable {
             pn_proactor_done(proactor.raw, batch)
             if stopping && contexts.isEmpty && listeners.isEmpty { running = false }
         }
+        for cached in clientTLSDomains.values { pn_ssl_domain_free(cached.domain) }
+        clientTLSDomains = [:]
         pn_proactor_free(proactor.raw)
         let waiters = inbox.withLock { state -> [CheckedContinuation<Void, Never>] in
             state.finished = true

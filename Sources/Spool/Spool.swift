@@ -17,12 +17,12 @@ public final class Spool: Sendable {
     /// Random per spool directory; message ids are `<epoch>-<sequence>`.
     public let epoch: String
     public let isReadOnly: Bool
-    private let state: Mutex<State>
+    let state: Mutex<State>
     /// Held across a whole `sync` (the fdatasync included, the state lock not): a caller that finds a flusher
     /// round in flight waits for it, so "durable when `sync` returns" holds for it too.
     private let syncing = Mutex(())
     private let lockFD: Int32
-    private let logger: Logger
+    let logger: Logger
     /// With `interval(N)`: fdatasyncs every N ms even when no append comes (the loss window of Spool.md).
     private let flusher: Flusher?
 
@@ -518,82 +518,6 @@ public final class Spool: Sendable {
         Self.removeSegment(at: i, &s)
     }
 
-    // MARK: reading
-
-    /// Up to `max` records, per leaf in order, taking leaves in turn (round-robin) and skipping `excluding`
-    /// (leaves that are backing off). Records stay in flight until acknowledged, released or dead-lettered.
-    public func next(max: Int, excluding: Set<String> = [], nowMs: Int64 = WallClock.nowMilliseconds()) throws(SpoolError) -> [SpoolRecord] {
-        try next(max: max, nowMs: nowMs) { !excluding.contains($0) }
-    }
-
-    /// Up to `max` records, per leaf in order, leaves in turn; `admit(leaf)` is asked before each record is taken
-    /// (under the spool's lock, so keep it cheap): the uplink uses it to give each ready leaf its own budget.
-    public func next(max: Int, nowMs: Int64 = WallClock.nowMilliseconds(), admit: (String) -> Bool) throws(SpoolError) -> [SpoolRecord] {
-        try withState { s throws(SpoolError) -> [SpoolRecord] in
-            var out: [SpoolRecord] = []
-            var idleRounds = 0
-            while out.count < max, s.leaves.count > 0, idleRounds < s.leaves.count {
-                s.roundRobin %= s.leaves.count
-                let slot = Int32(s.roundRobin)
-                s.roundRobin += 1
-                guard s.leaves[slot].hasQueued, admit(s.leaves[slot].name), let record = try takeOne(slot, nowMs: nowMs, &s) else {
-                    idleRounds += 1
-                    continue
-                }
-                idleRounds = 0
-                out.append(record)
-            }
-            return out
-        }
-    }
-
-    private func takeOne(_ slot: Int32, nowMs: Int64, _ s: inout State) throws(SpoolError) -> SpoolRecord? {
-        while let location = s.leaves.popFront(slot) {
-            guard let record = try read(location, s) else { unreadable(location, &s); continue }
-            if let ttl = configuration.ttlMilliseconds, nowMs - record.acquiredAtMs > ttl {
-                try settle([record.sequence], locations: [record.sequence: location], reason: .ttl, &s)
-                continue
-            }
-            s.inFlight[record.sequence] = location
-            return record
-        }
-        return nil
-    }
-
-    /// Removes the leaf's oldest queued (not in-flight) record, for the per-leaf cap.
-    private func popQueued(_ slot: Int32, _ s: inout State) -> (sequence: UInt64, location: RecordLocation)? {
-        while let location = s.leaves.popFront(slot) {
-            guard let r = try? read(location, s) else { unreadable(location, &s); continue }
-            return (r.sequence, location)
-        }
-        return nil
-    }
-
-    /// A record an index listed whose bytes no longer pass their CRC (bit rot in a sealed segment): counted as a
-    /// corrupt region, and the segment's index removed so the next open scans it and quarantines the damage.
-    private func unreadable(_ location: RecordLocation, _ s: inout State) {
-        s.corruptRegions += 1
-        s.leaves.adjustDepth(location.slot, by: -1)
-        if let i = s.segments.firstIndex(where: { $0.id == location.segment }) {
-            s.segments[i].live -= 1
-            if !isReadOnly {  // an inspection changes nothing on disk
-                Directory.remove(SegmentIndex.path(ofSegment: s.segments[i].path))
-                s.segments[i].indexBytes = 0
-            }
-        }
-        logger.warning("spool: a record of \(s.leaves[location.slot].name) at \(location.offset) in segment \(location.segment) is corrupt; skipped and counted")
-    }
-
-    private func read(_ location: RecordLocation, _ s: State) throws(SpoolError) -> SpoolRecord? {
-        guard let seg = s.segments.first(where: { $0.id == location.segment }) else { return nil }
-        let header = try seg.handle.read(offset: Int(location.offset), count: RecordCodec.prefixSize)
-        guard header.count == RecordCodec.prefixSize else { return nil }
-        let length = header.withUnsafeBytes { Int(RecordCodec.read32($0, 0)) }
-        let frame = try seg.handle.read(offset: Int(location.offset), count: RecordCodec.prefixSize + length)
-        guard case .record(let r, _) = RecordCodec.decode(frame) else { return nil }
-        return r
-    }
-
     // MARK: settling
 
     /// The hub accepted these: they leave the spool for good.
@@ -612,10 +536,7 @@ public final class Spool: Sendable {
     public func deadLetter(_ sequences: [UInt64]) throws(SpoolError) {
         try withState { s throws(SpoolError) in
             var frames: [UInt8] = []
-            for seq in sequences {
-                guard let loc = s.inFlight[seq], let r = try read(loc, s) else { continue }
-                RecordCodec.encode(r, into: &frames)
-            }
+            for case let r? in try read(sequences.compactMap { s.inFlight[$0] }, s) { RecordCodec.encode(r, into: &frames) }
             if let dl = s.deadLetter, !frames.isEmpty {
                 if ((try? dl.size()) ?? 0) + frames.count > configuration.deadLetterBytes {
                     let path = configuration.directory + "/dead-letter"
@@ -630,7 +551,7 @@ public final class Spool: Sendable {
     }
 
     /// Marks sequences done (acknowledged, or dropped for `reason`) in the ledger and frees empty segments.
-    private func settle(_ sequences: [UInt64], locations: [UInt64: RecordLocation], reason: DropReason?, _ s: inout State) throws(SpoolError) {
+    func settle(_ sequences: [UInt64], locations: [UInt64: RecordLocation], reason: DropReason?, _ s: inout State) throws(SpoolError) {
         var done: [UInt64] = []
         for seq in sequences {
             guard let loc = s.inFlight.removeValue(forKey: seq) ?? locations[seq] else { continue }
@@ -670,14 +591,16 @@ public final class Spool: Sendable {
     // MARK: housekeeping
 
     /// Every use of the state, timed by the heartbeat while it waits for the lock and while it runs.
-    private func withState<T, E: Error>(_ body: (inout State) throws(E) -> sending T) throws(E) -> sending T {
+    func withState<T, E: Error>(_ body: (inout State) throws(E) -> sending T) throws(E) -> sending T {
         let outermost = heartbeat.enterBusy()
         defer { heartbeat.leaveBusy(outermost) }
         return try state.withLock { s throws(E) -> sending T in try body(&s) }
     }
 
     /// The message id of a record: the same for every delivery attempt and across restarts.
-    public func messageID(for sequence: UInt64) -> String { "\(epoch)-\(sequence)" }
+    public func messageID(for sequence: UInt64) -> String { messageIDPrefix + String(sequence) }
+    /// What every message id starts with; the decimal sequence follows (the uplink writes ids from these two).
+    public var messageIDPrefix: String { epoch + "-" }
 
     /// fdatasync now: everything appended or acknowledged before the call is durable when it returns (the interval
     /// flusher calls this). The fdatasync runs outside the lock, on duplicated descriptors, so appends go on

@@ -5,7 +5,8 @@ import Logging
 import ProtonAMQP
 
 /// One AMQP connection to the hub and the leaves it carries (≤ ~995). Owns the CBS link pair and every leaf's
-/// links (all leaves share one session, as the C SDK does: a session per leaf cost ~10 KB each); turns Proton events into leaf-machine events and performs the machines' actions.
+/// links (in sessions of up to `leavesPerSession` leaves); turns Proton events into leaf-machine events and performs
+/// the machines' actions.
 /// Reactor thread only. Work that does not start from one of this connection's own events (timers, the pump,
 /// adapters) must go through `withConnection`: Proton writes a connection's frames only after its own events.
 // @unchecked Sendable: captured by jobs that run on the reactor thread, the only thread that touches it.
@@ -38,7 +39,12 @@ final class Shard: @unchecked Sendable {
     private var attempt: Attempt?
     private var closeReason: String?
 
-    var leafSession: AMQPSession?
+    /// Leaves share sessions, `leavesPerSession` at most: Proton finds a new link's handle by scanning its session's
+    /// handles, so one session for a thousand leaves' six thousand links made connecting quadratic, while a session
+    /// per leaf cost ~10 KB each. nil until the CBS links are opened on the connection.
+    static let leavesPerSession = 100
+    private var leafSessions: [(session: AMQPSession, leaves: Int)]?
+    private var sessionOfLeaf: [String: Int] = [:]
     private var cbsSender: AMQPLink?
     private var cbsReceiver: AMQPLink?
     private var cbsQueue: [(leaf: String, bytes: [UInt8])] = []
@@ -266,7 +272,8 @@ final class Shard: @unchecked Sendable {
         var released = unsettled.values.flatMap(\.sequences)
         cbsSender = nil
         cbsReceiver = nil
-        leafSession = nil
+        leafSessions = nil
+        sessionOfLeaf = [:]
         cbsQueue = []
         cbsPending = [:]
         sharedTokens = [:]
@@ -307,7 +314,7 @@ final class Shard: @unchecked Sendable {
         receiver.flow(200)
         roles[sender.id] = .cbsSender
         roles[receiver.id] = .cbsReceiver
-        leafSession = connection.openSession()
+        leafSessions = []
         cbsSender = sender
         cbsReceiver = receiver
     }
@@ -437,7 +444,7 @@ final class Shard: @unchecked Sendable {
     }
 
     private func attachLinks(_ leaf: LeafRuntime) {
-        guard let session = leafSession else { return }
+        guard let session = session(for: leaf) else { return }
         detachLinks(leaf)
         nextLinkNumber += 1
         for kind in LeafLink.allCases where leaf.wantedLinks.contains(kind) {
@@ -458,6 +465,19 @@ final class Shard: @unchecked Sendable {
             roles[link.id] = .leaf(leaf.deviceID, kind)
             leaf.links[kind] = link
         }
+    }
+
+    /// The session the leaf's links go in on this connection: the one it had, else the newest with room, else a new one.
+    private func session(for leaf: LeafRuntime) -> AMQPSession? {
+        guard let connection, var sessions = leafSessions else { return nil }
+        if let i = sessionOfLeaf[leaf.deviceID] { return sessions[i].session }
+        if sessions.last.map({ $0.leaves >= Self.leavesPerSession }) ?? true {
+            sessions.append((connection.openSession(), 0))
+        }
+        sessions[sessions.count - 1].leaves += 1
+        sessionOfLeaf[leaf.deviceID] = sessions.count - 1
+        leafSessions = sessions
+        return sessions[sessions.count - 1].session
     }
 
     /// Closes the leaf's links and gives its telemetry back to the spool.

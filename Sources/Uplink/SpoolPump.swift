@@ -34,7 +34,7 @@ final class SpoolPump: Sendable {
 
     init(spool: Spool, coalesceTargetBytes: Int?, logger: Logger) {
         self.spool = spool
-        self.encoder = TelemetryEncoder(coalesceTargetBytes: coalesceTargetBytes, messageID: { [spool] in spool.messageID(for: $0) })
+        self.encoder = TelemetryEncoder(coalesceTargetBytes: coalesceTargetBytes, messageIDPrefix: spool.messageIDPrefix)
         self.logger = logger
     }
 

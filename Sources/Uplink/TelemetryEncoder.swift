@@ -14,89 +14,212 @@ struct OutgoingMessage: Sendable {
 
 /// Turns spool records into D2C messages (contract 2): the message-id comes from the record, so every retry and
 /// every restart sends the same id; `iothub-creation-time-utc` is the acquisition time.
+///
+/// Each message is written once, straight from the spooled envelope's bytes into its AMQP encoding
+/// (`TelemetryEnvelopeLayout` → `AMQPWriter`): no envelope decode, no value tree, no formatter. An envelope whose
+/// properties the hub would not take as they are (spooled before a rule existed, or by another writer) is decoded,
+/// sanitized and re-encoded first: the rare path.
+///
+/// Coalescing (`coalesceTargetBytes`): a leaf's JSON readings in one fetch become one JSON array per message, up to
+/// the target, gathered per leaf even when other leaves' records lie between them; in order, with the same content
+/// type, encoding and properties. Its message-id is `<id of the first record>-<sequence of the last>`.
 struct TelemetryEncoder {
     /// Coalescing target in bytes; nil = one message per record.
     var coalesceTargetBytes: Int?
-    var messageID: @Sendable (UInt64) -> String
+    /// Message ids are this prefix and the record's decimal sequence (`Spool.messageID(for:)`: `<epoch>-`).
+    var messageIDPrefix: [UInt8]
+
+    init(coalesceTargetBytes: Int?, messageIDPrefix: String) {
+        self.coalesceTargetBytes = coalesceTargetBytes.map { min($0, IoTHubAMQP.maxTelemetrySize - 1024) }
+        self.messageIDPrefix = Array(messageIDPrefix.utf8)
+    }
+
+    private struct Entry {
+        var record: Int
+        var payload: [UInt8]
+        var layout: TelemetryEnvelopeLayout
+    }
 
     /// Encodes `records` (per leaf in order). Records that are not telemetry envelopes, or that the hub could never
     /// accept (over 256 KB by its measure, a creation time it cannot read), come back in `invalid`: sending them
     /// would only be refused, or close the link.
     func encode(_ records: [SpoolRecord]) -> (messages: [OutgoingMessage], invalid: [UInt64]) {
-        var messages: [OutgoingMessage] = []
         var invalid: [UInt64] = []
-        var group: [(SpoolRecord, TelemetryEnvelope)] = []
-        var groupBytes = 0
-        func flush() {
-            guard !group.isEmpty else { return }
-            messages.append(group.count == 1 ? single(group[0].0, group[0].1) : coalesced(group))
-            group = []
-            groupBytes = 0
-        }
-        for record in records {
-            // The hub's rules once more (docs/message-rules.md): records spooled before a rule existed, or by
-            // another adapter, must not be refused for their format either.
-            guard var envelope = TelemetryEnvelope(decoding: record.payload), MessageRules.isPlausibleCreationTime(record.acquiredAtMs) else {
+        var entries: [Entry] = []
+        entries.reserveCapacity(records.count)
+        for (i, record) in records.enumerated() {
+            guard MessageRules.isPlausibleCreationTime(record.acquiredAtMs), let entry = Self.entry(i, record.payload),
+                  hubSize(entry, sequence: record.sequence) <= IoTHubAMQP.maxTelemetrySize
+            else {
                 invalid.append(record.sequence)
                 continue
             }
-            envelope.properties = MessageRules.sanitize(envelope.properties).properties
-            guard Self.hubSize(envelope, id: messageID(record.sequence)) <= IoTHubAMQP.maxTelemetrySize else {
-                invalid.append(record.sequence)
-                continue
-            }
-            guard let target = coalesceTargetBytes.map({ min($0, IoTHubAMQP.maxTelemetrySize - 1024) }), Self.isJSON(envelope) else {
-                flush()
-                messages.append(single(record, envelope))
-                continue
-            }
-            if let first = group.first, first.0.leaf != record.leaf || first.1.properties != envelope.properties
-                || groupBytes + envelope.body.count + 1 > target {
-                flush()
-            }
-            group.append((record, envelope))
-            groupBytes += envelope.body.count + 1
+            entries.append(entry)
         }
-        flush()
+        var messages: [OutgoingMessage] = []
+        messages.reserveCapacity(entries.count)
+        guard let target = coalesceTargetBytes else {
+            for e in entries { messages.append(message(records, [e])) }
+            return (messages, invalid)
+        }
+        // Per leaf, in the order leaves first appear; each leaf's records keep their order.
+        var slotOfLeaf: [String: Int] = [:]
+        var perLeaf: [[Entry]] = []
+        for e in entries {
+            let leaf = records[e.record].leaf
+            if let slot = slotOfLeaf[leaf] {
+                perLeaf[slot].append(e)
+            } else {
+                slotOfLeaf[leaf] = perLeaf.count
+                perLeaf.append([e])
+            }
+        }
+        for leafEntries in perLeaf {
+            var group: [Entry] = []
+            // The array's size: "[" and, per reading, its body and a "," or "]".
+            var groupBytes = 1
+            for e in leafEntries {
+                let joins = group.first.map { Self.canJoin($0, e) } ?? Self.isJSON(e)
+                if !group.isEmpty && (!joins || groupBytes + e.layout.body.count + 1 > target) {
+                    messages.append(message(records, group))
+                    group.removeAll(keepingCapacity: true)
+                    groupBytes = 1
+                }
+                group.append(e)
+                groupBytes += e.layout.body.count + 1
+                if !Self.isJSON(e) {
+                    messages.append(message(records, group))
+                    group.removeAll(keepingCapacity: true)
+                    groupBytes = 1
+                }
+            }
+            if !group.isEmpty { messages.append(message(records, group)) }
+        }
         return (messages, invalid)
     }
 
-    /// The hub's measure of the message one record makes (with its creation-time property).
-    static func hubSize(_ e: TelemetryEnvelope, id: String) -> Int {
-        MessageRules.hubSize(body: e.body.count, systemValues: [id, e.contentType, e.contentEncoding], properties: e.properties)
-            + IoTHubAMQP.creationTimeProperty.utf8.count + 24
-    }
-
-    private static func isJSON(_ e: TelemetryEnvelope) -> Bool {
-        e.contentType.lowercased().hasPrefix("application/json") && e.contentEncoding.lowercased() == "utf-8"
-    }
-
-    private func single(_ record: SpoolRecord, _ envelope: TelemetryEnvelope) -> OutgoingMessage {
-        let m = message(id: messageID(record.sequence), acquiredAtMs: record.acquiredAtMs, envelope: envelope, body: envelope.body)
-        return OutgoingMessage(leaf: record.leaf, sequences: [record.sequence], bytes: m, acquiredAtMs: record.acquiredAtMs)
-    }
-
-    /// Several JSON readings of one leaf as one JSON array. Its id names the record range it carries.
-    private func coalesced(_ group: [(SpoolRecord, TelemetryEnvelope)]) -> OutgoingMessage {
-        var body: [UInt8] = [UInt8(ascii: "[")]
-        for (i, (_, e)) in group.enumerated() {
-            if i > 0 { body.append(UInt8(ascii: ",")) }
-            body.append(contentsOf: e.body)
+    /// The record's envelope as it will be sent, or nil when it cannot be.
+    private static func entry(_ index: Int, _ payload: [UInt8]) -> Entry? {
+        guard let layout = payload.withUnsafeBytes({ TelemetryEnvelopeLayout($0) }) else { return nil }
+        guard layout.propertiesAreClean else {
+            // The hub's rules once more (docs/message-rules.md): fix the properties, then take the common path.
+            guard var envelope = TelemetryEnvelope(decoding: payload) else { return nil }
+            envelope.properties = MessageRules.sanitize(envelope.properties).properties
+            let fixed = envelope.encoded()
+            guard let again = fixed.withUnsafeBytes({ TelemetryEnvelopeLayout($0) }), again.propertiesAreClean, again.systemValuesAreASCII else { return nil }
+            return Entry(record: index, payload: fixed, layout: again)
         }
-        body.append(UInt8(ascii: "]"))
-        let first = group[0].0, last = group[group.count - 1].0
-        let id = messageID(first.sequence) + "-" + String(last.sequence)
-        let m = message(id: id, acquiredAtMs: first.acquiredAtMs, envelope: group[0].1, body: body)
-        return OutgoingMessage(leaf: first.leaf, sequences: group.map(\.0.sequence), bytes: m, acquiredAtMs: first.acquiredAtMs)
+        // Content type and encoding travel as AMQP symbols: ASCII only.
+        guard layout.systemValuesAreASCII else { return nil }
+        return Entry(record: index, payload: payload, layout: layout)
     }
 
-    private func message(id: String, acquiredAtMs: Int64, envelope: TelemetryEnvelope, body: [UInt8]) -> [UInt8] {
-        var m = AMQPMessage(data: body)
-        m.messageID = .string(id)
-        m.contentType = envelope.contentType
-        m.contentEncoding = envelope.contentEncoding
-        for (k, v) in envelope.properties { m.applicationProperties[k] = .string(v) }
-        m.applicationProperties[IoTHubAMQP.creationTimeProperty] = .string(WallClock.iso8601(milliseconds: acquiredAtMs))
-        return AMQPMessageCodec.encode(m)
+    /// The hub's measure of the message one record makes: body, message-id, content type and encoding, the
+    /// properties and the creation-time property.
+    private func hubSize(_ e: Entry, sequence: UInt64) -> Int {
+        e.layout.body.count + messageIDPrefix.count + Self.decimalDigits(sequence) + e.layout.contentType.count + e.layout.contentEncoding.count
+            + e.layout.propertyBytes + IoTHubAMQP.creationTimeProperty.utf8.count + WallClock.iso8601Length
+    }
+
+    private static func isJSON(_ e: Entry) -> Bool {
+        e.payload.withUnsafeBytes { p in
+            startsIgnoringCase(UnsafeRawBufferPointer(rebasing: p[e.layout.contentType]), "application/json")
+                && equalIgnoringCase(UnsafeRawBufferPointer(rebasing: p[e.layout.contentEncoding]), "utf-8")
+        }
+    }
+
+    private static func startsIgnoringCase(_ bytes: UnsafeRawBufferPointer, _ prefix: StaticString) -> Bool {
+        bytes.count >= prefix.utf8CodeUnitCount && equalIgnoringCase(UnsafeRawBufferPointer(rebasing: bytes[0 ..< prefix.utf8CodeUnitCount]), prefix)
+    }
+
+    private static func equalIgnoringCase(_ bytes: UnsafeRawBufferPointer, _ text: StaticString) -> Bool {
+        MessageRules.equalIgnoringCase(bytes, UnsafeRawBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
+    }
+
+    /// Same JSON kind, content type, encoding and properties: the readings can share one message.
+    private static func canJoin(_ a: Entry, _ b: Entry) -> Bool {
+        guard isJSON(b) else { return false }
+        return a.payload.withUnsafeBytes { pa in
+            b.payload.withUnsafeBytes { pb in
+                // Type, encoding and properties are contiguous in an envelope, ahead of the body.
+                pa[a.layout.contentType.lowerBound - 2 ..< a.layout.body.lowerBound].elementsEqual(pb[b.layout.contentType.lowerBound - 2 ..< b.layout.body.lowerBound])
+            }
+        }
+    }
+
+    /// One AMQP message for `group` (one leaf's entries in order; several only when coalescing JSON).
+    private func message(_ records: [SpoolRecord], _ group: [Entry]) -> OutgoingMessage {
+        let first = group[0], firstRecord = records[first.record]
+        let last = records[group[group.count - 1].record]
+        var bodyBytes = 0
+        for e in group { bodyBytes += e.layout.body.count }
+        if group.count > 1 { bodyBytes += group.count + 1 }  // brackets and commas
+        var w = AMQPWriter(reservingCapacity: bodyBytes + first.layout.body.lowerBound + 128)
+        first.payload.withUnsafeBytes { p in
+            // properties: message-id, user-id, to, subject, reply-to, correlation-id, content-type, content-encoding
+            w.descriptor(0x73)
+            let list = w.beginList()
+            let firstDigits = Self.decimalDigits(firstRecord.sequence)
+            let lastDigits = group.count > 1 ? Self.decimalDigits(last.sequence) : 0
+            w.string(count: messageIDPrefix.count + firstDigits + (group.count > 1 ? 1 + lastDigits : 0)) { out in
+                messageIDPrefix.withUnsafeBytes { out.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+                var at = messageIDPrefix.count
+                Self.writeDecimal(firstRecord.sequence, digits: firstDigits, to: out + at)
+                at += firstDigits
+                if group.count > 1 {
+                    out.storeBytes(of: UInt8(ascii: "-"), toByteOffset: at, as: UInt8.self)
+                    Self.writeDecimal(last.sequence, digits: lastDigits, to: out + at + 1)
+                }
+            }
+            for _ in 0..<5 { w.null() }
+            w.symbol(UnsafeRawBufferPointer(rebasing: p[first.layout.contentType]))
+            w.symbol(UnsafeRawBufferPointer(rebasing: p[first.layout.contentEncoding]))
+            w.end(list, count: 8)
+            // application-properties: the leaf's, then the creation time (the acquisition time of the first).
+            w.descriptor(0x74)
+            let map = w.beginMap()
+            TelemetryEnvelopeLayout.forEachProperty(in: p, first.layout.properties) { k, v in
+                w.string(k)
+                w.string(v)
+            }
+            w.string(IoTHubAMQP.creationTimeProperty)
+            w.string(count: WallClock.iso8601Length) { WallClock.writeISO8601(milliseconds: firstRecord.acquiredAtMs, to: $0) }
+            w.end(map, count: 2 * (first.layout.propertyCount + 1))
+            // data
+            w.descriptor(0x75)
+            if group.count == 1 {
+                w.binary(UnsafeRawBufferPointer(rebasing: p[first.layout.body]))
+            }
+        }
+        var sequences: [UInt64]
+        if group.count > 1 {
+            w.binaryHeader(count: bodyBytes)
+            w.raw(UInt8(ascii: "["))
+            sequences = []
+            sequences.reserveCapacity(group.count)
+            for (i, e) in group.enumerated() {
+                if i > 0 { w.raw(UInt8(ascii: ",")) }
+                e.payload.withUnsafeBytes { w.raw(UnsafeRawBufferPointer(rebasing: $0[e.layout.body])) }
+                sequences.append(records[e.record].sequence)
+            }
+            w.raw(UInt8(ascii: "]"))
+        } else {
+            sequences = [firstRecord.sequence]
+        }
+        return OutgoingMessage(leaf: firstRecord.leaf, sequences: sequences, bytes: w.take(), acquiredAtMs: firstRecord.acquiredAtMs)
+    }
+
+    static func decimalDigits(_ v: UInt64) -> Int {
+        var n = 1, v = v
+        while v >= 10 { v /= 10; n += 1 }
+        return n
+    }
+
+    private static func writeDecimal(_ value: UInt64, digits: Int, to out: UnsafeMutableRawPointer) {
+        var v = value
+        for i in stride(from: digits - 1, through: 0, by: -1) {
+            out.storeBytes(of: UInt8(truncatingIfNeeded: 48 + v % 10), toByteOffset: i, as: UInt8.self)
+            v /= 10
+        }
     }
 }

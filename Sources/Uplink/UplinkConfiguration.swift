@@ -63,6 +63,8 @@ public struct UplinkConfiguration: Sendable, Equatable {
     /// Coalesce a leaf's queued JSON readings into one JSON-array message up to this size; nil = one message per
     /// reading. The hub bills D2C in 4 KB units, so 4000 is a good value; the hub's limit is 256 KB.
     public var coalesceTargetBytes: Int?
+    /// What `coalesceTargetBytes` may be: one reading's worth up to the hub's limit less room for the properties.
+    public static let coalesceRange = 512...(IoTHubAMQP.maxTelemetrySize - 1024)
     /// How C2D messages a leaf cannot take now are held, retried and left in the hub's queue (one message in
     /// flight per leaf, hub order; docs/cloud-to-device.md). Default: held up to 50 s (the hub's lock is 60 s).
     public var cloudToDevice = CloudToDevicePolicy()

@@ -248,13 +248,18 @@ final class UplinkEngine: @unchecked Sendable {
         spoolLooksEmpty = false
     }
 
+    /// The most records one coalescing fetch takes (about 7 MB of 200 B readings): enough for 1000 leaves × 32.
+    static let maxRecordsPerFetch = 32_768
+
     /// Starts a pump job if none runs: settle, then fetch for the leaves that can send.
     func kickPump() {
         guard !pumpBusy else { return }
         var job = settlements
         settlements = SpoolPump.Job()
         if !stopping && !spoolLooksEmpty {
-            let perMessage = configuration.coalesceTargetBytes == nil ? 1 : 32
+            // Coalescing gathers per fetch: ask for as many records as a message can carry (200 B readings: ~20 in
+            // 4000 bytes), within a bound on what one fetch holds in memory.
+            let perMessage = configuration.coalesceTargetBytes.map { min(64, max(1, $0 / 128)) } ?? 1
             var outstanding = 0
             var budgets: [String: Int] = [:]
             let now = nowMs()
@@ -269,7 +274,7 @@ final class UplinkEngine: @unchecked Sendable {
             let capacity = configuration.maxInFlightTotal - outstanding
             if capacity > 0 && !budgets.isEmpty {
                 job.budgets = budgets
-                job.maxRecords = capacity * perMessage
+                job.maxRecords = min(capacity * perMessage, perMessage == 1 ? capacity : Self.maxRecordsPerFetch)
             }
         }
         guard job.hasSettlements || job.maxRecords > 0 else { return }

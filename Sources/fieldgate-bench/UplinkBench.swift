@@ -1,7 +1,9 @@
 import ArgumentParser
 import FieldgateCore
+import HubDeviceClient
 import HubServiceClient
 import IoTHub
+import ProtonAMQP
 import Logging
 import Spool
 import HubTunnel
@@ -47,12 +49,13 @@ struct UplinkBench: AsyncParsableCommand {
 
     struct Figures { var attachSeconds, rate, p50, p99, gatewayMicros, hubMicros, rssMB: Double }
 
+    /// `prefix`: arguments before `uplink-agent` (with `agent` a wrapper such as valgrind, the agent binary's path).
     static func runAgent(_ agent: String, hub: BenchHub, leaves: Int, mode: String, count: Int, rate: Int = 0, dir: String,
-                         extra: [String] = []) throws -> (ChildProcess, String) {
+                         extra: [String] = [], prefix: [String] = []) throws -> (ChildProcess, String) {
         let spoolDir = dir + "/spool-\(mode)-\(leaves)"
         let resultFile = dir + "/result-\(mode)-\(leaves)"
         _ = system("rm -rf '\(spoolDir)' '\(resultFile)' '\(resultFile).go'; mkdir -p '\(dir)'")
-        let child = try ChildProcess.spawn(agent, [
+        let child = try ChildProcess.spawn(agent, prefix + [
             "uplink-agent", "--port", String(hub.amqpsPort), "--ca", hub.caFile, "--keys", hub.keysFile, "--leaves", String(leaves),
             "--spool", spoolDir, "--mode", mode, "--count", String(count), "--rate", String(rate), "--result", resultFile,
         ] + extra)
@@ -63,12 +66,16 @@ struct UplinkBench: AsyncParsableCommand {
         try Self.runAgent(agent, hub: hub, leaves: leaves, mode: mode, count: count, rate: rate, dir: dir)
     }
 
-    struct Throughput { var attachSeconds, rate, gatewayMicros, hubMicros, rssMB: Double; var connections: Int }
+    struct Throughput { var attachSeconds, rate, gatewayMicros, hubMicros, rssMB: Double; var connections: Int; var hubMessages = 0 }
 
     /// `messages` readings as fast as the pipeline drains (the backlog bounded): msg/s, CPU per message on each
     /// side, the agent's RSS at the end.
-    static func throughput(hub: BenchHub, leaves n: Int, agent: String, messages: Int, dir: String, extra: [String] = []) async throws -> Throughput {
-        let (child, result) = try runAgent(agent, hub: hub, leaves: n, mode: "throughput", count: messages, dir: dir, extra: extra)
+    /// `mode`: `throughput` (fieldgate's spool and uplink) or `baseline` (the bare-Proton sender). With
+    /// `coalescing`, the hub counts fewer messages than readings: the run ends when the agent has drained its spool,
+    /// and `hubMessages` says how many messages carried the readings.
+    static func throughput(hub: BenchHub, leaves n: Int, agent: String, messages: Int, dir: String, extra: [String] = [],
+                           mode: String = "throughput", coalescing: Bool = false) async throws -> Throughput {
+        let (child, result) = try runAgent(agent, hub: hub, leaves: n, mode: mode, count: messages, dir: dir, extra: extra)
         defer { child.terminate() }
         let attach = try await waitForResult(result, key: "attached-ms", child: child)
         let connections = try await hub.connections()
@@ -76,14 +83,19 @@ struct UplinkBench: AsyncParsableCommand {
         let events0 = try await hub.acceptedEvents()
         let start = ContinuousClock.now
         try await hub.signal(result + ".go")
-        while try await hub.acceptedEvents() < events0 + messages {
-            guard child.isRunning() else { throw BenchError("the agent exited early") }
-            try await Task.sleep(for: .milliseconds(20))
+        if coalescing {
+            _ = try await waitForResult(result, key: "done", child: child, seconds: 600)
+        } else {
+            while try await hub.acceptedEvents() < events0 + messages {
+                guard child.isRunning() else { throw BenchError("the agent exited early") }
+                try await Task.sleep(for: .milliseconds(20))
+            }
         }
         let seconds = secondsSince(start)
         let gwCPU = child.cpuSeconds() - cpu0, hubCPU = hub.process.cpuSeconds() - hubCPU0
+        let hubMessages = try await hub.acceptedEvents() - events0
         return Throughput(attachSeconds: attach / 1000, rate: Double(messages) / seconds, gatewayMicros: gwCPU / Double(messages) * 1e6,
-                          hubMicros: hubCPU / Double(messages) * 1e6, rssMB: child.rssMB(), connections: connections)
+                          hubMicros: hubCPU / Double(messages) * 1e6, rssMB: child.rssMB(), connections: connections, hubMessages: hubMessages)
     }
 
     private func measure(hub: BenchHub, leaves n: Int, agent: String) async throws -> Figures {
@@ -215,13 +227,27 @@ struct UplinkAgent: AsyncParsableCommand {
     @Option var proxy: String?
     @Option var proxyUser: String?
     @Option var proxyPassword: String?
+    @Option var coalesceBytes: Int?
 
     /// The benchmark's reading: a 200 B JSON body in its spool envelope.
     static let reading = TelemetryEnvelope(
         body: Array(#"{"temperature":21.5,"humidity":60.2,"pressure":1013.2,"vibration":[0.01,0.02,0.03],"status":"ok","pad":"\#(String(repeating: "x", count: 94))"}"#.utf8),
         properties: ["kind": "bench"]).encoded()
 
+    /// The bench reading as fieldgate sends it (its creation time fixed): what the baseline sends.
+    static func readingMessage() -> [UInt8] {
+        let e = TelemetryEnvelope(decoding: reading)!
+        var m = AMQPMessage(data: e.body)
+        m.messageID = .string("0123456789abcdef-1000000")
+        m.contentType = e.contentType
+        m.contentEncoding = e.contentEncoding
+        for (k, v) in e.properties { m.applicationProperties[k] = .string(v) }
+        m.applicationProperties[IoTHubAMQP.creationTimeProperty] = .string(WallClock.iso8601(milliseconds: WallClock.nowMilliseconds()))
+        return AMQPMessageCodec.encode(m)
+    }
+
     func run() async throws {
+        if mode == "baseline" { return try await runBaseline() }
         var keyByDevice: [String: String] = [:]
         var policyKey = ""
         for line in (ChildProcess.readFile(keys) ?? "").split(separator: "\n") {
@@ -243,6 +269,7 @@ struct UplinkAgent: AsyncParsableCommand {
         config.port = port
         config.transport = .tls(.init(caFile: ca))
         config.attachesPerSecond = nil
+        config.coalesceTargetBytes = coalesceBytes
         if transport == "websocket" {
             config.route = .webSocket
             config.webSocket.port = httpsPort ?? 443
@@ -276,6 +303,11 @@ struct UplinkAgent: AsyncParsableCommand {
                 uplink.wake()
             }
             while store.statistics().depth > 0 { try await Task.sleep(for: .milliseconds(5)) }
+        case "backlog":
+            // The whole backlog in one append: the uplink finds every leaf's readings queued at once, as after an outage.
+            _ = try store.append(batch(count))
+            uplink.wake()
+            while store.statistics().depth > 0 { try await Task.sleep(for: .milliseconds(5)) }
         case "latency":
             let perTick = max(1, rate / 100)
             var tick = ContinuousClock.now
@@ -290,12 +322,50 @@ struct UplinkAgent: AsyncParsableCommand {
             throw BenchError("unknown mode \(mode)")
         }
         report("done=1")
-        if mode == "throughput" {
+        if mode == "throughput" || mode == "backlog" {
             // Stay (connected, memory as it was) until the parent has read the figures and ends this process.
             for _ in 0..<600 where getppid() != 1 { try await Task.sleep(for: .milliseconds(100)) }
         }
         await uplink.stop()
         store.close()
+    }
+
+    /// The baseline: one TLS connection with the same leaves' telemetry links, the same hub and credit, sending one
+    /// pre-encoded message over and over; no spool, no encoding, no uplink logic.
+    private func runBaseline() async throws {
+        var keyByDevice: [String: String] = [:]
+        var policy: ConnectionString?
+        for line in (ChildProcess.readFile(keys) ?? "").split(separator: "\n") {
+            let parts = line.split(separator: " ", maxSplits: 1).map(String.init)
+            guard parts.count == 2 else { continue }
+            if parts[0] == "policy" { policy = try? ConnectionString(parsing: parts[1]) } else { keyByDevice[parts[0]] = parts[1] }
+        }
+        let reactor = AMQPReactor()
+        let start = ContinuousClock.now
+        let c = try await DeviceConnection.connect(reactor: reactor, host: "127.0.0.1", port: port, hostName: "localhost",
+                                                   tls: AMQPClientTLS(trustedCAFile: ca, peerHostname: "localhost"))
+        let ids = (0..<leaves).map { "bench-\($0)" }
+        if leaves <= 995 {
+            for id in ids {
+                let (status, d) = try await c.authenticate(deviceId: id, key: keyByDevice[id] ?? "")
+                guard status == 200 else { throw BenchError("put-token \(status) \(d)") }
+            }
+        } else if let policy {
+            let token = try SASToken.generate(resourceURI: "localhost/devices", key: policy.sharedAccessKey,
+                                              expiry: WallClock.nowMilliseconds() / 1000 + 3600, keyName: policy.sharedAccessKeyName)
+            let (status, d) = try await c.putToken(token, audience: "localhost/devices")
+            guard status == 200 else { throw BenchError("put-token \(status) \(d)") }
+        }
+        for id in ids { try await c.attachTelemetry(deviceId: id) }
+        report("attached-ms=\(Int(secondsSince(start) * 1000))")
+        while access(result + ".go", F_OK) != 0 { try await Task.sleep(for: .milliseconds(5)) }
+        // The uplink's defaults: 64 unsettled per leaf, 2000 on the connection.
+        let perLink = max(1, min(64, 2000 / leaves))
+        _ = try await c.stream(Self.readingMessage(), deviceIds: ids, total: count, limitPerLink: perLink)
+        report("done=1")
+        for _ in 0..<600 where getppid() != 1 { try await Task.sleep(for: .milliseconds(100)) }
+        c.close()
+        await reactor.shutdown()
     }
 
     private func report(_ line: String) {

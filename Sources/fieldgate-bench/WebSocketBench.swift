@@ -45,7 +45,6 @@ struct WebSocketBench: AsyncParsableCommand {
                 try await Task.sleep(for: .seconds(1))  // the previous agent's connection closes at the hub
             }
         }
-        func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
         let base = results["AMQPS"]!
         print("\nmedians and ratios to AMQPS (target: WebSocket within 15 % on each)")
         print("transport      msg/s   ratio  gw CPU µs/msg  ratio  gw RSS MB  ratio")

@@ -202,6 +202,15 @@ struct GatewayConfigTests {
         #expect(problems(#"websocket_path = "ws""#).contains("start with /"))
     }
 
+    @Test func coalescingIsConfigurable() throws {
+        let base = "[hub]\nhost = \"h\"\n[gateway]\ndevice_id = \"gw\"\n"
+        #expect(try load(base).get().uplink.coalesceTargetBytes == nil, "off by default")
+        #expect(try load(base + "[uplink]\ncoalesce_bytes = 4000\n").get().uplink.coalesceTargetBytes == 4000)
+        #expect(try load(base + "[uplink]\ncoalesce_bytes = 0\n").get().uplink.coalesceTargetBytes == nil)
+        guard case .failure(let e) = load(base + "[uplink]\ncoalesce_bytes = 300000\n") else { Issue.record("accepted"); return }
+        #expect("\(e)".contains(":6:") && "\(e)".contains("uplink.coalesce_bytes must be 0 (off) or 512 to 261120"), "\(e)")
+    }
+
     @Test func integerWhereANumberIsExpected() throws {
         let s = try load(valid.replacing("[gateway]\n", with: "attaches_per_second = 20\n[gateway]\n")).get()
         #expect(s.uplink.attachesPerSecond == 20)

@@ -241,7 +241,7 @@ struct TelemetryEncodingTests {
     }
 
     @Test func oneMessagePerRecordWithStableIdentity() throws {
-        let encoder = TelemetryEncoder(coalesceTargetBytes: nil, messageID: { "epoch-\($0)" })
+        let encoder = TelemetryEncoder(coalesceTargetBytes: nil, messageIDPrefix: "epoch-")
         let (messages, invalid) = encoder.encode([record(7, body: "{}"), SpoolRecord(leaf: "d1", sequence: 8, acquiredAtMs: 0, payload: [9, 9])])
         #expect(invalid == [8])
         let m = try AMQPMessageCodec.decode(messages[0].bytes)
@@ -254,7 +254,7 @@ struct TelemetryEncodingTests {
     }
 
     @Test func coalescesJSONPerLeafUpToTheTarget() throws {
-        let encoder = TelemetryEncoder(coalesceTargetBytes: 20, messageID: { "e-\($0)" })
+        let encoder = TelemetryEncoder(coalesceTargetBytes: 20, messageIDPrefix: "e-")
         let records = [
             record(1, body: #"{"a":1}"#), record(2, body: #"{"a":2}"#), record(3, body: #"{"a":3}"#),  // 8+8 fit, the 3rd not
             record(4, leaf: "d2", body: #"{"b":1}"#),

@@ -39,7 +39,7 @@ struct MessageRulesTests {
         var rng = SplitMix(seed: 0x18_02)
         let alphabet: [String] = ["a", "Z", "9", " ", "\t", "\n", "°", "ü", "$", "%", "-", "_", ":", "/", "\u{7F}", "\u{0}", "é", "€", "😀", "~", "`", "|", "\"", "iothub-", "IOTHUB-", "Level", "level"]
         func text() -> String { (0..<Int(rng.next() % 6)).map { _ in alphabet[Int(rng.next() % UInt64(alphabet.count))] }.joined() }
-        let encoder = TelemetryEncoder(coalesceTargetBytes: nil, messageID: { "fuzz-\($0)" })
+        let encoder = TelemetryEncoder(coalesceTargetBytes: nil, messageIDPrefix: "fuzz-")
         var checked = 0
         for round in 0..<20_000 {
             var properties: [String: String] = [:]

@@ -1,0 +1,150 @@
+import FieldgateCore
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension Spool {
+    /// Up to `max` records, per leaf in order, taking leaves in turn (round-robin) and skipping `excluding`
+    /// (leaves that are backing off). Records stay in flight until acknowledged, released or dead-lettered.
+    public func next(max: Int, excluding: Set<String> = [], nowMs: Int64 = WallClock.nowMilliseconds()) throws(SpoolError) -> [SpoolRecord] {
+        try next(max: max, nowMs: nowMs) { !excluding.contains($0) }
+    }
+
+    /// Up to `max` records, per leaf in order, leaves in turn; `admit(leaf)` is asked before each record is taken
+    /// (under the spool's lock, so keep it cheap): the uplink uses it to give each ready leaf its own budget.
+    ///
+    /// The records are picked first, then read with one `pread` per run of nearby records (`ReadPlan`): a batch
+    /// of records appended together is one read, not two per record.
+    public func next(max: Int, nowMs: Int64 = WallClock.nowMilliseconds(), admit: (String) -> Bool) throws(SpoolError) -> [SpoolRecord] {
+        try withState { s throws(SpoolError) -> [SpoolRecord] in
+            var out: [SpoolRecord] = []
+            // Records lost to corruption or TTL leave holes: pick again for them, a bounded number of times.
+            for _ in 0..<4 where out.count < max {
+                var picked: [RecordLocation] = []
+                var idleRounds = 0
+                while picked.count < max - out.count, s.leaves.count > 0, idleRounds < s.leaves.count {
+                    s.roundRobin %= s.leaves.count
+                    let slot = Int32(s.roundRobin)
+                    s.roundRobin += 1
+                    guard s.leaves[slot].hasQueued, admit(s.leaves[slot].name), let location = s.leaves.popFront(slot) else {
+                        idleRounds += 1
+                        continue
+                    }
+                    idleRounds = 0
+                    picked.append(location)
+                }
+                guard !picked.isEmpty else { break }
+                let records = try read(picked, s)
+                var expired: [UInt64: RecordLocation] = [:]
+                for (location, record) in zip(picked, records) {
+                    guard let record else { unreadable(location, &s); continue }
+                    if let ttl = configuration.ttlMilliseconds, nowMs - record.acquiredAtMs > ttl {
+                        expired[record.sequence] = location
+                        continue
+                    }
+                    s.inFlight[record.sequence] = location
+                    out.append(record)
+                }
+                guard !expired.isEmpty else { break }
+                try settle(Array(expired.keys), locations: expired, reason: .ttl, &s)
+            }
+            return out
+        }
+    }
+
+    /// Removes the leaf's oldest queued (not in-flight) record, for the per-leaf cap.
+    func popQueued(_ slot: Int32, _ s: inout State) -> (sequence: UInt64, location: RecordLocation)? {
+        while let location = s.leaves.popFront(slot) {
+            guard let r = try? read([location], s)[0] else { unreadable(location, &s); continue }
+            return (r.sequence, location)
+        }
+        return nil
+    }
+
+    /// A record an index listed whose bytes no longer pass their CRC (bit rot in a sealed segment): counted as a
+    /// corrupt region, and the segment's index removed so the next open scans it and quarantines the damage.
+    func unreadable(_ location: RecordLocation, _ s: inout State) {
+        s.corruptRegions += 1
+        s.leaves.adjustDepth(location.slot, by: -1)
+        if let i = s.segments.firstIndex(where: { $0.id == location.segment }) {
+            s.segments[i].live -= 1
+            if !isReadOnly {  // an inspection changes nothing on disk
+                Directory.remove(SegmentIndex.path(ofSegment: s.segments[i].path))
+                s.segments[i].indexBytes = 0
+            }
+        }
+        logger.warning("spool: a record of \(s.leaves[location.slot].name) at \(location.offset) in segment \(location.segment) is corrupt; skipped and counted")
+    }
+
+    /// The records at `locations`, in their order; nil where the bytes do not decode (or the segment is gone).
+    func read(_ locations: [RecordLocation], _ s: State) throws(SpoolError) -> [SpoolRecord?] {
+        var out = [SpoolRecord?](repeating: nil, count: locations.count)
+        for run in ReadPlan(locations).runs {
+            guard let seg = s.segments.first(where: { $0.id == run.segment }) else { continue }
+            let start = run.firstOffset
+            // Past the last record's start: its frame, guessed; a longer frame is read again on its own below.
+            let end = Swift.min(seg.size, run.lastOffset + ReadPlan.tailGuess)
+            guard end > start else { continue }
+            let bytes = try seg.handle.read(offset: start, count: end - start)
+            for member in run.members {
+                let at = Int(locations[member].offset) - start
+                switch RecordCodec.decode(bytes, at: at) {
+                case .record(let r, _): out[member] = r
+                case .truncated:
+                    let frame = try readFrame(seg, offset: Int(locations[member].offset))
+                    if case .record(let r, _)? = frame.map({ RecordCodec.decode($0) }) { out[member] = r }
+                case .corrupt: break
+                }
+            }
+        }
+        return out
+    }
+
+    /// One frame on its own: its length first, then the rest.
+    private func readFrame(_ seg: Segment, offset: Int) throws(SpoolError) -> [UInt8]? {
+        let header = try seg.handle.read(offset: offset, count: RecordCodec.prefixSize)
+        guard header.count == RecordCodec.prefixSize else { return nil }
+        let length = header.withUnsafeBytes { Int(RecordCodec.read32($0, 0)) }
+        guard length <= RecordCodec.maxRecordSize else { return nil }
+        return try seg.handle.read(offset: offset, count: RecordCodec.prefixSize + length)
+    }
+}
+
+/// Groups record locations into runs that one `pread` each can cover: same segment, ascending offsets, spanning at
+/// most `maxSpan` bytes. Pure.
+struct ReadPlan {
+    struct Run: Equatable {
+        var segment: UInt32
+        var firstOffset: Int
+        var lastOffset: Int
+        /// Indexes into the locations given.
+        var members: [Int]
+    }
+
+    /// Bytes read past the start of a run's last record: most readings' frames are far smaller.
+    static let tailGuess = 4096
+    /// The largest stretch one read covers (gaps between picked records are read too).
+    static let maxSpan = 1 << 20
+
+    let runs: [Run]
+
+    init(_ locations: [RecordLocation]) {
+        let order = locations.indices.sorted {
+            (locations[$0].segment, locations[$0].offset) < (locations[$1].segment, locations[$1].offset)
+        }
+        var runs: [Run] = []
+        for i in order {
+            let l = locations[i]
+            let offset = Int(l.offset)
+            if let last = runs.last, last.segment == l.segment, offset - last.firstOffset + Self.tailGuess <= Self.maxSpan {
+                runs[runs.count - 1].lastOffset = offset
+                runs[runs.count - 1].members.append(i)
+            } else {
+                runs.append(Run(segment: l.segment, firstOffset: offset, lastOffset: offset, members: [i]))
+            }
+        }
+        self.runs = runs
+    }
+}

@@ -1,15 +1,34 @@
-/// Writes AMQP 1.0 encodings (§1.6 of the standard) straight into bytes: no value tree and no Proton data tree in
-/// between. The uplink builds every telemetry message with it, once, in the bytes the link sends; `AMQPMessageCodec`
-/// stays the general codec (and decodes what this writes: the tests hold the two to each other).
+/// Writes AMQP 1.0 encodings (§1.6 of the standard) straight into the bytes of the array that leaves it: no value
+/// tree, no Proton data tree, no growing buffer in between. The uplink builds every telemetry message with it, once;
+/// `AMQPMessageCodec` stays the general codec (and decodes what this writes: the tests hold the two to each other).
 ///
-/// Lists and maps use their 32-bit forms so that their size and count can be filled in once the elements are
-/// written; strings, symbols and binaries their 8-bit forms when they fit.
+/// `AMQPWriter.bytes(capacity:)` hands the writer uninitialized storage of `capacity` bytes; writing past it is a
+/// programming error and traps. Lists and maps use their 32-bit forms so that their size and count can be filled in
+/// once the elements are written; strings, symbols and binaries their 8-bit forms when they fit.
 public struct AMQPWriter {
-    public private(set) var bytes: [UInt8]
+    private let base: UnsafeMutableRawPointer
+    private let capacity: Int
+    public private(set) var count = 0
 
-    public init(reservingCapacity capacity: Int = 512) {
-        bytes = []
-        bytes.reserveCapacity(capacity)
+    /// The bytes `write` produces, in an array of at most `capacity` bytes.
+    public static func bytes(capacity: Int, _ write: (inout AMQPWriter) -> Void) -> [UInt8] {
+        [UInt8](unsafeUninitializedCapacity: capacity) { buffer, initialized in
+            var w = AMQPWriter(base: UnsafeMutableRawPointer(buffer.baseAddress!), capacity: capacity)
+            write(&w)
+            initialized = w.count
+        }
+    }
+
+    /// The most header bytes one string, symbol or binary adds to its content.
+    public static let variableHeaderBytes = 5
+    /// The bytes a list or map adds besides its elements.
+    public static let compoundHeaderBytes = 9
+    /// The bytes of a small-ulong descriptor.
+    public static let descriptorBytes = 3
+
+    private init(base: UnsafeMutableRawPointer, capacity: Int) {
+        self.base = base
+        self.capacity = capacity
     }
 
     /// Where an open list or map starts; `end` fills in its size and count.
@@ -17,19 +36,29 @@ public struct AMQPWriter {
         fileprivate let start: Int
     }
 
-    /// Hands the bytes over and leaves the writer empty.
-    public mutating func take() -> [UInt8] {
-        defer { bytes = [] }
-        return bytes
+    @inline(__always)
+    private mutating func room(_ n: Int) -> UnsafeMutableRawPointer {
+        precondition(count + n <= capacity, "AMQPWriter: \(count + n) bytes do not fit in \(capacity)")
+        defer { count += n }
+        return base + count
     }
 
-    public mutating func null() { bytes.append(0x40) }
+    public mutating func raw(_ byte: UInt8) { room(1).storeBytes(of: byte, as: UInt8.self) }
+
+    /// Bytes as they are, after a header that announced them.
+    public mutating func raw(_ data: UnsafeRawBufferPointer) {
+        guard let source = data.baseAddress, data.count > 0 else { return }
+        room(data.count).copyMemory(from: source, byteCount: data.count)
+    }
+
+    public mutating func null() { raw(0x40) }
 
     /// The descriptor of a described value with a small ulong code (the message section codes are 0x70–0x78).
     public mutating func descriptor(_ code: UInt8) {
-        bytes.append(0x00)
-        bytes.append(0x53)
-        bytes.append(code)
+        let p = room(3)
+        p.storeBytes(of: 0x00, as: UInt8.self)
+        p.storeBytes(of: 0x53, toByteOffset: 1, as: UInt8.self)
+        p.storeBytes(of: code, toByteOffset: 2, as: UInt8.self)
     }
 
     public mutating func string(_ utf8: UnsafeRawBufferPointer) { variable(utf8, short: 0xA1, long: 0xB1) }
@@ -47,56 +76,45 @@ public struct AMQPWriter {
     }
 
     /// A string whose bytes are written by `fill` (exactly `count` of them), e.g. digits or a timestamp.
-    public mutating func string(count: Int, _ fill: (UnsafeMutableRawPointer) -> Void) {
-        header(count: count, short: 0xA1, long: 0xB1)
-        let at = bytes.count
-        bytes.append(contentsOf: repeatElement(0, count: count))
-        bytes.withUnsafeMutableBytes { fill($0.baseAddress! + at) }
+    public mutating func string(count n: Int, _ fill: (UnsafeMutableRawPointer) -> Void) {
+        header(count: n, short: 0xA1, long: 0xB1)
+        fill(room(n))
     }
 
-    /// A binary value of `count` bytes that the caller appends next with `raw` (e.g. a body made of several parts).
-    public mutating func binaryHeader(count: Int) { header(count: count, short: 0xA0, long: 0xB0) }
-
-    /// Bytes as they are, after a header that announced them.
-    public mutating func raw(_ data: UnsafeRawBufferPointer) { bytes.append(contentsOf: data) }
-    public mutating func raw(_ byte: UInt8) { bytes.append(byte) }
+    /// A binary value of `count` bytes that the caller writes next with `raw` (e.g. a body made of several parts).
+    public mutating func binaryHeader(count n: Int) { header(count: n, short: 0xA0, long: 0xB0) }
 
     public mutating func beginList() -> Compound { begin(0xD0) }
     public mutating func beginMap() -> Compound { begin(0xD1) }
 
     /// Closes a list (`count` elements) or map (`count` = keys + values).
-    public mutating func end(_ compound: Compound, count: Int) {
+    public mutating func end(_ compound: Compound, count elements: Int) {
         // size counts the bytes after the size field: the count field and the elements.
-        let size = UInt32(bytes.count - compound.start - 5)
-        bytes.withUnsafeMutableBytes { raw in
-            raw.storeBytes(of: size.bigEndian, toByteOffset: compound.start + 1, as: UInt32.self)
-            raw.storeBytes(of: UInt32(count).bigEndian, toByteOffset: compound.start + 5, as: UInt32.self)
-        }
+        let size = UInt32(count - compound.start - 5)
+        (base + compound.start + 1).storeBytes(of: size.bigEndian, as: UInt32.self)
+        (base + compound.start + 5).storeBytes(of: UInt32(elements).bigEndian, as: UInt32.self)
     }
 
     private mutating func begin(_ code: UInt8) -> Compound {
-        let start = bytes.count
-        bytes.append(code)
-        bytes.append(contentsOf: repeatElement(0, count: 8))
+        let start = count
+        room(9).storeBytes(of: code, as: UInt8.self)
         return Compound(start: start)
     }
 
     private mutating func variable(_ data: UnsafeRawBufferPointer, short: UInt8, long: UInt8) {
         header(count: data.count, short: short, long: long)
-        bytes.append(contentsOf: data)
+        raw(data)
     }
 
-    private mutating func header(count: Int, short: UInt8, long: UInt8) {
-        if count <= 0xFF {
-            bytes.append(short)
-            bytes.append(UInt8(count))
+    private mutating func header(count n: Int, short: UInt8, long: UInt8) {
+        if n <= 0xFF {
+            let p = room(2)
+            p.storeBytes(of: short, as: UInt8.self)
+            p.storeBytes(of: UInt8(n), toByteOffset: 1, as: UInt8.self)
         } else {
-            bytes.append(long)
-            let n = UInt32(count)
-            bytes.append(UInt8(truncatingIfNeeded: n >> 24))
-            bytes.append(UInt8(truncatingIfNeeded: n >> 16))
-            bytes.append(UInt8(truncatingIfNeeded: n >> 8))
-            bytes.append(UInt8(truncatingIfNeeded: n))
+            let p = room(5)
+            p.storeBytes(of: long, as: UInt8.self)
+            (p + 1).storeBytes(of: UInt32(n).bigEndian, as: UInt32.self)
         }
     }
 }

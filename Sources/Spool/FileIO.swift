@@ -43,18 +43,23 @@ struct FileHandle {
     }
 
     func read(offset: Int, count: Int) throws(SpoolError) -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: count)
-        var done = 0
-        while done < count {
-            let n = out.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, count - done, off_t(offset + done)) }
-            if n < 0 {
-                if Glibc.errno == EINTR { continue }
-                throw SpoolError(.io, "cannot read \(path)", errno: Glibc.errno)
+        var failure: Int32?
+        // Uninitialized storage: only what pread filled is kept.
+        let out = [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+            var done = 0
+            while done < count {
+                let n = pread(fd, buffer.baseAddress! + done, count - done, off_t(offset + done))
+                if n < 0 {
+                    if Glibc.errno == EINTR { continue }
+                    failure = Glibc.errno
+                    break
+                }
+                if n == 0 { break }
+                done += n
             }
-            if n == 0 { break }
-            done += n
+            initialized = done
         }
-        if done < count { out.removeSubrange(done...) }
+        if let failure { throw SpoolError(.io, "cannot read \(path)", errno: failure) }
         return out
     }
 

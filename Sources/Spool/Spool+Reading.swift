@@ -17,7 +17,23 @@ extension Spool {
     ///
     /// The records are picked first, then read with one `pread` per run of nearby records (`ReadPlan`): a batch
     /// of records appended together is one read, not two per record.
-    public func next(max: Int, nowMs: Int64 = WallClock.nowMilliseconds(), admit: (String) -> Bool) throws(SpoolError) -> [SpoolRecord] {
+    ///
+    /// `quantum`: records taken from one leaf per turn (the uplink's coalescing asks for a message's worth, so a
+    /// small fetch still fills whole messages for a few leaves rather than carrying a reading or two for each).
+    public func next(max: Int, quantum: Int = 1, nowMs: Int64 = WallClock.nowMilliseconds(), admit: (String) -> Bool) throws(SpoolError) -> [SpoolRecord] {
+        try next(max: max, quantum: quantum, nowMs: nowMs) { _, leaf, wanted in
+            var granted = 0
+            while granted < wanted, admit(leaf) { granted += 1 }
+            return granted
+        }
+    }
+
+    /// The same, asking once per turn: `grant(slot, leaf, wanted)` says how many of up to `wanted` records the leaf
+    /// may give now (a leaf with fewer queued gives what it has). `slot` numbers the leaf for the spool's lifetime
+    /// (0, 1, … in order of first appearance), so a caller can keep per-leaf state in an array instead of hashing
+    /// the name for every record.
+    public func next(max: Int, quantum: Int = 1, nowMs: Int64 = WallClock.nowMilliseconds(),
+                     grant: (_ slot: Int, _ leaf: String, _ wanted: Int) -> Int) throws(SpoolError) -> [SpoolRecord] {
         try withState { s throws(SpoolError) -> [SpoolRecord] in
             var out: [SpoolRecord] = []
             // Records lost to corruption or TTL leave holes: pick again for them, a bounded number of times.
@@ -28,12 +44,15 @@ extension Spool {
                     s.roundRobin %= s.leaves.count
                     let slot = Int32(s.roundRobin)
                     s.roundRobin += 1
-                    guard s.leaves[slot].hasQueued, admit(s.leaves[slot].name), let location = s.leaves.popFront(slot) else {
-                        idleRounds += 1
-                        continue
+                    var taken = 0
+                    if s.leaves[slot].hasQueued {
+                        let granted = grant(Int(slot), s.leaves[slot].name, Swift.min(quantum, max - out.count - picked.count))
+                        while taken < granted, let location = s.leaves.popFront(slot) {
+                            picked.append(location)
+                            taken += 1
+                        }
                     }
-                    idleRounds = 0
-                    picked.append(location)
+                    idleRounds = taken == 0 ? idleRounds + 1 : 0
                 }
                 guard !picked.isEmpty else { break }
                 let records = try read(picked, s)
@@ -131,6 +150,18 @@ struct ReadPlan {
     let runs: [Run]
 
     init(_ locations: [RecordLocation]) {
+        // The common case needs no sort: every record in one segment, within one read's span.
+        if let first = locations.first, locations.allSatisfy({ $0.segment == first.segment }) {
+            var low = first.offset, high = first.offset
+            for l in locations {
+                low = Swift.min(low, l.offset)
+                high = Swift.max(high, l.offset)
+            }
+            if Int(high - low) + Self.tailGuess <= Self.maxSpan {
+                runs = [Run(segment: first.segment, firstOffset: Int(low), lastOffset: Int(high), members: Array(locations.indices))]
+                return
+            }
+        }
         let order = locations.indices.sorted {
             (locations[$0].segment, locations[$0].offset) < (locations[$1].segment, locations[$1].offset)
         }

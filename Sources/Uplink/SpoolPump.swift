@@ -14,6 +14,8 @@ final class SpoolPump: Sendable {
         /// Records each leaf may take now (ready leaves only).
         var budgets: [String: Int] = [:]
         var maxRecords = 0
+        /// Records taken from one leaf per turn: a message's worth when coalescing.
+        var quantum = 1
 
         var hasSettlements: Bool { !acknowledged.isEmpty || !released.isEmpty || !rejected.isEmpty }
     }
@@ -61,11 +63,14 @@ final class SpoolPump: Sendable {
             if !job.acknowledged.isEmpty { try spool.acknowledge(job.acknowledged) }
             if !job.rejected.isEmpty { try spool.deadLetter(job.rejected) }
             guard job.maxRecords > 0 else { return result }
-            var budgets = job.budgets
-            let records = try spool.next(max: job.maxRecords) { leaf in
-                guard let left = budgets[leaf], left > 0 else { return false }
-                budgets[leaf] = left - 1
-                return true
+            // Budgets by the spool's leaf slot: the name is looked up once per leaf and fetch, not per record.
+            var bySlot: [Int] = []
+            let records = try spool.next(max: job.maxRecords, quantum: job.quantum) { slot, leaf, wanted in
+                if slot >= bySlot.count { bySlot.append(contentsOf: repeatElement(-1, count: slot + 1 - bySlot.count)) }
+                if bySlot[slot] < 0 { bySlot[slot] = job.budgets[leaf] ?? 0 }
+                let granted = min(wanted, bySlot[slot])
+                bySlot[slot] -= granted
+                return granted
             }
             let (messages, invalid) = encoder.encode(records)
             if !invalid.isEmpty {

@@ -3,6 +3,10 @@ import IoTHub
 import ProtonAMQP
 import Spool
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// One D2C message ready to send: the spool records it carries and its AMQP encoding.
 struct OutgoingMessage: Sendable {
     var leaf: String
@@ -38,6 +42,8 @@ struct TelemetryEncoder {
         var record: Int
         var payload: [UInt8]
         var layout: TelemetryEnvelopeLayout
+        /// JSON in UTF-8: it may share a coalesced message.
+        var isJSON = false
     }
 
     /// Encodes `records` (per leaf in order). Records that are not telemetry envelopes, or that the hub could never
@@ -47,14 +53,17 @@ struct TelemetryEncoder {
         var invalid: [UInt64] = []
         var entries: [Entry] = []
         entries.reserveCapacity(records.count)
+        var previous: Entry?
         for (i, record) in records.enumerated() {
-            guard MessageRules.isPlausibleCreationTime(record.acquiredAtMs), let entry = Self.entry(i, record.payload),
+            guard MessageRules.isPlausibleCreationTime(record.acquiredAtMs),
+                  let entry = Self.sameHeader(as: previous, i, record.payload) ?? Self.entry(i, record.payload),
                   hubSize(entry, sequence: record.sequence) <= IoTHubAMQP.maxTelemetrySize
             else {
                 invalid.append(record.sequence)
                 continue
             }
             entries.append(entry)
+            previous = entry
         }
         var messages: [OutgoingMessage] = []
         messages.reserveCapacity(entries.count)
@@ -62,15 +71,21 @@ struct TelemetryEncoder {
             for e in entries { messages.append(message(records, [e])) }
             return (messages, invalid)
         }
-        // Per leaf, in the order leaves first appear; each leaf's records keep their order.
+        // Per leaf, in the order leaves first appear; each leaf's records keep their order. A fetch hands out runs
+        // of one leaf's records, so the last leaf's slot is tried before the table.
         var slotOfLeaf: [String: Int] = [:]
         var perLeaf: [[Entry]] = []
+        var last: (leaf: String, slot: Int)?
         for e in entries {
             let leaf = records[e.record].leaf
-            if let slot = slotOfLeaf[leaf] {
+            if let last, last.leaf == leaf {
+                perLeaf[last.slot].append(e)
+            } else if let slot = slotOfLeaf[leaf] {
                 perLeaf[slot].append(e)
+                last = (leaf, slot)
             } else {
                 slotOfLeaf[leaf] = perLeaf.count
+                last = (leaf, perLeaf.count)
                 perLeaf.append([e])
             }
         }
@@ -79,7 +94,7 @@ struct TelemetryEncoder {
             // The array's size: "[" and, per reading, its body and a "," or "]".
             var groupBytes = 1
             for e in leafEntries {
-                let joins = group.first.map { Self.canJoin($0, e) } ?? Self.isJSON(e)
+                let joins = group.first.map { Self.canJoin($0, e) } ?? e.isJSON
                 if !group.isEmpty && (!joins || groupBytes + e.layout.body.count + 1 > target) {
                     messages.append(message(records, group))
                     group.removeAll(keepingCapacity: true)
@@ -87,7 +102,7 @@ struct TelemetryEncoder {
                 }
                 group.append(e)
                 groupBytes += e.layout.body.count + 1
-                if !Self.isJSON(e) {
+                if !e.isJSON {
                     messages.append(message(records, group))
                     group.removeAll(keepingCapacity: true)
                     groupBytes = 1
@@ -96,6 +111,18 @@ struct TelemetryEncoder {
             if !group.isEmpty { messages.append(message(records, group)) }
         }
         return (messages, invalid)
+    }
+
+    /// A leaf's readings mostly share content type, encoding and properties byte for byte: then the layout (and
+    /// what was checked of it) is the previous record's, with its own body.
+    private static func sameHeader(as previous: Entry?, _ index: Int, _ payload: [UInt8]) -> Entry? {
+        guard let previous, previous.payload.count >= previous.layout.body.lowerBound, payload.count >= previous.layout.body.lowerBound else { return nil }
+        let header = previous.layout.body.lowerBound
+        let same = previous.payload.withUnsafeBytes { a in payload.withUnsafeBytes { b in memcmp(a.baseAddress!, b.baseAddress!, header) == 0 } }
+        guard same else { return nil }
+        var layout = previous.layout
+        layout.body = header ..< payload.count
+        return Entry(record: index, payload: payload, layout: layout, isJSON: previous.isJSON)
     }
 
     /// The record's envelope as it will be sent, or nil when it cannot be.
@@ -107,11 +134,15 @@ struct TelemetryEncoder {
             envelope.properties = MessageRules.sanitize(envelope.properties).properties
             let fixed = envelope.encoded()
             guard let again = fixed.withUnsafeBytes({ TelemetryEnvelopeLayout($0) }), again.propertiesAreClean, again.systemValuesAreASCII else { return nil }
-            return Entry(record: index, payload: fixed, layout: again)
+            var e = Entry(record: index, payload: fixed, layout: again)
+            e.isJSON = isJSON(e)
+            return e
         }
         // Content type and encoding travel as AMQP symbols: ASCII only.
         guard layout.systemValuesAreASCII else { return nil }
-        return Entry(record: index, payload: payload, layout: layout)
+        var e = Entry(record: index, payload: payload, layout: layout)
+        e.isJSON = isJSON(e)
+        return e
     }
 
     /// The hub's measure of the message one record makes: body, message-id, content type and encoding, the
@@ -138,12 +169,10 @@ struct TelemetryEncoder {
 
     /// Same JSON kind, content type, encoding and properties: the readings can share one message.
     private static func canJoin(_ a: Entry, _ b: Entry) -> Bool {
-        guard isJSON(b) else { return false }
+        // Type, encoding and properties are contiguous in an envelope, ahead of the body.
+        guard b.isJSON, a.layout.body.lowerBound == b.layout.body.lowerBound else { return false }
         return a.payload.withUnsafeBytes { pa in
-            b.payload.withUnsafeBytes { pb in
-                // Type, encoding and properties are contiguous in an envelope, ahead of the body.
-                pa[a.layout.contentType.lowerBound - 2 ..< a.layout.body.lowerBound].elementsEqual(pb[b.layout.contentType.lowerBound - 2 ..< b.layout.body.lowerBound])
-            }
+            b.payload.withUnsafeBytes { pb in memcmp(pa.baseAddress!, pb.baseAddress!, a.layout.body.lowerBound) == 0 }
         }
     }
 
@@ -154,59 +183,56 @@ struct TelemetryEncoder {
         var bodyBytes = 0
         for e in group { bodyBytes += e.layout.body.count }
         if group.count > 1 { bodyBytes += group.count + 1 }  // brackets and commas
-        var w = AMQPWriter(reservingCapacity: bodyBytes + first.layout.body.lowerBound + 128)
-        first.payload.withUnsafeBytes { p in
-            // properties: message-id, user-id, to, subject, reply-to, correlation-id, content-type, content-encoding
-            w.descriptor(0x73)
-            let list = w.beginList()
-            let firstDigits = Self.decimalDigits(firstRecord.sequence)
-            let lastDigits = group.count > 1 ? Self.decimalDigits(last.sequence) : 0
-            w.string(count: messageIDPrefix.count + firstDigits + (group.count > 1 ? 1 + lastDigits : 0)) { out in
-                messageIDPrefix.withUnsafeBytes { out.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-                var at = messageIDPrefix.count
-                Self.writeDecimal(firstRecord.sequence, digits: firstDigits, to: out + at)
-                at += firstDigits
-                if group.count > 1 {
-                    out.storeBytes(of: UInt8(ascii: "-"), toByteOffset: at, as: UInt8.self)
-                    Self.writeDecimal(last.sequence, digits: lastDigits, to: out + at + 1)
+        let firstDigits = Self.decimalDigits(firstRecord.sequence)
+        let lastDigits = group.count > 1 ? Self.decimalDigits(last.sequence) : 0
+        let idBytes = messageIDPrefix.count + firstDigits + (group.count > 1 ? 1 + lastDigits : 0)
+        let variables = 5 + 2 * (first.layout.propertyCount + 1)  // id, type, encoding, body; names and values
+        let capacity = 3 * AMQPWriter.descriptorBytes + 2 * AMQPWriter.compoundHeaderBytes + variables * AMQPWriter.variableHeaderBytes + 5
+            + idBytes + first.layout.contentType.count + first.layout.contentEncoding.count + first.layout.propertyBytes
+            + IoTHubAMQP.creationTimeProperty.utf8.count + WallClock.iso8601Length + bodyBytes
+        let bytes = AMQPWriter.bytes(capacity: capacity) { w in
+            first.payload.withUnsafeBytes { p in
+                // properties: message-id, user-id, to, subject, reply-to, correlation-id, content-type, content-encoding
+                w.descriptor(0x73)
+                let list = w.beginList()
+                w.string(count: idBytes) { out in
+                    messageIDPrefix.withUnsafeBytes { out.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+                    let at = messageIDPrefix.count
+                    Self.writeDecimal(firstRecord.sequence, digits: firstDigits, to: out + at)
+                    if group.count > 1 {
+                        out.storeBytes(of: UInt8(ascii: "-"), toByteOffset: at + firstDigits, as: UInt8.self)
+                        Self.writeDecimal(last.sequence, digits: lastDigits, to: out + at + firstDigits + 1)
+                    }
                 }
+                for _ in 0..<5 { w.null() }
+                w.symbol(UnsafeRawBufferPointer(rebasing: p[first.layout.contentType]))
+                w.symbol(UnsafeRawBufferPointer(rebasing: p[first.layout.contentEncoding]))
+                w.end(list, count: 8)
+                // application-properties: the leaf's, then the creation time (the acquisition time of the first).
+                w.descriptor(0x74)
+                let map = w.beginMap()
+                TelemetryEnvelopeLayout.forEachProperty(in: p, first.layout.properties) { k, v in
+                    w.string(k)
+                    w.string(v)
+                }
+                w.string(IoTHubAMQP.creationTimeProperty)
+                w.string(count: WallClock.iso8601Length) { WallClock.writeISO8601(milliseconds: firstRecord.acquiredAtMs, to: $0) }
+                w.end(map, count: 2 * (first.layout.propertyCount + 1))
+                // data
+                w.descriptor(0x75)
+                if group.count == 1 { w.binary(UnsafeRawBufferPointer(rebasing: p[first.layout.body])) }
             }
-            for _ in 0..<5 { w.null() }
-            w.symbol(UnsafeRawBufferPointer(rebasing: p[first.layout.contentType]))
-            w.symbol(UnsafeRawBufferPointer(rebasing: p[first.layout.contentEncoding]))
-            w.end(list, count: 8)
-            // application-properties: the leaf's, then the creation time (the acquisition time of the first).
-            w.descriptor(0x74)
-            let map = w.beginMap()
-            TelemetryEnvelopeLayout.forEachProperty(in: p, first.layout.properties) { k, v in
-                w.string(k)
-                w.string(v)
-            }
-            w.string(IoTHubAMQP.creationTimeProperty)
-            w.string(count: WallClock.iso8601Length) { WallClock.writeISO8601(milliseconds: firstRecord.acquiredAtMs, to: $0) }
-            w.end(map, count: 2 * (first.layout.propertyCount + 1))
-            // data
-            w.descriptor(0x75)
-            if group.count == 1 {
-                w.binary(UnsafeRawBufferPointer(rebasing: p[first.layout.body]))
-            }
-        }
-        var sequences: [UInt64]
-        if group.count > 1 {
+            guard group.count > 1 else { return }
             w.binaryHeader(count: bodyBytes)
             w.raw(UInt8(ascii: "["))
-            sequences = []
-            sequences.reserveCapacity(group.count)
             for (i, e) in group.enumerated() {
                 if i > 0 { w.raw(UInt8(ascii: ",")) }
                 e.payload.withUnsafeBytes { w.raw(UnsafeRawBufferPointer(rebasing: $0[e.layout.body])) }
-                sequences.append(records[e.record].sequence)
             }
             w.raw(UInt8(ascii: "]"))
-        } else {
-            sequences = [firstRecord.sequence]
         }
-        return OutgoingMessage(leaf: firstRecord.leaf, sequences: sequences, bytes: w.take(), acquiredAtMs: firstRecord.acquiredAtMs)
+        let sequences = group.count == 1 ? [firstRecord.sequence] : group.map { records[$0.record].sequence }
+        return OutgoingMessage(leaf: firstRecord.leaf, sequences: sequences, bytes: bytes, acquiredAtMs: firstRecord.acquiredAtMs)
     }
 
     static func decimalDigits(_ v: UInt64) -> Int {

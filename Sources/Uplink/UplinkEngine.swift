@@ -275,6 +275,7 @@ final class UplinkEngine: @unchecked Sendable {
             if capacity > 0 && !budgets.isEmpty {
                 job.budgets = budgets
                 job.maxRecords = min(capacity * perMessage, perMessage == 1 ? capacity : Self.maxRecordsPerFetch)
+                job.quantum = perMessage
             }
         }
         guard job.hasSettlements || job.maxRecords > 0 else { return }

@@ -14,7 +14,7 @@ struct FieldgateBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fieldgate-bench",
         abstract: "Benchmarks that print figures (not tests).",
-        subcommands: [HubBench.self, SpoolBench.self, UplinkBench.self, UplinkAgent.self, UDPBench.self, UDPSender.self, ModbusBench.self, SpoolMemoryChild.self, DaemonMemoryBench.self, SoakBench.self, WebSocketBench.self, CostBench.self])
+        subcommands: [HubBench.self, SpoolBench.self, UplinkBench.self, UplinkAgent.self, UDPBench.self, UDPSender.self, ModbusBench.self, SpoolMemoryChild.self, DaemonMemoryBench.self, SoakBench.self, WebSocketBench.self, CostBench.self, ConnectBench.self])
 }
 
 /// Drives a separate fieldgate-hub process with 1, 100 and 1000 identities over one AMQP connection and prints

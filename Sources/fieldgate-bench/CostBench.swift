@@ -25,6 +25,7 @@ struct CostBench: AsyncParsableCommand {
     @Option(help: "Coalescing target of the coalescing runs (0: skip them).") var coalesceBytes = 4000
     @Option(help: "Directory for the spools (on the disk to measure).") var dir = "/var/tmp/fieldgate-cost-bench"
     @Flag(help: "Skip the callgrind runs (slow: a few minutes).") var noCallgrind = false
+    @Option(help: "Keep the callgrind profiles in this directory (for callgrind_annotate).") var profiles: String?
     @Option(help: "The gateway-side binary (a fieldgate-bench). Valgrind 3.19 runs Swift's statically linked builds only, as fieldgated ships: build one with --static-swift-stdlib (README).")
     var agent: String?
 
@@ -104,7 +105,10 @@ struct CostBench: AsyncParsableCommand {
         guard system("callgrind_control -d \(child.pid) >/dev/null 2>&1") == 0 else { throw BenchError("callgrind_control -d failed") }
         for _ in 0..<600 {
             for line in (ChildProcess.readFile(out + ".1") ?? "").split(separator: "\n") where line.hasPrefix("totals:") || line.hasPrefix("summary:") {
-                if let total = Double(line.split(separator: " ").last ?? "") { return Instructions(perMessage: total / Double(count), hubMessages: hubMessages) }
+                if let total = Double(line.split(separator: " ").last ?? "") {
+                    if let profiles { _ = system("mkdir -p '\(profiles)' && cp '\(out).1' '\(profiles)/callgrind.\(mode)\(extra.isEmpty ? "" : "-coalescing")'") }
+                    return Instructions(perMessage: total / Double(count), hubMessages: hubMessages)
+                }
             }
             try await Task.sleep(for: .milliseconds(100))
         }

@@ -7,26 +7,27 @@ struct AMQPWriterTests {
     /// what the writer wrote as the same message the general encoder would describe.
     @Test func writtenSectionsDecodeWithProton() throws {
         let long = String(repeating: "ü", count: 300)  // 600 bytes: the 32-bit string form
-        var w = AMQPWriter()
-        w.descriptor(0x73)
-        let list = w.beginList()
-        w.string("id-1")
-        for _ in 0..<5 { w.null() }
-        w.symbol("application/json")
-        w.symbol(String(repeating: "s", count: 256))
-        w.end(list, count: 8)
-        w.descriptor(0x74)
-        let map = w.beginMap()
-        w.string("short")
-        w.string(long)
-        w.string("time")
-        w.string(count: 3) { $0.copyMemory(from: Array("abc".utf8), byteCount: 3) }
-        w.end(map, count: 4)
-        w.descriptor(0x75)
         let body = (0..<70_000).map { UInt8(truncatingIfNeeded: $0) }
-        w.binaryHeader(count: body.count)
-        body.withUnsafeBytes { w.raw($0) }
-        let decoded = try AMQPMessageCodec.decode(w.take())
+        let written = AMQPWriter.bytes(capacity: 80_000) { w in
+            w.descriptor(0x73)
+            let list = w.beginList()
+            w.string("id-1")
+            for _ in 0..<5 { w.null() }
+            w.symbol("application/json")
+            w.symbol(String(repeating: "s", count: 256))
+            w.end(list, count: 8)
+            w.descriptor(0x74)
+            let map = w.beginMap()
+            w.string("short")
+            w.string(long)
+            w.string("time")
+            w.string(count: 3) { $0.copyMemory(from: Array("abc".utf8), byteCount: 3) }
+            w.end(map, count: 4)
+            w.descriptor(0x75)
+            w.binaryHeader(count: body.count)
+            body.withUnsafeBytes { w.raw($0) }
+        }
+        let decoded = try AMQPMessageCodec.decode(written)
 
         var m = AMQPMessage(data: body)
         m.messageID = .string("id-1")
@@ -35,9 +36,10 @@ struct AMQPWriterTests {
         m.applicationProperties = ["short": .string(long), "time": .string("abc")]
         #expect(decoded == m)
 
-        var small = AMQPWriter()
-        small.descriptor(0x75)
-        ([1, 2, 3] as [UInt8]).withUnsafeBytes { small.binary($0) }
-        #expect(small.bytes == [0x00, 0x53, 0x75, 0xA0, 3, 1, 2, 3])
+        let small = AMQPWriter.bytes(capacity: 8) { w in
+            w.descriptor(0x75)
+            ([1, 2, 3] as [UInt8]).withUnsafeBytes { w.binary($0) }
+        }
+        #expect(small == [0x00, 0x53, 0x75, 0xA0, 3, 1, 2, 3])
     }
 }

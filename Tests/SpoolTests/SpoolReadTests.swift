@@ -16,6 +16,26 @@ struct SpoolReadTests {
             ReadPlan.Run(segment: 1, firstOffset: ReadPlan.maxSpan, lastOffset: ReadPlan.maxSpan, members: [4]),
             ReadPlan.Run(segment: 2, firstOffset: 50, lastOffset: 100, members: [3, 0]),
         ])
+        let oneSegment = ReadPlan([RecordLocation(slot: 0, segment: 3, offset: 900), RecordLocation(slot: 1, segment: 3, offset: 100)])
+        #expect(oneSegment.runs == [ReadPlan.Run(segment: 3, firstOffset: 100, lastOffset: 900, members: [0, 1])])
+    }
+
+    /// A quantum takes that many records of a leaf per turn, still in turn and per leaf in order.
+    @Test func quantumTakesRunsPerLeaf() throws {
+        let dir = temporarySpoolDirectory()
+        defer { removeTree(dir) }
+        let spool = try Spool(configuration: SpoolConfiguration(directory: dir))
+        defer { spool.close() }
+        for i in 0..<10 { try spool.append([entry("a", "a\(i)"), entry("b", "b\(i)")]) }
+        let batch = try spool.next(max: 8, quantum: 3) { _ in true }
+        #expect(batch.map { String(decoding: $0.payload, as: UTF8.self) } == ["a0", "a1", "a2", "b0", "b1", "b2", "a3", "a4"])
+        var budget = ["a": 1, "b": 5]
+        let limited = try spool.next(max: 100, quantum: 4) { leaf in
+            guard budget[leaf, default: 0] > 0 else { return false }
+            budget[leaf]! -= 1
+            return true
+        }
+        #expect(limited.map { String(decoding: $0.payload, as: UTF8.self) } == ["b3", "b4", "b5", "b6", "a5", "b7"])
     }
 
     /// Interleaved leaves, records from a few bytes to far past the read-ahead guess, spread over many segments and

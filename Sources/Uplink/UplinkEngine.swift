@@ -250,6 +250,8 @@ final class UplinkEngine: @unchecked Sendable {
 
     /// The most records one coalescing fetch takes (about 7 MB of 200 B readings): enough for 1000 leaves × 32.
     static let maxRecordsPerFetch = 32_768
+    /// The most readings one coalesced message has carried (how many fit the target at this site's reading size).
+    private var readingsPerFullMessage: Int?
 
     /// Starts a pump job if none runs: settle, then fetch for the leaves that can send.
     func kickPump() {
@@ -275,7 +277,9 @@ final class UplinkEngine: @unchecked Sendable {
             if capacity > 0 && !budgets.isEmpty {
                 job.budgets = budgets
                 job.maxRecords = min(capacity * perMessage, perMessage == 1 ? capacity : Self.maxRecordsPerFetch)
-                job.quantum = perMessage
+                // A leaf's turn takes several whole messages' worth, sized by the fullest message seen so far: a
+                // turn that ends inside a message leaves a short one behind.
+                job.quantum = min(Self.maxRecordsPerFetch, (readingsPerFullMessage ?? perMessage) * 8)
             }
         }
         guard job.hasSettlements || job.maxRecords > 0 else { return }
@@ -288,6 +292,9 @@ final class UplinkEngine: @unchecked Sendable {
 
     private func pumped(_ result: SpoolPump.Result, fetched: Bool) {
         pumpBusy = false
+        if configuration.coalesceTargetBytes != nil, let fullest = result.messages.lazy.map(\.sequences.count).max(), fullest > 1 {
+            readingsPerFullMessage = max(readingsPerFullMessage ?? 0, fullest)
+        }
         // Nothing came back (or the spool failed): ask again at the next tick or wake-up, not in a loop.
         if fetched && result.messages.isEmpty { spoolLooksEmpty = true }
         if wokenWhileBusy {

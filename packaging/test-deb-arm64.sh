@@ -14,6 +14,7 @@
 # Usage: packaging/test-deb-arm64.sh [--no-build]   (default: builds the package with build-deb.sh --arch arm64)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup.sh >/dev/null   # the host's test peers (pymodbus in .venv-peers) and tools
 [ -d /opt/swift/usr/bin ] && export PATH=/opt/swift/usr/bin:$PATH
 . scripts/lib-nspawn.sh
 CACHE=${FIELDGATE_ARM64_CACHE:-/var/cache/fieldgate-arm64}
@@ -22,7 +23,7 @@ BUILD=1
 [ "${1:-}" = --no-build ] && BUILD=0
 
 bash packaging/arm64.sh prepare
-VERSION=$(sed -n 's/.*static let current = "\(.*\)".*/\1/p' Sources/fieldgated/Fieldgated.swift)
+VERSION=$(sed -n 's/.*FIELDGATE_VERSION"\] ?? "\(.*\)".*/\1/p' Package.swift)
 [ "$BUILD" = 1 ] && bash packaging/build-deb.sh --arch arm64 --no-hub
 DEB=dist/fieldgate_${VERSION}_arm64.deb
 [ -f "$DEB" ] || { echo "test-deb-arm64: $DEB missing (build it: packaging/build-deb.sh --arch arm64)"; exit 1; }
@@ -45,11 +46,11 @@ ROOT=$WORK/root
 MODBUS_PID=
 CHROOT_PID=
 # The emulated root goes first (its own PID namespace ends with it), then the host's peers.
-trap '{ [ -n "$CHROOT_PID" ] && kill "$CHROOT_PID"; [ -n "$MODBUS_PID" ] && kill "$MODBUS_PID"; [ -n "$HUB_PID" ] && kill "$HUB_PID"; wait; } 2>/dev/null || true; rm -rf "$WORK"' EXIT
+trap '{ [ -n "$CHROOT_PID" ] && pkill -KILL -P "$CHROOT_PID"; [ -n "$MODBUS_PID" ] && kill "$MODBUS_PID"; [ -n "$HUB_PID" ] && kill "$HUB_PID"; wait; } 2>/dev/null || true; rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/debs" "$WORK/results" "$WORK/config"
 cp "$DEB" "$WORK/debs/"
 start_hub
-MODBUS_PORT=$((UDP_PORT + 1))
+MODBUS_PORT=$((AMQPS_PORT + 4))   # start_hub holds AMQPS_PORT … AMQPS_PORT + 3
 declare -A KEY
 for d in fieldgate-arm64 boiler-1 udp-meter-1 udp-meter-2; do KEY[$d]=$(create_device "$d"); done
 
@@ -119,8 +120,10 @@ expect() {  # file, expected content
 echo "test-deb-arm64: a throw-away copy of the trixie arm64 root; the package installed and run there under qemu (chroot)"
 cp -a "$TARGET" "$ROOT"
 ARGS=("$ROOT" "$WORK/debs" "$WORK/config" "$WORK/results")
-# Own mount and PID namespaces: the root's maintainer scripts see (and can signal) only the root's processes.
-timeout 900 unshare --mount --pid --fork --propagation private bash -c '
+# Own mount and PID namespaces: the root's maintainer scripts see (and can signal) only the root's processes. The
+# namespace's first process ignores TERM, and unshare ignores it while it waits: a KILL to unshare ends it, and
+# --kill-child then ends the namespace's first process and with it every process in the namespace.
+timeout --kill-after=10 900 unshare --mount --pid --fork --kill-child --propagation private bash -c '
   root=$0
   mount -t proc proc "$root/proc"; mount -t sysfs sysfs "$root/sys"; mount -t tmpfs tmpfs "$root/run"
   for b in debs config results; do mkdir -p "$root/$b"; done

@@ -162,6 +162,7 @@ for _ in $(seq 20); do
 done
 touch "$WORK/results/host-done"
 wait $CHROOT_PID || true
+CHROOT_PID=
 
 expect installed yes
 expect arch arm64

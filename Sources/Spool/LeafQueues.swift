@@ -60,16 +60,50 @@ struct LeafQueues {
 
     /// The leaf's next record: retried ones first, then its queue. Its depth is unchanged (the record is now in
     /// flight or about to be settled).
-    mutating func popFront(_ slot: Int32) -> RecordLocation? {
+    mutating func popFront(_ slot: Int32) -> RecordLocation? { take(slot)?.location }
+
+    /// A record `take` removed, with the sequence it had in the retry list (nil: from the queue).
+    struct Taken {
+        var location: RecordLocation
+        var retrySequence: UInt64?
+    }
+
+    /// `popFront`, keeping what `putBack` needs to restore the leaf exactly.
+    mutating func take(_ slot: Int32) -> Taken? {
         let i = Int(slot)
-        if !leaves[i].retry.isEmpty { return leaves[i].retry.removeFirst().location }
+        if !leaves[i].retry.isEmpty {
+            let r = leaves[i].retry.removeFirst()
+            return Taken(location: r.location, retrySequence: r.sequence)
+        }
         guard let run = leaves[i].runs.first, let offset = run.offsets.first else { return nil }
         if run.offsets.remaining == 1 {
             leaves[i].runs.removeFirst()
         } else {
             leaves[i].runs[0].offsets.removeFirst()
         }
-        return RecordLocation(slot: slot, segment: run.segment, offset: offset)
+        return Taken(location: RecordLocation(slot: slot, segment: run.segment, offset: offset), retrySequence: nil)
+    }
+
+    /// Undoes `take` for records that were never handed out (their read failed), given in the order taken: each
+    /// goes back to the front of its leaf, so the leaf's order is as before.
+    mutating func putBack(_ taken: [Taken]) {
+        var bySlot: [Int32: [Taken]] = [:]
+        for t in taken { bySlot[t.location.slot, default: []].append(t) }
+        for (slot, entries) in bySlot {
+            let i = Int(slot)
+            // Taken from the retry list first, then from the runs: they go back the same way.
+            let retried = entries.compactMap { t in t.retrySequence.map { (sequence: $0, location: t.location) } }
+            leaves[i].retry.insert(contentsOf: retried, at: 0)
+            var runs: [Run] = []
+            for t in entries where t.retrySequence == nil {
+                if runs.last?.segment == t.location.segment {
+                    runs[runs.count - 1].offsets.append(t.location.offset)
+                } else {
+                    runs.append(Run(segment: t.location.segment, offsets: OffsetList(t.location.offset)))
+                }
+            }
+            leaves[i].runs.insert(contentsOf: runs, at: 0)
+        }
     }
 
     /// Gives in-flight records back for retry, each leaf's in sequence order.

@@ -22,6 +22,7 @@ extension Spool {
     /// small fetch still fills whole messages for a few leaves rather than carrying a reading or two for each).
     public func next(max: Int, quantum: Int = 1, nowMs: Int64 = WallClock.nowMilliseconds(), admit: (String) -> Bool) throws(SpoolError) -> [SpoolRecord] {
         try next(max: max, quantum: quantum, nowMs: nowMs) { _, leaf, wanted in
+            guard wanted > 0 else { return 0 }  // what `admit` allowed stays allowed
             var granted = 0
             while granted < wanted, admit(leaf) { granted += 1 }
             return granted
@@ -29,16 +30,18 @@ extension Spool {
     }
 
     /// The same, asking once per turn: `grant(slot, leaf, wanted)` says how many of up to `wanted` records the leaf
-    /// may give now (a leaf with fewer queued gives what it has). `slot` numbers the leaf for the spool's lifetime
+    /// may give now (a leaf with fewer queued gives what it has). A negative `wanted` gives back that many granted
+    /// records that turned out expired or corrupt (they were settled, not handed out); the answer is ignored. `slot` numbers the leaf for the spool's lifetime
     /// (0, 1, … in order of first appearance), so a caller can keep per-leaf state in an array instead of hashing
     /// the name for every record.
     public func next(max: Int, quantum: Int = 1, nowMs: Int64 = WallClock.nowMilliseconds(),
                      grant: (_ slot: Int, _ leaf: String, _ wanted: Int) -> Int) throws(SpoolError) -> [SpoolRecord] {
         try withState { s throws(SpoolError) -> [SpoolRecord] in
             var out: [SpoolRecord] = []
-            // Records lost to corruption or TTL leave holes: pick again for them, a bounded number of times.
-            for _ in 0..<4 where out.count < max {
-                var picked: [RecordLocation] = []
+            // Records that turn out expired (TTL) or corrupt are settled and given back to the leaf's grant (a
+            // negative `wanted`), and the pick goes on: an expired backlog does not hold up what follows it.
+            while out.count < max {
+                var picked: [LeafQueues.Taken] = []
                 var idleRounds = 0
                 while picked.count < max - out.count, s.leaves.count > 0, idleRounds < s.leaves.count {
                     s.roundRobin %= s.leaves.count
@@ -47,27 +50,42 @@ extension Spool {
                     var taken = 0
                     if s.leaves[slot].hasQueued {
                         let granted = grant(Int(slot), s.leaves[slot].name, Swift.min(quantum, max - out.count - picked.count))
-                        while taken < granted, let location = s.leaves.popFront(slot) {
-                            picked.append(location)
+                        while taken < granted, let t = s.leaves.take(slot) {
+                            picked.append(t)
                             taken += 1
                         }
                     }
                     idleRounds = taken == 0 ? idleRounds + 1 : 0
                 }
                 guard !picked.isEmpty else { break }
-                let records = try read(picked, s)
+                let records: [SpoolRecord?]
+                do throws(SpoolError) {
+                    records = try read(picked.map(\.location), s)
+                } catch {
+                    // Nothing is lost to a failed read: what this call took goes back to the front of its leaf.
+                    s.leaves.putBack(picked)
+                    s.leaves.giveBack(out.compactMap { r in s.inFlight.removeValue(forKey: r.sequence).map { (r.sequence, $0) } })
+                    throw error
+                }
                 var expired: [UInt64: RecordLocation] = [:]
-                for (location, record) in zip(picked, records) {
-                    guard let record else { unreadable(location, &s); continue }
-                    if let ttl = configuration.ttlMilliseconds, nowMs - record.acquiredAtMs > ttl {
-                        expired[record.sequence] = location
+                var wasted: [Int32: Int] = [:]
+                for (t, record) in zip(picked, records) {
+                    guard let record else {
+                        unreadable(t.location, &s)
+                        wasted[t.location.slot, default: 0] += 1
                         continue
                     }
-                    s.inFlight[record.sequence] = location
+                    if let ttl = configuration.ttlMilliseconds, nowMs - record.acquiredAtMs > ttl {
+                        expired[record.sequence] = t.location
+                        wasted[t.location.slot, default: 0] += 1
+                        continue
+                    }
+                    s.inFlight[record.sequence] = t.location
                     out.append(record)
                 }
-                guard !expired.isEmpty else { break }
-                try settle(Array(expired.keys), locations: expired, reason: .ttl, &s)
+                guard !wasted.isEmpty else { break }
+                for (slot, n) in wasted { _ = grant(Int(slot), s.leaves[slot].name, -n) }
+                if !expired.isEmpty { try settle(Array(expired.keys), locations: expired, reason: .ttl, &s) }
             }
             return out
         }

@@ -180,6 +180,7 @@ final class Shard: @unchecked Sendable {
         leafOrder.removeAll { $0 == id }
         admitCursor = leafOrder.isEmpty ? 0 : admitCursor % leafOrder.count
         detachLinks(leaf)
+        if let i = sessionOfLeaf.removeValue(forKey: id) { leafSessions?[i].leaves -= 1 }
         for policy in sharedTokens.keys { sharedTokens[policy]?.waiting.removeAll { $0 == id } }
     }
 
@@ -467,17 +468,19 @@ final class Shard: @unchecked Sendable {
         }
     }
 
-    /// The session the leaf's links go in on this connection: the one it had, else the newest with room, else a new one.
+    /// The session the leaf's links go in on this connection: the one it had, else one with room, else a new one.
     private func session(for leaf: LeafRuntime) -> AMQPSession? {
         guard let connection, var sessions = leafSessions else { return nil }
         if let i = sessionOfLeaf[leaf.deviceID] { return sessions[i].session }
-        if sessions.last.map({ $0.leaves >= Self.leavesPerSession }) ?? true {
+        // A session with room (leaves removed by a reload leave some), else a new one.
+        let i = sessions.firstIndex { $0.leaves < Self.leavesPerSession } ?? {
             sessions.append((connection.openSession(), 0))
-        }
-        sessions[sessions.count - 1].leaves += 1
-        sessionOfLeaf[leaf.deviceID] = sessions.count - 1
+            return sessions.count - 1
+        }()
+        sessions[i].leaves += 1
+        sessionOfLeaf[leaf.deviceID] = i
         leafSessions = sessions
-        return sessions[sessions.count - 1].session
+        return sessions[i].session
     }
 
     /// Closes the leaf's links and gives its telemetry back to the spool.

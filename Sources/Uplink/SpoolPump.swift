@@ -68,6 +68,10 @@ final class SpoolPump: Sendable {
             let records = try spool.next(max: job.maxRecords, quantum: job.quantum) { slot, leaf, wanted in
                 if slot >= bySlot.count { bySlot.append(contentsOf: repeatElement(-1, count: slot + 1 - bySlot.count)) }
                 if bySlot[slot] < 0 { bySlot[slot] = job.budgets[leaf] ?? 0 }
+                guard wanted > 0 else {
+                    bySlot[slot] -= wanted  // expired or corrupt records do not use up the leaf's budget
+                    return 0
+                }
                 let granted = min(wanted, bySlot[slot])
                 bySlot[slot] -= granted
                 return granted
@@ -80,8 +84,8 @@ final class SpoolPump: Sendable {
             result.messages = messages
             result.invalid = invalid.count
         } catch {
-            // The spool keeps its in-memory state consistent and the next job carries on. A failed read leaves its
-            // records in flight inside the spool: they are not lost, they go out again after the next restart.
+            // The spool keeps its in-memory state consistent and the next job carries on. A failed read puts what it
+            // took back at the front of each leaf: nothing is lost, the next fetch tries again.
             logger.error("uplink: spool error: \(error)")
             result.error = "\(error)"
         }

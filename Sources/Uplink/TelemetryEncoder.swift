@@ -93,13 +93,18 @@ struct TelemetryEncoder {
             var group: [Entry] = []
             // The array's size: "[" and, per reading, its body and a "," or "]".
             var groupBytes = 1
+            // What the hub counts besides the body (id with its range suffix, type, encoding, properties, creation
+            // time): the group's body must leave room for it under 256 KB whatever the target.
+            var overhead = 0
             for e in leafEntries {
                 let joins = group.first.map { Self.canJoin($0, e) } ?? e.isJSON
-                if !group.isEmpty && (!joins || groupBytes + e.layout.body.count + 1 > target) {
+                let grown = groupBytes + e.layout.body.count + 1
+                if !group.isEmpty && (!joins || grown > target || grown + overhead > IoTHubAMQP.maxTelemetrySize) {
                     messages.append(message(records, group))
                     group.removeAll(keepingCapacity: true)
                     groupBytes = 1
                 }
+                if group.isEmpty { overhead = hubSize(e, sequence: records[e.record].sequence) - e.layout.body.count + 21 }
                 group.append(e)
                 groupBytes += e.layout.body.count + 1
                 if !e.isJSON {

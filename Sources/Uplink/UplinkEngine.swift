@@ -279,7 +279,7 @@ final class UplinkEngine: @unchecked Sendable {
                 job.maxRecords = min(capacity * perMessage, perMessage == 1 ? capacity : Self.maxRecordsPerFetch)
                 // A leaf's turn takes several whole messages' worth, sized by the fullest message seen so far: a
                 // turn that ends inside a message leaves a short one behind.
-                job.quantum = min(Self.maxRecordsPerFetch, (readingsPerFullMessage ?? perMessage) * 8)
+                job.quantum = min(512, (readingsPerFullMessage ?? perMessage) * 8)
             }
         }
         guard job.hasSettlements || job.maxRecords > 0 else { return }

@@ -38,6 +38,51 @@ struct SpoolReadTests {
         #expect(limited.map { String(decoding: $0.payload, as: UTF8.self) } == ["b3", "b4", "b5", "b6", "a5", "b7"])
     }
 
+    /// What `take` removed and `putBack` returns leaves each leaf exactly as it was: retried records first (with
+    /// their sequences), then its queue, across segments.
+    @Test func putBackRestoresTheOrder() {
+        var q = LeafQueues()
+        let a = q.slot(of: "a")
+        for offset: UInt32 in [10, 20, 30] { q.enqueue(a, segment: 1, offset: offset) }
+        q.enqueue(a, segment: 2, offset: 5)
+        let retried = q.take(a)!
+        q.giveBack([(sequence: 7, location: retried.location)])
+        func drain(_ q: LeafQueues) -> [RecordLocation] {
+            var copy = q
+            var out: [RecordLocation] = []
+            while let l = copy.popFront(a) { out.append(l) }
+            return out
+        }
+        let before = drain(q)
+        let taken = (0..<3).compactMap { _ in q.take(a) }
+        #expect(taken.map(\.retrySequence) == [7, nil, nil])
+        q.putBack(taken)
+        #expect(drain(q) == before)
+        #expect(before.map(\.offset) == [10, 20, 30, 5])
+    }
+
+    /// Expired records are settled and given back to the leaf's grant: a leaf behind a long expired backlog still
+    /// gets its fresh records in the same fetch, within its budget.
+    @Test func expiredRecordsDoNotUseUpTheBudget() throws {
+        let dir = temporarySpoolDirectory()
+        defer { removeTree(dir) }
+        var config = SpoolConfiguration(directory: dir)
+        config.ttlMilliseconds = 1000
+        let spool = try Spool(configuration: config)
+        defer { spool.close() }
+        try spool.append((0..<500).map { entry("a", "old\($0)", at: 1) })
+        try spool.append((0..<3).map { entry("a", "new\($0)", at: 1_000_000) })
+        var budget = 4
+        let batch = try spool.next(max: 100, quantum: 2, nowMs: 1_000_500) { _, _, wanted in
+            guard wanted > 0 else { budget -= wanted; return 0 }
+            let granted = min(wanted, budget)
+            budget -= granted
+            return granted
+        }
+        #expect(batch.map { String(decoding: $0.payload, as: UTF8.self) } == ["new0", "new1", "new2"])
+        #expect(spool.statistics().dropped[.ttl]?["a"] == 500)
+    }
+
     /// Interleaved leaves, records from a few bytes to far past the read-ahead guess, spread over many segments and
     /// gaps wider than one read: every record comes back whole, per leaf in order, once.
     @Test func batchReadsReturnEveryRecordWhole() throws {

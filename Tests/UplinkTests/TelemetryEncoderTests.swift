@@ -1,4 +1,5 @@
 import FieldgateCore
+@testable import HubEmulator
 import HubTestSupport
 import IoTHub
 import ProtonAMQP
@@ -89,6 +90,22 @@ struct TelemetryEncoderTests {
         let (messages, _) = encoder.encode(records)
         #expect(messages.map(\.sequences) == [[1, 3], [4], [5], [6, 7], [2, 8]])
         #expect(try AMQPMessageCodec.decode(messages[3].bytes).applicationProperties["k"] == .string("other"))
+    }
+
+    /// The largest target with heavy properties: a coalesced message still stays within the hub's 256 KB by its
+    /// measure (body, id, content type and encoding, properties, creation time).
+    @Test func coalescedMessagesStayUnderTheHubsLimit() throws {
+        let encoder = TelemetryEncoder(coalesceTargetBytes: UplinkConfiguration.coalesceRange.upperBound, messageIDPrefix: "0123456789abcdef-")
+        let properties = Dictionary(uniqueKeysWithValues: (0..<8).map { ("p\($0)", String(repeating: "v", count: 250)) })
+        let body = Array(#"{"x":"\#(String(repeating: "y", count: 9_990))"}"#.utf8)
+        let records = (1...60).map { record(UInt64($0), body: body, properties: properties) }
+        let (messages, invalid) = encoder.encode(records)
+        #expect(invalid.isEmpty && messages.count >= 3)
+        #expect(messages.flatMap(\.sequences) == (1...60).map { UInt64($0) })
+        for m in messages {
+            let decoded = try AMQPMessageCodec.decode(m.bytes)
+            #expect(HubConnection.protocolAgnosticSize(decoded) <= IoTHubAMQP.maxTelemetrySize, "\(m.sequences.count) readings")
+        }
     }
 
     /// Content type and encoding travel as AMQP symbols (ASCII); an envelope with other bytes there is held back.

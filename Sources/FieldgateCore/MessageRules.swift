@@ -34,18 +34,31 @@ public enum MessageRules {
     }()
 
     public static func isValidName(_ name: String) -> Bool {
-        !name.isEmpty && name.utf8.allSatisfy { $0 < 128 && nameTable[Int($0)] }
+        bytes(of: name) { isValidName($0) }
     }
 
     public static func isValidValue(_ value: String) -> Bool {
-        value.utf8.allSatisfy { $0 >= 0x20 && $0 < 0x7F }
+        bytes(of: value) { isValidValue($0) }
     }
 
-    /// The byte form of `isValidName && !isReservedName`, for the encoder's path where nothing is decoded.
+    /// `isValidName && !isReservedName` on bytes, for the encoder's path where nothing is decoded.
     public static func isAcceptableName(_ name: UnsafeRawBufferPointer) -> Bool {
-        guard let first = name.first, first != UInt8(ascii: "$") else { return false }
+        isValidName(name) && !isReservedName(name)
+    }
+
+    private static func isValidName(_ name: UnsafeRawBufferPointer) -> Bool {
+        guard !name.isEmpty else { return false }
         for b in name where b >= 128 || !nameTable[Int(b)] { return false }
-        return !hasReservedPrefix(name)
+        return true
+    }
+
+    private static func isReservedName(_ name: UnsafeRawBufferPointer) -> Bool {
+        name.first == UInt8(ascii: "$") || hasReservedPrefix(name)
+    }
+
+    private static func bytes(of s: String, _ body: (UnsafeRawBufferPointer) -> Bool) -> Bool {
+        var s = s
+        return s.withUTF8 { body(UnsafeRawBufferPointer($0)) }
     }
 
     /// The byte form of `isValidValue`.
@@ -70,9 +83,10 @@ public enum MessageRules {
         return true
     }
 
-    /// Names a leaf may not set: the hub's system properties as routing sees them, and the hub's own.
+    /// Names a leaf may not set: the hub's system properties as routing sees them, and the hub's own (`iothub-` in
+    /// any ASCII case).
     public static func isReservedName(_ name: String) -> Bool {
-        name.hasPrefix("$") || name.lowercased().hasPrefix("iothub-")
+        bytes(of: name) { isReservedName($0) }
     }
 
     private static func escape(_ s: String, keeping allowed: (UInt8) -> Bool) -> String {

@@ -35,27 +35,25 @@ public struct TelemetryEnvelope: Sendable, Equatable {
         return out
     }
 
-    /// nil when `bytes` is not a version-1 envelope (truncated, or written by something else).
+    /// nil when `bytes` is not a version-1 envelope (truncated, or written by something else, or with text that is
+    /// not UTF-8).
     public init?(decoding bytes: [UInt8]) {
-        guard bytes.first == Self.version else { return nil }
-        var i = 1
-        func u16() -> Int? {
-            guard i + 2 <= bytes.count else { return nil }
-            defer { i += 2 }
-            return Int(bytes[i]) | Int(bytes[i + 1]) << 8
+        let decoded = bytes.withUnsafeBytes { raw -> TelemetryEnvelope? in
+            guard let layout = TelemetryEnvelopeLayout(raw) else { return nil }
+            func text(_ part: UnsafeRawBufferPointer) -> String? { String(validating: part, as: UTF8.self) }
+            guard let contentType = text(UnsafeRawBufferPointer(rebasing: raw[layout.contentType])),
+                  let contentEncoding = text(UnsafeRawBufferPointer(rebasing: raw[layout.contentEncoding])) else { return nil }
+            var properties: [String: String] = [:]
+            var valid = true
+            TelemetryEnvelopeLayout.forEachProperty(in: raw, layout.properties) { k, v in
+                guard let key = text(k), let value = text(v) else { valid = false; return }
+                properties[key] = value
+            }
+            guard valid else { return nil }
+            return TelemetryEnvelope(body: Array(raw[layout.body]), contentType: contentType, contentEncoding: contentEncoding, properties: properties)
         }
-        func string() -> String? {
-            guard let n = u16(), i + n <= bytes.count else { return nil }
-            defer { i += n }
-            return String(validating: bytes[i..<i + n], as: UTF8.self)
-        }
-        guard let contentType = string(), let contentEncoding = string(), let count = u16() else { return nil }
-        var properties: [String: String] = [:]
-        for _ in 0..<count {
-            guard let k = string(), let v = string() else { return nil }
-            properties[k] = v
-        }
-        self.init(body: Array(bytes[i...]), contentType: contentType, contentEncoding: contentEncoding, properties: properties)
+        guard let decoded else { return nil }
+        self = decoded
     }
 }
 

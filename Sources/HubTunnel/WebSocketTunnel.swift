@@ -371,7 +371,6 @@ private struct Pump {
     }
 }
 
-
 private func withOptionalCString<R>(_ s: String?, _ body: (UnsafePointer<CChar>?) -> R) -> R {
     guard let s else { return body(nil) }
     return s.withCString { body($0) }

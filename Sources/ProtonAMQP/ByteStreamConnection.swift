@@ -214,7 +214,6 @@ final class StreamDriver: @unchecked Sendable {
         driver.deinitialize(count: 1)
         driver.deallocate()
     }
-
 }
 
 /// A driver the stream's callbacks may outlive.

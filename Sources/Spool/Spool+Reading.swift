@@ -31,9 +31,9 @@ extension Spool {
 
     /// The same, asking once per turn: `grant(slot, leaf, wanted)` says how many of up to `wanted` records the leaf
     /// may give now (a leaf with fewer queued gives what it has). A negative `wanted` gives back that many granted
-    /// records that turned out expired or corrupt (they were settled, not handed out); the answer is ignored. `slot` numbers the leaf for the spool's lifetime
-    /// (0, 1, … in order of first appearance), so a caller can keep per-leaf state in an array instead of hashing
-    /// the name for every record.
+    /// records that turned out expired or corrupt (they were settled, not handed out); the answer is ignored.
+    /// `slot` numbers the leaf for the spool's lifetime (0, 1, … in order of first appearance), so a caller can keep
+    /// per-leaf state in an array instead of hashing the name for every record.
     public func next(max: Int, quantum: Int = 1, nowMs: Int64 = WallClock.nowMilliseconds(),
                      grant: (_ slot: Int, _ leaf: String, _ wanted: Int) -> Int) throws(SpoolError) -> [SpoolRecord] {
         try withState { s throws(SpoolError) -> [SpoolRecord] in

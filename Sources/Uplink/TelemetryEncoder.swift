@@ -43,8 +43,21 @@ struct TelemetryEncoder {
         var payload: [UInt8]
         var layout: TelemetryEnvelopeLayout
         /// JSON in UTF-8: it may share a coalesced message.
-        var isJSON = false
+        var isJSON: Bool
+
+        init(record: Int, payload: [UInt8], layout: TelemetryEnvelopeLayout, isJSON: Bool? = nil) {
+            self.record = record
+            self.payload = payload
+            self.layout = layout
+            self.isJSON = isJSON ?? payload.withUnsafeBytes { p in
+                TelemetryEncoder.startsIgnoringCase(UnsafeRawBufferPointer(rebasing: p[layout.contentType]), "application/json")
+                    && TelemetryEncoder.equalIgnoringCase(UnsafeRawBufferPointer(rebasing: p[layout.contentEncoding]), "utf-8")
+            }
+        }
     }
+
+    /// What a coalesced message's id adds to a single record's: `-` and the last sequence (at most 20 digits).
+    private static let rangeSuffixBytes = 21
 
     /// Encodes `records` (per leaf in order). Records that are not telemetry envelopes, or that the hub could never
     /// accept (over 256 KB by its measure, a creation time it cannot read), come back in `invalid`: sending them
@@ -96,24 +109,28 @@ struct TelemetryEncoder {
             // What the hub counts besides the body (id with its range suffix, type, encoding, properties, creation
             // time): the group's body must leave room for it under 256 KB whatever the target.
             var overhead = 0
+            func flush() {
+                if !group.isEmpty { messages.append(message(records, group)) }
+                group.removeAll(keepingCapacity: true)
+                groupBytes = 1
+            }
             for e in leafEntries {
-                let joins = group.first.map { Self.canJoin($0, e) } ?? e.isJSON
-                let grown = groupBytes + e.layout.body.count + 1
-                if !group.isEmpty && (!joins || grown > target || grown + overhead > IoTHubAMQP.maxTelemetrySize) {
-                    messages.append(message(records, group))
-                    group.removeAll(keepingCapacity: true)
-                    groupBytes = 1
+                guard e.isJSON else {
+                    flush()
+                    messages.append(message(records, [e]))
+                    continue
                 }
-                if group.isEmpty { overhead = hubSize(e, sequence: records[e.record].sequence) - e.layout.body.count + 21 }
+                let grown = groupBytes + e.layout.body.count + 1
+                if let first = group.first, !Self.canJoin(first, e) || grown > target || grown + overhead > IoTHubAMQP.maxTelemetrySize {
+                    flush()
+                }
+                if group.isEmpty {
+                    overhead = hubSize(e, sequence: records[e.record].sequence) - e.layout.body.count + Self.rangeSuffixBytes
+                }
                 group.append(e)
                 groupBytes += e.layout.body.count + 1
-                if !e.isJSON {
-                    messages.append(message(records, group))
-                    group.removeAll(keepingCapacity: true)
-                    groupBytes = 1
-                }
             }
-            if !group.isEmpty { messages.append(message(records, group)) }
+            flush()
         }
         return (messages, invalid)
     }
@@ -121,7 +138,7 @@ struct TelemetryEncoder {
     /// A leaf's readings mostly share content type, encoding and properties byte for byte: then the layout (and
     /// what was checked of it) is the previous record's, with its own body.
     private static func sameHeader(as previous: Entry?, _ index: Int, _ payload: [UInt8]) -> Entry? {
-        guard let previous, previous.payload.count >= previous.layout.body.lowerBound, payload.count >= previous.layout.body.lowerBound else { return nil }
+        guard let previous, payload.count >= previous.layout.body.lowerBound else { return nil }
         let header = previous.layout.body.lowerBound
         let same = previous.payload.withUnsafeBytes { a in payload.withUnsafeBytes { b in memcmp(a.baseAddress!, b.baseAddress!, header) == 0 } }
         guard same else { return nil }
@@ -139,15 +156,11 @@ struct TelemetryEncoder {
             envelope.properties = MessageRules.sanitize(envelope.properties).properties
             let fixed = envelope.encoded()
             guard let again = fixed.withUnsafeBytes({ TelemetryEnvelopeLayout($0) }), again.propertiesAreClean, again.systemValuesAreASCII else { return nil }
-            var e = Entry(record: index, payload: fixed, layout: again)
-            e.isJSON = isJSON(e)
-            return e
+            return Entry(record: index, payload: fixed, layout: again)
         }
         // Content type and encoding travel as AMQP symbols: ASCII only.
         guard layout.systemValuesAreASCII else { return nil }
-        var e = Entry(record: index, payload: payload, layout: layout)
-        e.isJSON = isJSON(e)
-        return e
+        return Entry(record: index, payload: payload, layout: layout)
     }
 
     /// The hub's measure of the message one record makes: body, message-id, content type and encoding, the
@@ -155,13 +168,6 @@ struct TelemetryEncoder {
     private func hubSize(_ e: Entry, sequence: UInt64) -> Int {
         e.layout.body.count + messageIDPrefix.count + Self.decimalDigits(sequence) + e.layout.contentType.count + e.layout.contentEncoding.count
             + e.layout.propertyBytes + IoTHubAMQP.creationTimeProperty.utf8.count + WallClock.iso8601Length
-    }
-
-    private static func isJSON(_ e: Entry) -> Bool {
-        e.payload.withUnsafeBytes { p in
-            startsIgnoringCase(UnsafeRawBufferPointer(rebasing: p[e.layout.contentType]), "application/json")
-                && equalIgnoringCase(UnsafeRawBufferPointer(rebasing: p[e.layout.contentEncoding]), "utf-8")
-        }
     }
 
     private static func startsIgnoringCase(_ bytes: UnsafeRawBufferPointer, _ prefix: StaticString) -> Bool {
@@ -172,10 +178,10 @@ struct TelemetryEncoder {
         MessageRules.equalIgnoringCase(bytes, UnsafeRawBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
     }
 
-    /// Same JSON kind, content type, encoding and properties: the readings can share one message.
+    /// Same content type, encoding and properties (JSON readings both): they can share one message.
     private static func canJoin(_ a: Entry, _ b: Entry) -> Bool {
         // Type, encoding and properties are contiguous in an envelope, ahead of the body.
-        guard b.isJSON, a.layout.body.lowerBound == b.layout.body.lowerBound else { return false }
+        guard a.layout.body.lowerBound == b.layout.body.lowerBound else { return false }
         return a.payload.withUnsafeBytes { pa in
             b.payload.withUnsafeBytes { pb in memcmp(pa.baseAddress!, pb.baseAddress!, a.layout.body.lowerBound) == 0 }
         }

@@ -276,7 +276,7 @@ final class UplinkEngine: @unchecked Sendable {
             let capacity = configuration.maxInFlightTotal - outstanding
             if capacity > 0 && !budgets.isEmpty {
                 job.budgets = budgets
-                job.maxRecords = min(capacity * perMessage, perMessage == 1 ? capacity : Self.maxRecordsPerFetch)
+                job.maxRecords = perMessage == 1 ? capacity : min(capacity * perMessage, Self.maxRecordsPerFetch)
                 // A leaf's turn takes several whole messages' worth, sized by the fullest message seen so far: a
                 // turn that ends inside a message leaves a short one behind.
                 job.quantum = min(512, (readingsPerFullMessage ?? perMessage) * 8)

@@ -55,11 +55,9 @@ struct ConnectBench: AsyncParsableCommand {
         var binary = daemon, arguments = ["run", "--config", dir + "/fieldgate.toml", "--log-level", "error"]
         let profile = dir + "/callgrind.out"
         if callgrind {
-            // Valgrind 3.19 cannot read Swift's DWARF 5: a copy without it.
-            let stripped = dir + "/fieldgated-nodebug"
-            guard system("strip --strip-debug -o '\(stripped)' '\(daemon)'") == 0 else { throw BenchError("strip --strip-debug failed") }
-            arguments = ["--tool=callgrind", "--callgrind-out-file=\(profile)", stripped] + arguments
-            binary = "/usr/bin/valgrind"
+            let (valgrind, prefix) = try Callgrind.prefix(running: daemon, profile: profile, dir: dir)
+            arguments = prefix + arguments
+            binary = valgrind
         }
         let started = ContinuousClock.now
         let child = try ChildProcess.spawn(binary, arguments)
@@ -81,15 +79,7 @@ struct ConnectBench: AsyncParsableCommand {
             try await Task.sleep(for: .milliseconds(callgrind ? 200 : 5))
         }
         guard result.attachedSeconds > 0 else { throw BenchError("the leaves did not attach in time") }
-        if callgrind {
-            guard system("callgrind_control -d \(child.pid) >/dev/null 2>&1") == 0 else { throw BenchError("callgrind_control -d failed") }
-            for _ in 0..<600 where result.instructions == 0 {
-                for line in (ChildProcess.readFile(profile + ".1") ?? "").split(separator: "\n") where line.hasPrefix("totals:") || line.hasPrefix("summary:") {
-                    result.instructions = Double(line.split(separator: " ").last ?? "") ?? 0
-                }
-                try await Task.sleep(for: .milliseconds(100))
-            }
-        }
+        if callgrind { result.instructions = try await Callgrind.total(pid: child.pid, profile: profile) }
         return result
     }
 }

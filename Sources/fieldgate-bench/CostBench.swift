@@ -89,30 +89,18 @@ struct CostBench: AsyncParsableCommand {
     /// Runs the agent under callgrind; counts from attached to done (callgrind_control zeroes, then dumps).
     private func instructions(hub: BenchHub, agent: String, mode: String, count: Int, extra: [String] = []) async throws -> Instructions {
         let out = dir + "/callgrind-\(mode)-\(getpid())"
-        _ = system("mkdir -p '\(dir)'; rm -f '\(out)'*")
-        // Valgrind 3.19 cannot read the DWARF 5 that Swift writes: a copy without it (symbols stay, for profiles).
-        let stripped = dir + "/fieldgate-bench-nodebug"
-        guard system("strip --strip-debug -o '\(stripped)' '\(agent)'") == 0 else { throw BenchError("strip --strip-debug failed") }
-        let (child, result) = try UplinkBench.runAgent("/usr/bin/valgrind", hub: hub, leaves: leaves, mode: mode, count: count, dir: dir,
-                                                       extra: extra, prefix: ["--tool=callgrind", "--callgrind-out-file=\(out)", stripped])
+        let (valgrind, prefix) = try Callgrind.prefix(running: agent, profile: out, dir: dir)
+        let (child, result) = try UplinkBench.runAgent(valgrind, hub: hub, leaves: leaves, mode: mode, count: count, dir: dir, extra: extra, prefix: prefix)
         defer { child.terminate() }
         _ = try await UplinkBench.waitForResult(result, key: "attached-ms", child: child, seconds: 600)
-        guard system("callgrind_control -z \(child.pid) >/dev/null 2>&1") == 0 else { throw BenchError("callgrind_control -z failed") }
+        try Callgrind.zero(pid: child.pid)
         let events0 = try await hub.acceptedEvents()
         try await hub.signal(result + ".go")
         _ = try await UplinkBench.waitForResult(result, key: "done", child: child, seconds: 1800)
         let hubMessages = try await hub.acceptedEvents() - events0
-        guard system("callgrind_control -d \(child.pid) >/dev/null 2>&1") == 0 else { throw BenchError("callgrind_control -d failed") }
-        for _ in 0..<600 {
-            for line in (ChildProcess.readFile(out + ".1") ?? "").split(separator: "\n") where line.hasPrefix("totals:") || line.hasPrefix("summary:") {
-                if let total = Double(line.split(separator: " ").last ?? "") {
-                    if let profiles { _ = system("mkdir -p '\(profiles)' && cp '\(out).1' '\(profiles)/callgrind.\(mode)\(extra.isEmpty ? "" : "-coalescing")'") }
-                    return Instructions(perMessage: total / Double(count), hubMessages: hubMessages)
-                }
-            }
-            try await Task.sleep(for: .milliseconds(100))
-        }
-        throw BenchError("no callgrind dump in \(out).1")
+        let total = try await Callgrind.total(pid: child.pid, profile: out)
+        if let profiles { _ = system("mkdir -p '\(profiles)' && cp '\(out).1' '\(profiles)/callgrind.\(mode)\(extra.isEmpty ? "" : "-coalescing")'") }
+        return Instructions(perMessage: total / Double(count), hubMessages: hubMessages)
     }
 
     struct Syscalls { var total: Int; var byName: [String: Int] }

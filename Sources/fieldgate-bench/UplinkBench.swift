@@ -234,6 +234,18 @@ struct UplinkAgent: AsyncParsableCommand {
         body: Array(#"{"temperature":21.5,"humidity":60.2,"pressure":1013.2,"vibration":[0.01,0.02,0.03],"status":"ok","pad":"\#(String(repeating: "x", count: 94))"}"#.utf8),
         properties: ["kind": "bench"]).encoded()
 
+    /// `BenchHub`'s keys file: each device's key, and the hub's owner policy.
+    private func readKeys() -> (byDevice: [String: String], policy: ConnectionString?) {
+        var byDevice: [String: String] = [:]
+        var policy: ConnectionString?
+        for line in (ChildProcess.readFile(keys) ?? "").split(separator: "\n") {
+            let parts = line.split(separator: " ", maxSplits: 1).map(String.init)
+            guard parts.count == 2 else { continue }
+            if parts[0] == "policy" { policy = try? ConnectionString(parsing: parts[1]) } else { byDevice[parts[0]] = parts[1] }
+        }
+        return (byDevice, policy)
+    }
+
     /// The bench reading as fieldgate sends it (its creation time fixed): what the baseline sends.
     static func readingMessage() -> [UInt8] {
         let e = TelemetryEnvelope(decoding: reading)!
@@ -248,13 +260,8 @@ struct UplinkAgent: AsyncParsableCommand {
 
     func run() async throws {
         if mode == "baseline" { return try await runBaseline() }
-        var keyByDevice: [String: String] = [:]
-        var policyKey = ""
-        for line in (ChildProcess.readFile(keys) ?? "").split(separator: "\n") {
-            let parts = line.split(separator: " ", maxSplits: 1).map(String.init)
-            guard parts.count == 2 else { continue }
-            if parts[0] == "policy" { policyKey = (try? ConnectionString(parsing: parts[1]).sharedAccessKey) ?? "" } else { keyByDevice[parts[0]] = parts[1] }
-        }
+        let (keyByDevice, policy) = readKeys()
+        let policyKey = policy?.sharedAccessKey ?? ""
         let leafConfigs = (0..<leaves).map { i -> LeafConfiguration in
             let id = "bench-\(i)"
             let credential: LeafCredential = leaves > 995 ? .sharedAccessPolicy(name: "iothubowner", key: policyKey, scope: .hub)
@@ -333,13 +340,7 @@ struct UplinkAgent: AsyncParsableCommand {
     /// The baseline: one TLS connection with the same leaves' telemetry links, the same hub and credit, sending one
     /// pre-encoded message over and over; no spool, no encoding, no uplink logic.
     private func runBaseline() async throws {
-        var keyByDevice: [String: String] = [:]
-        var policy: ConnectionString?
-        for line in (ChildProcess.readFile(keys) ?? "").split(separator: "\n") {
-            let parts = line.split(separator: " ", maxSplits: 1).map(String.init)
-            guard parts.count == 2 else { continue }
-            if parts[0] == "policy" { policy = try? ConnectionString(parsing: parts[1]) } else { keyByDevice[parts[0]] = parts[1] }
-        }
+        let (keyByDevice, policy) = readKeys()
         let reactor = AMQPReactor()
         let start = ContinuousClock.now
         let c = try await DeviceConnection.connect(reactor: reactor, host: "127.0.0.1", port: port, hostName: "localhost",

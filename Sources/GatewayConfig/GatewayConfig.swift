@@ -191,16 +191,20 @@ public struct GatewaySettings: Sendable {
             problems += error.problems
             mainRead = false
         }
-        problems += ConfigSchema.main.check(main.table, path: "", in: main).filter { _ in mainRead }
+        let mainProblems = ConfigSchema.main.check(main.table, path: "", in: main).filter { _ in mainRead }
+        problems += mainProblems
         let directory = directoryOf(path)
         let devicesDir = (directory.isEmpty ? "." : directory) + "/devices.d"
-        var deviceSources: [ConfigSource] = []
+        // A file without problems decodes as parsed; the sanitized copy is made only for one with problems (TOMLKit
+        // never frees a table, so every copy would stay in memory: a few kB per leaf).
+        var deviceSources: [(source: ConfigSource, clean: Bool)] = []
         let names = ((try? FileManager.default.contentsOfDirectory(atPath: devicesDir)) ?? []).filter { $0.hasSuffix(".toml") }.sorted()
         for name in names {
             do throws(ConfigError) {
                 let source = try ConfigSource.read(devicesDir + "/" + name)
-                problems += ConfigSchema.devices.check(source.table, path: "", in: source)
-                deviceSources.append(source)
+                let found = ConfigSchema.devices.check(source.table, path: "", in: source)
+                problems += found
+                deviceSources.append((source, found.isEmpty))
             } catch { problems += error.problems }
         }
         var profileLoader = ProfileLoader()
@@ -208,7 +212,7 @@ public struct GatewaySettings: Sendable {
         problems += profileLoader.problems
         // Decode what the schema accepts; a missing [hub] or [gateway] (reported above) gets a stand-in so the leaves
         // are still checked.
-        let mainTable = ConfigSchema.main.sanitized(main.table)
+        let mainTable = mainRead && mainProblems.isEmpty ? main.table : ConfigSchema.main.sanitized(main.table)
         let hasGateway = mainTable["gateway"] != nil
         if mainTable["hub"] == nil { mainTable["hub"] = TOMLTable(["host": ""]) }
         if !hasGateway { mainTable["gateway"] = TOMLTable(["device_id": ""]) }
@@ -216,7 +220,9 @@ public struct GatewaySettings: Sendable {
         var devices: [(ConfigSource, DevicesFile)] = []
         do {
             file = try TOMLDecoder().decode(GatewayConfigFile.self, from: mainTable)
-            for source in deviceSources { devices.append((source, try TOMLDecoder().decode(DevicesFile.self, from: ConfigSchema.devices.sanitized(source.table)))) }
+            for (source, clean) in deviceSources {
+                devices.append((source, try TOMLDecoder().decode(DevicesFile.self, from: clean ? source.table : ConfigSchema.devices.sanitized(source.table))))
+            }
         } catch {
             throw ConfigError(problems + [ConfigProblem(file: path, line: nil, message: "\(error)")])  // the sanitizer should have prevented it
         }

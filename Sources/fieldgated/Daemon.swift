@@ -86,6 +86,13 @@ final class Daemon: Service, Sendable {
         return names
     }
 
+    /// No connection is being opened and no leaf is on its way to the hub: the start's one-time work is done.
+    func startSettled() async -> Bool {
+        let status = await uplink.status()
+        let inTransit: Set<LeafPhase> = [.queued, .authenticating, .attaching]
+        return !status.connections.contains { $0.state == "connecting" } && !status.leaves.values.contains { inTransit.contains($0.phase) }
+    }
+
     func statusLine() async -> String {
         StatusLine.compose(uplink: await uplink.status(), spool: spool.statistics())
     }

@@ -105,6 +105,8 @@ struct Run: AsyncParsableCommand {
         }
         let trimming = MemoryHousekeeping.startTrimming()
         defer { trimming.cancel() }
+        let startupPages = Task { await MemoryHousekeeping.releaseStartupPages(settled: { await daemon.startSettled() }, logger: logger) }
+        defer { startupPages.cancel() }
         let group = ServiceGroup(services: [daemon, HealthReporter(identity: daemon.identity), supervisor], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await group.run()
         control?.stop()

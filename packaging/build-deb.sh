@@ -25,14 +25,15 @@ while [ $# -gt 0 ]; do
 done
 for tool in dpkg-deb dpkg-shlibdeps; do command -v $tool >/dev/null || { echo "build-deb: $tool missing (apt install dpkg-dev)"; exit 1; }; done
 
-# Hardening as Debian expects it: immediate binding (-z now, with RELRO); glibc's fortified functions in our C code
-# come from Package.swift (release).
-FLAGS=(-c release --static-swift-stdlib -Xlinker -z -Xlinker now -Xlinker -z -Xlinker relro -Xcc -O2)
+# Release, static Swift runtime, Debian's hardening, the running gateway's code laid out together.
+source packaging/release-flags.sh
 if [ "$ARCH" = "$(dpkg --print-architecture)" ]; then
   CROSS=
   UNITDIR=lib/systemd/system         # bookworm's lintian wants units under /lib
   mkdir -p .build
   STAGE=$(mktemp -d)
+  release_flags gold packaging/hot-code.symbols "$STAGE/hot-code.sections"
+  FLAGS=("${RELEASE_FLAGS[@]}")
   swift_build() { FIELDGATE_VERSION=$VERSION swift build "${FLAGS[@]}" "$@"; }
   strip_binary() { strip "$@"; }
   in_target() { "$@"; }               # runs a tool of the target's Debian
@@ -44,6 +45,8 @@ elif [ "$ARCH" = arm64 ] && [ "$(dpkg --print-architecture)" = amd64 ]; then
   bash packaging/arm64.sh prepare
   mkdir -p .build-arm64
   STAGE=$(mktemp -d "$PWD/.build-arm64/stage.XXXXXX")  # inside the repository: the roots see it at /src
+  release_flags lld /src/packaging/hot-code.symbols   # the SDK links with lld
+  FLAGS=("${RELEASE_FLAGS[@]}")
   swift_build() {
     bash packaging/arm64.sh toolchain env FIELDGATE_VERSION="$VERSION" swift build --scratch-path .build-arm64 --swift-sdks-path /sdks --swift-sdk trixie-arm64 \
       "${FLAGS[@]}" "$@"

@@ -11,22 +11,16 @@ struct RecordLocation: Hashable {
 /// name once per record (not once per structure it touches) and the reader walks slots, not dictionary keys. Slots
 /// are in order of first appearance: the round-robin order of `Spool.next`. Pure: no I/O.
 struct LeafQueues {
-    /// A leaf's undelivered records in one segment, in order (2–3 bytes a record).
-    struct Run {
-        var segment: UInt32
-        var offsets: OffsetList
-    }
-
     struct Leaf {
         let name: String
-        /// Its records in file order, by segment.
-        var runs: [Run] = []
-        /// Records given back for retry, oldest first: they come before `runs`.
+        /// Its queued records in file order, across segments (about a byte a record).
+        var queue = LocationStream()
+        /// Records given back for retry, oldest first: they come before `queue`.
         var retry: [(sequence: UInt64, location: RecordLocation)] = []
         /// Queued, retried and in-flight records: what `settle` still has to account for.
         var depth = 0
 
-        var hasQueued: Bool { !retry.isEmpty || !runs.isEmpty }
+        var hasQueued: Bool { !retry.isEmpty || !queue.isEmpty }
     }
 
     private var slots: [String: Int32] = [:]
@@ -45,16 +39,11 @@ struct LeafQueues {
         return slot
     }
 
-    /// Queues a record at the back of its leaf. In place: copying a leaf's runs out and back would copy its
-    /// offsets on every append (quadratic).
+    /// Queues a record at the back of its leaf. In place: copying a leaf's queue out and back would copy it on
+    /// every append (quadratic).
     mutating func enqueue(_ slot: Int32, segment: UInt32, offset: UInt32) {
         let i = Int(slot)
-        let n = leaves[i].runs.count
-        if n > 0 && leaves[i].runs[n - 1].segment == segment {
-            leaves[i].runs[n - 1].offsets.append(offset)
-        } else {
-            leaves[i].runs.append(Run(segment: segment, offsets: OffsetList(offset)))
-        }
+        leaves[i].queue.append(segment: segment, offset: offset)
         leaves[i].depth += 1
     }
 
@@ -75,13 +64,8 @@ struct LeafQueues {
             let r = leaves[i].retry.removeFirst()
             return Taken(location: r.location, retrySequence: r.sequence)
         }
-        guard let run = leaves[i].runs.first, let offset = run.offsets.first else { return nil }
-        if run.offsets.remaining == 1 {
-            leaves[i].runs.removeFirst()
-        } else {
-            leaves[i].runs[0].offsets.removeFirst()
-        }
-        return Taken(location: RecordLocation(slot: slot, segment: run.segment, offset: offset), retrySequence: nil)
+        guard let next = leaves[i].queue.removeFirst() else { return nil }
+        return Taken(location: RecordLocation(slot: slot, segment: next.segment, offset: next.offset), retrySequence: nil)
     }
 
     /// Undoes `take` for records that were never handed out (their read failed), given in the order taken: each
@@ -94,15 +78,7 @@ struct LeafQueues {
             // Taken from the retry list first, then from the runs: they go back the same way.
             let retried = entries.compactMap { t in t.retrySequence.map { (sequence: $0, location: t.location) } }
             leaves[i].retry.insert(contentsOf: retried, at: 0)
-            var runs: [Run] = []
-            for t in entries where t.retrySequence == nil {
-                if runs.last?.segment == t.location.segment {
-                    runs[runs.count - 1].offsets.append(t.location.offset)
-                } else {
-                    runs.append(Run(segment: t.location.segment, offsets: OffsetList(t.location.offset)))
-                }
-            }
-            leaves[i].runs.insert(contentsOf: runs, at: 0)
+            leaves[i].queue.prepend(entries.filter { $0.retrySequence == nil }.map { ($0.location.segment, $0.location.offset) })
         }
     }
 
@@ -118,11 +94,9 @@ struct LeafQueues {
 
     mutating func adjustDepth(_ slot: Int32, by change: Int) { leaves[Int(slot)].depth += change }
 
-    /// Drops the growth slack of every run in `segment` (sealed: its runs never grow again).
-    mutating func compactRuns(of segment: UInt32) {
-        for i in leaves.indices {
-            for j in leaves[i].runs.indices where leaves[i].runs[j].segment == segment { leaves[i].runs[j].offsets.compact() }
-        }
+    /// Gives back the growth room of every leaf's queue (a segment was sealed: most queues stop growing for a while).
+    mutating func trimQueues() {
+        for i in leaves.indices { leaves[i].queue.trim() }
     }
 
     /// Forgets every queued and retried record of `segment` (it is being deleted); returns how many each leaf lost.
@@ -130,12 +104,7 @@ struct LeafQueues {
     mutating func removeRecords(of segment: UInt32) -> [(slot: Int32, count: Int)] {
         var lost: [(slot: Int32, count: Int)] = []
         for i in leaves.indices {
-            var count = 0
-            leaves[i].runs.removeAll { run in
-                guard run.segment == segment else { return false }
-                count += run.offsets.remaining
-                return true
-            }
+            var count = leaves[i].queue.remove(segment: segment)
             let retried = leaves[i].retry.count
             leaves[i].retry.removeAll { $0.location.segment == segment }
             count += retried - leaves[i].retry.count

@@ -200,7 +200,7 @@ public final class Spool: Sendable {
             if !isLast, let indexBytes = readIndex(of: segment),
                SegmentIndex.forEach(indexBytes, segmentSize: segment.size, { r, at in index(r, at: at, in: &segment, state: &s) }) {
                 segment.indexBytes = indexBytes.count
-                s.leaves.compactRuns(of: id)
+                s.leaves.trimQueues()
                 s.segments.append(segment)
                 continue
             }
@@ -213,7 +213,7 @@ public final class Spool: Sendable {
                     segmentIndex.add(r, at: at)
                 }
             }
-            s.leaves.compactRuns(of: id)
+            s.leaves.trimQueues()
             s.corruptRegions += scan.corruptRegions.count
             s.salvaged += scan.salvaged
             bytes.withUnsafeBytes { raw in
@@ -471,7 +471,7 @@ public final class Spool: Sendable {
                 s.sealedUnsynced.append(try last.handle.duplicate())
                 s.unsynced = true
             }
-            s.leaves.compactRuns(of: last.id)
+            s.leaves.trimQueues()
             s.segments[s.segments.count - 1].indexBytes = Self.writeIndex(of: last, s.activeIndex)  // the next open need not read it
         }
         s.activeIndex = SegmentIndex()

@@ -1,5 +1,5 @@
 /// LEB128 varints (7 bits a byte, low first) and zigzag, shared by the record header, the segment index and the
-/// offset lists.
+/// leaves' location streams.
 enum Varint {
     static func put(_ value: UInt64, _ out: inout [UInt8]) {
         // One append per value, not per byte (each append checks uniqueness and capacity); most values are one byte.

@@ -15,15 +15,18 @@ struct SpoolBench: AsyncParsableCommand {
     @Option(help: "Record sizes to run.") var sizes: [Int] = [200, 4096]
     @Option(help: "Sync policies to run: always, interval.") var syncs: [String] = ["always", "interval"]
     @Flag(help: "Only the append runs (no reopen and memory figures).") var appendOnly = false
+    @Flag(help: "Only the memory figures.") var memoryOnly = false
     @Option(help: "Megabytes per throughput run.") var megabytes = 512
     /// The disk of a shared VM changes speed from one minute to the next (either loop alone varies 2–3× between
     /// runs here): raw and spool alternate, and the ratio of each pair is what counts.
     @Option(help: "Rounds per row (raw and spool alternate; the median ratio is reported).") var rounds = 3
     @Option(help: "Size of the spool reopened for the recovery figure, in MB.") var reopenMegabytes = 1024
     @Option(help: "Records buffered for the memory figure.") var memoryRecords = 1_000_000
+    @Option(help: "Leaves the memory figure's records are spread over, round-robin (one figure each).") var memoryLeaves: [Int] = [100, 1000]
 
     func run() async throws {
         guard syncs.allSatisfy({ $0 == "always" || $0 == "interval" }) else { throw ValidationError("--syncs: always, interval") }
+        if memoryOnly { return try memoryFigure() }
         print("spool benchmark in \(dir), \(batch) records per append, \(megabytes) MB per run, \(rounds) rounds (raw and spool alternate)")
         print("")
         print("record  sync        spool rec/s   spool MB/s   raw MB/s   ratio (rounds)           write amp.   raw write amp.")
@@ -118,29 +121,30 @@ struct SpoolBench: AsyncParsableCommand {
     }
 
     private func memoryFigure() throws {
-        let path = dir + "/memory"
-        fresh(path)
-        defer { _ = system("rm -rf '\(path)'") }
-        let config = try fill(path, batches: memoryRecords / 1000, perBatch: 1000, payloadBytes: 200)
-        _ = config
-        // Opened in a fresh process: in this one, heap pages freed by the earlier runs would absorb the spool's
-        // allocations and hide them from RSS.
-        let child = try ChildProcess.spawn(CommandLine.arguments[0], ["spool-memory", "--path", path])
-        child.wait()
-        let figures = (ChildProcess.readFile(path + "/memory.txt") ?? "").split(separator: " ").compactMap { Int($0) }
-        guard figures.count == 3 else { print("memory: the child process reported nothing"); return }
-        print("memory with \(figures[2]) records buffered (100 leaves): RSS +\(fixed(Double(figures[1] - figures[0]) / 1024, 1)) MB after open, "
-              + "in a fresh process   (target ≤ 4 MB)")
+        for leaves in memoryLeaves {
+            let path = dir + "/memory"
+            fresh(path)
+            defer { _ = system("rm -rf '\(path)'") }
+            _ = try fill(path, batches: memoryRecords / 1000, perBatch: 1000, payloadBytes: 200, leaves: leaves)
+            // Opened in a fresh process: in this one, heap pages freed by the earlier runs would absorb the spool's
+            // allocations and hide them from RSS.
+            let child = try ChildProcess.spawn(CommandLine.arguments[0], ["spool-memory", "--path", path])
+            child.wait()
+            let figures = (ChildProcess.readFile(path + "/memory.txt") ?? "").split(separator: " ").compactMap { Int($0) }
+            guard figures.count == 3 else { print("memory: the child process reported nothing"); return }
+            print("memory with \(figures[2]) records buffered (\(leaves) leaves interleaved): RSS +\(fixed(Double(figures[1] - figures[0]) / 1024, 1)) MB after open, "
+                  + "in a fresh process   (target ≤ 2 MB)")
+        }
     }
 
-    /// Writes `batches × perBatch` records over 100 leaves into a fresh spool at `path` and closes it.
-    private func fill(_ path: String, batches: Int, perBatch: Int, payloadBytes: Int) throws -> SpoolConfiguration {
+    /// Writes `batches × perBatch` records round-robin over `leaves` leaves into a fresh spool at `path` and closes it.
+    private func fill(_ path: String, batches: Int, perBatch: Int, payloadBytes: Int, leaves: Int = 100) throws -> SpoolConfiguration {
         var config = SpoolConfiguration(directory: path)
         config.sync = .interval(milliseconds: 1000)
         config.capBytes = Int.max / 2
         let spool = try Spool(configuration: config)
         let entries = (0..<perBatch).map { i in
-            Spool.Entry(leaf: "leaf-\(i % 100)", acquiredAtMs: 1, payload: [UInt8](repeating: 0x63, count: payloadBytes))
+            Spool.Entry(leaf: "leaf-\(i % leaves)", acquiredAtMs: 1, payload: [UInt8](repeating: 0x63, count: payloadBytes))
         }
         for _ in 0..<batches { try spool.append(entries) }
         spool.close()

@@ -333,30 +333,46 @@ func writeFile(_ path: String, _ bytes: [UInt8]) {
     fclose(f)
 }
 
-@Suite("Spool offset lists")
-struct OffsetListTests {
-    @Test("deltas of every size round-trip in order; compaction keeps what is left")
+@Suite("Spool location streams")
+struct LocationStreamTests {
+    @Test("gaps of every size, across segments, round-trip in order; trimming and dropping the taken part keep the rest")
     func roundTrip() {
         let offsets: [UInt32] = [0, 1, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152, 268_435_455, 268_435_456, UInt32.max]
-        var list = OffsetList(offsets[0])
-        for o in offsets.dropFirst() { list.append(o) }
-        #expect(list.count == offsets.count)
-        var out: [UInt32] = []
-        for i in 0..<offsets.count {
-            if i == 4 { list.compact() }
-            out.append(list.first!)
-            list.removeFirst()
+        var expected: [(segment: UInt32, offset: UInt32)] = offsets.map { (7, $0) } + offsets.prefix(5).map { (9, $0) }
+        // Irregular gaps, up and down, long enough for the taken prefix to be dropped.
+        var o: UInt32 = 5
+        for i in 1..<20_000 { o += UInt32(1 + (i * 7919) % 30_000); expected.append((12, o)) }
+        var stream = LocationStream()
+        for r in expected { stream.append(segment: r.segment, offset: r.offset) }
+        #expect(stream.count == expected.count)
+        var out: [(segment: UInt32, offset: UInt32)] = []
+        for i in 0..<expected.count {
+            if i == 4 || i == 15_000 { stream.trim() }
+            #expect(stream.first.map { [$0.segment, $0.offset] } == [expected[i].segment, expected[i].offset])
+            out.append(stream.removeFirst()!)
         }
-        #expect(out == offsets)
-        #expect(list.first == nil && list.remaining == 0)
-        // Irregular gaps, up and down.
-        var irregular: [UInt32] = [5]
-        for i in 1..<500 { irregular.append(irregular.last! + UInt32(1 + (i * 7919) % 30_000)) }
-        var l2 = OffsetList(irregular[0])
-        for o in irregular.dropFirst() { l2.append(o) }
-        var back: [UInt32] = []
-        while let o = l2.first { back.append(o); l2.removeFirst() }
-        #expect(back == irregular)
+        #expect(out.map(\.segment) == expected.map(\.segment) && out.map(\.offset) == expected.map(\.offset))
+        #expect(stream.first == nil && stream.isEmpty)
+    }
+
+    @Test("regular gaps cost a byte a record; new records after a drain, prepending and removing a segment keep the order")
+    func compactAndEditable() {
+        var stream = LocationStream()
+        // 1000 leaves interleaved: a leaf's records are 260 kB apart, 32 in each 8 MB segment.
+        for segment: UInt32 in 1...31 {
+            for k: UInt32 in 0..<32 { stream.append(segment: segment, offset: 100 + k * 260_000) }
+        }
+        stream.trim()
+        #expect(stream.count == 992)
+        #expect(stream.byteCount < 992 * 5 / 4, "\(stream.byteCount) bytes for 992 records")
+        let head = [stream.removeFirst()!, stream.removeFirst()!]
+        stream.prepend(head)
+        #expect(stream.all.prefix(3).map(\.offset) == [100, 260_100, 520_100])
+        #expect(stream.remove(segment: 1) == 32 && stream.count == 960 && stream.first?.segment == 2)
+        while stream.removeFirst() != nil {}
+        stream.append(segment: 40, offset: 8)
+        stream.append(segment: 40, offset: 16)
+        #expect(stream.all.map(\.offset) == [8, 16] && stream.all.map(\.segment) == [40, 40])
     }
 }
 
@@ -393,7 +409,7 @@ struct LeafQueuesTests {
         q.enqueue(b, segment: 4, offset: 0)
         let taken = q.popFront(a)!
         q.giveBack([(1, taken)])
-        q.compactRuns(of: 3)
+        q.trimQueues()
         let lost = q.removeRecords(of: 3)
         #expect(lost.map(\.slot) == [a, b] && lost.map(\.count) == [3, 1])
         #expect(q.depthByLeaf == ["b": 1])

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Builds products as they ship (packaging/release-flags.sh: static Swift runtime, hardening, hot code laid out
+# together) into .build/static, for the benchmarks that measure the shipped binary: valgrind 3.19 runs only
+# statically linked Swift programs, and daemon-memory's figures depend on the layout.
+# Usage: scripts/static-build.sh PRODUCT...   e.g. scripts/static-build.sh fieldgated fieldgate-hub fieldgate-bench
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -d /opt/swift/usr/bin ] && export PATH=/opt/swift/usr/bin:$PATH
+[ $# -gt 0 ] || { echo "usage: $0 PRODUCT..." >&2; exit 2; }
+source packaging/release-flags.sh
+mkdir -p .build/static
+release_flags gold packaging/hot-code.symbols .build/static/hot-code.sections
+for product in "$@"; do swift build "${RELEASE_FLAGS[@]}" --scratch-path .build/static --product "$product"; done

@@ -111,6 +111,11 @@ public final class GatewayIdentity: LeafRouter {
             "drops": .object(drops),
             "leaves": .object(byPhase),
             "connections": .object(connections),
+            // Present while the hub's daily quota holds telemetry back; null (removed) otherwise.
+            "telemetryPaused": status.d2cPause.map { p in
+                ["reason": .string(p.reason), "since": .string(WallClock.iso8601(milliseconds: p.sinceMs)),
+                 "until": p.untilMs.map { .string(WallClock.iso8601(milliseconds: $0)) } ?? .null, "probing": .bool(p.probing)] as JSONValue
+            } ?? .null,
         ]
     }
 
@@ -120,6 +125,7 @@ public final class GatewayIdentity: LeafRouter {
         let now = WallClock.nowMilliseconds()
         let due = state.withLock { s -> Bool in
             let changed = s.lastHealth?["leaves"] != h["leaves"] || s.lastHealth?["connections"] != h["connections"]
+                || s.lastHealth?["telemetryPaused"] != h["telemetryPaused"]
             return changed || now - s.lastHealthMs >= configuration.healthIntervalMilliseconds
         }
         guard due, let uplink else { return }

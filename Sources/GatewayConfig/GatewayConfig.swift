@@ -98,6 +98,9 @@ public struct GatewayConfigFile: Decodable, Sendable {
     public struct UplinkSection: Decodable, Sendable {
         /// Gather a leaf's queued JSON readings into JSON-array messages of up to this many bytes; 0 or absent: off.
         public var coalesce_bytes: Int?
+        /// With the hub's daily quota spent, probe the hub this often before its 00:00 UTC reset; 0 or absent: at the
+        /// reset only.
+        public var quota_probe_minutes: Int?
     }
     public struct Control: Decodable, Sendable {
         public var socket: String?
@@ -289,6 +292,11 @@ struct Mapper {
         if let c = f.uplink?.coalesce_bytes, c != 0 {
             if (UplinkConfiguration.coalesceRange).contains(c) { uplink.coalesceTargetBytes = c } else {
                 report(main, "uplink.coalesce_bytes", "uplink.coalesce_bytes must be 0 (off) or \(UplinkConfiguration.coalesceRange.lowerBound) to \(UplinkConfiguration.coalesceRange.upperBound); 4000 fits IoT Hub's 4 KB billing unit")
+            }
+        }
+        if let m = f.uplink?.quota_probe_minutes, m != 0 {
+            if (1...1440).contains(m) { uplink.quotaProbeIntervalMilliseconds = Int64(m) * 60_000 } else {
+                report(main, "uplink.quota_probe_minutes", "uplink.quota_probe_minutes must be 0 (probe at the 00:00 UTC reset only) or 1 to 1440")
             }
         }
         let spool = spoolConfiguration(f.spool)

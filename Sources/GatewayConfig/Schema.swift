@@ -141,7 +141,7 @@ enum ConfigSchema {
             "directory": .string, "cap_mb": .int, "sync": .string, "full_policy": .string, "ttl_hours": .int,
         ])),
         "udp": .table(Schema(fields: ["bind": .string, "port": .int, "max_datagram_bytes": .int, "allowed_sources": .strings], required: ["port"])),
-        "uplink": .table(Schema(fields: ["coalesce_bytes": .int])),
+        "uplink": .table(Schema(fields: ["coalesce_bytes": .int, "quota_probe_minutes": .int])),
         "secrets": .table(Schema(fields: ["file": .string])),
         "control": .table(Schema(fields: ["socket": .string, "allow_debug": .bool, "metrics": .string])),
         "daemon": .table(Schema(fields: ["stall_seconds": .int])),

@@ -16,6 +16,9 @@ public struct HubConfiguration: Sendable {
     /// New device authentications (put-tokens) per second per hub; nil = unlimited. Default: nil. The real S1 hub
     /// allows max(100/s, 12/s/unit).
     public var deviceAuthenticationsPerSecond: Int?
+    /// D2C messages the hub accepts per UTC day, counted as IoT Hub bills them (a message costs one unit per started
+    /// 4 KB); beyond it telemetry is refused with 403002 until 00:00 UTC. nil = unlimited. Default: nil.
+    public var dailyMessageQuota: Int?
     /// Where registry, twins and pending C2D survive restarts; nil = memory only.
     public var stateDirectory: String?
 

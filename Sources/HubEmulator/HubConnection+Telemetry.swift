@@ -29,6 +29,9 @@ extension HubConnection {
         guard let token = liveToken(covering: "/devices/\(deviceId)") else {
             return delivery.dispose(.rejected(AMQPCondition(name: IoTHubAMQP.unauthorizedAccess, description: "Token Invalid.")))
         }
+        if let refusal = core.quotaRefusal() {
+            return delivery.dispose(.rejected(AMQPCondition(name: IoTHubAMQP.resourceLimitExceeded, description: refusal)))
+        }
         if let left = core.rejectTelemetry[deviceId], left > 0 {
             core.rejectTelemetry[deviceId] = left - 1
             return delivery.dispose(.rejected(AMQPCondition(name: IoTHubAMQP.argumentError, description: "rejected by fault injection (/faults/reject-telemetry)")))
@@ -58,6 +61,7 @@ extension HubConnection {
         for encoded in encodings {
             core.recordEvent(StoredEvent(deviceId: deviceId, generationId: generationId, enqueuedMs: now, hubScope: hubScope, encoded: encoded))
         }
+        core.chargeQuota(messageSizes: messages.map(Self.protocolAgnosticSize))
         delivery.dispose(.accepted)
     }
 

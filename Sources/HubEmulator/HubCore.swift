@@ -33,6 +33,11 @@ public final class HubCore: @unchecked Sendable {
     /// Fault injection: the next N telemetry messages of a device are rejected for good (argument error).
     var rejectTelemetry: [String: Int] = [:]
     var authenticationWindow: (second: Int64, count: Int) = (0, 0)
+    /// The daily message quota: units used on `quotaDay` (UTC days since 1970), and the fault that spends it for
+    /// the rest of a day.
+    var quotaUsed = 0
+    var quotaDay: Int64 = 0
+    var quotaSpentOnDay: Int64?
     private var saveScheduled = false
     private var tickTimer: AMQPTimer?
 
@@ -254,6 +259,50 @@ public struct MethodResult: Sendable, Codable, Equatable {
 }
 
 /// The JSON error descriptions the real hub puts into conditions and API bodies.
+extension HubCore {
+    /// Starts a new count at 00:00 UTC, as IoT Hub resets `dailyMessage.QuotaUsed`.
+    private func rollQuotaDay() {
+        let day = now / 86_400_000
+        guard day != quotaDay else { return }
+        quotaDay = day
+        quotaUsed = 0
+        if quotaSpentOnDay != day { quotaSpentOnDay = nil }
+    }
+
+    /// Why telemetry is refused for the daily quota now (the hub's 403002 text), or nil.
+    func quotaRefusal() -> String? {
+        rollQuotaDay()
+        let limit = configuration.dailyMessageQuota
+        guard quotaSpentOnDay == quotaDay || limit.map({ quotaUsed >= $0 }) == true else { return nil }
+        return hubErrorJSON(403002, "IotHubQuotaExceeded: Total number of messages on IotHub '\(configuration.hubName)' exceeded the allocated quota. "
+                                  + "Max allowed message count: \(limit.map(String.init) ?? "\(quotaUsed)"), current message count: \(quotaUsed). "
+                                  + "The quota resets at 00:00 UTC.")
+    }
+
+    /// Bills accepted D2C messages: a unit per started 4 KB of each.
+    func chargeQuota(messageSizes: [Int]) {
+        rollQuotaDay()
+        quotaUsed += messageSizes.reduce(0) { $0 + max(1, ($1 + 4095) / 4096) }
+    }
+
+    /// Fault: the quota counts as spent until the next 00:00 UTC; `reset` is that midnight's reset, now.
+    public func spendQuota(reset: Bool) {
+        rollQuotaDay()
+        if reset {
+            quotaSpentOnDay = nil
+            quotaUsed = 0
+        } else {
+            quotaSpentOnDay = quotaDay
+        }
+    }
+
+    public var quotaJSON: JSONValue {
+        rollQuotaDay()
+        return ["used": .int(Int64(quotaUsed)), "limit": configuration.dailyMessageQuota.map { .int(Int64($0)) } ?? .null,
+                "spent": .bool(quotaRefusal() != nil)]
+    }
+}
+
 func hubErrorJSON(_ code: Int, _ message: String) -> String {
     JSONValue.object([
         "errorCode": .int(Int64(code)), "message": .string(message),

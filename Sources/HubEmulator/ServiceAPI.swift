@@ -131,7 +131,7 @@ struct ServiceAPI: Sendable {
             return try json(try await core.perform { core in
                 JSONValue.object([
                     "connections": .int(Int64(core.connectionCount)), "acceptedEvents": .int(core.acceptedEventCount),
-                    "devices": .int(Int64(core.registry.devices.count)),
+                    "devices": .int(Int64(core.registry.devices.count)), "dailyQuota": core.quotaJSON,
                 ])
             })
         }
@@ -152,6 +152,15 @@ struct ServiceAPI: Sendable {
             let count = Int(body?["count"]?.intValue ?? 1)
             try await core.perform { core in try core.rejectTelemetry(id, count: count) }
             return try json(JSONValue.object(["rejecting": .string(id), "count": .int(Int64(count))]))
+        }
+        router.post("/faults/quota-exceeded") { req, _ in
+            try await authorize(req, "ServiceConnect")
+            var req = req
+            let reset = try await bodyJSON(&req)?["reset"] == .bool(true)
+            return try json(try await core.perform { core in
+                core.spendQuota(reset: reset)
+                return JSONValue.object(["dailyQuota": core.quotaJSON])
+            })
         }
         router.post("/faults/expire-tokens") { req, _ in
             try await authorize(req, "ServiceConnect")

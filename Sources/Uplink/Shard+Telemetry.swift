@@ -37,9 +37,15 @@ extension Shard {
             leaf.counters.acceptedRecords += entry.sequences.count
             leaf.machine.delivered()
             engine.acknowledge(entry.sequences)
+            engine.telemetryAccepted()
         case .rejected(let condition):
             switch condition?.name {
-            case IoTHubAMQP.throttled?, IoTHubAMQP.resourceLimitExceeded?:
+            case IoTHubAMQP.resourceLimitExceeded?:
+                // The hub's daily quota (403002): no leaf can send before it resets, so the whole uplink pauses.
+                leaf.counters.throttled += 1
+                engine.quotaExceeded(description: condition?.description ?? "")
+                engine.release(entry.sequences + leaf.takePending())
+            case IoTHubAMQP.throttled?:
                 leaf.counters.throttled += 1
                 leaf.machine.throttled(description: condition?.description ?? "", nowMs: nowMs, random: engine.random())
                 // One line per leaf per minute: a throttled hub must be visible, not flood the journal.

@@ -145,6 +145,17 @@ public struct LeafChanges: Sendable, Equatable, CustomStringConvertible {
 
 /// What the uplink is doing, per connection and per leaf.
 public struct UplinkStatus: Sendable {
+    /// Telemetry paused for every leaf (the hub's daily quota is spent).
+    public struct D2CPause: Sendable, Equatable {
+        public var reason: String
+        public var sinceMs: Int64
+        /// When a message probes the hub next; nil while that probe is out.
+        public var untilMs: Int64?
+        public var probing: Bool
+    }
+    /// nil: telemetry flows.
+    public var d2cPause: D2CPause?
+
     public struct Connection: Sendable {
         public var index: Int
         /// waiting, connecting or open.

@@ -37,6 +37,9 @@ final class UplinkEngine: @unchecked Sendable {
     private var clockWarned = false
     private var clockGaveUp = false
 
+    /// The hub's daily message quota: when it is spent, telemetry pauses for every leaf.
+    private(set) var quota: DailyQuotaPause
+
     init(configuration: UplinkConfiguration, leaves: [LeafConfiguration], spool: Spool, router: (any LeafRouter)?,
          reactor: AMQPReactor, logger: Logger, nowMs: @escaping @Sendable () -> Int64, random: @escaping @Sendable () -> Double) {
         self.configuration = configuration
@@ -49,6 +52,7 @@ final class UplinkEngine: @unchecked Sendable {
         // A small burst: any one-second window then sees at most 1.2 × the rate (the hub counts per second).
         self.pacer = configuration.attachesPerSecond.map { TokenBucket(ratePerSecond: $0, burst: $0 / 5) }
         self.sendLimiter = configuration.messagesPerSecond.map { TokenBucket(ratePerSecond: $0) }
+        self.quota = DailyQuotaPause(probeIntervalMilliseconds: configuration.quotaProbeIntervalMilliseconds)
         for chunk in Self.partition(leaves, maxTokens: configuration.identitiesPerConnection) {
             addShard(chunk.map(makeRuntime))
         }
@@ -146,6 +150,10 @@ final class UplinkEngine: @unchecked Sendable {
         guard !stopping else { return }
         heartbeat.beat()
         let now = nowMs()
+        if quota.tick(nowMs: now) {
+            logger.notice("uplink: the daily-quota pause is over; one message probes the hub before the others follow")
+            flushAll()
+        }
         for shard in shards {
             shard.tickConnection(nowMs: now)
             shard.withConnection { [self] shard in
@@ -222,11 +230,46 @@ final class UplinkEngine: @unchecked Sendable {
 
     // MARK: telemetry
 
-    /// One permit per D2C message, when a tier rate is configured.
+    /// One permit per D2C message: none while the daily quota is spent (one while it is probed), and one per
+    /// token when a tier rate is configured.
     func takeSendPermit() -> Bool {
+        switch quota.sendLimit {
+        case 0?: return false
+        case 1?:
+            // The probe: only while no telemetry is unsettled anywhere (whatever its fate, the probe is then over).
+            if shards.contains(where: { !$0.unsettled.isEmpty }) { return false }
+        default: break
+        }
         guard var limiter = sendLimiter else { return true }
         defer { sendLimiter = limiter }
         return limiter.take(nowMs: nowMs())
+    }
+
+    /// The hub refused a message for its daily quota: every leaf pauses (the message goes back to the spool).
+    func quotaExceeded(description: String) {
+        let began = quota.exceeded(description: description, nowMs: nowMs(), random: random())
+        if case .paused(_, let until) = quota.state, began {
+            logger.error("uplink: the hub's daily message quota is spent (\(description)); telemetry pauses for every leaf until \(WallClock.iso8601(milliseconds: until)) while readings keep spooling",
+                         metadata: ["hub_error": "\(IoTHubAMQP.resourceLimitExceeded)"])
+        }
+    }
+
+    /// The hub accepted a message: after a quota pause, every leaf sends again.
+    func telemetryAccepted() {
+        guard !quota.isOpen else { return }
+        if quota.accepted() {
+            logger.notice("uplink: the hub accepts telemetry again after the daily-quota pause; every leaf resumes")
+            flushAll()
+        }
+    }
+
+    /// Sends what every leaf holds, as far as credit and permits allow.
+    private func flushAll() {
+        for shard in shards {
+            shard.withConnection { s in
+                for leaf in s.leaves.values where leaf.pendingCount > 0 { s.flush(leaf) }
+            }
+        }
     }
 
     func leafBecameReady() {
@@ -258,7 +301,7 @@ final class UplinkEngine: @unchecked Sendable {
         guard !pumpBusy else { return }
         var job = settlements
         settlements = SpoolPump.Job()
-        if !stopping && !spoolLooksEmpty {
+        if !stopping && !spoolLooksEmpty && quota.sendLimit != 0 {
             // Coalescing gathers per fetch: ask for as many records as a message can carry (200 B readings: ~20 in
             // 4000 bytes), within a bound on what one fetch holds in memory.
             let perMessage = configuration.coalesceTargetBytes.map { min(64, max(1, $0 / 128)) } ?? 1
@@ -273,10 +316,14 @@ final class UplinkEngine: @unchecked Sendable {
                     if room > 0 { budgets[leaf.deviceID] = room * perMessage }
                 }
             }
+            // Probing the quota: one message's worth in all (from whichever leaf has records), and only when
+            // nothing is held already.
+            let probing = quota.sendLimit == 1
+            if probing && outstanding > 0 { budgets = [:] }
             let capacity = configuration.maxInFlightTotal - outstanding
             if capacity > 0 && !budgets.isEmpty {
                 job.budgets = budgets
-                job.maxRecords = perMessage == 1 ? capacity : min(capacity * perMessage, Self.maxRecordsPerFetch)
+                job.maxRecords = probing ? perMessage : perMessage == 1 ? capacity : min(capacity * perMessage, Self.maxRecordsPerFetch)
                 // A leaf's turn takes several whole messages' worth, sized by the fullest message seen so far: a
                 // turn that ends inside a message leaves a short one behind.
                 job.quantum = min(512, (readingsPerFullMessage ?? perMessage) * 8)
@@ -421,6 +468,13 @@ final class UplinkEngine: @unchecked Sendable {
 
     func snapshot() -> UplinkStatus {
         var status = UplinkStatus()
+        switch quota.state {
+        case .open: break
+        case .paused(let since, let until):
+            status.d2cPause = UplinkStatus.D2CPause(reason: "daily quota spent: \(quota.lastRefusal)", sinceMs: since, untilMs: until, probing: false)
+        case .probing(let since):
+            status.d2cPause = UplinkStatus.D2CPause(reason: "daily quota spent: \(quota.lastRefusal)", sinceMs: since, untilMs: nil, probing: true)
+        }
         for shard in shards {
             status.connections.append(UplinkStatus.Connection(
                 index: shard.index, state: shard.machine.phase.rawValue, opens: shard.machine.opens,

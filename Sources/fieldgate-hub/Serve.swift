@@ -42,6 +42,8 @@ struct Serve: AsyncParsableCommand {
     var eventLogCapacity = 100_000
     @Option(help: "Device authentications per second (the hub's device-connection throttle); 0 = unlimited.")
     var deviceConnectRate = 0
+    @Option(help: "Daily message quota in 4 KB units, as IoT Hub bills D2C (S1: 400000 per unit); reset at 00:00 UTC; 0 = unlimited.")
+    var dailyQuota = 0
     @Option(help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel = "info"
 
@@ -55,6 +57,7 @@ struct Serve: AsyncParsableCommand {
         config.hub.tokenClockSkewSeconds = tokenSkew
         config.hub.eventLogCapacity = eventLogCapacity
         config.hub.deviceAuthenticationsPerSecond = deviceConnectRate > 0 ? deviceConnectRate : nil
+        config.hub.dailyMessageQuota = dailyQuota > 0 ? dailyQuota : nil
         config.bindHost = bind
         config.amqpsPort = noAmqps ? nil : amqpsPort
         config.amqpPort = amqpPort

@@ -209,7 +209,18 @@ struct Twin: AsyncParsableCommand {
 struct Fault: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Inject faults.",
-        subcommands: [Throttle.self, ExpireTokens.self, DropConnections.self, RefuseConnections.self, Device.Disable.self])
+        subcommands: [Throttle.self, QuotaExceeded.self, ExpireTokens.self, DropConnections.self, RefuseConnections.self, Device.Disable.self])
+
+    struct QuotaExceeded: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "quota-exceeded",
+            abstract: "Spend the hub's daily message quota: telemetry is refused (403002) until 00:00 UTC, or --reset (that midnight's reset, now).")
+        @OptionGroup var service: ServiceOptions
+        @Flag(help: "Reset the quota instead.") var reset = false
+        func run() async throws {
+            printJSON(try await service.call("POST", "/faults/quota-exceeded", body: ["reset": .bool(reset)]))
+        }
+    }
 
     struct Throttle: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Reject a device's telemetry as throttled for a while.")

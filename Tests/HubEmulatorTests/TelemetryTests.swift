@@ -106,4 +106,27 @@ struct TelemetryRuleTests {
             c.close()
         }
     }
+
+    @Test("the daily quota bills a unit per started 4 KB and refuses telemetry with 403002 once spent, until 00:00 UTC or a reset")
+    func dailyQuota() async throws {
+        try await withHub(configure: { $0.hub.dailyMessageQuota = 4 }) { hub in
+            try await hub.createDevice("dev1")
+            let c = try await hub.connectDevice("dev1")
+            #expect(try await c.send(jsonMessage("{}"), deviceId: "dev1") == .accepted)
+            // 5000 bytes: two units.
+            #expect(try await c.send(AMQPMessage(data: [UInt8](repeating: UInt8(ascii: "x"), count: 5000)), deviceId: "dev1") == .accepted)
+            #expect(try await c.send(jsonMessage("{}"), deviceId: "dev1") == .accepted)
+            #expect(try await hub.core.perform { $0.quotaJSON } == ["used": 4, "limit": 4, "spent": true])
+            let refused = try await c.send(jsonMessage("{}"), deviceId: "dev1")
+            #expect(rejection(refused) == IoTHubAMQP.resourceLimitExceeded)
+            if case .rejected(let condition) = refused { #expect(condition?.description.contains("403002") == true) }
+            // Midnight's reset, now: accepted again; the fault spends it at once.
+            try await hub.core.perform { $0.spendQuota(reset: true) }
+            #expect(try await c.send(jsonMessage("{}"), deviceId: "dev1") == .accepted)
+            try await hub.core.perform { $0.spendQuota(reset: false) }
+            #expect(rejection(try await c.send(jsonMessage("{}"), deviceId: "dev1")) == IoTHubAMQP.resourceLimitExceeded)
+            #expect(try await hub.events().count == 4)
+            c.close()
+        }
+    }
 }

@@ -21,7 +21,7 @@ final class UplinkHarness: Sendable {
     let spoolDirectory: String
 
     init(hub: TestHub, leaves: [LeafConfiguration], router: (any LeafRouter)? = nil,
-         clock: TestClock? = nil, configure: (inout UplinkConfiguration) -> Void = { _ in }) throws {
+         clock: TestClock? = nil, configure: (inout UplinkConfiguration) -> Void = { _ in }, random: (@Sendable () -> Double)? = nil) throws {
         spoolDirectory = FileManager.default.temporaryDirectory.path + "/fieldgate-uplink-test-" + AMQPUUID.random().description
         var spoolConfig = SpoolConfiguration(directory: spoolDirectory)
         spoolConfig.sync = .interval(milliseconds: 50)
@@ -30,11 +30,11 @@ final class UplinkHarness: Sendable {
         configure(&config)
         var logger = Logger(label: "test.uplink")
         logger.logLevel = ProcessInfo.processInfo.environment["UPLINK_TEST_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .error
-        if let clock {
-            uplink = try Uplink(configuration: config, leaves: leaves, spool: spool, router: router, logger: logger, nowMs: clock.nowMs)
-        } else {
-            uplink = try Uplink(configuration: config, leaves: leaves, spool: spool, router: router, logger: logger)
-        }
+        var nowMs: @Sendable () -> Int64 = { WallClock.nowMilliseconds() }
+        if let clock { nowMs = clock.nowMs }
+        var randomNumber: @Sendable () -> Double = { Double.random(in: 0..<1) }
+        if let random { randomNumber = random }
+        uplink = try Uplink(configuration: config, leaves: leaves, spool: spool, router: router, logger: logger, nowMs: nowMs, random: randomNumber)
     }
 
     /// TLS to the hub's AMQPS port, verifying its certificate against the test CA; unpaced, quick retries.

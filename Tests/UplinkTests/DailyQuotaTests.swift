@@ -1,0 +1,99 @@
+import FieldgateCore
+import HubEmulator
+import HubTestSupport
+import IoTHub
+import Spool
+import Synchronization
+import Testing
+@testable import Uplink
+
+@Suite("Daily quota pause")
+struct DailyQuotaTests {
+    static let day: Int64 = 86_400_000
+    /// 2026-12-04 23:59:00 UTC.
+    static let lateEvening: Int64 = 20_791 * day + 86_340_000
+
+    /// Virtual time: the pause lasts until the next 00:00 UTC (plus the spread), one message probes, and an
+    /// accepted message opens it; a refused probe pauses again until the following midnight.
+    @Test func pausesUntilMidnightThenProbes() {
+        var q = DailyQuotaPause()
+        let t0 = Self.lateEvening
+        #expect(q.sendLimit == nil && q.isOpen)
+        let began = q.exceeded(description: "403002", nowMs: t0, random: 0.5)
+        let midnight = 20_792 * Self.day
+        #expect(began && q.state == .paused(sinceMs: t0, untilMs: midnight + 30_000))
+        #expect(q.sendLimit == 0 && q.pauses == 1)
+        // Messages that were already out are refused too: the pause stands as it is.
+        let again = q.exceeded(description: "403002", nowMs: t0 + 10, random: 0.9)
+        #expect(!again && q.state == .paused(sinceMs: t0, untilMs: midnight + 30_000))
+        let early = q.tick(nowMs: midnight + 29_999)
+        let due = q.tick(nowMs: midnight + 30_000)
+        #expect(!early && due)
+        #expect(q.state == .probing(sinceMs: t0) && q.sendLimit == 1)
+        // The probe is refused (the quota is not back): until the next midnight.
+        let refusedProbe = q.exceeded(description: "403002", nowMs: midnight + 30_100, random: 0)
+        #expect(!refusedProbe && q.state == .paused(sinceMs: t0, untilMs: midnight + Self.day))
+        let nextDay = q.tick(nowMs: midnight + Self.day)
+        let reopened = q.accepted()
+        #expect(nextDay && reopened)
+        #expect(q.isOpen && q.sendLimit == nil && q.pauses == 1)
+        let alreadyOpen = q.accepted()
+        #expect(!alreadyOpen)
+    }
+
+    @Test func aProbeIntervalComesBeforeMidnight() {
+        var q = DailyQuotaPause(probeIntervalMilliseconds: 15 * 60_000)
+        let t0 = 20_792 * Self.day + 3_600_000  // 01:00 UTC
+        q.exceeded(description: "", nowMs: t0, random: 0)
+        #expect(q.state == .paused(sinceMs: t0, untilMs: t0 + 15 * 60_000))
+        // Near midnight the reset comes first.
+        var late = DailyQuotaPause(probeIntervalMilliseconds: 15 * 60_000)
+        late.exceeded(description: "", nowMs: Self.lateEvening, random: 0)
+        #expect(late.state == .paused(sinceMs: Self.lateEvening, untilMs: 20_792 * Self.day))
+        #expect(DailyQuotaPause(probeIntervalMilliseconds: 0).probeIntervalMilliseconds == nil)
+    }
+
+    /// Issue 23.5 over real AMQP/TLS: the hub's daily quota is spent; telemetry pauses for every leaf until the
+    /// gateway's clock reaches 00:00 UTC, readings keep spooling and the status says so; the hub resets its quota at
+    /// its midnight; one message probes, then every leaf drains in order.
+    @Test func pausesEveryLeafAndResumesAtMidnight() async throws {
+        try await withHub { hub in
+            let leaves = try await createLeaves(hub, count: 20)
+            let offset = Atomic<Int64>(0)
+            let h = try UplinkHarness(hub: hub, leaves: leaves, clock: TestClock { WallClock.nowMilliseconds() + offset.load(ordering: .relaxed) },
+                                      random: { 0 })
+            h.uplink.start()
+            try await eventually(20, "ready") { await h.uplink.status().count(.ready) == 20 }
+            try h.append(leaves.map { (leaf: $0.deviceID, json: #"{"r":0}"#, properties: [:]) })
+            try await eventually(10, "round 0 delivered") { try await hub.core.perform { $0.acceptedEventCount } == 20 }
+
+            // The gateway's clock now reads 12 s before midnight; the hub's quota is spent.
+            let real = WallClock.nowMilliseconds()
+            let midnight = DailyQuotaPause.nextUTCMidnight(after: real)
+            offset.store(midnight - real - 12_000, ordering: .relaxed)
+            try await hub.core.perform { $0.spendQuota(reset: false) }
+            for round in 1...5 { try h.append(leaves.map { (leaf: $0.deviceID, json: #"{"r":\#(round)}"#, properties: [:]) }) }
+            try await eventually(10, "paused") { await h.uplink.status().d2cPause != nil }
+            let pause = try #require(await h.uplink.status().d2cPause)
+            #expect(pause.untilMs == midnight, "until the gateway's next midnight: \(pause)")
+            #expect(pause.reason.contains("403002") && !pause.probing)
+            let refused = await h.uplink.status().leaves.values.map(\.counters.throttled).reduce(0, +)
+            try await Task.sleep(for: .seconds(1))
+            // Paused: no leaf sends (no more refusals), nothing more accepted, everything waits in the spool.
+            #expect(await h.uplink.status().leaves.values.map(\.counters.throttled).reduce(0, +) == refused)
+            #expect(try await hub.core.perform { $0.acceptedEventCount } == 20)
+            #expect(h.spool.statistics().depth == 100)
+
+            // The hub's own midnight; then the gateway's clock gets there and every leaf resumes.
+            try await hub.core.perform { $0.spendQuota(reset: true) }
+            try await eventually(30, "drained after midnight") { h.spool.statistics().depth == 0 }
+            #expect(await h.uplink.status().d2cPause == nil)
+            let events = try await allEvents(hub)
+            for leaf in leaves {
+                #expect(events.filter { $0.deviceId == leaf.deviceID }.compactMap(\.body) == (0...5).map { #"{"r":\#($0)}"# }, "\(leaf.deviceID) in order")
+            }
+            #expect(try await hub.core.perform { $0.quotaJSON["used"] } == 100, "each 200 B reading bills one unit (the first 20 were billed before the reset)")
+            await h.stop()
+        }
+    }
+}

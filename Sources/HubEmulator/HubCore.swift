@@ -258,7 +258,6 @@ public struct MethodResult: Sendable, Codable, Equatable {
     }
 }
 
-/// The JSON error descriptions the real hub puts into conditions and API bodies.
 extension HubCore {
     /// Starts a new count at 00:00 UTC, as IoT Hub resets `dailyMessage.QuotaUsed`.
     private func rollQuotaDay() {
@@ -303,6 +302,7 @@ extension HubCore {
     }
 }
 
+/// The JSON error descriptions the real hub puts into conditions and API bodies.
 func hubErrorJSON(_ code: Int, _ message: String) -> String {
     JSONValue.object([
         "errorCode": .int(Int64(code)), "message": .string(message),

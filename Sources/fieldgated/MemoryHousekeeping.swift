@@ -51,6 +51,6 @@ extension MemoryHousekeeping {
                 c.resume(returning: ResidentCode.release())
             }
         }
-        logger.info("start-up over: \(releasedKB / 1024) MB of code pages unmapped (they stay in the page cache)")
+        logger.info("start-up over: \(releasedKB / 1024) MB of code and read-only data pages unmapped (they stay in the page cache)")
     }
 }

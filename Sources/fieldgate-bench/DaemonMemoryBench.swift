@@ -17,7 +17,7 @@ struct DaemonMemoryBench: AsyncParsableCommand {
 
     @Option(help: "Leaves attached.") var leaves = 1000
     @Option(help: "Readings spooled.") var records = 1_000_000
-    @Option(help: "Seconds to let the daemon run once attached, before measuring.") var settle = 10
+    @Option(help: "Seconds to let the daemon run once attached, before measuring (it gives its start-up pages back 10–15 s after the start).") var settle = 20
     @Option(help: "Directory for the daemon's state (on the disk to measure).") var dir = "/var/tmp/fieldgate-daemon-memory-bench"
     @Option(help: "fieldgated binary. Default: next to this one.") var daemon: String?
     @Option(help: "The leaves' cloud capabilities (their `cloud` key): all (C2D, methods, twin: six links each) or none (telemetry only: one link).")
@@ -104,7 +104,7 @@ struct DaemonMemoryBench: AsyncParsableCommand {
         let attached = child.memory()
         if hotCode != nil {
             // What the start ran is not hot: count from the moment the daemon has released its start-up pages.
-            try await Task.sleep(for: .seconds(10))
+            try await Task.sleep(for: .seconds(20))
             try Callgrind.zero(pid: child.pid)
         }
         try await Task.sleep(for: .seconds(settle))

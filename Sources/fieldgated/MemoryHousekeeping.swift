@@ -31,15 +31,15 @@ enum MemoryHousekeeping {
 }
 
 extension MemoryHousekeeping {
-    /// Once the start's one-time work is over (`settled` says so twice in a row, a second apart, or after two
-    /// minutes, e.g. while the hub is down), gives back the code pages it left mapped and the heap it freed
-    /// (`ResidentCode`): about half of the daemon's resident memory with a thousand leaves. What runs later is
-    /// mapped again on its first touch.
+    /// Once the start's one-time work is over (at least 10 s after the start, when `settled` says so twice in a
+    /// row a second apart, or after two minutes, e.g. while the hub is down), gives back the code pages it left
+    /// mapped and the heap it freed (`ResidentCode`): about half of the daemon's resident memory with a thousand
+    /// leaves. What runs later is mapped again on its first touch.
     static func releaseStartupPages(settled: @escaping @Sendable () async -> Bool, logger: Logger) async {
         let deadline = ContinuousClock.now + .seconds(120)
         var calmChecks = 0
         do {
-            try await Task.sleep(for: .seconds(3))
+            try await Task.sleep(for: .seconds(10))
             while ContinuousClock.now < deadline, calmChecks < 2 {
                 calmChecks = await settled() ? calmChecks + 1 : 0
                 try await Task.sleep(for: .seconds(1))

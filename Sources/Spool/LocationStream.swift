@@ -15,6 +15,9 @@ struct LocationStream: Sendable {
     private var lastSegment: UInt32 = 0
     private var lastOffset: UInt32 = 0
     private var lastGap: UInt32 = 0
+    /// Segments never go down along the stream (records are appended in file order, and given back to the front
+    /// in order): forgetting a segment's records then only looks at the front.
+    private var segmentsAscend = true
     // The reader: where the next record starts, and the record before it.
     private var readPosition = 0
     private var readSegment: UInt32 = 0
@@ -28,6 +31,7 @@ struct LocationStream: Sendable {
     mutating func append(segment: UInt32, offset: UInt32) {
         reserveForAppend()
         if count == 0 || segment != lastSegment || offset < lastOffset {
+            if count > 0 && segment < lastSegment { segmentsAscend = false }
             bytes.append(0)
             Varint.put(UInt64(segment), &bytes)
             Varint.put(UInt64(offset), &bytes)
@@ -58,6 +62,7 @@ struct LocationStream: Sendable {
         readGap = next.gap
         count -= 1
         if count == 0 {
+            segmentsAscend = true
             // Drained: a small buffer stays for the next records, a large one goes.
             bytes.removeAll(keepingCapacity: bytes.capacity <= 256)
             readPosition = 0
@@ -85,6 +90,14 @@ struct LocationStream: Sendable {
 
     /// Forgets the records in `segment`; returns how many there were.
     mutating func remove(segment: UInt32) -> Int {
+        if segmentsAscend, let front = first?.segment, front >= segment {
+            var removed = 0
+            while first?.segment == segment {
+                _ = removeFirst()
+                removed += 1
+            }
+            return removed
+        }
         let kept = all.filter { $0.segment != segment }
         let removed = count - kept.count
         if removed > 0 { rebuild(kept) }

@@ -369,6 +369,13 @@ struct LocationStreamTests {
         stream.prepend(head)
         #expect(stream.all.prefix(3).map(\.offset) == [100, 260_100, 520_100])
         #expect(stream.remove(segment: 1) == 32 && stream.count == 960 && stream.first?.segment == 2)
+        // A segment in the middle, and one that is not there.
+        #expect(stream.remove(segment: 5) == 32 && stream.remove(segment: 99) == 0 && stream.count == 928)
+        #expect(!stream.all.contains { $0.segment == 5 } && stream.all.first?.segment == 2)
+        // Segments out of order (never appended so, but possible): the whole stream is searched.
+        var mixed = LocationStream()
+        for (segment, offset) in [(3, 0), (2, 0), (3, 8)] as [(UInt32, UInt32)] { mixed.append(segment: segment, offset: offset) }
+        #expect(mixed.remove(segment: 3) == 2 && mixed.all.map(\.segment) == [2])
         while stream.removeFirst() != nil {}
         stream.append(segment: 40, offset: 8)
         stream.append(segment: 40, offset: 16)

@@ -10,4 +10,8 @@ cd "$(dirname "$0")/.."
 source packaging/release-flags.sh
 mkdir -p .build/static
 release_flags gold packaging/hot-code.symbols .build/static/hot-code.sections
-for product in "$@"; do swift build "${RELEASE_FLAGS[@]}" --scratch-path .build/static --product "$product"; done
+# The order file is an input SwiftPM does not track: relink every time, so a new list takes effect.
+for product in "$@"; do
+  rm -f ".build/static/release/$product"
+  swift build "${RELEASE_FLAGS[@]}" --scratch-path .build/static --product "$product"
+done

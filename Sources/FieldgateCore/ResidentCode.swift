@@ -58,28 +58,12 @@ public enum ResidentCode {
     /// Releases this process's releasable mappings; returns the kB they had resident.
     @discardableResult
     public static func release() -> Int {
-        guard let smaps = readProcFile("/proc/self/smaps") else { return 0 }
+        guard let smaps = StateFile.read("/proc/self/smaps").map({ String(decoding: $0, as: UTF8.self) }) else { return 0 }
         var released = 0
         for m in releasable(smaps: smaps) {
             guard let base = UnsafeMutableRawPointer(bitPattern: m.start) else { continue }
             if madvise(base, Int(m.end - m.start), MADV_DONTNEED) == 0 { released += m.residentKB }
         }
         return released
-    }
-
-    /// `/proc` files report a size of 0: read until the end.
-    private static func readProcFile(_ path: String) -> String? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0, errno == EINTR { continue }
-            guard n > 0 else { break }
-            bytes += chunk[..<n]
-        }
-        return String(decoding: bytes, as: UTF8.self)
     }
 }

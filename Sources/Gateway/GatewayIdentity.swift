@@ -112,10 +112,7 @@ public final class GatewayIdentity: LeafRouter {
             "leaves": .object(byPhase),
             "connections": .object(connections),
             // Present while the hub's daily quota holds telemetry back; null (removed) otherwise.
-            "telemetryPaused": status.d2cPause.map { p in
-                ["reason": .string(p.reason), "since": .string(WallClock.iso8601(milliseconds: p.sinceMs)),
-                 "until": p.untilMs.map { .string(WallClock.iso8601(milliseconds: $0)) } ?? .null, "probing": .bool(p.probing)] as JSONValue
-            } ?? .null,
+            "telemetryPaused": status.telemetryPause?.json ?? .null,
         ]
     }
 

@@ -48,7 +48,8 @@ extension HubConnection {
             }
             encodings = sections
         }
-        let size = messages.reduce(0) { $0 + Self.protocolAgnosticSize($1) }
+        let sizes = messages.map(Self.protocolAgnosticSize)
+        let size = sizes.reduce(0, +)
         guard size <= IoTHubAMQP.maxTelemetrySize else { return delivery.dispose(.rejected(sizeCondition(size))) }
         for m in messages {
             if let problem = Self.propertyProblem(m) {
@@ -61,7 +62,7 @@ extension HubConnection {
         for encoded in encodings {
             core.recordEvent(StoredEvent(deviceId: deviceId, generationId: generationId, enqueuedMs: now, hubScope: hubScope, encoded: encoded))
         }
-        core.chargeQuota(messageSizes: messages.map(Self.protocolAgnosticSize))
+        core.chargeQuota(messageSizes: sizes)
         delivery.dispose(.accepted)
     }
 

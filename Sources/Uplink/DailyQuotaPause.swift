@@ -19,8 +19,6 @@ struct DailyQuotaPause: Sendable {
     /// Probe before midnight this often (nil: at the reset only).
     let probeIntervalMilliseconds: Int64?
     private(set) var state: State = .open
-    /// Pauses begun so far.
-    private(set) var pauses = 0
     /// The description of the hub's last refusal.
     private(set) var lastRefusal = ""
 
@@ -41,7 +39,6 @@ struct DailyQuotaPause: Sendable {
         switch state {
         case .open:
             since = nowMs
-            pauses += 1
         case .paused(let s, let until):
             // A message that was already on its way: the pause stands as it is.
             if nowMs < until { return false }

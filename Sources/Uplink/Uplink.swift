@@ -146,15 +146,21 @@ public struct LeafChanges: Sendable, Equatable, CustomStringConvertible {
 /// What the uplink is doing, per connection and per leaf.
 public struct UplinkStatus: Sendable {
     /// Telemetry paused for every leaf (the hub's daily quota is spent).
-    public struct D2CPause: Sendable, Equatable {
+    public struct TelemetryPause: Sendable, Equatable {
         public var reason: String
         public var sinceMs: Int64
         /// When a message probes the hub next; nil while that probe is out.
         public var untilMs: Int64?
         public var probing: Bool
+
+        /// As `fieldgatectl status` and the gateway's twin show it.
+        public var json: JSONValue {
+            ["reason": .string(reason), "since": .string(WallClock.iso8601(milliseconds: sinceMs)),
+             "until": untilMs.map { .string(WallClock.iso8601(milliseconds: $0)) } ?? .null, "probing": .bool(probing)]
+        }
     }
     /// nil: telemetry flows.
-    public var d2cPause: D2CPause?
+    public var telemetryPause: TelemetryPause?
 
     public struct Connection: Sendable {
         public var index: Int

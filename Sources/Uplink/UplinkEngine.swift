@@ -471,9 +471,9 @@ final class UplinkEngine: @unchecked Sendable {
         switch quota.state {
         case .open: break
         case .paused(let since, let until):
-            status.d2cPause = UplinkStatus.D2CPause(reason: "daily quota spent: \(quota.lastRefusal)", sinceMs: since, untilMs: until, probing: false)
+            status.telemetryPause = UplinkStatus.TelemetryPause(reason: "daily quota spent: \(quota.lastRefusal)", sinceMs: since, untilMs: until, probing: false)
         case .probing(let since):
-            status.d2cPause = UplinkStatus.D2CPause(reason: "daily quota spent: \(quota.lastRefusal)", sinceMs: since, untilMs: nil, probing: true)
+            status.telemetryPause = UplinkStatus.TelemetryPause(reason: "daily quota spent: \(quota.lastRefusal)", sinceMs: since, untilMs: nil, probing: true)
         }
         for shard in shards {
             status.connections.append(UplinkStatus.Connection(

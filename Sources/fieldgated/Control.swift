@@ -81,10 +81,7 @@ struct ControlHandler: Sendable {
                  "last_error": c.lastError.map(JSONValue.string) ?? .null, "last_disconnect": c.lastDisconnect.map(JSONValue.string) ?? .null]
             }),
             "leaves_by_state": .object(byPhase),
-            "telemetry_paused": uplink.d2cPause.map { p in
-                ["reason": .string(p.reason), "since": .string(WallClock.iso8601(milliseconds: p.sinceMs)),
-                 "until": p.untilMs.map { .string(WallClock.iso8601(milliseconds: $0)) } ?? .null, "probing": .bool(p.probing)] as JSONValue
-            } ?? .null,
+            "telemetry_paused": uplink.telemetryPause?.json ?? .null,
             "spool": spoolJSON(spool),
             "adapters": .object(adapters),
             "stuck": .array(stuck.map { .string($0.name) }),
@@ -124,7 +121,7 @@ struct ControlHandler: Sendable {
             m.add("fieldgate_hub_connection_open", c.state == "open" ? 1 : 0, labels: ["connection": String(c.index)], help: "1 while the AMQP connection is open.")
             m.add("fieldgate_hub_connection_opens_total", Double(c.opens), labels: ["connection": String(c.index)], help: "Connections opened.", type: "counter")
         }
-        m.add("fieldgate_telemetry_paused", uplink.d2cPause == nil ? 0 : 1, help: "1 while telemetry pauses for every leaf: the hub's daily quota is spent.")
+        m.add("fieldgate_telemetry_paused", uplink.telemetryPause == nil ? 0 : 1, help: "1 while telemetry pauses for every leaf: the hub's daily quota is spent.")
         for phase in LeafPhase.allCases {
             m.add("fieldgate_leaves", Double(uplink.leaves.values.filter { $0.phase == phase }.count), labels: ["state": phase.rawValue],
                   help: "Leaf identities by state.")

@@ -22,7 +22,7 @@ struct DailyQuotaTests {
         let began = q.exceeded(description: "403002", nowMs: t0, random: 0.5)
         let midnight = 20_792 * Self.day
         #expect(began && q.state == .paused(sinceMs: t0, untilMs: midnight + 30_000))
-        #expect(q.sendLimit == 0 && q.pauses == 1)
+        #expect(q.sendLimit == 0)
         // Messages that were already out are refused too: the pause stands as it is.
         let again = q.exceeded(description: "403002", nowMs: t0 + 10, random: 0.9)
         #expect(!again && q.state == .paused(sinceMs: t0, untilMs: midnight + 30_000))
@@ -36,7 +36,7 @@ struct DailyQuotaTests {
         let nextDay = q.tick(nowMs: midnight + Self.day)
         let reopened = q.accepted()
         #expect(nextDay && reopened)
-        #expect(q.isOpen && q.sendLimit == nil && q.pauses == 1)
+        #expect(q.isOpen && q.sendLimit == nil)
         let alreadyOpen = q.accepted()
         #expect(!alreadyOpen)
     }
@@ -73,8 +73,8 @@ struct DailyQuotaTests {
             offset.store(midnight - real - 12_000, ordering: .relaxed)
             try await hub.core.perform { $0.spendQuota(reset: false) }
             for round in 1...5 { try h.append(leaves.map { (leaf: $0.deviceID, json: #"{"r":\#(round)}"#, properties: [:]) }) }
-            try await eventually(10, "paused") { await h.uplink.status().d2cPause != nil }
-            let pause = try #require(await h.uplink.status().d2cPause)
+            try await eventually(10, "paused") { await h.uplink.status().telemetryPause != nil }
+            let pause = try #require(await h.uplink.status().telemetryPause)
             #expect(pause.untilMs == midnight, "until the gateway's next midnight: \(pause)")
             #expect(pause.reason.contains("403002") && !pause.probing)
             let refused = await h.uplink.status().leaves.values.map(\.counters.throttled).reduce(0, +)
@@ -87,7 +87,7 @@ struct DailyQuotaTests {
             // The hub's own midnight; then the gateway's clock gets there and every leaf resumes.
             try await hub.core.perform { $0.spendQuota(reset: true) }
             try await eventually(30, "drained after midnight") { h.spool.statistics().depth == 0 }
-            #expect(await h.uplink.status().d2cPause == nil)
+            #expect(await h.uplink.status().telemetryPause == nil)
             let events = try await allEvents(hub)
             for leaf in leaves {
                 #expect(events.filter { $0.deviceId == leaf.deviceID }.compactMap(\.body) == (0...5).map { #"{"r":\#($0)}"# }, "\(leaf.deviceID) in order")

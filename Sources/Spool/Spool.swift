@@ -66,6 +66,8 @@ public final class Spool: Sendable {
         var sealedUnsynced: [FileHandle] = []
         var directoryUnsynced = false
         var lastSync = ContinuousClock.now
+        /// Every record up to this sequence is on disk (`durableSequence`).
+        var durableThrough: UInt64 = 0
         var corruptRegions = 0
         var tornTails = 0
         var corruptLedgerEntries = 0
@@ -241,6 +243,14 @@ public final class Spool: Sendable {
         }
         if let lowest = s.segments.first?.firstSequence { s.acked.drop(below: lowest) }
         if !readOnly {
+            // A process that died under `interval` may have left its last appends in the page cache only: a power
+            // cut a minute from now would take records that are by then far older than the loss window. Syncing
+            // what was found costs an fdatasync per segment, nearly nothing for the clean ones.
+            if configuration.sync != .always {
+                for segment in s.segments { try segment.handle.dataSync() }
+                Directory.sync(dir + "/segments")
+            }
+            s.durableThrough = s.nextSequence - 1
             try resumeNumbering(&s, dir: dir)
             try rewriteLedger(&s, dir: dir)
             s.deadLetter = try FileHandle.open(dir + "/dead-letter", flags: O_WRONLY | O_CREAT | O_APPEND)
@@ -298,15 +308,30 @@ public final class Spool: Sendable {
     }
 
     /// Writes the live part of the ack set as a fresh ledger (temp + rename + directory sync).
+    ///
+    /// The old descriptor is closed only once the new file is in place, and never left behind closed: a failure
+    /// (a full disk) keeps appending to the old ledger, and a stale descriptor number would name whatever file was
+    /// opened next (a segment).
     private static func rewriteLedger(_ s: inout State, dir: String) throws(SpoolError) {
-        s.ledger?.close()
         let tmp = dir + "/ledger.tmp"
         let f = try FileHandle.open(tmp, flags: O_WRONLY | O_CREAT | O_TRUNC | O_APPEND)
-        try f.append(LedgerFile.encode(s.acked.ranges))
-        try f.dataSync()
-        f.close()
-        guard rename(tmp, dir + "/ledger") == 0 else { throw SpoolError(.io, "cannot replace the ledger", errno: Glibc.errno) }
+        do throws(SpoolError) {
+            try f.append(LedgerFile.encode(s.acked.ranges))
+            try f.dataSync()
+            f.close()
+        } catch {
+            f.close()
+            Directory.remove(tmp)
+            throw error
+        }
+        guard rename(tmp, dir + "/ledger") == 0 else {
+            let failure = Glibc.errno
+            Directory.remove(tmp)
+            throw SpoolError(.io, "cannot replace the ledger", errno: failure)
+        }
         Directory.sync(dir)
+        s.ledger?.close()
+        s.ledger = nil
         s.ledger = try FileHandle.open(dir + "/ledger", flags: O_WRONLY | O_APPEND)
     }
 
@@ -398,6 +423,7 @@ public final class Spool: Sendable {
             var seg = s.segments[s.segments.count - 1]
             let base = seg.size
             var waits = 0
+            var justDropped = false
             while true {
                 do throws(SpoolError) {
                     try seg.handle.append(frame)
@@ -410,13 +436,16 @@ public final class Spool: Sendable {
                     guard configuration.fullPolicy == .dropOldest else {
                         throw SpoolError(.full, "the disk under \(configuration.directory) is full", errno: ENOSPC)
                     }
-                    if s.segments.count > 1 {
+                    // Space of a just-deleted segment can take a moment to come back (a forked child may still
+                    // hold its descriptor until it execs): after a drop, wait a moment before dropping another, or a
+                    // busy machine would empty the spool to make room once.
+                    if s.segments.count > 1 && (!justDropped || waits >= 10) {
                         dropSegment(at: 0, reason: .overflow, &s)
                         seg = s.segments[s.segments.count - 1]
+                        justDropped = true
                     } else if waits < 10 {
-                        // Space of a just-deleted segment can take a moment to come back (a forked child may
-                        // still hold its descriptor until it execs).
                         waits += 1
+                        justDropped = false
                         usleep(10_000)
                     } else {
                         throw SpoolError(.full, "the disk under \(configuration.directory) is full", errno: ENOSPC)
@@ -450,6 +479,7 @@ public final class Spool: Sendable {
             switch configuration.sync {
             case .always:
                 try seg.handle.dataSync()
+                s.durableThrough = last
             case .interval(let ms):
                 s.unsynced = true
                 // The flusher syncs without holding up appends; should it fall a whole round behind (a starved
@@ -542,6 +572,7 @@ public final class Spool: Sendable {
                     let path = configuration.directory + "/dead-letter"
                     _ = rename(path, path + ".1")  // one rotation keeps the file bounded
                     dl.close()
+                    s.deadLetter = nil  // not a closed descriptor's number, should the open fail
                     s.deadLetter = try FileHandle.open(path, flags: O_WRONLY | O_CREAT | O_APPEND)
                 }
                 try s.deadLetter?.append(frames)
@@ -615,48 +646,65 @@ public final class Spool: Sendable {
             return try Self.takeSyncRound(&s)
         }
         guard let round else { return }
-        do throws(SpoolError) { try round.run(segmentsDirectory: configuration.directory + "/segments") } catch {
-            withState { s in
-                s.unsynced = true
-                s.directoryUnsynced = s.directoryUnsynced || round.directory
-            }
-            throw error
-        }
+        let result = Result { () throws(SpoolError) in try round.run(segmentsDirectory: configuration.directory + "/segments") }
+        withState { s in Self.finish(round, result, &s) }
+        try result.get()
     }
 
     /// What one sync makes durable, as descriptors of its own (a sealed segment may be deleted meanwhile): segments
     /// sealed since the last round, the active segment and the ledger (oldest data first), and whether the segments
     /// directory has a new entry.
     private struct SyncRound {
-        var files: [FileHandle]
+        var sealed: [FileHandle]
+        var activeAndLedger: [FileHandle]
         var directory: Bool
+        /// The last sequence appended when the round was taken: durable once it has run.
+        var through: UInt64
 
-        /// fdatasyncs every file, then the directory; closes the files either way.
+        /// fdatasyncs every file, then the directory.
         func run(segmentsDirectory: String) throws(SpoolError) {
-            defer { for f in files { f.close() } }
-            for f in files { try f.dataSync() }
+            for f in sealed + activeAndLedger { try f.dataSync() }
             if directory { Directory.sync(segmentsDirectory) }
         }
     }
 
     /// Takes the marks: what is written from now on belongs to the next round.
     private static func takeSyncRound(_ s: inout State) throws(SpoolError) -> SyncRound {
-        var files = s.sealedUnsynced
+        var others: [FileHandle] = []
         do throws(SpoolError) {
             for handle in [s.segments.last?.handle, s.ledger] {
-                if let handle { files.append(try handle.duplicate()) }
+                if let handle { others.append(try handle.duplicate()) }
             }
         } catch {
-            for f in files[s.sealedUnsynced.count...] { f.close() }
+            for f in others { f.close() }
             throw error
         }
-        let round = SyncRound(files: files, directory: s.directoryUnsynced)
+        let round = SyncRound(sealed: s.sealedUnsynced, activeAndLedger: others, directory: s.directoryUnsynced, through: s.nextSequence - 1)
         s.sealedUnsynced = []
         s.directoryUnsynced = false
         s.unsynced = false
         s.lastSync = .now
         return round
     }
+
+    /// After a round: durable up to its mark, or, when it failed, its marks back for the next round (the sealed
+    /// segments included: their descriptors are the only way left to sync a segment deleted meanwhile).
+    private static func finish(_ round: SyncRound, _ result: Result<Void, SpoolError>, _ s: inout State) {
+        for f in round.activeAndLedger { f.close() }
+        switch result {
+        case .success:
+            for f in round.sealed { f.close() }
+            s.durableThrough = max(s.durableThrough, round.through)
+        case .failure:
+            s.sealedUnsynced = round.sealed + s.sealedUnsynced
+            s.unsynced = true
+            s.directoryUnsynced = s.directoryUnsynced || round.directory
+        }
+    }
+
+    /// Every record this spool appended (or found at open) up to this sequence is on disk: under `interval`, what
+    /// the flusher's last completed round covered. The power-cut tests check that nothing at or below it is lost.
+    public var durableSequence: UInt64 { withState { $0.durableThrough } }
 
     /// True while appended (interval policy) or acknowledged data waits for the flusher's next fdatasync.
     public var hasUnsyncedData: Bool { withState { $0.unsynced } }
@@ -665,11 +713,9 @@ public final class Spool: Sendable {
     private func syncLocked(_ s: inout State) throws(SpoolError) {
         guard s.unsynced else { return }
         let round = try Self.takeSyncRound(&s)
-        do throws(SpoolError) { try round.run(segmentsDirectory: configuration.directory + "/segments") } catch {
-            s.unsynced = true
-            s.directoryUnsynced = s.directoryUnsynced || round.directory
-            throw error
-        }
+        let result = Result { () throws(SpoolError) in try round.run(segmentsDirectory: configuration.directory + "/segments") }
+        Self.finish(round, result, &s)
+        try result.get()
     }
 
     public func statistics(nowMs: Int64 = WallClock.nowMilliseconds()) -> SpoolStatistics {

@@ -1,6 +1,7 @@
 // The child of the spool crash tests: appends and acknowledges forever, printing what the spool confirmed
 // ("A first count round tag ms" after an append returned — ms on CLOCK_MONOTONIC, the payloads are
-// "payload-<tag>-<round>-<i>" — and "K seq…" after an acknowledgement returned), one flushed line each.
+// "payload-<tag>-<round>-<i>" —, "D seq" when the spool's durable mark moved, and "K seq…" after an
+// acknowledgement returned), one flushed line each.
 // The parent SIGKILLs it at a random instant (and may cut the power of its file system) and checks the reopened
 // spool (Tests/SpoolTests/CrashTests.swift, PowerCutTests.swift).
 import Spool
@@ -30,6 +31,7 @@ func monotonicMilliseconds() -> Int64 {
 }
 var g = SystemRandomNumberGenerator()
 var round = 0
+var lastDurable: UInt64 = 0
 while true {
     round += 1
     let count = Int.random(in: 1...20, using: &g)
@@ -38,6 +40,12 @@ while true {
     }
     guard let seqs = try? spool.append(entries) else { exit(1) }
     print("A \(seqs[0]) \(seqs.count) \(round) \(tag) \(monotonicMilliseconds())")
+    // "D seq": the spool says everything up to seq is on disk (its last completed sync round).
+    let durable = spool.durableSequence
+    if durable != lastDurable {
+        lastDurable = durable
+        print("D \(durable)")
+    }
     fflush(nil)
     if round % 3 == 0, let taken = try? spool.next(max: 8) {
         // "N": about to acknowledge (after a kill these may or may not be gone); "K": acknowledged.

@@ -84,6 +84,8 @@ struct HarnessLog {
     var acknowledged: Set<UInt64> = []
     /// Sequences confirmed twice with different payloads: a message id naming two records (contract 2).
     var reused: [UInt64] = []
+    /// What `checkIdentity` found wrong.
+    var identityFailures: [String] = []
 
     /// Takes the complete lines of one child's output (a cut line was not confirmed before the kill).
     mutating func read(_ text: String) {
@@ -104,17 +106,27 @@ struct HarnessLog {
     }
 
     /// Ids are never reused: a sequence a child confirmed maps to the payload it confirmed; records appended after
-    /// the last confirmation may exist too, and must be well-formed.
-    func checkIdentity(_ records: [UInt64: String], sourceLocation: SourceLocation = #_sourceLocation) {
-        let reusedCount = reused.count
-        #expect(reusedCount == 0, "sequences confirmed for two payloads, e.g. \(reused.prefix(5))", sourceLocation: sourceLocation)
+    /// the last confirmation may exist too, and must be well-formed. Runs where `#expect` cannot report (off the
+    /// cooperative pool): what fails goes to `identityFailures`.
+    mutating func checkIdentity(_ records: [UInt64: String]) {
+        if !reused.isEmpty { identityFailures.append("sequences confirmed for two payloads, e.g. \(reused.prefix(5))") }
+        reused = []
         for (seq, payload) in records {
             if let c = confirmed[seq] {
-                #expect(c.payload == payload, "sequence \(seq) changed payload", sourceLocation: sourceLocation)
-            } else {
-                #expect(payload.hasPrefix("payload-"), sourceLocation: sourceLocation)
+                if c.payload != payload { identityFailures.append("sequence \(seq) changed payload") }
+            } else if !payload.hasPrefix("payload-") {
+                identityFailures.append("sequence \(seq) holds a payload no child wrote")
             }
         }
+    }
+}
+
+/// Expectations checked on a thread of its own (`offCooperativePool`), where `#expect` has no test to report to:
+/// the failures come back to the test, which expects there are none.
+struct Checks {
+    var failures: [String] = []
+    mutating func expect(_ condition: Bool, _ message: @autoclosure () -> String) {
+        if !condition { failures.append(message()) }
     }
 }
 
@@ -129,7 +141,14 @@ func offCooperativePool<T: Sendable>(_ body: @escaping @Sendable () throws -> T)
 @Suite("spool corruption and crashes", .serialized, .timeLimit(.minutes(5)))
 struct CrashTests {
     @Test("truncating a spool at every byte offset: it always opens and keeps every record before the cut")
-    func truncateEverywhere() throws {
+    func truncateEverywhere() async throws {
+        // Seconds of file I/O: off the cooperative pool, which the other suites' hubs need meanwhile.
+        let failures = try await offCooperativePool { try Self.truncateEverywhereFailures() }
+        #expect(failures.isEmpty, "\(failures.count) failed checks, e.g. \(failures.prefix(5))")
+    }
+
+    static func truncateEverywhereFailures() throws -> [String] {
+        var checks = Checks()
         let dir = temporarySpoolDirectory()
         defer { removeTree(dir) }
         var config = SpoolConfiguration(directory: dir)
@@ -147,19 +166,26 @@ struct CrashTests {
             at += size
             frameEnds.append(at)
         }
-        #expect(frameEnds.count == 12)
+        checks.expect(frameEnds.count == 12, "12 frames written, \(frameEnds.count) found")
         for cut in 0...original.count {
             writeFile(segment, Array(original[..<cut]))
             let (records, stats) = try survivors(config)
             let complete = frameEnds.filter { $0 <= cut }.count
-            #expect(records.count == complete, "cut at \(cut)")
-            #expect(stats.corruptRegions == 0, "cut at \(cut)")
-            #expect(try readFile(segment).count == (frameEnds.last { $0 <= cut } ?? 0), "torn tail truncated at \(cut)")
+            checks.expect(records.count == complete, "cut at \(cut): \(records.count) records, \(complete) expected")
+            checks.expect(stats.corruptRegions == 0, "cut at \(cut): corrupt regions counted")
+            checks.expect(try readFile(segment).count == (frameEnds.last { $0 <= cut } ?? 0), "torn tail not truncated at \(cut)")
         }
+        return checks.failures
     }
 
     @Test("random bit flips in records and ledger: the spool opens, salvages every intact record and counts the rest")
-    func bitFlips() throws {
+    func bitFlips() async throws {
+        let failures = try await offCooperativePool { try Self.bitFlipFailures() }
+        #expect(failures.isEmpty, "\(failures.count) failed checks, e.g. \(failures.prefix(5))")
+    }
+
+    static func bitFlipFailures() throws -> [String] {
+        var checks = Checks()
         var g = SystemRandomNumberGenerator()
         for trial in 0..<200 {
             let dir = temporarySpoolDirectory()
@@ -201,16 +227,17 @@ struct CrashTests {
             }
             let (records, stats) = try survivors(config)
             let intactUnacked = Set(frames.map(\.seq)).subtracting(hit).subtracting(acked)
-            #expect(intactUnacked.isSubset(of: Set(records.keys)), "trial \(trial): lost intact records")
-            #expect(records.keys.allSatisfy { !hit.contains($0) }, "trial \(trial): a damaged record came back")
+            checks.expect(intactUnacked.isSubset(of: Set(records.keys)), "trial \(trial): lost intact records")
+            checks.expect(records.keys.allSatisfy { !hit.contains($0) }, "trial \(trial): a damaged record came back")
             // A flip in the last record's length makes it look torn (nothing valid follows): counted as a torn tail.
-            #expect(stats.corruptRegions + stats.tornTails >= 1 || hit.isEmpty || trial % 4 == 0, "trial \(trial): corruption not counted")
+            checks.expect(stats.corruptRegions + stats.tornTails >= 1 || hit.isEmpty || trial % 4 == 0, "trial \(trial): corruption not counted")
         }
+        return checks.failures
     }
 
     /// SIGKILLs a child that appends (sync always or interval) at random instants, `iterations` times, and checks
     /// that no appended-and-confirmed, unacknowledged record is lost and every record keeps its id and payload.
-    func crashLoop(sync: String, iterations: Int) throws -> (kills: Int, lost: Int, redelivered: Int) {
+    func crashLoop(sync: String, iterations: Int) throws -> (kills: Int, lost: Int, redelivered: Int, identityFailures: [String]) {
         let dir = temporarySpoolDirectory()
         defer { removeTree(dir) }
         var g = SystemRandomNumberGenerator()
@@ -226,7 +253,7 @@ struct CrashTests {
             redelivered += records.keys.filter { log.acknowledged.contains($0) }.count
             log.checkIdentity(records)
         }
-        return (iterations, lost, redelivered)
+        return (iterations, lost, redelivered, log.identityFailures)
     }
 
     @Test("crash harness, sync=always: SIGKILL at random points ≥ 200 times loses no acknowledged record")
@@ -234,6 +261,7 @@ struct CrashTests {
         let r = try await offCooperativePool { try crashLoop(sync: "always", iterations: 200) }
         print("spool crash harness (always): \(r.kills) kills, \(r.lost) confirmed records lost, \(r.redelivered) acknowledged records redelivered")
         #expect(r.lost == 0)
+        #expect(r.identityFailures.isEmpty, "\(r.identityFailures.prefix(5))")
     }
 
     @Test("crash harness, sync=interval: a process crash loses nothing either (the loss window is power loss only)")
@@ -241,5 +269,6 @@ struct CrashTests {
         let r = try await offCooperativePool { try crashLoop(sync: "interval", iterations: 50) }
         print("spool crash harness (interval): \(r.kills) kills, \(r.lost) confirmed records lost, \(r.redelivered) redelivered")
         #expect(r.lost == 0)
+        #expect(r.identityFailures.isEmpty, "\(r.identityFailures.prefix(5))")
     }
 }

@@ -74,4 +74,72 @@ extension CrashTests {
             #expect(reopened.statistics().depth == 1)
         }
     }
+
+    @Test("a full disk while the ledger is rewritten: acknowledgements wait in memory, no descriptor is closed twice, none leaks",
+          .enabled(if: getuid() == 0, "needs root to mount a tmpfs"))
+    func ledgerOnAFullDisk() throws {
+        try withSmallFilesystem { dir in
+            var config = SpoolConfiguration(directory: dir)
+            config.segmentBytes = 32 * 1024
+            let spool = try Spool(configuration: config)
+            for i in 0..<200 { try spool.append([entry("leaf\(i % 4)", String(repeating: "r", count: 100))]) }
+            // Fill what is left of the file system.
+            let filler = open(dir + "/../filler", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+            #expect(filler >= 0)
+            var chunk = [UInt8](repeating: 0x55, count: 4096)
+            while write(filler, &chunk, chunk.count) > 0 {}
+            while write(filler, &chunk, 1) > 0 {}
+            // Acknowledge one by one until the ledger can no longer grow, then a few more: each retries the rewrite
+            // (a temporary file that cannot be written).
+            let ledgerPath = dir + "/ledger"
+            var acknowledged: [UInt64] = []
+            var failedAppends = 0
+            while failedAppends < 4, let record = try spool.next(max: 1).first {
+                let before = (try? readFile(ledgerPath).count) ?? 0
+                try spool.acknowledge([record.sequence])
+                acknowledged.append(record.sequence)
+                if (try? readFile(ledgerPath).count) ?? 0 == before { failedAppends += 1 }
+            }
+            #expect(failedAppends == 4, "the ledger stopped growing on the full disk")
+            // Every failed rewrite closed its temporary file, and the spool still holds its ledger (not a number it
+            // closed, which the next file opened anywhere in the process would take).
+            let held = descriptorTargets().filter { $0.hasPrefix(dir + "/ledger") }
+            #expect(held == [dir + "/ledger"], "descriptors on the ledger: \(held)")
+            // A descriptor opened now takes the lowest free number: a stale ledger descriptor would be this one.
+            let sentinel = open("/dev/null", O_RDONLY | O_CLOEXEC)
+            for _ in 0..<3 {
+                guard let record = try spool.next(max: 1).first else { break }
+                try spool.acknowledge([record.sequence])
+                acknowledged.append(record.sequence)
+            }
+            #expect(fcntl(sentinel, F_GETFD) >= 0, "the spool closed a descriptor it no longer owned")
+            close(sentinel)
+            // Space comes back: the next acknowledgement rewrites the ledger, and a reopen redelivers none of these.
+            close(filler)
+            unlink(dir + "/../filler")
+            if let record = try spool.next(max: 1).first {
+                try spool.acknowledge([record.sequence])
+                acknowledged.append(record.sequence)
+            }
+            spool.close()
+            let (records, _) = try survivors(config)
+            #expect(Set(records.keys).isDisjoint(with: acknowledged), "acknowledged records came back")
+            #expect(records.count == 200 - acknowledged.count)
+        }
+    }
+}
+
+/// Where this process's descriptors point (/proc/self/fd).
+func descriptorTargets() -> [String] {
+    guard let d = opendir("/proc/self/fd") else { return [] }
+    defer { closedir(d) }
+    var out: [String] = []
+    while let e = readdir(d) {
+        let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        guard Int(name) != nil else { continue }
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/fd/" + name, &buffer, buffer.count - 1)
+        if n > 0 { out.append(String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)) }
+    }
+    return out
 }

@@ -71,14 +71,21 @@ final class PowerCutFilesystem {
 struct PowerCutTests {
     struct Figures {
         var cuts = 0
+        /// Confirmed records the spool had reported durable (an earlier child's, or at or below this child's last
+        /// durable mark): none may be lost, however slow the machine.
+        var lostDurable: [UInt64] = []
         var lostInsideWindow = 0
         var lostOutsideWindow = 0
+        /// Cuts that lost a record older than the window: the flusher fell behind (a starved machine) or is broken.
+        var cutsOverWindow = 0
         var oldestLossMs: Int64 = 0
         var redelivered = 0
         var counters = ""
+        var identityFailures: [String] = []
     }
 
-    /// `windowMs`: a confirmed record older than this at the cut must have survived.
+    /// `windowMs`: the documented loss window. What the spool reported durable must survive every cut; a record
+    /// not yet reported durable may be lost, and is expected to be younger than the window.
     func powerCutLoop(sync: String, iterations: Int, windowMs: Int64) throws -> Figures {
         let fs = try PowerCutFilesystem()
         defer { fs.unmount() }
@@ -93,48 +100,69 @@ struct PowerCutTests {
             let run = try runHarness(dir: dir, sync: sync, tag: String(iteration), microseconds: UInt32.random(in: 20_000...250_000, using: &g))
             try fs.cutPower()
             log.read(run.output)
+            let durableMark = run.output.split(separator: "\n").compactMap { line -> UInt64? in
+                let f = line.split(separator: " ")
+                return f.count == 2 && f[0] == "D" ? UInt64(f[1]) : nil
+            }.max() ?? 0
             // Read the survivors from a copy on the local disk: reading record by record through Python is slow,
             // and the next child opens (and recovers) the spool on the cut file system itself anyway.
             let copy = temporarySpoolDirectory()
             defer { removeTree(copy) }
             guard system("cp -a '\(dir)' '\(copy)'") == 0 else { throw HarnessError("cannot copy the spool after cut \(iteration)") }
             let (records, _) = try survivors(SpoolConfiguration(directory: copy))
+            var overWindow = false
             for (seq, confirmation) in log.confirmed where !log.acknowledged.contains(seq) && !gone.contains(seq) {
                 guard records[seq] != confirmation.payload else { continue }
+                gone.insert(seq)
+                let thisChild = confirmation.payload.hasPrefix("payload-\(iteration)-")
+                if !thisChild || seq <= durableMark {
+                    figures.lostDurable.append(seq)
+                    continue
+                }
                 let age = run.killedAtMs - confirmation.atMs
+                figures.oldestLossMs = max(figures.oldestLossMs, age)
                 if age > windowMs {
                     figures.lostOutsideWindow += 1
+                    overWindow = true
                 } else {
                     figures.lostInsideWindow += 1
-                    figures.oldestLossMs = max(figures.oldestLossMs, age)
                 }
-                gone.insert(seq)
             }
+            if overWindow { figures.cutsOverWindow += 1 }
             figures.redelivered += records.keys.filter { log.acknowledged.contains($0) }.count
             log.checkIdentity(records.filter { !gone.contains($0.key) })
             figures.cuts += 1
         }
         figures.counters = fs.counters()
+        figures.identityFailures = log.identityFailures
         return figures
     }
 
     @Test("power cut, sync=always: no confirmed record is lost", .enabled(if: getuid() == 0 && access("/dev/fuse", F_OK) == 0, "needs root and /dev/fuse"))
     func powerCutAlways() async throws {
         let f = try await offCooperativePool { try powerCutLoop(sync: "always", iterations: 40, windowMs: 0) }
-        print("spool power cuts (always): \(f.cuts) cuts, \(f.lostInsideWindow + f.lostOutsideWindow) confirmed records lost, "
+        let lost = f.lostDurable.count + f.lostInsideWindow + f.lostOutsideWindow
+        print("spool power cuts (always): \(f.cuts) cuts, \(lost) confirmed records lost, "
               + "\(f.redelivered) acknowledged records redelivered; file system: \(f.counters)")
-        #expect(f.lostInsideWindow + f.lostOutsideWindow == 0)
+        #expect(lost == 0)
+        #expect(f.identityFailures.isEmpty, "\(f.identityFailures.prefix(5))")
     }
 
     /// The harness syncs every 50 ms; Spool.md's window is 2 N. The margin covers the FUSE round trips of a flusher
-    /// round through Python.
-    @Test("power cut, sync=interval: losses only inside the documented window, no id names two records",
+    /// round through Python. What the spool reported durable must survive without exception; the window is a
+    /// matter of scheduling, so a starved machine may exceed it at a cut or two (a broken flusher exceeds it at
+    /// every cut).
+    @Test("power cut, sync=interval: nothing reported durable is lost, other losses inside the documented window",
           .enabled(if: getuid() == 0 && access("/dev/fuse", F_OK) == 0, "needs root and /dev/fuse"))
     func powerCutInterval() async throws {
         let f = try await offCooperativePool { try powerCutLoop(sync: "interval", iterations: 60, windowMs: 2 * 50 + 100) }
-        print("spool power cuts (interval 50 ms): \(f.cuts) cuts, \(f.lostInsideWindow) confirmed records lost inside the window "
-              + "(the oldest \(f.oldestLossMs) ms before the cut), \(f.lostOutsideWindow) outside; \(f.redelivered) acknowledged "
-              + "records redelivered; file system: \(f.counters)")
-        #expect(f.lostOutsideWindow == 0)
+        print("spool power cuts (interval 50 ms): \(f.cuts) cuts, \(f.lostDurable.count) records lost that were reported durable, "
+              + "\(f.lostInsideWindow) lost inside the window, \(f.lostOutsideWindow) outside it at \(f.cutsOverWindow) cuts "
+              + "(the oldest \(f.oldestLossMs) ms before the cut); \(f.redelivered) acknowledged records redelivered; "
+              + "file system: \(f.counters)")
+        let lostDurable = f.lostDurable.count
+        #expect(lostDurable == 0, "lost after the spool reported them durable, e.g. \(f.lostDurable.sorted().prefix(10))")
+        #expect(f.identityFailures.isEmpty, "\(f.identityFailures.prefix(5))")
+        #expect(f.cutsOverWindow * 10 <= f.cuts, "the flusher fell behind its window at \(f.cutsOverWindow) of \(f.cuts) cuts")
     }
 }

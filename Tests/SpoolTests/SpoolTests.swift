@@ -275,7 +275,7 @@ struct SpoolTests {
         #expect(all.map { String(decoding: $0.payload, as: UTF8.self) }.sorted() == ["n7", "n8", "n9", "q0", "q1"])
     }
 
-    @Test("interval sync: the flusher fdatasyncs within the interval even when no more appends come")
+    @Test("interval sync: the flusher fdatasyncs within the interval even when no more appends come; the durable mark follows")
     func intervalFlusher() async throws {
         let dir = temporarySpoolDirectory()
         defer { removeTree(dir) }
@@ -284,9 +284,24 @@ struct SpoolTests {
         let spool = try Spool(configuration: config)
         try spool.append([entry("a", "1")])  // within the first interval: the append itself does not sync
         #expect(spool.hasUnsyncedData)
+        #expect(spool.durableSequence == 0, "not on disk yet")
         try await Task.sleep(for: .milliseconds(600))
         #expect(!spool.hasUnsyncedData)
+        #expect(spool.durableSequence == 1, "the flusher's round covered it")
+        let more = try spool.append([entry("a", "2"), entry("b", "3")])
+        try spool.sync()
+        #expect(spool.durableSequence == more.last, "an explicit sync covers every append before it")
         spool.close()
+        // What a reopened spool finds is on disk (under `interval` it syncs it at open: the process before may have
+        // left it in the page cache only).
+        let reopened = try Spool(configuration: config)
+        #expect(reopened.durableSequence == 3)
+        reopened.close()
+        config.sync = .always
+        let always = try Spool(configuration: config)
+        let appended = try always.append([entry("a", "4")])
+        #expect(always.durableSequence == appended[0], "under always, durable when append returns")
+        always.close()
     }
 
     @Test("one writer at a time; a read-only open can inspect a live spool")

@@ -186,7 +186,7 @@ struct WebSocketEndpointTests {
             let path = await outcome(hub) { $0.path = "/$iothub/other" }
             #expect(path.contains("HTTP 400"), "\(path)")
             // A plain HTTPS request to the WebSocket path, with curl.
-            let out = try runCommand("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", hub.certificates.caCertificate,
+            let out = await runCommand("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", hub.certificates.caCertificate,
                                                      "--connect-to", "localhost:\(hub.running.httpsPort!):127.0.0.1:\(hub.running.httpsPort!)",
                                                      "https://localhost:\(hub.running.httpsPort!)/$iothub/websocket"])
             #expect(out == "400")
@@ -194,17 +194,19 @@ struct WebSocketEndpointTests {
     }
 }
 
-/// Runs a program and returns its standard output.
-private func runCommand(_ path: String, _ arguments: [String]) throws -> String {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: path)
-    process.arguments = arguments
-    let pipe = Pipe()
-    process.standardOutput = pipe
-    try process.run()
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return String(decoding: data, as: UTF8.self)
+/// Runs a program and returns its standard output, off the cooperative pool. Through the shell's `system`, not
+/// Foundation's Process, which once closed a descriptor twice (see TestProxy).
+private func runCommand(_ path: String, _ arguments: [String]) async -> String {
+    let output = FileManager.default.temporaryDirectory.path + "/fieldgate-command-\(UInt64.random(in: 0...UInt64.max))"
+    let quoted = ([path] + arguments).map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
+    await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
+        DispatchQueue(label: "fieldgate.tests.command").async {
+            _ = system(quoted + " > '" + output + "'")
+            cont.resume()
+        }
+    }
+    defer { unlink(output) }
+    return (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
 }
 
 /// tinyproxy from Debian on a free loopback port, with Basic authentication, for one test. Started with

@@ -132,8 +132,14 @@ final class LeafRuntime {
         return m
     }
 
-    /// Empties the pending queue, returning its sequences.
+    /// Counts the times this leaf's records went back to the spool (`takePending`). A fetch that was under way
+    /// then may bring records that come after the ones given back: they must go back too, or they would overtake.
+    private(set) var releaseGeneration = 0
+
+    /// Empties the pending queue, returning its sequences: every caller gives them (and whatever failed with them)
+    /// back to the spool, which hands them out again in order.
     func takePending() -> [UInt64] {
+        releaseGeneration += 1
         defer { pending.removeAll(keepingCapacity: true); pendingHead = 0 }
         return pending[pendingHead...].flatMap(\.sequences)
     }

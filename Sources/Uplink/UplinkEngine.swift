@@ -27,6 +27,8 @@ final class UplinkEngine: @unchecked Sendable {
     let heartbeat = Heartbeat("uplink")
 
     private var pumpBusy = false
+    /// The running fetch's leaves, with their release generation when it started (`LeafRuntime.releaseGeneration`).
+    private var fetchGenerations: [String: Int] = [:]
     private var settlements = SpoolPump.Job()
     /// The last fetch found nothing: do not ask again before the next tick or wake-up.
     private var spoolLooksEmpty = false
@@ -307,13 +309,17 @@ final class UplinkEngine: @unchecked Sendable {
             let perMessage = configuration.coalesceTargetBytes.map { min(64, max(1, $0 / 128)) } ?? 1
             var outstanding = 0
             var budgets: [String: Int] = [:]
+            var generations: [String: Int] = [:]
             let now = nowMs()
             for shard in shards where shard.isOpen {
                 for leaf in shard.leaves.values {
                     outstanding += leaf.outstanding
                     guard leaf.machine.canSend(nowMs: now), leaf.canTakeTelemetry else { continue }
                     let room = leaf.machine.inFlightLimit(configuration.maxInFlightPerLeaf) - leaf.outstanding
-                    if room > 0 { budgets[leaf.deviceID] = room * perMessage }
+                    if room > 0 {
+                        budgets[leaf.deviceID] = room * perMessage
+                        generations[leaf.deviceID] = leaf.releaseGeneration
+                    }
                 }
             }
             // Probing the quota: one message's worth in all (from whichever leaf has records), and only when
@@ -323,6 +329,7 @@ final class UplinkEngine: @unchecked Sendable {
             let capacity = configuration.maxInFlightTotal - outstanding
             if capacity > 0 && !budgets.isEmpty {
                 job.budgets = budgets
+                fetchGenerations = generations
                 job.maxRecords = probing ? perMessage : perMessage == 1 ? capacity : min(capacity * perMessage, Self.maxRecordsPerFetch)
                 // A leaf's turn takes several whole messages' worth, sized by the fullest message seen so far: a
                 // turn that ends inside a message leaves a short one behind.
@@ -352,8 +359,10 @@ final class UplinkEngine: @unchecked Sendable {
         // Queue on the leaves now (so the next budget counts them); send inside each connection's context.
         var touched: [Int: [ObjectIdentifier: LeafRuntime]] = [:]
         for m in result.messages {
-            // The leaf may have lost its links since the fetch: those records go back.
-            guard !stopping, let s = leafShard[m.leaf], let leaf = shards[s].leaves[m.leaf], leaf.canTakeTelemetry else {
+            // The leaf may have lost its links since the fetch, or given records back (a refusal, a lost link):
+            // these records go back too, so that the spool hands everything out again in order.
+            guard !stopping, let s = leafShard[m.leaf], let leaf = shards[s].leaves[m.leaf], leaf.canTakeTelemetry,
+                  fetchGenerations[m.leaf] == leaf.releaseGeneration else {
                 settlements.released += m.sequences
                 continue
             }

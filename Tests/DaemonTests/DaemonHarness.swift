@@ -36,9 +36,11 @@ final class NotifyListener: Sendable {
         address.sun_family = sa_family_t(AF_UNIX)
         withUnsafeMutableBytes(of: &address.sun_path) { p in for (i, b) in path.utf8.enumerated() { p[i] = b } }
         _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        // The loop owns the socket and closes it when it ends: closed by `stop` while the loop still polled it, its
+        // number could name another test's file by the next poll (and a second `stop` would close that file).
         DispatchQueue(label: "notify-listener").async { [self] in
             var buffer = [UInt8](repeating: 0, count: 4096)
-            while !stopped.load(ordering: .relaxed) {
+            while !stopped.load(ordering: .acquiring) {
                 var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
                 guard poll(&p, 1, 100) > 0 else { continue }
                 let n = recv(fd, &buffer, buffer.count, 0)
@@ -46,12 +48,13 @@ final class NotifyListener: Sendable {
                 let text = String(decoding: buffer[0..<n], as: UTF8.self)
                 messages.withLock { $0.append((MonotonicClock.milliseconds(), text)) }
             }
+            close(fd)
         }
     }
 
+    /// Ends the listener; calling it again does nothing.
     func stop() {
-        stopped.store(true, ordering: .relaxed)
-        close(fd)
+        guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
         unlink(path)
     }
 

@@ -36,7 +36,7 @@ final class UDPLeafPeer: Sendable {
         _ = withUnsafePointer(to: &local) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
         DispatchQueue(label: "udp-leaf-\(device)").async { [self] in
             var buffer = [UInt8](repeating: 0, count: 65536)
-            while !stopped.load(ordering: .relaxed) {
+            while !stopped.load(ordering: .acquiring) {
                 var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
                 guard poll(&p, 1, 100) > 0 else { continue }
                 let n = recv(fd, &buffer, buffer.count, 0)
@@ -44,6 +44,7 @@ final class UDPLeafPeer: Sendable {
                 received.withLock { $0.append(command) }
                 send(["device": .string(device), "type": "reply", "id": id, "status": 200, "payload": ["ok": true]])
             }
+            close(fd)  // here, not in `stop`: the loop may still be polling it, and the number could be reused
         }
     }
 
@@ -66,9 +67,9 @@ final class UDPLeafPeer: Sendable {
         received.withLock { $0.filter { $0["type"]?.stringValue == type }.compactMap { $0["id"]?.stringValue } }
     }
 
+    /// Ends the peer (its loop closes the socket); calling it again does nothing.
     func stop() {
-        stopped.store(true, ordering: .relaxed)
-        close(fd)
+        stopped.store(true, ordering: .releasing)
     }
 }
 

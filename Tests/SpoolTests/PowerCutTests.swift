@@ -96,6 +96,7 @@ struct PowerCutTests {
         var log = HarnessLog()
         var figures = Figures()
         var gone: Set<UInt64> = []  // lost inside the window at an earlier cut: counted once
+        var previousListing = ""
         for iteration in 0..<iterations {
             let run = try runHarness(dir: dir, sync: sync, tag: String(iteration), microseconds: UInt32.random(in: 20_000...250_000, using: &g))
             try fs.cutPower()
@@ -111,6 +112,7 @@ struct PowerCutTests {
             guard system("cp -a '\(dir)' '\(copy)'") == 0 else { throw HarnessError("cannot copy the spool after cut \(iteration)") }
             let (records, _) = try survivors(SpoolConfiguration(directory: copy))
             var overWindow = false
+            let lostBefore = figures.lostDurable.count
             for (seq, confirmation) in log.confirmed where !log.acknowledged.contains(seq) && !gone.contains(seq) {
                 guard records[seq] != confirmation.payload else { continue }
                 gone.insert(seq)
@@ -129,6 +131,14 @@ struct PowerCutTests {
                 }
             }
             if overWindow { figures.cutsOverWindow += 1 }
+            if figures.lostDurable.count > lostBefore {
+                // What a failure needs to be understood: which children's records, and the segments before the cut.
+                let lost = figures.lostDurable[lostBefore...].sorted()
+                let children = Set(lost.compactMap { log.confirmed[$0]?.payload.split(separator: "-").dropFirst().first })
+                print("power cut \(iteration): \(lost.count) records lost after they were reported durable (\(lost.first!)…\(lost.last!), "
+                      + "confirmed by children \(children.sorted()), this child's durable mark \(durableMark)); segments before the cut: \(previousListing)")
+            }
+            previousListing = (try? listDirectory(dir + "/segments").sorted().joined(separator: " ")) ?? ""
             figures.redelivered += records.keys.filter { log.acknowledged.contains($0) }.count
             log.checkIdentity(records.filter { !gone.contains($0.key) })
             figures.cuts += 1

@@ -96,4 +96,34 @@ struct DailyQuotaTests {
             await h.stop()
         }
     }
+
+    /// Contract 3 around a refusal: the quota runs out while every leaf drains a backlog, so refusals arrive while
+    /// the spool pump is fetching more for the same leaves. What that fetch brings must go back with the refused
+    /// records, not overtake them.
+    @Test func aQuotaSpentMidDrainKeepsEveryLeafsOrder() async throws {
+        try await withHub { hub in
+            let leaves = try await createLeaves(hub, count: 20)
+            let offset = Atomic<Int64>(0)
+            // 300 messages a second: the quota runs out while the backlog is still draining.
+            let h = try UplinkHarness(hub: hub, leaves: leaves, clock: TestClock { WallClock.nowMilliseconds() + offset.load(ordering: .relaxed) },
+                                      configure: { $0.messagesPerSecond = 300 }, random: { 0 })
+            h.uplink.start()
+            try await eventually(20, "ready") { await h.uplink.status().count(.ready) == 20 }
+            let perLeaf = 60
+            for round in 0..<perLeaf { try h.append(leaves.map { (leaf: $0.deviceID, json: #"{"r":\#(round)}"#, properties: [:]) }) }
+            try await eventually(10, "draining") { try await hub.core.perform { $0.acceptedEventCount } >= 100 }
+            let real = WallClock.nowMilliseconds()
+            offset.store(DailyQuotaPause.nextUTCMidnight(after: real) - real - 5_000, ordering: .relaxed)
+            try await hub.core.perform { $0.spendQuota(reset: false) }
+            try await eventually(10, "paused") { await h.uplink.status().telemetryPause != nil }
+            try await hub.core.perform { $0.spendQuota(reset: true) }
+            try await eventually(30, "drained after midnight") { h.spool.statistics().depth == 0 }
+            let events = try await allEvents(hub)
+            for leaf in leaves {
+                let bodies = events.filter { $0.deviceId == leaf.deviceID }.compactMap(\.body)
+                #expect(bodies == (0..<perLeaf).map { #"{"r":\#($0)}"# }, "\(leaf.deviceID): \(bodies.prefix(12))…")
+            }
+            await h.stop()
+        }
+    }
 }

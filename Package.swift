@@ -77,11 +77,13 @@ let package = Package(
         ),
         // CRC32C with the CPU's instructions (SSE4.2 / ARMv8 CRC); the Spool falls back to tables without them.
         .target(name: "CCRC32C", path: "Sources/CCRC32C", cSettings: fortifiedC),
+        // syncfs(2) for the spool (a GNU extension Swift's Glibc module lacks).
+        .systemLibrary(name: "CFileSystem", path: "Sources/CFileSystem"),
         // recvmmsg for UDP ingest (Swift's Glibc module lacks the GNU extensions).
         .target(name: "CSocketBatch", path: "Sources/CSocketBatch", cSettings: fortifiedC),
         .target(
             name: "Spool",
-            dependencies: ["CCRC32C", "FieldgateCore", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CCRC32C", "CFileSystem", "FieldgateCore", .product(name: "Logging", package: "swift-log")],
             exclude: ["Spool.md"],
             swiftSettings: strictSettings
         ),

@@ -1,3 +1,5 @@
+import CFileSystem
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -91,6 +93,15 @@ enum Directory {
         guard fd >= 0 else { return }
         _ = fsync(fd)
         _ = Glibc.close(fd)
+    }
+
+    /// Writes everything the file system holding `path` has pending to its disk (syncfs): one call and one cache
+    /// flush, however many files there are (an fdatasync per file may flush the disk cache once per file).
+    static func syncFileSystem(_ path: String) throws(SpoolError) {
+        let fd = Glibc.open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw SpoolError(.io, "cannot open \(path)", errno: Glibc.errno) }
+        defer { _ = Glibc.close(fd) }
+        guard fg_syncfs(fd) == 0 else { throw SpoolError(.io, "cannot sync the file system of \(path)", errno: Glibc.errno) }
     }
 
     static func list(_ path: String) -> [String] {

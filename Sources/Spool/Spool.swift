@@ -244,11 +244,10 @@ public final class Spool: Sendable {
         if let lowest = s.segments.first?.firstSequence { s.acked.drop(below: lowest) }
         if !readOnly {
             // A process that died under `interval` may have left its last appends in the page cache only: a power
-            // cut a minute from now would take records that are by then far older than the loss window. Syncing
-            // what was found costs an fdatasync per segment, nearly nothing for the clean ones.
-            if configuration.sync != .always {
-                for segment in s.segments { try segment.handle.dataSync() }
-                Directory.sync(dir + "/segments")
+            // cut half a minute from now would take records that are by then far older than the loss window. After
+            // a clean close everything is on disk already.
+            if configuration.sync != .always && !Directory.exists(dir + "/clean") {
+                try Directory.syncFileSystem(dir)
             }
             s.durableThrough = s.nextSequence - 1
             try resumeNumbering(&s, dir: dir)

@@ -297,6 +297,12 @@ struct SpoolTests {
         let reopened = try Spool(configuration: config)
         #expect(reopened.durableSequence == 3)
         reopened.close()
+        // After an unclean stop (no `clean` marker) the open syncs the file system first, and says so in its mark.
+        unlink(dir + "/clean")
+        let afterCrash = try Spool(configuration: config)
+        #expect(afterCrash.durableSequence == 3)
+        #expect(try afterCrash.next(max: 10).map(\.sequence).sorted() == [1, 2, 3])
+        afterCrash.close()
         config.sync = .always
         let always = try Spool(configuration: config)
         let appended = try always.append([entry("a", "4")])

@@ -68,6 +68,14 @@ public final class Spool: Sendable {
         var lastSync = ContinuousClock.now
         /// Every record up to this sequence is on disk (`durableSequence`).
         var durableThrough: UInt64 = 0
+        /// Sync rounds taken and not finished (the flusher's and, when it falls behind, an append's own).
+        var roundsInFlight = 0
+        /// The highest mark of rounds that succeeded while others were still in flight: it becomes the durable mark
+        /// once none is, unless one of them failed.
+        var markCandidate: UInt64 = 0
+        /// Set by a failed fdatasync for good: the kernel may have dropped the pages it could not write, and a
+        /// retry would report success without them (the error is reported once), so the mark stays where it was.
+        var syncFailed = false
         var corruptRegions = 0
         var tornTails = 0
         var corruptLedgerEntries = 0
@@ -246,10 +254,15 @@ public final class Spool: Sendable {
             // A process that died under `interval` may have left its last appends in the page cache only: a power
             // cut half a minute from now would take records that are by then far older than the loss window. After
             // a clean close everything is on disk already.
+            var foundIsDurable = true
             if configuration.sync != .always && !Directory.exists(dir + "/clean") {
-                try Directory.syncFileSystem(dir)
+                // An error here may be any file's on that file system: said, not fatal (the spool still opens).
+                do throws(SpoolError) { try Directory.syncFileSystem(dir) } catch {
+                    foundIsDurable = false
+                    logger.error("spool: \(error); records found at open may not all be on disk yet")
+                }
             }
-            s.durableThrough = s.nextSequence - 1
+            if foundIsDurable { s.durableThrough = s.nextSequence - 1 }
             try resumeNumbering(&s, dir: dir)
             try rewriteLedger(&s, dir: dir)
             s.deadLetter = try FileHandle.open(dir + "/dead-letter", flags: O_WRONLY | O_CREAT | O_APPEND)
@@ -331,12 +344,20 @@ public final class Spool: Sendable {
         Directory.sync(dir)
         s.ledger?.close()
         s.ledger = nil
+        s.ledgerNeedsRewrite = true  // until a ledger is open again: acknowledgements meanwhile are in memory only
         s.ledger = try FileHandle.open(dir + "/ledger", flags: O_WRONLY | O_APPEND)
+        s.ledgerNeedsRewrite = false
     }
 
     private static func removeSegment(at i: Int, _ s: inout State) {
         let seg = s.segments.remove(at: i)
         seg.handle.close()
+        // A deleted segment needs no sync, and a descriptor kept for one would keep its space until the next round.
+        s.sealedUnsynced.removeAll { handle in
+            guard handle.path == seg.path else { return false }
+            handle.close()
+            return true
+        }
         Directory.remove(seg.path)
         Directory.remove(SegmentIndex.path(ofSegment: seg.path))
     }
@@ -477,8 +498,11 @@ public final class Spool: Sendable {
             }
             switch configuration.sync {
             case .always:
-                try seg.handle.dataSync()
-                s.durableThrough = last
+                do throws(SpoolError) { try seg.handle.dataSync() } catch {
+                    s.syncFailed = true  // see `finish`: the mark stays where it was
+                    throw error
+                }
+                if !s.syncFailed { s.durableThrough = last }
             case .interval(let ms):
                 s.unsynced = true
                 // The flusher syncs without holding up appends; should it fall a whole round behind (a starved
@@ -551,12 +575,16 @@ public final class Spool: Sendable {
 
     /// The hub accepted these: they leave the spool for good.
     public func acknowledge(_ sequences: [UInt64]) throws(SpoolError) {
-        try withState { s throws(SpoolError) in try settle(sequences, locations: [:], reason: nil, &s) }
+        try withState { s throws(SpoolError) in
+            guard !s.closed else { throw SpoolError(.closed, "the spool is closed") }
+            try settle(sequences, locations: [:], reason: nil, &s)
+        }
     }
 
     /// Delivery failed transiently: these go back to the front of their leaf's queue, in order.
     public func release(_ sequences: [UInt64]) {
         withState { s in
+            guard !s.closed else { return }  // nothing to give back to: a reopen hands them out again
             s.leaves.giveBack(sequences.compactMap { seq in s.inFlight.removeValue(forKey: seq).map { (seq, $0) } })
         }
     }
@@ -564,11 +592,14 @@ public final class Spool: Sendable {
     /// Permanently rejected by the hub: copied to the bounded dead-letter file, then removed (counted `rejected`).
     public func deadLetter(_ sequences: [UInt64]) throws(SpoolError) {
         try withState { s throws(SpoolError) in
+            guard !s.closed else { throw SpoolError(.closed, "the spool is closed") }
             var frames: [UInt8] = []
             for case let r? in try read(sequences.compactMap { s.inFlight[$0] }, s) { RecordCodec.encode(r, into: &frames) }
-            if let dl = s.deadLetter, !frames.isEmpty {
-                if ((try? dl.size()) ?? 0) + frames.count > configuration.deadLetterBytes {
-                    let path = configuration.directory + "/dead-letter"
+            if !frames.isEmpty {
+                let path = configuration.directory + "/dead-letter"
+                // Reopened here if an earlier rotation could not: records are never settled without their copy.
+                if s.deadLetter == nil { s.deadLetter = try FileHandle.open(path, flags: O_WRONLY | O_CREAT | O_APPEND) }
+                if let dl = s.deadLetter, ((try? dl.size()) ?? 0) + frames.count > configuration.deadLetterBytes {
                     _ = rename(path, path + ".1")  // one rotation keeps the file bounded
                     dl.close()
                     s.deadLetter = nil  // not a closed descriptor's number, should the open fail
@@ -646,7 +677,7 @@ public final class Spool: Sendable {
         }
         guard let round else { return }
         let result = Result { () throws(SpoolError) in try round.run(segmentsDirectory: configuration.directory + "/segments") }
-        withState { s in Self.finish(round, result, &s) }
+        withState { s in finish(round, result, &s) }
         try result.get()
     }
 
@@ -683,22 +714,29 @@ public final class Spool: Sendable {
         s.directoryUnsynced = false
         s.unsynced = false
         s.lastSync = .now
+        s.roundsInFlight += 1
         return round
     }
 
-    /// After a round: durable up to its mark, or, when it failed, its marks back for the next round (the sealed
-    /// segments included: their descriptors are the only way left to sync a segment deleted meanwhile).
-    private static func finish(_ round: SyncRound, _ result: Result<Void, SpoolError>, _ s: inout State) {
-        for f in round.activeAndLedger { f.close() }
+    /// After a round. The mark moves only when no other round is in flight (an append's own round can finish
+    /// before a flusher round that holds segments sealed earlier), and never again after a failure: the kernel
+    /// reports a writeback error once and may drop the pages it could not write, so a retry would succeed without
+    /// them. What is written after the failure is synced by the next round as usual.
+    private func finish(_ round: SyncRound, _ result: Result<Void, SpoolError>, _ s: inout State) {
+        for f in round.sealed + round.activeAndLedger { f.close() }
+        s.roundsInFlight -= 1
         switch result {
         case .success:
-            for f in round.sealed { f.close() }
-            s.durableThrough = max(s.durableThrough, round.through)
-        case .failure:
-            s.sealedUnsynced = round.sealed + s.sealedUnsynced
+            s.markCandidate = max(s.markCandidate, round.through)
+        case .failure(let error):
+            if !s.syncFailed {
+                logger.error("spool: \(error); records appended before it may not be on disk, and the spool no longer reports a durable mark")
+            }
+            s.syncFailed = true
             s.unsynced = true
             s.directoryUnsynced = s.directoryUnsynced || round.directory
         }
+        if s.roundsInFlight == 0 && !s.syncFailed { s.durableThrough = max(s.durableThrough, s.markCandidate) }
     }
 
     /// Every record this spool appended (or found at open) up to this sequence is on disk: under `interval`, what
@@ -713,7 +751,7 @@ public final class Spool: Sendable {
         guard s.unsynced else { return }
         let round = try Self.takeSyncRound(&s)
         let result = Result { () throws(SpoolError) in try round.run(segmentsDirectory: configuration.directory + "/segments") }
-        Self.finish(round, result, &s)
+        finish(round, result, &s)
         try result.get()
     }
 

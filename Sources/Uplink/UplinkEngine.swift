@@ -27,8 +27,9 @@ final class UplinkEngine: @unchecked Sendable {
     let heartbeat = Heartbeat("uplink")
 
     private var pumpBusy = false
-    /// The running fetch's leaves, with their release generation when it started (`LeafRuntime.releaseGeneration`).
-    private var fetchGenerations: [String: Int] = [:]
+    /// The running fetch's leaves, with their release generation when it started (`LeafRuntime.releaseGeneration`);
+    /// the runtime's identity too, since a reload may replace a leaf's runtime (whose count starts again).
+    private var fetchGenerations: [String: (leaf: ObjectIdentifier, generation: Int)] = [:]
     private var settlements = SpoolPump.Job()
     /// The last fetch found nothing: do not ask again before the next tick or wake-up.
     private var spoolLooksEmpty = false
@@ -309,7 +310,7 @@ final class UplinkEngine: @unchecked Sendable {
             let perMessage = configuration.coalesceTargetBytes.map { min(64, max(1, $0 / 128)) } ?? 1
             var outstanding = 0
             var budgets: [String: Int] = [:]
-            var generations: [String: Int] = [:]
+            var generations: [String: (leaf: ObjectIdentifier, generation: Int)] = [:]
             let now = nowMs()
             for shard in shards where shard.isOpen {
                 for leaf in shard.leaves.values {
@@ -318,7 +319,7 @@ final class UplinkEngine: @unchecked Sendable {
                     let room = leaf.machine.inFlightLimit(configuration.maxInFlightPerLeaf) - leaf.outstanding
                     if room > 0 {
                         budgets[leaf.deviceID] = room * perMessage
-                        generations[leaf.deviceID] = leaf.releaseGeneration
+                        generations[leaf.deviceID] = (ObjectIdentifier(leaf), leaf.releaseGeneration)
                     }
                 }
             }
@@ -362,7 +363,8 @@ final class UplinkEngine: @unchecked Sendable {
             // The leaf may have lost its links since the fetch, or given records back (a refusal, a lost link):
             // these records go back too, so that the spool hands everything out again in order.
             guard !stopping, let s = leafShard[m.leaf], let leaf = shards[s].leaves[m.leaf], leaf.canTakeTelemetry,
-                  fetchGenerations[m.leaf] == leaf.releaseGeneration else {
+                  let fetchedFor = fetchGenerations[m.leaf], fetchedFor.leaf == ObjectIdentifier(leaf),
+                  fetchedFor.generation == leaf.releaseGeneration else {
                 settlements.released += m.sequences
                 continue
             }

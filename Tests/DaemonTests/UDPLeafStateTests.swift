@@ -51,6 +51,7 @@ final class UDPLeafPeer: Sendable {
     func send(_ value: JSONValue) { send(bytes: value.bytes) }
 
     func send(bytes: [UInt8]) {
+        guard !stopped.load(ordering: .acquiring) else { return }  // the loop closes the socket once stopped
         var to = sockaddr_in()
         to.sin_family = sa_family_t(AF_INET)
         to.sin_port = in_port_t(UInt16(gatewayPort).bigEndian)

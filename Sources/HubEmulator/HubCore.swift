@@ -270,12 +270,17 @@ extension HubCore {
 
     /// Why telemetry is refused for the daily quota now (the hub's 403002 text), or nil.
     func quotaRefusal() -> String? {
-        rollQuotaDay()
+        guard isQuotaSpent else { return nil }
         let limit = configuration.dailyMessageQuota
-        guard quotaSpentOnDay == quotaDay || limit.map({ quotaUsed >= $0 }) == true else { return nil }
         return hubErrorJSON(403002, "IotHubQuotaExceeded: Total number of messages on IotHub '\(configuration.hubName)' exceeded the allocated quota. "
                                   + "Max allowed message count: \(limit.map(String.init) ?? "\(quotaUsed)"), current message count: \(quotaUsed). "
                                   + "The quota resets at 00:00 UTC.")
+    }
+
+    /// Spent by use or by the fault, for the current UTC day.
+    private var isQuotaSpent: Bool {
+        rollQuotaDay()
+        return quotaSpentOnDay == quotaDay || configuration.dailyMessageQuota.map { quotaUsed >= $0 } == true
     }
 
     /// Bills accepted D2C messages: a unit per started 4 KB of each.
@@ -298,7 +303,7 @@ extension HubCore {
     public var quotaJSON: JSONValue {
         rollQuotaDay()
         return ["used": .int(Int64(quotaUsed)), "limit": configuration.dailyMessageQuota.map { .int(Int64($0)) } ?? .null,
-                "spent": .bool(quotaRefusal() != nil)]
+                "spent": .bool(isQuotaSpent)]
     }
 }
 

@@ -61,8 +61,9 @@ struct DailyQuotaPause: Sendable {
     /// The hub accepted a message: the quota is there. True when this ends a pause or a probe.
     @discardableResult
     mutating func accepted() -> Bool {
-        defer { state = .open }
-        return state != .open
+        guard state != .open else { return false }
+        state = .open
+        return true
     }
 
     /// Messages allowed in flight over the whole uplink: nil = no limit (open), 0 while paused, 1 while probing.
@@ -75,4 +76,14 @@ struct DailyQuotaPause: Sendable {
     }
 
     var isOpen: Bool { state == .open }
+
+    /// As the uplink's status reports it; nil while open.
+    var telemetryPause: UplinkStatus.TelemetryPause? {
+        let reason = "daily quota spent: \(lastRefusal)"
+        switch state {
+        case .open: return nil
+        case .paused(let since, let until): return .init(reason: reason, sinceMs: since, untilMs: until, probing: false)
+        case .probing(let since): return .init(reason: reason, sinceMs: since, untilMs: nil, probing: true)
+        }
+    }
 }

@@ -259,11 +259,9 @@ final class UplinkEngine: @unchecked Sendable {
 
     /// The hub accepted a message: after a quota pause, every leaf sends again.
     func telemetryAccepted() {
-        guard !quota.isOpen else { return }
-        if quota.accepted() {
-            logger.notice("uplink: the hub accepts telemetry again after the daily-quota pause; every leaf resumes")
-            flushAll()
-        }
+        guard quota.accepted() else { return }  // open already: the common case, per accepted message
+        logger.notice("uplink: the hub accepts telemetry again after the daily-quota pause; every leaf resumes")
+        flushAll()
     }
 
     /// Sends what every leaf holds, as far as credit and permits allow.
@@ -479,13 +477,7 @@ final class UplinkEngine: @unchecked Sendable {
 
     func snapshot() -> UplinkStatus {
         var status = UplinkStatus()
-        switch quota.state {
-        case .open: break
-        case .paused(let since, let until):
-            status.telemetryPause = UplinkStatus.TelemetryPause(reason: "daily quota spent: \(quota.lastRefusal)", sinceMs: since, untilMs: until, probing: false)
-        case .probing(let since):
-            status.telemetryPause = UplinkStatus.TelemetryPause(reason: "daily quota spent: \(quota.lastRefusal)", sinceMs: since, untilMs: nil, probing: true)
-        }
+        status.telemetryPause = quota.telemetryPause
         for shard in shards {
             status.connections.append(UplinkStatus.Connection(
                 index: shard.index, state: shard.machine.phase.rawValue, opens: shard.machine.opens,

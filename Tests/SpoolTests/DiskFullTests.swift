@@ -5,9 +5,10 @@ import Testing
 import Glibc
 #endif
 
-/// Runs `body` with a 256 KiB tmpfs mounted at a fresh directory (root only: the tests below say so as a trait, so
+/// Runs `body` with a spool configuration on a 256 KiB tmpfs mounted at a fresh directory: 32 KiB segments and a
+/// cap far above the file system, so the disk fills first (root only: the tests below say so as a trait, so
 /// without root they show as skipped instead of passing silently).
-func withSmallFilesystem(_ body: (String) throws -> Void) throws {
+func withSmallFilesystem(_ body: (SpoolConfiguration) throws -> Void) throws {
     let dir = temporarySpoolDirectory()
     mkdir(dir, 0o755)
     defer {
@@ -18,17 +19,17 @@ func withSmallFilesystem(_ body: (String) throws -> Void) throws {
         Issue.record("cannot mount a 256 KiB tmpfs at \(dir)")
         return
     }
-    try body(dir + "/spool")
+    var config = SpoolConfiguration(directory: dir + "/spool")
+    config.segmentBytes = 32 * 1024
+    config.capBytes = 10 * 1024 * 1024
+    try body(config)
 }
 
 extension CrashTests {
     @Test("drop-oldest: the disk fills up, no crash, the oldest segments go (counted), appends keep working",
           .enabled(if: getuid() == 0, "needs root to mount a tmpfs"))
     func dropOldestOnFullDisk() throws {
-        try withSmallFilesystem { dir in
-            var config = SpoolConfiguration(directory: dir)
-            config.segmentBytes = 32 * 1024
-            config.capBytes = 10 * 1024 * 1024  // far above the filesystem: the disk fills first
+        try withSmallFilesystem { config in
             let spool = try Spool(configuration: config)
             let payload = String(repeating: "p", count: 900)
             for i in 0..<1000 { try spool.append([entry("leaf\(i % 4)", payload)]) }  // ~1 MB into 256 KiB
@@ -42,10 +43,8 @@ extension CrashTests {
     @Test("reject-new: a full disk refuses with .full and recovers when delivery frees space",
           .enabled(if: getuid() == 0, "needs root to mount a tmpfs"))
     func rejectNewOnFullDisk() throws {
-        try withSmallFilesystem { dir in
-            var config = SpoolConfiguration(directory: dir)
-            config.segmentBytes = 32 * 1024
-            config.capBytes = 10 * 1024 * 1024
+        try withSmallFilesystem { config in
+            var config = config
             config.fullPolicy = .rejectNew
             let spool = try Spool(configuration: config)
             let payload = String(repeating: "q", count: 900)
@@ -78,9 +77,8 @@ extension CrashTests {
     @Test("a full disk while the ledger is rewritten: acknowledgements wait in memory, no descriptor is closed twice, none leaks",
           .enabled(if: getuid() == 0, "needs root to mount a tmpfs"))
     func ledgerOnAFullDisk() throws {
-        try withSmallFilesystem { dir in
-            var config = SpoolConfiguration(directory: dir)
-            config.segmentBytes = 32 * 1024
+        try withSmallFilesystem { config in
+            let dir = config.directory
             let spool = try Spool(configuration: config)
             for i in 0..<200 { try spool.append([entry("leaf\(i % 4)", String(repeating: "r", count: 100))]) }
             // Fill what is left of the file system.

@@ -28,7 +28,8 @@ public final class GatewayIdentity: LeafRouter {
     private let logger: Logger
     private let runner = CommandRunner()
     private let startedAtMs = WallClock.nowMilliseconds()
-    private let state = Mutex<(uplink: Uplink?, lastHealth: JSONValue?, lastHealthMs: Int64)>((nil, nil, 0))
+    /// `failure`: why the last report failed, so a lasting cause (a Basic-tier hub has no twin) is logged once.
+    private let state = Mutex<(uplink: Uplink?, lastHealth: JSONValue?, lastHealthMs: Int64, failure: String?)>((nil, nil, 0, nil))
     private let statusProvider = Mutex<(@Sendable () async -> JSONValue)?>(nil)
 
     public init(configuration: Configuration, spool: Spool, logger: Logger = Logger(label: "fieldgate.gateway")) {
@@ -130,9 +131,14 @@ public final class GatewayIdentity: LeafRouter {
         if case .object(var o) = h { o["reportedAt"] = .string(WallClock.iso8601(milliseconds: now)); h = .object(o) }
         do throws(UplinkError) {
             try await uplink.report(["gateway": h], for: configuration.deviceID)
-            state.withLock { $0.lastHealth = h; $0.lastHealthMs = now }
+            state.withLock { $0.lastHealth = h; $0.lastHealthMs = now; $0.failure = nil }
         } catch {
-            logger.error("gateway health not reported: \(error)")
+            // Tried again when something changes or at the interval, not at every turn of the loop.
+            let repeated = state.withLock { s -> Bool in
+                defer { s.lastHealth = h; s.lastHealthMs = now; s.failure = error.message }
+                return s.failure == error.message
+            }
+            if !repeated { logger.error("gateway health not reported: \(error)") }
         }
     }
 }

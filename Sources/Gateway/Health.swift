@@ -58,6 +58,10 @@ public enum StatusLine {
         let ready = uplink.leaves.values.filter { $0.phase == .ready }.count
         let dropped = spool.dropped.values.reduce(0) { $0 + $1.values.reduce(0, +) }
         var line = "\(hub); leaves online \(ready)/\(uplink.leaves.count); spool \(spool.depth) records, \(ByteCount.format(spool.bytes)); dropped \(dropped)"
+        let refusedByTier = Set(uplink.connections.flatMap(\.refusedByTier))
+        if !refusedByTier.isEmpty {
+            line += "; the hub's tier refuses \(refusedByTier.sorted().joined(separator: ", ")) (leaves go on without)"
+        }
         if let pause = uplink.telemetryPause {
             line += pause.probing ? "; telemetry paused (daily quota spent): probing" : "; telemetry paused (daily quota spent) until \(pause.untilMs.map { WallClock.iso8601(milliseconds: $0) } ?? "?")"
         }

@@ -19,6 +19,9 @@ public struct HubConfiguration: Sendable {
     /// D2C messages the hub accepts per UTC day, counted as IoT Hub bills them (a message costs one unit per started
     /// 4 KB); beyond it telemetry is refused with 403002 until 00:00 UTC. nil = unlimited. Default: nil.
     public var dailyMessageQuota: Int?
+    /// The hub's tier: Basic has no C2D, twins or direct methods; their device links and service calls are refused
+    /// with 403010. Default: standard.
+    public var tier: HubTier = .standard
     /// Where registry, twins and pending C2D survive restarts; nil = memory only.
     public var stateDirectory: String?
 
@@ -26,4 +29,9 @@ public struct HubConfiguration: Sendable {
 
     /// The hub name (first label of the host name), as used in "Device d at IotHub h not registered".
     public var hubName: String { String(hostName.split(separator: ".").first ?? Substring(hostName)) }
+}
+
+/// IoT Hub tiers as far as the device surface differs: Basic (B1–B3) carries D2C (and file upload) only.
+public enum HubTier: String, Sendable, CaseIterable {
+    case standard, basic
 }

@@ -76,6 +76,9 @@ extension HubConnection {
             _ = try core.sendCloudToDevice(deviceId, message: c2d, ttlMilliseconds: ttl)
             delivery.dispose(.accepted)
         } catch {
+            if error.errorCode == 403010 {
+                return delivery.dispose(.rejected(AMQPCondition(name: IoTHubAMQP.unauthorizedAccess, description: error.amqpDescription)))
+            }
             let name: String = switch error.code {
             case .notFound: IoTHubAMQP.notFound
             case .throttled, .forbidden: IoTHubAMQP.resourceLimitExceeded

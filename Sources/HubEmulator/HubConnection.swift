@@ -153,6 +153,10 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
             return refuse(link, AMQPCondition(name: IoTHubAMQP.unauthorizedAccess, description: hubErrorJSON(401002, "Device \(d) is disabled.")))
         }
 
+        if core.tier == .basic, let feature = parsed.endpoint.notInBasicTier {
+            return refuse(link, AMQPCondition(name: IoTHubAMQP.unauthorizedAccess, description: HubError.notInTier(feature).amqpDescription))
+        }
+
         let role: Role
         switch (parsed.endpoint, link.isSender) {
         case (.events, false): role = .telemetry(d)
@@ -216,6 +220,7 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
     /// Refuses an attach the AMQP way: an attach with a null terminus on our side, then a detach with the error.
     func refuse(_ link: AMQPLink, _ condition: AMQPCondition) {
         core.logger.info("refused link '\(link.name)': \(condition.name) \(condition.description)")
+        core.refusedLinks += 1
         if link.isSender { link.setSource(nil) } else { link.setTarget(nil) }
         link.open()
         link.close(condition)

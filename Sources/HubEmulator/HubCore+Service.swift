@@ -46,13 +46,20 @@ extension HubCore {
         twins[id] ?? TwinDocument(deviceId: id, nowMilliseconds: now)
     }
 
+    /// Basic-tier hubs have no C2D, twins or methods (403010).
+    func requireStandardTier(_ feature: String) throws(HubError) {
+        if tier == .basic { throw HubError.notInTier(feature) }
+    }
+
     public func twinView(_ id: String) throws(HubError) -> JSONValue {
+        try requireStandardTier("Device twins")
         let d = try device(id)
         return twin(for: id).serviceView(etag: d.etag, status: d.status)
     }
 
     /// Replaces the tags and the desired properties (`PUT /twins/{id}`): what the new twin leaves out is removed.
     public func replaceTwin(_ id: String, with replacement: JSONValue) throws(HubError) -> JSONValue {
+        try requireStandardTier("Device twins")
         guard case .object(let root) = replacement else { throw HubError(.badRequest, "a twin must be a JSON object") }
         let current = twin(for: id)
         let patch: JSONValue = [
@@ -64,6 +71,7 @@ extension HubCore {
 
     /// Applies `{"tags":…, "properties":{"desired":…}}` and pushes the desired part to a subscribed device.
     public func patchTwin(_ id: String, patch: JSONValue) throws(HubError) -> JSONValue {
+        try requireStandardTier("Device twins")
         let d = try device(id)
         guard case .object(let root) = patch else { throw HubError(.badRequest, "a twin patch must be a JSON object") }
         var t = twin(for: id)
@@ -84,6 +92,7 @@ extension HubCore {
 
     /// Queues a C2D message (64 KB, 50 per device) and delivers it if the device is connected.
     public func sendCloudToDevice(_ id: String, message: CloudToDeviceMessage, ttlMilliseconds: Int64?) throws(HubError) -> UInt64 {
+        try requireStandardTier("Cloud-to-device messaging")
         _ = try device(id)
         let size = message.body.count + message.properties.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count }
         guard size <= IoTHubAMQP.maxCloudToDeviceSize else {
@@ -102,6 +111,7 @@ extension HubCore {
     public func cloudToDeviceQueueCount(_ id: String) -> Int { queues[id]?.count ?? 0 }
 
     public func purgeCloudToDevice(_ id: String) throws(HubError) -> Int {
+        try requireStandardTier("Cloud-to-device messaging")
         _ = try device(id)
         let purged = queues[id]?.purge() ?? []
         for m in purged { recordFeedback(deviceId: id, message: m, outcome: .purged) }
@@ -137,6 +147,7 @@ extension HubCore {
     /// time (default 30 s, at most 300 s).
     public func invokeMethod(_ id: String, name: String, payload: JSONValue, timeoutSeconds: Int?,
                              complete: @escaping @Sendable (Result<MethodResult, HubError>) -> Void) {
+        if tier == .basic { return complete(.failure(.notInTier("Direct methods"))) }
         guard registry.devices[id] != nil else {
             return complete(.failure(HubError(.notFound, "Device \(id) is not registered.")))
         }

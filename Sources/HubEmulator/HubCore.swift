@@ -38,6 +38,10 @@ public final class HubCore: @unchecked Sendable {
     var quotaUsed = 0
     var quotaDay: Int64 = 0
     var quotaSpentOnDay: Int64?
+    /// The tier (from the configuration; tests move a hub between tiers as an operator would).
+    public var tier: HubTier
+    /// Link attaches refused since the start, for any reason.
+    public internal(set) var refusedLinks = 0
     private var saveScheduled = false
     private var tickTimer: AMQPTimer?
 
@@ -52,6 +56,7 @@ public final class HubCore: @unchecked Sendable {
         self.reactor = reactor
         self.logger = logger
         self.events = EventLog(capacity: configuration.eventLogCapacity)
+        self.tier = configuration.tier
         self.registry = Registry.withDefaultPolicies()
         if let dir = configuration.stateDirectory { try load(from: dir) }
     }

@@ -1,3 +1,4 @@
+import IoTHub
 /// The one error type of the emulator; codes map onto HTTP statuses of the service API.
 public struct HubError: Error, Sendable, CustomStringConvertible {
     public struct Code: Hashable, Sendable {
@@ -16,12 +17,37 @@ public struct HubError: Error, Sendable, CustomStringConvertible {
 
     public var code: Code
     public var message: String
+    /// IoT Hub's six-digit error code when it is more than the HTTP status × 1000 (403010, …).
+    public var errorCode: Int?
 
-    public init(_ code: Code, _ message: String) {
+    public init(_ code: Code, _ message: String, errorCode: Int? = nil) {
         self.code = code
         self.message = message
+        self.errorCode = errorCode
+    }
+
+    /// 403010: what the hub's tier does not have (Basic: C2D, twins, methods).
+    public static func notInTier(_ feature: String) -> HubError {
+        HubError(.forbidden, "\(feature) is not available on the Basic tier of IoT Hub: this operation is not valid for the current IoT Hub tier.", errorCode: 403010)
     }
 
     public var isRetriable: Bool { [429, 500, 504].contains(code.httpStatus) }
     public var description: String { message }
+}
+
+extension HubError {
+    /// The JSON IoT Hub puts in an AMQP error's description: errorCode, message, trackingId, timestampUtc.
+    var amqpDescription: String { hubErrorJSON(errorCode ?? code.httpStatus * 1000, message) }
+}
+
+extension DeviceEndpoint {
+    /// What a Basic-tier hub lacks behind this device endpoint (nil: telemetry, which every tier has).
+    var notInBasicTier: String? {
+        switch self {
+        case .events: nil
+        case .deviceBound: "Cloud-to-device messaging"
+        case .methods: "Direct methods"
+        case .twin: "Device twins"
+        }
+    }
 }

@@ -132,6 +132,7 @@ struct ServiceAPI: Sendable {
                 JSONValue.object([
                     "connections": .int(Int64(core.connectionCount)), "acceptedEvents": .int(core.acceptedEventCount),
                     "devices": .int(Int64(core.registry.devices.count)), "dailyQuota": core.quotaJSON,
+                    "tier": .string(core.tier.rawValue), "refusedLinks": .int(Int64(core.refusedLinks)),
                 ])
             })
         }
@@ -257,7 +258,7 @@ extension HubError: HTTPResponseError {
     public var status: HTTPResponse.Status { .init(code: code.httpStatus) }
 
     public func response(from request: Request, context: some RequestContext) throws -> Response {
-        let body = hubErrorJSON(code.httpStatus * 1000, message)
+        let body = hubErrorJSON(errorCode ?? code.httpStatus * 1000, message)
         return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: body)))
     }
 }

@@ -87,6 +87,8 @@ public struct AMQPLink {
     public var remoteCondition: AMQPCondition? { readCondition(pn_link_remote_condition(raw)) }
     public var credit: Int { Int(pn_link_credit(raw)) }
     public var isLocallyOpen: Bool { pn_link_state(raw) & Int32(PN_LOCAL_ACTIVE) != 0 }
+    /// The peer has detached it (or refused its attach).
+    public var isRemotelyClosed: Bool { pn_link_state(raw) & Int32(PN_REMOTE_CLOSED) != 0 }
 
     public func setSource(_ address: String?) { setTerminus(pn_link_source(raw), address) }
     public func setTarget(_ address: String?) { setTerminus(pn_link_target(raw), address) }

@@ -94,7 +94,10 @@ final class LeafRuntime {
     var lastCloudToDeviceLogMs: Int64 = .min / 2
     var lastThrottleLogMs: Int64 = .min / 2
     var twin: TwinSync
-    let wantedLinks: Set<LeafLink>
+    /// The links its capabilities call for.
+    let configuredLinks: Set<LeafLink>
+    /// The links it attaches on this connection: the configured ones less what the hub's tier refuses.
+    var wantedLinks: Set<LeafLink>
     /// The uuid in this leaf's `methods:` and `twin:` channel correlation ids.
     let channel = AMQPUUID.random().description
 
@@ -113,7 +116,8 @@ final class LeafRuntime {
         self.machine = machine
         self.dedupe = C2DDedupe(capacity: dedupeCapacity)
         self.flow = CloudToDeviceFlow(policy: cloudToDevicePolicy)
-        self.wantedLinks = LeafLink.wanted(for: capabilities)
+        self.configuredLinks = LeafLink.wanted(for: capabilities)
+        self.wantedLinks = configuredLinks
         self.twin = TwinSync(minPatchIntervalMilliseconds: reportedIntervalMilliseconds, correlationPrefix: configuration.deviceID)
     }
 
@@ -123,6 +127,14 @@ final class LeafRuntime {
     var outstanding: Int { pendingCount + unsettled }
     var linksAttached: Bool { attachedLinks == wantedLinks }
     var canTakeTelemetry: Bool { attachedLinks.contains(.telemetry) }
+    /// How the hub's tier limits this leaf (status): nil when it has every link it is configured for.
+    var tierLimitation: String? {
+        let missing = configuredLinks.subtracting(wantedLinks)
+        guard !missing.isEmpty else { return nil }
+        if wantedLinks == [.telemetry] { return "telemetry-only (hub tier)" }
+        let features = HubTierLimits.Feature.allCases.filter { !$0.links.isDisjoint(with: missing) }
+        return "without \(features.map(\.rawValue).joined(separator: ", ")) (hub tier)"
+    }
 
     func popPending() -> OutgoingMessage? {
         guard pendingHead < pending.count else { return nil }

@@ -61,6 +61,8 @@ final class Shard: @unchecked Sendable {
     private var nextCBSID: UInt64 = 0
 
     var roles: [AMQPObjectID: Role] = [:]
+    /// Links closed on our side whose detach from the hub has not come yet: freed when it does (`retire`).
+    private var retiring: Set<AMQPObjectID> = []
     var unsettled: [AMQPObjectID: (leaf: String, sequences: [UInt64])] = [:]
     var cloudToDeviceDeliveries: [Int: CloudToDeviceDelivery] = [:]
     var nextCloudToDeviceToken = 0
@@ -68,11 +70,15 @@ final class Shard: @unchecked Sendable {
     var nextTag: UInt64 = 0
     /// Where the pacer continues, so every queued leaf gets its turn.
     private var admitCursor = 0
+    /// What this hub refuses as not in its tier; kept across reconnects to the same host.
+    private(set) var tierLimits: HubTierLimits
+    private var tierLimitsHost: String?
 
     init(engine: UplinkEngine, index: Int, leaves: [LeafRuntime], connectionMachine: ConnectionMachine) {
         self.engine = engine
         self.index = index
         self.machine = connectionMachine
+        self.tierLimits = HubTierLimits(recheckMilliseconds: engine.configuration.tierRecheckMilliseconds)
         self.leafOrder = leaves.map(\.deviceID)
         for l in leaves { self.leaves[l.deviceID] = l }
     }
@@ -106,6 +112,7 @@ final class Shard: @unchecked Sendable {
     func tickLeaves(nowMs: Int64) {
         guard isOpen else { return }
         renewSharedTokens(nowMs: nowMs)
+        probeTierLimits(nowMs: nowMs)
         for id in leafOrder {
             guard let leaf = leaves[id] else { continue }
             perform(leaf.machine.tick(nowMs: nowMs), for: leaf)
@@ -124,6 +131,11 @@ final class Shard: @unchecked Sendable {
         closeReason = nil
         let c = engine.configuration
         let route = machine.route
+        if tierLimitsHost != route.host {
+            // Another host may be another hub (another tier): learn it again.
+            tierLimits = HubTierLimits(recheckMilliseconds: c.tierRecheckMilliseconds)
+            tierLimitsHost = route.host
+        }
         // `address` overrides where the configured (first) host is reached; other hosts resolve by name.
         let address = route.host == c.hostName ? c.address : nil
         switch route.kind {
@@ -279,6 +291,7 @@ final class Shard: @unchecked Sendable {
         cbsPending = [:]
         sharedTokens = [:]
         roles = [:]
+        retiring = []
         unsettled = [:]
         cloudToDeviceDeliveries = [:]
         for leaf in leaves.values {
@@ -445,10 +458,16 @@ final class Shard: @unchecked Sendable {
     }
 
     private func attachLinks(_ leaf: LeafRuntime) {
-        guard let session = session(for: leaf) else { return }
         detachLinks(leaf)
+        leaf.wantedLinks = tierLimits.links(from: leaf.configuredLinks)
+        openLinks(leaf.wantedLinks, for: leaf)
+    }
+
+    /// Opens `kinds` for the leaf (all of them on attach; the ones a hub tier refused, when asked for again).
+    private func openLinks(_ kinds: Set<LeafLink>, for leaf: LeafRuntime) {
+        guard let session = session(for: leaf) else { return }
         nextLinkNumber += 1
-        for kind in LeafLink.allCases where leaf.wantedLinks.contains(kind) {
+        for kind in LeafLink.allCases where kinds.contains(kind) {
             let link = kind.isSender ? session.sender(name: "\(kind.rawValue)-\(leaf.deviceID)-\(nextLinkNumber)")
                                      : session.receiver(name: "\(kind.rawValue)-\(leaf.deviceID)-\(nextLinkNumber)")
             let address = DeviceAddress(deviceID: leaf.deviceID, endpoint: kind.endpoint).canonical
@@ -497,11 +516,7 @@ final class Shard: @unchecked Sendable {
             for (token, entry) in cloudToDeviceDeliveries where entry.link == c.id { cloudToDeviceDeliveries[token] = nil }
         }
         engine.release(released)
-        for link in leaf.links.values {
-            roles[link.id] = nil
-            if link.isLocallyOpen { link.close() }
-            link.free()
-        }
+        for link in leaf.links.values { retire(link) }
         leaf.links = [:]
         leaf.attachedLinks = []
         leaf.twin.detached()
@@ -523,17 +538,101 @@ final class Shard: @unchecked Sendable {
             case .methodRequests, .twinResponses: link.flow(Self.requestCredit)
             default: break
             }
-            guard leaf.linksAttached, leaf.machine.phase == .attaching else { return }
-            leaf.machine.linksAttached()
-            if leaf.wantedLinks.contains(.twinRequests) { performTwin(leaf.twin.attached(nowMs: engine.nowMs()), for: leaf) }
-            engine.leafBecameReady()
+            if let feature = HubTierLimits.Feature(kind), tierLimits.attached(feature) {
+                logger.notice("uplink[\(index)]: the hub attached \(d)'s \(feature.rawValue) links again: every leaf asks for them now")
+                restoreTierLinks()
+            }
+            if leaf.machine.phase == .attaching { leafLinksSettled(leaf) }
+            else if leaf.machine.phase == .ready, kind == .twinRequests || kind == .twinResponses,
+                    leaf.attachedLinks.isSuperset(of: HubTierLimits.Feature.twin.links) {
+                // A twin that came back after a tier refusal: subscribe and GET as on any attach.
+                performTwin(leaf.twin.attached(nowMs: engine.nowMs()), for: leaf)
+            }
         }
+    }
+
+    /// An attaching leaf whose every wanted link is up becomes ready.
+    private func leafLinksSettled(_ leaf: LeafRuntime) {
+        guard leaf.linksAttached, leaf.machine.phase == .attaching else { return }
+        leaf.machine.linksAttached()
+        if leaf.wantedLinks.contains(.twinRequests) { performTwin(leaf.twin.attached(nowMs: engine.nowMs()), for: leaf) }
+        engine.leafBecameReady()
+        // The hub may have attached a feature for another leaf while this one attached without it.
+        attachWhatTheTierAllows(leaf)
+    }
+
+    // MARK: hub tier
+
+    /// The hub refused one of the leaf's C2D, method or twin links as not in its tier: that feature's links close,
+    /// the leaf goes on without them (not a failure of the leaf), and leaves attaching from now on do not ask.
+    private func tierRefused(_ leaf: LeafRuntime, _ feature: HubTierLimits.Feature, condition: AMQPCondition?) {
+        if tierLimits.refused(feature, nowMs: engine.nowMs()) {
+            logger.warning("uplink[\(index)]: the hub refuses \(feature.rawValue) links as not in its tier (\(condition?.name ?? "") \(condition?.description ?? "")): leaves carry on without them (telemetry flows); asking again every \(tierLimits.recheckMilliseconds / 60_000) min",
+                           metadata: ["leaf": "\(leaf.deviceID)", "hub_error": "\(condition?.name ?? "")", "hub_error_description": "\(condition?.description ?? "")"])
+        }
+        closeLinks(feature.links, of: leaf)
+        leaf.wantedLinks = tierLimits.links(from: leaf.configuredLinks)
+        leafLinksSettled(leaf)
+    }
+
+    /// Closes some of a leaf's links, keeping the rest (and its telemetry) as they are.
+    private func closeLinks(_ kinds: Set<LeafLink>, of leaf: LeafRuntime) {
+        for kind in kinds {
+            guard let link = leaf.links.removeValue(forKey: kind) else { continue }
+            leaf.attachedLinks.remove(kind)
+            roles[link.id] = nil
+            if kind == .cloudToDevice {
+                for (token, entry) in cloudToDeviceDeliveries where entry.link == link.id { cloudToDeviceDeliveries[token] = nil }
+                leaf.flow.detached()
+            }
+            if kind == .twinRequests || kind == .twinResponses { leaf.twin.detached() }
+            retire(link)
+        }
+    }
+
+    /// Closes a link of ours and frees it once the hub has detached it too. Freed before the hub's attach or
+    /// detach arrives, Proton would take that frame for a new link of the same name and answer it, and the hub would
+    /// answer that in turn: the two sides echoed attaches for as long as the connection lasted.
+    private func retire(_ link: AMQPLink) {
+        roles[link.id] = nil
+        if link.isLocallyOpen { link.close() }
+        if link.isRemotelyClosed { link.free() } else { retiring.insert(link.id) }
+    }
+
+    /// Rarely, one ready leaf asks for what the hub's tier refused: a hub moved to a higher tier is noticed.
+    private func probeTierLimits(nowMs: Int64) {
+        guard tierLimits.isLimited,
+              let leaf = leafOrder.lazy.compactMap({ self.leaves[$0] }).first(where: {
+                  $0.machine.phase == .ready && $0.configuredLinks != $0.wantedLinks
+              }),
+              tierLimits.recheckDue(nowMs: nowMs)
+        else { return }
+        logger.info("uplink[\(index)]: asking the hub again for \(tierLimits.refused.map(\.rawValue).sorted().joined(separator: ", ")) links (\(leaf.deviceID))")
+        let missing = leaf.configuredLinks.subtracting(leaf.wantedLinks)
+        leaf.wantedLinks = leaf.configuredLinks
+        openLinks(missing, for: leaf)
+    }
+
+    /// The hub has a refused feature again: every ready leaf attaches the links it went without.
+    private func restoreTierLinks() {
+        for id in leafOrder {
+            if let leaf = leaves[id], leaf.machine.phase == .ready { attachWhatTheTierAllows(leaf) }
+        }
+    }
+
+    private func attachWhatTheTierAllows(_ leaf: LeafRuntime) {
+        let wanted = tierLimits.links(from: leaf.configuredLinks)
+        guard wanted != leaf.wantedLinks else { return }
+        leaf.wantedLinks = wanted
+        let missing = wanted.subtracting(leaf.links.keys)
+        if !missing.isEmpty { openLinks(missing, for: leaf) }
     }
 
     /// Credit on the method and twin receivers (replenished per message).
     static let requestCredit = 10
 
     private func linkClosed(_ link: AMQPLink, condition: AMQPCondition?) {
+        if retiring.remove(link.id) != nil { return link.free() }
         guard let role = roles[link.id] else { return }
         switch role {
         case .cbsSender, .cbsReceiver:
@@ -544,6 +643,10 @@ final class Shard: @unchecked Sendable {
             connection?.close()
         case .leaf(let d, let kind):
             guard let leaf = leaves[d] else { return }
+            if let feature = HubTierLimits.Feature(kind),
+               HubTierLimits.isTierRefusal(condition: condition?.name, description: condition?.description ?? "") {
+                return tierRefused(leaf, feature, condition: condition)
+            }
             leaf.counters.linkFailures += 1
             logger.warning("uplink[\(index)]: \(d): \(kind.rawValue) link detached: \(condition?.name ?? "no condition") \(condition?.description ?? "")",
                            metadata: ["leaf": "\(d)", "link": "\(kind.rawValue)", "hub_error": "\(condition?.name ?? "")", "hub_error_description": "\(condition?.description ?? "")"])

@@ -176,6 +176,8 @@ public struct UplinkStatus: Sendable {
         public var host: String
         /// `amqps` or `amqps-websocket`.
         public var transport: String
+        /// Features the hub refuses as not in its tier (C2D, methods, twin), learnt from its refusals.
+        public var refusedByTier: [String] = []
     }
 
     public struct Leaf: Sendable {
@@ -184,6 +186,8 @@ public struct UplinkStatus: Sendable {
         public var counters: LeafCounters
         /// Messages fetched from the spool and not yet settled by the hub.
         public var outstanding: Int
+        /// "telemetry-only (hub tier)" when the hub's tier refuses the leaf's other links; nil otherwise.
+        public var tierLimitation: String?
     }
 
     public var connections: [Connection] = []

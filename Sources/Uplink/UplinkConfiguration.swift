@@ -63,6 +63,9 @@ public struct UplinkConfiguration: Sendable, Equatable {
     /// When the hub's daily message quota is spent, telemetry pauses until the hub resets it at 00:00 UTC; with
     /// this set, one message probes the hub this often before then (units may be added). nil = at the reset only.
     public var quotaProbeIntervalMilliseconds: Int64?
+    /// How often one leaf asks again for the C2D, method or twin links the hub refused as not in its tier (Basic).
+    /// Default: 6 h.
+    public var tierRecheckMilliseconds: Int64 = 6 * 3_600_000
     /// Coalesce a leaf's queued JSON readings into one JSON-array message up to this size; nil = one message per
     /// reading. The hub bills D2C in 4 KB units, so 4000 is a good value; the hub's limit is 256 KB.
     public var coalesceTargetBytes: Int?

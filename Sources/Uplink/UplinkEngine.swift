@@ -456,7 +456,10 @@ final class UplinkEngine: @unchecked Sendable {
         guard let s = leafShard[deviceID], let leaf = shards[s].leaves[deviceID] else {
             throw UplinkError(.invalidInput, "no leaf \(deviceID)")
         }
-        guard leaf.wantedLinks.contains(.twinRequests) else { throw UplinkError(.invalidInput, "\(deviceID) has no twin (no router, or not in its capabilities)") }
+        guard leaf.configuredLinks.contains(.twinRequests) else { throw UplinkError(.invalidInput, "\(deviceID) has no twin (no router, or not in its capabilities)") }
+        guard !shards[s].tierLimits.refused.contains(.twin) else {
+            throw UplinkError(.invalidInput, "\(deviceID): the hub refuses device twins as not in its tier (IoT Hub Basic): reported properties cannot be sent")
+        }
         do throws(IoTHubError) {
             try TwinRules.validatePatch(patch)
             try TwinRules.validatePatch(leaf.twin.pendingAfter(patch))
@@ -482,12 +485,13 @@ final class UplinkEngine: @unchecked Sendable {
             status.connections.append(UplinkStatus.Connection(
                 index: shard.index, state: shard.machine.phase.rawValue, opens: shard.machine.opens,
                 lastError: shard.machine.lastError, lastDisconnect: shard.machine.lastDisconnect, leaves: shard.leafOrder.count,
-                host: shard.machine.route.host, transport: shard.machine.route.kind.rawValue))
+                host: shard.machine.route.host, transport: shard.machine.route.kind.rawValue,
+                refusedByTier: shard.tierLimits.refused.map(\.rawValue).sorted()))
             for id in shard.leafOrder {
                 guard let leaf = shard.leaves[id] else { continue }
                 status.leaves[id] = UplinkStatus.Leaf(
                     phase: leaf.machine.phase, lastError: leaf.machine.lastError, counters: leaf.counters,
-                    outstanding: leaf.outstanding)
+                    outstanding: leaf.outstanding, tierLimitation: leaf.tierLimitation)
             }
         }
         return status

@@ -44,6 +44,8 @@ struct Serve: AsyncParsableCommand {
     var deviceConnectRate = 0
     @Option(help: "Daily message quota in 4 KB units, as IoT Hub bills D2C (S1: 400000 per unit); reset at 00:00 UTC; 0 = unlimited.")
     var dailyQuota = 0
+    @Option(help: "The hub's tier: standard, or basic (no C2D, twins or direct methods: their links and service calls are refused with 403010, as a Basic-tier IoT Hub refuses them).")
+    var tier: HubTier = .standard
     @Option(help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel = "info"
 
@@ -58,6 +60,7 @@ struct Serve: AsyncParsableCommand {
         config.hub.eventLogCapacity = eventLogCapacity
         config.hub.deviceAuthenticationsPerSecond = deviceConnectRate > 0 ? deviceConnectRate : nil
         config.hub.dailyMessageQuota = dailyQuota > 0 ? dailyQuota : nil
+        config.hub.tier = tier
         config.bindHost = bind
         config.amqpsPort = noAmqps ? nil : amqpsPort
         config.amqpPort = amqpPort
@@ -109,3 +112,5 @@ struct Certs: AsyncParsableCommand {
         say("server key: \(paths.serverKey)")
     }
 }
+
+extension HubTier: ExpressibleByArgument {}

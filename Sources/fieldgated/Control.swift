@@ -77,7 +77,7 @@ struct ControlHandler: Sendable {
             "uptime_seconds": .int((WallClock.nowMilliseconds() - startedAtMs) / 1000),
             "connections": .array(uplink.connections.map { c in
                 ["index": .int(Int64(c.index)), "state": .string(c.state), "opens": .int(Int64(c.opens)), "leaves": .int(Int64(c.leaves)),
-                 "host": .string(c.host), "transport": .string(c.transport),
+                 "host": .string(c.host), "transport": .string(c.transport), "refused_by_tier": .array(c.refusedByTier.map(JSONValue.string)),
                  "last_error": c.lastError.map(JSONValue.string) ?? .null, "last_disconnect": c.lastDisconnect.map(JSONValue.string) ?? .null]
             }),
             "leaves_by_state": .object(byPhase),
@@ -101,6 +101,7 @@ struct ControlHandler: Sendable {
                 "sent": .int(Int64(leaf.counters.sent)), "accepted": .int(Int64(leaf.counters.acceptedRecords)),
                 "rejected": .int(Int64(leaf.counters.rejectedRecords)), "throttled": .int(Int64(leaf.counters.throttled)),
                 "c2d_received": .int(Int64(leaf.counters.cloudToDeviceReceived)), "in_flight": .int(Int64(leaf.outstanding)),
+                "tier_limitation": leaf.tierLimitation.map(JSONValue.string) ?? .null,
             ]
         })
     }
@@ -122,6 +123,12 @@ struct ControlHandler: Sendable {
             m.add("fieldgate_hub_connection_opens_total", Double(c.opens), labels: ["connection": String(c.index)], help: "Connections opened.", type: "counter")
         }
         m.add("fieldgate_telemetry_paused", uplink.telemetryPause == nil ? 0 : 1, help: "1 while telemetry pauses for every leaf: the hub's daily quota is spent.")
+        for c in uplink.connections {
+            for feature in ["C2D", "methods", "twin"] {
+                m.add("fieldgate_hub_tier_refuses", c.refusedByTier.contains(feature) ? 1 : 0, labels: ["connection": String(c.index), "feature": feature],
+                      help: "1 while the hub refuses this feature's links as not in its tier (IoT Hub Basic); leaves go on without it.")
+            }
+        }
         for phase in LeafPhase.allCases {
             m.add("fieldgate_leaves", Double(uplink.leaves.values.filter { $0.phase == phase }.count), labels: ["state": phase.rawValue],
                   help: "Leaf identities by state.")

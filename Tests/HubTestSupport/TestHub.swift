@@ -34,7 +34,7 @@ public final class TestHub: Sendable {
         config.tls = AMQPServerTLS(certificateFile: certs.serverCertificate, privateKeyFile: certs.serverKey)
         configure(&config)
         var logger = Logger(label: "test.hub")
-        logger.logLevel = .warning
+        logger.logLevel = ProcessInfo.processInfo.environment["HUB_TEST_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .warning
         let running = try await HubServer(configuration: config, logger: logger).start()
         return TestHub(running: running, reactor: AMQPReactor(), directory: dir, certificates: certs, configuration: config)
     }

@@ -59,6 +59,31 @@ struct IsolationTests {
         }
     }
 
+    /// A leaf whose links the hub refuses while its other attaches are still on the wire (an unknown device under a
+    /// hub-scope token: put-token passes, every link is refused 404): the gateway closes the rest at the first
+    /// refusal, and frees each only when the hub's detach for it has come. Freed earlier, Proton took the hub's
+    /// late refusal for a new link of the same name and answered it, and the hub refused that again: tens of
+    /// thousands of attaches a second until the connection closed.
+    @Test func linksClosedMidAttachDoNotEchoAttaches() async throws {
+        try await withHub { hub in
+            let policy = try #require(await hub.core.perform { $0.policy("device") })
+            var leaves = try await createLeaves(hub, count: 3).map {
+                LeafConfiguration(deviceID: $0.deviceID, credential: .sharedAccessPolicy(name: policy.keyName, key: policy.primaryKey, scope: .hub))
+            }
+            // Many, so the hub's refusals span several reads and some arrive after the first one's handling.
+            leaves += (0..<50).map { LeafConfiguration(deviceID: "never-registered-\($0)", credential: leaves[0].credential) }
+            let h = try UplinkHarness(hub: hub, leaves: leaves, router: PointAdapter())
+            h.uplink.start()
+            try await eventually(10, "the registered leaves ready") { await h.uplink.status().count(.ready) == 3 }
+            try await eventually(10, "the unknown ones refused") { await h.uplink.status().count(.refused) == 50 }
+            try await Task.sleep(for: .seconds(2))
+            // One attach of six links each, each refused once; the refused back-off (30 s) holds the next try.
+            let refused = try await hub.core.perform { $0.refusedLinks }
+            #expect(refused <= 50 * 6, "attaches refused: \(refused)")
+            await h.stop()
+        }
+    }
+
     /// A refused leaf is retried slowly and recovers by itself once the hub takes it again.
     @Test func refusedLeafRecoversWhenEnabled() async throws {
         try await withHub { hub in

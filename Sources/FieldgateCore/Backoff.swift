@@ -52,8 +52,17 @@ public struct TokenBucket: Sendable {
     /// Takes up to `count` tokens; returns how many were taken.
     public mutating func take(_ count: Int, nowMs: Int64) -> Int {
         refill(nowMs)
-        let n = min(count, Int(tokens))
+        let n = max(0, min(count, Int(tokens)))
         tokens -= Double(n)
         return n
+    }
+
+    /// Takes one token even when none is left: the balance goes below zero (one burst at most) and what comes next
+    /// waits that much longer, so the rate holds on average. For the rare message that must not queue behind a bulk.
+    public mutating func borrow(nowMs: Int64) -> Bool {
+        refill(nowMs)
+        guard tokens - 1 >= -burst else { return false }
+        tokens -= 1
+        return true
     }
 }

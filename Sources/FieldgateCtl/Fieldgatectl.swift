@@ -70,7 +70,9 @@ struct Status: ParsableCommand {
         for c in s["connections"]?.arrayValue ?? [] {
             let err = c["last_error"]?.stringValue.map { " — last error: \($0)" } ?? ""
             let route = c["host"]?.stringValue.map { " to \($0) over \(c["transport"]?.stringValue == "amqps-websocket" ? "WebSockets (443)" : "AMQPS")" } ?? ""
-            print("connection \(c["index"]?.intValue ?? 0): \(c["state"]?.stringValue ?? "?")\(route), \(c["leaves"]?.intValue ?? 0) leaves, opened \(c["opens"]?.intValue ?? 0)×\(err)")
+            let tier = (c["refused_by_tier"]?.arrayValue ?? []).compactMap(\.stringValue)
+            let refused = tier.isEmpty ? "" : "; the hub's tier refuses \(tier.joined(separator: ", "))"
+            print("connection \(c["index"]?.intValue ?? 0): \(c["state"]?.stringValue ?? "?")\(route), \(c["leaves"]?.intValue ?? 0) leaves, opened \(c["opens"]?.intValue ?? 0)×\(refused)\(err)")
         }
         let phases = (s["leaves_by_state"]?.objectValue ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key) \($0.value.intValue ?? 0)" }
         print("leaves: " + (phases.isEmpty ? "none" : phases.joined(separator: ", ")))
@@ -113,7 +115,8 @@ struct Devices: ParsableCommand {
         let rows = (d.arrayValue ?? []).map { (l: JSONValue) -> [String] in
             let text = { (key: String) -> String in l[key]?.stringValue ?? "" }
             let count = { (key: String) -> String in String(l[key]?.intValue ?? 0) }
-            return [text("device_id"), text("adapter"), text("state"), count("spooled"), count("accepted"), count("rejected"),
+            let state = text("state") + (l["tier_limitation"]?.stringValue.map { ", \($0)" } ?? "")
+            return [text("device_id"), text("adapter"), state, count("spooled"), count("accepted"), count("rejected"),
                     text("last_error")]
         }
         printTable(["DEVICE", "ADAPTER", "STATE", "SPOOLED", "ACCEPTED", "REJECTED", "LAST ERROR"], rows)

@@ -75,6 +75,8 @@ public struct GatewayConfigFile: Decodable, Sendable {
         /// What the cloud may do besides receiving telemetry: any of `c2d`, `methods`, `twin` (default: all three).
         /// Each costs AMQP links (C2D one, methods and twin two each); a telemetry-only sensor needs `[]`.
         public var cloud: [String]?
+        /// This leaf's heartbeat interval (0: none); absent: `[uplink] heartbeat_seconds`.
+        public var heartbeat_seconds: Int?
         public var allowed_sources: [String]?
         public var mapped_source: String?
         /// UDP, with `mapped_source`: how its datagrams decode (as a serial port's `format`), and `field_map` for kv.
@@ -101,6 +103,8 @@ public struct GatewayConfigFile: Decodable, Sendable {
         /// With the hub's daily quota spent, probe the hub this often before its 00:00 UTC reset; 0 or absent: at the
         /// reset only.
         public var quota_probe_minutes: Int?
+        /// Every identity sends an empty `heartbeat=true` message this often; 0 or absent: off.
+        public var heartbeat_seconds: Int?
     }
     public struct Control: Decodable, Sendable {
         public var socket: String?
@@ -299,6 +303,11 @@ struct Mapper {
                 report(main, "uplink.quota_probe_minutes", "uplink.quota_probe_minutes must be 0 (probe at the 00:00 UTC reset only) or 1 to 1440")
             }
         }
+        if let h = f.uplink?.heartbeat_seconds, h != 0 {
+            if Self.heartbeatRange.contains(h) { uplink.heartbeatIntervalMilliseconds = Int64(h) * 1000 } else {
+                report(main, "uplink.heartbeat_seconds", "uplink.heartbeat_seconds must be 0 (off) or \(Self.heartbeatRange.lowerBound) to \(Self.heartbeatRange.upperBound); each heartbeat is a message of the daily quota (hourly: 24 per identity a day)")
+            }
+        }
         let spool = spoolConfiguration(f.spool)
 
         let gatewayKey = checkMain ? gatewayCredential(f.gateway) : nil
@@ -325,8 +334,14 @@ struct Mapper {
             // A problem with its key or cloud list does not stop the checks of its adapter settings (one run shows all).
             let credential = leafCredential(l, source: source, at: at)
             let capabilities = cloudCapabilities(l, source: source, at: at)
+            var heartbeat: Int64?
+            if let h = l.heartbeat_seconds {
+                if h == 0 || Self.heartbeatRange.contains(h) { heartbeat = Int64(h) * 1000 } else {
+                    report(source, "\(at).heartbeat_seconds", "leaf \(l.device_id): heartbeat_seconds must be 0 (none for this leaf) or \(Self.heartbeatRange.lowerBound) to \(Self.heartbeatRange.upperBound)")
+                }
+            }
             if let credential, let capabilities {
-                leaves.append(LeafConfiguration(deviceID: l.device_id, credential: credential, capabilities: capabilities))
+                leaves.append(LeafConfiguration(deviceID: l.device_id, credential: credential, capabilities: capabilities, heartbeatIntervalMilliseconds: heartbeat))
             }
             switch l.adapter {
             case "udp":
@@ -438,6 +453,9 @@ struct Mapper {
         }
         return .symmetricKey(primary: k.primary, secondary: k.secondary)
     }
+
+    /// Heartbeat intervals, in seconds: no more often than every 10 s, at least daily.
+    static let heartbeatRange = 10...86_400
 
     /// `cloud = ["c2d", "methods", "twin"]` → the leaf's links (telemetry always).
     private mutating func cloudCapabilities(_ l: GatewayConfigFile.Leaf, source: ConfigSource, at: String) -> LeafCapabilities? {

@@ -115,7 +115,7 @@ struct Schema: Sendable {
 /// The configuration's shape (etc/fieldgate.toml documents every key).
 enum ConfigSchema {
     static let leaf = Schema(fields: [
-        "device_id": .string, "adapter": .string, "credential": .string, "key_ref": .string, "cloud": .strings,
+        "device_id": .string, "adapter": .string, "credential": .string, "key_ref": .string, "cloud": .strings, "heartbeat_seconds": .int,
         "allowed_sources": .strings, "mapped_source": .string, "format": .string, "field_map": .stringMap, "hmac": .bool,
         "command_address": .string, "bus": .string, "unit_id": .int, "profile": .string, "poll_ms": .int, "full_report_seconds": .int,
         "response_timeout_ms": .int, "retries": .int,
@@ -141,7 +141,7 @@ enum ConfigSchema {
             "directory": .string, "cap_mb": .int, "sync": .string, "full_policy": .string, "ttl_hours": .int,
         ])),
         "udp": .table(Schema(fields: ["bind": .string, "port": .int, "max_datagram_bytes": .int, "allowed_sources": .strings], required: ["port"])),
-        "uplink": .table(Schema(fields: ["coalesce_bytes": .int, "quota_probe_minutes": .int])),
+        "uplink": .table(Schema(fields: ["coalesce_bytes": .int, "quota_probe_minutes": .int, "heartbeat_seconds": .int])),
         "secrets": .table(Schema(fields: ["file": .string])),
         "control": .table(Schema(fields: ["socket": .string, "allow_debug": .bool, "metrics": .string])),
         "daemon": .table(Schema(fields: ["stall_seconds": .int])),

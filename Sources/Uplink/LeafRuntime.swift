@@ -31,6 +31,9 @@ public struct LeafCounters: Sendable, Equatable {
     public var methodCalls = 0
     /// Method calls answered 504 because the handler missed the local deadline.
     public var methodTimeouts = 0
+    /// Heartbeat messages sent, and those the hub accepted.
+    public var heartbeatsSent = 0
+    public var heartbeatsAccepted = 0
     /// Desired-property versions applied.
     public var desiredApplied = 0
     /// Reported patches the hub accepted.
@@ -94,6 +97,8 @@ final class LeafRuntime {
     var lastCloudToDeviceLogMs: Int64 = .min / 2
     var lastThrottleLogMs: Int64 = .min / 2
     var twin: TwinSync
+    /// nil: no heartbeat messages for this leaf.
+    var heartbeat: HeartbeatSchedule?
     /// The links its capabilities call for.
     let configuredLinks: Set<LeafLink>
     /// The links it attaches on this connection: the configured ones less what the hub's tier refuses.
@@ -111,11 +116,12 @@ final class LeafRuntime {
     var unsettled = 0
 
     init(configuration: LeafConfiguration, machine: LeafMachine, dedupeCapacity: Int, capabilities: LeafCapabilities,
-         reportedIntervalMilliseconds: Int64, cloudToDevicePolicy: CloudToDeviceFlow.Policy) {
+         reportedIntervalMilliseconds: Int64, cloudToDevicePolicy: CloudToDeviceFlow.Policy, heartbeatIntervalMilliseconds: Int64? = nil) {
         self.configuration = configuration
         self.machine = machine
         self.dedupe = C2DDedupe(capacity: dedupeCapacity)
         self.flow = CloudToDeviceFlow(policy: cloudToDevicePolicy)
+        if let interval = heartbeatIntervalMilliseconds, interval > 0 { heartbeat = HeartbeatSchedule(intervalMilliseconds: interval) }
         self.configuredLinks = LeafLink.wanted(for: capabilities)
         self.wantedLinks = configuredLinks
         self.twin = TwinSync(minPatchIntervalMilliseconds: reportedIntervalMilliseconds, correlationPrefix: configuration.deviceID)

@@ -23,6 +23,21 @@ extension Shard {
         }
     }
 
+    /// Sends the leaf's heartbeat when it is due and the leaf could send telemetry now: ahead of any backlog (it is
+    /// not a reading and never spooled), within the in-flight limit and the D2C rate, never during a quota pause.
+    func sendHeartbeatIfDue(_ leaf: LeafRuntime, nowMs: Int64) {
+        guard leaf.heartbeat?.isDue(nowMs: nowMs) == true, leaf.attachedLinks.contains(.telemetry), let link = leaf.links[.telemetry],
+              link.credit > 0, leaf.machine.canSend(nowMs: nowMs),
+              leaf.unsettled < leaf.machine.inFlightLimit(engine.configuration.maxInFlightPerLeaf), engine.takeSendPermit(priority: true)
+        else { return }
+        let d = link.send(HeartbeatSchedule.encode(nowMs: WallClock.nowMilliseconds()), tag: nextDeliveryTag())
+        // No spool records: the outcome settles nothing, and nothing is resent.
+        unsettled[d.id] = (leaf.deviceID, [])
+        leaf.unsettled += 1
+        leaf.counters.heartbeatsSent += 1
+        leaf.heartbeat?.sent(nowMs: nowMs)
+    }
+
     func telemetryOutcome(_ delivery: AMQPDelivery) {
         guard let entry = unsettled[delivery.id] else { return }
         let outcome = delivery.remoteOutcome ?? (delivery.isRemotelySettled ? .accepted : nil)
@@ -34,6 +49,7 @@ extension Shard {
         let nowMs = engine.nowMs()
         switch outcome {
         case .accepted:
+            if entry.sequences.isEmpty { leaf.counters.heartbeatsAccepted += 1 }
             leaf.counters.acceptedRecords += entry.sequences.count
             leaf.machine.delivered()
             engine.acknowledge(entry.sequences)
@@ -59,6 +75,9 @@ extension Shard {
             case IoTHubAMQP.unauthorizedAccess?:
                 // "Token Invalid.": the links are about to go; resend after re-authentication.
                 engine.release(entry.sequences + leaf.takePending())
+            case _ where entry.sequences.isEmpty:
+                logger.warning("uplink[\(index)]: \(entry.leaf): the hub rejected a heartbeat (\(condition?.name ?? "no condition") \(condition?.description ?? ""))",
+                               metadata: ["leaf": "\(entry.leaf)", "hub_error": "\(condition?.name ?? "")", "hub_error_description": "\(condition?.description ?? "")"])
             default:
                 leaf.counters.rejectedRecords += entry.sequences.count
                 logger.warning("uplink[\(index)]: \(entry.leaf): the hub rejected a message for good (\(condition?.name ?? "no condition") \(condition?.description ?? "")); it goes to the dead-letter file",

@@ -116,6 +116,7 @@ final class Shard: @unchecked Sendable {
         for id in leafOrder {
             guard let leaf = leaves[id] else { continue }
             perform(leaf.machine.tick(nowMs: nowMs), for: leaf)
+            if leaf.heartbeat != nil { sendHeartbeatIfDue(leaf, nowMs: nowMs) }
             if leaf.machine.canSend(nowMs: nowMs) { flush(leaf) }
             tickCloudToDevice(leaf, nowMs: nowMs)
         }
@@ -555,6 +556,7 @@ final class Shard: @unchecked Sendable {
     private func leafLinksSettled(_ leaf: LeafRuntime) {
         guard leaf.linksAttached, leaf.machine.phase == .attaching else { return }
         leaf.machine.linksAttached()
+        leaf.heartbeat?.leafReady(nowMs: engine.nowMs(), random: engine.random())
         if leaf.wantedLinks.contains(.twinRequests) { performTwin(leaf.twin.attached(nowMs: engine.nowMs()), for: leaf) }
         engine.leafBecameReady()
         // The hub may have attached a feature for another leaf while this one attached without it.

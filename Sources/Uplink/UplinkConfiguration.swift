@@ -66,6 +66,9 @@ public struct UplinkConfiguration: Sendable, Equatable {
     /// How often one leaf asks again for the C2D, method or twin links the hub refused as not in its tier (Basic).
     /// Default: 6 h.
     public var tierRecheckMilliseconds: Int64 = 6 * 3_600_000
+    /// Every identity (leaves and the gateway) sends an empty D2C message marked `heartbeat=true` this often;
+    /// nil = off. Each costs a message of the daily quota: hourly, 24 per identity a day. Leaves may override it.
+    public var heartbeatIntervalMilliseconds: Int64?
     /// Coalesce a leaf's queued JSON readings into one JSON-array message up to this size; nil = one message per
     /// reading. The hub bills D2C in 4 KB units, so 4000 is a good value; the hub's limit is 256 KB.
     public var coalesceTargetBytes: Int?
@@ -164,11 +167,14 @@ public struct LeafConfiguration: Sendable, Equatable {
     /// Which of C2D, methods and twin this leaf has (links are attached for them when the uplink has a router).
     /// Default: all.
     public var capabilities: LeafCapabilities = .all
+    /// This leaf's heartbeat interval: nil = the uplink's, 0 = none for this leaf.
+    public var heartbeatIntervalMilliseconds: Int64?
 
-    public init(deviceID: String, credential: LeafCredential, capabilities: LeafCapabilities = .all) {
+    public init(deviceID: String, credential: LeafCredential, capabilities: LeafCapabilities = .all, heartbeatIntervalMilliseconds: Int64? = nil) {
         self.deviceID = deviceID
         self.credential = credential
         self.capabilities = capabilities
+        self.heartbeatIntervalMilliseconds = heartbeatIntervalMilliseconds
     }
 }
 

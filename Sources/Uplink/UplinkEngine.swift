@@ -69,7 +69,8 @@ final class UplinkEngine: @unchecked Sendable {
             operationTimeoutMilliseconds: c.operationTimeoutMilliseconds)
         return LeafRuntime(configuration: leaf, machine: LeafMachine(hasSecondaryKey: leaf.credential.hasSecondaryKey, timing: timing),
                            dedupeCapacity: c.cloudToDeviceDedupeCapacity, capabilities: router == nil ? [] : leaf.capabilities,
-                           reportedIntervalMilliseconds: c.reportedIntervalMilliseconds, cloudToDevicePolicy: c.cloudToDevice)
+                           reportedIntervalMilliseconds: c.reportedIntervalMilliseconds, cloudToDevicePolicy: c.cloudToDevice,
+                           heartbeatIntervalMilliseconds: leaf.heartbeatIntervalMilliseconds ?? c.heartbeatIntervalMilliseconds)
     }
 
     @discardableResult
@@ -234,8 +235,9 @@ final class UplinkEngine: @unchecked Sendable {
     // MARK: telemetry
 
     /// One permit per D2C message: none while the daily quota is spent (one while it is probed), and one per
-    /// token when a tier rate is configured.
-    func takeSendPermit() -> Bool {
+    /// token when a tier rate is configured. A `priority` message (a heartbeat) borrows from the rate when no token is
+    /// left, so it goes ahead of a backlog that uses the whole rate.
+    func takeSendPermit(priority: Bool = false) -> Bool {
         switch quota.sendLimit {
         case 0?: return false
         case 1?:
@@ -245,7 +247,7 @@ final class UplinkEngine: @unchecked Sendable {
         }
         guard var limiter = sendLimiter else { return true }
         defer { sendLimiter = limiter }
-        return limiter.take(nowMs: nowMs())
+        return priority ? limiter.borrow(nowMs: nowMs()) : limiter.take(nowMs: nowMs())
     }
 
     /// The hub refused a message for its daily quota: every leaf pauses (the message goes back to the spool).

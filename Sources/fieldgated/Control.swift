@@ -102,6 +102,7 @@ struct ControlHandler: Sendable {
                 "rejected": .int(Int64(leaf.counters.rejectedRecords)), "throttled": .int(Int64(leaf.counters.throttled)),
                 "c2d_received": .int(Int64(leaf.counters.cloudToDeviceReceived)), "in_flight": .int(Int64(leaf.outstanding)),
                 "tier_limitation": leaf.tierLimitation.map(JSONValue.string) ?? .null,
+                "heartbeats_sent": .int(Int64(leaf.counters.heartbeatsSent)), "heartbeats_accepted": .int(Int64(leaf.counters.heartbeatsAccepted)),
             ]
         })
     }

@@ -211,6 +211,25 @@ struct GatewayConfigTests {
         #expect("\(e)".contains(":6:") && "\(e)".contains("uplink.coalesce_bytes must be 0 (off) or 512 to 261120"), "\(e)")
     }
 
+    /// Issue 23.4: heartbeats off by default, on for every identity from [uplink], per leaf overridable (0: none).
+    @Test func heartbeatsAreConfigurable() throws {
+        let base = "[hub]\nhost = \"h\"\n[gateway]\ndevice_id = \"gw\"\n"
+        let leaves = "[[leaf]]\ndevice_id = \"m1\"\nadapter = \"udp\"\nheartbeat_seconds = 0\n[[leaf]]\ndevice_id = \"scale\"\nadapter = \"udp\"\nheartbeat_seconds = 60\n"
+            + "[[leaf]]\ndevice_id = \"m2\"\nadapter = \"udp\"\n"
+        let off = try load(base + "[udp]\nport = 47000\n" + leaves).get()
+        #expect(off.uplink.heartbeatIntervalMilliseconds == nil, "off by default")
+        let on = try load(base + "[uplink]\nheartbeat_seconds = 3600\n[udp]\nport = 47000\n" + leaves).get()
+        #expect(on.uplink.heartbeatIntervalMilliseconds == 3_600_000)
+        let byLeaf = Dictionary(uniqueKeysWithValues: on.leaves.map { ($0.deviceID, $0.heartbeatIntervalMilliseconds) })
+        #expect(byLeaf["m1"] == .some(0) && byLeaf["scale"] == .some(60_000) && byLeaf["m2"] == .some(nil))
+        guard case .failure(let e) = load(base + "[uplink]\nheartbeat_seconds = 5\n") else { Issue.record("accepted"); return }
+        #expect("\(e)".contains(":6:") && "\(e)".contains("uplink.heartbeat_seconds must be 0 (off) or 10 to 86400"), "\(e)")
+        guard case .failure(let l) = load(base + "[udp]\nport = 47000\n[[leaf]]\ndevice_id = \"m1\"\nadapter = \"udp\"\nheartbeat_seconds = -1\n") else {
+            Issue.record("accepted"); return
+        }
+        #expect("\(l)".contains(":10:") && "\(l)".contains("leaf m1: heartbeat_seconds must be 0"), "\(l)")
+    }
+
     @Test func integerWhereANumberIsExpected() throws {
         let s = try load(valid.replacing("[gateway]\n", with: "attaches_per_second = 20\n[gateway]\n")).get()
         #expect(s.uplink.attachesPerSecond == 20)

@@ -195,6 +195,14 @@ struct MachineTests {
         #expect(bucket.take(5, nowMs: 10_000) == 2, "never above the burst")
         bucket.refund(1)
         #expect(bucket.available(nowMs: 10_000) == 1)
+        // Borrowing: a heartbeat goes though the bulk took every token; the bulk then waits for the debt.
+        #expect(bucket.take(1, nowMs: 10_000) == 1)
+        let first = bucket.borrow(nowMs: 10_000)
+        let second = bucket.borrow(nowMs: 10_000)
+        let third = bucket.borrow(nowMs: 10_000)
+        #expect(first && second && !third, "one burst of debt at most")
+        #expect(bucket.take(5, nowMs: 10_100) == 0, "a debt is no token")
+        #expect(bucket.take(5, nowMs: 10_300) == 1, "back above zero after the debt is paid")
     }
 
     @Test func c2dDedupeRemembersOutcomesBounded() {

@@ -157,7 +157,7 @@ let package = Package(
         .target(
             name: "HubEmulator",
             dependencies: [
-                "ProtonAMQP", "IoTHub", "FieldgateCore",
+                "ProtonAMQP", "IoTHub", "FieldgateCore", "MessageAuthentication",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Hummingbird", package: "hummingbird"),

@@ -42,6 +42,11 @@ public final class HubCore: @unchecked Sendable {
     public var tier: HubTier
     /// Link attaches refused since the start, for any reason.
     public internal(set) var refusedLinks = 0
+    /// File upload: outstanding SAS URIs and notifications; the blob store they write to.
+    var fileUploads = FileUploads()
+    let blobs: BlobStore
+    /// `host[:port]` of the blob endpoint devices upload to (the hub's HTTPS port); nil: file upload not configured.
+    public internal(set) var blobEndpoint: String?
     private var saveScheduled = false
     private var tickTimer: AMQPTimer?
 
@@ -57,6 +62,7 @@ public final class HubCore: @unchecked Sendable {
         self.logger = logger
         self.events = EventLog(capacity: configuration.eventLogCapacity)
         self.tier = configuration.tier
+        self.blobs = BlobStore(stateDirectory: configuration.stateDirectory)
         self.registry = Registry.withDefaultPolicies()
         if let dir = configuration.stateDirectory { try load(from: dir) }
     }

@@ -144,6 +144,11 @@ public final class HubServer: Service, Sendable {
         }
         let httpPort = try await portPromise.value()
         let httpsPort = configuration.httpsPort == nil ? nil : try await httpsPromise.value()
+        if let httpsPort {
+            // The storage account of file uploads is this HTTPS port (https://{host}[:port]/fieldgate-uploads/…).
+            let endpoint = httpsPort == 443 ? configuration.hub.hostName : "\(configuration.hub.hostName):\(httpsPort)"
+            try await core.perform { $0.blobEndpoint = endpoint }
+        }
         logger.info("fieldgate-hub serving \(configuration.hub.hostName): amqps \(amqpsPort.map(String.init) ?? "-"), amqp \(amqpPort.map(String.init) ?? "-"), http \(httpPort), https \(httpsPort.map(String.init) ?? "-")")
         return RunningHub(amqpsPort: amqpsPort, amqpPort: amqpPort, httpPort: httpPort, httpsPort: httpsPort, core: core, server: self)
     }

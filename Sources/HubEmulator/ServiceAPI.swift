@@ -181,6 +181,7 @@ struct ServiceAPI: Sendable {
             let seconds = Int(try await bodyJSON(&req)?["seconds"]?.intValue ?? 10)
             return try json(try await faults(.refuseConnections(seconds: seconds)))
         }
+        addFileUploadRoutes(to: router)
         return router
     }
 
@@ -189,7 +190,7 @@ struct ServiceAPI: Sendable {
     /// Checks `Authorization: SharedAccessSignature …&skn=<policy>` against the hub's policies. The policy must hold
     /// exactly the right the operation needs, as on the real hub: RegistryRead / RegistryWrite for the identity
     /// registry; ServiceConnect for twins, methods, C2D, feedback and events (seed 003's permission table).
-    private func authorize(_ request: Request, _ right: String) async throws {
+    func authorize(_ request: Request, _ right: String) async throws {
         if open { return }
         guard let header = request.headers[.authorization] else {
             throw HTTPError(.unauthorized, message: "missing Authorization: SharedAccessSignature … (or run the hub with --open-service-api)")
@@ -209,7 +210,7 @@ struct ServiceAPI: Sendable {
         guard allowed else { throw HTTPError(.unauthorized, message: "the token is invalid, expired, or its policy lacks \(right)") }
     }
 
-    private func bodyJSON(_ request: inout Request) async throws -> JSONValue? {
+    func bodyJSON(_ request: inout Request) async throws -> JSONValue? {
         let buffer = try await request.collectBody(upTo: 1 << 20)
         guard buffer.readableBytes > 0 else { return nil }
         guard let value = JSONValue.parse(Array(buffer.readableBytesView)) else {
@@ -246,7 +247,7 @@ struct ServiceAPI: Sendable {
         return (message, ttl)
     }
 
-    private func json(_ value: some Encodable) throws -> Response {
+    func json(_ value: some Encodable) throws -> Response {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         let data = try encoder.encode(value)

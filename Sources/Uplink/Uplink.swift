@@ -14,6 +14,7 @@ public final class Uplink: Service, Sendable {
     private let engine: UplinkEngine
     private let logger: Logger
     private let state = Mutex<Phase>(.created)
+    private let uploader: FileUploader
 
     private enum Phase { case created, running, stopped }
 
@@ -37,6 +38,7 @@ public final class Uplink: Service, Sendable {
         self.logger = logger
         self.engine = UplinkEngine(configuration: configuration, leaves: leaves, spool: spool, router: router,
                                    reactor: reactor, logger: logger, nowMs: nowMs, random: random)
+        self.uploader = FileUploader(configuration: configuration)
     }
 
     /// Starts connecting; returns at once (the hub being away is a normal state).
@@ -126,6 +128,18 @@ public final class Uplink: Service, Sendable {
         if let outcome { throw UplinkError(.invalidInput, outcome) }
     }
 
+    /// Uploads a file for `deviceID` (a leaf or the gateway) through IoT Hub's file upload (HTTPS): the blob is
+    /// `{deviceID}/{blobName}` in the hub's storage container, and the service side hears of it. At most 10 per
+    /// identity at once; more wait.
+    public func uploadFile(for deviceID: String, blobName: String, bytes: [UInt8], contentType: String) async throws(UplinkError) -> UploadedFile {
+        let found: LeafConfiguration?
+        do { found = try await reactor.perform { [engine] in engine.leafConfiguration(deviceID) } } catch {
+            throw UplinkError(.stopped, "the uplink is stopped")
+        }
+        guard let configuration = found else { throw UplinkError(.invalidInput, "no leaf \(deviceID)") }
+        return try await uploader.upload(configuration, blobName: blobName, bytes: bytes, contentType: contentType)
+    }
+
     public func status() async -> UplinkStatus {
         (try? await reactor.perform { [engine] in engine.snapshot() }) ?? UplinkStatus()
     }
@@ -199,12 +213,14 @@ public struct UplinkStatus: Sendable {
 /// The Uplink module's error.
 public struct UplinkError: Error, Sendable, CustomStringConvertible {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
-        enum Value: Hashable, Sendable { case configuration, invalidInput, stopped }
+        enum Value: Hashable, Sendable { case configuration, invalidInput, stopped, unavailable }
         let value: Value
         public static let configuration = Code(value: .configuration)
         /// A patch or request the hub would refuse (twin rules, unknown leaf).
         public static let invalidInput = Code(value: .invalidInput)
         public static let stopped = Code(value: .stopped)
+        /// The hub (or its storage) could not be reached or failed for now (HTTPS calls): try again later.
+        public static let unavailable = Code(value: .unavailable)
         public var description: String { "\(value)" }
     }
 
@@ -216,8 +232,9 @@ public struct UplinkError: Error, Sendable, CustomStringConvertible {
         self.message = message
     }
 
-    /// Only a stopped uplink may come back; bad configuration and bad input do not heal by retrying.
-    public var isRetriable: Bool { code == .stopped }
+    /// Only a stopped uplink or an unreachable hub may come back; bad configuration and bad input do not heal by
+    /// retrying.
+    public var isRetriable: Bool { code == .stopped || code == .unavailable }
     public var description: String { message }
 }
 

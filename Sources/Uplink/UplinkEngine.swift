@@ -478,6 +478,11 @@ final class UplinkEngine: @unchecked Sendable {
         for id in ids { reportWaiters.removeValue(forKey: id)?(error) }
     }
 
+    /// The configuration of a leaf this uplink carries (file uploads sign with its credential).
+    func leafConfiguration(_ deviceID: String) -> LeafConfiguration? {
+        leafShard[deviceID].flatMap { shards[$0].leaves[deviceID]?.configuration }
+    }
+
     // MARK: status
 
     func snapshot() -> UplinkStatus {

@@ -36,4 +36,34 @@ void fg_tunnel_close(fg_tunnel *t);
 int fg_wake_descriptor(void);
 /* Once per process, before any thread opens a tunnel. */
 void fg_tunnel_global_init(void);
+
+/* One HTTPS request (IoT Hub's device REST calls, Blob PUTs), blocking, with the tunnel's TLS and proxy rules. */
+typedef struct fg_http_request {
+    const char *method;        /* GET, POST, PUT */
+    const char *url;           /* https only */
+    const char *const *headers;/* "Name: value" each */
+    size_t header_count;
+    const void *body;          /* NULL: none */
+    size_t body_len;
+    const char *connect_host;  /* with connect_address: connect there when the URL names this host */
+    const char *connect_address;
+    const char *ca_file;       /* NULL: the system's bundle */
+    bool verify_peer;
+    const char *proxy;         /* as in fg_tunnel_options */
+    const char *proxy_user;
+    const char *proxy_password;
+    long timeout_ms;           /* the whole request */
+    size_t max_response_bytes; /* longer responses fail */
+    const volatile int *cancel;
+} fg_http_request;
+
+typedef struct fg_http_response {
+    long status;               /* the HTTP status; 0 when none came */
+    unsigned char *body;       /* malloc'd; fg_http_response_free */
+    size_t body_len;
+} fg_http_response;
+
+/* 0 when a response came (any status); -1 otherwise, with err. */
+int fg_http_perform(const fg_http_request *request, fg_http_response *response, char *err, size_t err_len);
+void fg_http_response_free(fg_http_response *response);
 #endif

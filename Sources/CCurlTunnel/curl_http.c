@@ -1,0 +1,109 @@
+#include "curl_tunnel.h"
+#include <curl/curl.h>
+#include <openssl/x509.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct fg_sink {
+    fg_http_response *response;
+    size_t limit;
+    int overflow;
+};
+
+static size_t fg_collect(char *data, size_t size, size_t count, void *userdata) {
+    struct fg_sink *sink = userdata;
+    size_t n = size * count;
+    fg_http_response *r = sink->response;
+    if (r->body_len + n > sink->limit) { sink->overflow = 1; return 0; }
+    unsigned char *grown = realloc(r->body, r->body_len + n + 1);
+    if (!grown) return 0;
+    memcpy(grown + r->body_len, data, n);
+    r->body = grown;
+    r->body_len += n;
+    r->body[r->body_len] = 0;
+    return n;
+}
+
+static int fg_http_progress(void *clientp, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow) {
+    (void)dltotal; (void)dlnow; (void)ultotal; (void)ulnow;
+    const volatile int *cancel = clientp;
+    return cancel && *cancel ? 1 : 0;
+}
+
+int fg_http_perform(const fg_http_request *q, fg_http_response *r, char *err, size_t err_len) {
+    memset(r, 0, sizeof *r);
+    if (err_len) err[0] = 0;
+    CURL *c = curl_easy_init();
+    if (!c) { snprintf(err, err_len, "libcurl could not start"); return -1; }
+    char errbuf[CURL_ERROR_SIZE] = "", connect_to[1200];
+    struct curl_slist *headers = NULL, *targets = NULL;
+    for (size_t i = 0; i < q->header_count; i++) headers = curl_slist_append(headers, q->headers[i]);
+    /* libcurl would otherwise send "Expect: 100-continue" before a large body and wait for the answer. */
+    headers = curl_slist_append(headers, "Expect:");
+    if (q->connect_host && q->connect_address && q->connect_address[0]) {
+        snprintf(connect_to, sizeof connect_to, "%s::%s:", q->connect_host, q->connect_address);
+        targets = curl_slist_append(NULL, connect_to);
+        curl_easy_setopt(c, CURLOPT_CONNECT_TO, targets);
+    }
+    struct fg_sink sink = { r, q->max_response_bytes, 0 };
+    curl_easy_setopt(c, CURLOPT_URL, q->url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, q->method);
+    if (strcmp(q->method, "GET") != 0) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, q->body ? q->body : "");
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(q->body ? q->body_len : 0));
+    }
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, fg_collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &sink);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, q->timeout_ms);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, q->timeout_ms < 30000 ? q->timeout_ms : 30000L);
+    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, fg_http_progress);
+    curl_easy_setopt(c, CURLOPT_XFERINFODATA, (void *)q->cancel);
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
+    curl_easy_setopt(c, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, q->verify_peer ? 1L : 0L);
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, q->verify_peer ? 2L : 0L);
+    if (q->ca_file) curl_easy_setopt(c, CURLOPT_CAINFO, q->ca_file);
+    if (q->proxy) {
+        curl_easy_setopt(c, CURLOPT_PROXY, q->proxy);  /* "" switches the environment's proxy off */
+        if (q->proxy[0]) curl_easy_setopt(c, CURLOPT_NOPROXY, "");
+    }
+    curl_easy_setopt(c, CURLOPT_HTTPPROXYTUNNEL, 1L);
+    if (q->proxy_user) {
+        curl_easy_setopt(c, CURLOPT_PROXYUSERNAME, q->proxy_user);
+        curl_easy_setopt(c, CURLOPT_PROXYPASSWORD, q->proxy_password ? q->proxy_password : "");
+        curl_easy_setopt(c, CURLOPT_PROXYAUTH, (long)CURLAUTH_ANY);
+    }
+    CURLcode rc = curl_easy_perform(c);
+    curl_slist_free_all(headers);
+    curl_slist_free_all(targets);
+    if (rc != CURLE_OK) {
+        long verify = 0, proxy_status = 0;
+        curl_easy_getinfo(c, CURLINFO_HTTP_CONNECTCODE, &proxy_status);
+        if (sink.overflow)
+            snprintf(err, err_len, "the response is longer than %zu bytes", q->max_response_bytes);
+        else if (curl_easy_getinfo(c, CURLINFO_SSL_VERIFYRESULT, &verify) == CURLE_OK && verify != 0)
+            snprintf(err, err_len, "certificate verification failed: %s (%s)", X509_verify_cert_error_string(verify),
+                     errbuf[0] ? errbuf : curl_easy_strerror(rc));
+        else if (proxy_status >= 300)
+            snprintf(err, err_len, "the proxy refused the CONNECT (HTTP %ld): %s", proxy_status, errbuf[0] ? errbuf : curl_easy_strerror(rc));
+        else
+            snprintf(err, err_len, "%s", errbuf[0] ? errbuf : curl_easy_strerror(rc));
+        curl_easy_cleanup(c);
+        fg_http_response_free(r);
+        return -1;
+    }
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
+    curl_easy_cleanup(c);
+    return 0;
+}
+
+void fg_http_response_free(fg_http_response *r) {
+    free(r->body);
+    r->body = NULL;
+    r->body_len = 0;
+}

@@ -1,0 +1,100 @@
+internal import CCurlTunnel
+import FieldgateCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How HTTPS requests reach IoT Hub and its storage: the TLS and proxy rules of the WebSocket tunnel.
+public struct HTTPSSettings: Sendable, Equatable {
+    /// PEM bundle of trusted CAs; nil: the system's.
+    public var caFile: String?
+    /// Verify the server's certificate and name. Turning it off is for tests only.
+    public var verifyPeer = true
+    public var proxy: ProxySetting = .environment
+    /// Requests to this host connect to `connectAddress` instead of resolving it (TLS still checks the name).
+    public var connectHost: String?
+    public var connectAddress: String?
+    /// The whole request, connect and transfer. Default: 60 s.
+    public var timeoutMilliseconds = 60_000
+    /// Longer responses fail. Default: 1 MiB (IoT Hub's answers are small).
+    public var maxResponseBytes = 1 << 20
+
+    public init() {}
+}
+
+public struct HTTPSResponse: Sendable {
+    public var status: Int
+    public var body: [UInt8]
+    public var json: JSONValue? { JSONValue.parse(body) }
+    public var text: String { String(decoding: body, as: UTF8.self) }
+}
+
+/// Why an HTTPS request brought no response (a response with any status is not an error here).
+public struct HTTPSError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
+}
+
+/// One HTTPS request through libcurl (the library the Azure C SDK uses for HTTP), OpenSSL underneath as for AMQPS.
+/// Blocking: call it off the cooperative pool.
+public enum HTTPSClient {
+    public static func perform(_ method: String, _ url: String, headers: [(String, String)] = [], body: [UInt8]? = nil,
+                               settings: HTTPSSettings) -> Result<HTTPSResponse, HTTPSError> {
+        var proxyURL: String?, user: String?, password: String?
+        switch settings.proxy {
+        case .environment: break
+        case .direct: proxyURL = ""
+        case .url(let u, let name, let secret): (proxyURL, user, password) = (u, name, secret)
+        }
+        let lines = headers.map { "\($0.0): \($0.1)" }
+        var error = [CChar](repeating: 0, count: 512)
+        var response = fg_http_response()
+        let rc: Int32 = withCStrings(lines) { headerPointers in
+            withOptionalCString(settings.caFile) { ca in
+                withOptionalCString(proxyURL) { proxy in
+                    withOptionalCString(user) { user in
+                        withOptionalCString(password) { password in
+                            withOptionalCString(settings.connectHost) { connectHost in
+                                withOptionalCString(settings.connectAddress) { connectAddress in
+                                    method.withCString { m in
+                                        url.withCString { u in
+                                            (body ?? []).withUnsafeBytes { b in
+                                                headerPointers.withUnsafeBufferPointer { h in
+                                                    var request = fg_http_request(
+                                                        method: m, url: u, headers: h.baseAddress, header_count: h.count,
+                                                        body: body == nil ? nil : b.baseAddress, body_len: b.count,
+                                                        connect_host: connectHost, connect_address: connectAddress,
+                                                        ca_file: ca, verify_peer: settings.verifyPeer, proxy: proxy, proxy_user: user,
+                                                        proxy_password: password, timeout_ms: settings.timeoutMilliseconds,
+                                                        max_response_bytes: settings.maxResponseBytes, cancel: nil)
+                                                    return fg_http_perform(&request, &response, &error, error.count)
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        guard rc == 0 else { return .failure(HTTPSError(message: "\(method) \(redacted(url)): \(cString(error))")) }
+        defer { fg_http_response_free(&response) }
+        let bytes = response.body.map { Array(UnsafeBufferPointer(start: $0, count: response.body_len)) } ?? []
+        return .success(HTTPSResponse(status: response.status, body: bytes))
+    }
+
+    /// The URL without its query (a SAS signature must not reach the logs).
+    public static func redacted(_ url: String) -> String {
+        url.firstIndex(of: "?").map { String(url[..<$0]) + "?…" } ?? url
+    }
+}
+
+/// Keeps C copies of `strings` alive for the call.
+private func withCStrings<R>(_ strings: [String], _ body: ([UnsafePointer<CChar>?]) -> R) -> R {
+    let copies = strings.map { strdup($0) }
+    defer { copies.forEach { free($0) } }
+    return body(copies.map { UnsafePointer($0) })
+}

@@ -79,6 +79,9 @@ let package = Package(
         .target(name: "CCRC32C", path: "Sources/CCRC32C", cSettings: fortifiedC),
         // syncfs(2) for the spool (a GNU extension Swift's Glibc module lacks).
         .systemLibrary(name: "CFileSystem", path: "Sources/CFileSystem"),
+        // zlib, for gzip files the gateway uploads (logs, backlogs); its owner is Gzip.
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .target(name: "Gzip", dependencies: ["CZlib"], swiftSettings: strictSettings),
         // recvmmsg for UDP ingest (Swift's Glibc module lacks the GNU extensions).
         .target(name: "CSocketBatch", path: "Sources/CSocketBatch", cSettings: fortifiedC),
         .target(
@@ -139,7 +142,7 @@ let package = Package(
         // Composition: the gateway's own identity, routing to adapters (the daemon grows here).
         .target(
             name: "Gateway",
-            dependencies: ["Uplink", "Spool", "FieldgateCore", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["Uplink", "Spool", "Systemd", "Gzip", "FieldgateCore", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),
         // systemd: notify protocol and the journal (the owner of CSystemd); the daemon's log rules.
@@ -272,7 +275,7 @@ let package = Package(
         .testTarget(name: "SpoolTests", dependencies: ["Spool"], swiftSettings: strictSettings),
         .testTarget(
             name: "UplinkTests",
-            dependencies: ["Uplink", "HubTunnel", "Gateway", "HubTestSupport", "HubEmulator", "HubServiceClient", "Spool", "ProtonAMQP", "IoTHub", "FieldgateCore"],
+            dependencies: ["Uplink", "HubTunnel", "Gateway", "Gzip", "HubTestSupport", "HubEmulator", "HubServiceClient", "Spool", "ProtonAMQP", "IoTHub", "FieldgateCore"],
             swiftSettings: strictSettings
         ),
         .testTarget(

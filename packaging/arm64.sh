@@ -23,7 +23,7 @@ TOOLCHAIN=$CACHE/toolchain   # sid, amd64: Debian's Swift
 SYSROOT=$CACHE/sysroot       # trixie, arm64: -dev packages, the arm64 Swift resources, dpkg-dev, lintian
 MIRROR=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
-SYSROOT_PACKAGES=(libqpid-proton11-dev libmodbus-dev libsystemd-dev libssl-dev libcurl4-openssl-dev libstdc++-14-dev libc6-dev
+SYSROOT_PACKAGES=(libqpid-proton11-dev libmodbus-dev libsystemd-dev libssl-dev libcurl4-openssl-dev zlib1g-dev libstdc++-14-dev libc6-dev
                   libgcc-14-dev dpkg-dev)
 # lintian runs here, natively: under emulation it takes over half an hour on fieldgated.
 TOOLCHAIN_PACKAGES=(swiftlang git pkgconf libc6-dev binutils-aarch64-linux-gnu ca-certificates lintian)

@@ -22,6 +22,8 @@ LEAF_KEY=$(create_device e2e-leaf)
 write_gateway_config "$WORK/etc" e2e-gateway "the end-to-end check"
 # Over AMQP over WebSockets (the hub's HTTPS port): the tunnel (libcurl, TLS, framing) under the unit's sandbox.
 sed -i "s|^\[hub\]|[hub]\ntransport = \"amqps-websocket\"\nwebsocket_port = $HTTPS_PORT\nproxy = \"none\"|" "$WORK/etc/fieldgate.toml"
+# The gateway's logs method (issue 23.2): journal excerpts uploaded through the hub's file upload.
+printf '[upload]\nlogs = true\n' >>"$WORK/etc/fieldgate.toml"
 printf '[[leaf]]\ndevice_id = "e2e-leaf"\nadapter = "udp"\n' >"$WORK/etc/devices.d/leaf.toml"
 printf '[keys]\ne2e-gateway = "%s"\ne2e-leaf = "%s"\n' "$GW_KEY" "$LEAF_KEY" >"$WORK/etc/secrets.toml"
 chmod 600 "$WORK/etc/secrets.toml"
@@ -49,6 +51,9 @@ systemctl show fieldgated -p ActiveState -p SubState -p WatchdogUSec -p NRestart
 stat -c %U "/proc/\$(systemctl show -p MainPID --value fieldgated)" >/results/user
 printf '{"device":"e2e-leaf","values":{"e2e":"through systemd"}}' >/dev/udp/127.0.0.1/$UDP_PORT
 sleep 3
+# The host invokes the logs method now (it waits for this file) and says when it has the answer.
+touch /results/logs-wanted
+for i in \$(seq 160); do [ -f /results/logs-done ] && break; sleep 0.25; done
 kill -STOP "\$(systemctl show -p MainPID --value fieldgated)"
 for i in \$(seq 60); do [ "\$(systemctl show -p NRestarts --value fieldgated)" -ge 1 ] && break; sleep 0.25; done
 for i in \$(seq 40); do systemctl is-active -q fieldgated && break; sleep 0.25; done
@@ -56,6 +61,13 @@ systemctl show fieldgated -p ActiveState -p NRestarts >/results/show-after
 journalctl -u fieldgated --no-pager -o short-monotonic >/results/journal
 systemctl poweroff
 SCRIPT
+
+# While the container runs: once the daemon is up there, the logs method, from the service side.
+(
+  for _ in $(seq 480); do [ -f "$WORK/results/logs-wanted" ] && break; sleep 0.25; done
+  "$HUB_BIN" method invoke $URL e2e-gateway logs --payload '{"since": "10m", "priority": "info"}' --timeout 30 >"$WORK/results/logs-answer" 2>&1
+  touch "$WORK/results/logs-done"
+) &
 
 echo "systemd-e2e: booting the container (hub on 127.0.0.1:$AMQPS_PORT)"
 SWIFT_RUNTIME=()
@@ -85,4 +97,17 @@ grep -q 'connected to localhost over AMQP over WebSockets' "$WORK/results/journa
 grep -q 'Watchdog timeout' "$WORK/results/journal" || fail "systemd logged no watchdog timeout for the frozen daemon"
 grep -q '^NRestarts=1' "$WORK/results/show-after" && grep -q '^ActiveState=active' "$WORK/results/show-after" \
   || fail "not restarted by the watchdog: $(cat "$WORK/results/show-after")"
-echo "systemd-e2e: ok — active as user fieldgate (Type=notify, WatchdogSec=3s, status \"$(sed -n 's/^StatusText=//p' "$WORK/results/show-before")\"), telemetry reached the hub, the frozen daemon was killed by the watchdog and restarted"
+# The logs method: 200 with a blob name; the blob is gzip'd JSON lines of fieldgated's journal entries.
+grep -q '"status" *: *200' "$WORK/results/logs-answer" || fail "the logs method did not answer 200: $(cat "$WORK/results/logs-answer")"
+blob=$(sed -n 's/.*"blobName" *: *"\([^"]*\)".*/\1/p' "$WORK/results/logs-answer" | head -1)
+[ -n "$blob" ] || fail "the logs answer names no blob: $(cat "$WORK/results/logs-answer")"
+"$HUB_BIN" files get $URL "$blob" -o "$WORK/logs.jsonl.gz" || fail "the blob $blob is not in the hub's store"
+gunzip -c "$WORK/logs.jsonl.gz" >"$WORK/logs.jsonl" || fail "the uploaded logs are not gzip"
+grep -q '"message":"uplink\[0\]: connected to localhost over AMQP over WebSockets' "$WORK/logs.jsonl" \
+  || fail "the uploaded excerpt lacks the connection line: $(head -c 600 "$WORK/logs.jsonl")"
+grep -q '"FIELDGATE_COMPONENT":"Uplink"' "$WORK/logs.jsonl" || fail "the excerpt's entries lack their fields: $(head -c 400 "$WORK/logs.jsonl")"
+if grep -q '"priority":7' "$WORK/logs.jsonl"; then fail "priority info let debug entries through"; fi
+"$HUB_BIN" files notifications $URL | grep -q "\"blobName\" *: *\"$blob\"" || fail "no file-upload notification for $blob"
+entries=$(sed -n 's/.*"entries" *: *\([0-9]*\).*/\1/p' "$WORK/results/logs-answer" | head -1)
+
+echo "systemd-e2e: ok — active as user fieldgate (Type=notify, WatchdogSec=3s, status \"$(sed -n 's/^StatusText=//p' "$WORK/results/show-before")\"), telemetry reached the hub, the frozen daemon was killed by the watchdog and restarted; the logs method uploaded $entries journal entries as $blob"

@@ -5,7 +5,7 @@ import Synchronization
 import Uplink
 
 /// The gateway as a device of its own (issue 5): it reports its health in its twin and answers `reboot`
-/// (seed 004), `restart` and `status`.
+/// (seed 004), `restart`, `status` and `logs`.
 public final class GatewayIdentity: LeafRouter {
     public struct Configuration: Sendable {
         public var deviceID: String
@@ -16,6 +16,8 @@ public final class GatewayIdentity: LeafRouter {
         public var restartCommand = ["systemctl", "restart", "fieldgated"]
         /// Health is reported at most this often (and when the leaf states change). Default: 60 s.
         public var healthIntervalMilliseconds: Int64 = 60_000
+        /// The `logs` method; nil: off (answered 501).
+        public var logUpload: LogUpload?
 
         public init(deviceID: String, version: String) {
             self.deviceID = deviceID
@@ -23,9 +25,19 @@ public final class GatewayIdentity: LeafRouter {
         }
     }
 
+    /// What the `logs` method reads and how much of it.
+    public struct LogUpload: Sendable {
+        public var maxBytes: Int
+        /// The unit whose journal entries are read. Default: fieldgated.service.
+        public var unit = "fieldgated.service"
+        /// Journal files here instead of the system's journal (tests).
+        public var journalDirectory: String?
+        public init(maxBytes: Int) { self.maxBytes = maxBytes }
+    }
+
     public let configuration: Configuration
     private let spool: Spool
-    private let logger: Logger
+    let logger: Logger
     private let runner = CommandRunner()
     private let startedAtMs = WallClock.nowMilliseconds()
     /// `failure`: why the last report failed, so a lasting cause (a Basic-tier hub has no twin) is logged once.
@@ -41,6 +53,7 @@ public final class GatewayIdentity: LeafRouter {
     /// The uplink exists only after its router: connect the two here.
     public func attach(_ uplink: Uplink) { state.withLock { $0.uplink = uplink } }
     private var uplink: Uplink? { state.withLock { $0.uplink } }
+    var attachedUplink: Uplink? { uplink }
 
     /// What the `status` method answers: the daemon sets what `fieldgatectl status` shows; default: `health()`.
     public func setStatusProvider(_ provider: @escaping @Sendable () async -> JSONValue) {
@@ -63,6 +76,8 @@ public final class GatewayIdentity: LeafRouter {
         case "status":
             if let provider = statusProvider.withLock({ $0 }) { return MethodResponse(status: 200, payload: await provider()) }
             return MethodResponse(status: 200, payload: await health())
+        case "logs":
+            return await uploadLogs(call.payload)
         default:
             return nil
         }

@@ -106,6 +106,12 @@ public struct GatewayConfigFile: Decodable, Sendable {
         /// Every identity sends an empty `heartbeat=true` message this often; 0 or absent: off.
         public var heartbeat_seconds: Int?
     }
+    public struct Upload: Decodable, Sendable {
+        /// The gateway's `logs` method: journal excerpts uploaded as files through IoT Hub. Default: off.
+        public var logs: Bool?
+        /// An excerpt keeps its newest entries within this many MiB (before compression). Default: 4.
+        public var logs_max_mb: Int?
+    }
     public struct Control: Decodable, Sendable {
         public var socket: String?
         public var allow_debug: Bool?
@@ -117,6 +123,7 @@ public struct GatewayConfigFile: Decodable, Sendable {
     public var gateway: Gateway
     public var spool: SpoolSection?
     public var uplink: UplinkSection?
+    public var upload: Upload?
     public var udp: UDP?
     // An entry that does not decode is nil in its place (its problems are already reported, and the others' positions
     // still name their lines).
@@ -181,6 +188,8 @@ public struct GatewaySettings: Sendable {
     public var allowDebug: Bool
     /// Prometheus metrics on this loopback `host:port`; nil: off.
     public var metricsAddress: String?
+    /// The `logs` method's size bound in bytes; nil: the method is off.
+    public var logUploadMaxBytes: Int?
     /// A component without progress for this long stops the watchdog pings (capped below WatchdogSec).
     public var stallMilliseconds: Int64
     /// The files this configuration was read from.
@@ -308,6 +317,13 @@ struct Mapper {
                 report(main, "uplink.heartbeat_seconds", "uplink.heartbeat_seconds must be 0 (off) or \(Self.heartbeatRange.lowerBound) to \(Self.heartbeatRange.upperBound); each heartbeat is a message of the daily quota (hourly: 24 per identity a day)")
             }
         }
+        var logUploadMaxBytes: Int?
+        if f.upload?.logs == true {
+            let mb = f.upload?.logs_max_mb ?? 4
+            if (1...64).contains(mb) { logUploadMaxBytes = mb << 20 } else {
+                report(main, "upload.logs_max_mb", "upload.logs_max_mb must be 1 to 64 (MiB of log text before compression)")
+            }
+        }
         let spool = spoolConfiguration(f.spool)
 
         let gatewayKey = checkMain ? gatewayCredential(f.gateway) : nil
@@ -417,7 +433,7 @@ struct Mapper {
             uplink: uplink, spool: spool, gatewayLeaf: gatewayLeaf, gateway: f.gateway, leaves: leaves, udp: udp, serialPorts: ports,
             modbusBuses: buses,
             controlSocket: f.control?.socket ?? "/run/fieldgate/control.sock", allowDebug: f.control?.allow_debug ?? false,
-            metricsAddress: f.control?.metrics,
+            metricsAddress: f.control?.metrics, logUploadMaxBytes: logUploadMaxBytes,
             stallMilliseconds: Int64(max(2, f.daemon?.stall_seconds ?? 10)) * 1000,
             files: [main.path] + devices.map(\.0.path) + profiles.values.map(\.source.path).sorted())
     }

@@ -13,7 +13,7 @@ import FoundationEssentials
 import Foundation
 #endif
 
-/// IoT Hub file upload as the hub keeps it (docs/iothub-protocol.md §8): SAS URIs handed to devices for blobs in
+/// IoT Hub file upload as the hub keeps it (docs/iothub-protocol.md §17): SAS URIs handed to devices for blobs in
 /// the hub's storage container, at most 10 outstanding per device, completed (or abandoned) by the device's
 /// notification, and file-upload notifications for the service side. The "storage account" is the hub's own
 /// blob store (`BlobStore`), reached on its HTTPS port. Reactor-thread state, like the rest of `HubCore`.

@@ -19,6 +19,11 @@ struct DailyQuotaPause: Sendable {
     /// Probe before midnight this often (nil: at the reset only).
     let probeIntervalMilliseconds: Int64?
     private(set) var state: State = .open
+    /// Counts the pauses and probes begun. A message carries the generation it was sent in: an outcome of one sent
+    /// before the current pause or probe began says nothing about the quota now (a refusal of the window that was
+    /// in flight when the quota ran out may come after the probe went; an acceptance of one the hub took just before
+    /// it ran out may come after the pause began).
+    private(set) var generation = 0
     /// The description of the hub's last refusal.
     private(set) var lastRefusal = ""
 
@@ -30,10 +35,10 @@ struct DailyQuotaPause: Sendable {
         (ms / dayMilliseconds + 1) * dayMilliseconds
     }
 
-    /// The hub refused a message for the quota; returns true when this begins a pause (it was open).
+    /// The hub refused a message (sent in `sentIn`, a `generation`) for the quota; returns true when this begins a
+    /// pause (it was open).
     @discardableResult
-    mutating func exceeded(description: String, nowMs: Int64, random: Double) -> Bool {
-        lastRefusal = description
+    mutating func exceeded(description: String, sentIn: Int, nowMs: Int64, random: Double) -> Bool {
         let began = state == .open
         let since: Int64
         switch state {
@@ -44,8 +49,12 @@ struct DailyQuotaPause: Sendable {
             if nowMs < until { return false }
             since = s
         case .probing(let s):
+            // Only the probe's own refusal says the quota is still spent.
+            if sentIn < generation { return false }
             since = s
         }
+        lastRefusal = description
+        generation += 1
         let reset = Self.nextUTCMidnight(after: nowMs) + Int64(random * Double(Self.midnightSpreadMilliseconds))
         state = .paused(sinceMs: since, untilMs: min(reset, probeIntervalMilliseconds.map { nowMs + $0 } ?? reset))
         return began
@@ -55,13 +64,15 @@ struct DailyQuotaPause: Sendable {
     mutating func tick(nowMs: Int64) -> Bool {
         guard case .paused(let since, let until) = state, nowMs >= until else { return false }
         state = .probing(sinceMs: since)
+        generation += 1
         return true
     }
 
-    /// The hub accepted a message: the quota is there. True when this ends a pause or a probe.
+    /// The hub accepted a message sent in `sentIn`: the quota is there, unless the message went before the current
+    /// pause or probe began. True when this ends a pause or a probe.
     @discardableResult
-    mutating func accepted() -> Bool {
-        guard state != .open else { return false }
+    mutating func accepted(sentIn: Int) -> Bool {
+        guard state != .open, sentIn >= generation else { return false }
         state = .open
         return true
     }

@@ -11,7 +11,7 @@ public struct UploadedFile: Sendable, Equatable {
     public var correlationID: String
 }
 
-/// IoT Hub file upload as devices do it (docs/iothub-protocol.md §8), over HTTPS through libcurl with the uplink's
+/// IoT Hub file upload as devices do it (docs/iothub-protocol.md §17), over HTTPS through libcurl with the uplink's
 /// TLS and proxy settings: `POST /devices/{id}/files` for a SAS URI, a block-blob `PUT` to the storage it names,
 /// then `POST /devices/{id}/files/notifications` with the outcome. The identity signs with its own credential (a
 /// SAS token for `{host}/devices/{id}`). At most 10 uploads per identity are outstanding, as the hub allows; more

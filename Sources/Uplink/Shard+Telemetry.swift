@@ -16,7 +16,7 @@ extension Shard {
         while credit > 0, leaf.pendingCount > 0, leaf.unsettled < limit, engine.takeSendPermit() {
             let m = leaf.popPending()!
             let d = link.send(m.bytes, tag: nextDeliveryTag())
-            unsettled[d.id] = (leaf.deviceID, m.sequences)
+            unsettled[d.id] = (leaf.deviceID, m.sequences, engine.quota.generation)
             leaf.unsettled += 1
             leaf.counters.sent += 1
             credit -= 1
@@ -32,7 +32,7 @@ extension Shard {
         else { return }
         let d = link.send(HeartbeatSchedule.encode(nowMs: WallClock.nowMilliseconds()), tag: nextDeliveryTag())
         // No spool records: the outcome settles nothing, and nothing is resent.
-        unsettled[d.id] = (leaf.deviceID, [])
+        unsettled[d.id] = (leaf.deviceID, [], engine.quota.generation)
         leaf.unsettled += 1
         leaf.counters.heartbeatsSent += 1
         leaf.heartbeat?.sent(nowMs: nowMs)
@@ -53,13 +53,13 @@ extension Shard {
             leaf.counters.acceptedRecords += entry.sequences.count
             leaf.machine.delivered()
             engine.acknowledge(entry.sequences)
-            engine.telemetryAccepted()
+            engine.telemetryAccepted(sentIn: entry.quotaGeneration)
         case .rejected(let condition):
             switch condition?.name {
             case IoTHubAMQP.resourceLimitExceeded?:
                 // The hub's daily quota (403002): no leaf can send before it resets, so the whole uplink pauses.
                 leaf.counters.throttled += 1
-                engine.quotaExceeded(description: condition?.description ?? "")
+                engine.quotaExceeded(description: condition?.description ?? "", sentIn: entry.quotaGeneration)
                 engine.release(entry.sequences + leaf.takePending())
             case IoTHubAMQP.throttled?:
                 leaf.counters.throttled += 1

@@ -63,7 +63,8 @@ final class Shard: @unchecked Sendable {
     var roles: [AMQPObjectID: Role] = [:]
     /// Links closed on our side whose detach from the hub has not come yet: freed when it does (`retire`).
     private var retiring: Set<AMQPObjectID> = []
-    var unsettled: [AMQPObjectID: (leaf: String, sequences: [UInt64])] = [:]
+    /// Telemetry on the wire: whose, which records (none: a heartbeat), and the quota pause's generation it went in.
+    var unsettled: [AMQPObjectID: (leaf: String, sequences: [UInt64], quotaGeneration: Int)] = [:]
     var cloudToDeviceDeliveries: [Int: CloudToDeviceDelivery] = [:]
     var nextCloudToDeviceToken = 0
     private var nextLinkNumber = 0

@@ -251,8 +251,8 @@ final class UplinkEngine: @unchecked Sendable {
     }
 
     /// The hub refused a message for its daily quota: every leaf pauses (the message goes back to the spool).
-    func quotaExceeded(description: String) {
-        let began = quota.exceeded(description: description, nowMs: nowMs(), random: random())
+    func quotaExceeded(description: String, sentIn: Int) {
+        let began = quota.exceeded(description: description, sentIn: sentIn, nowMs: nowMs(), random: random())
         if case .paused(_, let until) = quota.state, began {
             logger.error("uplink: the hub's daily message quota is spent (\(description)); telemetry pauses for every leaf until \(WallClock.iso8601(milliseconds: until)) while readings keep spooling",
                          metadata: ["hub_error": "\(IoTHubAMQP.resourceLimitExceeded)"])
@@ -260,8 +260,8 @@ final class UplinkEngine: @unchecked Sendable {
     }
 
     /// The hub accepted a message: after a quota pause, every leaf sends again.
-    func telemetryAccepted() {
-        guard quota.accepted() else { return }  // open already: the common case, per accepted message
+    func telemetryAccepted(sentIn: Int) {
+        guard quota.accepted(sentIn: sentIn) else { return }  // open already: the common case, per accepted message
         logger.notice("uplink: the hub accepts telemetry again after the daily-quota pause; every leaf resumes")
         flushAll()
     }

@@ -3,6 +3,16 @@ import FieldgateCore
 import HubServiceClient
 import IoTHub
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
 struct Device: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Manage device identities.",
@@ -256,4 +266,48 @@ struct Fault: AsyncParsableCommand {
         }
     }
 
+}
+
+struct Files: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Files devices uploaded (IoT Hub file upload) into the hub's blob store, and the upload notifications.",
+        subcommands: [List.self, Get.self, Notifications.self])
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List the stored blobs: name ({device}/{file}), size, last modified.")
+        @OptionGroup var service: ServiceOptions
+        @Option(help: "Only blobs whose name starts so (e.g. a device id and /).") var prefix = ""
+        func run() async throws { printJSON(try await service.call("GET", "/files?prefix=\(PercentEncoding.encode(prefix))")) }
+    }
+
+    struct Get: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Write a blob's bytes to a file (or standard output).")
+        @OptionGroup var service: ServiceOptions
+        @Argument(help: "The blob's name, as `files list` shows it.") var name: String
+        @Option(name: .shortAndLong, help: "Write here instead of standard output.") var output: String?
+        func run() async throws {
+            let response: HubServiceClient.Response
+            do { response = try await service.client().request("GET", "/files/content?name=\(PercentEncoding.encode(name))") } catch let e as CLIError { throw e } catch {
+                throw CLIError("cannot reach the hub's service API at \(service.url): \(error)")
+            }
+            guard response.status == 200 else { throw CLIError("no blob \(name) (HTTP \(response.status)): \(response.text)") }
+            if let output {
+                guard FileManager.default.createFile(atPath: output, contents: Data(response.body)) else { throw CLIError("cannot write \(output)") }
+            } else {
+                var written = 0
+                while written < response.body.count {
+                    let n = response.body[written...].withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
+                    guard n > 0 else { throw CLIError("cannot write to standard output") }
+                    written += n
+                }
+            }
+        }
+    }
+
+    struct Notifications: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Read file-upload notifications (they are consumed), as the service side's filenotifications endpoint.")
+        @OptionGroup var service: ServiceOptions
+        @Option(help: "Wait up to this many seconds for one to arrive.") var wait = 0
+        func run() async throws { printJSON(try await service.call("GET", "/messages/serviceBound/filenotifications?wait=\(wait * 1000)")) }
+    }
 }

@@ -34,6 +34,7 @@ final class Daemon: Service, Sendable {
         var identityConfig = GatewayIdentity.Configuration(deviceID: settings.gateway.device_id, version: FieldgateVersion.current)
         if let c = settings.gateway.reboot_command { identityConfig.rebootCommand = c }
         if let c = settings.gateway.restart_command { identityConfig.restartCommand = c }
+        identityConfig.logUpload = settings.logUploadMaxBytes.map { GatewayIdentity.LogUpload(maxBytes: $0) }
         identity = GatewayIdentity(configuration: identityConfig, spool: spool, logger: logger)
         let wake = self.wake
         let spool = self.spool

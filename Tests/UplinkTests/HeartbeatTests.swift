@@ -49,25 +49,31 @@ struct HeartbeatTests {
             for (leaf, every) in [("leaf-1", 1000 as Int64), ("leaf-2", interval), ("leaf-3", interval)] {
                 let t = times(leaf)
                 let gaps = zip(t.dropFirst(), t).map { $0 - $1 }
-                // Over 4 s: the first at a random point of the first interval, then one per interval.
-                #expect(t.count >= Int(4000 / every) - 2 && t.count <= Int(4000 / every) + 1, "\(leaf): \(t.count) heartbeats")
-                #expect(gaps.allSatisfy { $0 >= every - 60 && $0 <= 3 * every }, "\(leaf) every \(every) ms: gaps \(gaps)")
+                // Never more often than the interval (a 50 ms tick of leeway), and not much less often.
+                #expect(t.count >= Int(3000 / every), "\(leaf): \(t.count) heartbeats")
+                #expect(gaps.allSatisfy { $0 >= every - 60 && $0 <= 4 * every }, "\(leaf) every \(every) ms: gaps \(gaps)")
             }
-            // leaf-2's heartbeats went out while its backlog was still draining, not after it.
-            let readings = events.filter { $0.deviceId == "leaf-2" && $0.properties[HeartbeatSchedule.markerProperty] == nil }
-            #expect(readings.count < 200, "the backlog is still draining: \(readings.count)")
-            #expect(times("leaf-2").count >= 4)
+            // leaf-2's heartbeats went out while its backlog was draining, not after it: between its first and last
+            // reading's arrival at the hub.
+            try await eventually(30, "the backlog delivered") { h.spool.statistics().depth == 0 }
+            let drained = try await allEvents(hub)
+            let readingTimes = drained.filter { $0.deviceId == "leaf-2" && $0.properties[HeartbeatSchedule.markerProperty] == nil }
+                .compactMap { WallClock.parseISO8601($0.enqueuedTimeUtc) }
+            let beatTimes = drained.filter { $0.deviceId == "leaf-2" && $0.properties[HeartbeatSchedule.markerProperty] == "true" }
+                .compactMap { WallClock.parseISO8601($0.enqueuedTimeUtc) }
+            let window = (readingTimes.min() ?? 0)...(readingTimes.max() ?? 0)
+            #expect(beatTimes.filter { window.contains($0) }.count >= 2, "heartbeats \(beatTimes) within the drain \(window)")
             for beat in beats {
                 #expect((beat.body ?? "").isEmpty && beat.bodyBase64 == nil, "empty body")
             }
             let ids = beats.compactMap { $0.systemProperties["message-id"] }
             #expect(ids.count == beats.count && Set(ids).count == ids.count, "each heartbeat has its own id")
 
-            try await eventually(20, "the backlog delivered") { h.spool.statistics().depth == 0 }
             let all = try await allEvents(hub).filter { $0.deviceId == "leaf-2" && $0.properties[HeartbeatSchedule.markerProperty] == nil }
             #expect(all.compactMap(\.body) == (0..<200).map { #"{"r":\#($0)}"# }, "every reading, in order")
             let counters = await h.uplink.status().leaves["leaf-3"]?.counters
-            #expect((counters?.heartbeatsAccepted ?? 0) >= 6 && counters?.heartbeatsSent == counters?.heartbeatsAccepted)
+            let sent = counters?.heartbeatsSent ?? 0, accepted = counters?.heartbeatsAccepted ?? 0
+            #expect(accepted >= 6 && accepted >= sent - 1, "sent \(sent), accepted \(accepted) (one may be on its way)")
             #expect(counters?.acceptedRecords == 0, "a heartbeat is not a reading")
             await h.stop()
         }

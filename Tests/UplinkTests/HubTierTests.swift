@@ -42,8 +42,8 @@ struct HubTierTests {
     }
 
     /// Over real AMQP/TLS against the hub in Basic tier: 30 leaves configured for C2D, methods and twin become ready
-    /// telemetry-only and deliver in order; the hub refused each feature's links at most once per leaf and no
-    /// more while the recheck is far off; the service side hears 403010. Then the hub moves to Standard: the next
+    /// telemetry-only and deliver in order; the hub refused each feature's links at most once per leaf, then one
+    /// leaf per recheck interval asks again; the service side hears 403010. Then the hub moves to Standard: the next
     /// recheck (one leaf) finds the links accepted and every leaf attaches them, methods answer.
     @Test func basicTierKeepsTelemetryFlowingAndNoticesAnUpgrade() async throws {
         try await withHub(configure: { $0.hub.tier = .basic }) { hub in
@@ -56,7 +56,15 @@ struct HubTierTests {
             #expect(status.connections.first?.refusedByTier == ["C2D", "methods", "twin"])
             #expect(status.leaves.values.allSatisfy { $0.tierLimitation == "telemetry-only (hub tier)" })
             #expect(status.leaves.values.allSatisfy { $0.counters.linkFailures == 0 }, "a tier refusal is not a failure of the leaf")
-            let refused = try await hub.core.perform { $0.refusedLinks }
+            // A leaf is ready at its first refusal once the tier is known; the refusals of its other links may still be
+            // on their way: wait until the count holds still for a second (each refusal puts the recheck 3 s off).
+            var refused = try await hub.core.perform { $0.refusedLinks }
+            while true {
+                try await Task.sleep(for: .milliseconds(1000))
+                let now = try await hub.core.perform { $0.refusedLinks }
+                if now == refused { break }
+                refused = now
+            }
             #expect(refused >= 3 && refused <= 30 * 5, "each leaf asked at most once for each refused link: \(refused)")
 
             for round in 0..<5 { try h.append(leaves.map { (leaf: $0.deviceID, json: #"{"r":\#(round)}"#, properties: [:]) }) }
@@ -70,13 +78,13 @@ struct HubTierTests {
             #expect(call.status == 403 && call.json?["errorCode"]?.intValue == 403010, "\(call)")
             await #expect(throws: UplinkError.self) { try await h.uplink.report(["x": 1], for: "leaf-0") }
 
-            // Under the recheck interval nothing more is asked for.
-            try await Task.sleep(for: .milliseconds(1500))
-            #expect(try await hub.core.perform { $0.refusedLinks } == refused)
-            // A recheck while still Basic: one leaf asks (methods-rx/tx, twin-tx/rx, c2d at most) and is refused.
-            try await Task.sleep(for: .milliseconds(Int(recheck)))
+            // Rarely: one leaf per recheck interval asks again (its five links), however slow this machine is.
+            let since = ContinuousClock.now
+            try await Task.sleep(for: .milliseconds(Int(2 * recheck)))
             let afterRecheck = try await hub.core.perform { $0.refusedLinks }
-            #expect(afterRecheck > refused && afterRecheck <= refused + 5 * 2, "one leaf per recheck: \(refused) → \(afterRecheck)")
+            let intervals = Int((ContinuousClock.now - since) / .milliseconds(Int(recheck)))
+            #expect(afterRecheck > refused && afterRecheck - refused <= 5 * (intervals + 1),
+                    "one leaf per recheck: \(refused) → \(afterRecheck) in \(intervals) intervals")
             #expect(await h.uplink.status().count(.ready) == 30)
 
             // The operator moves the hub to Standard: the next recheck notices, every leaf attaches the rest.

@@ -98,7 +98,7 @@ let package = Package(
         .target(
             name: "Uplink",
             dependencies: [
-                "ProtonAMQP", "HubTunnel", "IoTHub", "Spool", "FieldgateCore",
+                "ProtonAMQP", "HubTunnel", "IoTHub", "Spool", "Gzip", "FieldgateCore",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],

@@ -22,9 +22,11 @@ public enum StateFile {
         }
     }
 
-    /// Replaces the file with `bytes` (mode 0640). Returns the errno on failure.
+    /// Replaces the file with `bytes` (mode 0640). Returns the errno on failure. `durable`: the file and its directory
+    /// entry are on disk when this returns (fdatasync, rename, fsync of the directory), for content that exists nowhere
+    /// else.
     @discardableResult
-    public static func replace(_ path: String, with bytes: [UInt8]) -> Int32? {
+    public static func replace(_ path: String, with bytes: [UInt8], durable: Bool = false) -> Int32? {
         let temporary = path + ".new"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
         guard fd >= 0 else { return errno }
@@ -40,11 +42,24 @@ public enum StateFile {
             }
             done += n
         }
+        if durable && fdatasync(fd) != 0 {
+            let e = errno
+            close(fd)
+            unlink(temporary)
+            return e
+        }
         close(fd)
         guard rename(temporary, path) == 0 else {
             let e = errno
             unlink(temporary)
             return e
+        }
+        if durable {
+            let slash = path.lastIndex(of: "/").map { path[..<$0] } ?? "."
+            let dir = open(slash.isEmpty ? "/" : String(slash), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            guard dir >= 0 else { return errno }
+            defer { close(dir) }
+            if fsync(dir) != 0 { return errno }
         }
         return nil
     }

@@ -111,6 +111,10 @@ public struct GatewayConfigFile: Decodable, Sendable {
         public var logs: Bool?
         /// An excerpt keeps its newest entries within this many MiB (before compression). Default: 4.
         public var logs_max_mb: Int?
+        /// A leaf with at least this many spooled readings has its old ones sent as files; 0 or absent: off.
+        public var offload_records: Int?
+        /// Only readings at least this old go to files. Default: 24.
+        public var offload_after_hours: Int?
     }
     public struct Control: Decodable, Sendable {
         public var socket: String?
@@ -325,6 +329,19 @@ struct Mapper {
             }
         }
         let spool = spoolConfiguration(f.spool)
+        if let n = f.upload?.offload_records, n != 0 {
+            let hours = f.upload?.offload_after_hours ?? 24
+            if n < 1000 || n > 10_000_000 {
+                report(main, "upload.offload_records", "upload.offload_records must be 0 (off) or 1000 to 10000000 (readings a leaf has spooled before its old ones go as files)")
+            } else if !(0...8760).contains(hours) {
+                report(main, "upload.offload_after_hours", "upload.offload_after_hours must be 0 to 8760")
+            } else {
+                // Beside the spool, on the same disk: /var/lib/fieldgate/spool → /var/lib/fieldgate/offload.
+                let parent = spool.directory.lastIndex(of: "/").map { String(spool.directory[..<$0]) } ?? "."
+                uplink.offload = BacklogOffloadPolicy(minRecords: n, olderThanMilliseconds: Int64(hours) * 3_600_000,
+                                                      stagingDirectory: parent + "/offload")
+            }
+        }
 
         let gatewayKey = checkMain ? gatewayCredential(f.gateway) : nil
         let gatewayLeaf = LeafConfiguration(deviceID: f.gateway.device_id, credential: gatewayKey ?? .symmetricKey(primary: "", secondary: nil),

@@ -44,6 +44,15 @@ final class SpoolPump: Sendable {
         queue.async { [self] in completion(heartbeat.busy { perform(job) }) }
     }
 
+    /// Moves old backlogs into staged files, between fetch jobs (docs/iothub-protocol.md §17).
+    func stageBacklog(_ stager: BacklogStager, nowMs: Int64) async -> Swift.Result<[StagedBacklogFile], SpoolError> {
+        await withCheckedContinuation { cont in
+            queue.async { [self] in
+                cont.resume(returning: heartbeat.busy { Swift.Result { () throws(SpoolError) in try stager.stage(nowMs: nowMs) } })
+            }
+        }
+    }
+
     /// The last settlement at shutdown: after any running job, on the pump's queue.
     func settle(_ job: Job) async {
         var job = job

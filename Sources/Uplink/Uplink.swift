@@ -12,9 +12,13 @@ public final class Uplink: Service, Sendable {
     public let configuration: UplinkConfiguration
     private let reactor: AMQPReactor
     private let engine: UplinkEngine
-    private let logger: Logger
+    let logger: Logger
     private let state = Mutex<Phase>(.created)
     private let uploader: FileUploader
+    let spool: Spool
+    let offloadState = Mutex(OffloadStatus())
+    private let offloadTask = Mutex<Task<Void, Never>?>(nil)
+    var pumpForOffload: SpoolPump { engine.pump }
 
     private enum Phase { case created, running, stopped }
 
@@ -39,6 +43,7 @@ public final class Uplink: Service, Sendable {
         self.engine = UplinkEngine(configuration: configuration, leaves: leaves, spool: spool, router: router,
                                    reactor: reactor, logger: logger, nowMs: nowMs, random: random)
         self.uploader = FileUploader(configuration: configuration)
+        self.spool = spool
     }
 
     /// Starts connecting; returns at once (the hub being away is a normal state).
@@ -48,7 +53,12 @@ public final class Uplink: Service, Sendable {
             phase = .running
             return true
         }
-        if go { _ = reactor.execute { [engine] in engine.start() } }
+        if go {
+            _ = reactor.execute { [engine] in engine.start() }
+            if let policy = configuration.offload {
+                offloadTask.withLock { $0 = Task { [self] in await offloadLoop(policy) } }
+            }
+        }
     }
 
     /// Closes every connection and settles with the spool: accepted records acknowledged, the rest released
@@ -59,6 +69,16 @@ public final class Uplink: Service, Sendable {
             return phase == .running
         }
         guard wasRunning else { return }
+        if let task = offloadTask.withLock({ t in defer { t = nil }; return t }) {
+            // An upload under way (libcurl) does not see the cancellation: wait for it 2 s at most.
+            task.cancel()
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await task.value }
+                group.addTask { try? await Task.sleep(for: .seconds(2)) }
+                await group.next()
+                group.cancelAll()
+            }
+        }
         _ = try? await reactor.perform { [engine] in engine.beginStop() }
         // Wait (bounded) for the connections to close and a running pump job to finish: the hub's last outcomes
         // and the records in flight come back to be acknowledged or released.
@@ -141,7 +161,9 @@ public final class Uplink: Service, Sendable {
     }
 
     public func status() async -> UplinkStatus {
-        (try? await reactor.perform { [engine] in engine.snapshot() }) ?? UplinkStatus()
+        var s = (try? await reactor.perform { [engine] in engine.snapshot() }) ?? UplinkStatus()
+        if configuration.offload != nil { s.offload = offloadState.withLock { $0 } }
+        return s
     }
 }
 
@@ -175,6 +197,8 @@ public struct UplinkStatus: Sendable {
     }
     /// nil: telemetry flows.
     public var telemetryPause: TelemetryPause?
+    /// nil: backlog offload is off.
+    public var offload: OffloadStatus?
 
     public struct Connection: Sendable {
         public var index: Int

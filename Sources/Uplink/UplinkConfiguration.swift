@@ -69,6 +69,8 @@ public struct UplinkConfiguration: Sendable, Equatable {
     /// Every identity (leaves and the gateway) sends an empty D2C message marked `heartbeat=true` this often;
     /// nil = off. Each costs a message of the daily quota: hourly, 24 per identity a day. Leaves may override it.
     public var heartbeatIntervalMilliseconds: Int64?
+    /// Old backlogs go to the hub as files (file upload) instead of D2C messages; nil = off.
+    public var offload: BacklogOffloadPolicy?
     /// Coalesce a leaf's queued JSON readings into one JSON-array message up to this size; nil = one message per
     /// reading. The hub bills D2C in 4 KB units, so 4000 is a good value; the hub's limit is 256 KB.
     public var coalesceTargetBytes: Int?

@@ -82,6 +82,11 @@ struct ControlHandler: Sendable {
             }),
             "leaves_by_state": .object(byPhase),
             "telemetry_paused": uplink.telemetryPause?.json ?? .null,
+            "offload": uplink.offload.map { o in
+                ["pending_files": .int(Int64(o.pendingFiles)), "pending_records": .int(Int64(o.pendingRecords)),
+                 "uploaded_files": .int(Int64(o.uploadedFiles)), "uploaded_records": .int(Int64(o.uploadedRecords)),
+                 "last_error": o.lastError.map(JSONValue.string) ?? .null] as JSONValue
+            } ?? .null,
             "spool": spoolJSON(spool),
             "adapters": .object(adapters),
             "stuck": .array(stuck.map { .string($0.name) }),
@@ -124,6 +129,10 @@ struct ControlHandler: Sendable {
             m.add("fieldgate_hub_connection_opens_total", Double(c.opens), labels: ["connection": String(c.index)], help: "Connections opened.", type: "counter")
         }
         m.add("fieldgate_telemetry_paused", uplink.telemetryPause == nil ? 0 : 1, help: "1 while telemetry pauses for every leaf: the hub's daily quota is spent.")
+        if let o = uplink.offload {
+            m.add("fieldgate_offload_pending_records", Double(o.pendingRecords), help: "Old readings staged as files, not yet at the hub.")
+            m.add("fieldgate_offload_uploaded_records_total", Double(o.uploadedRecords), help: "Old readings the hub took as files (file upload).", type: "counter")
+        }
         for c in uplink.connections {
             for feature in ["C2D", "methods", "twin"] {
                 m.add("fieldgate_hub_tier_refuses", c.refusedByTier.contains(feature) ? 1 : 0, labels: ["connection": String(c.index), "feature": feature],

@@ -230,6 +230,18 @@ struct GatewayConfigTests {
         #expect("\(l)".contains(":10:") && "\(l)".contains("leaf m1: heartbeat_seconds must be 0"), "\(l)")
     }
 
+    /// Issue 23.2 and 23.3: [upload] turns the logs method and the backlog offload on; both are off by default.
+    @Test func uploadSection() throws {
+        let base = "[hub]\nhost = \"h\"\n[gateway]\ndevice_id = \"gw\"\n[spool]\ndirectory = \"/var/lib/fieldgate/spool\"\n"
+        let off = try load(base).get()
+        #expect(off.logUploadMaxBytes == nil && off.uplink.offload == nil)
+        let on = try load(base + "[upload]\nlogs = true\noffload_records = 50000\noffload_after_hours = 12\n").get()
+        #expect(on.logUploadMaxBytes == 4 << 20)
+        #expect(on.uplink.offload == BacklogOffloadPolicy(minRecords: 50_000, olderThanMilliseconds: 12 * 3_600_000, stagingDirectory: "/var/lib/fieldgate/offload"))
+        guard case .failure(let e) = load(base + "[upload]\nlogs = true\nlogs_max_mb = 100\noffload_records = 10\n") else { Issue.record("accepted"); return }
+        #expect("\(e)".contains("upload.logs_max_mb must be 1 to 64") && "\(e)".contains("upload.offload_records must be 0 (off) or 1000"), "\(e)")
+    }
+
     @Test func integerWhereANumberIsExpected() throws {
         let s = try load(valid.replacing("[gateway]\n", with: "attaches_per_second = 20\n[gateway]\n")).get()
         #expect(s.uplink.attachesPerSecond == 20)

@@ -45,9 +45,8 @@ struct FileUploads {
     /// The key that signs the blob SAS tokens this hub issues: random per run, like a storage account key.
     let storageKey = (0..<32).map { _ in UInt8.random(in: 0...255) }
     private(set) var active: [String: Upload] = [:]
-    private(set) var notifications: [Notification] = []
-    var notificationWaiters: [(Int, @Sendable ([Notification]) -> Void)] = []
-    var nextWaiter = 0
+    /// For the service side, over REST (long poll) or AMQP (`/messages/serviceBound/filenotifications`).
+    var notifications = HandOffQueue<Notification>(capacity: notificationCapacity)
 
     /// Starts an upload: the blob is `{deviceId}/{blobName}`, the SAS allows writing it until `expiresMs`.
     mutating func start(deviceId: String, blobName: String, nowMs: Int64) throws(HubError) -> (correlationId: String, blobName: String, sasToken: String) {
@@ -96,24 +95,6 @@ struct FileUploads {
         guard let expires = WallClock.parseISO8601(se), expires > nowMs else { return "Signed expiry time has passed" }
         guard query["sp"]?.contains("w") == true else { return "This SAS does not allow writing" }
         return nil
-    }
-
-    mutating func notify(_ n: Notification) {
-        if notifications.count >= Self.notificationCapacity { notifications.removeFirst() }
-        notifications.append(n)
-        let waiters = notificationWaiters
-        notificationWaiters = []
-        if !waiters.isEmpty {
-            let taken = notifications
-            notifications = []
-            waiters.first?.1(taken)
-            for w in waiters.dropFirst() { w.1([]) }
-        }
-    }
-
-    mutating func takeNotifications() -> [Notification] {
-        defer { notifications = [] }
-        return notifications
     }
 }
 

@@ -14,7 +14,7 @@ import Foundation
 /// Clients name them as a path or as `amqps://{host}/…` (uamqp), in any letter case (the C SDK writes
 /// `deviceBound` and `servicebound`).
 enum ServiceEndpoint {
-    case deviceBound, feedback
+    case deviceBound, feedback, fileNotifications
 
     init?(address: String, hubName: String) {
         var path = withoutScheme(address)
@@ -25,6 +25,7 @@ enum ServiceEndpoint {
         switch path.trimmingTrailingSlash.lowercased() {
         case "/messages/devicebound": self = .deviceBound
         case "/messages/servicebound/feedback": self = .feedback
+        case "/messages/servicebound/filenotifications", "/messages/servicebound/fileuploadnotifications": self = .fileNotifications
         default: return nil
         }
     }
@@ -50,13 +51,22 @@ extension HubConnection {
             accept(link, role: .serviceFeedback, credit: 0)
             feedbackLinks[link.id] = FeedbackLinkState()
             offerFeedback(link)
+        case (.fileNotifications, true):
+            accept(link, role: .serviceFileNotifications, credit: 0)
+            fileNotificationLinks[link.id] = FileNotificationLinkState()
+            offerFileNotifications(link)
         default:
-            refuse(link, AMQPCondition(name: IoTHubAMQP.notAllowed, description: "a client \(link.isSender ? "receiver" : "sender") is not allowed on \(endpoint == .deviceBound ? "/messages/devicebound" : "/messages/serviceBound/feedback")"))
+            let path = switch endpoint {
+            case .deviceBound: "/messages/devicebound"
+            case .feedback: "/messages/serviceBound/feedback"
+            case .fileNotifications: "/messages/serviceBound/filenotifications"
+            }
+            refuse(link, AMQPCondition(name: IoTHubAMQP.notAllowed, description: "a client \(link.isSender ? "receiver" : "sender") is not allowed on \(path)"))
         }
     }
 
     func evictServiceLinks(because condition: AMQPCondition) {
-        for (_, state) in links where state.role == .serviceCloudToDevice || state.role == .serviceFeedback {
+        for (_, state) in links where state.role == .serviceCloudToDevice || state.role == .serviceFeedback || state.role == .serviceFileNotifications {
             state.link.close(condition)
             detached(state.link)
         }
@@ -189,5 +199,77 @@ extension HubConnection {
         guard !state.unsettled.isEmpty else { return }
         core.feedback.giveBack(state.unsettled.flatMap(\.records))
         core.dispatchFeedback()
+    }
+}
+
+/// A file-notification link's share of the queue: its waiter while it has credit, and the notifications it holds
+/// unsettled (one message each).
+struct FileNotificationLinkState {
+    var waiter: Int?
+    var unsettled: [(tag: [UInt8], notification: FileUploads.Notification)] = []
+}
+
+extension HubConnection {
+    static let fileNotificationContentType = "application/vnd.microsoft.iothub.filenotification.json"
+
+    /// While the link has credit, it waits on the hub's file-notification queue.
+    func offerFileNotifications(_ link: AMQPLink) {
+        guard var state = fileNotificationLinks[link.id], state.waiter == nil, link.credit > 0 else { return }
+        let id = link.id
+        state.waiter = core.fileUploads.notifications.addWaiter { [self] records in sendFileNotifications(records, on: id) }
+        fileNotificationLinks[id] = state
+        core.dispatchFileNotifications()
+    }
+
+    /// One message per notification, its JSON record as the body; what the credit does not cover goes back.
+    private func sendFileNotifications(_ records: [FileUploads.Notification], on id: AMQPObjectID) {
+        guard var state = fileNotificationLinks[id], let link = links[id]?.link else {
+            core.fileUploads.notifications.giveBack(records)
+            return
+        }
+        state.waiter = nil
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        var sent = 0
+        for record in records where link.credit > 0 {
+            var message = AMQPMessage(data: (try? Array(encoder.encode(record))) ?? Array("{}".utf8))
+            message.messageID = .string(AMQPUUID.random().description)
+            message.contentType = Self.fileNotificationContentType
+            message.userID = Array(core.configuration.hubName.utf8)
+            message.messageAnnotations[.symbol(IoTHubAMQP.enqueuedTimeAnnotation)] = .timestamp(core.now)
+            let tag = AMQPUUID.random().bytes
+            transmit(message, on: link, tag: tag)
+            if link.remoteSenderSettleMode != .settled { state.unsettled.append((tag, record)) }
+            sent += 1
+        }
+        if sent < records.count { core.fileUploads.notifications.giveBack(Array(records[sent...])) }
+        fileNotificationLinks[id] = state
+        offerFileNotifications(link)
+    }
+
+    /// accepted or rejected: consumed; released or modified: back to the front of the queue.
+    func fileNotificationDisposition(_ delivery: AMQPDelivery) {
+        let id = delivery.link.id
+        guard let outcome = delivery.remoteOutcome ?? (delivery.isRemotelySettled ? .accepted : nil) else { return }
+        if var state = fileNotificationLinks[id], let i = state.unsettled.firstIndex(where: { $0.tag == delivery.tag }) {
+            let held = state.unsettled.remove(at: i)
+            fileNotificationLinks[id] = state
+            switch outcome {
+            case .accepted, .rejected: break  // consumed
+            case .released, .modified:
+                core.fileUploads.notifications.giveBack([held.notification])
+                core.dispatchFileNotifications()
+            }
+        }
+        delivery.settle()
+    }
+
+    /// The link went away: its waiter leaves the queue and what it held unsettled goes back, in order.
+    func fileNotificationLinkGone(_ id: AMQPObjectID) {
+        guard let state = fileNotificationLinks.removeValue(forKey: id) else { return }
+        if let waiter = state.waiter { _ = core.fileUploads.notifications.removeWaiter(waiter) }
+        guard !state.unsettled.isEmpty else { return }
+        core.fileUploads.notifications.giveBack(state.unsettled.map(\.notification))
+        core.dispatchFileNotifications()
     }
 }

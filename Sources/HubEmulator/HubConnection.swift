@@ -18,6 +18,8 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
     /// The service feedback links on this connection: the queue's waiter each has registered while it has credit,
     /// and the batches it holds unsettled, oldest first.
     var feedbackLinks: [AMQPObjectID: FeedbackLinkState] = [:]
+    /// The same for file-upload notification links.
+    var fileNotificationLinks: [AMQPObjectID: FileNotificationLinkState] = [:]
     var links: [AMQPObjectID: LinkState] = [:]
     /// Links per device on this connection.
     var devices: [String: DeviceLinks] = [:]
@@ -47,6 +49,7 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
         case twinResponses(String, channel: String)    // hub sends responses and desired pushes
         case serviceCloudToDevice                      // hub receives C2D messages from a service client
         case serviceFeedback                           // hub sends feedback batches to a service client
+        case serviceFileNotifications                  // hub sends file-upload notifications to a service client
         case refused
 
         var deviceId: String? {
@@ -97,6 +100,7 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
             flushPending(link)
             if case .cloudToDevice(let d)? = links[link.id]?.role { pumpCloudToDevice(d) }
             if links[link.id]?.role == .serviceFeedback { offerFeedback(link) }
+            if links[link.id]?.role == .serviceFileNotifications { offerFileNotifications(link) }
         case .message(let delivery, let bytes):
             received(bytes, on: delivery)
         case .deliveryUpdated(let delivery):
@@ -232,6 +236,7 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
         guard let state = links.removeValue(forKey: link.id) else { return }
         pendingSends[link.id] = nil
         if state.role == .serviceFeedback { feedbackLinkGone(link.id) }
+        if state.role == .serviceFileNotifications { fileNotificationLinkGone(link.id) }
         if cbsResponseLink == link.id { cbsResponseLink = links.first { $0.value.role == .cbsResponses }?.key }
         guard let d = state.role.deviceId, var entry = devices[d] else { return }
         entry.links.remove(link.id)
@@ -360,6 +365,8 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
             cloudToDeviceDisposition(delivery, deviceId: d)
         } else if state.role == .serviceFeedback {
             feedbackDisposition(delivery)
+        } else if state.role == .serviceFileNotifications {
+            fileNotificationDisposition(delivery)
         } else if delivery.isRemotelySettled {
             delivery.settle()
         }

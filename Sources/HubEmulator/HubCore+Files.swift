@@ -67,9 +67,16 @@ extension HubCore {
         guard let blob = blobs.list(prefix: upload.blobName).first(where: { $0.name == upload.blobName }) else {
             throw HubError(.badRequest, "device \(deviceId) reported \(upload.blobName) uploaded, but the blob is not in the container", errorCode: 400004)
         }
-        fileUploads.notify(FileUploads.Notification(
+        fileUploads.notifications.append(FileUploads.Notification(
             deviceId: deviceId, blobUri: "https://\(blobEndpoint ?? "")/\(FileUploads.container)/\(upload.blobName)", blobName: upload.blobName,
             lastUpdatedTime: blob.lastModified, blobSizeInBytes: blob.size, enqueuedTimeUtc: WallClock.iso8601(milliseconds: now)))
+        dispatchFileNotifications()
+    }
+
+    /// Hands the waiting notifications to the oldest consumer waiting for them.
+    func dispatchFileNotifications() {
+        guard let (deliver, records) = fileUploads.notifications.nextHandOff() else { return }
+        deliver(records)
     }
 
     /// A Blob service `PUT` (block blob) with a SAS this hub issued.
@@ -83,15 +90,10 @@ extension HubCore {
 
     /// File-upload notifications now, or within `waitMilliseconds` when there are none yet.
     func readFileNotifications(waitMilliseconds: Int, deliver: @escaping @Sendable ([FileUploads.Notification]) -> Void) {
-        let ready = fileUploads.takeNotifications()
+        let ready = fileUploads.notifications.takeAll()
         if !ready.isEmpty || waitMilliseconds <= 0 { return deliver(ready) }
-        fileUploads.nextWaiter += 1
-        let id = fileUploads.nextWaiter
-        fileUploads.notificationWaiters.append((id, deliver))
-        reactor.schedule(after: .milliseconds(waitMilliseconds)) { [self] in
-            guard let i = fileUploads.notificationWaiters.firstIndex(where: { $0.0 == id }) else { return }
-            fileUploads.notificationWaiters.remove(at: i).1([])
-        }
+        let waiter = fileUploads.notifications.addWaiter(deliver)
+        reactor.schedule(after: .milliseconds(waitMilliseconds)) { [self] in fileUploads.notifications.removeWaiter(waiter)?([]) }
     }
 
     /// Blobs in the hub's container (service side and CLI).

@@ -68,9 +68,9 @@ struct MethodTwinUplinkTests {
             #expect(try await invoke(hub, "leaf-0", "write", ["values": ["setpoint": "hot"]]).0 == 400)
             let unknown = try await invoke(hub, "leaf-0", "selfDestruct", .null)
             #expect(unknown.0 == 404 && unknown.1?["error"]?.stringValue?.contains("selfDestruct") == true)
-            let started = ContinuousClock.now
+            // 504: answered at the local deadline (2 s), before the method finished (5 s), which would have been 200.
+            // (No wall-clock bound: on a loaded machine the answer's trip alone can take seconds.)
             #expect(try await invoke(hub, "leaf-1", "slow", .null).0 == 504)
-            #expect(ContinuousClock.now - started < .seconds(4), "answered at the local deadline, before the method finished")
             let c = await h.uplink.status().leaves["leaf-1"]?.counters
             #expect(c?.methodTimeouts == 1 && c?.methodCalls == 2)
             await h.stop()

@@ -6,8 +6,8 @@
 #     both reach the leaf with their message-id, correlation-id, content-type and application property;
 #   - a C2D with iothub-ack=full sent through the SDK comes back as a Success record on
 #     /messages/serviceBound/feedback, read with uamqp; a batch the reader releases comes back to the next read;
-#   - the gateway's logs method uploads a file through IoT Hub file upload (HTTPS, libcurl); its notification is read
-#     over AMQP with uamqp from /messages/serviceBound/filenotifications;
+#   - a device uploads a file through IoT Hub file upload (HTTPS); its notification is read over AMQP with uamqp from
+#     /messages/serviceBound/filenotifications;
 #   - seed 004's reboot flow through IoTHubRegistryManager over HTTPS (invoke_device_method `reboot` on the
 #     gateway's identity → 200, then iothubDM.reboot.lastReboot in its twin), and the SDK's registry and twin calls.
 # Everything runs in a private network namespace (only its loopback), so the SDK reaches the hub as IoT Hub is
@@ -119,17 +119,23 @@ grep -q '"released": 1' "$WORK/feedback.log" || fail "the reader did not release
 [ "$(grep -c '"originalMessageId": "sdk-feedback-2"' "$WORK/feedback.log")" = 1 ] || fail "after a release: $(cat "$WORK/feedback.log")"
 echo "sdk-e2e: feedback over AMQP (uamqp, /messages/serviceBound/feedback): Success for sdk-feedback-1 (content type application/vnd.microsoft.iothub.feedback.json); a released batch came back once"
 
-# File upload (the gateway's logs method: fieldgated → HTTPS file upload → the hub's blob store), and the file-upload
-# notification read over AMQP with uamqp, as a service SDK reads /messages/serviceBound/filenotifications.
-"$HUB" method invoke $URL sdk-gateway logs --payload '{"since": "1h"}' >"$WORK/logs.log" 2>&1 || fail "logs method: $(cat "$WORK/logs.log")"
-grep -q '"status" *: *200' "$WORK/logs.log" || fail "logs method: $(cat "$WORK/logs.log")"
-blob=$(sed -n 's/.*"blobName" *: *"\([^"]*\)".*/\1/p' "$WORK/logs.log" | head -1)
-"$HUB" files list $URL --prefix sdk-gateway/logs/ | grep -q "\"$blob\"" || fail "the uploaded file $blob is not in the hub's store"
+# File upload as a device does it (HTTPS with requests, the device's own SAS), and the file-upload notification read
+# over AMQP with uamqp, as a service SDK reads /messages/serviceBound/filenotifications. (The gateway's logs method
+# uploads through the same endpoints; it is checked with a real journal in scripts/systemd-e2e.sh.)
+DEVICE_CS=$("$HUB" device show sdk-leaf --connection-string-only $URL)
+blob=$(timeout 60 "$PY" Tests/peers/device_upload.py "$DEVICE_CS" "$CA" "sdk/readings.txt" "uploaded by a device" 2>"$WORK/upload.log") \
+  || fail "device file upload: $(cat "$WORK/upload.log")"
+[ "$blob" = "sdk-leaf/sdk/readings.txt" ] || fail "the hub named the blob $blob"
+[ "$("$HUB" files get $URL "$blob")" = "uploaded by a device" ] || fail "the blob $blob does not hold what was uploaded"
 timeout 60 "$PY" Tests/peers/feedback_receiver.py "$CS" "$CA" 1 30 --file-notifications >"$WORK/filenotifications.log" 2>&1 \
   || fail "no file notification read: $(cat "$WORK/filenotifications.log")"
 grep -q "\"blobName\": \"$blob\"" "$WORK/filenotifications.log" || fail "file notification: $(cat "$WORK/filenotifications.log")"
-grep -q '"deviceId": "sdk-gateway"' "$WORK/filenotifications.log" || fail "file notification device: $(cat "$WORK/filenotifications.log")"
-echo "sdk-e2e: file upload: the gateway's logs method uploaded $blob; its notification read over AMQP with uamqp (/messages/serviceBound/filenotifications)"
+grep -q '"blobSizeInBytes": 20' "$WORK/filenotifications.log" || fail "file notification size: $(cat "$WORK/filenotifications.log")"
+grep -q '"contentType": "application/vnd.microsoft.iothub.filenotification.json"' "$WORK/filenotifications.log" || fail "file notification content type"
+# Without a readable journal (no journald here), the gateway's logs method says so instead of uploading nothing.
+"$HUB" method invoke $URL sdk-gateway logs --payload '{"since": "1h"}' >"$WORK/logs.log" 2>&1 || true
+grep -q "no journal file is readable" "$WORK/logs.log" || fail "logs method without a journal: $(cat "$WORK/logs.log")"
+echo "sdk-e2e: file upload: a device (requests, its SAS) uploaded $blob; its notification read over AMQP with uamqp (/messages/serviceBound/filenotifications); the logs method without a journal answers why"
 
 # Seed 004's reboot flow over the HTTPS REST API (invoke_device_method, get_twin) on the gateway's own identity.
 timeout 90 "$PY" Tests/peers/with_ca.py "$CA" Tests/peers/seed004_reboot.py "$CS" sdk-gateway >"$WORK/seed004.log" 2>&1 \

@@ -145,10 +145,12 @@ final class BlobStore: @unchecked Sendable {
         var out: [Blob] = []
         for relative in paths {
             guard relative.hasPrefix(prefix), !relative.hasSuffix(".part") else { continue }
-            let attributes = try? FileManager.default.attributesOfItem(atPath: directory + "/" + relative)
-            guard attributes?[.type] as? FileAttributeType == .typeRegular else { continue }
-            let modified = (attributes?[.modificationDate] as? Date).map { Int64($0.timeIntervalSince1970 * 1000) } ?? 0
-            out.append(Blob(name: relative, size: (attributes?[.size] as? Int) ?? 0, lastModified: WallClock.iso8601(milliseconds: modified)))
+            // stat(2) rather than FileManager's attributes: their number types differ between Foundation and
+            // FoundationEssentials (a size read as Int was 0 in the hub's own build).
+            var st = stat()
+            guard stat(directory + "/" + relative, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { continue }
+            let modified = Int64(st.st_mtim.tv_sec) * 1000 + Int64(st.st_mtim.tv_nsec) / 1_000_000
+            out.append(Blob(name: relative, size: Int(st.st_size), lastModified: WallClock.iso8601(milliseconds: modified)))
         }
         return out.sorted { $0.name < $1.name }
     }

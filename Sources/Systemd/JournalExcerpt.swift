@@ -49,6 +49,11 @@ public enum Journal {
             throw JournalError(message: "cannot open the journal: \(String(cString: strerror(-opened)))")
         }
         defer { sd_journal_close(j) }
+        // Files the process may not read are skipped without an error: with none at all the excerpt would be empty
+        // for no visible reason.
+        if directory == nil && sd_journal_has_runtime_files(j) <= 0 && sd_journal_has_persistent_files(j) <= 0 {
+            throw JournalError(message: "no journal file is readable by this process (the fieldgate user must be in the systemd-journal group; the package's sysusers.d entry adds it)")
+        }
         func match(_ field: String) throws(JournalError) {
             let rc = field.withCString { sd_journal_add_match(j, $0, 0) }
             if rc < 0 { throw JournalError(message: "journal match \(field): \(String(cString: strerror(-rc)))") }

@@ -36,7 +36,7 @@ public struct BacklogOffloadPolicy: Sendable, Equatable {
 }
 
 /// A file of readings staged for upload.
-struct StagedBacklogFile: Equatable {
+struct StagedBacklogFile: Equatable, Sendable {
     var path: String
     var leaf: String
     var records: Int

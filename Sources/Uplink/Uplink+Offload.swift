@@ -29,14 +29,15 @@ extension Uplink {
     /// readings leave the spool once the file is synced), then every staged file — also one left by an earlier run —
     /// is uploaded for its leaf and removed once the hub confirmed it. D2C goes on meanwhile with the newer readings.
     func offloadLoop(_ policy: BacklogOffloadPolicy) async {
-        mkdir(policy.stagingDirectory, 0o750)
-        refreshPending(policy)
+        _ = await offCooperativePool { mkdir(policy.stagingDirectory, 0o750) }
+        await refreshPending(policy)
         while !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(policy.checkIntervalMilliseconds))
             if Task.isCancelled { return }
             let status = await status()
             guard status.connections.contains(where: { $0.state == "open" }) else { continue }
-            let stager = BacklogStager(policy: policy, spool: spool, leaves: Set(status.leaves.keys), waiting: Set(stagedFiles(policy).map(\.leaf)))
+            let waiting = Set(await stagedFiles(policy).map(\.leaf))
+            let stager = BacklogStager(policy: policy, spool: spool, leaves: Set(status.leaves.keys), waiting: waiting)
             switch await pumpForOffload.stageBacklog(stager, nowMs: WallClock.nowMilliseconds()) {
             case .success(let files):
                 for f in files {
@@ -46,8 +47,8 @@ extension Uplink {
             case .failure(let e):
                 offloadFailed("staging a backlog file failed: \(e)")
             }
-            refreshPending(policy)
-            for file in stagedFiles(policy) {
+            await refreshPending(policy)
+            for file in await stagedFiles(policy) {
                 if Task.isCancelled { return }
                 guard let bytes = await offCooperativePool({ StateFile.read(file.path) }) else { continue }
                 do throws(UplinkError) {
@@ -65,18 +66,21 @@ extension Uplink {
                     offloadFailed("uploading \(file.fileName) failed: \(error.message)")
                     if error.code == .unavailable { break }
                 }
-                refreshPending(policy)
+                await refreshPending(policy)
             }
         }
     }
 
-    private func stagedFiles(_ policy: BacklogOffloadPolicy) -> [StagedBacklogFile] {
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: policy.stagingDirectory)) ?? []
-        return names.sorted().compactMap { StagedBacklogFile(path: policy.stagingDirectory + "/" + $0) }
+    /// The staged files (a directory read: off the cooperative pool).
+    private func stagedFiles(_ policy: BacklogOffloadPolicy) async -> [StagedBacklogFile] {
+        await offCooperativePool {
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: policy.stagingDirectory)) ?? []
+            return names.sorted().compactMap { StagedBacklogFile(path: policy.stagingDirectory + "/" + $0) }
+        }
     }
 
-    private func refreshPending(_ policy: BacklogOffloadPolicy) {
-        let files = stagedFiles(policy)
+    private func refreshPending(_ policy: BacklogOffloadPolicy) async {
+        let files = await stagedFiles(policy)
         offloadState.withLock {
             $0.pendingFiles = files.count
             $0.pendingRecords = files.reduce(0) { $0 + $1.records }

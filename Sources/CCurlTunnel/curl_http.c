@@ -42,7 +42,9 @@ int fg_http_perform(const fg_http_request *q, fg_http_response *r, char *err, si
     /* libcurl would otherwise send "Expect: 100-continue" before a large body and wait for the answer. */
     headers = curl_slist_append(headers, "Expect:");
     if (q->connect_host && q->connect_address && q->connect_address[0]) {
-        snprintf(connect_to, sizeof connect_to, "%s::%s:", q->connect_host, q->connect_address);
+        /* An IPv6 address goes in brackets there. */
+        int v6 = strchr(q->connect_address, ':') != NULL && q->connect_address[0] != '[';
+        snprintf(connect_to, sizeof connect_to, v6 ? "%s::[%s]:" : "%s::%s:", q->connect_host, q->connect_address);
         targets = curl_slist_append(NULL, connect_to);
         curl_easy_setopt(c, CURLOPT_CONNECT_TO, targets);
     }
@@ -59,6 +61,9 @@ int fg_http_perform(const fg_http_request *q, fg_http_response *r, char *err, si
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, q->timeout_ms);
+    /* A transfer that stalls (under 256 B/s for 60 s) ends before the overall timeout. */
+    curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 256L);
+    curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, 60L);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, q->timeout_ms < 30000 ? q->timeout_ms : 30000L);
     curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, fg_http_progress);

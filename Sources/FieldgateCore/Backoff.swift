@@ -58,7 +58,8 @@ public struct TokenBucket: Sendable {
     }
 
     /// Takes one token even when none is left: the balance goes below zero (one burst at most) and what comes next
-    /// waits that much longer, so the rate holds on average. For the rare message that must not queue behind a bulk.
+    /// waits that much longer, so the rate holds on average. For the rare message that must not queue behind a bulk;
+    /// the caller bounds how often (the uplink gives heartbeats half the rate).
     public mutating func borrow(nowMs: Int64) -> Bool {
         refill(nowMs)
         guard tokens - 1 >= -burst else { return false }

@@ -14,7 +14,7 @@ extension ServiceAPI {
 
     func addFileUploadRoutes(to router: Router<BasicRequestContext>) {
         router.post("/devices/{id}/files") { req, ctx in
-            let id = try ctx.parameters.require("id")
+            let id = try Self.decoded(ctx.parameters.require("id"))
             let header = req.headers[.authorization]
             try await core.perform { try $0.authorizeDevice(header, deviceId: id) }
             var req = req
@@ -24,7 +24,7 @@ extension ServiceAPI {
             return try json(try await core.perform { try $0.startFileUpload(deviceId: id, blobName: name) })
         }
         router.post("/devices/{id}/files/notifications") { req, ctx in
-            let id = try ctx.parameters.require("id")
+            let id = try Self.decoded(ctx.parameters.require("id"))
             let header = req.headers[.authorization]
             try await core.perform { try $0.authorizeDevice(header, deviceId: id) }
             var req = req
@@ -33,7 +33,8 @@ extension ServiceAPI {
             return Response(status: .noContent)
         }
         router.put("/\(FileUploads.container)/**") { req, ctx in
-            let name = ctx.parameters.getCatchAll().joined(separator: "/")
+            // The SAS covers the decoded name (a device id or file name may hold characters a URL escapes).
+            let name = try ctx.parameters.getCatchAll().map { try Self.decoded(String($0)) }.joined(separator: "/")
             let query = Self.decodedQuery(req.uri.query)
             let blobType = req.headers[HTTPField.Name("x-ms-blob-type")!]
             let bytes = Array(try await req.body.collect(upTo: Self.maxBlobBytes).readableBytesView)
@@ -59,6 +60,12 @@ extension ServiceAPI {
             guard let bytes = try await core.perform({ $0.blobContent(name) }) else { throw HubError(.notFound, "no blob \(name)") }
             return Response(status: .ok, headers: [.contentType: "application/octet-stream"], body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
         }
+    }
+
+    /// A percent-decoded path segment (Hummingbird hands them over as they came).
+    static func decoded(_ segment: String) throws(HubError) -> String {
+        guard let d = PercentEncoding.decode(segment) else { throw HubError(.badRequest, "malformed escape in \(segment)") }
+        return d
     }
 
     /// `a=1&b=%2F` → ["a": "1", "b": "/"] (percent-decoded; a SAS signature holds '+', '/' and '=').

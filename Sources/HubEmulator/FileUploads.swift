@@ -54,6 +54,9 @@ struct FileUploads {
         guard !blobName.isEmpty, blobName.utf8.count <= 1024, !blobName.hasPrefix("/"),
               !blobName.split(separator: "/", omittingEmptySubsequences: false).contains(where: { $0.isEmpty || $0 == "." || $0 == ".." })
         else { throw HubError(.badRequest, "blobName '\(blobName)' is not a valid blob name (1 to 1024 characters, no empty, '.' or '..' segments)", errorCode: 400004) }
+        guard deviceId != "." && deviceId != ".." else {
+            throw HubError(.badRequest, "device \(deviceId) cannot name a blob directory", errorCode: 400004)
+        }
         let outstanding = active.values.filter { $0.deviceId == deviceId }.count
         guard outstanding < Self.maxActivePerDevice else {
             throw HubError(.forbidden, "DeviceMaximumActiveFileUploadLimitExceeded: device \(deviceId) has \(outstanding) file uploads outstanding; at most \(Self.maxActivePerDevice)", errorCode: 403006)
@@ -114,7 +117,13 @@ final class BlobStore: @unchecked Sendable {
         directory = stateDirectory.map { $0 + "/blobs/" + FileUploads.container }
     }
 
+    /// A name of the container: segments that are not empty, `.` or `..` (nothing outside the store is reachable).
+    static func isSafe(_ name: String) -> Bool {
+        !name.isEmpty && !name.split(separator: "/", omittingEmptySubsequences: false).contains { $0.isEmpty || $0 == "." || $0 == ".." }
+    }
+
     func put(_ name: String, bytes: [UInt8], nowMs: Int64) throws(HubError) {
+        guard Self.isSafe(name) else { throw HubError(.badRequest, "InvalidResourceName: \(name)") }
         guard let directory else { memory[name] = (bytes, nowMs); return }
         let path = directory + "/" + name
         let parent = String(path[..<path.lastIndex(of: "/")!])
@@ -129,6 +138,7 @@ final class BlobStore: @unchecked Sendable {
     }
 
     func get(_ name: String) -> [UInt8]? {
+        guard Self.isSafe(name) else { return nil }
         guard let directory else { return memory[name]?.bytes }
         return FileManager.default.contents(atPath: directory + "/" + name).map(Array.init)
     }

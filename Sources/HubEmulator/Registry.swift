@@ -57,9 +57,10 @@ public struct Registry: Codable, Sendable {
         return r
     }
 
-    /// Device ids: ASCII alphanumerics plus `- . + % _ # * ? ! ( ) , = @ $ '`, at most 128 characters.
+    /// Device ids: ASCII alphanumerics plus `- . + % _ # * ? ! ( ) , : = @ $ '`, at most 128 characters (as IoT Hub,
+    /// and as fieldgated's configuration checks them).
     public static func isValidDeviceID(_ id: String) -> Bool {
-        let allowed = Set("-.+%_#*?!(),=@$'".unicodeScalars)
+        let allowed = Set("-.+%_#*?!(),:=@$'".unicodeScalars)
         return !id.isEmpty && id.utf8.count <= 128 && id.unicodeScalars.allSatisfy {
             ($0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0))) || allowed.contains($0)
         }

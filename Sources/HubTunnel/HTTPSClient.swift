@@ -41,6 +41,7 @@ public struct HTTPSError: Error, Sendable, CustomStringConvertible {
 public enum HTTPSClient {
     public static func perform(_ method: String, _ url: String, headers: [(String, String)] = [], body: [UInt8]? = nil,
                                settings: HTTPSSettings) -> Result<HTTPSResponse, HTTPSError> {
+        Self.globalInit
         var proxyURL: String?, user: String?, password: String?
         switch settings.proxy {
         case .environment: break
@@ -85,6 +86,9 @@ public enum HTTPSClient {
         let bytes = response.body.map { Array(UnsafeBufferPointer(start: $0, count: response.body_len)) } ?? []
         return .success(HTTPSResponse(status: response.status, body: bytes))
     }
+
+    /// libcurl's global set-up, once, before any request (it is not thread-safe itself).
+    private static let globalInit: Void = { fg_tunnel_global_init() }()
 
     /// The URL without its query (a SAS signature must not reach the logs).
     public static func redacted(_ url: String) -> String {

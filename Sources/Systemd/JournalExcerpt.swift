@@ -58,6 +58,8 @@ public enum Journal {
             let rc = field.withCString { sd_journal_add_match(j, $0, 0) }
             if rc < 0 { throw JournalError(message: "journal match \(field): \(String(cString: strerror(-rc)))") }
         }
+        // Whole fields: the default threshold (64 KiB) cuts a long message, possibly inside a UTF-8 sequence.
+        _ = sd_journal_set_data_threshold(j, 0)
         try match("_SYSTEMD_UNIT=\(query.unit)")
         // Matches on one field are alternatives; on different fields all must hold.
         if query.maxPriority < 7 { for p in 0...max(0, query.maxPriority) { try match("PRIORITY=\(p)") } }

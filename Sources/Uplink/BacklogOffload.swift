@@ -56,8 +56,11 @@ struct StagedBacklogFile: Equatable, Sendable {
     init?(path: String) {
         let name = String(path.split(separator: "/").last ?? "")
         guard name.hasSuffix(".jsonl.gz") else { return nil }
-        let parts = name.dropLast(".jsonl.gz".count).split(separator: ".")
-        guard parts.count == 3, let leaf = PercentEncoding.decode(String(parts[0])), let records = Int(parts[2]) else { return nil }
+        // From the right: a device id may hold dots itself.
+        let parts = name.dropLast(".jsonl.gz".count).split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count >= 3, let records = Int(parts[parts.count - 1]), parts[parts.count - 2].contains("-"),
+              let leaf = PercentEncoding.decode(parts.dropLast(2).joined(separator: ".")), !leaf.isEmpty
+        else { return nil }
         self.init(path: path, leaf: leaf, records: records)
     }
 

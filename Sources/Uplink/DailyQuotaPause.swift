@@ -44,10 +44,10 @@ struct DailyQuotaPause: Sendable {
         switch state {
         case .open:
             since = nowMs
-        case .paused(let s, let until):
-            // A message that was already on its way: the pause stands as it is.
-            if nowMs < until { return false }
-            since = s
+        case .paused:
+            // Nothing is sent while paused: a refusal now is of a message that was already on its way. The pause
+            // stands as it is (its end may be due; the next tick probes).
+            return false
         case .probing(let s):
             // Only the probe's own refusal says the quota is still spent.
             if sentIn < generation { return false }

@@ -90,10 +90,14 @@ final class FileUploader: Sendable {
 
         // 2. The blob, in one PUT (block blob).
         let path = ([container] + name.split(separator: "/").map { PercentEncoding.encode(String($0)) }).joined(separator: "/")
+        // The whole PUT may take as long as the file needs at 16 kB/s (a slow cellular link), and a minute more;
+        // a stalled one ends sooner (libcurl's low-speed limit).
+        var putSettings = s
+        putSettings.timeoutMilliseconds = s.timeoutMilliseconds + bytes.count / 16
         let put = HTTPSClient.perform("PUT", "https://\(host)/\(path)\(sas.hasPrefix("?") ? sas : "?" + sas)",
                                       headers: [("x-ms-blob-type", "BlockBlob"), ("x-ms-version", "2018-03-28"), ("Content-Type", contentType),
                                                 ("User-Agent", configuration.clientVersion)],
-                                      body: bytes, settings: s)
+                                      body: bytes, settings: putSettings)
         let stored: Bool
         let outcome: (code: Int, description: String)
         switch put {

@@ -63,6 +63,8 @@ final class Shard: @unchecked Sendable {
     var roles: [AMQPObjectID: Role] = [:]
     /// Links closed on our side whose detach from the hub has not come yet: freed when it does (`retire`).
     private var retiring: Set<AMQPObjectID> = []
+    /// The link whose detach is being handled now (a detach without `closed` leaves no trace in Proton's state).
+    private var detachingNow: AMQPObjectID?
     /// Telemetry on the wire: whose, which records (none: a heartbeat), and the quota pause's generation it went in.
     var unsettled: [AMQPObjectID: (leaf: String, sequences: [UInt64], quotaGeneration: Int)] = [:]
     var cloudToDeviceDeliveries: [Int: CloudToDeviceDelivery] = [:]
@@ -256,7 +258,11 @@ final class Shard: @unchecked Sendable {
             case .leaf(let d, .cloudToDevice)?: cloudToDeviceArrived(bytes, delivery: delivery, leafID: d)
             case .leaf(let d, .methodRequests)?: methodRequest(bytes, delivery: delivery, leafID: d)
             case .leaf(let d, .twinResponses)?: twinMessage(bytes, delivery: delivery, leafID: d)
-            default: delivery.dispose(.rejected(AMQPCondition(name: "amqp:not-allowed", description: "unexpected message")))
+            default:
+                // A message already on its way to a link we closed (a C2D for a leaf re-attaching) goes back to the
+                // hub's queue, not to its dead letters.
+                if retiring.contains(delivery.link.id) { delivery.dispose(.released) }
+                else { delivery.dispose(.rejected(AMQPCondition(name: "amqp:not-allowed", description: "unexpected message"))) }
             }
         case .deliveryUpdated(let delivery):
             switch roles[delivery.link.id] {
@@ -599,7 +605,7 @@ final class Shard: @unchecked Sendable {
     private func retire(_ link: AMQPLink) {
         roles[link.id] = nil
         if link.isLocallyOpen { link.close() }
-        if link.isRemotelyClosed { link.free() } else { retiring.insert(link.id) }
+        if link.isRemotelyClosed || link.id == detachingNow { link.free() } else { retiring.insert(link.id) }
     }
 
     /// Rarely, one ready leaf asks for what the hub's tier refused: a hub moved to a higher tier is noticed.
@@ -636,6 +642,8 @@ final class Shard: @unchecked Sendable {
 
     private func linkClosed(_ link: AMQPLink, condition: AMQPCondition?) {
         if retiring.remove(link.id) != nil { return link.free() }
+        detachingNow = link.id
+        defer { detachingNow = nil }
         guard let role = roles[link.id] else { return }
         switch role {
         case .cbsSender, .cbsReceiver:

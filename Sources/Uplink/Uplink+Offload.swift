@@ -22,6 +22,8 @@ public struct OffloadStatus: Sendable, Equatable {
     public var uploadedFiles = 0
     public var uploadedRecords = 0
     public var lastError: String?
+    /// The hub refused an upload for good: no new files until one gets through.
+    public var refusedForGood = false
 }
 
 extension Uplink {
@@ -36,9 +38,12 @@ extension Uplink {
             if Task.isCancelled { return }
             let status = await status()
             guard status.connections.contains(where: { $0.state == "open" }) else { continue }
+            // A hub that refuses uploads for good (no storage associated, a credential it does not take) gets no new
+            // files: the readings stay in the spool and go as D2C. The file that found out waits, and is retried.
+            let refused = offloadState.withLock { $0.refusedForGood }
             let waiting = Set(await stagedFiles(policy).map(\.leaf))
             let stager = BacklogStager(policy: policy, spool: spool, leaves: Set(status.leaves.keys), waiting: waiting)
-            switch await pumpForOffload.stageBacklog(stager, nowMs: WallClock.nowMilliseconds()) {
+            switch refused ? .success([]) : await pumpForOffload.stageBacklog(stager, nowMs: WallClock.nowMilliseconds()) {
             case .success(let files):
                 for f in files {
                     logger.notice("uplink: \(f.records) old readings of \(f.leaf) staged for upload as a file (\(f.fileName)); newer ones go on as D2C",
@@ -50,6 +55,10 @@ extension Uplink {
             await refreshPending(policy)
             for file in await stagedFiles(policy) {
                 if Task.isCancelled { return }
+                guard status.leaves[file.leaf] != nil else {
+                    offloadFailed("\(file.fileName) waits: \(file.leaf) is no longer configured (its credential signs the upload)")
+                    continue
+                }
                 guard let bytes = await offCooperativePool({ StateFile.read(file.path) }) else { continue }
                 do throws(UplinkError) {
                     let uploaded = try await uploadFile(for: file.leaf, blobName: "backlog/" + file.fileName, bytes: bytes, contentType: "application/gzip")
@@ -58,6 +67,7 @@ extension Uplink {
                         $0.uploadedFiles += 1
                         $0.uploadedRecords += file.records
                         $0.lastError = nil
+                        $0.refusedForGood = false
                     }
                     logger.notice("uplink: \(file.records) readings of \(file.leaf) delivered as the file \(uploaded.blobName) (2 messages of quota)",
                                   metadata: ["leaf": "\(file.leaf)"])
@@ -65,6 +75,7 @@ extension Uplink {
                     // The file stays staged and goes at the next check; D2C is not affected.
                     offloadFailed("uploading \(file.fileName) failed: \(error.message)")
                     if error.code == .unavailable { break }
+                    offloadState.withLock { $0.refusedForGood = true }
                 }
                 await refreshPending(policy)
             }

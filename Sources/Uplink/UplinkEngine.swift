@@ -20,6 +20,8 @@ final class UplinkEngine: @unchecked Sendable {
 
     private var pacer: TokenBucket?
     private var sendLimiter: TokenBucket?
+    /// Priority messages (heartbeats) go ahead of a backlog, but within half the rate: telemetry keeps the rest.
+    private var priorityLimiter: TokenBucket?
     private var sendLimitedAtMs: Int64?
     private var ticker: AMQPTimer?
     private let tickMilliseconds = 50
@@ -55,6 +57,7 @@ final class UplinkEngine: @unchecked Sendable {
         // A small burst: any one-second window then sees at most 1.2 × the rate (the hub counts per second).
         self.pacer = configuration.attachesPerSecond.map { TokenBucket(ratePerSecond: $0, burst: $0 / 5) }
         self.sendLimiter = configuration.messagesPerSecond.map { TokenBucket(ratePerSecond: $0) }
+        self.priorityLimiter = configuration.messagesPerSecond.map { TokenBucket(ratePerSecond: $0 / 2) }
         self.quota = DailyQuotaPause(probeIntervalMilliseconds: configuration.quotaProbeIntervalMilliseconds)
         for chunk in Self.partition(leaves, maxTokens: configuration.identitiesPerConnection) {
             addShard(chunk.map(makeRuntime))
@@ -247,7 +250,10 @@ final class UplinkEngine: @unchecked Sendable {
         }
         guard var limiter = sendLimiter else { return true }
         defer { sendLimiter = limiter }
-        return priority ? limiter.borrow(nowMs: nowMs()) : limiter.take(nowMs: nowMs())
+        guard priority else { return limiter.take(nowMs: nowMs()) }
+        guard var share = priorityLimiter, share.take(nowMs: nowMs()) else { return false }
+        priorityLimiter = share
+        return limiter.borrow(nowMs: nowMs())
     }
 
     /// The hub refused a message for its daily quota: every leaf pauses (the message goes back to the spool).

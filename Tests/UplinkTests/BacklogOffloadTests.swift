@@ -32,8 +32,11 @@ struct BacklogOffloadTests {
         #expect(first["body"]?["t"] == .double(21.5) && first["properties"]?["unit"] == "C" && first["contentType"] == "application/json")
         let second = try #require(JSONValue.parse(String(lines[1])))
         #expect(second["bodyBase64"] == "AAECCg==" && second["body"] == nil)
-        let name = StagedBacklogFile.name(leaf: "m 1", first: 7, last: 8, records: 2)
-        #expect(StagedBacklogFile(path: "/x/" + name) == StagedBacklogFile(path: "/x/" + name, leaf: "m 1", records: 2))
+        for leaf in ["m 1", "meter.01", "a.b.c-d"] {
+            let name = StagedBacklogFile.name(leaf: leaf, first: 7, last: 8, records: 2)
+            #expect(StagedBacklogFile(path: "/x/" + name) == StagedBacklogFile(path: "/x/" + name, leaf: leaf, records: 2), "\(leaf)")
+        }
+        #expect(StagedBacklogFile(path: "/x/notes.txt") == nil && StagedBacklogFile(path: "/x/a.jsonl.gz") == nil)
     }
 
     /// 100,000 readings of one leaf, 25 h old, and live readings of it and another leaf: the old ones go as files

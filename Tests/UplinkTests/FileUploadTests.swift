@@ -112,6 +112,20 @@ struct FileUploadTests {
             #expect(try post("/devices/leaf-0/files", ["blobName": "n10"], as: leaves[0]).status == 200)
             let unknown = try post("/devices/leaf-0/files/notifications", ["correlationId": "nope", "isSuccess": true], as: leaves[0])
             #expect(unknown.status == 400)
+            // Nothing outside the blob store can be read through it.
+            let outside = try await service(hub).request("GET", "/files/content?name=../../certs/server.key")
+            #expect(outside.status == 404)
+
+            // Names a URL escapes (a device id with '.', ':' and '(', a file name with a space) sign and store as
+            // IoT Hub's storage takes them: decoded.
+            let odd = try await hub.core.perform { try $0.upsertDevice(id: "meter.01:(a)", status: nil, primaryKey: nil, secondaryKey: nil) }
+            let oddLeaf = LeafConfiguration(deviceID: odd.deviceId, credential: .symmetricKey(primary: odd.authentication.symmetricKey.primaryKey, secondary: nil))
+            let h = try UplinkHarness(hub: hub, leaves: [oddLeaf]) { $0.webSocket.port = hub.running.httpsPort!; $0.webSocket.proxy = .direct }
+            h.uplink.start()
+            let file = try await h.uplink.uploadFile(for: "meter.01:(a)", blobName: "x y/(1).txt", bytes: Array("odd".utf8), contentType: "text/plain")
+            #expect(file.blobName == "meter.01:(a)/x y/(1).txt")
+            #expect(try await hub.core.perform { $0.blobContent("meter.01:(a)/x y/(1).txt") } == Array("odd".utf8))
+            await h.stop()
         }
         // Nothing listens where the hub's HTTPS should be: the upload fails as retriable, saying why.
         try await withHub { hub in

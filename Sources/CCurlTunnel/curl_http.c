@@ -1,4 +1,5 @@
 #include "curl_tunnel.h"
+#include "curl_common.h"
 #include <curl/curl.h>
 #include <openssl/x509.h>
 #include <stdio.h>
@@ -23,12 +24,6 @@ static size_t fg_collect(char *data, size_t size, size_t count, void *userdata) 
     r->body_len += n;
     r->body[r->body_len] = 0;
     return n;
-}
-
-static int fg_http_progress(void *clientp, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow) {
-    (void)dltotal; (void)dlnow; (void)ultotal; (void)ulnow;
-    const volatile int *cancel = clientp;
-    return cancel && *cancel ? 1 : 0;
 }
 
 int fg_http_perform(const fg_http_request *q, fg_http_response *r, char *err, size_t err_len) {
@@ -65,24 +60,8 @@ int fg_http_perform(const fg_http_request *q, fg_http_response *r, char *err, si
     curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 256L);
     curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, 60L);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, q->timeout_ms < 30000 ? q->timeout_ms : 30000L);
-    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
-    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, fg_http_progress);
-    curl_easy_setopt(c, CURLOPT_XFERINFODATA, (void *)q->cancel);
-    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
-    curl_easy_setopt(c, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
-    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, q->verify_peer ? 1L : 0L);
-    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, q->verify_peer ? 2L : 0L);
-    if (q->ca_file) curl_easy_setopt(c, CURLOPT_CAINFO, q->ca_file);
-    if (q->proxy) {
-        curl_easy_setopt(c, CURLOPT_PROXY, q->proxy);  /* "" switches the environment's proxy off */
-        if (q->proxy[0]) curl_easy_setopt(c, CURLOPT_NOPROXY, "");
-    }
-    curl_easy_setopt(c, CURLOPT_HTTPPROXYTUNNEL, 1L);
-    if (q->proxy_user) {
-        curl_easy_setopt(c, CURLOPT_PROXYUSERNAME, q->proxy_user);
-        curl_easy_setopt(c, CURLOPT_PROXYPASSWORD, q->proxy_password ? q->proxy_password : "");
-        curl_easy_setopt(c, CURLOPT_PROXYAUTH, (long)CURLAUTH_ANY);
-    }
+    fg_curl_cancellable(c, q->cancel);
+    fg_curl_tls_and_proxy(c, q->ca_file, q->verify_peer, q->proxy, q->proxy_user, q->proxy_password);
     CURLcode rc = curl_easy_perform(c);
     curl_slist_free_all(headers);
     curl_slist_free_all(targets);

@@ -1,4 +1,5 @@
 #include "curl_tunnel.h"
+#include "curl_common.h"
 #include <curl/curl.h>
 #include <openssl/x509.h>
 #include <stdio.h>
@@ -23,6 +24,31 @@ static int fg_progress(void *clientp, curl_off_t dltotal, curl_off_t dlnow, curl
     return cancel && *cancel ? 1 : 0;
 }
 
+void fg_curl_cancellable(CURL *c, const volatile int *cancel) {
+    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, fg_progress);
+    curl_easy_setopt(c, CURLOPT_XFERINFODATA, (void *)cancel);
+}
+
+void fg_curl_tls_and_proxy(CURL *c, const char *ca_file, bool verify_peer, const char *proxy, const char *proxy_user,
+                           const char *proxy_password) {
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
+    curl_easy_setopt(c, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, verify_peer ? 1L : 0L);
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, verify_peer ? 2L : 0L);
+    if (ca_file) curl_easy_setopt(c, CURLOPT_CAINFO, ca_file);
+    if (proxy) {
+        curl_easy_setopt(c, CURLOPT_PROXY, proxy);  /* "" switches the environment's proxy off */
+        if (proxy[0]) curl_easy_setopt(c, CURLOPT_NOPROXY, "");  /* an explicit proxy applies to the hub always */
+    }
+    curl_easy_setopt(c, CURLOPT_HTTPPROXYTUNNEL, 1L);
+    if (proxy_user) {
+        curl_easy_setopt(c, CURLOPT_PROXYUSERNAME, proxy_user);
+        curl_easy_setopt(c, CURLOPT_PROXYPASSWORD, proxy_password ? proxy_password : "");
+        curl_easy_setopt(c, CURLOPT_PROXYAUTH, (long)CURLAUTH_ANY);
+    }
+}
+
 int fg_tunnel_open(const fg_tunnel_options *o, fg_tunnel **out, char *err, size_t err_len, long *proxy_status) {
     *out = NULL;
     *proxy_status = 0;
@@ -42,25 +68,9 @@ int fg_tunnel_open(const fg_tunnel_options *o, fg_tunnel **out, char *err, size_
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, o->connect_timeout_ms);
-    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
-    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, fg_progress);
-    curl_easy_setopt(c, CURLOPT_XFERINFODATA, (void *)o->cancel);
+    fg_curl_cancellable(c, o->cancel);
     curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
-    curl_easy_setopt(c, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
-    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, o->verify_peer ? 1L : 0L);
-    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, o->verify_peer ? 2L : 0L);
-    if (o->ca_file) curl_easy_setopt(c, CURLOPT_CAINFO, o->ca_file);
-    if (o->proxy) {
-        curl_easy_setopt(c, CURLOPT_PROXY, o->proxy);  /* "" switches the environment's proxy off */
-        if (o->proxy[0]) curl_easy_setopt(c, CURLOPT_NOPROXY, "");  /* an explicit proxy applies to the hub always */
-    }
-    curl_easy_setopt(c, CURLOPT_HTTPPROXYTUNNEL, 1L);
-    if (o->proxy_user) {
-        curl_easy_setopt(c, CURLOPT_PROXYUSERNAME, o->proxy_user);
-        curl_easy_setopt(c, CURLOPT_PROXYPASSWORD, o->proxy_password ? o->proxy_password : "");
-        curl_easy_setopt(c, CURLOPT_PROXYAUTH, (long)CURLAUTH_ANY);
-    }
+    fg_curl_tls_and_proxy(c, o->ca_file, o->verify_peer, o->proxy, o->proxy_user, o->proxy_password);
     CURLcode rc = curl_easy_perform(c);
     curl_slist_free_all(targets);  /* used only while connecting */
     if (rc != CURLE_OK) {

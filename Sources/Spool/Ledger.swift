@@ -45,7 +45,7 @@ public struct AckSet: Sendable, Equatable {
         guard lower <= r.upperBound, lower - base < Self.maxSpan else { return }
         let upper = min(r.upperBound, base + Self.maxSpan - 1)
         let lastWord = Int((upper - base) / 64)
-        if lastWord >= words.count { words.append(contentsOf: repeatElement(0, count: lastWord + 1 - words.count)) }
+        if lastWord >= words.count { grow(toWords: lastWord + 1) }
         var s = lower
         while s <= upper {
             let bit = s - base
@@ -55,6 +55,13 @@ public struct AckSet: Sendable, Equatable {
             words[w] |= mask
             s += n
         }
+    }
+
+    /// Appends zero words up to `count`, with an eighth more room when it must reallocate: the array's own
+    /// doubling left up to twice the bitmap's size allocated (and how much depended on malloc's rounding).
+    private mutating func grow(toWords count: Int) {
+        if count > words.capacity { words.reserveCapacity(count + count / 8 + 8) }
+        words.append(contentsOf: repeatElement(0, count: count - words.count))
     }
 
     /// Forgets everything below `floor` (those records no longer exist).

@@ -13,6 +13,8 @@ struct RecordLocation: Hashable {
 struct LeafQueues {
     struct Leaf {
         let name: String
+        /// `LeafQueues.hash(name)`, kept for the table's growth and a cheap first comparison.
+        let nameHash: UInt64
         /// Its queued records in file order, across segments (about a byte a record).
         var queue = LocationStream()
         /// Records given back for retry, oldest first: they come before `queue`.
@@ -23,7 +25,9 @@ struct LeafQueues {
         var hasQueued: Bool { !retry.isEmpty || !queue.isEmpty }
     }
 
-    private var slots: [String: Int32] = [:]
+    /// Slots by name: open addressing over `leaves`, -1 = empty, at most half full. Every appended record looks its
+    /// leaf up here; a `Dictionary<String, Int32>` cost ~340 instructions a look-up (SipHash over a String).
+    private var buckets = [Int32](repeating: -1, count: 64)
     private var leaves: [Leaf] = []
 
     var count: Int { leaves.count }
@@ -32,11 +36,52 @@ struct LeafQueues {
 
     /// The leaf's slot, made on its first appearance.
     mutating func slot(of leaf: String) -> Int32 {
-        if let known = slots[leaf] { return known }
+        let hash = Self.hash(leaf)
+        let mask = buckets.count - 1
+        var i = Int(truncatingIfNeeded: hash) & mask
+        while buckets[i] >= 0 {
+            let known = leaves[Int(buckets[i])]
+            if known.nameHash == hash, known.name == leaf { return buckets[i] }
+            i = (i + 1) & mask
+        }
         let slot = Int32(leaves.count)
-        slots[leaf] = slot
-        leaves.append(Leaf(name: leaf))
+        leaves.append(Leaf(name: leaf, nameHash: hash))
+        if leaves.count * 2 > buckets.count { rebuildBuckets(count: buckets.count * 2) } else { buckets[i] = slot }
         return slot
+    }
+
+    private mutating func rebuildBuckets(count: Int) {
+        buckets = [Int32](repeating: -1, count: count)
+        for (slot, leaf) in leaves.enumerated() {
+            var i = Int(truncatingIfNeeded: leaf.nameHash) & (count - 1)
+            while buckets[i] >= 0 { i = (i + 1) & (count - 1) }
+            buckets[i] = Int32(slot)
+        }
+    }
+
+    /// A leaf name's hash over its UTF-8 bytes, eight at a time (names come from the configuration: no adversary
+    /// chooses them). Device ids are ASCII, so equal names have equal bytes.
+    static func hash(_ name: String) -> UInt64 {
+        var name = name
+        return name.withUTF8 { bytes in
+            let raw = UnsafeRawBufferPointer(bytes)
+            var h: UInt64 = 0xCBF2_9CE4_8422_2325 ^ UInt64(raw.count)
+            var i = 0
+            while i + 8 <= raw.count {
+                h = (h ^ raw.loadUnaligned(fromByteOffset: i, as: UInt64.self)) &* 0x0000_0100_0000_01B3
+                h ^= h >> 29
+                i += 8
+            }
+            var tail: UInt64 = 0
+            var shift: UInt64 = 0
+            while i < raw.count {
+                tail |= UInt64(raw[i]) << shift
+                shift += 8
+                i += 1
+            }
+            h = (h ^ tail) &* 0x0000_0100_0000_01B3
+            return h ^ (h >> 32)
+        }
     }
 
     /// Queues a record at the back of its leaf. In place: copying a leaf's queue out and back would copy it on

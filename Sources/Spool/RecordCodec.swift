@@ -87,7 +87,10 @@ public enum RecordCodec {
 
     /// Decodes the frame starting at `offset` of `bytes`. With `payload: false` the CRC is still checked but the
     /// payload is not copied (recovery only needs headers).
-    public static func decode(_ bytes: UnsafeRawBufferPointer, at offset: Int, payload: Bool = true) -> Decoded {
+    ///
+    /// `leaf`: the record's leaf name when the caller knows it (a location's slot was made from this record's own
+    /// leaf): used instead of a new String from the bytes.
+    public static func decode(_ bytes: UnsafeRawBufferPointer, at offset: Int, payload: Bool = true, leaf knownLeaf: String? = nil) -> Decoded {
         guard offset + prefixSize <= bytes.count else { return .truncated }
         let length = Int(read32(bytes, offset))
         guard length >= minimumHeaderSize, length <= maxRecordSize else { return .corrupt }
@@ -109,15 +112,15 @@ public enum RecordCodec {
         default:
             return .corrupt
         }
-        let leaf = String(decoding: UnsafeRawBufferPointer(rebasing: body[header.leaf]), as: UTF8.self)
+        let leaf = knownLeaf ?? String(decoding: UnsafeRawBufferPointer(rebasing: body[header.leaf]), as: UTF8.self)
         let record = SpoolRecord(
             leaf: leaf, sequence: header.sequence, acquiredAtMs: header.acquiredAtMs, flags: body[1],
             payload: payload ? Array(UnsafeRawBufferPointer(rebasing: body[header.leaf.upperBound...])) : [])
         return .record(record, frameSize: prefixSize + length)
     }
 
-    public static func decode(_ bytes: [UInt8], at offset: Int = 0) -> Decoded {
-        bytes.withUnsafeBytes { decode($0, at: offset) }
+    public static func decode(_ bytes: [UInt8], at offset: Int = 0, leaf: String? = nil) -> Decoded {
+        bytes.withUnsafeBytes { decode($0, at: offset, leaf: leaf) }
     }
 
     static func append32(_ v: UInt32, to out: inout [UInt8]) {

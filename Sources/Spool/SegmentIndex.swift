@@ -56,10 +56,15 @@ struct SegmentIndex: Sendable {
     }
 
     private mutating func add(leafNumber: UInt32, sequence: UInt64, acquiredAtMs: Int64, at offset: Int) {
-        Varint.put(UInt64(leafNumber), &body)
-        Varint.put(sequence &- lastSequence, &body)
-        Varint.put(UInt64(offset) &- lastOffset, &body)
-        Varint.put(Varint.zigzag(acquiredAtMs &- lastAcquired), &body)
+        // The four varints written together and appended once (four appends cost ~280 instructions a record).
+        withUnsafeTemporaryAllocation(byteCount: 40, alignment: 1) { buffer in
+            let out = buffer.baseAddress!
+            var n = Varint.write(UInt64(leafNumber), to: out)
+            n += Varint.write(sequence &- lastSequence, to: out + n)
+            n += Varint.write(UInt64(offset) &- lastOffset, to: out + n)
+            n += Varint.write(Varint.zigzag(acquiredAtMs &- lastAcquired), to: out + n)
+            body.append(contentsOf: UnsafeRawBufferPointer(rebasing: buffer[..<n]))
+        }
         lastSequence = sequence
         lastOffset = UInt64(offset)
         lastAcquired = acquiredAtMs

@@ -54,7 +54,7 @@ public final class Spool: Sendable {
         /// Every leaf's queued and retried records, and its depth.
         var leaves = LeafQueues()
         /// Records handed out and not yet acknowledged, by sequence.
-        var inFlight: [UInt64: RecordLocation] = [:]
+        var inFlight = InFlightTable()
         var roundRobin = 0
         var acked = AckSet()
         var ledger: FileHandle?
@@ -563,8 +563,7 @@ public final class Spool: Sendable {
         for (slot, count) in s.leaves.removeRecords(of: id) {
             s.dropped[reason, default: [:]][s.leaves[slot].name, default: 0] += count
         }
-        for (seq, loc) in s.inFlight where loc.segment == id {
-            s.inFlight[seq] = nil
+        for (_, loc) in s.inFlight.removeAll(where: { $0.segment == id }) {
             s.dropped[reason, default: [:]][s.leaves[loc.slot].name, default: 0] += 1
             s.leaves.adjustDepth(loc.slot, by: -1)
         }
@@ -622,8 +621,18 @@ public final class Spool: Sendable {
             if let i = s.segments.firstIndex(where: { $0.id == loc.segment }) { s.segments[i].live -= 1 }
         }
         guard !done.isEmpty else { return }
-        let runs = AckSet.runs(done)
-        for r in runs { s.acked.insert(r) }
+        // The ledger is told the acknowledged ranges of the window these fall in, read back from the bitmap: merged
+        // with their neighbours and in order without sorting `done` (coalesced messages of interleaved leaves
+        // acknowledge sequences far apart; one entry each made the ledger 16 bytes a reading).
+        var low = UInt64.max, high: UInt64 = 0, allKept = true
+        for seq in done {
+            s.acked.insert(seq...seq)
+            allKept = allKept && s.acked.contains(seq)
+            low = min(low, seq)
+            high = max(high, seq)
+        }
+        let runs = allKept && (high - low) / 64 <= UInt64(done.count) * 4
+            ? s.acked.ranges(from: low, through: high) : AckSet.runs(done)
         // Fully settled segments other than the active one are deleted first: on a full disk that is what frees
         // the space the ledger write needs.
         var removedAny = false

@@ -66,69 +66,70 @@ struct TelemetryEncoder {
         var invalid: [UInt64] = []
         var entries: [Entry] = []
         entries.reserveCapacity(records.count)
-        var previous: Entry?
         for (i, record) in records.enumerated() {
             guard MessageRules.isPlausibleCreationTime(record.acquiredAtMs),
-                  let entry = Self.sameHeader(as: previous, i, record.payload) ?? Self.entry(i, record.payload),
+                  let entry = Self.sameHeader(asLastOf: entries, i, record.payload) ?? Self.entry(i, record.payload),
                   hubSize(entry, sequence: record.sequence) <= IoTHubAMQP.maxTelemetrySize
             else {
                 invalid.append(record.sequence)
                 continue
             }
             entries.append(entry)
-            previous = entry
         }
         var messages: [OutgoingMessage] = []
         messages.reserveCapacity(entries.count)
         guard let target = coalesceTargetBytes else {
-            for e in entries { messages.append(message(records, [e])) }
+            for e in entries.indices { messages.append(message(records, entries, [e])) }
             return (messages, invalid)
         }
         // Per leaf, in the order leaves first appear; each leaf's records keep their order. A fetch hands out runs
-        // of one leaf's records, so the last leaf's slot is tried before the table.
+        // of one leaf's records, so the last leaf's slot is tried before the table. Entries are passed by index:
+        // copying one (its payload's reference, its layout) cost more than the rest of its handling.
         var slotOfLeaf: [String: Int] = [:]
-        var perLeaf: [[Entry]] = []
+        var perLeaf: [[Int]] = []
         var last: (leaf: String, slot: Int)?
-        for e in entries {
+        for (index, e) in entries.enumerated() {
             let leaf = records[e.record].leaf
             if let last, last.leaf == leaf {
-                perLeaf[last.slot].append(e)
+                perLeaf[last.slot].append(index)
             } else if let slot = slotOfLeaf[leaf] {
-                perLeaf[slot].append(e)
+                perLeaf[slot].append(index)
                 last = (leaf, slot)
             } else {
                 slotOfLeaf[leaf] = perLeaf.count
                 last = (leaf, perLeaf.count)
-                perLeaf.append([e])
+                perLeaf.append([index])
             }
         }
+        var group: [Int] = []
         for leafEntries in perLeaf {
-            var group: [Entry] = []
             // The array's size: "[" and, per reading, its body and a "," or "]".
             var groupBytes = 1
             // What the hub counts besides the body (id with its range suffix, type, encoding, properties, creation
             // time): the group's body must leave room for it under 256 KB whatever the target.
             var overhead = 0
             func flush() {
-                if !group.isEmpty { messages.append(message(records, group)) }
+                if !group.isEmpty { messages.append(message(records, entries, group)) }
                 group.removeAll(keepingCapacity: true)
                 groupBytes = 1
             }
-            for e in leafEntries {
-                guard e.isJSON else {
+            for index in leafEntries {
+                guard entries[index].isJSON else {
                     flush()
-                    messages.append(message(records, [e]))
+                    messages.append(message(records, entries, [index]))
                     continue
                 }
-                let grown = groupBytes + e.layout.body.count + 1
-                if let first = group.first, !Self.canJoin(first, e) || grown > target || grown + overhead > IoTHubAMQP.maxTelemetrySize {
+                let bodyCount = entries[index].layout.body.count
+                let grown = groupBytes + bodyCount + 1
+                if let first = group.first,
+                   !Self.canJoin(entries[first], entries[index]) || grown > target || grown + overhead > IoTHubAMQP.maxTelemetrySize {
                     flush()
                 }
                 if group.isEmpty {
-                    overhead = hubSize(e, sequence: records[e.record].sequence) - e.layout.body.count + Self.rangeSuffixBytes
+                    overhead = hubSize(entries[index], sequence: records[entries[index].record].sequence) - bodyCount + Self.rangeSuffixBytes
                 }
-                group.append(e)
-                groupBytes += e.layout.body.count + 1
+                group.append(index)
+                groupBytes += bodyCount + 1
             }
             flush()
         }
@@ -137,14 +138,15 @@ struct TelemetryEncoder {
 
     /// A leaf's readings mostly share content type, encoding and properties byte for byte: then the layout (and
     /// what was checked of it) is the previous record's, with its own body.
-    private static func sameHeader(as previous: Entry?, _ index: Int, _ payload: [UInt8]) -> Entry? {
-        guard let previous, payload.count >= previous.layout.body.lowerBound else { return nil }
-        let header = previous.layout.body.lowerBound
-        let same = previous.payload.withUnsafeBytes { a in payload.withUnsafeBytes { b in memcmp(a.baseAddress!, b.baseAddress!, header) == 0 } }
+    private static func sameHeader(asLastOf entries: [Entry], _ index: Int, _ payload: [UInt8]) -> Entry? {
+        guard let p = entries.indices.last else { return nil }
+        let header = entries[p].layout.body.lowerBound
+        guard payload.count >= header else { return nil }
+        let same = entries[p].payload.withUnsafeBytes { a in payload.withUnsafeBytes { b in memcmp(a.baseAddress!, b.baseAddress!, header) == 0 } }
         guard same else { return nil }
-        var layout = previous.layout
+        var layout = entries[p].layout
         layout.body = header ..< payload.count
-        return Entry(record: index, payload: payload, layout: layout, isJSON: previous.isJSON)
+        return Entry(record: index, payload: payload, layout: layout, isJSON: entries[p].isJSON)
     }
 
     /// The record's envelope as it will be sent, or nil when it cannot be.
@@ -188,11 +190,11 @@ struct TelemetryEncoder {
     }
 
     /// One AMQP message for `group` (one leaf's entries in order; several only when coalescing JSON).
-    private func message(_ records: [SpoolRecord], _ group: [Entry]) -> OutgoingMessage {
-        let first = group[0], firstRecord = records[first.record]
-        let last = records[group[group.count - 1].record]
+    private func message(_ records: [SpoolRecord], _ entries: [Entry], _ group: [Int]) -> OutgoingMessage {
+        let first = entries[group[0]], firstRecord = records[first.record]
+        let last = records[entries[group[group.count - 1]].record]
         var bodyBytes = 0
-        for e in group { bodyBytes += e.layout.body.count }
+        for e in group { bodyBytes += entries[e].layout.body.count }
         if group.count > 1 { bodyBytes += group.count + 1 }  // brackets and commas
         let firstDigits = Self.decimalDigits(firstRecord.sequence)
         let lastDigits = group.count > 1 ? Self.decimalDigits(last.sequence) : 0
@@ -238,11 +240,12 @@ struct TelemetryEncoder {
             w.raw(UInt8(ascii: "["))
             for (i, e) in group.enumerated() {
                 if i > 0 { w.raw(UInt8(ascii: ",")) }
-                e.payload.withUnsafeBytes { w.raw(UnsafeRawBufferPointer(rebasing: $0[e.layout.body])) }
+                let body = entries[e].layout.body
+                entries[e].payload.withUnsafeBytes { w.raw(UnsafeRawBufferPointer(rebasing: $0[body])) }
             }
             w.raw(UInt8(ascii: "]"))
         }
-        let sequences = group.count == 1 ? [firstRecord.sequence] : group.map { records[$0.record].sequence }
+        let sequences = group.count == 1 ? [firstRecord.sequence] : group.map { records[entries[$0].record].sequence }
         return OutgoingMessage(leaf: firstRecord.leaf, sequences: sequences, bytes: bytes, acquiredAtMs: firstRecord.acquiredAtMs)
     }
 

@@ -25,6 +25,8 @@ struct CostBench: AsyncParsableCommand {
     @Option(help: "Coalescing target of the coalescing runs (0: skip them).") var coalesceBytes = 4000
     @Option(help: "Directory for the spools (on the disk to measure).") var dir = "/var/tmp/fieldgate-cost-bench"
     @Flag(help: "Skip the callgrind runs (slow: a few minutes).") var noCallgrind = false
+    @Option(help: "Run only these parts, comma-separated: instructions, coalescing, syscalls, throughput (all by default).")
+    var only: String?
     @Option(help: "Keep the callgrind profiles in this directory (for callgrind_annotate).") var profiles: String?
     @Option(help: "The gateway-side binary (a fieldgate-bench). Valgrind 3.19 runs Swift's statically linked builds only, as fieldgated ships: build one with --static-swift-stdlib (README).")
     var agent: String?
@@ -40,13 +42,16 @@ struct CostBench: AsyncParsableCommand {
         let hub = try await BenchHub.start(binary: siblingExecutable("fieldgate-hub"), devices: max(leaves, throughputLeaves))
         defer { hub.stop() }
 
-        if !noCallgrind {
+        let parts = Set((only ?? "instructions,coalescing,syscalls,throughput").split(separator: ",").map(String.init))
+        if !noCallgrind, !parts.isDisjoint(with: ["instructions", "coalescing"]) {
             print("instructions per delivered message (callgrind, \(leaves) leaves × \(perLeaf))")
-            let gw = try await instructions(hub: hub, agent: agent, mode: "throughput", count: n)
-            let base = try await instructions(hub: hub, agent: agent, mode: "baseline", count: n)
-            print("  fieldgate  " + pad(fixed(gw.perMessage, 0), 8) + "   baseline " + pad(fixed(base.perMessage, 0), 8)
-                  + "   ratio " + fixed(gw.perMessage / base.perMessage, 2) + "   (fieldgate over the baseline: " + fixed(gw.perMessage - base.perMessage, 0) + ")")
-            if let coalesce {
+            if parts.contains("instructions") {
+                let gw = try await instructions(hub: hub, agent: agent, mode: "throughput", count: n)
+                let base = try await instructions(hub: hub, agent: agent, mode: "baseline", count: n)
+                print("  fieldgate  " + pad(fixed(gw.perMessage, 0), 8) + "   baseline " + pad(fixed(base.perMessage, 0), 8)
+                      + "   ratio " + fixed(gw.perMessage / base.perMessage, 2) + "   (fieldgate over the baseline: " + fixed(gw.perMessage - base.perMessage, 0) + ")")
+            }
+            if let coalesce, parts.contains("coalescing") {
                 let co = try await instructions(hub: hub, agent: agent, mode: "backlog", count: n, extra: coalesce)
                 print("  coalescing to \(coalesceBytes) B, a backlog of \(n): " + fixed(co.perMessage, 0) + " per reading, " + fixed(Double(n) / Double(max(1, co.hubMessages)), 1)
                       + " readings per hub message")
@@ -54,6 +59,12 @@ struct CostBench: AsyncParsableCommand {
             print("  targets: ≤ 30,000 per message; ≤ 4,000 per reading coalescing\n")
         }
 
+        if parts.contains("syscalls") { try await syscallFigures(hub: hub, agent: agent, n: n, coalesce: coalesce) }
+        if parts.contains("throughput") { try await throughputFigures(hub: hub, agent: agent, coalesce: coalesce) }
+        _ = system("rm -rf '\(dir)'")
+    }
+
+    private func syscallFigures(hub: BenchHub, agent: String, n: Int, coalesce: [String]?) async throws {
         print("system calls per delivered message (strace -f -c, \(leaves) leaves × \(perLeaf))")
         for (label, mode, extra) in [("fieldgate", "throughput", [String]()), ("baseline", "baseline", [])] + (coalesce.map { [("coalescing", "backlog", $0)] } ?? []) {
             let s = try await syscalls(hub: hub, agent: agent, mode: mode, count: n, extra: extra)
@@ -61,7 +72,9 @@ struct CostBench: AsyncParsableCommand {
             print("  " + label.padding(10) + pad(fixed(Double(s.total) / Double(n), 3), 7) + "   (" + top.joined(separator: ", ") + ")")
         }
         print("  target: ≤ 0.3 per message, fdatasyncs included\n")
+    }
 
+    private func throughputFigures(hub: BenchHub, agent: String, coalesce: [String]?) async throws {
         print("throughput, \(throughputLeaves) leaves, \(messages) readings per round, \(rounds) alternating rounds (medians)")
         var gwRate: [Double] = [], gwCPU: [Double] = [], baseRate: [Double] = [], baseCPU: [Double] = []
         for _ in 0..<rounds {
@@ -81,7 +94,6 @@ struct CostBench: AsyncParsableCommand {
                   + " readings per hub message, " + fixed(c.gatewayMicros, 2) + " CPU µs per reading")
             print("  target: ≥ 15 readings per hub message")
         }
-        _ = system("rm -rf '\(dir)'")
     }
 
     struct Instructions { var perMessage: Double; var hubMessages: Int }

@@ -140,6 +140,72 @@ struct RecordCodecTests {
         #expect(a.ranges == [0...999_999])
     }
 
+    @Test("the ack set's ranges, whole and clipped to a window, match the sequences inserted; the ledger round-trips them")
+    func ackSetRanges() {
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<50 {
+            var a = AckSet()
+            var inserted = Set<UInt64>()
+            let origin = UInt64.random(in: 0...10_000, using: &rng)
+            for _ in 0..<Int.random(in: 0...400, using: &rng) {
+                let s = origin + UInt64.random(in: 0...2_000, using: &rng)
+                let n = UInt64.random(in: 0...3, using: &rng)
+                a.insert(s...(s + n))
+                for k in s...(s + n) { inserted.insert(k) }
+            }
+            func naive(_ keys: [UInt64]) -> [ClosedRange<UInt64>] {
+                var out: [ClosedRange<UInt64>] = []
+                for k in keys.sorted() {
+                    if let last = out.last, last.upperBound + 1 == k { out[out.count - 1] = last.lowerBound...k } else { out.append(k...k) }
+                }
+                return out
+            }
+            #expect(a.ranges == naive(Array(inserted)))
+            let low = origin + UInt64.random(in: 0...2_100, using: &rng), high = low + UInt64.random(in: 0...700, using: &rng)
+            #expect(a.ranges(from: low, through: high) == naive(inserted.filter { (low...high).contains($0) }))
+            let (decoded, corrupt) = LedgerFile.decode(LedgerFile.encode(a.ranges))
+            #expect(corrupt == 0 && decoded == a.ranges)
+        }
+        // Ranges in any order, and one longer than an entry's count can say.
+        let long: ClosedRange<UInt64> = 10...(10 + UInt64(UInt32.max) + 5)
+        let (decoded, _) = LedgerFile.decode(LedgerFile.encode([7...8, long, 3...3]))
+        #expect(decoded == [7...8, 10...(9 + UInt64(UInt32.max)), (10 + UInt64(UInt32.max))...(10 + UInt64(UInt32.max) + 5), 3...3])
+        #expect(AckSet.runs([5, 6, 7, 2, 9, 10]) == [5...7, 2...2, 9...10])
+    }
+
+    @Test("the in-flight table agrees with a dictionary through inserts, removals, growth and shrinking")
+    func inFlightTable() {
+        var table = InFlightTable()
+        var reference: [UInt64: RecordLocation] = [:]
+        var rng = SystemRandomNumberGenerator()
+        var next: UInt64 = 1
+        // Bursts of increasing sequences (as handed out) settled in random order, with some far-apart keys.
+        for round in 0..<40 {
+            let burst = round % 7 == 6 ? 5000 : Int.random(in: 1...300, using: &rng)
+            for _ in 0..<burst {
+                let seq = round % 5 == 4 ? UInt64.random(in: 0...UInt64.max / 2, using: &rng) : next
+                next += UInt64.random(in: 1...3, using: &rng)
+                let loc = RecordLocation(slot: Int32.random(in: 0...999, using: &rng), segment: UInt32(round), offset: UInt32(truncatingIfNeeded: seq))
+                table.insert(seq, loc)
+                reference[seq] = loc
+            }
+            for seq in reference.keys.shuffled(using: &rng).prefix(reference.count * 3 / 4) {
+                let removed = table.removeValue(forKey: seq)
+                #expect(removed == reference.removeValue(forKey: seq))
+            }
+            #expect(table.removeValue(forKey: next + 1) == nil)
+            if round % 9 == 8 {
+                let gone = table.removeAll { $0.segment == UInt32(round - 1) }
+                for (seq, loc) in gone { #expect(reference.removeValue(forKey: seq) == loc) }
+                #expect(!reference.values.contains { $0.segment == UInt32(round - 1) })
+            }
+            #expect(table.count == reference.count)
+            for (seq, loc) in reference { #expect(table[seq] == loc) }
+        }
+        for seq in Array(reference.keys) { table[seq] = nil }
+        #expect(table.isEmpty)
+    }
+
     @Test("a ledger entry with a valid CRC but a range past UInt64.max is corruption, not a crash (found by spool-fuzz)")
     func ledgerRangeOverflow() {
         var entry: [UInt8] = []

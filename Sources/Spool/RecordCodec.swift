@@ -85,38 +85,68 @@ public enum RecordCodec {
         case corrupt
     }
 
+    /// A frame's header fields, and where its leaf and payload lie in the bytes it was decoded from.
+    struct FrameView: Equatable {
+        var sequence: UInt64
+        var acquiredAtMs: Int64
+        var flags: UInt8
+        var leaf: Range<Int>
+        var payload: Range<Int>
+        var frameSize: Int
+    }
+
+    enum DecodedView: Equatable {
+        case record(FrameView)
+        case truncated
+        case corrupt
+    }
+
+    /// Checks the frame starting at `offset` of `bytes` (length, CRC, version) and locates its parts, copying
+    /// nothing: the reading path's decode (a payload array per record cost a malloc, a copy and a free).
+    static func decodeView(_ bytes: UnsafeRawBufferPointer, at offset: Int) -> DecodedView {
+        guard offset + prefixSize <= bytes.count else { return .truncated }
+        let length = Int(read32(bytes, offset))
+        guard length >= minimumHeaderSize, length <= maxRecordSize else { return .corrupt }
+        guard offset + prefixSize + length <= bytes.count else { return .truncated }
+        let start = offset + prefixSize, end = start + length
+        let body = UnsafeRawBufferPointer(rebasing: bytes[start..<end])
+        guard CRC32C.checksum(body) == read32(bytes, offset + 4) else { return .corrupt }
+        switch body[0] {
+        case 2:
+            var at = 2
+            guard let sequence = Varint.read(body, &at, end: body.count), let time = Varint.read(body, &at, end: body.count),
+                  let leafLength = Varint.read(body, &at, end: body.count), leafLength <= UInt64(body.count - at) else { return .corrupt }
+            let leafEnd = start + at + Int(leafLength)
+            return .record(FrameView(sequence: sequence, acquiredAtMs: Varint.unzigzag(time), flags: body[1], leaf: (start + at)..<leafEnd,
+                                     payload: leafEnd..<end, frameSize: prefixSize + length))
+        case 1:
+            guard length >= version1HeaderSize else { return .corrupt }
+            let leafLength = Int(body[2]) | Int(body[3]) << 8
+            guard version1HeaderSize + leafLength <= length else { return .corrupt }
+            let leafStart = start + version1HeaderSize
+            return .record(FrameView(sequence: read64(body, 4), acquiredAtMs: Int64(bitPattern: read64(body, 12)), flags: body[1],
+                                     leaf: leafStart..<(leafStart + leafLength), payload: (leafStart + leafLength)..<end,
+                                     frameSize: prefixSize + length))
+        default:
+            return .corrupt
+        }
+    }
+
     /// Decodes the frame starting at `offset` of `bytes`. With `payload: false` the CRC is still checked but the
     /// payload is not copied (recovery only needs headers).
     ///
     /// `leaf`: the record's leaf name when the caller knows it (a location's slot was made from this record's own
     /// leaf): used instead of a new String from the bytes.
     public static func decode(_ bytes: UnsafeRawBufferPointer, at offset: Int, payload: Bool = true, leaf knownLeaf: String? = nil) -> Decoded {
-        guard offset + prefixSize <= bytes.count else { return .truncated }
-        let length = Int(read32(bytes, offset))
-        guard length >= minimumHeaderSize, length <= maxRecordSize else { return .corrupt }
-        guard offset + prefixSize + length <= bytes.count else { return .truncated }
-        let body = UnsafeRawBufferPointer(rebasing: bytes[(offset + prefixSize)..<(offset + prefixSize + length)])
-        guard CRC32C.checksum(body) == read32(bytes, offset + 4) else { return .corrupt }
-        let header: (sequence: UInt64, acquiredAtMs: Int64, leaf: Range<Int>)
-        switch body[0] {
-        case 2:
-            var at = 2
-            guard let sequence = Varint.read(body, &at, end: body.count), let time = Varint.read(body, &at, end: body.count),
-                  let leafLength = Varint.read(body, &at, end: body.count), leafLength <= UInt64(body.count - at) else { return .corrupt }
-            header = (sequence, Varint.unzigzag(time), at..<(at + Int(leafLength)))
-        case 1:
-            guard length >= version1HeaderSize else { return .corrupt }
-            let leafLength = Int(body[2]) | Int(body[3]) << 8
-            guard version1HeaderSize + leafLength <= length else { return .corrupt }
-            header = (read64(body, 4), Int64(bitPattern: read64(body, 12)), version1HeaderSize..<(version1HeaderSize + leafLength))
-        default:
-            return .corrupt
+        switch decodeView(bytes, at: offset) {
+        case .truncated: return .truncated
+        case .corrupt: return .corrupt
+        case .record(let v):
+            let leaf = knownLeaf ?? String(decoding: UnsafeRawBufferPointer(rebasing: bytes[v.leaf]), as: UTF8.self)
+            let record = SpoolRecord(leaf: leaf, sequence: v.sequence, acquiredAtMs: v.acquiredAtMs, flags: v.flags,
+                                     payload: payload ? Array(UnsafeRawBufferPointer(rebasing: bytes[v.payload])) : [])
+            return .record(record, frameSize: v.frameSize)
         }
-        let leaf = knownLeaf ?? String(decoding: UnsafeRawBufferPointer(rebasing: body[header.leaf]), as: UTF8.self)
-        let record = SpoolRecord(
-            leaf: leaf, sequence: header.sequence, acquiredAtMs: header.acquiredAtMs, flags: body[1],
-            payload: payload ? Array(UnsafeRawBufferPointer(rebasing: body[header.leaf.upperBound...])) : [])
-        return .record(record, frameSize: prefixSize + length)
     }
 
     public static func decode(_ bytes: [UInt8], at offset: Int = 0, leaf: String? = nil) -> Decoded {

@@ -36,8 +36,14 @@ extension Spool {
     /// per-leaf state in an array instead of hashing the name for every record.
     public func next(max: Int, quantum: Int = 1, nowMs: Int64 = WallClock.nowMilliseconds(),
                      grant: (_ slot: Int, _ leaf: String, _ wanted: Int) -> Int) throws(SpoolError) -> [SpoolRecord] {
-        try withState { s throws(SpoolError) -> [SpoolRecord] in
-            var out: [SpoolRecord] = []
+        try fetch(max: max, quantum: quantum, nowMs: nowMs, grant: grant).values
+    }
+
+    /// `next`, with the records as views into the bytes read (the uplink's path: no array per record).
+    public func fetch(max: Int, quantum: Int = 1, nowMs: Int64 = WallClock.nowMilliseconds(),
+                      grant: (_ slot: Int, _ leaf: String, _ wanted: Int) -> Int) throws(SpoolError) -> SpoolBatch {
+        try withState { s throws(SpoolError) -> SpoolBatch in
+            var out = SpoolBatch()
             out.reserveCapacity(Swift.min(max, 4096))
             // Records that turn out expired (TTL) or corrupt are settled and given back to the leaf's grant (a
             // negative `wanted`), and the pick goes on: an expired backlog does not hold up what follows it.
@@ -60,13 +66,13 @@ extension Spool {
                     idleRounds = taken == 0 ? idleRounds + 1 : 0
                 }
                 guard !picked.isEmpty else { break }
-                let records: [SpoolRecord?]
+                let records: [SpoolBatch.Record?]
                 do throws(SpoolError) {
-                    records = try read(picked.map(\.location), s)
+                    records = try read(picked.map(\.location), s, into: &out)
                 } catch {
                     // Nothing is lost to a failed read: what this call took goes back to the front of its leaf.
                     s.leaves.putBack(picked)
-                    s.leaves.giveBack(out.compactMap { r in s.inFlight.removeValue(forKey: r.sequence).map { (r.sequence, $0) } })
+                    s.leaves.giveBack(out.records.compactMap { r in s.inFlight.removeValue(forKey: r.sequence).map { (r.sequence, $0) } })
                     throw error
                 }
                 var expired: [UInt64: RecordLocation] = [:]
@@ -119,7 +125,24 @@ extension Spool {
 
     /// The records at `locations`, in their order; nil where the bytes do not decode (or the segment is gone).
     func read(_ locations: [RecordLocation], _ s: State) throws(SpoolError) -> [SpoolRecord?] {
-        var out = [SpoolRecord?](repeating: nil, count: locations.count)
+        var batch = SpoolBatch()
+        let views = try read(locations, s, into: &batch)
+        return views.map { v in
+            v.map { r in
+                let payload = batch.withPayload(of: r) { Array($0) }
+                return SpoolRecord(leaf: r.leaf, sequence: r.sequence, acquiredAtMs: r.acquiredAtMs, flags: r.flags, payload: payload)
+            }
+        }
+    }
+
+    /// The records at `locations` as views into `batch`'s buffers (the bytes read are added to it; the records are
+    /// not), in the locations' order; nil where the bytes do not decode (or the segment is gone).
+    func read(_ locations: [RecordLocation], _ s: State, into batch: inout SpoolBatch) throws(SpoolError) -> [SpoolBatch.Record?] {
+        var out = [SpoolBatch.Record?](repeating: nil, count: locations.count)
+        func view(_ v: RecordCodec.FrameView, _ member: Int, buffer: Int) -> SpoolBatch.Record {
+            SpoolBatch.Record(leaf: s.leaves[locations[member].slot].name, sequence: v.sequence, acquiredAtMs: v.acquiredAtMs, flags: v.flags,
+                              buffer: buffer, payload: v.payload)
+        }
         for run in ReadPlan(locations).runs {
             guard let seg = s.segments.first(where: { $0.id == run.segment }) else { continue }
             let start = run.firstOffset
@@ -127,14 +150,16 @@ extension Spool {
             let end = Swift.min(seg.size, run.lastOffset + ReadPlan.tailGuess)
             guard end > start else { continue }
             let bytes = try seg.handle.read(offset: start, count: end - start)
+            let buffer = batch.add(buffer: bytes)
             for member in run.members {
                 let at = Int(locations[member].offset) - start
-                let leaf = s.leaves[locations[member].slot].name
-                switch RecordCodec.decode(bytes, at: at, leaf: leaf) {
-                case .record(let r, _): out[member] = r
+                switch bytes.withUnsafeBytes({ RecordCodec.decodeView($0, at: at) }) {
+                case .record(let v): out[member] = view(v, member, buffer: buffer)
                 case .truncated:
-                    let frame = try readFrame(seg, offset: Int(locations[member].offset))
-                    if case .record(let r, _)? = frame.map({ RecordCodec.decode($0, leaf: leaf) }) { out[member] = r }
+                    guard let frame = try readFrame(seg, offset: Int(locations[member].offset)) else { break }
+                    if case .record(let v) = frame.withUnsafeBytes({ RecordCodec.decodeView($0, at: 0) }) {
+                        out[member] = view(v, member, buffer: batch.add(buffer: frame))
+                    }
                 case .corrupt: break
                 }
             }

@@ -74,7 +74,7 @@ final class SpoolPump: Sendable {
             guard job.maxRecords > 0 else { return result }
             // Budgets by the spool's leaf slot: the name is looked up once per leaf and fetch, not per record.
             var bySlot: [Int] = []
-            let records = try spool.next(max: job.maxRecords, quantum: job.quantum) { slot, leaf, wanted in
+            let records = try spool.fetch(max: job.maxRecords, quantum: job.quantum) { slot, leaf, wanted in
                 if slot >= bySlot.count { bySlot.append(contentsOf: repeatElement(-1, count: slot + 1 - bySlot.count)) }
                 if bySlot[slot] < 0 { bySlot[slot] = job.budgets[leaf] ?? 0 }
                 guard wanted > 0 else {

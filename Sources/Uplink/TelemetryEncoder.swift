@@ -38,20 +38,32 @@ struct TelemetryEncoder {
         self.messageIDPrefix = Array(messageIDPrefix.utf8)
     }
 
+    /// Where an entry's envelope bytes are: in the fetched batch (the common case, nothing copied), or its own
+    /// array when its properties had to be fixed.
+    private enum Envelope {
+        case record
+        case fixed([UInt8])
+    }
+
     private struct Entry {
         var record: Int
-        var payload: [UInt8]
+        var envelope: Envelope
         var layout: TelemetryEnvelopeLayout
         /// JSON in UTF-8: it may share a coalesced message.
         var isJSON: Bool
 
-        init(record: Int, payload: [UInt8], layout: TelemetryEnvelopeLayout, isJSON: Bool? = nil) {
+        init(record: Int, envelope: Envelope, layout: TelemetryEnvelopeLayout, isJSON: Bool? = nil, bytes: UnsafeRawBufferPointer) {
             self.record = record
-            self.payload = payload
+            self.envelope = envelope
             self.layout = layout
-            self.isJSON = isJSON ?? payload.withUnsafeBytes { p in
-                TelemetryEncoder.startsIgnoringCase(UnsafeRawBufferPointer(rebasing: p[layout.contentType]), "application/json")
-                    && TelemetryEncoder.equalIgnoringCase(UnsafeRawBufferPointer(rebasing: p[layout.contentEncoding]), "utf-8")
+            self.isJSON = isJSON ?? (TelemetryEncoder.startsIgnoringCase(UnsafeRawBufferPointer(rebasing: bytes[layout.contentType]), "application/json")
+                && TelemetryEncoder.equalIgnoringCase(UnsafeRawBufferPointer(rebasing: bytes[layout.contentEncoding]), "utf-8"))
+        }
+
+        func withBytes<R>(_ batch: SpoolBatch, _ body: (UnsafeRawBufferPointer) -> R) -> R {
+            switch envelope {
+            case .record: return batch.withPayload(record, body)
+            case .fixed(let bytes): return bytes.withUnsafeBytes(body)
             }
         }
     }
@@ -63,23 +75,30 @@ struct TelemetryEncoder {
     /// accept (over 256 KB by its measure, a creation time it cannot read), come back in `invalid`: sending them
     /// would only be refused, or close the link.
     func encode(_ records: [SpoolRecord]) -> (messages: [OutgoingMessage], invalid: [UInt64]) {
+        encode(SpoolBatch(records))
+    }
+
+    /// The same, for a fetched batch (its records are views into the bytes read: nothing is copied but into the
+    /// messages).
+    func encode(_ batch: SpoolBatch) -> (messages: [OutgoingMessage], invalid: [UInt64]) {
+        let records = batch.records
         var invalid: [UInt64] = []
         var entries: [Entry] = []
         entries.reserveCapacity(records.count)
-        for (i, record) in records.enumerated() {
-            guard MessageRules.isPlausibleCreationTime(record.acquiredAtMs),
-                  let entry = Self.sameHeader(asLastOf: entries, i, record.payload) ?? Self.entry(i, record.payload),
-                  hubSize(entry, sequence: record.sequence) <= IoTHubAMQP.maxTelemetrySize
-            else {
-                invalid.append(record.sequence)
-                continue
+        for i in records.indices {
+            let made = batch.withPayload(i) { payload -> Entry? in
+                guard MessageRules.isPlausibleCreationTime(records[i].acquiredAtMs),
+                      let entry = Self.sameHeader(asLastOf: entries, batch, i, payload) ?? Self.entry(i, payload),
+                      hubSize(entry, sequence: records[i].sequence) <= IoTHubAMQP.maxTelemetrySize
+                else { return nil }
+                return entry
             }
-            entries.append(entry)
+            if let made { entries.append(made) } else { invalid.append(records[i].sequence) }
         }
         var messages: [OutgoingMessage] = []
         messages.reserveCapacity(entries.count)
         guard let target = coalesceTargetBytes else {
-            for e in entries.indices { messages.append(message(records, entries, [e])) }
+            for e in entries.indices { messages.append(message(batch, entries, [e])) }
             return (messages, invalid)
         }
         // Per leaf, in the order leaves first appear; each leaf's records keep their order. A fetch hands out runs
@@ -109,20 +128,20 @@ struct TelemetryEncoder {
             // time): the group's body must leave room for it under 256 KB whatever the target.
             var overhead = 0
             func flush() {
-                if !group.isEmpty { messages.append(message(records, entries, group)) }
+                if !group.isEmpty { messages.append(message(batch, entries, group)) }
                 group.removeAll(keepingCapacity: true)
                 groupBytes = 1
             }
             for index in leafEntries {
                 guard entries[index].isJSON else {
                     flush()
-                    messages.append(message(records, entries, [index]))
+                    messages.append(message(batch, entries, [index]))
                     continue
                 }
                 let bodyCount = entries[index].layout.body.count
                 let grown = groupBytes + bodyCount + 1
                 if let first = group.first,
-                   !Self.canJoin(entries[first], entries[index]) || grown > target || grown + overhead > IoTHubAMQP.maxTelemetrySize {
+                   !Self.canJoin(entries[first], entries[index], batch) || grown > target || grown + overhead > IoTHubAMQP.maxTelemetrySize {
                     flush()
                 }
                 if group.isEmpty {
@@ -138,31 +157,31 @@ struct TelemetryEncoder {
 
     /// A leaf's readings mostly share content type, encoding and properties byte for byte: then the layout (and
     /// what was checked of it) is the previous record's, with its own body.
-    private static func sameHeader(asLastOf entries: [Entry], _ index: Int, _ payload: [UInt8]) -> Entry? {
+    private static func sameHeader(asLastOf entries: [Entry], _ batch: SpoolBatch, _ index: Int, _ payload: UnsafeRawBufferPointer) -> Entry? {
         guard let p = entries.indices.last else { return nil }
         let header = entries[p].layout.body.lowerBound
         guard payload.count >= header else { return nil }
-        let same = entries[p].payload.withUnsafeBytes { a in payload.withUnsafeBytes { b in memcmp(a.baseAddress!, b.baseAddress!, header) == 0 } }
+        let same = entries[p].withBytes(batch) { previous in memcmp(previous.baseAddress!, payload.baseAddress!, header) == 0 }
         guard same else { return nil }
         var layout = entries[p].layout
         layout.body = header ..< payload.count
-        return Entry(record: index, payload: payload, layout: layout, isJSON: entries[p].isJSON)
+        return Entry(record: index, envelope: .record, layout: layout, isJSON: entries[p].isJSON, bytes: payload)
     }
 
     /// The record's envelope as it will be sent, or nil when it cannot be.
-    private static func entry(_ index: Int, _ payload: [UInt8]) -> Entry? {
-        guard let layout = payload.withUnsafeBytes({ TelemetryEnvelopeLayout($0) }) else { return nil }
+    private static func entry(_ index: Int, _ payload: UnsafeRawBufferPointer) -> Entry? {
+        guard let layout = TelemetryEnvelopeLayout(payload) else { return nil }
         guard layout.propertiesAreClean else {
             // The hub's rules once more (docs/message-rules.md): fix the properties, then take the common path.
-            guard var envelope = TelemetryEnvelope(decoding: payload) else { return nil }
+            guard var envelope = TelemetryEnvelope(decoding: Array(payload)) else { return nil }
             envelope.properties = MessageRules.sanitize(envelope.properties).properties
             let fixed = envelope.encoded()
             guard let again = fixed.withUnsafeBytes({ TelemetryEnvelopeLayout($0) }), again.propertiesAreClean, again.systemValuesAreASCII else { return nil }
-            return Entry(record: index, payload: fixed, layout: again)
+            return fixed.withUnsafeBytes { Entry(record: index, envelope: .fixed(fixed), layout: again, bytes: $0) }
         }
         // Content type and encoding travel as AMQP symbols: ASCII only.
         guard layout.systemValuesAreASCII else { return nil }
-        return Entry(record: index, payload: payload, layout: layout)
+        return Entry(record: index, envelope: .record, layout: layout, bytes: payload)
     }
 
     /// The hub's measure of the message one record makes: body, message-id, content type and encoding, the
@@ -181,16 +200,17 @@ struct TelemetryEncoder {
     }
 
     /// Same content type, encoding and properties (JSON readings both): they can share one message.
-    private static func canJoin(_ a: Entry, _ b: Entry) -> Bool {
+    private static func canJoin(_ a: Entry, _ b: Entry, _ batch: SpoolBatch) -> Bool {
         // Type, encoding and properties are contiguous in an envelope, ahead of the body.
         guard a.layout.body.lowerBound == b.layout.body.lowerBound else { return false }
-        return a.payload.withUnsafeBytes { pa in
-            b.payload.withUnsafeBytes { pb in memcmp(pa.baseAddress!, pb.baseAddress!, a.layout.body.lowerBound) == 0 }
+        return a.withBytes(batch) { pa in
+            b.withBytes(batch) { pb in memcmp(pa.baseAddress!, pb.baseAddress!, a.layout.body.lowerBound) == 0 }
         }
     }
 
     /// One AMQP message for `group` (one leaf's entries in order; several only when coalescing JSON).
-    private func message(_ records: [SpoolRecord], _ entries: [Entry], _ group: [Int]) -> OutgoingMessage {
+    private func message(_ batch: SpoolBatch, _ entries: [Entry], _ group: [Int]) -> OutgoingMessage {
+        let records = batch.records
         let first = entries[group[0]], firstRecord = records[first.record]
         let last = records[entries[group[group.count - 1]].record]
         var bodyBytes = 0
@@ -204,7 +224,7 @@ struct TelemetryEncoder {
             + idBytes + first.layout.contentType.count + first.layout.contentEncoding.count + first.layout.propertyBytes
             + IoTHubAMQP.creationTimeProperty.utf8.count + WallClock.iso8601Length + bodyBytes
         let bytes = AMQPWriter.bytes(capacity: capacity) { w in
-            first.payload.withUnsafeBytes { p in
+            first.withBytes(batch) { p in
                 // properties: message-id, user-id, to, subject, reply-to, correlation-id, content-type, content-encoding
                 w.descriptor(0x73)
                 let list = w.beginList()
@@ -241,7 +261,7 @@ struct TelemetryEncoder {
             for (i, e) in group.enumerated() {
                 if i > 0 { w.raw(UInt8(ascii: ",")) }
                 let body = entries[e].layout.body
-                entries[e].payload.withUnsafeBytes { w.raw(UnsafeRawBufferPointer(rebasing: $0[body])) }
+                entries[e].withBytes(batch) { w.raw(UnsafeRawBufferPointer(rebasing: $0[body])) }
             }
             w.raw(UInt8(ascii: "]"))
         }

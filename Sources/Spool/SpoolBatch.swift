@@ -8,12 +8,12 @@ public struct SpoolBatch: Sendable {
         /// Milliseconds since the Unix epoch when the reading was acquired.
         public let acquiredAtMs: Int64
         public let flags: UInt8
-        let buffer: Int
-        let payload: Range<Int>
+        @usableFromInline let buffer: Int
+        @usableFromInline let payload: Range<Int>
     }
 
     public private(set) var records: [Record] = []
-    private var buffers: [[UInt8]] = []
+    @usableFromInline var buffers: [[UInt8]] = []
 
     init() {}
 
@@ -41,17 +41,21 @@ public struct SpoolBatch: Sendable {
 
     mutating func reserveCapacity(_ n: Int) { records.reserveCapacity(n) }
 
-    /// The payload of record `index`, borrowed for the duration of `body`.
+    /// The payload of record `index`, borrowed for the duration of `body`. Inlinable: the uplink calls it per
+    /// record, and a generic call across the module boundary cost more than the copy it replaced.
+    @inlinable
     public func withPayload<R>(_ index: Int, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
         try withPayload(buffer: records[index].buffer, records[index].payload, body)
     }
 
     /// The payload of `record` (a record of this batch, whether appended yet or not).
+    @inlinable
     func withPayload<R>(of record: Record, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
         try withPayload(buffer: record.buffer, record.payload, body)
     }
 
-    private func withPayload<R>(buffer: Int, _ range: Range<Int>, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+    @inlinable
+    func withPayload<R>(buffer: Int, _ range: Range<Int>, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
         try buffers[buffer].withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[range])) }
     }
 

@@ -44,12 +44,13 @@ extension Spool {
                       grant: (_ slot: Int, _ leaf: String, _ wanted: Int) -> Int) throws(SpoolError) -> SpoolBatch {
         try withState { s throws(SpoolError) -> SpoolBatch in
             var out = SpoolBatch()
-            out.reserveCapacity(Swift.min(max, 4096))
+            // Room for what there is, at most `max`: growing a large fetch's array copied it ~90 instructions a record.
+            out.reserveCapacity(Swift.min(max, s.leaves.depth))
             // Records that turn out expired (TTL) or corrupt are settled and given back to the leaf's grant (a
             // negative `wanted`), and the pick goes on: an expired backlog does not hold up what follows it.
             while out.count < max {
                 var picked: [LeafQueues.Taken] = []
-                picked.reserveCapacity(Swift.min(max - out.count, 4096))
+                picked.reserveCapacity(out.records.capacity - out.count)
                 var idleRounds = 0
                 while picked.count < max - out.count, s.leaves.count > 0, idleRounds < s.leaves.count {
                     s.roundRobin %= s.leaves.count
@@ -141,7 +142,7 @@ extension Spool {
         var out = [SpoolBatch.Record?](repeating: nil, count: locations.count)
         func view(_ v: RecordCodec.FrameView, _ member: Int, buffer: Int) -> SpoolBatch.Record {
             SpoolBatch.Record(leaf: s.leaves[locations[member].slot].name, sequence: v.sequence, acquiredAtMs: v.acquiredAtMs, flags: v.flags,
-                              buffer: buffer, payload: v.payload)
+                              leafIndex: Int(locations[member].slot), buffer: buffer, payload: v.payload)
         }
         for run in ReadPlan(locations).runs {
             guard let seg = s.segments.first(where: { $0.id == run.segment }) else { continue }

@@ -8,11 +8,16 @@ public struct SpoolBatch: Sendable {
         /// Milliseconds since the Unix epoch when the reading was acquired.
         public let acquiredAtMs: Int64
         public let flags: UInt8
+        /// A number for the leaf, the same for every record of a leaf and below the batch's `leafCount` (the spool's
+        /// slot): a caller groups records by leaf in an array, not by hashing or comparing names.
+        public let leafIndex: Int
         @usableFromInline let buffer: Int
         @usableFromInline let payload: Range<Int>
     }
 
     public private(set) var records: [Record] = []
+    /// How many distinct leaves the records have (`leafIndex` is below it).
+    public private(set) var leafCount = 0
     @usableFromInline var buffers: [[UInt8]] = []
 
     init() {}
@@ -21,11 +26,15 @@ public struct SpoolBatch: Sendable {
     /// `SpoolRecord`s.
     public init(_ values: [SpoolRecord]) {
         records.reserveCapacity(values.count)
+        var indexes: [String: Int] = [:]
         for v in values {
             let buffer = add(buffer: v.payload)
-            records.append(Record(leaf: v.leaf, sequence: v.sequence, acquiredAtMs: v.acquiredAtMs, flags: v.flags, buffer: buffer,
-                                  payload: 0..<v.payload.count))
+            let leafIndex = indexes[v.leaf] ?? indexes.count
+            indexes[v.leaf] = leafIndex
+            records.append(Record(leaf: v.leaf, sequence: v.sequence, acquiredAtMs: v.acquiredAtMs, flags: v.flags, leafIndex: leafIndex,
+                                  buffer: buffer, payload: 0..<v.payload.count))
         }
+        leafCount = indexes.count
     }
 
     public var count: Int { records.count }
@@ -37,7 +46,10 @@ public struct SpoolBatch: Sendable {
         return buffers.count - 1
     }
 
-    mutating func append(_ record: Record) { records.append(record) }
+    mutating func append(_ record: Record) {
+        records.append(record)
+        leafCount = max(leafCount, record.leafIndex + 1)
+    }
 
     mutating func reserveCapacity(_ n: Int) { records.reserveCapacity(n) }
 

@@ -101,27 +101,19 @@ struct TelemetryEncoder {
             for e in entries.indices { messages.append(message(batch, entries, [e])) }
             return (messages, invalid)
         }
-        // Per leaf, in the order leaves first appear; each leaf's records keep their order. A fetch hands out runs
-        // of one leaf's records, so the last leaf's slot is tried before the table. Entries are passed by index:
-        // copying one (its payload's reference, its layout) cost more than the rest of its handling.
-        var slotOfLeaf: [String: Int] = [:]
-        var perLeaf: [[Int]] = []
-        var last: (leaf: String, slot: Int)?
+        // Per leaf (by the batch's leaf number: no name hashed or compared), in the order leaves first appear; each
+        // leaf's records keep their order. Entries are passed by index: copying one (its layout, its envelope)
+        // cost more than the rest of its handling.
+        var perLeaf = [[Int]](repeating: [], count: batch.leafCount)
+        var leafOrder: [Int] = []
         for (index, e) in entries.enumerated() {
-            let leaf = records[e.record].leaf
-            if let last, last.leaf == leaf {
-                perLeaf[last.slot].append(index)
-            } else if let slot = slotOfLeaf[leaf] {
-                perLeaf[slot].append(index)
-                last = (leaf, slot)
-            } else {
-                slotOfLeaf[leaf] = perLeaf.count
-                last = (leaf, perLeaf.count)
-                perLeaf.append([index])
-            }
+            let leaf = records[e.record].leafIndex
+            if perLeaf[leaf].isEmpty { leafOrder.append(leaf) }
+            perLeaf[leaf].append(index)
         }
         var group: [Int] = []
-        for leafEntries in perLeaf {
+        for leaf in leafOrder {
+            let leafEntries = perLeaf[leaf]
             // The array's size: "[" and, per reading, its body and a "," or "]".
             var groupBytes = 1
             // What the hub counts besides the body (id with its range suffix, type, encoding, properties, creation
@@ -269,10 +261,14 @@ struct TelemetryEncoder {
         return OutgoingMessage(leaf: firstRecord.leaf, sequences: sequences, bytes: bytes, acquiredAtMs: firstRecord.acquiredAtMs)
     }
 
+    /// Powers of ten up to 10^19 (every UInt64 has at most 20 digits).
+    private static let powersOfTen: [UInt64] = (0..<20).map { (0..<$0).reduce(1) { r, _ in r * 10 } }
+
+    /// Digits of `v` in decimal, from its bit length (no division: it is asked for every record).
     static func decimalDigits(_ v: UInt64) -> Int {
-        var n = 1, v = v
-        while v >= 10 { v /= 10; n += 1 }
-        return n
+        // log10(2) ≈ 1233/4096: t digits or t + 1 for a value of that many bits.
+        let t = ((64 - v.leadingZeroBitCount) * 1233) >> 12
+        return v == 0 ? 1 : v < powersOfTen[t] ? t : t + 1
     }
 
     private static func writeDecimal(_ value: UInt64, digits: Int, to out: UnsafeMutableRawPointer) {

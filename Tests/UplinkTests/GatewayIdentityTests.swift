@@ -52,14 +52,14 @@ struct GatewayIdentityTests {
             let rebootAt = try #require(WallClock.parseISO8601(lastReboot))
             #expect(rebootAt >= requestedAt - 1000 && rebootAt <= WallClock.nowMilliseconds() + 1000, "lastReboot \(lastReboot)")
             #expect(twin?["properties"]?["reported"]?["$metadata"]?["iothubDM"]?["reboot"]?["lastReboot"]?["$lastUpdated"] != nil)
-            try await eventually(5, "the reboot command ran") { FileManager.default.fileExists(atPath: marker) }
+            try await eventually(20, "the reboot command ran") { FileManager.default.fileExists(atPath: marker) }
 
             // `status` answers with the gateway's health; the health report lands in the twin.
             let status = try await service.request("POST", "/twins/gateway-1/methods", body: ["methodName": "status", "payload": .null])
             #expect(status.json?["payload"]?["leaves"]?["ready"]?.intValue == 3)
             #expect(status.json?["payload"]?["version"] == "0.1-test")
             await identity.reportHealthIfDue()
-            try await eventually(5, "health in the twin") {
+            try await eventually(20, "health in the twin") {
                 try await service.request("GET", "/twins/gateway-1").json?["properties"]?["reported"]?["gateway"]?["spool"]?["depth"] != nil
             }
             // A leaf's method still reaches the adapter.

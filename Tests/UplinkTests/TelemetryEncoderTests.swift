@@ -29,6 +29,15 @@ struct TelemetryEncoderTests {
 
     /// Bodies and property sets of every size class (8- and 32-bit string and binary forms, no properties, many)
     /// decode to exactly the message the general codec describes.
+    @Test("decimal digits of sequences, from the bit length, agree with the decimal text")
+    func decimalDigits() {
+        var values: [UInt64] = [0, 1, 9, 10, 99, 100, UInt64.max, UInt64.max - 1]
+        var p: UInt64 = 1
+        for _ in 0..<19 { p *= 10; values += [p - 1, p, p + 1] }
+        for _ in 0..<10_000 { values.append(UInt64.random(in: 0...UInt64.max) >> UInt64.random(in: 0...63)) }
+        for v in values where TelemetryEncoder.decimalDigits(v) != String(v).count { Issue.record("\(v): \(TelemetryEncoder.decimalDigits(v))") }
+    }
+
     @Test func directEncodingDecodesAsTheGeneralCodecsMessage() throws {
         var rng = SplitMix(seed: 0x21_01)
         let encoder = TelemetryEncoder(coalesceTargetBytes: nil, messageIDPrefix: "0123456789abcdef-")

@@ -67,9 +67,9 @@ extension Spool {
                     idleRounds = taken == 0 ? idleRounds + 1 : 0
                 }
                 guard !picked.isEmpty else { break }
-                let records: [SpoolBatch.Record?]
+                let frames: [FrameRef]
                 do throws(SpoolError) {
-                    records = try read(picked.map(\.location), s, into: &out)
+                    frames = try read(picked.map(\.location), s, into: &out)
                 } catch {
                     // Nothing is lost to a failed read: what this call took goes back to the front of its leaf.
                     s.leaves.putBack(picked)
@@ -78,8 +78,8 @@ extension Spool {
                 }
                 var expired: [UInt64: RecordLocation] = [:]
                 var wasted: [Int32: Int] = [:]
-                for (t, record) in zip(picked, records) {
-                    guard let record else {
+                for (t, record) in zip(picked, frames) {
+                    guard record.isReadable else {
                         unreadable(t.location, &s)
                         wasted[t.location.slot, default: 0] += 1
                         continue
@@ -90,7 +90,9 @@ extension Spool {
                         continue
                     }
                     s.inFlight[record.sequence] = t.location
-                    out.append(record)
+                    let slot = t.location.slot
+                    out.append(SpoolBatch.Record(leaf: s.leaves[slot].name, sequence: record.sequence, acquiredAtMs: record.acquiredAtMs,
+                                                 flags: record.flags, leafIndex: Int(slot), buffer: record.buffer, payload: record.payload))
                 }
                 guard !wasted.isEmpty else { break }
                 for (slot, n) in wasted { _ = grant(Int(slot), s.leaves[slot].name, -n) }
@@ -127,22 +129,32 @@ extension Spool {
     /// The records at `locations`, in their order; nil where the bytes do not decode (or the segment is gone).
     func read(_ locations: [RecordLocation], _ s: State) throws(SpoolError) -> [SpoolRecord?] {
         var batch = SpoolBatch()
-        let views = try read(locations, s, into: &batch)
-        return views.map { v in
-            v.map { r in
-                let payload = batch.withPayload(of: r) { Array($0) }
-                return SpoolRecord(leaf: r.leaf, sequence: r.sequence, acquiredAtMs: r.acquiredAtMs, flags: r.flags, payload: payload)
-            }
+        let frames = try read(locations, s, into: &batch)
+        return zip(locations, frames).map { l, f in
+            guard f.isReadable else { return nil }
+            return SpoolRecord(leaf: s.leaves[l.slot].name, sequence: f.sequence, acquiredAtMs: f.acquiredAtMs, flags: f.flags,
+                               payload: batch.withPayload(buffer: f.buffer, f.payload) { Array($0) })
         }
     }
 
-    /// The records at `locations` as views into `batch`'s buffers (the bytes read are added to it; the records are
-    /// not), in the locations' order; nil where the bytes do not decode (or the segment is gone).
-    func read(_ locations: [RecordLocation], _ s: State, into batch: inout SpoolBatch) throws(SpoolError) -> [SpoolBatch.Record?] {
-        var out = [SpoolBatch.Record?](repeating: nil, count: locations.count)
-        func view(_ v: RecordCodec.FrameView, _ member: Int, buffer: Int) -> SpoolBatch.Record {
-            SpoolBatch.Record(leaf: s.leaves[locations[member].slot].name, sequence: v.sequence, acquiredAtMs: v.acquiredAtMs, flags: v.flags,
-                              leafIndex: Int(locations[member].slot), buffer: buffer, payload: v.payload)
+    /// Where a record read lies in a batch's buffers, with its header. Plain data (no reference, no optional):
+    /// copying optional records through the reading loop cost ~500 instructions a record in value witnesses.
+    struct FrameRef {
+        var sequence: UInt64 = 0
+        var acquiredAtMs: Int64 = 0
+        var flags: UInt8 = 0
+        /// -1: the record did not decode (or its segment is gone).
+        var buffer = -1
+        var payload: Range<Int> = 0..<0
+        var isReadable: Bool { buffer >= 0 }
+    }
+
+    /// The records at `locations`, in their order, as places in `batch`'s buffers (the bytes read are added to it;
+    /// the records are not).
+    func read(_ locations: [RecordLocation], _ s: State, into batch: inout SpoolBatch) throws(SpoolError) -> [FrameRef] {
+        var out = [FrameRef](repeating: FrameRef(), count: locations.count)
+        func frame(_ v: RecordCodec.FrameView, buffer: Int) -> FrameRef {
+            FrameRef(sequence: v.sequence, acquiredAtMs: v.acquiredAtMs, flags: v.flags, buffer: buffer, payload: v.payload)
         }
         for run in ReadPlan(locations).runs {
             guard let seg = s.segments.first(where: { $0.id == run.segment }) else { continue }
@@ -155,11 +167,11 @@ extension Spool {
             for member in run.members {
                 let at = Int(locations[member].offset) - start
                 switch bytes.withUnsafeBytes({ RecordCodec.decodeView($0, at: at) }) {
-                case .record(let v): out[member] = view(v, member, buffer: buffer)
+                case .record(let v): out[member] = frame(v, buffer: buffer)
                 case .truncated:
-                    guard let frame = try readFrame(seg, offset: Int(locations[member].offset)) else { break }
-                    if case .record(let v) = frame.withUnsafeBytes({ RecordCodec.decodeView($0, at: 0) }) {
-                        out[member] = view(v, member, buffer: batch.add(buffer: frame))
+                    guard let bytes = try readFrame(seg, offset: Int(locations[member].offset)) else { break }
+                    if case .record(let v) = bytes.withUnsafeBytes({ RecordCodec.decodeView($0, at: 0) }) {
+                        out[member] = frame(v, buffer: batch.add(buffer: bytes))
                     }
                 case .corrupt: break
                 }

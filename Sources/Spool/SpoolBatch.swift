@@ -60,12 +60,6 @@ public struct SpoolBatch: Sendable {
         try withPayload(buffer: records[index].buffer, records[index].payload, body)
     }
 
-    /// The payload of `record` (a record of this batch, whether appended yet or not).
-    @inlinable
-    func withPayload<R>(of record: Record, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
-        try withPayload(buffer: record.buffer, record.payload, body)
-    }
-
     @inlinable
     func withPayload<R>(buffer: Int, _ range: Range<Int>, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
         try buffers[buffer].withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[range])) }

@@ -164,10 +164,13 @@ extension Spool {
             guard end > start else { continue }
             let bytes = try seg.handle.read(offset: start, count: end - start)
             let buffer = batch.add(buffer: bytes)
+            var used = 0
             for member in run.members {
                 let at = Int(locations[member].offset) - start
                 switch bytes.withUnsafeBytes({ RecordCodec.decodeView($0, at: at) }) {
-                case .record(let v): out[member] = frame(v, buffer: buffer)
+                case .record(let v):
+                    out[member] = frame(v, buffer: buffer)
+                    used += v.payload.count
                 case .truncated:
                     guard let bytes = try readFrame(seg, offset: Int(locations[member].offset)) else { break }
                     if case .record(let v) = bytes.withUnsafeBytes({ RecordCodec.decodeView($0, at: 0) }) {
@@ -176,8 +179,35 @@ extension Spool {
                 case .corrupt: break
                 }
             }
+            // A read mostly of other records (gaps, the tail guess) is not kept for a few payloads: they are copied
+            // into one buffer of their own, so a batch holds about what it delivers.
+            if used * 2 < bytes.count { compact(run.members, from: buffer, &out, &batch) }
         }
         return out
+    }
+
+    /// Moves the payloads of `members` that lie in `buffer` into one new buffer, and lets go of `buffer`.
+    private func compact(_ members: [Int], from buffer: Int, _ out: inout [FrameRef], _ batch: inout SpoolBatch) {
+        var total = 0
+        for m in members where out[m].buffer == buffer { total += out[m].payload.count }
+        var placed: [(member: Int, range: Range<Int>)] = []
+        placed.reserveCapacity(members.count)
+        let compacted = [UInt8](unsafeUninitializedCapacity: total) { target, initialized in
+            var at = 0
+            for m in members where out[m].buffer == buffer {
+                let range = out[m].payload
+                if !range.isEmpty {
+                    batch.withPayload(buffer: buffer, range) { source in
+                        UnsafeMutableRawPointer(target.baseAddress! + at).copyMemory(from: source.baseAddress!, byteCount: range.count)
+                    }
+                }
+                placed.append((m, at..<(at + range.count)))
+                at += range.count
+            }
+            initialized = at
+        }
+        batch.replace(buffer: buffer, with: compacted)
+        for p in placed { out[p.member].payload = p.range }
     }
 
     /// One frame on its own: its length first, then the rest.
@@ -205,18 +235,23 @@ struct ReadPlan {
     static let tailGuess = 4096
     /// The largest stretch one read covers (gaps between picked records are read too).
     static let maxSpan = 1 << 20
+    /// The largest gap between two picked records that one read still covers: past it, another `pread` costs less
+    /// than copying the gap (leaves that drain at different paces leave their next records far apart).
+    static let maxGap = 32 * 1024
 
     let runs: [Run]
 
     init(_ locations: [RecordLocation]) {
-        // The common case needs no sort: every record in one segment, within one read's span.
+        // The common case needs no sort: every record in one segment, within one read's span and dense enough that
+        // no more than `maxGap` a record is read in vain.
         if let first = locations.first, locations.allSatisfy({ $0.segment == first.segment }) {
             var low = first.offset, high = first.offset
             for l in locations {
                 low = Swift.min(low, l.offset)
                 high = Swift.max(high, l.offset)
             }
-            if Int(high - low) + Self.tailGuess <= Self.maxSpan {
+            let span = Int(high - low)
+            if span + Self.tailGuess <= Self.maxSpan, span <= Self.maxGap * locations.count {
                 runs = [Run(segment: first.segment, firstOffset: Int(low), lastOffset: Int(high), members: Array(locations.indices))]
                 return
             }
@@ -225,7 +260,8 @@ struct ReadPlan {
         for i in Self.fileOrder(locations) {
             let l = locations[i]
             let offset = Int(l.offset)
-            if let last = runs.last, last.segment == l.segment, offset - last.firstOffset + Self.tailGuess <= Self.maxSpan {
+            if let last = runs.last, last.segment == l.segment, offset - last.firstOffset + Self.tailGuess <= Self.maxSpan,
+               offset - last.lastOffset <= Self.maxGap {
                 runs[runs.count - 1].lastOffset = offset
                 runs[runs.count - 1].members.append(i)
             } else {

@@ -765,6 +765,9 @@ public final class Spool: Sendable {
         try result.get()
     }
 
+    /// Records not yet settled (queued, retried, in flight): `statistics().depth` without building the rest.
+    public var depth: Int { withState { $0.leaves.depth } }
+
     public func statistics(nowMs: Int64 = WallClock.nowMilliseconds()) -> SpoolStatistics {
         withState { s in
             let oldest = s.segments.filter { $0.live > 0 }.map(\.oldestAcquiredMs).min()

@@ -38,6 +38,8 @@ public struct SpoolBatch: Sendable {
     }
 
     public var count: Int { records.count }
+    /// Bytes of the buffers the records point into (what the batch keeps alive).
+    public var bufferBytes: Int { buffers.reduce(0) { $0 + $1.count } }
     public var isEmpty: Bool { records.isEmpty }
 
     /// Keeps `bytes` for the records that point into it; returns its number.
@@ -45,6 +47,9 @@ public struct SpoolBatch: Sendable {
         buffers.append(bytes)
         return buffers.count - 1
     }
+
+    /// Puts `bytes` in place of buffer `number` (the records pointing into it must be pointed anew).
+    mutating func replace(buffer number: Int, with bytes: [UInt8]) { buffers[number] = bytes }
 
     mutating func append(_ record: Record) {
         records.append(record)

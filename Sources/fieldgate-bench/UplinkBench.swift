@@ -311,16 +311,16 @@ struct UplinkAgent: AsyncParsableCommand {
         switch mode {
         case "throughput":
             while next < count {
-                if store.statistics().depth > 20_000 { try await Task.sleep(for: .milliseconds(1)); continue }
+                if store.depth > 20_000 { try await Task.sleep(for: .milliseconds(1)); continue }
                 _ = try store.append(batch(min(200, count - next)))
                 uplink.wake()
             }
-            while store.statistics().depth > 0 { try await Task.sleep(for: .milliseconds(5)) }
+            while store.depth > 0 { try await Task.sleep(for: .milliseconds(5)) }
         case "backlog":
             // The whole backlog in one append: the uplink finds every leaf's readings queued at once, as after an outage.
             _ = try store.append(batch(count))
             uplink.wake()
-            while store.statistics().depth > 0 { try await Task.sleep(for: .milliseconds(5)) }
+            while store.depth > 0 { try await Task.sleep(for: .milliseconds(5)) }
         case "latency":
             let perTick = max(1, rate / 100)
             var tick = ContinuousClock.now
@@ -330,7 +330,7 @@ struct UplinkAgent: AsyncParsableCommand {
                 tick = tick + .milliseconds(10)
                 try await Task.sleep(until: tick)
             }
-            while store.statistics().depth > 0 { try await Task.sleep(for: .milliseconds(5)) }
+            while store.depth > 0 { try await Task.sleep(for: .milliseconds(5)) }
         default:
             throw BenchError("unknown mode \(mode)")
         }

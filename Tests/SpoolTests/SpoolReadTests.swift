@@ -18,6 +18,36 @@ struct SpoolReadTests {
         ])
         let oneSegment = ReadPlan([RecordLocation(slot: 0, segment: 3, offset: 900), RecordLocation(slot: 1, segment: 3, offset: 100)])
         #expect(oneSegment.runs == [ReadPlan.Run(segment: 3, firstOffset: 100, lastOffset: 900, members: [0, 1])])
+        // Sparse picks (more than `maxGap` a record on average): past `maxGap` between two of them a read ends, and
+        // the gap is not read.
+        let gap = UInt32(ReadPlan.maxGap)
+        let sparse = ReadPlan([RecordLocation(slot: 0, segment: 1, offset: 0), RecordLocation(slot: 0, segment: 1, offset: gap),
+                               RecordLocation(slot: 0, segment: 1, offset: 3 * gap + 1)])
+        #expect(sparse.runs == [ReadPlan.Run(segment: 1, firstOffset: 0, lastOffset: Int(gap), members: [0, 1]),
+                                ReadPlan.Run(segment: 1, firstOffset: 3 * Int(gap) + 1, lastOffset: 3 * Int(gap) + 1, members: [2])])
+    }
+
+    /// Records far apart (a leaf whose next readings sit between other leaves' backlog) are read without the bytes
+    /// between them, and the batch keeps about what it delivers, not the reads' tails and gaps.
+    @Test func sparseFetchesKeepLittle() throws {
+        let dir = temporarySpoolDirectory()
+        defer { removeTree(dir) }
+        let spool = try Spool(configuration: SpoolConfiguration(directory: dir))
+        defer { spool.close() }
+        var wanted: [String] = []
+        for i in 0..<400 {
+            if i % 40 == 0 {
+                wanted.append("far-\(i)")
+                try spool.append([entry("far", "far-\(i)")])
+            } else {
+                try spool.append([entry("filler", String(repeating: "x", count: 1500))])
+            }
+        }
+        let batch = try spool.fetch(max: 100) { _, leaf, wanted in leaf == "far" ? wanted : 0 }
+        #expect(batch.records.map(\.leaf) == Array(repeating: "far", count: 10))
+        #expect(batch.records.indices.map { String(decoding: batch.payload($0), as: UTF8.self) } == wanted)
+        let payloadBytes = batch.records.indices.reduce(0) { $0 + batch.payload($1).count }
+        #expect(batch.bufferBytes <= 2 * payloadBytes, "\(batch.bufferBytes) bytes held for \(payloadBytes)")
     }
 
     /// A quantum takes that many records of a leaf per turn, still in turn and per leaf in order.

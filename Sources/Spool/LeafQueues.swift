@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Where one record lives: its leaf's slot in `LeafQueues`, its segment and its offset there.
 struct RecordLocation: Hashable {
     var slot: Int32
@@ -41,7 +45,7 @@ struct LeafQueues {
         var i = Int(truncatingIfNeeded: hash) & mask
         while buckets[i] >= 0 {
             let known = leaves[Int(buckets[i])]
-            if known.nameHash == hash, known.name == leaf { return buckets[i] }
+            if known.nameHash == hash, Self.sameBytes(known.name, leaf) { return buckets[i] }
             i = (i + 1) & mask
         }
         let slot = Int32(leaves.count)
@@ -57,6 +61,13 @@ struct LeafQueues {
             while buckets[i] >= 0 { i = (i + 1) & (count - 1) }
             buckets[i] = Int32(slot)
         }
+    }
+
+    /// Names are the same leaf when their UTF-8 bytes are (as the hash sees them; `==` would also join canonically
+    /// equivalent spellings that hash apart).
+    static func sameBytes(_ a: String, _ b: String) -> Bool {
+        var a = a, b = b
+        return a.withUTF8 { x in b.withUTF8 { y in x.count == y.count && (x.count == 0 || memcmp(x.baseAddress!, y.baseAddress!, x.count) == 0) } }
     }
 
     /// A leaf name's hash over its UTF-8 bytes, eight at a time (names come from the configuration: no adversary
@@ -90,6 +101,7 @@ struct LeafQueues {
         let i = Int(slot)
         leaves[i].queue.append(segment: segment, offset: offset)
         leaves[i].depth += 1
+        depth += 1
     }
 
     /// The leaf's next record: retried ones first, then its queue. Its depth is unchanged (the record is now in
@@ -137,7 +149,10 @@ struct LeafQueues {
         for slot in touched { leaves[Int(slot)].retry.sort { $0.sequence < $1.sequence } }
     }
 
-    mutating func adjustDepth(_ slot: Int32, by change: Int) { leaves[Int(slot)].depth += change }
+    mutating func adjustDepth(_ slot: Int32, by change: Int) {
+        leaves[Int(slot)].depth += change
+        depth += change
+    }
 
     /// Gives back the growth room of every leaf's queue (a segment was sealed: most queues stop growing for a while).
     mutating func trimQueues() {
@@ -155,16 +170,18 @@ struct LeafQueues {
             count += retried - leaves[i].retry.count
             if count > 0 {
                 leaves[i].depth -= count
+                depth -= count
                 lost.append((Int32(i), count))
             }
         }
         return lost
     }
 
-    var depth: Int { leaves.reduce(0) { $0 + $1.depth } }
+    /// Every leaf's depth added up (kept as they change: a fetch asks for it).
+    private(set) var depth = 0
 
-    /// Leaves with records, by name.
+    /// Leaves with records, by name (spellings Swift finds equal but whose bytes differ are added together).
     var depthByLeaf: [String: Int] {
-        Dictionary(uniqueKeysWithValues: leaves.filter { $0.depth > 0 }.map { ($0.name, $0.depth) })
+        Dictionary(leaves.filter { $0.depth > 0 }.map { ($0.name, $0.depth) }, uniquingKeysWith: +)
     }
 }

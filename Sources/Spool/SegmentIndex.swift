@@ -16,7 +16,9 @@ struct SegmentIndex: Sendable {
     static let magic: [UInt8] = Array("FGIX".utf8)
     static let version: UInt8 = 1
 
-    private var leaves: [String: UInt32] = [:]
+    /// By the name's UTF-8 bytes, as `LeafQueues` tells leaves apart (String equality would join spellings it
+    /// keeps apart).
+    private var leaves: [[UInt8]: UInt32] = [:]
     private var names: [String] = []
     /// The spool's leaf slot → this index's leaf number + 1 (0: not seen yet): the append path needs no hash.
     private var numberBySlot: [UInt32] = []
@@ -48,9 +50,10 @@ struct SegmentIndex: Sendable {
     }
 
     private mutating func number(of leaf: String) -> UInt32 {
-        if let known = leaves[leaf] { return known }
+        let key = Array(leaf.utf8)
+        if let known = leaves[key] { return known }
         let number = UInt32(names.count)
-        leaves[leaf] = number
+        leaves[key] = number
         names.append(leaf)
         return number
     }

@@ -477,7 +477,7 @@ public final class Spool: Sendable {
             var slots: Set<Int32> = []
             for (i, e) in entries.enumerated() {
                 // One hash of the leaf per record at most: batches from one adapter often repeat the same leaf.
-                if i == 0 || e.leaf != entries[i - 1].leaf {
+                if i == 0 || !LeafQueues.sameBytes(e.leaf, entries[i - 1].leaf) {
                     slot = s.leaves.slot(of: e.leaf)
                     if configuration.perLeafCapRecords != nil { slots.insert(slot) }
                 }
@@ -631,8 +631,11 @@ public final class Spool: Sendable {
             low = min(low, seq)
             high = max(high, seq)
         }
-        let runs = allKept && (high - low) / 64 <= UInt64(done.count) * 4
-            ? s.acked.ranges(from: low, through: high) : AckSet.runs(done)
+        // …unless the window holds more ranges than `done` makes on its own (older acknowledgements broken up by
+        // records still in flight): then each run of `done` as given, so the ledger never grows faster than before.
+        let given = AckSet.runs(done)
+        let window = allKept && (high - low) / 64 <= UInt64(done.count) * 4 ? s.acked.ranges(from: low, through: high) : given
+        let runs = window.count <= given.count ? window : given
         // Fully settled segments other than the active one are deleted first: on a full disk that is what frees
         // the space the ledger write needs.
         var removedAny = false

@@ -27,6 +27,31 @@ struct SpoolReadTests {
                                 ReadPlan.Run(segment: 1, firstOffset: 3 * Int(gap) + 1, lastOffset: 3 * Int(gap) + 1, members: [2])])
     }
 
+    /// Leaf names are told apart by their bytes: two spellings Swift finds equal are two leaves to the spool, and
+    /// its statistics add them up under the one name rather than trap.
+    @Test func leafNamesByBytes() throws {
+        let dir = temporarySpoolDirectory()
+        defer { removeTree(dir) }
+        let composed = "caf\u{E9}", decomposed = "cafe\u{301}"
+        var config = SpoolConfiguration(directory: dir)
+        config.segmentBytes = 1000  // sealed segments too: their indexes keep the two apart across a reopen
+        do {
+            let first = try Spool(configuration: config)
+            for i in 0..<40 { try first.append([entry("leaf-\(i)", "x"), entry(composed, "c"), entry(decomposed, "d")]) }
+            first.close()
+        }
+        let spool = try Spool(configuration: config)
+        defer { spool.close() }
+        let stats = spool.statistics()
+        #expect(stats.depth == 120 && spool.depth == 120)
+        #expect(stats.depthByLeaf[composed] == 80 && stats.depthByLeaf["leaf-7"] == 1)
+        let taken = try spool.next(max: 1000)
+        #expect(taken.filter { $0.leaf.utf8.elementsEqual(decomposed.utf8) }.map { String(decoding: $0.payload, as: UTF8.self) }
+                == Array(repeating: "d", count: 40))
+        try spool.acknowledge(taken.map(\.sequence))
+        #expect(spool.depth == 0)
+    }
+
     /// Records far apart (a leaf whose next readings sit between other leaves' backlog) are read without the bytes
     /// between them, and the batch keeps about what it delivers, not the reads' tails and gaps.
     @Test func sparseFetchesKeepLittle() throws {

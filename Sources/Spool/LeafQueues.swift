@@ -45,7 +45,9 @@ struct LeafQueues {
         var i = Int(truncatingIfNeeded: hash) & mask
         while buckets[i] >= 0 {
             let known = leaves[Int(buckets[i])]
-            if known.nameHash == hash, Self.sameBytes(known.name, leaf) { return buckets[i] }
+            // Equal strings whose bytes differ (canonically equivalent spellings) hash apart: the hash tells them
+            // apart, `==` tells colliding hashes apart.
+            if known.nameHash == hash, known.name == leaf { return buckets[i] }
             i = (i + 1) & mask
         }
         let slot = Int32(leaves.count)
@@ -66,8 +68,13 @@ struct LeafQueues {
     /// Names are the same leaf when their UTF-8 bytes are (as the hash sees them; `==` would also join canonically
     /// equivalent spellings that hash apart).
     static func sameBytes(_ a: String, _ b: String) -> Bool {
-        var a = a, b = b
-        return a.withUTF8 { x in b.withUTF8 { y in x.count == y.count && (x.count == 0 || memcmp(x.baseAddress!, y.baseAddress!, x.count) == 0) } }
+        // Unequal strings never have equal bytes, and `==` answers that fast (small strings bit for bit); only
+        // equal ones have their bytes compared.
+        guard a == b else { return false }
+        let bytes = a.utf8.withContiguousStorageIfAvailable { x in
+            b.utf8.withContiguousStorageIfAvailable { y in x.count == y.count && (x.isEmpty || memcmp(x.baseAddress!, y.baseAddress!, x.count) == 0) }
+        }
+        return (bytes ?? nil) ?? a.utf8.elementsEqual(b.utf8)
     }
 
     /// A leaf name's hash over its UTF-8 bytes, eight at a time (names come from the configuration: no adversary

@@ -141,6 +141,12 @@ struct DailyQuotaTests {
             // One more round, so something is refused even if a slow machine drained the backlog already.
             try h.append(leaves.map { (leaf: $0.deviceID, json: #"{"r":\#(perLeaf)}"#, properties: [:]) })
             try await eventually(10, "paused") { await h.uplink.status().telemetryPause != nil }
+            // As at a real midnight, hours after the pause began: nothing is in flight when the hub resets. A message
+            // still in flight across the reset would be accepted after earlier ones of its leaf were refused (seen
+            // once: 0…12, 37…59, 13…36), and no sender can recall a message it sent.
+            try await eventually(10, "every message sent before the pause answered") {
+                await h.uplink.status().leaves.values.allSatisfy { $0.counters.sent == $0.counters.acceptedRecords + $0.counters.throttled }
+            }
             // The hub resets, then the gateway's clock reaches midnight (however long the pause took to notice).
             try await hub.core.perform { $0.spendQuota(reset: true) }
             offset.store(midnight - WallClock.nowMilliseconds() - 1_000, ordering: .relaxed)

@@ -134,23 +134,20 @@ public enum RecordCodec {
 
     /// Decodes the frame starting at `offset` of `bytes`. With `payload: false` the CRC is still checked but the
     /// payload is not copied (recovery only needs headers).
-    ///
-    /// `leaf`: the record's leaf name when the caller knows it (a location's slot was made from this record's own
-    /// leaf): used instead of a new String from the bytes.
-    public static func decode(_ bytes: UnsafeRawBufferPointer, at offset: Int, payload: Bool = true, leaf knownLeaf: String? = nil) -> Decoded {
+    public static func decode(_ bytes: UnsafeRawBufferPointer, at offset: Int, payload: Bool = true) -> Decoded {
         switch decodeView(bytes, at: offset) {
         case .truncated: return .truncated
         case .corrupt: return .corrupt
         case .record(let v):
-            let leaf = knownLeaf ?? String(decoding: UnsafeRawBufferPointer(rebasing: bytes[v.leaf]), as: UTF8.self)
+            let leaf = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[v.leaf]), as: UTF8.self)
             let record = SpoolRecord(leaf: leaf, sequence: v.sequence, acquiredAtMs: v.acquiredAtMs, flags: v.flags,
                                      payload: payload ? Array(UnsafeRawBufferPointer(rebasing: bytes[v.payload])) : [])
             return .record(record, frameSize: v.frameSize)
         }
     }
 
-    public static func decode(_ bytes: [UInt8], at offset: Int = 0, leaf: String? = nil) -> Decoded {
-        bytes.withUnsafeBytes { decode($0, at: offset, leaf: leaf) }
+    public static func decode(_ bytes: [UInt8], at offset: Int = 0) -> Decoded {
+        bytes.withUnsafeBytes { decode($0, at: offset) }
     }
 
     static func append32(_ v: UInt32, to out: inout [UInt8]) {

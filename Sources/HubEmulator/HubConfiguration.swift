@@ -22,6 +22,9 @@ public struct HubConfiguration: Sendable {
     /// The hub's tier: Basic has no C2D, twins or direct methods; their device links and service calls are refused
     /// with 403010. Default: standard.
     public var tier: HubTier = .standard
+    /// A storage account is associated for file upload (its blobs are served on the HTTPS port). false: device
+    /// file-upload requests are refused with 400022, as by a hub without one. Default: true.
+    public var fileUploadStorage = true
     /// Where registry, twins and pending C2D survive restarts; nil = memory only.
     public var stateDirectory: String?
 

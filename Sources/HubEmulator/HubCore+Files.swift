@@ -46,7 +46,10 @@ extension HubCore {
         guard let endpoint = blobEndpoint else {
             throw HubError(.badRequest, "file upload is not configured on this hub: no storage account is associated (fieldgate-hub serves blobs on its HTTPS port: serve --https-port)", errorCode: 400022)
         }
+        // A file upload costs the daily quota two messages, its start and its notification, as IoT Hub bills it.
+        if let refusal = quotaExceededMessage() { throw HubError(.forbidden, refusal, errorCode: 403002) }
         let upload = try fileUploads.start(deviceId: deviceId, blobName: blobName, nowMs: now)
+        chargeQuota(messageSizes: [0])
         return ["correlationId": .string(upload.correlationId), "hostName": .string(endpoint), "containerName": .string(FileUploads.container),
                 "blobName": .string(upload.blobName), "sasToken": .string(upload.sasToken)]
     }
@@ -60,6 +63,7 @@ extension HubCore {
         guard let upload = fileUploads.finish(deviceId: deviceId, correlationId: correlation) else {
             throw HubError(.badRequest, "no file upload \(correlation) is outstanding for device \(deviceId)", errorCode: 400004)
         }
+        chargeQuota(messageSizes: [0])
         guard success else {
             logger.info("file upload \(upload.blobName) reported failed by \(deviceId): \(body["statusCode"]?.intValue ?? 0) \(body["statusDescription"]?.stringValue ?? "")")
             return

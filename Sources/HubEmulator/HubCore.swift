@@ -279,13 +279,18 @@ extension HubCore {
         if quotaSpentOnDay != day { quotaSpentOnDay = nil }
     }
 
-    /// Why telemetry is refused for the daily quota now (the hub's 403002 text), or nil.
+    /// Why telemetry is refused for the daily quota now (the hub's 403002 error as JSON), or nil.
     func quotaRefusal() -> String? {
+        quotaExceededMessage().map { hubErrorJSON(403002, $0) }
+    }
+
+    /// The hub's 403002 message while the daily quota is spent, or nil.
+    func quotaExceededMessage() -> String? {
         guard isQuotaSpent else { return nil }
         let limit = configuration.dailyMessageQuota
-        return hubErrorJSON(403002, "IotHubQuotaExceeded: Total number of messages on IotHub '\(configuration.hubName)' exceeded the allocated quota. "
-                                  + "Max allowed message count: \(limit.map(String.init) ?? "\(quotaUsed)"), current message count: \(quotaUsed). "
-                                  + "The quota resets at 00:00 UTC.")
+        return "IotHubQuotaExceeded: Total number of messages on IotHub '\(configuration.hubName)' exceeded the allocated quota. "
+            + "Max allowed message count: \(limit.map(String.init) ?? "\(quotaUsed)"), current message count: \(quotaUsed). "
+            + "The quota resets at 00:00 UTC."
     }
 
     /// Spent by use or by the fault, for the current UTC day.

@@ -144,7 +144,7 @@ public final class HubServer: Service, Sendable {
         }
         let httpPort = try await portPromise.value()
         let httpsPort = configuration.httpsPort == nil ? nil : try await httpsPromise.value()
-        if let httpsPort {
+        if let httpsPort, configuration.hub.fileUploadStorage {
             // The storage account of file uploads is this HTTPS port (https://{host}[:port]/fieldgate-uploads/…).
             let endpoint = httpsPort == 443 ? configuration.hub.hostName : "\(configuration.hub.hostName):\(httpsPort)"
             try await core.perform { $0.blobEndpoint = endpoint }

@@ -54,7 +54,7 @@ final class FileUploader: Sendable {
         return try result.get()
     }
 
-    private func acquire(_ deviceID: String) async {
+    func acquire(_ deviceID: String) async {
         while !inFlight.withLock({ counts in
             guard counts[deviceID, default: 0] < Self.maxPerIdentity else { return false }
             counts[deviceID, default: 0] += 1
@@ -64,7 +64,7 @@ final class FileUploader: Sendable {
         }
     }
 
-    private func release(_ deviceID: String) {
+    func release(_ deviceID: String) {
         inFlight.withLock { counts in
             counts[deviceID, default: 1] -= 1
             if counts[deviceID] == 0 { counts[deviceID] = nil }

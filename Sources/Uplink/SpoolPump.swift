@@ -45,10 +45,32 @@ final class SpoolPump: Sendable {
     }
 
     /// Moves old backlogs into staged files, between fetch jobs (docs/iothub-protocol.md §17).
-    func stageBacklog(_ stager: BacklogStager, nowMs: Int64) async -> Swift.Result<[StagedBacklogFile], SpoolError> {
+    func stageBacklog(_ stager: BacklogStager, nowMs: Int64) async -> Swift.Result<[(file: StagedBacklogFile, sequences: [UInt64])], SpoolError> {
         await withCheckedContinuation { cont in
             queue.async { [self] in
                 cont.resume(returning: heartbeat.busy { Swift.Result { () throws(SpoolError) in try stager.stage(nowMs: nowMs) } })
+            }
+        }
+    }
+
+    /// Queued at once, so it runs before any fetch the uplink asks for later: the readings of files staged by an
+    /// earlier run are held back from D2C again (`BacklogStager.reclaim`). The staging directory is read here too.
+    func reclaimStaged(_ stager: BacklogStager, completion: @escaping @Sendable (Swift.Result<[String: [UInt64]], SpoolError>) -> Void) {
+        queue.async { [self] in
+            let files = StagedBacklogFile.all(in: stager.policy.stagingDirectory)
+            completion(heartbeat.busy { Swift.Result { () throws(SpoolError) in try stager.reclaim(files, nowMs: WallClock.nowMilliseconds()) } })
+        }
+    }
+
+    /// The readings of an offloaded file: acknowledged once the hub confirmed it, or given back to D2C.
+    func settleOffloaded(acknowledge: [UInt64] = [], release: [UInt64] = []) async -> SpoolError? {
+        await withCheckedContinuation { cont in
+            queue.async { [self] in
+                if !release.isEmpty { spool.release(release) }
+                do throws(SpoolError) {
+                    if !acknowledge.isEmpty { try heartbeat.busy { () throws(SpoolError) in try spool.acknowledge(acknowledge) } }
+                    cont.resume(returning: nil)
+                } catch { cont.resume(returning: error) }
             }
         }
     }

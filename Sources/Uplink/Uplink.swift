@@ -17,6 +17,7 @@ public final class Uplink: Service, Sendable {
     private let uploader: FileUploader
     let spool: Spool
     let offloadState = Mutex(OffloadStatus())
+    let offloadHold = Mutex(OffloadHold())
     private let offloadTask = Mutex<Task<Void, Never>?>(nil)
     var pumpForOffload: SpoolPump { engine.pump }
 
@@ -54,6 +55,8 @@ public final class Uplink: Service, Sendable {
             return true
         }
         if go {
+            // Before the engine: the pump takes back what staged files hold ahead of any D2C fetch.
+            if let policy = configuration.offload { reclaimStagedBacklog(policy) }
             _ = reactor.execute { [engine] in engine.start() }
             if let policy = configuration.offload {
                 offloadTask.withLock { $0 = Task { [self] in await offloadLoop(policy) } }
@@ -89,6 +92,7 @@ public final class Uplink: Service, Sendable {
         let final = (try? await reactor.perform { [engine] in engine.takeFinalSettlements() }) ?? SpoolPump.Job()
         await reactor.shutdown()
         await engine.pump.settle(final)
+        await releaseOffloadHolds()
     }
 
     public func run() async throws {

@@ -46,6 +46,8 @@ struct Serve: AsyncParsableCommand {
     var dailyQuota = 0
     @Option(help: "The hub's tier: standard, or basic (no C2D, twins or direct methods: their links and service calls are refused with 403010, as a Basic-tier IoT Hub refuses them).")
     var tier: HubTier = .standard
+    @Flag(help: "No storage account for file upload: device file-upload requests are refused with 400022, as by a hub without one.")
+    var noStorage = false
     @Option(help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel = "info"
 
@@ -61,6 +63,7 @@ struct Serve: AsyncParsableCommand {
         config.hub.deviceAuthenticationsPerSecond = deviceConnectRate > 0 ? deviceConnectRate : nil
         config.hub.dailyMessageQuota = dailyQuota > 0 ? dailyQuota : nil
         config.hub.tier = tier
+        config.hub.fileUploadStorage = !noStorage
         config.bindHost = bind
         config.amqpsPort = noAmqps ? nil : amqpsPort
         config.amqpPort = amqpPort

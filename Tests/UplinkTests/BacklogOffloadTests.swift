@@ -34,7 +34,7 @@ struct BacklogOffloadTests {
         #expect(second["bodyBase64"] == "AAECCg==" && second["body"] == nil)
         for leaf in ["m 1", "meter.01", "a.b.c-d"] {
             let name = StagedBacklogFile.name(leaf: leaf, first: 7, last: 8, records: 2)
-            #expect(StagedBacklogFile(path: "/x/" + name) == StagedBacklogFile(path: "/x/" + name, leaf: leaf, records: 2), "\(leaf)")
+            #expect(StagedBacklogFile(path: "/x/" + name) == StagedBacklogFile(path: "/x/" + name, leaf: leaf, records: 2, first: 7, last: 8), "\(leaf)")
         }
         #expect(StagedBacklogFile(path: "/x/notes.txt") == nil && StagedBacklogFile(path: "/x/a.jsonl.gz") == nil)
     }
@@ -126,6 +126,90 @@ struct BacklogOffloadTests {
             // The earlier run's file went too, and is gone from the staging directory.
             let earlier = try #require(try await hub.core.perform { $0.blobContent("leaf-1/backlog/" + leftover) })
             #expect(Gzip.decompress(earlier, limit: 1 << 20) == leftoverLines)
+            #expect(try FileManager.default.contentsOfDirectory(atPath: staging).isEmpty)
+            await h.stop()
+        }
+    }
+
+    /// Old readings of one leaf, `count` of them, 25 h old; their message ids in order.
+    private func spoolOldReadings(_ spool: Spool, leaf: String, count: Int) throws -> [String] {
+        let old = WallClock.nowMilliseconds() - 25 * 3_600_000
+        let entries = (0..<count).map { i in
+            Spool.Entry(leaf: leaf, acquiredAtMs: old + Int64(i), payload: TelemetryEnvelope(body: Array(#"{"old":\#(i)}"#.utf8)).encoded())
+        }
+        return try spool.append(entries).map { spool.messageID(for: $0) }
+    }
+
+    /// The ids the hub took as D2C for `leaf`, in arrival order.
+    private func d2cIDs(_ hub: TestHub, leaf: String) async throws -> [String] {
+        try await allEvents(hub).filter { $0.deviceId == leaf }.compactMap { $0.systemProperties["message-id"] }
+    }
+
+    /// A hub without storage for file upload refuses the file (400022): its readings were held in the spool, not
+    /// acknowledged, so they go back to D2C — in order, once each — and the file goes; no new file is staged.
+    @Test func readingsOfARefusedFileGoBackToD2CInOrder() async throws {
+        try await withHub(configure: { $0.httpsPort = 0; $0.hub.fileUploadStorage = false }) { hub in
+            let leaves = try await createLeaves(hub, count: 1)
+            let staging = hub.directory + "/offload"
+            let h = try UplinkHarness(hub: hub, leaves: leaves) {
+                $0.webSocket.port = hub.running.httpsPort!
+                $0.webSocket.proxy = .direct
+                // 20 s of D2C: the check stages a file long before, even on a loaded machine.
+                $0.messagesPerSecond = 200
+                var policy = BacklogOffloadPolicy(minRecords: 500, olderThanMilliseconds: 24 * 3_600_000, stagingDirectory: staging)
+                policy.checkIntervalMilliseconds = 300
+                $0.offload = policy
+            }
+            let ids = try spoolOldReadings(h.spool, leaf: "leaf-0", count: 4000)
+            h.uplink.start()
+            try await eventually(90, "the file refused and every reading delivered as D2C") {
+                let s = await h.uplink.status()
+                return s.offload?.refusedForGood == true && h.spool.statistics().depth == 0
+            }
+            let d2c = try await d2cIDs(hub, leaf: "leaf-0")
+            #expect(d2c == ids, "every reading once, in order: \(d2c.count) of \(ids.count)")
+            #expect(try FileManager.default.contentsOfDirectory(atPath: staging).isEmpty, "the refused file is gone")
+            #expect(try await hub.core.perform { $0.listBlobs(prefix: "") }.isEmpty)
+            await h.stop()
+        }
+    }
+
+    /// A run staged a file and ended before the hub confirmed it: its readings are still spooled. The next run takes
+    /// them back before D2C can send them, uploads the file, and only then acknowledges them; newer readings of the
+    /// leaf go as D2C. Every reading reaches the hub once.
+    @Test func aFileStagedByAnEarlierRunKeepsItsReadingsFromD2C() async throws {
+        try await withHub(configure: { $0.httpsPort = 0 }) { hub in
+            let leaves = try await createLeaves(hub, count: 1)
+            let staging = hub.directory + "/offload"
+            var policy = BacklogOffloadPolicy(minRecords: 500, olderThanMilliseconds: 24 * 3_600_000, stagingDirectory: staging)
+            policy.checkIntervalMilliseconds = 300
+            let h = try UplinkHarness(hub: hub, leaves: leaves) {
+                $0.webSocket.port = hub.running.httpsPort!
+                $0.webSocket.proxy = .direct
+                $0.offload = policy
+            }
+            let old = try spoolOldReadings(h.spool, leaf: "leaf-0", count: 2000)
+            // The earlier run: the file staged and synced, its readings taken — and then it ended, so they are back
+            // in the spool's queue as after a restart.
+            try FileManager.default.createDirectory(atPath: staging, withIntermediateDirectories: true)
+            let staged = try BacklogStager(policy: policy, spool: h.spool, leaves: ["leaf-0"], waiting: []).stage(nowMs: WallClock.nowMilliseconds())
+            #expect(staged.count == 1 && staged.first?.sequences.count == 2000)
+            h.spool.release(staged.flatMap(\.sequences))
+            #expect(h.spool.statistics().depth == 2000, "nothing acknowledged by staging")
+            let newer = try h.append((0..<50).map { (leaf: "leaf-0", json: #"{"new":\#($0)}"#, properties: [:]) })
+            h.uplink.start()
+            try await eventually(60, "the file uploaded and everything acknowledged") {
+                let s = await h.uplink.status()
+                return s.offload?.uploadedFiles == 1 && h.spool.statistics().depth == 0
+            }
+            let d2c = try await d2cIDs(hub, leaf: "leaf-0")
+            #expect(d2c == newer, "only the newer readings went as D2C, in order (\(d2c.count))")
+            let blobs = try await hub.core.perform { $0.listBlobs(prefix: "leaf-0/backlog/") }
+            let name = try #require(blobs.first?["name"]?.stringValue)
+            let bytes = try #require(try await hub.core.perform { $0.blobContent(name) })
+            let text = String(decoding: try #require(Gzip.decompress(bytes, limit: 16 << 20)), as: UTF8.self)
+            let fromFile = text.split(separator: "\n").compactMap { JSONValue.parse(String($0))?["messageId"]?.stringValue }
+            #expect(fromFile == old)
             #expect(try FileManager.default.contentsOfDirectory(atPath: staging).isEmpty)
             await h.stop()
         }

@@ -4,6 +4,7 @@ import HubServiceClient
 import HubTestSupport
 import HubTunnel
 import IoTHub
+import Synchronization
 import Testing
 @testable import Uplink
 
@@ -137,6 +138,51 @@ struct FileUploadTests {
                 Issue.record("uploaded to a port without TLS")
             } catch {
                 #expect(error.isRetriable && error.message.contains("starting the upload failed"), "\(error)")
+            }
+            await h.stop()
+        }
+    }
+
+    /// The gateway's own bound, apart from the hub's: an identity's 11th upload waits until one of its 10 ends;
+    /// another identity's does not wait.
+    @Test func atMostTenUploadsPerIdentityAtOnce() async throws {
+        let uploader = FileUploader(configuration: UplinkConfiguration(hostName: "localhost"))
+        final class Count: Sendable { let value = Mutex(0) }
+        let count = Count()
+        var holders: [Task<Void, Never>] = []
+        for _ in 0..<11 {
+            holders.append(Task {
+                await uploader.acquire("meter-1")
+                count.value.withLock { $0 += 1 }
+            })
+        }
+        try await eventually(10, "ten started") { count.value.withLock { $0 } == 10 }
+        try await Task.sleep(for: .milliseconds(400))
+        #expect(count.value.withLock { $0 } == 10, "the 11th waits")
+        await uploader.acquire("meter-2")  // another identity is not held up
+        uploader.release("meter-1")
+        try await eventually(10, "the 11th started once one ended") { count.value.withLock { $0 } == 11 }
+        for t in holders { await t.value }
+    }
+
+    /// A file costs the daily quota two messages (its start and its notification), whatever its size; with the quota
+    /// spent the hub refuses to start one (403002), as it refuses telemetry.
+    @Test func aFileCostsTwoMessagesOfTheDailyQuota() async throws {
+        try await withHub(configure: { $0.httpsPort = 0; $0.hub.dailyMessageQuota = 1000 }) { hub in
+            let leaves = try await createLeaves(hub, count: 1)
+            let h = try UplinkHarness(hub: hub, leaves: leaves) {
+                $0.webSocket.port = hub.running.httpsPort!
+                $0.webSocket.proxy = .direct
+            }
+            h.uplink.start()
+            _ = try await h.uplink.uploadFile(for: "leaf-0", blobName: "big.bin", bytes: [UInt8](repeating: 7, count: 1 << 20), contentType: "application/octet-stream")
+            #expect(try await hub.core.perform { $0.quotaJSON["used"] } == 2, "1 MiB as a file: 2 messages (as D2C: 256)")
+            try await hub.core.perform { $0.spendQuota(reset: false) }
+            do throws(UplinkError) {
+                _ = try await h.uplink.uploadFile(for: "leaf-0", blobName: "late.bin", bytes: [1], contentType: "application/octet-stream")
+                Issue.record("an upload with the quota spent went through")
+            } catch {
+                #expect(error.message.contains("IotHubQuotaExceeded"), "\(error.message)")
             }
             await h.stop()
         }

@@ -24,8 +24,9 @@ write_gateway_config "$WORK/etc" e2e-gateway "the end-to-end check"
 sed -i "s|^\[hub\]|[hub]\ntransport = \"amqps-websocket\"\nwebsocket_port = $HTTPS_PORT\nproxy = \"none\"|" "$WORK/etc/fieldgate.toml"
 # The gateway's logs method (issue 23.2): journal excerpts uploaded through the hub's file upload.
 printf '[upload]\nlogs = true\n' >>"$WORK/etc/fieldgate.toml"
-printf '[[leaf]]\ndevice_id = "e2e-leaf"\nadapter = "udp"\n' >"$WORK/etc/devices.d/leaf.toml"
-printf '[keys]\ne2e-gateway = "%s"\ne2e-leaf = "%s"\n' "$GW_KEY" "$LEAF_KEY" >"$WORK/etc/secrets.toml"
+# e2e-stranger is not registered at the hub: its refusals are logged with its LEAF field (the logs method's filter).
+printf '[[leaf]]\ndevice_id = "e2e-leaf"\nadapter = "udp"\n\n[[leaf]]\ndevice_id = "e2e-stranger"\nadapter = "udp"\n' >"$WORK/etc/devices.d/leaf.toml"
+printf '[keys]\ne2e-gateway = "%s"\ne2e-leaf = "%s"\ne2e-stranger = "%s"\n' "$GW_KEY" "$LEAF_KEY" "$LEAF_KEY" >"$WORK/etc/secrets.toml"
 chmod 600 "$WORK/etc/secrets.toml"
 
 # The shipped unit, with a short watchdog for the test.
@@ -66,6 +67,7 @@ SCRIPT
 (
   for _ in $(seq 480); do [ -f "$WORK/results/logs-wanted" ] && break; sleep 0.25; done
   "$HUB_BIN" method invoke $URL e2e-gateway logs --payload '{"since": "10m", "priority": "info"}' --timeout 30 >"$WORK/results/logs-answer" 2>&1
+  "$HUB_BIN" method invoke $URL e2e-gateway logs --payload '{"since": "10m", "leaf": "e2e-stranger"}' --timeout 30 >"$WORK/results/logs-answer-leaf" 2>&1
   touch "$WORK/results/logs-done"
 ) &
 
@@ -109,5 +111,13 @@ grep -q '"FIELDGATE_COMPONENT":"Uplink"' "$WORK/logs.jsonl" || fail "the excerpt
 if grep -q '"priority":7' "$WORK/logs.jsonl"; then fail "priority info let debug entries through"; fi
 "$HUB_BIN" files notifications $URL | grep -q "\"blobName\" *: *\"$blob\"" || fail "no file-upload notification for $blob"
 entries=$(sed -n 's/.*"entries" *: *\([0-9]*\).*/\1/p' "$WORK/results/logs-answer" | head -1)
+# The leaf filter: only entries about e2e-stranger (the hub's refusals of it).
+leafblob=$(sed -n 's/.*"blobName" *: *"\([^"]*\)".*/\1/p' "$WORK/results/logs-answer-leaf" | head -1)
+[ -n "$leafblob" ] || fail "the logs method with a leaf filter named no blob: $(cat "$WORK/results/logs-answer-leaf")"
+"$HUB_BIN" files get $URL "$leafblob" -o "$WORK/logs-leaf.jsonl.gz" || fail "the blob $leafblob is not in the hub's store"
+gunzip -c "$WORK/logs-leaf.jsonl.gz" >"$WORK/logs-leaf.jsonl"
+leafentries=$(grep -c . "$WORK/logs-leaf.jsonl" || true)
+[ "$leafentries" -gt 0 ] || fail "no journal entry about e2e-stranger"
+[ "$(grep -c '"LEAF":"e2e-stranger"' "$WORK/logs-leaf.jsonl")" = "$leafentries" ] || fail "the leaf filter let other entries through: $(grep -v '"LEAF":"e2e-stranger"' "$WORK/logs-leaf.jsonl" | head -c 400)"
 
-echo "systemd-e2e: ok — active as user fieldgate (Type=notify, WatchdogSec=3s, status \"$(sed -n 's/^StatusText=//p' "$WORK/results/show-before")\"), telemetry reached the hub, the frozen daemon was killed by the watchdog and restarted; the logs method uploaded $entries journal entries as $blob"
+echo "systemd-e2e: ok — active as user fieldgate (Type=notify, WatchdogSec=3s, status \"$(sed -n 's/^StatusText=//p' "$WORK/results/show-before")\"), telemetry reached the hub, the frozen daemon was killed by the watchdog and restarted; the logs method uploaded $entries journal entries as $blob ($leafentries about e2e-stranger with its filter)"

@@ -140,9 +140,16 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         // Composition: the gateway's own identity, routing to adapters (the daemon grows here).
+        // Software update of fieldgate itself, factory reset and the maintenance window: the daemon's side (from the
+        // twin, through downloads to the hand-off) and the privileged helper's (fieldgatectl update apply).
+        .target(
+            name: "SoftwareUpdate",
+            dependencies: ["FieldgateCore", "HubTunnel", "MessageAuthentication", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strictSettings
+        ),
         .target(
             name: "Gateway",
-            dependencies: ["Uplink", "Spool", "Systemd", "Gzip", "FieldgateCore", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["Uplink", "Spool", "Systemd", "Gzip", "FieldgateCore", "SoftwareUpdate", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),
         // systemd: notify protocol and the journal (the owner of CSystemd); the daemon's log rules.
@@ -204,7 +211,7 @@ let package = Package(
             name: "GatewayConfig",
             dependencies: [
                 "Uplink", "HubTunnel", "Spool", "UDPAdapter", "SerialAdapter", "ModbusAdapter", "ModbusIO", "FrameCodecs", "FieldgateCore",
-                .product(name: "TOMLKit", package: "TOMLKit"),
+                "SoftwareUpdate", .product(name: "TOMLKit", package: "TOMLKit"),
             ],
             swiftSettings: strictSettings
         ),
@@ -212,7 +219,7 @@ let package = Package(
             name: "fieldgated",
             dependencies: [
                 "Gateway", "GatewayConfig", "Systemd", "ControlSocket", "FieldgateCtl", "Uplink", "UDPAdapter", "SerialAdapter", "ModbusAdapter",
-                "ModbusIO", "Spool", "FieldgateCore", "CMalloc",
+                "ModbusIO", "Spool", "FieldgateCore", "CMalloc", "SoftwareUpdate", "HubTunnel",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -225,7 +232,7 @@ let package = Package(
             name: "FieldgateCtl",
             dependencies: [
                 "ControlSocket", "Gateway", "GatewayConfig", "Uplink", "Spool", "FieldgateCore", "HubDeviceClient", "ProtonAMQP", "IoTHub", "HubTunnel",
-                "CTLSProbe",
+                "CTLSProbe", "SoftwareUpdate",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings
@@ -260,6 +267,7 @@ let package = Package(
         .testTarget(name: "UDPAdapterTests", dependencies: ["UDPAdapter", "FrameCodecs", "Uplink", "Spool", "FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "FrameCodecsTests", dependencies: ["FrameCodecs", "FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "SerialAdapterTests", dependencies: ["SerialAdapter", "FrameCodecs", "Uplink", "Spool", "FieldgateCore"], swiftSettings: strictSettings),
+        .testTarget(name: "SoftwareUpdateTests", dependencies: ["SoftwareUpdate", "FieldgateCore", "MessageAuthentication"], swiftSettings: strictSettings),
         .testTarget(name: "GatewayTests", dependencies: ["GatewayConfig", "HubTunnel", "Uplink", "Spool", "UDPAdapter", "SerialAdapter", "FrameCodecs", "ModbusAdapter", "ModbusIO"], swiftSettings: strictSettings),
         .testTarget(name: "ModbusAdapterTests", dependencies: ["ModbusAdapter", "ModbusIO", "HubTestSupport", "Uplink", "Spool", "FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "ProtonAMQPTests", dependencies: ["ProtonAMQP"], swiftSettings: strictSettings),

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <errno.h>
 
 struct fg_sink {
     fg_http_response *response;
@@ -90,4 +92,99 @@ void fg_http_response_free(fg_http_response *r) {
     free(r->body);
     r->body = NULL;
     r->body_len = 0;
+}
+
+struct fg_file_sink {
+    CURL *curl;
+    int fd;
+    long long offset;      /* bytes in the file */
+    long long max_bytes;
+    int decided;           /* the status was looked at */
+    int keep;              /* a 2xx: the body goes to the file */
+    int overflow;
+    int write_errno;
+};
+
+static size_t fg_to_file(char *data, size_t size, size_t count, void *userdata) {
+    struct fg_file_sink *sink = userdata;
+    size_t n = size * count;
+    if (!sink->decided) {
+        long code = 0;
+        curl_easy_getinfo(sink->curl, CURLINFO_RESPONSE_CODE, &code);
+        sink->decided = 1;
+        sink->keep = code >= 200 && code < 300;
+        if (code == 200 && sink->offset > 0) {
+            /* The server sent the whole file, not the rest: start over. */
+            if (ftruncate(sink->fd, 0) != 0 || lseek(sink->fd, 0, SEEK_SET) < 0) { sink->write_errno = errno; return 0; }
+            sink->offset = 0;
+        }
+    }
+    if (!sink->keep) return n;
+    if (sink->offset + (long long)n > sink->max_bytes) { sink->overflow = 1; return 0; }
+    size_t done = 0;
+    while (done < n) {
+        ssize_t w = write(sink->fd, data + done, n - done);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0) { sink->write_errno = errno; return 0; }
+        done += (size_t)w;
+    }
+    sink->offset += (long long)n;
+    return n;
+}
+
+int fg_http_download(const fg_http_request *q, int fd, long long resume_from, long long max_bytes, long *status,
+                     long long *total, char *err, size_t err_len) {
+    if (err_len) err[0] = 0;
+    *status = 0;
+    *total = resume_from;
+    CURL *c = curl_easy_init();
+    if (!c) { snprintf(err, err_len, "libcurl could not start"); return -1; }
+    char errbuf[CURL_ERROR_SIZE] = "", connect_to[1200];
+    struct curl_slist *targets = NULL;
+    if (q->connect_host && q->connect_address && q->connect_address[0]) {
+        int v6 = strchr(q->connect_address, ':') != NULL && q->connect_address[0] != '[';
+        snprintf(connect_to, sizeof connect_to, v6 ? "%s::[%s]:" : "%s::%s:", q->connect_host, q->connect_address);
+        targets = curl_slist_append(NULL, connect_to);
+        curl_easy_setopt(c, CURLOPT_CONNECT_TO, targets);
+    }
+    struct fg_file_sink sink = { c, fd, resume_from, max_bytes, 0, 0, 0, 0 };
+    curl_easy_setopt(c, CURLOPT_URL, q->url);
+    curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
+    /* https only, redirects included (a package URI often redirects to a CDN). */
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
+    curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, "https");
+    curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
+    curl_easy_setopt(c, CURLOPT_MAXREDIRS, 5L);
+    if (resume_from > 0) curl_easy_setopt(c, CURLOPT_RESUME_FROM_LARGE, (curl_off_t)resume_from);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, fg_to_file);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &sink);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, q->timeout_ms);
+    curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 256L);
+    curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, 60L);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, q->timeout_ms < 30000 ? q->timeout_ms : 30000L);
+    fg_curl_cancellable(c, q->cancel);
+    fg_curl_tls_and_proxy(c, q->ca_file, q->verify_peer, q->proxy, q->proxy_user, q->proxy_password);
+    CURLcode rc = curl_easy_perform(c);
+    curl_slist_free_all(targets);
+    *total = sink.offset;
+    if (rc != CURLE_OK) {
+        long verify = 0;
+        if (sink.overflow)
+            snprintf(err, err_len, "the package is larger than %lld bytes", max_bytes);
+        else if (sink.write_errno)
+            snprintf(err, err_len, "cannot write the download: %s", strerror(sink.write_errno));
+        else if (curl_easy_getinfo(c, CURLINFO_SSL_VERIFYRESULT, &verify) == CURLE_OK && verify != 0)
+            snprintf(err, err_len, "certificate verification failed: %s (%s)", X509_verify_cert_error_string(verify),
+                     errbuf[0] ? errbuf : curl_easy_strerror(rc));
+        else
+            snprintf(err, err_len, "%s", errbuf[0] ? errbuf : curl_easy_strerror(rc));
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, status);
+        curl_easy_cleanup(c);
+        return -1;
+    }
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, status);
+    curl_easy_cleanup(c);
+    return 0;
 }

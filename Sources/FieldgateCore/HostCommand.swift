@@ -1,12 +1,12 @@
-import FieldgateCore
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// Programs fieldgatectl runs on the host (systemctl, timedatectl), found on PATH.
-enum HostCommand {
-    /// Runs `argv` with its stdout captured (stderr discarded); nil when it cannot be started.
-    static func capture(_ argv: [String]) -> (status: Int32, output: String)? {
+/// Programs run on the host (systemctl, timedatectl, dpkg), found on PATH. Blocking: not on the cooperative pool.
+public enum HostCommand {
+    /// Runs `argv` with its stdout captured (stderr discarded, or captured with it when `withStderr`); nil when it
+    /// cannot be started.
+    public static func capture(_ argv: [String], withStderr: Bool = false) -> (status: Int32, output: String)? {
         var pipeFDs: [Int32] = [0, 0]
         guard pipe(&pipeFDs) == 0 else { return nil }
         // Neither end may leak into the child beyond its stdout (pipe2 is not in Swift's Glibc module).
@@ -15,7 +15,9 @@ enum HostCommand {
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 1)
-        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        if withStderr { posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 2) } else {
+            posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        }
         let status = spawn(argv, actions: &actions)
         close(pipeFDs[1])
         var output: [UInt8] = []
@@ -31,7 +33,7 @@ enum HostCommand {
     }
 
     /// Runs `argv` with the terminal's stdout and stderr; its exit status, or nil when it cannot be started.
-    static func run(_ argv: [String]) -> Int32? {
+    public static func run(_ argv: [String]) -> Int32? {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }

@@ -8,10 +8,20 @@ import Glibc
 /// Blocking: call it off the cooperative pool.
 public enum StateFile {
     /// The file's bytes; nil when it does not exist or cannot be read.
-    public static func read(_ path: String) -> [UInt8]? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+    public static func read(_ path: String) -> [UInt8]? { read(path, at: nil) }
+
+    /// The file's bytes if it is a regular file of at most `limit` bytes, not reached through a symbolic link (for
+    /// files another user writes); else nil.
+    public static func read(_ path: String, limit: Int) -> [UInt8]? { read(path, at: limit) }
+
+    private static func read(_ path: String, at limit: Int?) -> [UInt8]? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC | (limit == nil ? 0 : O_NOFOLLOW | O_NONBLOCK))
         guard fd >= 0 else { return nil }
         defer { close(fd) }
+        if let limit {
+            var info = stat()
+            guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_size <= limit else { return nil }
+        }
         var out: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 16_384)
         while true {
@@ -22,14 +32,15 @@ public enum StateFile {
         }
     }
 
-    /// Replaces the file with `bytes` (mode 0640). Returns the errno on failure. `durable`: the file and its directory
+    /// Replaces the file with `bytes` (mode 0640 unless `mode` says otherwise). Returns the errno on failure. `durable`: the file and its directory
     /// entry are on disk when this returns (fdatasync, rename, fsync of the directory), for content that exists nowhere
     /// else.
     @discardableResult
-    public static func replace(_ path: String, with bytes: [UInt8], durable: Bool = false) -> Int32? {
+    public static func replace(_ path: String, with bytes: [UInt8], durable: Bool = false, mode: mode_t = 0o640) -> Int32? {
         let temporary = path + ".new"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode)
         guard fd >= 0 else { return errno }
+        if mode != 0o640 { fchmod(fd, mode) }  // the umask may have narrowed it
         var done = 0
         while done < bytes.count {
             let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, bytes.count - done) }

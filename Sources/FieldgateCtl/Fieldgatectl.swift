@@ -22,7 +22,7 @@ public struct Fieldgatectl: AsyncParsableCommand {
         discussion: "Exit status: 0 success; 1 a failure (the reason on stderr); 64 a usage error; 78 an invalid configuration.",
         version: FieldgateVersion.current,
         subcommands: [Connect.self, CheckCommand.self, LeafCommands.self, ReloadCommand.self, Status.self, Devices.self, SpoolCommands.self,
-                      ConfigCommands.self, SASTokenCommand.self, Debug.self])
+                      ConfigCommands.self, UpdateCommands.self, SASTokenCommand.self, Debug.self])
 }
 
 @available(macOS 10.15, macCatalyst 13, iOS 13, tvOS 13, watchOS 6, *)

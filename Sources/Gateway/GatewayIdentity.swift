@@ -1,11 +1,13 @@
 import FieldgateCore
 import Logging
+import SoftwareUpdate
 import Spool
 import Synchronization
 import Uplink
 
 /// The gateway as a device of its own (issue 5): it reports its health in its twin and answers `reboot`
-/// (seed 004), `restart`, `status` and `logs`.
+/// (seed 004), `restart`, `status`, `logs` and `factoryReset`; its desired `firmware` and `maintenance` go to the
+/// software update agent (docs/software-update.md).
 public final class GatewayIdentity: LeafRouter {
     public struct Configuration: Sendable {
         public var deviceID: String
@@ -43,11 +45,36 @@ public final class GatewayIdentity: LeafRouter {
     /// `failure`: why the last report failed, so a lasting cause (a Basic-tier hub has no twin) is logged once.
     private let state = Mutex<(uplink: Uplink?, lastHealth: JSONValue?, lastHealthMs: Int64, failure: String?)>((nil, nil, 0, nil))
     private let statusProvider = Mutex<(@Sendable () async -> JSONValue)?>(nil)
+    private let updateAgent = Mutex<UpdateAgent?>(nil)
 
     public init(configuration: Configuration, spool: Spool, logger: Logger = Logger(label: "fieldgate.gateway")) {
         self.configuration = configuration
         self.spool = spool
         self.logger = logger
+    }
+
+    /// Software update, factory reset and the maintenance window: the daemon makes the agent (it knows the download
+    /// settings) around `updateEnvironment`'s reports.
+    public func setUpdateAgent(_ agent: UpdateAgent) { updateAgent.withLock { $0 = agent } }
+    public var update: UpdateAgent? { updateAgent.withLock { $0 } }
+
+    /// Reports for the agent: through the uplink attached at the time, waiting for the hub's answer.
+    public func reportForUpdate(_ patch: JSONValue, timeout: Duration) async -> UpdateError? {
+        guard let uplink else { return UpdateError("the uplink is not running") }
+        do throws(UplinkError) { try await uplink.reportAndWait(patch, for: configuration.deviceID, timeout: timeout) } catch {
+            return UpdateError(error.message)
+        }
+        return nil
+    }
+
+    /// Flushes the spool (before a restart).
+    public func flushSpool() async {
+        let flushed = await offCooperativePool { [spool] in Result { () throws(SpoolError) in try spool.sync() } }
+        if case .failure(let error) = flushed { logger.error("spool flush failed: \(error)") }
+    }
+
+    public func desiredProperties(_ desired: JSONValue, version: Int64, deviceID: String) async -> JSONValue? {
+        update?.desired(desired)
     }
 
     /// The uplink exists only after its router: connect the two here.
@@ -67,9 +94,19 @@ public final class GatewayIdentity: LeafRouter {
     public func invoke(_ call: MethodCall) async -> MethodResponse? {
         switch call.name {
         case "reboot":
+            // The maintenance window holds it back unless forced; the agent reboots when the window opens.
+            if let update, !(await update.mayRebootNow(force: call.payload["force"] == .bool(true))) {
+                return MethodResponse(status: 202, payload: ["status": "pending", "reason": "waiting for the maintenance window; force: true reboots now"])
+            }
             // Seed 004: answer first, then record lastReboot, wait for the hub to take it, flush, reboot.
             Task { await reboot() }
             return MethodResponse(status: 200, payload: "Reboot started")
+        case "factoryReset":
+            guard let update else {
+                return MethodResponse(status: 403, payload: ["error": "factory reset is off in this gateway's configuration ([update] factory_reset = true enables it)"])
+            }
+            let (status, answer) = await update.factoryReset(force: call.payload["force"] == .bool(true))
+            return MethodResponse(status: status, payload: answer)
         case "restart":
             Task { await runAfterAnswer(configuration.restartCommand, what: "restart") }
             return MethodResponse(status: 200, payload: "Restart started")
@@ -83,7 +120,8 @@ public final class GatewayIdentity: LeafRouter {
         }
     }
 
-    private func reboot() async {
+    /// The reboot itself (seed 004), also when a deferred one's window opens.
+    public func reboot() async {
         let lastReboot = WallClock.iso8601Now()
         do throws(UplinkError) {
             try await uplink?.reportAndWait(["iothubDM": ["reboot": ["lastReboot": .string(lastReboot)]]], for: configuration.deviceID)

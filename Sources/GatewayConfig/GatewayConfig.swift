@@ -3,6 +3,7 @@ import FrameCodecs
 import HubTunnel
 import ModbusAdapter
 import SerialAdapter
+import SoftwareUpdate
 import Spool
 import TOMLKit
 import UDPAdapter
@@ -116,6 +117,16 @@ public struct GatewayConfigFile: Decodable, Sendable {
         /// Only readings at least this old go to files. Default: 24.
         public var offload_after_hours: Int?
     }
+    public struct Update: Decodable, Sendable {
+        /// Software update of fieldgate through the gateway twin's desired `firmware`. Default: off.
+        public var enabled: Bool?
+        public var confirm_seconds: Int?
+        public var max_download_mb: Int?
+        /// CAs for package downloads; absent: the system's.
+        public var ca_file: String?
+        public var factory_reset: Bool?
+        public var factory_reset_clears: [String]?
+    }
     public struct Control: Decodable, Sendable {
         public var socket: String?
         public var allow_debug: Bool?
@@ -128,6 +139,7 @@ public struct GatewayConfigFile: Decodable, Sendable {
     public var spool: SpoolSection?
     public var uplink: UplinkSection?
     public var upload: Upload?
+    public var update: Update?
     public var udp: UDP?
     // An entry that does not decode is nil in its place (its problems are already reported, and the others' positions
     // still name their lines).
@@ -194,6 +206,10 @@ public struct GatewaySettings: Sendable {
     public var metricsAddress: String?
     /// The `logs` method's size bound in bytes; nil: the method is off.
     public var logUploadMaxBytes: Int?
+    /// Software update, factory reset and the maintenance window (`[update]`).
+    public var update: UpdateConfiguration
+    /// CAs for package downloads; nil: the system's.
+    public var updateCAFile: String?
     /// A component without progress for this long stops the watchdog pings (capped below WatchdogSec).
     public var stallMilliseconds: Int64
     /// The files this configuration was read from.
@@ -329,6 +345,31 @@ struct Mapper {
             }
         }
         let spool = spoolConfiguration(f.spool)
+        let stateDirectory = spool.directory.lastIndex(of: "/").map { String(spool.directory[..<$0]) } ?? "."
+        var update = UpdateConfiguration(directory: stateDirectory + "/update")
+        if let u = f.update {
+            update.enabled = u.enabled ?? false
+            update.factoryReset = u.factory_reset ?? false
+            if let c = u.confirm_seconds {
+                if UpdateConfiguration.confirmRange.contains(c) { update.confirmSeconds = c } else {
+                    report(main, "update.confirm_seconds", "update.confirm_seconds must be \(UpdateConfiguration.confirmRange.lowerBound) to \(UpdateConfiguration.confirmRange.upperBound) (how long a new version has to start and reach the hub before it is rolled back)")
+                }
+            }
+            if let mb = u.max_download_mb {
+                if (1...4096).contains(mb) { update.maxDownloadBytes = mb << 20 } else {
+                    report(main, "update.max_download_mb", "update.max_download_mb must be 1 to 4096")
+                }
+            }
+            if let clears = u.factory_reset_clears {
+                var targets: Set<UpdateConfiguration.ResetTarget> = []
+                for c in clears {
+                    if let t = UpdateConfiguration.ResetTarget(rawValue: c) { targets.insert(t) } else {
+                        report(main, "update.factory_reset_clears", "update.factory_reset_clears: \(c) is not one of spool, state, devices")
+                    }
+                }
+                update.factoryResetClears = targets
+            }
+        }
         if let n = f.upload?.offload_records, n != 0 {
             let hours = f.upload?.offload_after_hours ?? 24
             if n < 1000 || n > 10_000_000 {
@@ -450,7 +491,7 @@ struct Mapper {
             uplink: uplink, spool: spool, gatewayLeaf: gatewayLeaf, gateway: f.gateway, leaves: leaves, udp: udp, serialPorts: ports,
             modbusBuses: buses,
             controlSocket: f.control?.socket ?? "/run/fieldgate/control.sock", allowDebug: f.control?.allow_debug ?? false,
-            metricsAddress: f.control?.metrics, logUploadMaxBytes: logUploadMaxBytes,
+            metricsAddress: f.control?.metrics, logUploadMaxBytes: logUploadMaxBytes, update: update, updateCAFile: f.update?.ca_file,
             stallMilliseconds: Int64(max(2, f.daemon?.stall_seconds ?? 10)) * 1000,
             files: [main.path] + devices.map(\.0.path) + profiles.values.map(\.source.path).sorted())
     }

@@ -87,6 +87,51 @@ public enum HTTPSClient {
         return .success(HTTPSResponse(status: response.status, body: bytes))
     }
 
+    /// GETs an https `url` into `path`, resuming a partial file left there by an earlier try (Range request); the
+    /// file never grows past `maxBytes`. Returns the HTTP status (206 or 200 when the body came, 416 when the file
+    /// was complete already) and the file's size. Blocking: call it off the cooperative pool.
+    public static func download(_ url: String, to path: String, maxBytes: Int, settings: HTTPSSettings) -> Result<(status: Int, bytes: Int), HTTPSError> {
+        Self.globalInit
+        let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0o640)
+        guard fd >= 0 else { return .failure(HTTPSError(message: "cannot open \(path): \(String(cString: strerror(errno)))")) }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { return .failure(HTTPSError(message: "cannot stat \(path): \(String(cString: strerror(errno)))")) }
+        var proxyURL: String?, user: String?, password: String?
+        switch settings.proxy {
+        case .environment: break
+        case .direct: proxyURL = ""
+        case .url(let u, let name, let secret): (proxyURL, user, password) = (u, name, secret)
+        }
+        var error = [CChar](repeating: 0, count: 512)
+        var status = 0, total: Int64 = 0
+        let rc: Int32 = withOptionalCString(settings.caFile) { ca in
+            withOptionalCString(proxyURL) { proxy in
+                withOptionalCString(user) { user in
+                    withOptionalCString(password) { password in
+                        withOptionalCString(settings.connectHost) { connectHost in
+                            withOptionalCString(settings.connectAddress) { connectAddress in
+                                "GET".withCString { m in
+                                    url.withCString { u in
+                                        var request = fg_http_request(
+                                            method: m, url: u, headers: nil, header_count: 0, body: nil, body_len: 0,
+                                            connect_host: connectHost, connect_address: connectAddress,
+                                            ca_file: ca, verify_peer: settings.verifyPeer, proxy: proxy, proxy_user: user,
+                                            proxy_password: password, timeout_ms: settings.timeoutMilliseconds,
+                                            max_response_bytes: 0, cancel: nil)
+                                        return fg_http_download(&request, fd, Int64(info.st_size), Int64(maxBytes), &status, &total, &error, error.count)
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        guard rc == 0 else { return .failure(HTTPSError(message: "GET \(redacted(url)): \(cString(error))")) }
+        return .success((status, Int(total)))
+    }
+
     /// libcurl's global set-up, once, before any request (it is not thread-safe itself).
     private static let globalInit: Void = { fg_tunnel_global_init() }()
 

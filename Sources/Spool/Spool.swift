@@ -756,6 +756,9 @@ public final class Spool: Sendable {
     /// the flusher's last completed round covered. The power-cut tests check that nothing at or below it is lost.
     public var durableSequence: UInt64 { withState { $0.durableThrough } }
 
+    /// The sequence of the newest record appended (or found at open); 0 before any. A rise shows readings came in.
+    public var lastAppendedSequence: UInt64 { withState { $0.nextSequence - 1 } }
+
     /// True while appended (interval policy) or acknowledged data waits for the flusher's next fdatasync.
     public var hasUnsyncedData: Bool { withState { $0.unsynced } }
 

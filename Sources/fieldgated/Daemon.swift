@@ -5,6 +5,8 @@ import Logging
 import ModbusAdapter
 import SerialAdapter
 import ServiceLifecycle
+import SoftwareUpdate
+import HubTunnel
 import Spool
 import Synchronization
 import UDPAdapter
@@ -36,6 +38,7 @@ final class Daemon: Service, Sendable {
         if let c = settings.gateway.restart_command { identityConfig.restartCommand = c }
         identityConfig.logUpload = settings.logUploadMaxBytes.map { GatewayIdentity.LogUpload(maxBytes: $0) }
         identity = GatewayIdentity(configuration: identityConfig, spool: spool, logger: logger)
+        identity.setUpdateAgent(Self.makeUpdateAgent(settings, identity: identity, spool: spool, logger: logger))
         let wake = self.wake
         let spool = self.spool
         let udp = try settings.udp.map { c throws(UDPAdapterError) in try UDPAdapter(configuration: c, spool: spool, onAppended: { wake.wake() }, onReachable: { wake.reachable($0) }, logger: logger) }
@@ -53,6 +56,22 @@ final class Daemon: Service, Sendable {
         for bus in modbus { logger.info("modbus bus \(bus.configuration.name) on \(bus.configuration.endpoint) (\(bus.leaves.count) leaves)") }
     }
 
+    /// Downloads go as the hub's HTTPS requests do (the configured proxy), with the system's CAs unless
+    /// `[update] ca_file` names others.
+    private static func makeUpdateAgent(_ settings: GatewaySettings, identity: GatewayIdentity, spool: Spool, logger: Logger) -> UpdateAgent {
+        var https = HTTPSSettings()
+        https.caFile = settings.updateCAFile
+        https.proxy = settings.uplink.webSocket.proxy
+        https.timeoutMilliseconds = 3_600_000  // a stalled transfer ends sooner (libcurl's low-speed limit)
+        let environment = UpdateAgent.Environment(
+            report: { [identity] patch, timeout in await identity.reportForUpdate(patch, timeout: timeout) },
+            flushSpool: { [identity] in await identity.flushSpool() },
+            spooledSequence: { [spool] in spool.lastAppendedSequence },
+            https: https,
+            reboot: { [identity] in await identity.reboot() })
+        return UpdateAgent(configuration: settings.update, currentVersion: FieldgateVersion.current, environment: environment, logger: logger)
+    }
+
     var uplink: Uplink { parts.withLock { $0.uplink } }
     var udp: UDPAdapter? { adapters.current.udp }
     var serial: [SerialAdapter] { adapters.current.serial }
@@ -61,6 +80,7 @@ final class Daemon: Service, Sendable {
     func run() async throws {
         let a = adapters.current
         uplink.start()
+        if let update = identity.update { Task { await update.resume() } }
         a.udp?.start()
         for port in a.serial { port.start() }
         for bus in a.modbus { bus.start() }
@@ -268,6 +288,7 @@ struct HealthReporter: Service {
         try? await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 await identity.reportHealthIfDue()
+                await identity.update?.tick()
                 try await Task.sleep(for: .seconds(5))
             }
         }

@@ -66,4 +66,12 @@ typedef struct fg_http_response {
 /* 0 when a response came (any status); -1 otherwise, with err. */
 int fg_http_perform(const fg_http_request *request, fg_http_response *response, char *err, size_t err_len);
 void fg_http_response_free(fg_http_response *response);
+
+/* A GET of an https URL (redirects followed, https only) into the file open at fd, resuming at the file's size
+ * `resume_from` with a Range request. A 200 to a resumed request restarts the file from 0; the body goes to the
+ * file only with a 2xx status; more than max_bytes in the file in all fails. 0 when a response came (*status set,
+ * *total = the file's size after it), -1 otherwise with err. Uses the request's TLS, proxy, timeout and cancel
+ * fields (method, headers and body are ignored). */
+int fg_http_download(const fg_http_request *request, int fd, long long resume_from, long long max_bytes, long *status,
+                     long long *total, char *err, size_t err_len);
 #endif

@@ -1,0 +1,172 @@
+import FieldgateCore
+
+/// The statuses of IoT Hub's firmware-update pattern, reported as `firmware.fwUpdateStatus`.
+public enum FirmwareStatus: String, Sendable, Equatable, CaseIterable {
+    case current, downloading, verifying, applying, rebooting, error, rolledback
+
+    /// An update is under way: a new desired value waits until it ends.
+    public var isBusy: Bool { [.downloading, .verifying, .applying, .rebooting].contains(self) }
+}
+
+/// The twin's desired `firmware`: `{fwVersion, fwPackageURI, fwPackageCheckValue}` (SHA-256, hex), and our
+/// `force` (do not wait for the maintenance window).
+public struct FirmwareRequest: Sendable, Equatable {
+    public var version: String
+    public var uri: String
+    public var checkValue: String
+    public var force: Bool
+
+    public init(version: String, uri: String, checkValue: String, force: Bool = false) {
+        self.version = version
+        self.uri = uri
+        self.checkValue = checkValue
+        self.force = force
+    }
+
+    /// nil when the desired document has no usable `firmware` section (absent, or null to cancel).
+    public init?(desired firmware: JSONValue?) {
+        guard let f = firmware, case .object = f else { return nil }
+        self.init(version: f["fwVersion"]?.stringValue ?? "", uri: f["fwPackageURI"]?.stringValue ?? "",
+                  checkValue: (f["fwPackageCheckValue"]?.stringValue ?? "").lowercased(), force: f["force"] == .bool(true))
+    }
+
+    /// Why the request cannot be carried out, in the words reported as `fwUpdateSubstatus`; nil when it can.
+    public var problem: String? {
+        guard !version.isEmpty, version.utf8.count <= 64,
+              version.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x7a) || $0 == 0x2e || $0 == 0x2b || $0 == 0x7e || $0 == 0x2d }),
+              version.utf8.first.map({ $0 >= 0x30 && $0 <= 0x39 }) == true
+        else { return "fwVersion must be a Debian version of fieldgate (digits first; letters, digits, . + ~ -)" }
+        guard uri.lowercased().hasPrefix("https://"), uri.count > 8 else { return "Insecure package URI: only https is accepted" }
+        guard checkValue.utf8.count == 64, checkValue.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }) else {
+            return "fwPackageCheckValue must be the package's SHA-256 (64 hex digits)"
+        }
+        return nil
+    }
+
+    /// The package's file name in the update directory.
+    public var fileName: String { "fieldgate_\(version).deb" }
+}
+
+/// What the gateway did about its last update, kept across restarts (`<state dir>/update/state.json`).
+public struct UpdateRecord: Sendable, Equatable {
+    public var status: FirmwareStatus = .current
+    public var substatus = ""
+    /// The version being (or last) installed, and its check value: together they name an attempt.
+    public var pendingVersion = ""
+    public var checkValue = ""
+    /// The version running when the attempt began.
+    public var fromVersion = ""
+    public var startedAtMs: Int64?
+    public var endedAtMs: Int64?
+    /// The hand-off to the helper, to match its result.
+    public var requestID = ""
+
+    public init() {}
+
+    public var json: JSONValue {
+        ["status": .string(status.rawValue), "substatus": .string(substatus), "pendingVersion": .string(pendingVersion),
+         "checkValue": .string(checkValue), "fromVersion": .string(fromVersion), "startedAtMs": startedAtMs.map { .int($0) } ?? .null,
+         "endedAtMs": endedAtMs.map { .int($0) } ?? .null, "requestID": .string(requestID)]
+    }
+
+    public init?(json: JSONValue) {
+        guard let s = json["status"]?.stringValue, let status = FirmwareStatus(rawValue: s) else { return nil }
+        self.status = status
+        substatus = json["substatus"]?.stringValue ?? ""
+        pendingVersion = json["pendingVersion"]?.stringValue ?? ""
+        checkValue = json["checkValue"]?.stringValue ?? ""
+        fromVersion = json["fromVersion"]?.stringValue ?? ""
+        startedAtMs = json["startedAtMs"]?.intValue
+        endedAtMs = json["endedAtMs"]?.intValue
+        requestID = json["requestID"]?.stringValue ?? ""
+    }
+
+    /// The reported `firmware` section (IoT Hub's firmware-update pattern). Times are "" until known, as the
+    /// pattern shows them.
+    public func reported(currentVersion: String) -> JSONValue {
+        ["currentFwVersion": .string(currentVersion),
+         "pendingFwVersion": .string(pendingVersion == currentVersion ? "" : pendingVersion),
+         "fwUpdateStatus": .string(status.rawValue),
+         "fwUpdateSubstatus": .string(substatus),
+         "lastFwUpdateStartTime": .string(startedAtMs.map(WallClock.iso8601(milliseconds:)) ?? ""),
+         "lastFwUpdateEndTime": .string(endedAtMs.map(WallClock.iso8601(milliseconds:)) ?? "")]
+    }
+}
+
+/// What to do about a desired `firmware` section. Pure: the agent carries the answer out.
+public enum FirmwarePlan: Sendable, Equatable {
+    /// Nothing to start; report the record as it is (it may have changed: the returned one).
+    case report(UpdateRecord)
+    /// Wait for the maintenance window; the record says so.
+    case wait(UpdateRecord)
+    /// Start downloading now; the record is the attempt's first.
+    case start(UpdateRecord, FirmwareRequest)
+
+    public static func decide(_ request: FirmwareRequest?, record: UpdateRecord, currentVersion: String, enabled: Bool,
+                              window: Result<MaintenanceWindow, MaintenanceWindow.Problem>?, nowMs: Int64) -> FirmwarePlan {
+        var r = record
+        guard !record.status.isBusy else { return .report(record) }
+        guard let request else {
+            // Nothing desired (or cancelled): a deferred attempt is dropped.
+            if r.status == .current { r.pendingVersion = ""; r.substatus = "" }
+            return .report(r)
+        }
+        if request.version == currentVersion {
+            // Up to date. A failed attempt or a deferred one for another version is no longer wanted: the times
+            // of the last attempt stay.
+            if r.status != .current || !r.pendingVersion.isEmpty {
+                r.status = .current
+                r.pendingVersion = ""
+                r.substatus = ""
+            }
+            return .report(r)
+        }
+        let attemptFailed = (record.status == .error || record.status == .rolledback)
+            && record.pendingVersion == request.version && record.checkValue == request.checkValue
+        if attemptFailed { return .report(record) }  // no retry loop: a new desired value (another check value) retries
+        guard enabled else {
+            return .report(failed(record, request, "software update is off in this gateway's configuration ([update] enabled = true)", nowMs: nowMs))
+        }
+        if let problem = request.problem { return .report(failed(record, request, problem, nowMs: nowMs)) }
+        if !request.force {
+            switch window {
+            case .none: break
+            case .failure(let problem):
+                r = waiting(record, request, "waiting: the maintenance window is not valid (\(problem.message)); force: true skips it")
+                return .wait(r)
+            case .success(let w) where !w.isOpen(atMs: nowMs):
+                r = waiting(record, request, "waiting for the maintenance window (\(w.summary)), next at \(WallClock.iso8601(milliseconds: w.nextOpening(afterMs: nowMs)))")
+                return .wait(r)
+            case .success: break
+            }
+        }
+        var attempt = UpdateRecord()
+        attempt.status = .downloading
+        attempt.substatus = "downloading \(request.fileName)"
+        attempt.pendingVersion = request.version
+        attempt.checkValue = request.checkValue
+        attempt.fromVersion = currentVersion
+        attempt.startedAtMs = nowMs
+        return .start(attempt, request)
+    }
+
+    private static func failed(_ record: UpdateRecord, _ request: FirmwareRequest, _ why: String, nowMs: Int64) -> UpdateRecord {
+        var r = record
+        r.status = .error
+        r.substatus = why
+        r.pendingVersion = request.version
+        r.checkValue = request.checkValue
+        r.startedAtMs = nowMs
+        r.endedAtMs = nowMs
+        return r
+    }
+
+    private static func waiting(_ record: UpdateRecord, _ request: FirmwareRequest, _ why: String) -> UpdateRecord {
+        var r = record
+        r.status = .current
+        r.pendingVersion = request.version
+        r.checkValue = request.checkValue
+        r.substatus = why
+        return r
+    }
+}

@@ -1,0 +1,318 @@
+import FieldgateCore
+import MessageAuthentication
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The privileged side (docs/software-update.md): run as root by `fieldgate-update.service` when the daemon left a
+/// request. It trusts nothing the daemon wrote beyond its request's fields: it copies the package out of the
+/// daemon's directory without following links, checks its SHA-256 and that it is fieldgate for this architecture,
+/// keeps the running version as a package for the rollback, installs with dpkg, and reinstalls the kept version if
+/// the new one does not confirm in time. Factory reset clears only what /etc/fieldgate/fieldgate.toml names.
+/// Blocking throughout: it is a program of its own, not part of the daemon.
+public struct UpdateHelper: Sendable {
+    public struct Settings: Sendable {
+        /// The daemon's update directory (fieldgate's) and the helper's (root's).
+        public var daemonDirectory: String
+        public var helperDirectory = UpdateConfiguration.defaultHelperDirectory
+        /// From the configuration: what the helper may do at all.
+        public var updateEnabled: Bool
+        public var factoryResetEnabled: Bool
+        public var resetClears: Set<UpdateConfiguration.ResetTarget>
+        public var maxBytes: Int
+        public var spoolDirectory: String
+        public var stateDirectory: String
+        public var devicesDirectory: String
+        public var service = "fieldgated.service"
+        /// How long the daemon has to say `restart-ok` after the helper verified the package.
+        public var restartWaitSeconds = 30
+
+        public init(daemonDirectory: String, updateEnabled: Bool, factoryResetEnabled: Bool, resetClears: Set<UpdateConfiguration.ResetTarget>,
+                    maxBytes: Int, spoolDirectory: String, stateDirectory: String, devicesDirectory: String) {
+            self.daemonDirectory = daemonDirectory
+            self.updateEnabled = updateEnabled
+            self.factoryResetEnabled = factoryResetEnabled
+            self.resetClears = resetClears
+            self.maxBytes = maxBytes
+            self.spoolDirectory = spoolDirectory
+            self.stateDirectory = stateDirectory
+            self.devicesDirectory = devicesDirectory
+        }
+    }
+
+    public let settings: Settings
+    private let log: @Sendable (String) -> Void
+
+    public init(settings: Settings, log: @escaping @Sendable (String) -> Void) {
+        self.settings = settings
+        self.log = log
+    }
+
+    private func daemonPath(_ name: String) -> String { settings.daemonDirectory + "/" + name }
+    private func helperPath(_ name: String) -> String { settings.helperDirectory + "/" + name }
+
+    /// Takes the waiting request, if any, and carries it out. Returns false when there was none.
+    @discardableResult
+    public func runOnce() -> Bool {
+        mkdir(settings.helperDirectory, 0o755)
+        chmod(settings.helperDirectory, 0o755)
+        let requestPath = daemonPath(UpdateHandoff.requestFile)
+        guard let bytes = StateFile.read(requestPath, limit: 64 << 10) else {
+            if access(requestPath, F_OK) == 0 {
+                unlink(requestPath)
+                finish(UpdateHandoff.Report(requestID: "unknown", outcome: .error, reason: "the request is not a small regular file"))
+            }
+            return false
+        }
+        unlink(requestPath)  // taken: the path unit does not start the helper again for it
+        let request: UpdateHandoff.Request
+        do throws(UpdateError) {
+            guard let json = JSONValue.parse(bytes) else { throw UpdateError("the request is not JSON") }
+            request = try UpdateHandoff.Request(json: json)
+        } catch {
+            finish(UpdateHandoff.Report(requestID: JSONValue.parse(bytes)?["id"]?.stringValue ?? "unknown", outcome: .error, reason: error.message))
+            return true
+        }
+        log("request \(request.id): \(request.action.rawValue) \(request.version)")
+        switch request.action {
+        case .install: install(request)
+        case .factoryReset: factoryReset(request)
+        case .reboot:
+            finish(UpdateHandoff.Report(requestID: request.id, outcome: .rebooting))
+            _ = HostCommand.run(["systemctl", "reboot"])
+        }
+        return true
+    }
+
+    // MARK: - Install
+
+    private func install(_ request: UpdateHandoff.Request) {
+        func refuse(_ why: String) { finish(UpdateHandoff.Report(requestID: request.id, outcome: .error, reason: why, version: request.version)) }
+        guard settings.updateEnabled else { return refuse("software update is off in /etc/fieldgate/fieldgate.toml ([update] enabled)") }
+        let candidate = helperPath("candidate.deb")
+        if let e = copyVerified(daemonPath(request.file), to: candidate, sha256: request.sha256) { return refuse(e.message) }
+        let control: PackageInspector.Control
+        switch PackageInspector.control(of: candidate) {
+        case .failure(let e): return refuse(e.message)
+        case .success(let c): control = c
+        }
+        guard let architecture = PackageInspector.hostArchitecture() else { return refuse("dpkg cannot tell this machine's architecture") }
+        if let m = PackageInspector.mismatch(control, version: request.version, architecture: architecture) { return refuse(m) }
+        guard let from = PackageInspector.installedVersion() else { return refuse("fieldgate is not installed as a Debian package here: nothing to update or roll back to") }
+        // The running version, as a package, for the rollback.
+        let previous = helperPath("previous.deb")
+        let kept = helperPath("installed.deb")
+        if case .success(let c)? = access(kept, R_OK) == 0 ? PackageInspector.control(of: kept) : nil, c.version == from {
+            unlink(previous)
+            guard link(kept, previous) == 0 else { return refuse("cannot keep \(from) for a rollback: \(String(cString: strerror(errno)))") }
+        } else if let e = Self.repackInstalled(into: previous, work: helperPath("repack")) {
+            return refuse("cannot keep \(from) as a package for a rollback: \(e.message)")
+        }
+        progress(UpdateHandoff.Report(requestID: request.id, outcome: .verified, version: request.version))
+        // The daemon reports `rebooting` and flushes its spool, then says so; it is stopped either way.
+        let allowed = daemonPath(UpdateHandoff.restartAllowedFile)
+        for _ in 0..<(settings.restartWaitSeconds * 4) {
+            if StateFile.read(allowed, limit: 256).map({ String(decoding: $0, as: UTF8.self) }) == request.id { break }
+            usleep(250_000)
+        }
+        unlink(allowed)
+        unlink(daemonPath(UpdateHandoff.confirmedFile))
+        progress(UpdateHandoff.Report(requestID: request.id, outcome: .confirming, version: request.version))
+        log("installing fieldgate \(request.version) (running \(from))")
+        if let e = dpkgInstall(candidate) {
+            log("dpkg failed: \(e.message); reinstalling \(from)")
+            let back = dpkgInstall(previous)
+            return finish(UpdateHandoff.Report(requestID: request.id, outcome: .error,
+                                               reason: "dpkg could not install \(request.version): \(e.message)" + (back == nil ? "; \(from) reinstalled" : "; reinstalling \(from) failed too: \(back!.message)"),
+                                               version: request.version))
+        }
+        // Confirmation: the new daemon writes its version once it runs and reached the hub (or spools offline).
+        let deadline = WallClock.nowMilliseconds() + Int64(request.confirmSeconds) * 1000
+        var confirmed = false
+        while WallClock.nowMilliseconds() < deadline {
+            if StateFile.read(daemonPath(UpdateHandoff.confirmedFile), limit: 256).map({ String(decoding: $0, as: UTF8.self) }) == request.version {
+                confirmed = true
+                break
+            }
+            usleep(500_000)
+        }
+        if confirmed {
+            unlink(kept)
+            rename(candidate, kept)
+            unlink(previous)
+            log("fieldgate \(request.version) confirmed")
+            return finish(UpdateHandoff.Report(requestID: request.id, outcome: .installed, version: request.version))
+        }
+        let state = serviceState()
+        log("fieldgate \(request.version) did not confirm within \(request.confirmSeconds) s (\(state)); rolling back to \(from)")
+        var report = UpdateHandoff.Report(requestID: request.id, outcome: .rolledback,
+                                          reason: "\(request.version) did not confirm within \(request.confirmSeconds) s (\(state))", version: request.version)
+        report.restoredVersion = from
+        if let e = dpkgInstall(previous) {
+            report.outcome = .error
+            report.reason += "; reinstalling \(from) failed: \(e.message)"
+        } else {
+            unlink(kept)
+            rename(previous, kept)
+        }
+        unlink(candidate)
+        finish(report)
+    }
+
+    /// Copies the daemon's file into the helper's directory — not through a link, a regular file within the size
+    /// cap — and checks its SHA-256 on the copy, the file that will be installed.
+    private func copyVerified(_ source: String, to target: String, sha256: String) -> UpdateError? {
+        let input = open(source, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)
+        guard input >= 0 else { return UpdateError("the package \(source) cannot be opened: \(String(cString: strerror(errno)))") }
+        defer { close(input) }
+        var info = stat()
+        guard fstat(input, &info) == 0, info.st_mode & S_IFMT == S_IFREG else { return UpdateError("the package is not a regular file") }
+        guard info.st_size <= settings.maxBytes else { return UpdateError("the package is larger than \(settings.maxBytes) bytes") }
+        unlink(target)
+        let output = open(target, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        guard output >= 0 else { return UpdateError("cannot write \(target): \(String(cString: strerror(errno)))") }
+        defer { close(output) }
+        var digest = SHA256Digest()
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        var total = 0
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(input, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n >= 0 else { return UpdateError("reading the package failed: \(String(cString: strerror(errno)))") }
+            if n == 0 { break }
+            total += n
+            guard total <= settings.maxBytes else { return UpdateError("the package is larger than \(settings.maxBytes) bytes") }
+            buffer.withUnsafeBytes { digest.update(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
+            var done = 0
+            while done < n {
+                let w = buffer.withUnsafeBytes { write(output, $0.baseAddress! + done, n - done) }
+                if w < 0 && errno == EINTR { continue }
+                guard w > 0 else { return UpdateError("writing the copy failed: \(String(cString: strerror(errno)))") }
+                done += w
+            }
+        }
+        guard fsync(output) == 0 else { return UpdateError("syncing the copy failed: \(String(cString: strerror(errno)))") }
+        let found = digest.hex()
+        guard found == sha256 else { return UpdateError("checksum mismatch: expected \(sha256), the package's SHA-256 is \(found)") }
+        return nil
+    }
+
+    /// dpkg -i, keeping the operator's configuration files; the package's maintainer scripts restart the service.
+    /// If they did not (an invalid configuration), the helper does not either: the confirmation then fails.
+    private func dpkgInstall(_ path: String) -> UpdateError? {
+        setenv("DEBIAN_FRONTEND", "noninteractive", 1)
+        guard let (status, output) = HostCommand.capture(["dpkg", "--force-confold", "--force-confdef", "-i", path], withStderr: true) else {
+            return UpdateError("dpkg cannot be started")
+        }
+        guard status == 0 else { return UpdateError(output.split(separator: "\n").suffix(3).joined(separator: " | ")) }
+        return nil
+    }
+
+    /// The service's state for a rollback's reason: "active", or "failed, exit status 1, 5 restarts".
+    private func serviceState() -> String {
+        let out = HostCommand.capture(["systemctl", "show", settings.service, "-p", "ActiveState", "-p", "Result", "-p", "ExecMainStatus", "-p", "NRestarts"])?.output ?? ""
+        var f: [String: String] = [:]
+        for line in out.split(separator: "\n") { if let eq = line.firstIndex(of: "=") { f[String(line[..<eq])] = String(line[line.index(after: eq)...]) } }
+        var parts = ["fieldgated \(f["ActiveState"] ?? "unknown")"]
+        if let r = f["Result"], r != "success" { parts.append("result \(r)") }
+        if let s = f["ExecMainStatus"], s != "0" { parts.append("exit status \(s)") }
+        if let n = f["NRestarts"], n != "0" { parts.append("\(n) restarts") }
+        return parts.joined(separator: ", ")
+    }
+
+    // MARK: - Factory reset
+
+    private func factoryReset(_ request: UpdateHandoff.Request) {
+        guard settings.factoryResetEnabled else {
+            return finish(UpdateHandoff.Report(requestID: request.id, outcome: .error, reason: "factory reset is off in /etc/fieldgate/fieldgate.toml ([update] factory_reset)"))
+        }
+        progress(UpdateHandoff.Report(requestID: request.id, outcome: .verified))
+        usleep(500_000)  // the daemon's last report goes out
+        log("factory reset: stopping \(settings.service), clearing \(settings.resetClears.map(\.rawValue).sorted().joined(separator: ", "))")
+        _ = HostCommand.run(["systemctl", "stop", settings.service])
+        var cleared: [String] = []
+        if settings.resetClears.contains(.spool) {
+            _ = HostCommand.run(["rm", "-rf", "--one-file-system", "--", settings.spoolDirectory])
+            cleared.append("spool")
+        }
+        if settings.resetClears.contains(.state) {
+            // Everything else under the state directory: the spool stays unless it was named too.
+            let names = (try? directoryEntries(settings.stateDirectory)) ?? []
+            for name in names where settings.stateDirectory + "/" + name != settings.spoolDirectory {
+                _ = HostCommand.run(["rm", "-rf", "--one-file-system", "--", settings.stateDirectory + "/" + name])
+            }
+            cleared.append("state")
+        }
+        if settings.resetClears.contains(.devices) {
+            for name in (try? directoryEntries(settings.devicesDirectory)) ?? [] where name.hasSuffix(".toml") {
+                unlink(settings.devicesDirectory + "/" + name)
+            }
+            cleared.append("devices.d")
+        }
+        finish(UpdateHandoff.Report(requestID: request.id, outcome: .reset, reason: "cleared " + cleared.joined(separator: ", ")))
+        _ = HostCommand.run(["systemctl", "start", settings.service])
+    }
+
+    private func directoryEntries(_ path: String) throws -> [String] {
+        guard let dir = opendir(path) else { return [] }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+
+    // MARK: - Reports
+
+    private func progress(_ report: UpdateHandoff.Report) {
+        StateFile.replace(helperPath(UpdateHandoff.progressFile), with: report.json.bytes, durable: true, mode: 0o644)
+    }
+
+    private func finish(_ report: UpdateHandoff.Report) {
+        log("request \(report.requestID): \(report.outcome.rawValue)\(report.reason.isEmpty ? "" : ": " + report.reason)")
+        progress(report)
+        StateFile.replace(helperPath(UpdateHandoff.resultFile), with: report.json.bytes, durable: true, mode: 0o644)
+    }
+
+    // MARK: - Keeping the running version
+
+    /// Builds a .deb of the installed fieldgate from its files, control data and maintainer scripts (as dpkg-repack
+    /// does), so a rollback has a package even when the running version came from a file apt did not keep.
+    static func repackInstalled(into output: String, work: String) -> UpdateError? {
+        _ = HostCommand.run(["rm", "-rf", "--", work])
+        defer { _ = HostCommand.run(["rm", "-rf", "--", work]) }
+        guard mkdir(work, 0o755) == 0, mkdir(work + "/DEBIAN", 0o755) == 0 else { return UpdateError("cannot make \(work)") }
+        guard let (s1, list) = HostCommand.capture(["dpkg-query", "--listfiles", "fieldgate"]), s1 == 0 else { return UpdateError("dpkg-query --listfiles failed") }
+        for path in list.split(separator: "\n").map(String.init) where path.hasPrefix("/") && path != "/." {
+            var info = stat()
+            guard lstat(path, &info) == 0 else { continue }  // a file the operator removed: not kept
+            if info.st_mode & S_IFMT == S_IFDIR {
+                _ = HostCommand.run(["mkdir", "-p", work + path])
+                chmod(work + path, info.st_mode & 0o7777)
+            } else {
+                let parent = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
+                _ = HostCommand.run(["mkdir", "-p", work + parent])
+                guard HostCommand.run(["cp", "-a", "--no-dereference", "--", path, work + path]) == 0 else { return UpdateError("cannot copy \(path)") }
+            }
+        }
+        guard let (s2, status) = HostCommand.capture(["dpkg-query", "--status", "fieldgate"]), s2 == 0 else { return UpdateError("dpkg-query --status failed") }
+        let control = status.split(separator: "\n", omittingEmptySubsequences: false)
+            .filter { !$0.hasPrefix("Status:") && !$0.hasPrefix("Config-Version:") }.joined(separator: "\n") + "\n"
+        guard StateFile.replace(work + "/DEBIAN/control", with: Array(control.utf8), mode: 0o644) == nil else { return UpdateError("cannot write the control file") }
+        for name in ["preinst", "postinst", "prerm", "postrm", "conffiles"] {
+            let source = "/var/lib/dpkg/info/fieldgate." + name
+            guard access(source, F_OK) == 0 else { continue }
+            guard HostCommand.run(["cp", "--", source, work + "/DEBIAN/" + name]) == 0 else { return UpdateError("cannot copy \(source)") }
+            chmod(work + "/DEBIAN/" + name, name == "conffiles" ? 0o644 : 0o755)
+        }
+        unlink(output)
+        guard let (s3, out) = HostCommand.capture(["dpkg-deb", "--build", work, output], withStderr: true), s3 == 0 else {
+            return UpdateError("dpkg-deb --build failed")
+        }
+        _ = out
+        return nil
+    }
+}

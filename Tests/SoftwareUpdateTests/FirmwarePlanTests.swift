@@ -1,0 +1,132 @@
+import FieldgateCore
+import MessageAuthentication
+import Testing
+@testable import SoftwareUpdate
+
+/// The pure parts of software update: the maintenance window, what a desired `firmware` leads to, the hand-off's
+/// request checks, the package's control fields and SHA-256.
+@Suite("Software update decisions")
+struct FirmwarePlanTests {
+    /// 2026-12-05 00:00 UTC.
+    let midnight: Int64 = 1_796_428_800_000
+    let hour: Int64 = 3_600_000
+    let check = String(repeating: "ab", count: 32)
+
+    @Test func windowOpensDailyInItsZone() throws {
+        let w = try MaintenanceWindow(desired: ["start": "02:00", "durationMinutes": 60, "timezone": "UTC"])
+        #expect(!w.isOpen(atMs: midnight + hour) && w.isOpen(atMs: midnight + 2 * hour) && w.isOpen(atMs: midnight + 2 * hour + 59 * 60_000))
+        #expect(!w.isOpen(atMs: midnight + 3 * hour))
+        #expect(w.nextOpening(afterMs: midnight + hour) == midnight + 2 * hour)
+        #expect(w.nextOpening(afterMs: midnight + 3 * hour) == midnight + 26 * hour, "tomorrow's")
+        // Across midnight, in a zone east of UTC: 23:30+01:00 for 90 min = 22:30 to 00:00 UTC.
+        let late = try MaintenanceWindow(desired: ["start": "23:30", "durationMinutes": 90, "timezone": "+01:00"])
+        #expect(late.isOpen(atMs: midnight - 30 * 60_000) && !late.isOpen(atMs: midnight + 60_000) && !late.isOpen(atMs: midnight - 2 * hour))
+        #expect(late.nextOpening(afterMs: midnight) == midnight + 22 * hour + 30 * 60_000)
+        #expect(try MaintenanceWindow(desired: ["start": "02:00", "durationMinutes": 30, "timezone": "UTC-05:30"]).utcOffsetMinutes == -330)
+        for bad: JSONValue in [["start": "2:00", "durationMinutes": 60], ["start": "02:00", "durationMinutes": 0],
+                               ["start": "02:00", "durationMinutes": 60, "timezone": "Europe/Berlin"], "02:00"] {
+            #expect(throws: MaintenanceWindow.Problem.self) { try MaintenanceWindow(desired: bad) }
+        }
+    }
+
+    private func request(_ version: String = "0.2.0", uri: String = "https://example.com/fieldgate_0.2.0_arm64.deb", force: Bool = false) -> FirmwareRequest {
+        FirmwareRequest(desired: ["fwVersion": .string(version), "fwPackageURI": .string(uri), "fwPackageCheckValue": .string(check.uppercased()), "force": .bool(force)])!
+    }
+
+    @Test func aDesiredVersionStartsOnlyWhenItMay() throws {
+        let now = midnight + hour
+        let window = try MaintenanceWindow(desired: ["start": "02:00", "durationMinutes": 60])
+        // Same version: current, nothing pending.
+        guard case .report(let same) = FirmwarePlan.decide(request("0.1.0"), record: UpdateRecord(), currentVersion: "0.1.0", enabled: true, window: nil, nowMs: now) else {
+            Issue.record("the running version started an update"); return
+        }
+        #expect(same.status == .current && same.pendingVersion.isEmpty)
+        // Off in the configuration: error, said so.
+        guard case .report(let off) = FirmwarePlan.decide(request(), record: UpdateRecord(), currentVersion: "0.1.0", enabled: false, window: nil, nowMs: now) else {
+            Issue.record("started while off"); return
+        }
+        #expect(off.status == .error && off.substatus.contains("[update] enabled"))
+        // Not https: error, "Insecure package URI" as the pattern says.
+        guard case .report(let insecure) = FirmwarePlan.decide(request(uri: "http://example.com/p.deb"), record: UpdateRecord(), currentVersion: "0.1.0", enabled: true, window: nil, nowMs: now) else {
+            Issue.record("started from http"); return
+        }
+        #expect(insecure.status == .error && insecure.substatus.hasPrefix("Insecure package URI"))
+        // Outside the window: waits, with the version pending.
+        guard case .wait(let waiting) = FirmwarePlan.decide(request(), record: UpdateRecord(), currentVersion: "0.1.0", enabled: true, window: .success(window), nowMs: now) else {
+            Issue.record("did not wait for the window"); return
+        }
+        #expect(waiting.status == .current && waiting.pendingVersion == "0.2.0" && waiting.substatus.contains("maintenance window"))
+        // Forced, or inside the window: starts, and the check value is compared in lower case.
+        guard case .start(let attempt, let r) = FirmwarePlan.decide(request(force: true), record: waiting, currentVersion: "0.1.0", enabled: true, window: .success(window), nowMs: now) else {
+            Issue.record("force did not start"); return
+        }
+        #expect(attempt.status == .downloading && attempt.fromVersion == "0.1.0" && attempt.startedAtMs == now && r.checkValue == check)
+        guard case .start = FirmwarePlan.decide(request(), record: waiting, currentVersion: "0.1.0", enabled: true, window: .success(window), nowMs: now + hour) else {
+            Issue.record("the open window did not start it"); return
+        }
+        // A window it cannot read holds updates back.
+        guard case .wait = FirmwarePlan.decide(request(), record: UpdateRecord(), currentVersion: "0.1.0", enabled: true,
+                                               window: .failure(.init(message: "bad")), nowMs: now) else {
+            Issue.record("an unreadable window let it go"); return
+        }
+    }
+
+    @Test func aFailedAttemptIsNotRetriedUntilTheDesiredValueChanges() {
+        var failed = UpdateRecord()
+        failed.status = .rolledback
+        failed.pendingVersion = "0.2.0"
+        failed.checkValue = check
+        failed.substatus = "rolled back"
+        #expect(FirmwarePlan.decide(request(), record: failed, currentVersion: "0.1.0", enabled: true, window: nil, nowMs: midnight) == .report(failed))
+        var other = request()
+        other.checkValue = String(repeating: "cd", count: 32)
+        guard case .start = FirmwarePlan.decide(other, record: failed, currentVersion: "0.1.0", enabled: true, window: nil, nowMs: midnight) else {
+            Issue.record("a new package was not tried"); return
+        }
+        // Back to the running version: current again, the last attempt's times kept.
+        failed.startedAtMs = 5
+        failed.endedAtMs = 6
+        guard case .report(let back) = FirmwarePlan.decide(request("0.1.0"), record: failed, currentVersion: "0.1.0", enabled: true, window: nil, nowMs: midnight) else {
+            Issue.record("no report"); return
+        }
+        #expect(back.status == .current && back.pendingVersion.isEmpty && back.startedAtMs == 5 && back.endedAtMs == 6)
+        // Busy: a new desired value waits.
+        var busy = UpdateRecord()
+        busy.status = .downloading
+        #expect(FirmwarePlan.decide(other, record: busy, currentVersion: "0.1.0", enabled: true, window: nil, nowMs: midnight) == .report(busy))
+    }
+
+    @Test func reportedSectionHasThePatternsFields() {
+        var r = UpdateRecord()
+        r.status = .applying
+        r.pendingVersion = "0.2.0"
+        r.startedAtMs = midnight
+        let f = r.reported(currentVersion: "0.1.0")
+        #expect(f["currentFwVersion"] == "0.1.0" && f["pendingFwVersion"] == "0.2.0" && f["fwUpdateStatus"] == "applying")
+        #expect(f["lastFwUpdateStartTime"] == .string(WallClock.iso8601(milliseconds: midnight)) && f["lastFwUpdateEndTime"] == "")
+        #expect(UpdateRecord(json: r.json) == r)
+    }
+
+    @Test func theHelperTakesOnlyWellFormedRequests() throws {
+        var good = UpdateHandoff.Request(id: "1796428800000-ab12", action: .install)
+        good.version = "0.2.0"
+        good.file = "fieldgate_0.2.0.deb"
+        good.sha256 = check
+        #expect(try UpdateHandoff.Request(json: good.json) == good)
+        for (field, value) in [("file", "../../etc/shadow"), ("version", "0.2.0; rm -rf /"), ("sha256", "xyz"), ("id", "../x"), ("action", "format"),
+                               ("confirmSeconds", "5")] as [(String, String)] {
+            guard case .object(var o) = good.json else { return }
+            o[field] = field == "confirmSeconds" ? .int(5) : .string(value)
+            #expect(throws: UpdateError.self, "\(field) = \(value)") { try UpdateHandoff.Request(json: .object(o)) }
+        }
+    }
+
+    @Test func packageFieldsAndDigest() {
+        let control = PackageInspector.parseFields("Package: fieldgate\nVersion: 0.2.0\nArchitecture: arm64\n")
+        #expect(control == PackageInspector.Control(package: "fieldgate", version: "0.2.0", architecture: "arm64"))
+        #expect(PackageInspector.mismatch(control!, version: "0.2.0", architecture: "amd64")?.contains("for arm64") == true)
+        #expect(PackageInspector.mismatch(control!, version: "0.2.1", architecture: "arm64")?.contains("not 0.2.1") == true)
+        #expect(PackageInspector.mismatch(control!, version: "0.2.0", architecture: "arm64") == nil)
+        #expect(SHA256Digest.hex(of: Array("abc".utf8)) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    }
+}

@@ -97,6 +97,8 @@ strip_binary --strip-unneeded --remove-section=.comment --remove-section=.note "
 install -d "$R/usr/bin"
 ln -s ../sbin/fieldgated "$R/usr/bin/fieldgatectl"
 install -D -m 0644 systemd/fieldgated.service "$R/$UNITDIR/fieldgated.service"
+install -D -m 0644 systemd/fieldgate-update.path "$R/$UNITDIR/fieldgate-update.path"
+install -D -m 0644 systemd/fieldgate-update.service "$R/$UNITDIR/fieldgate-update.service"
 install -D -m 0644 systemd/sysusers.conf "$R/usr/lib/sysusers.d/fieldgate.conf"
 install -D -m 0644 systemd/sysctl.conf "$R/usr/lib/sysctl.d/30-fieldgate.conf"
 # 0644/0755 as shipped; the postinst narrows them to the fieldgate group.
@@ -149,7 +151,8 @@ Description: field gateway from local devices to Azure IoT Hub
  twins reach the leaves.
  .
  Runs under systemd with readiness, a progress-fed watchdog and live reload;
- fieldgatectl shows its state.
+ fieldgatectl shows its state. Optionally updates itself from a package the
+ gateway's device twin names, with rollback, within a maintenance window.
 CONTROL
 md5sums "$R"
 dpkg-deb --root-owner-group -Zxz --build "$R" "$OUT/fieldgate_${VERSION}_${ARCH}.deb" >/dev/null

@@ -45,9 +45,10 @@ run_in_chroot() {  # script, bind...
 
 # Boots the cached root with a throw-away overlay (every change is discarded) and a private /run/systemd, so
 # nspawn's bookkeeping stays off the host; extra nspawn options are passed through, the last argument goes to
-# the container's systemd (e.g. systemd.wants=check.service). Output: $WORK/console.log. Bounded to 180 s.
+# the container's systemd (e.g. systemd.wants=check.service). Output: $WORK/console.log. Bounded to
+# $BOOT_TIMEOUT seconds (180).
 boot_container() {
-  timeout 180 unshare --mount --propagation private bash -c '
+  timeout "${BOOT_TIMEOUT:-180}" unshare --mount --propagation private bash -c '
     mkdir -p /run/systemd && mount -t tmpfs tmpfs /run/systemd
     exec systemd-nspawn -D "$0" --volatile=overlay --register=no --keep-unit --boot --console=pipe -q \
       "${@:1:$#-1}" -- "${@: -1}"' "$CACHE/rootfs" "$@" >"$WORK/console.log" 2>&1 || true
@@ -61,7 +62,8 @@ start_hub() {
   export FIELDGATE_HUB_STATE=$WORK/hub
   mkdir -p "$WORK/hub"
   "$HUB_BIN" certs --dns localhost >/dev/null
-  "$HUB_BIN" serve --amqps-port "$AMQPS_PORT" --http-port "$HTTP_PORT" --https-port "$HTTPS_PORT" --log-level warning >"$WORK/hub.log" 2>&1 &
+  # shellcheck disable=SC2086 # HUB_ARGS: extra serve options, word-split on purpose
+  "$HUB_BIN" serve --amqps-port "$AMQPS_PORT" --http-port "$HTTP_PORT" --https-port "$HTTPS_PORT" --log-level warning ${HUB_ARGS:-} >"$WORK/hub.log" 2>&1 &
   HUB_PID=$!
   for _ in $(seq 50); do "$HUB_BIN" device list $URL >/dev/null 2>&1 && break; sleep 0.2; done
 }

@@ -14,17 +14,18 @@ trap 'rm -rf "$root"' EXIT
 mkdir -p "$root/lib/systemd" "$root/usr/sbin" "$root/etc/systemd/system" "$root/bin"
 cp -a /lib/systemd/system "$root/lib/systemd/system"
 cp "$unit" "$root/lib/systemd/system/fieldgated.service"
+cp systemd/fieldgate-update.path systemd/fieldgate-update.service "$root/lib/systemd/system/"
 if [ -n "$binary" ]; then cp "$binary" "$root/usr/sbin/fieldgated"; else printf '#!/bin/sh\n' >"$root/usr/sbin/fieldgated"; fi
 chmod 755 "$root/usr/sbin/fieldgated"
 cp /bin/kill "$root/bin/kill"
 mkdir -p "$root/usr/bin" && cp "$root/usr/sbin/fieldgated" "$root/usr/bin/fieldgatectl"
 
 # --man=no: the man pages come with the package (issue 9), not with this tree.
-verify=$(systemd-analyze verify --man=no --root="$root" fieldgated.service 2>&1 || true)
+verify=$(systemd-analyze verify --man=no --root="$root" fieldgated.service fieldgate-update.path fieldgate-update.service 2>&1 || true)
 if [ -n "$verify" ]; then
   echo "check-unit: systemd-analyze verify complained:"; echo "$verify"; exit 1
 fi
-echo "check-unit: systemd-analyze verify: clean"
+echo "check-unit: systemd-analyze verify: clean (fieldgated.service, fieldgate-update.path and .service)"
 
 security=$(systemd-analyze security --offline=yes --root="$root" fieldgated.service 2>&1 || true)
 exposure=$(sed -n 's/.*Overall exposure level for fieldgated.service: \([0-9.]*\).*/\1/p' <<<"$security")

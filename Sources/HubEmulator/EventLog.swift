@@ -23,6 +23,8 @@ struct StoredEvent {
     var enqueuedMs: Int64
     var hubScope: Bool
     var encoded: [UInt8]
+    /// `iothub-message-source`: Telemetry, or twinChangeEvents for the hub's own twin change notifications.
+    var source = "Telemetry"
 }
 
 /// A bounded log of received events. Reactor-thread state.

@@ -25,6 +25,10 @@ public struct HubConfiguration: Sendable {
     /// A storage account is associated for file upload (its blobs are served on the HTTPS port). false: device
     /// file-upload requests are refused with 400022, as by a hub without one. Default: true.
     public var fileUploadStorage = true
+    /// A route sends device twin change events (reported-property updates) to the built-in events endpoint, as
+    /// IoT Hub does when one is configured: each update becomes an event with `iothub-message-source`
+    /// twinChangeEvents. Default: off (the events endpoint carries telemetry only, IoT Hub's default).
+    public var twinChangeEvents = false
     /// Where registry, twins and pending C2D survive restarts; nil = memory only.
     public var stateDirectory: String?
 

@@ -129,6 +129,7 @@ extension HubConnection {
                 core.twins[deviceId] = updated
                 core.markDirty()
                 status = 204
+                if core.configuration.twinChangeEvents, let version { core.recordTwinChange(deviceId: deviceId, reported: patch, version: version) }
             } catch {
                 status = 400
                 body = .object(["errorCode": 400004, "message": .string(error.message)])

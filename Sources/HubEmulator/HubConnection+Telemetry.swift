@@ -154,7 +154,7 @@ extension HubConnection {
         ]).serialized
         annotations[IoTHubAMQP.connectionAuthGenerationID] = stored.generationId
         annotations[IoTHubAMQP.enqueuedTime] = enqueued
-        annotations[IoTHubAMQP.messageSource] = "Telemetry"
+        annotations[IoTHubAMQP.messageSource] = stored.source
         annotations[IoTHubAMQP.connectionModuleID] = nil
         let body = m.body.bytes
         let text = String(validating: body, as: UTF8.self)

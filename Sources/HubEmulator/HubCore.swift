@@ -163,6 +163,24 @@ public final class HubCore: @unchecked Sendable {
         for w in waiters { w.deliver(readEvents(from: w.from, limit: 1000)) }
     }
 
+    /// A twin change notification as IoT Hub routes one (`opType` updateTwin, schema twinChangeNotification): the
+    /// reported patch with the twin's new version.
+    func recordTwinChange(deviceId: String, reported patch: JSONValue, version: Int64) {
+        var reported = patch
+        if case .object(var o) = patch { o["$version"] = .int(version); reported = .object(o) }
+        var m = AMQPMessage()
+        m.messageID = .string(AMQPUUID.random().description)
+        m.contentType = "application/json"
+        m.contentEncoding = "utf-8"
+        m.applicationProperties = [
+            "hubName": .string(configuration.hubName), "deviceId": .string(deviceId), "opType": .string("updateTwin"),
+            "operationTimestamp": .string(WallClock.iso8601(milliseconds: now)), "iothub-message-schema": .string("twinChangeNotification"),
+        ]
+        m.body = .data([JSONValue.object(["version": .int(version), "properties": ["reported": reported]]).bytes])
+        recordEvent(StoredEvent(deviceId: deviceId, generationId: "", enqueuedMs: now, hubScope: false,
+                                encoded: AMQPMessageCodec.encode(m), source: "twinChangeEvents"))
+    }
+
     func readEvents(from: Int64, limit: Int) -> [ReceivedEvent] {
         events.read(from: from, limit: limit) { stored, seq in HubConnection.render(stored, sequence: seq) }
     }

@@ -51,9 +51,10 @@ public struct FirmwareRequest: Sendable, Equatable {
 public struct UpdateRecord: Sendable, Equatable {
     public var status: FirmwareStatus = .current
     public var substatus = ""
-    /// The version being (or last) installed, and its check value: together they name an attempt.
+    /// The version being (or last) installed, its check value and its URI: together they name an attempt.
     public var pendingVersion = ""
     public var checkValue = ""
+    public var uri = ""
     /// The version running when the attempt began.
     public var fromVersion = ""
     public var startedAtMs: Int64?
@@ -65,7 +66,7 @@ public struct UpdateRecord: Sendable, Equatable {
 
     public var json: JSONValue {
         ["status": .string(status.rawValue), "substatus": .string(substatus), "pendingVersion": .string(pendingVersion),
-         "checkValue": .string(checkValue), "fromVersion": .string(fromVersion), "startedAtMs": startedAtMs.map { .int($0) } ?? .null,
+         "checkValue": .string(checkValue), "uri": .string(uri), "fromVersion": .string(fromVersion), "startedAtMs": startedAtMs.map { .int($0) } ?? .null,
          "endedAtMs": endedAtMs.map { .int($0) } ?? .null, "requestID": .string(requestID)]
     }
 
@@ -75,6 +76,7 @@ public struct UpdateRecord: Sendable, Equatable {
         substatus = json["substatus"]?.stringValue ?? ""
         pendingVersion = json["pendingVersion"]?.stringValue ?? ""
         checkValue = json["checkValue"]?.stringValue ?? ""
+        uri = json["uri"]?.stringValue ?? ""
         fromVersion = json["fromVersion"]?.stringValue ?? ""
         startedAtMs = json["startedAtMs"]?.intValue
         endedAtMs = json["endedAtMs"]?.intValue
@@ -122,8 +124,8 @@ public enum FirmwarePlan: Sendable, Equatable {
             return .report(r)
         }
         let attemptFailed = (record.status == .error || record.status == .rolledback)
-            && record.pendingVersion == request.version && record.checkValue == request.checkValue
-        if attemptFailed { return .report(record) }  // no retry loop: a new desired value (another check value) retries
+            && record.pendingVersion == request.version && record.checkValue == request.checkValue && record.uri == request.uri
+        if attemptFailed { return .report(record) }  // no retry loop: a new desired value (another package or URI) retries
         guard enabled else {
             return .report(failed(record, request, "software update is off in this gateway's configuration ([update] enabled = true)", nowMs: nowMs))
         }
@@ -145,6 +147,7 @@ public enum FirmwarePlan: Sendable, Equatable {
         attempt.substatus = "downloading \(request.fileName)"
         attempt.pendingVersion = request.version
         attempt.checkValue = request.checkValue
+        attempt.uri = request.uri
         attempt.fromVersion = currentVersion
         attempt.startedAtMs = nowMs
         return .start(attempt, request)
@@ -156,6 +159,7 @@ public enum FirmwarePlan: Sendable, Equatable {
         r.substatus = why
         r.pendingVersion = request.version
         r.checkValue = request.checkValue
+        r.uri = request.uri
         r.startedAtMs = nowMs
         r.endedAtMs = nowMs
         return r

@@ -66,6 +66,11 @@ public final class UpdateAgent: Sendable {
         self.environment = environment
         self.logger = logger
         startSequence = environment.spooledSequence()
+        // Read before anything asks: a desired value arriving first must see an update under way as such.
+        mkdir(configuration.directory, 0o750)
+        if let loaded = StateFile.read(configuration.directory + "/" + UpdateHandoff.recordFile).flatMap({ JSONValue.parse($0) }).flatMap({ UpdateRecord(json: $0) }) {
+            state.withLock { $0.record = loaded }
+        }
     }
 
     private func path(_ name: String) -> String { configuration.directory + "/" + name }
@@ -73,17 +78,12 @@ public final class UpdateAgent: Sendable {
 
     // MARK: - Start
 
-    /// At start: the record of an earlier run is read; an update that restarted this process is confirmed (this is
-    /// the new version) or its outcome read from the helper (the old one is back); an interrupted download resumes.
+    /// At start (the record of an earlier run was read at init): an update that restarted this process is confirmed
+    /// (this is the new version) or its outcome read from the helper (the old one is back); an interrupted download
+    /// begins again with the desired value.
     public func resume() async {
-        let dir = configuration.directory
-        let loaded = await offCooperativePool { () -> UpdateRecord? in
-            mkdir(dir, 0o750)
-            return StateFile.read(dir + "/" + UpdateHandoff.recordFile).flatMap { JSONValue.parse($0) }.flatMap { UpdateRecord(json: $0) }
-        }
-        if let loaded { state.withLock { $0.record = loaded } }
         await reportHelperResultOfReset()
-        guard let record = loaded else { return }
+        let record = state.withLock { $0.record }
         switch record.status {
         case .applying, .rebooting:
             if record.pendingVersion == currentVersion {

@@ -149,6 +149,8 @@ public struct UpdateHelper: Sendable {
         var report = UpdateHandoff.Report(requestID: request.id, outcome: .rolledback,
                                           reason: "\(request.version) did not confirm within \(request.confirmSeconds) s (\(state))", version: request.version)
         report.restoredVersion = from
+        // A unit that failed its starts in a row is held by systemd's start limit: released before the reinstall.
+        _ = HostCommand.run(["systemctl", "reset-failed", settings.service])
         if let e = dpkgInstall(previous) {
             report.outcome = .error
             report.reason += "; reinstalling \(from) failed: \(e.message)"
@@ -199,13 +201,18 @@ public struct UpdateHelper: Sendable {
     }
 
     /// dpkg -i, keeping the operator's configuration files; the package's maintainer scripts restart the service.
-    /// If they did not (an invalid configuration), the helper does not either: the confirmation then fails.
+    /// If it is not running afterwards (the scripts skip the restart with an invalid configuration, or the restart
+    /// failed), it is started once more here; a version that cannot start then fails its confirmation.
     private func dpkgInstall(_ path: String) -> UpdateError? {
         setenv("DEBIAN_FRONTEND", "noninteractive", 1)
         guard let (status, output) = HostCommand.capture(["dpkg", "--force-confold", "--force-confdef", "-i", path], withStderr: true) else {
             return UpdateError("dpkg cannot be started")
         }
         guard status == 0 else { return UpdateError(output.split(separator: "\n").suffix(3).joined(separator: " | ")) }
+        if HostCommand.capture(["systemctl", "is-active", settings.service])?.output != "active" {
+            _ = HostCommand.run(["systemctl", "reset-failed", settings.service])
+            _ = HostCommand.run(["systemctl", "restart", settings.service])
+        }
         return nil
     }
 

@@ -46,6 +46,8 @@ struct Serve: AsyncParsableCommand {
     var dailyQuota = 0
     @Option(help: "The hub's tier: standard, or basic (no C2D, twins or direct methods: their links and service calls are refused with 403010, as a Basic-tier IoT Hub refuses them).")
     var tier: HubTier = .standard
+    @Flag(help: "Route device twin change events (reported-property updates) to the events endpoint, as an IoT Hub route with source TwinChangeEvents does; monitor-events shows them.")
+    var twinChangeEvents = false
     @Flag(help: "No storage account for file upload: device file-upload requests are refused with 400022, as by a hub without one.")
     var noStorage = false
     @Option(help: "Log level: trace, debug, info, notice, warning, error.")
@@ -64,6 +66,7 @@ struct Serve: AsyncParsableCommand {
         config.hub.dailyMessageQuota = dailyQuota > 0 ? dailyQuota : nil
         config.hub.tier = tier
         config.hub.fileUploadStorage = !noStorage
+        config.hub.twinChangeEvents = twinChangeEvents
         config.bindHost = bind
         config.amqpsPort = noAmqps ? nil : amqpsPort
         config.amqpPort = amqpPort

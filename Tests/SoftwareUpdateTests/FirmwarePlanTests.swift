@@ -76,6 +76,7 @@ struct FirmwarePlanTests {
         failed.status = .rolledback
         failed.pendingVersion = "0.2.0"
         failed.checkValue = check
+        failed.uri = "https://example.com/fieldgate_0.2.0_arm64.deb"
         failed.substatus = "rolled back"
         #expect(FirmwarePlan.decide(request(), record: failed, currentVersion: "0.1.0", enabled: true, window: nil, nowMs: midnight) == .report(failed))
         var other = request()

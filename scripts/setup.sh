@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything fieldgate needs on Debian 12 (run as root): the C libraries it links, the tools its
-# tests drive (socat, openssl, libfuse2 for the spool's power-cut file system), and the pinned PyPI test peers
+# tests drive (socat, openssl, libfuse2 for the spool's power-cut file system, tinyproxy, nginx serving update
+# packages), and the pinned PyPI test peers
 # (pymodbus, fusepy) in a private venv (.venv-peers).
 # Idempotent: a second run only checks.
 set -euo pipefail

@@ -21,5 +21,8 @@ bash scripts/systemd-e2e.sh "$(swift build --show-bin-path)"
 bash packaging/test-deb.sh
 # Day one in that container with fieldgatectl alone: connect, check, leaf add ×2 without a restart, a refused reload.
 bash packaging/test-day-one.sh
+# Software update through the twin with the packages test-deb built (nginx serves them): a corrupt download, a
+# maintenance window that defers, the update, a rollback from a version that never becomes ready, factory reset.
+bash packaging/test-update.sh
 # A bounded libFuzzer run over the spool's decoders (longer runs: scripts/fuzz.sh SECONDS).
 bash scripts/fuzz.sh 30

@@ -69,7 +69,12 @@ public final class UpdateAgent: Sendable {
         // Read before anything asks: a desired value arriving first must see an update under way as such.
         mkdir(configuration.directory, 0o750)
         if let loaded = StateFile.read(configuration.directory + "/" + UpdateHandoff.recordFile).flatMap({ JSONValue.parse($0) }).flatMap({ UpdateRecord(json: $0) }) {
-            state.withLock { $0.record = loaded }
+            // An update that restarted this process: `resume` runs its last step, and until then no desired value
+            // reports the old step over it.
+            state.withLock {
+                $0.record = loaded
+                $0.flowRunning = loaded.status == .applying || loaded.status == .rebooting
+            }
         }
     }
 
@@ -86,10 +91,15 @@ public final class UpdateAgent: Sendable {
         let record = state.withLock { $0.record }
         switch record.status {
         case .applying, .rebooting:
-            if record.pendingVersion == currentVersion {
-                startTask { await self.confirmNewVersion(record) }
-            } else {
-                startTask { await self.awaitHelperOutcome(record, afterRestart: true) }
+            // flowRunning was set at init for this.
+            Task {
+                if record.pendingVersion == self.currentVersion {
+                    await self.confirmNewVersion(record)
+                } else {
+                    await self.awaitHelperOutcome(record, afterRestart: true)
+                }
+                self.state.withLock { $0.flowRunning = false }
+                await self.reevaluate()
             }
         case .downloading, .verifying:
             // Interrupted: begins again where the partial download ended, once the twin's desired value is known.
@@ -133,7 +143,10 @@ public final class UpdateAgent: Sendable {
             $0.request = request
             $0.uri = request?.uri ?? ""
         }
+        let running = state.withLock { $0.flowRunning }
         let record = plan(nowMs: WallClock.nowMilliseconds())
+        // While an update runs, it reports its own steps: a desired value's answer must not report an older one.
+        if running { return ["maintenance": maintenanceReport(nowMs: WallClock.nowMilliseconds())] }
         return ["firmware": record.reported(currentVersion: currentVersion), "maintenance": maintenanceReport(nowMs: WallClock.nowMilliseconds())]
     }
 
@@ -418,6 +431,7 @@ public final class UpdateAgent: Sendable {
         r.endedAtMs = WallClock.nowMilliseconds()
         let confirmed = path(UpdateHandoff.confirmedFile)
         var written = false
+        state.withLock { $0.record = r }  // what any report says from now on
         while true {
             let reported = await environment.report(["firmware": r.reported(currentVersion: currentVersion)], .seconds(10)) == nil
             if !written && (reported || environment.spooledSequence() > startSequence) {
@@ -428,7 +442,6 @@ public final class UpdateAgent: Sendable {
             if reported { break }
             try? await Task.sleep(for: .seconds(2))
         }
-        state.withLock { $0.record = r }
         await persist(r)
     }
 

@@ -294,9 +294,12 @@ public struct UpdateHelper: Sendable {
         guard mkdir(work, 0o755) == 0, mkdir(work + "/DEBIAN", 0o755) == 0 else { return UpdateError("cannot make \(work)") }
         guard let (s1, list) = HostCommand.capture(["dpkg-query", "--listfiles", "fieldgate"]), s1 == 0 else { return UpdateError("dpkg-query --listfiles failed") }
         for path in list.split(separator: "\n").map(String.init) where path.hasPrefix("/") && path != "/." {
-            var info = stat()
+            var info = stat(), followed = stat()
             guard lstat(path, &info) == 0 else { continue }  // a file the operator removed: not kept
-            if info.st_mode & S_IFMT == S_IFDIR {
+            // A directory of the package is one in the copy, even where this system has a link for it (merged /usr:
+            // /lib → usr/lib).
+            if info.st_mode & S_IFMT == S_IFDIR || (stat(path, &followed) == 0 && followed.st_mode & S_IFMT == S_IFDIR) {
+                if info.st_mode & S_IFMT != S_IFDIR { info = followed }
                 _ = HostCommand.run(["mkdir", "-p", work + path])
                 chmod(work + path, info.st_mode & 0o7777)
             } else {
@@ -309,11 +312,12 @@ public struct UpdateHelper: Sendable {
         let control = status.split(separator: "\n", omittingEmptySubsequences: false)
             .filter { !$0.hasPrefix("Status:") && !$0.hasPrefix("Config-Version:") }.joined(separator: "\n") + "\n"
         guard StateFile.replace(work + "/DEBIAN/control", with: Array(control.utf8), mode: 0o644) == nil else { return UpdateError("cannot write the control file") }
-        for name in ["preinst", "postinst", "prerm", "postrm", "conffiles"] {
-            let source = "/var/lib/dpkg/info/fieldgate." + name
-            guard access(source, F_OK) == 0 else { continue }
-            guard HostCommand.run(["cp", "--", source, work + "/DEBIAN/" + name]) == 0 else { return UpdateError("cannot copy \(source)") }
-            chmod(work + "/DEBIAN/" + name, name == "conffiles" ? 0o644 : 0o755)
+        // The maintainer scripts and the conffiles list, through dpkg-query (not dpkg's database files).
+        let present = Set((HostCommand.capture(["dpkg-query", "--control-list", "fieldgate"])?.output ?? "").split(separator: "\n").map(String.init))
+        for name in ["preinst", "postinst", "prerm", "postrm", "conffiles"] where present.contains(name) {
+            guard let (status, text) = HostCommand.capture(["dpkg-query", "--control-show", "fieldgate", name]), status == 0,
+                  StateFile.replace(work + "/DEBIAN/" + name, with: Array((text + "\n").utf8), mode: name == "conffiles" ? 0o644 : 0o755) == nil
+            else { return UpdateError("cannot keep the package's \(name)") }
         }
         unlink(output)
         guard let (s3, out) = HostCommand.capture(["dpkg-deb", "--build", work, output], withStderr: true), s3 == 0 else {

@@ -267,7 +267,7 @@ let package = Package(
         .testTarget(name: "UDPAdapterTests", dependencies: ["UDPAdapter", "FrameCodecs", "Uplink", "Spool", "FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "FrameCodecsTests", dependencies: ["FrameCodecs", "FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "SerialAdapterTests", dependencies: ["SerialAdapter", "FrameCodecs", "Uplink", "Spool", "FieldgateCore"], swiftSettings: strictSettings),
-        .testTarget(name: "SoftwareUpdateTests", dependencies: ["SoftwareUpdate", "FieldgateCore", "MessageAuthentication", "HubTunnel", "HubEmulator",
+        .testTarget(name: "SoftwareUpdateTests", dependencies: ["SoftwareUpdate", "FieldgateCore", "MessageAuthentication", "HubTunnel", "HubEmulator", "HubTestSupport",
                                                     .product(name: "Logging", package: "swift-log")], swiftSettings: strictSettings),
         .testTarget(name: "GatewayTests", dependencies: ["GatewayConfig", "HubTunnel", "Uplink", "Spool", "UDPAdapter", "SerialAdapter", "FrameCodecs", "ModbusAdapter", "ModbusIO"], swiftSettings: strictSettings),
         .testTarget(name: "ModbusAdapterTests", dependencies: ["ModbusAdapter", "ModbusIO", "HubTestSupport", "Uplink", "Spool", "FieldgateCore"], swiftSettings: strictSettings),

@@ -244,10 +244,19 @@ public struct UpdateHelper: Sendable {
             cleared.append("spool")
         }
         if settings.resetClears.contains(.state) {
-            // Everything else under the state directory: the spool stays unless it was named too.
+            // Everything else under the state directory: the spool stays unless it was named too, and so does the
+            // record of the last software update (the installed software is not reset: forgetting that a package
+            // failed would install it again).
             let names = (try? directoryEntries(settings.stateDirectory)) ?? []
             for name in names where settings.stateDirectory + "/" + name != settings.spoolDirectory {
-                _ = HostCommand.run(["rm", "-rf", "--one-file-system", "--", settings.stateDirectory + "/" + name])
+                let path = settings.stateDirectory + "/" + name
+                if path == settings.daemonDirectory {
+                    for entry in (try? directoryEntries(path)) ?? [] where entry != UpdateHandoff.recordFile {
+                        _ = HostCommand.run(["rm", "-rf", "--one-file-system", "--", path + "/" + entry])
+                    }
+                } else {
+                    _ = HostCommand.run(["rm", "-rf", "--one-file-system", "--", path])
+                }
             }
             cleared.append("state")
         }

@@ -1,5 +1,6 @@
 import FieldgateCore
 import HubEmulator
+import HubTestSupport
 import HubTunnel
 import Logging
 import MessageAuthentication
@@ -129,6 +130,25 @@ struct DownloadTests {
             }
             #expect(e.message.lowercased().contains("protocol") || e.message.contains("http"), "\(url): \(e.message)")
         }
+    }
+
+    /// Behind a site proxy (tinyproxy with Basic authentication): the package comes through its CONNECT.
+    @Test func throughTheConfiguredProxy() throws {
+        let server = try PackageServer.start()
+        defer { server.stop() }
+        let proxy = try TestProxy.start()
+        defer { proxy.stop() }
+        let package = bytes(500_000)
+        try server.put("package.deb", package)
+        var settings = server.settings
+        settings.connectHost = nil
+        settings.connectAddress = nil
+        settings.proxy = .url(proxy.url, user: TestProxy.user, password: TestProxy.password)
+        let target = server.directory + "/proxied.deb"
+        let result = HTTPSClient.download(server.base + "/package.deb", to: target, maxBytes: 1 << 20, settings: settings)
+        guard case .success(let (status, size)) = result else { Issue.record("\(result)"); return }
+        #expect(status == 200 && size == package.count && StateFile.read(target) == package)
+        #expect(proxy.log().contains("CONNECT localhost:\(server.port)"), "\(proxy.log())")
     }
 
     /// The agent, from a desired `firmware` to its verdict on a download whose SHA-256 is not the one named:

@@ -1,7 +1,16 @@
 import FieldgateCore
+import HubTunnel
+import Logging
 import MessageAuthentication
+import Synchronization
 import Testing
 @testable import SoftwareUpdate
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 
 /// The pure parts of software update: the maintenance window, what a desired `firmware` leads to, the hand-off's
 /// request checks, the package's control fields and SHA-256.
@@ -129,5 +138,68 @@ struct FirmwarePlanTests {
         #expect(PackageInspector.mismatch(control!, version: "0.2.1", architecture: "arm64")?.contains("not 0.2.1") == true)
         #expect(PackageInspector.mismatch(control!, version: "0.2.0", architecture: "arm64") == nil)
         #expect(SHA256Digest.hex(of: Array("abc".utf8)) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    }
+}
+
+/// The window holds `reboot` and `factoryReset` back unless forced; a factory reset that is off is refused (403).
+@Suite("Maintenance window and factory reset")
+struct DisruptiveActionTests {
+    final class Reports: Sendable { let patches = Mutex<[JSONValue]>([]) }
+
+    private func agent(factoryReset: Bool, reports: Reports, rebooted: Reports) throws -> UpdateAgent {
+        let directory = FileManager.default.temporaryDirectory.path + "/fieldgate-agent-\(Int.random(in: 0..<1_000_000))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        var configuration = UpdateConfiguration(directory: directory + "/update")
+        configuration.factoryReset = factoryReset
+        configuration.helperDirectory = directory + "/helper"
+        let environment = UpdateAgent.Environment(
+            report: { patch, _ in reports.patches.withLock { $0.append(patch) }; return nil },
+            flushSpool: {}, spooledSequence: { 0 }, https: HTTPSSettings(), reboot: { rebooted.patches.withLock { $0.append("rebooted") } })
+        return UpdateAgent(configuration: configuration, currentVersion: "0.1.0", environment: environment, logger: Logger(label: "test.update"))
+    }
+
+    /// A window that is closed now: start an hour from now, for 30 minutes.
+    private var closedWindow: JSONValue {
+        let minute = (Int(WallClock.nowMilliseconds() / 60_000) + 60) % 1440
+        return ["maintenance": ["window": ["start": .string(MaintenanceWindow.clock(minute)), "durationMinutes": 30, "timezone": "UTC"]]]
+    }
+
+    @Test func aRebootWaitsForTheWindowUnlessForced() async throws {
+        let reports = Reports(), rebooted = Reports()
+        let a = try agent(factoryReset: true, reports: reports, rebooted: rebooted)
+        let reported = a.desired(closedWindow)
+        #expect(reported["maintenance"]?["inWindow"] == false && reported["maintenance"]?["compliant"] == true)
+        #expect(await a.mayRebootNow(force: false) == false)
+        #expect(reports.patches.withLock { $0.last?["maintenance"]?["pendingReboot"]?.stringValue } != nil, "the pending reboot is reported")
+        #expect(await a.mayRebootNow(force: true) == true)
+        await a.tick()
+        #expect(rebooted.patches.withLock { $0.isEmpty }, "nothing runs while the window is closed")
+        // The window is lifted: the pending reboot goes at the next tick.
+        _ = a.desired([:])
+        await a.tick()
+        #expect(rebooted.patches.withLock { $0.count } == 1)
+    }
+
+    @Test func aFactoryResetWaitsForTheWindow() async throws {
+        let reports = Reports()
+        let a = try agent(factoryReset: true, reports: reports, rebooted: Reports())
+        _ = a.desired(closedWindow)
+        let (status, answer) = await a.factoryReset(force: false)
+        #expect(status == 202 && answer["status"] == "pending")
+        let last = reports.patches.withLock { $0.last }
+        #expect(last?["iothubDM"]?["factoryReset"]?["status"] == "pending" && last?["maintenance"]?["pendingFactoryReset"]?.stringValue != nil)
+    }
+
+    @Test func anUnreadableWindowHoldsActionsBack() async throws {
+        let a = try agent(factoryReset: true, reports: Reports(), rebooted: Reports())
+        let reported = a.desired(["maintenance": ["window": ["start": "2am", "durationMinutes": 60]]])
+        #expect(reported["maintenance"]?["compliant"] == false && reported["maintenance"]?["problem"]?.stringValue?.contains("HH:MM") == true)
+        #expect(await a.mayRebootNow(force: false) == false)
+    }
+
+    @Test func factoryResetOffIsRefused() async throws {
+        let a = try agent(factoryReset: false, reports: Reports(), rebooted: Reports())
+        let (status, answer) = await a.factoryReset(force: true)
+        #expect(status == 403 && answer["error"]?.stringValue?.contains("factory_reset") == true)
     }
 }

@@ -7,8 +7,9 @@
 #   2. a window three hours away               → the update waits, pending in the twin
 #   3. the window opens                        → downloading, verifying, applying, rebooting, current: the new version
 #                                                runs, the configuration and the spooled readings kept
-#   4. a version that exits at start           → rolled back to the running version, `rolledback` with the reason,
-#                                                spooled readings intact
+#   3b. the old version again                  → refused (no downgrades)
+#   4. a version that exits at start           → rolled back to the running version (rebuilt as a package from its
+#                                                installed files), `rolledback` with the reason, spooled readings intact
 #   5. factoryReset while off                  → 403;  6. enabled → 200, the spool cleared, the service back
 # Usage: packaging/test-update.sh [--rebuild]   (reuses dist/fieldgate_0.1.0 and 0.1.1 that test-deb.sh built)
 set -euo pipefail
@@ -35,7 +36,7 @@ NGINX_PID=
 trap '{ [ -n "$HUB_PID" ] && kill "$HUB_PID"; [ -n "$NGINX_PID" ] && kill "$NGINX_PID"; wait; } 2>/dev/null || true; rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/debs" "$WORK/results" "$WORK/config/devices.d" "$WORK/www/corrupt"
 cp "dist/fieldgate_${OLD}_${ARCH}.deb" "$WORK/debs/"
-cp "dist/fieldgate_${NEW}_${ARCH}.deb" "$WORK/www/"
+cp "dist/fieldgate_${NEW}_${ARCH}.deb" "dist/fieldgate_${OLD}_${ARCH}.deb" "$WORK/www/"
 
 # A version that never becomes ready: the new package with fieldgated replaced by a script that exits at start
 # (fieldgatectl, the same program under another name, still works: the package's scripts use it).
@@ -58,6 +59,7 @@ cp "$WORK/www/fieldgate_${NEW}_${ARCH}.deb" "$WORK/www/corrupt/fieldgate_${NEW}_
 printf 'corruption' | dd of="$WORK/www/corrupt/fieldgate_${NEW}_${ARCH}.deb" bs=1 seek=4096 conv=notrunc status=none
 SHA_NEW=$(sha256sum "$WORK/www/fieldgate_${NEW}_${ARCH}.deb" | cut -d' ' -f1)
 SHA_BROKEN=$(sha256sum "$WORK/www/fieldgate_${BROKEN}_${ARCH}.deb" | cut -d' ' -f1)
+SHA_OLD=$(sha256sum "$WORK/www/fieldgate_${OLD}_${ARCH}.deb" | cut -d' ' -f1)
 
 HUB_ARGS=--twin-change-events start_hub
 GW=upd-gateway
@@ -130,6 +132,11 @@ for _ in \$(seq 2400); do
       echo "running=\$(fieldgated --version)"; } >/results/state-\$name.tmp
     mv /results/state-\$name.tmp /results/state-\$name
   done
+  if [ -f /results/drop-kept ]; then
+    # As on a gateway whose running version came from apt: the helper must rebuild it as a package to roll back.
+    rm -f /results/drop-kept /var/lib/fieldgate-update/installed.deb
+    touch /results/kept-dropped
+  fi
   if [ -f /results/enable-reset ]; then
     rm -f /results/enable-reset
     sed -i 's/^factory_reset = false/factory_reset = true/' /etc/fieldgate/fieldgate.toml
@@ -198,7 +205,13 @@ drive() {
     || echo "phase 3: $NEW was not reported current" >>"$WORK/results/host-error"
   reported firmware >"$WORK/results/firmware-updated"
   snap updated
-  # 4. A version that never becomes ready: rolled back.
+  # 3b. Back to the old version through the twin: refused (no downgrades unless allow_downgrade).
+  desired "{\"firmware\": {\"fwVersion\": \"$OLD\", \"fwPackageURI\": \"$BASE/fieldgate_${OLD}_${ARCH}.deb\", \"fwPackageCheckValue\": \"$SHA_OLD\"}}"
+  wait_reported firmware 120 "s['fwUpdateStatus'] == 'error' and s['pendingFwVersion'] == '$OLD'" || echo "phase 3b: the downgrade was not refused" >>"$WORK/results/host-error"
+  reported firmware >"$WORK/results/firmware-downgrade"
+  # 4. A version that never becomes ready: rolled back, to the running version rebuilt as a package.
+  touch "$WORK/results/drop-kept"
+  for _ in $(seq 40); do [ -f "$WORK/results/kept-dropped" ] && break; sleep 0.25; done
   desired "{\"firmware\": {\"fwVersion\": \"$BROKEN\", \"fwPackageURI\": \"$BASE/fieldgate_${BROKEN}_${ARCH}.deb\", \"fwPackageCheckValue\": \"$SHA_BROKEN\"}}"
   wait_reported firmware 300 "s['fwUpdateStatus'] in ('rolledback', 'error')" || echo "phase 4: no rollback reported" >>"$WORK/results/host-error"
   reported firmware >"$WORK/results/firmware-rolledback"
@@ -262,6 +275,8 @@ expect_state deferred version $OLD
 has_run "downloading:$NEW" "verifying:$NEW" "applying:$NEW" "rebooting:$NEW" "current:$NEW" || fail "phase 3 statuses: $STATUSES"
 expect_state updated version $NEW; expect_state updated active active; expect_state updated running $NEW
 expect_state updated config 1; expect_state updated spooled 3
+# 3b.
+grep -q 'downgrades are refused' "$WORK/results/firmware-downgrade" || fail "phase 3b: $(cat "$WORK/results/firmware-downgrade")"
 # 4.
 has_run "downloading:$BROKEN" "verifying:$BROKEN" "applying:$BROKEN" "rebooting:$BROKEN" "rolledback:$BROKEN" || fail "phase 4 statuses: $STATUSES"
 grep -q "did not confirm" "$WORK/results/firmware-rolledback" || fail "phase 4: $(cat "$WORK/results/firmware-rolledback")"
@@ -275,4 +290,4 @@ expect_state reset active active; expect_state reset spooled 0; expect_state res
 echo "test-update: firmware after the update:   $(cat "$WORK/results/firmware-updated")"
 echo "test-update: firmware after the rollback: $(cat "$WORK/results/firmware-rolledback")"
 echo "test-update: factory reset: $(cat "$WORK/results/dm-reset")"
-echo "test-update: ok — corrupt download refused ($OLD kept running), update deferred by the window then $OLD → $NEW (configuration and 3 spooled readings kept), $BROKEN rolled back to $NEW, factoryReset 403 when off and done when on"
+echo "test-update: ok — corrupt download refused ($OLD kept running), update deferred by the window then $OLD → $NEW (configuration and 3 spooled readings kept), downgrade to $OLD refused, $BROKEN rolled back to $NEW (rebuilt from its installed files), factoryReset 403 when off and done when on"

@@ -167,6 +167,16 @@ int fg_http_download(const fg_http_request *q, int fd, long long resume_from, lo
     fg_curl_cancellable(c, q->cancel);
     fg_curl_tls_and_proxy(c, q->ca_file, q->verify_peer, q->proxy, q->proxy_user, q->proxy_password);
     CURLcode rc = curl_easy_perform(c);
+    if (rc == CURLE_RANGE_ERROR && resume_from > 0) {
+        /* The server does not serve ranges (libcurl stops before any body): the whole file, from 0. */
+        if (ftruncate(fd, 0) == 0 && lseek(fd, 0, SEEK_SET) == 0) {
+            sink.offset = 0;
+            sink.decided = 0;
+            curl_easy_setopt(c, CURLOPT_RESUME_FROM_LARGE, (curl_off_t)0);
+            errbuf[0] = 0;
+            rc = curl_easy_perform(c);
+        }
+    }
     curl_slist_free_all(targets);
     *total = sink.offset;
     if (rc != CURLE_OK) {

@@ -50,7 +50,18 @@ struct UpdateCommands: ParsableCommand {
             }
             let s: GatewaySettings
             do { s = try GatewaySettings.load(path: config) } catch {
+                // The request is taken all the same (else the path unit would start this again and again) and
+                // refused with the reason, where the daemon reads it.
                 printProblems(error)
+                let defaults = UpdateConfiguration(directory: "/var/lib/fieldgate/update")
+                let request = defaults.directory + "/" + UpdateHandoff.requestFile
+                let id = StateFile.read(request, limit: 64 << 10).flatMap { JSONValue.parse($0) }?["id"]?.stringValue ?? "unknown"
+                unlink(request)
+                let report = UpdateHandoff.Report(requestID: id, outcome: .error, reason: "the update helper cannot read \(config): \(error.problems.first.map { "\($0)" } ?? "invalid")")
+                mkdir(defaults.helperDirectory, 0o755)
+                for name in [UpdateHandoff.progressFile, UpdateHandoff.resultFile] {
+                    StateFile.replace(defaults.helperDirectory + "/" + name, with: report.json.bytes, durable: true, mode: 0o644)
+                }
                 throw ExitCode(78)
             }
             let stateDirectory = s.update.directory.lastIndex(of: "/").map { String(s.update.directory[..<$0]) } ?? "."
@@ -59,6 +70,7 @@ struct UpdateCommands: ParsableCommand {
                 resetClears: s.update.factoryResetClears, maxBytes: s.update.maxDownloadBytes, spoolDirectory: s.spool.directory,
                 stateDirectory: stateDirectory, devicesDirectory: (directoryOf(config).isEmpty ? "." : directoryOf(config)) + "/devices.d")
             settings.helperDirectory = s.update.helperDirectory
+            settings.allowDowngrade = s.update.allowDowngrade
             let helper = UpdateHelper(settings: settings) { line in writeStandardError("fieldgate-update: \(line)\n") }
             if !helper.runOnce() { writeStandardError("fieldgate-update: no request waiting\n") }
         }

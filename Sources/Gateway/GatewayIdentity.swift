@@ -67,6 +67,11 @@ public final class GatewayIdentity: LeafRouter {
         return nil
     }
 
+    /// A hub connection is open.
+    public func hubConnected() async -> Bool {
+        await uplink?.status().connections.contains { $0.state == "open" } ?? false
+    }
+
     /// Flushes the spool (before a restart).
     public func flushSpool() async {
         let flushed = await offCooperativePool { [spool] in Result { () throws(SpoolError) in try spool.sync() } }

@@ -120,6 +120,8 @@ public struct GatewayConfigFile: Decodable, Sendable {
     public struct Update: Decodable, Sendable {
         /// Software update of fieldgate through the gateway twin's desired `firmware`. Default: off.
         public var enabled: Bool?
+        /// The helper installs an older version than the running one on request. Default: false.
+        public var allow_downgrade: Bool?
         public var confirm_seconds: Int?
         public var max_download_mb: Int?
         /// CAs for package downloads; absent: the system's.
@@ -349,6 +351,7 @@ struct Mapper {
         var update = UpdateConfiguration(directory: stateDirectory + "/update")
         if let u = f.update {
             update.enabled = u.enabled ?? false
+            update.allowDowngrade = u.allow_downgrade ?? false
             update.factoryReset = u.factory_reset ?? false
             if let c = u.confirm_seconds {
                 if UpdateConfiguration.confirmRange.contains(c) { update.confirmSeconds = c } else {

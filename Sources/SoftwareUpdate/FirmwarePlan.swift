@@ -83,6 +83,31 @@ public struct UpdateRecord: Sendable, Equatable {
         requestID = json["requestID"]?.stringValue ?? ""
     }
 
+    /// This record once the helper's `result` for its request is known; nil when the result is not for it, or
+    /// changes nothing. `running`: the version of this process.
+    public func settled(by result: UpdateHandoff.Report, running: String) -> UpdateRecord? {
+        guard !requestID.isEmpty, result.requestID == requestID else { return nil }
+        var r = self
+        r.endedAtMs = result.atMs
+        switch result.outcome {
+        case .rolledback:
+            r.status = .rolledback
+            r.pendingVersion = result.version.isEmpty ? pendingVersion : result.version
+            r.substatus = "rolled back to \(result.restoredVersion.isEmpty ? fromVersion : result.restoredVersion): \(result.reason)"
+        case .installed where result.version == running:
+            r.status = .current
+            r.pendingVersion = ""
+            r.substatus = "installed \(result.version) (was \(fromVersion))"
+        case .error:
+            r.status = .error
+            r.pendingVersion = result.version.isEmpty ? pendingVersion : result.version
+            r.substatus = result.reason.isEmpty ? "the update helper ended with an error" : result.reason
+        default:
+            return nil
+        }
+        return r == self ? nil : r
+    }
+
     /// The reported `firmware` section (IoT Hub's firmware-update pattern). Times are "" until known, as the
     /// pattern shows them.
     public func reported(currentVersion: String) -> JSONValue {
@@ -127,7 +152,13 @@ public enum FirmwarePlan: Sendable, Equatable {
             && record.pendingVersion == request.version && record.checkValue == request.checkValue && record.uri == request.uri
         if attemptFailed { return .report(record) }  // no retry loop: a new desired value (another package or URI) retries
         guard enabled else {
-            return .report(failed(record, request, "software update is off in this gateway's configuration ([update] enabled = true)", nowMs: nowMs))
+            // Not an attempt: once the configuration allows it (a restart), the same desired value goes.
+            let why = "software update is off in this gateway's configuration ([update] enabled = true)"
+            if record.status == .error && record.substatus == why && record.pendingVersion == request.version { return .report(record) }
+            var r = failed(record, request, why, nowMs: nowMs)
+            r.checkValue = ""
+            r.uri = ""
+            return .report(r)
         }
         if let problem = request.problem { return .report(failed(record, request, problem, nowMs: nowMs)) }
         if !request.force {

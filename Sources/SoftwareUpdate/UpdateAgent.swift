@@ -1,3 +1,4 @@
+import Dispatch
 import FieldgateCore
 import HubTunnel
 import Logging
@@ -20,6 +21,8 @@ public final class UpdateAgent: Sendable {
         public var flushSpool: @Sendable () async -> Void
         /// The newest spooled sequence (a rise: readings came in).
         public var spooledSequence: @Sendable () -> UInt64
+        /// A hub connection is open (spooled readings confirm a new version only while none is: offline).
+        public var hubConnected: @Sendable () async -> Bool = { false }
         /// How packages are downloaded: TLS (system CAs unless set) and the configured proxy.
         public var https: HTTPSSettings
         /// Runs the reboot (after the window allowed it).
@@ -68,13 +71,28 @@ public final class UpdateAgent: Sendable {
         startSequence = environment.spooledSequence()
         // Read before anything asks: a desired value arriving first must see an update under way as such.
         mkdir(configuration.directory, 0o750)
-        if let loaded = StateFile.read(configuration.directory + "/" + UpdateHandoff.recordFile).flatMap({ JSONValue.parse($0) }).flatMap({ UpdateRecord(json: $0) }) {
+        if var loaded = StateFile.read(configuration.directory + "/" + UpdateHandoff.recordFile).flatMap({ JSONValue.parse($0) }).flatMap({ UpdateRecord(json: $0) }) {
+            var changed = false
+            if loaded.status == .downloading || loaded.status == .verifying {
+                // Interrupted: it begins again (resuming the partial download) once the twin's desired value is known.
+                loaded.substatus = "interrupted at \(loaded.status.rawValue); resumes with the desired value"
+                loaded.status = .current
+                changed = true
+            } else if loaded.status == .current || loaded.status == .error,
+                      let result = UpdateHandoff.Report.read(configuration.helperDirectory + "/" + UpdateHandoff.resultFile),
+                      [.rolledback, .error].contains(result.outcome), let settled = loaded.settled(by: result, running: currentVersion) {
+                // The helper rolled back after this record was written (a confirmation that came too late): its word
+                // stands, or the same package would be installed again.
+                loaded = settled
+                changed = true
+            }
             // An update that restarted this process: `resume` runs its last step, and until then no desired value
             // reports the old step over it.
             state.withLock {
                 $0.record = loaded
                 $0.flowRunning = loaded.status == .applying || loaded.status == .rebooting
             }
+            if changed { writeRecord(loaded) }
         }
     }
 
@@ -101,12 +119,6 @@ public final class UpdateAgent: Sendable {
                 self.state.withLock { $0.flowRunning = false }
                 await self.reevaluate()
             }
-        case .downloading, .verifying:
-            // Interrupted: begins again where the partial download ended, once the twin's desired value is known.
-            var r = record
-            r.status = .current
-            r.substatus = "interrupted at \(record.status.rawValue); resumes with the desired value"
-            await persist(r)
         default:
             break
         }
@@ -158,7 +170,7 @@ public final class UpdateAgent: Sendable {
         case .report(let r), .wait(let r):
             if r != record {
                 state.withLock { $0.record = r }
-                Task { await self.persist(r) }
+                writeRecord(r)
             }
             return r
         case .start(let attempt, let request):
@@ -182,8 +194,8 @@ public final class UpdateAgent: Sendable {
         if after != before && !after.status.isBusy {
             _ = await environment.report(["firmware": after.reported(currentVersion: currentVersion), "maintenance": maintenanceReport(nowMs: nowMs)], .seconds(10))
         }
-        let (pending, open) = state.withLock { ($0.pending, Self.windowAllows($0.window, nowMs: nowMs)) }
-        guard open else { return }
+        let (pending, open, busy) = state.withLock { ($0.pending, Self.windowAllows($0.window, nowMs: nowMs), $0.flowRunning) }
+        guard open, !busy else { return }
         if pending.factoryResetAtMs != nil {
             state.withLock { $0.pending.factoryResetAtMs = nil }
             await performFactoryReset()
@@ -231,6 +243,11 @@ public final class UpdateAgent: Sendable {
     /// A reboot request: now when the window allows (or `force`), else when it opens. Returns whether it may go now.
     public func mayRebootNow(force: Bool) async -> Bool {
         let nowMs = WallClock.nowMilliseconds()
+        if state.withLock({ $0.flowRunning }) {
+            // Not in the middle of an install: it goes when the update has ended (and the window allows).
+            state.withLock { $0.pending.rebootAtMs = nowMs }
+            return false
+        }
         let open = force || state.withLock { Self.windowAllows($0.window, nowMs: nowMs) }
         if !open {
             state.withLock { $0.pending.rebootAtMs = nowMs }
@@ -246,6 +263,9 @@ public final class UpdateAgent: Sendable {
         }
         let nowMs = WallClock.nowMilliseconds()
         let clears = configuration.factoryResetClears.map(\.rawValue).sorted()
+        if state.withLock({ $0.flowRunning }) {
+            return (409, ["error": "a software update is under way; ask again when firmware.fwUpdateStatus is no longer busy"])
+        }
         let open = force || state.withLock { Self.windowAllows($0.window, nowMs: nowMs) }
         if !open {
             let status: JSONValue = ["status": "pending", "requestedAt": .string(WallClock.iso8601(milliseconds: nowMs)), "clears": .string(clears.joined(separator: ","))]
@@ -300,11 +320,16 @@ public final class UpdateAgent: Sendable {
     private func install(_ attempt: UpdateRecord, _ request: FirmwareRequest) async {
         var r = attempt
         await persistAndReport(r)
-        // Download, resumable: a partial file from an interrupted try is continued.
-        let part = path(request.fileName + ".part")
+        // Download, resumable: a partial file from an interrupted try of the same package (its check value is in the
+        // name) is continued. A package downloaded and verified earlier (the window closed before its hand-off) is
+        // checked again, not fetched again.
+        let verified = path(request.fileName)
+        let part = path(request.fileName + "." + request.checkValue.prefix(16) + ".part")
+        let have = await offCooperativePool { PackageInspector.sha256(of: verified) == request.checkValue }
+        if have { _ = await offCooperativePool { rename(verified, part) } }
         var lastError = ""
-        var done = false
-        for delay in [0, 5, 30] {
+        var done = have
+        for delay in [0, 5, 30] where !done {
             if delay > 0 { try? await Task.sleep(for: .seconds(delay)) }
             let outcome = await offCooperativePool { [configuration, environment] in
                 HTTPSClient.download(request.uri, to: part, maxBytes: configuration.maxDownloadBytes, settings: environment.https)
@@ -347,9 +372,18 @@ public final class UpdateAgent: Sendable {
                     return .failure(UpdateError(m))
                 }
             }
-            return rename(part, String(part.dropLast(5))) == 0 ? .success(()) : .failure(UpdateError("cannot keep the package: \(String(cString: strerror(errno)))"))
+            return rename(part, verified) == 0 ? .success(()) : .failure(UpdateError("cannot keep the package: \(String(cString: strerror(errno)))"))
         }
         if case .failure(let e) = checked { return await fail(r, e.message) }
+        // The download may have taken the window's time: the restart waits for it too.
+        let nowMs = WallClock.nowMilliseconds()
+        if !request.force, !state.withLock({ Self.windowAllows($0.window, nowMs: nowMs) }) {
+            r.status = .current
+            r.substatus = "downloaded and verified; waiting for the maintenance window to install"
+            r.startedAtMs = attempt.startedAtMs
+            await persistAndReport(r)
+            return
+        }
 
         r.status = .applying
         r.substatus = "handing the package to the update helper"
@@ -364,7 +398,7 @@ public final class UpdateAgent: Sendable {
         // The helper checked the package again and waits for our word: report `rebooting`, flush, give it.
         r.status = .rebooting
         r.substatus = "restarting onto \(request.version)"
-        await persistAndReport(r)
+        await persistAndReport(r, retryForSeconds: 30)  // the helper waits 120 s for restart-ok
         await environment.flushSpool()
         let id = handoff.id
         _ = await offCooperativePool { [self] in StateFile.replace(path(UpdateHandoff.restartAllowedFile), with: Array(id.utf8), durable: true) }
@@ -379,14 +413,20 @@ public final class UpdateAgent: Sendable {
         if let e = await offCooperativePool({ StateFile.replace(requestPath, with: request.json.bytes, durable: true) }) {
             return UpdateError("cannot write the request for the update helper: \(String(cString: strerror(e)))")
         }
-        for _ in 0..<240 {
+        // Taken within a minute (else the helper is not installed or its path unit not active); checked within 20
+        // (copying and hashing the package, keeping the running version as a package on a slow board).
+        var taken = false
+        let start = WallClock.nowMilliseconds()
+        while WallClock.nowMilliseconds() - start < (taken ? 20 * 60_000 : 60_000) {
             try? await Task.sleep(for: .milliseconds(250))
             guard let progress = await offCooperativePool({ UpdateHandoff.Report.read(progressPath) }), progress.requestID == request.id else { continue }
             switch progress.outcome {
-            case .verified, .confirming, .installed, .reset, .rebooting: return nil
+            case .taken: taken = true
+            case .verified, .confirming, .installed, .reset: return nil
             case .error, .rolledback: return UpdateError(progress.reason)
             }
         }
+        if taken { return UpdateError("the update helper took the request but did not finish its checks within 20 minutes") }
         _ = await offCooperativePool { unlink(requestPath) }
         return UpdateError("the update helper did not take the request within 60 s (fieldgate-update.path must be active: systemctl enable --now fieldgate-update.path)")
     }
@@ -397,23 +437,15 @@ public final class UpdateAgent: Sendable {
         let resultPath = helperPath(UpdateHandoff.resultFile)
         let deadline = WallClock.nowMilliseconds() + Int64(configuration.confirmSeconds + 600) * 1000
         while WallClock.nowMilliseconds() < deadline {
-            if let result = await offCooperativePool({ UpdateHandoff.Report.read(resultPath) }), result.requestID == record.requestID {
-                var r = record
-                r.endedAtMs = result.atMs
-                switch result.outcome {
-                case .rolledback:
-                    r.status = .rolledback
-                    r.substatus = "rolled back to \(result.restoredVersion.isEmpty ? record.fromVersion : result.restoredVersion): \(result.reason)"
-                case .installed where result.version == currentVersion:
-                    r.status = .current
-                    r.substatus = "installed \(result.version) (was \(record.fromVersion))"
-                    r.pendingVersion = ""
-                default:
+            if let result = await offCooperativePool({ UpdateHandoff.Report.read(resultPath) }), result.requestID == record.requestID,
+               [.rolledback, .error, .installed].contains(result.outcome) {
+                var r = record.settled(by: result, running: currentVersion) ?? record
+                if r.status.isBusy {  // installed, but not this version: this process was not restarted onto it
                     r.status = .error
-                    r.substatus = result.reason.isEmpty ? "the update helper ended with \(result.outcome.rawValue)" : result.reason
+                    r.substatus = "the helper installed \(result.version), but this process (\(currentVersion)) was not restarted"
                 }
                 logger.notice("update: \(r.status.rawValue): \(r.substatus)")
-                await persistAndReport(r, retryForMinutes: afterRestart ? 10 : 1)
+                await persistAndReport(r, retryForSeconds: afterRestart ? 600 : 60)
                 return
             }
             try? await Task.sleep(for: .seconds(1))
@@ -434,7 +466,9 @@ public final class UpdateAgent: Sendable {
         state.withLock { $0.record = r }  // what any report says from now on
         while true {
             let reported = await environment.report(["firmware": r.reported(currentVersion: currentVersion)], .seconds(10)) == nil
-            if !written && (reported || environment.spooledSequence() > startSequence) {
+            var offline = false
+            if !reported && environment.spooledSequence() > startSequence { offline = !(await environment.hubConnected()) }
+            if !written && (reported || offline) {
                 _ = await offCooperativePool { StateFile.replace(confirmed, with: Array(self.currentVersion.utf8), durable: true, mode: 0o644) }
                 written = true
                 logger.notice("update: \(currentVersion) confirmed (\(reported ? "the hub took its report" : "readings are spooling, the hub is out of reach"))")
@@ -456,18 +490,32 @@ public final class UpdateAgent: Sendable {
 
     // MARK: - Records
 
+    /// Writes go one at a time, in order, on their own queue (two at once would share the temporary file).
+    private let writer = DispatchQueue(label: "fieldgate.update.record")
+
     private func persist(_ r: UpdateRecord) async {
+        await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
+            writer.async { [self] in
+                writeRecordNow(r)
+                cont.resume()
+            }
+        }
+    }
+
+    private func writeRecord(_ r: UpdateRecord) { writer.async { [self] in writeRecordNow(r) } }
+
+    private func writeRecordNow(_ r: UpdateRecord) {
         let file = path(UpdateHandoff.recordFile)
-        if let e = await offCooperativePool({ StateFile.replace(file, with: r.json.bytes, durable: true) }) {
+        if let e = StateFile.replace(file, with: r.json.bytes, durable: true) {
             logger.error("update: cannot keep its record in \(file): \(String(cString: strerror(e)))")
         }
     }
 
     /// Keeps and reports `r`; waits for the hub's acknowledgement (so the statuses arrive in order), retrying a while.
-    private func persistAndReport(_ r: UpdateRecord, retryForMinutes: Int = 1) async {
+    private func persistAndReport(_ r: UpdateRecord, retryForSeconds: Int = 60) async {
         state.withLock { $0.record = r }
         await persist(r)
-        let deadline = WallClock.nowMilliseconds() + Int64(retryForMinutes) * 60_000
+        let deadline = WallClock.nowMilliseconds() + Int64(retryForSeconds) * 1000
         while true {
             let e = await environment.report(["firmware": r.reported(currentVersion: currentVersion)], .seconds(10))
             if e == nil || WallClock.nowMilliseconds() > deadline {

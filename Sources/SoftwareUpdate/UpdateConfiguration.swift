@@ -2,6 +2,9 @@
 public struct UpdateConfiguration: Sendable, Equatable {
     /// A desired `firmware` section in the gateway's twin installs that version of fieldgate. Default: off.
     public var enabled = false
+    /// The helper installs an older version than the running one when asked (its own rollback always may).
+    /// Default: false, so a compromised daemon cannot bring back a version with known flaws.
+    public var allowDowngrade = false
     /// The new version must confirm (ready, and its first report taken by the hub or, offline, readings spooled)
     /// within this long after its install, or the previous version is reinstalled. Default: 300 s.
     public var confirmSeconds = 300

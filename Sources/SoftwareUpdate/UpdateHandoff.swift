@@ -24,7 +24,7 @@ public enum UpdateHandoff {
 
     /// What the daemon asks for.
     public struct Request: Sendable, Equatable {
-        public enum Action: String, Sendable { case install, factoryReset = "factory-reset", reboot }
+        public enum Action: String, Sendable { case install, factoryReset = "factory-reset" }
         public var id: String
         public var action: Action
         /// install: the package (a file name in the daemon's directory), its version and SHA-256.
@@ -68,12 +68,15 @@ public enum UpdateHandoff {
     /// What the helper says while it works, and at the end.
     public struct Report: Sendable, Equatable {
         public enum Outcome: String, Sendable {
+            /// Progress: the helper has the request and is checking (a repack of the running version may take
+            /// minutes on a slow board).
+            case taken
             /// Progress: the package passed the helper's checks; it waits for the daemon's `restart-ok`.
             case verified
             /// Progress: the new version is installed and must confirm.
             case confirming
             /// Results.
-            case installed, rolledback, error, reset, rebooting
+            case installed, rolledback, error, reset
         }
         public var requestID: String
         public var outcome: Outcome

@@ -18,6 +18,8 @@ public struct UpdateHelper: Sendable {
         public var helperDirectory = UpdateConfiguration.defaultHelperDirectory
         /// From the configuration: what the helper may do at all.
         public var updateEnabled: Bool
+        /// An older version than the running one may be installed on request (the helper's own rollback always may).
+        public var allowDowngrade = false
         public var factoryResetEnabled: Bool
         public var resetClears: Set<UpdateConfiguration.ResetTarget>
         public var maxBytes: Int
@@ -25,8 +27,9 @@ public struct UpdateHelper: Sendable {
         public var stateDirectory: String
         public var devicesDirectory: String
         public var service = "fieldgated.service"
-        /// How long the daemon has to say `restart-ok` after the helper verified the package.
-        public var restartWaitSeconds = 30
+        /// How long the daemon has to say `restart-ok` after the helper verified the package; without it nothing is
+        /// installed.
+        public var restartWaitSeconds = 120
 
         public init(daemonDirectory: String, updateEnabled: Bool, factoryResetEnabled: Bool, resetClears: Set<UpdateConfiguration.ResetTarget>,
                     maxBytes: Int, spoolDirectory: String, stateDirectory: String, devicesDirectory: String) {
@@ -75,12 +78,10 @@ public struct UpdateHelper: Sendable {
             return true
         }
         log("request \(request.id): \(request.action.rawValue) \(request.version)")
+        progress(UpdateHandoff.Report(requestID: request.id, outcome: .taken, version: request.version))
         switch request.action {
         case .install: install(request)
         case .factoryReset: factoryReset(request)
-        case .reboot:
-            finish(UpdateHandoff.Report(requestID: request.id, outcome: .rebooting))
-            _ = HostCommand.run(["systemctl", "reboot"])
         }
         return true
     }
@@ -100,6 +101,9 @@ public struct UpdateHelper: Sendable {
         guard let architecture = PackageInspector.hostArchitecture() else { return refuse("dpkg cannot tell this machine's architecture") }
         if let m = PackageInspector.mismatch(control, version: request.version, architecture: architecture) { return refuse(m) }
         guard let from = PackageInspector.installedVersion() else { return refuse("fieldgate is not installed as a Debian package here: nothing to update or roll back to") }
+        if !settings.allowDowngrade, HostCommand.run(["dpkg", "--compare-versions", request.version, "gt", from]) != 0 {
+            return refuse("\(request.version) is not newer than the running \(from): downgrades are refused unless [update] allow_downgrade = true")
+        }
         // The running version, as a package, for the rollback.
         let previous = helperPath("previous.deb")
         let kept = helperPath("installed.deb")
@@ -112,11 +116,19 @@ public struct UpdateHelper: Sendable {
         progress(UpdateHandoff.Report(requestID: request.id, outcome: .verified, version: request.version))
         // The daemon reports `rebooting` and flushes its spool, then says so; it is stopped either way.
         let allowed = daemonPath(UpdateHandoff.restartAllowedFile)
+        var restartAllowed = false
         for _ in 0..<(settings.restartWaitSeconds * 4) {
-            if StateFile.read(allowed, limit: 256).map({ String(decoding: $0, as: UTF8.self) }) == request.id { break }
+            if StateFile.read(allowed, limit: 256).map({ String(decoding: $0, as: UTF8.self) }) == request.id {
+                restartAllowed = true
+                break
+            }
             usleep(250_000)
         }
         unlink(allowed)
+        guard restartAllowed else {
+            unlink(candidate)
+            return refuse("fieldgated did not get ready for its restart within \(settings.restartWaitSeconds) s (report, spool flush); nothing was installed")
+        }
         unlink(daemonPath(UpdateHandoff.confirmedFile))
         progress(UpdateHandoff.Report(requestID: request.id, outcome: .confirming, version: request.version))
         log("installing fieldgate \(request.version) (running \(from))")
@@ -237,10 +249,21 @@ public struct UpdateHelper: Sendable {
         progress(UpdateHandoff.Report(requestID: request.id, outcome: .verified))
         usleep(500_000)  // the daemon's last report goes out
         log("factory reset: stopping \(settings.service), clearing \(settings.resetClears.map(\.rawValue).sorted().joined(separator: ", "))")
+        // Deletions under the state directory run as its owner (the fieldgate user), never as root: that user
+        // controls the directory, and a link planted in it must not turn a root `rm` onto other files.
+        var owner = stat()
+        guard lstat(settings.stateDirectory, &owner) == 0, owner.st_mode & S_IFMT == S_IFDIR, owner.st_uid != 0 else {
+            return finish(UpdateHandoff.Report(requestID: request.id, outcome: .error,
+                                               reason: "the state directory \(settings.stateDirectory) is not a directory of the service's user: not cleared"))
+        }
+        func removeAsOwner(_ path: String) {
+            _ = HostCommand.run(["setpriv", "--reuid=\(owner.st_uid)", "--regid=\(owner.st_gid)", "--clear-groups", "--",
+                                 "rm", "-rf", "--one-file-system", "--", path])
+        }
         _ = HostCommand.run(["systemctl", "stop", settings.service])
         var cleared: [String] = []
         if settings.resetClears.contains(.spool) {
-            _ = HostCommand.run(["rm", "-rf", "--one-file-system", "--", settings.spoolDirectory])
+            removeAsOwner(settings.spoolDirectory)
             cleared.append("spool")
         }
         if settings.resetClears.contains(.state) {
@@ -251,18 +274,18 @@ public struct UpdateHelper: Sendable {
             for name in names where settings.stateDirectory + "/" + name != settings.spoolDirectory {
                 let path = settings.stateDirectory + "/" + name
                 if path == settings.daemonDirectory {
-                    for entry in (try? directoryEntries(path)) ?? [] where entry != UpdateHandoff.recordFile {
-                        _ = HostCommand.run(["rm", "-rf", "--one-file-system", "--", path + "/" + entry])
-                    }
+                    for entry in (try? directoryEntries(path)) ?? [] where entry != UpdateHandoff.recordFile { removeAsOwner(path + "/" + entry) }
                 } else {
-                    _ = HostCommand.run(["rm", "-rf", "--one-file-system", "--", path])
+                    removeAsOwner(path)
                 }
             }
             cleared.append("state")
         }
         if settings.resetClears.contains(.devices) {
+            // /etc/fieldgate/devices.d is root's: its regular files only.
             for name in (try? directoryEntries(settings.devicesDirectory)) ?? [] where name.hasSuffix(".toml") {
-                unlink(settings.devicesDirectory + "/" + name)
+                var info = stat()
+                if lstat(settings.devicesDirectory + "/" + name, &info) == 0, info.st_mode & S_IFMT == S_IFREG { unlink(settings.devicesDirectory + "/" + name) }
             }
             cleared.append("devices.d")
         }
@@ -318,8 +341,14 @@ public struct UpdateHelper: Sendable {
             }
         }
         guard let (s2, status) = HostCommand.capture(["dpkg-query", "--status", "fieldgate"]), s2 == 0 else { return UpdateError("dpkg-query --status failed") }
-        let control = status.split(separator: "\n", omittingEmptySubsequences: false)
-            .filter { !$0.hasPrefix("Status:") && !$0.hasPrefix("Config-Version:") }.joined(separator: "\n") + "\n"
+        // dpkg's own bookkeeping fields go (Status, Config-Version, Conffiles with its continuation lines).
+        var control = ""
+        var skipping = false
+        for line in status.split(separator: "\n", omittingEmptySubsequences: false) {
+            if line.hasPrefix(" ") { if !skipping { control += line + "\n" }; continue }
+            skipping = line.hasPrefix("Status:") || line.hasPrefix("Config-Version:") || line.hasPrefix("Conffiles:")
+            if !skipping && !line.isEmpty { control += line + "\n" }
+        }
         guard StateFile.replace(work + "/DEBIAN/control", with: Array(control.utf8), mode: 0o644) == nil else { return UpdateError("cannot write the control file") }
         // The maintainer scripts and the conffiles list, through dpkg-query (not dpkg's database files).
         let present = Set((HostCommand.capture(["dpkg-query", "--control-list", "fieldgate"])?.output ?? "").split(separator: "\n").map(String.init))
@@ -333,6 +362,7 @@ public struct UpdateHelper: Sendable {
             return UpdateError("dpkg-deb --build failed")
         }
         _ = out
+        chmod(output, 0o600)
         return nil
     }
 }

@@ -63,12 +63,13 @@ final class Daemon: Service, Sendable {
         https.caFile = settings.updateCAFile
         https.proxy = settings.uplink.webSocket.proxy
         https.timeoutMilliseconds = 3_600_000  // a stalled transfer ends sooner (libcurl's low-speed limit)
-        let environment = UpdateAgent.Environment(
+        var environment = UpdateAgent.Environment(
             report: { [identity] patch, timeout in await identity.reportForUpdate(patch, timeout: timeout) },
             flushSpool: { [identity] in await identity.flushSpool() },
             spooledSequence: { [spool] in spool.lastAppendedSequence },
             https: https,
             reboot: { [identity] in await identity.reboot() })
+        environment.hubConnected = { [identity] in await identity.hubConnected() }
         return UpdateAgent(configuration: settings.update, currentVersion: FieldgateVersion.current, environment: environment, logger: logger)
     }
 

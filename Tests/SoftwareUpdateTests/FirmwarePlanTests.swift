@@ -106,6 +106,42 @@ struct FirmwarePlanTests {
         #expect(FirmwarePlan.decide(other, record: busy, currentVersion: "0.1.0", enabled: true, window: nil, nowMs: midnight) == .report(busy))
     }
 
+    /// Off in the configuration is not a failed attempt: once it is on (a restart), the same desired value goes;
+    /// while it is off, deciding again changes nothing (no report every few seconds).
+    @Test func updatesOffIsNotSticky() {
+        guard case .report(let off) = FirmwarePlan.decide(request(), record: UpdateRecord(), currentVersion: "0.1.0", enabled: false, window: nil, nowMs: midnight) else {
+            Issue.record("no report"); return
+        }
+        #expect(FirmwarePlan.decide(request(), record: off, currentVersion: "0.1.0", enabled: false, window: nil, nowMs: midnight + hour) == .report(off))
+        guard case .start = FirmwarePlan.decide(request(), record: off, currentVersion: "0.1.0", enabled: true, window: nil, nowMs: midnight + hour) else {
+            Issue.record("enabling did not start it"); return
+        }
+    }
+
+    /// The helper's result settles the record of its request: a rollback it did after the new version had already
+    /// written `current` (too late) stands, so the same package is not installed again.
+    @Test func theHelpersResultSettlesTheRecord() {
+        var late = UpdateRecord()
+        late.status = .current
+        late.fromVersion = "0.1.0"
+        late.checkValue = check
+        late.uri = "https://example.com/fieldgate_0.2.0_arm64.deb"
+        late.requestID = "17-ab"
+        var rolledBack = UpdateHandoff.Report(requestID: "17-ab", outcome: .rolledback, reason: "0.2.0 did not confirm within 30 s", version: "0.2.0")
+        rolledBack.restoredVersion = "0.1.0"
+        let settled = late.settled(by: rolledBack, running: "0.1.0")
+        #expect(settled?.status == .rolledback && settled?.pendingVersion == "0.2.0" && settled?.substatus.contains("rolled back to 0.1.0") == true)
+        if let settled {
+            #expect(FirmwarePlan.decide(request(), record: settled, currentVersion: "0.1.0", enabled: true, window: nil, nowMs: midnight) == .report(settled),
+                    "not installed again")
+        }
+        #expect(late.settled(by: UpdateHandoff.Report(requestID: "other", outcome: .rolledback), running: "0.1.0") == nil)
+        var installed = late
+        installed.status = .rebooting
+        installed.pendingVersion = "0.2.0"
+        #expect(installed.settled(by: UpdateHandoff.Report(requestID: "17-ab", outcome: .installed, version: "0.2.0"), running: "0.2.0")?.status == .current)
+    }
+
     @Test func reportedSectionHasThePatternsFields() {
         var r = UpdateRecord()
         r.status = .applying

@@ -139,6 +139,7 @@ Architecture: $ARCH
 Maintainer: fieldgate maintainers <maintainers@fieldgate.invalid>
 Installed-Size: $(du -sk --exclude=DEBIAN "$R" | cut -f1)
 Depends: $(depends "$R" usr/sbin/fieldgated), systemd, adduser
+Recommends: gpgv
 Suggests: fieldgate-hub
 Section: net
 Priority: optional

@@ -4,6 +4,7 @@
 # loopback, HTTPS with the hub's certificates); the hub routes twin change events, so every reported firmware status
 # is read back in order. Phases, each driven from the service side through the gateway's twin:
 #   1. a corrupt download (checksum mismatch)  → error; the old version keeps running
+#   1b. the good package signed by a foreign key → error (signatures required: [update] keyring)
 #   2. a window three hours away               → the update waits, pending in the twin
 #   3. the window opens                        → downloading, verifying, applying, rebooting, current: the new version
 #                                                runs, the configuration and the spooled readings kept
@@ -60,6 +61,16 @@ printf 'corruption' | dd of="$WORK/www/corrupt/fieldgate_${NEW}_${ARCH}.deb" bs=
 SHA_NEW=$(sha256sum "$WORK/www/fieldgate_${NEW}_${ARCH}.deb" | cut -d' ' -f1)
 SHA_BROKEN=$(sha256sum "$WORK/www/fieldgate_${BROKEN}_${ARCH}.deb" | cut -d' ' -f1)
 SHA_OLD=$(sha256sum "$WORK/www/fieldgate_${OLD}_${ARCH}.deb" | cut -d' ' -f1)
+# The site's signing key: packages are signed (detached, OpenPGP) and the gateway's keyring holds its public key.
+# Another key signs a copy of the good package: a signature the gateway must refuse.
+export GNUPGHOME=$WORK/gnupg
+mkdir -m 700 "$GNUPGHOME" "$WORK/gnupg-other"
+gpg --batch --quiet --passphrase '' --quick-gen-key 'fieldgate site <updates@site.invalid>' ed25519 sign never
+GNUPGHOME=$WORK/gnupg-other gpg --batch --quiet --passphrase '' --quick-gen-key 'someone else <x@other.invalid>' ed25519 sign never
+for v in $OLD $NEW $BROKEN; do gpg --batch --quiet --detach-sign -o "$WORK/www/fieldgate_${v}_${ARCH}.deb.sig" "$WORK/www/fieldgate_${v}_${ARCH}.deb"; done
+mkdir -p "$WORK/www/foreign"
+cp "$WORK/www/fieldgate_${NEW}_${ARCH}.deb" "$WORK/www/foreign/"
+GNUPGHOME=$WORK/gnupg-other gpg --batch --quiet --detach-sign -o "$WORK/www/foreign/fieldgate_${NEW}_${ARCH}.deb.sig" "$WORK/www/foreign/fieldgate_${NEW}_${ARCH}.deb"
 
 HUB_ARGS=--twin-change-events start_hub
 GW=upd-gateway
@@ -92,9 +103,11 @@ BASE=https://localhost:$PKG_PORT
 for _ in $(seq 50); do curl -sf --cacert "$WORK/hub/certs/ca.pem" -o /dev/null "$BASE/fieldgate_${NEW}_${ARCH}.deb" && break; sleep 0.1; done
 
 write_gateway_config "$WORK/config" $GW "edited by the operator"
+gpg --batch --export >"$WORK/config/update-keyring.gpg"
 cat >>"$WORK/config/fieldgate.toml" <<TOML
 [update]
 enabled = true
+keyring = "/etc/fieldgate/update-keyring.gpg"
 confirm_seconds = 30
 ca_file = "/etc/fieldgate/ca.pem"
 factory_reset = false
@@ -111,6 +124,7 @@ r() { echo "\$2" >"/results/\$1"; }
 export DEBIAN_FRONTEND=noninteractive
 apt-get install -y /debs/fieldgate_${OLD}_${ARCH}.deb && r installed yes
 cp /config/ca.pem /config/fieldgate.toml /etc/fieldgate/
+install -m 0644 /config/update-keyring.gpg /etc/fieldgate/update-keyring.gpg
 cp /config/devices.d/leaves.toml /etc/fieldgate/devices.d/
 install -m 0640 -g fieldgate /config/secrets.toml /etc/fieldgate/secrets.toml
 systemctl start fieldgated
@@ -191,6 +205,11 @@ drive() {
   wait_reported firmware 120 "s['fwUpdateStatus'] == 'error'" || echo "phase 1: no error for the corrupt download" >>"$WORK/results/host-error"
   reported firmware >"$WORK/results/firmware-corrupt"
   snap corrupt
+  # 1b. The good package, signed by a key the gateway does not hold.
+  desired "{\"firmware\": {\"fwVersion\": \"$NEW\", \"fwPackageURI\": \"$BASE/foreign/fieldgate_${NEW}_${ARCH}.deb\", \"fwPackageCheckValue\": \"$SHA_NEW\"}}"
+  wait_reported firmware 120 "s['fwUpdateStatus'] == 'error' and 'signature' in s['fwUpdateSubstatus']" || echo "phase 1b: a foreign signature was not refused" >>"$WORK/results/host-error"
+  reported firmware >"$WORK/results/firmware-foreign"
+  snap foreign
   # 2. A window three hours away: the good package waits.
   desired "{\"maintenance\": {\"window\": {\"start\": \"$(hhmm 10800)\", \"durationMinutes\": 30, \"timezone\": \"UTC\"}}, \"firmware\": {\"fwVersion\": \"$NEW\", \"fwPackageURI\": \"$BASE/fieldgate_${NEW}_${ARCH}.deb\", \"fwPackageCheckValue\": \"$SHA_NEW\"}}"
   wait_reported firmware 60 "s['fwUpdateStatus'] == 'current' and s['pendingFwVersion'] == '$NEW' and 'maintenance window' in s['fwUpdateSubstatus']" \
@@ -268,6 +287,9 @@ sys.exit(0 if any(seq[i:i + len(want)] == want for i in range(len(seq))) else 1)
 has_run "downloading:$NEW" "verifying:$NEW" "error:$NEW" || fail "phase 1 statuses: $STATUSES"
 grep -q 'checksum mismatch' "$WORK/results/firmware-corrupt" || fail "phase 1: $(cat "$WORK/results/firmware-corrupt")"
 expect_state corrupt version $OLD; expect_state corrupt active active
+# 1b.
+grep -q 'does not verify' "$WORK/results/firmware-foreign" || fail "phase 1b: $(cat "$WORK/results/firmware-foreign")"
+expect_state foreign version $OLD; expect_state foreign active active
 # 2.
 grep -q "\"pendingUpdate\": *\"$NEW\"" "$WORK/results/maintenance-deferred" || fail "phase 2: maintenance $(cat "$WORK/results/maintenance-deferred")"
 expect_state deferred version $OLD
@@ -290,4 +312,4 @@ expect_state reset active active; expect_state reset spooled 0; expect_state res
 echo "test-update: firmware after the update:   $(cat "$WORK/results/firmware-updated")"
 echo "test-update: firmware after the rollback: $(cat "$WORK/results/firmware-rolledback")"
 echo "test-update: factory reset: $(cat "$WORK/results/dm-reset")"
-echo "test-update: ok — corrupt download refused ($OLD kept running), update deferred by the window then $OLD → $NEW (configuration and 3 spooled readings kept), downgrade to $OLD refused, $BROKEN rolled back to $NEW (rebuilt from its installed files), factoryReset 403 when off and done when on"
+echo "test-update: ok — corrupt download and a foreign signature refused ($OLD kept running), update deferred by the window then $OLD → $NEW (configuration and 3 spooled readings kept), downgrade to $OLD refused, $BROKEN rolled back to $NEW (rebuilt from its installed files), factoryReset 403 when off and done when on"

@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(libqpid-proton11-dev libmodbus-dev libsystemd-dev libssl-dev libcurl4-openssl-dev zlib1g-dev pkg-config socat openssl curl
-              iproute2 procps systemd systemd-container debootstrap dpkg-dev lintian libfuse2 tinyproxy nftables nginx)
+              iproute2 procps systemd systemd-container debootstrap dpkg-dev lintian libfuse2 tinyproxy nftables nginx gpg)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

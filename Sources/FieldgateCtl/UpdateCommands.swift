@@ -71,6 +71,7 @@ struct UpdateCommands: ParsableCommand {
                 stateDirectory: stateDirectory, devicesDirectory: (directoryOf(config).isEmpty ? "." : directoryOf(config)) + "/devices.d")
             settings.helperDirectory = s.update.helperDirectory
             settings.allowDowngrade = s.update.allowDowngrade
+            settings.keyring = s.update.keyring
             let helper = UpdateHelper(settings: settings) { line in writeStandardError("fieldgate-update: \(line)\n") }
             if !helper.runOnce() { writeStandardError("fieldgate-update: no request waiting\n") }
         }

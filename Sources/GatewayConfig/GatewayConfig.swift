@@ -122,6 +122,8 @@ public struct GatewayConfigFile: Decodable, Sendable {
         public var enabled: Bool?
         /// The helper installs an older version than the running one on request. Default: false.
         public var allow_downgrade: Bool?
+        /// Packages must carry a detached OpenPGP signature by a key in this keyring.
+        public var keyring: String?
         public var confirm_seconds: Int?
         public var max_download_mb: Int?
         /// CAs for package downloads; absent: the system's.
@@ -352,6 +354,9 @@ struct Mapper {
         if let u = f.update {
             update.enabled = u.enabled ?? false
             update.allowDowngrade = u.allow_downgrade ?? false
+            if let k = u.keyring {
+                if k.hasPrefix("/") { update.keyring = k } else { report(main, "update.keyring", "update.keyring must be an absolute path (a keyring root owns, e.g. /etc/fieldgate/update-keyring.gpg)") }
+            }
             update.factoryReset = u.factory_reset ?? false
             if let c = u.confirm_seconds {
                 if UpdateConfiguration.confirmRange.contains(c) { update.confirmSeconds = c } else {

@@ -15,19 +15,23 @@ public struct FirmwareRequest: Sendable, Equatable {
     public var uri: String
     public var checkValue: String
     public var force: Bool
+    /// Where the detached signature is (with `[update] keyring`); default: the package's URI + ".sig".
+    public var signatureURI: String
 
-    public init(version: String, uri: String, checkValue: String, force: Bool = false) {
+    public init(version: String, uri: String, checkValue: String, force: Bool = false, signatureURI: String? = nil) {
         self.version = version
         self.uri = uri
         self.checkValue = checkValue
         self.force = force
+        self.signatureURI = signatureURI ?? uri + ".sig"
     }
 
     /// nil when the desired document has no usable `firmware` section (absent, or null to cancel).
     public init?(desired firmware: JSONValue?) {
         guard let f = firmware, case .object = f else { return nil }
         self.init(version: f["fwVersion"]?.stringValue ?? "", uri: f["fwPackageURI"]?.stringValue ?? "",
-                  checkValue: (f["fwPackageCheckValue"]?.stringValue ?? "").lowercased(), force: f["force"] == .bool(true))
+                  checkValue: (f["fwPackageCheckValue"]?.stringValue ?? "").lowercased(), force: f["force"] == .bool(true),
+                  signatureURI: f["fwPackageSignatureURI"]?.stringValue)
     }
 
     /// Why the request cannot be carried out, in the words reported as `fwUpdateSubstatus`; nil when it can.
@@ -36,14 +40,16 @@ public struct FirmwareRequest: Sendable, Equatable {
               version.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x7a) || $0 == 0x2e || $0 == 0x2b || $0 == 0x7e || $0 == 0x2d }),
               version.utf8.first.map({ $0 >= 0x30 && $0 <= 0x39 }) == true
         else { return "fwVersion must be a Debian version of fieldgate (digits first; letters, digits, . + ~ -)" }
-        guard uri.lowercased().hasPrefix("https://"), uri.count > 8 else { return "Insecure package URI: only https is accepted" }
+        guard uri.lowercased().hasPrefix("https://"), uri.count > 8, signatureURI.lowercased().hasPrefix("https://") else {
+            return "Insecure package URI: only https is accepted"
+        }
         guard checkValue.utf8.count == 64, checkValue.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }) else {
             return "fwPackageCheckValue must be the package's SHA-256 (64 hex digits)"
         }
         return nil
     }
 
-    /// The package's file name in the update directory.
+    /// The package's file name in the update directory; its signature's is this + ".sig".
     public var fileName: String { "fieldgate_\(version).deb" }
 }
 

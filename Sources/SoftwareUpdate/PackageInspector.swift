@@ -51,6 +51,19 @@ public enum PackageInspector {
         HostCommand.capture(["dpkg-query", "--show", "--showformat=${Version}", "fieldgate"]).flatMap { $0.status == 0 && !$0.output.isEmpty ? $0.output : nil }
     }
 
+    /// Checks a detached OpenPGP signature of `path` against `keyring` with gpgv (Debian's verifier, the one apt
+    /// uses); nil when a key of the keyring made it.
+    public static func verifySignature(of path: String, signature: String, keyring: String) -> UpdateError? {
+        guard let (status, output) = HostCommand.capture(["gpgv", "--keyring", keyring, "--", signature, path], withStderr: true) else {
+            return UpdateError("gpgv cannot be started (apt install gpgv)")
+        }
+        guard status == 0 else {
+            let why = output.split(separator: "\n").last.map(String.init) ?? "exit status \(status)"
+            return UpdateError("the package's signature does not verify against \(keyring): \(why)")
+        }
+        return nil
+    }
+
     /// SHA-256 of the file at `path` (hex); nil when it cannot be read.
     public static func sha256(of path: String) -> String? {
         let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)

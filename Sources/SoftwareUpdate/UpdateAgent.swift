@@ -375,6 +375,21 @@ public final class UpdateAgent: Sendable {
             return rename(part, verified) == 0 ? .success(()) : .failure(UpdateError("cannot keep the package: \(String(cString: strerror(errno)))"))
         }
         if case .failure(let e) = checked { return await fail(r, e.message) }
+        if let keyring = configuration.keyring {
+            // Signed packages only: the signature comes fresh each time, small, and gpgv checks it as the helper will.
+            let signature = verified + ".sig"
+            let outcome: Result<Void, UpdateError> = await offCooperativePool { [environment] in
+                unlink(signature)
+                switch HTTPSClient.download(request.signatureURI, to: signature, maxBytes: 64 << 10, settings: environment.https) {
+                case .failure(let e): return .failure(UpdateError("the package's signature could not be downloaded: \(e.message)"))
+                case .success(let (status, _)) where status != 200:
+                    return .failure(UpdateError("the package's signature could not be downloaded: HTTP \(status) for \(HTTPSClient.redacted(request.signatureURI))"))
+                case .success:
+                    return PackageInspector.verifySignature(of: verified, signature: signature, keyring: keyring).map { .failure($0) } ?? .success(())
+                }
+            }
+            if case .failure(let e) = outcome { return await fail(r, e.message) }
+        }
         // The download may have taken the window's time: the restart waits for it too.
         let nowMs = WallClock.nowMilliseconds()
         if !request.force, !state.withLock({ Self.windowAllows($0.window, nowMs: nowMs) }) {

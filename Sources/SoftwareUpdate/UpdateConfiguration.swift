@@ -5,6 +5,10 @@ public struct UpdateConfiguration: Sendable, Equatable {
     /// The helper installs an older version than the running one when asked (its own rollback always may).
     /// Default: false, so a compromised daemon cannot bring back a version with known flaws.
     public var allowDowngrade = false
+    /// An OpenPGP keyring (root's, e.g. /etc/fieldgate/update-keyring.gpg): when set, a package installs only with
+    /// a detached signature (`fwPackageURI` + ".sig", or desired `fwPackageSignatureURI`) by one of its keys,
+    /// checked by the daemon and again by the helper with gpgv. nil: the SHA-256 from the twin is the only check.
+    public var keyring: String?
     /// The new version must confirm (ready, and its first report taken by the hub or, offline, readings spooled)
     /// within this long after its install, or the previous version is reinstalled. Default: 300 s.
     public var confirmSeconds = 300

@@ -20,6 +20,8 @@ public struct UpdateHelper: Sendable {
         public var updateEnabled: Bool
         /// An older version than the running one may be installed on request (the helper's own rollback always may).
         public var allowDowngrade = false
+        /// Packages must carry a detached signature by a key of this keyring (root's).
+        public var keyring: String?
         public var factoryResetEnabled: Bool
         public var resetClears: Set<UpdateConfiguration.ResetTarget>
         public var maxBytes: Int
@@ -93,6 +95,14 @@ public struct UpdateHelper: Sendable {
         guard settings.updateEnabled else { return refuse("software update is off in /etc/fieldgate/fieldgate.toml ([update] enabled)") }
         let candidate = helperPath("candidate.deb")
         if let e = copyVerified(daemonPath(request.file), to: candidate, sha256: request.sha256) { return refuse(e.message) }
+        if let keyring = settings.keyring {
+            let signature = helperPath("candidate.deb.sig")
+            guard let bytes = StateFile.read(daemonPath(request.file + ".sig"), limit: 64 << 10) else {
+                return refuse("the package has no signature beside it, and [update] keyring requires one")
+            }
+            guard StateFile.replace(signature, with: bytes, mode: 0o600) == nil else { return refuse("cannot keep the signature") }
+            if let e = PackageInspector.verifySignature(of: candidate, signature: signature, keyring: keyring) { return refuse(e.message) }
+        }
         let control: PackageInspector.Control
         switch PackageInspector.control(of: candidate) {
         case .failure(let e): return refuse(e.message)

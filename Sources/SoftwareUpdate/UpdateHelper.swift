@@ -62,6 +62,10 @@ public struct UpdateHelper: Sendable {
     public func runOnce() -> Bool {
         mkdir(settings.helperDirectory, 0o755)
         chmod(settings.helperDirectory, 0o755)
+        // An install this helper began and did not end (a power cut, a killed helper): finished first.
+        if let marker = StateFile.read(helperPath(Self.pendingFile), limit: 64 << 10).flatMap({ JSONValue.parse($0) }) {
+            resumeInterrupted(marker)
+        }
         let requestPath = daemonPath(UpdateHandoff.requestFile)
         guard let bytes = StateFile.read(requestPath, limit: 64 << 10) else {
             if access(requestPath, F_OK) == 0 {
@@ -89,6 +93,70 @@ public struct UpdateHelper: Sendable {
     }
 
     // MARK: - Install
+
+    /// Written before dpkg installs a new version and removed when the helper has its result: found at the next
+    /// start (fieldgate-update.service also runs at boot), it means the confirmation wait was cut off.
+    static let pendingFile = "pending.json"
+
+    private func resumeInterrupted(_ marker: JSONValue) {
+        let id = marker["requestID"]?.stringValue ?? "unknown"
+        let version = marker["version"]?.stringValue ?? ""
+        let from = marker["from"]?.stringValue ?? ""
+        let confirmSeconds = Int(marker["confirmSeconds"]?.intValue ?? 300)
+        let installed = PackageInspector.installedVersion() ?? ""
+        log("request \(id): the install of \(version) was interrupted; \(installed.isEmpty ? "nothing" : installed) is installed")
+        if installed == version {
+            // The new version is there: it gets its confirmation time again from now.
+            _ = HostCommand.run(["systemctl", "reset-failed", settings.service])
+            _ = HostCommand.run(["systemctl", "start", settings.service])
+            settleInstall(id: id, version: version, from: from, confirmSeconds: confirmSeconds)
+        } else {
+            unlink(helperPath(Self.pendingFile))
+            finish(UpdateHandoff.Report(requestID: id, outcome: .error,
+                                        reason: "the install of \(version) was interrupted (a power cut?); \(installed.isEmpty ? "no fieldgate" : installed) is installed", version: version))
+        }
+    }
+
+    /// Waits for the new version's confirmation; keeps it, or reinstalls the kept previous package.
+    private func settleInstall(id: String, version: String, from: String, confirmSeconds: Int) {
+        let candidate = helperPath("candidate.deb"), previous = helperPath("previous.deb"), kept = helperPath("installed.deb")
+        defer { unlink(helperPath(Self.pendingFile)) }
+        let deadline = WallClock.nowMilliseconds() + Int64(confirmSeconds) * 1000
+        var confirmed = false
+        while WallClock.nowMilliseconds() < deadline {
+            if StateFile.read(daemonPath(UpdateHandoff.confirmedFile), limit: 256).map({ String(decoding: $0, as: UTF8.self) }) == version {
+                confirmed = true
+                break
+            }
+            usleep(500_000)
+        }
+        if confirmed {
+            unlink(kept)
+            rename(candidate, kept)
+            unlink(previous)
+            log("fieldgate \(version) confirmed")
+            return finish(UpdateHandoff.Report(requestID: id, outcome: .installed, version: version))
+        }
+        let state = serviceState()
+        log("fieldgate \(version) did not confirm within \(confirmSeconds) s (\(state)); rolling back to \(from)")
+        var report = UpdateHandoff.Report(requestID: id, outcome: .rolledback,
+                                          reason: "\(version) did not confirm within \(confirmSeconds) s (\(state))", version: version)
+        report.restoredVersion = from
+        // A unit that failed its starts in a row is held by systemd's start limit: released before the reinstall.
+        _ = HostCommand.run(["systemctl", "reset-failed", settings.service])
+        if access(previous, R_OK) != 0 {
+            report.outcome = .error
+            report.reason += "; no kept package of \(from) to reinstall"
+        } else if let e = dpkgInstall(previous) {
+            report.outcome = .error
+            report.reason += "; reinstalling \(from) failed: \(e.message)"
+        } else {
+            unlink(kept)
+            rename(previous, kept)
+        }
+        unlink(candidate)
+        finish(report)
+    }
 
     private func install(_ request: UpdateHandoff.Request) {
         func refuse(_ why: String) { finish(UpdateHandoff.Report(requestID: request.id, outcome: .error, reason: why, version: request.version)) }
@@ -142,46 +210,18 @@ public struct UpdateHelper: Sendable {
         unlink(daemonPath(UpdateHandoff.confirmedFile))
         progress(UpdateHandoff.Report(requestID: request.id, outcome: .confirming, version: request.version))
         log("installing fieldgate \(request.version) (running \(from))")
+        let marker: JSONValue = ["requestID": .string(request.id), "version": .string(request.version), "from": .string(from),
+                                 "confirmSeconds": .int(Int64(request.confirmSeconds))]
+        StateFile.replace(helperPath(Self.pendingFile), with: marker.bytes, durable: true, mode: 0o600)
         if let e = dpkgInstall(candidate) {
+            unlink(helperPath(Self.pendingFile))
             log("dpkg failed: \(e.message); reinstalling \(from)")
             let back = dpkgInstall(previous)
             return finish(UpdateHandoff.Report(requestID: request.id, outcome: .error,
                                                reason: "dpkg could not install \(request.version): \(e.message)" + (back == nil ? "; \(from) reinstalled" : "; reinstalling \(from) failed too: \(back!.message)"),
                                                version: request.version))
         }
-        // Confirmation: the new daemon writes its version once it runs and reached the hub (or spools offline).
-        let deadline = WallClock.nowMilliseconds() + Int64(request.confirmSeconds) * 1000
-        var confirmed = false
-        while WallClock.nowMilliseconds() < deadline {
-            if StateFile.read(daemonPath(UpdateHandoff.confirmedFile), limit: 256).map({ String(decoding: $0, as: UTF8.self) }) == request.version {
-                confirmed = true
-                break
-            }
-            usleep(500_000)
-        }
-        if confirmed {
-            unlink(kept)
-            rename(candidate, kept)
-            unlink(previous)
-            log("fieldgate \(request.version) confirmed")
-            return finish(UpdateHandoff.Report(requestID: request.id, outcome: .installed, version: request.version))
-        }
-        let state = serviceState()
-        log("fieldgate \(request.version) did not confirm within \(request.confirmSeconds) s (\(state)); rolling back to \(from)")
-        var report = UpdateHandoff.Report(requestID: request.id, outcome: .rolledback,
-                                          reason: "\(request.version) did not confirm within \(request.confirmSeconds) s (\(state))", version: request.version)
-        report.restoredVersion = from
-        // A unit that failed its starts in a row is held by systemd's start limit: released before the reinstall.
-        _ = HostCommand.run(["systemctl", "reset-failed", settings.service])
-        if let e = dpkgInstall(previous) {
-            report.outcome = .error
-            report.reason += "; reinstalling \(from) failed: \(e.message)"
-        } else {
-            unlink(kept)
-            rename(previous, kept)
-        }
-        unlink(candidate)
-        finish(report)
+        settleInstall(id: request.id, version: request.version, from: from, confirmSeconds: request.confirmSeconds)
     }
 
     /// Copies the daemon's file into the helper's directory — not through a link, a regular file within the size

@@ -151,6 +151,29 @@ struct DownloadTests {
         #expect(proxy.log().contains("CONNECT localhost:\(server.port)"), "\(proxy.log())")
     }
 
+    /// gpgv against a keyring: a signature by its key verifies; one by another key, or of other bytes, does not.
+    @Test func signaturesAreCheckedAgainstTheKeyring() throws {
+        let dir = FileManager.default.temporaryDirectory.path + "/fieldgate-gpg-\(Int.random(in: 0..<1_000_000))"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for home in ["site", "other"] { try FileManager.default.createDirectory(atPath: dir + "/" + home, withIntermediateDirectories: true) }
+        chmod(dir + "/site", 0o700)
+        chmod(dir + "/other", 0o700)
+        func gpg(_ home: String, _ args: [String]) -> Int32? {
+            HostCommand.run(["gpg", "--homedir", dir + "/" + home, "--batch", "--quiet", "--passphrase", ""] + args)
+        }
+        #expect(gpg("site", ["--quick-gen-key", "site <s@site.invalid>", "ed25519", "sign", "never"]) == 0)
+        #expect(gpg("other", ["--quick-gen-key", "other <o@other.invalid>", "ed25519", "sign", "never"]) == 0)
+        let keyring = dir + "/keyring.gpg"
+        #expect(gpg("site", ["--output", keyring, "--export"]) == 0)
+        try Data(bytes(10_000)).write(to: URL(fileURLWithPath: dir + "/p.deb"))
+        #expect(gpg("site", ["--output", dir + "/p.deb.sig", "--detach-sign", dir + "/p.deb"]) == 0)
+        #expect(gpg("other", ["--output", dir + "/p.deb.other", "--detach-sign", dir + "/p.deb"]) == 0)
+        #expect(PackageInspector.verifySignature(of: dir + "/p.deb", signature: dir + "/p.deb.sig", keyring: keyring) == nil)
+        #expect(PackageInspector.verifySignature(of: dir + "/p.deb", signature: dir + "/p.deb.other", keyring: keyring)?.message.contains("does not verify") == true)
+        try Data(bytes(10_001)).write(to: URL(fileURLWithPath: dir + "/p.deb"))
+        #expect(PackageInspector.verifySignature(of: dir + "/p.deb", signature: dir + "/p.deb.sig", keyring: keyring) != nil, "other bytes")
+    }
+
     /// The agent, from a desired `firmware` to its verdict on a download whose SHA-256 is not the one named:
     /// `downloading`, `verifying`, `error` with both hashes, each reported in order; the download is removed.
     @Test func aChecksumMismatchEndsInError() async throws {

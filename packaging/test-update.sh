@@ -34,7 +34,7 @@ HUB_BIN=$(swift build --show-bin-path)/fieldgate-hub
 
 make_work fieldgate-update
 NGINX_PID=
-trap '{ [ -n "$HUB_PID" ] && kill "$HUB_PID"; [ -n "$NGINX_PID" ] && kill "$NGINX_PID"; wait; } 2>/dev/null || true; rm -rf "$WORK"' EXIT
+trap '{ [ -n "$HUB_PID" ] && kill "$HUB_PID"; [ -n "$NGINX_PID" ] && kill "$NGINX_PID"; wait; } 2>/dev/null || true; [ -n "${FIELDGATE_KEEP_WORK:-}" ] || rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/debs" "$WORK/results" "$WORK/config/devices.d" "$WORK/www/corrupt"
 cp "dist/fieldgate_${OLD}_${ARCH}.deb" "$WORK/debs/"
 cp "dist/fieldgate_${NEW}_${ARCH}.deb" "dist/fieldgate_${OLD}_${ARCH}.deb" "$WORK/www/"
@@ -232,7 +232,7 @@ drive() {
   touch "$WORK/results/drop-kept"
   for _ in $(seq 40); do [ -f "$WORK/results/kept-dropped" ] && break; sleep 0.25; done
   desired "{\"firmware\": {\"fwVersion\": \"$BROKEN\", \"fwPackageURI\": \"$BASE/fieldgate_${BROKEN}_${ARCH}.deb\", \"fwPackageCheckValue\": \"$SHA_BROKEN\"}}"
-  wait_reported firmware 300 "s['fwUpdateStatus'] in ('rolledback', 'error')" || echo "phase 4: no rollback reported" >>"$WORK/results/host-error"
+  wait_reported firmware 300 "s['pendingFwVersion'] == '$BROKEN' and s['fwUpdateStatus'] in ('rolledback', 'error')" || echo "phase 4: no rollback reported" >>"$WORK/results/host-error"
   reported firmware >"$WORK/results/firmware-rolledback"
   snap rolledback
   # 5. Factory reset while off, then 6. on.

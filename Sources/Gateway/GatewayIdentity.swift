@@ -54,7 +54,7 @@ public final class GatewayIdentity: LeafRouter {
     }
 
     /// Software update, factory reset and the maintenance window: the daemon makes the agent (it knows the download
-    /// settings) around `updateEnvironment`'s reports.
+    /// settings); the agent reports through `reportForUpdate`.
     public func setUpdateAgent(_ agent: UpdateAgent) { updateAgent.withLock { $0 = agent } }
     public var update: UpdateAgent? { updateAgent.withLock { $0 } }
 

@@ -10,7 +10,9 @@
 #                                                runs, the configuration and the spooled readings kept
 #   3b. the old version again                  → refused (no downgrades)
 #   4. a version that exits at start           → rolled back to the running version (rebuilt as a package from its
-#                                                installed files), `rolledback` with the reason, spooled readings intact
+#                                                installed files), `rolledback` with the reason, spooled readings intact;
+#                                                the helper is killed during its confirmation wait and started again
+#                                                (a power cut's stand-in): it settles the install from its marker
 #   5. factoryReset while off                  → 403;  6. enabled → 200, the spool cleared, the service back
 # Usage: packaging/test-update.sh [--rebuild]   (reuses dist/fieldgate_0.1.0 and 0.1.1 that test-deb.sh built)
 set -euo pipefail
@@ -151,6 +153,16 @@ for _ in \$(seq 2400); do
     rm -f /results/drop-kept /var/lib/fieldgate-update/installed.deb
     touch /results/kept-dropped
   fi
+  # A power cut's stand-in: once the broken version is installed and the helper waits for its confirmation, the
+  # helper is killed, then started again as at boot; it must settle the install from its marker.
+  if [ -f /results/kill-helper ] && [ "\$(dpkg-query -W -f='\${Status} \${Version}' fieldgate)" = "install ok installed $BROKEN" ] \
+     && grep -q '"confirming"' /var/lib/fieldgate-update/progress.json 2>/dev/null; then
+    rm -f /results/kill-helper
+    systemctl kill -s KILL fieldgate-update.service
+    sleep 1
+    systemctl start --no-block fieldgate-update.service
+    touch /results/helper-killed
+  fi
   if [ -f /results/enable-reset ]; then
     rm -f /results/enable-reset
     sed -i 's/^factory_reset = false/factory_reset = true/' /etc/fieldgate/fieldgate.toml
@@ -231,6 +243,7 @@ drive() {
   # 4. A version that never becomes ready: rolled back, to the running version rebuilt as a package.
   touch "$WORK/results/drop-kept"
   for _ in $(seq 40); do [ -f "$WORK/results/kept-dropped" ] && break; sleep 0.25; done
+  touch "$WORK/results/kill-helper"
   desired "{\"firmware\": {\"fwVersion\": \"$BROKEN\", \"fwPackageURI\": \"$BASE/fieldgate_${BROKEN}_${ARCH}.deb\", \"fwPackageCheckValue\": \"$SHA_BROKEN\"}}"
   wait_reported firmware 300 "s['pendingFwVersion'] == '$BROKEN' and s['fwUpdateStatus'] in ('rolledback', 'error')" || echo "phase 4: no rollback reported" >>"$WORK/results/host-error"
   reported firmware >"$WORK/results/firmware-rolledback"
@@ -302,6 +315,8 @@ grep -q 'downgrades are refused' "$WORK/results/firmware-downgrade" || fail "pha
 # 4.
 has_run "downloading:$BROKEN" "verifying:$BROKEN" "applying:$BROKEN" "rebooting:$BROKEN" "rolledback:$BROKEN" || fail "phase 4 statuses: $STATUSES"
 grep -q "did not confirm" "$WORK/results/firmware-rolledback" || fail "phase 4: $(cat "$WORK/results/firmware-rolledback")"
+[ -f "$WORK/results/helper-killed" ] || fail "phase 4: the helper was not killed during its confirmation wait"
+grep -q "the install of $BROKEN was interrupted" "$WORK/results/journal" || fail "phase 4: the restarted helper did not take up the interrupted install"
 expect_state rolledback version $NEW; expect_state rolledback active active; expect_state rolledback spooled 3; expect_state rolledback config 1
 # 5., 6.
 grep -q '"status" *: *403' "$WORK/results/reset-off" || fail "factoryReset while off: $(cat "$WORK/results/reset-off")"
@@ -312,4 +327,4 @@ expect_state reset active active; expect_state reset spooled 0; expect_state res
 echo "test-update: firmware after the update:   $(cat "$WORK/results/firmware-updated")"
 echo "test-update: firmware after the rollback: $(cat "$WORK/results/firmware-rolledback")"
 echo "test-update: factory reset: $(cat "$WORK/results/dm-reset")"
-echo "test-update: ok — corrupt download and a foreign signature refused ($OLD kept running), update deferred by the window then $OLD → $NEW (configuration and 3 spooled readings kept), downgrade to $OLD refused, $BROKEN rolled back to $NEW (rebuilt from its installed files), factoryReset 403 when off and done when on"
+echo "test-update: ok — corrupt download and a foreign signature refused ($OLD kept running), update deferred by the window then $OLD → $NEW (configuration and 3 spooled readings kept), downgrade to $OLD refused, $BROKEN rolled back to $NEW (rebuilt from its installed files, by a helper killed and restarted mid-wait), factoryReset 403 when off and done when on"

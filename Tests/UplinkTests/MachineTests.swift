@@ -203,6 +203,11 @@ struct MachineTests {
         #expect(first && second && !third, "one burst of debt at most")
         #expect(bucket.take(5, nowMs: 10_100) == 0, "a debt is no token")
         #expect(bucket.take(5, nowMs: 10_300) == 1, "back above zero after the debt is paid")
+        // The clock steps back 16 minutes: the bucket refills from the new reading, not from the old one.
+        var stepped = TokenBucket(ratePerSecond: 10, burst: 2)
+        #expect(stepped.take(2, nowMs: 1_000_000) == 2)
+        #expect(stepped.take(2, nowMs: 1_000_000 - 960_000) == 0)
+        #expect(stepped.take(2, nowMs: 1_000_000 - 960_000 + 200) == 2, "200 ms after the step: two tokens")
     }
 
     @Test func c2dDedupeRemembersOutcomesBounded() {

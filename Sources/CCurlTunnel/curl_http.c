@@ -28,6 +28,29 @@ static size_t fg_collect(char *data, size_t size, size_t count, void *userdata) 
     return n;
 }
 
+/* What a request and a download set alike: the connect-to override, errors, timeouts, cancellation, TLS and proxy.
+ * Returns the connect-to list, freed by the caller after the transfer (NULL when none). */
+static struct curl_slist *fg_request_options(CURL *c, const fg_http_request *q, char *connect_to, size_t len, char *errbuf) {
+    struct curl_slist *targets = NULL;
+    if (q->connect_host && q->connect_address && q->connect_address[0]) {
+        /* An IPv6 address goes in brackets there. */
+        int v6 = strchr(q->connect_address, ':') != NULL && q->connect_address[0] != '[';
+        snprintf(connect_to, len, v6 ? "%s::[%s]:" : "%s::%s:", q->connect_host, q->connect_address);
+        targets = curl_slist_append(NULL, connect_to);
+        curl_easy_setopt(c, CURLOPT_CONNECT_TO, targets);
+    }
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, q->timeout_ms);
+    /* A transfer that stalls (under 256 B/s for 60 s) ends before the overall timeout. */
+    curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 256L);
+    curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, 60L);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, q->timeout_ms < 30000 ? q->timeout_ms : 30000L);
+    fg_curl_cancellable(c, q->cancel);
+    fg_curl_tls_and_proxy(c, q->ca_file, q->verify_peer, q->proxy, q->proxy_user, q->proxy_password);
+    return targets;
+}
+
 int fg_http_perform(const fg_http_request *q, fg_http_response *r, char *err, size_t err_len) {
     memset(r, 0, sizeof *r);
     if (err_len) err[0] = 0;
@@ -38,13 +61,7 @@ int fg_http_perform(const fg_http_request *q, fg_http_response *r, char *err, si
     for (size_t i = 0; i < q->header_count; i++) headers = curl_slist_append(headers, q->headers[i]);
     /* libcurl would otherwise send "Expect: 100-continue" before a large body and wait for the answer. */
     headers = curl_slist_append(headers, "Expect:");
-    if (q->connect_host && q->connect_address && q->connect_address[0]) {
-        /* An IPv6 address goes in brackets there. */
-        int v6 = strchr(q->connect_address, ':') != NULL && q->connect_address[0] != '[';
-        snprintf(connect_to, sizeof connect_to, v6 ? "%s::[%s]:" : "%s::%s:", q->connect_host, q->connect_address);
-        targets = curl_slist_append(NULL, connect_to);
-        curl_easy_setopt(c, CURLOPT_CONNECT_TO, targets);
-    }
+    targets = fg_request_options(c, q, connect_to, sizeof connect_to, errbuf);
     struct fg_sink sink = { r, q->max_response_bytes, 0 };
     curl_easy_setopt(c, CURLOPT_URL, q->url);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, q->method);
@@ -55,15 +72,6 @@ int fg_http_perform(const fg_http_request *q, fg_http_response *r, char *err, si
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, fg_collect);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &sink);
-    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, q->timeout_ms);
-    /* A transfer that stalls (under 256 B/s for 60 s) ends before the overall timeout. */
-    curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 256L);
-    curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, 60L);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, q->timeout_ms < 30000 ? q->timeout_ms : 30000L);
-    fg_curl_cancellable(c, q->cancel);
-    fg_curl_tls_and_proxy(c, q->ca_file, q->verify_peer, q->proxy, q->proxy_user, q->proxy_password);
     CURLcode rc = curl_easy_perform(c);
     curl_slist_free_all(headers);
     curl_slist_free_all(targets);
@@ -140,13 +148,7 @@ int fg_http_download(const fg_http_request *q, int fd, long long resume_from, lo
     CURL *c = curl_easy_init();
     if (!c) { snprintf(err, err_len, "libcurl could not start"); return -1; }
     char errbuf[CURL_ERROR_SIZE] = "", connect_to[1200];
-    struct curl_slist *targets = NULL;
-    if (q->connect_host && q->connect_address && q->connect_address[0]) {
-        int v6 = strchr(q->connect_address, ':') != NULL && q->connect_address[0] != '[';
-        snprintf(connect_to, sizeof connect_to, v6 ? "%s::[%s]:" : "%s::%s:", q->connect_host, q->connect_address);
-        targets = curl_slist_append(NULL, connect_to);
-        curl_easy_setopt(c, CURLOPT_CONNECT_TO, targets);
-    }
+    struct curl_slist *targets = fg_request_options(c, q, connect_to, sizeof connect_to, errbuf);
     struct fg_file_sink sink = { c, fd, resume_from, max_bytes, 0, 0, 0, 0 };
     curl_easy_setopt(c, CURLOPT_URL, q->url);
     curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
@@ -158,14 +160,6 @@ int fg_http_download(const fg_http_request *q, int fd, long long resume_from, lo
     if (resume_from > 0) curl_easy_setopt(c, CURLOPT_RESUME_FROM_LARGE, (curl_off_t)resume_from);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, fg_to_file);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &sink);
-    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, q->timeout_ms);
-    curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 256L);
-    curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, 60L);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, q->timeout_ms < 30000 ? q->timeout_ms : 30000L);
-    fg_curl_cancellable(c, q->cancel);
-    fg_curl_tls_and_proxy(c, q->ca_file, q->verify_peer, q->proxy, q->proxy_user, q->proxy_password);
     CURLcode rc = curl_easy_perform(c);
     if (rc == CURLE_RANGE_ERROR && resume_from > 0) {
         /* The server does not serve ranges (libcurl stops before any body): the whole file, from 0. */

@@ -41,18 +41,7 @@ public struct TestProxy: Sendable {
         case .success(let p): pid = p
         case .failure(let f): throw TestProxyError(description: "cannot start tinyproxy (errno \(f.errno)); scripts/setup.sh installs it")
         }
-        // Ready when it accepts a connection.
-        for _ in 0..<50 {
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_port = in_port_t(UInt16(port).bigEndian)
-            address.sin_addr.s_addr = inet_addr("127.0.0.1")
-            let ok = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 } }
-            close(fd)
-            if ok { break }
-            usleep(100_000)
-        }
+        waitForLoopbackListener(port: port)
         return TestProxy(pid: pid, directory: directory, url: "http://127.0.0.1:\(port)")
     }
 
@@ -67,3 +56,18 @@ public struct TestProxy: Sendable {
 }
 
 public struct TestProxyError: Error, CustomStringConvertible { public let description: String }
+
+/// Returns once something accepts TCP connections on 127.0.0.1:`port`, or after 5 s (a server started by a test).
+public func waitForLoopbackListener(port: Int) {
+    for _ in 0..<50 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let ok = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 } }
+        close(fd)
+        if ok { return }
+        usleep(100_000)
+    }
+}

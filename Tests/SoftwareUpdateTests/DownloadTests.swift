@@ -59,17 +59,7 @@ struct DownloadTests {
             guard case .success(let pid) = spawnProcess(["/usr/sbin/nginx", "-c", directory + "/nginx.conf"], searchPath: false) else {
                 throw UpdateError("cannot start nginx (scripts/setup.sh installs it)")
             }
-            for _ in 0..<50 {
-                let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-                var address = sockaddr_in()
-                address.sin_family = sa_family_t(AF_INET)
-                address.sin_port = in_port_t(UInt16(port).bigEndian)
-                address.sin_addr.s_addr = inet_addr("127.0.0.1")
-                let ok = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 } }
-                close(fd)
-                if ok { break }
-                usleep(100_000)
-            }
+            waitForLoopbackListener(port: port)
             return PackageServer(pid: pid, directory: directory, port: port, certificates: certificates)
         }
 

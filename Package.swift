@@ -147,6 +147,12 @@ let package = Package(
             dependencies: ["FieldgateCore", "HubTunnel", "MessageAuthentication", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),
+        // Device Provisioning Service registration (HTTPS through HubTunnel's libcurl), assignments kept on disk.
+        .target(
+            name: "Provisioning",
+            dependencies: ["FieldgateCore", "IoTHub", "HubTunnel", "MessageAuthentication", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strictSettings
+        ),
         .target(
             name: "Gateway",
             dependencies: ["Uplink", "Spool", "Systemd", "Gzip", "FieldgateCore", "SoftwareUpdate", .product(name: "Logging", package: "swift-log")],
@@ -211,7 +217,7 @@ let package = Package(
             name: "GatewayConfig",
             dependencies: [
                 "Uplink", "HubTunnel", "Spool", "UDPAdapter", "SerialAdapter", "ModbusAdapter", "ModbusIO", "FrameCodecs", "FieldgateCore",
-                "SoftwareUpdate", .product(name: "TOMLKit", package: "TOMLKit"),
+                "SoftwareUpdate", "Provisioning", .product(name: "TOMLKit", package: "TOMLKit"),
             ],
             swiftSettings: strictSettings
         ),
@@ -219,7 +225,7 @@ let package = Package(
             name: "fieldgated",
             dependencies: [
                 "Gateway", "GatewayConfig", "Systemd", "ControlSocket", "FieldgateCtl", "Uplink", "UDPAdapter", "SerialAdapter", "ModbusAdapter",
-                "ModbusIO", "Spool", "FieldgateCore", "CMalloc", "SoftwareUpdate", "HubTunnel",
+                "ModbusIO", "Spool", "FieldgateCore", "CMalloc", "SoftwareUpdate", "HubTunnel", "Provisioning",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -92,6 +92,8 @@ int fg_http_perform(const fg_http_request *q, fg_http_response *r, char *err, si
         return -1;
     }
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
+    curl_off_t retry_after = 0;
+    if (curl_easy_getinfo(c, CURLINFO_RETRY_AFTER, &retry_after) == CURLE_OK) r->retry_after_seconds = (long)retry_after;
     curl_easy_cleanup(c);
     return 0;
 }

@@ -1,7 +1,9 @@
 import FieldgateCore
 import FrameCodecs
 import HubTunnel
+import IoTHub
 import ModbusAdapter
+import Provisioning
 import SerialAdapter
 import SoftwareUpdate
 import Spool
@@ -19,8 +21,11 @@ import Foundation
 /// key). Leaves are `[[leaf]]` tables here or in `devices.d/*.toml`; keys live in the secrets file (`Secrets`).
 public struct GatewayConfigFile: Decodable, Sendable {
     public struct Hub: Decodable, Sendable {
-        public var host: String
+        /// Required unless `[provisioning]` assigns the hubs.
+        public var host: String?
         public var address: String?
+        /// Where hubs are reached by name: host → `address` or `address:port`.
+        public var addresses: [String: String]?
         public var port: Int?
         public var ca_file: String?
         /// Tests only: no TLS.
@@ -97,6 +102,17 @@ public struct GatewayConfigFile: Decodable, Sendable {
         public var retries: Int?
     }
     public struct Secrets: Decodable, Sendable { public var file: String? }
+    public struct ProvisioningSection: Decodable, Sendable {
+        public var id_scope: String
+        /// `host` or `host:port`; default: global.azure-devices-provisioning.net.
+        public var global_endpoint: String?
+        /// The credential of the gateway and of every leaf that names none: `key` or `group:<name>`.
+        public var credential: String?
+        var registrations_per_second: TOMLNumber?
+        public var reprovision_on_start: Bool?
+        /// CAs of the provisioning endpoint; default: [hub] ca_file, else the system's.
+        public var ca_file: String?
+    }
     public struct Daemon: Decodable, Sendable { public var stall_seconds: Int? }
     public struct UplinkSection: Decodable, Sendable {
         /// Gather a leaf's queued JSON readings into JSON-array messages of up to this many bytes; 0 or absent: off.
@@ -144,6 +160,7 @@ public struct GatewayConfigFile: Decodable, Sendable {
     public var uplink: UplinkSection?
     public var upload: Upload?
     public var update: Update?
+    public var provisioning: ProvisioningSection?
     public var udp: UDP?
     // An entry that does not decode is nil in its place (its problems are already reported, and the others' positions
     // still name their lines).
@@ -214,10 +231,16 @@ public struct GatewaySettings: Sendable {
     public var update: UpdateConfiguration
     /// CAs for package downloads; nil: the system's.
     public var updateCAFile: String?
+    /// Hubs assigned through the Device Provisioning Service (`[provisioning]`); nil: the configured hub only.
+    public var provisioning: ProvisioningConfiguration?
     /// A component without progress for this long stops the watchdog pings (capped below WatchdogSec).
     public var stallMilliseconds: Int64
     /// The files this configuration was read from.
     public var files: [String]
+
+    /// How an identity registers with DPS (`[provisioning]`): its own key, or the key its group derives for it; nil
+    /// for a hub policy, which DPS cannot provision.
+    public static func provisioningIdentity(_ leaf: LeafConfiguration) -> ProvisioningIdentity? { Mapper.provisioningIdentity(leaf) }
 
     /// Reads `path` and the `devices.d/*.toml` beside it, and the secrets; reports every problem of every file at
     /// once: a file with problems is still read as far as it goes (what is wrong is left out), so one run shows all.
@@ -254,7 +277,7 @@ public struct GatewaySettings: Sendable {
         // are still checked.
         let mainTable = mainRead && mainProblems.isEmpty ? main.table : ConfigSchema.main.sanitized(main.table)
         let hasGateway = mainTable["gateway"] != nil
-        if mainTable["hub"] == nil { mainTable["hub"] = TOMLTable(["host": ""]) }
+        if mainTable["hub"] == nil { mainTable["hub"] = TOMLTable() }
         if !hasGateway { mainTable["gateway"] = TOMLTable(["device_id": ""]) }
         let file: GatewayConfigFile
         var devices: [(ConfigSource, DevicesFile)] = []
@@ -311,8 +334,17 @@ struct Mapper {
 
     mutating func map() -> GatewaySettings? {
         let f = file
-        var uplink = UplinkConfiguration(hostName: f.hub.host)
+        var uplink = UplinkConfiguration(hostName: f.hub.host ?? "")
         uplink.address = f.hub.address
+        if checkMain && (f.hub.host ?? "").isEmpty && f.provisioning == nil {
+            report(main, "hub", "[hub] needs host = \"<name>.azure-devices.net\" (or a [provisioning] section, so DPS assigns the hub)")
+        }
+        for (host, address) in f.hub.addresses ?? [:] {
+            if host.isEmpty || address.isEmpty || host.contains(where: { $0 == "/" || $0 == ":" || $0 == " " }) {
+                report(main, "hub.addresses", "hub.addresses: \"\(host)\" = \"\(address)\" must map a host name to an address or address:port")
+            }
+        }
+        uplink.hostAddresses = f.hub.addresses ?? [:]
         uplink.port = f.hub.port ?? 5671
         uplink.transport = f.hub.insecure_plain_amqp == true ? .insecurePlainAMQP : .tls(.init(caFile: f.hub.ca_file))
         if let a = f.hub.attaches_per_second?.value { uplink.attachesPerSecond = a > 0 ? a : nil }
@@ -494,14 +526,81 @@ struct Mapper {
         }
         let busSections = f.modbus_bus.entries(in: main) + devices.flatMap { source, d in d.modbus_bus.entries(in: source) }
         let buses = modbusBuses(busSections, leaves: modbusLeaves)
+        let provisioning = provisioningConfiguration(f, stateDirectory: stateDirectory, uplink: uplink,
+                                                     identities: [(gatewayLeaf, main, "gateway.device_id")] + leaves.map { leaf in
+                                                         let (source, key) = seen[leaf.deviceID] ?? (main, "")
+                                                         return (leaf, source, key)
+                                                     })
         guard problems.isEmpty else { return nil }
         return GatewaySettings(
             uplink: uplink, spool: spool, gatewayLeaf: gatewayLeaf, gateway: f.gateway, leaves: leaves, udp: udp, serialPorts: ports,
             modbusBuses: buses,
             controlSocket: f.control?.socket ?? "/run/fieldgate/control.sock", allowDebug: f.control?.allow_debug ?? false,
             metricsAddress: f.control?.metrics, logUploadMaxBytes: logUploadMaxBytes, update: update, updateCAFile: f.update?.ca_file,
+            provisioning: provisioning,
             stallMilliseconds: Int64(max(2, f.daemon?.stall_seconds ?? 10)) * 1000,
             files: [main.path] + devices.map(\.0.path) + profiles.values.map(\.source.path).sorted())
+    }
+
+    /// `[provisioning]`: DPS's endpoint and id scope; the assignments are kept beside the spool. Identities that
+    /// register must have device ids DPS takes as registration ids.
+    private mutating func provisioningConfiguration(_ f: GatewayConfigFile, stateDirectory: String, uplink: UplinkConfiguration,
+                                                    identities: [(LeafConfiguration, ConfigSource, String)]) -> ProvisioningConfiguration? {
+        guard let p = f.provisioning else { return nil }
+        var c = ProvisioningConfiguration(idScope: p.id_scope, storePath: stateDirectory + "/provisioning.json")
+        if p.id_scope.isEmpty || !p.id_scope.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber) }) {
+            report(main, "provisioning.id_scope", "provisioning.id_scope \"\(p.id_scope)\" must be the DPS instance's id scope (letters and digits, e.g. 0ne0012AB34), as the portal or `az iot dps show` gives it")
+        }
+        if let e = p.global_endpoint {
+            let host = e.split(separator: ":", maxSplits: 1).first.map(String.init) ?? ""
+            let port = e.split(separator: ":", maxSplits: 1).dropFirst().first.map { Int($0) }
+            if host.isEmpty || e.contains("/") || e.contains(" ") || port.map({ $0.map { !(1...65535).contains($0) } ?? true }) == true {
+                report(main, "provisioning.global_endpoint", "provisioning.global_endpoint must be a host name or host:port (no scheme or path), e.g. global.azure-devices-provisioning.net")
+            } else { c.endpoint = e }
+        }
+        if let r = p.registrations_per_second?.value {
+            if r > 0 && r <= 100 { c.registrationsPerSecond = r } else {
+                report(main, "provisioning.registrations_per_second", "provisioning.registrations_per_second must be above 0 and at most 100")
+            }
+        }
+        c.reprovisionOnStart = p.reprovision_on_start ?? false
+        if case .tls(let tls) = uplink.transport {
+            c.https.caFile = p.ca_file ?? tls.caFile
+            c.https.verifyPeer = tls.verifyHostName
+        } else {
+            c.https.caFile = p.ca_file
+        }
+        c.https.proxy = uplink.webSocket.proxy
+        c.https.timeoutMilliseconds = 30_000
+        c.userAgent = uplink.clientVersion
+        for (leaf, source, key) in identities where Self.provisioningIdentity(leaf) != nil {
+            if !Self.isValidRegistrationID(leaf.deviceID) {
+                report(source, key, "device_id \"\(leaf.deviceID)\" cannot register with DPS: registration ids are 1 to 128 lowercase letters, digits and - . _ : (not first or last)")
+            }
+        }
+        if (f.hub.host ?? "").isEmpty {
+            for (leaf, source, key) in identities where Self.provisioningIdentity(leaf) == nil {
+                report(source, key, "\(leaf.deviceID) uses a hub policy, which DPS cannot provision: set [hub] host for it, or give it a key or group credential")
+            }
+        }
+        return c
+    }
+
+    /// How an identity registers with DPS: its own key, or the key its group derives for it; nil for a hub policy.
+    static func provisioningIdentity(_ leaf: LeafConfiguration) -> ProvisioningIdentity? {
+        switch leaf.credential {
+        case .symmetricKey(let primary, _): return ProvisioningIdentity(registrationID: leaf.deviceID, key: primary)
+        case .groupKey(let group):
+            guard let key = try? deriveDeviceKey(groupKey: group, registrationID: leaf.deviceID) else { return nil }
+            return ProvisioningIdentity(registrationID: leaf.deviceID, key: key)
+        case .sharedAccessPolicy: return nil
+        }
+    }
+
+    static func isValidRegistrationID(_ id: String) -> Bool {
+        let special: Set<Character> = ["-", ".", "_", ":"]
+        guard (1...128).contains(id.count), let first = id.first, let last = id.last, !special.contains(first), !special.contains(last) else { return false }
+        return id.allSatisfy { ($0.isASCII && ($0.isLowercase || $0.isNumber)) || special.contains($0) }
     }
 
     private mutating func spoolConfiguration(_ section: GatewayConfigFile.SpoolSection?) -> SpoolConfiguration {
@@ -555,7 +654,7 @@ struct Mapper {
     }
 
     private mutating func leafCredential(_ l: GatewayConfigFile.Leaf, source: ConfigSource, at: String) -> LeafCredential? {
-        credential(l.credential, deviceID: l.device_id, keyRef: l.key_ref, owner: "leaf \(l.device_id)", source: source, at: at, keyAt: "\(at).device_id")
+        credential(l.credential ?? file.provisioning?.credential, deviceID: l.device_id, keyRef: l.key_ref, owner: "leaf \(l.device_id)", source: source, at: at, keyAt: "\(at).device_id")
     }
 
     /// The gateway's own identity: its device key, or a hub policy (`fieldgatectl connect` with a policy string).
@@ -641,7 +740,7 @@ struct Mapper {
     }
 
     private mutating func gatewayCredential(_ g: GatewayConfigFile.Gateway) -> LeafCredential? {
-        credential(g.credential, deviceID: g.device_id, keyRef: g.key_ref, owner: "gateway \(g.device_id)", source: main, at: "gateway", keyAt: "gateway")
+        credential(g.credential ?? file.provisioning?.credential, deviceID: g.device_id, keyRef: g.key_ref, owner: "gateway \(g.device_id)", source: main, at: "gateway", keyAt: "gateway")
     }
 
     /// `key` (default), `policy:<name>[:hub]` or `group:<name>`, looked up in the secrets.

@@ -129,11 +129,15 @@ enum ConfigSchema {
 
     static let main = Schema(fields: [
         "hub": .table(Schema(fields: [
-            "host": .string, "address": .string, "port": .int, "ca_file": .string, "insecure_plain_amqp": .bool,
+            "host": .string, "address": .string, "addresses": .stringMap, "port": .int, "ca_file": .string, "insecure_plain_amqp": .bool,
             "attaches_per_second": .number, "token_ttl_seconds": .int, "method_deadline_seconds": .int,
             "transport": .string, "fallback_hosts": .strings, "fallback_after_failures": .int, "proxy": .string,
             "websocket_port": .int, "websocket_path": .string, "websocket_ping_seconds": .int,
-        ], required: ["host"])),
+        ])),
+        "provisioning": .table(Schema(fields: [
+            "id_scope": .string, "global_endpoint": .string, "credential": .string, "registrations_per_second": .number,
+            "reprovision_on_start": .bool, "ca_file": .string,
+        ], required: ["id_scope"])),
         "gateway": .table(Schema(fields: [
             "device_id": .string, "credential": .string, "key_ref": .string, "reboot_command": .strings, "restart_command": .strings,
         ], required: ["device_id"])),
@@ -151,7 +155,7 @@ enum ConfigSchema {
         "serial_port": .tables(serialPort),
         "modbus_bus": .tables(modbusBus),
         "leaf": .tables(leaf),
-    ], required: ["hub", "gateway"])
+    ], required: ["gateway"])
 
     static let devices = Schema(fields: ["leaf": .tables(leaf), "serial_port": .tables(serialPort), "modbus_bus": .tables(modbusBus)])
 

@@ -26,6 +26,8 @@ public struct HTTPSSettings: Sendable, Equatable {
 public struct HTTPSResponse: Sendable {
     public var status: Int
     public var body: [UInt8]
+    /// The server's Retry-After, in seconds; nil when it sent none.
+    public var retryAfterSeconds: Int?
     public var json: JSONValue? { JSONValue.parse(body) }
     public var text: String { String(decoding: body, as: UTF8.self) }
 }
@@ -84,7 +86,8 @@ public enum HTTPSClient {
         guard rc == 0 else { return .failure(HTTPSError(message: "\(method) \(redacted(url)): \(cString(error))")) }
         defer { fg_http_response_free(&response) }
         let bytes = response.body.map { Array(UnsafeBufferPointer(start: $0, count: response.body_len)) } ?? []
-        return .success(HTTPSResponse(status: response.status, body: bytes))
+        return .success(HTTPSResponse(status: response.status, body: bytes,
+                                      retryAfterSeconds: response.retry_after_seconds > 0 ? response.retry_after_seconds : nil))
     }
 
     /// GETs an https `url` into `path`, resuming a partial file left there by an earlier try (Range request); the

@@ -27,22 +27,24 @@ final class FileUploader: Sendable {
         self.configuration = configuration
     }
 
-    var settings: HTTPSSettings {
+    /// The settings of requests to `host` (a leaf's hub).
+    func settings(host: String) -> HTTPSSettings {
         var s = HTTPSSettings()
         if case .tls(let tls) = configuration.transport {
             s.caFile = tls.caFile
             s.verifyPeer = tls.verifyHostName
         }
         s.proxy = configuration.webSocket.proxy
-        s.connectHost = configuration.hostName
-        s.connectAddress = configuration.address
+        s.connectHost = host
+        s.connectAddress = host == configuration.hostName ? configuration.address
+            : configuration.hostAddresses[host].map { _ in configuration.endpoint(for: host).address }
         s.timeoutMilliseconds = Int(max(configuration.operationTimeoutMilliseconds, 60_000))
         return s
     }
 
-    /// The hub's HTTPS endpoint (the port of AMQP over WebSockets: 443 for IoT Hub).
-    private var hubBase: String {
-        configuration.webSocket.port == 443 ? "https://\(configuration.hostName)" : "https://\(configuration.hostName):\(configuration.webSocket.port)"
+    /// A hub's HTTPS endpoint (the port of AMQP over WebSockets: 443 for IoT Hub).
+    private func hubBase(_ host: String) -> String {
+        configuration.webSocket.port == 443 ? "https://\(host)" : "https://\(host):\(configuration.webSocket.port)"
     }
 
     func upload(_ leaf: LeafConfiguration, blobName: String, bytes: [UInt8], contentType: String) async throws(UplinkError) -> UploadedFile {
@@ -74,15 +76,16 @@ final class FileUploader: Sendable {
     private func uploadNow(_ leaf: LeafConfiguration, blobName: String, bytes: [UInt8], contentType: String) throws(UplinkError) -> UploadedFile {
         let expiry = WallClock.nowMilliseconds() / 1000 + configuration.tokenTTLSeconds
         let token: String
-        do { token = try TokenMinter(hostName: configuration.hostName).token(for: leaf, slot: .primary, expiry: expiry) } catch {
+        let hub = leaf.hubHost ?? configuration.hostName
+        do { token = try TokenMinter(hostName: hub).token(for: leaf, slot: .primary, expiry: expiry) } catch {
             throw UplinkError(.configuration, "\(leaf.deviceID): cannot sign a token for file upload: \(error.message)")
         }
         let device = PercentEncoding.encode(leaf.deviceID)
         let common = [("Authorization", token), ("User-Agent", configuration.clientVersion), ("Content-Type", "application/json")]
-        let s = settings
+        let s = settings(host: hub)
 
         // 1. A SAS URI for the blob.
-        let start = try call("POST", "\(hubBase)/devices/\(device)/files?api-version=\(Self.apiVersion)", headers: common,
+        let start = try call("POST", "\(hubBase(hub))/devices/\(device)/files?api-version=\(Self.apiVersion)", headers: common,
                              body: JSONValue.object(["blobName": .string(blobName)]).bytes, expect: [200], what: "starting the upload", settings: s)
         guard let j = start.json, let correlation = j["correlationId"]?.stringValue, let host = j["hostName"]?.stringValue,
               let container = j["containerName"]?.stringValue, let name = j["blobName"]?.stringValue, let sas = j["sasToken"]?.stringValue
@@ -113,7 +116,7 @@ final class FileUploader: Sendable {
         }
 
         // 3. The outcome, whatever it is: the hub frees the upload's slot and tells the service side.
-        _ = try call("POST", "\(hubBase)/devices/\(device)/files/notifications?api-version=\(Self.apiVersion)", headers: common,
+        _ = try call("POST", "\(hubBase(hub))/devices/\(device)/files/notifications?api-version=\(Self.apiVersion)", headers: common,
                      body: JSONValue.object(["correlationId": .string(correlation), "isSuccess": .bool(stored),
                                              "statusCode": .int(Int64(outcome.code)), "statusDescription": .string(outcome.description)]).bytes,
                      expect: [200, 204], what: "notifying the hub of the upload", settings: s)

@@ -202,6 +202,13 @@ struct LeafMachine {
         probing = false
     }
 
+    /// Something outside changed what the hub will say (the identity was provisioned again): a refused or
+    /// backing-off leaf tries again at the next tick instead of at the end of its back-off.
+    mutating func retrySoon(nowMs: Int64) {
+        guard phase == .refused || phase == .backingOff else { return }
+        deadlineMs = nowMs
+    }
+
     // MARK: time
 
     mutating func tick(nowMs: Int64) -> [Action] {

@@ -77,9 +77,13 @@ final class Shard: @unchecked Sendable {
     private(set) var tierLimits: HubTierLimits
     private var tierLimitsHost: String?
 
-    init(engine: UplinkEngine, index: Int, leaves: [LeafRuntime], connectionMachine: ConnectionMachine) {
+    /// The hub of this connection's identities (nil: the configured hub).
+    let hubHost: String?
+
+    init(engine: UplinkEngine, index: Int, hubHost: String?, leaves: [LeafRuntime], connectionMachine: ConnectionMachine) {
         self.engine = engine
         self.index = index
+        self.hubHost = hubHost
         self.machine = connectionMachine
         self.tierLimits = HubTierLimits(recheckMilliseconds: engine.configuration.tierRecheckMilliseconds)
         self.leafOrder = leaves.map(\.deviceID)
@@ -140,8 +144,8 @@ final class Shard: @unchecked Sendable {
             tierLimits = HubTierLimits(recheckMilliseconds: c.tierRecheckMilliseconds)
             tierLimitsHost = route.host
         }
-        // `address` overrides where the configured (first) host is reached; other hosts resolve by name.
-        let address = route.host == c.hostName ? c.address : nil
+        // `address` overrides where the configured (first) host is reached, `hostAddresses` where others are.
+        let (address, port) = c.endpoint(for: route.host)
         switch route.kind {
         case .amqps:
             var client: AMQPClientConfiguration
@@ -150,12 +154,12 @@ final class Shard: @unchecked Sendable {
                 client = AMQPClientConfiguration(tls: AMQPClientTLS(trustedCAFile: tls.caFile, peerHostname: route.host, verifyPeer: tls.verifyHostName))
             case .insecurePlainAMQP:
                 // Every time, so it cannot scroll out of sight: keys-derived tokens travel in the clear.
-                logger.warning("uplink[\(index)]: connecting to \(address ?? route.host):\(c.port) WITHOUT TLS (insecure_plain_amqp = true): SAS tokens and data travel in plaintext; use this only against a local test hub")
+                logger.warning("uplink[\(index)]: connecting to \(address):\(port) WITHOUT TLS (insecure_plain_amqp = true): SAS tokens and data travel in plaintext; use this only against a local test hub")
                 client = AMQPClientConfiguration(tls: nil)
             }
             client.idleTimeoutMilliseconds = c.idleTimeoutMilliseconds
             client.virtualHost = route.host
-            ref = engine.reactor.connect(host: address ?? route.host, port: c.port, configuration: client, handler: attempt)
+            ref = engine.reactor.connect(host: address, port: port, configuration: client, handler: attempt)
         case .webSocket:
             let tunnel = c.tunnelConfiguration(host: route.host)
             var client = AMQPClientConfiguration(tls: nil)

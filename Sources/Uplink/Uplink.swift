@@ -37,7 +37,9 @@ public final class Uplink: Service, Sendable {
                 throw UplinkError(.configuration, "leaf \(leaf.deviceID) is configured twice")
             }
         }
-        guard !configuration.hostName.isEmpty else { throw UplinkError(.configuration, "the hub host name is empty") }
+        if let orphan = leaves.first(where: { ($0.hubHost ?? configuration.hostName).isEmpty }) {
+            throw UplinkError(.configuration, "leaf \(orphan.deviceID) has no hub: configure [hub] host or provision it")
+        }
         self.configuration = configuration
         self.reactor = AMQPReactor(logger: logger)
         self.logger = logger
@@ -122,6 +124,12 @@ public final class Uplink: Service, Sendable {
     /// for it is retried now, and a leaf whose messages were left in the hub's queue takes them again.
     public func leafReachable(_ deviceID: String) {
         _ = reactor.execute { [engine] in engine.leafReachable(deviceID) }
+    }
+
+    /// Leaves the hub refused try again at once instead of after their back-off: their identities were provisioned
+    /// again (the device exists anew, or has new keys).
+    public func retrySoon(_ deviceIDs: [String]) {
+        _ = reactor.execute { [engine] in engine.retrySoon(deviceIDs) }
     }
 
     public func wake() {

@@ -119,8 +119,8 @@ public struct UplinkConfiguration: Sendable, Equatable {
         var tunnel = WebSocketTunnelConfiguration(hostName: host)
         tunnel.port = webSocket.port
         tunnel.path = webSocket.path
-        // `address` overrides where the configured (first) host is reached; other hosts resolve by name.
-        tunnel.address = host == hostName ? address : nil
+        // `address` overrides where the configured (first) host is reached, `hostAddresses` where others are.
+        tunnel.address = host == hostName ? address : hostAddresses[host].map { _ in endpoint(for: host).address }
         tunnel.proxy = webSocket.proxy
         tunnel.pingIntervalMilliseconds = webSocket.pingIntervalMilliseconds
         tunnel.connectTimeoutMilliseconds = Int(operationTimeoutMilliseconds)
@@ -130,6 +130,34 @@ public struct UplinkConfiguration: Sendable, Equatable {
             tunnel.verifyPeer = tls.verifyHostName
         }
         return tunnel
+    }
+
+    /// Where hubs other than the configured one are reached: host name → `address` or `address:port` (AMQPS). For
+    /// split DNS and private endpoints; TLS still checks the host name. Default: none (resolved by name, `port`).
+    public var hostAddresses: [String: String] = [:]
+
+    /// Where a connection to `host` goes: the configured `address` for the configured host, `hostAddresses` for
+    /// others, the host's own name otherwise; the AMQPS port unless the address names one.
+    public func endpoint(for host: String) -> (address: String, port: Int) {
+        if host == hostName, let address { return (address, port) }
+        guard let mapped = hostAddresses[host] else { return (host, port) }
+        if let colon = mapped.lastIndex(of: ":"), !mapped.hasSuffix("]"), mapped.firstIndex(of: ":") == colon,
+           let p = Int(mapped[mapped.index(after: colon)...]) {
+            return (String(mapped[..<colon]), p)
+        }
+        return (mapped, port)
+    }
+
+    /// The routes of a connection to `host`: the configured routes (with fallback hosts) for the configured hub, the
+    /// transports alone for a hub an identity was assigned to.
+    public func routes(for host: String?) -> [HubRoute] {
+        guard let host, host != hostName else { return routes }
+        let kinds: [HubRoute.Kind] = switch route {
+        case .amqps: [.amqps]
+        case .webSocket: [.webSocket]
+        case .auto: [.amqps, .webSocket]
+        }
+        return kinds.map { HubRoute(host: host, kind: $0) }
     }
 
     /// Every (host, transport) pair the uplink may use, in the order it tries them.
@@ -171,6 +199,9 @@ public struct LeafConfiguration: Sendable, Equatable {
     public var capabilities: LeafCapabilities = .all
     /// This leaf's heartbeat interval: nil = the uplink's, 0 = none for this leaf.
     public var heartbeatIntervalMilliseconds: Int64?
+    /// The hub this identity belongs to (its provisioning assignment); nil = the configured hub. Identities of
+    /// different hubs never share a connection.
+    public var hubHost: String?
 
     public init(deviceID: String, credential: LeafCredential, capabilities: LeafCapabilities = .all, heartbeatIntervalMilliseconds: Int64? = nil) {
         self.deviceID = deviceID

@@ -59,8 +59,8 @@ final class UplinkEngine: @unchecked Sendable {
         self.sendLimiter = configuration.messagesPerSecond.map { TokenBucket(ratePerSecond: $0) }
         self.priorityLimiter = configuration.messagesPerSecond.map { TokenBucket(ratePerSecond: $0 / 2) }
         self.quota = DailyQuotaPause(probeIntervalMilliseconds: configuration.quotaProbeIntervalMilliseconds)
-        for chunk in Self.partition(leaves, maxTokens: configuration.identitiesPerConnection) {
-            addShard(chunk.map(makeRuntime))
+        for chunk in Self.partition(leaves, maxTokens: configuration.identitiesPerConnection, configuredHost: configuration.hostName) {
+            addShard(chunk.map(makeRuntime), hubHost: chunk.first?.hubHost)
         }
     }
 
@@ -77,13 +77,13 @@ final class UplinkEngine: @unchecked Sendable {
     }
 
     @discardableResult
-    private func addShard(_ runtimes: [LeafRuntime]) -> Shard {
+    private func addShard(_ runtimes: [LeafRuntime], hubHost: String?) -> Shard {
         let index = shards.count
         for leaf in runtimes { leafShard[leaf.deviceID] = index }
-        let shard = Shard(engine: self, index: index, leaves: runtimes,
+        let shard = Shard(engine: self, index: index, hubHost: hubHost, leaves: runtimes,
                           connectionMachine: ConnectionMachine(backoff: configuration.reconnectBackoff,
                                                                connectTimeoutMilliseconds: configuration.operationTimeoutMilliseconds,
-                                                               routes: configuration.routes,
+                                                               routes: configuration.routes(for: hubHost),
                                                                failuresBeforeNextRoute: configuration.failuresBeforeNextRoute))
         shards.append(shard)
         return shard
@@ -107,11 +107,15 @@ final class UplinkEngine: @unchecked Sendable {
         for leaf in leaves where current[leaf.deviceID] != leaf {
             if current[leaf.deviceID] == nil { changes.added.append(leaf.deviceID) }
             let cost = leaf.hubScopePolicy.map { p in shards.contains { $0.leaves.values.contains { $0.configuration.hubScopePolicy == p } } ? 0 : 1 } ?? 1
-            if let shard = shards.first(where: { $0.tokenCount + cost <= configuration.identitiesPerConnection && $0.leafOrder.count < Self.maxLeavesPerConnection }) {
+            let host = Self.hubKey(leaf.hubHost, configured: configuration.hostName)
+            if let shard = shards.first(where: {
+                Self.hubKey($0.hubHost, configured: configuration.hostName) == host
+                    && $0.tokenCount + cost <= configuration.identitiesPerConnection && $0.leafOrder.count < Self.maxLeavesPerConnection
+            }) {
                 leafShard[leaf.deviceID] = shard.index
                 shard.withConnection { [self] in $0.addLeaf(makeRuntime(leaf)) }
             } else {
-                addShard([makeRuntime(leaf)])  // connects at the next tick
+                addShard([makeRuntime(leaf)], hubHost: leaf.hubHost)  // connects at the next tick
             }
         }
         if !changes.isEmpty {
@@ -126,7 +130,22 @@ final class UplinkEngine: @unchecked Sendable {
 
     /// Splits leaves over connections: each connection holds at most `maxTokens` tokens (a leaf with its own key
     /// needs one; leaves behind a hub-scope policy share one per policy) and `maxLeavesPerConnection` leaves.
-    static func partition(_ leaves: [LeafConfiguration], maxTokens: Int) -> [[LeafConfiguration]] {
+    static func partition(_ leaves: [LeafConfiguration], maxTokens: Int, configuredHost: String = "") -> [[LeafConfiguration]] {
+        // Identities of different hubs never share a connection: each hub's are split on their own, in first-seen order.
+        var hubs: [String] = []
+        var byHub: [String: [LeafConfiguration]] = [:]
+        for leaf in leaves {
+            let key = hubKey(leaf.hubHost, configured: configuredHost)
+            if byHub[key] == nil { hubs.append(key) }
+            byHub[key, default: []].append(leaf)
+        }
+        return hubs.flatMap { partitionOneHub(byHub[$0] ?? [], maxTokens: maxTokens) }
+    }
+
+    /// The hub a leaf or connection belongs to, the configured one spelled one way.
+    static func hubKey(_ hubHost: String?, configured: String) -> String { hubHost ?? configured }
+
+    private static func partitionOneHub(_ leaves: [LeafConfiguration], maxTokens: Int) -> [[LeafConfiguration]] {
         var chunks: [[LeafConfiguration]] = []
         var current: [LeafConfiguration] = []
         var tokens = 0
@@ -411,6 +430,15 @@ final class UplinkEngine: @unchecked Sendable {
     }
 
     /// An adapter can reach `deviceID` again: its held C2D message is retried now.
+    /// Refused or backing-off leaves among `ids` try again now (their identities were provisioned again).
+    func retrySoon(_ ids: [String]) {
+        let now = nowMs()
+        for id in ids {
+            guard let s = leafShard[id] else { continue }
+            shards[s].leaves[id]?.machine.retrySoon(nowMs: now)
+        }
+    }
+
     func leafReachable(_ deviceID: String) {
         guard let s = leafShard[deviceID] else { return }
         shards[s].withConnection { $0.cloudToDeviceReachable(deviceID) }

@@ -7,6 +7,7 @@ import SerialAdapter
 import ServiceLifecycle
 import SoftwareUpdate
 import HubTunnel
+import Provisioning
 import Spool
 import Synchronization
 import UDPAdapter
@@ -22,13 +23,24 @@ final class Daemon: Service, Sendable {
     private let logger: Logger
     private let wake = WakeBox()
 
-    private struct Parts {
+    struct Parts {
         var settings: GatewaySettings
         var uplink: Uplink
     }
-    private let parts: Mutex<Parts>
+    /// Always set once `init` returns (the provisioner's callback, made before the uplink, reads it).
+    private let parts = PartsBox()
+
+    /// The parts, shared with the provisioner's callback (which exists before them).
+    final class PartsBox: Sendable {
+        private let state = Mutex<Parts?>(nil)
+        let provisioner = Mutex<Provisioner?>(nil)
+        func withLock<T>(_ body: (inout Parts?) -> T) -> T { state.withLock { body(&$0) } }
+    }
     /// The adapters, apart: the uplink's router looks leaves up here (it exists before the uplink does).
     private let adapters = AdapterTable()
+    /// Registers identities with DPS when `[provisioning]` is set; its assignments decide each identity's hub.
+    let provisioner: Provisioner?
+    private let refusalWatch = Mutex<Task<Void, Never>?>(nil)
 
     init(settings: GatewaySettings, logger: Logger) throws {
         self.logger = logger
@@ -45,12 +57,20 @@ final class Daemon: Service, Sendable {
         let serial = try settings.serialPorts.map { c throws(SerialAdapterError) in try Self.makePort(c, spool: spool, wake: wake, logger: logger) }
         let modbus = settings.modbusBuses.map { Self.makeBus($0, spool: spool, wake: wake, logger: logger) }
         adapters.set(Adapters(udp: udp, serial: serial, modbus: modbus))
+        let parts = self.parts
+        provisioner = settings.provisioning.map { c in
+            Provisioner(configuration: c, logger: logger) { fresh in
+                await Self.provisioned(fresh, parts: parts, provisioner: parts.provisioner.withLock { $0 }, logger: logger)
+            }
+        }
+        parts.provisioner.withLock { [provisioner] in $0 = provisioner }
+        provisioner?.set(identities: Self.provisioningIdentities(settings))
         // The router finds a leaf's adapter when a command comes, so reloads can change adapters under it.
-        let uplink = try Uplink(configuration: settings.uplink, leaves: [settings.gatewayLeaf] + settings.leaves, spool: spool,
+        let uplink = try Uplink(configuration: settings.uplink, leaves: Self.uplinkLeaves(settings, provisioner: provisioner), spool: spool,
                                 router: GatewayRouter(gateway: identity) { [adapters] in adapters.owner(of: $0) }, logger: logger)
         identity.attach(uplink)
         wake.set(uplink)
-        parts = Mutex(Parts(settings: settings, uplink: uplink))
+        parts.withLock { $0 = Parts(settings: settings, uplink: uplink) }
         if let udp { logger.info("udp adapter on port \(udp.port) (\(udp.configuration.leaves.count) leaves)") }
         for port in serial { logger.info("serial adapter on \(port.configuration.path) (\(port.configuration.allLeaves.count) leaves)") }
         for bus in modbus { logger.info("modbus bus \(bus.configuration.name) on \(bus.configuration.endpoint) (\(bus.leaves.count) leaves)") }
@@ -73,7 +93,7 @@ final class Daemon: Service, Sendable {
         return UpdateAgent(configuration: settings.update, currentVersion: FieldgateVersion.current, environment: environment, logger: logger)
     }
 
-    var uplink: Uplink { parts.withLock { $0.uplink } }
+    var uplink: Uplink { parts.withLock { $0!.uplink } }
     var udp: UDPAdapter? { adapters.current.udp }
     var serial: [SerialAdapter] { adapters.current.serial }
     var modbus: [ModbusBus] { adapters.current.modbus }
@@ -81,6 +101,10 @@ final class Daemon: Service, Sendable {
     func run() async throws {
         let a = adapters.current
         uplink.start()
+        if let provisioner {
+            provisioner.start()
+            refusalWatch.withLock { $0 = Task { [self] in await watchRefusals(provisioner) } }
+        }
         if let update = identity.update { Task { await update.resume() } }
         a.udp?.start()
         for port in a.serial { port.start() }
@@ -90,8 +114,63 @@ final class Daemon: Service, Sendable {
         await b.udp?.stop()
         for port in b.serial { await port.stop() }
         for bus in b.modbus { await bus.stop() }
+        let watch = refusalWatch.withLock { $0 }
+        watch?.cancel()
+        await watch?.value
+        await provisioner?.stop()
         await uplink.stop()
     }
+
+    // MARK: provisioning
+
+    /// Identities the hub refuses as unknown or unauthorized (put-token 401/404: deleted from the hub, moved, keys
+    /// changed) register with DPS again; the provisioner paces that per identity.
+    private func watchRefusals(_ provisioner: Provisioner) async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(5))
+            let status = await uplink.status()
+            let refused = status.leaves.filter { _, leaf in
+                leaf.phase == .refused && (leaf.lastError.map { $0.hasPrefix("401 ") || $0.hasPrefix("404 ") } ?? false)
+            }.map(\.key).sorted()
+            guard !refused.isEmpty else { continue }
+            provisioner.reprovision(refused, reason: "refused by their hub")
+        }
+    }
+
+    /// The identities that register with DPS: the gateway and every leaf with a key or group credential.
+    static func provisioningIdentities(_ settings: GatewaySettings) -> [ProvisioningIdentity] {
+        ([settings.gatewayLeaf] + settings.leaves).compactMap { GatewaySettings.provisioningIdentity($0) }
+    }
+
+    /// The identities the uplink serves now: each provisioned one on its assigned hub; one still waiting for DPS is
+    /// left out (its readings wait in the spool); identities DPS does not provision (hub policies) on the configured hub.
+    static func uplinkLeaves(_ settings: GatewaySettings, provisioner: Provisioner?) -> [LeafConfiguration] {
+        let all = [settings.gatewayLeaf] + settings.leaves
+        guard let provisioner else { return all }
+        let assigned = provisioner.assignments
+        return all.compactMap { leaf in
+            guard GatewaySettings.provisioningIdentity(leaf) != nil else { return leaf }
+            guard let a = assigned[leaf.deviceID] else { return nil }
+            var placed = leaf
+            placed.hubHost = a.hub
+            return placed
+        }
+    }
+
+    /// New assignments: the uplink takes the identities onto connections to their hubs; ones it refused before (a
+    /// device re-created by DPS) try again at once.
+    private static func provisioned(_ fresh: [String: Assignment], parts: PartsBox, provisioner: Provisioner?, logger: Logger) async {
+        guard let provisioner, let (settings, uplink) = parts.withLock({ p in p.map { ($0.settings, $0.uplink) } }) else { return }
+        let hubs = Set(fresh.values.map(\.hub)).sorted()
+        logger.notice("provisioning: \(fresh.count) identities assigned (hubs: \(hubs.joined(separator: ", ")))")
+        do throws(UplinkError) {
+            _ = try await uplink.reconfigure(leaves: uplinkLeaves(settings, provisioner: provisioner))
+            uplink.retrySoon(Array(fresh.keys))
+        } catch {
+            logger.error("provisioning: the uplink did not take the assigned identities: \(error)")
+        }
+    }
+
 
     var heartbeats: [Heartbeat] {
         let a = adapters.current
@@ -125,7 +204,7 @@ final class Daemon: Service, Sendable {
     /// bound refuses the whole reload), then swapped in. Settings that only a restart can change are refused. Callers
     /// go through `Reloader`, which runs one reload at a time.
     func apply(_ next: GatewaySettings) async throws(ConfigReloadError) -> String {
-        let old = parts.withLock { $0.settings }
+        let old = parts.withLock { $0!.settings }
         var needsRestart: [String] = []
         if next.spool != old.spool { needsRestart.append("[spool]") }
         if next.gateway.device_id != old.gateway.device_id { needsRestart.append("gateway.device_id") }
@@ -133,6 +212,7 @@ final class Daemon: Service, Sendable {
             needsRestart.append("[control]")
         }
         if next.stallMilliseconds != old.stallMilliseconds { needsRestart.append("[daemon]") }
+        if next.provisioning != old.provisioning { needsRestart.append("[provisioning]") }
         guard needsRestart.isEmpty else {
             throw ConfigReloadError(description: "\(needsRestart.joined(separator: ", ")) changed: only a restart applies that (systemctl restart fieldgated)")
         }
@@ -197,22 +277,23 @@ final class Daemon: Service, Sendable {
         for bus in modbusToStop { await bus.stop() }  // a rebuilt bus's old owner lets go of the port first
         adapters.set(Adapters(udp: newUDP, serial: newSerial, modbus: newModbus))
         let oldUplink = parts.withLock { p -> Uplink in
-            p.settings = next
-            return p.uplink
+            p!.settings = next
+            return p!.uplink
         }
+        provisioner?.set(identities: Self.provisioningIdentities(next))
         udpToStart?.start()
         for port in serialToStart { port.start() }
         for bus in modbusToStart { bus.start() }
         if let newUplink {
             await oldUplink.stop()  // settles with the spool: what was in flight goes out again on the new connection
-            parts.withLock { $0.uplink = newUplink }
+            parts.withLock { $0!.uplink = newUplink }
             identity.attach(newUplink)
             wake.set(newUplink)
             newUplink.start()
             summary.append("hub settings changed: reconnected")
         } else {
             do throws(UplinkError) {
-                let changes = try await oldUplink.reconfigure(leaves: [next.gatewayLeaf] + next.leaves)
+                let changes = try await oldUplink.reconfigure(leaves: Self.uplinkLeaves(next, provisioner: provisioner))
                 if !changes.isEmpty { summary.append("\(changes) on the same connection") }
             } catch { throw ConfigReloadError(description: "\(error)") }
         }
@@ -239,7 +320,7 @@ final class Daemon: Service, Sendable {
 
     /// A new uplink for new hub settings, not yet attached or started.
     private func makeUplinkDetached(_ settings: GatewaySettings) throws(UplinkError) -> Uplink {
-        try Uplink(configuration: settings.uplink, leaves: [settings.gatewayLeaf] + settings.leaves, spool: spool,
+        try Uplink(configuration: settings.uplink, leaves: Self.uplinkLeaves(settings, provisioner: provisioner), spool: spool,
                    router: GatewayRouter(gateway: identity) { [adapters] in adapters.owner(of: $0) }, logger: logger)
     }
 }

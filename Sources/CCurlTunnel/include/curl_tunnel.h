@@ -61,6 +61,7 @@ typedef struct fg_http_response {
     long status;               /* the HTTP status; 0 when none came */
     unsigned char *body;       /* malloc'd; fg_http_response_free */
     size_t body_len;
+    long retry_after_seconds;  /* the Retry-After header in seconds (a date is turned into the wait); 0 when none */
 } fg_http_response;
 
 /* 0 when a response came (any status); -1 otherwise, with err. */

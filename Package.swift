@@ -281,7 +281,8 @@ let package = Package(
         .testTarget(name: "WebSocketFramingTests", dependencies: ["WebSocketFraming"], swiftSettings: strictSettings),
         .testTarget(
             name: "DaemonTests",
-            dependencies: ["HubTestSupport", "HubEmulator", "HubServiceClient", "ControlSocket", "FieldgateCore"],
+            dependencies: ["HubTestSupport", "HubEmulator", "HubServiceClient", "ControlSocket", "FieldgateCore", "IoTHub", "ProtonAMQP",
+                           .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),
         .testTarget(name: "SystemdTests", dependencies: ["Systemd", .product(name: "Logging", package: "swift-log")], swiftSettings: strictSettings),

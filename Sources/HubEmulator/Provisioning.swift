@@ -42,6 +42,16 @@ public struct IndividualEnrollment: Codable, Sendable, Equatable {
     public var allocationPolicy: AllocationPolicy = .hashed
     /// Host names of the linked hubs it may go to; nil = every linked hub.
     public var iotHubs: [String]?
+
+    public init(registrationId: String, deviceId: String? = nil, keys: SymmetricKeyPair = SymmetricKeyPair(), enabled: Bool = true,
+                allocationPolicy: AllocationPolicy = .hashed, iotHubs: [String]? = nil) {
+        self.registrationId = registrationId
+        self.deviceId = deviceId
+        self.keys = keys
+        self.enabled = enabled
+        self.allocationPolicy = allocationPolicy
+        self.iotHubs = iotHubs
+    }
 }
 
 public struct EnrollmentGroup: Codable, Sendable, Equatable {
@@ -51,6 +61,15 @@ public struct EnrollmentGroup: Codable, Sendable, Equatable {
     public var enabled = true
     public var allocationPolicy: AllocationPolicy = .hashed
     public var iotHubs: [String]?
+
+    public init(enrollmentGroupId: String, keys: SymmetricKeyPair = SymmetricKeyPair(), enabled: Bool = true,
+                allocationPolicy: AllocationPolicy = .hashed, iotHubs: [String]? = nil) {
+        self.enrollmentGroupId = enrollmentGroupId
+        self.keys = keys
+        self.enabled = enabled
+        self.allocationPolicy = allocationPolicy
+        self.iotHubs = iotHubs
+    }
 }
 
 public struct RegistrationRecord: Codable, Sendable, Equatable {

@@ -72,6 +72,22 @@ public final class ProvisioningServer: Sendable {
     }
 
     public var linkedHubNames: [String] { linked.map(\.configuration.hostName) }
+    private let counters = Mutex<(registerRequests: Int, assignments: Int)>((0, 0))
+    /// Register requests received and assignments made since the start.
+    public var registerRequests: Int { counters.withLock { $0.registerRequests } }
+    public var assignmentsMade: Int { counters.withLock { $0.assignments } }
+
+    /// Adds or replaces an enrollment group (the service API's PUT does the same).
+    public func put(_ group: EnrollmentGroup) {
+        state.withLock { $0.enrollmentGroups[group.enrollmentGroupId] = group }
+        save()
+    }
+
+    /// Adds or replaces an individual enrollment.
+    public func put(_ enrollment: IndividualEnrollment) {
+        state.withLock { $0.enrollments[enrollment.registrationId] = enrollment }
+        save()
+    }
     public var serviceKey: String { state.withLock { $0.serviceKey } }
     public var snapshot: ProvisioningState { state.withLock { $0 } }
 
@@ -118,6 +134,7 @@ public final class ProvisioningServer: Sendable {
     /// the operation it polls.
     func register(registrationID: String, authorization: String?, body: JSONValue?) async -> Response {
         let now = WallClock.nowMilliseconds()
+        counters.withLock { $0.registerRequests += 1 }
         guard ProvisioningState.isValidRegistrationID(registrationID) else {
             return Self.refusal(ProvisioningRefusal(status: 400, errorCode: 400004, message: "Invalid registration id \(registrationID): lowercase letters, digits and - . _ : only"))
         }
@@ -148,6 +165,7 @@ public final class ProvisioningServer: Sendable {
                 }
                 let record = state.withLock { $0.recordAssignment(plan, payload: body?["payload"], nowMilliseconds: now) }
                 save()
+                counters.withLock { $0.assignments += 1 }
                 operation = Operation(registrationID: registrationID, result: record.json(), statusText: "assigned")
                 logger.info("dps: \(registrationID) assigned to \(plan.hub) as \(plan.deviceId)")
             } catch {
@@ -209,8 +227,7 @@ public final class ProvisioningServer: Sendable {
             var req = req
             let body = try await Self.bodyJSON(&req) ?? [:]
             let group = try Self.enrollmentGroup(id: try ctx.parameters.require("id"), from: body, linkedHubs: linkedHubNames)
-            state.withLock { $0.enrollmentGroups[group.enrollmentGroupId] = group }
-            save()
+            put(group)
             return Self.jsonResponse(Self.json(group), status: .ok)
         }
         router.get("/enrollmentGroups/{id}") { [self] req, ctx in
@@ -229,8 +246,7 @@ public final class ProvisioningServer: Sendable {
             var req = req
             let body = try await Self.bodyJSON(&req) ?? [:]
             let enrollment = try Self.enrollment(id: try ctx.parameters.require("id"), from: body, linkedHubs: linkedHubNames)
-            state.withLock { $0.enrollments[enrollment.registrationId] = enrollment }
-            save()
+            put(enrollment)
             return Self.jsonResponse(Self.json(enrollment), status: .ok)
         }
         router.get("/enrollments/{id}") { [self] req, ctx in

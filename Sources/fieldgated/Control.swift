@@ -3,6 +3,7 @@ import FieldgateCore
 import Gateway
 import ModbusAdapter
 import ModbusIO
+import Provisioning
 import SerialAdapter
 import Spool
 import UDPAdapter
@@ -81,6 +82,12 @@ struct ControlHandler: Sendable {
                  "last_error": c.lastError.map(JSONValue.string) ?? .null, "last_disconnect": c.lastDisconnect.map(JSONValue.string) ?? .null]
             }),
             "leaves_by_state": .object(byPhase),
+            "provisioning": daemon.provisioner.map { p in
+                var phases: [String: JSONValue] = [:]
+                for s in p.status.values { phases[s.phase.rawValue] = .int((phases[s.phase.rawValue]?.intValue ?? 0) + 1) }
+                return ["id_scope": .string(p.configuration.idScope), "endpoint": .string(p.configuration.endpoint),
+                        "identities": .object(phases)] as JSONValue
+            } ?? .null,
             "telemetry_paused": uplink.telemetryPause?.json ?? .null,
             "offload": uplink.offload.map { o in
                 ["pending_files": .int(Int64(o.pendingFiles)), "pending_records": .int(Int64(o.pendingRecords)),
@@ -98,9 +105,18 @@ struct ControlHandler: Sendable {
         let uplink = await daemon.uplink.status()
         let depth = daemon.spool.statistics().depthByLeaf
         let owners = daemon.adapterNames
-        return .array(uplink.leaves.keys.sorted().map { id in
+        let provisioning = daemon.provisioner?.status ?? [:]
+        // Identities still waiting for DPS are not on a connection yet: they show with their provisioning state.
+        let waiting: [JSONValue] = provisioning.keys.sorted().filter { uplink.leaves[$0] == nil }.map { id in
+            let p = provisioning[id]!
+            return ["device_id": .string(id), "adapter": .string(owners[id] ?? "gateway"),
+                    "state": .string(p.phase == .refused ? "provisioning-refused" : "provisioning"),
+                    "last_error": p.lastError.map(JSONValue.string) ?? .null, "spooled": .int(Int64(depth[id] ?? 0))]
+        }
+        return .array(waiting + uplink.leaves.keys.sorted().map { id in
             let leaf = uplink.leaves[id]!
             return [
+                "hub": provisioning[id]?.hub.map(JSONValue.string) ?? .null,
                 "device_id": .string(id), "adapter": .string(owners[id] ?? "gateway"), "state": .string(leaf.phase.rawValue),
                 "last_error": leaf.lastError.map(JSONValue.string) ?? .null, "spooled": .int(Int64(depth[id] ?? 0)),
                 "sent": .int(Int64(leaf.counters.sent)), "accepted": .int(Int64(leaf.counters.acceptedRecords)),

@@ -136,6 +136,14 @@ final class DaemonUnderTest: Sendable {
         return pid
     }
 
+    /// fieldgated on a directory whose fieldgate.toml (and devices.d, secrets.toml) the caller wrote: its control socket
+    /// at `<dir>/control.sock`, its UDP adapter on `udpPort`, its notify socket at `<dir>/notify.sock`.
+    static func start(preparedDirectory dir: String, udpPort: Int, watchdogUsec: Int = 2_000_000) throws -> DaemonUnderTest {
+        let notify = NotifyListener(path: dir + "/notify.sock")
+        let pid = try launch(directory: dir, notify: notify, watchdogUsec: watchdogUsec)
+        return DaemonUnderTest(directory: dir, pid: pid, controlSocket: dir + "/control.sock", notify: notify, udpPort: udpPort)
+    }
+
     /// fieldgated again on the same directory and state (call after this one exited).
     func restarted(watchdogUsec: Int = 2_000_000) throws -> DaemonUnderTest {
         let pid = try Self.launch(directory: directory, notify: notify, watchdogUsec: watchdogUsec)

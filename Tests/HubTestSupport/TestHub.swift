@@ -20,10 +20,13 @@ public final class TestHub: Sendable {
     public let certificates: LocalCertificates.Paths
     let configuration: HubServerConfiguration
 
-    public static func start(configure: (inout HubServerConfiguration) -> Void = { _ in }) async throws -> TestHub {
+    /// - Parameter certificates: the CA and server certificate to use (several hubs under one CA); default: new ones
+    ///   for localhost.
+    public static func start(certificates: LocalCertificates.Paths? = nil,
+                             configure: (inout HubServerConfiguration) -> Void = { _ in }) async throws -> TestHub {
         let dir = FileManager.default.temporaryDirectory.path + "/fieldgate-hub-test-" + AMQPUUID.random().description
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        let certs = try LocalCertificates.create(in: dir + "/certs", dnsNames: ["localhost"])
+        let certs = try certificates ?? LocalCertificates.create(in: dir + "/certs", dnsNames: ["localhost"])
         var config = HubServerConfiguration()
         config.hub.tokenClockSkewSeconds = 0
         config.hub.stateDirectory = dir + "/state"

@@ -22,6 +22,8 @@ struct StoredEvent {
     var generationId: String
     var enqueuedMs: Int64
     var hubScope: Bool
+    /// The link's device authenticated with its client certificate (auth-method type x509).
+    var x509 = false
     var encoded: [UInt8]
     /// `iothub-message-source`: Telemetry, or twinChangeEvents for the hub's own twin change notifications.
     var source = "Telemetry"

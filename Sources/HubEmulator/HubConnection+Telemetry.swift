@@ -26,7 +26,8 @@ extension HubConnection {
             return delivery.dispose(.rejected(AMQPCondition(
                 name: IoTHubAMQP.throttled, description: hubErrorJSON(429001, "Throttling: device \(deviceId) is throttled"))))
         }
-        guard let token = liveToken(covering: "/devices/\(deviceId)") else {
+        let token = liveToken(covering: "/devices/\(deviceId)")
+        guard token != nil || certificateDevice == deviceId else {
             return delivery.dispose(.rejected(AMQPCondition(name: IoTHubAMQP.unauthorizedAccess, description: "Token Invalid.")))
         }
         if let refusal = core.quotaRefusal() {
@@ -58,9 +59,10 @@ extension HubConnection {
         }
         let generationId = core.registry.devices[deviceId]?.generationId ?? ""
         let now = core.now
-        let hubScope = token.policy != nil
+        let hubScope = token?.policy != nil
+        let x509 = token == nil
         for encoded in encodings {
-            core.recordEvent(StoredEvent(deviceId: deviceId, generationId: generationId, enqueuedMs: now, hubScope: hubScope, encoded: encoded))
+            core.recordEvent(StoredEvent(deviceId: deviceId, generationId: generationId, enqueuedMs: now, hubScope: hubScope, x509: x509, encoded: encoded))
         }
         core.chargeQuota(messageSizes: sizes)
         delivery.dispose(.accepted)
@@ -150,7 +152,7 @@ extension HubConnection {
         for (k, v) in m.messageAnnotations { if let key = k.stringValue { annotations[key] = render(v) } }
         annotations[IoTHubAMQP.connectionDeviceID] = stored.deviceId
         annotations[IoTHubAMQP.connectionAuthMethod] = JSONValue.object([
-            "scope": .string(stored.hubScope ? "hub" : "device"), "type": "sas", "issuer": "iothub", "acceptingIpFilterRule": .null,
+            "scope": .string(stored.hubScope ? "hub" : "device"), "type": .string(stored.x509 ? "x509" : "sas"), "issuer": "iothub", "acceptingIpFilterRule": .null,
         ]).serialized
         annotations[IoTHubAMQP.connectionAuthGenerationID] = stored.generationId
         annotations[IoTHubAMQP.enqueuedTime] = enqueued

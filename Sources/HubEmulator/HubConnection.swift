@@ -3,6 +3,12 @@ import IoTHub
 import Logging
 import ProtonAMQP
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
 /// One device-facing AMQP connection: its CBS tokens, its links, and the rules of docs/iothub-protocol.md §12.
 /// Lives on the reactor thread.
 // @unchecked Sendable: confined to the reactor thread; other code reaches it only through `ref.execute` jobs,
@@ -28,7 +34,15 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
     /// Messages waiting for credit on a link (method requests, twin responses, desired pushes).
     var pendingSends: [AMQPObjectID: [AMQPMessage]] = [:]
 
-    init(core: HubCore) { self.core = core }
+    /// What the device presented at TLS (AMQPS); nil over plain AMQP, WebSockets or without a certificate.
+    let clientCertificate: ClientCertificateChain?
+    /// The device the client certificate was accepted for: one certificate, one device, as at IoT Hub.
+    var certificateDevice: String?
+
+    init(core: HubCore, clientCertificate: ClientCertificateChain? = nil) {
+        self.core = core
+        self.clientCertificate = clientCertificate
+    }
 
     struct CBSToken {
         /// The decoded `sr` path below the host: "", "/devices" or "/devices/{d}".
@@ -146,9 +160,10 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
         let properties = link.remoteProperties
         func property(_ name: String) -> String? { properties[.symbol(name)]?.stringValue ?? properties[.string(name)]?.stringValue }
 
-        // Authorization: a live token on this connection must cover /devices/{d} (§12 item 10).
-        guard liveToken(covering: "/devices/\(d)") != nil else {
-            return refuse(link, AMQPCondition(name: IoTHubAMQP.unauthorizedAccess, description: hubErrorJSON(401002, "Unauthorized: no valid token on this connection covers device \(d)")))
+        // Authorization: a live token on this connection must cover /devices/{d} (§12 item 10), or the client
+        // certificate must prove the X.509 device d.
+        if liveToken(covering: "/devices/\(d)") == nil {
+            if let refusal = certificateRefusal(for: d) { return refuse(link, refusal) }
         }
         guard let device = core.registry.devices[d] else {
             return refuse(link, AMQPCondition(name: IoTHubAMQP.notFound, description: hubErrorJSON(404001, "Device \(d) at IotHub \(core.configuration.hubName) not registered.")))
@@ -275,6 +290,28 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
         }
     }
 
+    // MARK: X.509
+
+    /// nil when the connection's client certificate authenticates device `d` (it then stays bound to `d`);
+    /// otherwise the refusal the hub sends.
+    func certificateRefusal(for d: String) -> AMQPCondition? {
+        func unauthorized(_ why: String) -> AMQPCondition {
+            AMQPCondition(name: IoTHubAMQP.unauthorizedAccess, description: hubErrorJSON(401002, "Unauthorized: \(why)"))
+        }
+        guard let chain = clientCertificate else { return unauthorized("no valid token on this connection covers device \(d)") }
+        if certificateDevice == d { return nil }
+        guard let device = core.registry.devices[d] else {
+            return AMQPCondition(name: IoTHubAMQP.notFound, description: hubErrorJSON(404001, "Device \(d) at IotHub \(core.configuration.hubName) not registered."))
+        }
+        if let bound = certificateDevice { return unauthorized("this connection's certificate authenticated device \(bound); one certificate is one device") }
+        let cas = Array((core.registry.certificates ?? [:]).values)
+        if let why = X509Authentication.refusal(chain: chain, device: device, cas: cas, now: Date(timeIntervalSince1970: Double(core.now) / 1000)) {
+            return unauthorized(why)
+        }
+        certificateDevice = d
+        return nil
+    }
+
     // MARK: tokens
 
     func liveToken(covering identityPath: String) -> CBSToken? {
@@ -297,7 +334,7 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
             serviceToken = nil
             evictServiceLinks(because: AMQPCondition(name: IoTHubAMQP.unauthorizedAccess, description: "Token Invalid."))
         }
-        for deviceId in devices.keys where liveToken(covering: "/devices/\(deviceId)") == nil {
+        for deviceId in devices.keys where deviceId != certificateDevice && liveToken(covering: "/devices/\(deviceId)") == nil {
             evict(deviceId, because: AMQPCondition(name: IoTHubAMQP.unauthorizedAccess, description: "Token Invalid."))
         }
     }

@@ -31,6 +31,26 @@ public struct HubServerConfiguration: Sendable {
     public init() {}
 }
 
+/// A device listener: Proton's (plain AMQP) or the TLS one that takes client certificates.
+enum DeviceListener: Sendable {
+    case proton(AMQPListener)
+    case tls(DeviceTLSListener)
+
+    var port: Int {
+        switch self {
+        case .proton(let l): l.port
+        case .tls(let l): l.port
+        }
+    }
+
+    func close() async {
+        switch self {
+        case .proton(let l): await l.close()
+        case .tls(let l): await l.close()
+        }
+    }
+}
+
 /// A running hub: the ports it got, its core, and how to stop it.
 public final class RunningHub: Sendable {
     public let amqpsPort: Int?
@@ -61,7 +81,7 @@ public final class HubServer: Service, Sendable {
 
     private struct State {
         var core: HubCore?
-        var listeners: [(listener: AMQPListener, tls: Bool)] = []
+        var listeners: [(listener: DeviceListener, tls: Bool)] = []
         var httpTask: Task<Void, any Error>?
         var httpGroup: ServiceGroup?
         var stopped = false
@@ -153,11 +173,22 @@ public final class HubServer: Service, Sendable {
         return RunningHub(amqpsPort: amqpsPort, amqpPort: amqpPort, httpPort: httpPort, httpsPort: httpsPort, core: core, server: self)
     }
 
-    private func openListener(port: Int, tls: Bool, core: HubCore) async throws -> AMQPListener {
-        var listenerConfig = AMQPListenerConfiguration(tls: tls ? configuration.tls : nil)
-        listenerConfig.idleTimeoutMilliseconds = 240_000
-        let listener = try await reactor.listen(host: configuration.bindHost, port: port, configuration: listenerConfig) {
-            HubConnection(core: core)
+    /// Plain AMQP through Proton's own listener; AMQPS through `DeviceTLSListener`, which lets X.509 devices in.
+    private func openListener(port: Int, tls: Bool, core: HubCore) async throws -> DeviceListener {
+        let listener: DeviceListener
+        if tls, let serverTLS = configuration.tls {
+            var listenerConfig = AMQPListenerConfiguration(tls: nil)  // the listener's TLS, not Proton's
+            listenerConfig.idleTimeoutMilliseconds = 240_000
+            listener = .tls(try await DeviceTLSListener.bind(host: configuration.bindHost, port: port, tls: serverTLS, reactor: reactor,
+                                                            configuration: listenerConfig) { chain in
+                HubConnection(core: core, clientCertificate: chain)
+            })
+        } else {
+            var listenerConfig = AMQPListenerConfiguration(tls: nil)
+            listenerConfig.idleTimeoutMilliseconds = 240_000
+            listener = .proton(try await reactor.listen(host: configuration.bindHost, port: port, configuration: listenerConfig) {
+                HubConnection(core: core)
+            })
         }
         state.withLock { $0.listeners.append((listener, tls)) }
         return listener

@@ -1,0 +1,163 @@
+import NIOCore
+import NIOPosix
+import NIOSSL
+import NIOTLS
+import ProtonAMQP
+import Synchronization
+
+/// The certificates a device presented at TLS, leaf first, as DER.
+struct ClientCertificateChain: Sendable {
+    var certificates: [[UInt8]]
+    var leaf: [UInt8] { certificates.first ?? [] }
+}
+
+/// AMQPS for devices as IoT Hub serves it (docs/hub-fidelity.md, X.509): the TLS handshake asks for a client
+/// certificate without requiring one and takes whatever is presented; an X.509 device is then authenticated by it
+/// when a link names the device (`HubConnection.x509Authorizes`: thumbprint or CA chain), a SAS device over CBS as
+/// before. NIO does the TLS (Proton's own TLS cannot take a self-signed client certificate it has no CA for); the
+/// AMQP bytes go to Proton through `pn_connection_driver`, as for WebSockets.
+final class DeviceTLSListener: Sendable {
+    private let channel: any Channel
+    let port: Int
+
+    private init(channel: any Channel, port: Int) {
+        self.channel = channel
+        self.port = port
+    }
+
+    /// Binds `host:port` (0: any free port).
+    static func bind(host: String, port: Int, tls: AMQPServerTLS, reactor: AMQPReactor, configuration: AMQPListenerConfiguration,
+                     makeHandler: @escaping @Sendable (ClientCertificateChain?) -> any AMQPConnectionHandler) async throws -> DeviceTLSListener {
+        var tlsConfiguration = TLSConfiguration.makeServerConfiguration(
+            certificateChain: try NIOSSLCertificate.fromPEMFile(tls.certificateFile).map { .certificate($0) },
+            privateKey: .privateKey(try NIOSSLPrivateKey(file: tls.privateKeyFile, format: .pem)))
+        tlsConfiguration.certificateVerification = .optionalVerification
+        tlsConfiguration.minimumTLSVersion = .tlsv12
+        let context = try NIOSSLContext(configuration: tlsConfiguration)
+        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { child in
+                let presented = PresentedChain()
+                // Any certificate passes the handshake; which device it proves is decided per link, as the hub does.
+                let ssl = NIOSSLServerHandler(context: context) { certificates, promise in
+                    presented.set(certificates.compactMap { try? $0.toDERBytes() })
+                    promise.succeed(.certificateVerified)
+                }
+                let bridge = StreamBridge(presented: presented, reactor: reactor, configuration: configuration, makeHandler: makeHandler)
+                return child.eventLoop.makeCompletedFuture {
+                    try child.pipeline.syncOperations.addHandler(ssl)
+                    try child.pipeline.syncOperations.addHandler(bridge)
+                }
+            }
+            .bind(host: host, port: port).get()
+        return DeviceTLSListener(channel: channel, port: channel.localAddress?.port ?? port)
+    }
+
+    func close() async {
+        try? await channel.close()
+    }
+}
+
+/// What the verification callback saw, read once the handshake completed.
+private final class PresentedChain: Sendable {
+    private let chain = Mutex<[[UInt8]]>([])
+    func set(_ c: [[UInt8]]) { chain.withLock { $0 = c } }
+    var value: ClientCertificateChain? {
+        let c = chain.withLock { $0 }
+        return c.isEmpty ? nil : ClientCertificateChain(certificates: c)
+    }
+}
+
+/// Hands a TLS channel's plaintext to Proton once the handshake is done (so the client certificate is known).
+private final class StreamBridge: ChannelInboundHandler, @unchecked Sendable {
+    // @unchecked: `stream` is set and read on the channel's event loop only.
+    typealias InboundIn = ByteBuffer
+    let presented: PresentedChain
+    let reactor: AMQPReactor
+    let configuration: AMQPListenerConfiguration
+    let makeHandler: @Sendable (ClientCertificateChain?) -> any AMQPConnectionHandler
+    private var stream: ChannelByteStream?
+
+    init(presented: PresentedChain, reactor: AMQPReactor, configuration: AMQPListenerConfiguration,
+         makeHandler: @escaping @Sendable (ClientCertificateChain?) -> any AMQPConnectionHandler) {
+        self.presented = presented
+        self.reactor = reactor
+        self.configuration = configuration
+        self.makeHandler = makeHandler
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case TLSUserEvent.handshakeCompleted = event, stream == nil {
+            let s = ChannelByteStream(channel: context.channel)
+            stream = s
+            let chain = presented.value
+            let makeHandler = self.makeHandler
+            reactor.accept(stream: s, configuration: configuration) { makeHandler(chain) }
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = unwrapInboundIn(data)
+        stream?.received(Array(buffer.readableBytesView))
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        stream?.ended(nil)
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        stream?.ended(AMQPError(.transport, "TLS connection: \(error)"))
+        context.close(promise: nil)
+    }
+}
+
+/// One accepted TLS connection as Proton's byte stream. What arrives before Proton started the stream waits.
+private final class ChannelByteStream: AMQPByteStream {
+    private let channel: any Channel
+    private let state = Mutex<(sink: AMQPByteStreamSink?, pending: [[UInt8]], ended: AMQPError??)>((nil, [], nil))
+
+    init(channel: any Channel) { self.channel = channel }
+
+    func start(_ sink: AMQPByteStreamSink) {
+        let (pending, ended) = state.withLock { s in
+            s.sink = sink
+            defer { s.pending = [] }
+            return (s.pending, s.ended)
+        }
+        for bytes in pending { sink.received(bytes) }
+        if let ended { sink.ended(ended) }
+    }
+
+    func received(_ bytes: [UInt8]) {
+        let sink = state.withLock { s -> AMQPByteStreamSink? in
+            if s.sink == nil { s.pending.append(bytes) }
+            return s.sink
+        }
+        sink?.received(bytes)
+    }
+
+    func ended(_ error: AMQPError?) {
+        let sink = state.withLock { s -> AMQPByteStreamSink? in
+            if s.sink == nil, s.ended == nil { s.ended = .some(error) }
+            return s.sink
+        }
+        sink?.ended(error)
+    }
+
+    func write(_ bytes: [UInt8]) {
+        channel.writeAndFlush(ByteBuffer(bytes: bytes), promise: nil)
+    }
+
+    /// After what was written: writes from other threads queue on the event loop in order, and so does this.
+    func close() {
+        channel.eventLoop.execute { [channel] in channel.close(promise: nil) }
+    }
+
+    func abort() {
+        channel.close(promise: nil)
+    }
+}

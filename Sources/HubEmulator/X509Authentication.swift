@@ -1,0 +1,70 @@
+import Crypto
+import SwiftASN1
+import X509
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// Whether a TLS client certificate proves an X.509 device, as IoT Hub decides it (docs/hub-fidelity.md, X.509):
+/// - `selfSigned`: the SHA-1 or SHA-256 thumbprint of the presented certificate's DER is the device's primary or
+///   secondary thumbprint;
+/// - `certificateAuthority`: the certificate's subject CN is the device id and it chains (through the intermediates it
+///   presented) to a verified CA certificate of the hub, every signature valid.
+/// Either way the certificate must be within its validity period.
+enum X509Authentication {
+    static func thumbprints(ofDER der: [UInt8]) -> (sha1: String, sha256: String) {
+        (Insecure.SHA1.hash(data: der).map { hex($0) }.joined(), SHA256.hash(data: der).map { hex($0) }.joined())
+    }
+
+    private static func hex(_ b: UInt8) -> String {
+        let digits = Array("0123456789ABCDEF")
+        return String([digits[Int(b >> 4)], digits[Int(b & 15)]])
+    }
+
+    /// nil when `chain` authenticates `device`; otherwise why not, in words for the refusal.
+    static func refusal(chain: ClientCertificateChain, device: DeviceRecord, cas: [CACertificateRecord], now: Date) -> String? {
+        let leaf: Certificate
+        do { leaf = try Certificate(derEncoded: chain.leaf) } catch { return "the client certificate cannot be parsed" }
+        guard leaf.notValidBefore <= now, now <= leaf.notValidAfter else { return "the client certificate is outside its validity period" }
+        switch device.authentication.type {
+        case "selfSigned":
+            let (sha1, sha256) = thumbprints(ofDER: chain.leaf)
+            let registered = [device.authentication.x509Thumbprint?.primaryThumbprint, device.authentication.x509Thumbprint?.secondaryThumbprint]
+                .compactMap { $0?.uppercased() }
+            return registered.contains(sha1) || registered.contains(sha256)
+                ? nil : "the client certificate's thumbprint matches neither thumbprint of device \(device.deviceId)"
+        case "certificateAuthority":
+            guard commonName(of: leaf) == device.deviceId else {
+                return "the client certificate's subject CN must be the device id \(device.deviceId)"
+            }
+            let trusted = cas.filter(\.isVerified).compactMap { try? Certificate(pemEncoded: $0.pem) }
+            let intermediates = chain.certificates.dropFirst().compactMap { try? Certificate(derEncoded: $0) }
+            var current = leaf
+            for _ in 0..<5 {
+                if trusted.contains(where: { $0.subject == current.issuer && $0.publicKey.isValidSignature(current.signature, for: current) }) {
+                    return nil
+                }
+                guard let next = intermediates.first(where: {
+                    $0.subject == current.issuer && $0.publicKey.isValidSignature(current.signature, for: current)
+                        && $0.notValidBefore <= now && now <= $0.notValidAfter
+                }) else { break }
+                current = next
+            }
+            return "the client certificate does not chain to a verified CA certificate of this hub"
+        default:
+            return "device \(device.deviceId) authenticates with SAS tokens, not a certificate"
+        }
+    }
+
+    static func commonName(of certificate: Certificate) -> String? {
+        for rdn in certificate.subject {
+            for attribute in rdn where attribute.type == .RDNAttributeType.commonName {
+                return String(attribute.value)
+            }
+        }
+        return nil
+    }
+}

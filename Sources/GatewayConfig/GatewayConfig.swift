@@ -17,6 +17,10 @@ import FoundationEssentials
 import Foundation
 #endif
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// `/etc/fieldgate/fieldgate.toml` as a file (docs/contracts.md §7; etc/fieldgate/fieldgate.toml documents every
 /// key). Leaves are `[[leaf]]` tables here or in `devices.d/*.toml`; keys live in the secrets file (`Secrets`).
 public struct GatewayConfigFile: Decodable, Sendable {
@@ -53,6 +57,10 @@ public struct GatewayConfigFile: Decodable, Sendable {
         /// `key` (default: the device's own key under [keys]) or `policy:<name>` (a hub policy under [policies]).
         public var credential: String?
         public var key_ref: String?
+        /// `credential = "x509"`: the client certificate (PEM) and its key (PEM; a relative name is looked up in
+        /// systemd's $CREDENTIALS_DIRECTORY).
+        public var certificate_file: String?
+        public var key_file: String?
         public var reboot_command: [String]?
         public var restart_command: [String]?
     }
@@ -78,6 +86,9 @@ public struct GatewayConfigFile: Decodable, Sendable {
         public var credential: String?
         /// The name of the key in the secrets file's [keys]; default: the device id.
         public var key_ref: String?
+        /// `credential = "x509"`: the client certificate and its key, as for the gateway.
+        public var certificate_file: String?
+        public var key_file: String?
         /// What the cloud may do besides receiving telemetry: any of `c2d`, `methods`, `twin` (default: all three).
         /// Each costs AMQP links (C2D one, methods and twin two each); a telemetry-only sensor needs `[]`.
         public var cloud: [String]?
@@ -299,6 +310,7 @@ public struct GatewaySettings: Sendable {
         // every cross-reference to it.
         mapper.checkKeys = secrets != nil
         mapper.checkMain = mainRead && hasGateway
+        mapper.credentialsDirectory = credentialsDirectory
         let settings = mapper.map()
         problems += mapper.problems
         guard problems.isEmpty, let settings else { throw ConfigError(problems) }
@@ -318,6 +330,8 @@ struct Mapper {
     var checkKeys = true
     /// Report what depends on the main file (off when it could not be read).
     var checkMain = true
+    /// systemd's $CREDENTIALS_DIRECTORY, where key files named without a path are.
+    var credentialsDirectory: String?
 
     init(file: GatewayConfigFile, main: ConfigSource, devices: [(ConfigSource, DevicesFile)], secrets: Secrets,
          profiles: [String: (source: ConfigSource, profile: ModbusProfile)] = [:]) {
@@ -580,7 +594,8 @@ struct Mapper {
         }
         if (f.hub.host ?? "").isEmpty {
             for (leaf, source, key) in identities where Self.provisioningIdentity(leaf) == nil {
-                report(source, key, "\(leaf.deviceID) uses a hub policy, which DPS cannot provision: set [hub] host for it, or give it a key or group credential")
+                let what = leaf.credential.isCertificate ? "an X.509 certificate, which fieldgate does not register with DPS" : "a hub policy, which DPS cannot provision"
+                report(source, key, "\(leaf.deviceID) uses \(what): set [hub] host for it, or give it a key or group credential")
             }
         }
         return c
@@ -593,7 +608,7 @@ struct Mapper {
         case .groupKey(let group):
             guard let key = try? deriveDeviceKey(groupKey: group, registrationID: leaf.deviceID) else { return nil }
             return ProvisioningIdentity(registrationID: leaf.deviceID, key: key)
-        case .sharedAccessPolicy: return nil
+        case .sharedAccessPolicy, .x509: return nil
         }
     }
 
@@ -654,7 +669,8 @@ struct Mapper {
     }
 
     private mutating func leafCredential(_ l: GatewayConfigFile.Leaf, source: ConfigSource, at: String) -> LeafCredential? {
-        credential(l.credential ?? file.provisioning?.credential, deviceID: l.device_id, keyRef: l.key_ref, owner: "leaf \(l.device_id)", source: source, at: at, keyAt: "\(at).device_id")
+        credential(l.credential ?? file.provisioning?.credential, deviceID: l.device_id, keyRef: l.key_ref, owner: "leaf \(l.device_id)", source: source, at: at, keyAt: "\(at).device_id",
+                   certificate: (l.certificate_file, l.key_file))
     }
 
     /// The gateway's own identity: its device key, or a hub policy (`fieldgatectl connect` with a policy string).
@@ -740,13 +756,20 @@ struct Mapper {
     }
 
     private mutating func gatewayCredential(_ g: GatewayConfigFile.Gateway) -> LeafCredential? {
-        credential(g.credential ?? file.provisioning?.credential, deviceID: g.device_id, keyRef: g.key_ref, owner: "gateway \(g.device_id)", source: main, at: "gateway", keyAt: "gateway")
+        credential(g.credential ?? file.provisioning?.credential, deviceID: g.device_id, keyRef: g.key_ref, owner: "gateway \(g.device_id)", source: main, at: "gateway", keyAt: "gateway",
+                   certificate: (g.certificate_file, g.key_file))
     }
 
     /// `key` (default), `policy:<name>[:hub]` or `group:<name>`, looked up in the secrets.
-    private mutating func credential(_ text: String?, deviceID: String, keyRef: String?, owner: String, source: ConfigSource, at: String, keyAt: String) -> LeafCredential? {
+    private mutating func credential(_ text: String?, deviceID: String, keyRef: String?, owner: String, source: ConfigSource, at: String, keyAt: String,
+                                     certificate: (file: String?, key: String?) = (nil, nil)) -> LeafCredential? {
         let parts = (text ?? "key").split(separator: ":").map(String.init)
+        if text != "x509" && (certificate.file != nil || certificate.key != nil) {
+            report(source, "\(at).\(certificate.file != nil ? "certificate_file" : "key_file")", "\(owner): certificate_file and key_file go with credential = \"x509\"")
+        }
         switch parts.first {
+        case "x509" where parts.count == 1:
+            return x509Credential(certificate, owner: owner, source: source, at: at)
         case "key" where parts.count == 1:
             return deviceKey(keyRef ?? deviceID, owner: owner, source: source, keyPath: keyAt)
         case "policy" where parts.count == 2 || (parts.count == 3 && parts[2] == "hub"):
@@ -762,9 +785,41 @@ struct Mapper {
             }
             return .groupKey(key)
         default:
-            report(source, "\(at).credential", "\(owner): credential \(text ?? ""): use key, policy:<name>, policy:<name>:hub or group:<name>")
+            report(source, "\(at).credential", "\(owner): credential \(text ?? ""): use key, policy:<name>, policy:<name>:hub, group:<name> or x509")
             return nil
         }
+    }
+
+    /// An X.509 identity: a readable PEM certificate, and a PEM key that only its owner (and group) may read. A key
+    /// named without a leading / is a systemd credential (`LoadCredential=`), looked up in $CREDENTIALS_DIRECTORY.
+    private mutating func x509Credential(_ c: (file: String?, key: String?), owner: String, source: ConfigSource, at: String) -> LeafCredential? {
+        guard let certificate = c.file, let keyName = c.key else {
+            report(source, "\(at).credential", "\(owner): credential = \"x509\" needs certificate_file = \"/etc/fieldgate/<id>.pem\" and key_file = \"/etc/fieldgate/<id>.key\" (or a systemd credential name)")
+            return nil
+        }
+        let before = problems.count
+        var key = keyName
+        if !keyName.hasPrefix("/") {
+            guard let dir = credentialsDirectory else {
+                report(source, "\(at).key_file", "\(owner): key_file \(keyName) is a systemd credential name, but $CREDENTIALS_DIRECTORY is not set (LoadCredential=\(keyName):/path in the unit), or give an absolute path")
+                return nil
+            }
+            key = dir + "/" + keyName
+        }
+        guard checkKeys else { return .x509(certificateFile: certificate, keyFile: key) }
+        let certificateText = (try? String(contentsOfFile: certificate, encoding: .utf8)) ?? ""
+        if !certificateText.contains("-----BEGIN CERTIFICATE-----") {
+            report(source, "\(at).certificate_file", "\(owner): \(certificate) is not a readable PEM certificate")
+        }
+        var st = stat()
+        if stat(key, &st) != 0 {
+            report(source, "\(at).key_file", "\(owner): cannot read the key \(key): \(String(cString: strerror(errno)))")
+        } else if st.st_mode & 0o007 != 0 {
+            report(source, "\(at).key_file", "\(owner): \(key) is readable by everyone: chmod 0600 (or 0640 root:fieldgate) it")
+        } else if !((try? String(contentsOfFile: key, encoding: .utf8)) ?? "").contains("PRIVATE KEY-----") {
+            report(source, "\(at).key_file", "\(owner): \(key) is not a readable PEM private key")
+        }
+        return problems.count == before ? .x509(certificateFile: certificate, keyFile: key) : nil
     }
 
     struct FormatProblem: Error { var message: String }

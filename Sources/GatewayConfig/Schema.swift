@@ -115,7 +115,7 @@ struct Schema: Sendable {
 /// The configuration's shape (etc/fieldgate.toml documents every key).
 enum ConfigSchema {
     static let leaf = Schema(fields: [
-        "device_id": .string, "adapter": .string, "credential": .string, "key_ref": .string, "cloud": .strings, "heartbeat_seconds": .int,
+        "device_id": .string, "adapter": .string, "credential": .string, "key_ref": .string, "certificate_file": .string, "key_file": .string, "cloud": .strings, "heartbeat_seconds": .int,
         "allowed_sources": .strings, "mapped_source": .string, "format": .string, "field_map": .stringMap, "hmac": .bool,
         "command_address": .string, "bus": .string, "unit_id": .int, "profile": .string, "poll_ms": .int, "full_report_seconds": .int,
         "response_timeout_ms": .int, "retries": .int,
@@ -139,7 +139,8 @@ enum ConfigSchema {
             "reprovision_on_start": .bool, "ca_file": .string,
         ], required: ["id_scope"])),
         "gateway": .table(Schema(fields: [
-            "device_id": .string, "credential": .string, "key_ref": .string, "reboot_command": .strings, "restart_command": .strings,
+            "device_id": .string, "credential": .string, "key_ref": .string, "certificate_file": .string, "key_file": .string,
+            "reboot_command": .strings, "restart_command": .strings,
         ], required: ["device_id"])),
         "spool": .table(Schema(fields: [
             "directory": .string, "cap_mb": .int, "sync": .string, "full_policy": .string, "ttl_hours": .int,

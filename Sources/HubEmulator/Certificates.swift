@@ -65,6 +65,51 @@ public enum LocalCertificates {
         return paths
     }
 
+    /// A device's X.509 certificate and key for AMQPS client authentication: self-signed (registered by thumbprint),
+    /// or issued by the CA in `issuer` (registered as `certificateAuthority`, with the CA uploaded as verified). The
+    /// subject CN is the device id, as IoT Hub requires of CA-signed device certificates.
+    public struct DeviceCertificate: Sendable {
+        public var certificate: String
+        public var key: String
+        /// SHA-1 and SHA-256 of the certificate's DER, uppercase hex: what a thumbprint registration names.
+        public var thumbprintSHA1: String
+        public var thumbprintSHA256: String
+    }
+
+    public static func createDeviceCertificate(in directory: String, deviceID: String, issuer: Paths? = nil,
+                                               validDays: Int = 365) throws -> DeviceCertificate {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let now = Date()
+        let key = P256.Signing.PrivateKey()
+        let subject = try DistinguishedName { CommonName(deviceID) }
+        let issuerName: DistinguishedName
+        let issuerKey: Certificate.PrivateKey
+        if let issuer {
+            issuerKey = .init(try P256.Signing.PrivateKey(pemRepresentation: String(contentsOfFile: issuer.caKey, encoding: .utf8)))
+            issuerName = try Certificate(pemEncoded: String(contentsOfFile: issuer.caCertificate, encoding: .utf8)).subject
+        } else {
+            issuerKey = .init(key)
+            issuerName = subject
+        }
+        let certificate = try Certificate(
+            version: .v3, serialNumber: .init(), publicKey: .init(key.publicKey),
+            notValidBefore: now.addingTimeInterval(-3600), notValidAfter: now.addingTimeInterval(Double(validDays) * 86400),
+            issuer: issuerName, subject: subject, signatureAlgorithm: .ecdsaWithSHA256,
+            extensions: try Certificate.Extensions {
+                Critical(BasicConstraints.notCertificateAuthority)
+                Critical(KeyUsage(digitalSignature: true))
+                try ExtendedKeyUsage([.clientAuth])
+            },
+            issuerPrivateKey: issuerKey)
+        let certificatePath = directory + "/\(deviceID).pem", keyPath = directory + "/\(deviceID).key"
+        try write(key.pemRepresentation, to: keyPath, mode: 0o600)
+        try write(try certificate.serializeAsPEM().pemString, to: certificatePath, mode: 0o644)
+        var serializer = DER.Serializer()
+        try serializer.serialize(certificate)
+        let (sha1, sha256) = X509Authentication.thumbprints(ofDER: serializer.serializedBytes)
+        return DeviceCertificate(certificate: certificatePath, key: keyPath, thumbprintSHA1: sha1, thumbprintSHA256: sha256)
+    }
+
     private static func write(_ text: String, to path: String, mode: Int) throws {
         try Data(text.utf8).write(to: URL(fileURLWithPath: path), options: .atomic)
         try FileManager.default.setAttributes([.posixPermissions: mode], ofItemAtPath: path)

@@ -280,6 +280,8 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
     /// link-creation conflict). The connection and the other devices stay.
     func evict(_ deviceId: String, because condition: AMQPCondition) {
         ref?.execute { [self] _ in
+            // The device's registration changed: its certificate is judged again at its next attach.
+            if certificateDevice == deviceId { certificateDevice = nil }
             guard let entry = devices[deviceId] else { return }
             for id in entry.links {
                 if let state = links[id] {
@@ -299,11 +301,10 @@ final class HubConnection: AMQPConnectionHandler, @unchecked Sendable {
             AMQPCondition(name: IoTHubAMQP.unauthorizedAccess, description: hubErrorJSON(401002, "Unauthorized: \(why)"))
         }
         guard let chain = clientCertificate else { return unauthorized("no valid token on this connection covers device \(d)") }
-        if certificateDevice == d { return nil }
         guard let device = core.registry.devices[d] else {
             return AMQPCondition(name: IoTHubAMQP.notFound, description: hubErrorJSON(404001, "Device \(d) at IotHub \(core.configuration.hubName) not registered."))
         }
-        if let bound = certificateDevice { return unauthorized("this connection's certificate authenticated device \(bound); one certificate is one device") }
+        if let bound = certificateDevice, bound != d { return unauthorized("this connection's certificate authenticated device \(bound); one certificate is one device") }
         let cas = Array((core.registry.certificates ?? [:]).values)
         if let why = X509Authentication.refusal(chain: chain, device: device, cas: cas, now: Date(timeIntervalSince1970: Double(core.now) / 1000)) {
             return unauthorized(why)

@@ -29,6 +29,33 @@ extension HubCore {
         return record
     }
 
+    /// Creates or replaces an X.509 device (thumbprints, or a chain to a verified CA certificate).
+    @discardableResult
+    public func upsertX509Device(id: String, status: String?, _ registration: X509Registration, ifNew: Bool = false) throws(HubError) -> DeviceRecord {
+        if ifNew, registry.devices[id] != nil { throw HubError(.conflict, "Device \(id) already exists.") }
+        let before = registry.devices[id]
+        let record = try registry.upsertX509Device(id: id, status: status ?? before?.status ?? "enabled", registration)
+        if twins[id] == nil { twins[id] = TwinDocument(deviceId: id, nowMilliseconds: now) }
+        if !record.isEnabled || before.map({ $0.authentication != record.authentication }) ?? false {
+            deviceOwners[id]?.evict(id, because: AMQPCondition(name: IoTHubAMQP.unauthorizedAccess, description: hubErrorJSON(401002, "Device \(id) is disabled or its credentials changed.")))
+            for c in connections.values { c.dropTokens(scopedTo: id) }
+        }
+        markDirty()
+        return record
+    }
+
+    /// Adds or replaces a CA certificate (IoT Hub's Certificates): `certificateAuthority` devices chain to the
+    /// verified ones. `verified` stands for the proof of possession (or the portal's "verified on upload").
+    public func putCACertificate(name: String, pem: String, verified: Bool) throws(HubError) -> CACertificateRecord {
+        guard pem.contains("-----BEGIN CERTIFICATE-----") else { throw HubError(.badRequest, "the certificate must be PEM") }
+        let record = CACertificateRecord(name: name, pem: pem, isVerified: verified)
+        var all = registry.certificates ?? [:]
+        all[name] = record
+        registry.certificates = all
+        markDirty()
+        return record
+    }
+
     public func deleteDevice(_ id: String) throws(HubError) {
         guard registry.devices.removeValue(forKey: id) != nil else { throw HubError(.notFound, "Device \(id) is not registered.") }
         twins[id] = nil

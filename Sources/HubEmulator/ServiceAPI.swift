@@ -43,9 +43,33 @@ struct ServiceAPI: Sendable {
             let status = body?["status"]?.stringValue
             let primary = keys?["primaryKey"]?.stringValue, secondary = keys?["secondaryKey"]?.stringValue
             let ifNew = req.headers[.ifMatch] == nil && req.uri.queryParameters.get("create") == "true"
+            switch body?["authentication"]?["type"]?.stringValue {
+            case "selfSigned":
+                let t = body?["authentication"]?["x509Thumbprint"]
+                guard let p = t?["primaryThumbprint"]?.stringValue else { throw HubError(.badRequest, "selfSigned devices need x509Thumbprint.primaryThumbprint") }
+                let s = t?["secondaryThumbprint"]?.stringValue
+                return try json(try await core.perform { core in
+                    try core.upsertX509Device(id: id, status: status, .selfSigned(primaryThumbprint: p, secondaryThumbprint: s), ifNew: ifNew)
+                })
+            case "certificateAuthority":
+                return try json(try await core.perform { core in try core.upsertX509Device(id: id, status: status, .certificateAuthority, ifNew: ifNew) })
+            case nil, "sas": break
+            case let other?: throw HubError(.badRequest, "authentication type \(other): use sas, selfSigned or certificateAuthority")
+            }
             return try json(try await core.perform { core in
                 try core.upsertDevice(id: id, status: status, primaryKey: primary, secondaryKey: secondary, ifNew: ifNew)
             })
+        }
+        router.put("/certificates/{name}") { req, ctx in
+            try await authorize(req, "RegistryWrite")
+            let name = try ctx.parameters.require("name")
+            var req = req
+            let properties = try await bodyJSON(&req)?["properties"]
+            guard let pem = properties?["certificate"]?.stringValue else {
+                throw HubError(.badRequest, "the body must be {\"properties\": {\"certificate\": \"<PEM>\", \"isVerified\": true}}")
+            }
+            let verified = properties?["isVerified"] == .bool(true)
+            return try json(try await core.perform { core in try core.putCACertificate(name: name, pem: pem, verified: verified) })
         }
         router.delete("/devices/{id}") { req, ctx in
             try await authorize(req, "RegistryWrite")

@@ -21,11 +21,18 @@ public struct AMQPClientTLS: Sendable {
     public var peerHostname: String?
     /// Verify the peer's certificate and host name. Default: true. Turning this off is for tests only.
     public var verifyPeer: Bool = true
+    /// A client certificate (PEM, with its chain) and its private key (PEM), presented when the peer asks: X.509
+    /// authentication at TLS. Default: none.
+    public var certificateFile: String?
+    public var privateKeyFile: String?
 
-    public init(trustedCAFile: String? = nil, peerHostname: String? = nil, verifyPeer: Bool = true) {
+    public init(trustedCAFile: String? = nil, peerHostname: String? = nil, verifyPeer: Bool = true,
+                certificateFile: String? = nil, privateKeyFile: String? = nil) {
         self.trustedCAFile = trustedCAFile
         self.peerHostname = peerHostname
         self.verifyPeer = verifyPeer
+        self.certificateFile = certificateFile
+        self.privateKeyFile = privateKeyFile
     }
 }
 

@@ -159,16 +159,22 @@ public final class AMQPReactor: @unchecked Sendable {
 
     private func clientTLSDomain(_ tls: AMQPClientTLS) -> OpaquePointer {
         let key = (tls.trustedCAFile ?? "") + (tls.verifyPeer ? "|verify" : "|anonymous")
+            + "|" + (tls.certificateFile ?? "") + "|" + (tls.privateKeyFile ?? "")
         var version = ""
-        if let ca = tls.trustedCAFile {
+        // A changed CA bundle, certificate or key (a renewal) makes new settings.
+        for file in [tls.trustedCAFile, tls.certificateFile, tls.privateKeyFile].compactMap({ $0 }) {
             var st = stat()
-            if stat(ca, &st) == 0 { version = "\(st.st_dev)|\(st.st_ino)|\(st.st_size)|\(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec)" }
+            if stat(file, &st) == 0 { version += "\(st.st_dev)|\(st.st_ino)|\(st.st_size)|\(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec);" }
         }
         if let cached = clientTLSDomains[key], cached.version == version { return cached.domain }
         // New, or the file changed: fresh settings (connections made with the old ones keep their own reference).
         if let stale = clientTLSDomains[key] { pn_ssl_domain_free(stale.domain) }
         let domain = pn_ssl_domain(PN_SSL_MODE_CLIENT)!
         if let ca = tls.trustedCAFile { pn_ssl_domain_set_trusted_ca_db(domain, ca) }
+        if let certificate = tls.certificateFile, let key = tls.privateKeyFile, pn_ssl_domain_set_credentials(domain, certificate, key, nil) != 0 {
+            // The handshake goes ahead without a certificate and the hub refuses the identity; the log says why.
+            logger.error("cannot load the client certificate \(certificate) with key \(key): both must be readable PEM and belong together")
+        }
         pn_ssl_domain_set_peer_authentication(domain, tls.verifyPeer ? PN_SSL_VERIFY_PEER_NAME : PN_SSL_ANONYMOUS_PEER, nil)
         clientTLSDomains[key] = (version, domain)
         return domain

@@ -62,8 +62,12 @@ struct LeafMachine {
     private var throttles = 0
     private var refusals = 0
 
-    init(hasSecondaryKey: Bool, timing: Timing) {
+    /// The identity authenticates with its client certificate at TLS: no put-token, no renewals.
+    let authenticatesAtTLS: Bool
+
+    init(hasSecondaryKey: Bool, authenticatesAtTLS: Bool = false, timing: Timing) {
         self.hasSecondaryKey = hasSecondaryKey
+        self.authenticatesAtTLS = authenticatesAtTLS
         self.timing = timing
     }
 
@@ -89,6 +93,11 @@ struct LeafMachine {
     /// The pacer let this leaf authenticate.
     mutating func admitted(nowMs: Int64) -> [Action] {
         guard phase == .queued else { return [] }
+        if authenticatesAtTLS {
+            phase = .attaching
+            deadlineMs = nowMs + timing.operationTimeoutMilliseconds
+            return [.attachLinks]
+        }
         phase = .authenticating
         deadlineMs = nowMs + timing.operationTimeoutMilliseconds
         return [.putToken(slot)]
@@ -180,6 +189,10 @@ struct LeafMachine {
             _ = fail(status: 429, description: what, nowMs: nowMs, random: random)
         case IoTHubAMQP.notFound:
             _ = fail(status: 404, description: what, nowMs: nowMs, random: random)
+        case IoTHubAMQP.unauthorizedAccess where authenticatesAtTLS && phase == .attaching:
+            // No token to renew: the hub refuses the certificate itself (unknown thumbprint, no chain to a verified CA).
+            // A detach later on (the registration changed) is retried soon, and the attach then says which.
+            _ = fail(status: 401, description: what, nowMs: nowMs, random: random)
         default:
             // Unauthorized is usually an expired token or a disabled device: re-authenticate after a short
             // back-off; the put-token answer tells a refused leaf from an expired token.

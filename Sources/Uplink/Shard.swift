@@ -79,6 +79,10 @@ final class Shard: @unchecked Sendable {
 
     /// The hub of this connection's identities (nil: the configured hub).
     let hubHost: String?
+    /// The identity whose client certificate this connection presents; nil for a connection of SAS identities.
+    var certificateIdentity: LeafConfiguration? {
+        leaves.values.first { $0.configuration.credential.isCertificate }?.configuration
+    }
 
     init(engine: UplinkEngine, index: Int, hubHost: String?, leaves: [LeafRuntime], connectionMachine: ConnectionMachine) {
         self.engine = engine
@@ -151,7 +155,12 @@ final class Shard: @unchecked Sendable {
             var client: AMQPClientConfiguration
             switch c.transport {
             case .tls(let tls):
-                client = AMQPClientConfiguration(tls: AMQPClientTLS(trustedCAFile: tls.caFile, peerHostname: route.host, verifyPeer: tls.verifyHostName))
+                var clientTLS = AMQPClientTLS(trustedCAFile: tls.caFile, peerHostname: route.host, verifyPeer: tls.verifyHostName)
+                if case .x509(let certificate, let key)? = certificateIdentity?.credential {
+                    clientTLS.certificateFile = certificate
+                    clientTLS.privateKeyFile = key
+                }
+                client = AMQPClientConfiguration(tls: clientTLS)
             case .insecurePlainAMQP:
                 // Every time, so it cannot scroll out of sight: keys-derived tokens travel in the clear.
                 logger.warning("uplink[\(index)]: connecting to \(address):\(port) WITHOUT TLS (insecure_plain_amqp = true): SAS tokens and data travel in plaintext; use this only against a local test hub")
@@ -226,7 +235,8 @@ final class Shard: @unchecked Sendable {
             self.connection = connection
             machine.opened(nowMs: engine.nowMs())
             logger.info("uplink[\(index)]: connected to \(machine.route) (\(leafOrder.count) leaves)")
-            openCBS(on: connection)
+            // An X.509 identity authenticated at TLS: no CBS (as the Azure C SDK in X.509 mode).
+            if certificateIdentity == nil { openCBS(on: connection) } else { leafSessions = [] }
             for leaf in leaves.values { leaf.machine.connectionOpened() }
             engine.leavesQueued(self)
         case .connectionClosed(let condition):

@@ -28,6 +28,8 @@ struct TokenMinter {
         case .groupKey(let groupKey):
             let key = try deriveDeviceKey(groupKey: groupKey, registrationID: leaf.deviceID)
             return try SASToken.generate(resourceURI: resource, key: key, expiry: expiry)
+        case .x509:
+            throw IoTHubError(.invalidKey, "\(leaf.deviceID) authenticates with its X.509 certificate, not a SAS token")
         }
     }
 }

@@ -220,6 +220,15 @@ public enum LeafCredential: Sendable, Equatable {
     case sharedAccessPolicy(name: String, key: String, scope: PolicyScope = .device)
     /// A group (enrollment) key: the device key is HMAC-SHA256(group key, device id), as DPS derives it.
     case groupKey(String)
+    /// An X.509 certificate (PEM, with its chain) and its private key: the identity authenticates at TLS, with no
+    /// token, on an AMQP connection of its own (a TLS session presents one certificate, so it cannot be multiplexed).
+    case x509(certificateFile: String, keyFile: String)
+
+    /// The identity authenticates with a client certificate.
+    public var isCertificate: Bool {
+        if case .x509 = self { return true }
+        return false
+    }
 }
 
 public enum PolicyScope: Sendable, Equatable {

@@ -70,7 +70,8 @@ final class UplinkEngine: @unchecked Sendable {
             tokenTTLMilliseconds: c.tokenTTLSeconds * 1000, renewFraction: c.tokenRenewFraction, renewJitter: c.tokenRenewJitter,
             leafBackoff: c.leafBackoff, throttleBackoff: c.throttleBackoff, refusedBackoff: c.refusedBackoff,
             operationTimeoutMilliseconds: c.operationTimeoutMilliseconds)
-        return LeafRuntime(configuration: leaf, machine: LeafMachine(hasSecondaryKey: leaf.credential.hasSecondaryKey, timing: timing),
+        return LeafRuntime(configuration: leaf, machine: LeafMachine(hasSecondaryKey: leaf.credential.hasSecondaryKey,
+                                                                     authenticatesAtTLS: leaf.credential.isCertificate, timing: timing),
                            dedupeCapacity: c.cloudToDeviceDedupeCapacity, capabilities: router == nil ? [] : leaf.capabilities,
                            reportedIntervalMilliseconds: c.reportedIntervalMilliseconds, cloudToDevicePolicy: c.cloudToDevice,
                            heartbeatIntervalMilliseconds: leaf.heartbeatIntervalMilliseconds ?? c.heartbeatIntervalMilliseconds)
@@ -80,10 +81,13 @@ final class UplinkEngine: @unchecked Sendable {
     private func addShard(_ runtimes: [LeafRuntime], hubHost: String?) -> Shard {
         let index = shards.count
         for leaf in runtimes { leafShard[leaf.deviceID] = index }
+        // A certificate identity's connection carries its certificate over AMQPS (WebSockets go through libcurl's TLS).
+        let certificate = runtimes.contains { $0.configuration.credential.isCertificate }
+        let routes = configuration.routes(for: hubHost).filter { !certificate || $0.kind == .amqps }
         let shard = Shard(engine: self, index: index, hubHost: hubHost, leaves: runtimes,
                           connectionMachine: ConnectionMachine(backoff: configuration.reconnectBackoff,
                                                                connectTimeoutMilliseconds: configuration.operationTimeoutMilliseconds,
-                                                               routes: configuration.routes(for: hubHost),
+                                                               routes: routes.isEmpty ? [HubRoute(host: hubHost ?? configuration.hostName, kind: .amqps)] : routes,
                                                                failuresBeforeNextRoute: configuration.failuresBeforeNextRoute))
         shards.append(shard)
         return shard
@@ -108,8 +112,8 @@ final class UplinkEngine: @unchecked Sendable {
             if current[leaf.deviceID] == nil { changes.added.append(leaf.deviceID) }
             let cost = leaf.hubScopePolicy.map { p in shards.contains { $0.leaves.values.contains { $0.configuration.hubScopePolicy == p } } ? 0 : 1 } ?? 1
             let host = Self.hubKey(leaf.hubHost, configured: configuration.hostName)
-            if let shard = shards.first(where: {
-                Self.hubKey($0.hubHost, configured: configuration.hostName) == host
+            if !leaf.credential.isCertificate, let shard = shards.first(where: {
+                Self.hubKey($0.hubHost, configured: configuration.hostName) == host && $0.certificateIdentity == nil
                     && $0.tokenCount + cost <= configuration.identitiesPerConnection && $0.leafOrder.count < Self.maxLeavesPerConnection
             }) {
                 leafShard[leaf.deviceID] = shard.index
@@ -145,8 +149,10 @@ final class UplinkEngine: @unchecked Sendable {
     /// The hub a leaf or connection belongs to, the configured one spelled one way.
     static func hubKey(_ hubHost: String?, configured: String) -> String { hubHost ?? configured }
 
-    private static func partitionOneHub(_ leaves: [LeafConfiguration], maxTokens: Int) -> [[LeafConfiguration]] {
-        var chunks: [[LeafConfiguration]] = []
+    private static func partitionOneHub(_ all: [LeafConfiguration], maxTokens: Int) -> [[LeafConfiguration]] {
+        // A certificate identity has a connection of its own: TLS presents one client certificate.
+        var chunks: [[LeafConfiguration]] = all.filter(\.credential.isCertificate).map { [$0] }
+        let leaves = all.filter { !$0.credential.isCertificate }
         var current: [LeafConfiguration] = []
         var tokens = 0
         var policies: Set<String> = []

@@ -48,6 +48,10 @@ static struct curl_slist *fg_request_options(CURL *c, const fg_http_request *q, 
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, q->timeout_ms < 30000 ? q->timeout_ms : 30000L);
     fg_curl_cancellable(c, q->cancel);
     fg_curl_tls_and_proxy(c, q->ca_file, q->verify_peer, q->proxy, q->proxy_user, q->proxy_password);
+    if (q->client_cert && q->client_key) {
+        curl_easy_setopt(c, CURLOPT_SSLCERT, q->client_cert);
+        curl_easy_setopt(c, CURLOPT_SSLKEY, q->client_key);
+    }
     return targets;
 }
 

@@ -594,8 +594,7 @@ struct Mapper {
         }
         if (f.hub.host ?? "").isEmpty {
             for (leaf, source, key) in identities where Self.provisioningIdentity(leaf) == nil {
-                let what = leaf.credential.isCertificate ? "an X.509 certificate, which fieldgate does not register with DPS" : "a hub policy, which DPS cannot provision"
-                report(source, key, "\(leaf.deviceID) uses \(what): set [hub] host for it, or give it a key or group credential")
+                report(source, key, "\(leaf.deviceID) uses a hub policy, which DPS cannot provision: set [hub] host for it, or give it a key, group or x509 credential")
             }
         }
         return c
@@ -608,7 +607,9 @@ struct Mapper {
         case .groupKey(let group):
             guard let key = try? deriveDeviceKey(groupKey: group, registrationID: leaf.deviceID) else { return nil }
             return ProvisioningIdentity(registrationID: leaf.deviceID, key: key)
-        case .sharedAccessPolicy, .x509: return nil
+        case .x509(let certificate, let key):
+            return ProvisioningIdentity(registrationID: leaf.deviceID, attestation: .x509(certificateFile: certificate, keyFile: key))
+        case .sharedAccessPolicy: return nil
         }
     }
 

@@ -38,16 +38,19 @@ public struct IndividualEnrollment: Codable, Sendable, Equatable {
     /// The device id the hub gets; nil = the registration id.
     public var deviceId: String?
     public var keys: SymmetricKeyPair
+    /// X.509 attestation: the device's own certificate (PEM); the device presents it at TLS. nil: symmetric keys.
+    public var certificatePEM: String?
     public var enabled = true
     public var allocationPolicy: AllocationPolicy = .hashed
     /// Host names of the linked hubs it may go to; nil = every linked hub.
     public var iotHubs: [String]?
 
-    public init(registrationId: String, deviceId: String? = nil, keys: SymmetricKeyPair = SymmetricKeyPair(), enabled: Bool = true,
-                allocationPolicy: AllocationPolicy = .hashed, iotHubs: [String]? = nil) {
+    public init(registrationId: String, deviceId: String? = nil, keys: SymmetricKeyPair = SymmetricKeyPair(), certificatePEM: String? = nil,
+                enabled: Bool = true, allocationPolicy: AllocationPolicy = .hashed, iotHubs: [String]? = nil) {
         self.registrationId = registrationId
         self.deviceId = deviceId
         self.keys = keys
+        self.certificatePEM = certificatePEM
         self.enabled = enabled
         self.allocationPolicy = allocationPolicy
         self.iotHubs = iotHubs
@@ -58,14 +61,18 @@ public struct EnrollmentGroup: Codable, Sendable, Equatable {
     public var enrollmentGroupId: String
     /// Each device's key is HMAC-SHA256(group key, registration id).
     public var keys: SymmetricKeyPair
+    /// X.509 attestation: the signing (CA) certificate (PEM) the devices' certificates chain to, their subject CN the
+    /// registration id. nil: symmetric keys.
+    public var signingCertificatePEM: String?
     public var enabled = true
     public var allocationPolicy: AllocationPolicy = .hashed
     public var iotHubs: [String]?
 
-    public init(enrollmentGroupId: String, keys: SymmetricKeyPair = SymmetricKeyPair(), enabled: Bool = true,
-                allocationPolicy: AllocationPolicy = .hashed, iotHubs: [String]? = nil) {
+    public init(enrollmentGroupId: String, keys: SymmetricKeyPair = SymmetricKeyPair(), signingCertificatePEM: String? = nil,
+                enabled: Bool = true, allocationPolicy: AllocationPolicy = .hashed, iotHubs: [String]? = nil) {
         self.enrollmentGroupId = enrollmentGroupId
         self.keys = keys
+        self.signingCertificatePEM = signingCertificatePEM
         self.enabled = enabled
         self.allocationPolicy = allocationPolicy
         self.iotHubs = iotHubs
@@ -100,6 +107,8 @@ public struct ProvisioningPlan: Sendable, Equatable {
     public var enrollmentGroupId: String?
     /// The enrollment is disabled: the operation ends `disabled` and no device is created.
     public var disabled: Bool
+    /// An X.509 registration: the hub gets the device with this thumbprint (SHA-1 of the certificate it presented).
+    public var x509Thumbprint: String?
 }
 
 extension ProvisioningState {
@@ -124,11 +133,11 @@ extension ProvisioningState {
         let expected = "\(idScope)/registrations/\(registrationID)"
         guard token.decodedResource.lowercased() == expected.lowercased(), token.keyName == "registration",
               token.expiry + skewSeconds > nowSeconds else { return .failure(unauthorized) }
-        if let e = enrollments[registrationID] {
+        if let e = enrollments[registrationID], e.certificatePEM == nil {
             guard token.isSigned(with: e.keys.primaryKey) || token.isSigned(with: e.keys.secondaryKey) else { return .failure(unauthorized) }
             return .success((e.keys, nil, e))
         }
-        for g in enrollmentGroups.values.sorted(by: { $0.enrollmentGroupId < $1.enrollmentGroupId }) {
+        for g in enrollmentGroups.values.sorted(by: { $0.enrollmentGroupId < $1.enrollmentGroupId }) where g.signingCertificatePEM == nil {
             guard let primary = try? deriveDeviceKey(groupKey: g.keys.primaryKey, registrationID: registrationID),
                   let secondary = try? deriveDeviceKey(groupKey: g.keys.secondaryKey, registrationID: registrationID) else { continue }
             if token.isSigned(with: primary) || token.isSigned(with: secondary) {
@@ -141,7 +150,7 @@ extension ProvisioningState {
     /// Where an authenticated registration goes: its earlier hub while that hub is still allowed (DPS keeps an
     /// assignment on re-registration), otherwise by the enrollment's allocation policy over `linkedHubs`.
     public func plan(registrationID: String, keys: SymmetricKeyPair, group: EnrollmentGroup?, enrollment: IndividualEnrollment?,
-                     linkedHubs: [String]) -> Result<ProvisioningPlan, ProvisioningRefusal> {
+                     linkedHubs: [String], x509Thumbprint: String? = nil) -> Result<ProvisioningPlan, ProvisioningRefusal> {
         let allowed = (enrollment?.iotHubs ?? group?.iotHubs).map { wanted in linkedHubs.filter { wanted.contains($0) } } ?? linkedHubs
         guard !allowed.isEmpty else {
             return .failure(ProvisioningRefusal(status: 400, errorCode: 400209, message: "No linked IoT hub is allowed for this enrollment"))
@@ -158,7 +167,7 @@ extension ProvisioningState {
         }
         return .success(ProvisioningPlan(registrationId: registrationID, deviceId: enrollment?.deviceId ?? registrationID, hub: hub,
                                          keys: keys, enrollmentGroupId: group?.enrollmentGroupId,
-                                         disabled: !(enrollment?.enabled ?? group?.enabled ?? true)))
+                                         disabled: !(enrollment?.enabled ?? group?.enabled ?? true), x509Thumbprint: x509Thumbprint))
     }
 
     /// Records a completed assignment and returns the registration state DPS reports.

@@ -93,12 +93,15 @@ public final class ProvisioningServer: Sendable {
 
     /// Serves HTTPS; returns the bound port.
     public func start() async throws -> Int {
-        let tls = TLSConfiguration.makeServerConfiguration(
+        var tls = TLSConfiguration.makeServerConfiguration(
             certificateChain: try NIOSSLCertificate.fromPEMFile(configuration.tls.certificateFile).map { .certificate($0) },
             privateKey: .privateKey(try NIOSSLPrivateKey(file: configuration.tls.privateKeyFile, format: .pem)))
+        tls.certificateVerification = .optionalVerification
         let promise = PortPromise()
+        // Devices with X.509 attestation present their certificate; any passes the handshake and the enrollment decides.
         let app = Application(
-            router: router(), server: try .tls(.http1(), tlsConfiguration: tls),
+            router: router(),
+            server: try .tls(.http1(), configuration: .init(tlsConfiguration: tls) { _, promise in promise.succeed(.certificateVerified) }),
             configuration: .init(address: .hostname(configuration.bindHost, port: configuration.port), serverName: "fieldgate-dps"),
             onServerRunning: { promise.complete(.success($0.localAddress?.port ?? 0)) },
             logger: logger)
@@ -132,7 +135,7 @@ public final class ProvisioningServer: Sendable {
 
     /// A register request: authenticate, choose the hub, create the device there; the device learns the outcome from
     /// the operation it polls.
-    func register(registrationID: String, authorization: String?, body: JSONValue?) async -> Response {
+    func register(registrationID: String, authorization: String?, clientCertificate: [UInt8]?, body: JSONValue?) async -> Response {
         let now = WallClock.nowMilliseconds()
         counters.withLock { $0.registerRequests += 1 }
         guard ProvisioningState.isValidRegistrationID(registrationID) else {
@@ -142,8 +145,13 @@ public final class ProvisioningServer: Sendable {
             return Self.refusal(ProvisioningRefusal(status: 400, errorCode: 400004, message: "The body's registrationId \(named) differs from the path's \(registrationID)"))
         }
         let planned = state.withLock { s -> Result<ProvisioningPlan, ProvisioningRefusal> in
-            s.authenticate(registrationID: registrationID, authorization: authorization, nowSeconds: now / 1000,
-                           skewSeconds: configuration.tokenClockSkewSeconds)
+            if authorization == nil, let clientCertificate {
+                return s.authenticateCertificate(registrationID: registrationID, leafDER: clientCertificate, now: Date(timeIntervalSince1970: Double(now) / 1000))
+                    .flatMap { s.plan(registrationID: registrationID, keys: SymmetricKeyPair(), group: $0.group, enrollment: $0.enrollment,
+                                      linkedHubs: linkedHubNames, x509Thumbprint: $0.thumbprint) }
+            }
+            return s.authenticate(registrationID: registrationID, authorization: authorization, nowSeconds: now / 1000,
+                                  skewSeconds: configuration.tokenClockSkewSeconds)
                 .flatMap { s.plan(registrationID: registrationID, keys: $0.keys, group: $0.group, enrollment: $0.enrollment, linkedHubs: linkedHubNames) }
         }
         let plan: ProvisioningPlan
@@ -161,7 +169,11 @@ public final class ProvisioningServer: Sendable {
         } else if let hub = linked.first(where: { $0.configuration.hostName == plan.hub }) {
             do {
                 _ = try await hub.perform { core in
-                    try core.upsertDevice(id: plan.deviceId, status: "enabled", primaryKey: plan.keys.primaryKey, secondaryKey: plan.keys.secondaryKey)
+                    if let thumbprint = plan.x509Thumbprint {
+                        try core.upsertX509Device(id: plan.deviceId, status: "enabled", .selfSigned(primaryThumbprint: thumbprint, secondaryThumbprint: nil))
+                    } else {
+                        try core.upsertDevice(id: plan.deviceId, status: "enabled", primaryKey: plan.keys.primaryKey, secondaryKey: plan.keys.secondaryKey)
+                    }
                 }
                 let record = state.withLock { $0.recordAssignment(plan, payload: body?["payload"], nowMilliseconds: now) }
                 save()
@@ -187,13 +199,19 @@ public final class ProvisioningServer: Sendable {
     }
 
     /// An operation's status, for the registration that started it (same token rules as the register request).
-    func operationStatus(registrationID: String, operationID: String, authorization: String?) -> Response {
+    func operationStatus(registrationID: String, operationID: String, authorization: String?, clientCertificate: [UInt8]?) -> Response {
         let now = WallClock.nowMilliseconds()
-        let authenticated = state.withLock {
-            $0.authenticate(registrationID: registrationID, authorization: authorization, nowSeconds: now / 1000,
-                            skewSeconds: configuration.tokenClockSkewSeconds)
+        let refusal = state.withLock { s -> ProvisioningRefusal? in
+            if authorization == nil, let clientCertificate {
+                if case .failure(let r) = s.authenticateCertificate(registrationID: registrationID, leafDER: clientCertificate,
+                                                                     now: Date(timeIntervalSince1970: Double(now) / 1000)) { return r }
+                return nil
+            }
+            if case .failure(let r) = s.authenticate(registrationID: registrationID, authorization: authorization, nowSeconds: now / 1000,
+                                                      skewSeconds: configuration.tokenClockSkewSeconds) { return r }
+            return nil
         }
-        if case .failure(let refusal) = authenticated { return Self.refusal(refusal) }
+        if let refusal { return Self.refusal(refusal) }
         guard let operation = operations.withLock({ $0[operationID] }), operation.registrationID == registrationID else {
             return Self.refusal(ProvisioningRefusal(status: 404, errorCode: 404203, message: "Operation \(operationID) not found"))
         }
@@ -203,8 +221,8 @@ public final class ProvisioningServer: Sendable {
 
     // MARK: routes
 
-    func router() -> Router<BasicRequestContext> {
-        let router = Router()
+    func router() -> Router<ProvisioningRequestContext> {
+        let router = Router(context: ProvisioningRequestContext.self)
         router.put("/{idScope}/registrations/{registrationId}/register") { [self] req, ctx in
             let scope = try ctx.parameters.require("idScope"), id = try ctx.parameters.require("registrationId")
             guard scope == configuration.idScope else {
@@ -212,7 +230,8 @@ public final class ProvisioningServer: Sendable {
             }
             var req = req
             let body = try await Self.bodyJSON(&req)
-            return await register(registrationID: id, authorization: req.headers[.authorization], body: body)
+            return await register(registrationID: id, authorization: req.headers[.authorization],
+                                  clientCertificate: await ctx.clientCertificate(), body: body)
         }
         router.get("/{idScope}/registrations/{registrationId}/operations/{operationId}") { [self] req, ctx in
             let scope = try ctx.parameters.require("idScope"), id = try ctx.parameters.require("registrationId")
@@ -220,7 +239,7 @@ public final class ProvisioningServer: Sendable {
                 return Self.refusal(ProvisioningRefusal(status: 401, errorCode: 401002, message: "Unauthorized"))
             }
             return operationStatus(registrationID: id, operationID: try ctx.parameters.require("operationId"),
-                                   authorization: req.headers[.authorization])
+                                   authorization: req.headers[.authorization], clientCertificate: await ctx.clientCertificate())
         }
         router.put("/enrollmentGroups/{id}") { [self] req, ctx in
             try authorize(req)
@@ -290,7 +309,17 @@ public final class ProvisioningServer: Sendable {
 
     static func enrollmentGroup(id: String, from body: JSONValue, linkedHubs: [String]) throws(HubError) -> EnrollmentGroup {
         let (keys, enabled, policy, hubs) = try common(body, linkedHubs: linkedHubs)
-        return EnrollmentGroup(enrollmentGroupId: id, keys: keys, enabled: enabled, allocationPolicy: policy, iotHubs: hubs)
+        return EnrollmentGroup(enrollmentGroupId: id, keys: keys, signingCertificatePEM: try certificate(body, "signingCertificates"),
+                               enabled: enabled, allocationPolicy: policy, iotHubs: hubs)
+    }
+
+    /// The PEM of an X.509 attestation (`attestation.x509.{clientCertificates|signingCertificates}.primary.certificate`).
+    private static func certificate(_ body: JSONValue, _ kind: String) throws(HubError) -> String? {
+        guard body["attestation"]?["type"]?.stringValue == "x509" else { return nil }
+        guard let pem = body["attestation"]?["x509"]?[kind]?["primary"]?["certificate"]?.stringValue, pem.contains("-----BEGIN CERTIFICATE-----") else {
+            throw HubError(.badRequest, "an x509 attestation needs attestation.x509.\(kind).primary.certificate (PEM)")
+        }
+        return pem
     }
 
     static func enrollment(id: String, from body: JSONValue, linkedHubs: [String]) throws(HubError) -> IndividualEnrollment {
@@ -298,14 +327,15 @@ public final class ProvisioningServer: Sendable {
             throw HubError(.badRequest, "registration id \(id): lowercase letters, digits and - . _ : only")
         }
         let (keys, enabled, policy, hubs) = try common(body, linkedHubs: linkedHubs)
-        return IndividualEnrollment(registrationId: id, deviceId: body["deviceId"]?.stringValue, keys: keys, enabled: enabled,
+        return IndividualEnrollment(registrationId: id, deviceId: body["deviceId"]?.stringValue, keys: keys,
+                                    certificatePEM: try certificate(body, "clientCertificates"), enabled: enabled,
                                     allocationPolicy: policy, iotHubs: hubs)
     }
 
     private static func common(_ body: JSONValue, linkedHubs: [String]) throws(HubError) -> (SymmetricKeyPair, Bool, AllocationPolicy, [String]?) {
         let attestation = body["attestation"]
-        if let type = attestation?["type"]?.stringValue, type != "symmetricKey" {
-            throw HubError(.badRequest, "attestation type \(type) is not served here: use symmetricKey")
+        if let type = attestation?["type"]?.stringValue, type != "symmetricKey" && type != "x509" {
+            throw HubError(.badRequest, "attestation type \(type) is not served here: use symmetricKey or x509")
         }
         let primary = attestation?["symmetricKey"]?["primaryKey"]?.stringValue, secondary = attestation?["symmetricKey"]?["secondaryKey"]?.stringValue
         for k in [primary, secondary].compactMap({ $0 }) where !isValidSymmetricKey(k) {
@@ -329,7 +359,9 @@ public final class ProvisioningServer: Sendable {
     }
 
     static func json(_ g: EnrollmentGroup) -> JSONValue {
-        var o: [String: JSONValue] = ["enrollmentGroupId": .string(g.enrollmentGroupId), "attestation": attestationJSON(g.keys),
+        let attestation: JSONValue = g.signingCertificatePEM.map { ["type": "x509", "x509": ["signingCertificates": ["primary": ["certificate": .string($0)]]]] }
+            ?? attestationJSON(g.keys)
+        var o: [String: JSONValue] = ["enrollmentGroupId": .string(g.enrollmentGroupId), "attestation": attestation,
                                       "provisioningStatus": .string(g.enabled ? "enabled" : "disabled"),
                                       "allocationPolicy": .string(g.allocationPolicy.rawValue)]
         if let hubs = g.iotHubs { o["iotHubs"] = .array(hubs.map { .string($0) }) }
@@ -337,7 +369,9 @@ public final class ProvisioningServer: Sendable {
     }
 
     static func json(_ e: IndividualEnrollment) -> JSONValue {
-        var o: [String: JSONValue] = ["registrationId": .string(e.registrationId), "attestation": attestationJSON(e.keys),
+        let attestation: JSONValue = e.certificatePEM.map { ["type": "x509", "x509": ["clientCertificates": ["primary": ["certificate": .string($0)]]]] }
+            ?? attestationJSON(e.keys)
+        var o: [String: JSONValue] = ["registrationId": .string(e.registrationId), "attestation": attestation,
                                       "provisioningStatus": .string(e.enabled ? "enabled" : "disabled"),
                                       "allocationPolicy": .string(e.allocationPolicy.rawValue)]
         if let d = e.deviceId { o["deviceId"] = .string(d) }
@@ -369,5 +403,24 @@ public final class ProvisioningServer: Sendable {
 
     static func notFound(_ what: String) -> Response {
         refusal(ProvisioningRefusal(status: 404, errorCode: 404201, message: "\(what) not found"))
+    }
+}
+
+/// A DPS request's context: the channel too, for the client certificate of X.509 attestation.
+struct ProvisioningRequestContext: RequestContext {
+    var coreContext: CoreRequestContextStorage
+    let channel: any Channel
+
+    init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        channel = source.channel
+    }
+
+    /// The DER of the certificate the client presented at TLS; nil when none.
+    func clientCertificate() async -> [UInt8]? {
+        let channel = self.channel
+        return try? await channel.eventLoop.submit {
+            try channel.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self).peerCertificate.map { try $0.toDERBytes() }
+        }.get()
     }
 }

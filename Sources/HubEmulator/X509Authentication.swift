@@ -68,3 +68,28 @@ enum X509Authentication {
         return nil
     }
 }
+
+extension ProvisioningState {
+    /// X.509 attestation of a register request (no token): the certificate presented at TLS must have the registration
+    /// id as its subject CN and be the individual enrollment's certificate, or be signed by an enrollment group's
+    /// signing certificate. Returns the enrollment and the certificate's SHA-1 thumbprint (the device's in the hub).
+    func authenticateCertificate(registrationID: String, leafDER: [UInt8], now: Date)
+        -> Result<(group: EnrollmentGroup?, enrollment: IndividualEnrollment?, thumbprint: String), ProvisioningRefusal>
+    {
+        let unauthorized = ProvisioningRefusal(status: 401, errorCode: 401002, message: "Unauthorized")
+        guard let leaf = try? Certificate(derEncoded: leafDER), leaf.notValidBefore <= now, now <= leaf.notValidAfter,
+              X509Authentication.commonName(of: leaf) == registrationID else { return .failure(unauthorized) }
+        let thumbprint = X509Authentication.thumbprints(ofDER: leafDER).sha1
+        if let e = enrollments[registrationID], let pem = e.certificatePEM {
+            guard let enrolled = try? Certificate(pemEncoded: pem), enrolled == leaf else { return .failure(unauthorized) }
+            return .success((nil, e, thumbprint))
+        }
+        for g in enrollmentGroups.values.sorted(by: { $0.enrollmentGroupId < $1.enrollmentGroupId }) {
+            guard let pem = g.signingCertificatePEM, let ca = try? Certificate(pemEncoded: pem) else { continue }
+            if ca.subject == leaf.issuer && ca.publicKey.isValidSignature(leaf.signature, for: leaf) {
+                return .success((g, nil, thumbprint))
+            }
+        }
+        return .failure(unauthorized)
+    }
+}

@@ -12,6 +12,9 @@ public struct HTTPSSettings: Sendable, Equatable {
     /// Verify the server's certificate and name. Turning it off is for tests only.
     public var verifyPeer = true
     public var proxy: ProxySetting = .environment
+    /// A client certificate (PEM) and its key, presented at TLS (X.509 authentication); nil: none.
+    public var clientCertificateFile: String?
+    public var clientKeyFile: String?
     /// Requests to this host connect to `connectAddress` instead of resolving it (TLS still checks the name).
     public var connectHost: String?
     public var connectAddress: String?
@@ -44,43 +47,19 @@ public enum HTTPSClient {
     public static func perform(_ method: String, _ url: String, headers: [(String, String)] = [], body: [UInt8]? = nil,
                                settings: HTTPSSettings) -> Result<HTTPSResponse, HTTPSError> {
         Self.globalInit
-        var proxyURL: String?, user: String?, password: String?
-        switch settings.proxy {
-        case .environment: break
-        case .direct: proxyURL = ""
-        case .url(let u, let name, let secret): (proxyURL, user, password) = (u, name, secret)
-        }
-        let lines = headers.map { "\($0.0): \($0.1)" }
+        let strings = CStringArena()
+        let headerPointers = headers.map { strings.copy("\($0.0): \($0.1)") }
         var error = [CChar](repeating: 0, count: 512)
         var response = fg_http_response()
-        let rc: Int32 = withCStrings(lines) { headerPointers in
-            withOptionalCString(settings.caFile) { ca in
-                withOptionalCString(proxyURL) { proxy in
-                    withOptionalCString(user) { user in
-                        withOptionalCString(password) { password in
-                            withOptionalCString(settings.connectHost) { connectHost in
-                                withOptionalCString(settings.connectAddress) { connectAddress in
-                                    method.withCString { m in
-                                        url.withCString { u in
-                                            (body ?? []).withUnsafeBytes { b in
-                                                headerPointers.withUnsafeBufferPointer { h in
-                                                    var request = fg_http_request(
-                                                        method: m, url: u, headers: h.baseAddress, header_count: h.count,
-                                                        body: body == nil ? nil : b.baseAddress, body_len: b.count,
-                                                        connect_host: connectHost, connect_address: connectAddress,
-                                                        ca_file: ca, verify_peer: settings.verifyPeer, proxy: proxy, proxy_user: user,
-                                                        proxy_password: password, timeout_ms: settings.timeoutMilliseconds,
-                                                        max_response_bytes: settings.maxResponseBytes, cancel: nil)
-                                                    return fg_http_perform(&request, &response, &error, error.count)
-                                                }
-                                            }
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
+        let rc: Int32 = (body ?? []).withUnsafeBytes { b in
+            headerPointers.withUnsafeBufferPointer { h in
+                var request = Self.request(method, url, settings: settings, strings: strings)
+                request.headers = h.baseAddress
+                request.header_count = h.count
+                request.body = body == nil ? nil : b.baseAddress
+                request.body_len = b.count
+                request.max_response_bytes = settings.maxResponseBytes
+                return fg_http_perform(&request, &response, &error, error.count)
             }
         }
         guard rc == 0 else { return .failure(HTTPSError(message: "\(method) \(redacted(url)): \(cString(error))")) }
@@ -100,39 +79,31 @@ public enum HTTPSClient {
         defer { close(fd) }
         var info = stat()
         guard fstat(fd, &info) == 0 else { return .failure(HTTPSError(message: "cannot stat \(path): \(String(cString: strerror(errno)))")) }
+        let strings = CStringArena()
+        var error = [CChar](repeating: 0, count: 512)
+        var status = 0, total: Int64 = 0
+        var request = Self.request("GET", url, settings: settings, strings: strings)
+        let rc = fg_http_download(&request, fd, Int64(info.st_size), Int64(maxBytes), &status, &total, &error, error.count)
+        guard rc == 0 else { return .failure(HTTPSError(message: "GET \(redacted(url)): \(cString(error))")) }
+        return .success((status, Int(total)))
+    }
+
+    /// The request's fields that come from the settings (TLS, client certificate, proxy, connect-to, timeout); its
+    /// strings live as long as `strings`.
+    private static func request(_ method: String, _ url: String, settings: HTTPSSettings, strings: CStringArena) -> fg_http_request {
         var proxyURL: String?, user: String?, password: String?
         switch settings.proxy {
         case .environment: break
         case .direct: proxyURL = ""
         case .url(let u, let name, let secret): (proxyURL, user, password) = (u, name, secret)
         }
-        var error = [CChar](repeating: 0, count: 512)
-        var status = 0, total: Int64 = 0
-        let rc: Int32 = withOptionalCString(settings.caFile) { ca in
-            withOptionalCString(proxyURL) { proxy in
-                withOptionalCString(user) { user in
-                    withOptionalCString(password) { password in
-                        withOptionalCString(settings.connectHost) { connectHost in
-                            withOptionalCString(settings.connectAddress) { connectAddress in
-                                "GET".withCString { m in
-                                    url.withCString { u in
-                                        var request = fg_http_request(
-                                            method: m, url: u, headers: nil, header_count: 0, body: nil, body_len: 0,
-                                            connect_host: connectHost, connect_address: connectAddress,
-                                            ca_file: ca, verify_peer: settings.verifyPeer, proxy: proxy, proxy_user: user,
-                                            proxy_password: password, timeout_ms: settings.timeoutMilliseconds,
-                                            max_response_bytes: 0, cancel: nil)
-                                        return fg_http_download(&request, fd, Int64(info.st_size), Int64(maxBytes), &status, &total, &error, error.count)
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        guard rc == 0 else { return .failure(HTTPSError(message: "GET \(redacted(url)): \(cString(error))")) }
-        return .success((status, Int(total)))
+        return fg_http_request(
+            method: strings.copy(method), url: strings.copy(url), headers: nil, header_count: 0, body: nil, body_len: 0,
+            connect_host: strings.copy(settings.connectHost), connect_address: strings.copy(settings.connectAddress),
+            ca_file: strings.copy(settings.caFile), verify_peer: settings.verifyPeer,
+            client_cert: strings.copy(settings.clientCertificateFile), client_key: strings.copy(settings.clientKeyFile),
+            proxy: strings.copy(proxyURL), proxy_user: strings.copy(user), proxy_password: strings.copy(password),
+            timeout_ms: settings.timeoutMilliseconds, max_response_bytes: 0, cancel: nil)
     }
 
     /// libcurl's global set-up, once, before any request (it is not thread-safe itself).
@@ -144,9 +115,14 @@ public enum HTTPSClient {
     }
 }
 
-/// Keeps C copies of `strings` alive for the call.
-private func withCStrings<R>(_ strings: [String], _ body: ([UnsafePointer<CChar>?]) -> R) -> R {
-    let copies = strings.map { strdup($0) }
-    defer { copies.forEach { free($0) } }
-    return body(copies.map { UnsafePointer($0) })
+/// C copies of strings for one libcurl call, freed together when the arena goes.
+private final class CStringArena {
+    private var copies: [UnsafeMutablePointer<CChar>] = []
+    func copy(_ s: String?) -> UnsafePointer<CChar>? {
+        guard let s, let c = strdup(s) else { return nil }
+        copies.append(c)
+        return UnsafePointer(c)
+    }
+    func copy(_ s: String) -> UnsafePointer<CChar>? { copy(Optional(s)) }
+    deinit { copies.forEach { free($0) } }
 }

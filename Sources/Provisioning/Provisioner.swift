@@ -39,16 +39,36 @@ public struct ProvisioningConfiguration: Sendable, Equatable {
     }
 }
 
-/// An identity that registers with DPS: its registration id (its device id) and its symmetric key (for a group
-/// enrollment, the key derived for this id).
+/// An identity that registers with DPS: its registration id (its device id) and how it proves itself.
 public struct ProvisioningIdentity: Sendable, Equatable {
+    public enum Attestation: Sendable, Equatable {
+        /// Its symmetric key (for a group enrollment, the key derived for this id): a SAS token on each request.
+        case symmetricKey(String)
+        /// Its X.509 certificate at TLS; the registration id is the certificate's subject CN.
+        case x509(certificateFile: String, keyFile: String)
+    }
     public var registrationID: String
-    public var key: String
+    public var attestation: Attestation
+
     public init(registrationID: String, key: String) {
         self.registrationID = registrationID
-        self.key = key
+        self.attestation = .symmetricKey(key)
     }
-    var fingerprint: String { AssignmentStore.fingerprint(ofKey: key) }
+
+    public init(registrationID: String, attestation: Attestation) {
+        self.registrationID = registrationID
+        self.attestation = attestation
+    }
+
+    /// What the stored assignment remembers of the credential: a new key or certificate registers again.
+    var fingerprint: String {
+        switch attestation {
+        case .symmetricKey(let key): return AssignmentStore.fingerprint(ofKey: key)
+        case .x509(let certificate, _):
+            let pem = StateFile.read(certificate, limit: 1 << 20).map { String(decoding: $0, as: UTF8.self) } ?? certificate
+            return "x509:" + AssignmentStore.fingerprint(ofKey: pem)
+        }
+    }
 }
 
 /// Where one identity stands with DPS, for `fieldgatectl status` and the log.
@@ -243,7 +263,16 @@ public final class Provisioner: Sendable {
         let c = configuration
         var settings = RegistrationFlow.Settings(endpoint: c.endpoint, idScope: c.idScope)
         settings.userAgent = c.userAgent
-        var flow = RegistrationFlow(settings: settings, registrationID: identity.registrationID, key: identity.key)
+        var https = c.https
+        let key: String?
+        switch identity.attestation {
+        case .symmetricKey(let k): key = k
+        case .x509(let certificate, let privateKey):
+            key = nil
+            https.clientCertificateFile = certificate
+            https.clientKeyFile = privateKey
+        }
+        var flow = RegistrationFlow(settings: settings, registrationID: identity.registrationID, key: key)
         var action = flow.start(nowSeconds: WallClock.nowMilliseconds() / 1000)
         let outcome: Result<Assignment, ProvisioningFailure>
         while true {
@@ -258,8 +287,7 @@ public final class Provisioner: Sendable {
                     state.withLock { _ = $0.running.removeValue(forKey: identity.registrationID) }
                     return
                 }
-                let https = c.https
-                let result = await offCooperativePool {
+                let result = await offCooperativePool { [https] in
                     HTTPSClient.perform(request.method, request.url, headers: request.headers.sorted { $0.key < $1.key }, body: request.body, settings: https)
                 }
                 let now = WallClock.nowMilliseconds() / 1000

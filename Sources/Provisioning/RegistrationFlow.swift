@@ -34,8 +34,9 @@ public struct ProvisioningRequest: Sendable, Equatable {
 
 /// One identity's registration with the Device Provisioning Service, as devices do it over HTTPS
 /// (docs/provisioning.md): `PUT {endpoint}/{idScope}/registrations/{id}/register`, then
-/// `GET …/operations/{operationId}` after each Retry-After until the operation is assigned, failed or disabled. Both
-/// carry a SAS token for `{idScope}/registrations/{id}` signed with the identity's key and `skn=registration`. A pure
+/// `GET …/operations/{operationId}` after each Retry-After until the operation is assigned, failed or disabled. With a
+/// symmetric key both carry a SAS token for `{idScope}/registrations/{id}` signed with it and `skn=registration`; an
+/// X.509 identity carries none (its certificate authenticates it at TLS). A pure
 /// state machine: the caller sends what it asks for, waits where it says, and feeds back each response (status 0:
 /// no response came).
 public struct RegistrationFlow: Sendable {
@@ -70,14 +71,16 @@ public struct RegistrationFlow: Sendable {
 
     public let settings: Settings
     public let registrationID: String
-    private let key: String
+    /// nil: X.509 attestation, no token.
+    private let key: String?
     private let payload: JSONValue?
     private var operationID: String?
     private var polls = 0
     private var retries = 0
 
-    /// - Parameter key: the identity's symmetric key (for a group enrollment, the key derived for this id).
-    public init(settings: Settings, registrationID: String, key: String, payload: JSONValue? = nil) {
+    /// - Parameter key: the identity's symmetric key (for a group enrollment, the key derived for this id); nil when
+    ///   its X.509 certificate authenticates it at TLS.
+    public init(settings: Settings, registrationID: String, key: String?, payload: JSONValue? = nil) {
         self.settings = settings
         self.registrationID = registrationID
         self.key = key
@@ -87,12 +90,13 @@ public struct RegistrationFlow: Sendable {
     private var base: String { "https://\(settings.endpoint)/\(PercentEncoding.encode(settings.idScope))/registrations/\(PercentEncoding.encode(registrationID))" }
 
     private func request(_ method: String, _ url: String, body: [UInt8]?, nowSeconds: Int64) -> Result<ProvisioningRequest, ProvisioningFailure> {
-        let token: String
-        do {
-            token = try SASToken.generate(resourceURI: "\(settings.idScope)/registrations/\(registrationID)", key: key,
-                                          expiry: nowSeconds + settings.tokenTTLSeconds, keyName: "registration")
-        } catch { return .failure(ProvisioningFailure(refused: true, "\(registrationID): cannot sign the registration: \(error.message)")) }
-        var headers = ["Authorization": token, "Accept": "application/json", "User-Agent": settings.userAgent]
+        var headers = ["Accept": "application/json", "User-Agent": settings.userAgent]
+        if let key {
+            do {
+                headers["Authorization"] = try SASToken.generate(resourceURI: "\(settings.idScope)/registrations/\(registrationID)", key: key,
+                                                                 expiry: nowSeconds + settings.tokenTTLSeconds, keyName: "registration")
+            } catch { return .failure(ProvisioningFailure(refused: true, "\(registrationID): cannot sign the registration: \(error.message)")) }
+        }
         if body != nil { headers["Content-Type"] = "application/json; charset=utf-8" }
         return .success(ProvisioningRequest(method: method, url: url, headers: headers, body: body))
     }

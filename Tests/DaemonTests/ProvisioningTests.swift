@@ -51,7 +51,8 @@ struct ProvisioningTests {
 
         /// A gateway directory: [hub] names no host, only where the two hubs are reached; `[provisioning]` has the id
         /// scope and the group; the secrets hold the group key. `leaves` are UDP leaves.
-        func gatewayDirectory(leaves: [String], extraSecrets: String = "", extraLeaves: String = "") throws -> (String, Int) {
+        func gatewayDirectory(leaves: [String], extraSecrets: String = "", extraLeaves: String = "",
+                              gateway: String = "device_id = \"gw-provisioned\"") throws -> (String, Int) {
             let dir = directory + "/gateway-\(UInt32.random(in: 0...UInt32.max))"
             try FileManager.default.createDirectory(atPath: dir + "/devices.d", withIntermediateDirectories: true)
             try FileManager.default.createDirectory(atPath: dir + "/state", withIntermediateDirectories: true)
@@ -67,7 +68,7 @@ struct ProvisioningTests {
                 credential = "group:fleet"
                 registrations_per_second = 100
                 [gateway]
-                device_id = "gw-provisioned"
+                \(gateway)
                 reboot_command = ["true"]
                 [spool]
                 directory = "\(dir)/state/spool"
@@ -165,5 +166,48 @@ struct ProvisioningTests {
         #expect(await daemon.eventually(seconds: 20) {
             ((try? await victimHub.events()) ?? []).contains { $0.deviceId == victim && $0.body?.contains("reprovisioning") == true }
         })
+    }
+
+    @Test("DPS with X.509 attestation: the gateway registers with its certificate (no key), lands on its hub as a thumbprint device and runs on a connection of its own; the leaves come through the group key; a certificate DPS does not know is refused")
+    func gatewayProvisionedWithItsCertificate() async throws {
+        let fleet = try await Fleet.start()
+        defer { Task { await fleet.stop() } }
+        let certificate = try LocalCertificates.createDeviceCertificate(in: fleet.directory + "/gw", deviceID: "gw-x509")
+        fleet.dps.put(IndividualEnrollment(registrationId: "gw-x509", certificatePEM: try String(contentsOfFile: certificate.certificate, encoding: .utf8)))
+        // A second gateway's certificate that no enrollment names.
+        let stranger = try LocalCertificates.createDeviceCertificate(in: fleet.directory + "/stranger", deviceID: "gw-x509")
+        let (dir, udpPort) = try fleet.gatewayDirectory(leaves: ["leaf-a", "leaf-b", "leaf-c"], gateway: """
+            device_id = "gw-x509"
+            credential = "x509"
+            certificate_file = "\(certificate.certificate)"
+            key_file = "\(certificate.key)"
+            """)
+        let daemon = try DaemonUnderTest.start(preparedDirectory: dir, udpPort: udpPort)
+        defer { daemon.cleanUp() }
+        #expect(await daemon.eventually(seconds: 60) { daemon.devices(in: "ready") == ["gw-x509", "leaf-a", "leaf-b", "leaf-c"] },
+                "\(daemon.stderr.suffix(2000))")
+        let hubs = [fleet.hubA, fleet.hubB]
+        var gatewayRecord: DeviceRecord?
+        for hub in hubs {
+            let found = try await hub.core.perform { $0.listDevices() }.first { $0.deviceId == "gw-x509" }
+            if let found { gatewayRecord = found }
+        }
+        #expect(gatewayRecord?.authentication.type == "selfSigned")
+        #expect(gatewayRecord?.authentication.x509Thumbprint?.primaryThumbprint == certificate.thumbprintSHA1)
+        let status = try daemon.control(["command": "status"])
+        let certificateConnections = (status["connections"]?.arrayValue ?? []).filter { $0["leaves"]?.intValue == 1 }
+        #expect(certificateConnections.count >= 1, "the gateway has a connection of its own: \(status)")
+
+        // The same id with a certificate DPS was not given: 401 from DPS, in words.
+        daemon.signal(SIGTERM)
+        #expect(await daemon.waitForExit(seconds: 20) == 0)
+        try String(contentsOfFile: dir + "/fieldgate.toml", encoding: .utf8)
+            .replacing(certificate.certificate, with: stranger.certificate).replacing(certificate.key, with: stranger.key)
+            .write(toFile: dir + "/fieldgate.toml", atomically: true, encoding: .utf8)
+        let again = try daemon.restarted()
+        defer { again.cleanUp() }
+        #expect(await again.eventually(seconds: 30) { again.devices(in: "provisioning-refused").contains("gw-x509") }, "\(again.stderr.suffix(2000))")
+        #expect(again.stderr.contains("gw-x509: DPS answered 401"), "\(again.stderr.suffix(2000))")
+        #expect(await again.eventually { again.devices(in: "ready") == ["leaf-a", "leaf-b", "leaf-c"] })
     }
 }

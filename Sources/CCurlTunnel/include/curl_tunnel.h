@@ -49,6 +49,8 @@ typedef struct fg_http_request {
     const char *connect_address;
     const char *ca_file;       /* NULL: the system's bundle */
     bool verify_peer;
+    const char *client_cert;   /* PEM client certificate (X.509 authentication); NULL: none */
+    const char *client_key;    /* its PEM private key */
     const char *proxy;         /* as in fg_tunnel_options */
     const char *proxy_user;
     const char *proxy_password;

@@ -207,7 +207,7 @@ let package = Package(
         .executableTarget(
             name: "fieldgate-hub",
             dependencies: [
-                "HubEmulator", "HubDeviceClient", "HubServiceClient", "IoTHub", "FieldgateCore",
+                "HubEmulator", "HubDeviceClient", "HubServiceClient", "IoTHub", "FieldgateCore", "HubTunnel",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -298,7 +298,8 @@ let package = Package(
         ),
         .testTarget(
             name: "HubEmulatorTests",
-            dependencies: ["HubTestSupport", "HubEmulator", "HubDeviceClient", "HubServiceClient", "ProtonAMQP", "IoTHub", "FieldgateCore"],
+            dependencies: ["HubTestSupport", "HubEmulator", "HubDeviceClient", "HubServiceClient", "ProtonAMQP", "IoTHub", "FieldgateCore",
+                           "HubTunnel", "Provisioning", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),
     ]

@@ -147,4 +147,5 @@ echo "sdk-e2e: seed 004 over HTTPS (IoTHubRegistryManager.invoke_device_method r
 timeout 90 "$PY" Tests/peers/with_ca.py "$CA" Tests/peers/registry_calls.py "$CS" sdk-registry-device >"$WORK/registry.log" 2>&1 \
   || fail "registry calls: $(tail -5 "$WORK/registry.log")"
 grep -q "delete_device: gone" "$WORK/registry.log" || fail "registry calls: $(cat "$WORK/registry.log")"
-echo "sdk-e2e: IoTHubRegistryManager over HTTPS: create/get/update/delete_device_with_sas, get_twin, update_twin, replace_twin"
+grep -q "create_device_with_certificate_authority: certificateAuthority" "$WORK/registry.log" || fail "registry calls (X.509): $(cat "$WORK/registry.log")"
+echo "sdk-e2e: IoTHubRegistryManager over HTTPS: create/get/update/delete_device_with_sas, get_twin, update_twin, replace_twin, create_device_with_x509, create_device_with_certificate_authority"

@@ -17,14 +17,21 @@ public enum LocalCertificates {
         public var caKey: String
         public var serverCertificate: String
         public var serverKey: String
+
+        /// The files of a CA (and its server certificate) in `directory`, as `create` writes them.
+        public init(directory: String) {
+            caCertificate = directory + "/ca.pem"
+            caKey = directory + "/ca.key"
+            serverCertificate = directory + "/server.pem"
+            serverKey = directory + "/server.key"
+        }
     }
 
     /// Writes `ca.pem`, `ca.key`, `server.pem`, `server.key` into `directory`. An existing CA there is reused so
     /// that clients that already trust it keep working.
     public static func create(in directory: String, dnsNames: [String], validDays: Int = 825) throws -> Paths {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let paths = Paths(caCertificate: directory + "/ca.pem", caKey: directory + "/ca.key",
-                          serverCertificate: directory + "/server.pem", serverKey: directory + "/server.key")
+        let paths = Paths(directory: directory)
         let now = Date()
         let caKey: P256.Signing.PrivateKey
         let caCert: Certificate

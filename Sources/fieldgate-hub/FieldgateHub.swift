@@ -24,7 +24,7 @@ struct FieldgateHub: AsyncParsableCommand {
         abstract: "A strict local Azure IoT Hub: the device-facing AMQP surface plus a service API.",
         version: FieldgateVersion.current,
         subcommands: [Serve.self, Certs.self, Device.self, CloudToDevice.self, Feedback.self, MonitorEvents.self,
-                      Method.self, Twin.self, Files.self, Fault.self, SimulateDevice.self])
+                      Method.self, Twin.self, Files.self, Fault.self, SimulateDevice.self, Provisioning.self, CACertificates.self])
 }
 
 /// Options shared by every command that talks to a running hub's service API.

@@ -50,6 +50,14 @@ struct Serve: AsyncParsableCommand {
     var twinChangeEvents = false
     @Flag(help: "No storage account for file upload: device file-upload requests are refused with 400022, as by a hub without one.")
     var noStorage = false
+    @Option(help: "Serve the Device Provisioning Service (HTTPS, the AMQPS certificate) on this port, linked to this hub and every --linked-hub; devices register at https://{host}:{port}/{id-scope}/registrations/{id}/register.")
+    var dpsPort: Int?
+    @Option(help: "The DPS id scope.")
+    var idScope = "0ne00FIELD1"
+    @Option(help: "The Retry-After (seconds) DPS answers a register request with, before the operation's status.")
+    var dpsRetryAfter = 3
+    @Option(help: "Another emulated hub in this process, HOST=AMQPS_PORT (repeatable): its own registry under <state-dir>/hubs/HOST, linked to DPS for allocation; the server certificate must name HOST.")
+    var linkedHub: [String] = []
     @Option(help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel = "info"
 
@@ -84,17 +92,63 @@ struct Serve: AsyncParsableCommand {
         }
         let server = HubServer(configuration: config, logger: logger)
         let running = try await server.start()
-        if let owner = try await running.core.perform({ $0.policy("iothubowner") }) {
-            let cs = ConnectionString(hostName: hostName, sharedAccessKeyName: owner.keyName, sharedAccessKey: owner.primaryKey).description
-            let path = stateDir + "/service-connection-string"
+        var linked: [RunningHub] = []
+        for spec in linkedHub {
+            let parts = spec.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, !parts[0].isEmpty, let port = Int(parts[1]), (0...65535).contains(port) else {
+                throw CLIError("--linked-hub \(spec): use HOST=AMQPS_PORT, e.g. hub-b.localdomain=5681")
+            }
+            guard config.tls != nil else { throw CLIError("--linked-hub needs AMQPS (drop --no-amqps)") }
+            var other = config
+            other.hub.hostName = parts[0]
+            other.hub.stateDirectory = stateDir + "/hubs/" + parts[0]
+            other.amqpsPort = port
+            other.amqpPort = nil
+            other.httpPort = 0
+            other.httpsPort = nil
+            let hub = try await HubServer(configuration: other, logger: logger).start()
+            linked.append(hub)
+            say("linked hub \(parts[0]): amqps \(hub.amqpsPort.map(String.init) ?? "-"), http \(hub.httpPort) (its service connection string: \(other.hub.stateDirectory!)/service-connection-string)")
+            try await writeServiceConnectionString(hub, hostName: parts[0], directory: other.hub.stateDirectory!, logger: logger)
+        }
+        var dps: ProvisioningServer?
+        if let dpsPort {
+            guard let tls = config.tls else { throw CLIError("--dps-port serves HTTPS with the AMQPS certificate: drop --no-amqps") }
+            var c = ProvisioningServerConfiguration(tls: tls)
+            c.idScope = idScope
+            c.hostName = hostName
+            c.bindHost = bind
+            c.port = dpsPort
+            c.retryAfterSeconds = dpsRetryAfter
+            c.tokenClockSkewSeconds = tokenSkew
+            c.openServiceAPI = openServiceApi
+            c.stateDirectory = stateDir + "/dps"
+            let server = ProvisioningServer(configuration: c, linkedHubs: [running.core] + linked.map(\.core), logger: logger)
+            let port = try await server.start()
+            let cs = "HostName=\(hostName);SharedAccessKeyName=provisioningserviceowner;SharedAccessKey=\(server.serviceKey)"
+            let path = stateDir + "/dps-connection-string"
             try Data((cs + "\n").utf8).write(to: URL(fileURLWithPath: path), options: .atomic)
             try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: path)
-            logger.info("service connection string written to \(path)")
+            say("DPS: id scope \(idScope), https \(port), global endpoint \(hostName):\(port) (service connection string in \(path))")
+            dps = server
         }
+        try await writeServiceConnectionString(running, hostName: hostName, directory: stateDir, logger: logger)
         say("fieldgate-hub ready: host \(hostName), amqps \(running.amqpsPort.map(String.init) ?? "off"), amqp \(running.amqpPort.map(String.init) ?? "off"), http \(running.httpPort)\(running.httpsPort.map { ", https \($0)" } ?? "")")
         let group = ServiceGroup(services: [WaitForShutdown()], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await group.run()
+        await dps?.stop()
+        for hub in linked { await hub.stop() }
         await running.stop()
+    }
+
+    private func writeServiceConnectionString(_ hub: RunningHub, hostName: String, directory: String, logger: Logger) async throws {
+        guard let owner = try await hub.core.perform({ $0.policy("iothubowner") }) else { return }
+        let cs = ConnectionString(hostName: hostName, sharedAccessKeyName: owner.keyName, sharedAccessKey: owner.primaryKey).description
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let path = directory + "/service-connection-string"
+        try Data((cs + "\n").utf8).write(to: URL(fileURLWithPath: path), options: .atomic)
+        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: path)
+        logger.info("service connection string written to \(path)")
     }
 }
 
@@ -104,7 +158,33 @@ struct WaitForShutdown: Service {
 }
 
 struct Certs: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Create a local CA and a server certificate (DNS SANs) for the hub's TLS.")
+    static let configuration = CommandConfiguration(abstract: "Create a local CA and a server certificate (DNS SANs) for the hub's TLS.",
+                                                    subcommands: [Server.self, DeviceCertificate.self], defaultSubcommand: Server.self)
+
+    struct DeviceCertificate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "device",
+            abstract: "Create an X.509 device certificate (CN = the device id) and its key: self-signed (register it by thumbprint) or issued by the local CA (--ca; register the device as certificateAuthority and add the CA with `ca add`).")
+        @Argument(help: "Device id (the certificate's subject CN).") var deviceId: String
+        @Option(help: "Output directory (<id>.pem, <id>.key).") var dir = "."
+        @Flag(help: "Issue it from the local CA in --ca-dir instead of self-signing it.") var ca = false
+        @Option(help: "The local CA's directory (ca.pem, ca.key).")
+        var caDir = (ProcessInfo.processInfo.environment["FIELDGATE_HUB_STATE"] ?? "/var/lib/fieldgate-hub") + "/certs"
+
+        func run() async throws {
+            let issuer = ca ? LocalCertificates.Paths(directory: caDir) : nil
+            let c = try LocalCertificates.createDeviceCertificate(in: dir, deviceID: deviceId, issuer: issuer)
+            say("certificate: \(c.certificate)")
+            say("key: \(c.key) (mode 0600)")
+            say("thumbprint (SHA-1): \(c.thumbprintSHA1)")
+            say("thumbprint (SHA-256): \(c.thumbprintSHA256)")
+        }
+    }
+}
+
+extension Certs {
+    struct Server: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "server", abstract: "Create a local CA and a server certificate (DNS SANs) for the hub's TLS (the default).")
 
     @Option(help: "Output directory (ca.pem, ca.key, server.pem, server.key).")
     var dir = (ProcessInfo.processInfo.environment["FIELDGATE_HUB_STATE"] ?? "/var/lib/fieldgate-hub") + "/certs"
@@ -116,6 +196,7 @@ struct Certs: AsyncParsableCommand {
         say("CA certificate (give this to devices/gateways): \(paths.caCertificate)")
         say("server certificate: \(paths.serverCertificate) (DNS: \(dnsNames.joined(separator: ", ")))")
         say("server key: \(paths.serverKey)")
+    }
     }
 }
 

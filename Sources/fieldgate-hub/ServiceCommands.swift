@@ -26,8 +26,24 @@ struct Device: AsyncParsableCommand {
         @Option(help: "Secondary key (base64). Default: generated.") var secondaryKey: String?
         @Flag(help: "Create it disabled.") var disabled = false
         @Option(help: "Host name for the printed connection string.") var hostName = "localhost"
+        @Option(help: "An X.509 device authenticated by its certificate's thumbprint (SHA-1 or SHA-256 hex; `certs device` prints them).")
+        var x509Thumbprint: String?
+        @Option(help: "The secondary thumbprint (for a certificate rollover).") var x509SecondaryThumbprint: String?
+        @Flag(help: "An X.509 device whose certificate chains to a verified CA certificate of the hub (`ca add`), CN = the device id.")
+        var x509Ca = false
 
         func run() async throws {
+            if x509Thumbprint != nil || x509Ca {
+                var auth: [String: JSONValue] = ["type": .string(x509Ca ? "certificateAuthority" : "selfSigned")]
+                if let x509Thumbprint {
+                    var t: [String: JSONValue] = ["primaryThumbprint": .string(x509Thumbprint)]
+                    if let x509SecondaryThumbprint { t["secondaryThumbprint"] = .string(x509SecondaryThumbprint) }
+                    auth["x509Thumbprint"] = .object(t)
+                }
+                let body: JSONValue = ["status": .string(disabled ? "disabled" : "enabled"), "authentication": .object(auth)]
+                printJSON(try await service.call("PUT", "/devices/\(pathComponent(deviceId))?create=true", body: body))
+                return
+            }
             var auth: [String: JSONValue] = [:]
             if let primaryKey { auth["primaryKey"] = .string(primaryKey) }
             if let secondaryKey { auth["secondaryKey"] = .string(secondaryKey) }

@@ -53,7 +53,8 @@ struct CLITests {
         for command in ["", "serve", "certs", "device", "device create", "device list", "device show", "device disable",
                         "device enable", "device delete", "c2d", "c2d send", "c2d purge", "feedback", "monitor-events",
                         "method", "method invoke", "twin", "twin show", "twin patch", "fault", "fault throttle",
-                        "fault expire-tokens", "fault drop-connections", "fault refuse-connections", "simulate-device"] {
+                        "fault expire-tokens", "fault drop-connections", "fault refuse-connections", "simulate-device",
+                        "dps", "dps group", "dps enrollment", "dps show", "dps delete", "ca", "ca add", "certs server", "certs device"] {
             let (status, out) = await runCLI("\(command) --help")
             #expect(status == 0, "\(command) --help")
             #expect(out.contains("USAGE"), "\(command) --help")

@@ -1,5 +1,6 @@
 """The identity registry and twin calls of the official Python service SDK (IoTHubRegistryManager over HTTPS):
-create, read, update and delete a device with symmetric keys; read and patch its twin. Prints one line per call
+create, read, update and delete a device with symmetric keys; read and patch its twin; create X.509 devices (thumbprint
+and CA-signed). Prints one line per call
 and exits non-zero at the first call the SDK refuses (it raises on any status it does not expect).
 
 usage: registry_calls.py SERVICE_CONNECTION_STRING DEVICE_ID
@@ -39,3 +40,14 @@ try:
     sys.exit("the device is still there after delete_device")
 except Exception as gone:
     print("delete_device: gone ({})".format(type(gone).__name__))
+
+thumbprints = [os.urandom(20).hex().upper() for _ in range(2)]
+x509 = rm.create_device_with_x509(device_id + "-x509", thumbprints[0], thumbprints[1], "enabled")
+assert x509.authentication.type == "selfSigned", x509.authentication.type
+assert x509.authentication.x509_thumbprint.primary_thumbprint == thumbprints[0], x509.authentication.x509_thumbprint
+print("create_device_with_x509: {} thumbprint {}".format(x509.authentication.type, x509.authentication.x509_thumbprint.primary_thumbprint[:8]))
+ca = rm.create_device_with_certificate_authority(device_id + "-ca", "enabled")
+assert ca.authentication.type == "certificateAuthority", ca.authentication.type
+print("create_device_with_certificate_authority: {}".format(ca.authentication.type))
+rm.delete_device(device_id + "-x509")
+rm.delete_device(device_id + "-ca")

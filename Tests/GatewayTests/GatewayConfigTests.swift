@@ -3,6 +3,7 @@ import GatewayConfig
 import HubTunnel
 import ModbusAdapter
 import ModbusIO
+import Provisioning
 import Testing
 import SerialAdapter
 import Spool
@@ -200,6 +201,61 @@ struct GatewayConfigTests {
         #expect(problems("insecure_plain_amqp = true\ntransport = \"auto\"").contains("transport = \"amqps\""))
         #expect(problems("insecure_plain_amqp = true") == "", "plain AMQP alone means AMQPS's port, without TLS")
         #expect(problems(#"websocket_path = "ws""#).contains("start with /"))
+    }
+
+    /// Issue 24: `[provisioning]` replaces `[hub] host`; identities register by key, group key or certificate.
+    @Test func provisioningSection() throws {
+        let dps = "[provisioning]\nid_scope = \"0ne0012AB34\"\ncredential = \"group:fleet\"\n"
+        let secrets = "[groups]\nfleet = \"Z3JvdXA=\"\n[keys]\ngw = \"a2V5\"\n"
+        let settings = try ConfigDirectory(main: "[hub]\naddresses = { \"hub-b.example\" = \"127.0.0.1:15671\" }\n[gateway]\ndevice_id = \"gw-1\"\n" + dps
+                                           + "[udp]\nport = 47000\n[[leaf]]\ndevice_id = \"leaf-1\"\nadapter = \"udp\"\n", secrets: secrets).load().get()
+        let p = try #require(settings.provisioning)
+        #expect(p.idScope == "0ne0012AB34" && p.endpoint == "global.azure-devices-provisioning.net")
+        #expect(p.storePath.hasSuffix("/provisioning.json") && !p.storePath.contains("/spool/"))
+        #expect(settings.gatewayLeaf.credential == .groupKey("Z3JvdXA="), "the provisioning credential is the default")
+        #expect(settings.uplink.hostAddresses == ["hub-b.example": "127.0.0.1:15671"])
+        #expect(GatewaySettings.provisioningIdentity(settings.leaves[0])?.registrationID == "leaf-1")
+
+        func problems(_ main: String, secrets: String = secrets) -> String {
+            guard case .failure(let e) = ConfigDirectory(main: main, secrets: secrets).load() else { return "" }
+            return "\(e)"
+        }
+        #expect(problems("[gateway]\ndevice_id = \"gw\"\n").contains("[hub] needs host"), "no hub and no DPS")
+        #expect(problems("[gateway]\ndevice_id = \"GW_Upper\"\n" + dps).contains("cannot register with DPS"))
+        #expect(problems("[gateway]\ndevice_id = \"gw\"\ncredential = \"policy:device\"\n" + dps, secrets: secrets + "[policies]\ndevice = \"cG9s\"\n")
+            .contains("hub policy, which DPS cannot provision"))
+        #expect(problems("[gateway]\ndevice_id = \"gw\"\n[provisioning]\nid_scope = \"not a scope\"\n").contains("provisioning.id_scope"))
+        #expect(problems("[gateway]\ndevice_id = \"gw\"\n" + dps + "global_endpoint = \"https://dps\"\n").contains("provisioning.global_endpoint must be"))
+        #expect(problems("[hub]\nhost = \"h\"\naddresses = { \"h:1\" = \"x\" }\n[gateway]\ndevice_id = \"gw\"\n").contains("hub.addresses"))
+    }
+
+    /// Issue 24: an X.509 identity names its certificate and a private key only its owner (and group) can read.
+    @Test func x509Credential() throws {
+        let dir = FileManager.default.temporaryDirectory.path + "/fieldgate-x509-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        FileManager.default.createFile(atPath: dir + "/gw.pem", contents: Data("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".utf8))
+        FileManager.default.createFile(atPath: dir + "/gw.key", contents: Data("-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n".utf8),
+                                       attributes: [.posixPermissions: 0o600])
+        let gateway = "[hub]\nhost = \"h\"\n[gateway]\ndevice_id = \"gw\"\ncredential = \"x509\"\ncertificate_file = \"\(dir)/gw.pem\"\n"
+        let settings = try load(gateway + "key_file = \"\(dir)/gw.key\"\n").get()
+        #expect(settings.gatewayLeaf.credential == .x509(certificateFile: dir + "/gw.pem", keyFile: dir + "/gw.key"))
+        func problems(_ text: String) -> String {
+            guard case .failure(let e) = load(text) else { return "" }
+            return "\(e)"
+        }
+        #expect(problems(gateway).contains("needs certificate_file"))
+        #expect(problems(gateway + "key_file = \"gw.key\"\n").contains("CREDENTIALS_DIRECTORY"), "a credential name without systemd's directory")
+        chmod(dir + "/gw.key", 0o644)
+        #expect(problems(gateway + "key_file = \"\(dir)/gw.key\"\n").contains("readable by everyone"))
+        #expect(problems(gateway.replacing("gw.pem", with: "missing.pem") + "key_file = \"\(dir)/gw.key\"\n").contains("not a readable PEM certificate"))
+        #expect(problems("[hub]\nhost = \"h\"\n[gateway]\ndevice_id = \"gw\"\ncertificate_file = \"/x.pem\"\n").contains("go with credential = \"x509\""))
+        chmod(dir + "/gw.key", 0o600)
+        let viaCredentials = try GatewaySettings.load(path: {
+            let c = ConfigDirectory(main: gateway + "key_file = \"gw.key\"\n")
+            return c.main
+        }(), credentialsDirectory: dir)
+        #expect(viaCredentials.gatewayLeaf.credential == .x509(certificateFile: dir + "/gw.pem", keyFile: dir + "/gw.key"))
     }
 
     @Test func coalescingIsConfigurable() throws {

@@ -235,6 +235,59 @@ struct MachineTests {
         #expect(UplinkEngine.partition(shared, maxTokens: 995).map(\.count) == [4000, 1000], "one token, capped by sessions")
         #expect(UplinkEngine.partition(own + Array(shared.prefix(3)), maxTokens: 3).map(\.count) == [3, 2 + 3])
     }
+
+    /// Issue 24: identities of different hubs (DPS assignments) never share a connection, and an X.509 identity has
+    /// one of its own (TLS presents one client certificate).
+    @Test func partitionByHubAndCertificate() {
+        let key = generateSymmetricKey()
+        func leaf(_ id: String, hub: String?) -> LeafConfiguration {
+            var l = LeafConfiguration(deviceID: id, credential: .symmetricKey(primary: key, secondary: nil))
+            l.hubHost = hub
+            return l
+        }
+        let leaves = [leaf("a1", hub: "hub-a"), leaf("b1", hub: "hub-b"), leaf("a2", hub: "hub-a"), leaf("c1", hub: nil), leaf("c2", hub: "configured")]
+        let chunks = UplinkEngine.partition(leaves, maxTokens: 995, configuredHost: "configured")
+        #expect(chunks.map { $0.map(\.deviceID) } == [["a1", "a2"], ["b1"], ["c1", "c2"]], "nil is the configured hub")
+        var gateway = LeafConfiguration(deviceID: "gw", credential: .x509(certificateFile: "/c.pem", keyFile: "/c.key"))
+        gateway.hubHost = "hub-a"
+        let withCertificate = UplinkEngine.partition([gateway] + leaves, maxTokens: 995, configuredHost: "configured")
+        #expect(withCertificate.map { $0.map(\.deviceID) } == [["gw"], ["a1", "a2"], ["b1"], ["c1", "c2"]])
+        #expect(UplinkEngine.partition([leaf("a1", hub: "hub-a"), leaf("a2", hub: "hub-a"), leaf("a3", hub: "hub-a")], maxTokens: 2).map(\.count) == [2, 1],
+                "the token cap holds per hub")
+    }
+
+    /// Where a hub is reached: `address` for the configured host, `hostAddresses` (with or without a port) for others.
+    @Test func hubEndpoints() {
+        var c = UplinkConfiguration(hostName: "main.example")
+        c.address = "10.0.0.1"
+        c.hostAddresses = ["hub-b.example": "127.0.0.1:15671", "hub-c.example": "10.0.0.3"]
+        #expect(c.endpoint(for: "main.example") == ("10.0.0.1", 5671))
+        #expect(c.endpoint(for: "hub-b.example") == ("127.0.0.1", 15671))
+        #expect(c.endpoint(for: "hub-c.example") == ("10.0.0.3", 5671))
+        #expect(c.endpoint(for: "hub-d.example") == ("hub-d.example", 5671))
+        #expect(c.routes(for: "hub-b.example").map(\.host) == ["hub-b.example", "hub-b.example"], "AMQPS then WebSockets, no fallback hosts")
+        c.fallbackHosts = ["spare.example"]
+        #expect(c.routes(for: nil).map(\.host).contains("spare.example"))
+        #expect(!c.routes(for: "hub-b.example").map(\.host).contains("spare.example"))
+    }
+
+    /// An X.509 identity goes straight to its attaches (no put-token); a refused attach is a refusal (slow retry),
+    /// a later detach a transient failure.
+    @Test func certificateIdentityAttachesWithoutAToken() {
+        var m = LeafMachine(hasSecondaryKey: false, authenticatesAtTLS: true, timing: Self.timing)
+        m.connectionOpened()
+        #expect(m.admitted(nowMs: 0) == [.attachLinks])
+        #expect(m.phase == .attaching)
+        _ = m.linkDetached(condition: IoTHubAMQP.unauthorizedAccess, description: "thumbprint", nowMs: 1, random: 0.5)
+        #expect(m.phase == .refused && m.lastError?.hasPrefix("401 ") == true)
+        m.retrySoon(nowMs: 2)
+        _ = m.tick(nowMs: 2)
+        #expect(m.phase == .queued, "retrySoon ends the refusal's back-off")
+        #expect(m.admitted(nowMs: 3) == [.attachLinks])
+        m.linksAttached()
+        _ = m.linkDetached(condition: IoTHubAMQP.unauthorizedAccess, description: "evicted", nowMs: 4, random: 0.5)
+        #expect(m.phase == .backingOff, "a detach of attached links is retried soon")
+    }
 }
 
 @Suite("Telemetry encoding")

@@ -240,7 +240,7 @@ let package = Package(
             name: "FieldgateCtl",
             dependencies: [
                 "ControlSocket", "Gateway", "GatewayConfig", "Uplink", "Spool", "FieldgateCore", "HubDeviceClient", "ProtonAMQP", "IoTHub", "HubTunnel",
-                "CTLSProbe", "SoftwareUpdate",
+                "CTLSProbe", "SoftwareUpdate", "Provisioning",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings

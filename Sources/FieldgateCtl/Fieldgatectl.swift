@@ -3,6 +3,7 @@ import ControlSocket
 import FieldgateCore
 import Gateway
 import GatewayConfig
+import Provisioning
 import Spool
 import Uplink
 
@@ -179,7 +180,8 @@ struct ConfigCommands: ParsableCommand {
         func run() throws {
             do {
                 let s = try GatewaySettings.load(path: config)
-                print("\(config): valid — hub \(s.uplink.hostName), gateway \(s.gatewayLeaf.deviceID), \(s.leaves.count) leaves from \(s.files.count) files")
+                let hub = s.uplink.hostName.isEmpty ? "hubs assigned by DPS (id scope \(s.provisioning?.idScope ?? ""))" : "hub \(s.uplink.hostName)"
+                print("\(config): valid — \(hub), gateway \(s.gatewayLeaf.deviceID), \(s.leaves.count) leaves from \(s.files.count) files")
             } catch {
                 printProblems(error)
                 throw ExitCode(78)
@@ -203,7 +205,11 @@ struct SASTokenCommand: ParsableCommand {
         guard let leaf = ([s.gatewayLeaf] + s.leaves).first(where: { $0.deviceID == device }) else {
             throw Failure("fieldgatectl: \(device) is not configured (gateway \(s.gatewayLeaf.deviceID), leaves: \(s.leaves.map(\.deviceID).joined(separator: ", ")))")
         }
-        print(try s.uplink.sasToken(for: leaf, expiry: WallClock.nowMilliseconds() / 1000 + ttl))
+        var uplink = s.uplink
+        // A provisioned identity's token names the hub DPS assigned it.
+        if let p = s.provisioning, let hub = AssignmentStore(path: p.storePath).entries[device]?.hub { uplink.hostName = hub }
+        guard !uplink.hostName.isEmpty else { throw Failure("fieldgatectl: \(device) has no hub yet: DPS assigns one when fieldgated starts") }
+        print(try uplink.sasToken(for: leaf, expiry: WallClock.nowMilliseconds() / 1000 + ttl))
     }
 }
 

@@ -4,6 +4,7 @@ import GatewayConfig
 import HubDeviceClient
 import HubTunnel
 import ProtonAMQP
+import Provisioning
 import Synchronization
 import Uplink
 
@@ -43,7 +44,7 @@ struct GatewayChecks {
 
     func run() async -> [CheckResult] {
         var results: [CheckResult] = []
-        let settings: GatewaySettings
+        var settings: GatewaySettings
         do { settings = try GatewaySettings.load(path: configPath) } catch {
             results.append(CheckResult(name: "configuration", verdict: .fail, detail: error.problems.map(\.description).joined(separator: "\n  "),
                                        hint: "fix each file:line above (fieldgatectl config check prints the same)"))
@@ -53,10 +54,26 @@ struct GatewayChecks {
             }
             return results
         }
+        let hubText = settings.uplink.hostName.isEmpty ? "hubs assigned by DPS" : "hub \(settings.uplink.hostName)"
         results.append(CheckResult(name: "configuration", verdict: .pass,
-                                   detail: "\(settings.files.count) files, hub \(settings.uplink.hostName), gateway \(settings.gatewayLeaf.deviceID), \(settings.leaves.count) leaves"))
+                                   detail: "\(settings.files.count) files, \(hubText), gateway \(settings.gatewayLeaf.deviceID), \(settings.leaves.count) leaves"))
         results.append(fileAccess(files: settings.files + [GatewaySettings.secretsPath(configPath: configPath)]))
         results.append(clock())
+        if let provisioning = settings.provisioning {
+            results += provisioningChecks(provisioning, settings: settings)
+            // The hub checks below go to the gateway's hub: the configured one, else the one DPS assigned it.
+            let store = AssignmentStore(path: provisioning.storePath)
+            let assigned = store.entries[settings.gatewayLeaf.deviceID]?.hub
+            if let assigned, settings.gatewayLeaf.hubHost == nil, GatewaySettings.provisioningIdentity(settings.gatewayLeaf) != nil {
+                settings.uplink.hostName = assigned
+                settings.leaves = settings.leaves.filter { store.entries[$0.deviceID]?.hub == assigned }
+            } else if settings.uplink.hostName.isEmpty {
+                for name in ["dns", "tcp", "tls", "credentials"] {
+                    results.append(CheckResult(name: name, verdict: .skip, detail: "the gateway has no hub yet: DPS assigns one when fieldgated starts"))
+                }
+                return results
+            }
+        }
         let route = settings.uplink.route
         var amqps: [CheckResult] = []
         var amqpsOK = false
@@ -88,10 +105,42 @@ struct GatewayChecks {
         return results
     }
 
+    /// The DPS endpoint (DNS, TCP, TLS as fieldgated checks it) and what the stored assignments say.
+    func provisioningChecks(_ p: ProvisioningConfiguration, settings: GatewaySettings) -> [CheckResult] {
+        var results: [CheckResult] = []
+        let parts = p.endpoint.split(separator: ":", maxSplits: 1).map(String.init)
+        let host = parts[0], port = parts.count == 2 ? Int(parts[1]) ?? 443 : 443
+        let dns = resolve(host: host, port: port)
+        if let address = dns.addresses.first {
+            let tcp = connectTCP(address, label: "\(host):\(port)")
+            if tcp.fd >= 0 {
+                let tls = probeTLS(fd: tcp.fd, hostName: host, caFile: p.https.caFile)
+                results.append(CheckResult(name: "dps", verdict: tls.verdict, detail: "\(p.endpoint) (id scope \(p.idScope)): \(tls.detail)", hint: tls.hint))
+            } else {
+                results.append(CheckResult(name: "dps", verdict: .fail, detail: tcp.result.detail, hint: "DPS is reached over HTTPS (443); check the firewall or [hub] proxy"))
+            }
+        } else {
+            results.append(CheckResult(name: "dps", verdict: .fail, detail: dns.result.detail, hint: "check provisioning.global_endpoint and DNS"))
+        }
+        let identities = ([settings.gatewayLeaf] + settings.leaves).compactMap { GatewaySettings.provisioningIdentity($0) }
+        let store = AssignmentStore(path: p.storePath)
+        let assigned = identities.filter { store.entries[$0.registrationID] != nil }
+        let hubs = Set(assigned.compactMap { store.entries[$0.registrationID]?.hub }).sorted()
+        if let problem = store.loadProblem {
+            results.append(CheckResult(name: "assignments", verdict: .warn, detail: problem))
+        } else if assigned.count == identities.count {
+            results.append(CheckResult(name: "assignments", verdict: .pass, detail: "all \(identities.count) identities assigned (hubs: \(hubs.joined(separator: ", ")))"))
+        } else {
+            results.append(CheckResult(name: "assignments", verdict: .warn,
+                                       detail: "\(assigned.count) of \(identities.count) identities assigned\(hubs.isEmpty ? "" : " (hubs: \(hubs.joined(separator: ", ")))")",
+                                       hint: "fieldgated registers the others at start and retries; fieldgatectl devices shows why DPS refused one (provisioning-refused)"))
+        }
+        return results
+    }
+
     /// DNS, TCP and TLS to the AMQPS port; true when all passed.
     private func directChecks(_ settings: GatewaySettings, into results: inout [CheckResult]) -> Bool {
-        let host = settings.uplink.address ?? settings.uplink.hostName
-        let port = settings.uplink.port
+        let (host, port) = settings.uplink.endpoint(for: settings.uplink.hostName)
         let dns = resolve(host: host, port: port)
         results.append(dns.result)
         guard let address = dns.addresses.first else {
@@ -261,7 +310,12 @@ struct GatewayChecks {
     }
 
     private func credentials(_ settings: GatewaySettings, reactor: AMQPReactor, overWebSocket: Bool) async -> CheckResult {
-        let identities = [settings.gatewayLeaf] + (allLeaves ? settings.leaves : Array(settings.leaves.prefix(sample)))
+        // X.509 identities authenticate at TLS on connections of their own: no token to put here.
+        let identities = ([settings.gatewayLeaf] + (allLeaves ? settings.leaves : Array(settings.leaves.prefix(sample))))
+            .filter { !$0.credential.isCertificate }
+        guard !identities.isEmpty else {
+            return CheckResult(name: "credentials", verdict: .skip, detail: "the gateway authenticates with its X.509 certificate (checked at its first connection)")
+        }
         let tls: AMQPClientTLS?
         switch settings.uplink.transport {
         case .tls(let t): tls = AMQPClientTLS(trustedCAFile: t.caFile, peerHostname: settings.uplink.hostName, verifyPeer: t.verifyHostName)
@@ -279,8 +333,8 @@ struct GatewayChecks {
                         return try await DeviceConnection.connect(reactor: reactor, stream: WebSocketTunnel(configuration: settings.uplink.tunnelConfiguration()),
                                                                   hostName: settings.uplink.hostName)
                     }
-                    return try await DeviceConnection.connect(reactor: reactor, host: settings.uplink.address ?? settings.uplink.hostName,
-                                                              port: settings.uplink.port, hostName: settings.uplink.hostName, tls: tls)
+                    let (host, port) = settings.uplink.endpoint(for: settings.uplink.hostName)
+                    return try await DeviceConnection.connect(reactor: reactor, host: host, port: port, hostName: settings.uplink.hostName, tls: tls)
                 }
             } catch {
                 return CheckResult(name: "credentials", verdict: .fail, detail: "the AMQP connection failed: \(error)",

@@ -138,6 +138,13 @@ struct ProvisioningTests {
             let a = ((try? await fleet.hubA.events()) ?? []).map(\.deviceId), b = ((try? await fleet.hubB.events()) ?? []).map(\.deviceId)
             return Set(a) == inA.subtracting(["gw-provisioned"]) && Set(b) == inB.subtracting(["gw-provisioned"])
         }, "\(daemon.stderr.suffix(2000))")
+        // fieldgatectl check covers provisioning: the DPS endpoint, the assignments, the gateway's hub and its leaves there.
+        let out = dir + "/check.out"
+        _ = await blockingSystem("'\(productPath("fieldgatectl"))' check --config '\(dir)/fieldgate.toml' >'\(out)' 2>&1")
+        let check = (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
+        #expect(check.contains("dps") && check.contains("localhost:\(fleet.dpsPort) (id scope"), "\(check)")
+        #expect(check.contains("201 of 202 identities assigned (hubs: hub-a.test, hub-b.test)"), "\(check)")
+        #expect(check.contains("the hub accepted the credentials of all"), "\(check)")
         let store = try String(contentsOfFile: dir + "/state/provisioning.json", encoding: .utf8)
         #expect(store.contains("\"leaf-199\"") && !store.contains(fleet.group.keys.primaryKey), "keys never go to the store")
 

@@ -121,6 +121,8 @@ public struct GatewayConfigFile: Decodable, Sendable {
         public var credential: String?
         var registrations_per_second: TOMLNumber?
         public var reprovision_on_start: Bool?
+        /// Sent with each registration as its JSON payload (string values).
+        public var payload: [String: String]?
         /// CAs of the provisioning endpoint; default: [hub] ca_file, else the system's.
         public var ca_file: String?
     }
@@ -578,6 +580,7 @@ struct Mapper {
             }
         }
         c.reprovisionOnStart = p.reprovision_on_start ?? false
+        c.payload = p.payload.map { .object($0.mapValues { .string($0) }) }
         if case .tls(let tls) = uplink.transport {
             c.https.caFile = p.ca_file ?? tls.caFile
             c.https.verifyPeer = tls.verifyHostName

@@ -136,7 +136,7 @@ enum ConfigSchema {
         ])),
         "provisioning": .table(Schema(fields: [
             "id_scope": .string, "global_endpoint": .string, "credential": .string, "registrations_per_second": .number,
-            "reprovision_on_start": .bool, "ca_file": .string,
+            "reprovision_on_start": .bool, "ca_file": .string, "payload": .stringMap,
         ], required: ["id_scope"])),
         "gateway": .table(Schema(fields: [
             "device_id": .string, "credential": .string, "key_ref": .string, "certificate_file": .string, "key_file": .string,

@@ -22,6 +22,8 @@ public struct ProvisioningConfiguration: Sendable, Equatable {
     public var maxConcurrent = 32
     /// TLS, proxy and timeout of the HTTPS requests.
     public var https = HTTPSSettings()
+    /// Sent with every registration (DPS hands it to custom allocation and returns it with the assignment); nil: none.
+    public var payload: JSONValue?
     /// Register every identity again at each start instead of reusing stored assignments. Default: false.
     public var reprovisionOnStart = false
     /// An identity DPS refused (unknown enrollment, bad key) is tried again after this back-off. Default: 1 min → 1 h.
@@ -272,7 +274,7 @@ public final class Provisioner: Sendable {
             https.clientCertificateFile = certificate
             https.clientKeyFile = privateKey
         }
-        var flow = RegistrationFlow(settings: settings, registrationID: identity.registrationID, key: key)
+        var flow = RegistrationFlow(settings: settings, registrationID: identity.registrationID, key: key, payload: c.payload)
         var action = flow.start(nowSeconds: WallClock.nowMilliseconds() / 1000)
         let outcome: Result<Assignment, ProvisioningFailure>
         while true {

@@ -177,6 +177,31 @@ struct ProvisioningServiceTests {
         #expect(missing != 0 && missingOut.contains("HTTP 404"), "\(missingOut)")
     }
 
+    @Test("registration through an HTTP proxy (tinyproxy, Basic authentication) with a custom payload, which DPS returns with the assignment")
+    func throughTheProxy() async throws {
+        let proxy = try TestProxy.start()
+        defer { proxy.stop() }
+        let s = try await Service.start()
+        defer { Task { await s.stop() } }
+        let group = EnrollmentGroup(enrollmentGroupId: "fleet")
+        s.dps.put(group)
+        var https = s.https
+        https.proxy = .url(proxy.url, user: TestProxy.user, password: TestProxy.password)
+        var flow = RegistrationFlow(settings: s.settings, registrationID: "proxied-1",
+                                    key: try deriveDeviceKey(groupKey: group.keys.primaryKey, registrationID: "proxied-1"), payload: ["site": "north"])
+        var action = flow.start(nowSeconds: WallClock.nowMilliseconds() / 1000)
+        var lastBody: JSONValue?
+        while case .send(let request, let after) = action {
+            try await Task.sleep(for: .milliseconds(after))
+            let r = try HTTPSClient.perform(request.method, request.url, headers: request.headers.sorted { $0.key < $1.key }, body: request.body, settings: https).get()
+            lastBody = r.json
+            action = flow.received(status: r.status, body: r.json, retryAfterSeconds: r.retryAfterSeconds, nowSeconds: WallClock.nowMilliseconds() / 1000)
+        }
+        #expect(action == .assigned(Assignment(hub: s.hub.hostName, deviceID: "proxied-1")))
+        #expect(lastBody?["registrationState"]?["payload"]?["site"] == "north", "\(String(describing: lastBody))")
+        #expect(proxy.log().contains("CONNECT localhost:\(s.port)"), "through the proxy: \(proxy.log())")
+    }
+
     @Test("enrollment management needs a provisioningserviceowner token unless the service API is open")
     func serviceAuthorization() async throws {
         let s = try await Service.start(open: false)

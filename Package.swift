@@ -277,7 +277,7 @@ let package = Package(
         .testTarget(name: "SerialAdapterTests", dependencies: ["SerialAdapter", "FrameCodecs", "Uplink", "Spool", "FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "SoftwareUpdateTests", dependencies: ["SoftwareUpdate", "FieldgateCore", "MessageAuthentication", "HubTunnel", "HubEmulator", "HubTestSupport",
                                                     .product(name: "Logging", package: "swift-log")], swiftSettings: strictSettings),
-        .testTarget(name: "GatewayTests", dependencies: ["GatewayConfig", "HubTunnel", "Uplink", "Spool", "UDPAdapter", "SerialAdapter", "FrameCodecs", "ModbusAdapter", "ModbusIO", "Provisioning"], swiftSettings: strictSettings),
+        .testTarget(name: "GatewayTests", dependencies: ["GatewayConfig", "FieldgateCore", "HubTunnel", "Uplink", "Spool", "UDPAdapter", "SerialAdapter", "FrameCodecs", "ModbusAdapter", "ModbusIO", "Provisioning"], swiftSettings: strictSettings),
         .testTarget(name: "ModbusAdapterTests", dependencies: ["ModbusAdapter", "ModbusIO", "HubTestSupport", "Uplink", "Spool", "FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(name: "ProtonAMQPTests", dependencies: ["ProtonAMQP"], swiftSettings: strictSettings),
         .testTarget(name: "WebSocketFramingTests", dependencies: ["WebSocketFraming"], swiftSettings: strictSettings),

@@ -1,3 +1,4 @@
+import FieldgateCore
 import FrameCodecs
 import GatewayConfig
 import HubTunnel

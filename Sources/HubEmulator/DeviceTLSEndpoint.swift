@@ -99,12 +99,25 @@ private final class StreamBridge: ChannelInboundHandler, @unchecked Sendable {
         context.fireUserInboundEventTriggered(event)
     }
 
+    /// Reads are gathered until NIO's read burst ends, then handed to Proton at once: one wake of the reactor per burst.
+    private var gathered: [UInt8] = []
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
-        stream?.received(Array(buffer.readableBytesView))
+        gathered.append(contentsOf: buffer.readableBytesView)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if !gathered.isEmpty, let stream {
+            stream.received(gathered)
+            gathered = []
+        }
+        context.fireChannelReadComplete()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        if !gathered.isEmpty { stream?.received(gathered) }
+        gathered = []
         stream?.ended(nil)
         context.fireChannelInactive()
     }
@@ -148,8 +161,26 @@ private final class ChannelByteStream: AMQPByteStream {
         sink?.ended(error)
     }
 
+    /// Proton's output chunks since the event loop last ran go out in one write and one flush.
+    private let outbox = Mutex<(chunks: [[UInt8]], scheduled: Bool)>(([], false))
+
     func write(_ bytes: [UInt8]) {
-        channel.writeAndFlush(ByteBuffer(bytes: bytes), promise: nil)
+        let schedule = outbox.withLock { o -> Bool in
+            o.chunks.append(bytes)
+            defer { o.scheduled = true }
+            return !o.scheduled
+        }
+        if schedule { channel.eventLoop.execute { [self] in flushOutbox() } }
+    }
+
+    private func flushOutbox() {
+        let chunks = outbox.withLock { o in
+            defer { o.chunks = []; o.scheduled = false }
+            return o.chunks
+        }
+        var buffer = channel.allocator.buffer(capacity: chunks.reduce(0) { $0 + $1.count })
+        for c in chunks { buffer.writeBytes(c) }
+        channel.writeAndFlush(buffer, promise: nil)
     }
 
     /// After what was written: writes from other threads queue on the event loop in order, and so does this.

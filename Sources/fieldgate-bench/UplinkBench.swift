@@ -152,7 +152,9 @@ struct BenchHub {
         certs.wait()
         let process = try ChildProcess.spawn(binary, ["serve", "--amqps-port", "\(amqpsPort)", "--http-port", "\(httpPort)",
                                                      "--open-service-api", "--state-dir", stateDir, "--log-level", "warning",
-                                                     "--event-log-capacity", "200000"] + (httpsPort.map { ["--https-port", "\($0)"] } ?? []))
+                                                     // Proton's TLS: the hub spends less per message and stays out of the figures' way.
+                                                     // Proton's TLS: the hub spends less per message and stays out of the figures' way.
+                                                     "--event-log-capacity", "200000", "--no-client-certificates"] + (httpsPort.map { ["--https-port", "\($0)"] } ?? []))
         let service = HubServiceClient(host: "127.0.0.1", port: httpPort, authorization: nil)
         var up = false
         for _ in 0..<100 where !up {

@@ -50,6 +50,8 @@ struct Serve: AsyncParsableCommand {
     var twinChangeEvents = false
     @Flag(help: "No storage account for file upload: device file-upload requests are refused with 400022, as by a hub without one.")
     var noStorage = false
+    @Flag(help: "AMQPS with Proton's own TLS: no client certificates, so no X.509 devices, but less CPU per message (the throughput benchmarks use it so the hub stays out of their way).")
+    var noClientCertificates = false
     @Option(help: "Serve the Device Provisioning Service (HTTPS, the AMQPS certificate) on this port, linked to this hub and every --linked-hub; devices register at https://{host}:{port}/{id-scope}/registrations/{id}/register.")
     var dpsPort: Int?
     @Option(help: "The DPS id scope.")
@@ -82,6 +84,7 @@ struct Serve: AsyncParsableCommand {
         config.httpsPort = httpsPort
         if httpsPort != nil && noAmqps { throw CLIError("--https-port uses the AMQPS certificate: drop --no-amqps") }
         config.openServiceAPI = openServiceApi
+        config.clientCertificates = !noClientCertificates
         if !noAmqps {
             let dir = certsDir ?? stateDir + "/certs"
             let cert = dir + "/server.pem", key = dir + "/server.key"

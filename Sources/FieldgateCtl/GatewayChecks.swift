@@ -65,6 +65,12 @@ struct GatewayChecks {
             let store = AssignmentStore(path: provisioning.storePath)
             let assigned = store.entries[settings.gatewayLeaf.deviceID]?.hub
             if let assigned, settings.gatewayLeaf.hubHost == nil, GatewaySettings.provisioningIdentity(settings.gatewayLeaf) != nil {
+                if assigned != settings.uplink.hostName {
+                    // `address` and the fallback hosts belong to the configured hub, not to the one DPS chose.
+                    // (`[hub] addresses` still say where the assigned hub is reached.)
+                    settings.uplink.address = nil
+                    settings.uplink.fallbackHosts = []
+                }
                 settings.uplink.hostName = assigned
                 settings.leaves = settings.leaves.filter { store.entries[$0.deviceID]?.hub == assigned }
             } else if settings.uplink.hostName.isEmpty {

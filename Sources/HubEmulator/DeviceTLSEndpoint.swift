@@ -128,7 +128,9 @@ private final class StreamBridge: ChannelInboundHandler, @unchecked Sendable {
     }
 }
 
-/// One accepted TLS connection as Proton's byte stream. What arrives before Proton started the stream waits.
+/// One accepted TLS connection as Proton's byte stream. What arrives before Proton started the stream waits. Bytes
+/// and the end reach the sink under the lock, so what waited cannot be overtaken by what arrives while it is handed
+/// over (the sink only queues and wakes the reactor; it never calls back into this stream).
 private final class ChannelByteStream: AMQPByteStream {
     private let channel: any Channel
     private let state = Mutex<(sink: AMQPByteStreamSink?, pending: [[UInt8]], ended: AMQPError??)>((nil, [], nil))
@@ -136,29 +138,24 @@ private final class ChannelByteStream: AMQPByteStream {
     init(channel: any Channel) { self.channel = channel }
 
     func start(_ sink: AMQPByteStreamSink) {
-        let (pending, ended) = state.withLock { s in
+        state.withLock { s in
             s.sink = sink
-            defer { s.pending = [] }
-            return (s.pending, s.ended)
+            for bytes in s.pending { sink.received(bytes) }
+            s.pending = []
+            if let ended = s.ended { sink.ended(ended) }
         }
-        for bytes in pending { sink.received(bytes) }
-        if let ended { sink.ended(ended) }
     }
 
     func received(_ bytes: [UInt8]) {
-        let sink = state.withLock { s -> AMQPByteStreamSink? in
-            if s.sink == nil { s.pending.append(bytes) }
-            return s.sink
+        state.withLock { s in
+            if let sink = s.sink { sink.received(bytes) } else { s.pending.append(bytes) }
         }
-        sink?.received(bytes)
     }
 
     func ended(_ error: AMQPError?) {
-        let sink = state.withLock { s -> AMQPByteStreamSink? in
-            if s.sink == nil, s.ended == nil { s.ended = .some(error) }
-            return s.sink
+        state.withLock { s in
+            if let sink = s.sink { sink.ended(error) } else if s.ended == nil { s.ended = .some(error) }
         }
-        sink?.ended(error)
     }
 
     /// Proton's output chunks since the event loop last ran go out in one write and one flush.

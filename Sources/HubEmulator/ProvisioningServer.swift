@@ -52,6 +52,7 @@ public final class ProvisioningServer: Sendable {
 
     private struct Operation {
         var registrationID: String
+        var createdMilliseconds = WallClock.nowMilliseconds()
         /// The operation's final answer: `assigned`, `failed` or `disabled`, with the registration state.
         var result: JSONValue
         var statusText: String
@@ -193,7 +194,13 @@ public final class ProvisioningServer: Sendable {
             ], statusText: "failed")
         }
         let stored = operation
-        operations.withLock { $0[operationID] = stored }
+        operations.withLock { ops in
+            // Finished operations are kept for their devices to read, the newest 10,000 of them.
+            if ops.count >= 10_000, let oldest = ops.min(by: { $0.value.createdMilliseconds < $1.value.createdMilliseconds })?.key {
+                ops[oldest] = nil
+            }
+            ops[operationID] = stored
+        }
         return Self.jsonResponse(["operationId": .string(operationID), "status": "assigning"], status: .accepted,
                                  retryAfter: configuration.retryAfterSeconds)
     }

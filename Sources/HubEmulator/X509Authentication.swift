@@ -40,23 +40,30 @@ enum X509Authentication {
             guard commonName(of: leaf) == device.deviceId else {
                 return "the client certificate's subject CN must be the device id \(device.deviceId)"
             }
+            // Only certificates that may sign others (CA:TRUE) count, so a device's own certificate cannot vouch for a
+            // certificate naming another device; each must be within its validity period.
+            func signs(_ issuer: Certificate, _ subject: Certificate) -> Bool {
+                isAuthority(issuer) && issuer.subject == subject.issuer && issuer.notValidBefore <= now && now <= issuer.notValidAfter
+                    && issuer.publicKey.isValidSignature(subject.signature, for: subject)
+            }
             let trusted = cas.filter(\.isVerified).compactMap { try? Certificate(pemEncoded: $0.pem) }
             let intermediates = chain.certificates.dropFirst().compactMap { try? Certificate(derEncoded: $0) }
             var current = leaf
             for _ in 0..<5 {
-                if trusted.contains(where: { $0.subject == current.issuer && $0.publicKey.isValidSignature(current.signature, for: current) }) {
-                    return nil
-                }
-                guard let next = intermediates.first(where: {
-                    $0.subject == current.issuer && $0.publicKey.isValidSignature(current.signature, for: current)
-                        && $0.notValidBefore <= now && now <= $0.notValidAfter
-                }) else { break }
+                if trusted.contains(where: { signs($0, current) }) { return nil }
+                guard let next = intermediates.first(where: { signs($0, current) }) else { break }
                 current = next
             }
             return "the client certificate does not chain to a verified CA certificate of this hub"
         default:
             return "device \(device.deviceId) authenticates with SAS tokens, not a certificate"
         }
+    }
+
+    /// The certificate may issue others: basic constraints CA:TRUE.
+    static func isAuthority(_ certificate: Certificate) -> Bool {
+        if case .isCertificateAuthority? = try? certificate.extensions.basicConstraints { return true }
+        return false
     }
 
     static func commonName(of certificate: Certificate) -> String? {
@@ -86,7 +93,8 @@ extension ProvisioningState {
         }
         for g in enrollmentGroups.values.sorted(by: { $0.enrollmentGroupId < $1.enrollmentGroupId }) {
             guard let pem = g.signingCertificatePEM, let ca = try? Certificate(pemEncoded: pem) else { continue }
-            if ca.subject == leaf.issuer && ca.publicKey.isValidSignature(leaf.signature, for: leaf) {
+            if X509Authentication.isAuthority(ca) && ca.subject == leaf.issuer && ca.notValidBefore <= now && now <= ca.notValidAfter
+                && ca.publicKey.isValidSignature(leaf.signature, for: leaf) {
                 return .success((g, nil, thumbprint))
             }
         }

@@ -41,11 +41,26 @@ public struct HTTPSError: Error, Sendable, CustomStringConvertible {
     public var description: String { message }
 }
 
+/// Cuts the requests it is given to (from any thread): they end at libcurl's next progress check, well within a
+/// second, instead of at their timeout.
+public final class HTTPSCancellation: @unchecked Sendable {
+    // @unchecked: the flag is written once (to 1) and read by libcurl's progress callback; a torn read is impossible
+    // for an aligned Int32, and a late one only delays the cut.
+    let flag: UnsafeMutablePointer<Int32>
+    public init() {
+        flag = .allocate(capacity: 1)
+        flag.initialize(to: 0)
+    }
+    public func cancel() { flag.pointee = 1 }
+    public var isCancelled: Bool { flag.pointee != 0 }
+    deinit { flag.deallocate() }
+}
+
 /// One HTTPS request through libcurl (the library the Azure C SDK uses for HTTP), OpenSSL underneath as for AMQPS.
 /// Blocking: call it off the cooperative pool.
 public enum HTTPSClient {
     public static func perform(_ method: String, _ url: String, headers: [(String, String)] = [], body: [UInt8]? = nil,
-                               settings: HTTPSSettings) -> Result<HTTPSResponse, HTTPSError> {
+                               settings: HTTPSSettings, cancellation: HTTPSCancellation? = nil) -> Result<HTTPSResponse, HTTPSError> {
         Self.globalInit
         let strings = CStringArena()
         let headerPointers = headers.map { strings.copy("\($0.0): \($0.1)") }
@@ -59,7 +74,8 @@ public enum HTTPSClient {
                 request.body = body == nil ? nil : b.baseAddress
                 request.body_len = b.count
                 request.max_response_bytes = settings.maxResponseBytes
-                return fg_http_perform(&request, &response, &error, error.count)
+                request.cancel = cancellation.map { UnsafePointer($0.flag) }
+                return withExtendedLifetime((strings, cancellation)) { fg_http_perform(&request, &response, &error, error.count) }
             }
         }
         guard rc == 0 else { return .failure(HTTPSError(message: "\(method) \(redacted(url)): \(cString(error))")) }
@@ -83,7 +99,7 @@ public enum HTTPSClient {
         var error = [CChar](repeating: 0, count: 512)
         var status = 0, total: Int64 = 0
         var request = Self.request("GET", url, settings: settings, strings: strings)
-        let rc = fg_http_download(&request, fd, Int64(info.st_size), Int64(maxBytes), &status, &total, &error, error.count)
+        let rc = withExtendedLifetime(strings) { fg_http_download(&request, fd, Int64(info.st_size), Int64(maxBytes), &status, &total, &error, error.count) }
         guard rc == 0 else { return .failure(HTTPSError(message: "GET \(redacted(url)): \(cString(error))")) }
         return .success((status, Int(total)))
     }

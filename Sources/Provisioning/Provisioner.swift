@@ -49,26 +49,25 @@ public struct ProvisioningIdentity: Sendable, Equatable {
         /// Its X.509 certificate at TLS; the registration id is the certificate's subject CN.
         case x509(certificateFile: String, keyFile: String)
     }
-    public var registrationID: String
-    public var attestation: Attestation
+    public let registrationID: String
+    public let attestation: Attestation
+    /// What the stored assignment remembers of the credential: a new key, or a certificate renewed in place (read
+    /// when the identity is made: at start and at each reload), registers again.
+    let fingerprint: String
 
     public init(registrationID: String, key: String) {
-        self.registrationID = registrationID
-        self.attestation = .symmetricKey(key)
+        self.init(registrationID: registrationID, attestation: .symmetricKey(key))
     }
 
     public init(registrationID: String, attestation: Attestation) {
         self.registrationID = registrationID
         self.attestation = attestation
-    }
-
-    /// What the stored assignment remembers of the credential: a new key or certificate registers again.
-    var fingerprint: String {
         switch attestation {
-        case .symmetricKey(let key): return AssignmentStore.fingerprint(ofKey: key)
+        case .symmetricKey(let key):
+            fingerprint = AssignmentStore.fingerprint(ofKey: key)
         case .x509(let certificate, _):
             let pem = StateFile.read(certificate, limit: 1 << 20).map { String(decoding: $0, as: UTF8.self) } ?? certificate
-            return "x509:" + AssignmentStore.fingerprint(ofKey: pem)
+            fingerprint = "x509:" + AssignmentStore.fingerprint(ofKey: pem)
         }
     }
 }
@@ -91,6 +90,8 @@ public final class Provisioner: Sendable {
     private let onAssigned: @Sendable ([String: Assignment]) async -> Void
     private let state: Mutex<State>
     private let loop = Mutex<Task<Void, Never>?>(nil)
+    /// Cuts the HTTPS requests in progress when the provisioner stops.
+    private let cancellation = HTTPSCancellation()
 
     private struct Pending {
         var identity: ProvisioningIdentity
@@ -137,11 +138,18 @@ public final class Provisioner: Sendable {
             let reuse = !c.reprovisionOnStart || s.configured
             s.configured = true
             for identity in identities {
-                if reuse, let a = s.store.assignment(for: identity.registrationID, idScope: c.idScope, endpoint: c.endpoint, keyFingerprint: identity.fingerprint) {
-                    assigned[identity.registrationID] = a
-                } else if s.pending[identity.registrationID] == nil && s.running[identity.registrationID] == nil {
-                    if !reuse { s.store.forget(identity.registrationID) }
-                    s.pending[identity.registrationID] = Pending(identity: identity)
+                let id = identity.registrationID
+                if reuse, let a = s.store.assignment(for: id, idScope: c.idScope, endpoint: c.endpoint, keyFingerprint: identity.fingerprint) {
+                    assigned[id] = a
+                } else if var p = s.pending[id] {
+                    // Waiting (or registering) with what may be an old key: the next attempt uses this one, at once
+                    // when the credential changed (a fixed key should not wait out the old one's refusal).
+                    if p.identity != identity { p.notBeforeMs = 0; p.attempts = 0 }
+                    p.identity = identity
+                    s.pending[id] = p
+                } else {
+                    if !reuse { s.store.forget(id); s.storeDirty = true }
+                    s.pending[id] = Pending(identity: identity)
                 }
             }
             return assigned
@@ -185,6 +193,7 @@ public final class Provisioner: Sendable {
                 if let last = s.lastReprovisionMs[id], nowMs - last < configuration.reprovisionIntervalMilliseconds { continue }
                 s.lastReprovisionMs[id] = nowMs
                 s.store.forget(id)
+                s.storeDirty = true
                 s.pending[id] = Pending(identity: identity)
                 queued.append(id)
             }
@@ -211,6 +220,7 @@ public final class Provisioner: Sendable {
         }
         task?.cancel()
         for r in running { r.cancel() }
+        cancellation.cancel()
         await task?.value
         for r in running { await r.value }
         flushStore()
@@ -221,10 +231,8 @@ public final class Provisioner: Sendable {
         var nextStartMs: Int64 = 0
         while !Task.isCancelled {
             let now = MonotonicClock.milliseconds()
-            if now >= nextStartMs, let identity = takeDue(nowMs: WallClock.nowMilliseconds()) {
+            if now >= nextStartMs, startDue(nowMs: WallClock.nowMilliseconds()) {
                 nextStartMs = now + interval
-                let task = Task { [self] in await register(identity) }
-                state.withLock { $0.running[identity.registrationID] = task }
                 continue
             }
             await deliverFresh()
@@ -233,12 +241,16 @@ public final class Provisioner: Sendable {
         await deliverFresh()
     }
 
-    /// The next identity whose time has come, unless as many registrations as allowed are running.
-    private func takeDue(nowMs: Int64) -> ProvisioningIdentity? {
+    /// Starts the registration of the next identity whose time has come, unless as many as allowed are running.
+    /// The task is recorded under the same lock, so its end (which removes it) cannot come first, and `stop` sees it.
+    private func startDue(nowMs: Int64) -> Bool {
         state.withLock { s in
-            guard !s.stopped, s.running.count < configuration.maxConcurrent else { return nil }
+            guard !s.stopped, s.running.count < configuration.maxConcurrent else { return false }
             let due = s.pending.values.filter { $0.notBeforeMs <= nowMs && s.running[$0.identity.registrationID] == nil }
-            return due.min { ($0.notBeforeMs, $0.identity.registrationID) < ($1.notBeforeMs, $1.identity.registrationID) }?.identity
+            guard let identity = due.min(by: { ($0.notBeforeMs, $0.identity.registrationID) < ($1.notBeforeMs, $1.identity.registrationID) })?.identity
+            else { return false }
+            s.running[identity.registrationID] = Task { [self] in await register(identity) }
+            return true
         }
     }
 
@@ -253,10 +265,12 @@ public final class Provisioner: Sendable {
     private func flushStore() {
         let store = state.withLock { s -> AssignmentStore? in
             guard s.storeDirty else { return nil }
+            s.storeDirty = false
             return s.store
         }
         guard let store else { return }
         if let e = store.save() {
+            state.withLock { $0.storeDirty = true }
             logger.error("provisioning: cannot save \(store.path): \(String(cString: strerror(e))); assignments are kept in memory and registered again after a restart")
         }
     }
@@ -289,8 +303,9 @@ public final class Provisioner: Sendable {
                     state.withLock { _ = $0.running.removeValue(forKey: identity.registrationID) }
                     return
                 }
-                let result = await offCooperativePool { [https] in
-                    HTTPSClient.perform(request.method, request.url, headers: request.headers.sorted { $0.key < $1.key }, body: request.body, settings: https)
+                let result = await offCooperativePool { [https, cancellation] in
+                    HTTPSClient.perform(request.method, request.url, headers: request.headers.sorted { $0.key < $1.key }, body: request.body,
+                                        settings: https, cancellation: cancellation)
                 }
                 let now = WallClock.nowMilliseconds() / 1000
                 switch result {
@@ -314,19 +329,26 @@ public final class Provisioner: Sendable {
             let failure = ProvisioningFailure(refused: true, "\(id): the enrollment assigns the device id \(a.deviceID); fieldgate needs it equal to the registration id (leave the enrollment's device id empty or set it to \(id))")
             finish(identity, .failure(failure))
         case .success(let a):
-            state.withLock { s in
+            let current = state.withLock { s -> Bool in
                 s.running[id] = nil
+                guard s.identities[id] == identity else {
+                    // Reconfigured meanwhile (a new key or certificate): its pending entry registers it again at once.
+                    if s.identities[id] == nil { s.pending[id] = nil } else { s.pending[id]?.notBeforeMs = 0 }
+                    return false
+                }
                 s.pending[id] = nil
-                guard s.identities[id] == identity else { return }  // reconfigured meanwhile: a new registration follows
                 s.store.record(a, for: id, idScope: c.idScope, endpoint: c.endpoint, keyFingerprint: identity.fingerprint, nowMilliseconds: nowMs)
                 s.storeDirty = true
                 s.fresh[id] = a
+                return true
             }
-            logger.info("provisioning: \(id) assigned to \(a.hub)")
+            if current { logger.info("provisioning: \(id) assigned to \(a.hub)") }
         case .failure(let f):
             let delay: Int64 = state.withLock { s in
                 s.running[id] = nil
                 guard var p = s.pending[id] else { return 0 }
+                // Reconfigured meanwhile: the new credential is tried at once, not after this one's back-off.
+                guard p.identity == identity else { p.notBeforeMs = 0; s.pending[id] = p; return 0 }
                 p.attempts += 1
                 p.lastError = f.message
                 p.refused = f.refused

@@ -77,6 +77,8 @@ public struct RegistrationFlow: Sendable {
     private var operationID: String?
     private var polls = 0
     private var retries = 0
+    /// A poll found the operation gone (404): the registration was started over once.
+    private var restarted = false
 
     /// - Parameter key: the identity's symmetric key (for a group enrollment, the key derived for this id); nil when
     ///   its X.509 certificate authenticates it at TLS.
@@ -123,6 +125,7 @@ public struct RegistrationFlow: Sendable {
         operationID = nil
         polls = 0
         retries = 0
+        restarted = false
         return send(registerRequest(nowSeconds: nowSeconds), after: 0)
     }
 
@@ -160,6 +163,12 @@ public struct RegistrationFlow: Sendable {
             default:
                 return .failed(ProvisioningFailure(refused: false, "\(registrationID): DPS reports the unknown status \(state)"))
             }
+        case 404 where operationID != nil && !restarted:
+            // The operation expired or DPS lost it: register again rather than count the identity as refused.
+            restarted = true
+            operationID = nil
+            polls = 0
+            return send(registerRequest(nowSeconds: nowSeconds), after: wait)
         case 400, 401, 403, 404:
             let code = body?["errorCode"]?.intValue.map { " \($0)" } ?? ""
             let message = body?["message"]?.stringValue ?? ""

@@ -79,15 +79,18 @@ final class Shard: @unchecked Sendable {
 
     /// The hub of this connection's identities (nil: the configured hub).
     let hubHost: String?
-    /// The identity whose client certificate this connection presents; nil for a connection of SAS identities.
-    var certificateIdentity: LeafConfiguration? {
-        leaves.values.first { $0.configuration.credential.isCertificate }?.configuration
-    }
+    /// The credential whose client certificate this connection presents, fixed when the connection is made for its
+    /// identity; nil for a connection of SAS identities. Such a connection never takes other identities, even once its
+    /// own has left (it has no CBS links for their tokens).
+    let certificateCredential: LeafCredential?
+    /// A certificate connection whose identity left: closed for good (no other identity may use it).
+    private(set) var retired = false
 
     init(engine: UplinkEngine, index: Int, hubHost: String?, leaves: [LeafRuntime], connectionMachine: ConnectionMachine) {
         self.engine = engine
         self.index = index
         self.hubHost = hubHost
+        self.certificateCredential = leaves.first { $0.configuration.credential.isCertificate }?.configuration.credential
         self.machine = connectionMachine
         self.tierLimits = HubTierLimits(recheckMilliseconds: engine.configuration.tierRecheckMilliseconds)
         self.leafOrder = leaves.map(\.deviceID)
@@ -110,6 +113,7 @@ final class Shard: @unchecked Sendable {
 
     /// Connects when due; abandons an attempt that takes too long.
     func tickConnection(nowMs: Int64) {
+        guard !retired else { return }
         if machine.attemptTimedOut(nowMs: nowMs) {
             logger.warning("uplink[\(index)]: connecting to \(machine.route) timed out")
             closeReason = "connect timed out"
@@ -156,7 +160,7 @@ final class Shard: @unchecked Sendable {
             switch c.transport {
             case .tls(let tls):
                 var clientTLS = AMQPClientTLS(trustedCAFile: tls.caFile, peerHostname: route.host, verifyPeer: tls.verifyHostName)
-                if case .x509(let certificate, let key)? = certificateIdentity?.credential {
+                if case .x509(let certificate, let key)? = certificateCredential {
                     clientTLS.certificateFile = certificate
                     clientTLS.privateKeyFile = key
                 }
@@ -211,6 +215,11 @@ final class Shard: @unchecked Sendable {
         detachLinks(leaf)
         if let i = sessionOfLeaf.removeValue(forKey: id) { leafSessions?[i].leaves -= 1 }
         for policy in sharedTokens.keys { sharedTokens[policy]?.waiting.removeAll { $0 == id } }
+        if certificateCredential != nil && leaves.isEmpty {
+            retired = true
+            closeReason = "its certificate identity left"
+            ref?.close()
+        }
     }
 
     /// Tokens this connection needs: one per leaf with its own key, one per hub-scope policy.
@@ -236,7 +245,7 @@ final class Shard: @unchecked Sendable {
             machine.opened(nowMs: engine.nowMs())
             logger.info("uplink[\(index)]: connected to \(machine.route) (\(leafOrder.count) leaves)")
             // An X.509 identity authenticated at TLS: no CBS (as the Azure C SDK in X.509 mode).
-            if certificateIdentity == nil { openCBS(on: connection) } else { leafSessions = [] }
+            if certificateCredential == nil { openCBS(on: connection) } else { leafSessions = [] }
             for leaf in leaves.values { leaf.machine.connectionOpened() }
             engine.leavesQueued(self)
         case .connectionClosed(let condition):

@@ -141,8 +141,13 @@ public struct UplinkConfiguration: Sendable, Equatable {
     public func endpoint(for host: String) -> (address: String, port: Int) {
         if host == hostName, let address { return (address, port) }
         guard let mapped = hostAddresses[host] else { return (host, port) }
-        if let colon = mapped.lastIndex(of: ":"), !mapped.hasSuffix("]"), mapped.firstIndex(of: ":") == colon,
-           let p = Int(mapped[mapped.index(after: colon)...]) {
+        // "[v6]:port" and "[v6]": the brackets go; a bare IPv6 address (several colons) has no port.
+        if mapped.hasPrefix("["), let close = mapped.firstIndex(of: "]") {
+            let address = String(mapped[mapped.index(after: mapped.startIndex)..<close])
+            let rest = mapped[mapped.index(after: close)...]
+            return (address, rest.hasPrefix(":") ? Int(rest.dropFirst()) ?? port : port)
+        }
+        if let colon = mapped.lastIndex(of: ":"), mapped.firstIndex(of: ":") == colon, let p = Int(mapped[mapped.index(after: colon)...]) {
             return (String(mapped[..<colon]), p)
         }
         return (mapped, port)

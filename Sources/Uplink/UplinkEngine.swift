@@ -113,7 +113,7 @@ final class UplinkEngine: @unchecked Sendable {
             let cost = leaf.hubScopePolicy.map { p in shards.contains { $0.leaves.values.contains { $0.configuration.hubScopePolicy == p } } ? 0 : 1 } ?? 1
             let host = Self.hubKey(leaf.hubHost, configured: configuration.hostName)
             if !leaf.credential.isCertificate, let shard = shards.first(where: {
-                Self.hubKey($0.hubHost, configured: configuration.hostName) == host && $0.certificateIdentity == nil
+                Self.hubKey($0.hubHost, configured: configuration.hostName) == host && $0.certificateCredential == nil
                     && $0.tokenCount + cost <= configuration.identitiesPerConnection && $0.leafOrder.count < Self.maxLeavesPerConnection
             }) {
                 leafShard[leaf.deviceID] = shard.index
@@ -528,7 +528,7 @@ final class UplinkEngine: @unchecked Sendable {
     func snapshot() -> UplinkStatus {
         var status = UplinkStatus()
         status.telemetryPause = quota.telemetryPause
-        for shard in shards {
+        for shard in shards where !shard.retired {
             status.connections.append(UplinkStatus.Connection(
                 index: shard.index, state: shard.machine.phase.rawValue, opens: shard.machine.opens,
                 lastError: shard.machine.lastError, lastDisconnect: shard.machine.lastDisconnect, leaves: shard.leafOrder.count,

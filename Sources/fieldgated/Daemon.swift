@@ -34,6 +34,9 @@ final class Daemon: Service, Sendable {
     final class PartsBox: Sendable {
         private let state = Mutex<Parts?>(nil)
         let provisioner = Mutex<Provisioner?>(nil)
+        /// Reloads and new assignments change the uplink's leaves one at a time: each computes them from the
+        /// settings and uplink of the moment, so neither undoes the other or lands on an uplink being replaced.
+        let leafChanges = AsyncGate()
         func withLock<T>(_ body: (inout Parts?) -> T) -> T { state.withLock { body(&$0) } }
     }
     /// The adapters, apart: the uplink's router looks leaves up here (it exists before the uplink does).
@@ -137,6 +140,14 @@ final class Daemon: Service, Sendable {
         }
     }
 
+    /// What `[provisioning]` itself sets (the HTTPS settings it takes from `[hub]` apply at the next start).
+    private static func provisioningSection(_ c: ProvisioningConfiguration) -> ProvisioningConfiguration {
+        var c = c
+        c.https = HTTPSSettings()
+        c.userAgent = ""
+        return c
+    }
+
     /// The identities that register with DPS: the gateway and every leaf with a key or group credential.
     static func provisioningIdentities(_ settings: GatewaySettings) -> [ProvisioningIdentity] {
         ([settings.gatewayLeaf] + settings.leaves).compactMap { GatewaySettings.provisioningIdentity($0) }
@@ -160,6 +171,8 @@ final class Daemon: Service, Sendable {
     /// New assignments: the uplink takes the identities onto connections to their hubs; ones it refused before (a
     /// device re-created by DPS) try again at once.
     private static func provisioned(_ fresh: [String: Assignment], parts: PartsBox, provisioner: Provisioner?, logger: Logger) async {
+        await parts.leafChanges.acquire()
+        defer { parts.leafChanges.release() }
         guard let provisioner, let (settings, uplink) = parts.withLock({ p in p.map { ($0.settings, $0.uplink) } }) else { return }
         let hubs = Set(fresh.values.map(\.hub)).sorted()
         logger.notice("provisioning: \(fresh.count) identities assigned (hubs: \(hubs.joined(separator: ", ")))")
@@ -204,6 +217,8 @@ final class Daemon: Service, Sendable {
     /// bound refuses the whole reload), then swapped in. Settings that only a restart can change are refused. Callers
     /// go through `Reloader`, which runs one reload at a time.
     func apply(_ next: GatewaySettings) async throws(ConfigReloadError) -> String {
+        await parts.leafChanges.acquire()
+        defer { parts.leafChanges.release() }
         let old = parts.withLock { $0!.settings }
         var needsRestart: [String] = []
         if next.spool != old.spool { needsRestart.append("[spool]") }
@@ -212,7 +227,7 @@ final class Daemon: Service, Sendable {
             needsRestart.append("[control]")
         }
         if next.stallMilliseconds != old.stallMilliseconds { needsRestart.append("[daemon]") }
-        if next.provisioning != old.provisioning { needsRestart.append("[provisioning]") }
+        if next.provisioning.map(Self.provisioningSection) != old.provisioning.map(Self.provisioningSection) { needsRestart.append("[provisioning]") }
         guard needsRestart.isEmpty else {
             throw ConfigReloadError(description: "\(needsRestart.joined(separator: ", ")) changed: only a restart applies that (systemctl restart fieldgated)")
         }

@@ -6,6 +6,7 @@ import IoTHub
 import Logging
 import ProtonAMQP
 import Provisioning
+import Synchronization
 import Testing
 
 #if canImport(FoundationEssentials)
@@ -200,6 +201,50 @@ struct ProvisioningServiceTests {
         #expect(action == .assigned(Assignment(hub: s.hub.hostName, deviceID: "proxied-1")))
         #expect(lastBody?["registrationState"]?["payload"]?["site"] == "north", "\(String(describing: lastBody))")
         #expect(proxy.log().contains("CONNECT localhost:\(s.port)"), "through the proxy: \(proxy.log())")
+    }
+
+    final class Collected: Sendable {
+        let assignments = Mutex<[String: Assignment]>([:])
+        func add(_ fresh: [String: Assignment]) { assignments.withLock { $0.merge(fresh) { _, new in new } } }
+        var value: [String: Assignment] { assignments.withLock { $0 } }
+    }
+
+    @Test("fieldgated's provisioner: a key DPS refuses, fixed by a reload, registers at once with the new key; the assignment is stored and reused by the next start without asking DPS")
+    func provisionerTakesAFixedKey() async throws {
+        let s = try await Service.start()
+        defer { Task { await s.stop() } }
+        let group = EnrollmentGroup(enrollmentGroupId: "fleet")
+        s.dps.put(group)
+        let right = try deriveDeviceKey(groupKey: group.keys.primaryKey, registrationID: "fixme")
+        var c = ProvisioningConfiguration(idScope: s.dps.configuration.idScope, storePath: s.hub.directory + "/provisioning.json")
+        c.endpoint = "localhost:\(s.port)"
+        c.https = s.https
+        c.registrationsPerSecond = 100
+        var logger = Logger(label: "test.provisioner")
+        logger.logLevel = .critical
+        let collected = Collected()
+        let provisioner = Provisioner(configuration: c, logger: logger) { collected.add($0) }
+        provisioner.set(identities: [ProvisioningIdentity(registrationID: "fixme", key: generateSymmetricKey())])
+        provisioner.start()
+        func eventually(_ condition: () -> Bool) async -> Bool {
+            for _ in 0..<150 { if condition() { return true }; try? await Task.sleep(for: .milliseconds(100)) }
+            return false
+        }
+        #expect(await eventually { provisioner.status["fixme"]?.phase == .refused })
+        #expect(provisioner.status["fixme"]?.lastError?.contains("401") == true)
+        // The refusal's back-off is a minute; the fixed key does not wait for it.
+        provisioner.set(identities: [ProvisioningIdentity(registrationID: "fixme", key: right)])
+        #expect(await eventually { collected.value["fixme"] != nil }, "\(provisioner.status)")
+        #expect(provisioner.assignments["fixme"] == Assignment(hub: s.hub.hostName, deviceID: "fixme"))
+        await provisioner.stop()
+
+        let requests = s.dps.registerRequests
+        let next = Provisioner(configuration: c, logger: logger) { _ in }
+        #expect(next.set(identities: [ProvisioningIdentity(registrationID: "fixme", key: right)])["fixme"] == Assignment(hub: s.hub.hostName, deviceID: "fixme"))
+        next.start()
+        try await Task.sleep(for: .milliseconds(300))
+        await next.stop()
+        #expect(s.dps.registerRequests == requests, "reused, not registered again")
     }
 
     @Test("enrollment management needs a provisioningserviceowner token unless the service API is open")

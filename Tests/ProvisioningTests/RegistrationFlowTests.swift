@@ -76,6 +76,19 @@ struct RegistrationFlowTests {
         #expect(!gaveUp.refused && gaveUp.message.contains("HTTP 503"))
     }
 
+    @Test func aLostOperationStartsTheRegistrationOver() throws {
+        var flow = RegistrationFlow(settings: settings, registrationID: "sensor-7", key: key)
+        _ = flow.start(nowSeconds: 0)
+        _ = flow.received(status: 202, body: ["operationId": "op-9", "status": "assigning"], retryAfterSeconds: 1, nowSeconds: 0)
+        let (again, _) = try #require(request(flow.received(status: 404, body: ["errorCode": 404203], retryAfterSeconds: nil, nowSeconds: 1)))
+        #expect(again.method == "PUT" && again.url.hasSuffix("/register?api-version=2021-06-01"))
+        _ = flow.received(status: 202, body: ["operationId": "op-10", "status": "assigning"], retryAfterSeconds: 1, nowSeconds: 2)
+        guard case .failed(let f) = flow.received(status: 404, body: nil, retryAfterSeconds: nil, nowSeconds: 3) else {
+            Issue.record("a second loss is a failure"); return
+        }
+        #expect(f.refused)
+    }
+
     @Test func x509CarriesNoToken() throws {
         var flow = RegistrationFlow(settings: settings, registrationID: "gw-1", key: nil)
         let (put, _) = try #require(request(flow.start(nowSeconds: 0)))

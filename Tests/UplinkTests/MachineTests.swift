@@ -265,6 +265,10 @@ struct MachineTests {
         #expect(c.endpoint(for: "hub-b.example") == ("127.0.0.1", 15671))
         #expect(c.endpoint(for: "hub-c.example") == ("10.0.0.3", 5671))
         #expect(c.endpoint(for: "hub-d.example") == ("hub-d.example", 5671))
+        c.hostAddresses["hub-e.example"] = "[fd00::5]:15671"
+        c.hostAddresses["hub-f.example"] = "fd00::6"
+        #expect(c.endpoint(for: "hub-e.example") == ("fd00::5", 15671))
+        #expect(c.endpoint(for: "hub-f.example") == ("fd00::6", 5671))
         #expect(c.routes(for: "hub-b.example").map(\.host) == ["hub-b.example", "hub-b.example"], "AMQPS then WebSockets, no fallback hosts")
         c.fallbackHosts = ["spare.example"]
         #expect(c.routes(for: nil).map(\.host).contains("spare.example"))

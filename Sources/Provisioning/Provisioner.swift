@@ -344,11 +344,11 @@ public final class Provisioner: Sendable {
             }
             if current { logger.info("provisioning: \(id) assigned to \(a.hub)") }
         case .failure(let f):
-            let delay: Int64 = state.withLock { s in
+            let delay: Int64? = state.withLock { s in
                 s.running[id] = nil
-                guard var p = s.pending[id] else { return 0 }
+                guard var p = s.pending[id] else { return nil }  // no longer configured
                 // Reconfigured meanwhile: the new credential is tried at once, not after this one's back-off.
-                guard p.identity == identity else { p.notBeforeMs = 0; s.pending[id] = p; return 0 }
+                guard p.identity == identity else { p.notBeforeMs = 0; s.pending[id] = p; return nil }
                 p.attempts += 1
                 p.lastError = f.message
                 p.refused = f.refused
@@ -358,7 +358,7 @@ public final class Provisioner: Sendable {
                 s.pending[id] = p
                 return delay
             }
-            logger.log(level: f.refused ? .error : .warning, "provisioning: \(f.message); trying again in \(delay / 1000) s")
+            if let delay { logger.log(level: f.refused ? .error : .warning, "provisioning: \(f.message); trying again in \(delay / 1000) s") }
         }
     }
 }

@@ -184,7 +184,6 @@ final class Daemon: Service, Sendable {
         }
     }
 
-
     var heartbeats: [Heartbeat] {
         let a = adapters.current
         return [spool.heartbeat] + uplink.heartbeats + (a.udp.map { [$0.heartbeat] } ?? []) + a.serial.map(\.heartbeat) + a.modbus.map(\.heartbeat)
@@ -282,6 +281,9 @@ final class Daemon: Service, Sendable {
         for bus in modbusToStop where !next.modbusBuses.contains(where: { $0.name == bus.configuration.name }) {
             summary.append("modbus bus \(bus.configuration.name) removed")
         }
+        // The provisioner learns the new identities first, so the leaves given to the uplink below (a new one, or the
+        // running one's reconfigure) are placed by assignments that hold for the new credentials.
+        provisioner?.set(identities: Self.provisioningIdentities(next))
         var newUplink: Uplink?
         if next.uplink != old.uplink || next.gatewayLeaf != old.gatewayLeaf {
             do throws(UplinkError) { newUplink = try makeUplinkDetached(next) } catch { throw ConfigReloadError(description: "\(error)") }
@@ -295,7 +297,6 @@ final class Daemon: Service, Sendable {
             p!.settings = next
             return p!.uplink
         }
-        provisioner?.set(identities: Self.provisioningIdentities(next))
         udpToStart?.start()
         for port in serialToStart { port.start() }
         for bus in modbusToStart { bus.start() }

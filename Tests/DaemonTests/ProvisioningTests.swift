@@ -175,7 +175,7 @@ struct ProvisioningTests {
         })
     }
 
-    @Test("DPS with X.509 attestation: the gateway registers with its certificate (no key), lands on its hub as a thumbprint device and runs on a connection of its own; the leaves come through the group key; a certificate DPS does not know is refused")
+    @Test("DPS with X.509 attestation: the gateway registers with its certificate (no key), lands on its hub as a thumbprint device and runs on a connection of its own; the leaves come through the group key, one added by a reload too; a certificate DPS does not know is refused")
     func gatewayProvisionedWithItsCertificate() async throws {
         let fleet = try await Fleet.start()
         defer { Task { await fleet.stop() } }
@@ -207,6 +207,14 @@ struct ProvisioningTests {
         let status = try daemon.control(["command": "status"])
         #expect((status["connections"]?.arrayValue ?? []).count == hubsWithLeaves + 1, "\(status)")
 
+        // A leaf added by a reload registers and joins its hub's connection.
+        try (["leaf-a", "leaf-b", "leaf-c", "leaf-d"].map { "[[leaf]]\ndevice_id = \"\($0)\"\nadapter = \"udp\"\n" }.joined(separator: "\n"))
+            .write(toFile: dir + "/devices.d/leaves.toml", atomically: true, encoding: .utf8)
+        let t0 = MonotonicClock.milliseconds()
+        daemon.signal(SIGHUP)
+        #expect(await daemon.notify.wait(for: "READY=1", since: t0, seconds: 10))
+        #expect(await daemon.eventually(seconds: 30) { daemon.devices(in: "ready").contains("leaf-d") }, "\(daemon.stderr.suffix(2000))")
+
         // The same id with a certificate DPS was not given: 401 from DPS, in words.
         daemon.signal(SIGTERM)
         #expect(await daemon.waitForExit(seconds: 20) == 0)
@@ -217,6 +225,6 @@ struct ProvisioningTests {
         defer { again.cleanUp() }
         #expect(await again.eventually(seconds: 30) { again.devices(in: "provisioning-refused").contains("gw-x509") }, "\(again.stderr.suffix(2000))")
         #expect(again.stderr.contains("gw-x509: DPS answered 401"), "\(again.stderr.suffix(2000))")
-        #expect(await again.eventually { again.devices(in: "ready") == ["leaf-a", "leaf-b", "leaf-c"] })
+        #expect(await again.eventually { again.devices(in: "ready") == ["leaf-a", "leaf-b", "leaf-c", "leaf-d"] })
     }
 }

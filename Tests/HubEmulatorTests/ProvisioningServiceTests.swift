@@ -54,10 +54,13 @@ struct ProvisioningServiceTests {
         }
 
         /// Runs the registration as fieldgated does: every request the flow asks for, over HTTPS, honouring its waits.
-        func register(_ id: String, key: String?, settings: RegistrationFlow.Settings? = nil, https: HTTPSSettings? = nil) async -> (RegistrationFlow.Action, [Int]) {
-            var flow = RegistrationFlow(settings: settings ?? self.settings, registrationID: id, key: key)
+        /// Returns the outcome, the statuses seen and the last response's body.
+        func register(_ id: String, key: String?, settings: RegistrationFlow.Settings? = nil, https: HTTPSSettings? = nil,
+                      payload: JSONValue? = nil) async -> (RegistrationFlow.Action, [Int], JSONValue?) {
+            var flow = RegistrationFlow(settings: settings ?? self.settings, registrationID: id, key: key, payload: payload)
             var action = flow.start(nowSeconds: WallClock.nowMilliseconds() / 1000)
             var statuses: [Int] = []
+            var lastBody: JSONValue?
             while case .send(let request, let after) = action {
                 try? await Task.sleep(for: .milliseconds(after))
                 let s = https ?? self.https
@@ -65,6 +68,7 @@ struct ProvisioningServiceTests {
                 switch r {
                 case .success(let response):
                     statuses.append(response.status)
+                    lastBody = response.json
                     action = flow.received(status: response.status, body: response.json, retryAfterSeconds: response.retryAfterSeconds,
                                            nowSeconds: WallClock.nowMilliseconds() / 1000)
                 case .failure(let e):
@@ -72,7 +76,7 @@ struct ProvisioningServiceTests {
                     action = flow.received(status: 0, body: nil, retryAfterSeconds: nil, error: e.message, nowSeconds: WallClock.nowMilliseconds() / 1000)
                 }
             }
-            return (action, statuses)
+            return (action, statuses, lastBody)
         }
     }
 
@@ -84,7 +88,7 @@ struct ProvisioningServiceTests {
         s.dps.put(group)
         let key = try deriveDeviceKey(groupKey: group.keys.primaryKey, registrationID: "sensor-1")
         let started = MonotonicClock.milliseconds()
-        let (outcome, statuses) = await s.register("sensor-1", key: key)
+        let (outcome, statuses, _) = await s.register("sensor-1", key: key)
         #expect(outcome == .assigned(Assignment(hub: s.hub.hostName, deviceID: "sensor-1")))
         #expect(statuses == [202, 200], "\(statuses)")
         #expect(MonotonicClock.milliseconds() - started >= 900, "the flow waited the Retry-After before asking")
@@ -93,7 +97,7 @@ struct ProvisioningServiceTests {
         #expect(s.dps.snapshot.registrations["sensor-1"]?.substatus == "initialAssignment")
 
         // Registering again keeps the hub and says so.
-        let (again, _) = await s.register("sensor-1", key: key)
+        let (again, _, _) = await s.register("sensor-1", key: key)
         #expect(again == .assigned(Assignment(hub: s.hub.hostName, deviceID: "sensor-1")))
         #expect(s.dps.snapshot.registrations["sensor-1"]?.substatus == "reprovisionedToInitialAssignment")
 
@@ -106,14 +110,14 @@ struct ProvisioningServiceTests {
             if case .failed(let f) = action, f.refused { return f.message }
             return nil
         }
-        let (wrongKey, wrongStatuses) = await s.register("sensor-3", key: generateSymmetricKey())
+        let (wrongKey, wrongStatuses, _) = await s.register("sensor-3", key: generateSymmetricKey())
         #expect(refused(wrongKey)?.contains("401 401002") == true, "\(wrongKey)")
         #expect(wrongStatuses == [401])
         var otherScope = s.settings
         otherScope.idScope = "0ne00NOPE00"
         #expect(refused(await s.register("sensor-1", key: key, settings: otherScope).0) != nil)
         s.dps.put(IndividualEnrollment(registrationId: "sleeper", keys: SymmetricKeyPair(primaryKey: key), enabled: false))
-        let (disabled, _) = await s.register("sleeper", key: key)
+        let (disabled, _, _) = await s.register("sleeper", key: key)
         #expect(refused(disabled)?.contains("disabled") == true, "\(disabled)")
         #expect(try await s.hub.core.perform { $0.listDevices() }.allSatisfy { $0.deviceId != "sleeper" }, "no device for a disabled enrollment")
         let invalid = await s.register("Upper-Case", key: key)
@@ -148,7 +152,7 @@ struct ProvisioningServiceTests {
         #expect(await s.register("gw-2", key: nil, https: withCertificate(issued)).0 == .assigned(Assignment(hub: s.hub.hostName, deviceID: "gw-2")))
         let d1 = try await s.hub.core.perform { try $0.device("gw-1") }
         #expect(d1.authentication.type == "selfSigned" && d1.authentication.x509Thumbprint?.primaryThumbprint == own.thumbprintSHA1)
-        let (strayOutcome, strayStatuses) = await s.register("gw-3", key: nil, https: withCertificate(stray))
+        let (strayOutcome, strayStatuses, _) = await s.register("gw-3", key: nil, https: withCertificate(stray))
         #expect(strayStatuses == [401], "\(strayOutcome)")
         // A certificate whose CN is not the registration id.
         #expect(await s.register("gw-4", key: nil, https: withCertificate(own)).1 == [401])
@@ -188,16 +192,8 @@ struct ProvisioningServiceTests {
         s.dps.put(group)
         var https = s.https
         https.proxy = .url(proxy.url, user: TestProxy.user, password: TestProxy.password)
-        var flow = RegistrationFlow(settings: s.settings, registrationID: "proxied-1",
-                                    key: try deriveDeviceKey(groupKey: group.keys.primaryKey, registrationID: "proxied-1"), payload: ["site": "north"])
-        var action = flow.start(nowSeconds: WallClock.nowMilliseconds() / 1000)
-        var lastBody: JSONValue?
-        while case .send(let request, let after) = action {
-            try await Task.sleep(for: .milliseconds(after))
-            let r = try HTTPSClient.perform(request.method, request.url, headers: request.headers.sorted { $0.key < $1.key }, body: request.body, settings: https).get()
-            lastBody = r.json
-            action = flow.received(status: r.status, body: r.json, retryAfterSeconds: r.retryAfterSeconds, nowSeconds: WallClock.nowMilliseconds() / 1000)
-        }
+        let (action, _, lastBody) = await s.register("proxied-1", key: try deriveDeviceKey(groupKey: group.keys.primaryKey, registrationID: "proxied-1"),
+                                                     https: https, payload: ["site": "north"])
         #expect(action == .assigned(Assignment(hub: s.hub.hostName, deviceID: "proxied-1")))
         #expect(lastBody?["registrationState"]?["payload"]?["site"] == "north", "\(String(describing: lastBody))")
         #expect(proxy.log().contains("CONNECT localhost:\(s.port)"), "through the proxy: \(proxy.log())")

@@ -53,6 +53,7 @@ enum DeviceListener: Sendable {
         case .tls(let l): await l.close()
         }
     }
+
 }
 
 /// A running hub: the ports it got, its core, and how to stop it.
@@ -211,9 +212,22 @@ public final class HubServer: Service, Sendable {
         Task { [self] in
             try? await Task.sleep(for: .seconds(seconds))
             state.withLock { $0.refusing = false }
-            for (l, tls) in listeners {
-                do { _ = try await openListener(port: l.port, tls: tls, core: core) } catch {
-                    logger.error("cannot reopen the AMQP listener on port \(l.port): \(error)")
+            // Each listener on its own, and again after a failed bind (the old socket may not have let go yet), so one
+            // cannot keep the other closed.
+            await withTaskGroup(of: Void.self) { group in
+                for (l, tls) in listeners {
+                    group.addTask { [self] in
+                        for attempt in 1...20 {
+                            if state.withLock({ $0.stopped }) { return }
+                            do {
+                                _ = try await openListener(port: l.port, tls: tls, core: core)
+                                return
+                            } catch {
+                                logger.error("cannot reopen the AMQP listener on port \(l.port) (attempt \(attempt)): \(error)")
+                            }
+                            try? await Task.sleep(for: .milliseconds(200))
+                        }
+                    }
                 }
             }
         }

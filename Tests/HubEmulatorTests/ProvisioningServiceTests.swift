@@ -64,7 +64,8 @@ struct ProvisioningServiceTests {
             while case .send(let request, let after) = action {
                 try? await Task.sleep(for: .milliseconds(after))
                 let s = https ?? self.https
-                let r = HTTPSClient.perform(request.method, request.url, headers: request.headers.sorted { $0.key < $1.key }, body: request.body, settings: s)
+                // Off the cooperative pool: the DPS answering it runs on that pool, in this process.
+                let r = await offCooperativePool { HTTPSClient.perform(request.method, request.url, headers: request.headers.sorted { $0.key < $1.key }, body: request.body, settings: s) }
                 switch r {
                 case .success(let response):
                     statuses.append(response.status)
@@ -125,8 +126,11 @@ struct ProvisioningServiceTests {
 
         let token = try SASToken.generate(resourceURI: "\(s.dps.configuration.idScope)/registrations/sensor-1", key: key,
                                           expiry: WallClock.nowMilliseconds() / 1000 + 60, keyName: "registration")
-        let unknown = HTTPSClient.perform("GET", "https://localhost:\(s.port)/\(s.dps.configuration.idScope)/registrations/sensor-1/operations/nope?api-version=2021-06-01",
-                                          headers: [("Authorization", token)], settings: s.https)
+        let https = s.https
+        let unknown = await offCooperativePool {
+            HTTPSClient.perform("GET", "https://localhost:\(s.port)/\(s.dps.configuration.idScope)/registrations/sensor-1/operations/nope?api-version=2021-06-01",
+                                headers: [("Authorization", token)], settings: https)
+        }
         #expect((try? unknown.get().status) == 404)
         #expect((try? unknown.get().json?["errorCode"]?.intValue) == 404203)
     }
@@ -248,11 +252,12 @@ struct ProvisioningServiceTests {
         let s = try await Service.start(open: false)
         defer { Task { await s.stop() } }
         let url = "https://localhost:\(s.port)/enrollmentGroups/fleet?api-version=2021-10-01"
-        let anonymous = HTTPSClient.perform("PUT", url, headers: [("Content-Type", "application/json")], body: Array("{}".utf8), settings: s.https)
+        let https = s.https
+        let anonymous = await offCooperativePool { HTTPSClient.perform("PUT", url, headers: [("Content-Type", "application/json")], body: Array("{}".utf8), settings: https) }
         #expect((try? anonymous.get().status) == 401)
         let token = try SASToken.generate(resourceURI: "localhost", key: s.dps.serviceKey, expiry: WallClock.nowMilliseconds() / 1000 + 60,
                                           keyName: "provisioningserviceowner")
-        let signed = HTTPSClient.perform("PUT", url, headers: [("Content-Type", "application/json"), ("Authorization", token)], body: Array("{}".utf8), settings: s.https)
+        let signed = await offCooperativePool { HTTPSClient.perform("PUT", url, headers: [("Content-Type", "application/json"), ("Authorization", token)], body: Array("{}".utf8), settings: https) }
         #expect((try? signed.get().status) == 200)
     }
 }

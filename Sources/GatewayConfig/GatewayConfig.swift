@@ -591,7 +591,7 @@ struct Mapper {
         c.https.timeoutMilliseconds = 30_000
         c.userAgent = uplink.clientVersion
         for (leaf, source, key) in identities where Self.provisioningIdentity(leaf) != nil {
-            if !Self.isValidRegistrationID(leaf.deviceID) {
+            if !isValidRegistrationID(leaf.deviceID) {
                 report(source, key, "device_id \"\(leaf.deviceID)\" cannot register with DPS: registration ids are 1 to 128 lowercase letters, digits and - . _ : (not first or last)")
             }
         }
@@ -616,11 +616,6 @@ struct Mapper {
         }
     }
 
-    static func isValidRegistrationID(_ id: String) -> Bool {
-        let special: Set<Character> = ["-", ".", "_", ":"]
-        guard (1...128).contains(id.count), let first = id.first, let last = id.last, !special.contains(first), !special.contains(last) else { return false }
-        return id.allSatisfy { ($0.isASCII && ($0.isLowercase || $0.isNumber)) || special.contains($0) }
-    }
 
     private mutating func spoolConfiguration(_ section: GatewayConfigFile.SpoolSection?) -> SpoolConfiguration {
         var spool = SpoolConfiguration(directory: section?.directory ?? "/var/lib/fieldgate/spool")

@@ -18,7 +18,7 @@ extension ServiceAPI {
             let header = req.headers[.authorization]
             try await core.perform { try $0.authorizeDevice(header, deviceId: id) }
             var req = req
-            guard let name = try await bodyJSON(&req)?["blobName"]?.stringValue else {
+            guard let name = try await ServiceAPI.bodyJSON(&req)?["blobName"]?.stringValue else {
                 throw HubError(.badRequest, "the body must be {\"blobName\": …}", errorCode: 400004)
             }
             return try json(try await core.perform { try $0.startFileUpload(deviceId: id, blobName: name) })
@@ -28,7 +28,7 @@ extension ServiceAPI {
             let header = req.headers[.authorization]
             try await core.perform { try $0.authorizeDevice(header, deviceId: id) }
             var req = req
-            guard let body = try await bodyJSON(&req) else { throw HubError(.badRequest, "the body must be JSON", errorCode: 400004) }
+            guard let body = try await ServiceAPI.bodyJSON(&req) else { throw HubError(.badRequest, "the body must be JSON", errorCode: 400004) }
             try await core.perform { try $0.finishFileUpload(deviceId: id, body: body) }
             return Response(status: .noContent)
         }

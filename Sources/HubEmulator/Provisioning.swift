@@ -112,15 +112,6 @@ public struct ProvisioningPlan: Sendable, Equatable {
 }
 
 extension ProvisioningState {
-    /// DPS registration ids: 1–128 characters, lowercase letters, digits and `-._:`, not starting or ending with a
-    /// special character.
-    public static func isValidRegistrationID(_ id: String) -> Bool {
-        let special: Set<Character> = ["-", ".", "_", ":"]
-        guard (1...128).contains(id.count), let first = id.first, let last = id.last,
-              !special.contains(first), !special.contains(last) else { return false }
-        return id.allSatisfy { ($0.isASCII && ($0.isLowercase || $0.isNumber)) || special.contains($0) }
-    }
-
     /// Checks a device's register (or operation status) request: its SAS token must be for
     /// `{idScope}/registrations/{registrationId}`, name the key `registration`, be unexpired, and be signed with the
     /// individual enrollment's key or the key a group derives for this registration id. Unknown registrations and bad

@@ -139,7 +139,7 @@ public final class ProvisioningServer: Sendable {
     func register(registrationID: String, authorization: String?, clientCertificate: [UInt8]?, body: JSONValue?) async -> Response {
         let now = WallClock.nowMilliseconds()
         counters.withLock { $0.registerRequests += 1 }
-        guard ProvisioningState.isValidRegistrationID(registrationID) else {
+        guard isValidRegistrationID(registrationID) else {
             return Self.refusal(ProvisioningRefusal(status: 400, errorCode: 400004, message: "Invalid registration id \(registrationID): lowercase letters, digits and - . _ : only"))
         }
         if let named = body?["registrationId"]?.stringValue, named != registrationID {
@@ -236,7 +236,7 @@ public final class ProvisioningServer: Sendable {
                 return Self.refusal(ProvisioningRefusal(status: 401, errorCode: 401002, message: "Unauthorized"))
             }
             var req = req
-            let body = try await Self.bodyJSON(&req)
+            let body = try await ServiceAPI.bodyJSON(&req)
             return await register(registrationID: id, authorization: req.headers[.authorization],
                                   clientCertificate: await ctx.clientCertificate(), body: body)
         }
@@ -251,7 +251,7 @@ public final class ProvisioningServer: Sendable {
         router.put("/enrollmentGroups/{id}") { [self] req, ctx in
             try authorize(req)
             var req = req
-            let body = try await Self.bodyJSON(&req) ?? [:]
+            let body = try await ServiceAPI.bodyJSON(&req) ?? [:]
             let group = try Self.enrollmentGroup(id: try ctx.parameters.require("id"), from: body, linkedHubs: linkedHubNames)
             put(group)
             return Self.jsonResponse(Self.json(group), status: .ok)
@@ -270,7 +270,7 @@ public final class ProvisioningServer: Sendable {
         router.put("/enrollments/{id}") { [self] req, ctx in
             try authorize(req)
             var req = req
-            let body = try await Self.bodyJSON(&req) ?? [:]
+            let body = try await ServiceAPI.bodyJSON(&req) ?? [:]
             let enrollment = try Self.enrollment(id: try ctx.parameters.require("id"), from: body, linkedHubs: linkedHubNames)
             put(enrollment)
             return Self.jsonResponse(Self.json(enrollment), status: .ok)
@@ -330,7 +330,7 @@ public final class ProvisioningServer: Sendable {
     }
 
     static func enrollment(id: String, from body: JSONValue, linkedHubs: [String]) throws(HubError) -> IndividualEnrollment {
-        guard ProvisioningState.isValidRegistrationID(id) else {
+        guard isValidRegistrationID(id) else {
             throw HubError(.badRequest, "registration id \(id): lowercase letters, digits and - . _ : only")
         }
         let (keys, enabled, policy, hubs) = try common(body, linkedHubs: linkedHubs)
@@ -386,12 +386,6 @@ public final class ProvisioningServer: Sendable {
         return .object(o)
     }
 
-    static func bodyJSON(_ request: inout Request) async throws -> JSONValue? {
-        let buffer = try await request.collectBody(upTo: 1 << 20)
-        guard buffer.readableBytes > 0 else { return nil }
-        guard let value = JSONValue.parse(Array(buffer.readableBytesView)) else { throw HubError(.badRequest, "the body is not valid JSON") }
-        return value
-    }
 
     static func jsonResponse(_ value: JSONValue, status: HTTPResponse.Status, retryAfter: Int? = nil) -> Response {
         var headers: HTTPFields = [.contentType: "application/json; charset=utf-8"]

@@ -38,7 +38,7 @@ struct ServiceAPI: Sendable {
             try await authorize(req, "RegistryWrite")
             let id = try ctx.parameters.require("id")
             var req = req
-            let body = try await bodyJSON(&req)
+            let body = try await Self.bodyJSON(&req)
             let keys = body?["authentication"]?["symmetricKey"]
             let status = body?["status"]?.stringValue
             let primary = keys?["primaryKey"]?.stringValue, secondary = keys?["secondaryKey"]?.stringValue
@@ -64,7 +64,7 @@ struct ServiceAPI: Sendable {
             try await authorize(req, "RegistryWrite")
             let name = try ctx.parameters.require("name")
             var req = req
-            let properties = try await bodyJSON(&req)?["properties"]
+            let properties = try await Self.bodyJSON(&req)?["properties"]
             guard let pem = properties?["certificate"]?.stringValue else {
                 throw HubError(.badRequest, "the body must be {\"properties\": {\"certificate\": \"<PEM>\", \"isVerified\": true}}")
             }
@@ -92,21 +92,21 @@ struct ServiceAPI: Sendable {
             try await authorize(req, "ServiceConnect")
             let id = try ctx.parameters.require("id")
             var req = req
-            guard let patch = try await bodyJSON(&req) else { throw HubError(.badRequest, "the twin patch must be JSON") }
+            guard let patch = try await Self.bodyJSON(&req) else { throw HubError(.badRequest, "the twin patch must be JSON") }
             return try json(try await core.perform { core in try core.patchTwin(id, patch: patch) })
         }
         router.put("/twins/{id}") { req, ctx in
             try await authorize(req, "ServiceConnect")
             let id = try ctx.parameters.require("id")
             var req = req
-            guard let replacement = try await bodyJSON(&req) else { throw HubError(.badRequest, "the twin must be JSON") }
+            guard let replacement = try await Self.bodyJSON(&req) else { throw HubError(.badRequest, "the twin must be JSON") }
             return try json(try await core.perform { core in try core.replaceTwin(id, with: replacement) })
         }
         router.post("/twins/{id}/methods") { req, ctx in
             try await authorize(req, "ServiceConnect")
             let id = try ctx.parameters.require("id")
             var req = req
-            guard let body = try await bodyJSON(&req), let name = body["methodName"]?.stringValue else {
+            guard let body = try await Self.bodyJSON(&req), let name = body["methodName"]?.stringValue else {
                 throw HubError(.badRequest, "the body must be {\"methodName\": …, \"payload\": …, \"responseTimeoutInSeconds\": …}")
             }
             let timeout = body["responseTimeoutInSeconds"]?.intValue.map(Int.init)
@@ -122,7 +122,7 @@ struct ServiceAPI: Sendable {
             try await authorize(req, "ServiceConnect")
             let id = try ctx.parameters.require("id")
             var req = req
-            guard let body = try await bodyJSON(&req) else { throw HubError(.badRequest, "the body must be JSON") }
+            guard let body = try await Self.bodyJSON(&req) else { throw HubError(.badRequest, "the body must be JSON") }
             let (message, ttl) = try cloudToDeviceMessage(from: body)
             let seq = try await core.perform { core in try core.sendCloudToDevice(id, message: message, ttlMilliseconds: ttl) }
             return try json(JSONValue.object(["messageId": .string(message.messageId), "sequenceNumber": .int(Int64(seq))]))
@@ -163,7 +163,7 @@ struct ServiceAPI: Sendable {
         router.post("/faults/throttle") { req, _ in
             try await authorize(req, "ServiceConnect")
             var req = req
-            let body = try await bodyJSON(&req)
+            let body = try await Self.bodyJSON(&req)
             guard let id = body?["deviceId"]?.stringValue else { throw HubError(.badRequest, "deviceId is required") }
             let seconds = Int(body?["seconds"]?.intValue ?? 60)
             try await core.perform { core in try core.throttle(id, forSeconds: seconds) }
@@ -172,7 +172,7 @@ struct ServiceAPI: Sendable {
         router.post("/faults/reject-telemetry") { req, _ in
             try await authorize(req, "ServiceConnect")
             var req = req
-            let body = try await bodyJSON(&req)
+            let body = try await Self.bodyJSON(&req)
             guard let id = body?["deviceId"]?.stringValue else { throw HubError(.badRequest, "deviceId is required") }
             let count = Int(body?["count"]?.intValue ?? 1)
             try await core.perform { core in try core.rejectTelemetry(id, count: count) }
@@ -181,7 +181,7 @@ struct ServiceAPI: Sendable {
         router.post("/faults/quota-exceeded") { req, _ in
             try await authorize(req, "ServiceConnect")
             var req = req
-            let reset = try await bodyJSON(&req)?["reset"] == .bool(true)
+            let reset = try await Self.bodyJSON(&req)?["reset"] == .bool(true)
             return try json(try await core.perform { core in
                 core.spendQuota(reset: reset)
                 return JSONValue.object(["dailyQuota": core.quotaJSON])
@@ -190,7 +190,7 @@ struct ServiceAPI: Sendable {
         router.post("/faults/expire-tokens") { req, _ in
             try await authorize(req, "ServiceConnect")
             var req = req
-            let id = try await bodyJSON(&req)?["deviceId"]?.stringValue
+            let id = try await Self.bodyJSON(&req)?["deviceId"]?.stringValue
             try await core.perform { $0.expireTokens(deviceId: id) }
             return try json(JSONValue.object(["expired": id.map(JSONValue.string) ?? "all"]))
         }
@@ -202,7 +202,7 @@ struct ServiceAPI: Sendable {
         router.post("/faults/refuse-connections") { req, _ in
             try await authorize(req, "ServiceConnect")
             var req = req
-            let seconds = Int(try await bodyJSON(&req)?["seconds"]?.intValue ?? 10)
+            let seconds = Int(try await Self.bodyJSON(&req)?["seconds"]?.intValue ?? 10)
             return try json(try await faults(.refuseConnections(seconds: seconds)))
         }
         addFileUploadRoutes(to: router)
@@ -234,7 +234,8 @@ struct ServiceAPI: Sendable {
         guard allowed else { throw HTTPError(.unauthorized, message: "the token is invalid, expired, or its policy lacks \(right)") }
     }
 
-    func bodyJSON(_ request: inout Request) async throws -> JSONValue? {
+    /// The request's JSON body (at most 1 MiB); nil when empty. Also the DPS's.
+    static func bodyJSON(_ request: inout Request) async throws -> JSONValue? {
         let buffer = try await request.collectBody(upTo: 1 << 20)
         guard buffer.readableBytes > 0 else { return nil }
         guard let value = JSONValue.parse(Array(buffer.readableBytesView)) else {

@@ -97,6 +97,15 @@ public func deriveDeviceKey(groupKey: String, registrationID: String) throws(IoT
     return Data(mac).base64EncodedString()
 }
 
+/// DPS registration ids: 1–128 characters, lowercase letters, digits and `-._:`, not starting or ending with a
+/// special character. fieldgated checks its device ids by it; fieldgate-hub's DPS enforces it.
+public func isValidRegistrationID(_ id: String) -> Bool {
+    let special: Set<Character> = ["-", ".", "_", ":"]
+    guard (1...128).contains(id.count), let first = id.first, let last = id.last,
+          !special.contains(first), !special.contains(last) else { return false }
+    return id.allSatisfy { ($0.isASCII && ($0.isLowercase || $0.isNumber)) || special.contains($0) }
+}
+
 /// True when `key` is non-empty base64, usable as a symmetric key.
 public func isValidSymmetricKey(_ key: String) -> Bool {
     guard let bytes = Data(base64Encoded: key) else { return false }

@@ -57,7 +57,7 @@ let package = Package(
         // AMQP over WebSockets: RFC 6455 framing and handshake (pure), and the tunnel beneath (libcurl: TCP, the HTTP
         // proxy's CONNECT and authentication, TLS with OpenSSL — the TLS library Proton already uses).
         .target(name: "WebSocketFraming", dependencies: ["MessageAuthentication"], swiftSettings: strictSettings),
-        .target(name: "CCurlTunnel", cSettings: fortifiedC, linkerSettings: [.linkedLibrary("curl"), .linkedLibrary("crypto")]),
+        .target(name: "CCurlTunnel", cSettings: fortifiedC, linkerSettings: [.linkedLibrary("crypto")]),  // libcurl: dlopen at first use (curl_common.h)
         .target(
             name: "HubTunnel",
             dependencies: ["CCurlTunnel", "ProtonAMQP", "WebSocketFraming", "MessageAuthentication", "FieldgateCore"],

@@ -79,6 +79,16 @@ depends() {  # $1 = package root, $2.. = binaries
     | sed -n 's/^shlibs:Depends=//p'
 }
 
+# libcurl is loaded when first used (dlopen; Sources/CCurlTunnel/curl_common.h), so dpkg-shlibdeps does not see it:
+# the package that ships the target's libcurl.so.4 (libcurl4 on Debian 12, libcurl4t64 on 13), at 7.66 or later.
+curl_depends() {
+  local package
+  package=$(in_target dpkg-query -S '*/libcurl.so.4' 2>/dev/null | head -n 1 | cut -d: -f1)
+  [ -n "$package" ] || { echo "build-deb: no libcurl.so.4 in the target's root (apt install libcurl4-openssl-dev)" >&2; exit 1; }
+  echo "$package (>= 7.66)"
+}
+CURL_DEPENDS=$(curl_depends)
+
 md5sums() {  # $1 = package root: DEBIAN/md5sums of every shipped file but the conffiles
   (cd "$1" && find . -path ./DEBIAN -prune -o -type f -print | sed 's|^\./||' | grep -v -x -F -f <(sed 's|^/||' DEBIAN/conffiles 2>/dev/null || true) \
      | sort | xargs -r md5sum >DEBIAN/md5sums)
@@ -138,7 +148,7 @@ Version: $VERSION
 Architecture: $ARCH
 Maintainer: fieldgate maintainers <maintainers@fieldgate.invalid>
 Installed-Size: $(du -sk --exclude=DEBIAN "$R" | cut -f1)
-Depends: $(depends "$R" usr/sbin/fieldgated), systemd, adduser
+Depends: $(depends "$R" usr/sbin/fieldgated), $CURL_DEPENDS, systemd, adduser
 Recommends: gpgv
 Suggests: fieldgate-hub
 Section: net
@@ -175,7 +185,7 @@ Version: $VERSION
 Architecture: $ARCH
 Maintainer: fieldgate maintainers <maintainers@fieldgate.invalid>
 Installed-Size: $(du -sk --exclude=DEBIAN "$H" | cut -f1)
-Depends: $(depends "$H" usr/bin/fieldgate-hub)
+Depends: $(depends "$H" usr/bin/fieldgate-hub), $CURL_DEPENDS
 Section: net
 Priority: optional
 Homepage: https://github.com/fieldgate/fieldgate

@@ -1,6 +1,5 @@
 #include "curl_tunnel.h"
 #include "curl_common.h"
-#include <curl/curl.h>
 #include <openssl/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,8 +57,8 @@ static struct curl_slist *fg_request_options(CURL *c, const fg_http_request *q, 
 int fg_http_perform(const fg_http_request *q, fg_http_response *r, char *err, size_t err_len) {
     memset(r, 0, sizeof *r);
     if (err_len) err[0] = 0;
-    CURL *c = curl_easy_init();
-    if (!c) { snprintf(err, err_len, "libcurl could not start"); return -1; }
+    CURL *c = fg_curl_start(err, err_len);
+    if (!c) return -1;
     char errbuf[CURL_ERROR_SIZE] = "", connect_to[1200];
     struct curl_slist *headers = NULL, *targets = NULL;
     for (size_t i = 0; i < q->header_count; i++) headers = curl_slist_append(headers, q->headers[i]);
@@ -151,8 +150,8 @@ int fg_http_download(const fg_http_request *q, int fd, long long resume_from, lo
     if (err_len) err[0] = 0;
     *status = 0;
     *total = resume_from;
-    CURL *c = curl_easy_init();
-    if (!c) { snprintf(err, err_len, "libcurl could not start"); return -1; }
+    CURL *c = fg_curl_start(err, err_len);
+    if (!c) return -1;
     char errbuf[CURL_ERROR_SIZE] = "", connect_to[1200];
     struct curl_slist *targets = fg_request_options(c, q, connect_to, sizeof connect_to, errbuf);
     struct fg_file_sink sink = { c, fd, resume_from, max_bytes, 0, 0, 0, 0 };

@@ -1,6 +1,5 @@
 #include "curl_tunnel.h"
 #include "curl_common.h"
-#include <curl/curl.h>
 #include <openssl/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,7 +15,7 @@ struct fg_tunnel {
 
 
 
-void fg_tunnel_global_init(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
+void fg_tunnel_global_init(void) { (void)fg_curl_load(); }
 
 static int fg_progress(void *clientp, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow) {
     (void)dltotal; (void)dlnow; (void)ultotal; (void)ulnow;
@@ -53,8 +52,8 @@ int fg_tunnel_open(const fg_tunnel_options *o, fg_tunnel **out, char *err, size_
     *out = NULL;
     *proxy_status = 0;
     if (err_len) err[0] = 0;
-    CURL *c = curl_easy_init();
-    if (!c) { snprintf(err, err_len, "libcurl could not start"); return -1; }
+    CURL *c = fg_curl_start(err, err_len);
+    if (!c) return -1;
     char url[1024], connect_to[1200], errbuf[CURL_ERROR_SIZE] = "";
     snprintf(url, sizeof url, "https://%s:%d/", o->host, o->port);
     struct curl_slist *targets = NULL;

@@ -17,7 +17,7 @@ struct HubTierLimits: Equatable {
             }
         }
 
-        var links: Set<LeafLink> {
+        var links: LeafLinks {
             switch self {
             case .cloudToDevice: [.cloudToDevice]
             case .methods: [.methodRequests, .methodResponses]
@@ -42,7 +42,7 @@ struct HubTierLimits: Equatable {
     var isLimited: Bool { !refused.isEmpty }
 
     /// Links a leaf that wants `configured` attaches now.
-    func links(from configured: Set<LeafLink>) -> Set<LeafLink> {
+    func links(from configured: LeafLinks) -> LeafLinks {
         refused.reduce(configured) { $0.subtracting($1.links) }
     }
 

@@ -54,8 +54,9 @@ struct LeafMachine {
     private(set) var renewalPending = false
     /// Telemetry is paused until then (throttled); links stay attached.
     private(set) var pausedUntilMs: Int64 = 0
-    /// After a throttle, one message goes alone until the hub accepts one again: with a full pipeline in flight,
-    /// a hub that lifts its throttle midway would accept a later message before the rejected earlier ones.
+    /// After a throttle, and on new links, one message goes alone until the hub accepts one: with a full pipeline
+    /// in flight, a hub that lifts its throttle midway would accept a later message before the rejected earlier
+    /// ones.
     private(set) var probing = false
     private(set) var lastError: String?
     private var failures = 0
@@ -175,6 +176,10 @@ struct LeafMachine {
     mutating func linksAttached() {
         guard phase == .attaching else { return }
         phase = .ready
+        // The first message on new links goes alone: a hub that throttles (or refuses) the leaf answers one
+        // message, not a full window sent only to come back rejected (bandwidth, and ~2 kB of Proton delivery
+        // state each that the connection keeps pooled for good). The first acceptance opens the window.
+        probing = true
         failures = 0
         refusals = 0
         lastError = nil

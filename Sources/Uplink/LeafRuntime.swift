@@ -76,12 +76,110 @@ enum LeafLink: String, CaseIterable, Sendable {
         return p
     }
 
-    static func wanted(for capabilities: LeafCapabilities) -> Set<LeafLink> {
-        var s: Set<LeafLink> = [.telemetry]
+    static func wanted(for capabilities: LeafCapabilities) -> LeafLinks {
+        var s: LeafLinks = [.telemetry]
         if capabilities.contains(.cloudToDevice) { s.insert(.cloudToDevice) }
         if capabilities.contains(.methods) { s.formUnion([.methodRequests, .methodResponses]) }
         if capabilities.contains(.twin) { s.formUnion([.twinRequests, .twinResponses]) }
         return s
+    }
+}
+
+/// A set of a leaf's links, as bits: a leaf holds three such sets, and `Set<LeafLink>` made each a heap
+/// allocation (~100 bytes with malloc's own) for at most six members.
+struct LeafLinks: SetAlgebra, Sequence, Hashable, Sendable {
+    typealias Element = LeafLink
+    private var bits: UInt8
+
+    init() { bits = 0 }
+
+    private static func bit(_ link: LeafLink) -> UInt8 {
+        switch link {
+        case .telemetry: 1
+        case .cloudToDevice: 2
+        case .methodRequests: 4
+        case .methodResponses: 8
+        case .twinRequests: 16
+        case .twinResponses: 32
+        }
+    }
+
+    private init(bits: UInt8) { self.bits = bits }
+
+    var isEmpty: Bool { bits == 0 }
+    func contains(_ member: LeafLink) -> Bool { bits & Self.bit(member) != 0 }
+    func union(_ other: LeafLinks) -> LeafLinks { LeafLinks(bits: bits | other.bits) }
+    func intersection(_ other: LeafLinks) -> LeafLinks { LeafLinks(bits: bits & other.bits) }
+    func symmetricDifference(_ other: LeafLinks) -> LeafLinks { LeafLinks(bits: bits ^ other.bits) }
+    func subtracting(_ other: LeafLinks) -> LeafLinks { LeafLinks(bits: bits & ~other.bits) }
+    mutating func formUnion(_ other: LeafLinks) { bits |= other.bits }
+    mutating func formIntersection(_ other: LeafLinks) { bits &= other.bits }
+    mutating func formSymmetricDifference(_ other: LeafLinks) { bits ^= other.bits }
+
+    @discardableResult
+    mutating func insert(_ newMember: LeafLink) -> (inserted: Bool, memberAfterInsert: LeafLink) {
+        let had = contains(newMember)
+        bits |= Self.bit(newMember)
+        return (!had, newMember)
+    }
+
+    @discardableResult
+    mutating func remove(_ member: LeafLink) -> LeafLink? {
+        guard contains(member) else { return nil }
+        bits &= ~Self.bit(member)
+        return member
+    }
+
+    @discardableResult
+    mutating func update(with newMember: LeafLink) -> LeafLink? {
+        let had = contains(newMember)
+        bits |= Self.bit(newMember)
+        return had ? newMember : nil
+    }
+
+    /// Members in `LeafLink.allCases` order.
+    func makeIterator() -> IndexingIterator<[LeafLink]> { LeafLink.allCases.filter(contains).makeIterator() }
+}
+
+/// A leaf's open links by kind, inline: a `Dictionary` was a heap allocation per leaf for at most six pointers.
+struct LeafLinkTable {
+    private var slots: (AMQPLink?, AMQPLink?, AMQPLink?, AMQPLink?, AMQPLink?, AMQPLink?) = (nil, nil, nil, nil, nil, nil)
+
+    subscript(_ kind: LeafLink) -> AMQPLink? {
+        get {
+            switch kind {
+            case .telemetry: slots.0
+            case .cloudToDevice: slots.1
+            case .methodRequests: slots.2
+            case .methodResponses: slots.3
+            case .twinRequests: slots.4
+            case .twinResponses: slots.5
+            }
+        }
+        set {
+            switch kind {
+            case .telemetry: slots.0 = newValue
+            case .cloudToDevice: slots.1 = newValue
+            case .methodRequests: slots.2 = newValue
+            case .methodResponses: slots.3 = newValue
+            case .twinRequests: slots.4 = newValue
+            case .twinResponses: slots.5 = newValue
+            }
+        }
+    }
+
+    /// The kinds with a link.
+    var keys: LeafLinks {
+        var k = LeafLinks()
+        for kind in LeafLink.allCases where self[kind] != nil { k.insert(kind) }
+        return k
+    }
+
+    var values: [AMQPLink] { LeafLink.allCases.compactMap { self[$0] } }
+
+    mutating func removeValue(forKey kind: LeafLink) -> AMQPLink? {
+        defer { self[kind] = nil }
+        return self[kind]
     }
 }
 
@@ -100,14 +198,16 @@ final class LeafRuntime {
     /// nil: no heartbeat messages for this leaf.
     var heartbeat: HeartbeatSchedule?
     /// The links its capabilities call for.
-    let configuredLinks: Set<LeafLink>
+    let configuredLinks: LeafLinks
     /// The links it attaches on this connection: the configured ones less what the hub's tier refuses.
-    var wantedLinks: Set<LeafLink>
+    var wantedLinks: LeafLinks
     /// The uuid in this leaf's `methods:` and `twin:` channel correlation ids.
-    let channel = AMQPUUID.random().description
+    private let channelID = AMQPUUID.random()
+    /// Formatted when links attach: a 36-character string kept per leaf was another heap allocation.
+    var channel: String { channelID.description }
 
-    var links: [LeafLink: AMQPLink] = [:]
-    var attachedLinks: Set<LeafLink> = []
+    var links = LeafLinkTable()
+    var attachedLinks: LeafLinks = []
 
     /// Fetched from the spool, waiting for link credit (in order).
     var pending: [OutgoingMessage] = []

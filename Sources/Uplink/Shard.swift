@@ -328,7 +328,7 @@ final class Shard: @unchecked Sendable {
         for leaf in leaves.values {
             released += leaf.takePending()
             leaf.unsettled = 0
-            leaf.links = [:]
+            leaf.links = LeafLinkTable()
             leaf.attachedLinks = []
             leaf.twin.detached()
             leaf.flow.detached()
@@ -495,7 +495,7 @@ final class Shard: @unchecked Sendable {
     }
 
     /// Opens `kinds` for the leaf (all of them on attach; the ones a hub tier refused, when asked for again).
-    private func openLinks(_ kinds: Set<LeafLink>, for leaf: LeafRuntime) {
+    private func openLinks(_ kinds: LeafLinks, for leaf: LeafRuntime) {
         guard let session = session(for: leaf) else { return }
         nextLinkNumber += 1
         for kind in LeafLink.allCases where kinds.contains(kind) {
@@ -548,7 +548,7 @@ final class Shard: @unchecked Sendable {
         }
         engine.release(released)
         for link in leaf.links.values { retire(link) }
-        leaf.links = [:]
+        leaf.links = LeafLinkTable()
         leaf.attachedLinks = []
         leaf.twin.detached()
         leaf.flow.detached()
@@ -608,7 +608,7 @@ final class Shard: @unchecked Sendable {
     }
 
     /// Closes some of a leaf's links, keeping the rest (and its telemetry) as they are.
-    private func closeLinks(_ kinds: Set<LeafLink>, of leaf: LeafRuntime) {
+    private func closeLinks(_ kinds: LeafLinks, of leaf: LeafRuntime) {
         for kind in kinds {
             guard let link = leaf.links.removeValue(forKey: kind) else { continue }
             leaf.attachedLinks.remove(kind)

@@ -102,6 +102,21 @@ struct MachineTests {
         #expect(m.canSend(nowMs: 25_000), "an accepted message starts the throttle back-off over")
     }
 
+    /// New links send one message alone: a hub that throttles or refuses the leaf answers one message, not a
+    /// window; the first acceptance opens it, and every re-attach starts alone again.
+    @Test func newLinksProbeWithOneMessage() {
+        var m = readyLeaf()
+        #expect(m.inFlightLimit(64) == 1, "the first message on new links goes alone")
+        m.delivered()
+        #expect(m.inFlightLimit(64) == 64, "the first acceptance opens the window")
+        m.connectionLost()
+        m.connectionOpened()
+        _ = m.admitted(nowMs: 10)
+        _ = m.tokenAnswered(status: 200, description: "OK", nowMs: 10, random: 0)
+        m.linksAttached()
+        #expect(m.phase == .ready && m.inFlightLimit(64) == 1, "re-attached: alone again")
+    }
+
     @Test func linkDetachmentAndTimeouts() {
         var m = readyLeaf()
         #expect(m.linkDetached(condition: IoTHubAMQP.unauthorizedAccess, description: "Token Invalid.", nowMs: 0, random: 0) == [.detachLinks])

@@ -34,7 +34,8 @@ long fg_tunnel_recv(fg_tunnel *t, void *buffer, size_t len, char *err, size_t er
 void fg_tunnel_close(fg_tunnel *t);
 /* A non-blocking eventfd, to wake the tunnel's poll() from other threads. */
 int fg_wake_descriptor(void);
-/* Once per process, before any thread opens a tunnel. */
+/* Loads libcurl (dlopen) and runs its global set-up, once; safe from any thread. A failure is reported by the
+ * first request or tunnel. */
 void fg_tunnel_global_init(void);
 
 /* One HTTPS request (IoT Hub's device REST calls, Blob PUTs), blocking, with the tunnel's TLS and proxy rules. */

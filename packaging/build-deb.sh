@@ -80,12 +80,13 @@ depends() {  # $1 = package root, $2.. = binaries
 }
 
 # libcurl is loaded when first used (dlopen; Sources/CCurlTunnel/curl_common.h), so dpkg-shlibdeps does not see it:
-# the package that ships the target's libcurl.so.4 (libcurl4 on Debian 12, libcurl4t64 on 13), at 7.66 or later.
+# the package that ships the target's libcurl.so.4 (libcurl4 on Debian 12, libcurl4t64 on 13), at 7.85 or later
+# (CURLOPT_PROTOCOLS_STR; a thread-safe curl_global_init).
 curl_depends() {
   local package
   package=$(in_target dpkg-query -S '*/libcurl.so.4' 2>/dev/null | head -n 1 | cut -d: -f1)
   [ -n "$package" ] || { echo "build-deb: no libcurl.so.4 in the target's root (apt install libcurl4-openssl-dev)" >&2; exit 1; }
-  echo "$package (>= 7.66)"
+  echo "$package (>= 7.85)"
 }
 CURL_DEPENDS=$(curl_depends)
 

@@ -3,9 +3,9 @@
 /* What the tunnel and the HTTPS requests set alike: cancellation, TLS (1.2+, the CA bundle, the name check) and the
  * proxy (explicit, none, or the environment's) with its authentication. Internal to this target.
  *
- * libcurl is loaded when first used (dlopen), not linked: a gateway on plain AMQPS never calls it, and linking it
- * mapped it and its dependencies (GnuTLS, Kerberos, LDAP, p11-kit… ~40 libraries) into every process, with ~0.7 MB
- * of relocated data and start-up state that stays resident. The calls below go through a table filled at load. */
+ * libcurl is loaded when first used (dlopen), not linked: a gateway on plain AMQPS without DPS, uploads or updates
+ * never calls it, and linking it mapped it and its dependencies (GnuTLS, Kerberos, LDAP, p11-kit…: 24 libraries)
+ * into every process, with their relocated data and start-up state resident for good. The calls below go through a table filled at load. */
 #define CURL_DISABLE_TYPECHECK 1
 #include <curl/curl.h>
 #include <stdbool.h>
@@ -32,6 +32,8 @@ const char *fg_curl_load(void);
 CURL *fg_curl_start(char *err, size_t err_len);
 
 #define curl_global_init fg_curl_api.global_init
+#undef curl_easy_setopt  /* curl.h's own macros, without its type checks */
+#undef curl_easy_getinfo
 #define curl_easy_setopt fg_curl_api.easy_setopt
 #define curl_easy_perform fg_curl_api.easy_perform
 #define curl_easy_getinfo fg_curl_api.easy_getinfo

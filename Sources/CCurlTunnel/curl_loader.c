@@ -14,7 +14,7 @@ static char load_error[512];
 static int resolve(void *lib, void **slot, const char *name) {
     *slot = dlsym(lib, name);
     if (*slot) return 0;
-    snprintf(load_error, sizeof load_error, "%s has no %s (libcurl 7.66 or later is needed)", FG_LIBCURL, name);
+    snprintf(load_error, sizeof load_error, "%s has no %s (libcurl 7.85 or later is needed)", FG_LIBCURL, name);
     return -1;
 }
 

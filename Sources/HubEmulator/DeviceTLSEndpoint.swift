@@ -32,6 +32,9 @@ final class DeviceTLSListener: Sendable {
             certificateChain: try NIOSSLCertificate.fromPEMFile(tls.certificateFile).map { .certificate($0) },
             privateKey: .privateKey(try NIOSSLPrivateKey(file: tls.privateKeyFile, format: .pem)))
         tlsConfiguration.certificateVerification = .optionalVerification
+        // Which certificates are trusted is decided per link (X509Authentication), not by NIOSSL: no system trust
+        // store is loaded, so the hub also runs where none is installed (a minimal root or container).
+        tlsConfiguration.trustRoots = .certificates([])
         tlsConfiguration.minimumTLSVersion = .tlsv12
         let context = try NIOSSLContext(configuration: tlsConfiguration)
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)

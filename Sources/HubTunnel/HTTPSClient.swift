@@ -122,7 +122,7 @@ public enum HTTPSClient {
             timeout_ms: settings.timeoutMilliseconds, max_response_bytes: 0, cancel: nil)
     }
 
-    /// libcurl's global set-up, once, before any request (it is not thread-safe itself).
+    /// libcurl's loading and global set-up, once, before any request (`fg_tunnel_global_init` runs it under pthread_once).
     private static let globalInit: Void = { fg_tunnel_global_init() }()
 
     /// The URL without its query (a SAS signature must not reach the logs).

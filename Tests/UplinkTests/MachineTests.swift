@@ -90,6 +90,8 @@ struct MachineTests {
 
     @Test func throttledTelemetryPausesOnlyThisLeaf() {
         var m = readyLeaf()
+        m.delivered()  // past the first message on new links, which probes alone too
+        #expect(m.inFlightLimit(64) == 64)
         m.throttled(description: "429001", nowMs: 1000, random: 0)
         #expect(!m.canSend(nowMs: 1000) && !m.canSend(nowMs: 5999))
         #expect(m.canSend(nowMs: 6000))

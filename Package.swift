@@ -67,7 +67,7 @@ let package = Package(
         .target(name: "CBuildInfo", cSettings: [.define("FIELDGATE_VERSION", to: "\"\(fieldgateVersion)\"")]),
         .target(
             name: "FieldgateCore",
-            dependencies: ["CBuildInfo", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CBuildInfo", "CSpawn", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),
         .target(
@@ -79,6 +79,7 @@ let package = Package(
         .target(name: "CCRC32C", path: "Sources/CCRC32C", cSettings: fortifiedC),
         // syncfs(2) for the spool (a GNU extension Swift's Glibc module lacks).
         .systemLibrary(name: "CFileSystem", path: "Sources/CFileSystem"),
+        .systemLibrary(name: "CSpawn", path: "Sources/CSpawn"),
         // zlib, for gzip files the gateway uploads (logs, backlogs); its owner is Gzip.
         .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .target(name: "Gzip", dependencies: ["CZlib"], swiftSettings: strictSettings),
@@ -291,7 +292,7 @@ let package = Package(
         .testTarget(name: "SystemdTests", dependencies: ["Systemd", .product(name: "Logging", package: "swift-log")], swiftSettings: strictSettings),
         .testTarget(name: "FieldgateCoreTests", dependencies: ["FieldgateCore", "HubTestSupport"], swiftSettings: strictSettings),
         .testTarget(name: "IoTHubTests", dependencies: ["IoTHub", "MessageAuthentication"], swiftSettings: strictSettings),
-        .testTarget(name: "SpoolTests", dependencies: ["Spool"], swiftSettings: strictSettings),
+        .testTarget(name: "SpoolTests", dependencies: ["Spool", "FieldgateCore"], swiftSettings: strictSettings),
         .testTarget(
             name: "UplinkTests",
             dependencies: ["Uplink", "HubTunnel", "Gateway", "Gzip", "HubTestSupport", "HubEmulator", "HubServiceClient", "Spool", "ProtonAMQP", "IoTHub", "FieldgateCore"],

@@ -41,6 +41,7 @@ public enum HostCommand {
     }
 
     private static func spawn(_ argv: [String], actions: inout posix_spawn_file_actions_t) -> pid_t? {
+        closeInheritedDescriptors(&actions)
         var pid: pid_t = 0
         let cArgs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
         defer { for a in cArgs { free(a) } }

@@ -1,10 +1,19 @@
+import CSpawn
+
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// Starts a program with no signals blocked and default dispositions. The calling thread may block signals
-/// (dispatch and cooperative-pool threads do) and a plain posix_spawn would pass that mask on, so the child could
-/// ignore SIGTERM. `searchPath`: look `argv[0]` up on PATH. Returns the pid, or the errno.
+/// Has the child close every descriptor from 3 up (after the actions added so far): it gets its standard streams and
+/// nothing else of this process — not Proton's sockets, which are opened without close-on-exec.
+public func closeInheritedDescriptors(_ actions: inout posix_spawn_file_actions_t) {
+    _ = fg_spawn_close_from(&actions, 3)
+}
+
+/// Starts a program with no signals blocked and default dispositions, and no descriptor of ours but its standard
+/// streams. The calling thread may block signals (dispatch and cooperative-pool threads do) and a plain posix_spawn
+/// would pass that mask on, so the child could ignore SIGTERM. `searchPath`: look `argv[0]` up on PATH. Returns the
+/// pid, or the errno.
 public func spawnProcess(_ argv: [String], searchPath: Bool) -> Result<pid_t, SpawnFailure> {
     guard let command = argv.first else { return .failure(SpawnFailure(errno: EINVAL)) }
     var pid: pid_t = 0
@@ -19,7 +28,11 @@ public func spawnProcess(_ argv: [String], searchPath: Bool) -> Result<pid_t, Sp
     posix_spawnattr_setsigmask(&attr, &empty)
     posix_spawnattr_setsigdefault(&attr, &all)
     posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-    let rc = searchPath ? posix_spawnp(&pid, command, nil, &attr, cArgs, environ) : posix_spawn(&pid, command, nil, &attr, cArgs, environ)
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    closeInheritedDescriptors(&actions)
+    let rc = searchPath ? posix_spawnp(&pid, command, &actions, &attr, cArgs, environ) : posix_spawn(&pid, command, &actions, &attr, cArgs, environ)
     return rc == 0 ? .success(pid) : .failure(SpawnFailure(errno: rc))
 }
 

@@ -106,11 +106,25 @@ struct InFlightTable: Sendable {
         return removed
     }
 
+    /// Room for `capacity` entries at once: a fetch of many records grows the table once, not by doublings.
+    mutating func reserve(_ capacity: Int) {
+        guard capacity * 2 > buckets.count else { return }
+        resize(to: 1 << (Int.bitWidth - (capacity * 2 - 1).leadingZeroBitCount))
+    }
+
+    /// Every entry re-placed through one buffer pointer (`insert` per entry checked the load and uniqueness each time).
     private mutating func resize(to count: Int) {
         let old = buckets
         buckets = Array(repeating: Self.empty, count: Swift.max(count, Self.minimumBuckets))
         shift = UInt64(64 - buckets.count.trailingZeroBitCount)
-        self.count = 0
-        for b in old where !b.isEmpty { insert(b.sequence, b.location) }
+        let shift = self.shift
+        buckets.withUnsafeMutableBufferPointer { b in
+            let mask = b.count - 1
+            for entry in old where !entry.isEmpty {
+                var i = Int(truncatingIfNeeded: (entry.sequence &* 0x9E37_79B9_7F4A_7C15) >> shift)
+                while !b[i].isEmpty { i = (i + 1) & mask }
+                b[i] = entry
+            }
+        }
     }
 }

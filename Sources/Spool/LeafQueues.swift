@@ -44,10 +44,10 @@ struct LeafQueues {
         let mask = buckets.count - 1
         var i = Int(truncatingIfNeeded: hash) & mask
         while buckets[i] >= 0 {
-            let known = leaves[Int(buckets[i])]
+            let known = Int(buckets[i])
             // Equal strings whose bytes differ (canonically equivalent spellings) hash apart: the hash tells them
-            // apart, `==` tells colliding hashes apart.
-            if known.nameHash == hash, known.name == leaf { return buckets[i] }
+            // apart, `==` tells colliding hashes apart. Fields read in place: a copy of the leaf retained its queues.
+            if leaves[known].nameHash == hash, leaves[known].name == leaf { return buckets[i] }
             i = (i + 1) & mask
         }
         let slot = Int32(leaves.count)

@@ -78,6 +78,7 @@ extension Spool {
                 }
                 var expired: [UInt64: RecordLocation] = [:]
                 var wasted: [Int32: Int] = [:]
+                s.inFlight.reserve(s.inFlight.count + picked.count)
                 for (t, record) in zip(picked, frames) {
                     guard record.isReadable else {
                         unreadable(t.location, &s)

@@ -1,3 +1,4 @@
+import FieldgateCore
 import Spool
 import Testing
 
@@ -25,6 +26,7 @@ final class PowerCutFilesystem {
         posix_spawn_file_actions_init(&actions)
         posix_spawn_file_actions_addopen(&actions, 1, mountpoint + ".log", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        closeInheritedDescriptors(&actions)  // the peer lives long: it must not hold other tests' sockets
         let words = [python, repositoryRoot + "/Tests/peers/powercut_fs.py", mountpoint]
         let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
         let spawned = posix_spawn(&pid, python, &actions, nil, argv, environ)

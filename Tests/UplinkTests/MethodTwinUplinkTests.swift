@@ -86,6 +86,9 @@ struct MethodTwinUplinkTests {
             let h = try UplinkHarness(hub: hub, leaves: leaves, router: adapter) { $0.reportedIntervalMilliseconds = 100 }
             h.uplink.start()
             try await eventually(10, "ready") { await h.uplink.status().count(.ready) == 1 }
+            // Ready comes before the twin's first GET is answered: a patch made sooner is what that GET returns, and
+            // version 1 is never seen (it happened under emulation).
+            try await eventually(10, "desired v1 applied") { adapter.desiredSeen.withLock { !$0.isEmpty } }
             _ = try await hub.core.perform { try $0.patchTwin("leaf-0", patch: ["properties": ["desired": ["pollSeconds": 5]]]) }
             try await eventually(10, "desired v2 applied and reported") {
                 try await hub.core.perform { try $0.twinView("leaf-0") }["properties"]?["reported"]?["config"]?["appliedVersion"]?.intValue == 2

@@ -55,8 +55,7 @@ func runHarness(dir: String, sync: String, tag: String, microseconds: UInt32) th
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
-    posix_spawn_file_actions_addclose(&actions, fds[0])
-    closeInheritedDescriptors(&actions)  // not other tests' sockets (a hub's listener held open by a harness)
+    closeInheritedDescriptors(&actions)  // the read end too, and other tests' sockets (a hub listener a harness kept)
     var pid: pid_t = 0
     let words: [String] = [exe, dir, sync, tag]
     let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]

@@ -17,7 +17,7 @@ struct DaemonMemoryBench: AsyncParsableCommand {
 
     @Option(help: "Leaves attached.") var leaves = 1000
     @Option(help: "Readings spooled.") var records = 1_000_000
-    @Option(help: "Seconds to let the daemon run once attached, before measuring (it gives its start-up pages back 10–15 s after the start).") var settle = 20
+    @Option(help: "Seconds to let the daemon run once attached, before measuring. It gives its start-up pages back 10–15 s after the start, and its once-a-minute work (the gateway's health report, the heap trim) maps code of its own: 90 s covers both, so the figure is the steady one.") var settle = 90
     @Option(help: "Directory for the daemon's state (on the disk to measure).") var dir = "/var/tmp/fieldgate-daemon-memory-bench"
     @Option(help: "fieldgated binary. Default: next to this one.") var daemon: String?
     @Option(help: "The leaves' cloud capabilities (their `cloud` key): all (C2D, methods, twin: six links each) or none (telemetry only: one link).")

@@ -66,18 +66,26 @@ import Foundation
         #expect(JSONScanner.members(of: Array("{\"a\":\(String(repeating: "9", count: 400))}".utf8)) == nil)
     }
 
-    /// Differential check against Foundation: documents of random shape, written by Foundation's encoder, read back
-    /// the same; and Foundation reads what the scanner accepts.
+    /// Differential check against Foundation: documents of random shape, written by our writer exactly as
+    /// Foundation's encoder writes them, read back the same; and Foundation reads what the scanner accepts.
     @Test func agreesWithFoundationOnRandomDocuments() throws {
         var rng = SplitMix(seed: 7)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         for _ in 0..<2000 {
             let v = randomValue(&rng, depth: 0)
             let text = v.serialized
+            #expect(Array(try encoder.encode(v)) == v.bytes, "\(text)")
             let parsed = JSONValue.parse(text)
             #expect(parsed == v, "\(text)")
             let foundation = try? JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))
             #expect(foundation != nil, "\(text)")
         }
+    }
+
+    @Test func writesWhatJSONCannotHoldAsNull() {
+        #expect(JSONValue.array([.double(.nan), .double(.infinity), .double(-2.5), .double(1e300), .double(3)]).serialized == "[null,null,-2.5,1e+300,3]")
+        #expect(JSONValue.string("a\u{7f}\u{1f}\u{0}/").serialized == #""a\#u{7f}\u001f\u0000/""#)
     }
 
     private func randomValue(_ rng: inout SplitMix, depth: Int) -> JSONValue {

@@ -130,6 +130,8 @@ public struct GatewayConfigFile: Decodable, Sendable {
     public struct UplinkSection: Decodable, Sendable {
         /// Gather a leaf's queued JSON readings into JSON-array messages of up to this many bytes; 0 or absent: off.
         public var coalesce_bytes: Int?
+        /// Telemetry messages awaiting the hub's outcome, across all leaves. Default: 1000.
+        public var max_in_flight: Int?
         /// With the hub's daily quota spent, probe the hub this often before its 00:00 UTC reset; 0 or absent: at the
         /// reset only.
         public var quota_probe_minutes: Int?
@@ -377,6 +379,11 @@ struct Mapper {
         if let c = f.uplink?.coalesce_bytes, c != 0 {
             if (UplinkConfiguration.coalesceRange).contains(c) { uplink.coalesceTargetBytes = c } else {
                 report(main, "uplink.coalesce_bytes", "uplink.coalesce_bytes must be 0 (off) or \(UplinkConfiguration.coalesceRange.lowerBound) to \(UplinkConfiguration.coalesceRange.upperBound); 4000 fits IoT Hub's 4 KB billing unit")
+            }
+        }
+        if let n = f.uplink?.max_in_flight {
+            if UplinkConfiguration.inFlightRange.contains(n) { uplink.maxInFlightTotal = n } else {
+                report(main, "uplink.max_in_flight", "uplink.max_in_flight must be \(UplinkConfiguration.inFlightRange.lowerBound) to \(UplinkConfiguration.inFlightRange.upperBound); each costs ~2.2 kB while the connection lasts")
             }
         }
         if let m = f.uplink?.quota_probe_minutes, m != 0 {

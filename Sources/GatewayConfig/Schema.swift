@@ -146,7 +146,7 @@ enum ConfigSchema {
             "directory": .string, "cap_mb": .int, "sync": .string, "full_policy": .string, "ttl_hours": .int,
         ])),
         "udp": .table(Schema(fields: ["bind": .string, "port": .int, "max_datagram_bytes": .int, "allowed_sources": .strings], required: ["port"])),
-        "uplink": .table(Schema(fields: ["coalesce_bytes": .int, "quota_probe_minutes": .int, "heartbeat_seconds": .int])),
+        "uplink": .table(Schema(fields: ["coalesce_bytes": .int, "max_in_flight": .int, "quota_probe_minutes": .int, "heartbeat_seconds": .int])),
         "upload": .table(Schema(fields: ["logs": .bool, "logs_max_mb": .int, "offload_records": .int, "offload_after_hours": .int])),
         "update": .table(Schema(fields: ["enabled": .bool, "allow_downgrade": .bool, "keyring": .string, "confirm_seconds": .int, "max_download_mb": .int, "ca_file": .string,
                                          "factory_reset": .bool, "factory_reset_clears": .strings])),

@@ -11,11 +11,17 @@ struct Callgrind {
     /// valgrind and its arguments to put before `binary`'s own. Valgrind 3.19 cannot read the DWARF 5 that Swift
     /// writes, so it runs a copy without it, in `dir` (symbols stay, for profiles).
     static func prefix(running binary: String, profile: String, dir: String, extra: [String] = []) throws -> (valgrind: String, arguments: [String]) {
+        guard system("rm -f '\(profile)'*") == 0 else { throw BenchError("cannot remove \(profile)") }
+        return ("/usr/bin/valgrind", ["--tool=callgrind", "--callgrind-out-file=\(profile)"] + extra + [try withoutDebugInfo(binary, in: dir)])
+    }
+
+    /// A copy of `binary` without its DWARF, in `dir`, for any valgrind tool.
+    static func withoutDebugInfo(_ binary: String, in dir: String) throws -> String {
         let stripped = dir + "/" + (binary.split(separator: "/").last.map(String.init) ?? "program") + "-nodebug"
-        guard system("mkdir -p '\(dir)'; rm -f '\(profile)'*; strip --strip-debug -o '\(stripped)' '\(binary)'") == 0 else {
+        guard system("mkdir -p '\(dir)'; strip --strip-debug -o '\(stripped)' '\(binary)'") == 0 else {
             throw BenchError("strip --strip-debug \(binary) failed")
         }
-        return ("/usr/bin/valgrind", ["--tool=callgrind", "--callgrind-out-file=\(profile)"] + extra + [stripped])
+        return stripped
     }
 
     /// Counting starts over now.

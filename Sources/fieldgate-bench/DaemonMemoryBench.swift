@@ -26,13 +26,23 @@ struct DaemonMemoryBench: AsyncParsableCommand {
     var drain = false
     @Option(help: ArgumentHelp("Run the daemon under callgrind and write the symbols of the code it runs once attached (idle, and draining with --drain) to this file, most used first: the linker's order file (packaging/hot-code.symbols; README, \"Memory\").", valueName: "file"))
     var hotCode: String?
+    @Option(help: ArgumentHelp("Run the daemon under valgrind's massif and write its heap at the measuring moment to this file (a detailed snapshot), and print it summed by owner (library or Swift module). Slow: use --leaves 300.", valueName: "file"))
+    var massif: String?
 
     func run() async throws {
         guard cloud == "all" || cloud == "none" else { throw ValidationError("--cloud: all or none") }
         let figures = try await Self.measure(daemon: daemon ?? siblingExecutable("fieldgated"), hubBinary: siblingExecutable("fieldgate-hub"), leaves: leaves,
-                                             records: records, settle: settle, dir: dir, telemetryOnly: cloud == "none", drain: drain, hotCode: hotCode)
+                                             records: records, settle: settle, dir: dir, telemetryOnly: cloud == "none", drain: drain, hotCode: hotCode,
+                                             massif: massif)
         print(figures.table)
         if let hotCode { print("hot code: \(figures.hotSymbols) symbols written to \(hotCode)") }
+        if let massif, let heap = figures.heap {
+            let mb = { (bytes: Int) in fixed(Double(bytes) / 1_048_576, 2) }
+            print("heap (massif, \(massif)): \(mb(heap.useful)) MB asked for + \(mb(heap.extra)) MB malloc overhead; by owner of the allocating function:")
+            for (owner, bytes) in heap.owners.prefix(20) {
+                print("  " + pad(mb(bytes), 7) + " MB  " + pad(fixed(Double(bytes) / Double(max(leaves, 1)), 0), 6) + " B per leaf  " + owner)
+            }
+        }
     }
 
     struct Figures {
@@ -46,6 +56,7 @@ struct DaemonMemoryBench: AsyncParsableCommand {
         var drained = 0
         var drainSeries: [Double] = []
         var hotSymbols = 0
+        var heap: Massif.Breakdown?
 
         var table: String {
             let kind = telemetryOnly ? "telemetry-only UDP leaves (cloud = [], one link each)" : "UDP leaves (C2D, methods, twin: six links each)"
@@ -67,7 +78,7 @@ struct DaemonMemoryBench: AsyncParsableCommand {
     }
 
     static func measure(daemon: String, hubBinary: String, leaves: Int, records: Int, settle: Int, dir: String, telemetryOnly: Bool = false,
-                        drain: Bool = false, hotCode: String? = nil) async throws -> Figures {
+                        drain: Bool = false, hotCode: String? = nil, massif: String? = nil) async throws -> Figures {
         let hub = try await BenchHub.start(binary: hubBinary, devices: leaves)
         defer { hub.stop() }
         _ = system("rm -rf '\(dir)'; mkdir -p '\(dir)/devices.d'")
@@ -88,12 +99,19 @@ struct DaemonMemoryBench: AsyncParsableCommand {
             binary = valgrind
             arguments = prefix + arguments
         }
+        if hotCode == nil, massif != nil {
+            // Its RSS figures are valgrind's; what it is for is the heap breakdown.
+            let (valgrind, prefix) = try Massif.prefix(running: daemon, profile: dir + "-massif.out", dir: dir + "-massif")
+            binary = valgrind
+            arguments = prefix + arguments
+        }
         defer { if hotCode != nil { _ = system("rm -rf '\(dir)-callgrind'") } }
+        defer { if massif != nil { _ = system("rm -rf '\(dir)-massif.out' '\(dir)-massif'") } }
         let child = try ChildProcess.spawn(binary, arguments)
         defer { child.terminate() }
         try await Task.sleep(for: .milliseconds(300))
         let atStart = child.memory()
-        let deadline = ContinuousClock.now + .seconds(hotCode == nil ? 120 : 900)
+        let deadline = ContinuousClock.now + .seconds(hotCode == nil && massif == nil ? 120 : 900)
         while true {
             guard child.isRunning() else { throw BenchError("fieldgated exited (its log is on this terminal)") }
             let status = try? ControlClient.request(["command": "status"], socketPath: dir + "/control.sock")
@@ -113,6 +131,11 @@ struct DaemonMemoryBench: AsyncParsableCommand {
         let connections = try ControlClient.request(["command": "status"], socketPath: dir + "/control.sock")["connections"]?.arrayValue?.count ?? 0
         var figures = Figures(leaves: leaves, spooled: Int(depth), connections: connections, telemetryOnly: telemetryOnly, atStart: atStart, attached: attached,
                               settled: settled, mappings: fileMappings(pid: child.pid))
+        if let massif, hotCode == nil {
+            try Massif.snapshot(pid: child.pid, into: massif)
+            figures.heap = Massif.breakdown(snapshot: massif, program: (daemon.split(separator: "/").last).map(String.init) ?? "fieldgated")
+            _ = system("ms_print '\(massif)' > '\(massif).txt' 2>/dev/null")
+        }
         if drain { try await drainBacklog(child: child, hub: hub, dir: dir, leaves: leaves, from: settled, into: &figures) }
         if let hotCode {
             _ = try await Callgrind.total(pid: child.pid, profile: profile)

@@ -383,7 +383,7 @@ struct Mapper {
         }
         if let n = f.uplink?.max_in_flight {
             if UplinkConfiguration.inFlightRange.contains(n) { uplink.maxInFlightTotal = n } else {
-                report(main, "uplink.max_in_flight", "uplink.max_in_flight must be \(UplinkConfiguration.inFlightRange.lowerBound) to \(UplinkConfiguration.inFlightRange.upperBound); each costs ~2.2 kB while the connection lasts")
+                report(main, "uplink.max_in_flight", "uplink.max_in_flight must be \(UplinkConfiguration.inFlightRange.lowerBound) to \(UplinkConfiguration.inFlightRange.upperBound); each costs ~2.2 kB of memory while the connection lasts")
             }
         }
         if let m = f.uplink?.quota_probe_minutes, m != 0 {

@@ -23,6 +23,8 @@ struct CostBench: AsyncParsableCommand {
     @Option(help: "Readings per throughput round.") var messages = 100_000
     @Option(help: "Alternating rounds (fieldgate, baseline) for the throughput medians.") var rounds = 3
     @Option(help: "Coalescing target of the coalescing runs (0: skip them).") var coalesceBytes = 4000
+    @Option(help: "fieldgate's `[uplink] max_in_flight` (default: the uplink's own, 1000). The baseline keeps 2000 in flight whatever this says.")
+    var maxInFlight: Int?
     @Option(help: "Directory for the spools (on the disk to measure).") var dir = "/var/tmp/fieldgate-cost-bench"
     @Flag(help: "Skip the callgrind runs (slow: a few minutes).") var noCallgrind = false
     @Option(help: "Run only these parts, comma-separated: instructions, coalescing, syscalls, throughput (all by default).")
@@ -37,7 +39,8 @@ struct CostBench: AsyncParsableCommand {
         print("cost benchmark: 200 B JSON readings, fieldgate (producer → spool sync=always → uplink) vs a bare-Proton sender")
         print("(pre-encoded message, same links, credit and hub, no spool), both over TLS on loopback to fieldgate-hub")
         print("machine: \(sysconf(Int32(_SC_NPROCESSORS_ONLN))) cores\n")
-        let coalesce = coalesceBytes > 0 ? ["--coalesce-bytes", String(coalesceBytes)] : nil
+        let window = maxInFlight.map { ["--max-in-flight", String($0)] } ?? []
+        let coalesce = coalesceBytes > 0 ? ["--coalesce-bytes", String(coalesceBytes)] + window : nil
 
         let hub = try await BenchHub.start(binary: siblingExecutable("fieldgate-hub"), devices: max(leaves, throughputLeaves))
         defer { hub.stop() }
@@ -46,7 +49,7 @@ struct CostBench: AsyncParsableCommand {
         if !noCallgrind, !parts.isDisjoint(with: ["instructions", "coalescing"]) {
             print("instructions per delivered message (callgrind, \(leaves) leaves × \(perLeaf))")
             if parts.contains("instructions") {
-                let gw = try await instructions(hub: hub, agent: agent, mode: "throughput", count: n)
+                let gw = try await instructions(hub: hub, agent: agent, mode: "throughput", count: n, extra: window)
                 let base = try await instructions(hub: hub, agent: agent, mode: "baseline", count: n)
                 print("  fieldgate  " + pad(fixed(gw.perMessage, 0), 8) + "   baseline " + pad(fixed(base.perMessage, 0), 8)
                       + "   ratio " + fixed(gw.perMessage / base.perMessage, 2) + "   (fieldgate over the baseline: " + fixed(gw.perMessage - base.perMessage, 0) + ")")
@@ -59,14 +62,16 @@ struct CostBench: AsyncParsableCommand {
             print("  targets: ≤ 30,000 per message; ≤ 4,000 per reading coalescing\n")
         }
 
-        if parts.contains("syscalls") { try await syscallFigures(hub: hub, agent: agent, n: n, coalesce: coalesce) }
-        if parts.contains("throughput") { try await throughputFigures(hub: hub, agent: agent, coalesce: coalesce) }
+        if parts.contains("syscalls") { try await syscallFigures(hub: hub, agent: agent, n: n, coalesce: coalesce, window: window) }
+        if parts.contains("throughput") { try await throughputFigures(hub: hub, agent: agent, coalesce: coalesce, window: window) }
         _ = system("rm -rf '\(dir)'")
     }
 
-    private func syscallFigures(hub: BenchHub, agent: String, n: Int, coalesce: [String]?) async throws {
+    private func syscallFigures(hub: BenchHub, agent: String, n: Int, coalesce: [String]?, window: [String]) async throws {
         print("system calls per delivered message (strace -f -c, \(leaves) leaves × \(perLeaf))")
-        for (label, mode, extra) in [("fieldgate", "throughput", [String]()), ("baseline", "baseline", [])] + (coalesce.map { [("coalescing", "backlog", $0)] } ?? []) {
+        var runs: [(label: String, mode: String, extra: [String])] = [("fieldgate", "throughput", window), ("baseline", "baseline", [])]
+        if let coalesce { runs.append(("coalescing", "backlog", coalesce)) }
+        for (label, mode, extra) in runs {
             let s = try await syscalls(hub: hub, agent: agent, mode: mode, count: n, extra: extra)
             let top = s.byName.sorted { $0.value > $1.value }.prefix(5).map { "\($0.key) " + fixed(Double($0.value) / Double(n), 3) }
             print("  " + label.padding(10) + pad(fixed(Double(s.total) / Double(n), 3), 7) + "   (" + top.joined(separator: ", ") + ")")
@@ -74,11 +79,11 @@ struct CostBench: AsyncParsableCommand {
         print("  target: ≤ 0.3 per message, fdatasyncs included\n")
     }
 
-    private func throughputFigures(hub: BenchHub, agent: String, coalesce: [String]?) async throws {
+    private func throughputFigures(hub: BenchHub, agent: String, coalesce: [String]?, window: [String]) async throws {
         print("throughput, \(throughputLeaves) leaves, \(messages) readings per round, \(rounds) alternating rounds (medians)")
         var gwRate: [Double] = [], gwCPU: [Double] = [], baseRate: [Double] = [], baseCPU: [Double] = []
         for _ in 0..<rounds {
-            let g = try await UplinkBench.throughput(hub: hub, leaves: throughputLeaves, agent: agent, messages: messages, dir: dir)
+            let g = try await UplinkBench.throughput(hub: hub, leaves: throughputLeaves, agent: agent, messages: messages, dir: dir, extra: window)
             let b = try await UplinkBench.throughput(hub: hub, leaves: throughputLeaves, agent: agent, messages: messages, dir: dir, mode: "baseline")
             gwRate.append(g.rate); gwCPU.append(g.gatewayMicros); baseRate.append(b.rate); baseCPU.append(b.gatewayMicros)
         }
@@ -111,7 +116,7 @@ struct CostBench: AsyncParsableCommand {
         _ = try await UplinkBench.waitForResult(result, key: "done", child: child, seconds: 1800)
         let hubMessages = try await hub.acceptedEvents() - events0
         let total = try await Callgrind.total(pid: child.pid, profile: out)
-        if let profiles { _ = system("mkdir -p '\(profiles)' && cp '\(out).1' '\(profiles)/callgrind.\(mode)\(extra.isEmpty ? "" : "-coalescing")'") }
+        if let profiles { _ = system("mkdir -p '\(profiles)' && cp '\(out).1' '\(profiles)/callgrind.\(mode)\(mode == "backlog" ? "-coalescing" : "")'") }
         return Instructions(perMessage: total / Double(count), hubMessages: hubMessages)
     }
 

@@ -28,12 +28,15 @@ struct DaemonMemoryBench: AsyncParsableCommand {
     var hotCode: String?
     @Option(help: ArgumentHelp("Run the daemon under valgrind's massif and write its heap at the measuring moment to this file (a detailed snapshot), and print it summed by owner (library or Swift module). Slow: use --leaves 300.", valueName: "file"))
     var massif: String?
+    @Option(help: "The daemon's `[uplink] max_in_flight` (default: its own, 1000): what the drain's peak depends on.")
+    var maxInFlight: Int?
 
     func run() async throws {
         guard cloud == "all" || cloud == "none" else { throw ValidationError("--cloud: all or none") }
+        guard hotCode == nil || massif == nil else { throw ValidationError("--hot-code and --massif each run the daemon under valgrind: one at a time") }
         let figures = try await Self.measure(daemon: daemon ?? siblingExecutable("fieldgated"), hubBinary: siblingExecutable("fieldgate-hub"), leaves: leaves,
                                              records: records, settle: settle, dir: dir, telemetryOnly: cloud == "none", drain: drain, hotCode: hotCode,
-                                             massif: massif)
+                                             massif: massif, maxInFlight: maxInFlight)
         print(figures.table)
         if let hotCode { print("hot code: \(figures.hotSymbols) symbols written to \(hotCode)") }
         if let massif, let heap = figures.heap {
@@ -78,7 +81,7 @@ struct DaemonMemoryBench: AsyncParsableCommand {
     }
 
     static func measure(daemon: String, hubBinary: String, leaves: Int, records: Int, settle: Int, dir: String, telemetryOnly: Bool = false,
-                        drain: Bool = false, hotCode: String? = nil, massif: String? = nil) async throws -> Figures {
+                        drain: Bool = false, hotCode: String? = nil, massif: String? = nil, maxInFlight: Int? = nil) async throws -> Figures {
         let hub = try await BenchHub.start(binary: hubBinary, devices: leaves)
         defer { hub.stop() }
         _ = system("rm -rf '\(dir)'; mkdir -p '\(dir)/devices.d'")
@@ -90,7 +93,8 @@ struct DaemonMemoryBench: AsyncParsableCommand {
         }
         try fillSpool(dir + "/spool", leaves: leaves, records: records)
 
-        _ = try await writeConfiguration(dir: dir, hub: hub, gatewayKey: gatewayKey, leaves: leaves, telemetryOnly: telemetryOnly)
+        _ = try await writeConfiguration(dir: dir, hub: hub, gatewayKey: gatewayKey, leaves: leaves, telemetryOnly: telemetryOnly,
+                                         maxInFlight: maxInFlight)
 
         var binary = daemon, arguments = ["run", "--config", dir + "/fieldgate.toml", "--log-level", "error"]
         let profile = dir + "/hot-code.callgrind"
@@ -116,7 +120,7 @@ struct DaemonMemoryBench: AsyncParsableCommand {
             guard child.isRunning() else { throw BenchError("fieldgated exited (its log is on this terminal)") }
             let status = try? ControlClient.request(["command": "status"], socketPath: dir + "/control.sock")
             if status?["leaves_by_state"]?["ready"]?.intValue == Int64(leaves + 1) { break }
-            guard ContinuousClock.now < deadline else { throw BenchError("the leaves did not attach within 120 s: \(status.map { "\($0)" } ?? "no status")") }
+            guard ContinuousClock.now < deadline else { throw BenchError("the leaves did not attach in time: \(status.map { "\($0)" } ?? "no status")") }
             try await Task.sleep(for: .milliseconds(100))
         }
         let attached = child.memory()
@@ -172,7 +176,8 @@ struct DaemonMemoryBench: AsyncParsableCommand {
 
     /// fieldgated's configuration for `leaves` UDP leaves `bench-<i>` behind the hub's owner policy, in `dir`.
     /// Returns the UDP port.
-    static func writeConfiguration(dir: String, hub: BenchHub, gatewayKey: String, leaves: Int, telemetryOnly: Bool) async throws -> Int {
+    static func writeConfiguration(dir: String, hub: BenchHub, gatewayKey: String, leaves: Int, telemetryOnly: Bool,
+                                   maxInFlight: Int? = nil) async throws -> Int {
         let udpPort = 30000 + Int.random(in: 0..<20000)
         let policyKey = (ChildProcess.readFile(hub.keysFile) ?? "").split(separator: "\n")
             .first { $0.hasPrefix("policy ") }.flatMap { try? ConnectionString(parsing: String($0.dropFirst(7))).sharedAccessKey } ?? ""
@@ -194,7 +199,7 @@ struct DaemonMemoryBench: AsyncParsableCommand {
             port = \(udpPort)
             [control]
             socket = "\(dir)/control.sock"
-            """)
+            """ + (maxInFlight.map { "\n[uplink]\nmax_in_flight = \($0)\n" } ?? ""))
         try ChildProcess.writeFile(dir + "/secrets.toml", "[keys]\nbench-gateway = \"\(gatewayKey)\"\n[policies]\niothubowner = \"\(policyKey)\"\n")
         chmod(dir + "/secrets.toml", 0o600)
         try ChildProcess.writeFile(dir + "/devices.d/leaves.toml", (0..<leaves).map {

@@ -11,7 +11,7 @@ enum Massif {
 
     /// valgrind and its arguments to put before `binary`'s own; the copy it runs (without DWARF) goes in `dir`.
     static func prefix(running binary: String, profile: String, dir: String) throws -> (valgrind: String, arguments: [String]) {
-        ("/usr/bin/valgrind", ["--tool=massif", "--massif-out-file=\(profile)", "--vgdb=yes", "--threshold=0.1"]
+        ("/usr/bin/valgrind", ["--tool=massif", "--massif-out-file=\(profile)", "--vgdb=yes", "--threshold=0.1", "--demangle=no"]
             + allocators.map { "--alloc-fn=\($0)" } + [try Callgrind.withoutDebugInfo(binary, in: dir)])
     }
 

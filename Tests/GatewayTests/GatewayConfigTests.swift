@@ -268,9 +268,13 @@ struct GatewayConfigTests {
         #expect(try load(base + "[uplink]\ncoalesce_bytes = 4000\n").get().uplink.coalesceTargetBytes == 4000)
         #expect(try load(base + "[uplink]\nmax_in_flight = 500\n").get().uplink.maxInFlightTotal == 500)
         #expect(try load(base).get().uplink.maxInFlightTotal == 1000)
-        if case .failure(let e) = load(base + "[uplink]\nmax_in_flight = 0\n") {
-            #expect("\(e)".contains("uplink.max_in_flight must be 16 to 20000"), "\(e)")
-        } else { Issue.record("max_in_flight = 0 accepted") }
+        #expect(try load(base + "[uplink]\nmax_in_flight = 16\n").get().uplink.maxInFlightTotal == 16)
+        #expect(try load(base + "[uplink]\nmax_in_flight = 20000\n").get().uplink.maxInFlightTotal == 20000)
+        for bad in [0, 15, 20001] {
+            if case .failure(let e) = load(base + "[uplink]\nmax_in_flight = \(bad)\n") {
+                #expect("\(e)".contains(":6:") && "\(e)".contains("uplink.max_in_flight must be 16 to 20000"), "\(e)")
+            } else { Issue.record("max_in_flight = \(bad) accepted") }
+        }
         #expect(try load(base + "[uplink]\ncoalesce_bytes = 0\n").get().uplink.coalesceTargetBytes == nil)
         guard case .failure(let e) = load(base + "[uplink]\ncoalesce_bytes = 300000\n") else { Issue.record("accepted"); return }
         #expect("\(e)".contains(":6:") && "\(e)".contains("uplink.coalesce_bytes must be 0 (off) or 512 to 261120"), "\(e)")

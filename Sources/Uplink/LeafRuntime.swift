@@ -210,8 +210,7 @@ final class LeafRuntime {
     var attachedLinks: LeafLinks = []
 
     /// Fetched from the spool, waiting for link credit (in order).
-    var pending: [OutgoingMessage] = []
-    var pendingHead = 0
+    var pending = PendingQueue()
     /// Telemetry deliveries the hub has not settled.
     var unsettled = 0
 
@@ -228,7 +227,7 @@ final class LeafRuntime {
     }
 
     var deviceID: String { configuration.deviceID }
-    var pendingCount: Int { pending.count - pendingHead }
+    var pendingCount: Int { pending.count }
     /// Messages this leaf holds that the spool counts as in flight.
     var outstanding: Int { pendingCount + unsettled }
     var linksAttached: Bool { attachedLinks == wantedLinks }
@@ -242,13 +241,7 @@ final class LeafRuntime {
         return "without \(features.map(\.rawValue).joined(separator: ", ")) (hub tier)"
     }
 
-    func popPending() -> OutgoingMessage? {
-        guard pendingHead < pending.count else { return nil }
-        let m = pending[pendingHead]
-        pendingHead += 1
-        if pendingHead == pending.count { pending.removeAll(keepingCapacity: true); pendingHead = 0 }
-        return m
-    }
+    func popPending() -> OutgoingMessage? { pending.popFirst() }
 
     /// Counts the times this leaf's records went back to the spool (`takePending`). A fetch that was under way
     /// then may bring records that come after the ones given back: they must go back too, or they would overtake.
@@ -258,7 +251,6 @@ final class LeafRuntime {
     /// back to the spool, which hands them out again in order.
     func takePending() -> [UInt64] {
         releaseGeneration += 1
-        defer { pending.removeAll(keepingCapacity: true); pendingHead = 0 }
-        return pending[pendingHead...].flatMap(\.sequences)
+        return pending.removeAll()
     }
 }

@@ -45,6 +45,14 @@ struct DaemonMemoryBench: AsyncParsableCommand {
             for (owner, bytes) in heap.owners.prefix(20) {
                 print("  " + pad(mb(bytes), 7) + " MB  " + pad(fixed(Double(bytes) / Double(max(leaves, 1)), 0), 6) + " B per leaf  " + owner)
             }
+            if let drained = figures.drainedHeap {
+                print("heap once drained (\(massif).drained): \(mb(drained.useful)) MB asked for + \(mb(drained.extra)) MB overhead; change by owner:")
+                let before = Dictionary(heap.owners, uniquingKeysWith: +), after = Dictionary(drained.owners, uniquingKeysWith: +)
+                let changes = Set(before.keys).union(after.keys).map { ($0, (after[$0] ?? 0) - (before[$0] ?? 0)) }
+                for (owner, delta) in changes.sorted(by: { abs($0.1) > abs($1.1) }).prefix(12) where delta != 0 {
+                    print("  " + pad((delta > 0 ? "+" : "") + mb(delta), 7) + " MB  " + owner)
+                }
+            }
         }
     }
 
@@ -60,6 +68,8 @@ struct DaemonMemoryBench: AsyncParsableCommand {
         var drainSeries: [Double] = []
         var hotSymbols = 0
         var heap: Massif.Breakdown?
+        /// With --massif and --drain: the heap once the backlog is delivered.
+        var drainedHeap: Massif.Breakdown?
 
         var table: String {
             let kind = telemetryOnly ? "telemetry-only UDP leaves (cloud = [], one link each)" : "UDP leaves (C2D, methods, twin: six links each)"
@@ -140,7 +150,15 @@ struct DaemonMemoryBench: AsyncParsableCommand {
             figures.heap = Massif.breakdown(snapshot: massif, program: (daemon.split(separator: "/").last).map(String.init) ?? "fieldgated")
             _ = system("ms_print '\(massif)' > '\(massif).txt' 2>/dev/null")
         }
-        if drain { try await drainBacklog(child: child, hub: hub, dir: dir, leaves: leaves, from: settled, into: &figures) }
+        if drain {
+            try await drainBacklog(child: child, hub: hub, dir: dir, leaves: leaves, from: settled, into: &figures)
+            if let massif, hotCode == nil {
+                // What the drain left behind (Proton's delivery pool, buffers grown to the largest write) against idle.
+                try Massif.snapshot(pid: child.pid, into: massif + ".drained")
+                figures.drainedHeap = Massif.breakdown(snapshot: massif + ".drained", program: (daemon.split(separator: "/").last).map(String.init) ?? "fieldgated")
+                _ = system("ms_print '\(massif).drained' > '\(massif).drained.txt' 2>/dev/null")
+            }
+        }
         if let hotCode {
             _ = try await Callgrind.total(pid: child.pid, profile: profile)
             let symbols = Callgrind.executedFunctions(profile: profile + ".1", object: "-nodebug").map(\.symbol)

@@ -265,21 +265,26 @@ public struct GatewaySettings: Sendable {
         var problems: [ConfigProblem] = []
         var mainRead = true
         var main = ConfigSource.empty(path: path)
+        // Every document parsed here, and every sanitized copy, is freed when the load is over.
+        var parsed: [TOMLTable] = []
+        defer { ConfigSource.free(parsed) }
         do throws(ConfigError) { main = try ConfigSource.read(path) } catch {
             problems += error.problems
             mainRead = false
         }
+        parsed.append(main.table)
         let mainProblems = ConfigSchema.main.check(main.table, path: "", in: main).filter { _ in mainRead }
         problems += mainProblems
         let directory = directoryOf(path)
         let devicesDir = (directory.isEmpty ? "." : directory) + "/devices.d"
-        // A file without problems decodes as parsed; the sanitized copy is made only for one with problems (TOMLKit
-        // never frees a table, so every copy would stay in memory: a few kB per leaf).
+        // A file without problems decodes as parsed; the sanitized copy (a few kB per leaf while the load runs) is
+        // made only for one with problems.
         var deviceSources: [(source: ConfigSource, clean: Bool)] = []
         let names = ((try? FileManager.default.contentsOfDirectory(atPath: devicesDir)) ?? []).filter { $0.hasSuffix(".toml") }.sorted()
         for name in names {
             do throws(ConfigError) {
                 let source = try ConfigSource.read(devicesDir + "/" + name)
+                parsed.append(source.table)
                 let found = ConfigSchema.devices.check(source.table, path: "", in: source)
                 problems += found
                 deviceSources.append((source, found.isEmpty))
@@ -291,6 +296,7 @@ public struct GatewaySettings: Sendable {
         // Decode what the schema accepts; a missing [hub] or [gateway] (reported above) gets a stand-in so the leaves
         // are still checked.
         let mainTable = mainRead && mainProblems.isEmpty ? main.table : ConfigSchema.main.sanitized(main.table)
+        parsed.append(mainTable)
         let hasGateway = mainTable["gateway"] != nil
         if mainTable["hub"] == nil { mainTable["hub"] = TOMLTable() }
         if !hasGateway { mainTable["gateway"] = TOMLTable(["device_id": ""]) }
@@ -299,7 +305,9 @@ public struct GatewaySettings: Sendable {
         do {
             file = try TOMLDecoder().decode(GatewayConfigFile.self, from: mainTable)
             for (source, clean) in deviceSources {
-                devices.append((source, try TOMLDecoder().decode(DevicesFile.self, from: clean ? source.table : ConfigSchema.devices.sanitized(source.table))))
+                let table = clean ? source.table : ConfigSchema.devices.sanitized(source.table)
+                if !clean { parsed.append(table) }
+                devices.append((source, try TOMLDecoder().decode(DevicesFile.self, from: table)))
             }
         } catch {
             throw ConfigError(problems + [ConfigProblem(file: path, line: nil, message: "\(error)")])  // the sanitizer should have prevented it

@@ -104,6 +104,7 @@ struct ProfileLoader {
         for file in names {
             let source: ConfigSource
             do throws(ConfigError) { source = try ConfigSource.read(directory + "/" + file) } catch { problems += error.problems; continue }
+            defer { ConfigSource.free([source.table]) }  // decoded within this turn; lines come from the text
             let schemaProblems = ConfigSchema.profile.check(source.table, path: "", in: source)
             guard schemaProblems.isEmpty else { problems += schemaProblems; continue }
             let decoded: ProfileFile

@@ -80,6 +80,7 @@ public struct Secrets: Sendable {
 
     private static func parse(_ path: String) throws(ConfigError) -> Secrets {
         let source = try ConfigSource.read(path)
+        defer { ConfigSource.free([source.table]) }
         let schema = Schema(fields: ["keys": .anyTable, "policies": .stringMap, "groups": .stringMap, "hmac": .stringMap,
                                            "proxy": .table(Schema(fields: ["password": .string]))])
         var problems = schema.check(source.table, path: "", in: source)

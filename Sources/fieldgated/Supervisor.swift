@@ -25,6 +25,10 @@ struct Supervisor: Service {
 
     func run() async throws {
         let pingMs = notifier.watchdogPingMilliseconds
+        // Trapped before READY=1: SIGHUP's default action ends the process, and a reload asked for the moment the
+        // unit is up (`systemctl reload` right after start) came before the trap and stopped the daemon. One that
+        // arrives before the loop below waits in the sequence and reloads once ready.
+        let hangups = await UnixSignalsSequence(trapping: .sighup)
         // Ready once every loop has gone round: until then systemd keeps the unit "activating".
         while !heartbeats().allSatisfy(\.hasBeaten) {
             guard !Task.isShuttingDownGracefully else { return }
@@ -34,7 +38,7 @@ struct Supervisor: Service {
         logger.notice("ready", metadata: ["watchdog_ping_ms": "\(pingMs.map(String.init) ?? "off")", "stall_ms": "\(liveness.stallMilliseconds)"])
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await watch(liveness: liveness, pingMs: pingMs) }
-            group.addTask { await reloadOnHangup() }
+            group.addTask { await reloadOnHangup(hangups) }
             await group.next()
             group.cancelAll()
         }
@@ -67,9 +71,9 @@ struct Supervisor: Service {
         }
     }
 
-    private func reloadOnHangup() async {
+    private func reloadOnHangup(_ hangups: UnixSignalsSequence) async {
         await cancelWhenGracefulShutdown {
-            for await _ in await UnixSignalsSequence(trapping: .sighup) {
+            for await _ in hangups {
                 _ = await reloader.reload(trigger: "SIGHUP")
             }
         }

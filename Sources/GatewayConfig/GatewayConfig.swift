@@ -265,7 +265,8 @@ public struct GatewaySettings: Sendable {
         var problems: [ConfigProblem] = []
         var mainRead = true
         var main = ConfigSource.empty(path: path)
-        // Every document parsed here, and every sanitized copy, is freed when the load is over.
+        // Every document parsed here, and the top of every sanitized copy, is freed when the load is over (the
+        // tables a copy nests are copied into it, and their originals stay: a few kB for a file with problems).
         var parsed: [TOMLTable] = []
         defer { ConfigSource.free(parsed) }
         do throws(ConfigError) { main = try ConfigSource.read(path) } catch {
@@ -391,7 +392,7 @@ struct Mapper {
         }
         if let n = f.uplink?.max_in_flight {
             if UplinkConfiguration.inFlightRange.contains(n) { uplink.maxInFlightTotal = n } else {
-                report(main, "uplink.max_in_flight", "uplink.max_in_flight must be \(UplinkConfiguration.inFlightRange.lowerBound) to \(UplinkConfiguration.inFlightRange.upperBound); each costs ~2.2 kB of memory while the connection lasts")
+                report(main, "uplink.max_in_flight", "uplink.max_in_flight must be \(UplinkConfiguration.inFlightRange.lowerBound) to \(UplinkConfiguration.inFlightRange.upperBound); each costs ~2–3.5 kB of memory while the connection lasts")
             }
         }
         if let m = f.uplink?.quota_probe_minutes, m != 0 {

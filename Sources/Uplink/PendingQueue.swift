@@ -43,7 +43,9 @@ struct PendingQueue {
         head = 0
     }
 
-    /// The message bytes the queue's storage holds, spent slots included, and its capacity (for tests).
+    /// For tests: the message bytes the queue's storage holds, spent slots included; the slots it stores, spent
+    /// ones included; its array's capacity.
     var heldBytes: Int { slots.reduce(0) { $0 + $1.bytes.count } }
+    var storedSlots: Int { slots.count }
     var capacity: Int { slots.capacity }
 }

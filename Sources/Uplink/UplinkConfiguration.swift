@@ -56,7 +56,7 @@ public struct UplinkConfiguration: Sendable, Equatable {
         route == .amqps ? maxIdentitiesPerConnection : min(maxIdentitiesPerConnection, maxIdentitiesPerWebSocketConnection)
     }
     /// Unsettled telemetry deliveries per leaf and in total. Default: 64 and 1000. Proton keeps every delivery it
-    /// ever had in flight at once pooled until the connection closes (~2.2 kB each with its buffers), so the total
+    /// ever had in flight at once pooled until the connection closes (~2–3.5 kB each with its buffers), so the total
     /// bounds memory as well as throughput: 1000 carry 10,000 messages/s at a 100 ms round trip (IoT Hub's S3 unit
     /// throttles D2C at 6,000/s); docs/performance.md has the figures at 500, 1000 and 2000.
     public var maxInFlightPerLeaf = 64

@@ -49,3 +49,8 @@ struct PendingQueue {
     var storedSlots: Int { slots.count }
     var capacity: Int { slots.capacity }
 }
+
+private extension OutgoingMessage {
+    /// What a sent message's queue slot holds: no allocation.
+    static let taken = OutgoingMessage(leaf: "", sequences: [], bytes: [], acquiredAtMs: 0)
+}

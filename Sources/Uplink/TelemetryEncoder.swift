@@ -14,9 +14,6 @@ struct OutgoingMessage: Sendable {
     var bytes: [UInt8]
     /// The oldest acquisition time it carries (for latency figures).
     var acquiredAtMs: Int64
-
-    /// What a sent message's queue slot holds: no allocation.
-    static let taken = OutgoingMessage(leaf: "", sequences: [], bytes: [], acquiredAtMs: 0)
 }
 
 /// Turns spool records into D2C messages (contract 2): the message-id comes from the record, so every retry and

@@ -33,7 +33,6 @@ struct DaemonMemoryBench: AsyncParsableCommand {
 
     func run() async throws {
         guard cloud == "all" || cloud == "none" else { throw ValidationError("--cloud: all or none") }
-        guard hotCode == nil || massif == nil else { throw ValidationError("--hot-code and --massif each run the daemon under valgrind: one at a time") }
         let figures = try await Self.measure(daemon: daemon ?? siblingExecutable("fieldgated"), hubBinary: siblingExecutable("fieldgate-hub"), leaves: leaves,
                                              records: records, settle: settle, dir: dir, telemetryOnly: cloud == "none", drain: drain, hotCode: hotCode,
                                              massif: massif, maxInFlight: maxInFlight)
@@ -92,6 +91,7 @@ struct DaemonMemoryBench: AsyncParsableCommand {
 
     static func measure(daemon: String, hubBinary: String, leaves: Int, records: Int, settle: Int, dir: String, telemetryOnly: Bool = false,
                         drain: Bool = false, hotCode: String? = nil, massif: String? = nil, maxInFlight: Int? = nil) async throws -> Figures {
+        guard hotCode == nil || massif == nil else { throw BenchError("--hot-code and --massif each run the daemon under valgrind: one at a time") }
         let hub = try await BenchHub.start(binary: hubBinary, devices: leaves)
         defer { hub.stop() }
         _ = system("rm -rf '\(dir)'; mkdir -p '\(dir)/devices.d'")
@@ -113,7 +113,7 @@ struct DaemonMemoryBench: AsyncParsableCommand {
             binary = valgrind
             arguments = prefix + arguments
         }
-        if hotCode == nil, massif != nil {
+        if massif != nil {
             // Its RSS figures are valgrind's; what it is for is the heap breakdown.
             let (valgrind, prefix) = try Massif.prefix(running: daemon, profile: dir + "-massif.out", dir: dir + "-massif")
             binary = valgrind
@@ -145,19 +145,12 @@ struct DaemonMemoryBench: AsyncParsableCommand {
         let connections = try ControlClient.request(["command": "status"], socketPath: dir + "/control.sock")["connections"]?.arrayValue?.count ?? 0
         var figures = Figures(leaves: leaves, spooled: Int(depth), connections: connections, telemetryOnly: telemetryOnly, atStart: atStart, attached: attached,
                               settled: settled, mappings: fileMappings(pid: child.pid))
-        if let massif, hotCode == nil {
-            try Massif.snapshot(pid: child.pid, into: massif)
-            figures.heap = Massif.breakdown(snapshot: massif, program: (daemon.split(separator: "/").last).map(String.init) ?? "fieldgated")
-            _ = system("ms_print '\(massif)' > '\(massif).txt' 2>/dev/null")
-        }
+        let program = daemon.split(separator: "/").last.map(String.init) ?? "fieldgated"
+        if let massif { figures.heap = try Massif.capture(pid: child.pid, into: massif, program: program) }
         if drain {
             try await drainBacklog(child: child, hub: hub, dir: dir, leaves: leaves, from: settled, into: &figures)
-            if let massif, hotCode == nil {
-                // What the drain left behind (Proton's delivery pool, buffers grown to the largest write) against idle.
-                try Massif.snapshot(pid: child.pid, into: massif + ".drained")
-                figures.drainedHeap = Massif.breakdown(snapshot: massif + ".drained", program: (daemon.split(separator: "/").last).map(String.init) ?? "fieldgated")
-                _ = system("ms_print '\(massif).drained' > '\(massif).drained.txt' 2>/dev/null")
-            }
+            // What the drain left behind (Proton's delivery pool, buffers grown to the largest write) against idle.
+            if let massif { figures.drainedHeap = try Massif.capture(pid: child.pid, into: massif + ".drained", program: program) }
         }
         if let hotCode {
             _ = try await Callgrind.total(pid: child.pid, profile: profile)

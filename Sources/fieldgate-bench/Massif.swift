@@ -15,11 +15,14 @@ enum Massif {
             + allocators.map { "--alloc-fn=\($0)" } + [try Callgrind.withoutDebugInfo(binary, in: dir)])
     }
 
-    /// A detailed snapshot of the heap now, into `file`.
-    static func snapshot(pid: pid_t, into file: String) throws {
+    /// A detailed snapshot of the heap now, into `file` (and ms_print's reading of it into `file`.txt), summed by
+    /// owner.
+    static func capture(pid: pid_t, into file: String, program: String) throws -> Breakdown {
         guard system("vgdb --pid=\(pid) detailed_snapshot '\(file)' >/dev/null 2>&1") == 0 else {
             throw BenchError("vgdb detailed_snapshot failed (is the program running under massif?)")
         }
+        _ = system("ms_print '\(file)' > '\(file).txt' 2>/dev/null")
+        return breakdown(snapshot: file, program: program)
     }
 
     struct Breakdown {

@@ -296,7 +296,44 @@ struct ReadPlan {
             let rank = segments.count == 1 ? 0 : UInt64(segments.firstIndex(of: l.segment)!)
             keys.append(rank << 56 | UInt64(l.offset) << 24 | UInt64(i))
         }
-        keys.sort()
+        sortByPlace(&keys)
         return keys.map { Int($0 & 0xFF_FFFF) }
+    }
+
+    /// Sorts keys built by `fileOrder` by their place (bits 24–63: segment rank and offset), keeping keys of equal
+    /// place in their order: a byte-at-a-time radix sort that skips the bytes all keys share. `sort()` compared its
+    /// way through the leaves' interleaved runs at ~180 instructions a key.
+    static func sortByPlace(_ keys: inout [UInt64]) {
+        guard keys.count > 1 else { return }
+        var all: UInt64 = 0, common: UInt64 = ~0
+        for k in keys { all |= k; common &= k }
+        let differing = all ^ common
+        var scratch = [UInt64](repeating: 0, count: keys.count)
+        var sortedInScratch = false
+        keys.withUnsafeMutableBufferPointer { keysBuffer in
+            scratch.withUnsafeMutableBufferPointer { scratchBuffer in
+                withUnsafeTemporaryAllocation(of: Int.self, capacity: 256) { starts in
+                    for shift in stride(from: UInt64(24), to: 64, by: 8) where (differing >> shift) & 0xFF != 0 {
+                        let from = sortedInScratch ? scratchBuffer : keysBuffer
+                        let to = sortedInScratch ? keysBuffer : scratchBuffer
+                        starts.initialize(repeating: 0)
+                        for k in from { starts[Int((k >> shift) & 0xFF)] += 1 }
+                        var at = 0
+                        for digit in 0..<256 {
+                            let n = starts[digit]
+                            starts[digit] = at
+                            at += n
+                        }
+                        for k in from {
+                            let digit = Int((k >> shift) & 0xFF)
+                            to[starts[digit]] = k
+                            starts[digit] += 1
+                        }
+                        sortedInScratch.toggle()
+                    }
+                }
+            }
+        }
+        if sortedInScratch { keys = scratch }
     }
 }

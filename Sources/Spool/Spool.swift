@@ -421,13 +421,16 @@ public final class Spool: Sendable {
             let frame = [UInt8](unsafeUninitializedCapacity: frameBound) { buffer, initialized in
                 let out = UnsafeMutableRawPointer(buffer.baseAddress!)
                 var at = 0
-                for (i, e) in entries.enumerated() {
-                    frameOffsets[i] = at
-                    var leaf = e.leaf
-                    at += leaf.withUTF8 { leafBytes in
-                        e.payload.withUnsafeBytes { payload in
-                            RecordCodec.encode(leaf: UnsafeRawBufferPointer(leafBytes), sequence: first + UInt64(i), acquiredAtMs: e.acquiredAtMs,
-                                               flags: 0, payload: payload, to: out + at)
+                // Entries borrowed in place: copying each out of the array (its name and payload retained and
+                // released) cost more than framing it.
+                entries.withUnsafeBufferPointer { list in
+                    for i in list.indices {
+                        frameOffsets[i] = at
+                        at += list[i].payload.withUnsafeBytes { payload in
+                            Self.withUTF8(list[i].leaf) { leafBytes in
+                                RecordCodec.encode(leaf: leafBytes, sequence: first + UInt64(i), acquiredAtMs: list[i].acquiredAtMs,
+                                                   flags: 0, payload: payload, to: out + at)
+                            }
                         }
                     }
                 }
@@ -475,16 +478,19 @@ public final class Spool: Sendable {
             seg.size += frame.count
             var slot: Int32 = 0
             var slots: Set<Int32> = []
-            for (i, e) in entries.enumerated() {
-                // One hash of the leaf per record at most: batches from one adapter often repeat the same leaf.
-                if i == 0 || !LeafQueues.sameBytes(e.leaf, entries[i - 1].leaf) {
-                    slot = s.leaves.slot(of: e.leaf)
-                    if configuration.perLeafCapRecords != nil { slots.insert(slot) }
+            entries.withUnsafeBufferPointer { list in
+                for i in list.indices {
+                    // One hash of the leaf per record at most: batches from one adapter often repeat the same leaf.
+                    if i == 0 || !LeafQueues.sameBytes(list[i].leaf, list[i - 1].leaf) {
+                        slot = s.leaves.slot(of: list[i].leaf)
+                        if configuration.perLeafCapRecords != nil { slots.insert(slot) }
+                    }
+                    let offset = base + frameOffsets[i]
+                    let acquiredAtMs = list[i].acquiredAtMs
+                    s.activeIndex.add(slot: slot, leaf: list[i].leaf, sequence: first + UInt64(i), acquiredAtMs: acquiredAtMs, at: offset)
+                    seg.oldestAcquiredMs = min(seg.oldestAcquiredMs, acquiredAtMs)
+                    s.leaves.enqueue(slot, segment: seg.id, offset: UInt32(offset))
                 }
-                let offset = base + frameOffsets[i]
-                s.activeIndex.add(slot: slot, leaf: e.leaf, sequence: first + UInt64(i), acquiredAtMs: e.acquiredAtMs, at: offset)
-                seg.oldestAcquiredMs = min(seg.oldestAcquiredMs, e.acquiredAtMs)
-                s.leaves.enqueue(slot, segment: seg.id, offset: UInt32(offset))
             }
             seg.live += entries.count
             s.segments[s.segments.count - 1] = seg
@@ -511,6 +517,13 @@ public final class Spool: Sendable {
             }
             return Array(first...last)
         }
+    }
+
+    /// A name's UTF-8 bytes without a mutable copy of it (`withUTF8` needs one): in place where Swift stores them
+    /// contiguously, which native strings always are.
+    private static func withUTF8<R>(_ string: String, _ body: (UnsafeRawBufferPointer) -> R) -> R {
+        if let r = string.utf8.withContiguousStorageIfAvailable({ body(UnsafeRawBufferPointer($0)) }) { return r }
+        return Array(string.utf8).withUnsafeBytes(body)
     }
 
     private func startSegment(firstSequence: UInt64, _ s: inout State) throws(SpoolError) {

@@ -27,6 +27,38 @@ struct SpoolReadTests {
                                 ReadPlan.Run(segment: 1, firstOffset: 3 * Int(gap) + 1, lastOffset: 3 * Int(gap) + 1, members: [2])])
     }
 
+    /// The radix sort of `fileOrder` orders as `sort()` does: by segment rank and offset, ties in their order —
+    /// over interleaved ascending runs (a fetch's shape), shared high bytes, and random places.
+    @Test func placeSortMatchesComparisonSort() {
+        var generator = SystemRandomNumberGenerator()
+        for round in 0..<60 {
+            let count = [0, 1, 2, 17, 300, 5000][round % 6]
+            var keys: [UInt64] = []
+            for i in 0..<count {
+                let rank = UInt64(round % 3 == 0 ? 0 : Int.random(in: 0..<3, using: &generator))
+                let offset: UInt64 = switch round % 4 {
+                case 0: UInt64(i % 40) * 9000 + UInt64(i / 40) * 250  // 40 leaves' runs, interleaved
+                case 1: 0x1234_0000 + UInt64.random(in: 0..<256, using: &generator)  // only the low byte differs
+                case 2: UInt64.random(in: 0..<8, using: &generator)  // many equal places
+                default: UInt64(UInt32.random(in: 0...UInt32.max, using: &generator))
+                }
+                keys.append(rank << 56 | offset << 24 | UInt64(i))
+            }
+            var sorted = keys
+            ReadPlan.sortByPlace(&sorted)
+            #expect(sorted == keys.sorted(), "round \(round), \(count) keys")
+        }
+        // Through `fileOrder`: records of two segments and many offsets come back in file order.
+        var locations: [RecordLocation] = []
+        for i in 0..<1000 {
+            let segment: UInt32 = i % 2 == 0 ? 7 : 6
+            let offset = UInt32((i * 7919) % 100_000)
+            locations.append(RecordLocation(slot: Int32(i % 10), segment: segment, offset: offset))
+        }
+        let order = ReadPlan.fileOrder(locations).map { (locations[$0].segment, locations[$0].offset) }
+        #expect(zip(order, order.dropFirst()).allSatisfy { $0 <= $1 })
+    }
+
     /// Leaf names are told apart by their bytes: two spellings Swift finds equal are two leaves to the spool, and
     /// its statistics add them up under the one name rather than trap.
     @Test func leafNamesByBytes() throws {

@@ -206,12 +206,10 @@ struct LeafMachine {
         return [.detachLinks]
     }
 
-    /// The hub rejected a telemetry message as throttled (or over quota): pause this leaf only. `reason` becomes
-    /// `lastError` as given ("throttled: …"): a hub that throttles a thousand leaves gives them all one text, and the
-    /// caller shares one copy of it instead of a thousand.
-    mutating func throttled(reason: String, nowMs: Int64, random: Double) {
+    /// The hub rejected a telemetry message as throttled (or over quota): pause this leaf only.
+    mutating func throttled(description: String, nowMs: Int64, random: Double) {
         throttles += 1
-        lastError = reason
+        lastError = "throttled: \(description)"
         probing = true
         pausedUntilMs = max(pausedUntilMs, nowMs + timing.throttleBackoff.delay(attempt: throttles, random: random))
     }

@@ -63,9 +63,7 @@ extension Shard {
                 engine.release(entry.sequences + leaf.takePending())
             case IoTHubAMQP.throttled?:
                 leaf.counters.throttled += 1
-                let reason = "throttled: \(condition?.description ?? "")"
-                if reason != throttleReason { throttleReason = reason }
-                leaf.machine.throttled(reason: throttleReason, nowMs: nowMs, random: engine.random())
+                leaf.machine.throttled(description: condition?.description ?? "", nowMs: nowMs, random: engine.random())
                 // One line per leaf per minute: a throttled hub must be visible, not flood the journal.
                 if nowMs - leaf.lastThrottleLogMs >= 60_000 {
                     leaf.lastThrottleLogMs = nowMs

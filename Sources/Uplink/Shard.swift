@@ -71,9 +71,6 @@ final class Shard: @unchecked Sendable {
     var nextCloudToDeviceToken = 0
     private var nextLinkNumber = 0
     var nextTag: UInt64 = 0
-    /// The last throttle reason given to a leaf, kept so that leaves throttled with the same text share its storage
-    /// (a copy each was ~220 B a leaf with a backlog spooled under a throttling hub).
-    var throttleReason = ""
     /// Where the pacer continues, so every queued leaf gets its turn.
     private var admitCursor = 0
     /// What this hub refuses as not in its tier; kept across reconnects to the same host.

@@ -92,15 +92,15 @@ struct MachineTests {
         var m = readyLeaf()
         m.delivered()  // past the first message on new links, which probes alone too
         #expect(m.inFlightLimit(64) == 64)
-        m.throttled(reason: "throttled: 429001", nowMs: 1000, random: 0)
+        m.throttled(description: "429001", nowMs: 1000, random: 0)
         #expect(!m.canSend(nowMs: 1000) && !m.canSend(nowMs: 5999))
         #expect(m.canSend(nowMs: 6000))
-        m.throttled(reason: "throttled: 429001", nowMs: 6000, random: 0)
+        m.throttled(description: "429001", nowMs: 6000, random: 0)
         #expect(!m.canSend(nowMs: 15_999) && m.canSend(nowMs: 16_000), "second throttle: 10 s")
         #expect(m.inFlightLimit(64) == 1, "after a throttle one message probes alone")
         m.delivered()
         #expect(m.inFlightLimit(64) == 64)
-        m.throttled(reason: "throttled: 429001", nowMs: 20_000, random: 0)
+        m.throttled(description: "429001", nowMs: 20_000, random: 0)
         #expect(m.canSend(nowMs: 25_000), "an accepted message starts the throttle back-off over")
     }
 

@@ -14,20 +14,34 @@ struct RecordLocation: Hashable {
 /// Each leaf gets a slot the first time it appears, for the spool's lifetime, so the append path hashes a leaf's
 /// name once per record (not once per structure it touches) and the reader walks slots, not dictionary keys. Slots
 /// are in order of first appearance: the round-robin order of `Spool.next`. Pure: no I/O.
+///
+/// A backlog's locations are listed only up to a budget (`listedBudget` records): the segments that start once it
+/// is reached are cold — their records are counted per leaf, and listed when the leaves get to them, segment by
+/// segment in file order (`Spool.warmNextSegment` reads the segment's index). Memory then follows the budget, not
+/// the backlog: a million records listed cost ~1.1 MB; past a budget of 65,536 a backlog of any size costs ~0.1 MB.
 struct LeafQueues {
     struct Leaf {
         let name: String
         /// `LeafQueues.hash(name)`, kept for the table's growth and a cheap first comparison.
         let nameHash: UInt64
-        /// Its queued records in file order, across segments (about a byte a record).
+        /// Its listed records in file order, across segments (about a byte a record).
         var queue = LocationStream()
         /// Records given back for retry, oldest first: they come before `queue`.
         var retry: [(sequence: UInt64, location: RecordLocation)] = []
-        /// Queued, retried and in-flight records: what `settle` still has to account for.
+        /// Its records in cold segments: after `queue`, not listed yet.
+        var cold = 0
+        /// Queued (listed or cold), retried and in-flight records: what `settle` still has to account for.
         var depth = 0
 
-        var hasQueued: Bool { !retry.isEmpty || !queue.isEmpty }
+        var hasQueued: Bool { !retry.isEmpty || !queue.isEmpty || cold > 0 }
     }
+
+    /// Records listed in the queues at most: the segments that start while it is reached are cold.
+    var listedBudget = 65_536
+    /// Records listed in the queues (retried ones apart).
+    private(set) var listed = 0
+    /// The first cold segment: this one and every later one hold records counted, not listed. nil: all listed.
+    private(set) var coldFrom: UInt32?
 
     /// Slots by name: open addressing over `leaves`, -1 = empty, at most half full. Every appended record looks its
     /// leaf up here; a `Dictionary<String, Int32>` cost ~340 instructions a look-up (SipHash over a String).
@@ -37,6 +51,9 @@ struct LeafQueues {
     var count: Int { leaves.count }
 
     subscript(_ slot: Int32) -> Leaf { leaves[Int(slot)] }
+
+    /// The leaf's records in cold segments (read in place: a copy of the leaf retained its queues).
+    func cold(_ slot: Int32) -> Int { leaves[Int(slot)].cold }
 
     /// The leaf's slot, made on its first appearance.
     mutating func slot(of leaf: String) -> Int32 {
@@ -106,9 +123,47 @@ struct LeafQueues {
     /// every append (quadratic).
     mutating func enqueue(_ slot: Int32, segment: UInt32, offset: UInt32) {
         let i = Int(slot)
-        leaves[i].queue.append(segment: segment, offset: offset)
+        if let cold = coldFrom, segment >= cold {
+            leaves[i].cold += 1
+        } else {
+            leaves[i].queue.append(segment: segment, offset: offset)
+            listed += 1
+        }
         leaves[i].depth += 1
         depth += 1
+    }
+
+    /// A segment starts (appended to, or recovered): its records are listed only while the budget allows; past it,
+    /// it and the segments after it are cold.
+    mutating func segmentStarts(_ segment: UInt32) {
+        if coldFrom == nil, listed >= listedBudget { coldFrom = segment }
+    }
+
+    /// A record of the first cold segment, found in its index, joins its leaf's list (the segment's records come in
+    /// file order, after every record already listed). False when it was not counted cold (nothing changes).
+    mutating func warm(_ slot: Int32, segment: UInt32, offset: UInt32) -> Bool {
+        let i = Int(slot)
+        guard let cold = coldFrom, segment >= cold, leaves[i].cold > 0 else { return false }
+        leaves[i].cold -= 1
+        leaves[i].queue.append(segment: segment, offset: offset)
+        listed += 1
+        return true
+    }
+
+    /// The first cold segment is listed now; `next` (the segment after it; nil: none) is the first cold one. When
+    /// none is left, records counted cold but never found (lost to corruption since they were counted) leave their
+    /// leaves' depth; returned per slot.
+    mutating func warmed(next: UInt32?) -> [(slot: Int32, count: Int)] {
+        coldFrom = next
+        guard next == nil else { return [] }
+        var lost: [(slot: Int32, count: Int)] = []
+        for i in leaves.indices where leaves[i].cold > 0 {
+            lost.append((Int32(i), leaves[i].cold))
+            leaves[i].depth -= leaves[i].cold
+            depth -= leaves[i].cold
+            leaves[i].cold = 0
+        }
+        return lost
     }
 
     /// The leaf's next record: retried ones first, then its queue. Its depth is unchanged (the record is now in
@@ -129,6 +184,7 @@ struct LeafQueues {
             return Taken(location: r.location, retrySequence: r.sequence)
         }
         guard let next = leaves[i].queue.removeFirst() else { return nil }
+        listed -= 1
         return Taken(location: RecordLocation(slot: slot, segment: next.segment, offset: next.offset), retrySequence: nil)
     }
 
@@ -142,7 +198,9 @@ struct LeafQueues {
             // Taken from the retry list first, then from the runs: they go back the same way.
             let retried = entries.compactMap { t in t.retrySequence.map { (sequence: $0, location: t.location) } }
             leaves[i].retry.insert(contentsOf: retried, at: 0)
-            leaves[i].queue.prepend(entries.filter { $0.retrySequence == nil }.map { ($0.location.segment, $0.location.offset) })
+            let queued = entries.filter { $0.retrySequence == nil }.map { ($0.location.segment, $0.location.offset) }
+            leaves[i].queue.prepend(queued)
+            listed += queued.count
         }
     }
 
@@ -172,6 +230,7 @@ struct LeafQueues {
         var lost: [(slot: Int32, count: Int)] = []
         for i in leaves.indices {
             var count = leaves[i].queue.remove(segment: segment)
+            listed -= count
             let retried = leaves[i].retry.count
             leaves[i].retry.removeAll { $0.location.segment == segment }
             count += retried - leaves[i].retry.count

@@ -59,7 +59,7 @@ extension Spool {
                     var taken = 0
                     if s.leaves[slot].hasQueued {
                         let granted = grant(Int(slot), s.leaves[slot].name, Swift.min(quantum, max - out.count - picked.count))
-                        while taken < granted, let t = s.leaves.take(slot) {
+                        while taken < granted, let t = take(slot, &s) {
                             picked.append(t)
                             taken += 1
                         }
@@ -103,9 +103,60 @@ extension Spool {
         }
     }
 
+    /// The leaf's next record (`LeafQueues.take`), listing the records of cold segments as the leaf gets to them.
+    func take(_ slot: Int32, _ s: inout State) -> LeafQueues.Taken? {
+        while true {
+            if let t = s.leaves.take(slot) { return t }
+            guard s.leaves.cold(slot) > 0, warmNextSegment(&s) else { return nil }
+        }
+    }
+
+    /// Lists the records of the first cold segment, read back from its index (the active segment's is in memory; a
+    /// sealed segment whose index is gone is scanned). False when there is none, or it cannot be read now (the
+    /// records stay counted, and the next fetch tries again).
+    func warmNextSegment(_ s: inout State) -> Bool {
+        guard let cold = s.leaves.coldFrom else { return false }
+        guard let i = s.segments.firstIndex(where: { $0.id >= cold }) else {
+            forgetLostCold(s.leaves.warmed(next: nil), &s)
+            return false
+        }
+        let segment = s.segments[i]
+        var found = 0
+        func visit(_ r: SpoolRecord, _ offset: Int) {
+            guard !s.acked.contains(r.sequence) else { return }
+            if s.leaves.warm(s.leaves.slot(of: r.leaf), segment: segment.id, offset: UInt32(offset)) { found += 1 }
+        }
+        if i == s.segments.count - 1 {
+            guard SegmentIndex.forEach(s.activeIndex.encoded(segmentSize: segment.size), segmentSize: segment.size, visit) else { return false }
+        } else if let index = Self.readIndex(of: segment), SegmentIndex.forEach(index, segmentSize: segment.size, visit) {
+        } else {
+            let bytes: [UInt8]
+            do throws(SpoolError) { bytes = try segment.handle.read(offset: 0, count: segment.size) } catch {
+                logger.warning("spool: cannot read segment \(segment.id) to list its records (\(error)); trying again later")
+                return false
+            }
+            _ = bytes.withUnsafeBytes { SegmentScan(scanning: $0, keepRecords: false, visit) }
+        }
+        if found < segment.live {
+            // Records counted when the segment was indexed are no longer there (corruption since): it will not wait
+            // for them, and their leaves forget them once no cold segment is left.
+            logger.warning("spool: segment \(segment.id) holds \(segment.live - found) records fewer than counted; counted as corrupt")
+            s.corruptRegions += segment.live - found
+            s.segments[i].live = found
+        }
+        forgetLostCold(s.leaves.warmed(next: i + 1 < s.segments.count ? s.segments[i + 1].id : nil), &s)
+        return true
+    }
+
+    private func forgetLostCold(_ lost: [(slot: Int32, count: Int)], _ s: inout State) {
+        for (slot, count) in lost {
+            logger.warning("spool: \(count) records of \(s.leaves[slot].name) were not found where they were counted; skipped")
+        }
+    }
+
     /// Removes the leaf's oldest queued (not in-flight) record, for the per-leaf cap.
     func popQueued(_ slot: Int32, _ s: inout State) -> (sequence: UInt64, location: RecordLocation)? {
-        while let location = s.leaves.popFront(slot) {
+        while let location = take(slot, &s)?.location {
             guard let r = try? read([location], s)[0] else { unreadable(location, &s); continue }
             return (r.sequence, location)
         }

@@ -195,6 +195,7 @@ public final class Spool: Sendable {
                 Directory.remove(dir + "/segments/" + f)
             }
         }
+        s.leaves.listedBudget = configuration.listedRecordsBudget
         for (position, name) in names.enumerated() {
             let isLast = position == names.count - 1
             let path = dir + "/segments/" + name
@@ -206,6 +207,7 @@ public final class Spool: Sendable {
             // A segment's name is the first sequence it was opened for: sequences never go below it, even when the
             // segment is still empty and every older one was acknowledged and deleted (no reuse of ids).
             s.nextSequence = max(s.nextSequence, segment.firstSequence)
+            s.leaves.segmentStarts(id)
             // A sealed segment with a valid index is not read at all (recovery follows the tail, not the size).
             if !isLast, let indexBytes = readIndex(of: segment),
                SegmentIndex.forEach(indexBytes, segmentSize: segment.size, { r, at in index(r, at: at, in: &segment, state: &s) }) {
@@ -362,7 +364,7 @@ public final class Spool: Sendable {
         Directory.remove(SegmentIndex.path(ofSegment: seg.path))
     }
 
-    private static func readIndex(of segment: Segment) -> [UInt8]? {
+    static func readIndex(of segment: Segment) -> [UInt8]? {
         let path = SegmentIndex.path(ofSegment: segment.path)
         guard Directory.exists(path), let f = try? FileHandle.open(path, flags: O_RDONLY) else { return nil }
         defer { f.close() }
@@ -551,6 +553,7 @@ public final class Spool: Sendable {
             s.unsynced = true
         }
         s.segments.append(Segment(id: s.nextSegmentID, firstSequence: firstSequence, path: path, handle: handle, size: 0, live: 0, oldestAcquiredMs: .max))
+        s.leaves.segmentStarts(s.nextSegmentID)
         s.nextSegmentID += 1
     }
 
@@ -573,6 +576,8 @@ public final class Spool: Sendable {
     /// Deletes a segment, counting its undelivered records as dropped for `reason`.
     private func dropSegment(at i: Int, reason: DropReason, _ s: inout State) {
         let id = s.segments[i].id
+        // Its records are counted per leaf only while it is cold: listed first, so each leaf loses its own.
+        while let cold = s.leaves.coldFrom, cold <= id, warmNextSegment(&s) {}
         for (slot, count) in s.leaves.removeRecords(of: id) {
             s.dropped[reason, default: [:]][s.leaves[slot].name, default: 0] += count
         }

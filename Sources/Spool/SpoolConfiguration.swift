@@ -32,6 +32,10 @@ public struct SpoolConfiguration: Sendable, Equatable {
     /// Size bound of the dead-letter file (it is rotated once). Default: 4 MiB.
     public var deadLetterBytes = 4 * 1024 * 1024
 
+    /// Locations of queued records kept listed in memory at most; the records of segments started past it are read
+    /// back from their segment's index when their leaves get to them (`LeafQueues`). Small in tests.
+    var listedRecordsBudget = 65_536
+
     public init(directory: String) { self.directory = directory }
 }
 

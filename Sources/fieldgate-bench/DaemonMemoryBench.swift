@@ -44,9 +44,11 @@ struct DaemonMemoryBench: AsyncParsableCommand {
             for (owner, bytes) in heap.owners.prefix(20) {
                 print("  " + pad(mb(bytes), 7) + " MB  " + pad(fixed(Double(bytes) / Double(max(leaves, 1)), 0), 6) + " B per leaf  " + owner)
             }
-            if let drained = figures.drainedHeap {
-                print("heap once drained (\(massif).drained): \(mb(drained.useful)) MB asked for + \(mb(drained.extra)) MB overhead; change by owner:")
-                let before = Dictionary(heap.owners, uniquingKeysWith: +), after = Dictionary(drained.owners, uniquingKeysWith: +)
+            let before = Dictionary(heap.owners, uniquingKeysWith: +)
+            for (label, file, later) in [("while draining", ".draining", figures.drainingHeap), ("once drained", ".drained", figures.drainedHeap)] {
+                guard let later else { continue }
+                print("heap \(label) (\(massif)\(file)): \(mb(later.useful)) MB asked for + \(mb(later.extra)) MB overhead; change by owner:")
+                let after = Dictionary(later.owners, uniquingKeysWith: +)
                 let changes = Set(before.keys).union(after.keys).map { ($0, (after[$0] ?? 0) - (before[$0] ?? 0)) }
                 for (owner, delta) in changes.sorted(by: { abs($0.1) > abs($1.1) }).prefix(12) where delta != 0 {
                     print("  " + pad((delta > 0 ? "+" : "") + mb(delta), 7) + " MB  " + owner)
@@ -67,7 +69,9 @@ struct DaemonMemoryBench: AsyncParsableCommand {
         var drainSeries: [Double] = []
         var hotSymbols = 0
         var heap: Massif.Breakdown?
-        /// With --massif and --drain: the heap once the backlog is delivered.
+        /// With --massif and --drain: the heap 15 s into the drain (a full window in flight), and once the backlog is
+        /// delivered.
+        var drainingHeap: Massif.Breakdown?
         var drainedHeap: Massif.Breakdown?
 
         var table: String {
@@ -148,7 +152,9 @@ struct DaemonMemoryBench: AsyncParsableCommand {
         let program = daemon.split(separator: "/").last.map(String.init) ?? "fieldgated"
         if let massif { figures.heap = try Massif.capture(pid: child.pid, into: massif, program: program) }
         if drain {
-            try await drainBacklog(child: child, hub: hub, dir: dir, leaves: leaves, from: settled, into: &figures)
+            try await drainBacklog(child: child, hub: hub, dir: dir, leaves: leaves, from: settled, into: &figures) { figures in
+                if let massif { figures.drainingHeap = try Massif.capture(pid: child.pid, into: massif + ".draining", program: program) }
+            }
             // What the drain left behind (Proton's delivery pool, buffers grown to the largest write) against idle.
             if let massif { figures.drainedHeap = try Massif.capture(pid: child.pid, into: massif + ".drained", program: program) }
         }
@@ -162,7 +168,9 @@ struct DaemonMemoryBench: AsyncParsableCommand {
     }
 
     /// Lifts the throttle and follows RSS until the spool is empty.
-    private static func drainBacklog(child: ChildProcess, hub: BenchHub, dir: String, leaves: Int, from settled: ChildProcess.Memory, into figures: inout Figures) async throws {
+    /// `midway` runs once, 15 s into the drain.
+    private static func drainBacklog(child: ChildProcess, hub: BenchHub, dir: String, leaves: Int, from settled: ChildProcess.Memory, into figures: inout Figures,
+                                     midway: (inout Figures) throws -> Void = { _ in }) async throws {
         // The throttle ends; each leaf resumes after its own pause and the backlog goes to the hub.
         let before = try await hub.acceptedEvents()
         for i in 0..<leaves {
@@ -171,6 +179,7 @@ struct DaemonMemoryBench: AsyncParsableCommand {
         let started = ContinuousClock.now
         var peak = settled
         var lastSample = ContinuousClock.now - .seconds(10)
+        var wentMidway = false
         while ContinuousClock.now - started < .seconds(1800) {
             guard child.isRunning() else { throw BenchError("fieldgated exited while draining") }
             let m = child.memory()
@@ -178,6 +187,10 @@ struct DaemonMemoryBench: AsyncParsableCommand {
             if ContinuousClock.now - lastSample >= .seconds(10) { figures.drainSeries.append(m.rssKB / 1024); lastSample = .now }
             let left = (try? ControlClient.request(["command": "spool-stats"], socketPath: dir + "/control.sock"))?["depth"]?.intValue ?? -1
             if left == 0 { break }
+            if !wentMidway, ContinuousClock.now - started >= .seconds(15) {
+                wentMidway = true
+                try midway(&figures)
+            }
             try await Task.sleep(for: .milliseconds(250))
         }
         figures.drainSeconds = secondsSince(started)

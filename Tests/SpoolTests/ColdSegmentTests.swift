@@ -1,6 +1,10 @@
 import Testing
 @testable import Spool
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Past `listedRecordsBudget`, a backlog's newer segments are cold (counted per leaf, listed from their index when the
 /// leaves get to them). Everything the spool promises must hold across that boundary: every record handed out once per
 /// attempt, each leaf in order, releases first, reopen, the drop policies. A model of each leaf's undelivered records
@@ -165,6 +169,44 @@ struct ColdSegmentTests {
             try spool.acknowledge(fetched.map(\.sequence))
         }
         #expect(delivered + dropped == appended)
+        #expect(spool.depth == 0)
+    }
+
+    /// A cold segment whose index is gone is scanned when its turn comes; a record that rotted since it was counted
+    /// is counted corrupt, and its leaf does not wait for it.
+    @Test func coldSegmentWithoutIndexIsScanned() throws {
+        let dir = temporarySpoolDirectory()
+        defer { removeTree(dir) }
+        let spool = try Spool(configuration: Self.configuration(dir))
+        var appended: [String: [String]] = [:]
+        for i in 0..<600 {
+            let leaf = "leaf-\(i % 3)", text = "reading \(i) of \(leaf)"
+            _ = try spool.append([entry(leaf, text)])
+            appended[leaf, default: []].append(text)
+        }
+        // A sealed segment well past the budget: its index removed, a byte of its second record flipped.
+        let path = try #require(spool.withState { s -> String? in
+            guard let cold = s.leaves.coldFrom else { return nil }
+            return s.segments.dropLast().first { $0.id > cold + 2 }?.path
+        })
+        #expect(unlink(String(path.dropLast(4)) + ".idx") == 0)
+        var bytes = try readFile(path)
+        let second = bytes.withUnsafeBytes { Int(RecordCodec.read32($0, 0)) } + RecordCodec.prefixSize
+        bytes[second + RecordCodec.prefixSize + 12] ^= 0x40
+        writeFile(path, bytes)
+        var delivered: [String: [String]] = [:]
+        while true {
+            let fetched = try spool.next(max: 25)
+            guard !fetched.isEmpty else { break }
+            for r in fetched { delivered[r.leaf, default: []].append(String(decoding: r.payload, as: UTF8.self)) }
+            try spool.acknowledge(fetched.map(\.sequence))
+        }
+        #expect(delivered.values.reduce(0) { $0 + $1.count } == 599, "all but the rotten record")
+        for (leaf, texts) in delivered {
+            let expected = appended[leaf] ?? []
+            #expect(texts == expected.filter { texts.contains($0) }, "\(leaf) in order")
+        }
+        #expect(spool.statistics().corruptRegions == 1)
         #expect(spool.depth == 0)
     }
 

@@ -18,7 +18,9 @@ struct RecordLocation: Hashable {
 /// A backlog's locations are listed only up to a budget (`listedBudget` records): the segments that start once it
 /// is reached are cold — their records are counted per leaf, and listed when the leaves get to them, segment by
 /// segment in file order (`Spool.warmNextSegment` reads the segment's index). Memory then follows the budget, not
-/// the backlog: a million records listed cost ~1.1 MB; past a budget of 65,536 a backlog of any size costs ~0.1 MB.
+/// the backlog: a million records listed cost ~1.1 MB, a spooled million over 1000 leaves now ~0.1 MB; while leaves
+/// drain at different paces, the segments between the slowest one's and the fastest one's are listed (never more
+/// than listing everything, as before).
 struct LeafQueues {
     struct Leaf {
         let name: String

@@ -99,9 +99,7 @@ struct LeafQueues {
     /// A leaf name's hash over its UTF-8 bytes, eight at a time (names come from the configuration: no adversary
     /// chooses them). Device ids are ASCII, so equal names have equal bytes.
     static func hash(_ name: String) -> UInt64 {
-        var name = name
-        return name.withUTF8 { bytes in
-            let raw = UnsafeRawBufferPointer(bytes)
+        name.withUTF8Bytes { raw in
             var h: UInt64 = 0xCBF2_9CE4_8422_2325 ^ UInt64(raw.count)
             var i = 0
             while i + 8 <= raw.count {
@@ -251,5 +249,14 @@ struct LeafQueues {
     /// Leaves with records, by name (spellings Swift finds equal but whose bytes differ are added together).
     var depthByLeaf: [String: Int] {
         Dictionary(leaves.filter { $0.depth > 0 }.map { ($0.name, $0.depth) }, uniquingKeysWith: +)
+    }
+}
+
+extension String {
+    /// The UTF-8 bytes without a mutable copy of the string (`withUTF8` needs one, a retain and a release per call
+    /// on the append path): in place where Swift stores them contiguously, which native strings always are.
+    func withUTF8Bytes<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
+        if let r = utf8.withContiguousStorageIfAvailable({ body(UnsafeRawBufferPointer($0)) }) { return r }
+        return Array(utf8).withUnsafeBytes(body)
     }
 }

@@ -106,6 +106,11 @@ struct SegmentIndex: Sendable {
         return walk(bytes, segmentSize: segmentSize, visit)
     }
 
+    /// This (in-memory) index's records, in file order: no check of bytes it wrote itself.
+    func forEach(segmentSize: Int, _ visit: (SpoolRecord, Int) -> Void) {
+        _ = Self.walk(encoded(segmentSize: segmentSize), segmentSize: segmentSize, visit)
+    }
+
     private static func walk(_ bytes: [UInt8], segmentSize: Int, _ visit: (SpoolRecord, Int) -> Void) -> Bool {
         bytes.withUnsafeBytes { b -> Bool in
             guard segmentSize >= 0, b.count >= 4 + 1 + 8 + 4 + 4 + 4, Array(b[0..<4]) == magic, b[4] == version else { return false }

@@ -117,7 +117,7 @@ extension Spool {
     func warmNextSegment(_ s: inout State) -> Bool {
         guard let cold = s.leaves.coldFrom else { return false }
         guard let i = s.segments.firstIndex(where: { $0.id >= cold }) else {
-            forgetLostCold(s.leaves.warmed(next: nil), &s)
+            logLost(s.leaves.warmed(next: nil), s)
             return false
         }
         let segment = s.segments[i]
@@ -127,7 +127,7 @@ extension Spool {
             if s.leaves.warm(s.leaves.slot(of: r.leaf), segment: segment.id, offset: UInt32(offset)) { found += 1 }
         }
         if i == s.segments.count - 1 {
-            guard SegmentIndex.forEach(s.activeIndex.encoded(segmentSize: segment.size), segmentSize: segment.size, visit) else { return false }
+            s.activeIndex.forEach(segmentSize: segment.size, visit)
         } else if let index = Self.readIndex(of: segment), SegmentIndex.forEach(index, segmentSize: segment.size, visit) {
         } else {
             let bytes: [UInt8]
@@ -144,11 +144,12 @@ extension Spool {
             s.corruptRegions += segment.live - found
             s.segments[i].live = found
         }
-        forgetLostCold(s.leaves.warmed(next: i + 1 < s.segments.count ? s.segments[i + 1].id : nil), &s)
+        logLost(s.leaves.warmed(next: i + 1 < s.segments.count ? s.segments[i + 1].id : nil), s)
         return true
     }
 
-    private func forgetLostCold(_ lost: [(slot: Int32, count: Int)], _ s: inout State) {
+    /// `LeafQueues.warmed` took these out of their leaves' depth; said once per leaf.
+    private func logLost(_ lost: [(slot: Int32, count: Int)], _ s: State) {
         for (slot, count) in lost {
             logger.warning("spool: \(count) records of \(s.leaves[slot].name) were not found where they were counted; skipped")
         }

@@ -429,7 +429,7 @@ public final class Spool: Sendable {
                     for i in list.indices {
                         frameOffsets[i] = at
                         at += list[i].payload.withUnsafeBytes { payload in
-                            Self.withUTF8(list[i].leaf) { leafBytes in
+                            list[i].leaf.withUTF8Bytes { leafBytes in
                                 RecordCodec.encode(leaf: leafBytes, sequence: first + UInt64(i), acquiredAtMs: list[i].acquiredAtMs,
                                                    flags: 0, payload: payload, to: out + at)
                             }
@@ -519,13 +519,6 @@ public final class Spool: Sendable {
             }
             return Array(first...last)
         }
-    }
-
-    /// A name's UTF-8 bytes without a mutable copy of it (`withUTF8` needs one): in place where Swift stores them
-    /// contiguously, which native strings always are.
-    private static func withUTF8<R>(_ string: String, _ body: (UnsafeRawBufferPointer) -> R) -> R {
-        if let r = string.utf8.withContiguousStorageIfAvailable({ body(UnsafeRawBufferPointer($0)) }) { return r }
-        return Array(string.utf8).withUnsafeBytes(body)
     }
 
     private func startSegment(firstSequence: UInt64, _ s: inout State) throws(SpoolError) {

@@ -55,12 +55,13 @@ public struct UplinkConfiguration: Sendable, Equatable {
     var identitiesPerConnection: Int {
         route == .amqps ? maxIdentitiesPerConnection : min(maxIdentitiesPerConnection, maxIdentitiesPerWebSocketConnection)
     }
-    /// Unsettled telemetry deliveries per leaf and in total. Default: 64 and 1000. Proton keeps every delivery it
+    /// Unsettled telemetry deliveries per leaf and in total. Default: 64 and 800. Proton keeps every delivery it
     /// ever had in flight at once pooled until the connection closes (~2–3.5 kB each with its buffers), so the total
-    /// bounds memory as well as throughput: 1000 carry 10,000 messages/s at a 100 ms round trip (IoT Hub's S3 unit
-    /// throttles D2C at 6,000/s); docs/performance.md has the figures at 500, 1000 and 2000.
+    /// bounds memory as well as throughput: 800 carry 8,000 messages/s at a 100 ms round trip (IoT Hub's S3 unit
+    /// throttles D2C at 6,000/s), and on loopback as many as 1000 did; docs/performance.md has the figures at 500,
+    /// 800, 1000 and 2000.
     public var maxInFlightPerLeaf = 64
-    public var maxInFlightTotal = 1000
+    public var maxInFlightTotal = 800
     /// What `maxInFlightTotal` may be set to.
     public static let inFlightRange = 16...20_000
     /// Total D2C messages per second (the hub tier's quota); nil = unlimited.

@@ -340,8 +340,11 @@ final class UplinkEngine: @unchecked Sendable {
             // 4000 bytes), within a bound on what one fetch holds in memory.
             let perMessage = configuration.coalesceTargetBytes.map { min(64, max(1, $0 / 128)) } ?? 1
             var outstanding = 0
-            var budgets: [String: Int] = [:]
-            var generations: [String: (leaf: ObjectIdentifier, generation: Int)] = [:]
+            // Sized once for every leaf: grown from empty, a thousand leaves' tables went through ten sizes each
+            // fetch, and those freed blocks, interleaved with what lives on, fragmented a draining gateway's heap.
+            let leafCount = shards.reduce(0) { $0 + $1.leaves.count }
+            var budgets = [String: Int](minimumCapacity: leafCount)
+            var generations = [String: (leaf: ObjectIdentifier, generation: Int)](minimumCapacity: leafCount)
             let now = nowMs()
             for shard in shards where shard.isOpen {
                 for leaf in shard.leaves.values {

@@ -23,7 +23,7 @@ struct CostBench: AsyncParsableCommand {
     @Option(help: "Readings per throughput round.") var messages = 100_000
     @Option(help: "Alternating rounds (fieldgate, baseline) for the throughput medians.") var rounds = 3
     @Option(help: "Coalescing target of the coalescing runs (0: skip them).") var coalesceBytes = 4000
-    @Option(help: "fieldgate's `[uplink] max_in_flight` (default: the uplink's own, 1000). The baseline keeps 2000 in flight whatever this says.")
+    @Option(help: "fieldgate's `[uplink] max_in_flight` (default: the uplink's own, 800). The baseline keeps 2000 in flight whatever this says.")
     var maxInFlight: Int?
     @Option(help: "Directory for the spools (on the disk to measure).") var dir = "/var/tmp/fieldgate-cost-bench"
     @Flag(help: "Skip the callgrind runs (slow: a few minutes).") var noCallgrind = false

@@ -28,7 +28,7 @@ struct DaemonMemoryBench: AsyncParsableCommand {
     var hotCode: String?
     @Option(help: ArgumentHelp("Run the daemon under valgrind's massif and write its heap at the measuring moment to this file (a detailed snapshot), and print it summed by owner (library or Swift module). Slow: use --leaves 300.", valueName: "file"))
     var massif: String?
-    @Option(help: "The daemon's `[uplink] max_in_flight` (default: its own, 1000): what the drain's peak depends on.")
+    @Option(help: "The daemon's `[uplink] max_in_flight` (default: its own, 800): what the drain's peak depends on.")
     var maxInFlight: Int?
 
     func run() async throws {

@@ -267,7 +267,7 @@ struct GatewayConfigTests {
         #expect(try load(base).get().uplink.coalesceTargetBytes == nil, "off by default")
         #expect(try load(base + "[uplink]\ncoalesce_bytes = 4000\n").get().uplink.coalesceTargetBytes == 4000)
         #expect(try load(base + "[uplink]\nmax_in_flight = 500\n").get().uplink.maxInFlightTotal == 500)
-        #expect(try load(base).get().uplink.maxInFlightTotal == 1000)
+        #expect(try load(base).get().uplink.maxInFlightTotal == 800)
         #expect(try load(base + "[uplink]\nmax_in_flight = 16\n").get().uplink.maxInFlightTotal == 16)
         #expect(try load(base + "[uplink]\nmax_in_flight = 20000\n").get().uplink.maxInFlightTotal == 20000)
         for bad in [0, 15, 20001] {

@@ -107,43 +107,24 @@ extension Spool {
     func take(_ slot: Int32, _ s: inout State) -> LeafQueues.Taken? {
         while true {
             if let t = s.leaves.take(slot) { return t }
-            guard s.leaves.cold(slot) > 0, list(for: slot, &s) else { return nil }
+            guard s.leaves.cold(slot) > 0, warmNextSegment(&s) else { return nil }
         }
     }
 
-    /// Lists the records of the leaf's first cold segment (and those of the leaves `LeafQueues.beginListing` lists
-    /// along), read back from its index. False when there is none, or it cannot be read now (the records stay
-    /// counted, and the next fetch tries again).
-    func list(for slot: Int32, _ s: inout State) -> Bool {
-        guard let front = s.leaves.frontier(slot), let i = s.segments.firstIndex(where: { $0.id >= front }) else {
-            logLost(s.leaves.loseCold(slot), s)
+    /// Lists the records of the first cold segment, read back from its index (the active segment's is in memory; a
+    /// sealed segment whose index is gone is scanned). False when there is none, or it cannot be read now (the
+    /// records stay counted, and the next fetch tries again).
+    func warmNextSegment(_ s: inout State) -> Bool {
+        guard let cold = s.leaves.coldFrom else { return false }
+        guard let i = s.segments.firstIndex(where: { $0.id >= cold }) else {
+            logLost(s.leaves.warmed(next: nil), s)
             return false
         }
         let segment = s.segments[i]
-        s.leaves.beginListing(segment: segment.id, previous: i > 0 ? s.segments[i - 1].id : nil, records: segment.live, dry: slot)
-        let walked = walkUnacknowledged(ofSegmentAt: i, &s) { s, slot, offset in
-            _ = s.leaves.list(slot, segment: segment.id, offset: offset)
-        }
-        guard walked else {
-            s.leaves.abandonListing()
-            return false
-        }
-        logLost(s.leaves.finishListing(segment: segment.id, next: i + 1 < s.segments.count ? s.segments[i + 1].id : nil), s)
-        return true
-    }
-
-    /// Calls `body` with the slot and offset of every unacknowledged record of the segment, in file order, from its
-    /// index (the active segment's is in memory; a sealed segment whose index is gone is scanned). Records counted
-    /// when the segment was indexed and no longer there (corruption since) are counted as corrupt: the segment does
-    /// not wait for them. False when the segment cannot be read now.
-    func walkUnacknowledged(ofSegmentAt i: Int, _ s: inout State, _ body: (inout State, Int32, UInt32) -> Void) -> Bool {
-        let segment = s.segments[i]
-        var present = 0
+        var found = 0
         func visit(_ r: SpoolRecord, _ offset: Int) {
             guard !s.acked.contains(r.sequence) else { return }
-            present += 1
-            let slot = s.leaves.slot(of: r.leaf)
-            body(&s, slot, UInt32(offset))
+            if s.leaves.warm(s.leaves.slot(of: r.leaf), segment: segment.id, offset: UInt32(offset)) { found += 1 }
         }
         if i == s.segments.count - 1 {
             s.activeIndex.forEach(segmentSize: segment.size, visit)
@@ -156,15 +137,18 @@ extension Spool {
             }
             _ = bytes.withUnsafeBytes { SegmentScan(scanning: $0, keepRecords: false, visit) }
         }
-        if present < segment.live {
-            logger.warning("spool: segment \(segment.id) holds \(segment.live - present) records fewer than counted; counted as corrupt")
-            s.corruptRegions += segment.live - present
-            s.segments[i].live = present
+        if found < segment.live {
+            // Records counted when the segment was indexed are no longer there (corruption since): it will not wait
+            // for them, and their leaves forget them once no cold segment is left.
+            logger.warning("spool: segment \(segment.id) holds \(segment.live - found) records fewer than counted; counted as corrupt")
+            s.corruptRegions += segment.live - found
+            s.segments[i].live = found
         }
+        logLost(s.leaves.warmed(next: i + 1 < s.segments.count ? s.segments[i + 1].id : nil), s)
         return true
     }
 
-    /// Records counted for these leaves were not found where they were counted: said once per leaf.
+    /// `LeafQueues.warmed` took these out of their leaves' depth; said once per leaf.
     private func logLost(_ lost: [(slot: Int32, count: Int)], _ s: State) {
         for (slot, count) in lost {
             logger.warning("spool: \(count) records of \(s.leaves[slot].name) were not found where they were counted; skipped")

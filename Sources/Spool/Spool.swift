@@ -569,16 +569,8 @@ public final class Spool: Sendable {
     /// Deletes a segment, counting its undelivered records as dropped for `reason`.
     private func dropSegment(at i: Int, reason: DropReason, _ s: inout State) {
         let id = s.segments[i].id
-        // Records counted cold there are found in its index, so each leaf loses its own.
-        var droppedCold: [Int32: Int] = [:]
-        if s.leaves.hasCold(upTo: id) {
-            _ = walkUnacknowledged(ofSegmentAt: i, &s) { s, slot, _ in
-                if s.leaves.dropCold(slot, segment: id) { droppedCold[slot, default: 0] += 1 }
-            }
-        }
-        for (slot, count) in droppedCold {
-            s.dropped[reason, default: [:]][s.leaves[slot].name, default: 0] += count
-        }
+        // Its records are counted per leaf only while it is cold: listed first, so each leaf loses its own.
+        while let cold = s.leaves.coldFrom, cold <= id, warmNextSegment(&s) {}
         for (slot, count) in s.leaves.removeRecords(of: id) {
             s.dropped[reason, default: [:]][s.leaves[slot].name, default: 0] += count
         }

@@ -128,17 +128,19 @@ struct MethodTwinUplinkTests {
                 $0.refusedBackoff = Backoff(initialMilliseconds: 100, maximumMilliseconds: 500)
             }
             h.uplink.start()
-            try await eventually(10, "ready") { await h.uplink.status().count(.ready) == 1 }
+            // Generous waits: in the full suite on two cores this test once took ~30 s to attach, and twice missed
+            // a 10 s wait for the desired patches (CI, 6 December 2026); alone it passes in 0.3 s.
+            try await eventually(30, "ready") { await h.uplink.status().count(.ready) == 1 }
             for poll in [5, 6, 7] {
                 _ = try await hub.core.perform { try $0.patchTwin("leaf-0", patch: ["properties": ["desired": ["pollSeconds": .int(Int64(poll))]]]) }
             }
-            try await eventually(10, "desired v4 applied") { adapter.desiredSeen.withLock { $0.last?.1 } == 4 }
+            try await eventually(30, "desired v4 applied") { adapter.desiredSeen.withLock { $0.last?.1 } == 4 }
             try await hub.core.perform { core in
                 try core.deleteDevice("leaf-0")
                 _ = try core.upsertDevice(id: "leaf-0", status: nil, primaryKey: primary, secondaryKey: secondary)
                 _ = try core.patchTwin("leaf-0", patch: ["properties": ["desired": ["pollSeconds": 30]]])
             }
-            try await eventually(15, "the new twin's desired v2 applied") {
+            try await eventually(30, "the new twin's desired v2 applied") {
                 let last = adapter.desiredSeen.withLock { $0.last }
                 return last?.1 == 2 && last?.2["pollSeconds"]?.intValue == 30
             }

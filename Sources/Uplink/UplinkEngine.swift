@@ -340,11 +340,8 @@ final class UplinkEngine: @unchecked Sendable {
             // 4000 bytes), within a bound on what one fetch holds in memory.
             let perMessage = configuration.coalesceTargetBytes.map { min(64, max(1, $0 / 128)) } ?? 1
             var outstanding = 0
-            // Sized once for every leaf: grown from empty, a thousand leaves' tables were reallocated through ten
-            // sizes on every fetch.
-            let leafCount = shards.reduce(0) { $0 + $1.leaves.count }
-            var budgets = [String: Int](minimumCapacity: leafCount)
-            var generations = [String: (leaf: ObjectIdentifier, generation: Int)](minimumCapacity: leafCount)
+            var budgets: [String: Int] = [:]
+            var generations: [String: (leaf: ObjectIdentifier, generation: Int)] = [:]
             let now = nowMs()
             for shard in shards where shard.isOpen {
                 for leaf in shard.leaves.values {

@@ -17,10 +17,14 @@ struct RecordLocation: Hashable {
 ///
 /// A backlog's locations are listed only up to a budget (`listedBudget` records): the segments that start once it
 /// is reached are cold — their records are counted per leaf, and listed when the leaves get to them, segment by
-/// segment in file order (`Spool.warmNextSegment` reads the segment's index). Memory then follows the budget, not
-/// the backlog: a million records listed cost ~1.1 MB, a spooled million over 1000 leaves now ~0.1 MB; while leaves
-/// drain at different paces, the segments between the slowest one's and the fastest one's are listed (never more
-/// than listing everything, as before).
+/// segment in file order (`Spool.list(for:)` reads the segment's index). Memory then follows the budget, not the
+/// backlog: a million records listed cost ~1.1 MB, a spooled million over 1000 leaves ~0.1 MB.
+///
+/// Leaves drain at different paces (one leaves a throttle seconds before another). A segment is listed for the leaf
+/// that ran dry and for the leaves that reached it with few records listed; one with plenty listed stays behind
+/// there (`Leaf.behindFrom`) and lists it when it runs dry in turn. So a fast leaf does not list the whole backlog
+/// for the slow ones (a 1 M drain listed ~1 MB that way), at the price of reading a segment's index again for a
+/// leaf that gets to it later — only while the listed records exceed the budget.
 struct LeafQueues {
     struct Leaf {
         let name: String
@@ -32,6 +36,9 @@ struct LeafQueues {
         var retry: [(sequence: UInt64, location: RecordLocation)] = []
         /// Its records in cold segments: after `queue`, not listed yet.
         var cold = 0
+        /// The first segment whose records of this leaf are not listed, when a listing left it behind (it had
+        /// plenty listed then); nil: `coldFrom`, the listing's front, is.
+        var behindFrom: UInt32?
         /// Queued (listed or cold), retried and in-flight records: what `settle` still has to account for.
         var depth = 0
 
@@ -56,6 +63,12 @@ struct LeafQueues {
 
     /// The leaf's records in cold segments (read in place: a copy of the leaf retained its queues).
     func cold(_ slot: Int32) -> Int { leaves[Int(slot)].cold }
+
+    /// The first segment whose records of the leaf are counted, not listed (nil: all are listed).
+    func frontier(_ slot: Int32) -> UInt32? { leaves[Int(slot)].behindFrom ?? coldFrom }
+
+    /// The leaves a listing in progress lists (by slot); empty between listings.
+    private var listing: [Bool] = []
 
     /// The leaf's slot, made on its first appearance.
     mutating func slot(of leaf: String) -> Int32 {
@@ -123,7 +136,7 @@ struct LeafQueues {
     /// every append (quadratic).
     mutating func enqueue(_ slot: Int32, segment: UInt32, offset: UInt32) {
         let i = Int(slot)
-        if let cold = coldFrom, segment >= cold {
+        if let cold = leaves[i].behindFrom ?? coldFrom, segment >= cold {
             leaves[i].cold += 1
         } else {
             leaves[i].queue.append(segment: segment, offset: offset)
@@ -139,31 +152,91 @@ struct LeafQueues {
         if coldFrom == nil, listed >= listedBudget { coldFrom = segment }
     }
 
-    /// A record of the first cold segment, found in its index, joins its leaf's list (the segment's records come in
-    /// file order, after every record already listed). False when it was not counted cold (nothing changes).
-    mutating func warm(_ slot: Int32, segment: UInt32, offset: UInt32) -> Bool {
+    /// A listing of `segment` starts: it lists the records of `dry` (the leaf that ran out of listed records) and of
+    /// every leaf whose first unlisted segment it is (`previous`: the segment before it, nil: none) and that has
+    /// fewer than its share of the budget listed — every such leaf when the budget has room for the whole segment
+    /// (`records`). The others stay behind at it.
+    mutating func beginListing(segment: UInt32, previous: UInt32?, records: Int, dry: Int32) {
+        let roomy = listed + records <= listedBudget
+        let share = Swift.max(16, listedBudget / Swift.max(1, leaves.count))
+        listing = leaves.indices.map { i in
+            let leaf = leaves[i]
+            guard leaf.cold > 0, let front = leaf.behindFrom ?? coldFrom, front <= segment else { return false }
+            guard previous.map({ front > $0 }) ?? true else { return false }  // records in an earlier segment first
+            return i == Int(dry) || roomy || leaf.queue.count + leaf.retry.count < share
+        }
+    }
+
+    /// A record of the segment being listed, found in its index, joins its leaf's list if the listing lists that
+    /// leaf (its records come in file order, after every record already listed). False when it does not.
+    mutating func list(_ slot: Int32, segment: UInt32, offset: UInt32) -> Bool {
         let i = Int(slot)
-        guard let cold = coldFrom, segment >= cold, leaves[i].cold > 0 else { return false }
+        guard i < listing.count, listing[i], leaves[i].cold > 0 else { return false }
         leaves[i].cold -= 1
         leaves[i].queue.append(segment: segment, offset: offset)
         listed += 1
         return true
     }
 
-    /// The first cold segment is listed now; `next` (the segment after it; nil: none) is the first cold one. When
-    /// none is left, records counted cold but never found (lost to corruption since they were counted) leave their
-    /// leaves' depth; returned per slot.
-    mutating func warmed(next: UInt32?) -> [(slot: Int32, count: Int)] {
-        coldFrom = next
-        guard next == nil else { return [] }
+    /// The leaves the listing in progress lists.
+    var listingSlots: [Int32] { listing.indices.compactMap { listing[$0] ? Int32($0) : nil } }
+
+    /// The listing of `segment` could not read it: nothing changed, the next try starts over.
+    mutating func abandonListing() { listing = [] }
+
+    /// The listing of `segment` is done; `next` is the segment after it (nil: none). Its leaves' first unlisted
+    /// segment is `next`; the leaves it did not list that had records counted there stay behind at it. A listed
+    /// leaf with nothing left unlisted but still records counted lost them (corruption since they were counted):
+    /// they leave its depth, returned per slot.
+    mutating func finishListing(segment: UInt32, next: UInt32?) -> [(slot: Int32, count: Int)] {
+        let passesFront = coldFrom.map { $0 <= segment } ?? false
+        if passesFront { coldFrom = next }
         var lost: [(slot: Int32, count: Int)] = []
-        for i in leaves.indices where leaves[i].cold > 0 {
-            lost.append((Int32(i), leaves[i].cold))
-            leaves[i].depth -= leaves[i].cold
-            depth -= leaves[i].cold
-            leaves[i].cold = 0
+        for i in leaves.indices {
+            if i < listing.count, listing[i] {
+                // Behind at `next` unless the front is there already.
+                leaves[i].behindFrom = next.flatMap { n in (coldFrom.map { n < $0 } ?? true) ? n : nil }
+                if (leaves[i].behindFrom ?? coldFrom) == nil, leaves[i].cold > 0 {
+                    lost.append((Int32(i), leaves[i].cold))
+                    forgetCold(i)
+                }
+            } else if passesFront, leaves[i].behindFrom == nil, leaves[i].cold > 0 {
+                leaves[i].behindFrom = segment
+            }
         }
+        listing = []
         return lost
+    }
+
+    /// The leaf's records counted in segments that are gone: forgotten (they leave its depth); how many.
+    mutating func loseCold(_ slot: Int32) -> [(slot: Int32, count: Int)] {
+        let i = Int(slot), count = leaves[i].cold
+        leaves[i].behindFrom = nil
+        guard count > 0 else { return [] }
+        forgetCold(i)
+        return [(slot, count)]
+    }
+
+    private mutating func forgetCold(_ i: Int) {
+        leaves[i].depth -= leaves[i].cold
+        depth -= leaves[i].cold
+        leaves[i].cold = 0
+    }
+
+    /// Whether some leaf has records counted cold in `segment` (or before it).
+    func hasCold(upTo segment: UInt32) -> Bool {
+        leaves.contains { $0.cold > 0 && ($0.behindFrom ?? coldFrom).map { $0 <= segment } ?? false }
+    }
+
+    /// A record of `segment`, which is being deleted: when it is counted cold for its leaf it is forgotten (it
+    /// leaves the leaf's depth) and true; false when it is listed (`removeRecords` finds those) or in flight.
+    mutating func dropCold(_ slot: Int32, segment: UInt32) -> Bool {
+        let i = Int(slot)
+        guard leaves[i].cold > 0, let front = leaves[i].behindFrom ?? coldFrom, front <= segment else { return false }
+        leaves[i].cold -= 1
+        leaves[i].depth -= 1
+        depth -= 1
+        return true
     }
 
     /// The leaf's next record: retried ones first, then its queue. Its depth is unchanged (the record is now in

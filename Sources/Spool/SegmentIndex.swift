@@ -6,15 +6,21 @@
 /// (the segment's size differs) is ignored and the segment is scanned as before. No fsync: losing it costs a scan.
 /// A record the index lists is still CRC-checked when it is read for delivery; a bad one is skipped and counted.
 ///
-/// Built while the segment is written (a few bytes a record, in memory for the active segment only), so sealing
-/// neither reads the segment back nor writes much: each record is LEB128 deltas from the one before it.
+/// Built while the segment is written (a few bytes a record, in memory for the active segment only, in file order),
+/// so sealing neither reads the segment back nor writes much: each record is LEB128 deltas from the one before it.
 ///
-/// Format (little endian): "FGIX", u8 version 1, u64 segment size, u32 leaf count, each leaf as u16 length +
-/// UTF-8, u32 record count, then per record: leaf index, sequence − previous sequence, offset − previous offset
-/// (unsigned LEB128) and acquisition time − previous (zigzag LEB128); then a CRC32C of everything before it.
+/// The file groups the records by leaf, so one leaf's records in a segment can be read without walking everyone's:
+/// a leaf that drains behind the others lists a segment on its own (`Spool.list(for:)`) with one small read.
+///
+/// Format, version 2 (little endian): "FGIX", u8 version 2, u64 segment size, u32 leaf count, each leaf as u16
+/// length + UTF-8, then each leaf's section size (u32, in the same order), u32 record count, then the sections in
+/// that order: a leaf's records in file order, each as sequence − previous, offset − previous (unsigned LEB128) and
+/// acquisition time − previous (zigzag LEB128), the first from zero, then a CRC32C of the section; then a CRC32C of
+/// everything before it. Version 1 (until December 2026) held the records in file order, each naming its leaf; it
+/// is still read.
 struct SegmentIndex: Sendable {
     static let magic: [UInt8] = Array("FGIX".utf8)
-    static let version: UInt8 = 1
+    static let version: UInt8 = 2
 
     /// By the name's UTF-8 bytes, as `LeafQueues` tells leaves apart (String equality would join spellings it
     /// keeps apart).
@@ -74,46 +80,209 @@ struct SegmentIndex: Sendable {
         count += 1
     }
 
+    /// The index file (version 2): the records grouped by leaf, each leaf's in file order (see the type's comment).
     func encoded(segmentSize: Int) -> [UInt8] {
+        // Two passes over the body, which is in file order: the first sizes each leaf's section, the second writes
+        // each record at its leaf's place. No array of the records (a segment holds ~31,000 of them).
+        let leafCount = names.count
+        var sizes = [Int](repeating: 0, count: leafCount)
+        var previous = [Previous](repeating: Previous(), count: leafCount)
+        walkBody { leaf, sequence, offset, acquired in
+            sizes[leaf] += previous[leaf].advance(sequence, offset, acquired, to: nil)
+        }
         var out = Self.magic + [Self.version]
-        out.reserveCapacity(32 + names.reduce(0) { $0 + 2 + $1.utf8.count } + body.count)
+        let namesBytes = names.reduce(0) { $0 + 2 + Swift.min($1.utf8.count, Int(UInt16.max)) }
+        out.reserveCapacity(5 + 8 + 4 + namesBytes + 4 * leafCount + 4 + sizes.reduce(0, +) + 4 * leafCount + 4)
         Self.put(UInt64(segmentSize), &out)
-        Self.put(UInt32(names.count), &out)
+        Self.put(UInt32(leafCount), &out)
         for n in names {
             let u = Array(n.utf8.prefix(Int(UInt16.max)))
             Self.put(UInt16(u.count), &out)
             out += u
         }
+        for size in sizes { Self.put(UInt32(size + 4), &out) }  // each section ends with its CRC
         Self.put(UInt32(count), &out)
-        out += body
+        var cursor = [Int](repeating: 0, count: leafCount)
+        var at = out.count
+        for leaf in 0..<leafCount {
+            cursor[leaf] = at
+            at += sizes[leaf] + 4
+        }
+        let sectionsStart = out.count
+        out.append(contentsOf: repeatElement(0, count: at - sectionsStart))
+        previous = [Previous](repeating: Previous(), count: leafCount)
+        out.withUnsafeMutableBytes { b in
+            walkBody { leaf, sequence, offset, acquired in
+                cursor[leaf] += previous[leaf].advance(sequence, offset, acquired, to: b.baseAddress! + cursor[leaf])
+            }
+            var start = sectionsStart
+            for leaf in 0..<leafCount {
+                let crc = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: b[start..<(start + sizes[leaf])]))
+                b.storeBytes(of: crc.littleEndian, toByteOffset: start + sizes[leaf], as: UInt32.self)
+                start += sizes[leaf] + 4
+            }
+        }
         Self.put(CRC32C.checksum(out), &out)
         return out
     }
 
-    /// The records (payloads empty) with their offsets, or nil when `bytes` is not a valid index for a segment of
-    /// `segmentSize` bytes.
+    /// A leaf's previous record in its section: each record is stored as deltas from it.
+    private struct Previous {
+        var sequence: UInt64 = 0
+        var offset: UInt64 = 0
+        var acquired: Int64 = 0
+
+        /// Writes the record's three varints at `out` (nil: only counts them); returns their size.
+        mutating func advance(_ sequence: UInt64, _ offset: UInt64, _ acquired: Int64, to out: UnsafeMutableRawPointer?) -> Int {
+            let values = (sequence &- self.sequence, offset &- self.offset, Varint.zigzag(acquired &- self.acquired))
+            self.sequence = sequence
+            self.offset = offset
+            self.acquired = acquired
+            guard let out else { return Varint.size(values.0) + Varint.size(values.1) + Varint.size(values.2) }
+            var n = Varint.write(values.0, to: out)
+            n += Varint.write(values.1, to: out + n)
+            return n + Varint.write(values.2, to: out + n)
+        }
+    }
+
+    /// The in-memory body's records in file order: leaf number, sequence, offset, acquisition time.
+    private func walkBody(_ visit: (Int, UInt64, UInt64, Int64) -> Void) {
+        body.withUnsafeBytes { b in
+            var at = 0
+            var sequence: UInt64 = 0, offset: UInt64 = 0, acquired: Int64 = 0
+            while at < b.count {
+                // Written by `add`: always four whole varints.
+                let leaf = Varint.read(b, &at, end: b.count)!
+                sequence = sequence &+ Varint.read(b, &at, end: b.count)!
+                offset = offset &+ Varint.read(b, &at, end: b.count)!
+                acquired = acquired &+ Varint.unzigzag(Varint.read(b, &at, end: b.count)!)
+                visit(Int(leaf), sequence, offset, acquired)
+            }
+        }
+    }
+
+    /// The records (payloads empty) with their offsets, in file order, or nil when `bytes` is not a valid index for
+    /// a segment of `segmentSize` bytes.
     static func decode(_ bytes: [UInt8], segmentSize: Int) -> [(SpoolRecord, Int)]? {
         var records: [(SpoolRecord, Int)] = []
-        guard walk(bytes, segmentSize: segmentSize, { records.append(($0, $1)) }) else { return nil }
-        return records
+        guard forEach(bytes, segmentSize: segmentSize, { records.append(($0, $1)) }) else { return nil }
+        return records.sorted { $0.1 < $1.1 }
     }
 
-    /// Checks `bytes` whole (CRC, structure), then hands each record to `visit` in file order; false (and no visit)
-    /// when it is not a valid index for a segment of `segmentSize` bytes. Recovery streams an index this way: no
-    /// array of every record, whose freed pages would stay in the process.
+    /// Checks `bytes` whole (CRC, structure), then hands each record to `visit` — a version 2 index leaf by leaf,
+    /// each leaf's in file order; a version 1 index in file order; false (and no visit) when it is not a valid index
+    /// for a segment of `segmentSize` bytes. Recovery streams an index this way: no array of every record, whose
+    /// freed pages would stay in the process.
     static func forEach(_ bytes: [UInt8], segmentSize: Int, _ visit: (SpoolRecord, Int) -> Void) -> Bool {
-        guard walk(bytes, segmentSize: segmentSize, { _, _ in }) else { return false }
-        return walk(bytes, segmentSize: segmentSize, visit)
+        guard bytes.count > 4 else { return false }
+        switch bytes[4] {
+        case 1:
+            guard walkVersion1(bytes, segmentSize: segmentSize, { _, _ in }) else { return false }
+            return walkVersion1(bytes, segmentSize: segmentSize, visit)
+        case version:
+            guard let directory = LeafSections(bytes, segmentSize: segmentSize) else { return false }
+            return bytes.withUnsafeBytes { b in
+                for section in directory.sections {
+                    guard walkSection(UnsafeRawBufferPointer(rebasing: b[section]), segmentSize: segmentSize, { _, _, _ in }) else { return false }
+                }
+                for (leaf, section) in directory.sections.enumerated() {
+                    let name = directory.names[leaf]
+                    _ = walkSection(UnsafeRawBufferPointer(rebasing: b[section]), segmentSize: segmentSize) { sequence, offset, acquired in
+                        visit(SpoolRecord(leaf: name, sequence: sequence, acquiredAtMs: acquired, payload: []), offset)
+                    }
+                }
+                return true
+            }
+        default:
+            return false
+        }
     }
 
-    /// This (in-memory) index's records, in file order: no check of bytes it wrote itself.
+    /// This (in-memory) index's records, in file order.
     func forEach(segmentSize: Int, _ visit: (SpoolRecord, Int) -> Void) {
-        _ = Self.walk(encoded(segmentSize: segmentSize), segmentSize: segmentSize, visit)
+        walkBody { leaf, sequence, offset, acquired in
+            visit(SpoolRecord(leaf: names[leaf], sequence: sequence, acquiredAtMs: acquired, payload: []), Int(offset))
+        }
     }
 
-    private static func walk(_ bytes: [UInt8], segmentSize: Int, _ visit: (SpoolRecord, Int) -> Void) -> Bool {
+    /// Where each leaf's section lies in a version 2 index: a leaf's records can be read on their own (`pread` of
+    /// its range, `forEach(section:)`) without walking everyone's.
+    struct LeafSections {
+        var names: [String] = []
+        /// By leaf, in the order of `names`: the byte range of its section in the index file (its CRC included).
+        var sections: [Range<Int>] = []
+
+        /// nil unless `bytes` is a whole, valid version 2 index for a segment of `segmentSize` bytes (its CRC is
+        /// checked; the sections' contents are checked when they are read).
+        init?(_ bytes: [UInt8], segmentSize: Int) {
+            let valid = bytes.withUnsafeBytes { b -> Bool in
+                guard segmentSize >= 0, b.count >= 4 + 1 + 8 + 4 + 4 + 4, Array(b[0..<4]) == magic, b[4] == version else { return false }
+                let end = b.count - 4
+                guard CRC32C.checksum(UnsafeRawBufferPointer(rebasing: b[0..<end])) == RecordCodec.read32(b, end) else { return false }
+                var at = 5
+                guard at + 12 <= end, RecordCodec.read64(b, at) == UInt64(segmentSize) else { return false }
+                at += 8
+                let leafCount = Int(RecordCodec.read32(b, at))
+                at += 4
+                guard leafCount <= (end - at) / 6 else { return false }  // a name's length and a section's, at least
+                names.reserveCapacity(leafCount)
+                for _ in 0..<leafCount {
+                    guard at + 2 <= end else { return false }
+                    let n = Int(UInt16(b[at]) | UInt16(b[at + 1]) << 8)
+                    at += 2
+                    guard at + n <= end else { return false }
+                    names.append(String(decoding: UnsafeRawBufferPointer(rebasing: b[at..<(at + n)]), as: UTF8.self))
+                    at += n
+                }
+                guard at + 4 * leafCount + 4 <= end else { return false }
+                var start = at + 4 * leafCount + 4
+                sections.reserveCapacity(leafCount)
+                for leaf in 0..<leafCount {
+                    let size = Int(RecordCodec.read32(b, at + 4 * leaf))
+                    guard size >= 4, size <= end - start else { return false }
+                    sections.append(start..<(start + size))
+                    start += size
+                }
+                return start == end
+            }
+            guard valid else { return nil }
+        }
+    }
+
+    /// The records of one leaf's section (`bytes`: exactly its range, CRC included), in file order: sequence,
+    /// offset, acquisition time. False (and no visit) when the section is damaged.
+    static func forEach(section bytes: [UInt8], segmentSize: Int, _ visit: (UInt64, Int, Int64) -> Void) -> Bool {
+        bytes.withUnsafeBytes { b in
+            guard walkSection(b, segmentSize: segmentSize, { _, _, _ in }) else { return false }
+            return walkSection(b, segmentSize: segmentSize, visit)
+        }
+    }
+
+    private static func walkSection(_ b: UnsafeRawBufferPointer, segmentSize: Int, _ visit: (UInt64, Int, Int64) -> Void) -> Bool {
+        guard b.count >= 4 else { return false }
+        let end = b.count - 4
+        guard CRC32C.checksum(UnsafeRawBufferPointer(rebasing: b[0..<end])) == RecordCodec.read32(b, end) else { return false }
+        var at = 0
+        var sequence: UInt64 = 0, offset: UInt64 = 0, acquired: Int64 = 0
+        var first = true
+        while at < end {
+            guard let ds = Varint.read(b, &at, end: end), let doff = Varint.read(b, &at, end: end), let za = Varint.read(b, &at, end: end) else { return false }
+            // Sequences wrap as they were encoded (a salvaged segment may hold them out of order); offsets only grow.
+            let (o, overflow) = offset.addingReportingOverflow(doff)
+            guard !overflow, o < UInt64(segmentSize), first || doff > 0 else { return false }
+            first = false
+            sequence = sequence &+ ds
+            offset = o
+            acquired = acquired &+ Varint.unzigzag(za)
+            visit(sequence, Int(offset), acquired)
+        }
+        return true
+    }
+
+    /// A version 1 index (records in file order, each naming its leaf), as written until December 2026: still read.
+    private static func walkVersion1(_ bytes: [UInt8], segmentSize: Int, _ visit: (SpoolRecord, Int) -> Void) -> Bool {
         bytes.withUnsafeBytes { b -> Bool in
-            guard segmentSize >= 0, b.count >= 4 + 1 + 8 + 4 + 4 + 4, Array(b[0..<4]) == magic, b[4] == version else { return false }
+            guard segmentSize >= 0, b.count >= 4 + 1 + 8 + 4 + 4 + 4, Array(b[0..<4]) == magic, b[4] == 1 else { return false }
             let end = b.count - 4
             guard CRC32C.checksum(UnsafeRawBufferPointer(rebasing: b[0..<end])) == RecordCodec.read32(b, end) else { return false }
             var at = 5

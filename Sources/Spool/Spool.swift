@@ -43,6 +43,16 @@ public final class Spool: Sendable {
         var oldestAcquiredMs: Int64
         /// Its index file's size once sealed (counted against the cap with the segment).
         var indexBytes = 0
+        /// Where each leaf's records lie in its index, once a listing needed them (`Spool.listSections`).
+        var sections = Sections.unread
+
+        enum Sections {
+            case unread
+            /// No index with sections (none, version 1, damaged): listings walk the segment.
+            case unavailable
+            /// By leaf slot: the section's offset in the index << 32 | its size; 0 when the leaf has none here.
+            case bySlot([UInt64])
+        }
     }
 
     struct State {
@@ -77,6 +87,9 @@ public final class Spool: Sendable {
         /// retry would report success without them (the error is reported once), so the mark stays where it was.
         var syncFailed = false
         var corruptRegions = 0
+        /// Cold segments listed from their leaves' sections of the index, and walked whole (for the tests).
+        var listingsBySection = 0
+        var listingsWhole = 0
         var tornTails = 0
         var corruptLedgerEntries = 0
         var salvaged = 0
@@ -569,8 +582,16 @@ public final class Spool: Sendable {
     /// Deletes a segment, counting its undelivered records as dropped for `reason`.
     private func dropSegment(at i: Int, reason: DropReason, _ s: inout State) {
         let id = s.segments[i].id
-        // Its records are counted per leaf only while it is cold: listed first, so each leaf loses its own.
-        while let cold = s.leaves.coldFrom, cold <= id, warmNextSegment(&s) {}
+        // Records counted cold there are found in its index, so each leaf loses its own.
+        var droppedCold: [Int32: Int] = [:]
+        if s.leaves.hasCold(upTo: id) {
+            _ = walkUnacknowledged(ofSegmentAt: i, &s) { s, slot, _ in
+                if s.leaves.dropCold(slot, segment: id) { droppedCold[slot, default: 0] += 1 }
+            }
+        }
+        for (slot, count) in droppedCold {
+            s.dropped[reason, default: [:]][s.leaves[slot].name, default: 0] += count
+        }
         for (slot, count) in s.leaves.removeRecords(of: id) {
             s.dropped[reason, default: [:]][s.leaves[slot].name, default: 0] += count
         }

@@ -10,6 +10,9 @@ enum Varint {
         }
     }
 
+    /// The bytes `write` takes for `value`.
+    static func size(_ value: UInt64) -> Int { Swift.max(1, (64 - value.leadingZeroBitCount + 6) / 7) }
+
     /// Writes `value` at `out` (room for 10 bytes); returns how many bytes it took.
     static func write(_ value: UInt64, to out: UnsafeMutableRawPointer) -> Int {
         var v = value

@@ -593,6 +593,58 @@ struct SegmentIndexTests {
 }
 
 extension SegmentIndexTests {
+    static let interleaved: [(SpoolRecord, Int)] = (0..<40).map { (i: Int) -> (SpoolRecord, Int) in
+        let leaf: String = i % 3 == 0 ? "a" : i % 7 == 0 ? "ç" : "b"
+        let acquired: Int64 = 1_700_000_000_000 + Int64(i % 5) * 1000 - Int64(i)
+        return (SpoolRecord(leaf: leaf, sequence: 1000 + UInt64(i) * 3, acquiredAtMs: acquired, payload: []), 17 + i * 60)
+    }
+
+    @Test("an index holds each leaf's records in a section of its own; decoding gives them back in file order")
+    func sectionsByLeaf() throws {
+        let bytes = SegmentIndex(records: Self.interleaved).encoded(segmentSize: 4000)
+        let back = try #require(SegmentIndex.decode(bytes, segmentSize: 4000))
+        #expect(back.map(\.1) == Self.interleaved.map(\.1))
+        #expect(back.map(\.0) == Self.interleaved.map(\.0))
+        let sections = try #require(SegmentIndex.LeafSections(bytes, segmentSize: 4000))
+        #expect(sections.names == ["a", "b", "ç"])
+        for (name, range) in zip(sections.names, sections.sections) {
+            var got: [(UInt64, Int, Int64)] = []
+            #expect(SegmentIndex.forEach(section: Array(bytes[range]), segmentSize: 4000) { got.append(($0, $1, $2)) })
+            let expected = Self.interleaved.filter { $0.0.leaf == name }
+            #expect(got.map(\.0) == expected.map(\.0.sequence) && got.map(\.1) == expected.map(\.1)
+                    && got.map(\.2) == expected.map(\.0.acquiredAtMs), "\(name)")
+        }
+        // A flipped byte in a section fails that section, and the whole file.
+        var damaged = bytes
+        damaged[sections.sections[1].lowerBound + 2] ^= 0x04
+        #expect(!SegmentIndex.forEach(section: Array(damaged[sections.sections[1]]), segmentSize: 4000) { _, _, _ in })
+        #expect(SegmentIndex.decode(damaged, segmentSize: 4000) == nil)
+        #expect(SegmentIndex.LeafSections(bytes, segmentSize: 4001) == nil, "another segment size: stale")
+    }
+
+    /// Indexes written before December 2026 (version 1: records in file order, each naming its leaf) are still read.
+    @Test("a version 1 index is still read")
+    func version1() throws {
+        var v1 = Array("FGIX".utf8) + [1]
+        func put<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { v1 += $0 } }
+        put(UInt64(4000))
+        let names = ["a", "b", "ç"]
+        put(UInt32(names.count))
+        for n in names { put(UInt16(n.utf8.count)); v1 += Array(n.utf8) }
+        put(UInt32(Self.interleaved.count))
+        var sequence: UInt64 = 0, offset: UInt64 = 0, acquired: Int64 = 0
+        for (r, at) in Self.interleaved {
+            for v in [UInt64(names.firstIndex(of: r.leaf)!), r.sequence &- sequence, UInt64(at) - offset, Varint.zigzag(r.acquiredAtMs - acquired)] {
+                Varint.put(v, &v1)
+            }
+            (sequence, offset, acquired) = (r.sequence, UInt64(at), r.acquiredAtMs)
+        }
+        put(CRC32C.checksum(v1))
+        let back = try #require(SegmentIndex.decode(v1, segmentSize: 4000))
+        #expect(back.map(\.0) == Self.interleaved.map(\.0) && back.map(\.1) == Self.interleaved.map(\.1))
+        #expect(SegmentIndex.LeafSections(v1, segmentSize: 4000) == nil, "no sections: listings walk it")
+    }
+
     /// spool-fuzz found it: a segment whose records repeat earlier sequences (out of order, as after a salvage)
     /// made the index refuse itself on decode; the fuzz invariant is that every scanned segment round-trips.
     @Test("an index round-trips records whose sequences go backwards")

@@ -133,6 +133,7 @@ extension Spool {
             return false
         }
         logLost(s.leaves.finishListing(segment: segment.id, next: i + 1 < s.segments.count ? s.segments[i + 1].id : nil), s)
+        releaseSectionMap(ofSegmentAt: i, &s)
         return true
     }
 
@@ -174,6 +175,19 @@ extension Spool {
             }
         }
         return true
+    }
+
+    /// Forgets the segment's section map once no leaf with records there still has to list it (8 bytes a leaf for
+    /// every segment between the slowest leaf and the fastest would otherwise stay until the segment is deleted);
+    /// a later listing of it reads the map again.
+    func releaseSectionMap(ofSegmentAt i: Int, _ s: inout State) {
+        guard case .bySlot(let bySlot) = s.segments[i].sections else { return }
+        let id = s.segments[i].id
+        for (slot, place) in bySlot.enumerated() where place != 0 {
+            let leaf = Int32(slot)
+            if s.leaves.cold(leaf) > 0, let front = s.leaves.frontier(leaf), front <= id { return }
+        }
+        s.segments[i].sections = .unread
     }
 
     /// Where each leaf's section lies in the segment's index (by slot: offset << 32 | size; 0: none), read once per

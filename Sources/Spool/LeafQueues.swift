@@ -70,6 +70,19 @@ struct LeafQueues {
     /// The leaves a listing in progress lists (by slot); empty between listings.
     private var listing: [Bool] = []
 
+    /// The leaf's slot if it has one (nothing is made).
+    func existingSlot(of leaf: String) -> Int32? {
+        let hash = Self.hash(leaf)
+        let mask = buckets.count - 1
+        var i = Int(truncatingIfNeeded: hash) & mask
+        while buckets[i] >= 0 {
+            let known = Int(buckets[i])
+            if leaves[known].nameHash == hash, leaves[known].name == leaf { return buckets[i] }
+            i = (i + 1) & mask
+        }
+        return nil
+    }
+
     /// The leaf's slot, made on its first appearance.
     mutating func slot(of leaf: String) -> Int32 {
         let hash = Self.hash(leaf)

@@ -182,9 +182,11 @@ struct SegmentIndex: Sendable {
         case version:
             guard let directory = LeafSections(bytes, segmentSize: segmentSize) else { return false }
             return bytes.withUnsafeBytes { b in
+                var records = 0
                 for section in directory.sections {
-                    guard walkSection(UnsafeRawBufferPointer(rebasing: b[section]), segmentSize: segmentSize, { _, _, _ in }) else { return false }
+                    guard walkSection(UnsafeRawBufferPointer(rebasing: b[section]), segmentSize: segmentSize, { _, _, _ in records += 1 }) else { return false }
                 }
+                guard records == directory.recordCount else { return false }
                 for (leaf, section) in directory.sections.enumerated() {
                     let name = directory.names[leaf]
                     _ = walkSection(UnsafeRawBufferPointer(rebasing: b[section]), segmentSize: segmentSize) { sequence, offset, acquired in
@@ -211,6 +213,8 @@ struct SegmentIndex: Sendable {
         var names: [String] = []
         /// By leaf, in the order of `names`: the byte range of its section in the index file (its CRC included).
         var sections: [Range<Int>] = []
+        /// The records the header says the sections hold.
+        var recordCount = 0
 
         /// nil unless `bytes` is a whole, valid version 2 index for a segment of `segmentSize` bytes (its CRC is
         /// checked; the sections' contents are checked when they are read).
@@ -235,6 +239,7 @@ struct SegmentIndex: Sendable {
                     at += n
                 }
                 guard at + 4 * leafCount + 4 <= end else { return false }
+                recordCount = Int(RecordCodec.read32(b, at + 4 * leafCount))
                 var start = at + 4 * leafCount + 4
                 sections.reserveCapacity(leafCount)
                 for leaf in 0..<leafCount {
@@ -252,10 +257,19 @@ struct SegmentIndex: Sendable {
     /// The records of one leaf's section (`bytes`: exactly its range, CRC included), in file order: sequence,
     /// offset, acquisition time. False (and no visit) when the section is damaged.
     static func forEach(section bytes: [UInt8], segmentSize: Int, _ visit: (UInt64, Int, Int64) -> Void) -> Bool {
-        bytes.withUnsafeBytes { b in
-            guard walkSection(b, segmentSize: segmentSize, { _, _, _ in }) else { return false }
-            return walkSection(b, segmentSize: segmentSize, visit)
-        }
+        guard isValid(section: bytes, segmentSize: segmentSize) else { return false }
+        forEach(checkedSection: bytes, segmentSize: segmentSize, visit)
+        return true
+    }
+
+    /// Whether `bytes` is a sound section (its CRC, its records' structure) for a segment of `segmentSize` bytes.
+    static func isValid(section bytes: [UInt8], segmentSize: Int) -> Bool {
+        bytes.withUnsafeBytes { walkSection($0, segmentSize: segmentSize, { _, _, _ in }) }
+    }
+
+    /// `forEach(section:)` for a section `isValid` accepted.
+    static func forEach(checkedSection bytes: [UInt8], segmentSize: Int, _ visit: (UInt64, Int, Int64) -> Void) {
+        _ = bytes.withUnsafeBytes { walkSection($0, segmentSize: segmentSize, visit) }
     }
 
     private static func walkSection(_ b: UnsafeRawBufferPointer, segmentSize: Int, _ visit: (UInt64, Int, Int64) -> Void) -> Bool {

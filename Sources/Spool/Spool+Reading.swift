@@ -149,19 +149,18 @@ extension Spool {
         if case .unread = s.segments[i].sections { s.segments[i].sections = sectionMap(of: s.segments[i], &s) }
         guard case .bySlot(let bySlot) = s.segments[i].sections else { return false }
         let segment = s.segments[i]
-        guard let file = try? FileHandle.open(SegmentIndex.path(ofSegment: segment.path), flags: O_RDONLY) else {
-            s.segments[i].sections = .unavailable
-            return false
-        }
+        // An I/O error (say, out of descriptors) lets this listing walk the segment; the next one tries again.
+        guard let file = try? FileHandle.open(SegmentIndex.path(ofSegment: segment.path), flags: O_RDONLY) else { return false }
         defer { file.close() }
         var sections: [(slot: Int32, bytes: [UInt8])] = []
         sections.reserveCapacity(slots.count)
         for slot in slots where Int(slot) < bySlot.count && bySlot[Int(slot)] != 0 {
             let place = bySlot[Int(slot)]
             let count = Int(place & 0xFFFF_FFFF)
-            guard let bytes = try? file.read(offset: Int(place >> 32), count: count), bytes.count == count,
-                  SegmentIndex.forEach(section: bytes, segmentSize: segment.size, { _, _, _ in }) else {
-                logger.warning("spool: the index of segment \(segment.id) cannot be read by leaf; walking it whole")
+            guard let bytes = try? file.read(offset: Int(place >> 32), count: count), bytes.count == count else { return false }
+            guard SegmentIndex.isValid(section: bytes, segmentSize: segment.size) else {
+                // Damaged since its map was read: the walk checks the whole file, scans the segment and indexes it again.
+                logger.warning("spool: a section of segment \(segment.id)'s index is damaged; listing from the segment itself")
                 s.segments[i].sections = .unavailable
                 return false
             }
@@ -169,7 +168,7 @@ extension Spool {
         }
         s.listingsBySection += 1
         for (slot, bytes) in sections {
-            _ = SegmentIndex.forEach(section: bytes, segmentSize: segment.size) { sequence, offset, _ in
+            SegmentIndex.forEach(checkedSection: bytes, segmentSize: segment.size) { sequence, offset, _ in
                 guard !s.acked.contains(sequence) else { return }
                 _ = s.leaves.list(slot, segment: segment.id, offset: UInt32(offset))
             }
@@ -198,7 +197,9 @@ extension Spool {
         }
         var bySlot: [UInt64] = []
         for (name, range) in zip(sections.names, sections.sections) where range.count > 4 {
-            let slot = Int(s.leaves.slot(of: name))
+            // A leaf without a slot has nothing queued here (its records were acknowledged before the spool opened).
+            guard let known = s.leaves.existingSlot(of: name) else { continue }
+            let slot = Int(known)
             if slot >= bySlot.count { bySlot.append(contentsOf: repeatElement(0, count: slot + 1 - bySlot.count)) }
             // Two names the leaves' table holds as one: the walk lists both.
             guard bySlot[slot] == 0 else { return .unavailable }
@@ -207,30 +208,47 @@ extension Spool {
         return .bySlot(bySlot)
     }
 
-    /// Calls `body` with the slot and offset of every unacknowledged record of the segment, in file order, from its
-    /// index (the active segment's is in memory; a sealed segment whose index is gone is scanned). Records counted
-    /// when the segment was indexed and no longer there (corruption since) are counted as corrupt: the segment does
-    /// not wait for them. False when the segment cannot be read now.
+    /// Calls `body` with the slot and offset of every unacknowledged record of the segment, each leaf's in file
+    /// order, from its index (the active segment's is in memory; a sealed segment whose index is gone or damaged is
+    /// scanned). A sealed segment without a version 2 index gets one here when what it was listed from is sound (a
+    /// version 1 index, or a scan that found no damage), so later listings read sections. Records counted when the
+    /// segment was indexed and no longer there (corruption since) are counted as corrupt: the segment does not wait
+    /// for them. False when the segment cannot be read now.
     func walkUnacknowledged(ofSegmentAt i: Int, _ s: inout State, _ body: (inout State, Int32, UInt32) -> Void) -> Bool {
         let segment = s.segments[i]
         s.listingsWhole += 1
         var present = 0
+        var rebuilt: SegmentIndex?
         func visit(_ r: SpoolRecord, _ offset: Int) {
+            rebuilt?.add(r, at: offset)
             guard !s.acked.contains(r.sequence) else { return }
             present += 1
             let slot = s.leaves.slot(of: r.leaf)
             body(&s, slot, UInt32(offset))
         }
+        let index = i == s.segments.count - 1 ? nil : Self.readIndex(of: segment)
         if i == s.segments.count - 1 {
             s.activeIndex.forEach(segmentSize: segment.size, visit)
-        } else if let index = Self.readIndex(of: segment), SegmentIndex.forEach(index, segmentSize: segment.size, visit) {
+        } else if let index, index.count > 4 && index[4] == SegmentIndex.version,
+                  SegmentIndex.forEach(index, segmentSize: segment.size, visit) {
         } else {
-            let bytes: [UInt8]
-            do throws(SpoolError) { bytes = try segment.handle.read(offset: 0, count: segment.size) } catch {
-                logger.warning("spool: cannot read segment \(segment.id) to list its records (\(error)); trying again later")
-                return false
+            if !isReadOnly { rebuilt = SegmentIndex() }
+            if let index, SegmentIndex.forEach(index, segmentSize: segment.size, visit) {
+                // A version 1 index, sound.
+            } else {
+                let bytes: [UInt8]
+                do throws(SpoolError) { bytes = try segment.handle.read(offset: 0, count: segment.size) } catch {
+                    logger.warning("spool: cannot read segment \(segment.id) to list its records (\(error)); trying again later")
+                    return false
+                }
+                let scan = bytes.withUnsafeBytes { SegmentScan(scanning: $0, keepRecords: false, visit) }
+                // Damage stays unindexed, so the next open scans the segment and quarantines it.
+                if !scan.corruptRegions.isEmpty || scan.tornTail || scan.validEnd != bytes.count { rebuilt = nil }
             }
-            _ = bytes.withUnsafeBytes { SegmentScan(scanning: $0, keepRecords: false, visit) }
+            if let rebuilt {
+                s.segments[i].indexBytes = Self.writeIndex(of: s.segments[i], rebuilt)
+                s.segments[i].sections = .unread
+            }
         }
         if present < segment.live {
             logger.warning("spool: segment \(segment.id) holds \(segment.live - present) records fewer than counted; counted as corrupt")

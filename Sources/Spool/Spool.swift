@@ -387,7 +387,7 @@ public final class Spool: Sendable {
     /// Written whole under a temporary name, then renamed: a reader sees an old index, a new one or none.
     /// Returns its size (0: not written, e.g. the disk is full — recovery then scans the segment).
     @discardableResult
-    private static func writeIndex(of segment: Segment, _ index: SegmentIndex) -> Int {
+    static func writeIndex(of segment: Segment, _ index: SegmentIndex) -> Int {
         let path = SegmentIndex.path(ofSegment: segment.path)
         let temporary = path + ".tmp"
         guard let f = try? FileHandle.open(temporary, flags: O_WRONLY | O_CREAT | O_TRUNC) else { return 0 }

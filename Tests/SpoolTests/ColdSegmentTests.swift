@@ -205,6 +205,56 @@ struct ColdSegmentTests {
         #expect(spool.statistics().corruptRegions == 0)
     }
 
+    /// Indexes written by version 1 (records in file order, each naming its leaf) are walked whole by the first
+    /// listing that meets them, which writes a version 2 index in their place: later listings read sections.
+    @Test func version1IndexesAreRewrittenWhenWalked() throws {
+        let dir = temporarySpoolDirectory()
+        defer { removeTree(dir) }
+        var model = Model()
+        let leaves = (0..<4).map { "leaf-\($0)" }
+        do {
+            let spool = try Spool(configuration: Self.configuration(dir))
+            for i in 0..<3000 {
+                let leaf = leaves[i % 4]
+                model.appended(leaf, try spool.append([entry(leaf, "reading \(i)")])[0])
+            }
+            spool.close()
+        }
+        func versions() throws -> [UInt8] {
+            try listDirectory(dir + "/segments").filter { $0.hasSuffix(".idx") }.map { try readFile(dir + "/segments/" + $0)[4] }
+        }
+        for name in try listDirectory(dir + "/segments") where name.hasSuffix(".idx") {
+            let path = dir + "/segments/" + name
+            let bytes = try readFile(path)
+            let size = bytes.withUnsafeBytes { Int(RecordCodec.read64($0, 5)) }
+            let records = try #require(SegmentIndex.decode(bytes, segmentSize: size))
+            writeFile(path, SegmentIndexTests.version1Bytes(records, segmentSize: size))
+        }
+        #expect(try versions().count > 20 && versions().allSatisfy { $0 == 1 })
+        let spool = try Spool(configuration: Self.configuration(dir))
+        #expect(spool.depth == 3000, "recovery reads version 1")
+        var round = 0
+        for free in 1...4 {
+            let excluded = Set(leaves[free...])
+            while model.total > 0 {
+                round += 1
+                let fetched = try spool.next(max: 7, excluding: excluded)
+                model.check(fetched, "round \(round)")
+                try spool.acknowledge(fetched.map(\.sequence))
+                model.acknowledged(fetched)
+                if fetched.isEmpty || (free < 4 && (model.queued[leaves[free - 1]]?.count ?? 0) < 500) { break }
+            }
+            if free == 1 {
+                let now = try versions()
+                #expect(now.contains(2) && now.contains(1), "leaf-0 rewrote the indexes it walked, and only those: \(now)")
+            }
+        }
+        #expect(model.total == 0 && spool.depth == 0, "\(model.total) records never handed out")
+        let (bySection, whole) = spool.withState { s in (s.listingsBySection, s.listingsWhole) }
+        #expect(bySection > 50, "listings: \(bySection) by section, \(whole) whole")
+        #expect(spool.statistics().corruptRegions == 0)
+    }
+
     /// Appends keep going while cold segments drain: new records are cold until the listing catches up with the
     /// active segment, then listed again; nothing is handed out twice or skipped.
     @Test func appendsWhileColdSegmentsDrain() throws {

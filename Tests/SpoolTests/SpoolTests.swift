@@ -622,24 +622,31 @@ extension SegmentIndexTests {
         #expect(SegmentIndex.LeafSections(bytes, segmentSize: 4001) == nil, "another segment size: stale")
     }
 
-    /// Indexes written before December 2026 (version 1: records in file order, each naming its leaf) are still read.
-    @Test("a version 1 index is still read")
-    func version1() throws {
+    /// An index as version 1 wrote it: records in file order, each naming its leaf.
+    static func version1Bytes(_ records: [(SpoolRecord, Int)], segmentSize: Int) -> [UInt8] {
         var v1 = Array("FGIX".utf8) + [1]
         func put<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { v1 += $0 } }
-        put(UInt64(4000))
-        let names = ["a", "b", "ç"]
+        put(UInt64(segmentSize))
+        var names: [String] = []
+        for (r, _) in records where !names.contains(r.leaf) { names.append(r.leaf) }
         put(UInt32(names.count))
         for n in names { put(UInt16(n.utf8.count)); v1 += Array(n.utf8) }
-        put(UInt32(Self.interleaved.count))
+        put(UInt32(records.count))
         var sequence: UInt64 = 0, offset: UInt64 = 0, acquired: Int64 = 0
-        for (r, at) in Self.interleaved {
-            for v in [UInt64(names.firstIndex(of: r.leaf)!), r.sequence &- sequence, UInt64(at) - offset, Varint.zigzag(r.acquiredAtMs - acquired)] {
+        for (r, at) in records {
+            for v in [UInt64(names.firstIndex(of: r.leaf)!), r.sequence &- sequence, UInt64(at) - offset, Varint.zigzag(r.acquiredAtMs &- acquired)] {
                 Varint.put(v, &v1)
             }
             (sequence, offset, acquired) = (r.sequence, UInt64(at), r.acquiredAtMs)
         }
         put(CRC32C.checksum(v1))
+        return v1
+    }
+
+    /// Indexes written before December 2026 (version 1: records in file order, each naming its leaf) are still read.
+    @Test("a version 1 index is still read")
+    func version1() throws {
+        let v1 = Self.version1Bytes(Self.interleaved, segmentSize: 4000)
         let back = try #require(SegmentIndex.decode(v1, segmentSize: 4000))
         #expect(back.map(\.0) == Self.interleaved.map(\.0) && back.map(\.1) == Self.interleaved.map(\.1))
         #expect(SegmentIndex.LeafSections(v1, segmentSize: 4000) == nil, "no sections: listings walk it")

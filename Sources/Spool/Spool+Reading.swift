@@ -69,7 +69,7 @@ extension Spool {
                 guard !picked.isEmpty else { break }
                 let frames: [FrameRef]
                 do throws(SpoolError) {
-                    frames = try read(picked.map(\.location), s, into: &out)
+                    frames = try read(picked.map(\.location), s, into: &out, largestFrame: &s.largestFrame)
                 } catch {
                     // Nothing is lost to a failed read: what this call took goes back to the front of its leaf.
                     s.leaves.putBack(picked)
@@ -293,7 +293,8 @@ extension Spool {
     /// The records at `locations`, in their order; nil where the bytes do not decode (or the segment is gone).
     func read(_ locations: [RecordLocation], _ s: State) throws(SpoolError) -> [SpoolRecord?] {
         var batch = SpoolBatch()
-        let frames = try read(locations, s, into: &batch)
+        var largest = 0
+        let frames = try read(locations, s, into: &batch, largestFrame: &largest)
         return zip(locations, frames).map { l, f in
             guard f.isReadable else { return nil }
             return SpoolRecord(leaf: s.leaves[l.slot].name, sequence: f.sequence, acquiredAtMs: f.acquiredAtMs, flags: f.flags,
@@ -315,16 +316,18 @@ extension Spool {
 
     /// The records at `locations`, in their order, as places in `batch`'s buffers (the bytes read are added to it;
     /// the records are not).
-    func read(_ locations: [RecordLocation], _ s: State, into batch: inout SpoolBatch) throws(SpoolError) -> [FrameRef] {
+    /// `largestFrame` grows to the largest frame read.
+    func read(_ locations: [RecordLocation], _ s: State, into batch: inout SpoolBatch, largestFrame: inout Int) throws(SpoolError) -> [FrameRef] {
         var out = [FrameRef](repeating: FrameRef(), count: locations.count)
         func frame(_ v: RecordCodec.FrameView, buffer: Int) -> FrameRef {
             FrameRef(sequence: v.sequence, acquiredAtMs: v.acquiredAtMs, flags: v.flags, buffer: buffer, payload: v.payload)
         }
-        for run in ReadPlan(locations).runs {
+        let tail = s.readTail
+        for run in ReadPlan(locations, tail: tail).runs {
             guard let seg = s.segments.first(where: { $0.id == run.segment }) else { continue }
             let start = run.firstOffset
             // Past the last record's start: its frame, guessed; a longer frame is read again on its own below.
-            let end = Swift.min(seg.size, run.lastOffset + ReadPlan.tailGuess)
+            let end = Swift.min(seg.size, run.lastOffset + tail)
             guard end > start else { continue }
             let bytes = try seg.handle.read(offset: start, count: end - start)
             let buffer = batch.add(buffer: bytes)
@@ -335,10 +338,12 @@ extension Spool {
                 case .record(let v):
                     out[member] = frame(v, buffer: buffer)
                     used += v.payload.count
+                    largestFrame = Swift.max(largestFrame, v.frameSize)
                 case .truncated:
                     guard let bytes = try readFrame(seg, offset: Int(locations[member].offset)) else { break }
                     if case .record(let v) = bytes.withUnsafeBytes({ RecordCodec.decodeView($0, at: 0) }) {
                         out[member] = frame(v, buffer: batch.add(buffer: bytes))
+                        largestFrame = Swift.max(largestFrame, v.frameSize)
                     }
                 case .corrupt: break
                 }
@@ -395,7 +400,7 @@ struct ReadPlan {
         var members: [Int]
     }
 
-    /// Bytes read past the start of a run's last record: most readings' frames are far smaller.
+    /// At most this many bytes are read past the start of a run's last record (`State.readTail`).
     static let tailGuess = 4096
     /// The largest stretch one read covers (gaps between picked records are read too).
     static let maxSpan = 1 << 20
@@ -405,7 +410,8 @@ struct ReadPlan {
 
     let runs: [Run]
 
-    init(_ locations: [RecordLocation]) {
+    /// `tail`: the bytes read past the start of a run's last record.
+    init(_ locations: [RecordLocation], tail: Int = tailGuess) {
         // The common case needs no sort: every record in one segment, within one read's span and dense enough that
         // no more than `maxGap` a record is read in vain.
         if let first = locations.first, locations.allSatisfy({ $0.segment == first.segment }) {
@@ -415,7 +421,7 @@ struct ReadPlan {
                 high = Swift.max(high, l.offset)
             }
             let span = Int(high - low)
-            if span + Self.tailGuess <= Self.maxSpan, span <= Self.maxGap * locations.count {
+            if span + tail <= Self.maxSpan, span <= Self.maxGap * locations.count {
                 runs = [Run(segment: first.segment, firstOffset: Int(low), lastOffset: Int(high), members: Array(locations.indices))]
                 return
             }
@@ -424,7 +430,7 @@ struct ReadPlan {
         for i in Self.fileOrder(locations) {
             let l = locations[i]
             let offset = Int(l.offset)
-            if let last = runs.last, last.segment == l.segment, offset - last.firstOffset + Self.tailGuess <= Self.maxSpan,
+            if let last = runs.last, last.segment == l.segment, offset - last.firstOffset + tail <= Self.maxSpan,
                offset - last.lastOffset <= Self.maxGap {
                 runs[runs.count - 1].lastOffset = offset
                 runs[runs.count - 1].members.append(i)

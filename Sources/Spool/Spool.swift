@@ -87,6 +87,14 @@ public final class Spool: Sendable {
         /// retry would report success without them (the error is reported once), so the mark stays where it was.
         var syncFailed = false
         var corruptRegions = 0
+        /// The largest record frame appended or read since the spool opened: a read guesses its last frame's end
+        /// from it (`readTail`).
+        var largestFrame = 0
+        /// Bytes a read takes past the start of its last record: enough for the largest frame seen, within
+        /// 256…4096 (a longer frame is read again on its own). A flat 4 kB read past each run's last record of
+        /// ~250-byte readings, with a run per leaf when the leaves drain at different places, was most of a fetch's
+        /// bytes.
+        var readTail: Int { Swift.min(ReadPlan.tailGuess, Swift.max(256, largestFrame)) }
         /// Cold segments listed from their leaves' sections of the index, and walked whole (for the tests).
         var listingsBySection = 0
         var listingsWhole = 0
@@ -507,6 +515,11 @@ public final class Spool: Sendable {
                     s.leaves.enqueue(slot, segment: seg.id, offset: UInt32(offset))
                 }
             }
+            var largest = 0
+            for i in frameOffsets.indices {
+                largest = max(largest, (i + 1 < frameOffsets.count ? frameOffsets[i + 1] : frame.count) - frameOffsets[i])
+            }
+            s.largestFrame = max(s.largestFrame, largest)
             seg.live += entries.count
             s.segments[s.segments.count - 1] = seg
             s.nextSequence = last + 1

@@ -197,4 +197,35 @@ struct SpoolReadTests {
         #expect(read == written)
         #expect(spool.statistics().corruptRegions == 0)
     }
+
+    /// A read takes as many bytes past a run's last record as the largest frame seen: after a reopen (nothing seen
+    /// yet, 256 bytes) records of 3 kB still come back whole, read again on their own, and the next reads take enough.
+    @Test func readTailFollowsTheLargestFrame() throws {
+        let dir = temporarySpoolDirectory()
+        defer { removeTree(dir) }
+        let config = SpoolConfiguration(directory: dir)
+        var written: [String] = []
+        do {
+            let spool = try Spool(configuration: config)
+            for i in 0..<40 {
+                let payload = "\(i):" + String(repeating: "x", count: i % 2 == 0 ? 3000 : 100)
+                written.append(payload)
+                try spool.append([entry("a", payload)])
+            }
+            #expect(spool.withState { $0.readTail } > 3000, "appends tell it")
+            spool.close()
+        }
+        let spool = try Spool(configuration: config)
+        defer { spool.close() }
+        #expect(spool.withState { $0.readTail } == 256)
+        var read: [String] = []
+        while true {
+            let batch = try spool.next(max: 7)
+            if batch.isEmpty { break }
+            read += batch.map { String(decoding: $0.payload, as: UTF8.self) }
+            try spool.acknowledge(batch.map(\.sequence))
+        }
+        #expect(read == written)
+        #expect(spool.withState { $0.readTail } > 3000, "reads tell it")
+    }
 }

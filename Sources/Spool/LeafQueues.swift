@@ -71,30 +71,27 @@ struct LeafQueues {
     private var listing: [Bool] = []
 
     /// The leaf's slot if it has one (nothing is made).
-    func existingSlot(of leaf: String) -> Int32? {
-        let hash = Self.hash(leaf)
-        let mask = buckets.count - 1
-        var i = Int(truncatingIfNeeded: hash) & mask
-        while buckets[i] >= 0 {
-            let known = Int(buckets[i])
-            if leaves[known].nameHash == hash, leaves[known].name == leaf { return buckets[i] }
-            i = (i + 1) & mask
-        }
-        return nil
-    }
+    func existingSlot(of leaf: String) -> Int32? { find(leaf, hash: Self.hash(leaf)).slot }
 
-    /// The leaf's slot, made on its first appearance.
-    mutating func slot(of leaf: String) -> Int32 {
-        let hash = Self.hash(leaf)
+    /// The leaf's slot, or the empty bucket where it would go.
+    private func find(_ leaf: String, hash: UInt64) -> (slot: Int32?, bucket: Int) {
         let mask = buckets.count - 1
         var i = Int(truncatingIfNeeded: hash) & mask
         while buckets[i] >= 0 {
             let known = Int(buckets[i])
             // Equal strings whose bytes differ (canonically equivalent spellings) hash apart: the hash tells them
             // apart, `==` tells colliding hashes apart. Fields read in place: a copy of the leaf retained its queues.
-            if leaves[known].nameHash == hash, leaves[known].name == leaf { return buckets[i] }
+            if leaves[known].nameHash == hash, leaves[known].name == leaf { return (buckets[i], i) }
             i = (i + 1) & mask
         }
+        return (nil, i)
+    }
+
+    /// The leaf's slot, made on its first appearance.
+    mutating func slot(of leaf: String) -> Int32 {
+        let hash = Self.hash(leaf)
+        let (found, i) = find(leaf, hash: hash)
+        if let found { return found }
         let slot = Int32(leaves.count)
         leaves.append(Leaf(name: leaf, nameHash: hash))
         if leaves.count * 2 > buckets.count { rebuildBuckets(count: buckets.count * 2) } else { buckets[i] = slot }

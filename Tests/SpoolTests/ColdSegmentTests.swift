@@ -57,6 +57,41 @@ struct ColdSegmentTests {
         spool.withState { s in (s.leaves.listed, s.leaves.coldFrom) }
     }
 
+    /// 3,000 short records of four leaves in turn; returns the leaves.
+    static func appendInterleaved(_ spool: Spool, _ model: inout Model) throws -> [String] {
+        let leaves = (0..<4).map { "leaf-\($0)" }
+        for i in 0..<3000 {
+            let leaf = leaves[i % 4]
+            model.appended(leaf, try spool.append([entry(leaf, "reading \(i)")])[0])
+        }
+        return leaves
+    }
+
+    /// Drains `leaves` as if they left a throttle at different times: leaf-0 alone, then leaf-1 joins, then all, each
+    /// phase until its newest leaf is a third through; every fetch checked against the model. `afterPhase(n)` runs
+    /// after phase n (1…4). Returns the most records listed at once.
+    @discardableResult
+    static func drainAtUnevenPaces(_ spool: Spool, _ leaves: [String], _ model: inout Model,
+                                   afterPhase: (Int) throws -> Void = { _ in }) throws -> Int {
+        var mostListed = 0
+        var round = 0
+        for free in 1...leaves.count {
+            let excluded = Set(leaves[free...])
+            while model.total > 0 {
+                round += 1
+                let fetched = try spool.next(max: 7, excluding: excluded)
+                model.check(fetched, "round \(round)")
+                try spool.acknowledge(fetched.map(\.sequence))
+                model.acknowledged(fetched)
+                mostListed = max(mostListed, listed(spool).listed)
+                #expect(spool.depth == model.total, "round \(round)")
+                if fetched.isEmpty || (free < leaves.count && (model.queued[leaves[free - 1]]?.count ?? 0) < 500) { break }
+            }
+            try afterPhase(free)
+        }
+        return mostListed
+    }
+
     /// 3,000 records of 9 leaves, written irregularly (some leaves far more often), with sizes that vary; fetched in
     /// uneven batches, part acknowledged and part released each round, with a reopen in the middle.
     @Test func backlogPastTheBudgetIsDeliveredInOrder() throws {
@@ -121,27 +156,8 @@ struct ColdSegmentTests {
         defer { removeTree(dir) }
         let spool = try Spool(configuration: Self.configuration(dir))
         var model = Model()
-        let leaves = (0..<4).map { "leaf-\($0)" }
-        for i in 0..<3000 {
-            let leaf = leaves[i % 4]
-            model.appended(leaf, try spool.append([entry(leaf, "reading \(i)")])[0])
-        }
-        var mostListed = 0
-        var round = 0
-        // leaf-0 alone, then leaf-1 joins, then all: each phase until its newest leaf is a third through.
-        for free in 1...4 {
-            let excluded = Set(leaves[free...])
-            while model.total > 0 {
-                round += 1
-                let fetched = try spool.next(max: 7, excluding: excluded)
-                model.check(fetched, "round \(round)")
-                try spool.acknowledge(fetched.map(\.sequence))
-                model.acknowledged(fetched)
-                mostListed = max(mostListed, Self.listed(spool).listed)
-                #expect(spool.depth == model.total, "round \(round)")
-                if fetched.isEmpty || (free < 4 && (model.queued[leaves[free - 1]]?.count ?? 0) < 500) { break }
-            }
-        }
+        let leaves = try Self.appendInterleaved(spool, &model)
+        let mostListed = try Self.drainAtUnevenPaces(spool, leaves, &model)
         #expect(model.total == 0 && spool.depth == 0, "\(model.total) records never handed out")
         #expect(Self.listed(spool).coldFrom == nil)
         // Listing everything the fast leaves passed would list ~2,000 records of the slow ones.
@@ -160,11 +176,7 @@ struct ColdSegmentTests {
         defer { removeTree(dir) }
         let spool = try Spool(configuration: Self.configuration(dir))
         var model = Model()
-        let leaves = (0..<4).map { "leaf-\($0)" }
-        for i in 0..<3000 {
-            let leaf = leaves[i % 4]
-            model.appended(leaf, try spool.append([entry(leaf, "reading \(i)")])[0])
-        }
+        let leaves = try Self.appendInterleaved(spool, &model)
         // leaf-0 alone first: the sealed segments it passes get their section maps read.
         var round = 0
         while (model.queued["leaf-0"]?.count ?? 0) > 400 {
@@ -211,13 +223,10 @@ struct ColdSegmentTests {
         let dir = temporarySpoolDirectory()
         defer { removeTree(dir) }
         var model = Model()
-        let leaves = (0..<4).map { "leaf-\($0)" }
+        let leaves: [String]
         do {
             let spool = try Spool(configuration: Self.configuration(dir))
-            for i in 0..<3000 {
-                let leaf = leaves[i % 4]
-                model.appended(leaf, try spool.append([entry(leaf, "reading \(i)")])[0])
-            }
+            leaves = try Self.appendInterleaved(spool, &model)
             spool.close()
         }
         func versions() throws -> [UInt8] {
@@ -233,21 +242,10 @@ struct ColdSegmentTests {
         #expect(try versions().count > 20 && versions().allSatisfy { $0 == 1 })
         let spool = try Spool(configuration: Self.configuration(dir))
         #expect(spool.depth == 3000, "recovery reads version 1")
-        var round = 0
-        for free in 1...4 {
-            let excluded = Set(leaves[free...])
-            while model.total > 0 {
-                round += 1
-                let fetched = try spool.next(max: 7, excluding: excluded)
-                model.check(fetched, "round \(round)")
-                try spool.acknowledge(fetched.map(\.sequence))
-                model.acknowledged(fetched)
-                if fetched.isEmpty || (free < 4 && (model.queued[leaves[free - 1]]?.count ?? 0) < 500) { break }
-            }
-            if free == 1 {
-                let now = try versions()
-                #expect(now.contains(2) && now.contains(1), "leaf-0 rewrote the indexes it walked, and only those: \(now)")
-            }
+        try Self.drainAtUnevenPaces(spool, leaves, &model) { phase in
+            guard phase == 1 else { return }
+            let now = try versions()
+            #expect(now.contains(2) && now.contains(1), "leaf-0 rewrote the indexes it walked, and only those: \(now)")
         }
         #expect(model.total == 0 && spool.depth == 0, "\(model.total) records never handed out")
         let (bySection, whole) = spool.withState { s in (s.listingsBySection, s.listingsWhole) }

@@ -68,14 +68,14 @@ struct ColdSegmentTests {
     }
 
     /// Drains `leaves` as if they left a throttle at different times: leaf-0 alone, then leaf-1 joins, then all, each
-    /// phase until its newest leaf is a third through; every fetch checked against the model. `afterPhase(n)` runs
-    /// after phase n (1…4). Returns the most records listed at once.
+    /// phase until its newest leaf is a third through (`allAtOnce`: all from the start); every fetch checked against
+    /// the model. `afterPhase(n)` runs after the phase where n leaves are free. Returns the most records listed at once.
     @discardableResult
-    static func drainAtUnevenPaces(_ spool: Spool, _ leaves: [String], _ model: inout Model,
+    static func drainAtUnevenPaces(_ spool: Spool, _ leaves: [String], _ model: inout Model, allAtOnce: Bool = false,
                                    afterPhase: (Int) throws -> Void = { _ in }) throws -> Int {
         var mostListed = 0
         var round = 0
-        for free in 1...leaves.count {
+        for free in (allAtOnce ? leaves.count : 1)...leaves.count {
             let excluded = Set(leaves[free...])
             while model.total > 0 {
                 round += 1
@@ -250,6 +250,26 @@ struct ColdSegmentTests {
         #expect(model.total == 0 && spool.depth == 0, "\(model.total) records never handed out")
         let (bySection, whole) = spool.withState { s in (s.listingsBySection, s.listingsWhole) }
         #expect(bySection > 50, "listings: \(bySection) by section, \(whole) whole")
+        #expect(spool.statistics().corruptRegions == 0)
+    }
+
+    /// Many leaves at the same place (more than read their sections one by one): a listing walks the segment's whole
+    /// index once for all of them; every record still comes once, in order.
+    @Test func manyLeavesListedTogetherWalkTheIndex() throws {
+        let dir = temporarySpoolDirectory()
+        defer { removeTree(dir) }
+        let spool = try Spool(configuration: Self.configuration(dir))
+        var model = Model()
+        let leaves = (0..<100).map { "leaf-\($0)" }
+        for i in 0..<3000 {
+            let leaf = leaves[i % 100]
+            model.appended(leaf, try spool.append([entry(leaf, "reading \(i)")])[0])
+        }
+        let mostListed = try Self.drainAtUnevenPaces(spool, leaves, &model, allAtOnce: true)
+        #expect(model.total == 0 && spool.depth == 0, "\(model.total) records never handed out")
+        let (bySection, whole) = spool.withState { s in (s.listingsBySection, s.listingsWhole) }
+        #expect(whole > 0 && whole >= bySection, "listings: \(bySection) by section, \(whole) whole")
+        #expect(mostListed < 600, "at most \(mostListed) records listed at once")
         #expect(spool.statistics().corruptRegions == 0)
     }
 

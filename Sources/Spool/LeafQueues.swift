@@ -23,8 +23,8 @@ struct RecordLocation: Hashable {
 /// Leaves drain at different paces (one leaves a throttle seconds before another). A segment is listed for the leaf
 /// that ran dry and for the leaves that reached it with few records listed; one with plenty listed stays behind
 /// there (`Leaf.behindFrom`) and lists it when it runs dry in turn. So a fast leaf does not list the whole backlog
-/// for the slow ones (a 1 M drain listed ~1 MB that way), at the price of reading a segment's index again for a
-/// leaf that gets to it later — only while the listed records exceed the budget.
+/// for the slow ones (a 1 M drain listed ~1 MB that way); a leaf that gets there later reads only its own section
+/// of the segment's index (`Spool.listSections`).
 struct LeafQueues {
     struct Leaf {
         let name: String

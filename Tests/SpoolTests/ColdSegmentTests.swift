@@ -43,6 +43,14 @@ struct ColdSegmentTests {
         /// A reopen hands out again what was in flight.
         mutating func reopened() { inFlight = [:] }
 
+        /// Drop-oldest deletes whole segments from the oldest: what a leaf loses is its oldest undelivered
+        /// records, in flight or not.
+        mutating func dropped(_ leaf: String, _ n: Int) {
+            let lost = (queued[leaf] ?? []).prefix(n)
+            queued[leaf]?.removeFirst(lost.count)
+            inFlight[leaf]?.subtract(lost)
+        }
+
         var total: Int { queued.values.reduce(0) { $0 + $1.count } }
     }
 
@@ -331,6 +339,72 @@ struct ColdSegmentTests {
         }
         #expect(delivered + dropped == appended)
         #expect(spool.depth == 0)
+    }
+
+    /// Drop-oldest while the leaves stand at different places in a backlog past the budget: a fast leaf listed far
+    /// ahead, slow ones with listed, cold and in-flight records in the segments that go. Each leaf must lose exactly
+    /// its oldest undelivered records (the model drops what the spool counts, from the front), every fetch must hand
+    /// out the lowest of what is left, and a reopen in the middle must find the same.
+    @Test func dropOldestWhileLeavesStandAtDifferentPlaces() throws {
+        let dir = temporarySpoolDirectory()
+        defer { removeTree(dir) }
+        var config = Self.configuration(dir)
+        config.capBytes = 40_000  // ~26 segments of 1,500 bytes
+        var spool = try Spool(configuration: config)
+        var model = Model()
+        let leaves = (0..<4).map { "leaf-\($0)" }
+        var accounted: [String: Int] = [:]
+        var written = 0, totalDropped = 0
+        func append(_ leaf: String) throws {
+            model.appended(leaf, try spool.append([entry(leaf, "reading \(written) of \(leaf)")])[0])
+            written += 1
+            // What the spool counts as dropped leaves the model from each leaf's front.
+            for (leaf, n) in spool.statistics().dropped[.overflow] ?? [:] where n > accounted[leaf, default: 0] {
+                model.dropped(leaf, n - accounted[leaf, default: 0])
+                accounted[leaf] = n
+            }
+        }
+        for i in 0..<500 { try append(leaves[i % 4]) }
+        #expect(Self.listed(spool).coldFrom != nil, "part of the backlog is cold")
+        var held: [SpoolRecord] = []  // one fetch kept in flight across the appends that follow it
+        var round = 0
+        for free in 1...leaves.count {
+            let excluded = Set(leaves[free...])
+            for _ in 0..<60 {
+                round += 1
+                let fetched = try spool.next(max: 7, excluding: excluded)
+                model.check(fetched, "round \(round)")
+                try spool.acknowledge(held.map(\.sequence))
+                model.acknowledged(held)
+                held = fetched
+                // New readings for every leaf, most for the last one freed: the spool outgrows its cap.
+                for leaf in leaves + [leaves[3], leaves[3]] { try append(leaf) }
+                #expect(spool.depth == model.total, "round \(round)")
+            }
+            if free == 2 {
+                spool.close()
+                spool = try Spool(configuration: config)
+                model.reopened()
+                held = []
+                // Drop counts are the open spool's own.
+                totalDropped += accounted.values.reduce(0, +)
+                accounted = [:]
+            }
+        }
+        try spool.acknowledge(held.map(\.sequence))
+        model.acknowledged(held)
+        totalDropped += accounted.values.reduce(0, +)
+        #expect(totalDropped > 100, "the cap dropped \(totalDropped) records")
+        #expect(accounted[leaves[3], default: 0] > 0, "the slowest leaf lost its oldest records after the reopen")
+        while model.total > 0 {
+            let fetched = try spool.next(max: 50)
+            guard !fetched.isEmpty else { Issue.record("\(model.total) records never handed out"); break }
+            model.check(fetched, "drain")
+            try spool.acknowledge(fetched.map(\.sequence))
+            model.acknowledged(fetched)
+        }
+        #expect(spool.depth == 0)
+        #expect(spool.statistics().corruptRegions == 0)
     }
 
     /// A cold segment whose index is gone is scanned when its turn comes; a record that rotted since it was counted

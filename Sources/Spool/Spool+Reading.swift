@@ -233,7 +233,8 @@ extension Spool {
                   SegmentIndex.forEach(index, segmentSize: segment.size, visit) {
         } else {
             if !isReadOnly { rebuilt = SegmentIndex() }
-            if let index, SegmentIndex.forEach(index, segmentSize: segment.size, visit) {
+            // A damaged version 2 index was checked above: only a version 1 index is worth another look.
+            if let index, index.count > 4 && index[4] == 1, SegmentIndex.forEach(index, segmentSize: segment.size, visit) {
                 // A version 1 index, sound.
             } else {
                 let bytes: [UInt8]

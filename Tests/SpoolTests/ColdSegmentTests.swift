@@ -100,6 +100,17 @@ struct ColdSegmentTests {
         return mostListed
     }
 
+    /// Fetches and acknowledges everything left, each fetch checked against the model.
+    static func drainRest(_ spool: Spool, _ model: inout Model, max: Int) throws {
+        while model.total > 0 {
+            let fetched = try spool.next(max: max)
+            guard !fetched.isEmpty else { Issue.record("\(model.total) records never handed out"); break }
+            model.check(fetched, "drain")
+            try spool.acknowledge(fetched.map(\.sequence))
+            model.acknowledged(fetched)
+        }
+    }
+
     /// 3,000 records of 9 leaves, written irregularly (some leaves far more often), with sizes that vary; fetched in
     /// uneven batches, part acknowledged and part released each round, with a reopen in the middle.
     @Test func backlogPastTheBudgetIsDeliveredInOrder() throws {
@@ -299,13 +310,7 @@ struct ColdSegmentTests {
                 model.acknowledged(fetched)
             }
         }
-        while model.total > 0 {
-            let fetched = try spool.next(max: 64)
-            guard !fetched.isEmpty else { Issue.record("\(model.total) records never handed out"); break }
-            model.check(fetched, "drain")
-            try spool.acknowledge(fetched.map(\.sequence))
-            model.acknowledged(fetched)
-        }
+        try Self.drainRest(spool, &model, max: 64)
         #expect(spool.depth == 0)
     }
 
@@ -396,13 +401,7 @@ struct ColdSegmentTests {
         totalDropped += accounted.values.reduce(0, +)
         #expect(totalDropped > 100, "the cap dropped \(totalDropped) records")
         #expect(accounted[leaves[3], default: 0] > 0, "the slowest leaf lost its oldest records after the reopen")
-        while model.total > 0 {
-            let fetched = try spool.next(max: 50)
-            guard !fetched.isEmpty else { Issue.record("\(model.total) records never handed out"); break }
-            model.check(fetched, "drain")
-            try spool.acknowledge(fetched.map(\.sequence))
-            model.acknowledged(fetched)
-        }
+        try Self.drainRest(spool, &model, max: 50)
         #expect(spool.depth == 0)
         #expect(spool.statistics().corruptRegions == 0)
     }

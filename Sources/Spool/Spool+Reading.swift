@@ -226,17 +226,18 @@ extension Spool {
             let slot = s.leaves.slot(of: r.leaf)
             body(&s, slot, UInt32(offset))
         }
-        let index = i == s.segments.count - 1 ? nil : Self.readIndex(of: segment)
         if i == s.segments.count - 1 {
             s.activeIndex.forEach(segmentSize: segment.size, visit)
-        } else if let index, index.count > 4 && index[4] == SegmentIndex.version,
-                  SegmentIndex.forEach(index, segmentSize: segment.size, visit) {
         } else {
-            if !isReadOnly { rebuilt = SegmentIndex() }
-            // A damaged version 2 index was checked above: only a version 1 index is worth another look.
-            if let index, index.count > 4 && index[4] == 1, SegmentIndex.forEach(index, segmentSize: segment.size, visit) {
-                // A version 1 index, sound.
-            } else {
+            let index = Self.readIndex(of: segment)
+            // Anything but a current index is replaced by one made from what this walk visits (a version 1 index
+            // read whole, or a clean scan of the segment).
+            let isCurrent = index.map { $0.count > 4 && $0[4] == SegmentIndex.version } ?? false
+            if !isReadOnly && !isCurrent { rebuilt = SegmentIndex() }
+            // Checked whole before any visit: a damaged index visits nothing and the segment is scanned instead.
+            let walked = index.map { SegmentIndex.forEach($0, segmentSize: segment.size, visit) } ?? false
+            if !walked {
+                if !isReadOnly { rebuilt = SegmentIndex() }
                 let bytes: [UInt8]
                 do throws(SpoolError) { bytes = try segment.handle.read(offset: 0, count: segment.size) } catch {
                     logger.warning("spool: cannot read segment \(segment.id) to list its records (\(error)); trying again later")

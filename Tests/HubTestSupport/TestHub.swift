@@ -4,6 +4,7 @@ import HubEmulator
 import IoTHub
 import Logging
 import ProtonAMQP
+import Synchronization
 
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -19,6 +20,12 @@ public final class TestHub: Sendable {
     public let directory: String
     public let certificates: LocalCertificates.Paths
     let configuration: HubServerConfiguration
+    /// What clients of this hub registered to stop before it does, newest first; shared with a restarted hub.
+    private let cleanups: Cleanups
+
+    final class Cleanups: Sendable {
+        let actions = Mutex<[@Sendable () async -> Void]>([])
+    }
 
     /// - Parameter certificates: the CA and server certificate to use (several hubs under one CA); default: new ones
     ///   for localhost.
@@ -39,11 +46,13 @@ public final class TestHub: Sendable {
         var logger = Logger(label: "test.hub")
         logger.logLevel = ProcessInfo.processInfo.environment["HUB_TEST_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .warning
         let running = try await HubServer(configuration: config, logger: logger).start()
-        return TestHub(running: running, reactor: AMQPReactor(), directory: dir, certificates: certs, configuration: config)
+        return TestHub(running: running, reactor: AMQPReactor(), directory: dir, certificates: certs, configuration: config,
+                       cleanups: Cleanups())
     }
 
     private init(running: RunningHub, reactor: AMQPReactor, directory: String, certificates: LocalCertificates.Paths,
-                 configuration: HubServerConfiguration) {
+                 configuration: HubServerConfiguration, cleanups: Cleanups) {
+        self.cleanups = cleanups
         self.running = running
         self.reactor = reactor
         self.directory = directory
@@ -54,7 +63,15 @@ public final class TestHub: Sendable {
     public var core: HubCore { running.core }
     public var hostName: String { core.configuration.hostName }
 
+    /// Registers a client's own stop to run when this hub stops, so a test that throws half-way does not leave
+    /// that client running (retrying a closed port and loading the tests after it). The stop must be idempotent:
+    /// a test that finishes calls it itself as well.
+    public func onStop(_ action: @escaping @Sendable () async -> Void) {
+        cleanups.actions.withLock { $0.append(action) }
+    }
+
     public func stop() async {
+        for action in cleanups.actions.withLock({ a in defer { a = [] }; return a }).reversed() { await action() }
         await reactor.shutdown()
         await running.stop()
         try? FileManager.default.removeItem(atPath: directory)
@@ -87,7 +104,8 @@ public final class TestHub: Sendable {
         guard let started else {
             throw HubError(.badRequest, "the hub could not restart on its ports (amqps \(config.amqpsPort ?? 0), https \(config.httpsPort ?? 0)): \(lastError.map { "\($0)" } ?? "?")")
         }
-        return TestHub(running: started, reactor: reactor, directory: directory, certificates: certificates, configuration: config)
+        return TestHub(running: started, reactor: reactor, directory: directory, certificates: certificates, configuration: config,
+                       cleanups: cleanups)
     }
 
     /// Creates a device and returns its primary key.

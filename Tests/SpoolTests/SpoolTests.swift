@@ -352,8 +352,13 @@ struct SpoolTests {
         try spool.append([entry("a", "1")])  // within the first interval: the append itself does not sync
         #expect(spool.hasUnsyncedData)
         #expect(spool.durableSequence == 0, "not on disk yet")
-        try await Task.sleep(for: .milliseconds(600))
-        #expect(!spool.hasUnsyncedData)
+        // The flusher's round comes one interval later; a loaded machine (CI building beside the tests) can delay
+        // it well past that, so wait for it with a bound rather than a fixed sleep.
+        let clock = ContinuousClock()
+        let deadline = clock.now + .seconds(15)
+        // The round clears `hasUnsyncedData` when it starts and moves the durable mark when its fdatasync returns.
+        while spool.durableSequence == 0 && clock.now < deadline { try await Task.sleep(for: .milliseconds(50)) }
+        #expect(!spool.hasUnsyncedData, "no flusher round within 15 s")
         #expect(spool.durableSequence == 1, "the flusher's round covered it")
         let more = try spool.append([entry("a", "2"), entry("b", "3")])
         try spool.sync()

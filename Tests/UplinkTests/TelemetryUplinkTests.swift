@@ -1,4 +1,5 @@
 import FieldgateCore
+import Glibc
 import HubEmulator
 import HubTestSupport
 import IoTHub
@@ -99,5 +100,27 @@ struct TelemetryUplinkTests {
         #expect(status.connections[0].opens >= 3, "a drop and a restart mean at least two reconnects")
         await h.stop()
         await restarted.stop()
+    }
+
+    /// The harness itself: a test that throws half-way leaves no uplink running behind it (under emulation one kept
+    /// retrying a closed port and slowed every test after it). Its stop runs with the hub's.
+    @Test func aThrowingTestStillStopsItsUplink() async throws {
+        struct HalfWay: Error {}
+        var harness: UplinkHarness?
+        await #expect(throws: HalfWay.self) {
+            try await withHub { hub in
+                let leaves = try await createLeaves(hub, count: 1)
+                let h = try UplinkHarness(hub: hub, leaves: leaves)
+                harness = h
+                h.uplink.start()
+                try await eventually(20, "the leaf ready") { await h.uplink.status().count(.ready) == 1 }
+                throw HalfWay()
+            }
+        }
+        let h = try #require(harness)
+        #expect(throws: SpoolError.self, "the harness's spool was closed, so its uplink was stopped before it") {
+            try h.spool.append([Spool.Entry(leaf: "leaf-0", acquiredAtMs: 0, payload: [1])])
+        }
+        #expect(access(h.spoolDirectory, F_OK) != 0, "its directory removed")
     }
 }

@@ -35,6 +35,7 @@ final class UplinkHarness: Sendable {
         var randomNumber: @Sendable () -> Double = { Double.random(in: 0..<1) }
         if let random { randomNumber = random }
         uplink = try Uplink(configuration: config, leaves: leaves, spool: spool, router: router, logger: logger, nowMs: nowMs, random: randomNumber)
+        hub.onStop { [self] in await stop() }
     }
 
     /// TLS to the hub's AMQPS port, verifying its certificate against the test CA; unpaced, quick retries.

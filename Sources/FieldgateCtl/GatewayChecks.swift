@@ -60,7 +60,7 @@ struct GatewayChecks {
         results.append(fileAccess(files: settings.files + [GatewaySettings.secretsPath(configPath: configPath)]))
         results.append(clock())
         if let provisioning = settings.provisioning {
-            results += provisioningChecks(provisioning, settings: settings)
+            results += await provisioningChecks(provisioning, settings: settings)
             // The hub checks below go to the gateway's hub: the configured one, else the one DPS assigned it.
             let store = AssignmentStore(path: provisioning.storePath)
             let assigned = store.entries[settings.gatewayLeaf.deviceID]?.hub
@@ -111,23 +111,11 @@ struct GatewayChecks {
         return results
     }
 
-    /// The DPS endpoint (DNS, TCP, TLS as fieldgated checks it) and what the stored assignments say.
-    func provisioningChecks(_ p: ProvisioningConfiguration, settings: GatewaySettings) -> [CheckResult] {
+    /// The DPS endpoint (DNS, TCP, TLS as fieldgated checks it; through the proxy when one is set, as fieldgated
+    /// reaches DPS) and what the stored assignments say.
+    func provisioningChecks(_ p: ProvisioningConfiguration, settings: GatewaySettings) async -> [CheckResult] {
         var results: [CheckResult] = []
-        let parts = p.endpoint.split(separator: ":", maxSplits: 1).map(String.init)
-        let host = parts[0], port = parts.count == 2 ? Int(parts[1]) ?? 443 : 443
-        let dns = resolve(host: host, port: port)
-        if let address = dns.addresses.first {
-            let tcp = connectTCP(address, label: "\(host):\(port)")
-            if tcp.fd >= 0 {
-                let tls = probeTLS(fd: tcp.fd, hostName: host, caFile: p.https.caFile)
-                results.append(CheckResult(name: "dps", verdict: tls.verdict, detail: "\(p.endpoint) (id scope \(p.idScope)): \(tls.detail)", hint: tls.hint))
-            } else {
-                results.append(CheckResult(name: "dps", verdict: .fail, detail: tcp.result.detail, hint: "DPS is reached over HTTPS (443); check the firewall or [hub] proxy"))
-            }
-        } else {
-            results.append(CheckResult(name: "dps", verdict: .fail, detail: dns.result.detail, hint: "check provisioning.global_endpoint and DNS"))
-        }
+        results.append(p.https.proxy.mayUseProxy ? await dpsThroughProxy(p) : dpsDirect(p))
         let identities = ([settings.gatewayLeaf] + settings.leaves).compactMap { GatewaySettings.provisioningIdentity($0) }
         let store = AssignmentStore(path: p.storePath)
         let assigned = identities.filter { store.entries[$0.registrationID] != nil }
@@ -142,6 +130,42 @@ struct GatewayChecks {
                                        hint: "fieldgated registers the others at start and retries; fieldgatectl devices shows why DPS refused one (provisioning-refused)"))
         }
         return results
+    }
+
+    /// DNS, TCP and TLS to DPS, with the TLS probe's certificate details.
+    private func dpsDirect(_ p: ProvisioningConfiguration) -> CheckResult {
+        let parts = p.endpoint.split(separator: ":", maxSplits: 1).map(String.init)
+        let host = parts[0], port = parts.count == 2 ? Int(parts[1]) ?? 443 : 443
+        let dns = resolve(host: host, port: port)
+        guard let address = dns.addresses.first else {
+            return CheckResult(name: "dps", verdict: .fail, detail: dns.result.detail, hint: "check provisioning.global_endpoint and DNS")
+        }
+        let tcp = connectTCP(address, label: "\(host):\(port)")
+        guard tcp.fd >= 0 else {
+            return CheckResult(name: "dps", verdict: .fail, detail: tcp.result.detail, hint: "DPS is reached over HTTPS (443); check the firewall or [hub] proxy")
+        }
+        let tls = probeTLS(fd: tcp.fd, hostName: host, caFile: p.https.caFile)
+        return CheckResult(name: "dps", verdict: tls.verdict, detail: "\(p.endpoint) (id scope \(p.idScope)): \(tls.detail)", hint: tls.hint)
+    }
+
+    /// DPS over HTTPS through the proxy, with fieldgated's own settings (libcurl: the proxy's CONNECT and
+    /// authentication, then TLS verified against the same trust). A site behind a proxy usually cannot resolve or
+    /// reach DPS directly, so a direct probe would fail where fieldgated succeeds. Any HTTP answer means the way is
+    /// open: the request carries no registration.
+    private func dpsThroughProxy(_ p: ProvisioningConfiguration) async -> CheckResult {
+        var https = p.https
+        https.timeoutMilliseconds = Int(timeoutSeconds) * 3_000
+        let url = "https://\(p.endpoint)/"
+        let result = await offCooperativePool { [https] in HTTPSClient.perform("GET", url, settings: https) }
+        let via = "proxy: \(https.proxy)"
+        switch result {
+        case .success(let response):
+            return CheckResult(name: "dps", verdict: .pass,
+                               detail: "\(p.endpoint) (id scope \(p.idScope), \(via)): TLS verified against \(https.caFile ?? "the system's trust store"), HTTP \(response.status)")
+        case .failure(let error):
+            return CheckResult(name: "dps", verdict: .fail, detail: "\(p.endpoint) (\(via)): \(error)",
+                               hint: "[hub] proxy, the proxy password in the secrets file ([proxy] password), or https_proxy in the service's environment; DPS is reached over HTTPS (443)")
+        }
     }
 
     /// DNS, TCP and TLS to the AMQPS port; true when all passed.

@@ -20,6 +20,31 @@ public enum ProxySetting: Sendable, Equatable {
     case url(String, user: String?, password: String?)
 }
 
+extension ProxySetting: CustomStringConvertible {
+    /// For logs and status: never the password.
+    public var description: String {
+        switch self {
+        case .environment: return "from the environment (https_proxy) if set"
+        case .direct: return "none"
+        case .url(let url, let user, _): return user.map { "\(url) as \($0)" } ?? url
+        }
+    }
+
+    /// Whether requests may go through a proxy: one is named, or the environment names one (curl then still
+    /// applies `no_proxy`).
+    public var mayUseProxy: Bool {
+        switch self {
+        case .direct: return false
+        case .url: return true
+        case .environment:
+            for name in ["https_proxy", "HTTPS_PROXY"] {
+                if let value = getenv(name), value.pointee != 0 { return true }
+            }
+            return false
+        }
+    }
+}
+
 /// How a WebSocket tunnel reaches the hub. Owned by this module; the uplink fills it in.
 public struct WebSocketTunnelConfiguration: Sendable, Equatable {
     /// The hub's name: SNI, the certificate's name, the Host header and the proxy's CONNECT target.
@@ -47,13 +72,7 @@ public struct WebSocketTunnelConfiguration: Sendable, Equatable {
     public init(hostName: String) { self.hostName = hostName }
 
     /// The proxy for logs and status: never the password.
-    public var proxyDescription: String {
-        switch proxy {
-        case .environment: return "from the environment (https_proxy) if set"
-        case .direct: return "none"
-        case .url(let url, let user, _): return user.map { "\(url) as \($0)" } ?? url
-        }
-    }
+    public var proxyDescription: String { proxy.description }
 }
 
 /// AMQP's byte stream over a WebSocket (RFC 6455, binary messages) over TLS over TCP, through an HTTP proxy when

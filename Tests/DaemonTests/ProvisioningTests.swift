@@ -51,7 +51,7 @@ struct ProvisioningTests {
 
         /// A gateway directory: [hub] names no host, only where the two hubs are reached; `[provisioning]` has the id
         /// scope and the group; the secrets hold the group key. `leaves` are UDP leaves.
-        func gatewayDirectory(leaves: [String], extraSecrets: String = "", extraLeaves: String = "",
+        func gatewayDirectory(leaves: [String], extraSecrets: String = "", extraLeaves: String = "", extraHub: String = "",
                               gateway: String = "device_id = \"gw-provisioned\"") throws -> (String, Int) {
             let dir = directory + "/gateway-\(UInt32.random(in: 0...UInt32.max))"
             try FileManager.default.createDirectory(atPath: dir + "/devices.d", withIntermediateDirectories: true)
@@ -62,6 +62,7 @@ struct ProvisioningTests {
                 ca_file = "\(certificates.caCertificate)"
                 addresses = { "hub-a.test" = "127.0.0.1:\(hubA.running.amqpsPort!)", "hub-b.test" = "127.0.0.1:\(hubB.running.amqpsPort!)" }
                 attaches_per_second = 200
+                \(extraHub)
                 [provisioning]
                 id_scope = "\(dps.configuration.idScope)"
                 global_endpoint = "localhost:\(dpsPort)"
@@ -92,6 +93,34 @@ struct ProvisioningTests {
             await hubB.stop()
             try? FileManager.default.removeItem(atPath: directory)
         }
+    }
+
+    @Test("fieldgatectl check reaches DPS through the configured proxy (tinyproxy, Basic authentication), as fieldgated does; a proxy that refuses the credentials fails the check, naming the proxy")
+    func checkReachesDPSThroughTheProxy() async throws {
+        let fleet = try await Fleet.start()
+        defer { Task { await fleet.stop() } }
+        let proxy = try TestProxy.start()
+        defer { proxy.stop() }
+        let proxyURL = "http://\(TestProxy.user)@" + proxy.url.dropFirst("http://".count)
+        func check(password: String) async throws -> String {
+            let (dir, _) = try fleet.gatewayDirectory(leaves: ["leaf-000"], extraSecrets: "[proxy]\npassword = \"\(password)\"\n",
+                                                      extraHub: "proxy = \"\(proxyURL)\"")
+            let out = dir + "/check.out"
+            _ = await blockingSystem("'\(productPath("fieldgatectl"))' check --config '\(dir)/fieldgate.toml' >'\(out)' 2>&1")
+            return (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
+        }
+        let passed = try await check(password: TestProxy.password)
+        let dpsLine = passed.split(separator: "\n").first { $0.contains(" dps ") }.map(String.init) ?? ""
+        #expect(dpsLine.hasPrefix("✓") && dpsLine.contains("localhost:\(fleet.dpsPort) (id scope")
+                && dpsLine.contains("proxy: \(proxy.url) as \(TestProxy.user)") && dpsLine.contains("TLS verified"), "\(passed)")
+        #expect(proxy.log().contains("CONNECT localhost:\(fleet.dpsPort)"), "through the proxy: \(proxy.log())")
+        #expect(!passed.contains(TestProxy.password), "the proxy password is never printed")
+
+        // DPS itself is reachable on loopback, so only the proxy can fail this one.
+        let refused = try await check(password: "not-the-password")
+        let refusedLine = refused.split(separator: "\n").first { $0.contains(" dps ") }.map(String.init) ?? ""
+        #expect(refusedLine.hasPrefix("✗") && refusedLine.contains("proxy: \(proxy.url) as \(TestProxy.user)"), "\(refused)")
+        #expect(refused.contains("[proxy] password"), "the hint names where the password goes: \(refused)")
     }
 
     @Test("an empty fleet: the gateway provisions itself and 200 leaves over two hubs (two connections), delivers; a restart reuses the assignments; a deleted leaf is provisioned again; a refused identity leaves the others unaffected")

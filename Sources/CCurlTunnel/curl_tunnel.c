@@ -70,6 +70,10 @@ int fg_tunnel_open(const fg_tunnel_options *o, fg_tunnel **out, char *err, size_
     fg_curl_cancellable(c, o->cancel);
     curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
     fg_curl_tls_and_proxy(c, o->ca_file, o->verify_peer, o->proxy, o->proxy_user, o->proxy_password);
+    if (o->client_cert && o->client_key) {
+        curl_easy_setopt(c, CURLOPT_SSLCERT, o->client_cert);
+        curl_easy_setopt(c, CURLOPT_SSLKEY, o->client_key);
+    }
     CURLcode rc = curl_easy_perform(c);
     curl_slist_free_all(targets);  /* used only while connecting */
     if (rc != CURLE_OK) {

@@ -19,9 +19,10 @@ public struct HubServerConfiguration: Sendable {
     /// Plain AMQP port, only when explicitly enabled (tests). Default: nil.
     public var amqpPort: Int?
     public var tls: AMQPServerTLS?
-    /// AMQPS asks devices for a client certificate without requiring one, as IoT Hub does, so X.509 devices can
-    /// authenticate (NIO's TLS in front of Proton). false: Proton's own TLS, which takes SAS devices only; it spends
-    /// less CPU per message, which the throughput benchmarks want from the hub they measure against. Default: true.
+    /// AMQPS and the HTTPS port's WebSockets ask devices for a client certificate without requiring one, as IoT Hub
+    /// does, so X.509 devices can authenticate (NIO's TLS in front of Proton). false: Proton's own TLS on AMQPS and no
+    /// certificate asked for on HTTPS, which takes SAS devices only; it spends less CPU per message, which the
+    /// throughput benchmarks want from the hub they measure against. Default: true.
     public var clientCertificates = true
     /// Service API (HTTP) port. Default: 8080.
     public var httpPort = 8080
@@ -134,9 +135,22 @@ public final class HubServer: Service, Sendable {
         let httpsPromise = PortPromise()
         if let httpsPort = configuration.httpsPort {
             guard let tls = configuration.tls else { throw HubError(.badRequest, "the HTTPS service API needs the hub's TLS certificate") }
-            let tlsConfiguration = TLSConfiguration.makeServerConfiguration(
+            var tlsConfiguration = TLSConfiguration.makeServerConfiguration(
                 certificateChain: try NIOSSLCertificate.fromPEMFile(tls.certificateFile).map { .certificate($0) },
                 privateKey: .privateKey(try NIOSSLPrivateKey(file: tls.privateKeyFile, format: .pem)))
+            // X.509 devices over WebSockets, as on AMQPS: a certificate is asked for, not required, and any passes the
+            // handshake (the links decide); no system trust store is loaded (`DeviceTLSListener`).
+            let presented = configuration.clientCertificates ? PresentedChains() : nil
+            var verify: TLSChannelConfiguration.CustomVerificationCallback?
+            if let presented {
+                tlsConfiguration.certificateVerification = .optionalVerification
+                tlsConfiguration.trustRoots = .certificates([])
+                verify = { certificates, promise in
+                    presented.remember(certificates.compactMap { try? $0.toDERBytes() })
+                    promise.succeed(.certificateVerified)
+                }
+            }
+            let channelTLS = TLSChannelConfiguration(tlsConfiguration: tlsConfiguration, customVerificationCallback: verify)
             let router = api.router()
             router.middlewares.add(AMQPWebSocketEndpoint.RefusalMiddleware())
             var listenerConfig = AMQPListenerConfiguration(tls: nil)
@@ -145,11 +159,12 @@ public final class HubServer: Service, Sendable {
                 ws: .init(maxFrameSize: 1 << 20, autoPing: .disabled))  // the real hub sends no WebSocket pings
             services.append(Application(
                 router: router,
-                server: try .tls(.http1WebSocketUpgrade(configuration: webSocket) { [self, reactor, listenerConfig] request, _, _ in
-                    AMQPWebSocketEndpoint.shouldUpgrade(
+                server: try .tls(.http1WebSocketUpgrade(configuration: webSocket) { [self, reactor, listenerConfig] request, channel, _ in
+                    let chain = presented?.chain(of: channel)
+                    return AMQPWebSocketEndpoint.shouldUpgrade(
                         request, accepting: !state.withLock { $0.refusing || $0.stopped }, reactor: reactor, configuration: listenerConfig,
-                        makeHandler: { HubConnection(core: core) })
-                }, tlsConfiguration: tlsConfiguration),
+                        makeHandler: { HubConnection(core: core, clientCertificate: chain) })
+                }, configuration: channelTLS),
                 configuration: .init(address: .hostname(configuration.bindHost, port: httpsPort), serverName: "fieldgate-hub"),
                 onServerRunning: { channel in httpsPromise.complete(.success(channel.localAddress?.port ?? 0)) },
                 logger: httpLogger

@@ -3,6 +3,7 @@ import Hummingbird
 import HummingbirdWebSocket
 import Logging
 import NIOCore
+import NIOSSL
 import NIOWebSocket
 import ProtonAMQP
 import Synchronization
@@ -49,6 +50,29 @@ enum AMQPWebSocketEndpoint {
     }
 }
 
+/// The certificate chains devices presented at the HTTPS port's TLS, by their leaf certificate. IoT Hub takes X.509
+/// devices over WebSockets as over AMQPS (the handshake asks for a certificate without requiring one); Hummingbird's
+/// verification callback sees a handshake's whole chain but not its connection, and the upgrade sees the
+/// connection's leaf certificate only, so the chain is looked up by its leaf.
+final class PresentedChains: Sendable {
+    private let chains = Mutex<[[UInt8]: [[UInt8]]]>([:])
+
+    /// From the verification callback: any chain passes the handshake; which device it proves is decided per link.
+    func remember(_ chain: [[UInt8]]) {
+        guard let leaf = chain.first else { return }
+        chains.withLock { c in
+            if c.count >= 4096 { c.removeAll() }  // a bound; a device presents its chain again when it reconnects
+            c[leaf] = chain
+        }
+    }
+
+    /// At the upgrade, on the channel's event loop: what this connection presented, nil when nothing.
+    func chain(of channel: any Channel) -> ClientCertificateChain? {
+        guard let ssl = try? channel.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self),
+              let leaf = try? ssl.peerCertificate?.toDERBytes() else { return nil }
+        return ClientCertificateChain(certificates: chains.withLock { $0[leaf] } ?? [leaf])
+    }
+}
 
 /// One upgraded WebSocket as Proton's byte stream: binary frames in, binary frames out.
 final class ServerWebSocketStream: AMQPByteStream {

@@ -132,7 +132,7 @@ public enum HTTPSClient {
 }
 
 /// C copies of strings for one libcurl call, freed together when the arena goes.
-private final class CStringArena {
+final class CStringArena {
     private var copies: [UnsafeMutablePointer<CChar>] = []
     func copy(_ s: String?) -> UnsafePointer<CChar>? {
         guard let s, let c = strdup(s) else { return nil }

@@ -60,6 +60,10 @@ public struct WebSocketTunnelConfiguration: Sendable, Equatable {
     /// Verify the hub's certificate and name. Turning it off is for tests only.
     public var verifyPeer = true
     public var proxy: ProxySetting = .environment
+    /// A client certificate (PEM, with its chain) and its key, presented at TLS: an X.509 identity authenticates by
+    /// it, over WebSockets as over AMQPS. nil: none.
+    public var clientCertificateFile: String?
+    public var clientKeyFile: String?
     /// TCP, proxy and TLS together. Default: 30 s.
     public var connectTimeoutMilliseconds = 30_000
     /// A WebSocket ping after this much silence from us, for proxies that cut idle tunnels; nil: none (AMQP's
@@ -279,23 +283,13 @@ public final class WebSocketTunnel: AMQPByteStream, @unchecked Sendable {
         case .direct: proxyURL = ""
         case .url(let url, let u, let p): (proxyURL, user, password) = (url, u, p)
         }
-        let rc = withOptionalCString(c.address) { address in
-            withOptionalCString(c.caFile) { ca in
-                withOptionalCString(proxyURL) { proxy in
-                    withOptionalCString(user) { user in
-                        withOptionalCString(password) { password in
-                            c.hostName.withCString { host in
-                                var options = fg_tunnel_options(
-                                    host: host, port: Int32(c.port), address: address, ca_file: ca, verify_peer: c.verifyPeer,
-                                    proxy: proxy, proxy_user: user, proxy_password: password,
-                                    connect_timeout_ms: c.connectTimeoutMilliseconds, cancel: UnsafePointer(cancel))
-                                return fg_tunnel_open(&options, &tunnel, &error, error.count, &proxyStatus)
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        let strings = CStringArena()
+        var options = fg_tunnel_options(
+            host: strings.copy(c.hostName), port: Int32(c.port), address: strings.copy(c.address), ca_file: strings.copy(c.caFile),
+            verify_peer: c.verifyPeer, proxy: strings.copy(proxyURL), proxy_user: strings.copy(user), proxy_password: strings.copy(password),
+            connect_timeout_ms: c.connectTimeoutMilliseconds, cancel: UnsafePointer(cancel),
+            client_cert: strings.copy(c.clientCertificateFile), client_key: strings.copy(c.clientKeyFile))
+        let rc = withExtendedLifetime(strings) { fg_tunnel_open(&options, &tunnel, &error, error.count, &proxyStatus) }
         guard rc == 0, let tunnel else {
             let text = cString(error)
             return .failure(Self.openingError(text, proxyStatus: proxyStatus, configuration: c))
@@ -388,11 +382,6 @@ private struct Pump {
         }
         return .success(received)
     }
-}
-
-func withOptionalCString<R>(_ s: String?, _ body: (UnsafePointer<CChar>?) -> R) -> R {
-    guard let s else { return body(nil) }
-    return s.withCString { body($0) }
 }
 
 /// The text in a C string buffer.

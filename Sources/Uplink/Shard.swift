@@ -174,7 +174,11 @@ final class Shard: @unchecked Sendable {
             client.virtualHost = route.host
             ref = engine.reactor.connect(host: address, port: port, configuration: client, handler: attempt)
         case .webSocket:
-            let tunnel = c.tunnelConfiguration(host: route.host)
+            var tunnel = c.tunnelConfiguration(host: route.host)
+            if case .x509(let certificate, let key)? = certificateCredential {
+                tunnel.clientCertificateFile = certificate
+                tunnel.clientKeyFile = key
+            }
             var client = AMQPClientConfiguration(tls: nil)
             client.idleTimeoutMilliseconds = c.idleTimeoutMilliseconds
             client.virtualHost = route.host

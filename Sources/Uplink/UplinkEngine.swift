@@ -81,9 +81,8 @@ final class UplinkEngine: @unchecked Sendable {
     private func addShard(_ runtimes: [LeafRuntime], hubHost: String?) -> Shard {
         let index = shards.count
         for leaf in runtimes { leafShard[leaf.deviceID] = index }
-        // A certificate identity's connection carries its certificate over AMQPS (WebSockets go through libcurl's TLS).
-        let certificate = runtimes.contains { $0.configuration.credential.isCertificate }
-        let routes = configuration.routes(for: hubHost).filter { !certificate || $0.kind == .amqps }
+        // A certificate identity's connection presents its certificate at TLS on either route (AMQPS or WebSockets).
+        let routes = configuration.routes(for: hubHost)
         let shard = Shard(engine: self, index: index, hubHost: hubHost, leaves: runtimes,
                           connectionMachine: ConnectionMachine(backoff: configuration.reconnectBackoff,
                                                                connectTimeoutMilliseconds: configuration.operationTimeoutMilliseconds,

@@ -50,7 +50,7 @@ struct Serve: AsyncParsableCommand {
     var twinChangeEvents = false
     @Flag(help: "No storage account for file upload: device file-upload requests are refused with 400022, as by a hub without one.")
     var noStorage = false
-    @Flag(help: "AMQPS with Proton's own TLS: no client certificates, so no X.509 devices, but less CPU per message (the throughput benchmarks use it so the hub stays out of their way).")
+    @Flag(help: "AMQPS with Proton's own TLS and no client certificate asked for on the HTTPS port: no X.509 devices, but less CPU per message (the throughput benchmarks use it so the hub stays out of their way).")
     var noClientCertificates = false
     @Option(help: "Serve the Device Provisioning Service (HTTPS, the AMQPS certificate) on this port, linked to this hub and every --linked-hub; devices register at https://{host}:{port}/{id-scope}/registrations/{id}/register.")
     var dpsPort: Int?

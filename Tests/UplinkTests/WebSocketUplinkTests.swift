@@ -138,6 +138,60 @@ struct WebSocketUplinkTests {
         await hub.stop()
     }
 
+    /// X.509 identities over WebSockets, as IoT Hub takes them: each presents its certificate at the tunnel's TLS,
+    /// through the authenticating proxy, on a connection of its own (no CBS); by thumbprint and CA-signed. One the
+    /// hub does not know is refused with the hub's reason while the others carry on.
+    @Test func x509LeavesOverWebSocketsThroughTheProxy() async throws {
+        let proxy = try TestProxy.start()
+        defer { proxy.stop() }
+        try await withHub(configure: { $0.httpsPort = 0 }) { hub in
+            let dir = hub.directory + "/x509"
+            let selfSigned = try LocalCertificates.createDeviceCertificate(in: dir + "/self", deviceID: "x509-self")
+            let issued = try LocalCertificates.createDeviceCertificate(in: dir + "/issued", deviceID: "x509-ca", issuer: hub.certificates)
+            let stranger = try LocalCertificates.createDeviceCertificate(in: dir + "/stranger", deviceID: "x509-stranger")
+            let caPEM = try String(contentsOfFile: hub.certificates.caCertificate, encoding: .utf8)
+            try await hub.core.perform { core in
+                try core.upsertX509Device(id: "x509-self", status: nil, .selfSigned(primaryThumbprint: selfSigned.thumbprintSHA1, secondaryThumbprint: nil))
+                try core.upsertX509Device(id: "x509-ca", status: nil, .certificateAuthority)
+                try core.upsertX509Device(id: "x509-stranger", status: nil,
+                                          .selfSigned(primaryThumbprint: String(repeating: "AB", count: 20), secondaryThumbprint: nil))
+                _ = try core.putCACertificate(name: "fleet", pem: caPEM, verified: true)
+            }
+            let sas = try await createLeaves(hub, count: 1)
+            let certified = [("x509-self", selfSigned), ("x509-ca", issued), ("x509-stranger", stranger)].map {
+                LeafConfiguration(deviceID: $0.0, credential: .x509(certificateFile: $0.1.certificate, keyFile: $0.1.key))
+            }
+            let h = try UplinkHarness(hub: hub, leaves: sas + certified) {
+                webSocket(hub, &$0)
+                $0.webSocket.proxy = .url(proxy.url, user: TestProxy.user, password: TestProxy.password)
+            }
+            h.uplink.start()
+            let known = ["leaf-0", "x509-self", "x509-ca"]
+            try await eventually(20, "the SAS leaf and both known certificates ready, the stranger refused") {
+                let s = await h.uplink.status()
+                return known.allSatisfy { s.leaves[$0]?.phase == .ready } && s.leaves["x509-stranger"]?.phase == .refused
+            }
+            let status = await h.uplink.status()
+            #expect(status.leaves["x509-stranger"]?.lastError?.contains("thumbprint matches neither") == true,
+                    "\(String(describing: status.leaves["x509-stranger"]?.lastError))")
+            #expect(status.connections.count == 4 && status.connections.allSatisfy { $0.transport == "amqps-websocket" },
+                    "one connection for the SAS leaf, one per certificate: \(status.connections.map { ($0.transport, $0.leaves) })")
+            // curl asks the proxy for the address it connects to (the harness's 127.0.0.1) or for the hub's name.
+            let tunnels = ["localhost", "127.0.0.1"].map { proxy.log().components(separatedBy: "CONNECT \($0):\(hub.running.httpsPort!)").count - 1 }
+            #expect(tunnels.reduce(0, +) >= 4, "every connection went through the proxy: \(proxy.log())")
+
+            let ids = try h.append(known.map { (leaf: $0, json: #"{"from":"\#($0)"}"#, properties: [:]) })
+            try await eventually(15, "a message of each at the hub") { try await hub.core.perform { $0.acceptedEventCount } == 3 }
+            let events = try await allEvents(hub)
+            #expect(Set(events.compactMap { $0.systemProperties["message-id"] }) == Set(ids))
+            for device in ["x509-self", "x509-ca"] {
+                let method = events.first { $0.deviceId == device }?.annotations[IoTHubAMQP.connectionAuthMethod] ?? ""
+                #expect(method.contains(#""type":"x509""#), "\(device): \(method)")
+            }
+            await h.stop()
+        }
+    }
+
     /// A TLS peer that is not the hub (another certificate) is refused before any token leaves.
     @Test func foreignCertificateIsRefused() async throws {
         try await withHub(configure: { $0.httpsPort = 0 }) { hub in

@@ -20,6 +20,8 @@ typedef struct fg_tunnel_options {
     const char *proxy_password;
     long connect_timeout_ms;   /* TCP + proxy + TLS */
     const volatile int *cancel;/* non-zero aborts the opening */
+    const char *client_cert;   /* PEM client certificate with its chain (X.509 authentication); NULL: none */
+    const char *client_key;    /* its PEM private key */
 } fg_tunnel_options;
 
 /* 0 on success. On failure *out stays NULL, err holds a sentence, and *proxy_status the proxy's HTTP status when

@@ -45,20 +45,8 @@ final class Shard: @unchecked Sendable {
     static let leavesPerSession = 100
     private var leafSessions: [(session: AMQPSession, leaves: Int)]?
     private var sessionOfLeaf: [String: Int] = [:]
-    private var cbsSender: AMQPLink?
-    private var cbsReceiver: AMQPLink?
-    private var cbsQueue: [(leaf: String, bytes: [UInt8])] = []
-    /// Outstanding put-tokens: for one leaf, or for a hub-scope policy token shared by many.
-    private enum TokenOwner { case leaf(String), policy(String) }
-    private var cbsPending: [UInt64: TokenOwner] = [:]
-    /// Hub-scope policy tokens of this connection (one per policy), renewed by the shard itself.
-    private struct SharedToken {
-        var renewAtMs: Int64 = 0
-        var pendingID: UInt64?
-        var waiting: [String] = []
-    }
-    private var sharedTokens: [String: SharedToken] = [:]
-    private var nextCBSID: UInt64 = 0
+    /// The CBS links and put-tokens of this connection (Shard+CBS.swift).
+    var cbs = ShardCBS()
 
     var roles: [AMQPObjectID: Role] = [:]
     /// Links closed on our side whose detach from the hub has not come yet: freed when it does (`retire`).
@@ -218,7 +206,7 @@ final class Shard: @unchecked Sendable {
         admitCursor = leafOrder.isEmpty ? 0 : admitCursor % leafOrder.count
         detachLinks(leaf)
         if let i = sessionOfLeaf.removeValue(forKey: id) { leafSessions?[i].leaves -= 1 }
-        for policy in sharedTokens.keys { sharedTokens[policy]?.waiting.removeAll { $0 == id } }
+        cbs.forget(id)
         if certificateCredential != nil && leaves.isEmpty {
             retired = true
             closeReason = "its certificate identity left"
@@ -249,7 +237,8 @@ final class Shard: @unchecked Sendable {
             machine.opened(nowMs: engine.nowMs())
             logger.info("uplink[\(index)]: connected to \(machine.route) (\(leafOrder.count) leaves)")
             // An X.509 identity authenticated at TLS: no CBS (as the Azure C SDK in X.509 mode).
-            if certificateCredential == nil { openCBS(on: connection) } else { leafSessions = [] }
+            if certificateCredential == nil { openCBS(on: connection) }
+            leafSessions = []
             for leaf in leaves.values { leaf.machine.connectionOpened() }
             engine.leavesQueued(self)
         case .connectionClosed(let condition):
@@ -318,13 +307,9 @@ final class Shard: @unchecked Sendable {
         connection = nil
         // Unsettled deliveries have an unknown fate: the spool still holds them in flight; give every one back.
         var released = unsettled.values.flatMap(\.sequences)
-        cbsSender = nil
-        cbsReceiver = nil
+        cbs = ShardCBS()
         leafSessions = nil
         sessionOfLeaf = [:]
-        cbsQueue = []
-        cbsPending = [:]
-        sharedTokens = [:]
         roles = [:]
         retiring = []
         unsettled = [:]
@@ -345,138 +330,6 @@ final class Shard: @unchecked Sendable {
         logger.log(level: level, "uplink[\(index)]: \(wasOpen ? "connection lost" : "cannot connect") (\(failedRoute)): \(error); retrying in \(max(0, machine.retryAtMs - engine.nowMs())) ms")
         if let moved, !engine.stopping {
             logger.warning("uplink[\(index)]: \(failedRoute) failed \(machine.failuresBeforeNextRoute) times in a row; trying \(moved) next")
-        }
-    }
-
-    // MARK: CBS
-
-    private func openCBS(on connection: AMQPConnection) {
-        let session = connection.openSession()
-        let sender = session.sender(name: "$cbs-sender")
-        sender.setTarget(IoTHubAMQP.cbsAddress)
-        sender.setSource("$cbs-sender")
-        sender.open()
-        let receiver = session.receiver(name: "$cbs-receiver")
-        receiver.setSource(IoTHubAMQP.cbsAddress)
-        receiver.setTarget("$cbs-receiver")
-        receiver.open()
-        receiver.flow(200)
-        roles[sender.id] = .cbsSender
-        roles[receiver.id] = .cbsReceiver
-        leafSessions = []
-        cbsSender = sender
-        cbsReceiver = receiver
-    }
-
-    private func putToken(for leaf: LeafRuntime, slot: LeafMachine.KeySlot) {
-        guard let policy = leaf.configuration.hubScopePolicy else {
-            if let id = sendPutToken(for: leaf.configuration, slot: slot) { cbsPending[id] = .leaf(leaf.deviceID) }
-            return
-        }
-        var shared = sharedTokens[policy, default: SharedToken()]
-        if shared.pendingID == nil && engine.nowMs() < shared.renewAtMs {
-            // The connection's policy token already covers this leaf.
-            if leaf.machine.phase == .ready { leaf.counters.tokenRenewals += 1 }
-            perform(leaf.machine.tokenAnswered(status: 200, description: "OK (hub-scope token)", nowMs: engine.nowMs(), random: engine.random()), for: leaf)
-            return
-        }
-        shared.waiting.append(leaf.deviceID)
-        if shared.pendingID == nil {
-            shared.pendingID = sendPutToken(for: leaf.configuration, slot: slot)
-            if let id = shared.pendingID { cbsPending[id] = .policy(policy) }
-        }
-        sharedTokens[policy] = shared
-    }
-
-    /// Renews hub-scope tokens before they expire (their leaves' own renewals are answered from them).
-    private func renewSharedTokens(nowMs: Int64) {
-        for (policy, shared) in sharedTokens where shared.pendingID == nil && nowMs >= shared.renewAtMs {
-            guard let leaf = leaves.values.first(where: { $0.configuration.hubScopePolicy == policy }) else { continue }
-            sharedTokens[policy]?.pendingID = sendPutToken(for: leaf.configuration, slot: .primary)
-            if let id = sharedTokens[policy]?.pendingID { cbsPending[id] = .policy(policy) }
-        }
-    }
-
-    /// Queues a put-token on the CBS link; nil (and the leaf answered) when no token can be signed.
-    private func sendPutToken(for leaf: LeafConfiguration, slot: LeafMachine.KeySlot) -> UInt64? {
-        let nowMs = engine.nowMs()
-        // Rounded up, so the token lives at least the TTL the renewal schedule assumes.
-        let expiry = (nowMs + engine.configuration.tokenTTLSeconds * 1000 + 999) / 1000
-        let minter = TokenMinter(hostName: hostName)
-        let token: String
-        do { token = try minter.token(for: leaf, slot: slot, expiry: expiry) } catch {
-            // A key that is not base64 is a configuration error: the hub would refuse it too.
-            if let runtime = leaves[leaf.deviceID] {
-                perform(runtime.machine.tokenAnswered(status: 401, description: "cannot sign a token: \(error.message)", nowMs: nowMs, random: engine.random()), for: runtime)
-            }
-            return nil
-        }
-        let id = nextCBSID
-        nextCBSID += 1
-        var m = AMQPMessage()
-        m.messageID = .ulong(id)
-        m.applicationProperties = [
-            "operation": "put-token",
-            "type": .string(IoTHubAMQP.tokenTypeServiceBus),
-            "name": .string(minter.audience(for: leaf)),
-        ]
-        m.body = .value(.string(token))
-        logger.trace("uplink[\(index)]: put-token \(id) for \(leaf.deviceID)")
-        cbsQueue.append((leaf.deviceID, AMQPMessageCodec.encode(m)))
-        flushCBS()
-        return id
-    }
-
-    private func flushCBS() {
-        guard let sender = cbsSender else { return }
-        var sent = 0
-        while sent < cbsQueue.count, sender.credit > 0 {
-            sender.send(cbsQueue[sent].bytes, tag: nextDeliveryTag())
-            sent += 1
-        }
-        if sent > 0 { cbsQueue.removeFirst(sent) }
-    }
-
-    private func cbsReply(_ bytes: [UInt8], delivery: AMQPDelivery) {
-        delivery.dispose(.accepted)
-        cbsReceiver?.flow(1)
-        logger.trace("uplink[\(index)]: CBS reply \((try? AMQPMessageCodec.decode(bytes)).map { "\($0.correlationID as Any) \($0.applicationProperties)" } ?? "undecodable")")
-        guard let reply = try? AMQPMessageCodec.decode(bytes), case .ulong(let id)? = reply.correlationID,
-              let owner = cbsPending.removeValue(forKey: id)
-        else { return }
-        let status = reply.applicationProperties["status-code"]?.integerValue.map(Int.init) ?? 0
-        let description = reply.applicationProperties["status-description"]?.stringValue ?? ""
-        let nowMs = engine.nowMs()
-        let waiting: [String]
-        switch owner {
-        case .leaf(let id):
-            waiting = [id]
-        case .policy(let policy):
-            waiting = sharedTokens[policy]?.waiting ?? []
-            let c = engine.configuration
-            let renewFraction = max(0.1, c.tokenRenewFraction - c.tokenRenewJitter)
-            sharedTokens[policy] = (200..<300).contains(status)
-                ? SharedToken(renewAtMs: nowMs + Int64(Double(c.tokenTTLSeconds * 1000) * renewFraction))
-                : nil
-            if !(200..<300).contains(status) {
-                // The policy itself is refused: every leaf that relies on it hears so.
-                for leaf in leaves.values where leaf.configuration.hubScopePolicy == policy && leaf.machine.phase == .ready {
-                    perform(leaf.machine.linkDetached(condition: IoTHubAMQP.unauthorizedAccess, description: "hub-scope token refused: \(description)", nowMs: nowMs, random: engine.random()), for: leaf)
-                }
-            }
-        }
-        if !(200..<300).contains(status) {
-            logger.warning("uplink[\(index)]: put-token for \(waiting.first ?? "?")\(waiting.count > 1 ? " and \(waiting.count - 1) more" : "") answered \(status) \(description)",
-                           metadata: ["leaf": "\(waiting.first ?? "")", "hub_status": "\(status)", "hub_error": "put-token \(status)", "hub_error_description": "\(description)"])
-        }
-        for leafID in waiting {
-            guard let leaf = leaves[leafID] else { continue }
-            if !(200..<300).contains(status) {
-                leaf.counters.tokenFailures += 1
-            } else if leaf.machine.phase == .ready {
-                leaf.counters.tokenRenewals += 1
-            }
-            perform(leaf.machine.tokenAnswered(status: status, description: description, nowMs: nowMs, random: engine.random()), for: leaf)
         }
     }
 

@@ -94,7 +94,8 @@ public protocol LeafRouter: Sendable {
     /// nil: the leaf has no such method (answered 404).
     func invoke(_ call: MethodCall) async -> MethodResponse?
     /// The leaf's desired properties changed (the whole desired document, `$version` removed). Returns the
-    /// reported patch describing what was applied (nil: report nothing).
+    /// reported patch describing what was applied (nil: report nothing). Called for one leaf at a time, in the
+    /// hub's order; versions that came while a call ran may be skipped for the newest.
     func desiredProperties(_ desired: JSONValue, version: Int64, deviceID: String) async -> JSONValue?
 }
 

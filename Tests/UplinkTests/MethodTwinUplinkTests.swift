@@ -44,8 +44,69 @@ final class PointAdapter: LeafRouter {
     }
 }
 
+/// Records the desired versions it is handed and how many of its calls ran at once; holds calls while `holding`.
+final class HoldingTwinAdapter: LeafRouter {
+    struct State {
+        var versions: [Int64] = []
+        var running = 0
+        var mostAtOnce = 0
+        var holding = false
+        var held: [CheckedContinuation<Void, Never>] = []
+    }
+    let state = Mutex(State())
+
+    func cloudToDevice(_ message: C2DMessage) async -> C2DOutcome { .complete }
+    func invoke(_ call: MethodCall) async -> MethodResponse? { nil }
+
+    func desiredProperties(_ desired: JSONValue, version: Int64, deviceID: String) async -> JSONValue? {
+        let hold = state.withLock { s -> Bool in
+            s.versions.append(version)
+            s.running += 1
+            s.mostAtOnce = max(s.mostAtOnce, s.running)
+            return s.holding
+        }
+        if hold { await withCheckedContinuation { cont in state.withLock { $0.held.append(cont) } } }
+        state.withLock { $0.running -= 1 }
+        return ["config": ["appliedVersion": .int(version), "pollSeconds": desired["pollSeconds"] ?? .null]]
+    }
+
+    func release() {
+        for c in state.withLock({ s in s.holding = false; defer { s.held = [] }; return s.held }) { c.resume() }
+    }
+}
+
 @Suite("Uplink methods and twins")
 struct MethodTwinUplinkTests {
+    /// Desired documents reach a leaf's adapter one at a time and in the hub's order, even when the adapter is slow
+    /// and newer versions arrive meanwhile (a task per document once applied 1, 3, 4, then 2: the device ended on a
+    /// stale setpoint while the hub said otherwise). The last version is applied and reported.
+    @Test func desiredVersionsReachTheAdapterInOrderOneAtATime() async throws {
+        try await withHub { hub in
+            let leaves = try await createLeaves(hub, count: 1)
+            let adapter = HoldingTwinAdapter()
+            let h = try UplinkHarness(hub: hub, leaves: leaves, router: adapter)
+            h.uplink.start()
+            try await eventually(30, "the twin's first document applied") { adapter.state.withLock { $0.versions } == [1] }
+            adapter.state.withLock { $0.holding = true }
+            _ = try await hub.core.perform { try $0.patchTwin("leaf-0", patch: ["properties": ["desired": ["pollSeconds": 5]]]) }
+            try await eventually(10, "version 2 handed over and held") { adapter.state.withLock { $0.versions } == [1, 2] }
+            for poll in [6, 7] {
+                _ = try await hub.core.perform { try $0.patchTwin("leaf-0", patch: ["properties": ["desired": ["pollSeconds": .int(Int64(poll))]]]) }
+            }
+            try await Task.sleep(for: .milliseconds(300))  // the notifications reach the uplink while 2 is held
+            adapter.release()
+            try await eventually(10, "version 4 applied and reported") {
+                let reported = try await hub.core.perform { try $0.twinView("leaf-0") }["properties"]?["reported"]?["config"]
+                return reported?["appliedVersion"]?.intValue == 4 && reported?["pollSeconds"]?.intValue == 7
+            }
+            let s = adapter.state.withLock { $0 }
+            #expect(s.mostAtOnce == 1, "one call at a time: \(s.mostAtOnce)")
+            #expect(s.versions == s.versions.sorted() && Set(s.versions).count == s.versions.count && s.versions.last == 4,
+                    "in the hub's order, each once, the last one last: \(s.versions)")
+            await h.stop()
+        }
+    }
+
     private func invoke(_ hub: TestHub, _ device: String, _ name: String, _ payload: JSONValue) async throws -> (Int, JSONValue?) {
         let r = try await HubServiceClient(host: "127.0.0.1", port: hub.running.httpPort, authorization: nil)
             .request("POST", "/twins/\(device)/methods", body: ["methodName": .string(name), "payload": payload, "responseTimeoutInSeconds": 10])

@@ -160,11 +160,12 @@ struct GatewayChecks {
         let via = "proxy: \(https.proxy)"
         switch result {
         case .success(let response):
-            return CheckResult(name: "dps", verdict: .pass,
-                               detail: "\(p.endpoint) (id scope \(p.idScope), \(via)): TLS verified against \(https.caFile ?? "the system's trust store"), HTTP \(response.status)")
+            let tls = https.verifyPeer ? "TLS verified against \(https.caFile ?? "the system's trust store")" : "TLS not verified (verification is off)"
+            return CheckResult(name: "dps", verdict: https.verifyPeer ? .pass : .warn,
+                               detail: "\(p.endpoint) (id scope \(p.idScope), \(via)): \(tls), HTTP \(response.status)")
         case .failure(let error):
             return CheckResult(name: "dps", verdict: .fail, detail: "\(p.endpoint) (\(via)): \(error)",
-                               hint: "[hub] proxy, the proxy password in the secrets file ([proxy] password), or https_proxy in the service's environment; DPS is reached over HTTPS (443)")
+                               hint: "[hub] proxy, the proxy password in the secrets file ([proxy] password), or https_proxy (exported here as in the service's environment); DPS is reached over HTTPS (443)")
         }
     }
 

@@ -37,7 +37,7 @@ extension ProxySetting: CustomStringConvertible {
         case .direct: return false
         case .url: return true
         case .environment:
-            for name in ["https_proxy", "HTTPS_PROXY"] {
+            for name in ["https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"] {
                 if let value = getenv(name), value.pointee != 0 { return true }
             }
             return false

@@ -41,7 +41,7 @@ final class Shard: @unchecked Sendable {
 
     /// Leaves share sessions, `leavesPerSession` at most: Proton finds a new link's handle by scanning its session's
     /// handles, so one session for a thousand leaves' six thousand links made connecting quadratic, while a session
-    /// per leaf cost ~10 KB each. nil until the CBS links are opened on the connection.
+    /// per leaf cost ~10 KB each. nil until the connection opens.
     static let leavesPerSession = 100
     private var leafSessions: [(session: AMQPSession, leaves: Int)]?
     private var sessionOfLeaf: [String: Int] = [:]

@@ -147,6 +147,18 @@ public final class Uplink: Service, Sendable {
         try result.get()
     }
 
+    /// As `report`, from any thread without waiting: patches queued this way for one leaf reach its twin in the order
+    /// they were queued (a task per `report` could swap a leaf's `online: false` and `online: true`, and the
+    /// stale one would win the merge). A patch refused locally is logged at debug: adapters report every leaf's
+    /// state, and a leaf without a twin (its capabilities) refuses each.
+    public func queueReport(_ patch: JSONValue, for deviceID: String) {
+        _ = reactor.execute { [engine, logger] in
+            do throws(UplinkError) { try engine.report(patch, for: deviceID, id: nil) } catch {
+                logger.debug("uplink: \(deviceID): reported patch refused locally: \(error)")
+            }
+        }
+    }
+
     /// As `report`, then waits until the hub acknowledged the patch (seed 004 reports `lastReboot` this way).
     public func reportAndWait(_ patch: JSONValue, for deviceID: String, timeout: Duration = .seconds(30)) async throws(UplinkError) {
         let outcome: String? = await withCheckedContinuation { (cont: CheckedContinuation<String?, Never>) in

@@ -105,6 +105,7 @@ final class UplinkEngine: @unchecked Sendable {
             // A changed leaf comes back at once (below): its counts go on. A removed one's are forgotten.
             let changed = wanted[id] != nil
             if let s = leafShard.removeValue(forKey: id) { shards[s].withConnection { $0.removeLeaf(id, keepingCounters: changed) } }
+            desiredWaiting[id] = nil  // for the leaf that left; a changed one gets its twin again when it attaches
             if wanted[id] == nil { changes.removed.append(id) } else { changes.changed.append(id) }
         }
         for leaf in leaves where current[leaf.deviceID] != leaf {

@@ -371,10 +371,10 @@ final class WakeBox: Sendable {
     func wake() { uplink.withLock { $0 }?.wake() }
     /// A leaf an adapter could not reach spoke again.
     func reachable(_ leaf: String) { uplink.withLock { $0 }?.leafReachable(leaf) }
-    /// A reported patch for a leaf's twin (merged with others while the leaf is offline).
+    /// A reported patch for a leaf's twin (merged with others while the leaf is offline), in the order the adapter
+    /// made them.
     func report(_ patch: JSONValue, for leaf: String) {
-        guard let u = uplink.withLock({ $0 }) else { return }
-        Task { try? await u.report(patch, for: leaf) }
+        uplink.withLock { $0 }?.queueReport(patch, for: leaf)
     }
 }
 

@@ -77,6 +77,24 @@ final class HoldingTwinAdapter: LeafRouter {
 
 @Suite("Uplink methods and twins")
 struct MethodTwinUplinkTests {
+    /// Reported patches queued from an adapter's thread reach the twin in the order they were queued: the last
+    /// state wins, as it must for `online: false` then `online: true` (a task per patch could swap them).
+    @Test func queuedReportsKeepTheirOrder() async throws {
+        try await withHub { hub in
+            let leaves = try await createLeaves(hub, count: 1)
+            let h = try UplinkHarness(hub: hub, leaves: leaves, router: PointAdapter())
+            h.uplink.start()
+            try await eventually(30, "ready") { await h.uplink.status().count(.ready) == 1 }
+            for n in 0..<200 { h.uplink.queueReport(["state": ["online": .bool(n % 2 == 1), "n": .int(Int64(n))]], for: "leaf-0") }
+            try await eventually(15, "the last state reported") {
+                try await hub.core.perform { try $0.twinView("leaf-0") }["properties"]?["reported"]?["state"]?["n"]?.intValue == 199
+            }
+            let state = try await hub.core.perform { try $0.twinView("leaf-0") }["properties"]?["reported"]?["state"]
+            #expect(state?["online"] == true, "\(String(describing: state))")
+            await h.stop()
+        }
+    }
+
     /// Desired documents reach a leaf's adapter one at a time and in the hub's order, even when the adapter is slow
     /// and newer versions arrive meanwhile (a task per document once applied 1, 3, 4, then 2: the device ended on a
     /// stale setpoint while the hub said otherwise). The last version is applied and reported.

@@ -91,6 +91,9 @@ public struct UplinkConfiguration: Sendable, Equatable {
     /// At most one reported patch per leaf per this interval; patches in between are folded into one.
     /// Default: 1 s.
     public var reportedIntervalMilliseconds: Int64 = 1000
+    /// An adapter that has not applied a desired document within this gets the next one anyway (what the late one
+    /// returns is not reported). Default: 2 min.
+    public var desiredApplyTimeoutMilliseconds: Int64 = 120_000
     /// Message ids remembered per leaf to drop C2D redeliveries. Default: 256.
     public var cloudToDeviceDedupeCapacity = 256
     /// Put-token and attach replies must arrive within this. Default: 30 s.

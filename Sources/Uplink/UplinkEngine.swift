@@ -480,41 +480,58 @@ final class UplinkEngine: @unchecked Sendable {
         if methodAnswered.count > 10_000 { methodAnswered.removeAll() }  // ids are random; old ones never recur
     }
 
-    /// Leaves whose router call for a desired document is running, and the newest document each has waiting.
-    private var desiredRunning: Set<String> = []
+    /// Leaves whose router call for a desired document is running (by run number), and the newest document each
+    /// has waiting.
+    private var desiredRunning: [String: Int] = [:]
     private var desiredWaiting: [String: (desired: JSONValue, version: Int64)] = [:]
+    private var desiredRuns = 0
 
     /// Hands a desired document to the router; what it returns is reported. One call per leaf at a time, in the
     /// order the hub's versions came: a task per document let a leaf apply an older one after a newer one (seen:
     /// 1, 3, 4, then 2, leaving a device on a stale setpoint). A document waiting behind a running call is replaced
     /// by a newer one: each is the whole desired state, so the newest is all the leaf needs. Leaves do not wait for
-    /// each other.
+    /// each other, and a call that does not return within `desiredApplyTimeoutMilliseconds` stops holding its leaf up.
     func applyDesired(_ desired: JSONValue, version: Int64, deviceID: String) {
         guard router != nil else { return }
-        if desiredRunning.contains(deviceID) {
+        if desiredRunning[deviceID] != nil {
             desiredWaiting[deviceID] = (desired, version)
             return
         }
-        desiredRunning.insert(deviceID)
         runDesired(desired, version: version, deviceID: deviceID)
     }
 
     private func runDesired(_ desired: JSONValue, version: Int64, deviceID: String) {
         guard let router else { return }
+        desiredRuns += 1
+        let run = desiredRuns
+        desiredRunning[deviceID] = run
+        let limit = configuration.desiredApplyTimeoutMilliseconds
+        let deadline = reactor.schedule(after: .milliseconds(limit)) { [self] in
+            guard desiredRunning[deviceID] == run else { return }
+            logger.warning("uplink: \(deviceID): the adapter has not applied desired version \(version) within \(limit) ms; what it returns will not be reported")
+            desiredFinished(deviceID)
+        }
         Task { [self] in
             let reported = await router.desiredProperties(desired, version: version, deviceID: deviceID)
             _ = reactor.execute { [self] in
+                deadline.cancel()
+                guard desiredRunning[deviceID] == run else { return }  // given up at its deadline
                 if let reported {
                     do throws(UplinkError) { try report(reported, for: deviceID, id: nil) } catch {
                         logger.error("uplink: \(deviceID): the reported patch for desired version \(version) is refused locally: \(error)")
                     }
                 }
-                if let next = desiredWaiting.removeValue(forKey: deviceID) {
-                    runDesired(next.desired, version: next.version, deviceID: deviceID)
-                } else {
-                    desiredRunning.remove(deviceID)
-                }
+                desiredFinished(deviceID)
             }
+        }
+    }
+
+    /// The leaf's call ended (or was given up): its waiting document, if any, goes next.
+    private func desiredFinished(_ deviceID: String) {
+        if let next = desiredWaiting.removeValue(forKey: deviceID) {
+            runDesired(next.desired, version: next.version, deviceID: deviceID)
+        } else {
+            desiredRunning[deviceID] = nil
         }
     }
 

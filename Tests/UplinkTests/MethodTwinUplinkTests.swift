@@ -95,6 +95,33 @@ struct MethodTwinUplinkTests {
         }
     }
 
+    /// An adapter stuck on a desired document does not hold its leaf up for good: after the apply timeout the next
+    /// document goes to it anyway, and it is that one which is reported.
+    @Test func aStuckDesiredCallStopsHoldingItsLeafAtItsDeadline() async throws {
+        try await withHub { hub in
+            let leaves = try await createLeaves(hub, count: 1)
+            let adapter = HoldingTwinAdapter()
+            let h = try UplinkHarness(hub: hub, leaves: leaves, router: adapter) { $0.desiredApplyTimeoutMilliseconds = 500 }
+            defer { adapter.release() }
+            h.uplink.start()
+            try await eventually(30, "the twin's first document applied") { adapter.state.withLock { $0.versions } == [1] }
+            adapter.state.withLock { $0.holding = true }
+            _ = try await hub.core.perform { try $0.patchTwin("leaf-0", patch: ["properties": ["desired": ["pollSeconds": 5]]]) }
+            try await eventually(10, "version 2 handed over and stuck") { adapter.state.withLock { $0.versions } == [1, 2] }
+            adapter.state.withLock { $0.holding = false }  // version 2 stays stuck; the next ones return
+            _ = try await hub.core.perform { try $0.patchTwin("leaf-0", patch: ["properties": ["desired": ["pollSeconds": 6]]]) }
+            try await eventually(10, "version 3 applied and reported past the stuck one") {
+                try await hub.core.perform { try $0.twinView("leaf-0") }["properties"]?["reported"]?["config"]?["appliedVersion"]?.intValue == 3
+            }
+            #expect(adapter.state.withLock { $0.versions } == [1, 2, 3])
+            adapter.release()
+            try await Task.sleep(for: .milliseconds(300))
+            let reported = try await hub.core.perform { try $0.twinView("leaf-0") }["properties"]?["reported"]?["config"]
+            #expect(reported?["appliedVersion"]?.intValue == 3, "the late version 2 is not reported over 3: \(String(describing: reported))")
+            await h.stop()
+        }
+    }
+
     /// Desired documents reach a leaf's adapter one at a time and in the hub's order, even when the adapter is slow
     /// and newer versions arrive meanwhile (a task per document once applied 1, 3, 4, then 2: the device ended on a
     /// stale setpoint while the hub said otherwise). The last version is applied and reported.

@@ -225,7 +225,11 @@ final class DaemonUnderTest: Sendable {
         let deadline = MonotonicClock.milliseconds() + Int64(seconds * 1000)
         var status: Int32 = 0
         while MonotonicClock.milliseconds() < deadline {
-            if waitpid(pid, &status, WNOHANG) == pid { return (status >> 8) & 0xFF }
+            if waitpid(pid, &status, WNOHANG) == pid {
+                // Killed by a signal (an abort, a crash): 128 + its number, as a shell says, never 0.
+                let signal = status & 0x7F
+                return signal != 0 ? 128 + signal : (status >> 8) & 0xFF
+            }
             try? await Task.sleep(for: .milliseconds(50))
         }
         kill(pid, SIGKILL)

@@ -68,7 +68,7 @@ struct ReloadTests {
         #expect(daemon.stderr.contains("hub settings changed: reconnected"))
 
         daemon.signal(SIGTERM)
-        #expect(await daemon.waitForExit(seconds: 15) == 0)
+        #expect(await daemon.waitForExit(seconds: 15) == 0, "\(daemon.stderr.suffix(3000))")
         await hub.stop()
     }
 

@@ -34,7 +34,7 @@ public struct LeafCounters: Sendable, Equatable {
     /// Heartbeat messages sent, and those the hub accepted.
     public var heartbeatsSent = 0
     public var heartbeatsAccepted = 0
-    /// Desired-property versions applied.
+    /// Desired-property documents handed to the adapter (one replaced while waiting is not counted).
     public var desiredApplied = 0
     /// Reported patches the hub accepted.
     public var reportedPatches = 0

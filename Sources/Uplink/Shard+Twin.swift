@@ -25,7 +25,6 @@ extension Shard {
             case .send(let request, let correlation):
                 sendTwinRequest(request, correlation: correlation, leaf: leaf)
             case .applyDesired(let desired, let version):
-                leaf.counters.desiredApplied += 1
                 engine.applyDesired(desired, version: version, deviceID: leaf.deviceID)
             case .reportedAccepted(let ids):
                 leaf.counters.reportedPatches += 1

@@ -505,6 +505,7 @@ final class UplinkEngine: @unchecked Sendable {
         desiredRuns += 1
         let run = desiredRuns
         desiredRunning[deviceID] = run
+        if let s = leafShard[deviceID] { shards[s].leaves[deviceID]?.counters.desiredApplied += 1 }
         let limit = configuration.desiredApplyTimeoutMilliseconds
         let deadline = reactor.schedule(after: .milliseconds(limit)) { [self] in
             guard desiredRunning[deviceID] == run else { return }

@@ -61,7 +61,8 @@ final class PresentedChains: Sendable {
     func remember(_ chain: [[UInt8]]) {
         guard let leaf = chain.first else { return }
         chains.withLock { c in
-            if c.count >= 4096 { c.removeAll() }  // a bound; a device presents its chain again when it reconnects
+            // A bound: one entry goes for each new one beyond it (a device presents its chain again when it reconnects).
+            if c.count >= 4096, c[leaf] == nil { c.remove(at: c.startIndex) }
             c[leaf] = chain
         }
     }

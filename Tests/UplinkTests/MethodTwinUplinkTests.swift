@@ -77,6 +77,15 @@ final class HoldingTwinAdapter: LeafRouter {
 
 @Suite("Uplink methods and twins")
 struct MethodTwinUplinkTests {
+    /// Starts the uplink, waits for the twin's first document, then has the adapter hold desired version 2.
+    private func startAndHoldVersionTwo(_ hub: TestHub, _ h: UplinkHarness, _ adapter: HoldingTwinAdapter) async throws {
+        h.uplink.start()
+        try await eventually(30, "the twin's first document applied") { adapter.state.withLock { $0.versions } == [1] }
+        adapter.state.withLock { $0.holding = true }
+        _ = try await hub.core.perform { try $0.patchTwin("leaf-0", patch: ["properties": ["desired": ["pollSeconds": 5]]]) }
+        try await eventually(10, "version 2 handed over and held") { adapter.state.withLock { $0.versions } == [1, 2] }
+    }
+
     /// Reported patches queued from an adapter's thread reach the twin in the order they were queued: the last
     /// state wins, as it must for `online: false` then `online: true` (a task per patch could swap them).
     @Test func queuedReportsKeepTheirOrder() async throws {
@@ -103,11 +112,7 @@ struct MethodTwinUplinkTests {
             let adapter = HoldingTwinAdapter()
             let h = try UplinkHarness(hub: hub, leaves: leaves, router: adapter) { $0.desiredApplyTimeoutMilliseconds = 500 }
             defer { adapter.release() }
-            h.uplink.start()
-            try await eventually(30, "the twin's first document applied") { adapter.state.withLock { $0.versions } == [1] }
-            adapter.state.withLock { $0.holding = true }
-            _ = try await hub.core.perform { try $0.patchTwin("leaf-0", patch: ["properties": ["desired": ["pollSeconds": 5]]]) }
-            try await eventually(10, "version 2 handed over and stuck") { adapter.state.withLock { $0.versions } == [1, 2] }
+            try await startAndHoldVersionTwo(hub, h, adapter)
             adapter.state.withLock { $0.holding = false }  // version 2 stays stuck; the next ones return
             _ = try await hub.core.perform { try $0.patchTwin("leaf-0", patch: ["properties": ["desired": ["pollSeconds": 6]]]) }
             try await eventually(10, "version 3 applied and reported past the stuck one") {
@@ -130,11 +135,7 @@ struct MethodTwinUplinkTests {
             let leaves = try await createLeaves(hub, count: 1)
             let adapter = HoldingTwinAdapter()
             let h = try UplinkHarness(hub: hub, leaves: leaves, router: adapter)
-            h.uplink.start()
-            try await eventually(30, "the twin's first document applied") { adapter.state.withLock { $0.versions } == [1] }
-            adapter.state.withLock { $0.holding = true }
-            _ = try await hub.core.perform { try $0.patchTwin("leaf-0", patch: ["properties": ["desired": ["pollSeconds": 5]]]) }
-            try await eventually(10, "version 2 handed over and held") { adapter.state.withLock { $0.versions } == [1, 2] }
+            try await startAndHoldVersionTwo(hub, h, adapter)
             for poll in [6, 7] {
                 _ = try await hub.core.perform { try $0.patchTwin("leaf-0", patch: ["properties": ["desired": ["pollSeconds": .int(Int64(poll))]]]) }
             }

@@ -213,9 +213,9 @@ struct GatewayChecks {
                 try await DeviceConnection.connect(reactor: reactor, stream: WebSocketTunnel(configuration: tunnel), hostName: tunnel.hostName)
             }
             connection.close()
-            return CheckResult(name: "websocket", verdict: .pass, detail: "\(target) (proxy: \(tunnel.proxyDescription)): TLS verified, upgraded, AMQP open")
+            return CheckResult(name: "websocket", verdict: .pass, detail: "\(target) (proxy: \(tunnel.proxy)): TLS verified, upgraded, AMQP open")
         } catch {
-            return CheckResult(name: "websocket", verdict: .fail, detail: "\(target) (proxy: \(tunnel.proxyDescription)): \(error)",
+            return CheckResult(name: "websocket", verdict: .fail, detail: "\(target) (proxy: \(tunnel.proxy)): \(error)",
                                hint: "[hub] proxy, the proxy password in the secrets file ([proxy] password), or https_proxy in the service's environment")
         }
     }

@@ -74,9 +74,6 @@ public struct WebSocketTunnelConfiguration: Sendable, Equatable {
     public var userAgent = "fieldgate/\(FieldgateVersion.current)"
 
     public init(hostName: String) { self.hostName = hostName }
-
-    /// The proxy for logs and status: never the password.
-    public var proxyDescription: String { proxy.description }
 }
 
 /// AMQP's byte stream over a WebSocket (RFC 6455, binary messages) over TLS over TCP, through an HTTP proxy when
@@ -302,16 +299,16 @@ public final class WebSocketTunnel: AMQPByteStream, @unchecked Sendable {
         let target = "\(c.hostName):\(c.port)"
         switch proxyStatus {
         case 401, 407:  // 407 is the standard; some proxies (tinyproxy) answer 401
-            return AMQPError(.transport, "the proxy (\(c.proxyDescription)) refused our credentials for the tunnel to \(target) (HTTP \(proxyStatus)): check the user in [hub] proxy and the proxy password in the secrets file")
+            return AMQPError(.transport, "the proxy (\(c.proxy)) refused our credentials for the tunnel to \(target) (HTTP \(proxyStatus)): check the user in [hub] proxy and the proxy password in the secrets file")
         case 400...599:
-            return AMQPError(.transport, "the proxy (\(c.proxyDescription)) refused the tunnel to \(target) (HTTP \(proxyStatus)): its rules must allow CONNECT to \(target)")
+            return AMQPError(.transport, "the proxy (\(c.proxy)) refused the tunnel to \(target) (HTTP \(proxyStatus)): its rules must allow CONNECT to \(target)")
         default:
             break
         }
         if text.contains("SSL") || text.contains("certificate") {
             return AMQPError(.tls, "TLS with \(target) failed: \(text) (the hub's certificate must chain to the configured CA bundle and name \(c.hostName); a proxy that intercepts TLS is refused)")
         }
-        return AMQPError(.transport, "cannot open a tunnel to \(target) (proxy: \(c.proxyDescription)): \(text)")
+        return AMQPError(.transport, "cannot open a tunnel to \(target) (proxy: \(c.proxy)): \(text)")
     }
 }
 

@@ -36,6 +36,8 @@ public struct GatewayConfigFile: Decodable, Sendable {
         public var insecure_plain_amqp: Bool?
         /// An integer or a float in the file (TOMLKit decodes `20` only as an integer).
         var attaches_per_second: TOMLNumber?
+        /// Leaves authenticating or attaching at once on one connection.
+        public var attaches_at_once: Int?
         public var token_ttl_seconds: Int64?
         /// A direct method not answered by its adapter within this is answered 504 (below the hub's 30 s).
         public var method_deadline_seconds: Int?
@@ -375,6 +377,9 @@ struct Mapper {
         uplink.port = f.hub.port ?? 5671
         uplink.transport = f.hub.insecure_plain_amqp == true ? .insecurePlainAMQP : .tls(.init(caFile: f.hub.ca_file))
         if let a = f.hub.attaches_per_second?.value { uplink.attachesPerSecond = a > 0 ? a : nil }
+        if let n = f.hub.attaches_at_once {
+            if (1...1000).contains(n) { uplink.attachingPerConnection = n } else { report(main, "hub.attaches_at_once", "hub.attaches_at_once must be 1 to 1000") }
+        }
         if let t = f.hub.token_ttl_seconds {
             if t >= 60 { uplink.tokenTTLSeconds = t } else { report(main, "hub.token_ttl_seconds", "hub.token_ttl_seconds must be at least 60") }
         }

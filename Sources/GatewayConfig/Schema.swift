@@ -130,7 +130,7 @@ enum ConfigSchema {
     static let main = Schema(fields: [
         "hub": .table(Schema(fields: [
             "host": .string, "address": .string, "addresses": .stringMap, "port": .int, "ca_file": .string, "insecure_plain_amqp": .bool,
-            "attaches_per_second": .number, "token_ttl_seconds": .int, "method_deadline_seconds": .int,
+            "attaches_per_second": .number, "attaches_at_once": .int, "token_ttl_seconds": .int, "method_deadline_seconds": .int,
             "transport": .string, "fallback_hosts": .strings, "fallback_after_failures": .int, "proxy": .string,
             "websocket_port": .int, "websocket_path": .string, "websocket_ping_seconds": .int,
         ])),

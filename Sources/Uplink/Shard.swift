@@ -174,13 +174,15 @@ final class Shard: @unchecked Sendable {
         }
     }
 
-    /// Leaves the pacer may admit now, in turn.
+    /// Leaves the pacer may admit now, in turn, as far as `attachingPerConnection` leaves room.
     func admitQueued(nowMs: Int64, allowance: inout Int) {
         guard isOpen, allowance > 0, !leafOrder.isEmpty else { return }
-        for step in 0..<leafOrder.count where allowance > 0 {
+        var room = engine.configuration.attachingPerConnection - attachingLeaves
+        for step in 0..<leafOrder.count where allowance > 0 && room > 0 {
             let id = leafOrder[(admitCursor + step) % leafOrder.count]
             guard let leaf = leaves[id], leaf.machine.phase == .queued else { continue }
             allowance -= 1
+            room -= 1
             admitCursor = (admitCursor + step + 1) % leafOrder.count
             perform(leaf.machine.admitted(nowMs: nowMs), for: leaf)
         }
@@ -225,6 +227,10 @@ final class Shard: @unchecked Sendable {
     }
 
     var queuedLeaves: Int { isOpen ? leaves.values.reduce(0) { $0 + ($1.machine.phase == .queued ? 1 : 0) } : 0 }
+    /// Leaves between their admission and ready (or a failure).
+    private var attachingLeaves: Int {
+        leaves.values.reduce(0) { $0 + ($1.machine.phase == .authenticating || $1.machine.phase == .attaching ? 1 : 0) }
+    }
 
     func close() {
         ref?.close()
@@ -445,7 +451,7 @@ final class Shard: @unchecked Sendable {
         leaf.machine.linksAttached()
         leaf.heartbeat?.leafReady(nowMs: engine.nowMs(), random: engine.random())
         if leaf.wantedLinks.contains(.twinRequests) { performTwin(leaf.twin.attached(nowMs: engine.nowMs()), for: leaf) }
-        engine.leafBecameReady()
+        engine.leafBecameReady(on: self)
         // The hub may have attached a feature for another leaf while this one attached without it.
         attachWhatTheTierAllows(leaf)
     }

@@ -306,9 +306,11 @@ final class UplinkEngine: @unchecked Sendable {
         }
     }
 
-    func leafBecameReady() {
+    /// A leaf of `shard` is ready: its telemetry may flow, and a queued leaf may take its place among the attaching.
+    func leafBecameReady(on shard: Shard) {
         spoolLooksEmpty = false
         kickPump()
+        admit(shard, nowMs: nowMs())
     }
 
     func wake() {

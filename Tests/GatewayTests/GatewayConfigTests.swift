@@ -318,6 +318,13 @@ struct GatewayConfigTests {
         #expect(f.uplink.attachesPerSecond == 2.5)
     }
 
+    @Test func attachesAtOnce() throws {
+        #expect(try load(valid).get().uplink.attachingPerConnection == 32)
+        #expect(try load(valid.replacing("[gateway]\n", with: "attaches_at_once = 8\n[gateway]\n")).get().uplink.attachingPerConnection == 8)
+        guard case .failure(let e) = load(valid.replacing("[gateway]\n", with: "attaches_at_once = 0\n[gateway]\n")) else { Issue.record("accepted"); return }
+        #expect("\(e)".contains("hub.attaches_at_once must be 1 to 1000"), "\(e)")
+    }
+
     @Test func everyProblemIsReportedAtOnce() {
         let text = valid.replacing("cap_mb = 32", with: "cap_mb = true").replacing("port = 47000", with: "port = 47000\nbacklog = 3")
         guard case .failure(let e) = load(text) else { Issue.record("accepted"); return }

@@ -214,6 +214,28 @@ struct IsolationTests {
         }
     }
 
+    /// However fast the pace, a connection has at most `attachingPerConnection` leaves between admission and ready
+    /// (Proton pools as many deliveries as were ever in flight at once), and a leaf that gets ready makes room at once.
+    @Test func attachesAtOnceAreBoundedPerConnection() async throws {
+        try await withHub { hub in
+            let leaves = try await createLeaves(hub, count: 120)
+            let h = try UplinkHarness(hub: hub, leaves: leaves) { $0.attachingPerConnection = 6 }  // unpaced
+            h.uplink.start()
+            var most = 0, samples = 0
+            let deadline = ContinuousClock.now + .seconds(30)
+            while ContinuousClock.now < deadline {
+                let status = await h.uplink.status()
+                most = max(most, status.count(.authenticating) + status.count(.attaching))
+                samples += 1
+                if status.count(.ready) == 120 { break }
+            }
+            #expect(await h.uplink.status().count(.ready) == 120)
+            #expect(most <= 6, "\(most) leaves attaching at once")
+            #expect(most >= 2, "the sampling never saw the leaves attaching (\(samples) samples)")
+            await h.stop()
+        }
+    }
+
     /// No SAS token is minted while the clock reads 1970; once it is set, the leaves authenticate.
     @Test func waitsForAPlausibleClock() async throws {
         try await withHub { hub in

@@ -434,7 +434,7 @@ public final class AMQPReactor: @unchecked Sendable {
     }
 
     private func armTimeout() {
-        guard let next = timers.nextDeadline else {
+        guard let next = timers.nextDeadline() else {
             pn_proactor_cancel_timeout(proactor.raw)
             return
         }

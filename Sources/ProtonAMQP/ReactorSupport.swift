@@ -18,26 +18,71 @@ public final class AMQPTimer: Sendable {
     var isCancelled: Bool { cancelled.load(ordering: .relaxed) }
 }
 
+/// The reactor's timers: a binary min-heap by deadline, first scheduled first among equal deadlines. A sorted array
+/// made every insert a scan: a thousand leaves each scheduling a deadline two minutes out cost ~475 M instructions
+/// at connect. Cancelled timers stay until they come up (or reach the top), and are then dropped.
 struct TimerQueue {
-    private var entries: [(deadline: ContinuousClock.Instant, timer: AMQPTimer, job: @Sendable () -> Void)] = []
+    private struct Entry {
+        var deadline: ContinuousClock.Instant
+        var order: UInt64
+        var timer: AMQPTimer
+        var job: @Sendable () -> Void
 
-    mutating func insert(deadline: ContinuousClock.Instant, timer: AMQPTimer, job: @escaping @Sendable () -> Void) {
-        let index = entries.firstIndex { $0.deadline > deadline } ?? entries.endIndex
-        entries.insert((deadline, timer, job), at: index)
+        func precedes(_ other: Entry) -> Bool { deadline < other.deadline || (deadline == other.deadline && order < other.order) }
     }
 
+    private var heap: [Entry] = []
+    private var scheduled: UInt64 = 0
+
+    var count: Int { heap.count }
+
+    mutating func insert(deadline: ContinuousClock.Instant, timer: AMQPTimer, job: @escaping @Sendable () -> Void) {
+        scheduled &+= 1
+        heap.append(Entry(deadline: deadline, order: scheduled, timer: timer, job: job))
+        var child = heap.count - 1
+        while child > 0 {
+            let parent = (child - 1) / 2
+            guard heap[child].precedes(heap[parent]) else { break }
+            heap.swapAt(child, parent)
+            child = parent
+        }
+    }
+
+    /// The jobs due by `now`, earliest first; cancelled ones are dropped.
     mutating func popDue(now: ContinuousClock.Instant) -> [@Sendable () -> Void] {
-        let split = entries.firstIndex { $0.deadline > now } ?? entries.endIndex
-        let due = entries[..<split].filter { !$0.timer.isCancelled }.map(\.job)
-        entries.removeSubrange(..<split)
+        var due: [@Sendable () -> Void] = []
+        while let first = heap.first, first.deadline <= now {
+            let entry = removeFirst()
+            if !entry.timer.isCancelled { due.append(entry.job) }
+        }
         return due
     }
 
-    var nextDeadline: ContinuousClock.Instant? {
-        return entries.first { !$0.timer.isCancelled }?.deadline
+    /// The deadline of the earliest timer not cancelled (cancelled ones at the top are dropped on the way).
+    mutating func nextDeadline() -> ContinuousClock.Instant? {
+        while let first = heap.first, first.timer.isCancelled { _ = removeFirst() }
+        return heap.first?.deadline
     }
 
-    mutating func removeAll() { entries.removeAll() }
+    mutating func removeAll() { heap.removeAll() }
+
+    private mutating func removeFirst() -> Entry {
+        let first = heap[0]
+        let last = heap.removeLast()
+        guard !heap.isEmpty else { return first }
+        heap[0] = last
+        var parent = 0
+        while true {
+            let left = 2 * parent + 1, right = left + 1
+            var smallest = parent
+            if left < heap.count, heap[left].precedes(heap[smallest]) { smallest = left }
+            if right < heap.count, heap[right].precedes(heap[smallest]) { smallest = right }
+            guard smallest != parent else { break }
+            heap.swapAt(parent, smallest)
+            parent = smallest
+        }
+        return first
+    }
 }
 
 final class ListenerContext: @unchecked Sendable {

@@ -61,6 +61,8 @@ final class Shard: @unchecked Sendable {
     var nextTag: UInt64 = 0
     /// Where the pacer continues, so every queued leaf gets its turn.
     private var admitCursor = 0
+    /// The leaves admitted that were authenticating or attaching when last looked at (`attachRoom`).
+    private var admitted: [String] = []
     /// What this hub refuses as not in its tier; kept across reconnects to the same host.
     private(set) var tierLimits: HubTierLimits
     private var tierLimitsHost: String?
@@ -174,10 +176,20 @@ final class Shard: @unchecked Sendable {
         }
     }
 
-    /// Leaves the pacer may admit now, in turn, as far as `attachingPerConnection` leaves room.
+    /// How many more leaves may be admitted now: `attachingPerConnection` less those between admission and ready.
+    func attachRoom() -> Int {
+        // A leaf enters authenticating or attaching only when admitted, so the admitted list holds every one.
+        admitted.removeAll { id in
+            guard let phase = leaves[id]?.machine.phase else { return true }
+            return phase != .authenticating && phase != .attaching
+        }
+        return max(0, engine.configuration.attachingPerConnection - admitted.count)
+    }
+
+    /// Queued leaves the pacer allows, in turn, as far as there is room (`attachRoom`).
     func admitQueued(nowMs: Int64, allowance: inout Int) {
         guard isOpen, allowance > 0, !leafOrder.isEmpty else { return }
-        var room = engine.configuration.attachingPerConnection - attachingLeaves
+        var room = attachRoom()
         for step in 0..<leafOrder.count where allowance > 0 && room > 0 {
             let id = leafOrder[(admitCursor + step) % leafOrder.count]
             guard let leaf = leaves[id], leaf.machine.phase == .queued else { continue }
@@ -185,6 +197,7 @@ final class Shard: @unchecked Sendable {
             room -= 1
             admitCursor = (admitCursor + step + 1) % leafOrder.count
             perform(leaf.machine.admitted(nowMs: nowMs), for: leaf)
+            admitted.append(id)
         }
     }
 
@@ -226,11 +239,6 @@ final class Shard: @unchecked Sendable {
         return count
     }
 
-    var queuedLeaves: Int { isOpen ? leaves.values.reduce(0) { $0 + ($1.machine.phase == .queued ? 1 : 0) } : 0 }
-    /// Leaves between their admission and ready (or a failure).
-    private var attachingLeaves: Int {
-        leaves.values.reduce(0) { $0 + ($1.machine.phase == .authenticating || $1.machine.phase == .attaching ? 1 : 0) }
-    }
 
     func close() {
         ref?.close()

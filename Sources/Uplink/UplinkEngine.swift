@@ -229,11 +229,11 @@ final class UplinkEngine: @unchecked Sendable {
     /// Lets queued leaves of `shard` authenticate, as far as the pacer (shared by all connections) allows.
     private func admit(_ shard: Shard, nowMs now: Int64) {
         guard shard.isOpen, clockIsPlausible(now) else { return }
+        let room = shard.attachRoom()
+        guard room > 0 else { return }
         var allowance = Int.max
         if var p = pacer {
-            let queued = shard.queuedLeaves
-            guard queued > 0 else { return }
-            allowance = p.take(queued, nowMs: now)
+            allowance = p.take(room, nowMs: now)
             pacer = p
         }
         shard.admitQueued(nowMs: now, allowance: &allowance)

@@ -19,6 +19,7 @@ struct ConnectBench: AsyncParsableCommand {
     @Option(help: "fieldgated binary; valgrind 3.19 runs only a statically linked one (README). Default: next to this one.") var daemon: String?
     @Option(help: "Directory for the daemon's state.") var dir = "/var/tmp/fieldgate-connect-bench"
     @Flag(help: "Skip the callgrind run.") var noCallgrind = false
+    @Option(help: ArgumentHelp("Keep the callgrind run's profile here (for callgrind_annotate).", valueName: "file")) var profile: String?
 
     func run() async throws {
         let daemon = self.daemon ?? siblingExecutable("fieldgated")
@@ -38,6 +39,7 @@ struct ConnectBench: AsyncParsableCommand {
         if !noCallgrind {
             let r = try await start(daemon: daemon, hub: hub, gatewayKey: gatewayKey, callgrind: true)
             print("instructions exec → all attached: " + fixed(r.instructions / 1e6, 0) + " M (callgrind)")
+            if let profile, system("cp '\(dir)/callgrind.out.1' '\(profile)'") == 0 { print("profile: \(profile)") }
         }
         print("targets: READY=1 ≤ 300 ms; ≤ 2,000 M instructions to 1000 identities × 6 links attached")
         _ = system("rm -rf '\(dir)'")

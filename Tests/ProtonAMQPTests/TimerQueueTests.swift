@@ -1,0 +1,46 @@
+@testable import ProtonAMQP
+import Synchronization
+import Testing
+
+/// The reactor's timer heap: due jobs in deadline order, the first scheduled first among equal deadlines,
+/// cancelled ones never run, and nothing due before its time.
+@Suite("Reactor timers")
+struct TimerQueueTests {
+    @Test func dueJobsComeOutInDeadlineOrderAndFirstScheduledFirst() {
+        var queue = TimerQueue()
+        let ran = Mutex<[Int]>([])
+        let start = ContinuousClock.now
+        var generator = SystemRandomNumberGenerator()
+        var expected: [(ms: Int, id: Int)] = []
+        var cancelled = Set<Int>()
+        for id in 0..<2000 {
+            let ms = Int.random(in: 0..<50, using: &generator) * 10  // many equal deadlines
+            let timer = AMQPTimer()
+            queue.insert(deadline: start + .milliseconds(ms), timer: timer) { ran.withLock { $0.append(id) } }
+            if id % 7 == 0 { timer.cancel(); cancelled.insert(id) } else { expected.append((ms, id)) }
+        }
+        #expect(queue.nextDeadline() == start + .milliseconds(expected.map(\.ms).min()!))
+
+        for job in queue.popDue(now: start + .milliseconds(245)) { job() }
+        let firstHalf = expected.filter { $0.ms <= 245 }.sorted { ($0.ms, $0.id) < ($1.ms, $1.id) }.map(\.id)
+        #expect(ran.withLock { $0 } == firstHalf)
+        #expect(queue.nextDeadline()! > start + .milliseconds(245))
+
+        for job in queue.popDue(now: start + .seconds(10)) { job() }
+        #expect(ran.withLock { $0 } == expected.sorted { ($0.ms, $0.id) < ($1.ms, $1.id) }.map(\.id))
+        #expect(ran.withLock { $0 }.allSatisfy { !cancelled.contains($0) })
+        #expect(queue.nextDeadline() == nil && queue.count == 0)
+    }
+
+    @Test func cancelledTimersAtTheTopDoNotHoldTheNextDeadline() {
+        var queue = TimerQueue()
+        let start = ContinuousClock.now
+        let early = AMQPTimer(), late = AMQPTimer()
+        queue.insert(deadline: start + .seconds(1), timer: early) {}
+        queue.insert(deadline: start + .seconds(120), timer: late) {}
+        early.cancel()
+        #expect(queue.nextDeadline() == start + .seconds(120))
+        #expect(queue.count == 1)
+        #expect(queue.popDue(now: start + .seconds(60)).isEmpty)
+    }
+}

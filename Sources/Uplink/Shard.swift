@@ -239,7 +239,6 @@ final class Shard: @unchecked Sendable {
         return count
     }
 
-
     func close() {
         ref?.close()
     }

@@ -158,13 +158,12 @@ public enum RecordCodec {
         for i in 0..<8 { out.append(UInt8((v >> (8 * UInt64(i))) & 0xFF)) }
     }
 
+    /// Little-endian, at `at` (the caller checked that the bytes are there).
     static func read32(_ b: UnsafeRawBufferPointer, _ at: Int) -> UInt32 {
-        UInt32(b[at]) | UInt32(b[at + 1]) << 8 | UInt32(b[at + 2]) << 16 | UInt32(b[at + 3]) << 24
+        UInt32(littleEndian: b.loadUnaligned(fromByteOffset: at, as: UInt32.self))
     }
 
     static func read64(_ b: UnsafeRawBufferPointer, _ at: Int) -> UInt64 {
-        var v: UInt64 = 0
-        for i in 0..<8 { v |= UInt64(b[at + i]) << (8 * UInt64(i)) }
-        return v
+        UInt64(littleEndian: b.loadUnaligned(fromByteOffset: at, as: UInt64.self))
     }
 }

@@ -503,8 +503,9 @@ public final class Spool: Sendable {
             var slots: Set<Int32> = []
             entries.withUnsafeBufferPointer { list in
                 for i in list.indices {
-                    // One hash of the leaf per record at most: batches from one adapter often repeat the same leaf.
-                    if i == 0 || !LeafQueues.sameBytes(list[i].leaf, list[i - 1].leaf) {
+                    // The slot looked up only when the string differs from the previous record's: batches from one
+                    // adapter often repeat the same leaf.
+                    if i == 0 || LeafQueues.identity(list[i].leaf) != LeafQueues.identity(list[i - 1].leaf) {
                         slot = s.leaves.slot(of: list[i].leaf)
                         if configuration.perLeafCapRecords != nil { slots.insert(slot) }
                     }
@@ -658,12 +659,18 @@ public final class Spool: Sendable {
     /// Marks sequences done (acknowledged, or dropped for `reason`) in the ledger and frees empty segments.
     func settle(_ sequences: [UInt64], locations: [UInt64: RecordLocation], reason: DropReason?, _ s: inout State) throws(SpoolError) {
         var done: [UInt64] = []
+        done.reserveCapacity(sequences.count)
+        // Records acknowledged together mostly lie in one segment: the last one found is tried first.
+        var segment = -1
         for seq in sequences {
             guard let loc = s.inFlight.removeValue(forKey: seq) ?? locations[seq] else { continue }
             done.append(seq)
             s.leaves.adjustDepth(loc.slot, by: -1)
             if let reason { s.dropped[reason, default: [:]][s.leaves[loc.slot].name, default: 0] += 1 }
-            if let i = s.segments.firstIndex(where: { $0.id == loc.segment }) { s.segments[i].live -= 1 }
+            if segment < 0 || s.segments[segment].id != loc.segment {
+                segment = s.segments.firstIndex(where: { $0.id == loc.segment }) ?? -1
+            }
+            if segment >= 0 { s.segments[segment].live -= 1 }
         }
         guard !done.isEmpty else { return }
         // The ledger is told the acknowledged ranges of the window these fall in, read back from the bitmap: merged
@@ -671,8 +678,7 @@ public final class Spool: Sendable {
         // acknowledge sequences far apart; one entry each made the ledger 16 bytes a reading).
         var low = UInt64.max, high: UInt64 = 0, allKept = true
         for seq in done {
-            s.acked.insert(seq...seq)
-            allKept = allKept && s.acked.contains(seq)
+            allKept = s.acked.insert(seq) && allKept
             low = min(low, seq)
             high = max(high, seq)
         }

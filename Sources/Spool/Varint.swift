@@ -28,6 +28,10 @@ enum Varint {
 
     /// The value at `at` in `b[..<end]`, advancing `at`; nil when it runs past `end` or beyond 64 bits.
     static func read(_ b: UnsafeRawBufferPointer, _ at: inout Int, end: Int) -> UInt64? {
+        if at < end, b[at] < 0x80 {  // most values: one byte
+            at += 1
+            return UInt64(b[at - 1])
+        }
         var value: UInt64 = 0
         var shift: UInt64 = 0
         while at < end, shift < 64 {

@@ -31,11 +31,16 @@ struct TelemetryEncoder {
     /// Coalescing target in bytes; nil = one message per record.
     var coalesceTargetBytes: Int?
     /// Message ids are this prefix and the record's decimal sequence (`Spool.messageID(for:)`: `<epoch>-`).
-    var messageIDPrefix: [UInt8]
+    let messageIDPrefix: [UInt8]
+
+    /// What `hubSize` adds to the envelope's own parts (body, type, encoding, properties) at most: the message-id
+    /// and the creation-time property.
+    let sizeBesidesEnvelope: Int
 
     init(coalesceTargetBytes: Int?, messageIDPrefix: String) {
         self.coalesceTargetBytes = coalesceTargetBytes.map { min($0, IoTHubAMQP.maxTelemetrySize - 1024) }
         self.messageIDPrefix = Array(messageIDPrefix.utf8)
+        sizeBesidesEnvelope = self.messageIDPrefix.count + 20 + IoTHubAMQP.creationTimeProperty.utf8.count + WallClock.iso8601Length
     }
 
     /// Where an entry's envelope bytes are: in the fetched batch (the common case, nothing copied), or its own
@@ -51,13 +56,24 @@ struct TelemetryEncoder {
         var layout: TelemetryEnvelopeLayout
         /// JSON in UTF-8: it may share a coalesced message.
         var isJSON: Bool
+        /// Entries with the same number have the same header bytes (type, encoding, properties): each was found
+        /// equal to the one before it (`sameHeader`). Different numbers say nothing.
+        var headerGroup: Int
 
-        init(record: Int, envelope: Envelope, layout: TelemetryEnvelopeLayout, isJSON: Bool? = nil, bytes: UnsafeRawBufferPointer) {
+        init(record: Int, envelope: Envelope, layout: TelemetryEnvelopeLayout, isJSON: Bool? = nil, headerGroup: Int? = nil,
+             bytes: UnsafeRawBufferPointer) {
             self.record = record
             self.envelope = envelope
             self.layout = layout
+            self.headerGroup = headerGroup ?? record
             self.isJSON = isJSON ?? (TelemetryEncoder.startsIgnoringCase(UnsafeRawBufferPointer(rebasing: bytes[layout.contentType]), "application/json")
                 && TelemetryEncoder.equalIgnoringCase(UnsafeRawBufferPointer(rebasing: bytes[layout.contentEncoding]), "utf-8"))
+        }
+
+        /// Bytes of the envelope it is sent from (`payload`: the record's).
+        func envelopeBytes(_ payload: UnsafeRawBufferPointer) -> Int {
+            if case .fixed(let bytes) = envelope { return bytes.count }
+            return payload.count
         }
 
         func withBytes<R>(_ batch: SpoolBatch, _ body: (UnsafeRawBufferPointer) -> R) -> R {
@@ -88,9 +104,12 @@ struct TelemetryEncoder {
         for i in records.indices {
             let made = batch.withPayload(i) { payload -> Entry? in
                 guard MessageRules.isPlausibleCreationTime(records[i].acquiredAtMs),
-                      let entry = Self.sameHeader(asLastOf: entries, batch, i, payload) ?? Self.entry(i, payload),
-                      hubSize(entry, sequence: records[i].sequence) <= IoTHubAMQP.maxTelemetrySize
+                      let entry = Self.sameHeader(asLastOf: entries, batch, i, payload) ?? Self.entry(i, payload)
                 else { return nil }
+                // The hub's measure counts parts of the envelope and a few fixed ones: an envelope this small
+                // fits whatever it holds, and is not measured.
+                if entry.envelopeBytes(payload) + sizeBesidesEnvelope > IoTHubAMQP.maxTelemetrySize,
+                   hubSize(entry, sequence: records[i].sequence) > IoTHubAMQP.maxTelemetrySize { return nil }
                 return entry
             }
             if let made { entries.append(made) } else { invalid.append(records[i].sequence) }
@@ -104,16 +123,28 @@ struct TelemetryEncoder {
         // Per leaf (by the batch's leaf number: no name hashed or compared), in the order leaves first appear; each
         // leaf's records keep their order. Entries are passed by index: copying one (its layout, its envelope)
         // cost more than the rest of its handling.
-        var perLeaf = [[Int]](repeating: [], count: batch.leafCount)
+        // A counting sort: each leaf's entries lie together in `byLeaf`, from `start[leaf]` (an array per leaf cost
+        // its growth and a uniqueness check per record).
+        var start = [Int](repeating: 0, count: batch.leafCount + 1)
         var leafOrder: [Int] = []
-        for (index, e) in entries.enumerated() {
-            let leaf = records[e.record].leafIndex
-            if perLeaf[leaf].isEmpty { leafOrder.append(leaf) }
-            perLeaf[leaf].append(index)
+        for e in entries.indices {
+            let leaf = records[entries[e].record].leafIndex
+            if start[leaf + 1] == 0 { leafOrder.append(leaf) }
+            start[leaf + 1] += 1
+        }
+        for leaf in 0..<batch.leafCount { start[leaf + 1] += start[leaf] }
+        var filled = start
+        let byLeaf = [Int](unsafeUninitializedCapacity: entries.count) { out, initialized in
+            for e in entries.indices {
+                let leaf = records[entries[e].record].leafIndex
+                (out.baseAddress! + filled[leaf]).initialize(to: e)
+                filled[leaf] += 1
+            }
+            initialized = entries.count
         }
         var group: [Int] = []
         for leaf in leafOrder {
-            let leafEntries = perLeaf[leaf]
+            let leafEntries = byLeaf[start[leaf] ..< start[leaf + 1]]
             // The array's size: "[" and, per reading, its body and a "," or "]".
             var groupBytes = 1
             // What the hub counts besides the body (id with its range suffix, type, encoding, properties, creation
@@ -157,7 +188,7 @@ struct TelemetryEncoder {
         guard same else { return nil }
         var layout = entries[p].layout
         layout.body = header ..< payload.count
-        return Entry(record: index, envelope: .record, layout: layout, isJSON: entries[p].isJSON, bytes: payload)
+        return Entry(record: index, envelope: .record, layout: layout, isJSON: entries[p].isJSON, headerGroup: entries[p].headerGroup, bytes: payload)
     }
 
     /// The record's envelope as it will be sent, or nil when it cannot be.
@@ -193,6 +224,7 @@ struct TelemetryEncoder {
 
     /// Same content type, encoding and properties (JSON readings both): they can share one message.
     private static func canJoin(_ a: Entry, _ b: Entry, _ batch: SpoolBatch) -> Bool {
+        if a.headerGroup == b.headerGroup { return true }
         // Type, encoding and properties are contiguous in an envelope, ahead of the body.
         guard a.layout.body.lowerBound == b.layout.body.lowerBound else { return false }
         return a.withBytes(batch) { pa in

@@ -150,7 +150,13 @@ struct RecordCodecTests {
             for _ in 0..<Int.random(in: 0...400, using: &rng) {
                 let s = origin + UInt64.random(in: 0...2_000, using: &rng)
                 let n = UInt64.random(in: 0...3, using: &rng)
-                a.insert(s...(s + n))
+                // Single sequences go in by the bit-setting path (a range, when below the base or past the words).
+                if n == 0 && Bool.random(using: &rng) {
+                    let kept = a.insert(s)
+                    #expect(kept)
+                } else {
+                    a.insert(s...(s + n))
+                }
                 for k in s...(s + n) { inserted.insert(k) }
             }
             func naive(_ keys: [UInt64]) -> [ClosedRange<UInt64>] {
@@ -171,6 +177,10 @@ struct RecordCodecTests {
         let (decoded, _) = LedgerFile.decode(LedgerFile.encode([7...8, long, 3...3]))
         #expect(decoded == [7...8, 10...(9 + UInt64(UInt32.max)), (10 + UInt64(UInt32.max))...(10 + UInt64(UInt32.max) + 5), 3...3])
         #expect(AckSet.runs([5, 6, 7, 2, 9, 10]) == [5...7, 2...2, 9...10])
+        // One sequence past the span the set keeps is not kept, and says so.
+        var far = AckSet()
+        let near = far.insert(UInt64(70)), beyond = far.insert(64 + AckSet.maxSpan)
+        #expect(near && !beyond && far.ranges == [70...70])
     }
 
     @Test("the in-flight table agrees with a dictionary through inserts, removals, reservations, growth and shrinking")
@@ -478,6 +488,38 @@ struct LocationStreamTests {
 
 @Suite("Spool leaf queues")
 struct LeafQueuesTests {
+    /// A slot is found by the caller's string's words first; equal names in other strings (recovered ones, another
+    /// caller's) find the same slot, and names that differ never share one, however often strings come and go.
+    @Test("a leaf's slot by its string's identity: same name in new strings, the same slot; other names, other slots")
+    func slotsByIdentity() {
+        var q = LeafQueues()
+        func name(_ i: Int) -> String { "gateway-leaf-device-number-\(i)" }  // large strings: a storage each
+        let kept = (0..<300).map(name)
+        let slots = kept.map { q.slot(of: $0) }
+        #expect(slots == (0..<300).map(Int32.init))
+        // Fresh strings of the same names (each a new storage), twice: the first adopts, the second hits.
+        for _ in 0..<2 {
+            var again: [Int32] = []
+            for i in 0..<300 { again.append(q.slot(of: name(i))) }
+            #expect(again == slots)
+        }
+        // Strings made and freed by the thousand, names old and new: storage addresses come back, slots do not mix.
+        for round in 0..<20 {
+            for i in stride(from: round, to: 600, by: 7) {
+                let s = q.slot(of: name(i))
+                let named = q[s].name
+                #expect(i < 300 ? s == slots[i] : named == name(i))
+            }
+        }
+        #expect(q.count == 300 + (300..<600).filter { i in (0..<20).contains { round in i >= round && (i - round) % 7 == 0 } }.count)
+        var keptAgain: [Int32] = []
+        for k in kept { keptAgain.append(q.slot(of: k)) }
+        #expect(keptAgain == slots && kept.indices.allSatisfy { q[slots[$0]].name == kept[$0] })
+        // Small strings (their words are their bytes) and the empty name.
+        let a = q.slot(of: "a"), a2 = q.slot(of: String("xa".dropFirst())), empty = q.slot(of: "")
+        #expect(a == a2 && empty != a)
+    }
+
     @Test("slots in order of first appearance; per-leaf FIFO across segments; retried records first, in sequence order")
     func order() {
         var q = LeafQueues()

@@ -70,7 +70,7 @@ struct LeafQueues {
     /// leaf up here; a `Dictionary<String, Int32>` cost ~340 instructions a look-up (SipHash over a String).
     private var buckets = [Int32](repeating: -1, count: 64)
     private var leaves: [Leaf] = []
-    /// Slots by the two words of the caller's string (`identity`), direct-mapped, -1 = empty, as many entries as
+    /// Slots by the two words of the caller's string (`identity`), two places each, -1 = empty, as many entries as
     /// `buckets`: the appending adapters pass the same strings over and over, and two words compared cost less than
     /// the name's hash and comparison (~230 instructions a record of interleaved leaves).
     private var byIdentity = [Int32](repeating: -1, count: 64)
@@ -113,9 +113,15 @@ struct LeafQueues {
         var x = id.words.0 ^ (id.words.1 << 32 | id.words.1 >> 32)
         x = (x ^ x >> 30) &* 0xBF58_476D_1CE4_E5B9
         x = (x ^ x >> 27) &* 0x94D0_49BB_1331_11EB
-        let cache = Int(truncatingIfNeeded: x ^ x >> 31) & (byIdentity.count - 1)
-        let cached = byIdentity[cache]
-        if cached >= 0, leaves[Int(cached)].identity == id { return cached }
+        x ^= x >> 31
+        // Two places a string may sit in: with two to four entries a leaf, one place each left a fifth of the
+        // leaves evicting one another.
+        let mask = byIdentity.count - 1
+        let first = Int(truncatingIfNeeded: x) & mask, second = Int(truncatingIfNeeded: x >> 32) & mask
+        let atFirst = byIdentity[first], atSecond = byIdentity[second]
+        if atFirst >= 0, leaves[Int(atFirst)].identity == id { return atFirst }
+        if atSecond >= 0, leaves[Int(atSecond)].identity == id { return atSecond }
+        let cache = atFirst < 0 || atSecond >= 0 ? first : second
         let hash = Self.hash(leaf)
         let (found, i) = find(leaf, hash: hash)
         if let found {

@@ -92,8 +92,9 @@ extension Spool {
                     }
                     s.inFlight[record.sequence] = t.location
                     let slot = t.location.slot
-                    out.append(SpoolBatch.Record(leaf: s.leaves[slot].name, sequence: record.sequence, acquiredAtMs: record.acquiredAtMs,
-                                                 flags: record.flags, leafIndex: Int(slot), buffer: record.buffer, payload: record.payload))
+                    out.append(SpoolBatch.Record(sequence: record.sequence, acquiredAtMs: record.acquiredAtMs,
+                                                 flags: record.flags, leafIndex: Int(slot), buffer: record.buffer, payload: record.payload),
+                               leaf: s.leaves[slot].name)
                 }
                 guard !wasted.isEmpty else { break }
                 for (slot, n) in wasted { _ = grant(Int(slot), s.leaves[slot].name, -n) }

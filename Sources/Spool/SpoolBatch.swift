@@ -2,8 +2,9 @@
 /// not one per record (a payload array per record cost a malloc, a copy and a free, ~600 instructions a reading
 /// once coalescing made everything else cheap). Records keep the order `Spool.fetch` picked them in.
 public struct SpoolBatch: Sendable {
+    /// Plain data (its leaf's name is the batch's, `leaf(_:)`): a name in every record cost a retain and a release
+    /// wherever a record was copied.
     public struct Record: Sendable {
-        public let leaf: String
         public let sequence: UInt64
         /// Milliseconds since the Unix epoch when the reading was acquired.
         public let acquiredAtMs: Int64
@@ -19,6 +20,8 @@ public struct SpoolBatch: Sendable {
     /// How many distinct leaves the records have (`leafIndex` is below it).
     public private(set) var leafCount = 0
     @usableFromInline var buffers: [[UInt8]] = []
+    /// The leaves' names by `leafIndex` ("" for a number no record has).
+    private var leafNames: [String] = []
 
     init() {}
 
@@ -31,10 +34,9 @@ public struct SpoolBatch: Sendable {
             let buffer = add(buffer: v.payload)
             let leafIndex = indexes[v.leaf] ?? indexes.count
             indexes[v.leaf] = leafIndex
-            records.append(Record(leaf: v.leaf, sequence: v.sequence, acquiredAtMs: v.acquiredAtMs, flags: v.flags, leafIndex: leafIndex,
-                                  buffer: buffer, payload: 0..<v.payload.count))
+            append(Record(sequence: v.sequence, acquiredAtMs: v.acquiredAtMs, flags: v.flags, leafIndex: leafIndex,
+                          buffer: buffer, payload: 0..<v.payload.count), leaf: v.leaf)
         }
-        leafCount = indexes.count
     }
 
     public var count: Int { records.count }
@@ -51,10 +53,19 @@ public struct SpoolBatch: Sendable {
     /// Puts `bytes` in place of buffer `number` (the records pointing into it must be pointed anew).
     mutating func replace(buffer number: Int, with bytes: [UInt8]) { buffers[number] = bytes }
 
-    mutating func append(_ record: Record) {
+    /// Appends `record` of the leaf named `leaf` (`leaf` is asked for only when the batch has no name for its
+    /// number yet).
+    mutating func append(_ record: Record, leaf: @autoclosure () -> String) {
         records.append(record)
-        leafCount = max(leafCount, record.leafIndex + 1)
+        if record.leafIndex >= leafNames.count {
+            leafNames.append(contentsOf: repeatElement("", count: record.leafIndex + 1 - leafNames.count))
+            leafCount = leafNames.count
+        }
+        if leafNames[record.leafIndex].isEmpty { leafNames[record.leafIndex] = leaf() }
     }
+
+    /// The name of the leaf of record `index`.
+    public func leaf(_ index: Int) -> String { leafNames[records[index].leafIndex] }
 
     mutating func reserveCapacity(_ n: Int) { records.reserveCapacity(n) }
 
@@ -77,7 +88,7 @@ public struct SpoolBatch: Sendable {
     public var values: [SpoolRecord] {
         records.indices.map { i in
             let r = records[i]
-            return SpoolRecord(leaf: r.leaf, sequence: r.sequence, acquiredAtMs: r.acquiredAtMs, flags: r.flags, payload: payload(i))
+            return SpoolRecord(leaf: leaf(i), sequence: r.sequence, acquiredAtMs: r.acquiredAtMs, flags: r.flags, payload: payload(i))
         }
     }
 }

@@ -290,7 +290,7 @@ struct TelemetryEncoder {
             w.raw(UInt8(ascii: "]"))
         }
         let sequences = group.count == 1 ? [firstRecord.sequence] : group.map { records[entries[$0].record].sequence }
-        return OutgoingMessage(leaf: firstRecord.leaf, sequences: sequences, bytes: bytes, acquiredAtMs: firstRecord.acquiredAtMs)
+        return OutgoingMessage(leaf: batch.leaf(first.record), sequences: sequences, bytes: bytes, acquiredAtMs: firstRecord.acquiredAtMs)
     }
 
     /// Powers of ten up to 10^19 (every UInt64 has at most 20 digits).

@@ -101,7 +101,7 @@ struct SpoolReadTests {
             }
         }
         let batch = try spool.fetch(max: 100) { _, leaf, wanted in leaf == "far" ? wanted : 0 }
-        #expect(batch.records.map(\.leaf) == Array(repeating: "far", count: 10))
+        #expect(batch.records.indices.map(batch.leaf) == Array(repeating: "far", count: 10))
         #expect(batch.records.indices.map { String(decoding: batch.payload($0), as: UTF8.self) } == wanted)
         let payloadBytes = batch.records.indices.reduce(0) { $0 + batch.payload($1).count }
         #expect(batch.bufferBytes <= 2 * payloadBytes, "\(batch.bufferBytes) bytes held for \(payloadBytes)")

@@ -47,11 +47,12 @@ struct SegmentIndex: Sendable {
         add(leafNumber: number(of: r.leaf), sequence: r.sequence, acquiredAtMs: r.acquiredAtMs, at: offset)
     }
 
-    /// The same, for a leaf the spool knows by `slot` (LeafQueues).
-    mutating func add(slot: Int32, leaf: String, sequence: UInt64, acquiredAtMs: Int64, at offset: Int) {
+    /// The same, for a leaf the spool knows by `slot` (LeafQueues); its name is asked for on the leaf's first
+    /// record in the segment only (passing it retained and released it for every record).
+    mutating func add(slot: Int32, leaf: @autoclosure () -> String, sequence: UInt64, acquiredAtMs: Int64, at offset: Int) {
         let i = Int(slot)
         if i >= numberBySlot.count { numberBySlot.append(contentsOf: repeatElement(0, count: i + 1 - numberBySlot.count)) }
-        if numberBySlot[i] == 0 { numberBySlot[i] = number(of: leaf) + 1 }
+        if numberBySlot[i] == 0 { numberBySlot[i] = number(of: leaf()) + 1 }
         add(leafNumber: numberBySlot[i] - 1, sequence: sequence, acquiredAtMs: acquiredAtMs, at: offset)
     }
 

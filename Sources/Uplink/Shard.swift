@@ -63,6 +63,8 @@ final class Shard: @unchecked Sendable {
     private var admitCursor = 0
     /// The leaves admitted that were authenticating or attaching when last looked at (`attachRoom`).
     private var admitted: [String] = []
+    /// The most leaves this connection had between admission and ready at once (at most `attachingPerConnection`).
+    private(set) var mostAttachingAtOnce = 0
     /// What this hub refuses as not in its tier; kept across reconnects to the same host.
     private(set) var tierLimits: HubTierLimits
     private var tierLimitsHost: String?
@@ -198,6 +200,7 @@ final class Shard: @unchecked Sendable {
             admitCursor = (admitCursor + step + 1) % leafOrder.count
             perform(leaf.machine.admitted(nowMs: nowMs), for: leaf)
             admitted.append(id)
+            mostAttachingAtOnce = max(mostAttachingAtOnce, admitted.count)
         }
     }
 

@@ -240,6 +240,8 @@ public struct UplinkStatus: Sendable {
         public var transport: String
         /// Features the hub refuses as not in its tier (C2D, methods, twin), learnt from its refusals.
         public var refusedByTier: [String] = []
+        /// The most leaves it had authenticating or attaching at once (bounded by `[hub] attaches_at_once`).
+        public var mostAttachingAtOnce = 0
     }
 
     public struct Leaf: Sendable {

@@ -581,7 +581,7 @@ final class UplinkEngine: @unchecked Sendable {
                 index: shard.index, state: shard.machine.phase.rawValue, opens: shard.machine.opens,
                 lastError: shard.machine.lastError, lastDisconnect: shard.machine.lastDisconnect, leaves: shard.leafOrder.count,
                 host: shard.machine.route.host, transport: shard.machine.route.kind.rawValue,
-                refusedByTier: shard.tierLimits.refused.map(\.rawValue).sorted()))
+                refusedByTier: shard.tierLimits.refused.map(\.rawValue).sorted(), mostAttachingAtOnce: shard.mostAttachingAtOnce))
             for id in shard.leafOrder {
                 guard let leaf = shard.leaves[id] else { continue }
                 status.leaves[id] = UplinkStatus.Leaf(

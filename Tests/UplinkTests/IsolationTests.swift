@@ -221,17 +221,19 @@ struct IsolationTests {
             let leaves = try await createLeaves(hub, count: 120)
             let h = try UplinkHarness(hub: hub, leaves: leaves) { $0.attachingPerConnection = 6 }  // unpaced
             h.uplink.start()
-            var most = 0, samples = 0
+            // Sampled from outside as well as counted inside: a loaded machine may not sample any attach at all.
+            var sampled = 0
             let deadline = ContinuousClock.now + .seconds(30)
             while ContinuousClock.now < deadline {
                 let status = await h.uplink.status()
-                most = max(most, status.count(.authenticating) + status.count(.attaching))
-                samples += 1
+                sampled = max(sampled, status.count(.authenticating) + status.count(.attaching))
                 if status.count(.ready) == 120 { break }
             }
-            #expect(await h.uplink.status().count(.ready) == 120)
-            #expect(most <= 6, "\(most) leaves attaching at once")
-            #expect(most >= 2, "the sampling never saw the leaves attaching (\(samples) samples)")
+            let status = await h.uplink.status()
+            #expect(status.count(.ready) == 120)
+            #expect(sampled <= 6, "\(sampled) leaves seen attaching at once")
+            // 120 unpaced leaves fill the bound at the first admission.
+            #expect(status.connections.map(\.mostAttachingAtOnce) == [6])
             await h.stop()
         }
     }

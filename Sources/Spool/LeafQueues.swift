@@ -152,6 +152,9 @@ struct LeafQueues {
         static func == (a: Self, b: Self) -> Bool { a.words.0 == b.words.0 && a.words.1 == b.words.1 }
     }
 
+    #if arch(i386) || arch(arm) || arch(wasm32) || arch(arm64_32)
+    #error("LeafQueues.identity reads a String as two 64-bit words: a 64-bit target is needed")
+    #endif
     static func identity(_ s: String) -> StringIdentity {
         StringIdentity(words: unsafeBitCast(s, to: (UInt64, UInt64).self))
     }

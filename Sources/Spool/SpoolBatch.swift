@@ -17,7 +17,7 @@ public struct SpoolBatch: Sendable {
     }
 
     public private(set) var records: [Record] = []
-    /// How many distinct leaves the records have (`leafIndex` is below it).
+    /// One more than the highest `leafIndex` of the records (every `leafIndex` is below it).
     public private(set) var leafCount = 0
     @usableFromInline var buffers: [[UInt8]] = []
     /// The leaves' names by `leafIndex` ("" for a number no record has).

@@ -181,6 +181,10 @@ struct RecordCodecTests {
         var far = AckSet()
         let near = far.insert(UInt64(70)), beyond = far.insert(64 + AckSet.maxSpan)
         #expect(near && !beyond && far.ranges == [70...70])
+        // …nor one so far below the base that the set would span more than that.
+        var high = AckSet()
+        let top = high.insert(AckSet.maxSpan + 100), below = high.insert(UInt64(5)), inside = high.insert(AckSet.maxSpan + 99)
+        #expect(top && !below && inside && high.ranges == [(AckSet.maxSpan + 99)...(AckSet.maxSpan + 100)])
     }
 
     @Test("the in-flight table agrees with a dictionary through inserts, removals, reservations, growth and shrinking")
@@ -497,12 +501,16 @@ struct LeafQueuesTests {
         let kept = (0..<300).map(name)
         let slots = kept.map { q.slot(of: $0) }
         #expect(slots == (0..<300).map(Int32.init))
-        // Fresh strings of the same names (each a new storage), twice: the first adopts, the second hits.
-        for _ in 0..<2 {
-            var again: [Int32] = []
-            for i in 0..<300 { again.append(q.slot(of: name(i))) }
-            #expect(again == slots)
+        // The same names in strings of their own (each a new storage): found by their bytes and kept by the leaf
+        // from then on, then found again (by their words: the path every later record of theirs takes).
+        let fresh = (0..<300).map(name)
+        var again: [Int32] = [], twice: [Int32] = [], adopted = 0
+        for i in 0..<300 {
+            again.append(q.slot(of: fresh[i]))
+            if LeafQueues.identity(q[slots[i]].name) == LeafQueues.identity(fresh[i]) { adopted += 1 }
+            twice.append(q.slot(of: fresh[i]))
         }
+        #expect(again == slots && twice == slots && adopted == 300)
         // Strings made and freed by the thousand, names old and new: storage addresses come back, slots do not mix.
         for round in 0..<20 {
             for i in stride(from: round, to: 600, by: 7) {

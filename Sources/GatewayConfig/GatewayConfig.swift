@@ -378,7 +378,9 @@ struct Mapper {
         uplink.transport = f.hub.insecure_plain_amqp == true ? .insecurePlainAMQP : .tls(.init(caFile: f.hub.ca_file))
         if let a = f.hub.attaches_per_second?.value { uplink.attachesPerSecond = a > 0 ? a : nil }
         if let n = f.hub.attaches_at_once {
-            if (1...1000).contains(n) { uplink.attachingPerConnection = n } else { report(main, "hub.attaches_at_once", "hub.attaches_at_once must be 1 to 1000") }
+            if UplinkConfiguration.attachingPerConnectionRange.contains(n) { uplink.attachingPerConnection = n } else {
+                report(main, "hub.attaches_at_once", "hub.attaches_at_once must be \(UplinkConfiguration.attachingPerConnectionRange.lowerBound) to \(UplinkConfiguration.attachingPerConnectionRange.upperBound)")
+            }
         }
         if let t = f.hub.token_ttl_seconds {
             if t >= 60 { uplink.tokenTTLSeconds = t } else { report(main, "hub.token_ttl_seconds", "hub.token_ttl_seconds must be at least 60") }

@@ -188,15 +188,13 @@ final class Shard: @unchecked Sendable {
         return max(0, engine.configuration.attachingPerConnection - admitted.count)
     }
 
-    /// Queued leaves the pacer allows, in turn, as far as there is room (`attachRoom`).
+    /// Queued leaves, in turn, as many as `allowance` (the pacer's tokens, never more than `attachRoom()`).
     func admitQueued(nowMs: Int64, allowance: inout Int) {
         guard isOpen, allowance > 0, !leafOrder.isEmpty else { return }
-        var room = attachRoom()
-        for step in 0..<leafOrder.count where allowance > 0 && room > 0 {
+        for step in 0..<leafOrder.count where allowance > 0 {
             let id = leafOrder[(admitCursor + step) % leafOrder.count]
             guard let leaf = leaves[id], leaf.machine.phase == .queued else { continue }
             allowance -= 1
-            room -= 1
             admitCursor = (admitCursor + step + 1) % leafOrder.count
             perform(leaf.machine.admitted(nowMs: nowMs), for: leaf)
             admitted.append(id)

@@ -52,6 +52,8 @@ public struct UplinkConfiguration: Sendable, Equatable {
     /// with six links per leaf, the same from 8 to 64 at once). 32 still admit ~150 leaves a second at a 200 ms round
     /// trip, more than the hub's device-connection throttle (S1: 100/s a unit).
     public var attachingPerConnection = 32
+    /// What `[hub] attaches_at_once` may say.
+    public static let attachingPerConnectionRange = 1...1000
     /// Identities per AMQP connection; beyond it another connection opens. Default: 995 (hub limit ~999).
     public var maxIdentitiesPerConnection = 995
     /// The same cap for connections that may run over WebSockets (`route` `.webSocket` or `.auto`): the Azure SDKs

@@ -229,15 +229,14 @@ final class UplinkEngine: @unchecked Sendable {
     /// Lets queued leaves of `shard` authenticate, as far as the pacer (shared by all connections) allows.
     private func admit(_ shard: Shard, nowMs now: Int64) {
         guard shard.isOpen, clockIsPlausible(now) else { return }
-        let room = shard.attachRoom()
-        guard room > 0 else { return }
-        var allowance = Int.max
+        var allowance = shard.attachRoom()
+        guard allowance > 0 else { return }
         if var p = pacer {
-            allowance = p.take(room, nowMs: now)
+            allowance = p.take(allowance, nowMs: now)
             pacer = p
         }
         shard.admitQueued(nowMs: now, allowance: &allowance)
-        if allowance != Int.max, allowance > 0 {
+        if allowance > 0 {
             pacer?.refund(allowance)  // taken for leaves that were no longer queued
         }
     }

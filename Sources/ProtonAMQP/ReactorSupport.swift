@@ -20,7 +20,9 @@ public final class AMQPTimer: Sendable {
 
 /// The reactor's timers: a binary min-heap by deadline, first scheduled first among equal deadlines. A sorted array
 /// made every insert a scan: a thousand leaves each scheduling a deadline two minutes out cost ~475 M instructions
-/// at connect. Cancelled timers stay until they come up (or reach the top), and are then dropped.
+/// at connect. Cancelled timers are dropped when they come up or reach the top, and by a sweep whenever the heap has
+/// doubled since the last one: a timer cancelled long before its deadline (a C2D hold answered in time, a method
+/// deadline met) would otherwise keep its job, and everything the job captured, until then.
 struct TimerQueue {
     private struct Entry {
         var deadline: ContinuousClock.Instant
@@ -33,13 +35,32 @@ struct TimerQueue {
 
     private var heap: [Entry] = []
     private var scheduled: UInt64 = 0
+    /// The heap's size after the last sweep: the next one comes at twice this, so a sweep costs O(1) a timer.
+    private var sweptAt = 0
+    static let smallestSweep = 64
 
     var count: Int { heap.count }
 
     mutating func insert(deadline: ContinuousClock.Instant, timer: AMQPTimer, job: @escaping @Sendable () -> Void) {
+        if heap.count >= Swift.max(Self.smallestSweep, 2 * sweptAt) { sweepCancelled() }
         scheduled &+= 1
         heap.append(Entry(deadline: deadline, order: scheduled, timer: timer, job: job))
-        var child = heap.count - 1
+        siftUp(heap.count - 1)
+    }
+
+    /// Drops every cancelled timer and rebuilds the heap (bottom-up, linear).
+    private mutating func sweepCancelled() {
+        heap.removeAll { $0.timer.isCancelled }
+        sweptAt = heap.count
+        var parent = heap.count / 2 - 1
+        while parent >= 0 {
+            siftDown(parent)
+            parent -= 1
+        }
+    }
+
+    private mutating func siftUp(_ index: Int) {
+        var child = index
         while child > 0 {
             let parent = (child - 1) / 2
             guard heap[child].precedes(heap[parent]) else { break }
@@ -71,7 +92,12 @@ struct TimerQueue {
         let last = heap.removeLast()
         guard !heap.isEmpty else { return first }
         heap[0] = last
-        var parent = 0
+        siftDown(0)
+        return first
+    }
+
+    private mutating func siftDown(_ index: Int) {
+        var parent = index
         while true {
             let left = 2 * parent + 1, right = left + 1
             var smallest = parent
@@ -81,7 +107,6 @@ struct TimerQueue {
             heap.swapAt(parent, smallest)
             parent = smallest
         }
-        return first
     }
 }
 

@@ -79,6 +79,7 @@ struct ControlHandler: Sendable {
             "connections": .array(uplink.connections.map { c in
                 ["index": .int(Int64(c.index)), "state": .string(c.state), "opens": .int(Int64(c.opens)), "leaves": .int(Int64(c.leaves)),
                  "host": .string(c.host), "transport": .string(c.transport), "refused_by_tier": .array(c.refusedByTier.map(JSONValue.string)),
+                 "most_attaching_at_once": .int(Int64(c.mostAttachingAtOnce)),
                  "last_error": c.lastError.map(JSONValue.string) ?? .null, "last_disconnect": c.lastDisconnect.map(JSONValue.string) ?? .null]
             }),
             "leaves_by_state": .object(byPhase),
@@ -143,6 +144,8 @@ struct ControlHandler: Sendable {
         for c in uplink.connections {
             m.add("fieldgate_hub_connection_open", c.state == "open" ? 1 : 0, labels: ["connection": String(c.index)], help: "1 while the AMQP connection is open.")
             m.add("fieldgate_hub_connection_opens_total", Double(c.opens), labels: ["connection": String(c.index)], help: "Connections opened.", type: "counter")
+            m.add("fieldgate_hub_most_attaching_at_once", Double(c.mostAttachingAtOnce), labels: ["connection": String(c.index)],
+                  help: "The most leaves this connection had authenticating or attaching at once ([hub] attaches_at_once bounds it).")
         }
         m.add("fieldgate_telemetry_paused", uplink.telemetryPause == nil ? 0 : 1, help: "1 while telemetry pauses for every leaf: the hub's daily quota is spent.")
         if let o = uplink.offload {

@@ -39,12 +39,16 @@ struct NotifyTests {
         let status = try daemon.control(["command": "status"])
         #expect(status["summary"]?.stringValue?.contains("leaves online") == true)
         #expect(status["stuck"]?.arrayValue?.isEmpty == true)
+        // The leaf and the gateway attached, at most 32 at once (the default `attaches_at_once`).
+        let attaching = status["connections"]?.arrayValue?.first?["most_attaching_at_once"]?.intValue
+        #expect(attaching.map { (1...2).contains($0) } == true, "\(String(describing: status["connections"]))")
         // Prometheus metrics on loopback ([control] metrics).
         let metrics = daemon.httpGet("/metrics")
         #expect(metrics.hasPrefix("HTTP/1.1 200 OK"), "\(metrics.prefix(300))")
         #expect(metrics.contains("# TYPE fieldgate_spool_records gauge"))
         #expect(metrics.contains("fieldgate_leaves{state=\"ready\"} 2"))
         #expect(metrics.contains("fieldgate_hub_connection_open{connection=\"0\"} 1"))
+        #expect(metrics.contains("fieldgate_hub_most_attaching_at_once{connection=\"0\"} \(attaching ?? -1)"))
         #expect(metrics.contains("fieldgate_components_stuck 0"))
         #expect(daemon.httpGet("/other").hasPrefix("HTTP/1.1 404"))
         // The gateway's own `status` method answers the same, through the hub (issue 5, part 4).

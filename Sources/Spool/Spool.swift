@@ -25,6 +25,8 @@ public final class Spool: Sendable {
     let logger: Logger
     /// With `interval(N)`: fdatasyncs every N ms even when no append comes (the loss window of Spool.md).
     private let flusher: Flusher?
+    /// What `instantiateBacklogArrayTypes` allocated (kept so the allocations stay in the build).
+    private let backlogArrayCapacity: Int
 
     /// The watchdog's view of the spool: every operation counts as busy until it returns (a hung disk shows as a
     /// stuck spool); the flusher beats each round.
@@ -146,6 +148,7 @@ public final class Spool: Sendable {
         var s = State()
         try Self.recover(into: &s, configuration: configuration, readOnly: readOnly, logger: logger)
         self.state = Mutex(s)
+        backlogArrayCapacity = Self.instantiateBacklogArrayTypes()
         heartbeat.beat()  // recovered: the spool is running before its flusher's first round
         // The flusher syncs appends under `interval`, and acknowledgements under both policies (under `always` an
         // acknowledgement is not worth an fdatasync of its own: losing it only redelivers, with the same id).

@@ -35,7 +35,8 @@ struct TimerQueue {
 
     private var heap: [Entry] = []
     private var scheduled: UInt64 = 0
-    /// The heap's size after the last sweep: the next one comes at twice this, so a sweep costs O(1) a timer.
+    /// The heap's smallest size since the last sweep: the next one comes at twice this (at least `smallestSweep`),
+    /// so every sweep follows at least as many inserts as it keeps, and costs O(1) a timer.
     private var sweptAt = 0
     static let smallestSweep = 64
 
@@ -85,11 +86,15 @@ struct TimerQueue {
         return heap.first?.deadline
     }
 
-    mutating func removeAll() { heap.removeAll() }
+    mutating func removeAll() {
+        heap.removeAll()
+        sweptAt = 0
+    }
 
     private mutating func removeFirst() -> Entry {
         let first = heap[0]
         let last = heap.removeLast()
+        sweptAt = Swift.min(sweptAt, heap.count)
         guard !heap.isEmpty else { return first }
         heap[0] = last
         siftDown(0)

@@ -1,7 +1,7 @@
 extension Spool {
-    /// Allocates, once, an array of each type that only delivering a backlog allocates (settling, the ledger's
-    /// ranges, the leaves listing a cold segment and their index sections, the sync rounds of acknowledgements), and
-    /// returns their capacities so that the allocations are not optimized away.
+    /// Allocates, once, an array of each type that a gateway which has delivered nothing yet first allocates when a
+    /// backlog drains (the acknowledged ranges, the leaves listing a cold segment and their index sections, the sync
+    /// rounds of acknowledgements), and returns their capacities so that the allocations are not optimized away.
     ///
     /// Why: the Swift runtime builds a generic array's type metadata from its mangled name the first time code asks
     /// for it. fieldgated gives its start-up code pages back once it is up (`ResidentCode`), so a first backlog

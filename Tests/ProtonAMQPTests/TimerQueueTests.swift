@@ -33,8 +33,8 @@ struct TimerQueueTests {
     }
 
     /// A timer cancelled long before its deadline does not stay in the heap (with its job's captures) until then:
-    /// 100,000 holds of a minute, each answered in time, next to 50 live timers, keep the heap within twice what
-    /// is live (or the first sweep's size), and the live ones still come out in order.
+    /// 100,000 holds of a minute, each answered in time, next to 50 live timers, keep the heap at most twice what
+    /// is live (the sweep comes before the insert that would pass that), and the live ones still come out in order.
     @Test func timersCancelledLongBeforeTheirDeadlineAreSweptOut() {
         var queue = TimerQueue()
         let start = ContinuousClock.now
@@ -49,11 +49,28 @@ struct TimerQueueTests {
             hold.cancel()
             largest = max(largest, queue.count)
         }
-        #expect(largest <= 2 * max(TimerQueue.smallestSweep, 50) + 1)
+        #expect(largest == max(TimerQueue.smallestSweep, 2 * 50))
         #expect(queue.nextDeadline() == start + .seconds(3600 - 49))
         for job in queue.popDue(now: start + .seconds(7200)) { job() }
         #expect(ran.withLock { $0 } == Array((0..<50).reversed()))
         #expect(queue.count == 0)
+    }
+
+    /// After a peak of live timers (a thousand leaves connecting) the sweep threshold follows the heap down, so
+    /// cancelled timers pile up to twice what is live now, not twice the peak.
+    @Test func theSweepThresholdFollowsTheHeapDown() {
+        var queue = TimerQueue()
+        let start = ContinuousClock.now
+        for i in 0..<1000 { queue.insert(deadline: start + .milliseconds(i), timer: AMQPTimer()) {} }
+        _ = queue.popDue(now: start + .milliseconds(989))  // 10 left
+        var largest = 0
+        for _ in 0..<10_000 {
+            let hold = AMQPTimer()
+            queue.insert(deadline: start + .seconds(60), timer: hold) {}
+            hold.cancel()
+            largest = max(largest, queue.count)
+        }
+        #expect(largest == TimerQueue.smallestSweep)
     }
 
     @Test func cancelledTimersAtTheTopDoNotHoldTheNextDeadline() {

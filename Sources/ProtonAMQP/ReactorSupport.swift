@@ -21,8 +21,8 @@ public final class AMQPTimer: Sendable {
 /// The reactor's timers: a binary min-heap by deadline, first scheduled first among equal deadlines. A sorted array
 /// made every insert a scan: a thousand leaves each scheduling a deadline two minutes out cost ~475 M instructions
 /// at connect. Cancelled timers are dropped when they come up or reach the top, and by a sweep whenever the heap has
-/// doubled since the last one: a timer cancelled long before its deadline (a C2D hold answered in time, a method
-/// deadline met) would otherwise keep its job, and everything the job captured, until then.
+/// grown to twice its smallest size since the last one: a timer cancelled long before its deadline (a C2D hold
+/// answered in time, a method deadline met) would otherwise keep its job, and everything the job captured, until then.
 struct TimerQueue {
     private struct Entry {
         var deadline: ContinuousClock.Instant

@@ -252,6 +252,9 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .executableTarget(name: "spool-harness", dependencies: ["Spool"], swiftSettings: strictSettings),
+        // The memory floor under fieldgated: the same AMQP work in C with Proton and OpenSSL only
+        // (`fieldgate-bench daemon-memory --floor`).
+        .executableTarget(name: "proton-floor", dependencies: ["CProton"], linkerSettings: [.linkedLibrary("qpid-proton"), .linkedLibrary("crypto")]),
         .executableTarget(
             name: "fieldgate-bench",
             dependencies: [

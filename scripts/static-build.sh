@@ -2,7 +2,7 @@
 # Builds products as they ship (packaging/release-flags.sh: static Swift runtime, hardening, hot code laid out
 # together) into .build/static, for the benchmarks that measure the shipped binary: valgrind 3.19 runs only
 # statically linked Swift programs, and daemon-memory's figures depend on the layout.
-# Usage: scripts/static-build.sh PRODUCT...   e.g. scripts/static-build.sh fieldgated fieldgate-hub fieldgate-bench
+# Usage: scripts/static-build.sh PRODUCT...   e.g. scripts/static-build.sh fieldgated fieldgate-hub fieldgate-bench proton-floor
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d /opt/swift/usr/bin ] && export PATH=/opt/swift/usr/bin:$PATH
@@ -13,5 +13,11 @@ release_flags gold packaging/hot-code.symbols .build/static/hot-code.sections
 # The order file is an input SwiftPM does not track: relink every time, so a new list takes effect.
 for product in "$@"; do
   rm -f ".build/static/release/$product"
+  if [ "$product" = proton-floor ]; then
+    # The memory floor is C with Proton and OpenSSL only: SwiftPM would link the Swift runtime into it.
+    mkdir -p .build/static/release
+    cc -O2 -Wall -o .build/static/release/proton-floor Sources/proton-floor/main.c -lqpid-proton -lcrypto
+    continue
+  fi
   swift build "${RELEASE_FLAGS[@]}" --scratch-path .build/static --product "$product"
 done

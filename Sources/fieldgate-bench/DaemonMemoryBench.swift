@@ -30,12 +30,14 @@ struct DaemonMemoryBench: AsyncParsableCommand {
     var massif: String?
     @Option(help: "The daemon's `[uplink] max_in_flight` (default: its own, 800): what the drain's peak depends on.")
     var maxInFlight: Int?
+    @Flag(help: "Then stop the daemon and measure proton-floor (the binary next to this one: C, Proton and OpenSSL only) doing the same AMQP work against the same hub: one connection, the hub-scope token, the same leaves' links with the same names, properties and credit. What it takes is the floor of any gateway built on these libraries; the difference is fieldgated's own.")
+    var floor = false
 
     func run() async throws {
         guard cloud == "all" || cloud == "none" else { throw ValidationError("--cloud: all or none") }
         let figures = try await Self.measure(daemon: daemon ?? siblingExecutable("fieldgated"), hubBinary: siblingExecutable("fieldgate-hub"), leaves: leaves,
                                              records: records, settle: settle, dir: dir, telemetryOnly: cloud == "none", drain: drain, hotCode: hotCode,
-                                             massif: massif, maxInFlight: maxInFlight)
+                                             massif: massif, maxInFlight: maxInFlight, floor: floor)
         print(figures.table)
         if let hotCode { print("hot code: \(figures.hotSymbols) symbols written to \(hotCode)") }
         if let massif, let heap = figures.heap {
@@ -73,6 +75,9 @@ struct DaemonMemoryBench: AsyncParsableCommand {
         /// delivered.
         var drainingHeap: Massif.Breakdown?
         var drainedHeap: Massif.Breakdown?
+        /// With --floor: proton-floor's memory with the same links, idle for as long, and its resident files.
+        var floor: ChildProcess.Memory?
+        var floorMappings: [(kB: Int, name: String)] = []
 
         var table: String {
             let kind = telemetryOnly ? "telemetry-only UDP leaves (cloud = [], one link each)" : "UDP leaves (C2D, methods, twin: six links each)"
@@ -88,13 +93,22 @@ struct DaemonMemoryBench: AsyncParsableCommand {
                 out += "RSS MB every 10 s while draining: " + drainSeries.map { fixed($0, 1) }.joined(separator: " ") + "\n"
             }
             out += "resident file mappings: " + mappings.prefix(6).map { "\($0.name) \(fixed(Double($0.kB) / 1024, 1)) MB" }.joined(separator: ", ") + "\n"
+            if let floor {
+                let mb = { (kB: Double) in fixed(kB / 1024, 1) }
+                let signed = { (kB: Double) in (kB >= 0 ? "+" : "") + fixed(kB / 1024, 1) }
+                let target = telemetryOnly ? 12.0 : 26.0
+                out += "proton-floor (C: Proton and OpenSSL only, the same \(leaves) leaves' links, idle as long): VmRSS \(mb(floor.rssKB)) MB, anonymous "
+                    + "\(mb(floor.anonKB)), file \(mb(floor.fileKB)); its files: " + floorMappings.prefix(5).map { "\($0.name) \(fixed(Double($0.kB) / 1024, 1)) MB" }.joined(separator: ", ") + "\n"
+                out += "fieldgated above the floor: \(signed(settled.rssKB - floor.rssKB)) MB (anonymous \(signed(settled.anonKB - floor.anonKB)), file "
+                    + "\(signed(settled.fileKB - floor.fileKB))); the \(fixed(target, 0)) MB target leaves \(signed(target * 1024 - floor.rssKB)) MB above the floor\n"
+            }
             out += "targets (1000 leaves attached and idle): VmRSS ≤ 26 MB with six links per leaf, ≤ 12 MB telemetry-only; + ≤ 2 MB with 1 M readings spooled; draining ≤ 10 % above idle"
             return out
         }
     }
 
     static func measure(daemon: String, hubBinary: String, leaves: Int, records: Int, settle: Int, dir: String, telemetryOnly: Bool = false,
-                        drain: Bool = false, hotCode: String? = nil, massif: String? = nil, maxInFlight: Int? = nil) async throws -> Figures {
+                        drain: Bool = false, hotCode: String? = nil, massif: String? = nil, maxInFlight: Int? = nil, floor: Bool = false) async throws -> Figures {
         guard hotCode == nil || massif == nil else { throw BenchError("--hot-code and --massif each run the daemon under valgrind: one at a time") }
         let hub = try await BenchHub.start(binary: hubBinary, devices: leaves)
         defer { hub.stop() }
@@ -164,7 +178,33 @@ struct DaemonMemoryBench: AsyncParsableCommand {
             try ChildProcess.writeFile(hotCode, symbols.joined(separator: "\n") + "\n")
             figures.hotSymbols = symbols.count
         }
+        if floor {
+            // The hub would detach the daemon's links for the floor's (a device's links on a new connection win).
+            child.terminate()
+            try await measureFloor(hub: hub, leaves: leaves, telemetryOnly: telemetryOnly, settle: settle, dir: dir, into: &figures)
+        }
         return figures
+    }
+
+    /// Runs proton-floor with the daemon's leaves until they are attached, lets it idle for `settle` seconds and
+    /// reads its memory.
+    private static func measureFloor(hub: BenchHub, leaves: Int, telemetryOnly: Bool, settle: Int, dir: String, into figures: inout Figures) async throws {
+        let policyKey = hub.ownerPolicyKey
+        let ready = dir + "/floor-ready"
+        let floor = try ChildProcess.spawn(siblingExecutable("proton-floor"), [
+            "--port", String(hub.amqpsPort), "--ca", hub.caFile, "--policy-key", policyKey, "--ready-file", ready, "--leaves", String(leaves),
+        ] + (telemetryOnly ? ["--telemetry-only"] : []))
+        defer { floor.terminate() }
+        let deadline = ContinuousClock.now + .seconds(120)
+        while access(ready, F_OK) != 0 {
+            guard floor.isRunning() else { throw BenchError("proton-floor exited (its error is on this terminal)") }
+            guard ContinuousClock.now < deadline else { throw BenchError("proton-floor's leaves did not attach in time") }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        try await Task.sleep(for: .seconds(settle))
+        guard floor.isRunning() else { throw BenchError("proton-floor exited (its error is on this terminal)") }
+        figures.floor = floor.memory()
+        figures.floorMappings = fileMappings(pid: floor.pid)
     }
 
     /// Lifts the throttle and follows RSS until the spool is empty.
@@ -203,8 +243,7 @@ struct DaemonMemoryBench: AsyncParsableCommand {
     static func writeConfiguration(dir: String, hub: BenchHub, gatewayKey: String, leaves: Int, telemetryOnly: Bool,
                                    maxInFlight: Int? = nil) async throws -> Int {
         let udpPort = 30000 + Int.random(in: 0..<20000)
-        let policyKey = (ChildProcess.readFile(hub.keysFile) ?? "").split(separator: "\n")
-            .first { $0.hasPrefix("policy ") }.flatMap { try? ConnectionString(parsing: String($0.dropFirst(7))).sharedAccessKey } ?? ""
+        let policyKey = hub.ownerPolicyKey
         try ChildProcess.writeFile(dir + "/fieldgate.toml", """
             [hub]
             host = "localhost"

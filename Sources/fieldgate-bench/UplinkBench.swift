@@ -143,6 +143,11 @@ struct BenchHub {
     let stateDir: String
     var caFile: String { stateDir + "/certs/ca.pem" }
     var keysFile: String { stateDir + "/bench-keys" }
+    /// The key of the hub's owner policy (`iothubowner`), from the keys file.
+    var ownerPolicyKey: String {
+        (ChildProcess.readFile(keysFile) ?? "").split(separator: "\n")
+            .first { $0.hasPrefix("policy ") }.flatMap { try? ConnectionString(parsing: String($0.dropFirst(7))).sharedAccessKey } ?? ""
+    }
 
     static func start(binary: String, devices: Int, webSockets: Bool = false) async throws -> BenchHub {
         let amqpsPort = 20000 + Int.random(in: 0..<10000), httpPort = amqpsPort + 10000
@@ -152,7 +157,6 @@ struct BenchHub {
         certs.wait()
         let process = try ChildProcess.spawn(binary, ["serve", "--amqps-port", "\(amqpsPort)", "--http-port", "\(httpPort)",
                                                      "--open-service-api", "--state-dir", stateDir, "--log-level", "warning",
-                                                     // Proton's TLS: the hub spends less per message and stays out of the figures' way.
                                                      // Proton's TLS: the hub spends less per message and stays out of the figures' way.
                                                      "--event-log-capacity", "200000", "--no-client-certificates"] + (httpsPort.map { ["--https-port", "\($0)"] } ?? []))
         let service = HubServiceClient(host: "127.0.0.1", port: httpPort, authorization: nil)

@@ -406,6 +406,9 @@ final class UplinkEngine: @unchecked Sendable {
             leaf.pending.append(m)
             touched[s, default: [:]][ObjectIdentifier(leaf)] = leaf
         }
+        // Only this result needed it; the next fetch makes its own (with a thousand leaves it held ~270 bytes a leaf
+        // for as long as the gateway idled).
+        fetchGenerations = [:]
         for (s, leaves) in touched {
             let ids = leaves.values.map(\.deviceID)
             shards[s].withConnection { shard in

@@ -406,8 +406,8 @@ final class UplinkEngine: @unchecked Sendable {
             leaf.pending.append(m)
             touched[s, default: [:]][ObjectIdentifier(leaf)] = leaf
         }
-        // Only this result needed it; the next fetch makes its own (with a thousand leaves it held ~270 bytes a leaf
-        // for as long as the gateway idled).
+        // Only this result needed it (~64 kB with a thousand leaves, kept for as long as the gateway idled). Cleared
+        // before the flushes below: they may start the next fetch, whose table must stay.
         fetchGenerations = [:]
         for (s, leaves) in touched {
             let ids = leaves.values.map(\.deviceID)

@@ -30,11 +30,16 @@ struct DaemonMemoryBench: AsyncParsableCommand {
     var massif: String?
     @Option(help: "The daemon's `[uplink] max_in_flight` (default: its own, 800): what the drain's peak depends on.")
     var maxInFlight: Int?
-    @Flag(help: "Then stop the daemon and measure proton-floor (the binary next to this one: C, Proton and OpenSSL only) doing the same AMQP work against the same hub: one connection, the hub-scope token, the same leaves' links with the same names, properties and credit. What it takes is the floor of any gateway built on these libraries; the difference is fieldgated's own.")
+    @Flag(help: "Then stop the daemon and measure proton-floor (the binary next to this one: C, Proton and OpenSSL only) doing the daemon's AMQP work against the same hub: one connection, the hub-scope token, the same leaves' links with the same addresses, properties and credit. What it takes is the floor of this design on these libraries; the difference is fieldgated's own. With --records 0, without --drain, --massif or --hot-code.")
     var floor = false
 
     func run() async throws {
         guard cloud == "all" || cloud == "none" else { throw ValidationError("--cloud: all or none") }
+        // The floor is compared with the idle daemon measured as shipped: a spool, a drain or valgrind's RSS would
+        // count as fieldgated's own.
+        guard !floor || (records == 0 && !drain && massif == nil && hotCode == nil) else {
+            throw ValidationError("--floor: with --records 0, and without --drain, --massif or --hot-code")
+        }
         let figures = try await Self.measure(daemon: daemon ?? siblingExecutable("fieldgated"), hubBinary: siblingExecutable("fieldgate-hub"), leaves: leaves,
                                              records: records, settle: settle, dir: dir, telemetryOnly: cloud == "none", drain: drain, hotCode: hotCode,
                                              massif: massif, maxInFlight: maxInFlight, floor: floor)
@@ -140,7 +145,8 @@ struct DaemonMemoryBench: AsyncParsableCommand {
         defer { if hotCode != nil { _ = system("rm -rf '\(dir)-callgrind'") } }
         defer { if massif != nil { _ = system("rm -rf '\(dir)-massif.out' '\(dir)-massif'") } }
         let child = try ChildProcess.spawn(binary, arguments)
-        defer { child.terminate() }
+        var childStopped = false
+        defer { if !childStopped { child.terminate() } }
         try await Task.sleep(for: .milliseconds(300))
         let atStart = child.memory()
         let deadline = ContinuousClock.now + .seconds(hotCode == nil && massif == nil ? 120 : 900)
@@ -181,6 +187,7 @@ struct DaemonMemoryBench: AsyncParsableCommand {
         if floor {
             // The hub would detach the daemon's links for the floor's (a device's links on a new connection win).
             child.terminate()
+            childStopped = true
             try await measureFloor(hub: hub, leaves: leaves, telemetryOnly: telemetryOnly, settle: settle, dir: dir, into: &figures)
         }
         return figures
@@ -189,10 +196,11 @@ struct DaemonMemoryBench: AsyncParsableCommand {
     /// Runs proton-floor with the daemon's leaves until they are attached, lets it idle for `settle` seconds and
     /// reads its memory.
     private static func measureFloor(hub: BenchHub, leaves: Int, telemetryOnly: Bool, settle: Int, dir: String, into figures: inout Figures) async throws {
-        let policyKey = hub.ownerPolicyKey
-        let ready = dir + "/floor-ready"
+        let ready = dir + "/floor-ready", keyFile = dir + "/floor-policy-key"
+        try ChildProcess.writeFile(keyFile, hub.ownerPolicyKey + "\n")
+        chmod(keyFile, 0o600)
         let floor = try ChildProcess.spawn(siblingExecutable("proton-floor"), [
-            "--port", String(hub.amqpsPort), "--ca", hub.caFile, "--policy-key", policyKey, "--ready-file", ready, "--leaves", String(leaves),
+            "--port", String(hub.amqpsPort), "--ca", hub.caFile, "--policy-key-file", keyFile, "--ready-file", ready, "--leaves", String(leaves),
         ] + (telemetryOnly ? ["--telemetry-only"] : []))
         defer { floor.terminate() }
         let deadline = ContinuousClock.now + .seconds(120)

@@ -1,20 +1,19 @@
 /*
- * proton-floor: what the same AMQP work as fieldgated's costs in memory with nothing else in the process.
+ * proton-floor: what fieldgated's AMQP work costs in memory with nothing else in the process.
  *
  * `fieldgate-bench daemon-memory --floor` runs it against the same hub and leaves as fieldgated: one TLS
- * connection (SASL ANONYMOUS), one hub-scope put-token on $cbs, then per leaf the links fieldgated attaches —
- * telemetry, C2D, the methods pair and the twin pair (or telemetry only) — with the same names, addresses,
- * attach properties, settle modes and credit, in sessions of 100 leaves, at most 32 leaves attaching at once.
- * Once every link is attached it writes "attached" to the ready file, gives back its start-up pages as fieldgated
- * does (MADV_DONTNEED on read-only file mappings without private pages, malloc_trim) and idles until killed,
- * sending one 200-byte reading (or putting its token again) every 30 s, so that the TLS record path stays mapped
- * as in any live gateway.
- * What it does not do (twin GET and subscriptions, the gateway's own identity, a spool, adapters, timers) only
- * costs more, so its resident memory is a floor under any gateway built on Proton and OpenSSL for this work.
+ * connection without SASL (as fieldgated's uplink), one hub-scope put-token on $cbs, then per leaf the links
+ * fieldgated attaches — telemetry, C2D, the methods pair and the twin pair (or telemetry only) — with names of the
+ * same form and the same addresses, attach properties, settle modes and credit, in sessions of 100 leaves, at most
+ * 32 leaves attaching at once. Once every link is attached it writes "attached" to the ready file, gives back its
+ * start-up pages by fieldgated's rule (MADV_DONTNEED on read-only file mappings without private pages), trims the
+ * heap once a minute as fieldgated does, and idles until killed (for up to a day: its token's lifetime), sending one
+ * 200-byte reading every 30 s so that the TLS record path stays mapped as in any live gateway.
+ * What it leaves out (twin GET and subscriptions, the gateway's own identity, a spool, adapters, timers) costs
+ * fieldgated more, never less: its resident memory is the floor of this design on Proton and OpenSSL.
  *
  * Written in C so that no language runtime is counted in the floor.
  */
-#include <errno.h>
 #include <malloc.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -34,7 +33,6 @@
 #include <proton/link.h>
 #include <proton/message.h>
 #include <proton/proactor.h>
-#include <proton/sasl.h>
 #include <proton/session.h>
 #include <proton/ssl.h>
 #include <proton/terminus.h>
@@ -42,23 +40,25 @@
 
 enum { LEAVES_PER_SESSION = 100, ATTACHING_AT_ONCE = 32, REQUEST_CREDIT = 10 };
 
-/* fieldgated's link kinds (Sources/Uplink/LeafRuntime.swift): name prefix, address suffix, direction, properties. */
+/* fieldgated's link kinds (Sources/Uplink/LeafRuntime.swift, Shard.swift): name prefix, address suffix, direction,
+ * settle mode, channel correlation id, the credit a receiver is given once attached. */
 static const struct kind {
     const char *prefix, *endpoint;
-    bool sender, presettled, channel, flowed;
+    bool sender, presettled;
     const char *channel_prefix;
+    int credit;
 } kinds[6] = {
-    {"telemetry", "/messages/events", true, false, false, false, NULL},
-    {"c2d", "/messages/devicebound", false, false, false, true, NULL},
-    {"methods-rx", "/methods/devicebound", false, false, true, true, "methods:"},
-    {"methods-tx", "/methods/devicebound", true, true, true, false, "methods:"},
-    {"twin-tx", "/twin", true, true, true, false, "twin:"},
-    {"twin-rx", "/twin", false, false, true, true, "twin:"},
+    {"telemetry", "/messages/events", true, false, NULL, 0},
+    {"c2d", "/messages/devicebound", false, false, NULL, 1},
+    {"methods-rx", "/methods/devicebound", false, false, "methods:", REQUEST_CREDIT},
+    {"methods-tx", "/methods/devicebound", true, true, "methods:", 0},
+    {"twin-tx", "/twin", true, true, "twin:", 0},
+    {"twin-rx", "/twin", false, false, "twin:", REQUEST_CREDIT},
 };
 
 static struct {
-    const char *host, *port, *sni, *ca, *policy_name, *policy_key, *ready_file, *client_version;
-    int leaves, kinds;
+    const char *host, *port, *sni, *ca, *policy_name, *policy_key_file, *ready_file, *client_version;
+    int leaves, links_per_leaf;
 } opt = {"127.0.0.1", "5671", "localhost", NULL, "iothubowner", NULL, NULL, "fieldgate/0.1", 1000, 6};
 
 static pn_proactor_t *proactor;
@@ -68,6 +68,8 @@ static pn_session_t **sessions;
 static int *open_links;  /* per leaf: links the hub has attached */
 static int next_leaf, attaching, ready;
 static bool token_sent, released;
+static unsigned wakes;
+static char policy_key[256];
 
 static void fail(const char *what) {
     fprintf(stderr, "proton-floor: %s\n", what);
@@ -96,27 +98,41 @@ static void percent_encode(const char *in, char *out, size_t size) {
     out[n] = 0;
 }
 
-/* SharedAccessSignature sr=<enc audience>&sig=<enc base64 HMAC-SHA256(key, sr "\n" se)>&se=<expiry>&skn=<name> */
+/* The policy key: one line of base64 (the file keeps it off the command line). */
+static void read_policy_key(void) {
+    FILE *f = fopen(opt.policy_key_file, "r");
+    if (!f) fail("cannot read the policy key file");
+    if (!fgets(policy_key, sizeof policy_key, f)) policy_key[0] = 0;
+    fclose(f);
+    policy_key[strcspn(policy_key, "\r\n")] = 0;
+    size_t n = strlen(policy_key);
+    if (n == 0 || n % 4 != 0 || n > 172 || strspn(policy_key, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=") != n)
+        fail("the policy key is not one line of base64 (at most 128 bytes)");
+}
+
+/* SharedAccessSignature sr=<enc audience>&sig=<enc base64 HMAC-SHA256(key, sr "\n" se)>&se=<expiry>&skn=<enc name>,
+ * as fieldgated's SASToken.generate. */
 static void sas_token(const char *audience, char *out, size_t size) {
-    unsigned char key[128], mac[EVP_MAX_MD_SIZE];
+    unsigned char key[129], mac[EVP_MAX_MD_SIZE];
     unsigned int mac_length = 0;
-    int key_length = EVP_DecodeBlock(key, (const unsigned char *)opt.policy_key, (int)strlen(opt.policy_key));
+    size_t n = strlen(policy_key);
+    int key_length = EVP_DecodeBlock(key, (const unsigned char *)policy_key, (int)n);
     if (key_length <= 0) fail("the policy key is not base64");
-    size_t kl = strlen(opt.policy_key);
-    key_length -= (kl > 0 && opt.policy_key[kl - 1] == '=') + (kl > 1 && opt.policy_key[kl - 2] == '=');
-    char sr[512], to_sign[600], sig[128], sig_encoded[256];
+    key_length -= (policy_key[n - 1] == '=') + (policy_key[n - 2] == '=');
+    char sr[1024], to_sign[1100], sig[128], sig_encoded[256], name[256];
     percent_encode(audience, sr, sizeof sr);
-    long long expiry = (long long)time(NULL) + 3600;
+    percent_encode(opt.policy_name, name, sizeof name);
+    long long expiry = (long long)time(NULL) + 86400;
     snprintf(to_sign, sizeof to_sign, "%s\n%lld", sr, expiry);
     HMAC(EVP_sha256(), key, key_length, (const unsigned char *)to_sign, strlen(to_sign), mac, &mac_length);
     EVP_EncodeBlock((unsigned char *)sig, mac, (int)mac_length);
     percent_encode(sig, sig_encoded, sizeof sig_encoded);
-    snprintf(out, size, "SharedAccessSignature sr=%s&sig=%s&se=%lld&skn=%s", sr, sig_encoded, expiry, opt.policy_name);
+    snprintf(out, size, "SharedAccessSignature sr=%s&sig=%s&se=%lld&skn=%s", sr, sig_encoded, expiry, name);
 }
 
 /* The hub-scope token on $cbs; later calls put the same token again (a renewal, without signing anew). */
 static void send_put_token(void) {
-    static char audience[300], token[1024];
+    static char audience[300], token[1600];
     static unsigned long long puts;
     if (!token[0]) {
         snprintf(audience, sizeof audience, "%s/devices", opt.sni);
@@ -137,7 +153,7 @@ static void send_put_token(void) {
     pn_data_put_string(p, pn_bytes(strlen(audience), audience));
     pn_data_exit(p);
     pn_data_put_string(pn_message_body(m), pn_bytes(strlen(token), token));
-    char buffer[2048];
+    char buffer[2560];
     size_t size = sizeof buffer;
     if (pn_message_encode(m, buffer, &size) != 0) fail("cannot encode the put-token");
     pn_message_free(m);
@@ -171,8 +187,9 @@ static int put_token_status(pn_delivery_t *d) {
     return status;
 }
 
-/* One 200-byte JSON reading on the first leaf's telemetry link, as a gateway sends now and then when idle; when
- * the hub gives that link no credit (the benchmark throttles every leaf), the token is put again instead. */
+/* One 200-byte JSON reading on the first leaf's telemetry link, as a gateway sends now and then when idle (a hub
+ * that throttles the leaf refuses it: the round trip is what counts). Should the link have no credit, the token is
+ * put again instead, which is a round trip too. */
 static void send_reading(void) {
     if (!first_telemetry || pn_link_credit(first_telemetry) <= 0) {
         send_put_token();
@@ -207,8 +224,9 @@ static void set_properties(pn_link_t *link, const struct kind *k, int leaf) {
     pn_data_enter(p);
     pn_data_put_symbol(p, pn_bytes(strlen("com.microsoft:client-version"), "com.microsoft:client-version"));
     pn_data_put_string(p, pn_bytes(strlen(opt.client_version), opt.client_version));
-    if (k->channel) {
-        /* fieldgated's channel: a random uuid per leaf, the same on the leaf's four method and twin links. */
+    if (k->channel_prefix) {
+        /* fieldgated's channel is a random uuid per leaf, the same on its four method and twin links: this one only
+         * has its shape and length. */
         char channel[64];
         unsigned h = (unsigned)leaf * 2654435761u;
         snprintf(channel, sizeof channel, "%s%08x-%04x-4%03x-8%03x-%012x", k->channel_prefix, h, h >> 16, h & 0xfff, (h >> 8) & 0xfff, (unsigned)leaf);
@@ -228,7 +246,7 @@ static void open_leaf(int leaf) {
     }
     char device[64], name[128], address[160], local[128];
     snprintf(device, sizeof device, "bench-%d", leaf);
-    for (int i = 0; i < opt.kinds; i++) {
+    for (int i = 0; i < opt.links_per_leaf; i++) {
         const struct kind *k = &kinds[i];
         snprintf(name, sizeof name, "%s-%s-%d", k->prefix, device, leaf + 1);
         snprintf(address, sizeof address, "/devices/%s%s", device, k->endpoint);
@@ -249,7 +267,7 @@ static void admit_leaves(void) {
     while (attaching < ATTACHING_AT_ONCE && next_leaf < opt.leaves) open_leaf(next_leaf++);
 }
 
-/* The leaf a link belongs to, from its name "<kind>-bench-<n>-<m>". */
+/* The leaf a link belongs to, from its name "<kind>-bench-<n>-<m>" (the benchmark's devices are bench-0 … bench-N). */
 static int leaf_of(pn_link_t *link) {
     const char *name = pn_link_name(link), *b = strstr(name, "bench-");
     return b ? atoi(b + 6) : -1;
@@ -263,9 +281,11 @@ static void link_opened(pn_link_t *link) {
     int leaf = leaf_of(link);
     if (leaf < 0 || leaf >= opt.leaves) return;
     const char *name = pn_link_name(link);
-    if (strncmp(name, "c2d-", 4) == 0) pn_link_flow(link, 1);
-    if (strncmp(name, "methods-rx-", 11) == 0 || strncmp(name, "twin-rx-", 8) == 0) pn_link_flow(link, REQUEST_CREDIT);
-    if (++open_links[leaf] == opt.kinds) {
+    for (int i = 0; i < opt.links_per_leaf; i++) {
+        size_t length = strlen(kinds[i].prefix);
+        if (kinds[i].credit > 0 && strncmp(name, kinds[i].prefix, length) == 0 && name[length] == '-') pn_link_flow(link, kinds[i].credit);
+    }
+    if (++open_links[leaf] == opt.links_per_leaf) {
         attaching--;
         ready++;
         admit_leaves();
@@ -287,14 +307,14 @@ static void release_startup_pages(void) {
     char line[512], perms[8] = "", path[300] = "";
     unsigned long start = 0, end = 0;
     long rss = 0, anonymous = 0;
-    bool have = false;
+    bool have = false, deleted = false;
     for (;;) {
         bool eof = !fgets(line, sizeof line, f);
         unsigned long s, e;
         char p[8];
         bool header = !eof && sscanf(line, "%lx-%lx %7s", &s, &e, p) == 3;
         if ((eof || header) && have) {
-            if (path[0] == '/' && !strchr(perms, 'w') && perms[3] == 'p' && anonymous == 0 && rss > 0)
+            if (path[0] == '/' && !strchr(perms, 'w') && perms[3] == 'p' && anonymous == 0 && rss > 0 && !deleted)
                 madvise((void *)start, end - start, MADV_DONTNEED);
             have = false;
         }
@@ -305,6 +325,7 @@ static void release_startup_pages(void) {
             strcpy(perms, p);
             path[0] = 0;
             sscanf(line, "%*s %*s %*s %*s %*s %299s", path);
+            deleted = strstr(line, "(deleted)") != NULL;
             rss = anonymous = 0;
             have = true;
         } else if (strncmp(line, "Rss:", 4) == 0) {
@@ -352,6 +373,7 @@ static void handle(pn_event_t *e) {
                 fprintf(stderr, "proton-floor: put-token answered %d\n", status);
                 exit(1);
             }
+            pn_link_flow(cbs_receiver, 1);  /* as fieldgated: one more answer for each one taken */
             admit_leaves();
         } else if (pn_link_is_sender(link) && pn_delivery_updated(d)) {
             pn_delivery_settle(d);
@@ -375,7 +397,7 @@ static void handle(pn_event_t *e) {
             release_startup_pages();
         }
         send_reading();
-        malloc_trim(0);
+        if (++wakes % 2 == 0) malloc_trim(0);  /* once a minute, as fieldgated's housekeeping */
         break;
     default:
         break;
@@ -383,7 +405,7 @@ static void handle(pn_event_t *e) {
 }
 
 static void usage(void) {
-    fputs("usage: proton-floor --port N --ca FILE --policy-key KEY --ready-file FILE [--host A] [--sni NAME] [--leaves N]\n"
+    fputs("usage: proton-floor --port N --ca FILE --policy-key-file FILE --ready-file FILE [--host A] [--sni NAME] [--leaves N]\n"
           "                    [--telemetry-only] [--policy-name NAME] [--client-version V]\n",
           stderr);
     exit(2);
@@ -392,7 +414,7 @@ static void usage(void) {
 int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (strcmp(a, "--telemetry-only") == 0) { opt.kinds = 1; continue; }
+        if (strcmp(a, "--telemetry-only") == 0) { opt.links_per_leaf = 1; continue; }
         if (i + 1 >= argc) usage();
         const char *v = argv[++i];
         if (strcmp(a, "--host") == 0) opt.host = v;
@@ -401,12 +423,13 @@ int main(int argc, char **argv) {
         else if (strcmp(a, "--ca") == 0) opt.ca = v;
         else if (strcmp(a, "--leaves") == 0) opt.leaves = atoi(v);
         else if (strcmp(a, "--policy-name") == 0) opt.policy_name = v;
-        else if (strcmp(a, "--policy-key") == 0) opt.policy_key = v;
+        else if (strcmp(a, "--policy-key-file") == 0) opt.policy_key_file = v;
         else if (strcmp(a, "--ready-file") == 0) opt.ready_file = v;
         else if (strcmp(a, "--client-version") == 0) opt.client_version = v;
         else usage();
     }
-    if (!opt.ca || !opt.policy_key || !opt.ready_file || opt.leaves <= 0) usage();
+    if (!opt.ca || !opt.policy_key_file || !opt.ready_file || opt.leaves <= 0) usage();
+    read_policy_key();
     /* As fieldgated (MemoryHousekeeping): one malloc arena, fixed thresholds. */
     mallopt(M_ARENA_MAX, 1);
     mallopt(M_MMAP_THRESHOLD, 128 * 1024);
@@ -429,7 +452,7 @@ int main(int argc, char **argv) {
     if (pn_ssl_init(ssl, domain, NULL) != 0) fail("cannot set up TLS");
     pn_ssl_set_peer_hostname(ssl, opt.sni);
     pn_ssl_domain_free(domain);
-    pn_sasl_allowed_mechs(pn_sasl(t), "ANONYMOUS");
+    /* No pn_sasl(): the plain AMQP header after TLS, as fieldgated's uplink sends it (authentication is CBS). */
     pn_connection_open(connection);
     char address[PN_MAX_ADDR];
     pn_proactor_addr(address, sizeof address, opt.host, opt.port);

@@ -14,9 +14,10 @@ release_flags gold packaging/hot-code.symbols .build/static/hot-code.sections
 for product in "$@"; do
   rm -f ".build/static/release/$product"
   if [ "$product" = proton-floor ]; then
-    # The memory floor is C with Proton and OpenSSL only: SwiftPM would link the Swift runtime into it.
+    # The memory floor is C with Proton and OpenSSL only (SwiftPM would link the Swift runtime into it), bound at
+    # start as the shipped fieldgated is (lazy binding maps the dynamic linker's pages again later).
     mkdir -p .build/static/release
-    cc -O2 -Wall -o .build/static/release/proton-floor Sources/proton-floor/main.c -lqpid-proton -lcrypto
+    cc -O2 -Wall -Wl,-z,now -Wl,-z,relro -o .build/static/release/proton-floor Sources/proton-floor/main.c -lqpid-proton -lcrypto
     continue
   fi
   swift build "${RELEASE_FLAGS[@]}" --scratch-path .build/static --product "$product"

@@ -45,24 +45,33 @@ struct FileHandle {
     }
 
     func read(offset: Int, count: Int) throws(SpoolError) -> [UInt8] {
-        var failure: Int32?
+        var failure: SpoolError?
         // Uninitialized storage: only what pread filled is kept.
         let out = [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
-            var done = 0
-            while done < count {
-                let n = pread(fd, buffer.baseAddress! + done, count - done, off_t(offset + done))
-                if n < 0 {
-                    if Glibc.errno == EINTR { continue }
-                    failure = Glibc.errno
-                    break
-                }
-                if n == 0 { break }
-                done += n
+            do throws(SpoolError) {
+                initialized = try read(offset: offset, into: UnsafeMutableRawBufferPointer(buffer))
+            } catch {
+                failure = error
+                initialized = 0
             }
-            initialized = done
         }
-        if let failure { throw SpoolError(.io, "cannot read \(path)", errno: failure) }
+        if let failure { throw failure }
         return out
+    }
+
+    /// Fills `buffer` from `offset` (less at the end of the file); returns how many bytes were read.
+    func read(offset: Int, into buffer: UnsafeMutableRawBufferPointer) throws(SpoolError) -> Int {
+        var done = 0
+        while done < buffer.count {
+            let n = pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset + done))
+            if n < 0 {
+                if Glibc.errno == EINTR { continue }
+                throw SpoolError(.io, "cannot read \(path)", errno: Glibc.errno)
+            }
+            if n == 0 { break }
+            done += n
+        }
+        return done
     }
 
     func readAll() throws(SpoolError) -> [UInt8] { try read(offset: 0, count: try size()) }

@@ -28,7 +28,10 @@ struct SegmentIndex: Sendable {
     private var names: [String] = []
     /// The spool's leaf slot → this index's leaf number + 1 (0: not seen yet): the append path needs no hash.
     private var numberBySlot: [UInt32] = []
+    /// The records so far (`bodyCount` bytes), then zeros: room written in place (a small append to an array cost
+    /// ~100 instructions a record).
     private var body: [UInt8] = []
+    private var bodyCount = 0
     private(set) var count = 0
     private var lastSequence: UInt64 = 0
     private var lastOffset: UInt64 = 0
@@ -67,13 +70,20 @@ struct SegmentIndex: Sendable {
 
     private mutating func add(leafNumber: UInt32, sequence: UInt64, acquiredAtMs: Int64, at offset: Int) {
         // The four varints written together and appended once (four appends cost ~280 instructions a record).
-        withUnsafeTemporaryAllocation(byteCount: 40, alignment: 1) { buffer in
-            let out = buffer.baseAddress!
+        // Four varints of at most ten bytes; room grows by an eighth (the active segment's index stays in memory).
+        if body.count - bodyCount < 40 {
+            let more = Swift.max(256, body.count / 8)
+            body.reserveCapacity(body.count + more)
+            body.append(contentsOf: repeatElement(0, count: more))
+        }
+        let at = bodyCount
+        bodyCount += body.withUnsafeMutableBytes { raw in
+            let out = raw.baseAddress! + at
             var n = Varint.write(UInt64(leafNumber), to: out)
             n += Varint.write(sequence &- lastSequence, to: out + n)
             n += Varint.write(UInt64(offset) &- lastOffset, to: out + n)
             n += Varint.write(Varint.zigzag(acquiredAtMs &- lastAcquired), to: out + n)
-            body.append(contentsOf: UnsafeRawBufferPointer(rebasing: buffer[..<n]))
+            return n
         }
         lastSequence = sequence
         lastOffset = UInt64(offset)
@@ -148,7 +158,8 @@ struct SegmentIndex: Sendable {
 
     /// The in-memory body's records in file order: leaf number, sequence, offset, acquisition time.
     private func walkBody(_ visit: (Int, UInt64, UInt64, Int64) -> Void) {
-        body.withUnsafeBytes { b in
+        body.withUnsafeBytes { all in
+            let b = UnsafeRawBufferPointer(rebasing: all[..<bodyCount])
             var at = 0
             var sequence: UInt64 = 0, offset: UInt64 = 0, acquired: Int64 = 0
             while at < b.count {

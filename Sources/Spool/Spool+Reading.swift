@@ -332,12 +332,16 @@ extension Spool {
             // Past the last record's start: its frame, guessed; a longer frame is read again on its own below.
             let end = Swift.min(seg.size, run.lastOffset + tail)
             guard end > start else { continue }
-            let bytes = try seg.handle.read(offset: start, count: end - start)
-            let buffer = batch.add(buffer: bytes)
+            // Read straight into the batch's own memory (an array read, then copied or retained per record, cost
+            // more than the reading).
+            let read = SpoolBatch.Buffer(count: end - start)
+            let length = try seg.handle.read(offset: start, into: read.bytes)
+            let bytes = UnsafeRawBufferPointer(rebasing: read.bytes[..<Swift.min(length, end - start)])
+            let buffer = batch.add(read)
             var used = 0
             for member in run.members {
                 let at = Int(locations[member].offset) - start
-                switch bytes.withUnsafeBytes({ RecordCodec.decodeView($0, at: at) }) {
+                switch RecordCodec.decodeView(bytes, at: at) {
                 case .record(let v):
                     out[member] = frame(v, buffer: buffer)
                     used += v.payload.count
@@ -364,19 +368,17 @@ extension Spool {
         for m in members where out[m].buffer == buffer { total += out[m].payload.count }
         var placed: [(member: Int, range: Range<Int>)] = []
         placed.reserveCapacity(members.count)
-        let compacted = [UInt8](unsafeUninitializedCapacity: total) { target, initialized in
-            var at = 0
-            for m in members where out[m].buffer == buffer {
-                let range = out[m].payload
-                if !range.isEmpty {
-                    batch.withPayload(buffer: buffer, range) { source in
-                        UnsafeMutableRawPointer(target.baseAddress! + at).copyMemory(from: source.baseAddress!, byteCount: range.count)
-                    }
+        let compacted = SpoolBatch.Buffer(count: total)
+        var at = 0
+        for m in members where out[m].buffer == buffer {
+            let range = out[m].payload
+            if !range.isEmpty {
+                batch.withPayload(buffer: buffer, range) { source in
+                    (compacted.bytes.baseAddress! + at).copyMemory(from: source.baseAddress!, byteCount: range.count)
                 }
-                placed.append((m, at..<(at + range.count)))
-                at += range.count
             }
-            initialized = at
+            placed.append((m, at..<(at + range.count)))
+            at += range.count
         }
         batch.replace(buffer: buffer, with: compacted)
         for p in placed { out[p.member].payload = p.range }
@@ -429,6 +431,10 @@ struct ReadPlan {
                 return
             }
         }
+        if let windows = Self.windows(locations, tail: tail) {
+            runs = windows
+            return
+        }
         var runs: [Run] = []
         for i in Self.fileOrder(locations) {
             let l = locations[i]
@@ -442,6 +448,106 @@ struct ReadPlan {
             }
         }
         self.runs = runs
+    }
+
+    /// Dense picks over more than one read's span (a backlog fetched for many leaves at once: each leaf's records
+    /// interleave with everyone's), placed without sorting: each segment's stretch from its lowest picked offset
+    /// is cut into windows one read covers, and each record goes to its window by arithmetic. Sorting them cost
+    /// ~190 instructions a record. Runs come in file order; a run's members in the order given (`read` takes them
+    /// in any order). Nil, for the general path, when the picks span many segments or a window holds them sparsely
+    /// (more than `maxGap` a record).
+    static func windows(_ locations: [RecordLocation], tail: Int) -> [Run]? {
+        let width = maxSpan - tail
+        let n = locations.count
+        guard width > 0, n > 0 else { return nil }
+        // The segments (a fetch touches one or two), each with its lowest and highest picked offset, and each
+        // record's segment by its place among them. Through buffer pointers, with the current segment's bounds in
+        // locals: element-wise updates of the arrays cost more than the rest of the plan.
+        var ids: [UInt32] = [], lows: [UInt32] = [], highs: [UInt32] = []
+        var segmentOf = [UInt8](repeating: 0, count: n)
+        let fewSegments = locations.withUnsafeBufferPointer { ls in
+            segmentOf.withUnsafeMutableBufferPointer { of -> Bool in
+                var at = -1, id: UInt32 = 0, low: UInt32 = 0, high: UInt32 = 0
+                for i in 0..<n {
+                    let l = ls[i]
+                    if at < 0 || l.segment != id {
+                        if at >= 0 { (lows[at], highs[at]) = (low, high) }
+                        if let known = ids.firstIndex(of: l.segment) {
+                            at = known
+                        } else {
+                            guard ids.count < 8 else { return false }
+                            ids.append(l.segment)
+                            lows.append(l.offset)
+                            highs.append(l.offset)
+                            at = ids.count - 1
+                        }
+                        (id, low, high) = (l.segment, lows[at], highs[at])
+                    }
+                    low = Swift.min(low, l.offset)
+                    high = Swift.max(high, l.offset)
+                    of[i] = UInt8(truncatingIfNeeded: at)
+                }
+                (lows[at], highs[at]) = (low, high)
+                return true
+            }
+        }
+        guard fewSegments else { return nil }
+        // Window numbers: the segments in file order, each one's windows after the ones before it.
+        var firstWindow = [Int](repeating: 0, count: ids.count)
+        var windowSegment: [UInt32] = []
+        for k in ids.indices.sorted(by: { ids[$0] < ids[$1] }) {
+            firstWindow[k] = windowSegment.count
+            let windows = Int(highs[k] - lows[k]) / width + 1
+            guard windowSegment.count + windows <= n else { return nil }
+            windowSegment.append(contentsOf: repeatElement(ids[k], count: windows))
+        }
+        let windowCount = windowSegment.count
+        // Each record's window; per window its count and lowest and highest offset; then the records by window
+        // (a counting sort, each window's in the order given).
+        var starts = [Int](repeating: 0, count: windowCount + 1)
+        var windowLow = [UInt32](repeating: .max, count: windowCount), windowHigh = [UInt32](repeating: 0, count: windowCount)
+        var windowOf = [Int32](repeating: 0, count: n)
+        var byWindow = [Int](repeating: 0, count: n)
+        locations.withUnsafeBufferPointer { ls in
+            segmentOf.withUnsafeBufferPointer { of in
+                windowOf.withUnsafeMutableBufferPointer { wOf in
+                    starts.withUnsafeMutableBufferPointer { st in
+                        windowLow.withUnsafeMutableBufferPointer { wl in
+                            windowHigh.withUnsafeMutableBufferPointer { wh in
+                                for i in 0..<n {
+                                    let k = Int(of[i]), offset = ls[i].offset
+                                    let w = firstWindow[k] + Int(offset - lows[k]) / width
+                                    wOf[i] = Int32(truncatingIfNeeded: w)
+                                    st[w + 1] += 1
+                                    wl[w] = Swift.min(wl[w], offset)
+                                    wh[w] = Swift.max(wh[w], offset)
+                                }
+                                for w in 0..<windowCount { st[w + 1] += st[w] }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        var filled = starts
+        windowOf.withUnsafeBufferPointer { wOf in
+            filled.withUnsafeMutableBufferPointer { f in
+                byWindow.withUnsafeMutableBufferPointer { out in
+                    for i in 0..<n {
+                        let w = Int(wOf[i])
+                        out[f[w]] = i
+                        f[w] += 1
+                    }
+                }
+            }
+        }
+        var runs: [Run] = []
+        for w in 0..<windowCount where starts[w + 1] > starts[w] {
+            guard Int(windowHigh[w] - windowLow[w]) <= maxGap * (starts[w + 1] - starts[w]) else { return nil }
+            runs.append(Run(segment: windowSegment[w], firstOffset: Int(windowLow[w]), lastOffset: Int(windowHigh[w]),
+                            members: Array(byWindow[starts[w] ..< starts[w + 1]])))
+        }
+        return runs
     }
 
     /// The indexes of `locations` by (segment, offset). Each as one integer — segment rank, offset, index — sorted

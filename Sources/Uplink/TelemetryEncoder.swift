@@ -43,11 +43,18 @@ struct TelemetryEncoder {
         sizeBesidesEnvelope = self.messageIDPrefix.count + 20 + IoTHubAMQP.creationTimeProperty.utf8.count + WallClock.iso8601Length
     }
 
-    /// Where an entry's envelope bytes are: in the fetched batch (the common case, nothing copied), or its own
-    /// array when its properties had to be fixed.
+    /// Where an entry's envelope bytes are: in the fetched batch (the common case, nothing copied), or, when its
+    /// properties had to be fixed, in the encoding's table of fixed envelopes (by number: an array in the entry made
+    /// every copy of it a retain and a release, ~100 instructions a reading).
     private enum Envelope {
         case record
-        case fixed([UInt8])
+        case fixed(Int)
+    }
+
+    /// The bytes entries are sent from: the fetched batch, and the envelopes fixed for it.
+    private struct Source {
+        let batch: SpoolBatch
+        var fixed: [[UInt8]] = []
     }
 
     private struct Entry {
@@ -71,15 +78,15 @@ struct TelemetryEncoder {
         }
 
         /// Bytes of the envelope it is sent from (`payload`: the record's).
-        func envelopeBytes(_ payload: UnsafeRawBufferPointer) -> Int {
-            if case .fixed(let bytes) = envelope { return bytes.count }
+        func envelopeBytes(_ payload: UnsafeRawBufferPointer, _ source: Source) -> Int {
+            if case .fixed(let n) = envelope { return source.fixed[n].count }
             return payload.count
         }
 
-        func withBytes<R>(_ batch: SpoolBatch, _ body: (UnsafeRawBufferPointer) -> R) -> R {
+        func withBytes<R>(_ source: Source, _ body: (UnsafeRawBufferPointer) -> R) -> R {
             switch envelope {
-            case .record: return batch.withPayload(record, body)
-            case .fixed(let bytes): return bytes.withUnsafeBytes(body)
+            case .record: return source.batch.withPayload(record, body)
+            case .fixed(let n): return source.fixed[n].withUnsafeBytes(body)
             }
         }
     }
@@ -98,17 +105,18 @@ struct TelemetryEncoder {
     /// messages).
     func encode(_ batch: SpoolBatch) -> (messages: [OutgoingMessage], invalid: [UInt64]) {
         let records = batch.records
+        var source = Source(batch: batch)
         var invalid: [UInt64] = []
         var entries: [Entry] = []
         entries.reserveCapacity(records.count)
         for i in records.indices {
             let made = batch.withPayload(i) { payload -> Entry? in
                 guard MessageRules.isPlausibleCreationTime(records[i].acquiredAtMs),
-                      let entry = Self.sameHeader(asLastOf: entries, batch, i, payload) ?? Self.entry(i, payload)
+                      let entry = Self.sameHeader(asLastOf: entries, source, i, payload) ?? Self.entry(i, payload, &source.fixed)
                 else { return nil }
                 // The hub's measure counts parts of the envelope and a few fixed ones: an envelope this small
                 // fits whatever it holds, and is not measured.
-                if entry.envelopeBytes(payload) + sizeBesidesEnvelope > IoTHubAMQP.maxTelemetrySize,
+                if entry.envelopeBytes(payload, source) + sizeBesidesEnvelope > IoTHubAMQP.maxTelemetrySize,
                    hubSize(entry, sequence: records[i].sequence) > IoTHubAMQP.maxTelemetrySize { return nil }
                 return entry
             }
@@ -117,7 +125,7 @@ struct TelemetryEncoder {
         var messages: [OutgoingMessage] = []
         messages.reserveCapacity(entries.count)
         guard let target = coalesceTargetBytes else {
-            for e in entries.indices { messages.append(message(batch, entries, [e])) }
+            for e in entries.indices { messages.append(message(source, entries, [e])) }
             return (messages, invalid)
         }
         // Per leaf (by the batch's leaf number: no name hashed or compared), in the order leaves first appear; each
@@ -151,20 +159,20 @@ struct TelemetryEncoder {
             // time): the group's body must leave room for it under 256 KB whatever the target.
             var overhead = 0
             func flush() {
-                if !group.isEmpty { messages.append(message(batch, entries, group)) }
+                if !group.isEmpty { messages.append(message(source, entries, group)) }
                 group.removeAll(keepingCapacity: true)
                 groupBytes = 1
             }
             for index in leafEntries {
                 guard entries[index].isJSON else {
                     flush()
-                    messages.append(message(batch, entries, [index]))
+                    messages.append(message(source, entries, [index]))
                     continue
                 }
                 let bodyCount = entries[index].layout.body.count
                 let grown = groupBytes + bodyCount + 1
                 if let first = group.first,
-                   !Self.canJoin(entries[first], entries[index], batch) || grown > target || grown + overhead > IoTHubAMQP.maxTelemetrySize {
+                   !Self.canJoin(entries, first, index, source) || grown > target || grown + overhead > IoTHubAMQP.maxTelemetrySize {
                     flush()
                 }
                 if group.isEmpty {
@@ -180,19 +188,19 @@ struct TelemetryEncoder {
 
     /// A leaf's readings mostly share content type, encoding and properties byte for byte: then the layout (and
     /// what was checked of it) is the previous record's, with its own body.
-    private static func sameHeader(asLastOf entries: [Entry], _ batch: SpoolBatch, _ index: Int, _ payload: UnsafeRawBufferPointer) -> Entry? {
+    private static func sameHeader(asLastOf entries: [Entry], _ source: Source, _ index: Int, _ payload: UnsafeRawBufferPointer) -> Entry? {
         guard let p = entries.indices.last else { return nil }
         let header = entries[p].layout.body.lowerBound
         guard payload.count >= header else { return nil }
-        let same = entries[p].withBytes(batch) { previous in memcmp(previous.baseAddress!, payload.baseAddress!, header) == 0 }
+        let same = entries[p].withBytes(source) { previous in memcmp(previous.baseAddress!, payload.baseAddress!, header) == 0 }
         guard same else { return nil }
         var layout = entries[p].layout
         layout.body = header ..< payload.count
         return Entry(record: index, envelope: .record, layout: layout, isJSON: entries[p].isJSON, headerGroup: entries[p].headerGroup, bytes: payload)
     }
 
-    /// The record's envelope as it will be sent, or nil when it cannot be.
-    private static func entry(_ index: Int, _ payload: UnsafeRawBufferPointer) -> Entry? {
+    /// The record's envelope as it will be sent, or nil when it cannot be (a fixed envelope is added to `fixed`).
+    private static func entry(_ index: Int, _ payload: UnsafeRawBufferPointer, _ fixedEnvelopes: inout [[UInt8]]) -> Entry? {
         guard let layout = TelemetryEnvelopeLayout(payload) else { return nil }
         guard layout.propertiesAreClean else {
             // The hub's rules once more (docs/message-rules.md): fix the properties, then take the common path.
@@ -200,7 +208,8 @@ struct TelemetryEncoder {
             envelope.properties = MessageRules.sanitize(envelope.properties).properties
             let fixed = envelope.encoded()
             guard let again = fixed.withUnsafeBytes({ TelemetryEnvelopeLayout($0) }), again.propertiesAreClean, again.systemValuesAreASCII else { return nil }
-            return fixed.withUnsafeBytes { Entry(record: index, envelope: .fixed(fixed), layout: again, bytes: $0) }
+            fixedEnvelopes.append(fixed)
+            return fixed.withUnsafeBytes { Entry(record: index, envelope: .fixed(fixedEnvelopes.count - 1), layout: again, bytes: $0) }
         }
         // Content type and encoding travel as AMQP symbols: ASCII only.
         guard layout.systemValuesAreASCII else { return nil }
@@ -223,17 +232,20 @@ struct TelemetryEncoder {
     }
 
     /// Same content type, encoding and properties (JSON readings both): they can share one message.
-    private static func canJoin(_ a: Entry, _ b: Entry, _ batch: SpoolBatch) -> Bool {
-        if a.headerGroup == b.headerGroup { return true }
+    /// Entries by index: a copy of each cost more than the comparison.
+    private static func canJoin(_ entries: [Entry], _ a: Int, _ b: Int, _ source: Source) -> Bool {
+        if entries[a].headerGroup == entries[b].headerGroup { return true }
         // Type, encoding and properties are contiguous in an envelope, ahead of the body.
-        guard a.layout.body.lowerBound == b.layout.body.lowerBound else { return false }
-        return a.withBytes(batch) { pa in
-            b.withBytes(batch) { pb in memcmp(pa.baseAddress!, pb.baseAddress!, a.layout.body.lowerBound) == 0 }
+        let header = entries[a].layout.body.lowerBound
+        guard header == entries[b].layout.body.lowerBound else { return false }
+        return entries[a].withBytes(source) { pa in
+            entries[b].withBytes(source) { pb in memcmp(pa.baseAddress!, pb.baseAddress!, header) == 0 }
         }
     }
 
     /// One AMQP message for `group` (one leaf's entries in order; several only when coalescing JSON).
-    private func message(_ batch: SpoolBatch, _ entries: [Entry], _ group: [Int]) -> OutgoingMessage {
+    private func message(_ source: Source, _ entries: [Entry], _ group: [Int]) -> OutgoingMessage {
+        let batch = source.batch
         let records = batch.records
         let first = entries[group[0]], firstRecord = records[first.record]
         let last = records[entries[group[group.count - 1]].record]
@@ -248,7 +260,7 @@ struct TelemetryEncoder {
             + idBytes + first.layout.contentType.count + first.layout.contentEncoding.count + first.layout.propertyBytes
             + IoTHubAMQP.creationTimeProperty.utf8.count + WallClock.iso8601Length + bodyBytes
         let bytes = AMQPWriter.bytes(capacity: capacity) { w in
-            first.withBytes(batch) { p in
+            first.withBytes(source) { p in
                 // properties: message-id, user-id, to, subject, reply-to, correlation-id, content-type, content-encoding
                 w.descriptor(0x73)
                 let list = w.beginList()
@@ -285,7 +297,7 @@ struct TelemetryEncoder {
             for (i, e) in group.enumerated() {
                 if i > 0 { w.raw(UInt8(ascii: ",")) }
                 let body = entries[e].layout.body
-                entries[e].withBytes(batch) { w.raw(UnsafeRawBufferPointer(rebasing: $0[body])) }
+                entries[e].withBytes(source) { w.raw(UnsafeRawBufferPointer(rebasing: $0[body])) }
             }
             w.raw(UInt8(ascii: "]"))
         }

@@ -29,7 +29,7 @@ struct CostBench: AsyncParsableCommand {
     @Flag(help: "Skip the callgrind runs (slow: a few minutes).") var noCallgrind = false
     @Option(help: "Run only these parts, comma-separated: instructions, coalescing, syscalls, throughput (all by default).")
     var only: String?
-    @Option(help: "Keep the callgrind profiles in this directory (for callgrind_annotate).") var profiles: String?
+    @Option(help: "Keep the callgrind profiles in this directory (for callgrind_annotate; with per-instruction costs).") var profiles: String?
     @Option(help: "The gateway-side binary (a fieldgate-bench). Valgrind 3.19 runs Swift's statically linked builds only, as fieldgated ships: build one with --static-swift-stdlib (README).")
     var agent: String?
 
@@ -106,7 +106,8 @@ struct CostBench: AsyncParsableCommand {
     /// Runs the agent under callgrind; counts from attached to done (callgrind_control zeroes, then dumps).
     private func instructions(hub: BenchHub, agent: String, mode: String, count: Int, extra: [String] = []) async throws -> Instructions {
         let out = dir + "/callgrind-\(mode)-\(getpid())"
-        let (valgrind, prefix) = try Callgrind.prefix(running: agent, profile: out, dir: dir)
+        // A kept profile carries per-instruction costs, so callgrind_annotate (or addr2line) can place them on lines.
+        let (valgrind, prefix) = try Callgrind.prefix(running: agent, profile: out, dir: dir, extra: profiles == nil ? [] : ["--dump-instr=yes"])
         let (child, result) = try UplinkBench.runAgent(valgrind, hub: hub, leaves: leaves, mode: mode, count: count, dir: dir, extra: extra, prefix: prefix)
         defer { child.terminate() }
         _ = try await UplinkBench.waitForResult(result, key: "attached-ms", child: child, seconds: 600)

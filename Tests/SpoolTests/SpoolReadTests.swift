@@ -10,11 +10,15 @@ struct SpoolReadTests {
             RecordLocation(slot: 0, segment: 1, offset: 0), RecordLocation(slot: 1, segment: 2, offset: 50),
             RecordLocation(slot: 0, segment: 1, offset: UInt32(ReadPlan.maxSpan)),
         ]
+        // A run's members come in any order (`read` takes them so): compared sorted.
+        func sortedMembers(_ plan: ReadPlan) -> [ReadPlan.Run] {
+            plan.runs.map { var r = $0; r.members.sort(); return r }
+        }
         let plan = ReadPlan(locations)
-        #expect(plan.runs == [
-            ReadPlan.Run(segment: 1, firstOffset: 0, lastOffset: 500, members: [2, 1]),
+        #expect(sortedMembers(plan) == [
+            ReadPlan.Run(segment: 1, firstOffset: 0, lastOffset: 500, members: [1, 2]),
             ReadPlan.Run(segment: 1, firstOffset: ReadPlan.maxSpan, lastOffset: ReadPlan.maxSpan, members: [4]),
-            ReadPlan.Run(segment: 2, firstOffset: 50, lastOffset: 100, members: [3, 0]),
+            ReadPlan.Run(segment: 2, firstOffset: 50, lastOffset: 100, members: [0, 3]),
         ])
         let oneSegment = ReadPlan([RecordLocation(slot: 0, segment: 3, offset: 900), RecordLocation(slot: 1, segment: 3, offset: 100)])
         #expect(oneSegment.runs == [ReadPlan.Run(segment: 3, firstOffset: 100, lastOffset: 900, members: [0, 1])])
@@ -25,6 +29,44 @@ struct SpoolReadTests {
                                RecordLocation(slot: 0, segment: 1, offset: 3 * gap + 1)])
         #expect(sparse.runs == [ReadPlan.Run(segment: 1, firstOffset: 0, lastOffset: Int(gap), members: [0, 1]),
                                 ReadPlan.Run(segment: 1, firstOffset: 3 * Int(gap) + 1, lastOffset: 3 * Int(gap) + 1, members: [2])])
+    }
+
+    /// A backlog fetched for many leaves at once: dense picks over several reads' span and two segments, each leaf's
+    /// records ascending and interleaved with the others'. Every record is in exactly one run, every run within
+    /// one read's span and in file order; a stretch read sparsely goes the general way (the same runs as sorting).
+    @Test func densePicksOverManyReads() {
+        var locations: [RecordLocation] = []
+        for turn in 0..<40 {
+            for leaf in 0..<100 {
+                // 1 kB records of 100 leaves in file order (2.5 MB in one segment, 1.5 MB in the next): leaf
+                // `leaf`'s `turn`th record.
+                let index = turn * 100 + leaf
+                let segment: UInt32 = index < 2500 ? 4 : 5
+                let offset = UInt32((segment == 4 ? index : index - 2500) * 1000)
+                locations.append(RecordLocation(slot: Int32(leaf), segment: segment, offset: offset))
+            }
+        }
+        // Picked leaf by leaf, as a fetch takes them.
+        let picked = (0..<100).flatMap { leaf in locations.filter { $0.slot == Int32(leaf) } }
+        let tail = 512
+        let runs = ReadPlan(picked, tail: tail).runs
+        #expect(runs.count > 2)
+        #expect(runs.flatMap(\.members).sorted() == Array(picked.indices))
+        for run in runs {
+            #expect(run.lastOffset - run.firstOffset + tail <= ReadPlan.maxSpan)
+            for m in run.members {
+                #expect(picked[m].segment == run.segment)
+                #expect((run.firstOffset...run.lastOffset).contains(Int(picked[m].offset)))
+            }
+        }
+        #expect(zip(runs, runs.dropFirst()).allSatisfy { ($0.segment, $0.lastOffset) < ($1.segment, $1.firstOffset) })
+        // A record far beyond the others is a run of its own.
+        let far = picked + [RecordLocation(slot: 0, segment: 5, offset: 40_000_000)]
+        #expect(ReadPlan(far, tail: tail).runs.contains { $0.members == [far.count - 1] })
+        // Four records over 900 kB: one window, read sparsely; the general path reads each on its own.
+        let sparse = Array(picked.prefix(3)) + [RecordLocation(slot: 0, segment: 4, offset: 900_000)]
+        #expect(ReadPlan.windows(sparse, tail: tail) == nil)
+        #expect(ReadPlan(sparse, tail: tail).runs.count == 4)
     }
 
     /// The radix sort of `fileOrder` orders as `sort()` does: by segment rank and offset, ties in their order —

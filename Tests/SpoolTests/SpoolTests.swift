@@ -81,6 +81,29 @@ struct RecordCodecTests {
         }
     }
 
+    @Test("varints of every length read back, with eight bytes at hand or fewer; a value running past its end is nil")
+    func varints() {
+        var values: [UInt64] = [0, 1, 0x7F, 0x80, .max, .max >> 1]
+        for bits in 1...64 { values += [UInt64.max >> (64 - bits), 1 << (bits - 1)] }
+        for v in values {
+            var bytes: [UInt8] = []
+            Varint.put(v, &bytes)
+            #expect(bytes.count == Varint.size(v))
+            // Exactly the value's bytes, then with bytes after it (the eight-byte path reads past the value).
+            for tail in [[], [0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80], [0, 0, 0, 0, 0, 0, 0, 0]] as [[UInt8]] {
+                let all = [0x55] + bytes + tail
+                all.withUnsafeBytes { b in
+                    var at = 1
+                    #expect(Varint.read(b, &at, end: b.count) == v, "\(v) followed by \(tail)")
+                    #expect(at == 1 + bytes.count)
+                    // Cut short: nil, never a value made of what follows.
+                    var cut = 1
+                    #expect(Varint.read(b, &cut, end: bytes.count) == nil)
+                }
+            }
+        }
+    }
+
     @Test("version 1 records (spools written before version 2) still decode; version 2 is smaller")
     func version1() {
         let r = SpoolRecord(leaf: "meter-7", sequence: 1_234_567, acquiredAtMs: 1_700_000_000_123, flags: 1, payload: Array("{}".utf8))

@@ -102,6 +102,14 @@ public struct SpoolBatch: Sendable {
         try body(UnsafeRawBufferPointer(rebasing: buffers[buffer].bytes[range]))
     }
 
+    /// The payload of record `index` in the batch's own memory, valid for as long as this batch (or a copy of it)
+    /// lives: the uplink's encoder reads a fetch's payloads through these, with no closure per look.
+    @inlinable
+    public func unsafePayload(_ index: Int) -> UnsafeRawBufferPointer {
+        let record = records[index]
+        return UnsafeRawBufferPointer(rebasing: buffers[record.buffer].bytes[record.payload])
+    }
+
     /// The payload of record `index`, copied.
     public func payload(_ index: Int) -> [UInt8] { withPayload(index) { Array($0) } }
 

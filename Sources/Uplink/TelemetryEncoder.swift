@@ -43,52 +43,47 @@ struct TelemetryEncoder {
         sizeBesidesEnvelope = self.messageIDPrefix.count + 20 + IoTHubAMQP.creationTimeProperty.utf8.count + WallClock.iso8601Length
     }
 
-    /// Where an entry's envelope bytes are: in the fetched batch (the common case, nothing copied), or, when its
-    /// properties had to be fixed, in the encoding's table of fixed envelopes (by number: an array in the entry made
-    /// every copy of it a retain and a release, ~100 instructions a reading).
-    private enum Envelope {
-        case record
-        case fixed(Int)
+    /// An envelope's header — content type, encoding and properties, ahead of the body — as checked once for the
+    /// records that share it byte for byte.
+    private struct Header {
+        var layout: TelemetryEnvelopeLayout
+        /// JSON in UTF-8: its readings may share a coalesced message.
+        var isJSON: Bool
+        /// Where the body starts in each envelope with this header (the body runs to the envelope's end).
+        var bodyStart: Int { layout.body.lowerBound }
     }
 
-    /// The bytes entries are sent from: the fetched batch, and the envelopes fixed for it.
+    /// What an encoding reads: the fetched batch (whose memory holds the envelopes), the envelopes whose properties
+    /// had to be fixed, and the headers found.
     private struct Source {
         let batch: SpoolBatch
-        var fixed: [[UInt8]] = []
+        var fixed: [FixedEnvelope] = []
+        var headers: [Header] = []
     }
 
+    /// An envelope rewritten with its properties fixed (the rare path), in memory of its own for the encoding.
+    private final class FixedEnvelope {
+        private let bytes: UnsafeMutableRawBufferPointer
+        let envelope: UnsafeRawBufferPointer
+
+        init(_ source: [UInt8]) {
+            let bytes = UnsafeMutableRawBufferPointer.allocate(byteCount: Swift.max(1, source.count), alignment: 8)
+            source.withUnsafeBytes { if let base = $0.baseAddress { bytes.baseAddress!.copyMemory(from: base, byteCount: $0.count) } }
+            self.bytes = bytes
+            envelope = UnsafeRawBufferPointer(rebasing: bytes[..<source.count])
+        }
+
+        deinit { bytes.deallocate() }
+    }
+
+    /// One record as it will be sent: its envelope's bytes (valid while the encoding's `Source` lives) and its
+    /// header by number. Plain data: copying a layout and an array with each entry cost more than the rest of
+    /// its handling.
     private struct Entry {
+        var envelope: UnsafeRawBufferPointer
         var record: Int
-        var envelope: Envelope
-        var layout: TelemetryEnvelopeLayout
-        /// JSON in UTF-8: it may share a coalesced message.
-        var isJSON: Bool
-        /// Entries with the same number have the same header bytes (type, encoding, properties): each was found
-        /// equal to the one before it (`sameHeader`). Different numbers say nothing.
-        var headerGroup: Int
-
-        init(record: Int, envelope: Envelope, layout: TelemetryEnvelopeLayout, isJSON: Bool? = nil, headerGroup: Int? = nil,
-             bytes: UnsafeRawBufferPointer) {
-            self.record = record
-            self.envelope = envelope
-            self.layout = layout
-            self.headerGroup = headerGroup ?? record
-            self.isJSON = isJSON ?? (TelemetryEncoder.startsIgnoringCase(UnsafeRawBufferPointer(rebasing: bytes[layout.contentType]), "application/json")
-                && TelemetryEncoder.equalIgnoringCase(UnsafeRawBufferPointer(rebasing: bytes[layout.contentEncoding]), "utf-8"))
-        }
-
-        /// Bytes of the envelope it is sent from (`payload`: the record's).
-        func envelopeBytes(_ payload: UnsafeRawBufferPointer, _ source: Source) -> Int {
-            if case .fixed(let n) = envelope { return source.fixed[n].count }
-            return payload.count
-        }
-
-        func withBytes<R>(_ source: Source, _ body: (UnsafeRawBufferPointer) -> R) -> R {
-            switch envelope {
-            case .record: return source.batch.withPayload(record, body)
-            case .fixed(let n): return source.fixed[n].withUnsafeBytes(body)
-            }
-        }
+        /// Entries with the same number have the same header bytes; different numbers say nothing.
+        var header: Int
     }
 
     /// What a coalesced message's id adds to a single record's: `-` and the last sequence (at most 20 digits).
@@ -110,27 +105,28 @@ struct TelemetryEncoder {
         var entries: [Entry] = []
         entries.reserveCapacity(records.count)
         for i in records.indices {
-            let made = batch.withPayload(i) { payload -> Entry? in
-                guard MessageRules.isPlausibleCreationTime(records[i].acquiredAtMs),
-                      let entry = Self.sameHeader(asLastOf: entries, source, i, payload) ?? Self.entry(i, payload, &source.fixed)
-                else { return nil }
-                // The hub's measure counts parts of the envelope and a few fixed ones: an envelope this small
-                // fits whatever it holds, and is not measured.
-                if entry.envelopeBytes(payload, source) + sizeBesidesEnvelope > IoTHubAMQP.maxTelemetrySize,
-                   hubSize(entry, sequence: records[i].sequence) > IoTHubAMQP.maxTelemetrySize { return nil }
-                return entry
+            let payload = batch.unsafePayload(i)
+            guard MessageRules.isPlausibleCreationTime(records[i].acquiredAtMs),
+                  let entry = Self.sameHeader(asLastOf: entries, source, i, payload) ?? Self.entry(i, payload, &source),
+                  // The hub's measure counts parts of the envelope and a few fixed ones: an envelope this small
+                  // fits whatever it holds, and is not measured.
+                  entry.envelope.count + sizeBesidesEnvelope <= IoTHubAMQP.maxTelemetrySize
+                    || hubSize(entry, source, sequence: records[i].sequence) <= IoTHubAMQP.maxTelemetrySize
+            else {
+                invalid.append(records[i].sequence)
+                continue
             }
-            if let made { entries.append(made) } else { invalid.append(records[i].sequence) }
+            entries.append(entry)
         }
         var messages: [OutgoingMessage] = []
         messages.reserveCapacity(entries.count)
         guard let target = coalesceTargetBytes else {
-            for e in entries.indices { messages.append(message(source, entries, [e])) }
+            let all = Array(entries.indices)
+            for e in all.indices { messages.append(message(source, entries, all[e ... e])) }
             return (messages, invalid)
         }
         // Per leaf (by the batch's leaf number: no name hashed or compared), in the order leaves first appear; each
-        // leaf's records keep their order. Entries are passed by index: copying one (its layout, its envelope)
-        // cost more than the rest of its handling.
+        // leaf's records keep their order. Entries are passed by index.
         // A counting sort: each leaf's entries lie together in `byLeaf`, from `start[leaf]` (an array per leaf cost
         // its growth and a uniqueness check per record).
         var start = [Int](repeating: 0, count: batch.leafCount + 1)
@@ -150,77 +146,81 @@ struct TelemetryEncoder {
             }
             initialized = entries.count
         }
-        var group: [Int] = []
+        // A message is a stretch of one leaf's entries in `byLeaf`: from `groupStart` to the entry at hand.
         for leaf in leafOrder {
-            let leafEntries = byLeaf[start[leaf] ..< start[leaf + 1]]
+            var groupStart = start[leaf]
             // The array's size: "[" and, per reading, its body and a "," or "]".
             var groupBytes = 1
             // What the hub counts besides the body (id with its range suffix, type, encoding, properties, creation
             // time): the group's body must leave room for it under 256 KB whatever the target.
             var overhead = 0
-            func flush() {
-                if !group.isEmpty { messages.append(message(source, entries, group)) }
-                group.removeAll(keepingCapacity: true)
-                groupBytes = 1
-            }
-            for index in leafEntries {
-                guard entries[index].isJSON else {
-                    flush()
-                    messages.append(message(source, entries, [index]))
+            for position in start[leaf] ..< start[leaf + 1] {
+                let index = byLeaf[position]
+                guard source.headers[entries[index].header].isJSON else {
+                    if groupStart < position { messages.append(message(source, entries, byLeaf[groupStart ..< position])) }
+                    messages.append(message(source, entries, byLeaf[position ... position]))
+                    groupStart = position + 1
+                    groupBytes = 1
                     continue
                 }
-                let bodyCount = entries[index].layout.body.count
+                let bodyCount = entries[index].envelope.count - source.headers[entries[index].header].bodyStart
                 let grown = groupBytes + bodyCount + 1
-                if let first = group.first,
-                   !Self.canJoin(entries, first, index, source) || grown > target || grown + overhead > IoTHubAMQP.maxTelemetrySize {
-                    flush()
+                if groupStart < position,
+                   !Self.canJoin(entries[byLeaf[groupStart]], entries[index], source) || grown > target || grown + overhead > IoTHubAMQP.maxTelemetrySize {
+                    messages.append(message(source, entries, byLeaf[groupStart ..< position]))
+                    groupStart = position
+                    groupBytes = 1
                 }
-                if group.isEmpty {
-                    overhead = hubSize(entries[index], sequence: records[entries[index].record].sequence) - bodyCount + Self.rangeSuffixBytes
+                if groupStart == position {
+                    overhead = hubSize(entries[index], source, sequence: records[entries[index].record].sequence) - bodyCount + Self.rangeSuffixBytes
                 }
-                group.append(index)
                 groupBytes += bodyCount + 1
             }
-            flush()
+            if groupStart < start[leaf + 1] { messages.append(message(source, entries, byLeaf[groupStart ..< start[leaf + 1]])) }
         }
         return (messages, invalid)
     }
 
-    /// A leaf's readings mostly share content type, encoding and properties byte for byte: then the layout (and
-    /// what was checked of it) is the previous record's, with its own body.
+    /// A leaf's readings mostly share content type, encoding and properties byte for byte: then the header (and
+    /// what was checked of it) is the previous record's.
     private static func sameHeader(asLastOf entries: [Entry], _ source: Source, _ index: Int, _ payload: UnsafeRawBufferPointer) -> Entry? {
-        guard let p = entries.indices.last else { return nil }
-        let header = entries[p].layout.body.lowerBound
-        guard payload.count >= header else { return nil }
-        let same = entries[p].withBytes(source) { previous in memcmp(previous.baseAddress!, payload.baseAddress!, header) == 0 }
-        guard same else { return nil }
-        var layout = entries[p].layout
-        layout.body = header ..< payload.count
-        return Entry(record: index, envelope: .record, layout: layout, isJSON: entries[p].isJSON, headerGroup: entries[p].headerGroup, bytes: payload)
+        guard let previous = entries.last else { return nil }
+        let headerBytes = source.headers[previous.header].bodyStart
+        guard payload.count >= headerBytes, memcmp(previous.envelope.baseAddress!, payload.baseAddress!, headerBytes) == 0 else { return nil }
+        return Entry(envelope: payload, record: index, header: previous.header)
     }
 
-    /// The record's envelope as it will be sent, or nil when it cannot be (a fixed envelope is added to `fixed`).
-    private static func entry(_ index: Int, _ payload: UnsafeRawBufferPointer, _ fixedEnvelopes: inout [[UInt8]]) -> Entry? {
+    /// The record's envelope as it will be sent, or nil when it cannot be (its header, and a fixed envelope, are
+    /// added to `source`).
+    private static func entry(_ index: Int, _ payload: UnsafeRawBufferPointer, _ source: inout Source) -> Entry? {
         guard let layout = TelemetryEnvelopeLayout(payload) else { return nil }
         guard layout.propertiesAreClean else {
             // The hub's rules once more (docs/message-rules.md): fix the properties, then take the common path.
             guard var envelope = TelemetryEnvelope(decoding: Array(payload)) else { return nil }
             envelope.properties = MessageRules.sanitize(envelope.properties).properties
-            let fixed = envelope.encoded()
-            guard let again = fixed.withUnsafeBytes({ TelemetryEnvelopeLayout($0) }), again.propertiesAreClean, again.systemValuesAreASCII else { return nil }
-            fixedEnvelopes.append(fixed)
-            return fixed.withUnsafeBytes { Entry(record: index, envelope: .fixed(fixedEnvelopes.count - 1), layout: again, bytes: $0) }
+            let fixed = FixedEnvelope(envelope.encoded())
+            guard let again = TelemetryEnvelopeLayout(fixed.envelope), again.propertiesAreClean, again.systemValuesAreASCII else { return nil }
+            source.fixed.append(fixed)
+            return newHeader(again, index, fixed.envelope, &source)
         }
         // Content type and encoding travel as AMQP symbols: ASCII only.
         guard layout.systemValuesAreASCII else { return nil }
-        return Entry(record: index, envelope: .record, layout: layout, bytes: payload)
+        return newHeader(layout, index, payload, &source)
+    }
+
+    private static func newHeader(_ layout: TelemetryEnvelopeLayout, _ index: Int, _ envelope: UnsafeRawBufferPointer, _ source: inout Source) -> Entry {
+        let isJSON = startsIgnoringCase(UnsafeRawBufferPointer(rebasing: envelope[layout.contentType]), "application/json")
+            && equalIgnoringCase(UnsafeRawBufferPointer(rebasing: envelope[layout.contentEncoding]), "utf-8")
+        source.headers.append(Header(layout: layout, isJSON: isJSON))
+        return Entry(envelope: envelope, record: index, header: source.headers.count - 1)
     }
 
     /// The hub's measure of the message one record makes: body, message-id, content type and encoding, the
     /// properties and the creation-time property.
-    private func hubSize(_ e: Entry, sequence: UInt64) -> Int {
-        e.layout.body.count + messageIDPrefix.count + Self.decimalDigits(sequence) + e.layout.contentType.count + e.layout.contentEncoding.count
-            + e.layout.propertyBytes + IoTHubAMQP.creationTimeProperty.utf8.count + WallClock.iso8601Length
+    private func hubSize(_ e: Entry, _ source: Source, sequence: UInt64) -> Int {
+        let layout = source.headers[e.header].layout
+        return e.envelope.count - layout.body.lowerBound + messageIDPrefix.count + Self.decimalDigits(sequence) + layout.contentType.count
+            + layout.contentEncoding.count + layout.propertyBytes + IoTHubAMQP.creationTimeProperty.utf8.count + WallClock.iso8601Length
     }
 
     private static func startsIgnoringCase(_ bytes: UnsafeRawBufferPointer, _ prefix: StaticString) -> Bool {
@@ -232,77 +232,75 @@ struct TelemetryEncoder {
     }
 
     /// Same content type, encoding and properties (JSON readings both): they can share one message.
-    /// Entries by index: a copy of each cost more than the comparison.
-    private static func canJoin(_ entries: [Entry], _ a: Int, _ b: Int, _ source: Source) -> Bool {
-        if entries[a].headerGroup == entries[b].headerGroup { return true }
+    private static func canJoin(_ a: Entry, _ b: Entry, _ source: Source) -> Bool {
+        if a.header == b.header { return true }
         // Type, encoding and properties are contiguous in an envelope, ahead of the body.
-        let header = entries[a].layout.body.lowerBound
-        guard header == entries[b].layout.body.lowerBound else { return false }
-        return entries[a].withBytes(source) { pa in
-            entries[b].withBytes(source) { pb in memcmp(pa.baseAddress!, pb.baseAddress!, header) == 0 }
-        }
+        let headerBytes = source.headers[a.header].bodyStart
+        guard headerBytes == source.headers[b.header].bodyStart else { return false }
+        return memcmp(a.envelope.baseAddress!, b.envelope.baseAddress!, headerBytes) == 0
     }
 
     /// One AMQP message for `group` (one leaf's entries in order; several only when coalescing JSON).
-    private func message(_ source: Source, _ entries: [Entry], _ group: [Int]) -> OutgoingMessage {
-        let batch = source.batch
-        let records = batch.records
-        let first = entries[group[0]], firstRecord = records[first.record]
-        let last = records[entries[group[group.count - 1]].record]
+    private func message(_ source: Source, _ entries: [Entry], _ group: ArraySlice<Int>) -> OutgoingMessage {
+        let records = source.batch.records
+        let first = entries[group[group.startIndex]], firstRecord = records[first.record]
+        let last = records[entries[group[group.endIndex - 1]].record]
+        let layout = source.headers[first.header].layout
+        // Entries that join share their header's length: their bodies start at the same place.
+        let bodyStart = layout.body.lowerBound
         var bodyBytes = 0
-        for e in group { bodyBytes += entries[e].layout.body.count }
+        for e in group { bodyBytes += entries[e].envelope.count - bodyStart }
         if group.count > 1 { bodyBytes += group.count + 1 }  // brackets and commas
         let firstDigits = Self.decimalDigits(firstRecord.sequence)
         let lastDigits = group.count > 1 ? Self.decimalDigits(last.sequence) : 0
         let idBytes = messageIDPrefix.count + firstDigits + (group.count > 1 ? 1 + lastDigits : 0)
-        let variables = 5 + 2 * (first.layout.propertyCount + 1)  // id, type, encoding, body; names and values
+        let variables = 5 + 2 * (layout.propertyCount + 1)  // id, type, encoding, body; names and values
         let capacity = 3 * AMQPWriter.descriptorBytes + 2 * AMQPWriter.compoundHeaderBytes + variables * AMQPWriter.variableHeaderBytes + 5
-            + idBytes + first.layout.contentType.count + first.layout.contentEncoding.count + first.layout.propertyBytes
+            + idBytes + layout.contentType.count + layout.contentEncoding.count + layout.propertyBytes
             + IoTHubAMQP.creationTimeProperty.utf8.count + WallClock.iso8601Length + bodyBytes
+        let p = first.envelope
         let bytes = AMQPWriter.bytes(capacity: capacity) { w in
-            first.withBytes(source) { p in
-                // properties: message-id, user-id, to, subject, reply-to, correlation-id, content-type, content-encoding
-                w.descriptor(0x73)
-                let list = w.beginList()
-                w.string(count: idBytes) { out in
-                    messageIDPrefix.withUnsafeBytes { out.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-                    let at = messageIDPrefix.count
-                    Self.writeDecimal(firstRecord.sequence, digits: firstDigits, to: out + at)
-                    if group.count > 1 {
-                        out.storeBytes(of: UInt8(ascii: "-"), toByteOffset: at + firstDigits, as: UInt8.self)
-                        Self.writeDecimal(last.sequence, digits: lastDigits, to: out + at + firstDigits + 1)
-                    }
+            // properties: message-id, user-id, to, subject, reply-to, correlation-id, content-type, content-encoding
+            w.descriptor(0x73)
+            let list = w.beginList()
+            w.string(count: idBytes) { out in
+                messageIDPrefix.withUnsafeBytes { out.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+                let at = messageIDPrefix.count
+                Self.writeDecimal(firstRecord.sequence, digits: firstDigits, to: out + at)
+                if group.count > 1 {
+                    out.storeBytes(of: UInt8(ascii: "-"), toByteOffset: at + firstDigits, as: UInt8.self)
+                    Self.writeDecimal(last.sequence, digits: lastDigits, to: out + at + firstDigits + 1)
                 }
-                for _ in 0..<5 { w.null() }
-                w.symbol(UnsafeRawBufferPointer(rebasing: p[first.layout.contentType]))
-                w.symbol(UnsafeRawBufferPointer(rebasing: p[first.layout.contentEncoding]))
-                w.end(list, count: 8)
-                // application-properties: the leaf's, then the creation time (the acquisition time of the first).
-                w.descriptor(0x74)
-                let map = w.beginMap()
-                TelemetryEnvelopeLayout.forEachProperty(in: p, first.layout.properties) { k, v in
-                    w.string(k)
-                    w.string(v)
-                }
-                w.string(IoTHubAMQP.creationTimeProperty)
-                w.string(count: WallClock.iso8601Length) { WallClock.writeISO8601(milliseconds: firstRecord.acquiredAtMs, to: $0) }
-                w.end(map, count: 2 * (first.layout.propertyCount + 1))
-                // data
-                w.descriptor(0x75)
-                if group.count == 1 { w.binary(UnsafeRawBufferPointer(rebasing: p[first.layout.body])) }
             }
-            guard group.count > 1 else { return }
+            for _ in 0..<5 { w.null() }
+            w.symbol(UnsafeRawBufferPointer(rebasing: p[layout.contentType]))
+            w.symbol(UnsafeRawBufferPointer(rebasing: p[layout.contentEncoding]))
+            w.end(list, count: 8)
+            // application-properties: the leaf's, then the creation time (the acquisition time of the first).
+            w.descriptor(0x74)
+            let map = w.beginMap()
+            TelemetryEnvelopeLayout.forEachProperty(in: p, layout.properties) { k, v in
+                w.string(k)
+                w.string(v)
+            }
+            w.string(IoTHubAMQP.creationTimeProperty)
+            w.string(count: WallClock.iso8601Length) { WallClock.writeISO8601(milliseconds: firstRecord.acquiredAtMs, to: $0) }
+            w.end(map, count: 2 * (layout.propertyCount + 1))
+            // data
+            w.descriptor(0x75)
+            guard group.count > 1 else { return w.binary(UnsafeRawBufferPointer(rebasing: p[bodyStart...])) }
             w.binaryHeader(count: bodyBytes)
             w.raw(UInt8(ascii: "["))
-            for (i, e) in group.enumerated() {
-                if i > 0 { w.raw(UInt8(ascii: ",")) }
-                let body = entries[e].layout.body
-                entries[e].withBytes(source) { w.raw(UnsafeRawBufferPointer(rebasing: $0[body])) }
+            var separator = false
+            for e in group {
+                if separator { w.raw(UInt8(ascii: ",")) }
+                separator = true
+                w.raw(UnsafeRawBufferPointer(rebasing: entries[e].envelope[bodyStart...]))
             }
             w.raw(UInt8(ascii: "]"))
         }
         let sequences = group.count == 1 ? [firstRecord.sequence] : group.map { records[entries[$0].record].sequence }
-        return OutgoingMessage(leaf: batch.leaf(first.record), sequences: sequences, bytes: bytes, acquiredAtMs: firstRecord.acquiredAtMs)
+        return OutgoingMessage(leaf: source.batch.leaf(first.record), sequences: sequences, bytes: bytes, acquiredAtMs: firstRecord.acquiredAtMs)
     }
 
     /// Powers of ten up to 10^19 (every UInt64 has at most 20 digits).

@@ -137,6 +137,17 @@ public struct AckSet: Sendable, Equatable {
     /// `sequences` (distinct) as ranges, each run of consecutive ones in the order given becoming one range. Not
     /// sorted: the ledger takes ranges in any order, and a sort cost ~140 instructions a record when coalesced
     /// messages of interleaved leaves were acknowledged together.
+    /// How many ranges `runs` makes of `sequences`, without making them.
+    static func runCount(_ sequences: [UInt64]) -> Int {
+        guard var previous = sequences.first else { return 0 }
+        var count = 1
+        for s in sequences.dropFirst() {
+            if previous &+ 1 != s { count += 1 }
+            previous = s
+        }
+        return count
+    }
+
     static func runs(_ sequences: [UInt64]) -> [ClosedRange<UInt64>] {
         var out: [ClosedRange<UInt64>] = []
         var start: UInt64 = 0, end: UInt64 = 0

@@ -114,7 +114,7 @@ public enum RecordCodec {
         switch body[0] {
         case 2:
             var at = 2
-            guard let sequence = Varint.read(body, &at, end: body.count), let time = Varint.read(body, &at, end: body.count),
+            guard let sequence = Varint.readHeaderValue(body, &at, end: body.count), let time = Varint.readHeaderValue(body, &at, end: body.count),
                   let leafLength = Varint.read(body, &at, end: body.count), leafLength <= UInt64(body.count - at) else { return .corrupt }
             let leafEnd = start + at + Int(leafLength)
             return .record(FrameView(sequence: sequence, acquiredAtMs: Varint.unzigzag(time), flags: body[1], leaf: (start + at)..<leafEnd,

@@ -70,12 +70,10 @@ struct SegmentIndex: Sendable {
 
     private mutating func add(leafNumber: UInt32, sequence: UInt64, acquiredAtMs: Int64, at offset: Int) {
         // The four varints written together and appended once (four appends cost ~280 instructions a record).
-        // Four varints of at most ten bytes; room grows by an eighth (the active segment's index stays in memory).
-        if body.count - bodyCount < 40 {
-            let more = Swift.max(256, body.count / 8)
-            body.reserveCapacity(body.count + more)
-            body.append(contentsOf: repeatElement(0, count: more))
-        }
+        // Four varints of at most ten bytes. The zeros written ahead are an eighth of what is there (the array's
+        // capacity grows by doubling, as before, so the bytes are copied about once; only what is written is
+        // resident).
+        if body.count - bodyCount < 40 { body.append(contentsOf: repeatElement(0, count: Swift.max(256, body.count / 8))) }
         let at = bodyCount
         bodyCount += body.withUnsafeMutableBytes { raw in
             let out = raw.baseAddress! + at

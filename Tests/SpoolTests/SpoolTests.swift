@@ -96,9 +96,14 @@ struct RecordCodecTests {
                     var at = 1
                     #expect(Varint.read(b, &at, end: b.count) == v, "\(v) followed by \(tail)")
                     #expect(at == 1 + bytes.count)
+                    var header = 1
+                    #expect(Varint.readHeaderValue(b, &header, end: b.count) == v, "\(v) followed by \(tail)")
+                    #expect(header == 1 + bytes.count)
                     // Cut short: nil, never a value made of what follows.
                     var cut = 1
                     #expect(Varint.read(b, &cut, end: bytes.count) == nil)
+                    var headerCut = 1
+                    #expect(Varint.readHeaderValue(b, &headerCut, end: bytes.count) == nil)
                 }
             }
         }

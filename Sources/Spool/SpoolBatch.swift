@@ -22,6 +22,8 @@ public struct SpoolBatch: Sendable {
     @usableFromInline var buffers: [Buffer] = []
     /// The leaves' names by `leafIndex` ("" for a number no record has).
     private var leafNames: [String] = []
+    /// The leaf number of the last record appended (its name is known).
+    private var lastNamed = -1
 
     init() {}
 
@@ -78,6 +80,9 @@ public struct SpoolBatch: Sendable {
     /// number yet).
     mutating func append(_ record: Record, leaf: @autoclosure () -> String) {
         records.append(record)
+        // A fetch takes several records of a leaf in a row: its name is looked at once for them.
+        guard record.leafIndex != lastNamed else { return }
+        lastNamed = record.leafIndex
         if record.leafIndex >= leafNames.count {
             leafNames.append(contentsOf: repeatElement("", count: record.leafIndex + 1 - leafNames.count))
             leafCount = leafNames.count

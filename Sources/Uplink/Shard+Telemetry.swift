@@ -39,10 +39,10 @@ extension Shard {
     }
 
     func telemetryOutcome(_ delivery: AMQPDelivery) {
-        guard let entry = unsettled[delivery.id] else { return }
+        // The outcome first: a delivery without one stays where it is, and one with one is taken out with a single
+        // look-up (a look-up, then a removal, hashed its id twice a message).
         let outcome = delivery.remoteOutcome ?? (delivery.isRemotelySettled ? .accepted : nil)
-        guard let outcome else { return }
-        unsettled[delivery.id] = nil
+        guard let outcome, let entry = unsettled.removeValue(forKey: delivery.id) else { return }
         delivery.settle()
         guard let leaf = leaves[entry.leaf] else { return }
         leaf.unsettled -= 1

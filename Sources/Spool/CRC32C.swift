@@ -4,7 +4,7 @@ internal import CCRC32C
 /// writes and bit flips in records and ledger entries.
 public enum CRC32C {
     /// True when the hardware path is used.
-    public static let hardware = ccrc32c_hardware_available() == 1
+    public static var hardware: Bool { ccrc32c_hardware() == 1 }
 
     private static let tables: [[UInt32]] = {
         var t = [[UInt32]](repeating: [UInt32](repeating: 0, count: 256), count: 8)

@@ -157,7 +157,7 @@ struct TelemetryEncoder {
             for position in start[leaf] ..< start[leaf + 1] {
                 let index = byLeaf[position]
                 guard source.headers[entries[index].header].isJSON else {
-                    if groupStart < position { messages.append(message(source, entries, byLeaf[groupStart ..< position])) }
+                    if groupStart < position { messages.append(message(source, entries, byLeaf[groupStart ..< position], arrayBytes: groupBytes)) }
                     messages.append(message(source, entries, byLeaf[position ... position]))
                     groupStart = position + 1
                     groupBytes = 1
@@ -167,7 +167,7 @@ struct TelemetryEncoder {
                 let grown = groupBytes + bodyCount + 1
                 if groupStart < position,
                    !Self.canJoin(entries[byLeaf[groupStart]], entries[index], source) || grown > target || grown + overhead > IoTHubAMQP.maxTelemetrySize {
-                    messages.append(message(source, entries, byLeaf[groupStart ..< position]))
+                    messages.append(message(source, entries, byLeaf[groupStart ..< position], arrayBytes: groupBytes))
                     groupStart = position
                     groupBytes = 1
                 }
@@ -176,7 +176,7 @@ struct TelemetryEncoder {
                 }
                 groupBytes += bodyCount + 1
             }
-            if groupStart < start[leaf + 1] { messages.append(message(source, entries, byLeaf[groupStart ..< start[leaf + 1]])) }
+            if groupStart < start[leaf + 1] { messages.append(message(source, entries, byLeaf[groupStart ..< start[leaf + 1]], arrayBytes: groupBytes)) }
         }
         return (messages, invalid)
     }
@@ -240,17 +240,16 @@ struct TelemetryEncoder {
         return memcmp(a.envelope.baseAddress!, b.envelope.baseAddress!, headerBytes) == 0
     }
 
-    /// One AMQP message for `group` (one leaf's entries in order; several only when coalescing JSON).
-    private func message(_ source: Source, _ entries: [Entry], _ group: ArraySlice<Int>) -> OutgoingMessage {
+    /// One AMQP message for `group` (one leaf's entries in order; several only when coalescing JSON, then
+    /// `arrayBytes` is the JSON array's size, as the grouping counted it).
+    private func message(_ source: Source, _ entries: [Entry], _ group: ArraySlice<Int>, arrayBytes: Int = 0) -> OutgoingMessage {
         let records = source.batch.records
         let first = entries[group[group.startIndex]], firstRecord = records[first.record]
         let last = records[entries[group[group.endIndex - 1]].record]
         let layout = source.headers[first.header].layout
         // Entries that join share their header's length: their bodies start at the same place.
         let bodyStart = layout.body.lowerBound
-        var bodyBytes = 0
-        for e in group { bodyBytes += entries[e].envelope.count - bodyStart }
-        if group.count > 1 { bodyBytes += group.count + 1 }  // brackets and commas
+        let bodyBytes = group.count > 1 ? arrayBytes : first.envelope.count - bodyStart
         let firstDigits = Self.decimalDigits(firstRecord.sequence)
         let lastDigits = group.count > 1 ? Self.decimalDigits(last.sequence) : 0
         let idBytes = messageIDPrefix.count + firstDigits + (group.count > 1 ? 1 + lastDigits : 0)
@@ -299,7 +298,10 @@ struct TelemetryEncoder {
             }
             w.raw(UInt8(ascii: "]"))
         }
-        let sequences = group.count == 1 ? [firstRecord.sequence] : group.map { records[entries[$0].record].sequence }
+        let sequences = [UInt64](unsafeUninitializedCapacity: group.count) { out, initialized in
+            for (i, e) in group.enumerated() { (out.baseAddress! + i).initialize(to: records[entries[e].record].sequence) }
+            initialized = group.count
+        }
         return OutgoingMessage(leaf: source.batch.leaf(first.record), sequences: sequences, bytes: bytes, acquiredAtMs: firstRecord.acquiredAtMs)
     }
 

@@ -431,32 +431,42 @@ struct ReadPlan {
                 return
             }
         }
-        if let windows = Self.windows(locations, tail: tail) {
-            runs = windows
+        if let (dense, sparse) = Self.windows(locations, tail: tail) {
+            // The sparse windows' records go the general way, by their indexes among all.
+            let rest = sparse.isEmpty ? [] : Self.sortedRuns(sparse.map { locations[$0] }, tail: tail).map { run in
+                Run(segment: run.segment, firstOffset: run.firstOffset, lastOffset: run.lastOffset, members: run.members.map { sparse[$0] })
+            }
+            runs = dense + rest
             return
         }
+        runs = Self.sortedRuns(locations, tail: tail)
+    }
+
+    /// The general way: the locations in file order, a run ending where the next record lies more than `maxGap`
+    /// past the last or would take the read past `maxSpan`.
+    static func sortedRuns(_ locations: [RecordLocation], tail: Int) -> [Run] {
         var runs: [Run] = []
-        for i in Self.fileOrder(locations) {
+        for i in fileOrder(locations) {
             let l = locations[i]
             let offset = Int(l.offset)
-            if let last = runs.last, last.segment == l.segment, offset - last.firstOffset + tail <= Self.maxSpan,
-               offset - last.lastOffset <= Self.maxGap {
+            if let last = runs.last, last.segment == l.segment, offset - last.firstOffset + tail <= maxSpan,
+               offset - last.lastOffset <= maxGap {
                 runs[runs.count - 1].lastOffset = offset
                 runs[runs.count - 1].members.append(i)
             } else {
                 runs.append(Run(segment: l.segment, firstOffset: offset, lastOffset: offset, members: [i]))
             }
         }
-        self.runs = runs
+        return runs
     }
 
     /// Dense picks over more than one read's span (a backlog fetched for many leaves at once: each leaf's records
     /// interleave with everyone's), placed without sorting: each segment's stretch from its lowest picked offset
     /// is cut into windows one read covers, and each record goes to its window by arithmetic. Sorting them cost
     /// ~190 instructions a record. Runs come in file order; a run's members in the order given (`read` takes them
-    /// in any order). Nil, for the general path, when the picks span many segments or a window holds them sparsely
-    /// (more than `maxGap` a record).
-    static func windows(_ locations: [RecordLocation], tail: Int) -> [Run]? {
+    /// in any order). A window holding its records sparsely (more than two frames' worth a record) is not read
+    /// whole: its records' indexes come back in `sparse`, for the general way. Nil when the picks span many segments.
+    static func windows(_ locations: [RecordLocation], tail: Int) -> (dense: [Run], sparse: [Int])? {
         let width = maxSpan - tail
         let n = locations.count
         guard width > 0, n > 0 else { return nil }
@@ -541,13 +551,21 @@ struct ReadPlan {
                 }
             }
         }
+        // Only windows mostly of picked records: about a frame (`tail`) a record at most twice over. Sparser picks
+        // (a thousand leaves draining at their own paces) take the general way, whose reads end at gaps: a window
+        // read for a few records was a megabyte of heap for a moment, and the drain's peak grew by ~0.3 MB.
+        let densest = Swift.min(maxGap, 2 * tail)
         var runs: [Run] = []
+        var sparse: [Int] = []
         for w in 0..<windowCount where starts[w + 1] > starts[w] {
-            guard Int(windowHigh[w] - windowLow[w]) <= maxGap * (starts[w + 1] - starts[w]) else { return nil }
-            runs.append(Run(segment: windowSegment[w], firstOffset: Int(windowLow[w]), lastOffset: Int(windowHigh[w]),
-                            members: Array(byWindow[starts[w] ..< starts[w + 1]])))
+            let members = byWindow[starts[w] ..< starts[w + 1]]
+            guard Int(windowHigh[w] - windowLow[w]) <= densest * members.count else {
+                sparse.append(contentsOf: members)
+                continue
+            }
+            runs.append(Run(segment: windowSegment[w], firstOffset: Int(windowLow[w]), lastOffset: Int(windowHigh[w]), members: Array(members)))
         }
-        return runs
+        return (runs, sparse)
     }
 
     /// The indexes of `locations` by (segment, offset). Each as one integer — segment rank, offset, index — sorted

@@ -63,10 +63,15 @@ struct SpoolReadTests {
         // A record far beyond the others is a run of its own.
         let far = picked + [RecordLocation(slot: 0, segment: 5, offset: 40_000_000)]
         #expect(ReadPlan(far, tail: tail).runs.contains { $0.members == [far.count - 1] })
-        // Four records over 900 kB: one window, read sparsely; the general path reads each on its own.
+        // Four records over 900 kB: one window, not read whole; the general way reads each on its own.
         let sparse = Array(picked.prefix(3)) + [RecordLocation(slot: 0, segment: 4, offset: 900_000)]
-        #expect(ReadPlan.windows(sparse, tail: tail) == nil)
+        #expect(ReadPlan.windows(sparse, tail: tail).map { $0.dense.isEmpty && $0.sparse.sorted() == [0, 1, 2, 3] } == true)
         #expect(ReadPlan(sparse, tail: tail).runs.count == 4)
+        // Dense and sparse windows in one plan: each record once, the sparse ones in runs of their own.
+        let mixed = picked + [RecordLocation(slot: 0, segment: 5, offset: 3_000_000), RecordLocation(slot: 1, segment: 5, offset: 3_600_000)]
+        let mixedRuns = ReadPlan(mixed, tail: tail).runs
+        #expect(mixedRuns.flatMap(\.members).sorted() == Array(mixed.indices))
+        #expect(mixedRuns.filter { $0.members == [mixed.count - 2] || $0.members == [mixed.count - 1] }.count == 2)
     }
 
     /// The radix sort of `fileOrder` orders as `sort()` does: by segment rank and offset, ties in their order —

@@ -29,8 +29,8 @@ struct LocationStream: Sendable {
     var byteCount: Int { bytes.count - readPosition }
 
     mutating func append(segment: UInt32, offset: UInt32) {
-        // Most records: the next of a run, the change of its gap one byte, and room for it (~60 instructions
-        // instead of ~150 through the general path).
+        // Most records: the next of a run, the change of its gap one byte, and room for it: appended in place,
+        // not through the general path (~40 instructions a reading fewer in the coalescing benchmark).
         if count > 0, segment == lastSegment, offset >= lastOffset {
             let gap = offset &- lastOffset
             let change = Varint.zigzag(Int64(gap) - Int64(lastGap)) + 1

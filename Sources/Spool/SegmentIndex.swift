@@ -28,8 +28,7 @@ struct SegmentIndex: Sendable {
     private var names: [String] = []
     /// The spool's leaf slot → this index's leaf number + 1 (0: not seen yet): the append path needs no hash.
     private var numberBySlot: [UInt32] = []
-    /// The records so far (`bodyCount` bytes), then zeros: room written in place (a small append to an array cost
-    /// ~100 instructions a record).
+    /// The records so far (`bodyCount` bytes), then zeros: room the next records are written into.
     private var body: [UInt8] = []
     private var bodyCount = 0
     private(set) var count = 0
@@ -69,10 +68,10 @@ struct SegmentIndex: Sendable {
     }
 
     private mutating func add(leafNumber: UInt32, sequence: UInt64, acquiredAtMs: Int64, at offset: Int) {
-        // The four varints written together and appended once (four appends cost ~280 instructions a record).
-        // Four varints of at most ten bytes. The zeros written ahead are an eighth of what is there (the array's
-        // capacity grows by doubling, as before, so the bytes are copied about once; only what is written is
-        // resident).
+        // The four varints (at most ten bytes each) written together, in place: four appends cost ~280
+        // instructions a record, one append of the four ~100. The zeros written ahead are an eighth of what is
+        // there (the array's capacity grows by doubling, so the bytes are copied about once; only what is written
+        // is resident).
         if body.count - bodyCount < 40 { body.append(contentsOf: repeatElement(0, count: Swift.max(256, body.count / 8))) }
         let at = bodyCount
         bodyCount += body.withUnsafeMutableBytes { raw in

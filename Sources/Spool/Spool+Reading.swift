@@ -332,8 +332,7 @@ extension Spool {
             // Past the last record's start: its frame, guessed; a longer frame is read again on its own below.
             let end = Swift.min(seg.size, run.lastOffset + tail)
             guard end > start else { continue }
-            // Read straight into the batch's own memory (an array read, then copied or retained per record, cost
-            // more than the reading).
+            // Read straight into the batch's own memory, which its records point into.
             let read = SpoolBatch.Buffer(count: end - start)
             let length = try seg.handle.read(offset: start, into: read.bytes)
             let bytes = UnsafeRawBufferPointer(rebasing: read.bytes[..<Swift.min(length, end - start)])

@@ -42,8 +42,8 @@ public struct SpoolBatch: Sendable {
     }
 
     /// Bytes read for the records of a batch: memory of its own, written once while the batch is made and only
-    /// read after. A record's payload is a pointer into it, no array retained and borrowed through a closure for
-    /// each look (~80 instructions a reading when the uplink encoded a fetch).
+    /// read after, so a record's payload can be handed out as a pointer into it (`unsafePayload`) while the batch
+    /// lives.
     @usableFromInline
     final class Buffer: @unchecked Sendable {
         @usableFromInline let bytes: UnsafeMutableRawBufferPointer

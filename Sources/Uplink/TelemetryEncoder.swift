@@ -77,8 +77,8 @@ struct TelemetryEncoder {
     }
 
     /// One record as it will be sent: its envelope's bytes (valid while the encoding's `Source` lives) and its
-    /// header by number. Plain data: copying a layout and an array with each entry cost more than the rest of
-    /// its handling.
+    /// header by number. Plain data: an entry that carried the layout and an enum holding an array was retained,
+    /// released and moved with every copy (with the header table, ~120 instructions a reading fewer).
     private struct Entry {
         var envelope: UnsafeRawBufferPointer
         var record: Int

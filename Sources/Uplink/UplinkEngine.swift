@@ -395,7 +395,7 @@ final class UplinkEngine: @unchecked Sendable {
         // Queue on the leaves now (so the next budget counts them); send inside each connection's context.
         var touched: [Int: [ObjectIdentifier: LeafRuntime]] = [:]
         // A leaf's messages come one after another (the encoder writes a leaf's at once): its look-ups are made once
-        // for the run, not hashed again for each message (three names hashed a message, ~50 instructions a reading).
+        // for the run, not hashed again for each message (three names hashed a message; ~90 instructions a reading fewer in the coalescing benchmark).
         var run: (name: String, leaf: LeafRuntime?)?
         for m in result.messages {
             if run?.name != m.leaf {

@@ -333,7 +333,7 @@ extension Spool {
             let end = Swift.min(seg.size, run.lastOffset + tail)
             guard end > start else { continue }
             // Read straight into the batch's own memory, which its records point into.
-            let read = SpoolBatch.Buffer(count: end - start)
+            let read = OwnedBytes(count: end - start)
             let length = try seg.handle.read(offset: start, into: read.bytes)
             let bytes = UnsafeRawBufferPointer(rebasing: read.bytes[..<Swift.min(length, end - start)])
             let buffer = batch.add(read)
@@ -367,7 +367,7 @@ extension Spool {
         for m in members where out[m].buffer == buffer { total += out[m].payload.count }
         var placed: [(member: Int, range: Range<Int>)] = []
         placed.reserveCapacity(members.count)
-        let compacted = SpoolBatch.Buffer(count: total)
+        let compacted = OwnedBytes(count: total)
         var at = 0
         for m in members where out[m].buffer == buffer {
             let range = out[m].payload
@@ -469,38 +469,28 @@ struct ReadPlan {
         let width = maxSpan - tail
         let n = locations.count
         guard width > 0, n > 0 else { return nil }
-        // The segments (a fetch touches one or two), each with its lowest and highest picked offset, and each
-        // record's segment by its place among them. Through buffer pointers, with the current segment's bounds in
-        // locals: element-wise updates of the arrays cost more than the rest of the plan.
+        // The segments (a fetch touches one or two), each with its lowest and highest picked offset; the current
+        // segment's in locals (element-wise updates of the arrays cost more than the rest of the plan).
         var ids: [UInt32] = [], lows: [UInt32] = [], highs: [UInt32] = []
-        var segmentOf = [UInt8](repeating: 0, count: n)
-        let fewSegments = locations.withUnsafeBufferPointer { ls in
-            segmentOf.withUnsafeMutableBufferPointer { of -> Bool in
-                var at = -1, id: UInt32 = 0, low: UInt32 = 0, high: UInt32 = 0
-                for i in 0..<n {
-                    let l = ls[i]
-                    if at < 0 || l.segment != id {
-                        if at >= 0 { (lows[at], highs[at]) = (low, high) }
-                        if let known = ids.firstIndex(of: l.segment) {
-                            at = known
-                        } else {
-                            guard ids.count < 8 else { return false }
-                            ids.append(l.segment)
-                            lows.append(l.offset)
-                            highs.append(l.offset)
-                            at = ids.count - 1
-                        }
-                        (id, low, high) = (l.segment, lows[at], highs[at])
-                    }
-                    low = Swift.min(low, l.offset)
-                    high = Swift.max(high, l.offset)
-                    of[i] = UInt8(truncatingIfNeeded: at)
+        var at = -1, low: UInt32 = 0, high: UInt32 = 0
+        for l in locations {
+            if at < 0 || l.segment != ids[at] {
+                if at >= 0 { (lows[at], highs[at]) = (low, high) }
+                if let known = ids.firstIndex(of: l.segment) {
+                    at = known
+                } else {
+                    guard ids.count < 8 else { return nil }
+                    ids.append(l.segment)
+                    lows.append(l.offset)
+                    highs.append(l.offset)
+                    at = ids.count - 1
                 }
-                (lows[at], highs[at]) = (low, high)
-                return true
+                (low, high) = (lows[at], highs[at])
             }
+            low = Swift.min(low, l.offset)
+            high = Swift.max(high, l.offset)
         }
-        guard fewSegments else { return nil }
+        (lows[at], highs[at]) = (low, high)
         // Window numbers: the segments in file order, each one's windows after the ones before it.
         var firstWindow = [Int](repeating: 0, count: ids.count)
         var windowSegment: [UInt32] = []
@@ -511,44 +501,31 @@ struct ReadPlan {
             windowSegment.append(contentsOf: repeatElement(ids[k], count: windows))
         }
         let windowCount = windowSegment.count
-        // Each record's window; per window its count and lowest and highest offset; then the records by window
-        // (a counting sort, each window's in the order given).
-        var starts = [Int](repeating: 0, count: windowCount + 1)
-        var windowLow = [UInt32](repeating: .max, count: windowCount), windowHigh = [UInt32](repeating: 0, count: windowCount)
-        var windowOf = [Int32](repeating: 0, count: n)
-        var byWindow = [Int](repeating: 0, count: n)
-        locations.withUnsafeBufferPointer { ls in
-            segmentOf.withUnsafeBufferPointer { of in
-                windowOf.withUnsafeMutableBufferPointer { wOf in
-                    starts.withUnsafeMutableBufferPointer { st in
-                        windowLow.withUnsafeMutableBufferPointer { wl in
-                            windowHigh.withUnsafeMutableBufferPointer { wh in
-                                for i in 0..<n {
-                                    let k = Int(of[i]), offset = ls[i].offset
-                                    let w = firstWindow[k] + Int(offset - lows[k]) / width
-                                    wOf[i] = Int32(truncatingIfNeeded: w)
-                                    st[w + 1] += 1
-                                    wl[w] = Swift.min(wl[w], offset)
-                                    wh[w] = Swift.max(wh[w], offset)
-                                }
-                                for w in 0..<windowCount { st[w + 1] += st[w] }
-                            }
-                        }
-                    }
-                }
+        // Each record's window, and per window its count and lowest and highest offset (through one buffer pointer,
+        // as the per-record step of a fetch).
+        struct Window { var count = 0, low = UInt32.max, high: UInt32 = 0 }
+        var windows = [Window](repeating: Window(), count: windowCount)
+        at = 0
+        let windowOf = windows.withUnsafeMutableBufferPointer { stats in
+            locations.map { l -> Int in
+                if l.segment != ids[at] { at = ids.firstIndex(of: l.segment)! }
+                let w = firstWindow[at] + Int(l.offset - lows[at]) / width
+                stats[w].count += 1
+                stats[w].low = Swift.min(stats[w].low, l.offset)
+                stats[w].high = Swift.max(stats[w].high, l.offset)
+                return w
             }
         }
+        var starts = [Int](repeating: 0, count: windowCount + 1)
+        for w in 0..<windowCount { starts[w + 1] = starts[w] + windows[w].count }
+        // The records by window (a counting sort, each window's in the order given).
         var filled = starts
-        windowOf.withUnsafeBufferPointer { wOf in
-            filled.withUnsafeMutableBufferPointer { f in
-                byWindow.withUnsafeMutableBufferPointer { out in
-                    for i in 0..<n {
-                        let w = Int(wOf[i])
-                        out[f[w]] = i
-                        f[w] += 1
-                    }
-                }
+        let byWindow = [Int](unsafeUninitializedCapacity: n) { out, initialized in
+            for (i, w) in windowOf.enumerated() {
+                (out.baseAddress! + filled[w]).initialize(to: i)
+                filled[w] += 1
             }
+            initialized = n
         }
         // Only windows mostly of picked records: about a frame (`tail`) a record at most twice over. Sparser picks
         // (a thousand leaves draining at their own paces) take the general way, whose reads end at gaps: a window
@@ -556,13 +533,13 @@ struct ReadPlan {
         let densest = Swift.min(maxGap, 2 * tail)
         var runs: [Run] = []
         var sparse: [Int] = []
-        for w in 0..<windowCount where starts[w + 1] > starts[w] {
+        for (w, window) in windows.enumerated() where window.count > 0 {
             let members = byWindow[starts[w] ..< starts[w + 1]]
-            guard Int(windowHigh[w] - windowLow[w]) <= densest * members.count else {
+            guard Int(window.high - window.low) <= densest * window.count else {
                 sparse.append(contentsOf: members)
                 continue
             }
-            runs.append(Run(segment: windowSegment[w], firstOffset: Int(windowLow[w]), lastOffset: Int(windowHigh[w]), members: Array(members)))
+            runs.append(Run(segment: windowSegment[w], firstOffset: Int(window.low), lastOffset: Int(window.high), members: Array(members)))
         }
         return (runs, sparse)
     }

@@ -1,3 +1,5 @@
+import FieldgateCore
+
 /// Records fetched for delivery, each a view into the bytes read from disk: a fetch makes one array per `pread`,
 /// not one per record (a payload array per record cost a malloc, a copy and a free, ~600 instructions a reading
 /// once coalescing made everything else cheap). Records keep the order `Spool.fetch` picked them in.
@@ -19,7 +21,8 @@ public struct SpoolBatch: Sendable {
     public private(set) var records: [Record] = []
     /// One more than the highest `leafIndex` of the records (every `leafIndex` is below it).
     public private(set) var leafCount = 0
-    @usableFromInline var buffers: [Buffer] = []
+    /// The bytes read, which the records point into.
+    @usableFromInline var buffers: [OwnedBytes] = []
     /// The leaves' names by `leafIndex` ("" for a number no record has).
     private var leafNames: [String] = []
     /// The leaf number of the last record appended (its name is known).
@@ -41,40 +44,22 @@ public struct SpoolBatch: Sendable {
         }
     }
 
-    /// Bytes read for the records of a batch: memory of its own, written once while the batch is made and only
-    /// read after, so a record's payload can be handed out as a pointer into it (`unsafePayload`) while the batch
-    /// lives.
-    @usableFromInline
-    final class Buffer: @unchecked Sendable {
-        @usableFromInline let bytes: UnsafeMutableRawBufferPointer
-
-        /// `count` bytes, uninitialized: the maker fills them before the batch is read.
-        init(count: Int) { bytes = .allocate(byteCount: Swift.max(1, count), alignment: 8) }
-
-        convenience init(copying source: [UInt8]) {
-            self.init(count: source.count)
-            source.withUnsafeBytes { if let base = $0.baseAddress { bytes.baseAddress!.copyMemory(from: base, byteCount: $0.count) } }
-        }
-
-        deinit { bytes.deallocate() }
-    }
-
     public var count: Int { records.count }
     /// Bytes of the buffers the records point into (what the batch keeps alive).
     public var bufferBytes: Int { buffers.reduce(0) { $0 + $1.bytes.count } }
     public var isEmpty: Bool { records.isEmpty }
 
     /// Keeps `buffer` for the records that point into it; returns its number.
-    mutating func add(_ buffer: Buffer) -> Int {
+    mutating func add(_ buffer: OwnedBytes) -> Int {
         buffers.append(buffer)
         return buffers.count - 1
     }
 
     /// Keeps a copy of `bytes`.
-    mutating func add(buffer bytes: [UInt8]) -> Int { add(Buffer(copying: bytes)) }
+    mutating func add(buffer bytes: [UInt8]) -> Int { add(OwnedBytes(copying: bytes)) }
 
     /// Puts `buffer` in place of buffer `number` (the records pointing into it must be pointed anew).
-    mutating func replace(buffer number: Int, with buffer: Buffer) { buffers[number] = buffer }
+    mutating func replace(buffer number: Int, with buffer: OwnedBytes) { buffers[number] = buffer }
 
     /// Appends `record` of the leaf named `leaf` (`leaf` is asked for only when the batch has no name for its
     /// number yet).

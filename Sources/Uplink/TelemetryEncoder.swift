@@ -57,23 +57,9 @@ struct TelemetryEncoder {
     /// had to be fixed, and the headers found.
     private struct Source {
         let batch: SpoolBatch
-        var fixed: [FixedEnvelope] = []
+        /// Envelopes rewritten with their properties fixed (the rare path).
+        var fixed: [OwnedBytes] = []
         var headers: [Header] = []
-    }
-
-    /// An envelope rewritten with its properties fixed (the rare path), in memory of its own for the encoding.
-    private final class FixedEnvelope {
-        private let bytes: UnsafeMutableRawBufferPointer
-        let envelope: UnsafeRawBufferPointer
-
-        init(_ source: [UInt8]) {
-            let bytes = UnsafeMutableRawBufferPointer.allocate(byteCount: Swift.max(1, source.count), alignment: 8)
-            source.withUnsafeBytes { if let base = $0.baseAddress { bytes.baseAddress!.copyMemory(from: base, byteCount: $0.count) } }
-            self.bytes = bytes
-            envelope = UnsafeRawBufferPointer(rebasing: bytes[..<source.count])
-        }
-
-        deinit { bytes.deallocate() }
     }
 
     /// One record as it will be sent: its envelope's bytes (valid while the encoding's `Source` lives) and its
@@ -198,10 +184,10 @@ struct TelemetryEncoder {
             // The hub's rules once more (docs/message-rules.md): fix the properties, then take the common path.
             guard var envelope = TelemetryEnvelope(decoding: Array(payload)) else { return nil }
             envelope.properties = MessageRules.sanitize(envelope.properties).properties
-            let fixed = FixedEnvelope(envelope.encoded())
-            guard let again = TelemetryEnvelopeLayout(fixed.envelope), again.propertiesAreClean, again.systemValuesAreASCII else { return nil }
+            let fixed = OwnedBytes(copying: envelope.encoded())
+            guard let again = TelemetryEnvelopeLayout(fixed.contents), again.propertiesAreClean, again.systemValuesAreASCII else { return nil }
             source.fixed.append(fixed)
-            return newHeader(again, index, fixed.envelope, &source)
+            return newHeader(again, index, fixed.contents, &source)
         }
         // Content type and encoding travel as AMQP symbols: ASCII only.
         guard layout.systemValuesAreASCII else { return nil }

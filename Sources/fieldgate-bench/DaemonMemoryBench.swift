@@ -30,7 +30,7 @@ struct DaemonMemoryBench: AsyncParsableCommand {
     var massif: String?
     @Option(help: "The daemon's `[uplink] max_in_flight` (default: its own, 800): what the drain's peak depends on.")
     var maxInFlight: Int?
-    @Flag(help: "Then stop the daemon and measure proton-floor (the binary next to this one: C, Proton and OpenSSL only) doing the daemon's AMQP work against the same hub: one connection, the hub-scope token, the same leaves' links with the same addresses, properties and credit. What it takes is the floor of this design on these libraries; the difference is fieldgated's own. With --records 0, without --drain, --massif or --hot-code.")
+    @Flag(help: "Then stop the daemon and measure proton-floor (the binary next to this one: C, Proton and OpenSSL only) doing the daemon's AMQP work against the same hub: one connection, the hub-scope token, the same leaves' links with the same addresses, properties and credit. What it takes is the floor of this design on these libraries; the difference is fieldgated's own. Then proton-floor-swift: the same C on a thread of a Swift program whose runtime idles as a daemon's does; its difference from proton-floor is the Swift runtime's share. With --records 0, without --drain, --massif or --hot-code.")
     var floor = false
 
     func run() async throws {
@@ -80,9 +80,12 @@ struct DaemonMemoryBench: AsyncParsableCommand {
         /// delivered.
         var drainingHeap: Massif.Breakdown?
         var drainedHeap: Massif.Breakdown?
-        /// With --floor: proton-floor's memory with the same links, idle for as long, and its resident files.
+        /// With --floor: proton-floor's memory with the same links, idle for as long, and its resident files; then
+        /// the same inside a Swift program (proton-floor-swift), whose difference is the Swift runtime's share.
         var floor: ChildProcess.Memory?
         var floorMappings: [(kB: Int, name: String)] = []
+        var swiftFloor: ChildProcess.Memory?
+        var swiftFloorMappings: [(kB: Int, name: String)] = []
 
         var table: String {
             let kind = telemetryOnly ? "telemetry-only UDP leaves (cloud = [], one link each)" : "UDP leaves (C2D, methods, twin: six links each)"
@@ -106,6 +109,13 @@ struct DaemonMemoryBench: AsyncParsableCommand {
                     + "\(mb(floor.anonKB)), file \(mb(floor.fileKB)); its files: " + floorMappings.prefix(5).map { "\($0.name) \(fixed(Double($0.kB) / 1024, 1)) MB" }.joined(separator: ", ") + "\n"
                 out += "fieldgated above the floor: \(signed(settled.rssKB - floor.rssKB)) MB (anonymous \(signed(settled.anonKB - floor.anonKB)), file "
                     + "\(signed(settled.fileKB - floor.fileKB))); the \(fixed(target, 0)) MB target leaves \(signed(target * 1024 - floor.rssKB)) MB above the floor\n"
+                if let swift = swiftFloor {
+                    out += "proton-floor-swift (the same C on a thread of a Swift program idling as a daemon does): VmRSS \(mb(swift.rssKB)) MB, anonymous "
+                        + "\(mb(swift.anonKB)), file \(mb(swift.fileKB)); its files: " + swiftFloorMappings.prefix(5).map { "\($0.name) \(fixed(Double($0.kB) / 1024, 1)) MB" }.joined(separator: ", ") + "\n"
+                    out += "the Swift runtime's share: \(signed(swift.rssKB - floor.rssKB)) MB (anonymous \(signed(swift.anonKB - floor.anonKB)), file "
+                        + "\(signed(swift.fileKB - floor.fileKB))); fieldgated above this floor: \(signed(settled.rssKB - swift.rssKB)) MB; the "
+                        + "\(fixed(target, 0)) MB target leaves \(signed(target * 1024 - swift.rssKB)) MB above it\n"
+                }
             }
             out += "targets (1000 leaves attached and idle): VmRSS ≤ 26 MB with six links per leaf, ≤ 12 MB telemetry-only; + ≤ 2 MB with 1 M readings spooled; draining ≤ 10 % above idle"
             return out
@@ -188,31 +198,35 @@ struct DaemonMemoryBench: AsyncParsableCommand {
             // The hub would detach the daemon's links for the floor's (a device's links on a new connection win).
             child.terminate()
             childStopped = true
-            try await measureFloor(hub: hub, leaves: leaves, telemetryOnly: telemetryOnly, settle: settle, dir: dir, into: &figures)
+            (figures.floor, figures.floorMappings) = try await measureFloor(
+                "proton-floor", hub: hub, leaves: leaves, telemetryOnly: telemetryOnly, settle: settle, dir: dir)
+            (figures.swiftFloor, figures.swiftFloorMappings) = try await measureFloor(
+                "proton-floor-swift", hub: hub, leaves: leaves, telemetryOnly: telemetryOnly, settle: settle, dir: dir)
         }
         return figures
     }
 
-    /// Runs proton-floor with the daemon's leaves until they are attached, lets it idle for `settle` seconds and
-    /// reads its memory.
-    private static func measureFloor(hub: BenchHub, leaves: Int, telemetryOnly: Bool, settle: Int, dir: String, into figures: inout Figures) async throws {
+    /// Runs `program` (proton-floor or proton-floor-swift, next to this binary) with the daemon's leaves until they are
+    /// attached, lets it idle for `settle` seconds and reads its memory and resident files.
+    private static func measureFloor(_ program: String, hub: BenchHub, leaves: Int, telemetryOnly: Bool, settle: Int,
+                                     dir: String) async throws -> (ChildProcess.Memory, [(kB: Int, name: String)]) {
         let ready = dir + "/floor-ready", keyFile = dir + "/floor-policy-key"
+        unlink(ready)
         try ChildProcess.writeFile(keyFile, hub.ownerPolicyKey + "\n")
         chmod(keyFile, 0o600)
-        let floor = try ChildProcess.spawn(siblingExecutable("proton-floor"), [
+        let floor = try ChildProcess.spawn(siblingExecutable(program), [
             "--port", String(hub.amqpsPort), "--ca", hub.caFile, "--policy-key-file", keyFile, "--ready-file", ready, "--leaves", String(leaves),
         ] + (telemetryOnly ? ["--telemetry-only"] : []))
         defer { floor.terminate() }
         let deadline = ContinuousClock.now + .seconds(120)
         while access(ready, F_OK) != 0 {
-            guard floor.isRunning() else { throw BenchError("proton-floor exited (its error is on this terminal)") }
-            guard ContinuousClock.now < deadline else { throw BenchError("proton-floor's leaves did not attach in time") }
+            guard floor.isRunning() else { throw BenchError("\(program) exited (its error is on this terminal)") }
+            guard ContinuousClock.now < deadline else { throw BenchError("\(program)'s leaves did not attach in time") }
             try await Task.sleep(for: .milliseconds(100))
         }
         try await Task.sleep(for: .seconds(settle))
-        guard floor.isRunning() else { throw BenchError("proton-floor exited (its error is on this terminal)") }
-        figures.floor = floor.memory()
-        figures.floorMappings = fileMappings(pid: floor.pid)
+        guard floor.isRunning() else { throw BenchError("\(program) exited (its error is on this terminal)") }
+        return (floor.memory(), fileMappings(pid: floor.pid))
     }
 
     /// Lifts the throttle and follows RSS until the spool is empty.

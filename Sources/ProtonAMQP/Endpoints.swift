@@ -151,6 +151,18 @@ public struct AMQPLink {
         return AMQPDelivery(raw: d)
     }
 
+    /// The same with an eight-byte tag (`AMQPDelivery.tagNumber` reads it back), without an array per message.
+    @discardableResult
+    public func send(_ encoded: [UInt8], tag: UInt64, settled: Bool = false) -> AMQPDelivery {
+        let d = withUnsafeBytes(of: tag.littleEndian) { pn_delivery(raw, pn_dtag($0.baseAddress!.assumingMemoryBound(to: CChar.self), 8))! }
+        encoded.withUnsafeBufferPointer { buf in
+            buf.withMemoryRebound(to: CChar.self) { _ = pn_link_send(raw, $0.baseAddress, $0.count) }
+        }
+        pn_link_advance(raw)
+        if settled { pn_delivery_settle(d) }
+        return AMQPDelivery(raw: d)
+    }
+
     private func terminusAddress(_ t: OpaquePointer?) -> String? {
         guard let t, let a = pn_terminus_get_address(t) else { return nil }
         return String(cString: a)
@@ -178,6 +190,12 @@ public struct AMQPDelivery {
     public var tag: [UInt8] {
         let t = pn_delivery_tag(raw)
         return ProtonData.bytesArray(pn_bytes(t.size, t.start))
+    }
+    /// An eight-byte tag as the number `AMQPLink.send(_:tag:settled:)` was given; nil for a tag of another size.
+    public var tagNumber: UInt64? {
+        let t = pn_delivery_tag(raw)
+        guard t.size == 8, let start = t.start else { return nil }
+        return UInt64(littleEndian: UnsafeRawPointer(start).loadUnaligned(as: UInt64.self))
     }
     public var isRemotelySettled: Bool { pn_delivery_settled(raw) }
 

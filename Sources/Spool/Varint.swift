@@ -45,25 +45,22 @@ enum Varint {
     }
 
     /// `read` for the record header's values (a sequence of three bytes, a time of six): with eight bytes at hand
-    /// the last byte is found at once and the groups gathered without a loop per byte (~25 instructions a reading
-    /// fewer in the coalescing benchmark). Inlined into its one caller; other values are mostly one byte.
+    /// the last byte is found at once and the 7-bit groups packed in three halving steps, without a loop per byte
+    /// (~25 instructions a reading fewer in the coalescing benchmark than a loop, ~20 fewer than a shift per group).
+    /// Inlined into its one caller; other values are mostly one byte.
     @inline(__always)
     static func readHeaderValue(_ b: UnsafeRawBufferPointer, _ at: inout Int, end: Int) -> UInt64? {
         guard at >= 0, end - at >= 8 else { return read(b, &at, end: end) }
         let word = UInt64(littleEndian: b.loadUnaligned(fromByteOffset: at, as: UInt64.self))
         let stops = ~word & 0x8080_8080_8080_8080
         guard stops != 0 else { return read(b, &at, end: end) }
-        let bytes = stops.trailingZeroBitCount / 8 + 1
-        var value = word & 0x7F
-        value |= word >> 1 & 0x7F << 7
-        value |= word >> 2 & 0x7F << 14
-        value |= word >> 3 & 0x7F << 21
-        value |= word >> 4 & 0x7F << 28
-        value |= word >> 5 & 0x7F << 35
-        value |= word >> 6 & 0x7F << 42
-        value |= word >> 7 & 0x7F << 49
-        at += bytes
-        return bytes == 8 ? value : value & (1 << (7 * UInt64(bytes)) - 1)
+        // The value's bytes (up to the first without a continuation bit), continuation bits cleared.
+        var x = word & (stops ^ (stops &- 1)) & 0x7F7F_7F7F_7F7F_7F7F
+        x = x & 0x007F_007F_007F_007F | (x & 0x7F00_7F00_7F00_7F00) >> 1
+        x = x & 0x0000_3FFF_0000_3FFF | (x & 0x3FFF_0000_3FFF_0000) >> 2
+        x = x & 0x0000_0000_0FFF_FFFF | (x & 0x0FFF_FFFF_0000_0000) >> 4
+        at += stops.trailingZeroBitCount / 8 + 1
+        return x
     }
 
     static func zigzag(_ v: Int64) -> UInt64 { UInt64(bitPattern: (v << 1) ^ (v >> 63)) }

@@ -15,8 +15,7 @@ extension Shard {
         let limit = leaf.machine.inFlightLimit(engine.configuration.maxInFlightPerLeaf)
         while credit > 0, leaf.pendingCount > 0, leaf.unsettled < limit, engine.takeSendPermit() {
             let m = leaf.popPending()!
-            let d = link.send(m.bytes, tag: nextDeliveryTag())
-            unsettled[d.id] = (leaf.deviceID, m.sequences, engine.quota.generation)
+            link.send(m.bytes, tag: unsettled.insert(.init(leaf: leaf, sequences: m.sequences, quotaGeneration: engine.quota.generation)))
             leaf.unsettled += 1
             leaf.counters.sent += 1
             credit -= 1
@@ -30,21 +29,21 @@ extension Shard {
               link.credit > 0, leaf.machine.canSend(nowMs: nowMs),
               leaf.unsettled < leaf.machine.inFlightLimit(engine.configuration.maxInFlightPerLeaf), engine.takeSendPermit(priority: true)
         else { return }
-        let d = link.send(HeartbeatSchedule.encode(nowMs: WallClock.nowMilliseconds()), tag: nextDeliveryTag())
         // No spool records: the outcome settles nothing, and nothing is resent.
-        unsettled[d.id] = (leaf.deviceID, [], engine.quota.generation)
+        link.send(HeartbeatSchedule.encode(nowMs: WallClock.nowMilliseconds()),
+                  tag: unsettled.insert(.init(leaf: leaf, sequences: [], quotaGeneration: engine.quota.generation)))
         leaf.unsettled += 1
         leaf.counters.heartbeatsSent += 1
         leaf.heartbeat?.sent(nowMs: nowMs)
     }
 
     func telemetryOutcome(_ delivery: AMQPDelivery) {
-        // The outcome first: a delivery without one stays where it is, and one with one is taken out with a single
-        // look-up (a look-up, then a removal, hashed its id twice a message).
+        // The outcome first: a delivery without one stays where it is, and one with one is taken out by its tag.
+        // A leaf's entries go when the leaf or its links do, so an entry's leaf is still this shard's.
         let outcome = delivery.remoteOutcome ?? (delivery.isRemotelySettled ? .accepted : nil)
-        guard let outcome, let entry = unsettled.removeValue(forKey: delivery.id) else { return }
+        guard let outcome, let tag = delivery.tagNumber, let entry = unsettled.remove(tag: tag) else { return }
         delivery.settle()
-        guard let leaf = leaves[entry.leaf] else { return }
+        let leaf = entry.leaf
         leaf.unsettled -= 1
         let nowMs = engine.nowMs()
         switch outcome {
@@ -67,8 +66,8 @@ extension Shard {
                 // One line per leaf per minute: a throttled hub must be visible, not flood the journal.
                 if nowMs - leaf.lastThrottleLogMs >= 60_000 {
                     leaf.lastThrottleLogMs = nowMs
-                    logger.warning("uplink[\(index)]: \(entry.leaf): the hub throttled telemetry (\(condition?.name ?? "") \(condition?.description ?? "")); this leaf pauses \(max(0, leaf.machine.pausedUntilMs - nowMs)) ms and resends in order (\(leaf.counters.throttled) throttled so far)",
-                                   metadata: ["leaf": "\(entry.leaf)", "hub_error": "\(condition?.name ?? "")", "hub_error_description": "\(condition?.description ?? "")"])
+                    logger.warning("uplink[\(index)]: \(leaf.deviceID): the hub throttled telemetry (\(condition?.name ?? "") \(condition?.description ?? "")); this leaf pauses \(max(0, leaf.machine.pausedUntilMs - nowMs)) ms and resends in order (\(leaf.counters.throttled) throttled so far)",
+                                   metadata: ["leaf": "\(leaf.deviceID)", "hub_error": "\(condition?.name ?? "")", "hub_error_description": "\(condition?.description ?? "")"])
                 }
                 // Everything the leaf holds goes back, so the spool resends it in order after the pause.
                 engine.release(entry.sequences + leaf.takePending())
@@ -76,12 +75,12 @@ extension Shard {
                 // "Token Invalid.": the links are about to go; resend after re-authentication.
                 engine.release(entry.sequences + leaf.takePending())
             case _ where entry.sequences.isEmpty:
-                logger.warning("uplink[\(index)]: \(entry.leaf): the hub rejected a heartbeat (\(condition?.name ?? "no condition") \(condition?.description ?? ""))",
-                               metadata: ["leaf": "\(entry.leaf)", "hub_error": "\(condition?.name ?? "")", "hub_error_description": "\(condition?.description ?? "")"])
+                logger.warning("uplink[\(index)]: \(leaf.deviceID): the hub rejected a heartbeat (\(condition?.name ?? "no condition") \(condition?.description ?? ""))",
+                               metadata: ["leaf": "\(leaf.deviceID)", "hub_error": "\(condition?.name ?? "")", "hub_error_description": "\(condition?.description ?? "")"])
             default:
                 leaf.counters.rejectedRecords += entry.sequences.count
-                logger.warning("uplink[\(index)]: \(entry.leaf): the hub rejected a message for good (\(condition?.name ?? "no condition") \(condition?.description ?? "")); it goes to the dead-letter file",
-                               metadata: ["leaf": "\(entry.leaf)", "hub_error": "\(condition?.name ?? "")", "hub_error_description": "\(condition?.description ?? "")"])
+                logger.warning("uplink[\(index)]: \(leaf.deviceID): the hub rejected a message for good (\(condition?.name ?? "no condition") \(condition?.description ?? "")); it goes to the dead-letter file",
+                               metadata: ["leaf": "\(leaf.deviceID)", "hub_error": "\(condition?.name ?? "")", "hub_error_description": "\(condition?.description ?? "")"])
                 engine.deadLetter(entry.sequences)
             }
         case .released, .modified:

@@ -54,7 +54,7 @@ final class Shard: @unchecked Sendable {
     /// The link whose detach is being handled now (a detach without `closed` leaves no trace in Proton's state).
     private var detachingNow: AMQPObjectID?
     /// Telemetry on the wire: whose, which records (none: a heartbeat), and the quota pause's generation it went in.
-    var unsettled: [AMQPObjectID: (leaf: String, sequences: [UInt64], quotaGeneration: Int)] = [:]
+    var unsettled = UnsettledTelemetry()
     var cloudToDeviceDeliveries: [Int: CloudToDeviceDelivery] = [:]
     var nextCloudToDeviceToken = 0
     private var nextLinkNumber = 0
@@ -320,13 +320,12 @@ final class Shard: @unchecked Sendable {
         ref = nil
         connection = nil
         // Unsettled deliveries have an unknown fate: the spool still holds them in flight; give every one back.
-        var released = unsettled.values.flatMap(\.sequences)
+        var released = unsettled.removeAll()
         cbs = ShardCBS()
         leafSessions = nil
         sessionOfLeaf = [:]
         roles = [:]
         retiring = []
-        unsettled = [:]
         cloudToDeviceDeliveries = [:]
         for leaf in leaves.values {
             released += leaf.takePending()
@@ -407,13 +406,8 @@ final class Shard: @unchecked Sendable {
     /// Closes the leaf's links and gives its telemetry back to the spool.
     private func detachLinks(_ leaf: LeafRuntime) {
         var released = leaf.takePending()
-        if leaf.links[.telemetry] != nil {
-            for (id, entry) in unsettled where entry.leaf == leaf.deviceID {
-                released += entry.sequences
-                unsettled[id] = nil
-            }
-            leaf.unsettled = 0
-        }
+        released += unsettled.removeAll(of: leaf)
+        leaf.unsettled = 0
         if let c = leaf.links[.cloudToDevice] {
             for (token, entry) in cloudToDeviceDeliveries where entry.link == c.id { cloudToDeviceDeliveries[token] = nil }
         }

@@ -1,5 +1,5 @@
 /// A small deterministic generator (SplitMix64), so a randomized test's failure reproduces from its seed.
-public struct SplitMix {
+public struct SplitMix: RandomNumberGenerator {
     public var state: UInt64
     public init(seed: UInt64) { state = seed }
     public mutating func next() -> UInt64 {

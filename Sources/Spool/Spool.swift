@@ -441,7 +441,6 @@ public final class Spool: Sendable {
             }
             guard !entries.isEmpty else { return [] }
             let first = s.nextSequence
-            let last = first + UInt64(entries.count - 1)
             // The whole batch framed into one buffer (one allocation, no zero fill), each frame's offset kept.
             var frameOffsets = [Int](repeating: 0, count: entries.count)
             let frame = [UInt8](unsafeUninitializedCapacity: frameBound) { buffer, initialized in
@@ -462,93 +461,169 @@ public final class Spool: Sendable {
                 }
                 initialized = at
             }
-            if last >= s.sequenceFloor {
-                try Self.reserveSequences(through: last + 1, &s, dir: configuration.directory)
-            }
-            try makeRoom(for: frame.count, &s)
-            if s.segments.isEmpty || s.segments[s.segments.count - 1].size >= configuration.segmentBytes {
-                try startSegment(firstSequence: s.nextSequence, &s)
-            }
-            var seg = s.segments[s.segments.count - 1]
-            let base = seg.size
-            var waits = 0
-            var justDropped = false
-            while true {
-                do throws(SpoolError) {
-                    try seg.handle.append(frame)
-                    break
-                } catch {
-                    // A partial write leaves a torn tail: cut it so the segment stays well-formed.
-                    try? seg.handle.truncate(to: base)
-                    guard error.errno == ENOSPC else { throw error }
-                    // The disk is full before the cap: the full-policy applies here too.
-                    guard configuration.fullPolicy == .dropOldest else {
-                        throw SpoolError(.full, "the disk under \(configuration.directory) is full", errno: ENOSPC)
-                    }
-                    // Space of a just-deleted segment can take a moment to come back (a forked child may still
-                    // hold its descriptor until it execs): after a drop, wait a moment before dropping another, or a
-                    // busy machine would empty the spool to make room once.
-                    if s.segments.count > 1 && (!justDropped || waits >= 10) {
-                        dropSegment(at: 0, reason: .overflow, &s)
-                        seg = s.segments[s.segments.count - 1]
-                        justDropped = true
-                    } else if waits < 10 {
-                        waits += 1
-                        justDropped = false
-                        usleep(10_000)
-                    } else {
-                        throw SpoolError(.full, "the disk under \(configuration.directory) is full", errno: ENOSPC)
+            return try commitAppend(frame: frame, frameOffsets: frameOffsets, first: first, &s) { base, seg, s, slots in
+                var slot: Int32 = 0
+                entries.withUnsafeBufferPointer { list in
+                    for i in list.indices {
+                        // The slot looked up only when the string differs from the previous record's: batches from one
+                        // adapter often repeat the same leaf.
+                        if i == 0 || LeafQueues.identity(list[i].leaf) != LeafQueues.identity(list[i - 1].leaf) {
+                            slot = s.leaves.slot(of: list[i].leaf)
+                            if configuration.perLeafCapRecords != nil { slots.insert(slot) }
+                        }
+                        let offset = base + frameOffsets[i]
+                        let acquiredAtMs = list[i].acquiredAtMs
+                        s.activeIndex.add(slot: slot, leaf: list[i].leaf, sequence: first + UInt64(i), acquiredAtMs: acquiredAtMs, at: offset)
+                        seg.oldestAcquiredMs = min(seg.oldestAcquiredMs, acquiredAtMs)
+                        s.leaves.enqueue(slot, segment: seg.id, offset: UInt32(offset))
                     }
                 }
             }
-            seg.size += frame.count
-            var slot: Int32 = 0
-            var slots: Set<Int32> = []
-            entries.withUnsafeBufferPointer { list in
-                for i in list.indices {
-                    // The slot looked up only when the string differs from the previous record's: batches from one
-                    // adapter often repeat the same leaf.
-                    if i == 0 || LeafQueues.identity(list[i].leaf) != LeafQueues.identity(list[i - 1].leaf) {
-                        slot = s.leaves.slot(of: list[i].leaf)
+        }
+    }
+
+    /// The same for records laid out by their producer (`AppendBatch`): framed from its buffers, each leaf looked up
+    /// once per batch.
+    @discardableResult
+    public func append(_ batch: AppendBatch) throws(SpoolError) -> [UInt64] {
+        try withState { s throws(SpoolError) -> [UInt64] in
+            guard !s.closed else { throw SpoolError(.closed, "the spool is closed") }
+            guard !isReadOnly else { throw SpoolError(.readOnly, "the spool is open read-only") }
+            let records = batch.records, nameRanges = batch.nameRanges
+            var frameBound = 0
+            var payloadStart = 0
+            for r in records {
+                let leafBytes = nameRanges[Int(r.leaf)].count
+                let bound = RecordCodec.frameSize(leafBytes: leafBytes, payloadBytes: r.payloadEnd - payloadStart)
+                guard leafBytes <= UInt16.max, bound <= RecordCodec.maxRecordSize
+                else { throw SpoolError(.tooLarge, "a record for \(batch.names[Int(r.leaf)]) is larger than \(RecordCodec.maxRecordSize) bytes") }
+                frameBound += bound
+                payloadStart = r.payloadEnd
+            }
+            guard !records.isEmpty else { return [] }
+            let first = s.nextSequence
+            // The whole batch framed into one buffer (one allocation, no zero fill), each frame's offset kept.
+            var frameOffsets = [Int](repeating: 0, count: records.count)
+            let frame = [UInt8](unsafeUninitializedCapacity: frameBound) { buffer, initialized in
+                let out = UnsafeMutableRawPointer(buffer.baseAddress!)
+                var at = 0
+                batch.payloads.withUnsafeBytes { payloads in
+                    batch.nameBytes.withUnsafeBytes { names in
+                        frameOffsets.withUnsafeMutableBufferPointer { offsets in
+                            var payloadStart = 0
+                            for i in records.indices {
+                                let r = records[i]
+                                offsets[i] = at
+                                at += RecordCodec.encode(leaf: UnsafeRawBufferPointer(rebasing: names[nameRanges[Int(r.leaf)]]),
+                                                         sequence: first + UInt64(i), acquiredAtMs: r.acquiredAtMs, flags: 0,
+                                                         payload: UnsafeRawBufferPointer(rebasing: payloads[payloadStart ..< r.payloadEnd]),
+                                                         to: out + at)
+                                payloadStart = r.payloadEnd
+                            }
+                        }
+                    }
+                }
+                initialized = at
+            }
+            return try commitAppend(frame: frame, frameOffsets: frameOffsets, first: first, &s) { base, seg, s, slots in
+                // Each of the batch's leaves looked up once.
+                var slotOfLeaf = [Int32](repeating: -1, count: batch.names.count)
+                for i in records.indices {
+                    let leaf = Int(records[i].leaf)
+                    var slot = slotOfLeaf[leaf]
+                    if slot < 0 {
+                        slot = s.leaves.slot(of: batch.names[leaf])
+                        slotOfLeaf[leaf] = slot
                         if configuration.perLeafCapRecords != nil { slots.insert(slot) }
                     }
                     let offset = base + frameOffsets[i]
-                    let acquiredAtMs = list[i].acquiredAtMs
-                    s.activeIndex.add(slot: slot, leaf: list[i].leaf, sequence: first + UInt64(i), acquiredAtMs: acquiredAtMs, at: offset)
+                    let acquiredAtMs = records[i].acquiredAtMs
+                    s.activeIndex.add(slot: slot, leaf: batch.names[leaf], sequence: first + UInt64(i), acquiredAtMs: acquiredAtMs, at: offset)
                     seg.oldestAcquiredMs = min(seg.oldestAcquiredMs, acquiredAtMs)
                     s.leaves.enqueue(slot, segment: seg.id, offset: UInt32(offset))
                 }
             }
-            var largest = 0
-            for i in frameOffsets.indices {
-                largest = max(largest, (i + 1 < frameOffsets.count ? frameOffsets[i + 1] : frame.count) - frameOffsets[i])
-            }
-            s.largestFrame = max(s.largestFrame, largest)
-            seg.live += entries.count
-            s.segments[s.segments.count - 1] = seg
-            s.nextSequence = last + 1
-            if let cap = configuration.perLeafCapRecords {
-                for slot in slots {
-                    while s.leaves[slot].depth > cap, let oldest = popQueued(slot, &s) {
-                        try settle([oldest.sequence], locations: [oldest.sequence: oldest.location], reason: .overflow, &s)
-                    }
-                }
-            }
-            switch configuration.sync {
-            case .always:
-                do throws(SpoolError) { try seg.handle.dataSync() } catch {
-                    s.syncFailed = true  // see `finish`: the mark stays where it was
-                    throw error
-                }
-                if !s.syncFailed { s.durableThrough = last }
-            case .interval(let ms):
-                s.unsynced = true
-                // The flusher syncs without holding up appends; should it fall a whole round behind (a starved
-                // thread), this append syncs in line, so the loss window stays bounded.
-                if s.lastSync.duration(to: .now) >= .milliseconds(2 * ms) { try syncLocked(&s) }
-            }
-            return Array(first...last)
         }
+    }
+
+    /// What both appends share once their frames are made: sequence numbers, room, the write (with the full-disk
+    /// policy), the index (`index` adds the records, given the write's offset, and names the slots it touched), the
+    /// per-leaf cap and the sync.
+    private func commitAppend(frame: [UInt8], frameOffsets: [Int], first: UInt64, _ s: inout State,
+                              index: (_ base: Int, _ segment: inout Segment, _ s: inout State, _ slots: inout Set<Int32>) -> Void)
+        throws(SpoolError) -> [UInt64] {
+        let last = first + UInt64(frameOffsets.count - 1)
+        if last >= s.sequenceFloor {
+            try Self.reserveSequences(through: last + 1, &s, dir: configuration.directory)
+        }
+        try makeRoom(for: frame.count, &s)
+        if s.segments.isEmpty || s.segments[s.segments.count - 1].size >= configuration.segmentBytes {
+            try startSegment(firstSequence: s.nextSequence, &s)
+        }
+        var seg = s.segments[s.segments.count - 1]
+        let base = seg.size
+        var waits = 0
+        var justDropped = false
+        while true {
+            do throws(SpoolError) {
+                try seg.handle.append(frame)
+                break
+            } catch {
+                // A partial write leaves a torn tail: cut it so the segment stays well-formed.
+                try? seg.handle.truncate(to: base)
+                guard error.errno == ENOSPC else { throw error }
+                // The disk is full before the cap: the full-policy applies here too.
+                guard configuration.fullPolicy == .dropOldest else {
+                    throw SpoolError(.full, "the disk under \(configuration.directory) is full", errno: ENOSPC)
+                }
+                // Space of a just-deleted segment can take a moment to come back (a forked child may still
+                // hold its descriptor until it execs): after a drop, wait a moment before dropping another, or a
+                // busy machine would empty the spool to make room once.
+                if s.segments.count > 1 && (!justDropped || waits >= 10) {
+                    dropSegment(at: 0, reason: .overflow, &s)
+                    seg = s.segments[s.segments.count - 1]
+                    justDropped = true
+                } else if waits < 10 {
+                    waits += 1
+                    justDropped = false
+                    usleep(10_000)
+                } else {
+                    throw SpoolError(.full, "the disk under \(configuration.directory) is full", errno: ENOSPC)
+                }
+            }
+        }
+        seg.size += frame.count
+        var slots: Set<Int32> = []
+        index(base, &seg, &s, &slots)
+        var largest = 0
+        for i in frameOffsets.indices {
+            largest = max(largest, (i + 1 < frameOffsets.count ? frameOffsets[i + 1] : frame.count) - frameOffsets[i])
+        }
+        s.largestFrame = max(s.largestFrame, largest)
+        seg.live += frameOffsets.count
+        s.segments[s.segments.count - 1] = seg
+        s.nextSequence = last + 1
+        if let cap = configuration.perLeafCapRecords {
+            for slot in slots {
+                while s.leaves[slot].depth > cap, let oldest = popQueued(slot, &s) {
+                    try settle([oldest.sequence], locations: [oldest.sequence: oldest.location], reason: .overflow, &s)
+                }
+            }
+        }
+        switch configuration.sync {
+        case .always:
+            do throws(SpoolError) { try seg.handle.dataSync() } catch {
+                s.syncFailed = true  // see `finish`: the mark stays where it was
+                throw error
+            }
+            if !s.syncFailed { s.durableThrough = last }
+        case .interval(let ms):
+            s.unsynced = true
+            // The flusher syncs without holding up appends; should it fall a whole round behind (a starved
+            // thread), this append syncs in line, so the loss window stays bounded.
+            if s.lastSync.duration(to: .now) >= .milliseconds(2 * ms) { try syncLocked(&s) }
+        }
+        return Array(first...last)
     }
 
     private func startSegment(firstSequence: UInt64, _ s: inout State) throws(SpoolError) {

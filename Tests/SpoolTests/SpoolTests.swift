@@ -291,6 +291,57 @@ struct SpoolTests {
         #expect(reopened.messageID(for: rest[0].sequence) == "\(epoch)-\(rest[0].sequence)")
     }
 
+    @Test("a producer's batch (leaves numbered once, payloads side by side) appends as entries do: per-leaf order, names by bytes, times, empty payloads; an oversized record refuses the whole batch")
+    func appendBatch() throws {
+        let dir = temporarySpoolDirectory()
+        defer { removeTree(dir) }
+        var config = SpoolConfiguration(directory: dir)
+        config.segmentBytes = 600  // records of one batch across segments once sealed and reopened
+        let composed = "caf\u{E9}", decomposed = "cafe\u{301}"
+        // Keyed by the leaf's place in `names`: Swift's String keys would make the two spellings one.
+        let names = ["m-1", composed, "m-2", decomposed]
+        var expected: [Int: [(payload: String, ms: Int64)]] = [:]
+        do {
+            let spool = try Spool(configuration: config)
+            for round in 0..<5 {
+                var batch = Spool.AppendBatch()
+                let leaves = names.map { batch.leaf($0) }
+                #expect(batch.leaf(composed) == leaves[1] && batch.leaf(decomposed) == leaves[3] && leaves[1] != leaves[3])
+                for i in 0..<12 {
+                    let k = (i * 3 + round) % 4
+                    let text = i % 5 == 0 ? "" : "\(names[k])/\(round)/\(i)"
+                    batch.append(leaves[k], acquiredAtMs: Int64(1_700_000_000_000 + round * 100 + i), payload: Array(text.utf8))
+                    expected[k, default: []].append((text, Int64(1_700_000_000_000 + round * 100 + i)))
+                }
+                #expect(batch.count == 12)
+                let sequences = try spool.append(batch)
+                #expect(sequences.count == 12 && sequences == Array(sequences[0] ... sequences[11]))
+            }
+            var tooLarge = Spool.AppendBatch()
+            let leaf = tooLarge.leaf("m-1")
+            tooLarge.append(leaf, acquiredAtMs: 1, payload: Array("fits".utf8))
+            tooLarge.append(leaf, acquiredAtMs: 1, payload: [UInt8](repeating: 1, count: RecordCodec.maxRecordSize))
+            #expect(throws: SpoolError.self) { try spool.append(tooLarge) }
+            #expect(try spool.append(Spool.AppendBatch()).isEmpty)
+            #expect(spool.depth == 60)
+            spool.close()
+        }
+        let spool = try Spool(configuration: config)
+        defer { spool.close() }
+        let taken = try spool.next(max: 1000)
+        #expect(taken.count == 60)
+        var got: [Int: [(payload: String, ms: Int64)]] = [:]
+        for r in taken {
+            let k = names.firstIndex { $0.utf8.elementsEqual(r.leaf.utf8) } ?? -1
+            got[k, default: []].append((String(decoding: r.payload, as: UTF8.self), r.acquiredAtMs))
+        }
+        #expect(got.keys.sorted() == [0, 1, 2, 3])
+        for k in expected.keys {
+            #expect(got[k]?.map(\.payload) == expected[k]?.map(\.payload), "\(names[k])")
+            #expect(got[k]?.map(\.ms) == expected[k]?.map(\.ms), "\(names[k])")
+        }
+    }
+
     @Test("numbering: on after a clean close; from the durable floor after an unclean stop (a power cut may have taken sequences already delivered)")
     func numberingAcrossStops() throws {
         let dir = temporarySpoolDirectory()

@@ -31,6 +31,11 @@ extension Spool {
         private(set) var nameRanges: [Range<Int>] = []
         private(set) var records: [Record] = []
         private(set) var payloads: [UInt8] = []
+        /// Made anew whenever a name is added: two batches holding the same one have the same names in the same
+        /// order (copies of one template), so one's records join the other's as they are.
+        private var numbering = Numbering()
+
+        private final class Numbering: Sendable {}
 
         /// Room for `records` records of `payloadBytes` bytes in all, allocated once.
         public init(records: Int = 0, payloadBytes: Int = 0) {
@@ -62,6 +67,7 @@ extension Spool {
             let number = Int32(names.count)
             names.append(name)
             hashes.append(hash)
+            numbering = Numbering()
             if names.count * 2 > table.count { rebuildTable(count: Swift.max(16, table.count * 2)) } else { place(number) }
             let start = nameBytes.count
             nameBytes.append(contentsOf: name.utf8)
@@ -90,6 +96,23 @@ extension Spool {
 
         public mutating func append(_ leaf: Leaf, acquiredAtMs: Int64, payload: [UInt8]) {
             payload.withUnsafeBytes { append(leaf, acquiredAtMs: acquiredAtMs, payload: $0) }
+        }
+
+        /// Adds `other`'s records after these, in their order (its leaves numbered in this batch).
+        public mutating func append(contentsOf other: AppendBatch) {
+            guard !other.isEmpty else { return }
+            if isEmpty && names.isEmpty {
+                self = other
+                return
+            }
+            // The same numbering: no name looked up (a template of a thousand leaves would cost a thousand).
+            let leaves = other.numbering === numbering ? nil : other.names.map { leaf($0).index }
+            let base = payloads.count
+            payloads.append(contentsOf: other.payloads)
+            records.reserveCapacity(records.count + other.records.count)
+            for r in other.records {
+                records.append(Record(leaf: leaves?[Int(r.leaf)] ?? r.leaf, acquiredAtMs: r.acquiredAtMs, payloadEnd: base + r.payloadEnd))
+            }
         }
     }
 }

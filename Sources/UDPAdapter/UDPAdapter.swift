@@ -60,7 +60,7 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
     private let lastLog = Mutex<[String: Int64]>([:])
     private let lastSpoolLog = Mutex<Int64>(.min / 2)
     private struct Pending {
-        var entries: [Spool.Entry] = []
+        var batch = Spool.AppendBatch()
         var perLeaf: [String: Int] = [:]
         var scheduled = false
     }
@@ -162,11 +162,21 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
 
     // MARK: receiving
 
+    /// The configured leaves numbered for the spool once; a round's readings start from a copy (a leaf added
+    /// since is numbered in the copy).
+    private static func readingsTemplate(_ configuration: UDPAdapterConfiguration) -> Spool.AppendBatch {
+        var template = Spool.AppendBatch()
+        for leaf in configuration.leaves { _ = template.leaf(leaf.deviceID) }
+        return template
+    }
+
     private func receiveLoop() {
         var decoderGeneration = generation.load(ordering: .acquiring)
         var decoder = DatagramDecoder(configuration: configuration)
         decoder.replay = ReplayGuard(floors: memory.memory.leaves.compactMapValues(\.signedUpToMs))
         let batch = UDPReceiveBatch(maxDatagramBytes: maxDatagramBytes)
+        // The leaves numbered once for the spool (`Spool.AppendBatch`); each round's readings start from it.
+        var readingsTemplate = Self.readingsTemplate(configuration)
         while !stopped.load(ordering: .acquiring) {
             heartbeat.beat()
             if let warning = memory.flush(nowMs: WallClock.nowMilliseconds()) { logger.warning("\(warning)") }
@@ -178,8 +188,9 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
                 let replay = decoder.replay  // a reload must not reopen the replay window
                 decoder = DatagramDecoder(configuration: configuration)
                 decoder.replay = replay
+                readingsTemplate = Self.readingsTemplate(configuration)
             }
-            var entries: [Spool.Entry] = []
+            var readings = readingsTemplate
             var readingsByLeaf: [String: Int] = [:]
             var rejections: [(DatagramRejection, String?)] = []
             var propertyFixes: [(MessageRules.Fix, String)] = []
@@ -195,7 +206,7 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
                         : decoder.decode(d.bytes, sourceIP: d.ip, sourcePort: d.port, nowMs: nowMs)
                     switch result {
                     case .success(.reading(let leaf, let acquired, let envelope, let fixes)):
-                        entries.append(Spool.Entry(leaf: leaf, acquiredAtMs: acquired, payload: envelope.encoded()))
+                        readings.append(readings.leaf(leaf), acquiredAtMs: acquired, payload: envelope.encoded())
                         readingsByLeaf[leaf, default: 0] += 1
                         seen[leaf] = (d.ip, d.port)
                         for f in fixes { propertyFixes.append((f, leaf)) }
@@ -211,7 +222,7 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
             }
             let kernelDrops = Int(batch.kernelDrops)
             var newDrops = 0
-            if !entries.isEmpty { enqueue(entries, perLeaf: readingsByLeaf) }
+            if !readings.isEmpty { enqueue(readings, perLeaf: readingsByLeaf) }
             let signed = decoder.replay.takeChanged()
             if !seen.isEmpty || !signed.isEmpty {
                 for (leaf, addr) in seen { memory.update(leaf) { $0.address = Self.formatAddress(addr.0, addr.1) } }
@@ -246,10 +257,10 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
     /// Hands decoded readings to the writer queue. The receive thread never waits for the disk: an fdatasync that
     /// takes 100 ms would overflow the socket buffer at 50k datagrams/s. Readings pile up (bounded) while one
     /// append runs and go out together in the next one (group commit).
-    private func enqueue(_ entries: [Spool.Entry], perLeaf: [String: Int]) {
+    private func enqueue(_ readings: Spool.AppendBatch, perLeaf: [String: Int]) {
         let (schedule, overflow) = pending.withLock { p -> (Bool, [String: Int]) in
-            guard p.entries.count + entries.count <= Self.maxPendingReadings else { return (false, perLeaf) }
-            p.entries += entries
+            guard p.batch.count + readings.count <= Self.maxPendingReadings else { return (false, perLeaf) }
+            p.batch.append(contentsOf: readings)
             p.perLeaf.merge(perLeaf, uniquingKeysWith: +)
             defer { p.scheduled = true }
             return (!p.scheduled, [:])
@@ -263,14 +274,14 @@ public final class UDPAdapter: LeafRouter, Service, Sendable {
 
     /// On the writer queue: one spool append for everything pending.
     private func writePending() {
-        let (entries, perLeaf) = pending.withLock { p in
+        let (readings, perLeaf) = pending.withLock { p in
             defer { p = Pending() }
-            return (p.entries, p.perLeaf)
+            return (p.batch, p.perLeaf)
         }
-        guard !entries.isEmpty else { return }
+        guard !readings.isEmpty else { return }
         var refused = false
         do throws(SpoolError) {
-            _ = try spool.append(entries)
+            _ = try spool.append(readings)
         } catch {
             refused = true
             logSpoolTrouble("UDP readings refused by the spool (\(error)); counted per leaf")

@@ -342,6 +342,33 @@ struct SpoolTests {
         }
     }
 
+    @Test("batches join in order: copies of one template as they are, others by their leaves' names")
+    func appendBatchesJoined() throws {
+        let dir = temporarySpoolDirectory()
+        defer { removeTree(dir) }
+        var template = Spool.AppendBatch()
+        let a = template.leaf("a"), b = template.leaf("b")
+        var first = template, second = template, third = template
+        first.append(a, acquiredAtMs: 1, payload: Array("a1".utf8))
+        second.append(b, acquiredAtMs: 2, payload: Array("b1".utf8))
+        second.append(a, acquiredAtMs: 3, payload: Array("a2".utf8))
+        // A leaf the template lacks: this copy numbers it, and numbers differ from the others' from then on.
+        third.append(third.leaf("c"), acquiredAtMs: 4, payload: Array("c1".utf8))
+        third.append(b, acquiredAtMs: 5, payload: [])
+        var other = Spool.AppendBatch()
+        other.append(other.leaf("b"), acquiredAtMs: 6, payload: Array("b3".utf8))
+        other.append(other.leaf("c"), acquiredAtMs: 7, payload: Array("c2".utf8))
+        var joined = Spool.AppendBatch()
+        for part in [first, second, third, other] { joined.append(contentsOf: part) }
+        #expect(joined.count == 7)
+        let spool = try Spool(configuration: SpoolConfiguration(directory: dir))
+        defer { spool.close() }
+        try spool.append(joined)
+        let taken = try spool.next(max: 100)
+        let byLeaf = Dictionary(grouping: taken, by: \.leaf).mapValues { $0.map { "\(String(decoding: $0.payload, as: UTF8.self))@\($0.acquiredAtMs)" } }
+        #expect(byLeaf == ["a": ["a1@1", "a2@3"], "b": ["b1@2", "@5", "b3@6"], "c": ["c1@4", "c2@7"]])
+    }
+
     @Test("numbering: on after a clean close; from the durable floor after an unclean stop (a power cut may have taken sequences already delivered)")
     func numberingAcrossStops() throws {
         let dir = temporarySpoolDirectory()

@@ -16,8 +16,10 @@
  * `proton-floor-swift` runs it on a thread of a Swift program whose runtime does what any Swift daemon's does
  * while idle, so that the two figures' difference is the Swift runtime's share.
  */
+#define _GNU_SOURCE
 #include "proton_floor.h"
 
+#include <errno.h>
 #include <malloc.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -75,12 +77,12 @@ static unsigned wakes;
 static char policy_key[256];
 
 static void fail(const char *what) {
-    fprintf(stderr, "proton-floor: %s\n", what);
+    fprintf(stderr, "%s: %s\n", program_invocation_short_name, what);
     exit(1);
 }
 
 static void fail_condition(const char *what, pn_condition_t *c) {
-    fprintf(stderr, "proton-floor: %s: %s %s\n", what, c && pn_condition_get_name(c) ? pn_condition_get_name(c) : "",
+    fprintf(stderr, "%s: %s: %s %s\n", program_invocation_short_name, what, c && pn_condition_get_name(c) ? pn_condition_get_name(c) : "",
             c && pn_condition_get_description(c) ? pn_condition_get_description(c) : "");
     exit(1);
 }
@@ -414,6 +416,12 @@ static void usage(void) {
     exit(2);
 }
 
+void proton_floor_limit_arenas(void) {
+    mallopt(M_ARENA_MAX, 1);
+    mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+    mallopt(M_TRIM_THRESHOLD, 128 * 1024);
+}
+
 int proton_floor_main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -432,11 +440,8 @@ int proton_floor_main(int argc, char **argv) {
         else usage();
     }
     if (!opt.ca || !opt.policy_key_file || !opt.ready_file || opt.leaves <= 0) usage();
+    proton_floor_limit_arenas();
     read_policy_key();
-    /* As fieldgated (MemoryHousekeeping): one malloc arena, fixed thresholds. */
-    mallopt(M_ARENA_MAX, 1);
-    mallopt(M_MMAP_THRESHOLD, 128 * 1024);
-    mallopt(M_TRIM_THRESHOLD, 128 * 1024);
     sessions = calloc((size_t)opt.leaves / LEAVES_PER_SESSION + 1, sizeof *sessions);
     open_links = calloc((size_t)opt.leaves, sizeof *open_links);
     if (!sessions || !open_links) fail("out of memory");

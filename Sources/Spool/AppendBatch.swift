@@ -75,7 +75,7 @@ extension Spool {
             return Leaf(index: number)
         }
 
-        /// Adds a record of `leaf` (a number this batch gave) with a copy of `payload`.
+        /// Puts name `number` in the table by its hash.
         private mutating func place(_ number: Int32) {
             let mask = table.count - 1
             var i = Int(truncatingIfNeeded: hashes[Int(number)]) & mask
@@ -88,6 +88,7 @@ extension Spool {
             for number in names.indices { place(Int32(number)) }
         }
 
+        /// Adds a record of `leaf` (a number this batch gave) with a copy of `payload`.
         public mutating func append(_ leaf: Leaf, acquiredAtMs: Int64, payload: UnsafeRawBufferPointer) {
             precondition(leaf.index >= 0 && Int(leaf.index) < names.count, "a leaf number from another batch")
             payloads.append(contentsOf: payload)

@@ -83,17 +83,20 @@ struct DatagramDecoder {
         }
         func value(_ m: JSONScanner.Member) -> JSONValue? { JSONScanner.value(of: UnsafeBufferPointer(rebasing: body[m.range])) }
 
-        let leafID: String
+        let namedID: String
         if let mappedLeaf {
-            leafID = mappedLeaf
+            namedID = mappedLeaf
             if let claimed = string("device"), claimed != mappedLeaf {
                 return .failure(.init(.notAllowedForLeaf, leaf: claimed))  // a mapped source speaks only for its leaf
             }
         } else {
             guard members != nil, let claimed = string("device") else { return .failure(.init(.malformed, leaf: nil)) }
-            leafID = claimed
+            namedID = claimed
         }
-        guard let leaf = leaves[leafID] else { return .failure(.init(.unknownLeaf, leaf: nil)) }
+        guard let leaf = leaves[namedID] else { return .failure(.init(.unknownLeaf, leaf: nil)) }
+        // The configured spelling from here on: the table finds "café" for "cafe\u{301}", and the spool and the
+        // uplink tell leaves apart by bytes, so readings spooled under the datagram's spelling would never be sent.
+        let leafID = leaf.deviceID
         if mappedLeaf == nil, !leaf.allowedSources.isEmpty, !leaf.allowedSources.contains(sourceIP) {
             return .failure(.init(.notAllowedForLeaf, leaf: leafID))
         }

@@ -406,7 +406,7 @@ final class Shard: @unchecked Sendable {
     /// Closes the leaf's links and gives its telemetry back to the spool.
     private func detachLinks(_ leaf: LeafRuntime) {
         var released = leaf.takePending()
-        released += unsettled.removeAll(of: leaf)
+        if leaf.unsettled > 0 { released += unsettled.removeAll(of: leaf) }  // its entries count there
         leaf.unsettled = 0
         if let c = leaf.links[.cloudToDevice] {
             for (token, entry) in cloudToDeviceDeliveries where entry.link == c.id { cloudToDeviceDeliveries[token] = nil }

@@ -1,10 +1,10 @@
 /// A shard's telemetry deliveries awaiting the hub's outcome, found again by the delivery tag they were sent with.
 ///
 /// An entry's tag is its slot in the low 24 bits and a count of every entry ever stored above them, so an outcome is
-/// matched without hashing (a dictionary keyed by the delivery cost ~60 instructions a reading in the coalescing
-/// benchmark, most of it the hash), and no tag is ever issued twice: an outcome that outlived its entry (it arrived
-/// on a leaf's old link after the entry went back to the spool) never matches the slot's next user. Unique tags are
-/// what AMQP asks of a link's unsettled deliveries. Pure value.
+/// matched without hashing (a dictionary keyed by the delivery cost ~65 instructions a reading in the coalescing
+/// benchmark, most of it the hash), and no tag is ever issued twice. Outcomes of a retired link do not reach the
+/// table (the shard forgets the link's role first); should one ever come for an entry already gone, it matches
+/// nothing rather than the slot's next user. Unique tags are what AMQP asks of a link's unsettled deliveries.
 struct UnsettledTelemetry {
     struct Entry {
         let leaf: LeafRuntime
@@ -47,8 +47,9 @@ struct UnsettledTelemetry {
         for slot in slots.indices {
             guard let entry = slots[slot].entry, entry.leaf === leaf else { continue }
             sequences += entry.sequences
-            free(slot)
+            free(slot, shrinking: false)  // the loop still walks `slots`
         }
+        if count == 0 { shrink() }
         return sequences
     }
 
@@ -61,16 +62,16 @@ struct UnsettledTelemetry {
         return sequences
     }
 
-    private mutating func free(_ slot: Int) {
+    private mutating func free(_ slot: Int, shrinking: Bool = true) {
         slots[slot].entry = nil
         count -= 1
-        // With nothing in flight a burst's slots are not kept (tags stay unique: they count entries, not slots).
-        if count == 0 {
-            let keep = slots.count <= 64
-            slots.removeAll(keepingCapacity: keep)
-            freeSlots.removeAll(keepingCapacity: keep)
-        } else {
-            freeSlots.append(slot)
-        }
+        if count == 0 && shrinking { shrink() } else { freeSlots.append(slot) }
+    }
+
+    /// With nothing in flight a burst's slots are not kept (tags stay unique: they count entries, not slots).
+    private mutating func shrink() {
+        let keep = slots.count <= 64
+        slots.removeAll(keepingCapacity: keep)
+        freeSlots.removeAll(keepingCapacity: keep)
     }
 }

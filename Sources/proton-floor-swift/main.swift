@@ -1,3 +1,5 @@
+import CProtonFloor
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -9,6 +11,7 @@ import Glibc
 // (mapped in 64 KiB neighbourhoods, like all code), its writable data and its threads. The C floor gives back the
 // start-up pages of every mapping, this binary's included, by fieldgated's rule.
 
+proton_floor_limit_arenas()  // before the floor's thread allocates, as fieldgated limits them before its threads do
 var floorThread = pthread_t()
 let created = pthread_create(&floorThread, nil, runFloor, nil)
 guard created == 0 else { fatalError("cannot start the floor's thread (error \(created))") }

@@ -53,6 +53,15 @@ struct DatagramDecoderTests {
         } else { Issue.record("iso ts") }
     }
 
+    /// A datagram may spell its leaf with other bytes that Swift finds equal ("café" composed or decomposed): the
+    /// reading is the configured leaf's, in the configured bytes, which are what the spool and the uplink go by.
+    @Test func aLeafSpelledOtherwiseIsTheConfiguredOne() {
+        var d = DatagramDecoder(configuration: UDPAdapterConfiguration(port: 0, leaves: [UDPLeaf(deviceID: "caf\u{E9}")]))
+        let r = d.decode(Array(#"{"device":"cafe\#u{301}","values":{"t":1}}"#.utf8), sourceIP: "10.0.0.1", sourcePort: 1, nowMs: 5)
+        guard case .success(.reading(let leaf, _, _, _)) = r else { Issue.record("\(r)"); return }
+        #expect(Array(leaf.utf8) == Array("caf\u{E9}".utf8))
+    }
+
     /// Issue 18.2 at ingest: leaf properties are made to meet the hub's rules (and the fixes counted), timestamps
     /// the hub cannot take are refused.
     @Test func leafPropertiesAndTimesMeetTheHubsRules() {

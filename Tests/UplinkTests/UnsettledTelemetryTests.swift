@@ -60,6 +60,20 @@ struct UnsettledTelemetryTests {
         #expect(table.remove(tag: 0) == nil && table.remove(tag: .max) == nil)
     }
 
+    /// The last entries going with their leaf, a freed slot above them: the table empties mid-walk and must not
+    /// shrink under it (it did, and trapped on the next slot).
+    @Test func theLastLeafsEntriesGoWithAFreedSlotAbove() {
+        var table = UnsettledTelemetry()
+        let a = leaf("a"), b = leaf("b")
+        _ = table.insert(.init(leaf: a, sequences: [1], quotaGeneration: 0))
+        let ofB = table.insert(.init(leaf: b, sequences: [2], quotaGeneration: 0))
+        #expect(table.remove(tag: ofB)?.sequences == [2])
+        #expect(table.removeAll(of: a) == [1])
+        #expect(table.isEmpty)
+        let next = table.insert(.init(leaf: b, sequences: [3], quotaGeneration: 0))
+        #expect(table.remove(tag: next)?.sequences == [3])
+    }
+
     /// A leaf's links going take exactly its entries; the others' outcomes still find theirs.
     @Test func removingALeafTakesOnlyItsEntries() {
         var table = UnsettledTelemetry()

@@ -5,4 +5,8 @@
    never returns; a usage error or any failure exits the process. */
 int proton_floor_main(int argc, char **argv);
 
+/* As fieldgated (MemoryHousekeeping): one malloc arena, fixed thresholds. Before any other thread allocates: a
+   thread that allocated first keeps an arena of its own. */
+void proton_floor_limit_arenas(void);
+
 #endif

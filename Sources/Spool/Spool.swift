@@ -433,11 +433,7 @@ public final class Spool: Sendable {
             guard !isReadOnly else { throw SpoolError(.readOnly, "the spool is open read-only") }
             var frameBound = 0
             for e in entries {
-                let leafBytes = e.leaf.utf8.count
-                let bound = RecordCodec.frameSize(leafBytes: leafBytes, payloadBytes: e.payload.count)
-                guard leafBytes <= UInt16.max, bound <= RecordCodec.maxRecordSize
-                else { throw SpoolError(.tooLarge, "a record for \(e.leaf) is larger than \(RecordCodec.maxRecordSize) bytes") }
-                frameBound += bound
+                frameBound += try Self.frameBound(leafBytes: e.leaf.utf8.count, payloadBytes: e.payload.count, leaf: e.leaf)
             }
             guard !entries.isEmpty else { return [] }
             let first = s.nextSequence
@@ -493,11 +489,8 @@ public final class Spool: Sendable {
             var frameBound = 0
             var payloadStart = 0
             for r in records {
-                let leafBytes = nameRanges[Int(r.leaf)].count
-                let bound = RecordCodec.frameSize(leafBytes: leafBytes, payloadBytes: r.payloadEnd - payloadStart)
-                guard leafBytes <= UInt16.max, bound <= RecordCodec.maxRecordSize
-                else { throw SpoolError(.tooLarge, "a record for \(batch.names[Int(r.leaf)]) is larger than \(RecordCodec.maxRecordSize) bytes") }
-                frameBound += bound
+                frameBound += try Self.frameBound(leafBytes: nameRanges[Int(r.leaf)].count, payloadBytes: r.payloadEnd - payloadStart,
+                                                  leaf: batch.names[Int(r.leaf)])
                 payloadStart = r.payloadEnd
             }
             guard !records.isEmpty else { return [] }
@@ -544,6 +537,14 @@ public final class Spool: Sendable {
                 }
             }
         }
+    }
+
+    /// The most a record's frame takes; `.tooLarge` for a record the spool does not take (before anything is written).
+    private static func frameBound(leafBytes: Int, payloadBytes: Int, leaf: @autoclosure () -> String) throws(SpoolError) -> Int {
+        let bound = RecordCodec.frameSize(leafBytes: leafBytes, payloadBytes: payloadBytes)
+        guard leafBytes <= UInt16.max, bound <= RecordCodec.maxRecordSize
+        else { throw SpoolError(.tooLarge, "a record for \(leaf()) is larger than \(RecordCodec.maxRecordSize) bytes") }
+        return bound
     }
 
     /// What both appends share once their frames are made: sequence numbers, room, the write (with the full-disk

@@ -2,7 +2,7 @@
 ///
 /// An entry's tag is its slot in the low 24 bits and a count of every entry ever stored above them, so an outcome is
 /// matched without hashing (a dictionary keyed by the delivery cost ~65 instructions a reading in the coalescing
-/// benchmark, most of it the hash), and no tag is ever issued twice. Outcomes of a retired link do not reach the
+/// benchmark, most of it the hash), and no tag is issued twice in 2^40 entries. Outcomes of a retired link do not reach the
 /// table (the shard forgets the link's role first); should one ever come for an entry already gone, it matches
 /// nothing rather than the slot's next user. Unique tags are what AMQP asks of a link's unsettled deliveries.
 struct UnsettledTelemetry {

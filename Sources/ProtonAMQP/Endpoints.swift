@@ -143,18 +143,18 @@ public struct AMQPLink {
         let d = tag.withUnsafeBufferPointer { buf in
             buf.withMemoryRebound(to: CChar.self) { pn_delivery(raw, pn_dtag($0.baseAddress, $0.count))! }
         }
-        encoded.withUnsafeBufferPointer { buf in
-            buf.withMemoryRebound(to: CChar.self) { _ = pn_link_send(raw, $0.baseAddress, $0.count) }
-        }
-        pn_link_advance(raw)
-        if settled { pn_delivery_settle(d) }
-        return AMQPDelivery(raw: d)
+        return finishSend(d, encoded, settled: settled)
     }
 
     /// The same with an eight-byte tag (`AMQPDelivery.tagNumber` reads it back), without an array per message.
     @discardableResult
     public func send(_ encoded: [UInt8], tag: UInt64, settled: Bool = false) -> AMQPDelivery {
         let d = withUnsafeBytes(of: tag.littleEndian) { pn_delivery(raw, pn_dtag($0.baseAddress!.assumingMemoryBound(to: CChar.self), 8))! }
+        return finishSend(d, encoded, settled: settled)
+    }
+
+    /// The message's bytes into delivery `d`, which then goes out (settled at once when asked).
+    private func finishSend(_ d: OpaquePointer, _ encoded: [UInt8], settled: Bool) -> AMQPDelivery {
         encoded.withUnsafeBufferPointer { buf in
             buf.withMemoryRebound(to: CChar.self) { _ = pn_link_send(raw, $0.baseAddress, $0.count) }
         }
